@@ -1,0 +1,572 @@
+//! The append-only, hash-chained audit log.
+//!
+//! Each event is numbered without gaps from 1 and chained:
+//! `hash = hex(SHA-256(prev_hash ‖ canonical))`, where `prev_hash` is the previous event's hash
+//! as 64 hex characters (64 zeros for the first event) and `canonical` is the JSON array of
+//! the event's thirteen fields as strings, in the export's column order, absent values as "":
+//! `[seq, time, actor, action, principal, role, scope, request, justification, ticket,
+//! expires, result, details]` (times in RFC 3339 UTC). Anyone can recompute it from a JSONL
+//! export.
+
+use crate::error::Result;
+use crate::time::{from_unix, rfc3339};
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, Row};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An event about to be written.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    pub actor: String,
+    pub action: String,
+    pub principal: Option<String>,
+    pub role: Option<String>,
+    pub scope: Option<String>,
+    pub request: Option<i64>,
+    pub justification: Option<String>,
+    pub ticket: Option<String>,
+    pub expires: Option<i64>,
+    pub result: String,
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Event {
+    pub fn new(actor: &str, action: &str) -> Event {
+        Event {
+            actor: actor.to_string(),
+            action: action.to_string(),
+            result: "ok".to_string(),
+            ..Event::default()
+        }
+    }
+    pub fn principal(mut self, v: &str) -> Self {
+        self.principal = Some(v.to_string());
+        self
+    }
+    pub fn role(mut self, v: &str) -> Self {
+        self.role = Some(v.to_string());
+        self
+    }
+    pub fn scope(mut self, v: &str) -> Self {
+        self.scope = Some(v.to_string());
+        self
+    }
+    pub fn request(mut self, v: i64) -> Self {
+        self.request = Some(v);
+        self
+    }
+    pub fn justification(mut self, v: Option<&str>) -> Self {
+        self.justification = v.map(str::to_string);
+        self
+    }
+    pub fn ticket(mut self, v: Option<&str>) -> Self {
+        self.ticket = v.map(str::to_string);
+        self
+    }
+    pub fn expires(mut self, v: Option<i64>) -> Self {
+        self.expires = v;
+        self
+    }
+    /// A refusal: `result` carries the reason.
+    pub fn refused(mut self, reason: &str) -> Self {
+        self.result = reason.to_string();
+        self
+    }
+    pub fn detail(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+/// An event as stored, with its place in the chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub time: String,
+    pub actor: String,
+    pub action: String,
+    pub principal: Option<String>,
+    pub role: Option<String>,
+    pub scope: Option<String>,
+    pub request: Option<i64>,
+    pub justification: Option<String>,
+    pub ticket: Option<String>,
+    pub expires: Option<String>,
+    pub result: String,
+    pub details: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The export's columns, in order.
+pub const COLUMNS: [&str; 15] = [
+    "seq",
+    "time",
+    "actor",
+    "action",
+    "principal",
+    "role",
+    "scope",
+    "request",
+    "justification",
+    "ticket",
+    "expires",
+    "result",
+    "details",
+    "prev_hash",
+    "hash",
+];
+
+impl StoredEvent {
+    /// The thirteen chained fields as strings, absent as "".
+    pub fn fields(&self) -> [String; 13] {
+        let o = |v: &Option<String>| v.clone().unwrap_or_default();
+        [
+            self.seq.to_string(),
+            self.time.clone(),
+            self.actor.clone(),
+            self.action.clone(),
+            o(&self.principal),
+            o(&self.role),
+            o(&self.scope),
+            self.request.map(|r| r.to_string()).unwrap_or_default(),
+            o(&self.justification),
+            o(&self.ticket),
+            o(&self.expires),
+            self.result.clone(),
+            self.details.clone(),
+        ]
+    }
+
+    /// The hash this event must carry, given its fields and `prev_hash`.
+    pub fn compute_hash(&self) -> String {
+        let canonical = serde_json::to_vec(&self.fields()).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(self.prev_hash.as_bytes());
+        h.update(&canonical);
+        hex::encode(h.finalize())
+    }
+
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+        Ok(StoredEvent {
+            seq: row.get(0)?,
+            time: rfc3339(from_unix(row.get(1)?)),
+            actor: row.get(2)?,
+            action: row.get(3)?,
+            principal: row.get(4)?,
+            role: row.get(5)?,
+            scope: row.get(6)?,
+            request: row.get(7)?,
+            justification: row.get(8)?,
+            ticket: row.get(9)?,
+            expires: row
+                .get::<_, Option<i64>>(10)?
+                .map(|t| rfc3339(from_unix(t))),
+            result: row.get(11)?,
+            details: row.get(12)?,
+            prev_hash: row.get(13)?,
+            hash: row.get(14)?,
+        })
+    }
+}
+
+const SELECT: &str = "SELECT seq, time, actor, action, principal, role, scope, request, \
+     justification, ticket, expires, result, details, prev_hash, hash FROM audit_events";
+
+/// Append an event. Call it inside the transaction that makes the change.
+pub fn append(conn: &Connection, now: DateTime<Utc>, event: Event) -> Result<i64> {
+    let (last_seq, prev_hash): (i64, String) = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok((0, GENESIS.to_string())),
+            other => Err(other),
+        })?;
+    let mut stored = StoredEvent {
+        seq: last_seq + 1,
+        time: rfc3339(now),
+        actor: event.actor,
+        action: event.action,
+        principal: event.principal,
+        role: event.role,
+        scope: event.scope,
+        request: event.request,
+        justification: event.justification,
+        ticket: event.ticket,
+        expires: event.expires.map(|t| rfc3339(from_unix(t))),
+        result: event.result,
+        details: serde_json::Value::Object(event.details).to_string(),
+        prev_hash,
+        hash: String::new(),
+    };
+    stored.hash = stored.compute_hash();
+    conn.execute(
+        "INSERT INTO audit_events (seq, time, actor, action, principal, role, scope, request, \
+         justification, ticket, expires, result, details, prev_hash, hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        params![
+            stored.seq,
+            now.timestamp(),
+            stored.actor,
+            stored.action,
+            stored.principal,
+            stored.role,
+            stored.scope,
+            stored.request,
+            stored.justification,
+            stored.ticket,
+            event.expires,
+            stored.result,
+            stored.details,
+            stored.prev_hash,
+            stored.hash
+        ],
+    )?;
+    Ok(stored.seq)
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub actor: Option<String>,
+    pub user: Option<String>,
+    pub role: Option<String>,
+    pub action: Option<String>,
+    /// Only events where this name is the actor or the principal (for callers without
+    /// the `audit` permission).
+    pub involving: Option<String>,
+}
+
+/// Stream events in order (oldest first), or the newest `limit` when `newest` is set.
+/// Rows are handed over one at a time, so memory stays flat however long the log.
+pub fn for_each(
+    conn: &Connection,
+    filter: &Filter,
+    newest: Option<usize>,
+    mut f: impl FnMut(StoredEvent) -> Result<()>,
+) -> Result<()> {
+    let mut sql = format!("{SELECT} WHERE 1 = 1");
+    let mut values: Vec<rusqlite::types::Value> = Vec::new();
+    let mut add = |clause: &str, v: rusqlite::types::Value| {
+        values.push(v);
+        sql.push_str(&format!(" AND {clause} ?{}", values.len()));
+    };
+    use rusqlite::types::Value::{Integer, Text};
+    if let Some(t) = filter.since {
+        add("time >=", Integer(t.timestamp()));
+    }
+    if let Some(t) = filter.until {
+        add("time <", Integer(t.timestamp()));
+    }
+    if let Some(a) = &filter.actor {
+        add("actor =", Text(a.clone()));
+    }
+    if let Some(u) = &filter.user {
+        add("principal =", Text(u.clone()));
+    }
+    if let Some(r) = &filter.role {
+        add("role =", Text(r.clone()));
+    }
+    if let Some(a) = &filter.action {
+        if let Some(prefix) = a.strip_suffix(".*") {
+            add("action LIKE", Text(format!("{prefix}.%")));
+        } else {
+            add("action =", Text(a.clone()));
+        }
+    }
+    if let Some(name) = &filter.involving {
+        values.push(Text(name.clone()));
+        let n = values.len();
+        sql.push_str(&format!(" AND (actor = ?{n} OR principal = ?{n})"));
+    }
+    let rows: Vec<StoredEvent>;
+    let mut stmt = conn.prepare(&match newest {
+        Some(limit) => format!("{sql} ORDER BY seq DESC LIMIT {limit}"),
+        None => format!("{sql} ORDER BY seq"),
+    })?;
+    let mut iter = stmt.query(rusqlite::params_from_iter(values))?;
+    if newest.is_some() {
+        let mut buf = Vec::new();
+        while let Some(row) = iter.next()? {
+            buf.push(StoredEvent::from_row(row)?);
+        }
+        buf.reverse();
+        rows = buf;
+        for e in rows {
+            f(e)?;
+        }
+    } else {
+        while let Some(row) = iter.next()? {
+            f(StoredEvent::from_row(row)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// The result of checking the whole chain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verification {
+    pub ok: bool,
+    pub events: i64,
+    /// The last event's hash when the chain holds.
+    pub head: Option<String>,
+    /// The first bad event and why, when it does not.
+    pub bad_seq: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// Check every event: numbering without gaps, each `prev_hash` the previous `hash`, and
+/// each `hash` recomputed from the stored fields.
+pub fn verify(conn: &Connection) -> Result<Verification> {
+    let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY seq"))?;
+    let mut rows = stmt.query([])?;
+    let mut expected_seq = 1;
+    let mut prev = GENESIS.to_string();
+    let broken = |seq: i64, reason: String, events: i64| Verification {
+        ok: false,
+        events,
+        head: None,
+        bad_seq: Some(seq),
+        reason: Some(reason),
+    };
+    while let Some(row) = rows.next()? {
+        let event = match StoredEvent::from_row(row) {
+            Ok(e) => e,
+            Err(e) => {
+                let seq = row.get::<_, i64>(0).unwrap_or(expected_seq);
+                return Ok(broken(
+                    seq,
+                    format!("its stored fields cannot be read ({e})"),
+                    expected_seq - 1,
+                ));
+            }
+        };
+        if event.seq != expected_seq {
+            return Ok(broken(
+                expected_seq,
+                format!(
+                    "event {expected_seq} is missing (the next is {})",
+                    event.seq
+                ),
+                expected_seq - 1,
+            ));
+        }
+        if event.prev_hash != prev {
+            return Ok(broken(
+                event.seq,
+                "its prev_hash is not the hash of the event before it".to_string(),
+                expected_seq - 1,
+            ));
+        }
+        if event.compute_hash() != event.hash {
+            return Ok(broken(
+                event.seq,
+                "its contents do not match its hash".to_string(),
+                expected_seq - 1,
+            ));
+        }
+        prev = event.hash;
+        expected_seq += 1;
+    }
+    Ok(Verification {
+        ok: true,
+        events: expected_seq - 1,
+        head: Some(prev),
+        bad_seq: None,
+        reason: None,
+    })
+}
+
+/// Prefix a cell that a spreadsheet would run as a formula.
+pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}").into(),
+        _ => cell.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        from_unix(1_800_000_000 + s)
+    }
+
+    fn sample(conn: &Connection, n: i64) {
+        for i in 0..n {
+            append(
+                conn,
+                t(i),
+                Event::new("alice", "user.add")
+                    .principal(&format!("u{i}"))
+                    .detail("i", i),
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn events_chain_from_genesis_without_gaps() {
+        let conn = store::in_memory().unwrap();
+        sample(&conn, 3);
+        let v = verify(&conn).unwrap();
+        assert!(v.ok);
+        assert_eq!(v.events, 3);
+        let mut seen = Vec::new();
+        for_each(&conn, &Filter::default(), None, |e| {
+            seen.push(e);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen[0].prev_hash, GENESIS);
+        assert_eq!(seen[1].prev_hash, seen[0].hash);
+        assert_eq!(
+            seen.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(v.head.unwrap(), seen[2].hash);
+    }
+
+    #[test]
+    fn a_single_changed_byte_in_any_column_is_found() {
+        let columns = [
+            "time",
+            "actor",
+            "action",
+            "principal",
+            "role",
+            "scope",
+            "request",
+            "justification",
+            "ticket",
+            "expires",
+            "result",
+            "details",
+            "prev_hash",
+            "hash",
+        ];
+        for column in columns {
+            let conn = store::in_memory().unwrap();
+            sample(&conn, 3);
+            conn.execute_batch("DROP TRIGGER audit_events_no_update")
+                .unwrap();
+            let sql = match column {
+                "time" => "UPDATE audit_events SET time = time + 1 WHERE seq = 2".to_string(),
+                "request" | "expires" => {
+                    format!("UPDATE audit_events SET {column} = 7 WHERE seq = 2")
+                }
+                _ => format!(
+                    "UPDATE audit_events SET {column} = \
+                     substr(coalesce({column}, ''), 1, 0) || 'X' || substr(coalesce({column}, ''), 2) WHERE seq = 2"
+                ),
+            };
+            conn.execute_batch(&sql).unwrap();
+            let v = verify(&conn).unwrap();
+            assert!(!v.ok, "{column}");
+            assert!(
+                v.bad_seq == Some(2) || v.bad_seq == Some(3),
+                "{column}: {v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_deleted_event_is_found() {
+        let conn = store::in_memory().unwrap();
+        sample(&conn, 3);
+        conn.execute_batch(
+            "DROP TRIGGER audit_events_no_delete; DELETE FROM audit_events WHERE seq = 2",
+        )
+        .unwrap();
+        let v = verify(&conn).unwrap();
+        assert_eq!(v.bad_seq, Some(2));
+        assert!(v.reason.unwrap().contains("missing"));
+    }
+
+    #[test]
+    fn the_log_refuses_updates_and_deletes() {
+        let conn = store::in_memory().unwrap();
+        sample(&conn, 1);
+        assert!(conn
+            .execute("UPDATE audit_events SET actor = 'x'", [])
+            .is_err());
+        assert!(conn.execute("DELETE FROM audit_events", []).is_err());
+    }
+
+    #[test]
+    fn filters_select_events() {
+        let conn = store::in_memory().unwrap();
+        sample(&conn, 5);
+        append(&conn, t(10), Event::new("bob", "mfa.fail").principal("bob")).unwrap();
+        let count = |f: Filter| {
+            let mut n = 0;
+            for_each(&conn, &f, None, |_| {
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
+            n
+        };
+        assert_eq!(
+            count(Filter {
+                actor: Some("bob".into()),
+                ..Filter::default()
+            }),
+            1
+        );
+        assert_eq!(
+            count(Filter {
+                action: Some("user.*".into()),
+                ..Filter::default()
+            }),
+            5
+        );
+        assert_eq!(
+            count(Filter {
+                since: Some(t(3)),
+                ..Filter::default()
+            }),
+            3
+        );
+        assert_eq!(
+            count(Filter {
+                until: Some(t(3)),
+                ..Filter::default()
+            }),
+            3
+        );
+        assert_eq!(
+            count(Filter {
+                user: Some("u1".into()),
+                ..Filter::default()
+            }),
+            1
+        );
+        assert_eq!(
+            count(Filter {
+                involving: Some("bob".into()),
+                ..Filter::default()
+            }),
+            1
+        );
+    }
+
+    #[test]
+    fn formula_cells_are_defused() {
+        assert_eq!(spreadsheet_safe("=1+1"), "'=1+1");
+        assert_eq!(spreadsheet_safe("-x"), "'-x");
+        assert_eq!(spreadsheet_safe("@SUM"), "'@SUM");
+        assert_eq!(spreadsheet_safe("\tx"), "'\tx");
+        assert_eq!(spreadsheet_safe("plain"), "plain");
+    }
+}

@@ -1,0 +1,288 @@
+//! `pim activate`, `deactivate`, `status`, `check` and `request ...`.
+
+use super::context::Ctx;
+use super::output::{json, out, table, unix, when};
+use super::prompt;
+use crate::ops::ActivationInput;
+use crate::scope::Scope;
+use crate::time::{from_unix, parse_duration, parse_instant, rfc3339};
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Args)]
+pub struct ActivateArgs {
+    /// Role key or display name
+    role: String,
+    #[arg(long, default_value = "/", value_name = "S")]
+    scope: String,
+    /// How long (default: the role's maximum)
+    #[arg(long, value_name = "D")]
+    duration: Option<String>,
+    /// Start later (RFC 3339 or a date)
+    #[arg(long, value_name = "T")]
+    start: Option<String>,
+    #[arg(short = 'j', long, value_name = "J")]
+    justification: Option<String>,
+    #[arg(long, value_name = "T")]
+    ticket: Option<String>,
+    /// Your current TOTP code
+    #[arg(long, value_name = "C")]
+    code: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeactivateArgs {
+    role: String,
+    /// Which activation, when you have several of the role
+    #[arg(long, value_name = "S")]
+    scope: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    user: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    user: String,
+    role: String,
+    #[arg(long, default_value = "/", value_name = "S")]
+    scope: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RequestCommand {
+    /// Activation requests: yours, or with --all everyone's
+    List {
+        /// Only requests still pending
+        #[arg(long)]
+        pending: bool,
+        /// Only your own (the default)
+        #[arg(long, conflicts_with = "all")]
+        mine: bool,
+        /// Everyone's
+        #[arg(long)]
+        all: bool,
+    },
+    /// One request
+    Show { id: i64 },
+}
+
+pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
+    let scope = Scope::parse(&a.scope)?;
+    let duration = a.duration.as_deref().map(parse_duration).transpose()?;
+    let start = a.start.as_deref().map(parse_instant).transpose()?;
+    let (mut pim, actor) = ctx.open()?;
+    let mut input = ActivationInput {
+        role: a.role,
+        scope: Some(scope),
+        duration,
+        start,
+        justification: a.justification,
+        ticket: a.ticket,
+        code: a.code,
+    };
+    // Ask for what the policy needs and the flags did not give, when we may.
+    if ctx.interactive {
+        let policy = pim.policy()?;
+        if let Some(role) = policy.role(&input.role) {
+            let s = &role.settings;
+            if s.require_justification && input.justification.is_none() {
+                input.justification =
+                    Some(prompt::text(&format!("Justification for {}", role.key))?);
+            }
+            if s.require_ticket && input.ticket.is_none() {
+                input.ticket = Some(prompt::text("Ticket")?);
+            }
+            if s.require_mfa
+                && input.code.is_none()
+                && pim.user(&actor).is_ok_and(|u| u.mfa_enrolled)
+            {
+                input.code = Some(prompt::code(&actor)?);
+            }
+        }
+    }
+    let r = pim.activate(&actor, input)?;
+    if ctx.json {
+        json(&r)?;
+    } else {
+        let now = pim.now();
+        let text = match r.status.as_str() {
+            "scheduled" => format!(
+                "Request {}: {} at {} is scheduled from {} until {}.",
+                r.id,
+                r.role,
+                r.scope,
+                when(Some(r.start_at), now),
+                when(Some(r.end_at), now)
+            ),
+            _ => format!(
+                "Request {}: {} is active at {} until {}.",
+                r.id,
+                r.role,
+                r.scope,
+                when(Some(r.end_at), now)
+            ),
+        };
+        out(&text)?;
+    }
+    Ok(0)
+}
+
+pub fn run_deactivate(ctx: &Ctx, a: DeactivateArgs) -> anyhow::Result<i32> {
+    let scope = a.scope.as_deref().map(Scope::parse).transpose()?;
+    let (mut pim, actor) = ctx.open()?;
+    let r = pim.deactivate(&actor, &a.role, scope.as_ref())?;
+    if ctx.json {
+        json(&r)?;
+    } else {
+        out(&format!(
+            "Request {}: {} at {} is deactivated.",
+            r.id, r.role, r.scope
+        ))?;
+    }
+    Ok(0)
+}
+
+pub fn run_status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<i32> {
+    let (pim, actor) = ctx.open()?;
+    let user = a.user.unwrap_or(actor);
+    let s = pim.status(&user)?;
+    if ctx.json {
+        return json(&s).map(|_| 0);
+    }
+    let now = pim.now();
+    let mut lines = Vec::new();
+    if s.disabled {
+        lines.push(format!("{} is disabled and holds nothing.", s.user));
+    }
+    if s.active.is_empty() {
+        lines.push(format!("Active roles of {}: none.", s.user));
+    } else {
+        let mut t = table(&["active role", "scope", "until", "via"]);
+        for h in &s.active {
+            let via = match h.request {
+                Some(id) => format!("activation (request {id})"),
+                None => "direct assignment".to_string(),
+            };
+            t.add_row(vec![
+                h.role.clone(),
+                h.scope.clone(),
+                when(h.until_at, now),
+                via,
+            ]);
+        }
+        lines.push(t.to_string());
+    }
+    if s.eligible.is_empty() {
+        lines.push(format!("Eligible roles of {}: none.", s.user));
+    } else {
+        let mut t = table(&["eligible role", "scope", "from", "until"]);
+        for e in &s.eligible {
+            t.add_row(vec![
+                e.role.clone(),
+                e.scope.clone(),
+                when(Some(e.start_at), now),
+                when(e.end_at, now),
+            ]);
+        }
+        lines.push(t.to_string());
+    }
+    if !s.requests.is_empty() {
+        let mut t = table(&["open request", "role", "scope", "status", "start"]);
+        for r in &s.requests {
+            t.add_row(vec![
+                r.id.to_string(),
+                r.role.clone(),
+                r.scope.clone(),
+                r.status.clone(),
+                when(Some(r.start_at), now),
+            ]);
+        }
+        lines.push(t.to_string());
+    }
+    out(&lines.join("\n"))?;
+    Ok(0)
+}
+
+pub fn run_check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<i32> {
+    let scope = Scope::parse(&a.scope)?;
+    let (pim, _) = ctx.open()?;
+    let held = pim.check(&a.user, &a.role, &scope)?;
+    let until = held.flatten().map(|t| rfc3339(from_unix(t)));
+    if ctx.json {
+        json(&serde_json::json!({
+            "user": a.user, "role": a.role, "scope": scope.as_str(),
+            "held": held.is_some(), "until": until,
+        }))?;
+    } else if !ctx.quiet {
+        let now = pim.now();
+        out(&match held {
+            Some(u) => format!(
+                "{} holds {} at {} until {}.",
+                a.user,
+                a.role,
+                scope,
+                when(u, now)
+            ),
+            None => format!("{} does not hold {} at {}.", a.user, a.role, scope),
+        })?;
+    }
+    Ok(if held.is_some() { 0 } else { 1 })
+}
+
+pub fn run_request(ctx: &Ctx, cmd: RequestCommand) -> anyhow::Result<i32> {
+    let (pim, actor) = ctx.open()?;
+    let now = pim.now();
+    let list = match cmd {
+        RequestCommand::Show { id } => {
+            let r = pim.request(id)?;
+            if ctx.json {
+                return json(&r).map(|_| 0);
+            }
+            vec![r]
+        }
+        RequestCommand::List {
+            pending,
+            mine: _,
+            all,
+        } => {
+            let mut list = pim.requests(if all { None } else { Some(&actor) })?;
+            if pending {
+                list.retain(|r| r.status == "pending");
+            }
+            if ctx.json {
+                return json(&list).map(|_| 0);
+            }
+            list
+        }
+    };
+    if list.is_empty() {
+        ctx.note("No requests.");
+        return Ok(0);
+    }
+    let mut t = table(&[
+        "id",
+        "user",
+        "role",
+        "scope",
+        "status",
+        "start",
+        "end",
+        "justification",
+    ]);
+    for r in &list {
+        t.add_row(vec![
+            r.id.to_string(),
+            r.user.clone(),
+            r.role.clone(),
+            r.scope.clone(),
+            r.status.clone(),
+            when(unix(&r.start), now),
+            when(unix(&r.end), now),
+            r.justification.clone().unwrap_or_default(),
+        ]);
+    }
+    out(&t.to_string())?;
+    Ok(0)
+}

@@ -1,0 +1,255 @@
+//! `pim audit list|export|verify` and `pim sweep`.
+
+use super::context::Ctx;
+use super::output::{json, out, table};
+use crate::audit::{self, spreadsheet_safe, Filter, StoredEvent, COLUMNS};
+use crate::error::Error;
+use crate::scope::Scope;
+use crate::time::parse_instant;
+use clap::{Args, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Events at or after T
+    #[arg(long, value_name = "T")]
+    since: Option<String>,
+    /// Events before T
+    #[arg(long, value_name = "T")]
+    until: Option<String>,
+    /// Events done by U
+    #[arg(long, value_name = "U")]
+    actor: Option<String>,
+    /// Events about U
+    #[arg(long, value_name = "U")]
+    user: Option<String>,
+    /// Events about role R
+    #[arg(long, value_name = "R")]
+    role: Option<String>,
+    /// Events of action A (`activation.*` for a family)
+    #[arg(long, value_name = "A")]
+    action: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recent audit events (all with permission `audit`, otherwise your own)
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// How many of the newest events
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        limit: usize,
+    },
+    /// The audit log, streamed, for auditors (permission `audit`)
+    Export {
+        #[arg(long, value_enum, default_value = "csv")]
+        format: Format,
+        /// Write to FILE instead of stdout
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Check the whole hash chain: exit 0 and the head hash, or 1 naming the first bad event
+    Verify,
+}
+
+fn filter(pim: &crate::Pim, f: FilterArgs) -> anyhow::Result<Filter> {
+    let policy = pim.policy()?;
+    Ok(Filter {
+        since: f.since.as_deref().map(parse_instant).transpose()?,
+        until: f.until.as_deref().map(parse_instant).transpose()?,
+        actor: f.actor,
+        user: f.user,
+        // A display name finds the role's key; an unknown name may be a removed role.
+        role: f
+            .role
+            .map(|r| policy.role(&r).map(|x| x.key.clone()).unwrap_or(r)),
+        action: f.action,
+        involving: None,
+    })
+}
+
+fn jsonl_line(e: &StoredEvent) -> serde_json::Value {
+    serde_json::json!({
+        "seq": e.seq, "time": e.time, "actor": e.actor, "action": e.action,
+        "principal": e.principal, "role": e.role, "scope": e.scope, "request": e.request,
+        "justification": e.justification, "ticket": e.ticket, "expires": e.expires,
+        "result": e.result,
+        "details": serde_json::from_str::<serde_json::Value>(&e.details).unwrap_or(serde_json::Value::String(e.details.clone())),
+        "prev_hash": e.prev_hash, "hash": e.hash,
+    })
+}
+
+pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
+    let (pim, actor) = ctx.open()?;
+    match cmd {
+        AuditCommand::List { filter: f, limit } => {
+            let mut f = filter(&pim, f)?;
+            if !pim.may(&actor, "audit", &Scope::root())? {
+                f.involving = Some(actor.clone());
+                ctx.note(
+                    "Showing your own events only (the full log needs the 'audit' permission).",
+                );
+            }
+            let mut events = Vec::new();
+            audit::for_each(pim.conn(), &f, Some(limit), |e| {
+                events.push(e);
+                Ok(())
+            })?;
+            if ctx.json {
+                return json(&events.iter().map(jsonl_line).collect::<Vec<_>>()).map(|_| 0);
+            }
+            let mut t = table(&[
+                "seq",
+                "time",
+                "actor",
+                "action",
+                "principal",
+                "role",
+                "scope",
+                "result",
+            ]);
+            for e in &events {
+                let local = crate::time::parse_instant(&e.time)
+                    .map(|t| {
+                        t.with_timezone(&chrono::Local)
+                            .format("%Y-%m-%d %H:%M:%S")
+                            .to_string()
+                    })
+                    .unwrap_or_else(|_| e.time.clone());
+                t.add_row(vec![
+                    e.seq.to_string(),
+                    local,
+                    e.actor.clone(),
+                    e.action.clone(),
+                    e.principal.clone().unwrap_or_default(),
+                    e.role.clone().unwrap_or_default(),
+                    e.scope.clone().unwrap_or_default(),
+                    e.result.clone(),
+                ]);
+            }
+            out(&t.to_string())?;
+        }
+        AuditCommand::Export {
+            format,
+            output,
+            filter: f,
+        } => {
+            if !pim.may(&actor, "audit", &Scope::root())? {
+                return Err(Error::Refused(
+                    "Exporting the audit log needs the 'audit' permission. Activate a role that grants it (such as security-reader).".to_string(),
+                )
+                .into());
+            }
+            let f = filter(&pim, f)?;
+            let sink: Box<dyn Write> = match &output {
+                Some(path) => {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    Box::new(
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(true)
+                            .mode(0o600)
+                            .open(path)
+                            .map_err(|e| {
+                                Error::Environment(format!("Cannot write {}: {e}.", path.display()))
+                            })?,
+                    )
+                }
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
+            export(pim.conn(), &f, format, sink)?;
+            if let Some(path) = output {
+                ctx.note(&format!("Wrote {}.", path.display()));
+            }
+        }
+        AuditCommand::Verify => {
+            let v = audit::verify(pim.conn())?;
+            if ctx.json {
+                json(&v)?;
+            } else if v.ok {
+                out(&format!(
+                    "The audit chain holds: {} events, head {}.",
+                    v.events,
+                    v.head.clone().unwrap_or_default()
+                ))?;
+            } else {
+                eprintln!(
+                    "pim: the audit chain is broken at event {}: {}. Events after {} cannot be trusted; restore the database from a backup and investigate.",
+                    v.bad_seq.unwrap_or_default(),
+                    v.reason.clone().unwrap_or_default(),
+                    v.events
+                );
+            }
+            return Ok(if v.ok { 0 } else { 1 });
+        }
+    }
+    Ok(0)
+}
+
+/// Stream the events to `sink`, one row at a time.
+pub fn export(
+    conn: &rusqlite::Connection,
+    f: &Filter,
+    format: Format,
+    mut sink: impl Write,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(sink);
+            w.write_record(COLUMNS)?;
+            audit::for_each(conn, f, None, |e| {
+                for cell in e.fields().iter().chain([&e.prev_hash, &e.hash]) {
+                    w.write_field(spreadsheet_safe(cell).as_bytes())
+                        .map_err(csv_error)?;
+                }
+                w.write_record(None::<&[u8]>).map_err(csv_error)?;
+                Ok(())
+            })?;
+            w.flush()?;
+        }
+        Format::Jsonl => {
+            audit::for_each(conn, f, None, |e| {
+                serde_json::to_writer(&mut sink, &jsonl_line(&e)).map_err(std::io::Error::from)?;
+                sink.write_all(b"\n")?;
+                Ok(())
+            })?;
+            sink.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn csv_error(e: csv::Error) -> Error {
+    match e.into_kind() {
+        csv::ErrorKind::Io(io) => Error::Io(io),
+        other => Error::Environment(format!("Cannot write the CSV export: {other:?}.")),
+    }
+}
+
+pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
+    let (mut pim, actor) = ctx.open()?;
+    let report = pim.sweep(&actor)?;
+    if ctx.json {
+        json(&report)?;
+    } else if !ctx.quiet {
+        out(&format!(
+            "Swept: {} activation(s) started, {} activation(s) and {} assignment(s) expired.",
+            report.started.len(),
+            report.expired_activations.len(),
+            report.expired_assignments.len()
+        ))?;
+    }
+    Ok(0)
+}

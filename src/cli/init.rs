@@ -1,0 +1,98 @@
+//! `pim init`: create the database, load the policy, make the break-glass administrator.
+
+use super::context::{real_user, Ctx};
+use super::output::{json, out};
+use super::policy::read_policy;
+use crate::clock::SystemClock;
+use crate::ops::Enrollment;
+use crate::{mfa, policy, store, Pim};
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The break-glass administrator to create
+    #[arg(long, value_name = "NAME")]
+    admin: String,
+    /// The administrator's e-mail address
+    #[arg(long, value_name = "E")]
+    email: Option<String>,
+    /// The policy to load (default: the built-in example policy)
+    #[arg(long, value_name = "FILE")]
+    policies: Option<PathBuf>,
+}
+
+pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<i32> {
+    let os_actor = real_user()?;
+    let source = match &args.policies {
+        Some(path) => read_policy(path)?.source,
+        None => policy::EXAMPLE.to_string(),
+    };
+    let conn = store::create(&ctx.db)?;
+    let created = Pim::init(
+        conn,
+        Arc::new(SystemClock),
+        &os_actor,
+        &args.admin,
+        args.email.as_deref(),
+        &source,
+    );
+    let (pim, enrollment) = match created {
+        Ok(done) => done,
+        Err(e) => {
+            // Leave no half-made database behind.
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = ctx.db.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e.into());
+        }
+    };
+    let protected: Vec<String> = pim
+        .policy()?
+        .roles
+        .values()
+        .filter(|r| r.protected)
+        .map(|r| r.key.clone())
+        .collect();
+    if ctx.json {
+        json(&serde_json::json!({
+            "db": ctx.db.display().to_string(),
+            "admin": args.admin,
+            "otpauth_uri": enrollment.otpauth_uri,
+            "secret": enrollment.secret,
+            "protected_roles": protected,
+        }))?;
+    } else {
+        out(&format!(
+            "Created {} with {} as break-glass administrator (permanently active: {}).",
+            ctx.db.display(),
+            args.admin,
+            if protected.is_empty() {
+                "no protected roles".to_string()
+            } else {
+                protected.join(", ")
+            }
+        ))?;
+        show_enrollment(&enrollment)?;
+    }
+    if !pim.policy_warnings(&pim.policy()?)?.is_empty() {
+        ctx.note(
+            "Note: the policy names approvers who are not users yet; add them with `pim user add`.",
+        );
+    }
+    Ok(0)
+}
+
+/// Print an authenticator's URI and QR code for a person to scan.
+pub fn show_enrollment(e: &Enrollment) -> anyhow::Result<()> {
+    out(&format!(
+        "\nScan this into an authenticator app for {} (or enter the secret {}):\n\n{}\n{}",
+        e.user,
+        e.secret,
+        mfa::qr_text(&e.otpauth_uri),
+        e.otpauth_uri
+    ))
+}

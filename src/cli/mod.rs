@@ -1,0 +1,127 @@
+//! The command line: the only place that parses arguments, reads the environment and the
+//! terminal, prompts, and draws tables or JSON. One file per command group, one dispatch.
+
+mod activate;
+mod assign;
+mod audit;
+mod context;
+mod init;
+mod output;
+mod policy;
+mod prompt;
+mod user;
+
+use clap::{Parser, Subcommand};
+use context::Ctx;
+use std::path::PathBuf;
+
+/// Privileged Identity Management from a terminal: eligible roles, taken just in time.
+#[derive(Debug, Parser)]
+#[command(name = "pim", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The database (default: $XDG_DATA_HOME/pim/pim.db)
+    #[arg(long, global = true, env = "PIM_DB", value_name = "PATH")]
+    db: Option<PathBuf>,
+    /// Act as another principal (only root or the database file's owner may)
+    #[arg(long = "as", global = true, env = "PIM_USER", value_name = "NAME")]
+    as_user: Option<String>,
+    /// Machine-readable output: one JSON document on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    /// Never prompt; missing input is an error (implied when stdin is not a terminal)
+    #[arg(long, global = true)]
+    no_input: bool,
+    /// Say less on stderr
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Say more on stderr
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the database, load the policy and make the break-glass administrator
+    Init(init::InitArgs),
+    /// Add, list, show, disable and enable users
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// Enrol or reset TOTP authenticators
+    #[command(subcommand)]
+    Mfa(user::MfaCommand),
+    /// Roles with their effective settings and holders
+    #[command(subcommand)]
+    Role(policy::RoleCommand),
+    /// Validate, apply or export the policy
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Make a user eligible for (or active in) a role
+    Assign(assign::AssignArgs),
+    /// Remove an assignment, ending the activations that rest on it
+    Unassign(assign::UnassignArgs),
+    /// List assignments
+    #[command(subcommand)]
+    Assignment(assign::AssignmentCommand),
+    /// Activate a role you are eligible for
+    Activate(activate::ActivateArgs),
+    /// End your activation now
+    Deactivate(activate::DeactivateArgs),
+    /// Your (or USER's) eligible roles, active roles and open requests
+    Status(activate::StatusArgs),
+    /// Exit 0 if USER holds ROLE covering the scope right now, 1 if not
+    Check(activate::CheckArgs),
+    /// Activation requests
+    #[command(subcommand)]
+    Request(activate::RequestCommand),
+    /// The audit log: list, export, verify
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Record expirations and starts in the audit log (safe to run from cron, any number of times)
+    Sweep,
+}
+
+/// Run pim with the process's arguments; returns the exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; clap picks 0 or 2.
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let ctx = Ctx::new(&cli);
+    let result = match cli.command {
+        Command::Init(args) => init::run(&ctx, args),
+        Command::User(cmd) => user::run_user(&ctx, cmd),
+        Command::Mfa(cmd) => user::run_mfa(&ctx, cmd),
+        Command::Role(cmd) => policy::run_role(&ctx, cmd),
+        Command::Policy(cmd) => policy::run_policy(&ctx, cmd),
+        Command::Assign(args) => assign::run_assign(&ctx, args),
+        Command::Unassign(args) => assign::run_unassign(&ctx, args),
+        Command::Assignment(cmd) => assign::run_assignment(&ctx, cmd),
+        Command::Activate(args) => activate::run_activate(&ctx, args),
+        Command::Deactivate(args) => activate::run_deactivate(&ctx, args),
+        Command::Status(args) => activate::run_status(&ctx, args),
+        Command::Check(args) => activate::run_check(&ctx, args),
+        Command::Request(cmd) => activate::run_request(&ctx, cmd),
+        Command::Audit(cmd) => audit::run(&ctx, cmd),
+        Command::Sweep => audit::run_sweep(&ctx),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if output::is_broken_pipe(&e) {
+                return 0;
+            }
+            let code = e
+                .downcast_ref::<crate::Error>()
+                .map(crate::Error::exit_code)
+                .unwrap_or(1);
+            eprintln!("pim: {e:#}");
+            code
+        }
+    }
+}

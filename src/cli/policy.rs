@@ -1,0 +1,220 @@
+//! `pim policy ...` and `pim role ...`.
+
+use super::context::Ctx;
+use super::output::{json, out, table};
+use crate::error::Error;
+use crate::policy::{Policy, RoleChange};
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file without applying it (works without a database)
+    Validate { file: PathBuf },
+    /// Apply a policy file (permission `policy`); shows what changes, role by role
+    Apply {
+        file: PathBuf,
+        /// Show the changes, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the policy in force, exactly as applied
+    Export,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    /// Roles with their main settings and counts of eligible and active holders
+    List,
+    /// One role with every effective setting
+    Show { role: String },
+}
+
+/// Read and parse a policy file; invalid files are usage errors naming each line.
+pub fn read_policy(path: &Path) -> anyhow::Result<Policy> {
+    let source = std::fs::read_to_string(path).map_err(|e| {
+        Error::Environment(format!(
+            "Cannot read the policy file {}: {e}.",
+            path.display()
+        ))
+    })?;
+    Policy::parse(&source).map_err(|problems| {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{} {p}", path.display()))
+            .collect();
+        Error::Usage(format!(
+            "The policy is invalid; fix it and try again:\n{}",
+            lines.join("\n")
+        ))
+        .into()
+    })
+}
+
+fn change_lines(changes: &[RoleChange]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for c in changes {
+        match c {
+            RoleChange::Added(k) => lines.push(format!("+ role {k}")),
+            RoleChange::Removed(k) => lines.push(format!("- role {k}")),
+            RoleChange::Changed(k, fields) => {
+                lines.push(format!("~ role {k}"));
+                for (f, a, b) in fields {
+                    lines.push(format!("    {f}: {a} -> {b}"));
+                }
+            }
+        }
+    }
+    lines
+}
+
+pub fn run_policy(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<i32> {
+    match cmd {
+        PolicyCommand::Validate { file } => {
+            let policy = read_policy(&file)?;
+            // With a database at hand, also name approvers who are not users yet.
+            let mut warnings = Vec::new();
+            if ctx.db.exists() {
+                let (pim, _) = ctx.open()?;
+                warnings = pim.policy_warnings(&policy)?;
+            }
+            if ctx.json {
+                json(&serde_json::json!({
+                    "valid": true,
+                    "roles": policy.roles.keys().collect::<Vec<_>>(),
+                    "warnings": warnings,
+                }))?;
+            } else {
+                for w in &warnings {
+                    ctx.note(&format!("warning: {w}"));
+                }
+                out(&format!(
+                    "{} is valid: {} roles.",
+                    file.display(),
+                    policy.roles.len()
+                ))?;
+            }
+        }
+        PolicyCommand::Apply { file, dry_run } => {
+            let policy = read_policy(&file)?;
+            let (mut pim, actor) = ctx.open()?;
+            let applied = pim.apply_policy(&actor, &policy, dry_run)?;
+            if ctx.json {
+                json(&serde_json::json!({
+                    "applied": applied.applied,
+                    "dry_run": dry_run,
+                    "changes": applied.changes.iter().map(crate::ops::policy_change_json).collect::<Vec<_>>(),
+                    "warnings": applied.warnings,
+                }))?;
+            } else {
+                for w in &applied.warnings {
+                    ctx.note(&format!("warning: {w}"));
+                }
+                let mut lines = change_lines(&applied.changes);
+                if lines.is_empty() {
+                    lines.push("No changes: the policy in force is the same.".to_string());
+                } else if dry_run {
+                    lines.push("Dry run: nothing was applied.".to_string());
+                } else {
+                    lines.push(format!("Applied {}.", file.display()));
+                }
+                out(&lines.join("\n"))?;
+            }
+        }
+        PolicyCommand::Export => {
+            let (pim, _) = ctx.open()?;
+            let policy = pim.policy()?;
+            if ctx.json {
+                json(&serde_json::json!({"policy": policy.source}))?;
+            } else {
+                out(&policy.source)?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn role_json(r: &crate::ops::RoleSummary) -> serde_json::Value {
+    let mut settings = serde_json::Map::new();
+    for (k, v) in r.role.settings.entries() {
+        settings.insert(k.to_string(), serde_json::to_value(v).unwrap_or_default());
+    }
+    serde_json::json!({
+        "key": r.role.key,
+        "name": r.role.name,
+        "description": r.role.description,
+        "permissions": r.role.permissions,
+        "protected": r.role.protected,
+        "settings": settings,
+        "eligible": r.eligible,
+        "active": r.active,
+    })
+}
+
+pub fn run_role(ctx: &Ctx, cmd: RoleCommand) -> anyhow::Result<i32> {
+    let (pim, _) = ctx.open()?;
+    let roles = pim.roles()?;
+    match cmd {
+        RoleCommand::List => {
+            if ctx.json {
+                return json(&roles.iter().map(role_json).collect::<Vec<_>>()).map(|_| 0);
+            }
+            let mut t = table(&[
+                "role",
+                "name",
+                "max",
+                "mfa",
+                "approval",
+                "permissions",
+                "eligible",
+                "active",
+            ]);
+            for r in &roles {
+                let s = &r.role.settings;
+                t.add_row(vec![
+                    format!(
+                        "{}{}",
+                        r.role.key,
+                        if r.role.protected { " (protected)" } else { "" }
+                    ),
+                    r.role.name.clone(),
+                    crate::time::policy_duration(s.max_activation),
+                    if s.require_mfa { "yes" } else { "no" }.to_string(),
+                    if s.require_approval { "yes" } else { "no" }.to_string(),
+                    r.role.permissions.join(","),
+                    r.eligible.to_string(),
+                    r.active.to_string(),
+                ]);
+            }
+            out(&t.to_string())?;
+        }
+        RoleCommand::Show { role } => {
+            let policy = pim.policy()?;
+            let key = policy.role(&role).map(|r| r.key.clone()).ok_or_else(|| {
+                Error::NotFound(format!("There is no role '{role}'. See `pim role list`."))
+            })?;
+            let Some(r) = roles.iter().find(|r| r.role.key == key) else {
+                return Err(Error::NotFound(format!("There is no role '{role}'.")).into());
+            };
+            if ctx.json {
+                return json(&role_json(r)).map(|_| 0);
+            }
+            let mut t = table(&["setting", "value"]);
+            t.add_row(vec!["key".to_string(), r.role.key.clone()]);
+            t.add_row(vec!["name".to_string(), r.role.name.clone()]);
+            t.add_row(vec!["description".to_string(), r.role.description.clone()]);
+            t.add_row(vec![
+                "permissions".to_string(),
+                r.role.permissions.join(", "),
+            ]);
+            t.add_row(vec!["protected".to_string(), r.role.protected.to_string()]);
+            for (k, v) in r.role.settings.entries() {
+                t.add_row(vec![k.to_string(), v.to_string()]);
+            }
+            t.add_row(vec!["eligible holders".to_string(), r.eligible.to_string()]);
+            t.add_row(vec!["active holders".to_string(), r.active.to_string()]);
+            out(&t.to_string())?;
+        }
+    }
+    Ok(0)
+}

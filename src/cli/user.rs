@@ -1,0 +1,150 @@
+//! `pim user ...` and `pim mfa ...`.
+
+use super::context::Ctx;
+use super::init::show_enrollment;
+use super::output::{json, out, table, when};
+use super::prompt;
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user (permission `users`)
+    Add {
+        name: String,
+        #[arg(long, value_name = "E")]
+        email: Option<String>,
+        #[arg(long, value_name = "D")]
+        display_name: Option<String>,
+    },
+    /// List users
+    List,
+    /// Show one user
+    Show { name: String },
+    /// Disable a user: they can do nothing and hold nothing (permission `users`)
+    Disable { name: String },
+    /// Enable a disabled user (permission `users`)
+    Enable { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MfaCommand {
+    /// Enrol your TOTP authenticator (re-enrolling needs a current code); with NAME, enrol
+    /// another user's (permission `users`)
+    Enroll {
+        name: Option<String>,
+        /// Your current code, to replace your authenticator
+        #[arg(long, value_name = "C")]
+        code: Option<String>,
+    },
+    /// Drop a user's authenticator and lockout (permission `users`)
+    Reset { name: String },
+}
+
+fn show_users(
+    ctx: &Ctx,
+    users: &[crate::ops::User],
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    if ctx.json {
+        return json(users);
+    }
+    let mut t = table(&["user", "display name", "e-mail", "kind", "state", "mfa"]);
+    for u in users {
+        let mfa = match (u.mfa_enrolled, u.mfa_locked_until) {
+            (_, Some(l)) if l > now.timestamp() => format!("locked until {}", when(Some(l), now)),
+            (true, _) => "enrolled".to_string(),
+            (false, _) => "none".to_string(),
+        };
+        t.add_row(vec![
+            u.name.clone(),
+            u.display_name.clone().unwrap_or_default(),
+            u.email.clone().unwrap_or_default(),
+            u.kind.clone(),
+            if u.disabled { "disabled" } else { "enabled" }.to_string(),
+            mfa,
+        ]);
+    }
+    out(&t.to_string())
+}
+
+pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> anyhow::Result<i32> {
+    let (mut pim, actor) = ctx.open()?;
+    let now = pim.now();
+    match cmd {
+        UserCommand::Add {
+            name,
+            email,
+            display_name,
+        } => {
+            let u = pim.add_user(&actor, &name, email.as_deref(), display_name.as_deref())?;
+            if ctx.json {
+                json(&u)?;
+            } else {
+                out(&format!(
+                    "Added user {}. Next: `pim mfa enroll {}` and `pim assign {} ROLE`.",
+                    u.name, u.name, u.name
+                ))?;
+            }
+        }
+        UserCommand::List => show_users(ctx, &pim.users()?, now)?,
+        UserCommand::Show { name } => {
+            let u = pim.user(&name)?;
+            if ctx.json {
+                json(&u)?;
+            } else {
+                show_users(ctx, std::slice::from_ref(&u), now)?;
+            }
+        }
+        UserCommand::Disable { name } => {
+            let u = pim.set_disabled(&actor, &name, true)?;
+            if ctx.json {
+                json(&u)?;
+            } else {
+                out(&format!("Disabled {name}; their activations have ended."))?;
+            }
+        }
+        UserCommand::Enable { name } => {
+            let u = pim.set_disabled(&actor, &name, false)?;
+            if ctx.json {
+                json(&u)?;
+            } else {
+                out(&format!("Enabled {name}."))?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn run_mfa(ctx: &Ctx, cmd: MfaCommand) -> anyhow::Result<i32> {
+    let (mut pim, actor) = ctx.open()?;
+    match cmd {
+        MfaCommand::Enroll { name, code } => {
+            let own = name.as_deref().is_none_or(|n| n == actor);
+            let mut code = code;
+            if own
+                && code.is_none()
+                && pim.user(&actor).is_ok_and(|u| u.mfa_enrolled)
+                && ctx.interactive
+            {
+                code = Some(prompt::code(&actor)?);
+            }
+            let e = pim.enroll(&actor, name.as_deref(), code.as_deref())?;
+            if ctx.json {
+                json(
+                    &serde_json::json!({"user": e.user, "otpauth_uri": e.otpauth_uri, "secret": e.secret}),
+                )?;
+            } else {
+                show_enrollment(&e)?;
+            }
+        }
+        MfaCommand::Reset { name } => {
+            pim.reset_mfa(&actor, &name)?;
+            if ctx.json {
+                json(&serde_json::json!({"user": name, "mfa_enrolled": false}))?;
+            } else {
+                out(&format!("Dropped {name}'s authenticator and lockout. They can enrol again with `pim mfa enroll`."))?;
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,55 @@
+//! The core's error kinds. Each kind maps to one exit code of the contract.
+
+use thiserror::Error;
+
+/// Everything the core can refuse or fail at.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The environment failed us: database missing or unreadable, I/O (exit 1).
+    #[error("{0}")]
+    Environment(String),
+    /// Bad usage or input (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// Refused: not permitted, not eligible, MFA failed, policy not met (exit 3).
+    #[error("{0}")]
+    Refused(String),
+    /// Unknown user, role or request (exit 4).
+    #[error("{0}")]
+    NotFound(String),
+    /// Conflict with the current state (exit 5).
+    #[error("{0}")]
+    Conflict(String),
+    /// A refusal whose audit event was written in the transaction: the transaction is
+    /// committed (so the attempt stays on record) and the inner error is returned.
+    #[error("{0}")]
+    Recorded(Box<Error>),
+    #[error("Input or output failed: {0}.")]
+    Io(#[from] std::io::Error),
+    #[error("The database failed: {0}. Check the file with `pim audit verify`, or restore it from a backup.")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+impl Error {
+    /// The exit code of the contract for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Environment(_) | Error::Sqlite(_) | Error::Io(_) => 1,
+            Error::Usage(_) => 2,
+            Error::Refused(_) => 3,
+            Error::NotFound(_) => 4,
+            Error::Conflict(_) => 5,
+            Error::Recorded(inner) => inner.exit_code(),
+        }
+    }
+
+    /// Mark a refusal whose audit event is already in the transaction.
+    pub fn recorded(self) -> Error {
+        match self {
+            Error::Recorded(_) => self,
+            other => Error::Recorded(Box::new(other)),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

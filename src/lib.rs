@@ -1,0 +1,18 @@
+//! pim: Privileged Identity Management over one SQLite file.
+//!
+//! The core (everything but `cli`) takes plain values and a clock and returns typed results;
+//! `cli` is the only place that parses arguments, prompts, and draws tables or JSON.
+
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod error;
+pub mod mfa;
+pub mod ops;
+pub mod policy;
+pub mod scope;
+pub mod store;
+pub mod time;
+
+pub use error::{Error, Result};
+pub use ops::Pim;

@@ -1,0 +1,682 @@
+//! Just-in-time activation: a user takes a role they are eligible for, for a bounded time,
+//! with what the role's policy asks (justification, ticket, TOTP code).
+
+use super::assignments::unknown_role;
+use super::users::{verify_code, User};
+use super::{actor_user, holdings, refuse, users, Holding, Pim};
+use crate::audit::{self, Event};
+use crate::error::{Error, Result};
+use crate::scope::Scope;
+use crate::time::{format_duration, from_unix, rfc3339};
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{params, Connection, Row};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default)]
+pub struct ActivationInput {
+    pub role: String,
+    pub scope: Option<Scope>,
+    pub duration: Option<Duration>,
+    pub start: Option<DateTime<Utc>>,
+    pub justification: Option<String>,
+    pub ticket: Option<String>,
+    pub code: Option<String>,
+}
+
+/// An activation request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Request {
+    pub id: i64,
+    pub user: String,
+    pub role: String,
+    pub scope: String,
+    /// The status as of now (an `active` request past its end reads `expired`).
+    pub status: String,
+    pub start: String,
+    pub end: String,
+    pub justification: Option<String>,
+    pub ticket: Option<String>,
+    pub requested: String,
+    pub closed_by: Option<String>,
+    pub close_reason: Option<String>,
+    #[serde(skip)]
+    pub start_at: i64,
+    #[serde(skip)]
+    pub end_at: i64,
+}
+
+/// Everything about one user's access right now.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub user: String,
+    pub disabled: bool,
+    pub eligible: Vec<super::Assignment>,
+    pub active: Vec<ActiveRole>,
+    pub requests: Vec<Request>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActiveRole {
+    pub role: String,
+    pub scope: String,
+    /// None: permanent.
+    pub until: Option<String>,
+    /// `assignment` or `activation`.
+    pub source: String,
+    pub request: Option<i64>,
+    #[serde(skip)]
+    pub until_at: Option<i64>,
+}
+
+/// The status a stored status reads as at `now`: time moves requests on without a sweep.
+pub fn effective_status(stored: &str, start: i64, end: i64, now: i64) -> &str {
+    match stored {
+        "active" | "scheduled" if end <= now => "expired",
+        "active" | "scheduled" if start <= now => "active",
+        "active" | "scheduled" => "scheduled",
+        other => other,
+    }
+}
+
+const COLUMNS: &str = "r.id, u.name, r.role, r.scope, r.status, r.start_at, r.end_at, \
+     r.justification, r.ticket, r.created_at, r.closed_by, r.close_reason";
+
+fn from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<Request> {
+    let stored: String = r.get(4)?;
+    let start_at: i64 = r.get(5)?;
+    let end_at: i64 = r.get(6)?;
+    Ok(Request {
+        id: r.get(0)?,
+        user: r.get(1)?,
+        role: r.get(2)?,
+        scope: r.get(3)?,
+        status: effective_status(&stored, start_at, end_at, now).to_string(),
+        start: rfc3339(from_unix(start_at)),
+        end: rfc3339(from_unix(end_at)),
+        justification: r.get(7)?,
+        ticket: r.get(8)?,
+        requested: rfc3339(from_unix(r.get(9)?)),
+        closed_by: r.get(10)?,
+        close_reason: r.get(11)?,
+        start_at,
+        end_at,
+    })
+}
+
+fn requests_where(conn: &Connection, clause: &str, value: i64, now: i64) -> Result<Vec<Request>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM requests r JOIN users u ON u.id = r.user_id WHERE {clause} ORDER BY r.id"
+    ))?;
+    let rows = stmt.query_map([value], |r| from_row(r, now))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// End every open activation matching `clause` (with `?1` bound to `value`): set the final
+/// `status` and write one `action` event each.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn end_activations(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    actor: &str,
+    clause: &str,
+    value: i64,
+    status: &str,
+    action: &str,
+    reason: &str,
+) -> Result<Vec<i64>> {
+    let t = now.timestamp();
+    let open = requests_where(
+        conn,
+        &format!(
+            "r.{clause} AND r.status IN ('pending', 'active', 'scheduled') AND r.end_at > {t}"
+        ),
+        value,
+        t,
+    )?;
+    for r in &open {
+        conn.execute(
+            "UPDATE requests SET status = ?1, closed_at = ?2, closed_by = ?3, close_reason = ?4 WHERE id = ?5",
+            params![status, t, actor, reason, r.id],
+        )?;
+        audit::append(
+            conn,
+            now,
+            Event::new(actor, action)
+                .principal(&r.user)
+                .role(&r.role)
+                .scope(&r.scope)
+                .request(r.id)
+                .detail("reason", reason),
+        )?;
+    }
+    Ok(open.iter().map(|r| r.id).collect())
+}
+
+impl Pim {
+    /// Request activation of an eligible role.
+    pub fn activate(&mut self, actor: &str, input: ActivationInput) -> Result<Request> {
+        self.write(|tx, now, policy| {
+            let me: User = actor_user(tx, actor)?;
+            let role = policy.role(&input.role).ok_or_else(|| unknown_role(&input.role))?;
+            let settings = &role.settings;
+            let scope = input.scope.clone().unwrap_or_else(Scope::root);
+            let t = now.timestamp();
+            let justification = input.justification.as_deref().map(str::trim).filter(|j| !j.is_empty());
+            let ticket = input.ticket.as_deref().map(str::trim).filter(|j| !j.is_empty());
+            let event = Event::new(actor, "activation.request")
+                .principal(actor)
+                .role(&role.key)
+                .scope(scope.as_str())
+                .justification(justification)
+                .ticket(ticket);
+            let refused = |why: String| refuse(tx, now, event.clone(), Error::Refused(why));
+
+            if me.kind == "service" {
+                return refused(format!(
+                    "'{actor}' is a service principal; services never activate. Give it an active assignment instead."
+                ));
+            }
+            // Already holding the role here (directly or by an activation)?
+            if let Some(h) = holdings(tx, me.id, t)?
+                .into_iter()
+                .find(|h| h.role == role.key && h.scope.covers(&scope))
+            {
+                let until = match h.until {
+                    Some(u) => format!("until {}", rfc3339(from_unix(u))),
+                    None => "permanently".to_string(),
+                };
+                return Err(Error::Conflict(format!(
+                    "{} is already active for you at {} ({until}).",
+                    role.key, h.scope
+                )));
+            }
+            let open: i64 = tx.query_row(
+                "SELECT count(*) FROM requests WHERE user_id = ?1 AND role = ?2 AND scope = ?3 \
+                 AND (status = 'pending' OR (status = 'scheduled' AND end_at > ?4))",
+                params![me.id, role.key, scope.as_str(), t],
+                |r| r.get(0),
+            )?;
+            if open > 0 {
+                return Err(Error::Conflict(format!(
+                    "You already have an open request for {} at {scope}. See `pim status`.",
+                    role.key
+                )));
+            }
+
+            let start = match input.start {
+                Some(s) if s < now - Duration::minutes(1) => {
+                    return Err(Error::Usage(format!(
+                        "The start {} is in the past. Leave --start out to start now.",
+                        rfc3339(s)
+                    )));
+                }
+                Some(s) => s.max(now),
+                None => now,
+            };
+            let duration = input.duration.unwrap_or(settings.max_activation);
+            if duration > settings.max_activation {
+                return refused(format!(
+                    "{} can be activated for at most {}; ask for less with --duration.",
+                    role.key,
+                    format_duration(settings.max_activation)
+                ));
+            }
+            // The eligibility that covers this scope when the activation starts, the one
+            // lasting longest first.
+            let eligibility: Option<(i64, Option<i64>)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT id, scope, end_at FROM assignments WHERE user_id = ?1 AND role = ?2 \
+                     AND kind = 'eligible' AND removed_at IS NULL AND start_at <= ?3 \
+                     AND (end_at IS NULL OR end_at > ?3) ORDER BY end_at IS NULL DESC, end_at DESC",
+                )?;
+                let rows = stmt.query_map(params![me.id, role.key, start.timestamp()], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?))
+                })?;
+                let mut found = None;
+                for row in rows {
+                    let (id, s, end) = row?;
+                    if Scope::parse(&s).is_ok_and(|s| s.covers(&scope)) {
+                        found = Some((id, end));
+                        break;
+                    }
+                }
+                found
+            };
+            let Some((eligibility_id, eligible_until)) = eligibility else {
+                return refused(format!(
+                    "You are not eligible for {} at {scope}. Ask an administrator for an eligible assignment.",
+                    role.key
+                ));
+            };
+            if settings.require_justification && justification.is_none() {
+                return refused(format!(
+                    "{} requires a justification. Pass -j/--justification.",
+                    role.key
+                ));
+            }
+            if let Some(j) = justification {
+                if !settings.justification_matches(j) {
+                    return refused(format!(
+                        "The justification does not match {}'s required pattern `{}`.",
+                        role.key,
+                        settings.justification_pattern.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
+            if settings.require_ticket && ticket.is_none() {
+                return refused(format!("{} requires a ticket. Pass --ticket.", role.key));
+            }
+            if settings.require_approval {
+                return refused(format!(
+                    "{} requires approval, which this version of pim cannot grant yet; ask an administrator for a direct active assignment.",
+                    role.key
+                ));
+            }
+            if settings.require_mfa {
+                verify_code(tx, now, &me, input.code.as_deref(), event.clone())?;
+            }
+
+            // Never outlast the eligibility it rests on.
+            let mut end = start + duration;
+            let capped = eligible_until.is_some_and(|e| e < end.timestamp());
+            if let Some(e) = eligible_until.filter(|_| capped) {
+                end = from_unix(e);
+            }
+            let status = if start <= now { "active" } else { "scheduled" };
+            tx.execute(
+                "INSERT INTO requests (user_id, role, scope, eligibility_id, status, created_at, start_at, end_at, justification, ticket) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![me.id, role.key, scope.as_str(), eligibility_id, status, t, start.timestamp(), end.timestamp(), justification, ticket],
+            )?;
+            let id = tx.last_insert_rowid();
+            audit::append(
+                tx,
+                now,
+                event
+                    .clone()
+                    .request(id)
+                    .expires(Some(end.timestamp()))
+                    .detail("start", rfc3339(start))
+                    .detail("duration", format_duration(end - start))
+                    .detail("mfa", settings.require_mfa)
+                    .detail("capped_by_eligibility", capped),
+            )?;
+            if status == "active" {
+                audit::append(
+                    tx,
+                    now,
+                    Event::new(actor, "activation.start")
+                        .principal(actor)
+                        .role(&role.key)
+                        .scope(scope.as_str())
+                        .request(id)
+                        .expires(Some(end.timestamp())),
+                )?;
+            }
+            Ok(requests_where(tx, "r.id = ?1", id, t)?.remove(0))
+        })
+    }
+
+    /// End your own activation now.
+    pub fn deactivate(
+        &mut self,
+        actor: &str,
+        role: &str,
+        scope: Option<&Scope>,
+    ) -> Result<Request> {
+        self.write(|tx, now, policy| {
+            let me = actor_user(tx, actor)?;
+            let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
+            let t = now.timestamp();
+            let mut open: Vec<Request> = requests_where(
+                tx,
+                &format!(
+                    "r.user_id = ?1 AND r.status IN ('active', 'scheduled') AND r.end_at > {t}"
+                ),
+                me.id,
+                t,
+            )?
+            .into_iter()
+            .filter(|r| r.role == role.key && scope.is_none_or(|s| r.scope == s.as_str()))
+            .collect();
+            let request = match open.len() {
+                0 => {
+                    return Err(Error::NotFound(format!(
+                        "You have no activation of {}{}. See `pim status`.",
+                        role.key,
+                        scope.map(|s| format!(" at {s}")).unwrap_or_default()
+                    )))
+                }
+                1 => open.remove(0),
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "You have {} activations of {}; say which with --scope.",
+                        open.len(),
+                        role.key
+                    )))
+                }
+            };
+            end_activations(
+                tx,
+                now,
+                actor,
+                "id = ?1",
+                request.id,
+                "deactivated",
+                "activation.deactivate",
+                "deactivated by its holder",
+            )?;
+            Ok(requests_where(tx, "r.id = ?1", request.id, t)?.remove(0))
+        })
+    }
+
+    /// What a user may activate, holds, and has asked for.
+    pub fn status(&self, user: &str) -> Result<Status> {
+        let user = users::get(&self.conn, user)?;
+        let now = self.now().timestamp();
+        let eligible = self.assignments(&super::AssignmentFilter {
+            user: Some(user.name.clone()),
+            kind: Some("eligible".to_string()),
+            ..Default::default()
+        })?;
+        let active = holdings(&self.conn, user.id, now)?
+            .into_iter()
+            .map(|h: Holding| ActiveRole {
+                role: h.role,
+                scope: h.scope.to_string(),
+                until: h.until.map(|u| rfc3339(from_unix(u))),
+                source: if h.request.is_some() {
+                    "activation"
+                } else {
+                    "assignment"
+                }
+                .to_string(),
+                request: h.request,
+                until_at: h.until,
+            })
+            .collect();
+        let requests = requests_where(
+            &self.conn,
+            &format!("r.user_id = ?1 AND (r.status = 'pending' OR (r.status = 'scheduled' AND r.start_at > {now}))"),
+            user.id,
+            now,
+        )?;
+        Ok(Status {
+            user: user.name,
+            disabled: user.disabled,
+            eligible,
+            active,
+            requests,
+        })
+    }
+
+    /// Whether `user` holds `role` covering `scope` right now: `Some(until)` (None inside
+    /// meaning permanently) when held.
+    pub fn check(&self, user: &str, role: &str, scope: &Scope) -> Result<Option<Option<i64>>> {
+        let policy = self.policy()?;
+        let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
+        let user = users::get(&self.conn, user)?;
+        let now = self.now().timestamp();
+        let covering: Vec<Holding> = holdings(&self.conn, user.id, now)?
+            .into_iter()
+            .filter(|h| h.role == role.key && h.scope.covers(scope))
+            .collect();
+        if covering.is_empty() {
+            return Ok(None);
+        }
+        if covering.iter().any(|h| h.until.is_none()) {
+            return Ok(Some(None));
+        }
+        Ok(Some(covering.iter().filter_map(|h| h.until).max()))
+    }
+
+    /// Activation requests: yours, or everyone's with `all`.
+    pub fn requests(&self, user: Option<&str>) -> Result<Vec<Request>> {
+        let now = self.now().timestamp();
+        match user {
+            Some(name) => {
+                let u = users::get(&self.conn, name)?;
+                requests_where(&self.conn, "r.user_id = ?1", u.id, now)
+            }
+            None => requests_where(&self.conn, "?1 = 1", 1, now),
+        }
+    }
+
+    pub fn request(&self, id: i64) -> Result<Request> {
+        let now = self.now().timestamp();
+        requests_where(&self.conn, "r.id = ?1", id, now)?
+            .pop()
+            .ok_or_else(|| {
+                Error::NotFound(format!("There is no request {id}. See `pim request list`."))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::{AssignInput, End};
+    use super::*;
+    use crate::clock::Clock;
+
+    /// bob, eligible for db-admin at /prod, with an authenticator.
+    fn with_bob() -> (Pim, std::sync::Arc<crate::clock::FixedClock>, Vec<u8>) {
+        let (mut pim, clock, _) = pim();
+        pim.add_user("admin", "bob", None, None).unwrap();
+        let e = pim.enroll("admin", Some("bob"), None).unwrap();
+        for role in ["db-admin", "ticketed", "approved"] {
+            pim.assign(
+                "admin",
+                AssignInput {
+                    user: "bob".into(),
+                    role: role.into(),
+                    scope: Scope::parse("/prod").unwrap(),
+                    active: false,
+                    start: None,
+                    end: End::After(Duration::days(30)),
+                    justification: Some("on call".into()),
+                    ticket: None,
+                },
+            )
+            .unwrap();
+        }
+        (pim, clock, crate::mfa::from_base32(&e.secret).unwrap())
+    }
+
+    fn ask(role: &str, scope: &str, code: Option<String>) -> ActivationInput {
+        ActivationInput {
+            role: role.into(),
+            scope: Some(Scope::parse(scope).unwrap()),
+            justification: Some("INC-1 disk full".into()),
+            code,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn activation_holds_the_role_until_it_expires_without_a_sweep() {
+        let (mut pim, clock, secret) = with_bob();
+        let db = Scope::parse("/prod/db").unwrap();
+        assert_eq!(pim.check("bob", "db-admin", &db).unwrap(), None);
+        let r = pim
+            .activate("bob", ask("db-admin", "/prod", Some(code(&clock, &secret))))
+            .unwrap();
+        assert_eq!(r.status, "active");
+        assert_eq!(r.end_at - r.start_at, 4 * 3600);
+        assert_eq!(
+            pim.check("bob", "db-admin", &db).unwrap(),
+            Some(Some(r.end_at))
+        );
+        assert_eq!(
+            pim.check("bob", "db-admin", &Scope::parse("/production").unwrap())
+                .unwrap(),
+            None
+        );
+        // A second activation is a conflict.
+        clock.advance(Duration::seconds(30));
+        let again = pim.activate("bob", ask("db-admin", "/prod", Some(code(&clock, &secret))));
+        assert_eq!(again.unwrap_err().exit_code(), 5);
+        clock.advance(Duration::hours(4));
+        assert_eq!(pim.check("bob", "db-admin", &db).unwrap(), None);
+        assert_eq!(pim.request(r.id).unwrap().status, "expired");
+        // sweep records the expiry once, however often it runs.
+        assert_eq!(pim.sweep("root").unwrap().expired_activations, vec![r.id]);
+        assert!(pim.sweep("root").unwrap().expired_activations.is_empty());
+        assert_eq!(count_events(&pim, "activation.expire"), 1);
+        assert!(crate::audit::verify(pim.conn()).unwrap().ok);
+    }
+
+    #[test]
+    fn refusals_are_refused_and_recorded() {
+        let (mut pim, clock, secret) = with_bob();
+        let refusals = |pim: &Pim| -> i64 {
+            pim.conn()
+                .query_row(
+                    "SELECT count(*) FROM audit_events WHERE result != 'ok'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let before = refusals(&pim);
+        // Not eligible at a scope outside /prod.
+        let e = pim.activate(
+            "bob",
+            ask("db-admin", "/staging", Some(code(&clock, &secret))),
+        );
+        assert_eq!(e.unwrap_err().exit_code(), 3);
+        // Too long.
+        let mut long = ask("db-admin", "/prod", Some(code(&clock, &secret)));
+        long.duration = Some(Duration::hours(5));
+        assert_eq!(pim.activate("bob", long).unwrap_err().exit_code(), 3);
+        // Missing and non-matching justification.
+        let mut nothing = ask("db-admin", "/prod", Some(code(&clock, &secret)));
+        nothing.justification = None;
+        assert!(pim
+            .activate("bob", nothing)
+            .unwrap_err()
+            .to_string()
+            .contains("justification"));
+        let mut bad = ask("db-admin", "/prod", Some(code(&clock, &secret)));
+        bad.justification = Some("because".into());
+        assert!(pim
+            .activate("bob", bad)
+            .unwrap_err()
+            .to_string()
+            .contains("pattern"));
+        // Missing code, wrong code.
+        assert!(pim
+            .activate("bob", ask("db-admin", "/prod", None))
+            .unwrap_err()
+            .to_string()
+            .contains("TOTP"));
+        assert_eq!(
+            pim.activate("bob", ask("db-admin", "/prod", Some("123456".into())))
+                .unwrap_err()
+                .exit_code(),
+            3
+        );
+        // Ticket required; approval not yet possible.
+        assert!(pim
+            .activate("bob", ask("ticketed", "/prod", None))
+            .unwrap_err()
+            .to_string()
+            .contains("ticket"));
+        let e = pim
+            .activate("bob", ask("approved", "/prod", Some(code(&clock, &secret))))
+            .unwrap_err();
+        assert!(e.to_string().contains("requires approval"));
+        assert_eq!(refusals(&pim), before + 8);
+        assert_eq!(
+            pim.check("bob", "approved", &Scope::parse("/prod").unwrap())
+                .unwrap(),
+            None
+        );
+        // Nothing was activated by any of it.
+        assert!(pim.requests(Some("bob")).unwrap().is_empty());
+        assert_eq!(count_events(&pim, "mfa.fail"), 1);
+    }
+
+    #[test]
+    fn scheduled_activations_start_later_and_can_be_deactivated() {
+        let (mut pim, clock, secret) = with_bob();
+        let mut later = ask("db-admin", "/prod", Some(code(&clock, &secret)));
+        later.start = Some(clock.now() + Duration::hours(1));
+        later.duration = Some(Duration::hours(1));
+        let r = pim.activate("bob", later).unwrap();
+        assert_eq!(r.status, "scheduled");
+        let prod = Scope::parse("/prod").unwrap();
+        assert_eq!(pim.check("bob", "db-admin", &prod).unwrap(), None);
+        clock.advance(Duration::minutes(61));
+        assert!(pim.check("bob", "db-admin", &prod).unwrap().is_some());
+        let report = pim.sweep("root").unwrap();
+        assert_eq!(report.started, vec![r.id]);
+        let d = pim.deactivate("bob", "db-admin", None).unwrap();
+        assert_eq!(d.status, "deactivated");
+        assert_eq!(pim.check("bob", "db-admin", &prod).unwrap(), None);
+        assert_eq!(
+            pim.deactivate("bob", "db-admin", None)
+                .unwrap_err()
+                .exit_code(),
+            4
+        );
+    }
+
+    #[test]
+    fn activation_never_outlasts_its_eligibility_and_ends_with_it() {
+        let (mut pim, clock, secret) = with_bob();
+        clock.advance(Duration::days(30) - Duration::hours(1));
+        let r = pim
+            .activate("bob", ask("db-admin", "/prod", Some(code(&clock, &secret))))
+            .unwrap();
+        assert_eq!(r.end_at - r.start_at, 3600);
+        clock.advance(Duration::minutes(1));
+        let r2 = pim
+            .activate("bob", ask("ticketed", "/prod", None).with_ticket())
+            .unwrap();
+        assert_eq!(r2.status, "active");
+        pim.unassign(
+            "admin",
+            "bob",
+            "ticketed",
+            &Scope::parse("/prod").unwrap(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(pim.request(r2.id).unwrap().status, "revoked");
+        assert_eq!(
+            pim.check("bob", "ticketed", &Scope::parse("/prod").unwrap())
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_disabled_user_holds_nothing() {
+        let (mut pim, clock, secret) = with_bob();
+        pim.activate("bob", ask("db-admin", "/prod", Some(code(&clock, &secret))))
+            .unwrap();
+        pim.set_disabled("admin", "bob", true).unwrap();
+        assert_eq!(
+            pim.check("bob", "db-admin", &Scope::parse("/prod").unwrap())
+                .unwrap(),
+            None
+        );
+        pim.set_disabled("admin", "bob", false).unwrap();
+        assert_eq!(
+            pim.check("bob", "db-admin", &Scope::parse("/prod").unwrap())
+                .unwrap(),
+            None
+        );
+        clock.advance(Duration::seconds(30));
+        let e = pim.activate("bob", ask("db-admin", "/prod", Some(code(&clock, &secret))));
+        assert!(e.is_ok());
+    }
+
+    impl ActivationInput {
+        fn with_ticket(mut self) -> Self {
+            self.ticket = Some("CHG-9".into());
+            self
+        }
+    }
+}

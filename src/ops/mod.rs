@@ -1,0 +1,324 @@
+//! The operations of pim over one database: each change of state is one `IMMEDIATE`
+//! transaction that also appends its audit event. The core takes plain values (the actor's
+//! name, a code the CLI read, the clock) and returns typed results or errors.
+
+mod activation;
+mod assignments;
+mod policy_ops;
+mod sweep;
+mod users;
+
+pub use activation::{ActivationInput, Request, Status};
+pub use assignments::{AssignInput, Assignment, AssignmentFilter, End};
+pub use policy_ops::{change_json as policy_change_json, PolicyApplied, RoleSummary};
+pub use sweep::SweepReport;
+pub use users::{Enrollment, User};
+
+use crate::audit::{self, Event};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::policy::Policy;
+use crate::scope::Scope;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use std::sync::Arc;
+
+/// pim over one open database.
+pub struct Pim {
+    conn: Connection,
+    clock: Arc<dyn Clock>,
+}
+
+/// A role held right now, directly or through an activation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holding {
+    pub role: String,
+    pub scope: Scope,
+    /// None: permanent.
+    pub until: Option<i64>,
+    /// The direct active assignment, or the activation request, that gives it.
+    pub assignment: Option<i64>,
+    pub request: Option<i64>,
+}
+
+impl Pim {
+    pub fn new(conn: Connection, clock: Arc<dyn Clock>) -> Pim {
+        Pim { conn, clock }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Result<Policy> {
+        load_policy(&self.conn)
+    }
+
+    /// Run `f` in one `IMMEDIATE` transaction. It commits on success, and also on an error
+    /// marked `Recorded` (a refusal whose audit event `f` wrote), so that attempts stay on
+    /// record; any other error rolls everything back.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>, DateTime<Utc>, &Policy) -> Result<T>,
+    ) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = self.clock.now();
+        let policy = load_policy(&tx)?;
+        match f(&tx, now, &policy) {
+            Ok(v) => {
+                tx.commit()?;
+                Ok(v)
+            }
+            Err(Error::Recorded(inner)) => {
+                tx.commit()?;
+                Err(*inner)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+pub(crate) fn load_policy(conn: &Connection) -> Result<Policy> {
+    let source: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'policy'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let source = source.ok_or_else(|| {
+        Error::Environment(
+            "The database has no policy: it was not initialised. Run `pim init` on a new file."
+                .to_string(),
+        )
+    })?;
+    Policy::parse(&source).map_err(|problems| {
+        Error::Environment(format!(
+            "The stored policy no longer parses ({}). Apply a corrected policy with `pim policy apply`.",
+            problems[0]
+        ))
+    })
+}
+
+/// Write a refusal's audit event and return the error marked as recorded.
+pub(crate) fn refuse<T>(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    event: Event,
+    err: Error,
+) -> Result<T> {
+    audit::append(tx, now, event.refused(&err.to_string()))?;
+    Err(err.recorded())
+}
+
+/// Every role `user_id` holds at `now`: direct active assignments and activations.
+pub(crate) fn holdings(conn: &Connection, user_id: i64, now: i64) -> Result<Vec<Holding>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.role, a.scope, a.end_at, a.id, NULL FROM assignments a JOIN users u ON u.id = a.user_id
+          WHERE a.user_id = ?1 AND u.disabled = 0 AND a.kind = 'active' AND a.removed_at IS NULL
+            AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2)
+         UNION ALL
+         SELECT r.role, r.scope, r.end_at, NULL, r.id FROM requests r JOIN users u ON u.id = r.user_id
+          WHERE r.user_id = ?1 AND u.disabled = 0 AND r.status IN ('active', 'scheduled')
+            AND r.start_at <= ?2 AND r.end_at > ?2",
+    )?;
+    let rows = stmt.query_map(params![user_id, now], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<i64>>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (role, scope, until, assignment, request) = row?;
+        out.push(Holding {
+            role,
+            scope: Scope::parse(&scope)?,
+            until,
+            assignment,
+            request,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether `user` may use `permission` over `scope` at `now`.
+pub(crate) fn has_permission(
+    conn: &Connection,
+    policy: &Policy,
+    user: &User,
+    permission: &str,
+    scope: &Scope,
+    now: i64,
+) -> Result<bool> {
+    if user.disabled {
+        return Ok(false);
+    }
+    Ok(holdings(conn, user.id, now)?.iter().any(|h| {
+        h.scope.covers(scope)
+            && policy
+                .roles
+                .get(&h.role)
+                .is_some_and(|r| r.grants(permission))
+    }))
+}
+
+pub(crate) fn permission_error(permission: &str, scope: &Scope) -> Error {
+    Error::Refused(format!(
+        "You need the '{permission}' permission over {scope}. Activate a role that grants it (see `pim role list`)."
+    ))
+}
+
+/// The acting principal, which must be an enabled pim user.
+pub(crate) fn actor_user(conn: &Connection, name: &str) -> Result<User> {
+    match users::find(conn, name)? {
+        Some(u) if u.disabled => Err(Error::Refused(format!(
+            "Your pim account '{name}' is disabled. Ask an administrator to enable it."
+        ))),
+        Some(u) => Ok(u),
+        None => Err(Error::Refused(format!(
+            "'{name}' is not a pim user. Ask an administrator to run `pim user add {name}`."
+        ))),
+    }
+}
+
+/// Whether removing `user_id`'s holding (or all of a user's, when `assignment` is None)
+/// would leave a protected role with no active or permanently eligible holder.
+pub(crate) fn would_orphan_protected(
+    conn: &Connection,
+    role: &str,
+    user_id: i64,
+    assignment: Option<i64>,
+    now: i64,
+) -> Result<bool> {
+    let holder = "a.role = ?1 AND a.removed_at IS NULL AND u.disabled = 0 AND a.start_at <= ?2 \
+         AND ((a.kind = 'active' AND (a.end_at IS NULL OR a.end_at > ?2)) \
+              OR (a.kind = 'eligible' AND a.end_at IS NULL))";
+    // Is the thing being removed a holder at all?
+    let is_holder: bool = match assignment {
+        Some(id) => conn.query_row(
+            &format!(
+                "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE {holder} AND a.id = ?3"
+            ),
+            params![role, now, id],
+            |r| r.get::<_, i64>(0),
+        )? > 0,
+        None => conn.query_row(
+            &format!(
+                "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE {holder} AND a.user_id = ?3"
+            ),
+            params![role, now, user_id],
+            |r| r.get::<_, i64>(0),
+        )? > 0,
+    };
+    if !is_holder {
+        return Ok(false);
+    }
+    let others: i64 = match assignment {
+        Some(id) => conn.query_row(
+            &format!(
+                "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE {holder} AND a.id != ?3"
+            ),
+            params![role, now, id],
+            |r| r.get(0),
+        )?,
+        None => conn.query_row(
+            &format!(
+                "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE {holder} AND a.user_id != ?3"
+            ),
+            params![role, now, user_id],
+            |r| r.get(0),
+        )?,
+    };
+    Ok(others == 0)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::clock::{Clock, FixedClock};
+
+    pub const POLICY: &str = r#"
+[defaults]
+max_activation = "8h"
+
+[roles.global-admin]
+name = "Global Administrator"
+permissions = ["*"]
+protected = true
+max_eligible = "permanent"
+max_active = "permanent"
+
+[roles.db-admin]
+name = "Database Administrator"
+max_activation = "4h"
+justification_pattern = "^INC"
+
+[roles.ticketed]
+name = "Ticketed"
+require_ticket = true
+require_mfa = false
+
+[roles.approved]
+name = "Approved Role"
+require_approval = true
+
+[roles.user-admin]
+name = "User Administrator"
+permissions = ["users"]
+"#;
+
+    pub fn start() -> DateTime<Utc> {
+        crate::time::parse_instant("2026-12-01T09:00:00Z").unwrap()
+    }
+
+    /// A database initialised by `root` with `admin` as the break-glass administrator.
+    pub fn pim() -> (Pim, Arc<FixedClock>, Vec<u8>) {
+        let clock = Arc::new(FixedClock::new(start()));
+        let conn = crate::store::in_memory().unwrap();
+        let (pim, enrollment) =
+            Pim::init(conn, clock.clone(), "root", "admin", None, POLICY).unwrap();
+        let secret = crate::mfa::from_base32(&enrollment.secret).unwrap();
+        (pim, clock, secret)
+    }
+
+    pub fn code(clock: &FixedClock, secret: &[u8]) -> String {
+        crate::mfa::code_at(secret, clock.now().timestamp())
+    }
+
+    pub fn count_events(pim: &Pim, action: &str) -> i64 {
+        pim.conn()
+            .query_row(
+                "SELECT count(*) FROM audit_events WHERE action = ?1",
+                [action],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+}
+
+impl Pim {
+    /// Whether `actor` may use `permission` over `scope` right now (false for non-users).
+    pub fn may(&self, actor: &str, permission: &str, scope: &Scope) -> Result<bool> {
+        let policy = self.policy()?;
+        match users::find(&self.conn, actor)? {
+            Some(user) => has_permission(
+                &self.conn,
+                &policy,
+                &user,
+                permission,
+                scope,
+                self.now().timestamp(),
+            ),
+            None => Ok(false),
+        }
+    }
+}

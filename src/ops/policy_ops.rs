@@ -1,0 +1,181 @@
+//! Applying a policy (audited, shown role by role) and reading roles with their holders.
+
+use super::{actor_user, has_permission, permission_error, refuse, Pim};
+use crate::audit::{self, Event};
+use crate::error::{Error, Result};
+use crate::policy::{diff, Policy, Role, RoleChange};
+use crate::scope::Scope;
+use rusqlite::params;
+use sha2::{Digest, Sha256};
+
+pub(crate) fn source_hash(source: &str) -> String {
+    hex::encode(Sha256::digest(source.as_bytes()))
+}
+
+/// What `policy apply` did (or, with `dry_run`, would do).
+#[derive(Debug, Clone)]
+pub struct PolicyApplied {
+    pub changes: Vec<RoleChange>,
+    /// Approvers or recipients that are not users yet.
+    pub warnings: Vec<String>,
+    pub applied: bool,
+}
+
+/// A role with counts of its holders.
+#[derive(Debug, Clone)]
+pub struct RoleSummary {
+    pub role: Role,
+    pub eligible: i64,
+    pub active: i64,
+}
+
+impl Pim {
+    /// Names in `policy` that are not (yet) users: warnings, never errors.
+    pub fn policy_warnings(&self, policy: &Policy) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (role, name) in policy.named_users() {
+            if super::users::find(&self.conn, &name)?.is_none() {
+                out.push(format!(
+                    "role {role} names '{name}', who is not a pim user yet."
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Apply a new policy (permission `policy`). Removing a role that still has
+    /// assignments or activations is a conflict.
+    pub fn apply_policy(
+        &mut self,
+        actor: &str,
+        new: &Policy,
+        dry_run: bool,
+    ) -> Result<PolicyApplied> {
+        let warnings = self.policy_warnings(new)?;
+        self.write(|tx, now, old| {
+            let me = actor_user(tx, actor)?;
+            let t = now.timestamp();
+            let changes = diff(Some(old), new);
+            let event = Event::new(actor, "policy.apply").detail("sha256", source_hash(&new.source));
+            if !has_permission(tx, old, &me, "policy", &Scope::root(), t)? {
+                return refuse(tx, now, event, permission_error("policy", &Scope::root()));
+            }
+            for change in &changes {
+                if let RoleChange::Removed(key) = change {
+                    let in_use: i64 = tx.query_row(
+                        "SELECT (SELECT count(*) FROM assignments WHERE role = ?1 AND removed_at IS NULL AND (end_at IS NULL OR end_at > ?2)) \
+                              + (SELECT count(*) FROM requests WHERE role = ?1 AND status IN ('pending', 'scheduled', 'active') AND end_at > ?2)",
+                        params![key, t],
+                        |r| r.get(0),
+                    )?;
+                    if in_use > 0 {
+                        return Err(Error::Conflict(format!(
+                            "The policy removes role {key}, which still has {in_use} assignment(s) or activation(s). Remove them first."
+                        )));
+                    }
+                }
+            }
+            if !dry_run && !changes.is_empty() {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('policy', ?1) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [&new.source],
+                )?;
+                let summary: Vec<serde_json::Value> = changes.iter().map(change_json).collect();
+                audit::append(tx, now, event.detail("changes", summary))?;
+            }
+            Ok(PolicyApplied {
+                applied: !dry_run && !changes.is_empty(),
+                changes,
+                warnings,
+            })
+        })
+    }
+
+    /// Roles of the policy in force with the number of users eligible and active now.
+    pub fn roles(&self) -> Result<Vec<RoleSummary>> {
+        let policy = self.policy()?;
+        let t = self.now().timestamp();
+        let mut out = Vec::new();
+        let mut eligible = self.conn.prepare(
+            "SELECT count(DISTINCT a.user_id) FROM assignments a JOIN users u ON u.id = a.user_id \
+             WHERE a.role = ?1 AND a.kind = 'eligible' AND u.disabled = 0 AND a.removed_at IS NULL \
+               AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2)",
+        )?;
+        let mut active = self.conn.prepare(
+            "SELECT count(DISTINCT user_id) FROM ( \
+               SELECT a.user_id FROM assignments a JOIN users u ON u.id = a.user_id \
+                WHERE a.role = ?1 AND a.kind = 'active' AND u.disabled = 0 AND a.removed_at IS NULL \
+                  AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2) \
+               UNION ALL \
+               SELECT r.user_id FROM requests r JOIN users u ON u.id = r.user_id \
+                WHERE r.role = ?1 AND u.disabled = 0 AND r.status IN ('active', 'scheduled') \
+                  AND r.start_at <= ?2 AND r.end_at > ?2)",
+        )?;
+        for role in policy.roles.values() {
+            out.push(RoleSummary {
+                role: role.clone(),
+                eligible: eligible.query_row(params![role.key, t], |r| r.get(0))?,
+                active: active.query_row(params![role.key, t], |r| r.get(0))?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+pub fn change_json(change: &RoleChange) -> serde_json::Value {
+    match change {
+        RoleChange::Added(k) => serde_json::json!({"role": k, "change": "added"}),
+        RoleChange::Removed(k) => serde_json::json!({"role": k, "change": "removed"}),
+        RoleChange::Changed(k, fields) => serde_json::json!({
+            "role": k,
+            "change": "changed",
+            "fields": fields.iter().map(|(f, a, b)| serde_json::json!({"setting": f, "from": a, "to": b})).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn apply_shows_changes_and_is_audited() {
+        let (mut pim, _, _) = pim();
+        let new_source = POLICY.replace("max_activation = \"4h\"", "max_activation = \"2h\"")
+            + "\n[roles.new-role]\nname = \"New\"\napprovers = [\"zed\"]\n";
+        let new = Policy::parse(&new_source).unwrap();
+        let dry = pim.apply_policy("admin", &new, true).unwrap();
+        assert!(!dry.applied);
+        assert_eq!(dry.changes.len(), 2);
+        assert_eq!(dry.warnings.len(), 1, "{:?}", dry.warnings);
+        assert_eq!(count_events(&pim, "policy.apply"), 1);
+        let done = pim.apply_policy("admin", &new, false).unwrap();
+        assert!(done.applied);
+        assert_eq!(count_events(&pim, "policy.apply"), 2);
+        assert!(pim.policy().unwrap().roles.contains_key("new-role"));
+        assert_eq!(
+            pim.apply_policy("nobody", &new, false)
+                .unwrap_err()
+                .exit_code(),
+            3
+        );
+        // Removing a role that is held is a conflict.
+        let without_admin = Policy::parse("[roles.x]\nname = \"X\"\n").unwrap();
+        assert_eq!(
+            pim.apply_policy("admin", &without_admin, false)
+                .unwrap_err()
+                .exit_code(),
+            5
+        );
+    }
+
+    #[test]
+    fn roles_count_their_holders() {
+        let (pim, _, _) = pim();
+        let roles = pim.roles().unwrap();
+        let ga = roles.iter().find(|r| r.role.key == "global-admin").unwrap();
+        assert_eq!((ga.eligible, ga.active), (0, 1));
+    }
+}

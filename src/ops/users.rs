@@ -1,0 +1,584 @@
+//! Users, their authenticators, and `init`, which creates the break-glass administrator.
+
+use super::{actor_user, has_permission, permission_error, refuse, would_orphan_protected, Pim};
+use crate::audit::{self, Event};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::mfa;
+use crate::policy::{looks_like_email, valid_handle, Policy};
+use crate::scope::Scope;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    #[serde(skip)]
+    pub id: i64,
+    pub name: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    pub kind: String,
+    pub disabled: bool,
+    pub mfa_enrolled: bool,
+    #[serde(serialize_with = "crate::ops::users::ser_time_opt")]
+    pub mfa_locked_until: Option<i64>,
+    #[serde(serialize_with = "crate::ops::users::ser_time")]
+    pub created_at: i64,
+}
+
+pub(crate) fn ser_time<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::time::rfc3339(crate::time::from_unix(*t)))
+}
+
+pub(crate) fn ser_time_opt<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => ser_time(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// A new authenticator: show the URI (and its QR code) to the user once.
+#[derive(Debug, Clone, Serialize)]
+pub struct Enrollment {
+    pub user: String,
+    pub otpauth_uri: String,
+    /// Base32, as in the URI.
+    pub secret: String,
+}
+
+const USER_COLUMNS: &str = "id, name, email, display_name, kind, disabled, \
+     totp_secret IS NOT NULL, mfa_locked_until, created_at";
+
+fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        email: r.get(2)?,
+        display_name: r.get(3)?,
+        kind: r.get(4)?,
+        disabled: r.get(5)?,
+        mfa_enrolled: r.get(6)?,
+        mfa_locked_until: r.get(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+pub(crate) fn find(conn: &Connection, name: &str) -> Result<Option<User>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"),
+            [name],
+            user_from_row,
+        )
+        .optional()?)
+}
+
+pub(crate) fn get(conn: &Connection, name: &str) -> Result<User> {
+    find(conn, name)?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "There is no user named '{name}'. See `pim user list`."
+        ))
+    })
+}
+
+fn check_new_user(name: &str, email: Option<&str>) -> Result<()> {
+    if !valid_handle(name) {
+        return Err(Error::Usage(format!(
+            "'{name}' is not a valid user name: use letters, digits, '.', '_' and '-', starting with a letter or digit."
+        )));
+    }
+    if let Some(e) = email {
+        if !looks_like_email(e) {
+            return Err(Error::Usage(format!("'{e}' is not an e-mail address.")));
+        }
+    }
+    Ok(())
+}
+
+fn insert_user(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    name: &str,
+    email: Option<&str>,
+    display_name: Option<&str>,
+) -> Result<i64> {
+    if find(conn, name)?.is_some() {
+        return Err(Error::Conflict(format!(
+            "A user named '{name}' already exists."
+        )));
+    }
+    conn.execute(
+        "INSERT INTO users (name, email, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![name, email, display_name, now.timestamp()],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn enroll_in(conn: &Connection, user: &str) -> Result<Enrollment> {
+    let secret = mfa::new_secret();
+    let b32 = mfa::to_base32(&secret);
+    conn.execute(
+        "UPDATE users SET totp_secret = ?1, totp_last_step = NULL, mfa_failures = 0, \
+         mfa_locked_until = NULL WHERE name = ?2",
+        params![b32, user],
+    )?;
+    let otpauth_uri = mfa::otpauth_uri(&secret, user)
+        .ok_or_else(|| Error::Usage(format!("'{user}' cannot name an authenticator account.")))?;
+    Ok(Enrollment {
+        user: user.to_string(),
+        otpauth_uri,
+        secret: b32,
+    })
+}
+
+/// Check a TOTP code for `user` at `now`: one step of skew, each step accepted at most once,
+/// and a lock after repeated failures. A failure is written to the audit log (with
+/// `context`'s role and scope) and returned as a recorded refusal, so that the caller's
+/// transaction keeps it.
+pub(crate) fn verify_code(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    user: &User,
+    code: Option<&str>,
+    context: Event,
+) -> Result<()> {
+    let (secret, last_step, failures, locked_until): (Option<String>, Option<i64>, i64, Option<i64>) =
+        conn.query_row(
+            "SELECT totp_secret, totp_last_step, mfa_failures, mfa_locked_until FROM users WHERE id = ?1",
+            [user.id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+    let t = now.timestamp();
+    if let Some(until) = locked_until.filter(|&u| u > t) {
+        let when = crate::time::relative(crate::time::from_unix(until), now);
+        return refuse(
+            conn,
+            now,
+            context,
+            Error::Refused(format!(
+                "{}'s authenticator is locked after repeated wrong codes; try again {when}, or ask an administrator to run `pim mfa reset {}`.",
+                user.name, user.name
+            )),
+        );
+    }
+    let Some(secret) = secret.as_deref().and_then(mfa::from_base32) else {
+        return refuse(
+            conn,
+            now,
+            context,
+            Error::Refused(format!(
+                "{} has no authenticator. Run `pim mfa enroll` first (or ask an administrator to).",
+                user.name
+            )),
+        );
+    };
+    let Some(code) = code.filter(|c| !c.trim().is_empty()) else {
+        return refuse(
+            conn,
+            now,
+            context,
+            Error::Refused(
+                "A TOTP code is required. Pass --code, or run pim in a terminal to be asked."
+                    .to_string(),
+            ),
+        );
+    };
+    let why = match mfa::matching_step(&secret, code, t) {
+        Some(step) if last_step.is_none_or(|last| step > last) => {
+            conn.execute(
+                "UPDATE users SET totp_last_step = ?1, mfa_failures = 0, mfa_locked_until = NULL WHERE id = ?2",
+                params![step, user.id],
+            )?;
+            return Ok(());
+        }
+        Some(_) => "that code was already used; wait for the next one",
+        None => "the code is wrong or out of date",
+    };
+    let failures = failures + 1;
+    let locked = failures >= mfa::MAX_FAILURES;
+    conn.execute(
+        "UPDATE users SET mfa_failures = ?1, mfa_locked_until = ?2 WHERE id = ?3",
+        params![
+            if locked { 0 } else { failures },
+            locked.then_some(t + mfa::LOCK_SECONDS),
+            user.id
+        ],
+    )?;
+    let mut fail = context.clone();
+    fail.action = "mfa.fail".to_string();
+    fail.principal = Some(user.name.clone());
+    let fail = fail
+        .detail("failures", failures)
+        .detail("for", context.action.clone());
+    let message = format!("MFA failed: {why}.");
+    audit::append(conn, now, fail.refused(&message))?;
+    if locked {
+        audit::append(
+            conn,
+            now,
+            Event::new(&context.actor, "mfa.lock")
+                .principal(&user.name)
+                .expires(Some(t + mfa::LOCK_SECONDS))
+                .detail("failures", failures),
+        )?;
+        return Err(Error::Refused(format!(
+            "{message} The authenticator is now locked for {} minutes.",
+            mfa::LOCK_SECONDS / 60
+        ))
+        .recorded());
+    }
+    Err(Error::Refused(message).recorded())
+}
+
+impl Pim {
+    /// Create the database's first state: the policy, the administrator with an
+    /// authenticator, and a permanent active assignment of every protected role.
+    pub fn init(
+        conn: Connection,
+        clock: Arc<dyn Clock>,
+        os_actor: &str,
+        admin: &str,
+        email: Option<&str>,
+        policy_source: &str,
+    ) -> Result<(Pim, Enrollment)> {
+        check_new_user(admin, email)?;
+        let policy = Policy::parse(policy_source).map_err(|problems| {
+            Error::Usage(format!(
+                "The policy is invalid: {}",
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
+        })?;
+        let mut pim = Pim::new(conn, clock);
+        let tx = pim
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = pim.clock.now();
+        let existing: i64 = tx.query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))?;
+        if existing > 0 {
+            return Err(Error::Conflict(
+                "This database is already initialised.".to_string(),
+            ));
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('policy', ?1)",
+            [policy_source],
+        )?;
+        audit::append(
+            &tx,
+            now,
+            Event::new(os_actor, "init")
+                .principal(admin)
+                .detail("schema", crate::store::MIGRATIONS.len()),
+        )?;
+        audit::append(
+            &tx,
+            now,
+            Event::new(os_actor, "policy.apply")
+                .detail("roles", policy.roles.keys().cloned().collect::<Vec<_>>())
+                .detail("sha256", policy_ops::source_hash(policy_source)),
+        )?;
+        let user_id = insert_user(&tx, now, admin, email, None)?;
+        audit::append(&tx, now, Event::new(os_actor, "user.add").principal(admin))?;
+        let enrollment = enroll_in(&tx, admin)?;
+        audit::append(
+            &tx,
+            now,
+            Event::new(os_actor, "mfa.enroll").principal(admin),
+        )?;
+        for role in policy.roles.values().filter(|r| r.protected) {
+            tx.execute(
+                "INSERT INTO assignments (user_id, role, scope, kind, start_at, end_at, justification, created_by, created_at) \
+                 VALUES (?1, ?2, '/', 'active', ?3, NULL, 'break-glass administrator', ?4, ?3)",
+                params![user_id, role.key, now.timestamp(), os_actor],
+            )?;
+            audit::append(
+                &tx,
+                now,
+                Event::new(os_actor, "assignment.add")
+                    .principal(admin)
+                    .role(&role.key)
+                    .scope("/")
+                    .justification(Some("break-glass administrator"))
+                    .detail("type", "active")
+                    .detail("assignment", tx.last_insert_rowid()),
+            )?;
+        }
+        tx.commit()?;
+        Ok((pim, enrollment))
+    }
+
+    /// Add a user (permission `users`).
+    pub fn add_user(
+        &mut self,
+        actor: &str,
+        name: &str,
+        email: Option<&str>,
+        display_name: Option<&str>,
+    ) -> Result<User> {
+        check_new_user(name, email)?;
+        self.write(|tx, now, policy| {
+            let me = actor_user(tx, actor)?;
+            if !has_permission(tx, policy, &me, "users", &Scope::root(), now.timestamp())? {
+                return Err(permission_error("users", &Scope::root()));
+            }
+            insert_user(tx, now, name, email, display_name)?;
+            let mut event = Event::new(actor, "user.add").principal(name);
+            if let Some(e) = email {
+                event = event.detail("email", e);
+            }
+            audit::append(tx, now, event)?;
+            get(tx, name)
+        })
+    }
+
+    pub fn users(&self) -> Result<Vec<User>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))?;
+        let users = stmt
+            .query_map([], user_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(users)
+    }
+
+    pub fn user(&self, name: &str) -> Result<User> {
+        get(&self.conn, name)
+    }
+
+    /// Disable or enable a user (permission `users`). A disabled user holds nothing: their
+    /// activations end now. The last holder of a protected role cannot be disabled.
+    pub fn set_disabled(&mut self, actor: &str, name: &str, disabled: bool) -> Result<User> {
+        self.write(|tx, now, policy| {
+            let me = actor_user(tx, actor)?;
+            let target = get(tx, name)?;
+            let t = now.timestamp();
+            if !has_permission(tx, policy, &me, "users", &Scope::root(), t)? {
+                return Err(permission_error("users", &Scope::root()));
+            }
+            if target.disabled == disabled {
+                return Err(Error::Conflict(format!(
+                    "'{name}' is already {}.",
+                    if disabled { "disabled" } else { "enabled" }
+                )));
+            }
+            let action = if disabled { "user.disable" } else { "user.enable" };
+            if disabled {
+                for role in policy.roles.values().filter(|r| r.protected) {
+                    if would_orphan_protected(tx, &role.key, target.id, None, t)? {
+                        return refuse(
+                            tx,
+                            now,
+                            Event::new(actor, action).principal(name).role(&role.key),
+                            Error::Refused(format!(
+                                "'{name}' is the last holder of the protected role {}; make someone else a holder first.",
+                                role.key
+                            )),
+                        );
+                    }
+                }
+            }
+            tx.execute(
+                "UPDATE users SET disabled = ?1 WHERE id = ?2",
+                params![disabled, target.id],
+            )?;
+            audit::append(tx, now, Event::new(actor, action).principal(name))?;
+            if disabled {
+                super::activation::end_activations(
+                    tx,
+                    now,
+                    actor,
+                    "user_id = ?1",
+                    target.id,
+                    "revoked",
+                    "activation.revoke",
+                    "the user was disabled",
+                )?;
+            }
+            get(tx, name)
+        })
+    }
+
+    /// Enrol an authenticator. For yourself: freely the first time, with a valid current
+    /// code to replace one. For another user: permission `users`.
+    pub fn enroll(
+        &mut self,
+        actor: &str,
+        target: Option<&str>,
+        code: Option<&str>,
+    ) -> Result<Enrollment> {
+        self.write(|tx, now, policy| {
+            let me = actor_user(tx, actor)?;
+            let name = target.unwrap_or(actor);
+            let user = get(tx, name)?;
+            let event = Event::new(actor, "mfa.enroll").principal(name);
+            if name != actor {
+                if !has_permission(tx, policy, &me, "users", &Scope::root(), now.timestamp())? {
+                    return refuse(tx, now, event, permission_error("users", &Scope::root()));
+                }
+            } else if user.mfa_enrolled {
+                verify_code(tx, now, &user, code, event.clone())?;
+            }
+            if user.kind == "service" {
+                return Err(Error::Refused(format!(
+                    "'{name}' is a service principal; services authenticate with a token, never TOTP."
+                )));
+            }
+            let enrollment = enroll_in(tx, name)?;
+            audit::append(tx, now, event.detail("replaced", user.mfa_enrolled))?;
+            Ok(enrollment)
+        })
+    }
+
+    /// Drop a user's authenticator and lockout (permission `users`).
+    pub fn reset_mfa(&mut self, actor: &str, name: &str) -> Result<()> {
+        self.write(|tx, now, policy| {
+            let me = actor_user(tx, actor)?;
+            let user = get(tx, name)?;
+            if !has_permission(tx, policy, &me, "users", &Scope::root(), now.timestamp())? {
+                return refuse(
+                    tx,
+                    now,
+                    Event::new(actor, "mfa.reset").principal(name),
+                    permission_error("users", &Scope::root()),
+                );
+            }
+            tx.execute(
+                "UPDATE users SET totp_secret = NULL, mfa_failures = 0, mfa_locked_until = NULL WHERE id = ?1",
+                [user.id],
+            )?;
+            audit::append(tx, now, Event::new(actor, "mfa.reset").principal(name))?;
+            Ok(())
+        })
+    }
+}
+
+use super::policy_ops;
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use crate::audit;
+
+    #[test]
+    fn init_makes_a_break_glass_administrator() {
+        let (pim, _, secret) = pim();
+        assert_eq!(secret.len(), 20);
+        let admin = pim.user("admin").unwrap();
+        assert!(admin.mfa_enrolled);
+        let held = super::super::holdings(pim.conn(), admin.id, pim.now().timestamp()).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].role, "global-admin");
+        assert_eq!(held[0].until, None);
+        assert!(audit::verify(pim.conn()).unwrap().ok);
+        assert_eq!(count_events(&pim, "init"), 1);
+    }
+
+    #[test]
+    fn adding_users_needs_the_users_permission() {
+        let (mut pim, _, _) = pim();
+        pim.add_user("admin", "bob", Some("bob@example.com"), Some("Bob"))
+            .unwrap();
+        assert_eq!(
+            pim.add_user("admin", "bob", None, None)
+                .unwrap_err()
+                .exit_code(),
+            5
+        );
+        assert_eq!(
+            pim.add_user("bob", "eve", None, None)
+                .unwrap_err()
+                .exit_code(),
+            3
+        );
+        assert_eq!(
+            pim.add_user("nobody", "eve", None, None)
+                .unwrap_err()
+                .exit_code(),
+            3
+        );
+        assert_eq!(
+            pim.add_user("admin", "bad name", None, None)
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        assert_eq!(
+            pim.add_user("admin", "x", Some("nope"), None)
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        assert_eq!(count_events(&pim, "user.add"), 2);
+    }
+
+    #[test]
+    fn codes_are_accepted_once_and_wrong_ones_lock() {
+        let (mut pim, clock, secret) = pim();
+        // Re-enrolling yourself needs a current code, and a code works once.
+        let c = code(&clock, &secret);
+        let new = pim.enroll("admin", None, Some(&c)).unwrap();
+        assert_ne!(crate::mfa::from_base32(&new.secret).unwrap(), secret);
+        assert_eq!(
+            pim.enroll("admin", None, Some(&c)).unwrap_err().exit_code(),
+            3
+        );
+        // Five wrong codes lock the authenticator, audited.
+        let before = count_events(&pim, "mfa.fail");
+        for _ in 0..4 {
+            assert_eq!(
+                pim.enroll("admin", None, Some("000000"))
+                    .unwrap_err()
+                    .exit_code(),
+                3
+            );
+        }
+        assert_eq!(count_events(&pim, "mfa.fail"), before + 4);
+        assert_eq!(count_events(&pim, "mfa.lock"), 1);
+        let err = pim.enroll("admin", None, Some("000000")).unwrap_err();
+        assert!(err.to_string().contains("locked"), "{err}");
+        // The lock passes with time.
+        clock.advance(chrono::Duration::minutes(16));
+        let latest = pim.user("admin").unwrap();
+        assert!(latest.mfa_locked_until.is_some());
+    }
+
+    #[test]
+    fn disabling_the_last_protected_holder_is_refused() {
+        let (mut pim, _, _) = pim();
+        pim.add_user("admin", "bob", None, None).unwrap();
+        assert_eq!(
+            pim.set_disabled("admin", "admin", true)
+                .unwrap_err()
+                .exit_code(),
+            3
+        );
+        pim.set_disabled("admin", "bob", true).unwrap();
+        assert_eq!(
+            pim.set_disabled("admin", "bob", true)
+                .unwrap_err()
+                .exit_code(),
+            5
+        );
+        pim.set_disabled("admin", "bob", false).unwrap();
+        assert_eq!(count_events(&pim, "user.disable"), 2);
+    }
+
+    #[test]
+    fn mfa_reset_drops_the_authenticator() {
+        let (mut pim, _, _) = pim();
+        pim.add_user("admin", "bob", None, None).unwrap();
+        pim.enroll("admin", Some("bob"), None).unwrap();
+        assert!(pim.user("bob").unwrap().mfa_enrolled);
+        assert_eq!(pim.reset_mfa("bob", "bob").unwrap_err().exit_code(), 3);
+        pim.reset_mfa("admin", "bob").unwrap();
+        assert!(!pim.user("bob").unwrap().mfa_enrolled);
+        // Bob may enrol himself again without a code.
+        pim.enroll("bob", None, None).unwrap();
+    }
+}

@@ -1,0 +1,721 @@
+//! The policy file: roles and their settings. Parsed from TOML with every value checked and
+//! every error tied to its line; the database keeps the applied text as the source of truth.
+
+use crate::time::{parse_duration, policy_duration};
+use chrono::Duration;
+use regex::Regex;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use toml::Spanned;
+
+/// The repository's example policy, built into the binary for `pim init`.
+pub const EXAMPLE: &str = include_str!("../policies.toml");
+
+/// Rights inside pim that a role grants within the scope of its active assignment.
+pub const PERMISSIONS: [&str; 7] = [
+    "users", "assign", "approve", "review", "audit", "policy", "*",
+];
+
+/// How long an assignment may last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Permanent,
+    Max(Duration),
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Permanent => f.write_str("permanent"),
+            Limit::Max(d) => f.write_str(&policy_duration(*d)),
+        }
+    }
+}
+
+/// The effective settings of one role (the defaults with the role's overrides).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub max_activation: Duration,
+    pub require_mfa: bool,
+    pub require_justification: bool,
+    pub justification_pattern: Option<String>,
+    pub require_ticket: bool,
+    pub require_approval: bool,
+    pub approvers: Vec<String>,
+    pub min_approvals: u32,
+    pub approval_timeout: Duration,
+    pub max_eligible: Limit,
+    pub max_active: Limit,
+    pub require_justification_on_assign: bool,
+    pub notify: Vec<String>,
+}
+
+impl Default for Settings {
+    /// Entra's defaults.
+    fn default() -> Self {
+        Settings {
+            max_activation: Duration::hours(8),
+            require_mfa: true,
+            require_justification: true,
+            justification_pattern: None,
+            require_ticket: false,
+            require_approval: false,
+            approvers: Vec::new(),
+            min_approvals: 1,
+            approval_timeout: Duration::hours(24),
+            max_eligible: Limit::Max(Duration::days(365)),
+            max_active: Limit::Max(Duration::days(180)),
+            require_justification_on_assign: true,
+            notify: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Every setting as it would be written in the policy file, in the file's order.
+    pub fn entries(&self) -> Vec<(&'static str, toml::Value)> {
+        use toml::Value::{Array, Boolean, Integer, String as S};
+        let list = |v: &[String]| Array(v.iter().cloned().map(S).collect());
+        vec![
+            ("max_activation", S(policy_duration(self.max_activation))),
+            ("require_mfa", Boolean(self.require_mfa)),
+            ("require_justification", Boolean(self.require_justification)),
+            (
+                "justification_pattern",
+                S(self.justification_pattern.clone().unwrap_or_default()),
+            ),
+            ("require_ticket", Boolean(self.require_ticket)),
+            ("require_approval", Boolean(self.require_approval)),
+            ("approvers", list(&self.approvers)),
+            ("min_approvals", Integer(self.min_approvals.into())),
+            (
+                "approval_timeout",
+                S(policy_duration(self.approval_timeout)),
+            ),
+            ("max_eligible", S(self.max_eligible.to_string())),
+            ("max_active", S(self.max_active.to_string())),
+            (
+                "require_justification_on_assign",
+                Boolean(self.require_justification_on_assign),
+            ),
+            ("notify", list(&self.notify)),
+        ]
+    }
+
+    /// Whether a justification satisfies `justification_pattern`.
+    pub fn justification_matches(&self, justification: &str) -> bool {
+        match &self.justification_pattern {
+            None => true,
+            // The pattern was compiled when the policy was parsed; a failure here cannot
+            // happen for a stored policy, and refusing is the safe answer if it did.
+            Some(p) => Regex::new(p).is_ok_and(|re| re.is_match(justification)),
+        }
+    }
+}
+
+/// One role of the policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Role {
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub permissions: Vec<String>,
+    pub protected: bool,
+    pub settings: Settings,
+}
+
+impl Role {
+    /// Whether the role grants a permission inside pim.
+    pub fn grants(&self, permission: &str) -> bool {
+        self.permissions.iter().any(|p| p == "*" || p == permission)
+    }
+}
+
+/// A parsed, valid policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub source: String,
+    pub defaults: Settings,
+    pub roles: BTreeMap<String, Role>,
+}
+
+/// A problem in a policy file, tied to its line.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// The settings that `[defaults]` and each role may carry. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    name: Option<Spanned<String>>,
+    description: Option<Spanned<String>>,
+    permissions: Option<Spanned<Vec<Spanned<String>>>>,
+    protected: Option<Spanned<bool>>,
+    max_activation: Option<Spanned<String>>,
+    require_mfa: Option<bool>,
+    require_justification: Option<bool>,
+    justification_pattern: Option<Spanned<String>>,
+    require_ticket: Option<bool>,
+    require_approval: Option<bool>,
+    approvers: Option<Vec<Spanned<String>>>,
+    min_approvals: Option<Spanned<i64>>,
+    approval_timeout: Option<Spanned<String>>,
+    max_eligible: Option<Spanned<String>>,
+    max_active: Option<Spanned<String>>,
+    require_justification_on_assign: Option<bool>,
+    notify: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    defaults: Option<Spanned<RawEntry>>,
+    #[serde(default)]
+    roles: BTreeMap<Spanned<String>, Spanned<RawEntry>>,
+}
+
+/// Whether a text is a valid user handle (also used for role keys).
+pub fn valid_handle(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A minimal e-mail shape check: something@domain.tld, no spaces.
+pub fn looks_like_email(text: &str) -> bool {
+    match text.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !text.chars().any(|c| c.is_whitespace() || c == ',')
+                && !domain.contains('@')
+        }
+        None => false,
+    }
+}
+
+struct Parser<'a> {
+    source: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Parser<'_> {
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.source.len());
+        self.source.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn problem(&mut self, span: std::ops::Range<usize>, message: String) {
+        let line = self.line(span.start);
+        self.problems.push(Problem { line, message });
+    }
+
+    fn duration(
+        &mut self,
+        key: &str,
+        value: &Spanned<String>,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        match parse_duration(value.get_ref()) {
+            Ok(d) if d < min || d > max => {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "{key} = \"{}\" is out of range ({}..={}).",
+                        value.get_ref(),
+                        policy_duration(min),
+                        policy_duration(max)
+                    ),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(_) => {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "{key} = \"{}\" is not a duration; write it like 30m, 8h or 90d.",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn limit(&mut self, key: &str, value: &Spanned<String>) -> Option<Limit> {
+        if value.get_ref() == "permanent" {
+            return Some(Limit::Permanent);
+        }
+        self.duration(key, value, Duration::hours(1), Duration::days(3650))
+            .map(Limit::Max)
+    }
+
+    fn names(&mut self, key: &str, values: &[Spanned<String>], emails: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        for v in values {
+            let text = v.get_ref();
+            if valid_handle(text) || (emails && looks_like_email(text)) {
+                if !out.contains(text) {
+                    out.push(text.clone());
+                }
+            } else {
+                let what = if emails {
+                    "a user name or an e-mail address"
+                } else {
+                    "a user name"
+                };
+                self.problem(v.span(), format!("{key}: '{text}' is not {what}."));
+            }
+        }
+        out
+    }
+
+    /// Apply the settings of `raw` over `base`.
+    fn settings(&mut self, raw: &RawEntry, base: &Settings) -> Settings {
+        let mut s = base.clone();
+        if let Some(v) = &raw.max_activation {
+            if let Some(d) = self.duration(
+                "max_activation",
+                v,
+                Duration::minutes(30),
+                Duration::hours(24),
+            ) {
+                s.max_activation = d;
+            }
+        }
+        if let Some(v) = raw.require_mfa {
+            s.require_mfa = v;
+        }
+        if let Some(v) = raw.require_justification {
+            s.require_justification = v;
+        }
+        if let Some(v) = &raw.justification_pattern {
+            if v.get_ref().is_empty() {
+                s.justification_pattern = None;
+            } else if let Err(e) = Regex::new(v.get_ref()) {
+                let first = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                self.problem(
+                    v.span(),
+                    format!("justification_pattern is not a valid regular expression ({first})."),
+                );
+            } else {
+                s.justification_pattern = Some(v.get_ref().clone());
+            }
+        }
+        if let Some(v) = raw.require_ticket {
+            s.require_ticket = v;
+        }
+        if let Some(v) = raw.require_approval {
+            s.require_approval = v;
+        }
+        if let Some(v) = &raw.approvers {
+            s.approvers = self.names("approvers", v, false);
+        }
+        if let Some(v) = &raw.min_approvals {
+            match u32::try_from(*v.get_ref()) {
+                Ok(n @ 1..=10) => s.min_approvals = n,
+                _ => self.problem(
+                    v.span(),
+                    format!("min_approvals = {} is out of range (1..=10).", v.get_ref()),
+                ),
+            }
+        }
+        if let Some(v) = &raw.approval_timeout {
+            if let Some(d) = self.duration(
+                "approval_timeout",
+                v,
+                Duration::minutes(10),
+                Duration::days(30),
+            ) {
+                s.approval_timeout = d;
+            }
+        }
+        if let Some(v) = &raw.max_eligible {
+            if let Some(l) = self.limit("max_eligible", v) {
+                s.max_eligible = l;
+            }
+        }
+        if let Some(v) = &raw.max_active {
+            if let Some(l) = self.limit("max_active", v) {
+                s.max_active = l;
+            }
+        }
+        if let Some(v) = raw.require_justification_on_assign {
+            s.require_justification_on_assign = v;
+        }
+        if let Some(v) = &raw.notify {
+            s.notify = self.names("notify", v, true);
+        }
+        s
+    }
+}
+
+impl Policy {
+    /// Parse and check a policy file. On failure, every problem found, ordered by line.
+    pub fn parse(source: &str) -> Result<Policy, Vec<Problem>> {
+        let mut p = Parser {
+            source,
+            problems: Vec::new(),
+        };
+        let raw: RawPolicy = match toml::from_str(source) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let line = e.span().map(|s| p.line(s.start)).unwrap_or(1);
+                let message = e.message().trim().replace('\n', " ");
+                return Err(vec![Problem { line, message }]);
+            }
+        };
+
+        let defaults = match &raw.defaults {
+            Some(d) => {
+                let entry = d.get_ref();
+                for (key, span) in [
+                    ("name", entry.name.as_ref().map(|v| v.span())),
+                    ("description", entry.description.as_ref().map(|v| v.span())),
+                    ("permissions", entry.permissions.as_ref().map(|v| v.span())),
+                    ("protected", entry.protected.as_ref().map(|v| v.span())),
+                ] {
+                    if let Some(span) = span {
+                        p.problem(
+                            span,
+                            format!("'{key}' belongs to a role, not to [defaults]."),
+                        );
+                    }
+                }
+                p.settings(entry, &Settings::default())
+            }
+            None => Settings::default(),
+        };
+
+        let mut roles = BTreeMap::new();
+        let mut display_names: BTreeMap<String, String> = BTreeMap::new();
+        let mut role_lines = BTreeMap::new();
+        for (key, entry) in &raw.roles {
+            let span = key.span();
+            role_lines.insert(key.get_ref().clone(), p.line(span.start));
+            let key_text = key.get_ref().clone();
+            let e = entry.get_ref();
+            if !valid_handle(&key_text) {
+                p.problem(
+                    span.clone(),
+                    format!(
+                        "role key '{key_text}' may use only letters, digits, '.', '_' and '-'."
+                    ),
+                );
+            }
+            let name = match &e.name {
+                Some(n) if !n.get_ref().trim().is_empty() => n.get_ref().trim().to_string(),
+                _ => {
+                    p.problem(
+                        span.clone(),
+                        format!("role '{key_text}' has no display name; add name = \"...\"."),
+                    );
+                    String::new()
+                }
+            };
+            if !name.is_empty() {
+                let folded = name.to_lowercase();
+                if let Some(other) = display_names.insert(folded, key_text.clone()) {
+                    p.problem(
+                        span.clone(),
+                        format!(
+                            "roles '{other}' and '{key_text}' share the display name '{name}'."
+                        ),
+                    );
+                }
+            }
+            let mut permissions = Vec::new();
+            if let Some(list) = &e.permissions {
+                for perm in list.get_ref() {
+                    if PERMISSIONS.contains(&perm.get_ref().as_str()) {
+                        if !permissions.contains(perm.get_ref()) {
+                            permissions.push(perm.get_ref().clone());
+                        }
+                    } else {
+                        p.problem(
+                            perm.span(),
+                            format!(
+                                "permission '{}' is unknown; use {}.",
+                                perm.get_ref(),
+                                PERMISSIONS.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            let settings = p.settings(e, &defaults);
+            if !settings.approvers.is_empty()
+                && settings.min_approvals as usize > settings.approvers.len()
+            {
+                p.problem(
+                    span.clone(),
+                    format!(
+                        "role '{key_text}' needs {} approvals but names only {} approver(s).",
+                        settings.min_approvals,
+                        settings.approvers.len()
+                    ),
+                );
+            }
+            roles.insert(
+                key_text.clone(),
+                Role {
+                    key: key_text,
+                    name,
+                    description: e
+                        .description
+                        .as_ref()
+                        .map(|d| d.get_ref().trim().to_string())
+                        .unwrap_or_default(),
+                    permissions,
+                    protected: e.protected.as_ref().is_some_and(|v| *v.get_ref()),
+                    settings,
+                },
+            );
+        }
+        // A display name may not be another role's key: `pim activate X` must be unambiguous.
+        for role in roles.values() {
+            if let Some(other) = roles.get(&role.name.to_lowercase()) {
+                if other.key != role.key {
+                    p.problems.push(Problem {
+                        line: role_lines.get(&role.key).copied().unwrap_or(1),
+                        message: format!(
+                            "role '{}' has the display name '{}', which is the key of another role.",
+                            role.key, role.name
+                        ),
+                    });
+                }
+            }
+        }
+
+        if p.problems.is_empty() {
+            Ok(Policy {
+                source: source.to_string(),
+                defaults,
+                roles,
+            })
+        } else {
+            let mut problems = p.problems;
+            problems.sort();
+            problems.dedup();
+            Err(problems)
+        }
+    }
+
+    /// Find a role by key, or by display name case-insensitively.
+    pub fn role(&self, key_or_name: &str) -> Option<&Role> {
+        self.roles.get(key_or_name).or_else(|| {
+            self.roles
+                .values()
+                .find(|r| r.name.eq_ignore_ascii_case(key_or_name))
+        })
+    }
+
+    /// Every user name the policy refers to (approvers and notify recipients that are not
+    /// e-mail addresses), with the role that names it.
+    pub fn named_users(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for role in self.roles.values() {
+            for name in role.settings.approvers.iter().chain(&role.settings.notify) {
+                if !name.contains('@') {
+                    out.push((role.key.clone(), name.clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// How one role changes between two policies.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoleChange {
+    Added(String),
+    Removed(String),
+    Changed(String, Vec<(String, String, String)>),
+}
+
+/// What applying `new` over `old` changes, role by role.
+pub fn diff(old: Option<&Policy>, new: &Policy) -> Vec<RoleChange> {
+    let empty = BTreeMap::new();
+    let old_roles = old.map(|p| &p.roles).unwrap_or(&empty);
+    let mut out = Vec::new();
+    for (key, role) in &new.roles {
+        match old_roles.get(key) {
+            None => out.push(RoleChange::Added(key.clone())),
+            Some(before) if before != role => {
+                let fields = |r: &Role| {
+                    let mut v = vec![
+                        ("name", toml::Value::String(r.name.clone())),
+                        ("description", toml::Value::String(r.description.clone())),
+                        (
+                            "permissions",
+                            toml::Value::Array(
+                                r.permissions
+                                    .iter()
+                                    .cloned()
+                                    .map(toml::Value::String)
+                                    .collect(),
+                            ),
+                        ),
+                        ("protected", toml::Value::Boolean(r.protected)),
+                    ];
+                    v.extend(r.settings.entries());
+                    v
+                };
+                let changes = fields(before)
+                    .into_iter()
+                    .zip(fields(role))
+                    .filter(|((_, a), (_, b))| a != b)
+                    .map(|((k, a), (_, b))| (k.to_string(), a.to_string(), b.to_string()))
+                    .collect();
+                out.push(RoleChange::Changed(key.clone(), changes));
+            }
+            Some(_) => {}
+        }
+    }
+    for key in old_roles.keys() {
+        if !new.roles.contains_key(key) {
+            out.push(RoleChange::Removed(key.clone()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(src: &str) -> Vec<Problem> {
+        Policy::parse(src).unwrap_err()
+    }
+
+    #[test]
+    fn the_example_policy_is_valid() {
+        let p = Policy::parse(EXAMPLE).unwrap();
+        let ga = p.role("global-admin").unwrap();
+        assert!(ga.protected);
+        assert!(ga.grants("users"));
+        assert_eq!(p.role("global administrator").unwrap().key, "global-admin");
+    }
+
+    #[test]
+    fn defaults_are_entras_and_roles_override_them() {
+        let p = Policy::parse(
+            "[defaults]\nmax_activation = \"4h\"\n[roles.a]\nname = \"A\"\n[roles.b]\nname = \"B\"\nmax_activation = \"1h\"\nrequire_mfa = false\n",
+        )
+        .unwrap();
+        assert_eq!(p.roles["a"].settings.max_activation, Duration::hours(4));
+        assert!(p.roles["a"].settings.require_mfa);
+        assert_eq!(p.roles["b"].settings.max_activation, Duration::hours(1));
+        assert!(!p.roles["b"].settings.require_mfa);
+        assert_eq!(
+            p.roles["b"].settings.max_eligible,
+            Limit::Max(Duration::days(365))
+        );
+    }
+
+    #[test]
+    fn out_of_range_activation_names_its_line() {
+        let e = problems("[roles.a]\nname = \"A\"\nmax_activation = \"25h\"\n");
+        assert_eq!(e[0].line, 3);
+        assert!(e[0].message.contains("out of range"), "{}", e[0]);
+    }
+
+    #[test]
+    fn unknown_keys_bad_durations_and_missing_names_are_errors() {
+        let e = problems("[roles.a]\nname = \"A\"\nmax_activaton = \"2h\"\n");
+        assert_eq!(e[0].line, 3);
+        assert!(e[0].message.contains("max_activaton"), "{}", e[0]);
+
+        let e = problems("[roles.a]\nname = \"A\"\n\napproval_timeout = \"soon\"\n");
+        assert_eq!(e[0].line, 4);
+        assert!(e[0].message.contains("not a duration"));
+
+        let e = problems("[roles.a]\ndescription = \"x\"\n");
+        assert_eq!(e[0].line, 1);
+        assert!(e[0].message.contains("no display name"));
+
+        let e = problems("[roles.a]\nname = \"A\"\npermissions = [\"root\"]\n");
+        assert!(e[0].message.contains("permission 'root'"));
+
+        let e = problems("[roles.a]\nname = \"A\"\njustification_pattern = \"(\"\n");
+        assert_eq!(e[0].line, 3);
+
+        let e = problems("[roles.a]\nname = \"A\"\nmin_approvals = 0\n");
+        assert!(e[0].message.contains("min_approvals"));
+
+        let e = problems("[roles.a]\nname = \"A\"\napprovers = [\"c\"]\nmin_approvals = 2\n");
+        assert!(e[0].message.contains("needs 2 approvals"));
+
+        let e = problems("[defaults]\nname = \"x\"\n");
+        assert!(e[0].message.contains("[defaults]"));
+
+        let e = problems("[roles.a]\nname = \"Same\"\n[roles.b]\nname = \"same\"\n");
+        assert!(e[0].message.contains("share the display name"));
+
+        let e = problems("[roles.a]\nname = \"A\"\nnotify = [\"not an address\"]\n");
+        assert!(e[0].message.contains("notify"));
+    }
+
+    #[test]
+    fn limits_accept_permanent() {
+        let p = Policy::parse("[roles.a]\nname = \"A\"\nmax_eligible = \"permanent\"\n").unwrap();
+        assert_eq!(p.roles["a"].settings.max_eligible, Limit::Permanent);
+    }
+
+    #[test]
+    fn diff_reports_role_by_role() {
+        let a = Policy::parse("[roles.a]\nname = \"A\"\n[roles.b]\nname = \"B\"\n").unwrap();
+        let b = Policy::parse(
+            "[roles.a]\nname = \"A\"\nmax_activation = \"2h\"\n[roles.c]\nname = \"C\"\n",
+        )
+        .unwrap();
+        let d = diff(Some(&a), &b);
+        assert!(d.contains(&RoleChange::Added("c".into())));
+        assert!(d.contains(&RoleChange::Removed("b".into())));
+        assert!(d.contains(&RoleChange::Changed(
+            "a".into(),
+            vec![("max_activation".into(), "\"8h\"".into(), "\"2h\"".into())]
+        )));
+    }
+
+    #[test]
+    fn justification_pattern_is_enforced() {
+        let p = Policy::parse(
+            "[roles.a]\nname = \"A\"\njustification_pattern = \"^(INC|CHG)[0-9]+\"\n",
+        )
+        .unwrap();
+        let s = &p.roles["a"].settings;
+        assert!(s.justification_matches("INC123 fix"));
+        assert!(!s.justification_matches("because"));
+    }
+}

@@ -1,0 +1,162 @@
+//! Time input and output: durations (`30m`, `1h30m`, `90d`), instants (RFC 3339 or a date),
+//! and the relative form people read in tables ("in 1h 58m").
+
+use crate::error::{Error, Result};
+use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, TimeZone, Utc};
+
+/// Parse a duration such as `30m`, `2h`, `1h30m`, `7d` or `90d`.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let bad = || {
+        Error::Usage(format!(
+            "'{text}' is not a duration. Write it like 30m, 2h, 1h30m or 90d."
+        ))
+    };
+    let trimmed = text.trim();
+    if trimmed.is_empty() || !trimmed.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let std = humantime::parse_duration(trimmed).map_err(|_| bad())?;
+    let d = Duration::from_std(std).map_err(|_| bad())?;
+    if d <= Duration::zero() {
+        return Err(Error::Usage(format!(
+            "'{text}' is not a positive duration. Write it like 30m, 2h or 90d."
+        )));
+    }
+    if d.subsec_nanos() != 0 {
+        return Err(Error::Usage(format!(
+            "'{text}' has fractions of a second; pim counts whole seconds."
+        )));
+    }
+    Ok(d)
+}
+
+/// Parse an instant: RFC 3339, or a date meaning midnight UTC.
+pub fn parse_instant(text: &str) -> Result<DateTime<Utc>> {
+    let t = text.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        let utc = dt.with_timezone(&Utc);
+        return Ok(Utc
+            .timestamp_opt(utc.timestamp(), 0)
+            .single()
+            .unwrap_or(utc));
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        if let Some(midnight) = date.and_hms_opt(0, 0, 0) {
+            return Ok(Utc.from_utc_datetime(&midnight));
+        }
+    }
+    Err(Error::Usage(format!(
+        "'{text}' is not a time. Write it as RFC 3339 (2026-12-01T09:00:00Z) or a date (2026-12-01)."
+    )))
+}
+
+/// RFC 3339 UTC, whole seconds: the form of JSON and CSV.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// From stored unix seconds.
+pub fn from_unix(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(secs, 0).single().unwrap_or_default()
+}
+
+/// A duration in compact words: `1h 58m`, `3d 4h`, `45s`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.num_seconds().abs();
+    let (days, hours, mins, s) = (
+        secs / 86_400,
+        (secs % 86_400) / 3_600,
+        (secs % 3_600) / 60,
+        secs % 60,
+    );
+    let (big, small) = if days > 0 {
+        (format!("{days}d"), (hours > 0).then(|| format!("{hours}h")))
+    } else if hours > 0 {
+        (format!("{hours}h"), (mins > 0).then(|| format!("{mins}m")))
+    } else if mins > 0 {
+        (format!("{mins}m"), None)
+    } else {
+        (format!("{s}s"), None)
+    };
+    match small {
+        Some(small) => format!("{big} {small}"),
+        None => big,
+    }
+}
+
+/// A duration as a policy writes it: `8h`, `1h30m`, `90d`.
+pub fn policy_duration(d: Duration) -> String {
+    let secs = d.num_seconds();
+    if secs % 86_400 == 0 && secs > 86_400 {
+        return format!("{}d", secs / 86_400);
+    }
+    let mut out = String::new();
+    let (h, m, s) = (secs / 3_600, (secs % 3_600) / 60, secs % 60);
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// "in 1h 58m", "3d 4h ago", or "now".
+pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let d = t - now;
+    if d.num_seconds() == 0 {
+        "now".to_string()
+    } else if d > Duration::zero() {
+        format!("in {}", format_duration(d))
+    } else {
+        format!("{} ago", format_duration(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_of_the_contract_parse() {
+        assert_eq!(parse_duration("30m").unwrap(), Duration::minutes(30));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::hours(2));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::minutes(90));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::days(7));
+        assert_eq!(parse_duration("90d").unwrap(), Duration::days(90));
+    }
+
+    #[test]
+    fn bad_durations_are_usage_errors() {
+        for bad in ["", "abc", "-1h", "0m", "h", "5x", "1h 30q"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn instants_parse_as_rfc3339_or_date() {
+        let t = parse_instant("2026-12-01T09:00:00Z").unwrap();
+        assert_eq!(rfc3339(t), "2026-12-01T09:00:00Z");
+        let d = parse_instant("2026-12-01").unwrap();
+        assert_eq!(rfc3339(d), "2026-12-01T00:00:00Z");
+        let z = parse_instant("2026-12-01T10:00:00+01:00").unwrap();
+        assert_eq!(rfc3339(z), "2026-12-01T09:00:00Z");
+        assert_eq!(parse_instant("tomorrow").unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn relative_times_read_like_people_speak() {
+        let now = parse_instant("2026-12-01T00:00:00Z").unwrap();
+        assert_eq!(relative(now + Duration::minutes(118), now), "in 1h 58m");
+        assert_eq!(relative(now + Duration::hours(2), now), "in 2h");
+        assert_eq!(relative(now - Duration::days(3), now), "3d ago");
+        assert_eq!(relative(now + Duration::seconds(45), now), "in 45s");
+        assert_eq!(relative(now, now), "now");
+        assert_eq!(policy_duration(Duration::minutes(90)), "1h30m");
+        assert_eq!(policy_duration(Duration::days(365)), "365d");
+    }
+}
