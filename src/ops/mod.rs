@@ -241,6 +241,24 @@ pub(crate) fn would_orphan_protected(
     Ok(others == 0)
 }
 
+impl Pim {
+    /// Whether `actor` may use `permission` over `scope` right now (false for non-users).
+    pub fn may(&self, actor: &str, permission: &str, scope: &Scope) -> Result<bool> {
+        let policy = self.policy()?;
+        match users::find(&self.conn, actor)? {
+            Some(user) => has_permission(
+                &self.conn,
+                &policy,
+                &user,
+                permission,
+                scope,
+                self.now().timestamp(),
+            ),
+            None => Ok(false),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
@@ -302,23 +320,5 @@ permissions = ["users"]
                 |r| r.get(0),
             )
             .unwrap()
-    }
-}
-
-impl Pim {
-    /// Whether `actor` may use `permission` over `scope` right now (false for non-users).
-    pub fn may(&self, actor: &str, permission: &str, scope: &Scope) -> Result<bool> {
-        let policy = self.policy()?;
-        match users::find(&self.conn, actor)? {
-            Some(user) => has_permission(
-                &self.conn,
-                &policy,
-                &user,
-                permission,
-                scope,
-                self.now().timestamp(),
-            ),
-            None => Ok(false),
-        }
     }
 }

@@ -1,0 +1,1143 @@
+//! pim driven as a user drives it: the real binary in a temporary directory.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use support::{have, oathtool, Env};
+
+// ---------------------------------------------------------------- init and the database
+
+#[test]
+fn init_creates_a_private_database_and_a_break_glass_admin() {
+    let env = Env::new();
+    let r = env
+        .run(&[
+            "init",
+            "--admin",
+            "admin",
+            "--email",
+            "admin@example.com",
+            "--json",
+        ])
+        .expect(0);
+    let j = r.json();
+    let uri = j["otpauth_uri"].as_str().unwrap();
+    assert!(uri.starts_with("otpauth://totp/pim:admin?secret="), "{uri}");
+    assert_eq!(
+        j["secret"].as_str().unwrap().len(),
+        32,
+        "160 bits in base32"
+    );
+    let mode = std::fs::metadata(&env.db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let held = env
+        .run(&["check", "admin", "global-admin", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(held["held"], true);
+    assert_eq!(held["until"], serde_json::Value::Null);
+    // A second init is a conflict and leaves the database alone.
+    env.run(&["init", "--admin", "other"]).expect(5);
+    env.run(&["user", "show", "admin"]).expect(0);
+    // Human output draws a QR code.
+    let env2 = Env::new();
+    let human = env2.run(&["init", "--admin", "root2"]).expect(0);
+    assert!(
+        human.stdout.contains("▀") || human.stdout.contains("█"),
+        "{}",
+        human.stdout
+    );
+}
+
+#[test]
+fn a_missing_or_foreign_database_is_an_environment_error() {
+    let env = Env::new();
+    let r = env.run(&["user", "list"]).expect(1);
+    assert!(r.stderr.contains("pim init"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    std::fs::write(&env.db, vec![0x42u8; 4096]).unwrap();
+    let r = env.run(&["user", "list"]).expect(1);
+    assert!(r.stderr.contains("not a pim database"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"));
+}
+
+#[test]
+fn init_with_an_invalid_policy_creates_nothing() {
+    let env = Env::new();
+    std::fs::write(
+        env.path("bad.toml"),
+        "[roles.a]\nname = \"A\"\nmax_activation = \"25h\"\n",
+    )
+    .unwrap();
+    let r = env
+        .run(&["init", "--admin", "admin", "--policies", "bad.toml"])
+        .expect(2);
+    assert!(r.stderr.contains("line 3"), "{}", r.stderr);
+    assert!(!env.db.exists());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let env = Env::new();
+    env.init();
+    env.run(&["no-such-command"]).expect(2);
+    env.as_(
+        "admin",
+        &[
+            "assign",
+            "admin",
+            "db-admin",
+            "--duration",
+            "soon",
+            "-j",
+            "x",
+        ],
+    )
+    .expect(2);
+    env.as_(
+        "admin",
+        &["assign", "admin", "db-admin", "--scope", "prod", "-j", "x"],
+    )
+    .expect(2);
+    env.as_(
+        "admin",
+        &[
+            "assign", "admin", "db-admin", "--until", "tomorrow", "-j", "x",
+        ],
+    )
+    .expect(2);
+    env.run(&["--help"]).expect(0);
+}
+
+// ---------------------------------------------------------------- identity
+
+#[test]
+fn the_actor_is_the_real_user_and_unknown_actors_are_refused() {
+    let env = Env::new();
+    env.init();
+    // The OS account running the tests is not a pim user.
+    let r = env.run(&["user", "add", "eve"]).expect(3);
+    assert!(r.stderr.contains("not a pim user"), "{}", r.stderr);
+    // $USER means nothing.
+    let r: support::Run = env
+        .command(&["user", "add", "eve"])
+        .env("USER", "admin")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 3);
+    // PIM_USER is --as.
+    let r: support::Run = env
+        .command(&["user", "add", "eve"])
+        .env("PIM_USER", "admin")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn as_is_refused_for_callers_who_cannot_write_the_database() {
+    // Needs a second account: run where the tests run as root (as CI does).
+    if unsafe { libc::getuid() } != 0 || !have("setpriv") {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = env.path("pim-bin");
+    std::fs::copy(support::bin(), &copy).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&copy)
+        .args(["--as", "admin", "user", "add", "mallory"])
+        .env("PIM_DB", &env.db)
+        .env_remove("PIM_USER")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("--as"), "{stderr}");
+    env.run(&["user", "show", "mallory"]).expect(4);
+}
+
+// ---------------------------------------------------------------- policy and roles
+
+#[test]
+fn policy_validate_apply_and_export() {
+    let env = Env::new();
+    env.init();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap();
+    std::fs::write(env.path("p.toml"), &example).unwrap();
+    env.run(&["policy", "validate", "p.toml"]).expect(0);
+    // Validation works without a database, for CI on a pull request.
+    let bare = Env::new();
+    std::fs::write(bare.path("p.toml"), &example).unwrap();
+    bare.run(&["policy", "validate", "p.toml"]).expect(0);
+
+    let changed = example.replace(
+        "[roles.db-admin]\nname = \"Database Administrator\"",
+        "[roles.db-admin]\nname = \"Database Administrator\"\nrequire_ticket = true",
+    ) + "\n[roles.auditor]\nname = \"Auditor\"\npermissions = [\"audit\"]\n";
+    std::fs::write(env.path("new.toml"), &changed).unwrap();
+    let dry = env
+        .as_("admin", &["policy", "apply", "new.toml", "--dry-run"])
+        .expect(0);
+    assert!(dry.stdout.contains("+ role auditor"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("~ role db-admin"), "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("require_ticket: false -> true"),
+        "{}",
+        dry.stdout
+    );
+    env.run(&["role", "show", "auditor"]).expect(4);
+    let before = env.count("SELECT count(*) FROM audit_events WHERE action = 'policy.apply'");
+    let applied = env
+        .as_("admin", &["policy", "apply", "new.toml", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(applied["applied"], true);
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE action = 'policy.apply'"),
+        before + 1
+    );
+    let role = env
+        .run(&["role", "show", "Auditor", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(role["key"], "auditor");
+    assert_eq!(
+        env.run(&["policy", "export"]).expect(0).stdout.trim(),
+        changed.trim()
+    );
+    // Editing the file changes nothing until it is applied.
+    std::fs::write(env.path("new.toml"), "garbage").unwrap();
+    env.run(&["role", "show", "auditor"]).expect(0);
+    // Only holders of `policy` may apply.
+    env.user("bob");
+    env.as_("bob", &["policy", "apply", "p.toml"]).expect(3);
+}
+
+#[test]
+fn invalid_policies_name_the_line_and_reason() {
+    let env = Env::new();
+    let cases = [
+        (
+            "[roles.a]\nname = \"A\"\nmax_activation = \"25h\"\n",
+            "line 3",
+            "out of range",
+        ),
+        (
+            "[roles.a]\nname = \"A\"\ncolour = \"red\"\n",
+            "line 3",
+            "colour",
+        ),
+        (
+            "[roles.a]\nname = \"A\"\n\nmax_eligible = \"forever\"\n",
+            "line 4",
+            "not a duration",
+        ),
+        (
+            "[defaults]\nrequire_mfa = true\n[roles.a]\ndescription = \"no name\"\n",
+            "line 3",
+            "display name",
+        ),
+        ("[roles.a\nname = \"A\"\n", "line 1", ""),
+    ];
+    for (text, line, reason) in cases {
+        std::fs::write(env.path("bad.toml"), text).unwrap();
+        let r = env.run(&["policy", "validate", "bad.toml"]).expect(2);
+        assert!(
+            r.stderr.contains(line) && r.stderr.contains(reason),
+            "{text}: {}",
+            r.stderr
+        );
+    }
+    env.run(&["policy", "validate", "missing.toml"]).expect(1);
+}
+
+#[test]
+fn role_list_counts_holders() {
+    let env = Env::new();
+    env.init();
+    env.user("bob");
+    env.as_("admin", &["assign", "bob", "db-admin", "-j", "dba"])
+        .expect(0);
+    let roles = env.run(&["role", "list", "--json"]).expect(0).json();
+    let db = roles
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "db-admin")
+        .unwrap();
+    assert_eq!(db["eligible"], 1);
+    assert_eq!(db["settings"]["max_activation"], "4h");
+    let human = env.run(&["role", "list"]).expect(0);
+    assert!(human.stdout.contains("Database Administrator"));
+}
+
+// ---------------------------------------------------------------- users and MFA
+
+#[test]
+fn users_are_added_listed_disabled_and_enabled() {
+    let env = Env::new();
+    env.init();
+    env.as_(
+        "admin",
+        &[
+            "user",
+            "add",
+            "bob",
+            "--email",
+            "bob@example.com",
+            "--display-name",
+            "Bob B",
+        ],
+    )
+    .expect(0);
+    env.as_("admin", &["user", "add", "bob"]).expect(5);
+    env.as_("bob", &["user", "add", "eve"]).expect(3);
+    let list = env.run(&["user", "list", "--json"]).expect(0).json();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[1]["email"], "bob@example.com");
+    env.run(&["user", "show", "ghost"]).expect(4);
+    env.as_("admin", &["user", "disable", "bob"]).expect(0);
+    assert_eq!(
+        env.run(&["user", "show", "bob", "--json"]).expect(0).json()["disabled"],
+        true
+    );
+    env.as_("bob", &["status"]).expect(0);
+    env.as_("bob", &["mfa", "enroll"]).expect(3);
+    env.as_("admin", &["user", "enable", "bob"]).expect(0);
+    // The break-glass admin is the last holder of protected roles.
+    env.as_("admin", &["user", "disable", "admin"]).expect(3);
+}
+
+#[test]
+fn our_codes_match_oathtool_and_each_is_accepted_once() {
+    let env = Env::new();
+    let secret = env.init();
+    // Our code for the current step equals oathtool's (via a re-enrol that accepts it).
+    let code = oathtool(&secret, 0);
+    let r = env
+        .as_("admin", &["mfa", "enroll", "--code", &code, "--json"])
+        .expect(0);
+    let new_secret = r.json()["secret"].as_str().unwrap().to_string();
+    assert_ne!(new_secret, secret);
+    // The old authenticator no longer works; a wrong code is audited.
+    let r = env
+        .as_(
+            "admin",
+            &["mfa", "enroll", "--code", &oathtool(&secret, 30)],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("MFA failed"), "{}", r.stderr);
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE action = 'mfa.fail'"),
+        1
+    );
+    // One step of skew either side is accepted; a code is accepted at most once.
+    let next = oathtool(&new_secret, 30);
+    let r = env
+        .as_("admin", &["mfa", "enroll", "--code", &next, "--json"])
+        .expect(0);
+    let third = r.json()["secret"].as_str().unwrap().to_string();
+    let now = oathtool(&third, 0);
+    env.as_("admin", &["mfa", "enroll", "--code", &now, "--json"])
+        .expect(0);
+    let replay = env
+        .as_("admin", &["mfa", "enroll", "--code", &now])
+        .expect(3);
+    assert!(replay.stderr.contains("MFA failed"), "{}", replay.stderr);
+}
+
+#[test]
+fn two_processes_cannot_both_use_one_code() {
+    let env = Env::new();
+    env.init();
+    let bob = env.user("bob");
+    for role in ["db-admin", "user-admin"] {
+        env.as_("admin", &["assign", "bob", role, "-j", "team"])
+            .expect(0);
+    }
+    let code = oathtool(&bob, 0);
+    let children: Vec<_> = ["db-admin", "user-admin"]
+        .iter()
+        .map(|role| {
+            env.command(&[
+                "--as", "bob", "activate", role, "-j", "INC-7", "--code", &code,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let codes: Vec<i32> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap().status.code().unwrap())
+        .collect();
+    let mut sorted = codes.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![0, 3], "{codes:?}");
+    assert!(env.run(&["audit", "verify"]).code == 0);
+}
+
+#[test]
+fn mfa_reset_needs_users_permission() {
+    let env = Env::new();
+    env.init();
+    env.user("bob");
+    env.as_("bob", &["mfa", "reset", "bob"]).expect(3);
+    env.as_("admin", &["mfa", "reset", "bob"]).expect(0);
+    assert_eq!(
+        env.run(&["user", "show", "bob", "--json"]).expect(0).json()["mfa_enrolled"],
+        false
+    );
+    // Now bob enrols himself without a code.
+    let j = env
+        .as_("bob", &["mfa", "enroll", "--json"])
+        .expect(0)
+        .json();
+    assert!(j["otpauth_uri"].as_str().unwrap().contains("pim:bob"));
+    env.as_("admin", &["mfa", "reset", "ghost"]).expect(4);
+}
+
+// ---------------------------------------------------------------- assignments
+
+#[test]
+fn assign_list_and_unassign() {
+    let env = Env::new();
+    env.init();
+    env.user("bob");
+    let a = env
+        .as_(
+            "admin",
+            &[
+                "assign",
+                "bob",
+                "Database Administrator",
+                "--scope",
+                "/prod",
+                "--duration",
+                "90d",
+                "-j",
+                "on-call",
+                "--ticket",
+                "CHG-1",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    assert_eq!(a["type"], "eligible");
+    assert_eq!(a["role"], "db-admin");
+    env.as_(
+        "admin",
+        &[
+            "assign", "bob", "db-admin", "--scope", "/prod", "-j", "again",
+        ],
+    )
+    .expect(5);
+    env.as_(
+        "admin",
+        &["assign", "bob", "db-admin", "--duration", "400d", "-j", "x"],
+    )
+    .expect(3);
+    env.as_(
+        "admin",
+        &["assign", "bob", "db-admin", "--permanent", "-j", "x"],
+    )
+    .expect(3);
+    env.as_("admin", &["assign", "bob", "db-admin", "--no-input"])
+        .expect(3);
+    env.as_("admin", &["assign", "ghost", "db-admin", "-j", "x"])
+        .expect(4);
+    env.as_("admin", &["assign", "bob", "nope", "-j", "x"])
+        .expect(4);
+    env.as_("bob", &["assign", "bob", "user-admin", "-j", "x"])
+        .expect(3);
+    env.as_(
+        "admin",
+        &[
+            "assign",
+            "bob",
+            "security-reader",
+            "--permanent",
+            "--active",
+            "--start",
+            "2099-01-01",
+            "-j",
+            "x",
+        ],
+    )
+    .expect(3);
+    env.as_(
+        "admin",
+        &[
+            "assign",
+            "bob",
+            "security-reader",
+            "--permanent",
+            "--start",
+            "2099-01-01",
+            "-j",
+            "later",
+        ],
+    )
+    .expect(0);
+
+    let list = env
+        .run(&["assignment", "list", "--user", "bob", "--json"])
+        .expect(0)
+        .json();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    for item in list {
+        for key in ["user", "role", "scope", "type", "start", "end"] {
+            assert!(item.get(key).is_some(), "{key} missing in {item}");
+        }
+    }
+    let reader = list
+        .iter()
+        .find(|a| a["role"] == "security-reader")
+        .unwrap();
+    assert_eq!(reader["end"], serde_json::Value::Null);
+    assert_eq!(reader["start"], "2099-01-01T00:00:00Z");
+    let covering = env
+        .run(&[
+            "assignment",
+            "list",
+            "--scope",
+            "/prod/db",
+            "--eligible",
+            "--json",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(covering.as_array().unwrap().len(), 2);
+    let other = env
+        .run(&[
+            "assignment",
+            "list",
+            "--scope",
+            "/production",
+            "--role",
+            "db-admin",
+            "--json",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(other.as_array().unwrap().len(), 0);
+
+    env.as_("admin", &["unassign", "bob", "db-admin"]).expect(4);
+    env.as_(
+        "admin",
+        &["unassign", "bob", "db-admin", "--scope", "/prod"],
+    )
+    .expect(0);
+    assert_eq!(
+        env.run(&[
+            "assignment",
+            "list",
+            "--user",
+            "bob",
+            "--role",
+            "db-admin",
+            "--json"
+        ])
+        .expect(0)
+        .json()
+        .as_array()
+        .unwrap()
+        .len(),
+        0
+    );
+    assert_eq!(
+        env.run(&[
+            "assignment",
+            "list",
+            "--user",
+            "bob",
+            "--role",
+            "db-admin",
+            "--all",
+            "--json"
+        ])
+        .expect(0)
+        .json()[0]["state"],
+        "removed"
+    );
+    // The break-glass admin cannot be stripped of the last protected assignment.
+    let r = env
+        .as_("admin", &["unassign", "admin", "global-admin", "--active"])
+        .expect(3);
+    assert!(r.stderr.contains("last holder"), "{}", r.stderr);
+}
+
+// ---------------------------------------------------------------- activation
+
+fn with_eligible_bob() -> (Env, String) {
+    let env = Env::new();
+    env.init();
+    let bob = env.user("bob");
+    env.as_(
+        "admin",
+        &[
+            "assign", "bob", "db-admin", "--scope", "/prod", "-j", "on-call",
+        ],
+    )
+    .expect(0);
+    (env, bob)
+}
+
+#[test]
+fn activate_check_status_and_deactivate() {
+    let (env, bob) = with_eligible_bob();
+    env.run(&["check", "bob", "db-admin", "--scope", "/prod/db"])
+        .expect(1);
+    let r = env
+        .as_(
+            "bob",
+            &[
+                "activate",
+                "db-admin",
+                "--scope",
+                "/prod",
+                "-j",
+                "INC-42 disk full",
+                "--duration",
+                "1h",
+                "--code",
+                &oathtool(&bob, 0),
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "active");
+    let id = r["id"].as_i64().unwrap();
+    let held = env
+        .run(&[
+            "check",
+            "bob",
+            "Database Administrator",
+            "--scope",
+            "/prod/db",
+            "--json",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(held["held"], true);
+    assert!(held["until"].as_str().unwrap().ends_with('Z'));
+    let quiet = env
+        .run(&["check", "bob", "db-admin", "--scope", "/production", "-q"])
+        .expect(1);
+    assert!(quiet.stdout.is_empty());
+    env.run(&["check", "ghost", "db-admin"]).expect(4);
+    env.run(&["check", "bob", "nope"]).expect(4);
+    // Already active.
+    env.as_(
+        "bob",
+        &[
+            "activate",
+            "db-admin",
+            "--scope",
+            "/prod",
+            "-j",
+            "again",
+            "--code",
+            &oathtool(&bob, 30),
+        ],
+    )
+    .expect(5);
+    let status = env.as_("bob", &["status", "--json"]).expect(0).json();
+    assert_eq!(status["active"][0]["role"], "db-admin");
+    assert_eq!(status["eligible"][0]["scope"], "/prod");
+    let shown = env
+        .as_("bob", &["request", "show", &id.to_string(), "--json"])
+        .expect(0)
+        .json();
+    for key in ["id", "user", "role", "scope", "status", "start", "end"] {
+        assert!(shown.get(key).is_some(), "{key}");
+    }
+    let listed = env
+        .as_("bob", &["request", "list", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    env.run(&["request", "show", "999"]).expect(4);
+    env.as_("bob", &["deactivate", "db-admin"]).expect(0);
+    env.run(&["check", "bob", "db-admin", "--scope", "/prod"])
+        .expect(1);
+    env.as_("bob", &["deactivate", "db-admin"]).expect(4);
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE action = 'activation.deactivate'"),
+        1
+    );
+}
+
+#[test]
+fn activation_refusals_name_what_is_missing_and_are_audited() {
+    let (env, bob) = with_eligible_bob();
+    env.as_(
+        "admin",
+        &["assign", "bob", "global-admin", "-j", "needs approval"],
+    )
+    .expect(0);
+    env.as_("admin", &["assign", "bob", "k8s-operator", "-j", "ops"])
+        .expect(0);
+    let refusals = || env.count("SELECT count(*) FROM audit_events WHERE result != 'ok'");
+    let before = refusals();
+    let r = env
+        .as_(
+            "bob",
+            &[
+                "activate", "db-admin", "--scope", "/prod", "--code", "123456",
+            ],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("justification"), "{}", r.stderr);
+    let r = env
+        .as_(
+            "bob",
+            &["activate", "db-admin", "--scope", "/prod", "-j", "x"],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("TOTP code"), "{}", r.stderr);
+    let r = env
+        .as_(
+            "bob",
+            &[
+                "activate",
+                "k8s-operator",
+                "-j",
+                "INC-1 x",
+                "--code",
+                "123456",
+            ],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("ticket"), "{}", r.stderr);
+    let r = env
+        .as_(
+            "bob",
+            &["activate", "k8s-operator", "-j", "please", "--ticket", "T1"],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("pattern"), "{}", r.stderr);
+    let r = env
+        .as_(
+            "bob",
+            &["activate", "db-admin", "--scope", "/staging", "-j", "x"],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("not eligible"), "{}", r.stderr);
+    let r = env
+        .as_(
+            "bob",
+            &[
+                "activate",
+                "db-admin",
+                "--scope",
+                "/prod",
+                "-j",
+                "x",
+                "--duration",
+                "5h",
+            ],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("at most 4h"), "{}", r.stderr);
+    let r = env
+        .as_(
+            "bob",
+            &[
+                "activate",
+                "global-admin",
+                "-j",
+                "x",
+                "--code",
+                &oathtool(&bob, 0),
+            ],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("requires approval"), "{}", r.stderr);
+    env.run(&["check", "bob", "global-admin"]).expect(1);
+    let r = env
+        .as_(
+            "bob",
+            &[
+                "activate", "db-admin", "--scope", "/prod", "-j", "x", "--code", "000000",
+            ],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("MFA failed"), "{}", r.stderr);
+    env.as_("bob", &["activate", "nope", "-j", "x"]).expect(4);
+    env.as_("bob", &["activate", "db-admin", "--duration", "1x"])
+        .expect(2);
+    assert_eq!(refusals(), before + 8);
+    assert_eq!(env.count("SELECT count(*) FROM requests"), 0);
+    // Each error is one sentence or two on one line, never a panic.
+    assert_eq!(r.stderr.lines().count(), 1);
+}
+
+#[test]
+fn wrong_codes_lock_the_authenticator() {
+    let (env, bob) = with_eligible_bob();
+    for _ in 0..5 {
+        env.as_(
+            "bob",
+            &[
+                "activate", "db-admin", "--scope", "/prod", "-j", "x", "--code", "000000",
+            ],
+        )
+        .expect(3);
+    }
+    let r = env
+        .as_(
+            "bob",
+            &[
+                "activate",
+                "db-admin",
+                "--scope",
+                "/prod",
+                "-j",
+                "x",
+                "--code",
+                &oathtool(&bob, 0),
+            ],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("locked"), "{}", r.stderr);
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE action = 'mfa.lock'"),
+        1
+    );
+    env.as_("admin", &["mfa", "reset", "bob"]).expect(0);
+    let secret = env
+        .as_("bob", &["mfa", "enroll", "--json"])
+        .expect(0)
+        .json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.as_(
+        "bob",
+        &[
+            "activate",
+            "db-admin",
+            "--scope",
+            "/prod",
+            "-j",
+            "x",
+            "--code",
+            &oathtool(&secret, 0),
+        ],
+    )
+    .expect(0);
+}
+
+#[test]
+fn scheduled_activation_and_removal_of_eligibility() {
+    let (env, bob) = with_eligible_bob();
+    let start = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let r = env
+        .as_(
+            "bob",
+            &[
+                "activate",
+                "db-admin",
+                "--scope",
+                "/prod",
+                "-j",
+                "x",
+                "--start",
+                &start,
+                "--code",
+                &oathtool(&bob, 0),
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "scheduled");
+    env.run(&["check", "bob", "db-admin", "--scope", "/prod"])
+        .expect(1);
+    let status = env.as_("bob", &["status", "--json"]).expect(0).json();
+    assert_eq!(status["requests"][0]["status"], "scheduled");
+    env.as_(
+        "admin",
+        &["unassign", "bob", "db-admin", "--scope", "/prod"],
+    )
+    .expect(0);
+    let shown = env
+        .run(&["request", "show", &r["id"].to_string(), "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(shown["status"], "revoked");
+}
+
+#[test]
+fn expiry_under_faketime_needs_no_sweep_and_sweep_records_it_once() {
+    if !have("faketime") {
+        panic!("faketime is needed by the tests (apt-get install faketime)");
+    }
+    let (env, bob) = with_eligible_bob();
+    env.as_(
+        "bob",
+        &[
+            "activate",
+            "db-admin",
+            "--scope",
+            "/prod",
+            "-j",
+            "x",
+            "--duration",
+            "30m",
+            "--code",
+            &oathtool(&bob, 0),
+        ],
+    )
+    .expect(0);
+    env.run(&["check", "bob", "db-admin", "--scope", "/prod"])
+        .expect(0);
+    let later = |args: &[&str]| -> support::Run {
+        let mut c = std::process::Command::new("faketime");
+        c.args(["-f", "+31m", support::bin()])
+            .args(args)
+            .env("PIM_DB", &env.db)
+            .env_remove("PIM_USER");
+        c.output().unwrap().into()
+    };
+    later(&["check", "bob", "db-admin", "--scope", "/prod"]).expect(1);
+    let status = later(&["--as", "bob", "status", "--json"]).expect(0).json();
+    assert_eq!(status["active"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        later(&["request", "show", "1", "--json"]).expect(0).json()["status"],
+        "expired"
+    );
+    let first = later(&["sweep", "--json"]).expect(0).json();
+    assert_eq!(first["expired_activations"], serde_json::json!([1]));
+    let second = later(&["sweep", "--json"]).expect(0).json();
+    assert_eq!(second["expired_activations"], serde_json::json!([]));
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE action = 'activation.expire'"),
+        1
+    );
+    env.run(&["audit", "verify"]).expect(0);
+}
+
+// ---------------------------------------------------------------- audit
+
+#[test]
+fn csv_export_reads_back_with_header_order_and_safe_cells() {
+    let (env, bob) = with_eligible_bob();
+    env.as_(
+        "bob",
+        &[
+            "activate",
+            "db-admin",
+            "--scope",
+            "/prod",
+            "-j",
+            "=HYPERLINK(\"http://x\")",
+            "--code",
+            &oathtool(&bob, 0),
+        ],
+    )
+    .expect(0);
+    env.as_("bob", &["audit", "export"]).expect(3);
+    let r = env
+        .as_("admin", &["audit", "export", "--output", "audit.csv"])
+        .expect(0);
+    assert!(r.stdout.is_empty());
+    let mode = std::fs::metadata(env.path("audit.csv"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let mut reader = csv::Reader::from_path(env.path("audit.csv")).unwrap();
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        header.join(","),
+        "seq,time,actor,action,principal,role,scope,request,justification,ticket,expires,result,details,prev_hash,hash"
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert_eq!(seqs, (1..=rows.len() as i64).collect::<Vec<_>>());
+    for pair in rows.windows(2) {
+        assert_eq!(pair[1][13], pair[0][14], "prev_hash chains");
+    }
+    let request = rows.iter().find(|r| &r[3] == "activation.request").unwrap();
+    assert_eq!(&request[8], "'=HYPERLINK(\"http://x\")");
+    assert!(request[1].ends_with('Z') && request[10].ends_with('Z'));
+    assert!(serde_json::from_str::<serde_json::Value>(&request[12])
+        .unwrap()
+        .is_object());
+    // The same to stdout, and JSONL with the same field names.
+    let stdout = env.as_("admin", &["audit", "export"]).expect(0).stdout;
+    assert_eq!(
+        stdout,
+        std::fs::read_to_string(env.path("audit.csv")).unwrap()
+    );
+    let jsonl = env
+        .as_(
+            "admin",
+            &[
+                "audit",
+                "export",
+                "--format",
+                "jsonl",
+                "--action",
+                "activation.*",
+            ],
+        )
+        .expect(0)
+        .stdout;
+    let lines: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["justification"], "=HYPERLINK(\"http://x\")");
+    for key in header {
+        assert!(lines[0].get(&key).is_some(), "{key}");
+    }
+    let by_user = env
+        .as_(
+            "admin",
+            &[
+                "audit", "export", "--user", "bob", "--actor", "bob", "--role", "db-admin",
+            ],
+        )
+        .expect(0)
+        .stdout;
+    assert_eq!(by_user.lines().count(), 3);
+    let none = env
+        .as_("admin", &["audit", "export", "--since", "2099-01-01"])
+        .expect(0)
+        .stdout;
+    assert_eq!(none.lines().count(), 1);
+}
+
+#[test]
+fn audit_list_shows_your_own_events_without_the_audit_permission() {
+    let (env, _) = with_eligible_bob();
+    let mine = env
+        .as_("bob", &["audit", "list", "--json"])
+        .expect(0)
+        .json();
+    for e in mine.as_array().unwrap() {
+        assert!(e["actor"] == "bob" || e["principal"] == "bob", "{e}");
+    }
+    assert!(!mine.as_array().unwrap().is_empty());
+    let all = env
+        .as_("admin", &["audit", "list", "--json", "--limit", "3"])
+        .expect(0)
+        .json();
+    assert_eq!(all.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn verify_finds_a_single_changed_byte() {
+    let (env, _) = with_eligible_bob();
+    let ok = env.run(&["audit", "verify"]).expect(0);
+    assert!(ok.stdout.contains("head"), "{}", ok.stdout);
+    env.sql("DROP TRIGGER audit_events_no_update; UPDATE audit_events SET justification = 'on-cal1' WHERE seq = 9");
+    let bad = env.run(&["audit", "verify"]).expect(1);
+    assert!(bad.stderr.contains("event 9"), "{}", bad.stderr);
+    let j = env.run(&["audit", "verify", "--json"]).expect(1).json();
+    assert_eq!(j["bad_seq"], 9);
+}
+
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    let (env, _) = with_eligible_bob();
+    let mut child = env
+        .command(&["--as", "admin", "audit", "export"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------- prompts on a terminal
+
+#[test]
+fn activate_prompts_on_a_terminal() {
+    if !have("tmux") {
+        panic!("tmux is needed by the tests (apt-get install tmux)");
+    }
+    let (env, bob) = with_eligible_bob();
+    let session = format!("pim-test-{}", std::process::id());
+    let script = env.path("run.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nPIM_DB='{}' '{}' --as bob activate db-admin --scope /prod; echo \"exit=$?\"; sleep 30\n",
+            env.db.display(),
+            support::bin()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "30",
+        script.to_str().unwrap(),
+    ]);
+    let screen = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
+    };
+    let wait_for = |text: &str| {
+        for _ in 0..100 {
+            if screen().contains(text) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("never saw {text:?} on the screen:\n{}", screen());
+    };
+    wait_for("Justification for db-admin");
+    tmux(&["send-keys", "-t", &session, "INC-9 replica lag", "Enter"]);
+    wait_for("TOTP code for bob");
+    let code = oathtool(&bob, 0);
+    tmux(&["send-keys", "-t", &session, &code, "Enter"]);
+    wait_for("exit=");
+    let seen = screen();
+    tmux(&["kill-session", "-t", &session]);
+    assert!(seen.contains("exit=0"), "{seen}");
+    assert!(seen.contains("is active at /prod"), "{seen}");
+    assert!(!seen.contains(&code), "the code was echoed:\n{seen}");
+    env.run(&["check", "bob", "db-admin", "--scope", "/prod"])
+        .expect(0);
+}

@@ -1,0 +1,144 @@
+//! A small builder over the real `pim` executable in a temporary directory.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Assert the exit code, showing the output when it is wrong.
+    pub fn expect(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\nstdout: {}\nstderr: {}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pim")
+}
+
+/// A code from oathtool, independent of our TOTP code; `offset` in seconds from now.
+pub fn oathtool(secret: &str, offset: i64) -> String {
+    let out = Command::new("oathtool")
+        .args([
+            "--totp",
+            "-b",
+            secret,
+            "-N",
+            &format!("now {offset:+} seconds"),
+        ])
+        .output()
+        .expect("oathtool is needed by the tests (apt-get install oathtool)");
+    assert!(
+        out.status.success(),
+        "oathtool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("pim.db");
+        Env { dir, db }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("PIM_USER")
+            .env_remove("PIM_TOKEN")
+            .env("PIM_DB", &self.db)
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.command(args).output().unwrap().into()
+    }
+
+    /// Run as the pim user `who` (through --as).
+    pub fn as_(&self, who: &str, args: &[&str]) -> Run {
+        let mut all = vec!["--as", who];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
+    /// A database with `admin` as break-glass administrator; returns admin's TOTP secret.
+    pub fn init(&self) -> String {
+        let r = self.run(&["init", "--admin", "admin", "--json"]).expect(0);
+        r.json()["secret"].as_str().unwrap().to_string()
+    }
+
+    /// Add a user with an authenticator; returns its secret.
+    pub fn user(&self, name: &str) -> String {
+        self.as_("admin", &["user", "add", name]).expect(0);
+        let r = self
+            .as_("admin", &["mfa", "enroll", name, "--json"])
+            .expect(0);
+        r.json()["secret"].as_str().unwrap().to_string()
+    }
+
+    pub fn sql(&self, sql: &str) {
+        let conn = rusqlite::Connection::open(&self.db).unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        let conn = rusqlite::Connection::open(&self.db).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
