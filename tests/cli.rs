@@ -1141,3 +1141,17 @@ fn activate_prompts_on_a_terminal() {
     env.run(&["check", "bob", "db-admin", "--scope", "/prod"])
         .expect(0);
 }
+
+#[test]
+fn an_auditor_can_recompute_the_chain_without_pim() {
+    let (env, bob) = with_eligible_bob();
+    env.as_("bob", &["activate", "db-admin", "--scope", "/prod", "-j", "naïve\t\"quoted\" ✓ INC-1\nsecond line", "--code", &oathtool(&bob, 0)]).expect(0);
+    let export = env.as_("admin", &["audit", "export", "--format", "jsonl", "--output", "audit.jsonl"]).expect(0);
+    assert!(export.stdout.is_empty());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/verify_export.py");
+    let out = std::process::Command::new("python3").arg(script).arg(env.path("audit.jsonl")).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    let head = env.run(&["audit", "verify", "--json"]).expect(0).json()["head"].as_str().unwrap().to_string();
+    assert!(said.contains(&head), "{said} vs {head}");
+}

@@ -78,15 +78,48 @@ fn filter(pim: &crate::Pim, f: FilterArgs) -> anyhow::Result<Filter> {
     })
 }
 
-fn jsonl_line(e: &StoredEvent) -> serde_json::Value {
-    serde_json::json!({
-        "seq": e.seq, "time": e.time, "actor": e.actor, "action": e.action,
-        "principal": e.principal, "role": e.role, "scope": e.scope, "request": e.request,
-        "justification": e.justification, "ticket": e.ticket, "expires": e.expires,
-        "result": e.result,
-        "details": serde_json::from_str::<serde_json::Value>(&e.details).unwrap_or(serde_json::Value::String(e.details.clone())),
-        "prev_hash": e.prev_hash, "hash": e.hash,
-    })
+/// One event as JSON, `details` as the object it is (written through, not re-encoded).
+#[derive(serde::Serialize)]
+struct JsonEvent<'a> {
+    seq: i64,
+    time: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    principal: Option<&'a str>,
+    role: Option<&'a str>,
+    scope: Option<&'a str>,
+    request: Option<i64>,
+    justification: Option<&'a str>,
+    ticket: Option<&'a str>,
+    expires: Option<&'a str>,
+    result: &'a str,
+    details: Box<serde_json::value::RawValue>,
+    prev_hash: &'a str,
+    hash: &'a str,
+}
+
+fn json_event(e: &StoredEvent) -> JsonEvent<'_> {
+    // A stored details text that is not JSON (only after tampering) is shown as a string.
+    let details = serde_json::value::RawValue::from_string(e.details.clone()).unwrap_or_else(|_| {
+        serde_json::value::to_raw_value(&e.details).unwrap_or_default()
+    });
+    JsonEvent {
+        seq: e.seq,
+        time: &e.time,
+        actor: &e.actor,
+        action: &e.action,
+        principal: e.principal.as_deref(),
+        role: e.role.as_deref(),
+        scope: e.scope.as_deref(),
+        request: e.request,
+        justification: e.justification.as_deref(),
+        ticket: e.ticket.as_deref(),
+        expires: e.expires.as_deref(),
+        result: &e.result,
+        details,
+        prev_hash: &e.prev_hash,
+        hash: &e.hash,
+    }
 }
 
 pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
@@ -106,7 +139,7 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
                 Ok(())
             })?;
             if ctx.json {
-                return json(&events.iter().map(jsonl_line).collect::<Vec<_>>()).map(|_| 0);
+                return json(&events.iter().map(json_event).collect::<Vec<_>>()).map(|_| 0);
             }
             let mut t = table(&[
                 "seq",
@@ -221,7 +254,7 @@ pub fn export(
         }
         Format::Jsonl => {
             audit::for_each(conn, f, None, |e| {
-                serde_json::to_writer(&mut sink, &jsonl_line(&e)).map_err(std::io::Error::from)?;
+                serde_json::to_writer(&mut sink, &json_event(&e)).map_err(std::io::Error::from)?;
                 sink.write_all(b"\n")?;
                 Ok(())
             })?;
