@@ -28,7 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .role("db-admin")
                 .scope("/prod/db")
                 .request(done)
-                .justification(Some("INC-4711 replica lag, failing over \"primary\", see runbook"))
+                .justification(Some(
+                    "INC-4711 replica lag, failing over \"primary\", see runbook",
+                ))
                 .ticket(Some("CHG-2026-0042"))
                 .expires(Some(start.timestamp() + done + 4 * 3600))
                 .detail("duration", "4h")

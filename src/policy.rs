@@ -391,7 +391,15 @@ impl Policy {
             Ok(raw) => raw,
             Err(e) => {
                 let line = e.span().map(|s| p.line(s.start)).unwrap_or(1);
-                let message = e.message().trim().replace('\n', " ");
+                let mut message = e.message().trim().replace('\n', " ");
+                // serde lists every allowed key; name the wrong one and where the list is.
+                if let Some(rest) = message.strip_prefix("unknown field `") {
+                    if let Some((key, _)) = rest.split_once('`') {
+                        message = format!(
+                            "unknown key `{key}` (see the policy reference in README.md for the keys a role or [defaults] may have)."
+                        );
+                    }
+                }
                 return Err(vec![Problem { line, message }]);
             }
         };

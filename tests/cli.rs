@@ -1145,13 +1145,72 @@ fn activate_prompts_on_a_terminal() {
 #[test]
 fn an_auditor_can_recompute_the_chain_without_pim() {
     let (env, bob) = with_eligible_bob();
-    env.as_("bob", &["activate", "db-admin", "--scope", "/prod", "-j", "naïve\t\"quoted\" ✓ INC-1\nsecond line", "--code", &oathtool(&bob, 0)]).expect(0);
-    let export = env.as_("admin", &["audit", "export", "--format", "jsonl", "--output", "audit.jsonl"]).expect(0);
+    env.as_(
+        "bob",
+        &[
+            "activate",
+            "db-admin",
+            "--scope",
+            "/prod",
+            "-j",
+            "naïve\t\"quoted\" ✓ INC-1\nsecond line",
+            "--code",
+            &oathtool(&bob, 0),
+        ],
+    )
+    .expect(0);
+    let export = env
+        .as_(
+            "admin",
+            &[
+                "audit",
+                "export",
+                "--format",
+                "jsonl",
+                "--output",
+                "audit.jsonl",
+            ],
+        )
+        .expect(0);
     assert!(export.stdout.is_empty());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/verify_export.py");
-    let out = std::process::Command::new("python3").arg(script).arg(env.path("audit.jsonl")).output().unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(env.path("audit.jsonl"))
+        .output()
+        .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said} {}", String::from_utf8_lossy(&out.stderr));
-    let head = env.run(&["audit", "verify", "--json"]).expect(0).json()["head"].as_str().unwrap().to_string();
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = env.run(&["audit", "verify", "--json"]).expect(0).json()["head"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(said.contains(&head), "{said} vs {head}");
+}
+
+#[test]
+fn our_totp_arithmetic_matches_oathtool_at_any_time() {
+    for _ in 0..5 {
+        let secret = pim::mfa::new_secret();
+        let b32 = pim::mfa::to_base32(&secret);
+        for t in [
+            59_i64,
+            1_111_111_109,
+            1_800_000_000,
+            2_000_000_029,
+            chrono::Utc::now().timestamp(),
+        ] {
+            let out = std::process::Command::new("oathtool")
+                .args(["--totp", "-b", &b32, "-N", &format!("@{t}")])
+                .output()
+                .expect("oathtool is needed by the tests (apt-get install oathtool)");
+            let theirs = String::from_utf8(out.stdout).unwrap().trim().to_string();
+            assert_eq!(pim::mfa::code_at(&secret, t), theirs, "secret {b32} at {t}");
+            assert_eq!(pim::mfa::matching_step(&secret, &theirs, t), Some(t / 30));
+        }
+    }
 }

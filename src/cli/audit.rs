@@ -100,9 +100,8 @@ struct JsonEvent<'a> {
 
 fn json_event(e: &StoredEvent) -> JsonEvent<'_> {
     // A stored details text that is not JSON (only after tampering) is shown as a string.
-    let details = serde_json::value::RawValue::from_string(e.details.clone()).unwrap_or_else(|_| {
-        serde_json::value::to_raw_value(&e.details).unwrap_or_default()
-    });
+    let details = serde_json::value::RawValue::from_string(e.details.clone())
+        .unwrap_or_else(|_| serde_json::value::to_raw_value(&e.details).unwrap_or_default());
     JsonEvent {
         seq: e.seq,
         time: &e.time,
