@@ -4,6 +4,8 @@
 
 mod activation;
 mod assignments;
+#[cfg(test)]
+mod invariants;
 mod policy_ops;
 mod sweep;
 mod users;
