@@ -1214,3 +1214,74 @@ fn our_totp_arithmetic_matches_oathtool_at_any_time() {
         }
     }
 }
+
+#[test]
+fn a_database_from_a_newer_pim_is_refused() {
+    let env = Env::new();
+    env.init();
+    env.sql("PRAGMA user_version = 99");
+    let r = env.run(&["user", "list"]).expect(1);
+    assert!(r.stderr.contains("newer pim"), "{}", r.stderr);
+}
+
+#[test]
+fn the_assign_permission_reaches_only_as_far_as_its_scope() {
+    let env = Env::new();
+    env.init();
+    env.user("bob");
+    env.user("carol");
+    env.as_(
+        "admin",
+        &[
+            "assign",
+            "carol",
+            "privileged-role-admin",
+            "--active",
+            "--scope",
+            "/prod",
+            "--duration",
+            "1d",
+            "-j",
+            "prod lead",
+        ],
+    )
+    .expect(0);
+    env.as_(
+        "carol",
+        &[
+            "assign", "bob", "db-admin", "--scope", "/prod/db", "-j", "dba",
+        ],
+    )
+    .expect(0);
+    let r = env
+        .as_(
+            "carol",
+            &["assign", "bob", "db-admin", "--scope", "/", "-j", "dba"],
+        )
+        .expect(3);
+    assert!(
+        r.stderr.contains("'assign' permission over /"),
+        "{}",
+        r.stderr
+    );
+    env.as_(
+        "carol",
+        &[
+            "assign",
+            "bob",
+            "db-admin",
+            "--scope",
+            "/production",
+            "-j",
+            "dba",
+        ],
+    )
+    .expect(3);
+    env.as_(
+        "carol",
+        &["unassign", "bob", "db-admin", "--scope", "/prod/db"],
+    )
+    .expect(0);
+    // Without `users`, carol cannot add people.
+    env.as_("carol", &["user", "add", "dave"]).expect(3);
+}
