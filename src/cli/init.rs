@@ -50,8 +50,8 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<i32> {
             return Err(e.into());
         }
     };
-    let protected: Vec<String> = pim
-        .policy()?
+    let policy = pim.policy()?;
+    let protected: Vec<String> = policy
         .roles
         .values()
         .filter(|r| r.protected)
@@ -78,7 +78,7 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<i32> {
         ))?;
         show_enrollment(&enrollment)?;
     }
-    if !pim.policy_warnings(&pim.policy()?)?.is_empty() {
+    if !pim.policy_warnings(&policy)?.is_empty() {
         ctx.note(
             "Note: the policy names approvers who are not users yet; add them with `pim user add`.",
         );
