@@ -91,6 +91,22 @@ BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
 CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
 BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
 "#,
+    // 2: approvals. A request remembers the duration asked for (the window starts at approval),
+    // when it must be decided by, and which activation an extension extends.
+    r#"
+ALTER TABLE requests ADD COLUMN duration_secs INTEGER;
+ALTER TABLE requests ADD COLUMN decide_by INTEGER;
+ALTER TABLE requests ADD COLUMN extends INTEGER REFERENCES requests(id);
+CREATE TABLE decisions (
+    id            INTEGER PRIMARY KEY,
+    request_id    INTEGER NOT NULL REFERENCES requests(id),
+    approver      TEXT NOT NULL,
+    decision      TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
+    justification TEXT,
+    at            INTEGER NOT NULL,
+    UNIQUE (request_id, approver)
+);
+"#,
 ];
 
 fn configure(conn: &Connection) -> Result<()> {

@@ -681,17 +681,11 @@ fn activate_check_status_and_deactivate() {
 
 #[test]
 fn activation_refusals_name_what_is_missing_and_are_audited() {
-    let (env, bob) = with_eligible_bob();
-    env.as_(
-        "admin",
-        &["assign", "bob", "global-admin", "-j", "needs approval"],
-    )
-    .expect(0);
+    let (env, _) = with_eligible_bob();
     env.as_("admin", &["assign", "bob", "k8s-operator", "-j", "ops"])
         .expect(0);
     let refusals = || env.count("SELECT count(*) FROM audit_events WHERE result != 'ok'");
     let before = refusals();
-    let good = oathtool(&bob, 0);
     let prod = ["--scope", "/prod"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -716,10 +710,6 @@ fn activation_refusals_name_what_is_missing_and_are_audited() {
             "at most 4h",
         ),
         (
-            vec!["global-admin", "-j", "x", "--code", &good],
-            "requires approval",
-        ),
-        (
             vec!["db-admin", prod[0], prod[1], "-j", "x", "--code", "000000"],
             "MFA failed",
         ),
@@ -732,7 +722,6 @@ fn activation_refusals_name_what_is_missing_and_are_audited() {
         // One sentence or two on one line, never a panic.
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     }
-    env.run(&["check", "bob", "global-admin"]).expect(1);
     env.as_("bob", &["activate", "nope", "-j", "x"]).expect(4);
     env.as_("bob", &["activate", "db-admin", "--duration", "1x"])
         .expect(2);

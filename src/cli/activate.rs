@@ -27,6 +27,56 @@ pub struct ActivateArgs {
     /// Your current TOTP code
     #[arg(long, value_name = "C")]
     code: Option<String>,
+    /// Wait until a request that needs approval is decided (at most D, default its timeout)
+    #[arg(long, value_name = "D", num_args = 0..=1, default_missing_value = "")]
+    wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    pub id: i64,
+    #[arg(short = 'j', long, value_name = "J")]
+    pub justification: Option<String>,
+    /// Your current TOTP code
+    #[arg(long, value_name = "C")]
+    pub code: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DenyArgs {
+    pub id: i64,
+    /// Why (required)
+    #[arg(short = 'j', long, value_name = "J")]
+    pub justification: String,
+    #[arg(long, value_name = "C")]
+    pub code: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    id: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    role: String,
+    #[arg(long, value_name = "S")]
+    scope: Option<String>,
+    /// New end: now + D (default the role's maximum)
+    #[arg(long, value_name = "D")]
+    duration: Option<String>,
+    #[arg(short = 'j', long, value_name = "J")]
+    justification: Option<String>,
+    #[arg(long, value_name = "C")]
+    code: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    id: i64,
+    /// Why (required)
+    #[arg(short = 'j', long, value_name = "J")]
+    justification: String,
 }
 
 #[derive(Debug, Args)]
@@ -102,12 +152,39 @@ pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    let r = pim.activate(&actor, input)?;
+    let wait = a
+        .wait
+        .as_deref()
+        .map(|w| {
+            if w.is_empty() {
+                Ok(None)
+            } else {
+                parse_duration(w).map(Some)
+            }
+        })
+        .transpose()?;
+    let mut r = pim.activate(&actor, input)?;
+    if r.status == "pending" {
+        ctx.note(&format!(
+            "Request {} for {} waits for approval (decide by {}).",
+            r.id,
+            r.role,
+            r.decide_by.as_deref().unwrap_or("?")
+        ));
+    }
+    if let (Some(limit), "pending") = (wait, r.status.as_str()) {
+        r = wait_for_decision(ctx, &pim, r.id, limit)?;
+    }
+    let granted = matches!(r.status.as_str(), "active" | "scheduled");
     if ctx.json {
         json(&r)?;
     } else {
         let now = pim.now();
         let text = match r.status.as_str() {
+            "pending" | "denied" | "timed_out" | "canceled" => format!(
+                "Request {}: {} at {} is {}.",
+                r.id, r.role, r.scope, r.status
+            ),
             "scheduled" => format!(
                 "Request {}: {} at {} is scheduled from {} until {}.",
                 r.id,
@@ -126,7 +203,140 @@ pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
         };
         out(&text)?;
     }
+    if wait.is_some() && !granted {
+        return Err(crate::Error::Refused(format!(
+            "Request {} was not approved: it is {}.",
+            r.id, r.status
+        ))
+        .into());
+    }
     Ok(0)
+}
+
+/// Poll the request until it is decided or `limit` passes (default: its own timeout).
+fn wait_for_decision(
+    ctx: &Ctx,
+    pim: &crate::Pim,
+    id: i64,
+    limit: Option<chrono::Duration>,
+) -> anyhow::Result<crate::ops::Request> {
+    let until = limit.map(|l| pim.now() + l);
+    ctx.note("Waiting for a decision (Ctrl-C stops waiting; the request stays open)...");
+    loop {
+        let r = pim.request(id)?;
+        if r.status != "pending" || until.is_some_and(|u| pim.now() >= u) {
+            return Ok(r);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+fn show_request(
+    ctx: &Ctx,
+    pim: &crate::Pim,
+    r: &crate::ops::Request,
+    what: &str,
+) -> anyhow::Result<i32> {
+    if ctx.json {
+        json(r)?;
+    } else {
+        let now = pim.now();
+        out(&format!(
+            "Request {} ({} for {} at {}): {what}; it is {}{}.",
+            r.id,
+            r.role,
+            r.user,
+            r.scope,
+            r.status,
+            if r.status == "active" {
+                format!(" until {}", when(Some(r.end_at), now))
+            } else {
+                String::new()
+            }
+        ))?;
+    }
+    Ok(0)
+}
+
+pub fn run_decide(
+    ctx: &Ctx,
+    id: i64,
+    approve: bool,
+    justification: Option<String>,
+    code: Option<String>,
+) -> anyhow::Result<i32> {
+    let (mut pim, actor) = ctx.open()?;
+    let mut code = code;
+    if code.is_none() && ctx.interactive && pim.user(&actor).is_ok_and(|u| u.mfa_enrolled) {
+        code = Some(prompt::code(&actor)?);
+    }
+    let r = pim.decide(
+        &actor,
+        id,
+        approve,
+        justification.as_deref(),
+        code.as_deref(),
+    )?;
+    show_request(
+        ctx,
+        &pim,
+        &r,
+        if approve {
+            "approved by you"
+        } else {
+            "denied by you"
+        },
+    )
+}
+
+pub fn run_cancel(ctx: &Ctx, a: IdArgs) -> anyhow::Result<i32> {
+    let (mut pim, actor) = ctx.open()?;
+    let r = pim.cancel(&actor, a.id)?;
+    show_request(ctx, &pim, &r, "withdrawn")
+}
+
+pub fn run_revoke(ctx: &Ctx, a: RevokeArgs) -> anyhow::Result<i32> {
+    let (mut pim, actor) = ctx.open()?;
+    let r = pim.revoke(&actor, a.id, &a.justification)?;
+    show_request(ctx, &pim, &r, "revoked")
+}
+
+pub fn run_extend(ctx: &Ctx, a: ExtendArgs) -> anyhow::Result<i32> {
+    let scope = a.scope.as_deref().map(Scope::parse).transpose()?;
+    let duration = a.duration.as_deref().map(parse_duration).transpose()?;
+    let (mut pim, actor) = ctx.open()?;
+    let mut justification = a.justification;
+    let mut code = a.code;
+    if ctx.interactive {
+        if let Some(role) = pim.policy()?.role(&a.role) {
+            if role.settings.require_justification && justification.is_none() {
+                justification = Some(prompt::text(&format!(
+                    "Justification for extending {}",
+                    role.key
+                ))?);
+            }
+            if role.settings.require_mfa
+                && code.is_none()
+                && pim.user(&actor).is_ok_and(|u| u.mfa_enrolled)
+            {
+                code = Some(prompt::code(&actor)?);
+            }
+        }
+    }
+    let r = pim.extend(
+        &actor,
+        &a.role,
+        scope.as_ref(),
+        duration,
+        justification.as_deref(),
+        code.as_deref(),
+    )?;
+    let what = if r.status == "pending" {
+        "the extension waits for approval"
+    } else {
+        "extension applied"
+    };
+    show_request(ctx, &pim, &r, what)
 }
 
 pub fn run_deactivate(ctx: &Ctx, a: DeactivateArgs) -> anyhow::Result<i32> {
@@ -240,17 +450,31 @@ pub fn run_request(ctx: &Ctx, cmd: RequestCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 return json(&r).map(|_| 0);
             }
+            if !r.decisions.is_empty() {
+                let mut t = table(&["decision", "by", "when", "justification"]);
+                for d in &r.decisions {
+                    t.add_row(vec![
+                        d.decision.clone(),
+                        d.approver.clone(),
+                        when(unix(&d.time), now),
+                        d.justification.clone().unwrap_or_default(),
+                    ]);
+                }
+                out(&t.to_string())?;
+            }
             vec![r]
         }
-        RequestCommand::List {
-            pending,
-            mine: _,
-            all,
-        } => {
-            let mut list = pim.requests(if all { None } else { Some(&actor) })?;
-            if pending {
-                list.retain(|r| r.status == "pending");
-            }
+        RequestCommand::List { pending, mine, all } => {
+            let list = if pending && !mine && !all {
+                // What the caller may decide.
+                pim.decidable(&actor)?
+            } else {
+                let mut list = pim.requests(if all { None } else { Some(&actor) })?;
+                if pending {
+                    list.retain(|r| r.status == "pending");
+                }
+                list
+            };
             if ctx.json {
                 return json(&list).map(|_| 0);
             }

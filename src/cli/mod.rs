@@ -75,6 +75,16 @@ enum Command {
     /// Activation requests
     #[command(subcommand)]
     Request(activate::RequestCommand),
+    /// Approve a pending request (never your own); approvers give a TOTP code
+    Approve(activate::DecideArgs),
+    /// Deny a pending request, with a reason
+    Deny(activate::DenyArgs),
+    /// Withdraw your own pending or scheduled request
+    Cancel(activate::IdArgs),
+    /// Move the end of your running activation to now + D, under the activation rules
+    Extend(activate::ExtendArgs),
+    /// End someone's activation now (permission `assign`)
+    Revoke(activate::RevokeArgs),
     /// The audit log: list, export, verify
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -107,6 +117,15 @@ pub fn run() -> i32 {
         Command::Status(args) => activate::run_status(&ctx, args),
         Command::Check(args) => activate::run_check(&ctx, args),
         Command::Request(cmd) => activate::run_request(&ctx, cmd),
+        Command::Approve(args) => {
+            activate::run_decide(&ctx, args.id, true, args.justification, args.code)
+        }
+        Command::Deny(args) => {
+            activate::run_decide(&ctx, args.id, false, Some(args.justification), args.code)
+        }
+        Command::Cancel(args) => activate::run_cancel(&ctx, args),
+        Command::Extend(args) => activate::run_extend(&ctx, args),
+        Command::Revoke(args) => activate::run_revoke(&ctx, args),
         Command::Audit(cmd) => audit::run(&ctx, cmd),
         Command::Sweep => audit::run_sweep(&ctx),
     };

@@ -39,10 +39,20 @@ pub struct Request {
     pub requested: String,
     pub closed_by: Option<String>,
     pub close_reason: Option<String>,
+    /// A pending request times out at this instant.
+    pub decide_by: Option<String>,
+    /// For an extension: the activation it extends.
+    pub extends: Option<i64>,
+    /// Approvals and denials, oldest first (filled by `Pim::request`).
+    pub decisions: Vec<super::approvals::Decision>,
     #[serde(skip)]
     pub start_at: i64,
     #[serde(skip)]
     pub end_at: i64,
+    #[serde(skip)]
+    pub duration_secs: i64,
+    #[serde(skip)]
+    pub decide_by_at: Option<i64>,
 }
 
 /// Everything about one user's access right now.
@@ -69,8 +79,15 @@ pub struct ActiveRole {
 }
 
 /// The status a stored status reads as at `now`: time moves requests on without a sweep.
-pub fn effective_status(stored: &str, start: i64, end: i64, now: i64) -> &str {
+pub fn effective_status(
+    stored: &str,
+    start: i64,
+    end: i64,
+    decide_by: Option<i64>,
+    now: i64,
+) -> &str {
     match stored {
+        "pending" if decide_by.is_some_and(|d| d <= now) => "timed_out",
         "active" | "scheduled" if end <= now => "expired",
         "active" | "scheduled" if start <= now => "active",
         "active" | "scheduled" => "scheduled",
@@ -79,18 +96,20 @@ pub fn effective_status(stored: &str, start: i64, end: i64, now: i64) -> &str {
 }
 
 const COLUMNS: &str = "r.id, u.name, r.role, r.scope, r.status, r.start_at, r.end_at, \
-     r.justification, r.ticket, r.created_at, r.closed_by, r.close_reason";
+     r.justification, r.ticket, r.created_at, r.closed_by, r.close_reason, r.decide_by, \
+     r.extends, r.duration_secs";
 
 fn from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<Request> {
     let stored: String = r.get(4)?;
     let start_at: i64 = r.get(5)?;
     let end_at: i64 = r.get(6)?;
+    let decide_by: Option<i64> = r.get(12)?;
     Ok(Request {
         id: r.get(0)?,
         user: r.get(1)?,
         role: r.get(2)?,
         scope: r.get(3)?,
-        status: effective_status(&stored, start_at, end_at, now).to_string(),
+        status: effective_status(&stored, start_at, end_at, decide_by, now).to_string(),
         start: rfc3339(from_unix(start_at)),
         end: rfc3339(from_unix(end_at)),
         justification: r.get(7)?,
@@ -98,12 +117,22 @@ fn from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<Request> {
         requested: rfc3339(from_unix(r.get(9)?)),
         closed_by: r.get(10)?,
         close_reason: r.get(11)?,
+        decide_by: decide_by.map(|d| rfc3339(from_unix(d))),
+        extends: r.get(13)?,
+        decisions: Vec::new(),
         start_at,
         end_at,
+        duration_secs: r.get::<_, Option<i64>>(14)?.unwrap_or(end_at - start_at),
+        decide_by_at: decide_by,
     })
 }
 
-fn requests_where(conn: &Connection, clause: &str, value: i64, now: i64) -> Result<Vec<Request>> {
+pub(crate) fn requests_where(
+    conn: &Connection,
+    clause: &str,
+    value: i64,
+    now: i64,
+) -> Result<Vec<Request>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM requests r JOIN users u ON u.id = r.user_id WHERE {clause} ORDER BY r.id"
     ))?;
@@ -134,6 +163,12 @@ pub(crate) fn end_activations(
         t,
     )?;
     for r in &open {
+        // A request still waiting for approval is withdrawn, not revoked: it never started.
+        let (status, action) = if r.status == "pending" {
+            ("canceled", "activation.cancel")
+        } else {
+            (status, action)
+        };
         conn.execute(
             "UPDATE requests SET status = ?1, closed_at = ?2, closed_by = ?3, close_reason = ?4 WHERE id = ?5",
             params![status, t, actor, reason, r.id],
@@ -192,7 +227,7 @@ impl Pim {
             }
             let open: i64 = tx.query_row(
                 "SELECT count(*) FROM requests WHERE user_id = ?1 AND role = ?2 AND scope = ?3 \
-                 AND (status = 'pending' OR (status = 'scheduled' AND end_at > ?4))",
+                 AND ((status = 'pending' AND decide_by > ?4) OR (status = 'scheduled' AND end_at > ?4))",
                 params![me.id, role.key, scope.as_str(), t],
                 |r| r.get(0),
             )?;
@@ -266,12 +301,6 @@ impl Pim {
             if settings.require_ticket && ticket.is_none() {
                 return refused(format!("{} requires a ticket. Pass --ticket.", role.key));
             }
-            if settings.require_approval {
-                return refused(format!(
-                    "{} requires approval, which this version of pim cannot grant yet; ask an administrator for a direct active assignment.",
-                    role.key
-                ));
-            }
             if settings.require_mfa {
                 verify_code(tx, now, &me, input.code.as_deref(), event.clone())?;
             }
@@ -282,11 +311,22 @@ impl Pim {
             if let Some(e) = eligible_until.filter(|_| capped) {
                 end = from_unix(e);
             }
-            let status = if start <= now { "active" } else { "scheduled" };
+            let status = if settings.require_approval {
+                "pending"
+            } else if start <= now {
+                "active"
+            } else {
+                "scheduled"
+            };
+            let decide_by = settings
+                .require_approval
+                .then(|| (now + settings.approval_timeout).timestamp());
             tx.execute(
-                "INSERT INTO requests (user_id, role, scope, eligibility_id, status, created_at, start_at, end_at, justification, ticket) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![me.id, role.key, scope.as_str(), eligibility_id, status, t, start.timestamp(), end.timestamp(), justification, ticket],
+                "INSERT INTO requests (user_id, role, scope, eligibility_id, status, created_at, start_at, end_at, \
+                 justification, ticket, duration_secs, decide_by) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![me.id, role.key, scope.as_str(), eligibility_id, status, t, start.timestamp(), end.timestamp(),
+                    justification, ticket, duration.num_seconds(), decide_by],
             )?;
             let id = tx.last_insert_rowid();
             audit::append(
@@ -299,6 +339,7 @@ impl Pim {
                     .detail("start", rfc3339(start))
                     .detail("duration", format_duration(end - start))
                     .detail("mfa", settings.require_mfa)
+                    .detail("approval", settings.require_approval)
                     .detail("capped_by_eligibility", capped),
             )?;
             if status == "active" {
@@ -397,7 +438,10 @@ impl Pim {
             .collect();
         let requests = requests_where(
             &self.conn,
-            &format!("r.user_id = ?1 AND (r.status = 'pending' OR (r.status = 'scheduled' AND r.start_at > {now}))"),
+            &format!(
+                "r.user_id = ?1 AND ((r.status = 'pending' AND r.decide_by > {now}) \
+                 OR (r.status = 'scheduled' AND r.start_at > {now}))"
+            ),
             user.id,
             now,
         )?;
@@ -444,11 +488,13 @@ impl Pim {
 
     pub fn request(&self, id: i64) -> Result<Request> {
         let now = self.now().timestamp();
-        requests_where(&self.conn, "r.id = ?1", id, now)?
+        let mut r = requests_where(&self.conn, "r.id = ?1", id, now)?
             .pop()
             .ok_or_else(|| {
                 Error::NotFound(format!("There is no request {id}. See `pim request list`."))
-            })
+            })?;
+        r.decisions = super::approvals::decisions(&self.conn, id)?;
+        Ok(r)
     }
 }
 
@@ -576,24 +622,22 @@ mod tests {
                 .exit_code(),
             3
         );
-        // Ticket required; approval not yet possible.
+        // Ticket required.
         assert!(pim
             .activate("bob", ask("ticketed", "/prod", None))
             .unwrap_err()
             .to_string()
             .contains("ticket"));
-        let e = pim
-            .activate("bob", ask("approved", "/prod", Some(code(&clock, &secret))))
-            .unwrap_err();
-        assert!(e.to_string().contains("requires approval"));
-        assert_eq!(refusals(&pim), before + 8);
-        assert_eq!(
-            pim.check("bob", "approved", &Scope::parse("/prod").unwrap())
-                .unwrap(),
-            None
-        );
+        assert_eq!(refusals(&pim), before + 7);
         // Nothing was activated by any of it.
         assert!(pim.requests(Some("bob")).unwrap().is_empty());
+        // A role that needs approval waits, and is not held meanwhile.
+        let r = pim
+            .activate("bob", ask("approved", "/prod", Some(code(&clock, &secret))))
+            .unwrap();
+        assert_eq!(r.status, "pending");
+        let prod = Scope::parse("/prod").unwrap();
+        assert_eq!(pim.check("bob", "approved", &prod).unwrap(), None);
         assert_eq!(count_events(&pim, "mfa.fail"), 1);
     }
 

@@ -13,6 +13,7 @@ pub struct SweepReport {
     pub started: Vec<i64>,
     pub expired_activations: Vec<i64>,
     pub expired_assignments: Vec<i64>,
+    pub timed_out: Vec<i64>,
 }
 
 impl Pim {
@@ -54,6 +55,31 @@ impl Pim {
                     audit::append(tx, now, event("activation.expire").detail("ended_at", rfc3339(from_unix(end))))?;
                     report.expired_activations.push(id);
                 }
+            }
+            let stale: Vec<(i64, String, String, String, i64)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT r.id, u.name, r.role, r.scope, r.decide_by FROM requests r JOIN users u ON u.id = r.user_id \
+                     WHERE r.status = 'pending' AND r.decide_by <= ?1 ORDER BY r.id",
+                )?;
+                let rows = stmt.query_map([t], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for (id, user, role, scope, deadline) in stale {
+                tx.execute(
+                    "UPDATE requests SET status = 'timed_out', closed_at = decide_by, close_reason = 'no decision in time' WHERE id = ?1",
+                    [id],
+                )?;
+                audit::append(
+                    tx,
+                    now,
+                    Event::new(actor, "activation.timeout")
+                        .principal(&user)
+                        .role(&role)
+                        .scope(&scope)
+                        .request(id)
+                        .detail("decide_by", rfc3339(from_unix(deadline))),
+                )?;
+                report.timed_out.push(id);
             }
             let ended: Vec<(i64, String, String, String, String, i64)> = {
                 let mut stmt = tx.prepare(

@@ -1,0 +1,588 @@
+//! The approval workflow driven through the binary: quorum, who may decide, time, cancel,
+//! extend, revoke, and two approvers racing.
+
+mod support;
+
+use support::{oathtool, Env};
+
+const POLICY: &str = r#"
+[roles.global-admin]
+name = "Global Administrator"
+permissions = ["*"]
+protected = true
+max_eligible = "permanent"
+max_active = "permanent"
+require_approval = true
+approvers = ["carol", "dave"]
+
+[roles.prod-root]
+name = "Production Root"
+max_activation = "2h"
+require_approval = true
+approvers = ["carol", "dave"]
+min_approvals = 2
+approval_timeout = "1h"
+
+[roles.db-admin]
+name = "Database Administrator"
+max_activation = "4h"
+require_approval = true
+
+[roles.approver]
+name = "Approver"
+permissions = ["approve"]
+require_approval = false
+max_active = "permanent"
+
+[roles.plain]
+name = "Plain"
+max_activation = "4h"
+"#;
+
+struct World {
+    env: Env,
+    bob: String,
+    carol: String,
+    dave: String,
+}
+
+fn world() -> World {
+    let env = Env::new();
+    std::fs::write(env.path("policy.toml"), POLICY).unwrap();
+    env.run(&[
+        "init",
+        "--admin",
+        "admin",
+        "--policies",
+        "policy.toml",
+        "--json",
+    ])
+    .expect(0);
+    let bob = env.user("bob");
+    let carol = env.user("carol");
+    let dave = env.user("dave");
+    for role in ["prod-root", "db-admin", "plain"] {
+        env.as_(
+            "admin",
+            &["assign", "bob", role, "--scope", "/prod", "-j", "on call"],
+        )
+        .expect(0);
+    }
+    World {
+        env,
+        bob,
+        carol,
+        dave,
+    }
+}
+
+fn request(w: &World, role: &str, extra: &[&str]) -> i64 {
+    let mut args = vec![
+        "activate", role, "--scope", "/prod", "-j", "INC-1", "--code",
+    ];
+    let code = oathtool(&w.bob, 0);
+    args.push(&code);
+    args.extend_from_slice(extra);
+    args.push("--json");
+    let r = w.env.as_("bob", &args).expect(0).json();
+    assert_eq!(r["status"], "pending", "{r}");
+    r["id"].as_i64().unwrap()
+}
+
+/// Run pim `offset` seconds in the future (under faketime).
+fn later(w: &World, offset: i64, args: &[&str]) -> support::Run {
+    std::process::Command::new("faketime")
+        .args(["-f", &format!("{offset:+}s"), support::bin()])
+        .args(args)
+        .env("PIM_DB", &w.env.db)
+        .output()
+        .unwrap()
+        .into()
+}
+
+fn decide(w: &World, who: &str, secret: &str, verb: &str, id: i64, offset: i64) -> support::Run {
+    let code = oathtool(secret, offset);
+    w.env.as_(
+        who,
+        &[
+            verb,
+            &id.to_string(),
+            "-j",
+            "looked at it",
+            "--code",
+            &code,
+            "--json",
+        ],
+    )
+}
+
+#[test]
+fn a_quorum_of_two_distinct_approvers_starts_the_activation() {
+    let w = world();
+    let id = request(&w, "prod-root", &["--duration", "1h"]);
+    w.env
+        .run(&["check", "bob", "prod-root", "--scope", "/prod"])
+        .expect(1);
+    // Never your own.
+    let own = decide(&w, "bob", &w.bob, "approve", id, 30).expect(3);
+    assert!(own.stderr.contains("own request"), "{}", own.stderr);
+    // Not an approver.
+    let admin_secret = w.env.as_("admin", &["mfa", "enroll", "dave2"]).code; // unknown user: 4
+    assert_eq!(admin_secret, 4);
+    w.env
+        .as_("admin", &["approve", &id.to_string(), "--code", "123456"])
+        .expect(3);
+    // Carol approves: one of two.
+    let one = decide(&w, "carol", &w.carol, "approve", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(one["status"], "pending");
+    decide(&w, "carol", &w.carol, "approve", id, 30).expect(5);
+    w.env
+        .run(&["check", "bob", "prod-root", "--scope", "/prod"])
+        .expect(1);
+    // The caller's decidable list: dave sees it, carol no longer.
+    let dave_list = w
+        .env
+        .as_("dave", &["request", "list", "--pending", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(dave_list.as_array().unwrap().len(), 1);
+    let carol_list = w
+        .env
+        .as_("carol", &["request", "list", "--pending", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(carol_list.as_array().unwrap().len(), 0);
+    let two = decide(&w, "dave", &w.dave, "approve", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(two["status"], "active");
+    w.env
+        .run(&["check", "bob", "prod-root", "--scope", "/prod"])
+        .expect(0);
+    let shown = w
+        .env
+        .run(&["request", "show", &id.to_string(), "--json"])
+        .expect(0)
+        .json();
+    let decisions = shown["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 2);
+    assert_eq!(decisions[0]["approver"], "carol");
+    assert_eq!(decisions[1]["justification"], "looked at it");
+    // Deciding a request in a final state is a conflict.
+    decide(&w, "dave", &w.dave, "deny", id, 30).expect(5);
+    assert_eq!(w.env.count("SELECT count(*) FROM audit_events WHERE action = 'activation.approve' AND result = 'ok'"), 2);
+    assert_eq!(w.env.count("SELECT count(*) FROM audit_events WHERE action = 'activation.approve' AND result != 'ok'"), 2);
+}
+
+#[test]
+fn the_first_deny_ends_it_and_needs_a_reason() {
+    let w = world();
+    let id = request(&w, "prod-root", &[]);
+    w.env
+        .as_(
+            "carol",
+            &["deny", &id.to_string(), "--code", &oathtool(&w.carol, 0)],
+        )
+        .expect(2);
+    let r = decide(&w, "carol", &w.carol, "deny", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "denied");
+    decide(&w, "dave", &w.dave, "approve", id, 0).expect(5);
+    w.env
+        .run(&["check", "bob", "prod-root", "--scope", "/prod"])
+        .expect(1);
+}
+
+#[test]
+fn an_approver_without_an_authenticator_is_told_to_enrol() {
+    let w = world();
+    let id = request(&w, "prod-root", &[]);
+    w.env.as_("admin", &["mfa", "reset", "carol"]).expect(0);
+    let r = w.env.as_("carol", &["approve", &id.to_string()]).expect(3);
+    assert!(r.stderr.contains("mfa enroll"), "{}", r.stderr);
+}
+
+#[test]
+fn holders_of_approve_decide_where_a_role_names_no_approvers() {
+    let w = world();
+    let id = request(&w, "db-admin", &[]);
+    // Carol is not an approver until she holds a role with `approve` over /prod.
+    decide(&w, "carol", &w.carol, "approve", id, 0).expect(3);
+    w.env
+        .as_(
+            "admin",
+            &[
+                "assign",
+                "carol",
+                "approver",
+                "--active",
+                "--scope",
+                "/prod",
+                "--permanent",
+                "-j",
+                "lead",
+            ],
+        )
+        .expect(0);
+    let r = decide(&w, "carol", &w.carol, "approve", id, 30)
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "active");
+}
+
+#[test]
+fn the_window_starts_at_approval() {
+    let w = world();
+    let id = request(&w, "db-admin", &["--duration", "1h"]);
+    w.env
+        .as_(
+            "admin",
+            &[
+                "assign",
+                "carol",
+                "approver",
+                "--active",
+                "--permanent",
+                "-j",
+                "lead",
+            ],
+        )
+        .expect(0);
+    // Approve 20 minutes later (under faketime): the hour runs from then.
+    let code = oathtool(&w.carol, 20 * 60);
+    let out: support::Run = std::process::Command::new("faketime")
+        .args([
+            "-f",
+            "+20m",
+            support::bin(),
+            "--as",
+            "carol",
+            "approve",
+            &id.to_string(),
+            "--code",
+            &code,
+            "--json",
+        ])
+        .env("PIM_DB", &w.env.db)
+        .output()
+        .unwrap()
+        .into();
+    let r = out.expect(0).json();
+    let start = chrono::DateTime::parse_from_rfc3339(r["start"].as_str().unwrap()).unwrap();
+    let end = chrono::DateTime::parse_from_rfc3339(r["end"].as_str().unwrap()).unwrap();
+    assert_eq!((end - start).num_minutes(), 60);
+    assert!(
+        (start.timestamp() - chrono::Utc::now().timestamp() - 20 * 60).abs() < 10,
+        "{start}"
+    );
+}
+
+#[test]
+fn pending_requests_time_out_when_read_and_sweep_records_it() {
+    let w = world();
+    let id = request(&w, "prod-root", &[]);
+    let later = |args: &[&str]| -> support::Run {
+        std::process::Command::new("faketime")
+            .args(["-f", "+61m", support::bin()])
+            .args(args)
+            .env("PIM_DB", &w.env.db)
+            .output()
+            .unwrap()
+            .into()
+    };
+    let r = later(&["request", "show", &id.to_string(), "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "timed_out");
+    later(&[
+        "--as",
+        "carol",
+        "approve",
+        &id.to_string(),
+        "--code",
+        &oathtool(&w.carol, 61 * 60),
+    ])
+    .expect(5);
+    let s = later(&["sweep", "--json"]).expect(0).json();
+    assert_eq!(s["timed_out"], serde_json::json!([id]));
+    let s = later(&["sweep", "--json"]).expect(0).json();
+    assert_eq!(s["timed_out"], serde_json::json!([]));
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM audit_events WHERE action = 'activation.timeout'"),
+        1
+    );
+}
+
+#[test]
+fn wait_returns_when_decided() {
+    let w = world();
+    let code = oathtool(&w.bob, 0);
+    let mut waiting = w
+        .env
+        .command(&[
+            "--as",
+            "bob",
+            "activate",
+            "prod-root",
+            "--scope",
+            "/prod",
+            "-j",
+            "INC-2",
+            "--code",
+            &code,
+            "--wait",
+            "30s",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the request to exist, then deny it.
+    let mut id = 0;
+    for _ in 0..50 {
+        id = w.env.count("SELECT coalesce(max(id), 0) FROM requests");
+        if id > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(id > 0);
+    decide(&w, "carol", &w.carol, "deny", id, 0).expect(0);
+    let out = waiting.wait().unwrap();
+    assert_eq!(out.code(), Some(3));
+}
+
+#[test]
+fn cancel_extend_and_revoke() {
+    let w = world();
+    let id = request(&w, "prod-root", &[]);
+    w.env.as_("carol", &["cancel", &id.to_string()]).expect(3);
+    let r = w
+        .env
+        .as_("bob", &["cancel", &id.to_string(), "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "canceled");
+    w.env.as_("bob", &["cancel", &id.to_string()]).expect(5);
+
+    // Extend a plain activation (no approval): the end moves to now + D.
+    let a = w
+        .env
+        .as_(
+            "bob",
+            &[
+                "activate",
+                "plain",
+                "--scope",
+                "/prod",
+                "-j",
+                "x",
+                "--duration",
+                "1h",
+                "--code",
+                &oathtool(&w.bob, 30),
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let plain_id = a["id"].as_i64().unwrap();
+    w.env
+        .as_(
+            "bob",
+            &[
+                "extend",
+                "plain",
+                "--duration",
+                "5h",
+                "-j",
+                "more",
+                "--code",
+                &oathtool(&w.bob, 60),
+            ],
+        )
+        .expect(3);
+    // A fresh code: one step later than the last one bob used, 30 s from now.
+    let code = oathtool(&w.bob, 60);
+    let ext = later(
+        &w,
+        30,
+        &[
+            "--as",
+            "bob",
+            "extend",
+            "plain",
+            "--duration",
+            "3h",
+            "-j",
+            "more",
+            "--code",
+            &code,
+            "--json",
+        ],
+    )
+    .expect(0)
+    .json();
+    assert_eq!(ext["extends"], plain_id);
+    let shown = w
+        .env
+        .run(&["request", "show", &plain_id.to_string(), "--json"])
+        .expect(0)
+        .json();
+    let end = chrono::DateTime::parse_from_rfc3339(shown["end"].as_str().unwrap()).unwrap();
+    assert!((end.timestamp() - chrono::Utc::now().timestamp() - 3 * 3600 - 30).abs() < 10);
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM audit_events WHERE action = 'activation.extend'"),
+        1
+    );
+
+    // Revoke needs `assign` over the scope and a reason.
+    w.env
+        .as_("carol", &["revoke", &plain_id.to_string(), "-j", "no"])
+        .expect(3);
+    let r = w
+        .env
+        .as_(
+            "admin",
+            &[
+                "revoke",
+                &plain_id.to_string(),
+                "-j",
+                "incident closed",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "revoked");
+    w.env
+        .run(&["check", "bob", "plain", "--scope", "/prod"])
+        .expect(1);
+    w.env
+        .as_("admin", &["revoke", &plain_id.to_string(), "-j", "again"])
+        .expect(5);
+    w.env.as_("admin", &["revoke", "999", "-j", "x"]).expect(4);
+}
+
+#[test]
+fn an_extension_of_an_approval_role_waits_while_the_activation_runs_on() {
+    let w = world();
+    let id = request(&w, "prod-root", &["--duration", "1h"]);
+    decide(&w, "carol", &w.carol, "approve", id, 0).expect(0);
+    decide(&w, "dave", &w.dave, "approve", id, 0).expect(0);
+    let ext = w
+        .env
+        .as_(
+            "bob",
+            &[
+                "extend",
+                "prod-root",
+                "--duration",
+                "2h",
+                "-j",
+                "longer",
+                "--code",
+                &oathtool(&w.bob, 30),
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    assert_eq!(ext["status"], "pending");
+    w.env
+        .run(&["check", "bob", "prod-root", "--scope", "/prod"])
+        .expect(0);
+    let ext_id = ext["id"].as_i64().unwrap();
+    decide(&w, "carol", &w.carol, "approve", ext_id, 30).expect(0);
+    decide(&w, "dave", &w.dave, "approve", ext_id, 30).expect(0);
+    let shown = w
+        .env
+        .run(&["request", "show", &id.to_string(), "--json"])
+        .expect(0)
+        .json();
+    let end = chrono::DateTime::parse_from_rfc3339(shown["end"].as_str().unwrap()).unwrap();
+    assert!((end.timestamp() - chrono::Utc::now().timestamp() - 2 * 3600).abs() < 10);
+}
+
+#[test]
+fn two_approvers_racing_give_one_outcome() {
+    for round in 0..8 {
+        let w = world();
+        // db-admin: one approval from a holder of `approve`.
+        w.env
+            .as_(
+                "admin",
+                &[
+                    "assign",
+                    "carol",
+                    "approver",
+                    "--active",
+                    "--permanent",
+                    "-j",
+                    "lead",
+                ],
+            )
+            .expect(0);
+        w.env
+            .as_(
+                "admin",
+                &[
+                    "assign",
+                    "dave",
+                    "approver",
+                    "--active",
+                    "--permanent",
+                    "-j",
+                    "lead",
+                ],
+            )
+            .expect(0);
+        let id = request(&w, "db-admin", &[]);
+        let verbs = if round % 2 == 0 {
+            ["approve", "deny"]
+        } else {
+            ["approve", "approve"]
+        };
+        let kids: Vec<_> = [("carol", &w.carol, verbs[0]), ("dave", &w.dave, verbs[1])]
+            .into_iter()
+            .map(|(who, secret, verb)| {
+                w.env
+                    .command(&[
+                        "--as",
+                        who,
+                        verb,
+                        &id.to_string(),
+                        "-j",
+                        "race",
+                        "--code",
+                        &oathtool(secret, 0),
+                    ])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut codes: Vec<i32> = kids
+            .into_iter()
+            .map(|k| k.wait_with_output().unwrap().status.code().unwrap())
+            .collect();
+        codes.sort();
+        assert_eq!(codes, vec![0, 5], "round {round}");
+        let decided = w.env.count(&format!(
+            "SELECT count(*) FROM decisions WHERE request_id = {id}"
+        ));
+        assert_eq!(decided, 1);
+        let events = w.env.count(&format!(
+            "SELECT count(*) FROM audit_events WHERE request = {id} AND action IN ('activation.approve', 'activation.deny')"
+        ));
+        assert_eq!(events, 1);
+        w.env.run(&["audit", "verify"]).expect(0);
+    }
+}
