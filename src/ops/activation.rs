@@ -157,7 +157,8 @@ pub(crate) fn end_activations(
     let open = requests_where(
         conn,
         &format!(
-            "r.{clause} AND r.status IN ('pending', 'active', 'scheduled') AND r.end_at > {t}"
+            "r.{clause} AND ((r.status IN ('active', 'scheduled') AND r.end_at > {t}) \
+             OR (r.status = 'pending' AND r.decide_by > {t}))"
         ),
         value,
         t,

@@ -153,6 +153,12 @@ impl Pim {
             let scope = Scope::parse(&r.scope)?;
             let justification = justification.map(str::trim).filter(|j| !j.is_empty());
             let ev = event(actor, action, &r).justification(justification);
+            if users::get(tx, &r.user)?.disabled {
+                return Err(Error::Conflict(format!(
+                    "{} is disabled; request {id} can no longer be decided.",
+                    r.user
+                )));
+            }
             if r.user == actor {
                 return refuse(
                     tx,

@@ -48,6 +48,12 @@ enum Op {
     Advance {
         minutes: i64,
     },
+    /// The break-glass admin decides the `pick`-th pending request.
+    Decide {
+        pick: usize,
+        approve: bool,
+        good_code: bool,
+    },
     Sweep,
 }
 
@@ -66,6 +72,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..3usize).prop_map(|user| Op::Enable { user }),
         2 => (1..600i64).prop_map(|minutes| Op::Advance { minutes }),
         1 => Just(Op::Sweep),
+        2 => (any::<usize>(), prop::bool::weighted(0.8), prop::bool::weighted(0.8))
+            .prop_map(|(pick, approve, good_code)| Op::Decide { pick, approve, good_code }),
     ]
 }
 
@@ -143,6 +151,25 @@ fn apply(pim: &mut Pim, clock: &FixedClock, secrets: &[Vec<u8>], op: &Op) {
             clock.advance(Duration::minutes(minutes));
             Ok(())
         }
+        Op::Decide {
+            pick,
+            approve,
+            good_code,
+        } => {
+            let pending = pim.decidable("admin").unwrap();
+            if pending.is_empty() {
+                Ok(())
+            } else {
+                let id = pending[pick % pending.len()].id;
+                let code = if good_code {
+                    code(clock, &secrets[2])
+                } else {
+                    "000000".to_string()
+                };
+                pim.decide("admin", id, approve, Some("reviewed"), Some(&code))
+                    .map(|_| ())
+            }
+        }
         Op::Sweep => pim.sweep("cron").map(|_| ()),
     };
     if let Err(e) = result {
@@ -187,10 +214,21 @@ fn check_invariants(pim: &Pim) {
     for (id, user_id, role, scope, start, end, eligibility, disabled) in rows {
         assert!(!disabled, "request {id}: a disabled user holds {role}");
         let settings = &policy.roles[&role].settings;
-        assert!(
-            !settings.require_approval,
-            "request {id}: {role} held without approval"
-        );
+        if settings.require_approval {
+            let approvals: i64 = conn
+                .query_row(
+                    "SELECT count(DISTINCT d.approver) FROM decisions d JOIN requests r ON r.id = d.request_id \
+                     JOIN users u ON u.id = r.user_id \
+                     WHERE d.request_id = ?1 AND d.decision = 'approve' AND d.approver != u.name",
+                    [id],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(
+                approvals >= i64::from(settings.min_approvals),
+                "request {id}: {role} held without approval"
+            );
+        }
         let (e_user, e_role, e_scope, e_kind, e_start, e_end, removed): Eligibility = conn
             .query_row(
                 "SELECT user_id, role, scope, kind, start_at, end_at, removed_at FROM assignments WHERE id = ?1",
