@@ -8,6 +8,7 @@ pub mod cli;
 pub mod clock;
 pub mod error;
 pub mod mfa;
+pub mod notify;
 pub mod ops;
 pub mod policy;
 pub mod scope;

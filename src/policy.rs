@@ -132,12 +132,39 @@ impl Role {
     }
 }
 
+/// Where notifications go: any of e-mail, a webhook, a local command.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Notifications {
+    pub smtp: Option<Smtp>,
+    pub webhook: Option<Webhook>,
+    pub command: Option<NotifyCommand>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Smtp {
+    pub host: String,
+    pub port: u16,
+    pub from: String,
+    pub starttls: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Webhook {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifyCommand {
+    pub argv: Vec<String>,
+}
+
 /// A parsed, valid policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub source: String,
     pub defaults: Settings,
     pub roles: BTreeMap<String, Role>,
+    pub notifications: Notifications,
 }
 
 /// A problem in a policy file, tied to its line.
@@ -182,6 +209,42 @@ struct RawPolicy {
     defaults: Option<Spanned<RawEntry>>,
     #[serde(default)]
     roles: BTreeMap<Spanned<String>, Spanned<RawEntry>>,
+    notifications: Option<RawNotifications>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotifications {
+    smtp: Option<Spanned<RawSmtp>>,
+    webhook: Option<Spanned<RawWebhook>>,
+    command: Option<Spanned<RawCommand>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: Spanned<String>,
+    #[serde(default = "default_smtp_port")]
+    port: Spanned<i64>,
+    from: Spanned<String>,
+    #[serde(default)]
+    starttls: bool,
+}
+
+fn default_smtp_port() -> Spanned<i64> {
+    Spanned::new(0..0, 25)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommand {
+    argv: Spanned<Vec<String>>,
 }
 
 /// Whether a text is a valid user handle (also used for role keys).
@@ -380,6 +443,74 @@ impl Parser<'_> {
     }
 }
 
+impl Parser<'_> {
+    fn notifications(&mut self, raw: &RawNotifications) -> Notifications {
+        let mut out = Notifications::default();
+        if let Some(smtp) = &raw.smtp {
+            let s = smtp.get_ref();
+            if s.host.get_ref().trim().is_empty() {
+                self.problem(
+                    s.host.span(),
+                    "notifications.smtp.host is empty.".to_string(),
+                );
+            }
+            let port = match u16::try_from(*s.port.get_ref()) {
+                Ok(port) if port > 0 => port,
+                _ => {
+                    self.problem(
+                        s.port.span(),
+                        format!(
+                            "notifications.smtp.port = {} is out of range (1..=65535).",
+                            s.port.get_ref()
+                        ),
+                    );
+                    25
+                }
+            };
+            if !looks_like_email(s.from.get_ref()) {
+                self.problem(
+                    s.from.span(),
+                    format!(
+                        "notifications.smtp.from = \"{}\" is not an e-mail address.",
+                        s.from.get_ref()
+                    ),
+                );
+            }
+            out.smtp = Some(Smtp {
+                host: s.host.get_ref().trim().to_string(),
+                port,
+                from: s.from.get_ref().clone(),
+                starttls: s.starttls,
+            });
+        }
+        if let Some(hook) = &raw.webhook {
+            let url = hook.get_ref().url.get_ref();
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.contains(char::is_whitespace)
+            {
+                self.problem(
+                    hook.get_ref().url.span(),
+                    format!(
+                        "notifications.webhook.url = \"{url}\" is not an http:// or https:// URL."
+                    ),
+                );
+            }
+            out.webhook = Some(Webhook { url: url.clone() });
+        }
+        if let Some(cmd) = &raw.command {
+            let argv = cmd.get_ref().argv.get_ref();
+            if argv.is_empty() || argv[0].trim().is_empty() {
+                self.problem(
+                    cmd.get_ref().argv.span(),
+                    "notifications.command.argv needs at least the program to run.".to_string(),
+                );
+            }
+            out.command = Some(NotifyCommand { argv: argv.clone() });
+        }
+        out
+    }
+}
+
 impl Policy {
     /// Parse and check a policy file. On failure, every problem found, ordered by line.
     pub fn parse(source: &str) -> Result<Policy, Vec<Problem>> {
@@ -525,11 +656,17 @@ impl Policy {
             }
         }
 
+        let notifications = match &raw.notifications {
+            Some(n) => p.notifications(n),
+            None => Notifications::default(),
+        };
+
         if p.problems.is_empty() {
             Ok(Policy {
                 source: source.to_string(),
                 defaults,
                 roles,
+                notifications,
             })
         } else {
             let mut problems = p.problems;
@@ -615,6 +752,34 @@ pub fn diff(old: Option<&Policy>, new: &Policy) -> Vec<RoleChange> {
             out.push(RoleChange::Removed(key.clone()));
         }
     }
+    let before = old.map(|p| p.notifications.clone()).unwrap_or_default();
+    if before != new.notifications {
+        let describe = |n: &Notifications| {
+            let mut parts = Vec::new();
+            if let Some(s) = &n.smtp {
+                parts.push(format!("smtp {}:{} from {}", s.host, s.port, s.from));
+            }
+            if let Some(w) = &n.webhook {
+                parts.push(format!("webhook {}", w.url));
+            }
+            if let Some(c) = &n.command {
+                parts.push(format!("command {}", c.argv.join(" ")));
+            }
+            if parts.is_empty() {
+                "none".to_string()
+            } else {
+                parts.join(", ")
+            }
+        };
+        out.push(RoleChange::Changed(
+            "[notifications]".to_string(),
+            vec![(
+                "channels".to_string(),
+                describe(&before),
+                describe(&new.notifications),
+            )],
+        ));
+    }
     out
 }
 
@@ -692,6 +857,28 @@ mod tests {
 
         let e = problems("[roles.a]\nname = \"A\"\nnotify = [\"not an address\"]\n");
         assert!(e[0].message.contains("notify"));
+    }
+
+    #[test]
+    fn notification_channels_are_parsed_and_checked() {
+        let p = Policy::parse(
+            "[notifications.smtp]\nhost = \"127.0.0.1\"\nport = 2525\nfrom = \"pim@example.com\"\n\
+             [notifications.webhook]\nurl = \"http://127.0.0.1:8080/pim\"\n\
+             [notifications.command]\nargv = [\"/bin/cat\"]\n",
+        )
+        .unwrap();
+        assert_eq!(p.notifications.smtp.unwrap().port, 2525);
+        assert_eq!(
+            p.notifications.webhook.unwrap().url,
+            "http://127.0.0.1:8080/pim"
+        );
+        assert_eq!(p.notifications.command.unwrap().argv, vec!["/bin/cat"]);
+        let e = problems("[notifications.webhook]\nurl = \"ftp://x\"\n");
+        assert_eq!(e[0].line, 2);
+        let e = problems("[notifications.smtp]\nhost = \"h\"\nport = 70000\nfrom = \"nope\"\n");
+        assert_eq!(e.len(), 2);
+        let e = problems("[notifications.slack]\nurl = \"http://x\"\n");
+        assert!(e[0].message.contains("slack"), "{}", e[0]);
     }
 
     #[test]

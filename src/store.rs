@@ -107,6 +107,29 @@ CREATE TABLE decisions (
     UNIQUE (request_id, approver)
 );
 "#,
+    // 3: the notification outbox, written in the event's transaction and delivered after it
+    // commits; and the reminders already queued, so each is sent once.
+    r#"
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY,
+    event           TEXT NOT NULL,
+    channel         TEXT NOT NULL CHECK (channel IN ('smtp', 'webhook', 'command')),
+    recipients      TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    sent_at         INTEGER
+);
+CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+CREATE TABLE reminders (
+    assignment_id INTEGER NOT NULL REFERENCES assignments(id),
+    kind          TEXT NOT NULL,
+    PRIMARY KEY (assignment_id, kind)
+);
+"#,
 ];
 
 fn configure(conn: &Connection) -> Result<()> {

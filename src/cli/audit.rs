@@ -273,15 +273,75 @@ fn csv_error(e: csv::Error) -> Error {
 pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
     let (mut pim, actor) = ctx.open()?;
     let report = pim.sweep(&actor)?;
+    let delivery = pim.deliver(&actor)?;
     if ctx.json {
-        json(&report)?;
+        json(&serde_json::json!({
+            "started": report.started,
+            "expired_activations": report.expired_activations,
+            "expired_assignments": report.expired_assignments,
+            "timed_out": report.timed_out,
+            "reminded": report.reminded,
+            "notifications": delivery,
+        }))?;
     } else if !ctx.quiet {
         out(&format!(
-            "Swept: {} activation(s) started, {} activation(s) and {} assignment(s) expired.",
+            "Swept: {} activation(s) started, {} activation(s) and {} assignment(s) expired, {} request(s) timed out, {} reminder(s); notifications: {} sent, {} to retry, {} failed.",
             report.started.len(),
             report.expired_activations.len(),
-            report.expired_assignments.len()
+            report.expired_assignments.len(),
+            report.timed_out.len(),
+            report.reminded.len(),
+            delivery.sent.len(),
+            delivery.retrying.len(),
+            delivery.failed.len()
         ))?;
     }
+    Ok(0)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotificationCommand {
+    /// The outbox: what was sent, what waits for a retry, what was given up
+    List {
+        /// Only notifications given up after their last try
+        #[arg(long)]
+        failed: bool,
+    },
+}
+
+pub fn run_notification(ctx: &Ctx, cmd: NotificationCommand) -> anyhow::Result<i32> {
+    let NotificationCommand::List { failed } = cmd;
+    let (pim, _) = ctx.open()?;
+    let list = pim.outbox(failed)?;
+    if ctx.json {
+        return json(&list).map(|_| 0);
+    }
+    if list.is_empty() {
+        ctx.note("The outbox is empty.");
+        return Ok(0);
+    }
+    let mut t = table(&[
+        "id",
+        "event",
+        "channel",
+        "recipients",
+        "status",
+        "tries",
+        "next try",
+        "last error",
+    ]);
+    for o in &list {
+        t.add_row(vec![
+            o.id.to_string(),
+            o.event.clone(),
+            o.channel.clone(),
+            o.recipients.join(", "),
+            o.status.clone(),
+            o.attempts.to_string(),
+            o.next_attempt.clone().unwrap_or_default(),
+            o.last_error.clone().unwrap_or_default(),
+        ]);
+    }
+    out(&t.to_string())?;
     Ok(0)
 }

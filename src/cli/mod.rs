@@ -88,8 +88,12 @@ enum Command {
     /// The audit log: list, export, verify
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Record expirations and starts in the audit log (safe to run from cron, any number of times)
+    /// Record expirations and starts in the audit log, time out stale requests, send
+    /// reminders and retry notifications (safe to run from cron, any number of times)
     Sweep,
+    /// The notification outbox and its deliveries
+    #[command(subcommand)]
+    Notification(audit::NotificationCommand),
 }
 
 /// Run pim with the process's arguments; returns the exit code.
@@ -103,6 +107,18 @@ pub fn run() -> i32 {
         }
     };
     let ctx = Ctx::new(&cli);
+    // Commands that may queue notifications deliver them once their change has committed.
+    let may_notify = matches!(
+        cli.command,
+        Command::Assign(_)
+            | Command::Unassign(_)
+            | Command::Activate(_)
+            | Command::Approve(_)
+            | Command::Deny(_)
+            | Command::Extend(_)
+            | Command::Revoke(_)
+            | Command::User(_)
+    );
     let result = match cli.command {
         Command::Init(args) => init::run(&ctx, args),
         Command::User(cmd) => user::run_user(&ctx, cmd),
@@ -128,7 +144,11 @@ pub fn run() -> i32 {
         Command::Revoke(args) => activate::run_revoke(&ctx, args),
         Command::Audit(cmd) => audit::run(&ctx, cmd),
         Command::Sweep => audit::run_sweep(&ctx),
+        Command::Notification(cmd) => audit::run_notification(&ctx, cmd),
     };
+    if may_notify && result.is_ok() {
+        deliver_after(&ctx);
+    }
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -142,5 +162,21 @@ pub fn run() -> i32 {
             eprintln!("pim: {e:#}");
             code
         }
+    }
+}
+
+/// Deliver what the command queued. A failure is the outbox's business (retried by
+/// `pim sweep`), never the command's.
+fn deliver_after(ctx: &Ctx) {
+    let Ok((mut pim, actor)) = ctx.open() else {
+        return;
+    };
+    match pim.deliver(&actor) {
+        Ok(d) if !d.retrying.is_empty() || !d.failed.is_empty() => ctx.note(&format!(
+            "Note: {} notification(s) could not be delivered yet; `pim sweep` retries them (see `pim notification list`).",
+            d.retrying.len() + d.failed.len()
+        )),
+        Ok(_) => {}
+        Err(e) => ctx.note(&format!("Note: notifications were not delivered: {e}")),
     }
 }

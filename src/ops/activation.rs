@@ -145,6 +145,7 @@ pub(crate) fn requests_where(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn end_activations(
     conn: &Connection,
+    policy: &crate::policy::Policy,
     now: DateTime<Utc>,
     actor: &str,
     clause: &str,
@@ -184,6 +185,11 @@ pub(crate) fn end_activations(
                 .request(r.id)
                 .detail("reason", reason),
         )?;
+        if status == "revoked" {
+            super::notices::revoked(
+                conn, policy, now, &r.user, &r.role, &r.scope, r.id, actor, reason,
+            )?;
+        }
     }
     Ok(open.iter().map(|r| r.id).collect())
 }
@@ -354,6 +360,10 @@ impl Pim {
                         .request(id)
                         .expires(Some(end.timestamp())),
                 )?;
+                super::notices::started(tx, policy, now, actor, &role.key, scope.as_str(), id, end.timestamp())?;
+            }
+            if let Some(deadline) = decide_by {
+                super::notices::requested(tx, policy, now, actor, role, &scope, id, justification, deadline)?;
             }
             Ok(requests_where(tx, "r.id = ?1", id, t)?.remove(0))
         })
@@ -400,6 +410,7 @@ impl Pim {
             };
             end_activations(
                 tx,
+                policy,
                 now,
                 actor,
                 "id = ?1",

@@ -79,7 +79,13 @@ fn event(actor: &str, action: &str, r: &Request) -> Event {
 
 /// Start an approved request: the window opens now (or at the requested start, if later)
 /// and lasts the requested duration, never past its eligibility.
-fn start_approved(conn: &Connection, now: DateTime<Utc>, actor: &str, r: &Request) -> Result<()> {
+fn start_approved(
+    conn: &Connection,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    actor: &str,
+    r: &Request,
+) -> Result<()> {
     let t = now.timestamp();
     let eligible_until: Option<i64> = conn.query_row(
         "SELECT a.end_at FROM requests r JOIN assignments a ON a.id = r.eligibility_id WHERE r.id = ?1",
@@ -121,6 +127,7 @@ fn start_approved(conn: &Connection, now: DateTime<Utc>, actor: &str, r: &Reques
             now,
             event(actor, "activation.start", r).expires(Some(end)),
         )?;
+        super::notices::started(conn, policy, now, &r.user, &r.role, &r.scope, r.id, end)?;
     }
     Ok(())
 }
@@ -207,13 +214,14 @@ impl Pim {
                 ev.detail("approvals", approvals)
                     .detail("needed", role.settings.min_approvals),
             )?;
+            super::notices::decided(tx, policy, now, action, &r.user, &r.role, &r.scope, id, actor, justification)?;
             if !approve {
                 tx.execute(
                     "UPDATE requests SET status = 'denied', closed_at = ?1, closed_by = ?2, close_reason = ?3 WHERE id = ?4",
                     params![t, actor, justification, id],
                 )?;
             } else if approvals >= i64::from(role.settings.min_approvals) {
-                start_approved(tx, now, actor, &r)?;
+                start_approved(tx, policy, now, actor, &r)?;
             }
             let mut out = load(tx, id, t)?;
             out.decisions = decisions(tx, id)?;
@@ -276,6 +284,7 @@ impl Pim {
                 now,
                 event(actor, "activation.revoke", &r).justification(Some(justification)),
             )?;
+            super::notices::revoked(tx, policy, now, &r.user, &r.role, &r.scope, id, actor, justification)?;
             load(tx, id, t)
         })
     }
@@ -377,7 +386,7 @@ impl Pim {
             let pending = load(tx, id, t)?;
             audit::append(tx, now, ev.request(id).expires(Some(t + duration.num_seconds())).detail("approval", s.require_approval))?;
             if !s.require_approval {
-                start_approved(tx, now, actor, &pending)?;
+                start_approved(tx, policy, now, actor, &pending)?;
             }
             load(tx, id, t)
         })

@@ -261,6 +261,17 @@ impl Pim {
                     .detail("assignment", id)
                     .detail("start", rfc3339(start)),
             )?;
+            super::notices::assignment_added(
+                tx,
+                policy,
+                now,
+                actor,
+                &target.name,
+                &role.key,
+                input.scope.as_str(),
+                kind,
+                end.map(|e| e.timestamp()),
+            )?;
             let mut stmt = tx.prepare(&format!(
                 "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.id = ?1"
             ))?;
@@ -315,6 +326,7 @@ impl Pim {
             audit::append(tx, now, event.detail("assignment", found.id))?;
             super::activation::end_activations(
                 tx,
+                policy,
                 now,
                 actor,
                 "eligibility_id = ?1",

@@ -7,6 +7,7 @@ mod approvals;
 mod assignments;
 #[cfg(test)]
 mod invariants;
+mod notices;
 mod policy_ops;
 mod sweep;
 mod users;
@@ -246,6 +247,19 @@ pub(crate) fn would_orphan_protected(
 }
 
 impl Pim {
+    /// Deliver the notifications that are due (new ones, and retries whose time has come).
+    /// Failures are recorded and retried; they never undo the change that queued them.
+    pub fn deliver(&mut self, actor: &str) -> Result<crate::notify::Delivery> {
+        let policy = self.policy()?;
+        let now = self.clock.now();
+        crate::notify::deliver_due(&mut self.conn, &policy, now, actor)
+    }
+
+    /// The notification outbox (or only what was given up).
+    pub fn outbox(&self, failed_only: bool) -> Result<Vec<crate::notify::Outgoing>> {
+        crate::notify::list(&self.conn, failed_only)
+    }
+
     /// Whether `actor` may use `permission` over `scope` right now (false for non-users).
     pub fn may(&self, actor: &str, permission: &str, scope: &Scope) -> Result<bool> {
         let policy = self.policy()?;

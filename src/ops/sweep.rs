@@ -14,11 +14,13 @@ pub struct SweepReport {
     pub expired_activations: Vec<i64>,
     pub expired_assignments: Vec<i64>,
     pub timed_out: Vec<i64>,
+    /// Assignments whose holders were reminded that they end within 14 days or 1 day.
+    pub reminded: Vec<i64>,
 }
 
 impl Pim {
     pub fn sweep(&mut self, actor: &str) -> Result<SweepReport> {
-        self.write(|tx, now, _| {
+        self.write(|tx, now, policy| {
             let t = now.timestamp();
             let mut report = SweepReport::default();
             type Row = (i64, String, String, String, i64, i64);
@@ -46,6 +48,7 @@ impl Pim {
                 if end > t {
                     tx.execute("UPDATE requests SET status = 'active' WHERE id = ?1", [id])?;
                     audit::append(tx, now, event("activation.start"))?;
+                    super::notices::started(tx, policy, now, &user, &role, &scope, id, end)?;
                     report.started.push(id);
                 } else {
                     tx.execute(
@@ -79,6 +82,7 @@ impl Pim {
                         .request(id)
                         .detail("decide_by", rfc3339(from_unix(deadline))),
                 )?;
+                super::notices::decided(tx, policy, now, "activation.timeout", &user, &role, &scope, id, actor, None)?;
                 report.timed_out.push(id);
             }
             let ended: Vec<(i64, String, String, String, String, i64)> = {
@@ -110,6 +114,32 @@ impl Pim {
                         .detail("ended_at", rfc3339(from_unix(end))),
                 )?;
                 report.expired_assignments.push(id);
+            }
+            // Reminders 14 days and 1 day before an assignment ends, each sent once.
+            for (kind, days, lower) in [("1d", 1, 0), ("14d", 14, 86_400)] {
+                let soon: Vec<(i64, String, String, String, String, i64)> = {
+                    let mut stmt = tx.prepare(
+                        "SELECT a.id, u.name, a.role, a.scope, a.kind, a.end_at FROM assignments a \
+                         JOIN users u ON u.id = a.user_id \
+                         WHERE a.removed_at IS NULL AND a.end_at > ?1 AND a.end_at <= ?2 \
+                           AND NOT EXISTS (SELECT 1 FROM reminders r WHERE r.assignment_id = a.id AND r.kind = ?3) \
+                         ORDER BY a.id",
+                    )?;
+                    let rows = stmt.query_map(params![t + lower, t + days * 86_400, kind], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                    })?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                for (id, user, role, scope, akind, end) in soon {
+                    tx.execute(
+                        "INSERT INTO reminders (assignment_id, kind) VALUES (?1, ?2)",
+                        params![id, kind],
+                    )?;
+                    super::notices::expiring(tx, policy, now, &user, &role, &scope, &akind, end)?;
+                    if !report.reminded.contains(&id) {
+                        report.reminded.push(id);
+                    }
+                }
             }
             Ok(report)
         })

@@ -391,6 +391,7 @@ impl Pim {
             if disabled {
                 super::activation::end_activations(
                     tx,
+                    policy,
                     now,
                     actor,
                     "user_id = ?1",

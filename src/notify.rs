@@ -1,0 +1,337 @@
+//! Notifications: written to an outbox in the same transaction as their event, delivered after
+//! it commits (e-mail through lettre over rustls, a JSON webhook through ureq, or a local
+//! command), retried with backoff, and given up after `MAX_ATTEMPTS` with an audit event.
+
+use crate::audit::{self, Event};
+use crate::error::Result;
+use crate::policy::{NotifyCommand, Policy, Smtp, Webhook};
+use crate::time::{from_unix, rfc3339};
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+use std::io::Write;
+use std::time::Duration;
+
+/// Deliveries tried before a notification is given up (`notification.fail`).
+pub const MAX_ATTEMPTS: i64 = 5;
+/// Each delivery may take this long before it counts as failed.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// The first retry waits this long; each later one twice as long as the one before.
+pub const FIRST_RETRY_SECS: i64 = 60;
+
+/// One notification: what happened, in one readable sentence, and to whom it goes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notice {
+    pub event: String,
+    pub text: String,
+    pub time: String,
+    pub user: String,
+    pub role: Option<String>,
+    pub scope: Option<String>,
+    pub request: Option<i64>,
+    /// User names or e-mail addresses.
+    pub recipients: Vec<String>,
+}
+
+impl Notice {
+    pub fn new(event: &str, now: DateTime<Utc>, user: &str, text: String) -> Notice {
+        Notice {
+            event: event.to_string(),
+            text,
+            time: rfc3339(now),
+            user: user.to_string(),
+            role: None,
+            scope: None,
+            request: None,
+            recipients: Vec::new(),
+        }
+    }
+    pub fn role(mut self, role: &str, scope: &str) -> Self {
+        self.role = Some(role.to_string());
+        self.scope = Some(scope.to_string());
+        self
+    }
+    pub fn request(mut self, id: i64) -> Self {
+        self.request = Some(id);
+        self
+    }
+    pub fn to(mut self, recipients: impl IntoIterator<Item = String>) -> Self {
+        for r in recipients {
+            if !self.recipients.contains(&r) {
+                self.recipients.push(r);
+            }
+        }
+        self
+    }
+}
+
+/// Queue a notice on every configured channel. Call it inside the event's transaction.
+pub fn enqueue(
+    conn: &Connection,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    notice: Notice,
+) -> Result<()> {
+    if notice.recipients.is_empty() {
+        return Ok(());
+    }
+    let n = &policy.notifications;
+    let t = now.timestamp();
+    let payload = serde_json::to_string(&notice).unwrap_or_default();
+    let insert = |channel: &str, recipients: &[String]| -> Result<()> {
+        conn.execute(
+            "INSERT INTO outbox (event, channel, recipients, payload, next_attempt_at, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![notice.event, channel, serde_json::to_string(recipients).unwrap_or_default(), payload, t],
+        )?;
+        Ok(())
+    };
+    if n.smtp.is_some() {
+        // E-mail goes to addresses: a user name becomes that user's address, if they have one.
+        let mut addresses = Vec::new();
+        for r in &notice.recipients {
+            let address = if r.contains('@') {
+                Some(r.clone())
+            } else {
+                conn.query_row("SELECT email FROM users WHERE name = ?1", [r], |row| {
+                    row.get::<_, Option<String>>(0)
+                })
+                .unwrap_or(None)
+            };
+            if let Some(a) = address.filter(|a| !addresses.contains(a)) {
+                addresses.push(a);
+            }
+        }
+        if !addresses.is_empty() {
+            insert("smtp", &addresses)?;
+        }
+    }
+    if n.webhook.is_some() {
+        insert("webhook", &notice.recipients)?;
+    }
+    if n.command.is_some() {
+        insert("command", &notice.recipients)?;
+    }
+    Ok(())
+}
+
+/// An outbox row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outgoing {
+    pub id: i64,
+    pub event: String,
+    pub channel: String,
+    pub recipients: Vec<String>,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt: Option<String>,
+    pub last_error: Option<String>,
+    pub created: String,
+    pub sent: Option<String>,
+    #[serde(skip)]
+    pub payload: String,
+}
+
+/// The outbox, or only what was given up.
+pub fn list(conn: &Connection, failed_only: bool) -> Result<Vec<Outgoing>> {
+    select(conn, "?1 = 0 OR status = 'failed'", i64::from(failed_only))
+}
+
+fn select(conn: &Connection, clause: &str, value: i64) -> Result<Vec<Outgoing>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT id, event, channel, recipients, status, attempts, next_attempt_at, last_error, created_at, sent_at, payload \
+         FROM outbox WHERE {clause} ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([value], |r| {
+        let status: String = r.get(4)?;
+        Ok(Outgoing {
+            id: r.get(0)?,
+            event: r.get(1)?,
+            channel: r.get(2)?,
+            recipients: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+            next_attempt: (status == "pending")
+                .then(|| r.get::<_, i64>(6).map(|t| rfc3339(from_unix(t))))
+                .transpose()?,
+            status,
+            attempts: r.get(5)?,
+            last_error: r.get(7)?,
+            created: rfc3339(from_unix(r.get(8)?)),
+            sent: r.get::<_, Option<i64>>(9)?.map(|t| rfc3339(from_unix(t))),
+            payload: r.get(10)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// What one round of delivery did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Delivery {
+    pub sent: Vec<i64>,
+    pub retrying: Vec<i64>,
+    pub failed: Vec<i64>,
+}
+
+/// Deliver every due notification. Rows are leased first (their next attempt pushed out in
+/// one short transaction) so that two processes never send the same one, and no lock is held
+/// while the network is slow.
+pub fn deliver_due(
+    conn: &mut Connection,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<Delivery> {
+    let t = now.timestamp();
+    let due: Vec<Outgoing> = {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let due = select(&tx, "status = 'pending' AND next_attempt_at <= ?1", t)?;
+        for o in &due {
+            tx.execute(
+                "UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2",
+                params![t + 300, o.id],
+            )?;
+        }
+        tx.commit()?;
+        due
+    };
+    let mut report = Delivery::default();
+    for o in due {
+        let result = match o.channel.as_str() {
+            "smtp" => policy.notifications.smtp.as_ref().map(|c| send_mail(c, &o)),
+            "webhook" => policy
+                .notifications
+                .webhook
+                .as_ref()
+                .map(|c| post_webhook(c, &o)),
+            "command" => policy
+                .notifications
+                .command
+                .as_ref()
+                .map(|c| run_command(c, &o)),
+            _ => None,
+        }
+        .unwrap_or_else(|| Err(format!("the {} channel is no longer configured", o.channel)));
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        match result {
+            Ok(()) => {
+                tx.execute(
+                    "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?1, last_error = NULL WHERE id = ?2",
+                    params![t, o.id],
+                )?;
+                report.sent.push(o.id);
+            }
+            Err(why) => {
+                let attempts = o.attempts + 1;
+                if attempts >= MAX_ATTEMPTS {
+                    tx.execute(
+                        "UPDATE outbox SET status = 'failed', attempts = ?1, last_error = ?2 WHERE id = ?3",
+                        params![attempts, why, o.id],
+                    )?;
+                    audit::append(
+                        &tx,
+                        now,
+                        Event::new(actor, "notification.fail")
+                            .refused(&format!("Delivery failed {attempts} times: {why}"))
+                            .detail("notification", o.id)
+                            .detail("channel", o.channel.clone())
+                            .detail("event", o.event.clone())
+                            .detail("recipients", o.recipients.clone()),
+                    )?;
+                    report.failed.push(o.id);
+                } else {
+                    let wait = FIRST_RETRY_SECS << (attempts - 1);
+                    tx.execute(
+                        "UPDATE outbox SET attempts = ?1, last_error = ?2, next_attempt_at = ?3 WHERE id = ?4",
+                        params![attempts, why, t + wait, o.id],
+                    )?;
+                    report.retrying.push(o.id);
+                }
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(report)
+}
+
+fn send_mail(cfg: &Smtp, o: &Outgoing) -> Result<(), String> {
+    use lettre::message::{header::ContentType, Mailbox};
+    use lettre::{Message, SmtpTransport, Transport};
+    let notice: serde_json::Value = serde_json::from_str(&o.payload).map_err(|e| e.to_string())?;
+    let text = notice["text"].as_str().unwrap_or_default();
+    let from: Mailbox = cfg
+        .from
+        .parse()
+        .map_err(|e| format!("bad from address: {e}"))?;
+    let mut builder = Message::builder().from(from).subject(format!(
+        "[pim] {}: {}",
+        o.event,
+        text.chars().take(120).collect::<String>()
+    ));
+    for r in &o.recipients {
+        builder = builder.to(r
+            .parse::<Mailbox>()
+            .map_err(|e| format!("bad address {r}: {e}"))?);
+    }
+    let body = format!(
+        "{text}\n\n{}\n",
+        serde_json::to_string_pretty(&notice).unwrap_or_default()
+    );
+    let message = builder
+        .header(ContentType::TEXT_PLAIN)
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    let transport = if cfg.starttls {
+        SmtpTransport::starttls_relay(&cfg.host).map_err(|e| e.to_string())?
+    } else {
+        SmtpTransport::builder_dangerous(&cfg.host)
+    }
+    .port(cfg.port)
+    .timeout(Some(TIMEOUT))
+    .build();
+    transport
+        .send(&message)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn post_webhook(cfg: &Webhook, o: &Outgoing) -> Result<(), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .build()
+        .into();
+    agent
+        .post(&cfg.url)
+        .header("Content-Type", "application/json")
+        .send(o.payload.as_str())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn run_command(cfg: &NotifyCommand, o: &Outgoing) -> Result<(), String> {
+    let mut child = std::process::Command::new(&cfg.argv[0])
+        .args(&cfg.argv[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", cfg.argv[0]))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(o.payload.as_bytes());
+    }
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(status) if status.success() => return Ok(()),
+            Some(status) => return Err(format!("{} exited with {status}", cfg.argv[0])),
+            None if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} took longer than {}s",
+                    cfg.argv[0],
+                    TIMEOUT.as_secs()
+                ));
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Which notification each event sends, and to whom (queued in the event's transaction).
+
+// Each notice takes the event's plain facts as arguments, as the audit events do.
+#![allow(clippy::too_many_arguments)]
+
+use super::{has_permission, users};
+use crate::error::Result;
+use crate::notify::{enqueue, Notice};
+use crate::policy::{Policy, Role};
+use crate::scope::Scope;
+use crate::time::{from_unix, rfc3339};
+use chrono::{DateTime, Utc};
+use rusqlite::Connection;
+
+fn role_name(policy: &Policy, key: &str) -> String {
+    policy
+        .roles
+        .get(key)
+        .map(|r| format!("{} ({key})", r.name))
+        .unwrap_or_else(|| key.to_string())
+}
+
+fn until(end: Option<i64>) -> String {
+    end.map(|e| format!("until {}", rfc3339(from_unix(e))))
+        .unwrap_or_else(|| "permanently".to_string())
+}
+
+/// Who may decide a request for `role` at `scope`: the role's approvers, or the enabled
+/// holders of `approve` over the scope; never the requester.
+pub(crate) fn approvers(
+    conn: &Connection,
+    policy: &Policy,
+    role: &Role,
+    scope: &Scope,
+    requester: &str,
+    now: i64,
+) -> Result<Vec<String>> {
+    if !role.settings.approvers.is_empty() {
+        return Ok(role
+            .settings
+            .approvers
+            .iter()
+            .filter(|a| *a != requester)
+            .cloned()
+            .collect());
+    }
+    let mut out = Vec::new();
+    let names: Vec<String> = {
+        let mut stmt = conn
+            .prepare("SELECT name FROM users WHERE disabled = 0 AND kind = 'user' ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for name in names {
+        if name == requester {
+            continue;
+        }
+        if let Some(u) = users::find(conn, &name)? {
+            if has_permission(conn, policy, &u, "approve", scope, now)? {
+                out.push(name);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn assignment_added(
+    conn: &Connection,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    actor: &str,
+    user: &str,
+    role: &str,
+    scope: &str,
+    kind: &str,
+    end: Option<i64>,
+) -> Result<()> {
+    let text = format!(
+        "{actor} made {user} {kind} for {} at {scope}, {}.",
+        role_name(policy, role),
+        until(end)
+    );
+    enqueue(
+        conn,
+        policy,
+        now,
+        Notice::new("assignment.add", now, user, text)
+            .role(role, scope)
+            .to([user.to_string()]),
+    )
+}
+
+pub(crate) fn requested(
+    conn: &Connection,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    user: &str,
+    role: &Role,
+    scope: &Scope,
+    id: i64,
+    justification: Option<&str>,
+    decide_by: i64,
+) -> Result<()> {
+    let to = approvers(conn, policy, role, scope, user, now.timestamp())?;
+    let text = format!(
+        "{user} asks for {} at {scope}{}: decide with `pim approve {id}` or `pim deny {id} -j WHY` before {}.",
+        role_name(policy, &role.key),
+        justification.map(|j| format!(" (\"{j}\")")).unwrap_or_default(),
+        rfc3339(from_unix(decide_by))
+    );
+    enqueue(
+        conn,
+        policy,
+        now,
+        Notice::new("activation.request", now, user, text)
+            .role(&role.key, scope.as_str())
+            .request(id)
+            .to(to),
+    )
+}
+
+/// To the requester: approved, denied or timed out.
+
+pub(crate) fn decided(
+    conn: &Connection,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    event: &str,
+    user: &str,
+    role: &str,
+    scope: &str,
+    id: i64,
+    by: &str,
+    why: Option<&str>,
+) -> Result<()> {
+    let what = match event {
+        "activation.approve" => format!("{by} approved"),
+        "activation.deny" => format!("{by} denied"),
+        _ => "nobody decided in time on".to_string(),
+    };
+    let text = format!(
+        "{what} your request {id} for {} at {scope}{}.",
+        role_name(policy, role),
+        why.map(|j| format!(": \"{j}\"")).unwrap_or_default()
+    );
+    enqueue(
+        conn,
+        policy,
+        now,
+        Notice::new(event, now, user, text)
+            .role(role, scope)
+            .request(id)
+            .to([user.to_string()]),
+    )
+}
+
+/// To the role's `notify` list: an activation started.
+
+pub(crate) fn started(
+    conn: &Connection,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    user: &str,
+    role: &str,
+    scope: &str,
+    id: i64,
+    end: i64,
+) -> Result<()> {
+    let Some(r) = policy.roles.get(role) else {
+        return Ok(());
+    };
+    let text = format!(
+        "{user} activated {} at {scope} {} (request {id}).",
+        role_name(policy, role),
+        until(Some(end))
+    );
+    enqueue(
+        conn,
+        policy,
+        now,
+        Notice::new("activation.start", now, user, text)
+            .role(role, scope)
+            .request(id)
+            .to(r.settings.notify.clone()),
+    )
+}
+
+/// To the user: their activation was revoked.
+
+pub(crate) fn revoked(
+    conn: &Connection,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    user: &str,
+    role: &str,
+    scope: &str,
+    id: i64,
+    by: &str,
+    why: &str,
+) -> Result<()> {
+    let text = format!(
+        "{by} revoked your activation of {} at {scope} (request {id}): {why}.",
+        role_name(policy, role)
+    );
+    enqueue(
+        conn,
+        policy,
+        now,
+        Notice::new("activation.revoke", now, user, text)
+            .role(role, scope)
+            .request(id)
+            .to([user.to_string()]),
+    )
+}
+
+/// To the user: an assignment ends soon.
+pub(crate) fn expiring(
+    conn: &Connection,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    user: &str,
+    role: &str,
+    scope: &str,
+    kind: &str,
+    end: i64,
+) -> Result<()> {
+    let text = format!(
+        "Your {kind} assignment of {} at {scope} ends {}; ask an administrator to renew it if you still need it.",
+        role_name(policy, role),
+        rfc3339(from_unix(end))
+    );
+    enqueue(
+        conn,
+        policy,
+        now,
+        Notice::new("assignment.expiring", now, user, text)
+            .role(role, scope)
+            .to([user.to_string()]),
+    )
+}
