@@ -120,7 +120,6 @@ pub(crate) fn requested(
 }
 
 /// To the requester: approved, denied or timed out.
-
 pub(crate) fn decided(
     conn: &Connection,
     policy: &Policy,
@@ -155,7 +154,6 @@ pub(crate) fn decided(
 }
 
 /// To the role's `notify` list: an activation started.
-
 pub(crate) fn started(
     conn: &Connection,
     policy: &Policy,
@@ -186,7 +184,6 @@ pub(crate) fn started(
 }
 
 /// To the user: their activation was revoked.
-
 pub(crate) fn revoked(
     conn: &Connection,
     policy: &Policy,
