@@ -1,0 +1,391 @@
+//! Notifications delivered to real receivers started by the test on 127.0.0.1: an SMTP
+//! server, an HTTP server, a local command, and a receiver that is down.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+use support::{oathtool, Env};
+
+/// An HTTP server that answers 200 to every POST and hands over the bodies.
+fn http_server() -> (u16, Receiver<serde_json::Value>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = tx.send(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
+        }
+    });
+    (port, rx)
+}
+
+/// A minimal SMTP server that accepts every message and hands over (recipients, data).
+fn smtp_server() -> (u16, Receiver<(Vec<String>, String)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let _ = stream.write_all(b"220 localhost ESMTP test\r\n");
+            let mut rcpt = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let upper = line.to_ascii_uppercase();
+                if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                    let _ = stream.write_all(b"250-localhost\r\n250 8BITMIME\r\n");
+                } else if upper.starts_with("RCPT TO:") {
+                    rcpt.push(
+                        line[8..]
+                            .trim()
+                            .trim_matches(|c| c == '<' || c == '>')
+                            .to_string(),
+                    );
+                    let _ = stream.write_all(b"250 OK\r\n");
+                } else if upper.starts_with("DATA") {
+                    let _ = stream.write_all(b"354 go ahead\r\n");
+                    let mut data = String::new();
+                    loop {
+                        let mut l = String::new();
+                        if reader.read_line(&mut l).unwrap_or(0) == 0 || l == ".\r\n" {
+                            break;
+                        }
+                        data.push_str(&l);
+                    }
+                    let _ = stream.write_all(b"250 OK queued\r\n");
+                    let _ = tx.send((std::mem::take(&mut rcpt), data));
+                } else if upper.starts_with("QUIT") {
+                    let _ = stream.write_all(b"221 bye\r\n");
+                    break;
+                } else {
+                    let _ = stream.write_all(b"250 OK\r\n");
+                }
+            }
+        }
+    });
+    (port, rx)
+}
+
+fn policy(smtp_port: u16, webhook: &str, command_file: &str) -> String {
+    format!(
+        r#"
+[notifications.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+from = "pim@example.com"
+starttls = false
+
+[notifications.webhook]
+url = "{webhook}"
+
+[notifications.command]
+argv = ["/bin/sh", "-c", "cat >> {command_file}; echo >> {command_file}"]
+
+[roles.global-admin]
+name = "Global Administrator"
+permissions = ["*"]
+protected = true
+max_eligible = "permanent"
+max_active = "permanent"
+
+[roles.prod-root]
+name = "Production Root"
+max_activation = "2h"
+require_approval = true
+approvers = ["carol", "dave"]
+notify = ["security@example.com", "admin"]
+"#
+    )
+}
+
+fn people(env: &Env) -> (String, String) {
+    let mut secrets = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        env.as_(
+            "admin",
+            &[
+                "user",
+                "add",
+                name,
+                "--email",
+                &format!("{name}@example.com"),
+            ],
+        )
+        .expect(0);
+        let j = env
+            .as_("admin", &["mfa", "enroll", name, "--json"])
+            .expect(0)
+            .json();
+        secrets.push(j["secret"].as_str().unwrap().to_string());
+    }
+    (secrets[0].clone(), secrets[1].clone())
+}
+
+fn next<T>(rx: &Receiver<T>) -> T {
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("nothing was delivered")
+}
+
+#[test]
+fn events_reach_smtp_webhook_and_command_receivers() {
+    let env = Env::new();
+    let (smtp_port, mails) = smtp_server();
+    let (http_port, hooks) = http_server();
+    let file = env.path("notices.jsonl");
+    std::fs::write(
+        env.path("policy.toml"),
+        policy(
+            smtp_port,
+            &format!("http://127.0.0.1:{http_port}/pim"),
+            file.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    env.run(&["init", "--admin", "admin", "--policies", "policy.toml"])
+        .expect(0);
+    let (bob, carol) = people(&env);
+
+    // assignment.add goes to the user.
+    env.as_("admin", &["assign", "bob", "prod-root", "-j", "on call"])
+        .expect(0);
+    let hook = next(&hooks);
+    assert_eq!(hook["event"], "assignment.add");
+    assert_eq!(hook["user"], "bob");
+    assert_eq!(hook["role"], "prod-root");
+    assert_eq!(hook["recipients"], serde_json::json!(["bob"]));
+    for key in [
+        "event",
+        "text",
+        "time",
+        "user",
+        "role",
+        "scope",
+        "request",
+        "recipients",
+    ] {
+        assert!(hook.get(key).is_some(), "{key} missing in {hook}");
+    }
+    assert!(hook["text"].as_str().unwrap().ends_with('.'), "{hook}");
+    let (to, mail) = next(&mails);
+    assert_eq!(to, vec!["bob@example.com"]);
+    assert!(mail.contains("Subject: [pim] assignment.add"), "{mail}");
+    assert!(mail.contains("admin made bob eligible"), "{mail}");
+
+    // activation.request goes to the approvers.
+    let r = env
+        .as_(
+            "bob",
+            &[
+                "activate",
+                "prod-root",
+                "-j",
+                "INC-9",
+                "--code",
+                &oathtool(&bob, 0),
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let id = r["id"].as_i64().unwrap();
+    let hook = next(&hooks);
+    assert_eq!(hook["event"], "activation.request");
+    assert_eq!(hook["recipients"], serde_json::json!(["carol", "dave"]));
+    assert_eq!(hook["request"], id);
+    let (mut to, _) = next(&mails);
+    to.sort();
+    assert_eq!(to, vec!["carol@example.com", "dave@example.com"]);
+
+    // activation.approve goes to the requester; activation.start to the role's notify list.
+    env.as_(
+        "carol",
+        &[
+            "approve",
+            &id.to_string(),
+            "-j",
+            "ok",
+            "--code",
+            &oathtool(&carol, 0),
+        ],
+    )
+    .expect(0);
+    let approve = next(&hooks);
+    assert_eq!(approve["event"], "activation.approve");
+    assert_eq!(approve["recipients"], serde_json::json!(["bob"]));
+    let start = next(&hooks);
+    assert_eq!(start["event"], "activation.start");
+    assert_eq!(
+        start["recipients"],
+        serde_json::json!(["security@example.com", "admin"])
+    );
+
+    // activation.revoke goes to the user.
+    env.as_("admin", &["revoke", &id.to_string(), "-j", "done"])
+        .expect(0);
+    let revoke = next(&hooks);
+    assert_eq!(revoke["event"], "activation.revoke");
+    assert_eq!(revoke["recipients"], serde_json::json!(["bob"]));
+
+    // The command got the same JSON on stdin.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        vec![
+            "assignment.add",
+            "activation.request",
+            "activation.approve",
+            "activation.start",
+            "activation.revoke"
+        ]
+    );
+    let outbox = env
+        .run(&["notification", "list", "--json"])
+        .expect(0)
+        .json();
+    assert!(
+        outbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["status"] == "sent"),
+        "{outbox}"
+    );
+}
+
+#[test]
+fn a_receiver_that_is_down_never_blocks_the_change_and_is_retried_then_given_up() {
+    let env = Env::new();
+    // A port with nothing listening.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = format!(
+        "[notifications.webhook]\nurl = \"http://127.0.0.1:{closed}/down\"\n\n[roles.global-admin]\nname = \"GA\"\npermissions = [\"*\"]\nprotected = true\nmax_eligible = \"permanent\"\nmax_active = \"permanent\"\n\n[roles.db]\nname = \"DB\"\n"
+    );
+    std::fs::write(env.path("policy.toml"), text).unwrap();
+    env.run(&["init", "--admin", "admin", "--policies", "policy.toml"])
+        .expect(0);
+    env.as_("admin", &["user", "add", "bob"]).expect(0);
+    let started = std::time::Instant::now();
+    let r = env
+        .as_("admin", &["assign", "bob", "db", "-j", "x"])
+        .expect(0);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(r.stderr.contains("could not be delivered"), "{}", r.stderr);
+    env.run(&["assignment", "list", "--user", "bob", "--json"])
+        .expect(0);
+    let outbox = env
+        .run(&["notification", "list", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(outbox[0]["status"], "pending");
+    assert_eq!(outbox[0]["attempts"], 1);
+    assert!(outbox[0]["last_error"].as_str().unwrap().len() > 3);
+    // sweep retries with backoff (60 s, 120 s, 240 s, 480 s) and gives up after the fifth try.
+    let sweep_at = |offset: &str| -> support::Run {
+        std::process::Command::new("faketime")
+            .args(["-f", offset, support::bin(), "sweep", "--json"])
+            .env("PIM_DB", &env.db)
+            .output()
+            .unwrap()
+            .into()
+    };
+    let early = sweep_at("+30s").expect(0).json();
+    assert_eq!(
+        early["notifications"]["retrying"],
+        serde_json::json!([]),
+        "not due yet"
+    );
+    for offset in ["+2m", "+5m", "+10m"] {
+        let s = sweep_at(offset).expect(0).json();
+        assert_eq!(
+            s["notifications"]["retrying"].as_array().unwrap().len(),
+            1,
+            "{offset}: {s}"
+        );
+    }
+    let last = sweep_at("+20m").expect(0).json();
+    assert_eq!(
+        last["notifications"]["failed"].as_array().unwrap().len(),
+        1,
+        "{last}"
+    );
+    let failed = env
+        .run(&["notification", "list", "--failed", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(failed[0]["attempts"], 5);
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE action = 'notification.fail'"),
+        1
+    );
+    env.run(&["audit", "verify"]).expect(0);
+}
+
+#[test]
+fn sweep_reminds_of_expiring_assignments_once() {
+    let env = Env::new();
+    let (http_port, hooks) = http_server();
+    let text = format!(
+        "[notifications.webhook]\nurl = \"http://127.0.0.1:{http_port}/\"\n\n[roles.global-admin]\nname = \"GA\"\npermissions = [\"*\"]\nprotected = true\nmax_eligible = \"permanent\"\nmax_active = \"permanent\"\n\n[roles.db]\nname = \"DB\"\n"
+    );
+    std::fs::write(env.path("policy.toml"), text).unwrap();
+    env.run(&["init", "--admin", "admin", "--policies", "policy.toml"])
+        .expect(0);
+    env.as_("admin", &["user", "add", "bob"]).expect(0);
+    env.as_(
+        "admin",
+        &["assign", "bob", "db", "-j", "x", "--duration", "20d"],
+    )
+    .expect(0);
+    assert_eq!(next(&hooks)["event"], "assignment.add");
+    let sweep_at = |offset: &str| -> serde_json::Value {
+        let r: support::Run = std::process::Command::new("faketime")
+            .args(["-f", offset, support::bin(), "sweep", "--json"])
+            .env("PIM_DB", &env.db)
+            .output()
+            .unwrap()
+            .into();
+        r.expect(0).json()
+    };
+    assert_eq!(sweep_at("+5d")["reminded"], serde_json::json!([]));
+    assert_eq!(sweep_at("+7d")["reminded"].as_array().unwrap().len(), 1);
+    let first = next(&hooks);
+    assert_eq!(first["event"], "assignment.expiring");
+    assert!(first["text"].as_str().unwrap().contains("ends"), "{first}");
+    assert_eq!(sweep_at("+8d")["reminded"], serde_json::json!([]));
+    assert_eq!(sweep_at("+458h")["reminded"].as_array().unwrap().len(), 1);
+    assert_eq!(next(&hooks)["event"], "assignment.expiring");
+    assert_eq!(sweep_at("+459h")["reminded"], serde_json::json!([]));
+}
