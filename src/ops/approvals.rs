@@ -424,3 +424,56 @@ impl Pim {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::{ActivationInput, AssignInput, End};
+    use crate::scope::Scope;
+    use chrono::Duration;
+
+    #[test]
+    fn pending_requests_time_out_under_the_injected_clock_and_sweep_records_it_once() {
+        let (mut pim, clock, admin) = pim();
+        pim.add_user("admin", "bob", None, None).unwrap();
+        let bob = crate::mfa::from_base32(&pim.enroll("admin", Some("bob"), None).unwrap().secret)
+            .unwrap();
+        pim.assign(
+            "admin",
+            AssignInput {
+                user: "bob".into(),
+                role: "approved".into(),
+                scope: Scope::root(),
+                active: false,
+                start: None,
+                end: End::PolicyMax,
+                justification: Some("x".into()),
+                ticket: None,
+            },
+        )
+        .unwrap();
+        let r = pim
+            .activate(
+                "bob",
+                ActivationInput {
+                    role: "approved".into(),
+                    justification: Some("INC-1".into()),
+                    code: Some(code(&clock, &bob)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(r.status, "pending");
+        clock.advance(Duration::hours(24) - Duration::seconds(1));
+        assert_eq!(pim.request(r.id).unwrap().status, "pending");
+        clock.advance(Duration::seconds(1));
+        assert_eq!(pim.request(r.id).unwrap().status, "timed_out");
+        // Too late to approve: a conflict, and nothing is held.
+        let late = pim.decide("admin", r.id, true, None, Some(&code(&clock, &admin)));
+        assert_eq!(late.unwrap_err().exit_code(), 5);
+        assert_eq!(pim.check("bob", "approved", &Scope::root()).unwrap(), None);
+        assert_eq!(pim.sweep("cron").unwrap().timed_out, vec![r.id]);
+        assert!(pim.sweep("cron").unwrap().timed_out.is_empty());
+        assert_eq!(count_events(&pim, "activation.timeout"), 1);
+    }
+}
