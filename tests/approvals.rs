@@ -89,15 +89,20 @@ fn request(w: &World, role: &str, extra: &[&str]) -> i64 {
     r["id"].as_i64().unwrap()
 }
 
-/// Run pim `offset` seconds in the future (under faketime).
-fn later(w: &World, offset: i64, args: &[&str]) -> support::Run {
-    std::process::Command::new("faketime")
-        .args(["-f", &format!("{offset:+}s"), support::bin()])
-        .args(args)
-        .env("PIM_DB", &w.env.db)
-        .output()
-        .unwrap()
-        .into()
+/// Give `who` a permanent active role with the `approve` permission over `scope`.
+fn make_approver(w: &World, who: &str, scope: &str) {
+    let args = [
+        "assign",
+        who,
+        "approver",
+        "--active",
+        "--scope",
+        scope,
+        "--permanent",
+        "-j",
+        "lead",
+    ];
+    w.env.as_("admin", &args).expect(0);
 }
 
 fn decide(w: &World, who: &str, secret: &str, verb: &str, id: i64, offset: i64) -> support::Run {
@@ -211,22 +216,7 @@ fn holders_of_approve_decide_where_a_role_names_no_approvers() {
     let id = request(&w, "db-admin", &[]);
     // Carol is not an approver until she holds a role with `approve` over /prod.
     decide(&w, "carol", &w.carol, "approve", id, 0).expect(3);
-    w.env
-        .as_(
-            "admin",
-            &[
-                "assign",
-                "carol",
-                "approver",
-                "--active",
-                "--scope",
-                "/prod",
-                "--permanent",
-                "-j",
-                "lead",
-            ],
-        )
-        .expect(0);
+    make_approver(&w, "carol", "/prod");
     let r = decide(&w, "carol", &w.carol, "approve", id, 30)
         .expect(0)
         .json();
@@ -237,27 +227,12 @@ fn holders_of_approve_decide_where_a_role_names_no_approvers() {
 fn the_window_starts_at_approval() {
     let w = world();
     let id = request(&w, "db-admin", &["--duration", "1h"]);
-    w.env
-        .as_(
-            "admin",
-            &[
-                "assign",
-                "carol",
-                "approver",
-                "--active",
-                "--permanent",
-                "-j",
-                "lead",
-            ],
-        )
-        .expect(0);
+    make_approver(&w, "carol", "/");
     // Approve 20 minutes later (under faketime): the hour runs from then.
     let code = oathtool(&w.carol, 20 * 60);
-    let out: support::Run = std::process::Command::new("faketime")
-        .args([
-            "-f",
-            "+20m",
-            support::bin(),
+    let out = w.env.at(
+        "+20m",
+        &[
             "--as",
             "carol",
             "approve",
@@ -265,11 +240,8 @@ fn the_window_starts_at_approval() {
             "--code",
             &code,
             "--json",
-        ])
-        .env("PIM_DB", &w.env.db)
-        .output()
-        .unwrap()
-        .into();
+        ],
+    );
     let r = out.expect(0).json();
     let start = chrono::DateTime::parse_from_rfc3339(r["start"].as_str().unwrap()).unwrap();
     let end = chrono::DateTime::parse_from_rfc3339(r["end"].as_str().unwrap()).unwrap();
@@ -284,15 +256,7 @@ fn the_window_starts_at_approval() {
 fn pending_requests_time_out_when_read_and_sweep_records_it() {
     let w = world();
     let id = request(&w, "prod-root", &[]);
-    let later = |args: &[&str]| -> support::Run {
-        std::process::Command::new("faketime")
-            .args(["-f", "+61m", support::bin()])
-            .args(args)
-            .env("PIM_DB", &w.env.db)
-            .output()
-            .unwrap()
-            .into()
-    };
+    let later = |args: &[&str]| w.env.at("+61m", args);
     let r = later(&["request", "show", &id.to_string(), "--json"])
         .expect(0)
         .json();
@@ -409,25 +373,26 @@ fn cancel_extend_and_revoke() {
         .expect(3);
     // A fresh code: one step later than the last one bob used, 30 s from now.
     let code = oathtool(&w.bob, 60);
-    let ext = later(
-        &w,
-        30,
-        &[
-            "--as",
-            "bob",
-            "extend",
-            "plain",
-            "--duration",
-            "3h",
-            "-j",
-            "more",
-            "--code",
-            &code,
-            "--json",
-        ],
-    )
-    .expect(0)
-    .json();
+    let ext = w
+        .env
+        .at(
+            "+30s",
+            &[
+                "--as",
+                "bob",
+                "extend",
+                "plain",
+                "--duration",
+                "3h",
+                "-j",
+                "more",
+                "--code",
+                &code,
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
     assert_eq!(ext["extends"], plain_id);
     let shown = w
         .env
@@ -515,34 +480,8 @@ fn two_approvers_racing_give_one_outcome() {
     for round in 0..8 {
         let w = world();
         // db-admin: one approval from a holder of `approve`.
-        w.env
-            .as_(
-                "admin",
-                &[
-                    "assign",
-                    "carol",
-                    "approver",
-                    "--active",
-                    "--permanent",
-                    "-j",
-                    "lead",
-                ],
-            )
-            .expect(0);
-        w.env
-            .as_(
-                "admin",
-                &[
-                    "assign",
-                    "dave",
-                    "approver",
-                    "--active",
-                    "--permanent",
-                    "-j",
-                    "lead",
-                ],
-            )
-            .expect(0);
+        make_approver(&w, "carol", "/");
+        make_approver(&w, "dave", "/");
         let id = request(&w, "db-admin", &[]);
         let verbs = if round % 2 == 0 {
             ["approve", "deny"]

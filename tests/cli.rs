@@ -827,9 +827,6 @@ fn scheduled_activation_and_removal_of_eligibility() {
 
 #[test]
 fn expiry_under_faketime_needs_no_sweep_and_sweep_records_it_once() {
-    if !have("faketime") {
-        panic!("faketime is needed by the tests (apt-get install faketime)");
-    }
     let (env, bob) = with_eligible_bob();
     env.as_(
         "bob",
@@ -849,14 +846,7 @@ fn expiry_under_faketime_needs_no_sweep_and_sweep_records_it_once() {
     .expect(0);
     env.run(&["check", "bob", "db-admin", "--scope", "/prod"])
         .expect(0);
-    let later = |args: &[&str]| -> support::Run {
-        let mut c = std::process::Command::new("faketime");
-        c.args(["-f", "+31m", support::bin()])
-            .args(args)
-            .env("PIM_DB", &env.db)
-            .env_remove("PIM_USER");
-        c.output().unwrap().into()
-    };
+    let later = |args: &[&str]| env.at("+31m", args);
     later(&["check", "bob", "db-admin", "--scope", "/prod"]).expect(1);
     let status = later(&["--as", "bob", "status", "--json"]).expect(0).json();
     assert_eq!(status["active"].as_array().unwrap().len(), 0);

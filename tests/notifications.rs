@@ -313,14 +313,7 @@ fn a_receiver_that_is_down_never_blocks_the_change_and_is_retried_then_given_up(
     assert_eq!(outbox[0]["attempts"], 1);
     assert!(outbox[0]["last_error"].as_str().unwrap().len() > 3);
     // sweep retries with backoff (60 s, 120 s, 240 s, 480 s) and gives up after the fifth try.
-    let sweep_at = |offset: &str| -> support::Run {
-        std::process::Command::new("faketime")
-            .args(["-f", offset, support::bin(), "sweep", "--json"])
-            .env("PIM_DB", &env.db)
-            .output()
-            .unwrap()
-            .into()
-    };
+    let sweep_at = |offset: &str| env.at(offset, &["sweep", "--json"]);
     let early = sweep_at("+30s").expect(0).json();
     assert_eq!(
         early["notifications"]["retrying"],
@@ -370,15 +363,7 @@ fn sweep_reminds_of_expiring_assignments_once() {
     )
     .expect(0);
     assert_eq!(next(&hooks)["event"], "assignment.add");
-    let sweep_at = |offset: &str| -> serde_json::Value {
-        let r: support::Run = std::process::Command::new("faketime")
-            .args(["-f", offset, support::bin(), "sweep", "--json"])
-            .env("PIM_DB", &env.db)
-            .output()
-            .unwrap()
-            .into();
-        r.expect(0).json()
-    };
+    let sweep_at = |offset: &str| env.at(offset, &["sweep", "--json"]).expect(0).json();
     assert_eq!(sweep_at("+5d")["reminded"], serde_json::json!([]));
     assert_eq!(sweep_at("+7d")["reminded"].as_array().unwrap().len(), 1);
     let first = next(&hooks);

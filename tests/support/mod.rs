@@ -120,6 +120,18 @@ impl Env {
         r.json()["secret"].as_str().unwrap().to_string()
     }
 
+    /// Run pim with the clock moved by `offset` (faketime syntax: `+31m`, `+20d`, `+90s`).
+    pub fn at(&self, offset: &str, args: &[&str]) -> Run {
+        Command::new("faketime")
+            .args(["-f", offset, bin()])
+            .args(args)
+            .env("PIM_DB", &self.db)
+            .env_remove("PIM_USER")
+            .output()
+            .expect("faketime is needed by the tests (apt-get install faketime)")
+            .into()
+    }
+
     pub fn sql(&self, sql: &str) {
         let conn = rusqlite::Connection::open(&self.db).unwrap();
         conn.execute_batch(sql).unwrap();
