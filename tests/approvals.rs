@@ -525,3 +525,41 @@ fn two_approvers_racing_give_one_outcome() {
         w.env.run(&["audit", "verify"]).expect(0);
     }
 }
+
+#[test]
+fn an_extension_never_revives_an_ended_activation() {
+    let w = world();
+    let id = request(&w, "prod-root", &["--duration", "30m"]);
+    decide(&w, "carol", &w.carol, "approve", id, 0).expect(0);
+    decide(&w, "dave", &w.dave, "approve", id, 0).expect(0);
+    let ext = w
+        .env
+        .as_(
+            "bob",
+            &[
+                "extend",
+                "prod-root",
+                "--duration",
+                "2h",
+                "-j",
+                "longer",
+                "--code",
+                &oathtool(&w.bob, 30),
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let ext_id = ext["id"].as_i64().unwrap().to_string();
+    // 40 minutes later the activation has ended; approving the extension now is a conflict.
+    let carol = oathtool(&w.carol, 40 * 60);
+    w.env
+        .at(
+            "+40m",
+            &["--as", "carol", "approve", &ext_id, "--code", &carol],
+        )
+        .expect(5);
+    w.env
+        .at("+40m", &["check", "bob", "prod-root", "--scope", "/prod"])
+        .expect(1);
+}

@@ -160,6 +160,14 @@ impl Pim {
             let scope = Scope::parse(&r.scope)?;
             let justification = justification.map(str::trim).filter(|j| !j.is_empty());
             let ev = event(actor, action, &r).justification(justification);
+            if let Some(original) = r.extends {
+                // An extension only ever lengthens a running activation; it never revives one.
+                if load(tx, original, t)?.status != "active" {
+                    return Err(Error::Conflict(format!(
+                        "The activation that request {id} would extend has ended; ask for a new activation instead."
+                    )));
+                }
+            }
             if users::get(tx, &r.user)?.disabled {
                 return Err(Error::Conflict(format!(
                     "{} is disabled; request {id} can no longer be decided.",
