@@ -130,6 +130,44 @@ CREATE TABLE reminders (
     PRIMARY KEY (assignment_id, kind)
 );
 "#,
+    // 4: access reviews: each covers the assignments of a role as they stood when it started.
+    r#"
+CREATE TABLE reviews (
+    id               INTEGER PRIMARY KEY,
+    name             TEXT NOT NULL,
+    role             TEXT NOT NULL,
+    scope            TEXT NOT NULL,
+    self_review      INTEGER NOT NULL DEFAULT 0,
+    reviewers        TEXT NOT NULL,
+    default_decision TEXT NOT NULL CHECK (default_decision IN ('keep', 'remove', 'recommendation')),
+    recurrence       TEXT CHECK (recurrence IN ('weekly', 'monthly', 'quarterly', 'semiannual', 'annual')),
+    duration_secs    INTEGER NOT NULL,
+    created_by       TEXT NOT NULL,
+    created_at       INTEGER NOT NULL,
+    ends_at          INTEGER NOT NULL,
+    completed_at     INTEGER,
+    completed_by     TEXT,
+    next_started     INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE review_items (
+    id             INTEGER PRIMARY KEY,
+    review_id      INTEGER NOT NULL REFERENCES reviews(id),
+    assignment_id  INTEGER NOT NULL REFERENCES assignments(id),
+    user           TEXT NOT NULL,
+    role           TEXT NOT NULL,
+    scope          TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    recommendation TEXT NOT NULL CHECK (recommendation IN ('keep', 'remove')),
+    reason         TEXT NOT NULL,
+    decision       TEXT CHECK (decision IN ('keep', 'remove')),
+    reviewer       TEXT,
+    justification  TEXT,
+    decided_at     INTEGER,
+    applied        TEXT CHECK (applied IN ('keep', 'remove')),
+    result         TEXT,
+    UNIQUE (review_id, assignment_id)
+);
+"#,
 ];
 
 fn configure(conn: &Connection) -> Result<()> {

@@ -281,6 +281,8 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
             "expired_assignments": report.expired_assignments,
             "timed_out": report.timed_out,
             "reminded": report.reminded,
+            "reviews_completed": report.reviews_completed,
+            "reviews_started": report.reviews_started,
             "notifications": delivery,
         }))?;
     } else if !ctx.quiet {

@@ -9,6 +9,7 @@ mod init;
 mod output;
 mod policy;
 mod prompt;
+mod review;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -91,6 +92,9 @@ enum Command {
     /// Record expirations and starts in the audit log, time out stale requests, send
     /// reminders and retry notifications (safe to run from cron, any number of times)
     Sweep,
+    /// Access reviews: who still needs what
+    #[command(subcommand)]
+    Review(review::ReviewCommand),
     /// The notification outbox and its deliveries
     #[command(subcommand)]
     Notification(audit::NotificationCommand),
@@ -118,6 +122,7 @@ pub fn run() -> i32 {
             | Command::Extend(_)
             | Command::Revoke(_)
             | Command::User(_)
+            | Command::Review(_)
     );
     let result = match cli.command {
         Command::Init(args) => init::run(&ctx, args),
@@ -145,6 +150,7 @@ pub fn run() -> i32 {
         Command::Audit(cmd) => audit::run(&ctx, cmd),
         Command::Sweep => audit::run_sweep(&ctx),
         Command::Notification(cmd) => audit::run_notification(&ctx, cmd),
+        Command::Review(cmd) => review::run(&ctx, cmd),
     };
     if may_notify && result.is_ok() {
         deliver_after(&ctx);

@@ -9,6 +9,7 @@ mod assignments;
 mod invariants;
 mod notices;
 mod policy_ops;
+mod reviews;
 mod sweep;
 mod users;
 
@@ -16,6 +17,7 @@ pub use activation::{ActivationInput, Request, Status};
 pub use approvals::Decision;
 pub use assignments::{AssignInput, Assignment, AssignmentFilter, End};
 pub use policy_ops::{change_json as policy_change_json, PolicyApplied, RoleSummary};
+pub use reviews::{Review, ReviewInput, ReviewItem};
 pub use sweep::SweepReport;
 pub use users::{Enrollment, User};
 

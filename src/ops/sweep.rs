@@ -16,6 +16,8 @@ pub struct SweepReport {
     pub timed_out: Vec<i64>,
     /// Assignments whose holders were reminded that they end within 14 days or 1 day.
     pub reminded: Vec<i64>,
+    pub reviews_completed: Vec<i64>,
+    pub reviews_started: Vec<i64>,
 }
 
 impl Pim {
@@ -141,6 +143,9 @@ impl Pim {
                     }
                 }
             }
+            let (completed, started) = super::reviews::sweep_reviews(tx, policy, now, actor)?;
+            report.reviews_completed = completed;
+            report.reviews_started = started;
             Ok(report)
         })
     }

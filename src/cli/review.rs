@@ -1,0 +1,214 @@
+//! `pim review ...`: access reviews.
+
+use super::context::Ctx;
+use super::output::{json, out, table};
+use crate::audit::spreadsheet_safe;
+use crate::ops::{Review, ReviewInput};
+use crate::scope::Scope;
+use crate::time::parse_duration;
+use clap::Subcommand;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum ReviewCommand {
+    /// Start a review of every eligible and active assignment of ROLE at S and below
+    /// (permission `review`)
+    Create {
+        #[arg(long, value_name = "ROLE")]
+        role: String,
+        #[arg(long, default_value = "/", value_name = "S")]
+        scope: String,
+        /// Who decides (repeat for several)
+        #[arg(
+            long = "reviewer",
+            value_name = "U",
+            required_unless_present = "self_review"
+        )]
+        reviewers: Vec<String>,
+        /// Each user reviews their own access
+        #[arg(long = "self", conflicts_with = "reviewers")]
+        self_review: bool,
+        /// How long it stays open (default 14d)
+        #[arg(long, value_name = "D")]
+        duration: Option<String>,
+        /// What the undecided get when it completes
+        #[arg(long, default_value = "recommendation", value_parser = ["keep", "remove", "recommendation"])]
+        default: String,
+        /// Start it again on this schedule
+        #[arg(long, value_parser = ["weekly", "monthly", "quarterly", "semiannual", "annual"])]
+        every: Option<String>,
+        #[arg(long, value_name = "N")]
+        name: Option<String>,
+    },
+    /// Open and finished reviews with their progress
+    List,
+    /// One review: each assignment with its recommendation and decision
+    Show { id: i64 },
+    /// Decide keep or remove for USER's assignments in the review
+    Decide {
+        id: i64,
+        user: String,
+        #[arg(value_parser = ["keep", "remove"])]
+        decision: String,
+        #[arg(short = 'j', long, value_name = "J")]
+        justification: String,
+    },
+    /// Apply the decisions now (the creator, or a holder of `review`)
+    Complete { id: i64 },
+    /// The review's results as spreadsheet-safe CSV
+    Export {
+        id: i64,
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+fn show(ctx: &Ctx, r: &Review) -> anyhow::Result<()> {
+    if ctx.json {
+        return json(r);
+    }
+    out(&format!(
+        "Review {} \"{}\": {} at {}, {} ({} of {} decided), open until {}; default {}.",
+        r.id, r.name, r.role, r.scope, r.state, r.decided, r.total, r.end, r.default
+    ))?;
+    let mut t = table(&[
+        "user",
+        "scope",
+        "type",
+        "recommendation",
+        "why",
+        "decision",
+        "by",
+        "applied",
+        "result",
+    ]);
+    for i in &r.items {
+        t.add_row(vec![
+            i.user.clone(),
+            i.scope.clone(),
+            i.kind.clone(),
+            i.recommendation.clone(),
+            i.reason.clone(),
+            i.decision.clone().unwrap_or_default(),
+            i.reviewer.clone().unwrap_or_default(),
+            i.applied.clone().unwrap_or_default(),
+            i.result.clone().unwrap_or_default(),
+        ]);
+    }
+    out(&t.to_string())
+}
+
+pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
+    let (mut pim, actor) = ctx.open()?;
+    match cmd {
+        ReviewCommand::Create {
+            role,
+            scope,
+            reviewers,
+            self_review,
+            duration,
+            default,
+            every,
+            name,
+        } => {
+            let input = ReviewInput {
+                role,
+                scope: Scope::parse(&scope)?,
+                reviewers,
+                self_review,
+                duration: duration.as_deref().map(parse_duration).transpose()?,
+                default,
+                every,
+                name,
+            };
+            let r = pim.create_review(&actor, input)?;
+            show(ctx, &r)?;
+        }
+        ReviewCommand::List => {
+            let list = pim.reviews()?;
+            if ctx.json {
+                // Lists stay light: items are in `review show`.
+                let light: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({"id": r.id, "name": r.name, "role": r.role, "scope": r.scope,
+                            "state": r.state, "decided": r.decided, "total": r.total, "end": r.end, "every": r.every})
+                    })
+                    .collect();
+                return json(&light).map(|_| 0);
+            }
+            let mut t = table(&[
+                "id", "name", "role", "scope", "state", "progress", "ends", "every",
+            ]);
+            for r in &list {
+                t.add_row(vec![
+                    r.id.to_string(),
+                    r.name.clone(),
+                    r.role.clone(),
+                    r.scope.clone(),
+                    r.state.clone(),
+                    format!("{}/{}", r.decided, r.total),
+                    r.end.clone(),
+                    r.every.clone().unwrap_or_default(),
+                ]);
+            }
+            out(&t.to_string())?;
+        }
+        ReviewCommand::Show { id } => show(ctx, &pim.review(id)?)?,
+        ReviewCommand::Decide {
+            id,
+            user,
+            decision,
+            justification,
+        } => {
+            let r = pim.decide_review(&actor, id, &user, &decision, &justification)?;
+            show(ctx, &r)?;
+        }
+        ReviewCommand::Complete { id } => {
+            let r = pim.complete_review(&actor, id)?;
+            show(ctx, &r)?;
+        }
+        ReviewCommand::Export { id, output } => {
+            let r = pim.review(id)?;
+            let sink: Box<dyn Write> = match &output {
+                Some(path) => Box::new(std::fs::File::create(path)?),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let mut w = csv::Writer::from_writer(sink);
+            w.write_record([
+                "review",
+                "user",
+                "role",
+                "scope",
+                "type",
+                "recommendation",
+                "decision",
+                "reviewer",
+                "justification",
+                "decided_at",
+                "applied",
+                "result",
+            ])?;
+            for i in &r.items {
+                let cells = [
+                    r.id.to_string(),
+                    i.user.clone(),
+                    i.role.clone(),
+                    i.scope.clone(),
+                    i.kind.clone(),
+                    i.recommendation.clone(),
+                    i.decision.clone().unwrap_or_default(),
+                    i.reviewer.clone().unwrap_or_default(),
+                    i.justification.clone().unwrap_or_default(),
+                    i.decided_at.clone().unwrap_or_default(),
+                    i.applied.clone().unwrap_or_default(),
+                    i.result.clone().unwrap_or_default(),
+                ];
+                w.write_record(cells.iter().map(|c| spreadsheet_safe(c).into_owned()))?;
+            }
+            w.flush()?;
+        }
+    }
+    Ok(0)
+}

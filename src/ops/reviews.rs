@@ -1,0 +1,650 @@
+//! Access reviews: reviewers (or each user, in a self-review) decide keep or remove for every
+//! assignment of a role as it stood when the review started; completion applies the decisions
+//! and the review's default to the undecided. Recurring reviews start again on schedule.
+
+use super::assignments::unknown_role;
+use super::{
+    actor_user, has_permission, permission_error, refuse, users, would_orphan_protected, Pim,
+};
+use crate::audit::{self, Event};
+use crate::error::{Error, Result};
+use crate::notify::{enqueue, Notice};
+use crate::policy::Policy;
+use crate::scope::Scope;
+use crate::time::{from_unix, rfc3339};
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+/// An eligible assignment not activated in this long is recommended for removal.
+pub const UNUSED_DAYS: i64 = 30;
+
+#[derive(Debug, Clone)]
+pub struct ReviewInput {
+    pub role: String,
+    pub scope: Scope,
+    /// Named reviewers; empty with `self_review`.
+    pub reviewers: Vec<String>,
+    pub self_review: bool,
+    pub duration: Option<Duration>,
+    /// `keep`, `remove` or `recommendation`.
+    pub default: String,
+    /// `weekly`, `monthly`, `quarterly`, `semiannual` or `annual`.
+    pub every: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Review {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub scope: String,
+    pub reviewers: Vec<String>,
+    pub self_review: bool,
+    pub default: String,
+    pub every: Option<String>,
+    pub created_by: String,
+    pub start: String,
+    pub end: String,
+    /// `open`, `due` (its time is up, not yet completed) or `completed`.
+    pub state: String,
+    pub decided: i64,
+    pub total: i64,
+    pub items: Vec<ReviewItem>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewItem {
+    pub user: String,
+    pub role: String,
+    pub scope: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub recommendation: String,
+    pub reason: String,
+    pub decision: Option<String>,
+    pub reviewer: Option<String>,
+    pub justification: Option<String>,
+    pub decided_at: Option<String>,
+    pub applied: Option<String>,
+    pub result: Option<String>,
+}
+
+fn period(every: &str) -> Option<Duration> {
+    Some(match every {
+        "weekly" => Duration::days(7),
+        "monthly" => Duration::days(30),
+        "quarterly" => Duration::days(91),
+        "semiannual" => Duration::days(182),
+        "annual" => Duration::days(365),
+        _ => return None,
+    })
+}
+
+/// keep or remove, and why, for one assignment at `now`.
+fn recommend(
+    conn: &Connection,
+    user: &str,
+    role: &str,
+    kind: &str,
+    now: i64,
+) -> Result<(String, String)> {
+    let u = users::get(conn, user)?;
+    if u.disabled {
+        return Ok(("remove".into(), "the user is disabled".into()));
+    }
+    if kind == "active" {
+        return Ok((
+            "keep".into(),
+            "a direct active assignment (nothing to activate)".into(),
+        ));
+    }
+    let last: Option<i64> = conn.query_row(
+        "SELECT max(start_at) FROM requests WHERE user_id = ?1 AND role = ?2 \
+         AND status IN ('active', 'expired', 'deactivated', 'revoked') AND start_at <= ?3",
+        params![u.id, role, now],
+        |r| r.get(0),
+    )?;
+    Ok(match last {
+        Some(t) if t >= now - UNUSED_DAYS * 86_400 => (
+            "keep".into(),
+            format!("activated {} day(s) ago", (now - t) / 86_400),
+        ),
+        Some(t) => (
+            "remove".into(),
+            format!(
+                "not activated in {UNUSED_DAYS} days (last {} days ago)",
+                (now - t) / 86_400
+            ),
+        ),
+        None => (
+            "remove".into(),
+            format!("never activated (eligible, unused for {UNUSED_DAYS} days or more)"),
+        ),
+    })
+}
+
+fn load(conn: &Connection, id: i64, now: i64) -> Result<Review> {
+    let mut review = conn
+        .query_row(
+            "SELECT id, name, role, scope, reviewers, self_review, default_decision, recurrence, created_by, \
+             created_at, ends_at, completed_at FROM reviews WHERE id = ?1",
+            [id],
+            |r| {
+                let ends: i64 = r.get(10)?;
+                let completed: Option<i64> = r.get(11)?;
+                Ok(Review {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    role: r.get(2)?,
+                    scope: r.get(3)?,
+                    reviewers: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+                    self_review: r.get(5)?,
+                    default: r.get(6)?,
+                    every: r.get(7)?,
+                    created_by: r.get(8)?,
+                    start: rfc3339(from_unix(r.get(9)?)),
+                    end: rfc3339(from_unix(ends)),
+                    state: if completed.is_some() {
+                        "completed"
+                    } else if ends <= now {
+                        "due"
+                    } else {
+                        "open"
+                    }
+                    .to_string(),
+                    decided: 0,
+                    total: 0,
+                    items: Vec::new(),
+                })
+            },
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => {
+                Error::NotFound(format!("There is no review {id}. See `pim review list`."))
+            }
+            other => other.into(),
+        })?;
+    let mut stmt = conn.prepare(
+        "SELECT user, role, scope, kind, recommendation, reason, decision, reviewer, justification, decided_at, applied, result \
+         FROM review_items WHERE review_id = ?1 ORDER BY user, scope, kind",
+    )?;
+    review.items = stmt
+        .query_map([id], |r| {
+            Ok(ReviewItem {
+                user: r.get(0)?,
+                role: r.get(1)?,
+                scope: r.get(2)?,
+                kind: r.get(3)?,
+                recommendation: r.get(4)?,
+                reason: r.get(5)?,
+                decision: r.get(6)?,
+                reviewer: r.get(7)?,
+                justification: r.get(8)?,
+                decided_at: r.get::<_, Option<i64>>(9)?.map(|t| rfc3339(from_unix(t))),
+                applied: r.get(10)?,
+                result: r.get(11)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    review.total = review.items.len() as i64;
+    review.decided = review.items.iter().filter(|i| i.decision.is_some()).count() as i64;
+    Ok(review)
+}
+
+/// Create a review and its items (the role's assignments at `scope` and below, now).
+#[allow(clippy::too_many_arguments)]
+fn start_review(
+    conn: &Connection,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    actor: &str,
+    role: &str,
+    scope: &Scope,
+    reviewers: &[String],
+    self_review: bool,
+    duration: Duration,
+    default: &str,
+    every: Option<&str>,
+    name: &str,
+) -> Result<i64> {
+    let t = now.timestamp();
+    conn.execute(
+        "INSERT INTO reviews (name, role, scope, self_review, reviewers, default_decision, recurrence, duration_secs, \
+         created_by, created_at, ends_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![name, role, scope.as_str(), self_review, serde_json::to_string(reviewers).unwrap_or_default(),
+            default, every, duration.num_seconds(), actor, t, t + duration.num_seconds()],
+    )?;
+    let id = conn.last_insert_rowid();
+    let rows: Vec<(i64, String, String, String)> = {
+        let mut stmt = conn.prepare(
+            "SELECT a.id, u.name, a.scope, a.kind FROM assignments a JOIN users u ON u.id = a.user_id \
+             WHERE a.role = ?1 AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?2) ORDER BY u.name, a.scope",
+        )?;
+        let rows = stmt.query_map(params![role, t], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut people = Vec::new();
+    for (assignment, user, a_scope, kind) in rows {
+        if !Scope::parse(&a_scope).is_ok_and(|s| scope.covers(&s)) {
+            continue;
+        }
+        let (recommendation, reason) = recommend(conn, &user, role, &kind, t)?;
+        conn.execute(
+            "INSERT INTO review_items (review_id, assignment_id, user, role, scope, kind, recommendation, reason) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![id, assignment, user, role, a_scope, kind, recommendation, reason],
+        )?;
+        if !people.contains(&user) {
+            people.push(user);
+        }
+    }
+    let items: i64 = conn.query_row(
+        "SELECT count(*) FROM review_items WHERE review_id = ?1",
+        [id],
+        |r| r.get(0),
+    )?;
+    audit::append(
+        conn,
+        now,
+        Event::new(actor, "review.create")
+            .role(role)
+            .scope(scope.as_str())
+            .expires(Some(t + duration.num_seconds()))
+            .detail("review", id)
+            .detail("name", name)
+            .detail(
+                "reviewers",
+                if self_review {
+                    vec!["(self)".to_string()]
+                } else {
+                    reviewers.to_vec()
+                },
+            )
+            .detail("items", items)
+            .detail("default", default)
+            .detail("every", every.unwrap_or("")),
+    )?;
+    let to = if self_review {
+        people
+    } else {
+        reviewers.to_vec()
+    };
+    let text = format!(
+        "Access review {id} \"{name}\" of {role} at {scope} is open until {}: decide keep or remove with `pim review decide {id} USER keep|remove -j WHY`.",
+        rfc3339(from_unix(t + duration.num_seconds()))
+    );
+    enqueue(
+        conn,
+        policy,
+        now,
+        Notice::new("review.create", now, actor, text)
+            .role(role, scope.as_str())
+            .to(to),
+    )?;
+    Ok(id)
+}
+
+/// Apply a review: decisions, then the default for the undecided; the last holder of a
+/// protected role is kept.
+fn complete_review(
+    conn: &Connection,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    actor: &str,
+    id: i64,
+) -> Result<()> {
+    let t = now.timestamp();
+    let review = load(conn, id, t)?;
+    let items: Vec<(i64, i64, String, String, String, Option<String>)> = {
+        let mut stmt = conn.prepare(
+            "SELECT i.id, i.assignment_id, i.user, i.kind, i.recommendation, i.decision FROM review_items i \
+             WHERE i.review_id = ?1 ORDER BY i.id",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let (mut kept, mut removed, mut protected) = (0, 0, 0);
+    for (item, assignment, user, kind, recommendation, decision) in items {
+        let applied = match decision {
+            Some(d) => d,
+            None if review.default == "recommendation" => recommendation,
+            None => review.default.clone(),
+        };
+        let current: Option<(i64, Option<i64>, Option<i64>, String)> = conn
+            .query_row(
+                "SELECT user_id, removed_at, end_at, scope FROM assignments WHERE id = ?1",
+                [assignment],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .ok();
+        let result = match current {
+            None => "the assignment no longer exists".to_string(),
+            Some((_, Some(_), _, _)) => "already removed".to_string(),
+            Some((_, _, Some(end), _)) if end <= t => "already ended".to_string(),
+            Some(_) if applied == "keep" => {
+                kept += 1;
+                "kept".to_string()
+            }
+            Some((user_id, _, _, scope)) => {
+                let role = policy.roles.get(&review.role);
+                if role.is_some_and(|r| r.protected)
+                    && would_orphan_protected(conn, &review.role, user_id, Some(assignment), t)?
+                {
+                    protected += 1;
+                    format!(
+                        "kept: {user} is the last holder of the protected role {}",
+                        review.role
+                    )
+                } else {
+                    conn.execute(
+                        "UPDATE assignments SET removed_at = ?1, removed_by = ?2 WHERE id = ?3",
+                        params![t, actor, assignment],
+                    )?;
+                    audit::append(
+                        conn,
+                        now,
+                        Event::new(actor, "assignment.remove")
+                            .principal(&user)
+                            .role(&review.role)
+                            .scope(&scope)
+                            .detail("type", kind.clone())
+                            .detail("assignment", assignment)
+                            .detail("review", id),
+                    )?;
+                    super::activation::end_activations(
+                        conn,
+                        policy,
+                        now,
+                        actor,
+                        "eligibility_id = ?1",
+                        assignment,
+                        "revoked",
+                        "activation.revoke",
+                        "removed by an access review",
+                    )?;
+                    removed += 1;
+                    "removed".to_string()
+                }
+            }
+        };
+        conn.execute(
+            "UPDATE review_items SET applied = ?1, result = ?2 WHERE id = ?3",
+            params![applied, result, item],
+        )?;
+    }
+    conn.execute(
+        "UPDATE reviews SET completed_at = ?1, completed_by = ?2 WHERE id = ?3",
+        params![t, actor, id],
+    )?;
+    audit::append(
+        conn,
+        now,
+        Event::new(actor, "review.complete")
+            .role(&review.role)
+            .scope(&review.scope)
+            .detail("review", id)
+            .detail("kept", kept)
+            .detail("removed", removed)
+            .detail("kept_as_last_protected_holder", protected)
+            .detail("decided", review.decided)
+            .detail("total", review.total),
+    )?;
+    Ok(())
+}
+
+/// Complete reviews whose time is up and start the next of recurring ones (for `sweep`).
+pub(crate) fn sweep_reviews(
+    conn: &Connection,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<(Vec<i64>, Vec<i64>)> {
+    let t = now.timestamp();
+    let due: Vec<i64> = {
+        let mut stmt = conn.prepare(
+            "SELECT id FROM reviews WHERE completed_at IS NULL AND ends_at <= ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([t], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for id in &due {
+        complete_review(conn, policy, now, actor, *id)?;
+    }
+    type Recurring = (
+        i64,
+        String,
+        String,
+        String,
+        String,
+        bool,
+        String,
+        i64,
+        String,
+        i64,
+    );
+    let recurring: Vec<Recurring> = {
+        let mut stmt = conn.prepare(
+            "SELECT id, name, role, scope, reviewers, self_review, default_decision, duration_secs, recurrence, created_at \
+             FROM reviews WHERE recurrence IS NOT NULL AND next_started = 0 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+            ))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut started = Vec::new();
+    for (id, name, role, scope, reviewers, self_review, default, duration, every, created) in
+        recurring
+    {
+        let Some(p) = period(&every) else { continue };
+        if t < created + p.num_seconds() || !policy.roles.contains_key(&role) {
+            continue;
+        }
+        conn.execute("UPDATE reviews SET next_started = 1 WHERE id = ?1", [id])?;
+        let reviewers: Vec<String> = serde_json::from_str(&reviewers).unwrap_or_default();
+        let next = start_review(
+            conn,
+            policy,
+            now,
+            actor,
+            &role,
+            &Scope::parse(&scope)?,
+            &reviewers,
+            self_review,
+            Duration::seconds(duration),
+            &default,
+            Some(&every),
+            &name,
+        )?;
+        started.push(next);
+    }
+    Ok((due, started))
+}
+
+impl Pim {
+    /// Start an access review (permission `review` over the scope).
+    pub fn create_review(&mut self, actor: &str, input: ReviewInput) -> Result<Review> {
+        self.write(|tx, now, policy| {
+            let me = actor_user(tx, actor)?;
+            let role = policy
+                .role(&input.role)
+                .ok_or_else(|| unknown_role(&input.role))?;
+            let t = now.timestamp();
+            if !has_permission(tx, policy, &me, "review", &input.scope, t)? {
+                return refuse(
+                    tx,
+                    now,
+                    Event::new(actor, "review.create")
+                        .role(&role.key)
+                        .scope(input.scope.as_str()),
+                    permission_error("review", &input.scope),
+                );
+            }
+            if input.self_review != input.reviewers.is_empty() {
+                return Err(Error::Usage(
+                    "Name the reviewers with --reviewer, or give --self (not both).".to_string(),
+                ));
+            }
+            for r in &input.reviewers {
+                users::get(tx, r)?;
+            }
+            if !["keep", "remove", "recommendation"].contains(&input.default.as_str()) {
+                return Err(Error::Usage(
+                    "--default is keep, remove or recommendation.".to_string(),
+                ));
+            }
+            if let Some(e) = &input.every {
+                if period(e).is_none() {
+                    return Err(Error::Usage(
+                        "--every is weekly, monthly, quarterly, semiannual or annual.".to_string(),
+                    ));
+                }
+            }
+            let duration = input.duration.unwrap_or(Duration::days(14));
+            let name = input.name.clone().unwrap_or_else(|| {
+                format!(
+                    "{} review of {} at {}",
+                    input.every.as_deref().unwrap_or("one-off"),
+                    role.key,
+                    input.scope
+                )
+            });
+            let id = start_review(
+                tx,
+                policy,
+                now,
+                actor,
+                &role.key,
+                &input.scope,
+                &input.reviewers,
+                input.self_review,
+                duration,
+                &input.default,
+                input.every.as_deref(),
+                &name,
+            )?;
+            load(tx, id, t)
+        })
+    }
+
+    pub fn review(&self, id: i64) -> Result<Review> {
+        load(&self.conn, id, self.now().timestamp())
+    }
+
+    pub fn reviews(&self) -> Result<Vec<Review>> {
+        let ids: Vec<i64> = {
+            let mut stmt = self.conn.prepare("SELECT id FROM reviews ORDER BY id")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let now = self.now().timestamp();
+        ids.into_iter()
+            .map(|id| load(&self.conn, id, now))
+            .collect()
+    }
+
+    /// Decide keep or remove for USER's assignments in a review: a named reviewer, or in a
+    /// self-review the user themself. A decision can change until the review completes.
+    pub fn decide_review(
+        &mut self,
+        actor: &str,
+        id: i64,
+        user: &str,
+        decision: &str,
+        justification: &str,
+    ) -> Result<Review> {
+        self.write(|tx, now, _| {
+            actor_user(tx, actor)?;
+            let t = now.timestamp();
+            let review = load(tx, id, t)?;
+            let event = Event::new(actor, "review.decide")
+                .principal(user)
+                .role(&review.role)
+                .scope(&review.scope)
+                .justification(Some(justification))
+                .detail("review", id)
+                .detail("decision", decision);
+            if review.state == "completed" {
+                return Err(Error::Conflict(format!("Review {id} is completed; its decisions are final.")));
+            }
+            if !["keep", "remove"].contains(&decision) {
+                return Err(Error::Usage("Decide keep or remove.".to_string()));
+            }
+            if justification.trim().is_empty() {
+                return Err(Error::Usage("A review decision needs a reason. Pass -j/--justification.".to_string()));
+            }
+            let allowed = if review.self_review { actor == user } else { review.reviewers.iter().any(|r| r == actor) };
+            if !allowed {
+                let why = if review.self_review {
+                    "In a self-review each user decides only about their own access.".to_string()
+                } else {
+                    format!("Only the review's reviewers ({}) decide in review {id}.", review.reviewers.join(", "))
+                };
+                return refuse(tx, now, event, Error::Refused(why));
+            }
+            let changed = tx.execute(
+                "UPDATE review_items SET decision = ?1, reviewer = ?2, justification = ?3, decided_at = ?4 \
+                 WHERE review_id = ?5 AND user = ?6",
+                params![decision, actor, justification.trim(), t, id, user],
+            )?;
+            if changed == 0 {
+                return Err(Error::NotFound(format!("Review {id} has no assignment of {user}. See `pim review show {id}`.")));
+            }
+            audit::append(tx, now, event)?;
+            load(tx, id, t)
+        })
+    }
+
+    /// Apply a review now (its creator, or a holder of `review` over its scope).
+    pub fn complete_review(&mut self, actor: &str, id: i64) -> Result<Review> {
+        self.write(|tx, now, policy| {
+            let me = actor_user(tx, actor)?;
+            let t = now.timestamp();
+            let review = load(tx, id, t)?;
+            if review.state == "completed" {
+                return Err(Error::Conflict(format!(
+                    "Review {id} is already completed."
+                )));
+            }
+            let scope = Scope::parse(&review.scope)?;
+            if review.created_by != actor && !has_permission(tx, policy, &me, "review", &scope, t)?
+            {
+                return refuse(
+                    tx,
+                    now,
+                    Event::new(actor, "review.complete")
+                        .role(&review.role)
+                        .scope(&review.scope)
+                        .detail("review", id),
+                    permission_error("review", &scope),
+                );
+            }
+            complete_review(tx, policy, now, actor, id)?;
+            load(tx, id, t)
+        })
+    }
+}

@@ -1,0 +1,411 @@
+//! Access reviews through the binary: recommendations, who decides, completion with the
+//! default, protection of the last holder, sweep and recurrence, and the CSV export.
+
+mod support;
+
+use support::{oathtool, Env};
+
+fn setup() -> Env {
+    let env = Env::new();
+    env.init();
+    for name in ["bob", "carol", "dave"] {
+        env.user(name);
+        env.as_(
+            "admin",
+            &["assign", name, "db-admin", "--scope", "/prod", "-j", "team"],
+        )
+        .expect(0);
+    }
+    env
+}
+
+#[test]
+fn a_quarterly_review_keeps_removes_and_applies_the_default() {
+    let env = setup();
+    // bob used the role recently; carol and dave never did.
+    let bob = env
+        .as_("admin", &["mfa", "enroll", "bob", "--json"])
+        .expect(0)
+        .json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.as_(
+        "bob",
+        &[
+            "activate",
+            "db-admin",
+            "--scope",
+            "/prod",
+            "-j",
+            "INC-1",
+            "--code",
+            &oathtool(&bob, 0),
+        ],
+    )
+    .expect(0);
+    let r = env
+        .as_(
+            "admin",
+            &[
+                "review",
+                "create",
+                "--role",
+                "db-admin",
+                "--reviewer",
+                "admin",
+                "--every",
+                "quarterly",
+                "--name",
+                "Q4 DBAs",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let id = r["id"].to_string();
+    let items = r["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    for key in [
+        "user",
+        "role",
+        "scope",
+        "type",
+        "recommendation",
+        "decision",
+        "reviewer",
+        "justification",
+    ] {
+        assert!(items[0].get(key).is_some(), "{key}");
+    }
+    let rec =
+        |user: &str| items.iter().find(|i| i["user"] == user).unwrap()["recommendation"].clone();
+    assert_eq!(rec("bob"), "keep");
+    assert_eq!(rec("carol"), "remove");
+    assert_eq!(rec("dave"), "remove");
+
+    // Only the named reviewer decides.
+    env.as_(
+        "carol",
+        &["review", "decide", &id, "carol", "keep", "-j", "I need it"],
+    )
+    .expect(3);
+    env.as_(
+        "admin",
+        &["review", "decide", &id, "bob", "keep", "-j", "on call"],
+    )
+    .expect(0);
+    env.as_(
+        "admin",
+        &[
+            "review",
+            "decide",
+            &id,
+            "carol",
+            "keep",
+            "-j",
+            "first thought",
+        ],
+    )
+    .expect(0);
+    // A decision can change until completion.
+    let changed = env
+        .as_(
+            "admin",
+            &[
+                "review",
+                "decide",
+                &id,
+                "carol",
+                "remove",
+                "-j",
+                "left the team",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    assert_eq!(changed["decided"], 2);
+    env.as_(
+        "admin",
+        &["review", "decide", &id, "ghost", "keep", "-j", "x"],
+    )
+    .expect(4);
+    let list = env.run(&["review", "list", "--json"]).expect(0).json();
+    assert_eq!(list[0]["decided"], 2);
+    assert_eq!(list[0]["total"], 3);
+
+    let done = env
+        .as_("admin", &["review", "complete", &id, "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(done["state"], "completed");
+    let result = |user: &str| {
+        done["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["user"] == user)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(result("bob")["result"], "kept");
+    assert_eq!(result("carol")["result"], "removed");
+    assert_eq!(result("dave")["applied"], "remove");
+    assert_eq!(result("dave")["result"], "removed");
+    env.as_("admin", &["review", "complete", &id]).expect(5);
+    env.as_(
+        "admin",
+        &["review", "decide", &id, "bob", "remove", "-j", "late"],
+    )
+    .expect(5);
+    let left = env
+        .run(&[
+            "assignment",
+            "list",
+            "--role",
+            "db-admin",
+            "--eligible",
+            "--json",
+        ])
+        .expect(0)
+        .json();
+    let users: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, vec!["bob"]);
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'review.decide' AND result = 'ok'"
+        ),
+        3
+    );
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'review.decide' AND result != 'ok'"
+        ),
+        1,
+        "the refused decision is on record"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE action = 'review.complete'"),
+        1
+    );
+
+    // The export reads back with the csv crate.
+    env.as_(
+        "admin",
+        &["review", "export", &id, "--output", "review.csv"],
+    )
+    .expect(0);
+    let mut reader = csv::Reader::from_path(env.path("review.csv")).unwrap();
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(header.join(","), "review,user,role,scope,type,recommendation,decision,reviewer,justification,decided_at,applied,result");
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 3);
+    let carol = rows.iter().find(|r| &r[1] == "carol").unwrap();
+    assert_eq!(&carol[6], "remove");
+    assert_eq!(&carol[8], "left the team");
+    assert_eq!(&carol[11], "removed");
+}
+
+#[test]
+fn self_reviews_let_each_user_decide_only_for_themselves() {
+    let env = setup();
+    let r = env
+        .as_(
+            "admin",
+            &[
+                "review",
+                "create",
+                "--role",
+                "db-admin",
+                "--self",
+                "--default",
+                "keep",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let id = r["id"].to_string();
+    env.as_(
+        "bob",
+        &[
+            "review",
+            "decide",
+            &id,
+            "bob",
+            "remove",
+            "-j",
+            "do not need it",
+        ],
+    )
+    .expect(0);
+    env.as_(
+        "bob",
+        &["review", "decide", &id, "carol", "remove", "-j", "nosy"],
+    )
+    .expect(3);
+    env.as_(
+        "admin",
+        &["review", "decide", &id, "carol", "remove", "-j", "admin"],
+    )
+    .expect(3);
+    // Only the creator or a holder of `review` completes it.
+    env.as_("bob", &["review", "complete", &id]).expect(3);
+    let done = env
+        .as_("admin", &["review", "complete", &id, "--json"])
+        .expect(0)
+        .json();
+    let removed: Vec<&str> = done["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["result"] == "removed")
+        .map(|i| i["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, vec!["bob"]);
+}
+
+#[test]
+fn creating_a_review_needs_the_review_permission_and_valid_reviewers() {
+    let env = setup();
+    env.as_("bob", &["review", "create", "--role", "db-admin", "--self"])
+        .expect(3);
+    env.as_("admin", &["review", "create", "--role", "nope", "--self"])
+        .expect(4);
+    env.as_(
+        "admin",
+        &[
+            "review",
+            "create",
+            "--role",
+            "db-admin",
+            "--reviewer",
+            "ghost",
+        ],
+    )
+    .expect(4);
+    env.as_("admin", &["review", "create", "--role", "db-admin"])
+        .expect(2);
+    env.as_(
+        "admin",
+        &[
+            "review", "create", "--role", "db-admin", "--self", "--every", "hourly",
+        ],
+    )
+    .expect(2);
+    env.run(&["review", "show", "99"]).expect(4);
+}
+
+#[test]
+fn the_last_protected_holder_is_kept_and_says_why() {
+    let env = setup();
+    let r = env
+        .as_(
+            "admin",
+            &[
+                "review",
+                "create",
+                "--role",
+                "global-admin",
+                "--reviewer",
+                "carol",
+                "--default",
+                "remove",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let id = r["id"].to_string();
+    let done = env
+        .as_("admin", &["review", "complete", &id, "--json"])
+        .expect(0)
+        .json();
+    let item = &done["items"][0];
+    assert_eq!(item["applied"], "remove");
+    assert!(
+        item["result"].as_str().unwrap().contains("last holder"),
+        "{item}"
+    );
+    env.run(&["check", "admin", "global-admin"]).expect(0);
+}
+
+#[test]
+fn a_disabled_user_is_recommended_for_removal() {
+    let env = setup();
+    env.as_("admin", &["user", "disable", "dave"]).expect(0);
+    let r = env
+        .as_(
+            "admin",
+            &[
+                "review",
+                "create",
+                "--role",
+                "db-admin",
+                "--reviewer",
+                "admin",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let dave = r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["user"] == "dave")
+        .unwrap()
+        .clone();
+    assert_eq!(dave["recommendation"], "remove");
+    assert_eq!(dave["reason"], "the user is disabled");
+}
+
+#[test]
+fn sweep_completes_due_reviews_and_starts_the_next_of_a_recurring_one() {
+    let env = setup();
+    let r = env
+        .as_(
+            "admin",
+            &[
+                "review",
+                "create",
+                "--role",
+                "db-admin",
+                "--reviewer",
+                "admin",
+                "--every",
+                "quarterly",
+                "--default",
+                "keep",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let id = r["id"].as_i64().unwrap();
+    let s = env.at("+10d", &["sweep", "--json"]).expect(0).json();
+    assert_eq!(s["reviews_completed"], serde_json::json!([]));
+    let s = env.at("+15d", &["sweep", "--json"]).expect(0).json();
+    assert_eq!(s["reviews_completed"], serde_json::json!([id]));
+    let s = env.at("+16d", &["sweep", "--json"]).expect(0).json();
+    assert_eq!(s["reviews_completed"], serde_json::json!([]));
+    let s = env.at("+92d", &["sweep", "--json"]).expect(0).json();
+    assert_eq!(s["reviews_started"].as_array().unwrap().len(), 1);
+    let s = env.at("+93d", &["sweep", "--json"]).expect(0).json();
+    assert_eq!(s["reviews_started"], serde_json::json!([]));
+    let list = env.run(&["review", "list", "--json"]).expect(0).json();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[1]["total"], 3);
+    env.run(&["audit", "verify"]).expect(0);
+}
