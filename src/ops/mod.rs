@@ -198,7 +198,10 @@ pub(crate) fn actor_user(conn: &Connection, name: &str) -> Result<User> {
 }
 
 /// Whether removing `user_id`'s holding (or all of a user's, when `assignment` is None)
-/// would leave a protected role with no active or permanently eligible holder.
+/// would leave a protected role without a lasting holder. The thing removed counts when it
+/// is an active assignment in effect or a permanent eligible one; what must remain is a
+/// *permanent* holder (active or eligible), because a time-bound one would leave the role
+/// orphaned the moment it expires.
 pub(crate) fn would_orphan_protected(
     conn: &Connection,
     role: &str,
@@ -206,46 +209,24 @@ pub(crate) fn would_orphan_protected(
     assignment: Option<i64>,
     now: i64,
 ) -> Result<bool> {
-    let holder = "a.role = ?1 AND a.removed_at IS NULL AND u.disabled = 0 AND a.start_at <= ?2 \
-         AND ((a.kind = 'active' AND (a.end_at IS NULL OR a.end_at > ?2)) \
-              OR (a.kind = 'eligible' AND a.end_at IS NULL))";
-    // Is the thing being removed a holder at all?
-    let is_holder: bool = match assignment {
-        Some(id) => conn.query_row(
-            &format!(
-                "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE {holder} AND a.id = ?3"
-            ),
-            params![role, now, id],
-            |r| r.get::<_, i64>(0),
-        )? > 0,
-        None => conn.query_row(
-            &format!(
-                "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE {holder} AND a.user_id = ?3"
-            ),
-            params![role, now, user_id],
-            |r| r.get::<_, i64>(0),
-        )? > 0,
+    let base = "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id \
+         WHERE a.role = ?1 AND a.removed_at IS NULL AND u.disabled = 0 AND a.start_at <= ?2";
+    let (this, others) = match assignment {
+        Some(_) => ("a.id = ?3", "a.id != ?3"),
+        None => ("a.user_id = ?3", "a.user_id != ?3"),
     };
+    let value = assignment.unwrap_or(user_id);
+    let count = |sql: String| -> Result<i64> {
+        Ok(conn.query_row(&sql, params![role, now, value], |r| r.get(0))?)
+    };
+    let is_holder = count(format!(
+        "{base} AND {this} AND ((a.kind = 'active' AND (a.end_at IS NULL OR a.end_at > ?2)) \
+         OR (a.kind = 'eligible' AND a.end_at IS NULL))"
+    ))? > 0;
     if !is_holder {
         return Ok(false);
     }
-    let others: i64 = match assignment {
-        Some(id) => conn.query_row(
-            &format!(
-                "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE {holder} AND a.id != ?3"
-            ),
-            params![role, now, id],
-            |r| r.get(0),
-        )?,
-        None => conn.query_row(
-            &format!(
-                "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE {holder} AND a.user_id != ?3"
-            ),
-            params![role, now, user_id],
-            |r| r.get(0),
-        )?,
-    };
-    Ok(others == 0)
+    Ok(count(format!("{base} AND {others} AND a.end_at IS NULL"))? == 0)
 }
 
 impl Pim {
