@@ -158,6 +158,32 @@ pub struct NotifyCommand {
     pub argv: Vec<String>,
 }
 
+/// Thresholds of `pim alerts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alerts {
+    /// More holders than this of one protected role is too many.
+    pub max_protected_holders: u32,
+    /// Fewer permanent holders of protected roles than this is too few break-glass accounts.
+    pub min_break_glass: u32,
+    /// Eligible and not activated for this long is unused.
+    pub unused_after: Duration,
+    /// More activations than this of one role by one user within `frequent_window`...
+    pub frequent_activations: u32,
+    pub frequent_window: Duration,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Alerts {
+            max_protected_holders: 5,
+            min_break_glass: 2,
+            unused_after: Duration::days(30),
+            frequent_activations: 10,
+            frequent_window: Duration::days(1),
+        }
+    }
+}
+
 /// A parsed, valid policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -165,6 +191,7 @@ pub struct Policy {
     pub defaults: Settings,
     pub roles: BTreeMap<String, Role>,
     pub notifications: Notifications,
+    pub alerts: Alerts,
 }
 
 /// A problem in a policy file, tied to its line.
@@ -210,6 +237,17 @@ struct RawPolicy {
     #[serde(default)]
     roles: BTreeMap<Spanned<String>, Spanned<RawEntry>>,
     notifications: Option<RawNotifications>,
+    alerts: Option<RawAlerts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    max_protected_holders: Option<Spanned<i64>>,
+    min_break_glass: Option<Spanned<i64>>,
+    unused_after: Option<Spanned<String>>,
+    frequent_activations: Option<Spanned<i64>>,
+    frequent_window: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -444,6 +482,65 @@ impl Parser<'_> {
 }
 
 impl Parser<'_> {
+    fn count(&mut self, key: &str, v: &Spanned<i64>, min: i64, max: i64) -> Option<u32> {
+        let n = *v.get_ref();
+        if (min..=max).contains(&n) {
+            Some(n as u32)
+        } else {
+            self.problem(
+                v.span(),
+                format!("alerts.{key} = {n} is out of range ({min}..={max})."),
+            );
+            None
+        }
+    }
+
+    fn alerts(&mut self, raw: &RawAlerts) -> Alerts {
+        let mut a = Alerts::default();
+        if let Some(n) = raw
+            .max_protected_holders
+            .as_ref()
+            .and_then(|v| self.count("max_protected_holders", v, 1, 1000))
+        {
+            a.max_protected_holders = n;
+        }
+        if let Some(n) = raw
+            .min_break_glass
+            .as_ref()
+            .and_then(|v| self.count("min_break_glass", v, 1, 100))
+        {
+            a.min_break_glass = n;
+        }
+        if let Some(n) = raw
+            .frequent_activations
+            .as_ref()
+            .and_then(|v| self.count("frequent_activations", v, 1, 10_000))
+        {
+            a.frequent_activations = n;
+        }
+        if let Some(v) = &raw.unused_after {
+            if let Some(d) = self.duration(
+                "alerts.unused_after",
+                v,
+                Duration::days(1),
+                Duration::days(3650),
+            ) {
+                a.unused_after = d;
+            }
+        }
+        if let Some(v) = &raw.frequent_window {
+            if let Some(d) = self.duration(
+                "alerts.frequent_window",
+                v,
+                Duration::hours(1),
+                Duration::days(365),
+            ) {
+                a.frequent_window = d;
+            }
+        }
+        a
+    }
+
     fn notifications(&mut self, raw: &RawNotifications) -> Notifications {
         let mut out = Notifications::default();
         if let Some(smtp) = &raw.smtp {
@@ -660,6 +757,10 @@ impl Policy {
             Some(n) => p.notifications(n),
             None => Notifications::default(),
         };
+        let alerts = match &raw.alerts {
+            Some(a) => p.alerts(a),
+            None => Alerts::default(),
+        };
 
         if p.problems.is_empty() {
             Ok(Policy {
@@ -667,6 +768,7 @@ impl Policy {
                 defaults,
                 roles,
                 notifications,
+                alerts,
             })
         } else {
             let mut problems = p.problems;
@@ -751,6 +853,25 @@ pub fn diff(old: Option<&Policy>, new: &Policy) -> Vec<RoleChange> {
         if !new.roles.contains_key(key) {
             out.push(RoleChange::Removed(key.clone()));
         }
+    }
+    let alerts_before = old.map(|p| p.alerts.clone()).unwrap_or_default();
+    if alerts_before != new.alerts {
+        let fields = |a: &Alerts| {
+            vec![
+                ("max_protected_holders", a.max_protected_holders.to_string()),
+                ("min_break_glass", a.min_break_glass.to_string()),
+                ("unused_after", policy_duration(a.unused_after)),
+                ("frequent_activations", a.frequent_activations.to_string()),
+                ("frequent_window", policy_duration(a.frequent_window)),
+            ]
+        };
+        let changes = fields(&alerts_before)
+            .into_iter()
+            .zip(fields(&new.alerts))
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|((k, a), (_, b))| (k.to_string(), a, b))
+            .collect();
+        out.push(RoleChange::Changed("[alerts]".to_string(), changes));
     }
     let before = old.map(|p| p.notifications.clone()).unwrap_or_default();
     if before != new.notifications {

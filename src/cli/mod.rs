@@ -95,6 +95,12 @@ enum Command {
     /// Access reviews: who still needs what
     #[command(subcommand)]
     Review(review::ReviewCommand),
+    /// Security alerts: protected-role holders, break-glass, MFA, standing and unused access
+    Alerts {
+        /// Exit 1 when any alert is at or above this severity
+        #[arg(long, value_parser = ["info", "warning", "critical"], value_name = "SEVERITY")]
+        fail_on: Option<String>,
+    },
     /// The notification outbox and its deliveries
     #[command(subcommand)]
     Notification(audit::NotificationCommand),
@@ -151,6 +157,7 @@ pub fn run() -> i32 {
         Command::Sweep => audit::run_sweep(&ctx),
         Command::Notification(cmd) => audit::run_notification(&ctx, cmd),
         Command::Review(cmd) => review::run(&ctx, cmd),
+        Command::Alerts { fail_on } => review::run_alerts(&ctx, fail_on),
     };
     if may_notify && result.is_ok() {
         deliver_after(&ctx);

@@ -212,3 +212,46 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
     }
     Ok(0)
 }
+
+pub fn run_alerts(ctx: &Ctx, fail_on: Option<String>) -> anyhow::Result<i32> {
+    let (pim, _) = ctx.open()?;
+    let alerts = pim.alerts()?;
+    if ctx.json {
+        json(&alerts)?;
+    } else if alerts.is_empty() {
+        out("No alerts.")?;
+    } else {
+        let mut t = table(&[
+            "severity",
+            "alert",
+            "concerns",
+            "what happened",
+            "what to do",
+        ]);
+        // Long sentences wrap within a readable width.
+        t.set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+            .set_width(140);
+        for a in &alerts {
+            let concerns = a
+                .roles
+                .iter()
+                .chain(a.users.iter())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            t.add_row(vec![
+                format!("{:?}", a.severity).to_lowercase(),
+                a.id.clone(),
+                concerns,
+                a.message.clone(),
+                a.remedy.clone(),
+            ]);
+        }
+        out(&t.to_string())?;
+    }
+    let threshold = fail_on.as_deref().and_then(crate::ops::Severity::parse);
+    Ok(match threshold {
+        Some(level) if alerts.iter().any(|a| a.severity >= level) => 1,
+        _ => 0,
+    })
+}

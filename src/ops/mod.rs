@@ -3,6 +3,7 @@
 //! name, a code the CLI read, the clock) and returns typed results or errors.
 
 mod activation;
+mod alerts;
 mod approvals;
 mod assignments;
 #[cfg(test)]
@@ -14,6 +15,7 @@ mod sweep;
 mod users;
 
 pub use activation::{ActivationInput, Request, Status};
+pub use alerts::{Alert, Severity};
 pub use approvals::Decision;
 pub use assignments::{AssignInput, Assignment, AssignmentFilter, End};
 pub use policy_ops::{change_json as policy_change_json, PolicyApplied, RoleSummary};
