@@ -648,3 +648,73 @@ impl Pim {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::{AssignInput, End};
+    use super::*;
+
+    fn eligible(pim: &mut Pim, user: &str) {
+        pim.add_user("admin", user, None, None).unwrap();
+        pim.assign(
+            "admin",
+            AssignInput {
+                user: user.into(),
+                role: "db-admin".into(),
+                scope: Scope::parse("/prod").unwrap(),
+                active: false,
+                start: None,
+                end: End::PolicyMax,
+                justification: Some("team".into()),
+                ticket: None,
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn reviews_expire_and_recur_under_the_injected_clock() {
+        let (mut pim, clock, _) = pim();
+        eligible(&mut pim, "bob");
+        eligible(&mut pim, "carol");
+        let review = pim
+            .create_review(
+                "admin",
+                ReviewInput {
+                    role: "Database Administrator".into(),
+                    scope: Scope::root(),
+                    reviewers: vec!["admin".into()],
+                    self_review: false,
+                    duration: None,
+                    default: "keep".into(),
+                    every: Some("monthly".into()),
+                    name: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(review.total, 2);
+        assert!(review.items.iter().all(|i| i.recommendation == "remove"), "never activated");
+        pim.decide_review("admin", review.id, "bob", "remove", "left").unwrap();
+        clock.advance(Duration::days(14) - Duration::seconds(1));
+        assert_eq!(pim.review(review.id).unwrap().state, "open");
+        assert!(pim.sweep("cron").unwrap().reviews_completed.is_empty());
+        clock.advance(Duration::seconds(1));
+        assert_eq!(pim.review(review.id).unwrap().state, "due");
+        assert_eq!(pim.sweep("cron").unwrap().reviews_completed, vec![review.id]);
+        let done = pim.review(review.id).unwrap();
+        let result = |u: &str| done.items.iter().find(|i| i.user == u).unwrap().result.clone().unwrap();
+        assert_eq!(result("bob"), "removed");
+        assert_eq!(result("carol"), "kept", "the default applies to the undecided");
+        // A month after it started, the next one starts, once, over what stands now.
+        clock.advance(Duration::days(16));
+        let started = pim.sweep("cron").unwrap().reviews_started;
+        assert_eq!(started.len(), 1);
+        assert!(pim.sweep("cron").unwrap().reviews_started.is_empty());
+        let next = pim.review(started[0]).unwrap();
+        assert_eq!(next.total, 1);
+        assert_eq!(next.items[0].user, "carol");
+        assert_eq!(count_events(&pim, "review.create"), 2);
+        assert!(crate::audit::verify(pim.conn()).unwrap().ok);
+    }
+}
