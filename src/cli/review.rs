@@ -68,8 +68,13 @@ fn show(ctx: &Ctx, r: &Review) -> anyhow::Result<()> {
     if ctx.json {
         return json(r);
     }
+    let window = if r.state == "completed" {
+        "ran until"
+    } else {
+        "open until"
+    };
     out(&format!(
-        "Review {} \"{}\": {} at {}, {} ({} of {} decided), open until {}; default {}.",
+        "Review {} \"{}\": {} at {}, {} ({} of {} decided), {window} {}; default {}.",
         r.id, r.name, r.role, r.scope, r.state, r.decided, r.total, r.end, r.default
     ))?;
     let mut t = table(&[

@@ -694,18 +694,37 @@ mod tests {
             )
             .unwrap();
         assert_eq!(review.total, 2);
-        assert!(review.items.iter().all(|i| i.recommendation == "remove"), "never activated");
-        pim.decide_review("admin", review.id, "bob", "remove", "left").unwrap();
+        assert!(
+            review.items.iter().all(|i| i.recommendation == "remove"),
+            "never activated"
+        );
+        pim.decide_review("admin", review.id, "bob", "remove", "left")
+            .unwrap();
         clock.advance(Duration::days(14) - Duration::seconds(1));
         assert_eq!(pim.review(review.id).unwrap().state, "open");
         assert!(pim.sweep("cron").unwrap().reviews_completed.is_empty());
         clock.advance(Duration::seconds(1));
         assert_eq!(pim.review(review.id).unwrap().state, "due");
-        assert_eq!(pim.sweep("cron").unwrap().reviews_completed, vec![review.id]);
+        assert_eq!(
+            pim.sweep("cron").unwrap().reviews_completed,
+            vec![review.id]
+        );
         let done = pim.review(review.id).unwrap();
-        let result = |u: &str| done.items.iter().find(|i| i.user == u).unwrap().result.clone().unwrap();
+        let result = |u: &str| {
+            done.items
+                .iter()
+                .find(|i| i.user == u)
+                .unwrap()
+                .result
+                .clone()
+                .unwrap()
+        };
         assert_eq!(result("bob"), "removed");
-        assert_eq!(result("carol"), "kept", "the default applies to the undecided");
+        assert_eq!(
+            result("carol"),
+            "kept",
+            "the default applies to the undecided"
+        );
         // A month after it started, the next one starts, once, over what stands now.
         clock.advance(Duration::days(16));
         let started = pim.sweep("cron").unwrap().reviews_started;
