@@ -249,6 +249,25 @@ fn events_reach_smtp_webhook_and_command_receivers() {
     assert_eq!(revoke["event"], "activation.revoke");
     assert_eq!(revoke["recipients"], serde_json::json!(["bob"]));
 
+    // review.create goes to the reviewers.
+    env.as_(
+        "admin",
+        &[
+            "review",
+            "create",
+            "--role",
+            "prod-root",
+            "--reviewer",
+            "carol",
+            "--reviewer",
+            "dave",
+        ],
+    )
+    .expect(0);
+    let review = next(&hooks);
+    assert_eq!(review["event"], "review.create");
+    assert_eq!(review["recipients"], serde_json::json!(["carol", "dave"]));
+
     // The command got the same JSON on stdin.
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
         .unwrap()
@@ -264,7 +283,8 @@ fn events_reach_smtp_webhook_and_command_receivers() {
             "activation.request",
             "activation.approve",
             "activation.start",
-            "activation.revoke"
+            "activation.revoke",
+            "review.create"
         ]
     );
     let outbox = env

@@ -409,3 +409,80 @@ fn sweep_completes_due_reviews_and_starts_the_next_of_a_recurring_one() {
     assert_eq!(list[1]["total"], 3);
     env.run(&["audit", "verify"]).expect(0);
 }
+
+#[test]
+fn a_removal_ends_the_activation_resting_on_it_and_the_export_is_spreadsheet_safe() {
+    let env = setup();
+    let carol = env
+        .as_("admin", &["mfa", "enroll", "carol", "--json"])
+        .expect(0)
+        .json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.as_(
+        "carol",
+        &[
+            "activate",
+            "db-admin",
+            "--scope",
+            "/prod",
+            "-j",
+            "INC-3",
+            "--code",
+            &oathtool(&carol, 0),
+        ],
+    )
+    .expect(0);
+    env.run(&["check", "carol", "db-admin", "--scope", "/prod"])
+        .expect(0);
+    let r = env
+        .as_(
+            "admin",
+            &[
+                "review",
+                "create",
+                "--role",
+                "db-admin",
+                "--reviewer",
+                "admin",
+                "--default",
+                "keep",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let id = r["id"].to_string();
+    env.as_(
+        "admin",
+        &[
+            "review",
+            "decide",
+            &id,
+            "carol",
+            "remove",
+            "-j",
+            "=HYPERLINK(\"http://x\")",
+        ],
+    )
+    .expect(0);
+    env.as_("admin", &["review", "complete", &id]).expect(0);
+    env.run(&["check", "carol", "db-admin", "--scope", "/prod"])
+        .expect(1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE action = 'activation.revoke'"),
+        1
+    );
+    let csv_text = env
+        .as_("admin", &["review", "export", &id])
+        .expect(0)
+        .stdout;
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let carol_row = reader
+        .records()
+        .map(Result::unwrap)
+        .find(|r| &r[1] == "carol")
+        .unwrap();
+    assert_eq!(&carol_row[8], "'=HYPERLINK(\"http://x\")");
+}
