@@ -168,6 +168,10 @@ CREATE TABLE review_items (
     UNIQUE (review_id, assignment_id)
 );
 "#,
+    // 5: service principals authenticate with a token; only its SHA-256 is kept.
+    r#"
+ALTER TABLE users ADD COLUMN token_hash TEXT;
+"#,
 ];
 
 fn configure(conn: &Connection) -> Result<()> {

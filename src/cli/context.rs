@@ -85,6 +85,20 @@ impl Ctx {
 
     /// Open the database (after settling who acts, so a refused --as changes nothing).
     pub fn open(&self) -> anyhow::Result<(Pim, String)> {
+        // A service authenticates with its token instead of an operating-system account.
+        if let Some(token) = std::env::var("PIM_TOKEN").ok().filter(|t| !t.is_empty()) {
+            if self.as_user.is_some() {
+                return Err(Error::Usage(
+                    "PIM_TOKEN and --as (or PIM_USER) cannot be used together; a token names its service."
+                        .to_string(),
+                )
+                .into());
+            }
+            let conn = store::open(&self.db)?;
+            let mut pim = Pim::new(conn, Arc::new(SystemClock));
+            let service = pim.authenticate_token(&token)?;
+            return Ok((pim, service));
+        }
         let actor = self.actor()?;
         let conn = store::open(&self.db)?;
         if self.verbose {

@@ -11,10 +11,20 @@ pub enum UserCommand {
     /// Add a user (permission `users`)
     Add {
         name: String,
-        #[arg(long, value_name = "E")]
+        #[arg(long, value_name = "E", conflicts_with = "service")]
         email: Option<String>,
         #[arg(long, value_name = "D")]
         display_name: Option<String>,
+        /// A service principal for CI: prints its token once
+        #[arg(long)]
+        service: bool,
+    },
+    /// Issue a new token for a service and void the old one (permission `users`)
+    Token {
+        name: String,
+        /// Required: says that the old token stops working
+        #[arg(long, required = true)]
+        rotate: bool,
     },
     /// List users
     List,
@@ -67,14 +77,40 @@ fn show_users(
     out(&t.to_string())
 }
 
+fn show_token(ctx: &Ctx, t: &crate::ops::ServiceToken) -> anyhow::Result<()> {
+    if ctx.json {
+        return json(t);
+    }
+    out(&t.token)?;
+    ctx.note(&format!(
+        "This is {}'s token; it is shown once and pim keeps only its hash. Give it to the pipeline as PIM_TOKEN.",
+        t.user
+    ));
+    Ok(())
+}
+
 pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> anyhow::Result<i32> {
     let (mut pim, actor) = ctx.open()?;
     let now = pim.now();
     match cmd {
         UserCommand::Add {
             name,
+            display_name,
+            service: true,
+            ..
+        } => {
+            let t = pim.add_service(&actor, &name, display_name.as_deref())?;
+            show_token(ctx, &t)?;
+        }
+        UserCommand::Token { name, rotate: _ } => {
+            let t = pim.rotate_token(&actor, &name)?;
+            show_token(ctx, &t)?;
+        }
+        UserCommand::Add {
+            name,
             email,
             display_name,
+            service: false,
         } => {
             let u = pim.add_user(&actor, &name, email.as_deref(), display_name.as_deref())?;
             if ctx.json {

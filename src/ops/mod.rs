@@ -21,7 +21,7 @@ pub use assignments::{AssignInput, Assignment, AssignmentFilter, End};
 pub use policy_ops::{change_json as policy_change_json, PolicyApplied, RoleSummary};
 pub use reviews::{Review, ReviewInput, ReviewItem};
 pub use sweep::SweepReport;
-pub use users::{Enrollment, User};
+pub use users::{Enrollment, ServiceToken, User};
 
 use crate::audit::{self, Event};
 use crate::clock::Clock;

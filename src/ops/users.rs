@@ -232,7 +232,132 @@ pub(crate) fn verify_code(
     Err(Error::Refused(message).recorded())
 }
 
+/// A new service token: `pim_<name>_<40 hex>`; the name lets pim find the hash to compare.
+fn new_token(name: &str) -> (String, String) {
+    let secret = hex::encode(mfa::new_secret());
+    let token = format!("pim_{name}_{secret}");
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    (token, hash)
+}
+
+/// Compare two equal-length strings without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A service principal and the token it was given (shown once).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceToken {
+    pub user: String,
+    pub token: String,
+}
+
 impl Pim {
+    /// Authenticate a process by its service token; returns the service's name. A wrong,
+    /// rotated or unknown token is refused and audited.
+    pub fn authenticate_token(&mut self, token: &str) -> Result<String> {
+        self.write(|tx, now, _| {
+            let name = token
+                .strip_prefix("pim_")
+                .and_then(|rest| rest.rsplit_once('_'))
+                .map(|(name, _)| name.to_string())
+                .unwrap_or_default();
+            let stored: Option<(Option<String>, bool, String)> = tx
+                .query_row(
+                    "SELECT token_hash, disabled, kind FROM users WHERE name = ?1",
+                    [&name],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+            let valid = matches!(&stored, Some((Some(h), _, kind)) if kind == "service" && constant_time_eq(h.as_bytes(), hash.as_bytes()));
+            if !valid {
+                let who = if name.is_empty() { "(unknown)" } else { name.as_str() };
+                return refuse(
+                    tx,
+                    now,
+                    Event::new(who, "token.fail").principal(who),
+                    Error::Refused(
+                        "PIM_TOKEN is not a valid service token (wrong, rotated or unknown). Ask an administrator for a new one (`pim user token NAME --rotate`)."
+                            .to_string(),
+                    ),
+                );
+            }
+            if stored.is_some_and(|(_, disabled, _)| disabled) {
+                return Err(Error::Refused(format!("The service '{name}' is disabled.")));
+            }
+            Ok(name)
+        })
+    }
+
+    /// Add a service principal (permission `users`) and return its token, shown once.
+    pub fn add_service(
+        &mut self,
+        actor: &str,
+        name: &str,
+        display_name: Option<&str>,
+    ) -> Result<ServiceToken> {
+        check_new_user(name, None)?;
+        if name.contains('_') {
+            return Err(Error::Usage(format!(
+                "'{name}': service names use letters, digits, '.' and '-' (no '_')."
+            )));
+        }
+        self.write(|tx, now, policy| {
+            let me = actor_user(tx, actor)?;
+            if !has_permission(tx, policy, &me, "users", &Scope::root(), now.timestamp())? {
+                return Err(permission_error("users", &Scope::root()));
+            }
+            let id = insert_user(tx, now, name, None, display_name)?;
+            let (token, hash) = new_token(name);
+            tx.execute(
+                "UPDATE users SET kind = 'service', token_hash = ?1 WHERE id = ?2",
+                params![hash, id],
+            )?;
+            audit::append(
+                tx,
+                now,
+                Event::new(actor, "user.add")
+                    .principal(name)
+                    .detail("kind", "service"),
+            )?;
+            Ok(ServiceToken {
+                user: name.to_string(),
+                token,
+            })
+        })
+    }
+
+    /// Issue a new token for a service and void the old one (permission `users`).
+    pub fn rotate_token(&mut self, actor: &str, name: &str) -> Result<ServiceToken> {
+        self.write(|tx, now, policy| {
+            let me = actor_user(tx, actor)?;
+            let user = get(tx, name)?;
+            if !has_permission(tx, policy, &me, "users", &Scope::root(), now.timestamp())? {
+                return Err(permission_error("users", &Scope::root()));
+            }
+            if user.kind != "service" {
+                return Err(Error::Usage(format!(
+                    "'{name}' is a person, not a service; people use TOTP, not tokens."
+                )));
+            }
+            let (token, hash) = new_token(name);
+            tx.execute(
+                "UPDATE users SET token_hash = ?1 WHERE id = ?2",
+                params![hash, user.id],
+            )?;
+            audit::append(
+                tx,
+                now,
+                Event::new(actor, "user.token.rotate").principal(name),
+            )?;
+            Ok(ServiceToken {
+                user: name.to_string(),
+                token,
+            })
+        })
+    }
+
     /// Create the database's first state: the policy, the administrator with an
     /// authenticator, and a permanent active assignment of every protected role.
     pub fn init(
