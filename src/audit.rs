@@ -178,12 +178,10 @@ const SELECT: &str = "SELECT seq, time, actor, action, principal, role, scope, r
 
 /// Append an event. Call it inside the transaction that makes the change.
 pub fn append(conn: &Connection, now: DateTime<Utc>, event: Event) -> Result<i64> {
+    // Cached statements: bulk operations append thousands of events in one transaction.
     let (last_seq, prev_hash): (i64, String) = conn
-        .query_row(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .or_else(|e| match e {
             rusqlite::Error::QueryReturnedNoRows => Ok((0, GENESIS.to_string())),
             other => Err(other),
@@ -206,28 +204,28 @@ pub fn append(conn: &Connection, now: DateTime<Utc>, event: Event) -> Result<i64
         hash: String::new(),
     };
     stored.hash = stored.compute_hash();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO audit_events (seq, time, actor, action, principal, role, scope, request, \
          justification, ticket, expires, result, details, prev_hash, hash) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        params![
-            stored.seq,
-            now.timestamp(),
-            stored.actor,
-            stored.action,
-            stored.principal,
-            stored.role,
-            stored.scope,
-            stored.request,
-            stored.justification,
-            stored.ticket,
-            event.expires,
-            stored.result,
-            stored.details,
-            stored.prev_hash,
-            stored.hash
-        ],
-    )?;
+    )?
+    .execute(params![
+        stored.seq,
+        now.timestamp(),
+        stored.actor,
+        stored.action,
+        stored.principal,
+        stored.role,
+        stored.scope,
+        stored.request,
+        stored.justification,
+        stored.ticket,
+        event.expires,
+        stored.result,
+        stored.details,
+        stored.prev_hash,
+        stored.hash
+    ])?;
     Ok(stored.seq)
 }
 

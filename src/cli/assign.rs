@@ -3,10 +3,12 @@
 use super::context::Ctx;
 use super::output::{json, out, table, unix, when};
 use super::prompt;
+use crate::error::Error;
 use crate::ops::{AssignInput, AssignmentFilter, End};
 use crate::scope::Scope;
 use crate::time::{parse_duration, parse_instant};
 use clap::{Args, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct AssignArgs {
@@ -50,6 +52,14 @@ pub struct UnassignArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AssignmentCommand {
+    /// Import assignments from CSV (user,role,scope,type,start,end,justification,ticket):
+    /// checked whole, then written in one transaction; rows already in place change nothing
+    Import {
+        file: PathBuf,
+        /// Check and count, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Assignments in effect or scheduled (activations show as active)
     List {
         #[arg(long, value_name = "U")]
@@ -134,15 +144,103 @@ pub fn run_unassign(ctx: &Ctx, a: UnassignArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+const IMPORT_HEADER: [&str; 8] = [
+    "user",
+    "role",
+    "scope",
+    "type",
+    "start",
+    "end",
+    "justification",
+    "ticket",
+];
+
+/// Read an import file; a malformed file is a usage error naming the line.
+fn read_import(path: &std::path::Path) -> anyhow::Result<Vec<crate::ops::ImportRow>> {
+    let bad =
+        |line: u64, why: String| Error::Usage(format!("{} line {line}: {why}", path.display()));
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| Error::Environment(format!("Cannot read {}: {e}.", path.display())))?;
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| bad(1, e.to_string()))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    if header != IMPORT_HEADER {
+        return Err(bad(1, format!("the header must be {}", IMPORT_HEADER.join(","))).into());
+    }
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map(|p| p.line()).unwrap_or(0);
+            bad(line, e.to_string())
+        })?;
+        let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
+        let f = |i: usize| record.get(i).unwrap_or_default().to_string();
+        rows.push(crate::ops::ImportRow {
+            line,
+            user: f(0),
+            role: f(1),
+            scope: f(2),
+            kind: f(3),
+            start: f(4),
+            end: f(5),
+            justification: f(6),
+            ticket: f(7),
+        });
+    }
+    Ok(rows)
+}
+
 pub fn run_assignment(ctx: &Ctx, cmd: AssignmentCommand) -> anyhow::Result<i32> {
-    let AssignmentCommand::List {
-        user,
-        role,
-        scope,
-        eligible,
-        active,
-        all,
-    } = cmd;
+    match cmd {
+        AssignmentCommand::Import { file, dry_run } => run_import(ctx, file, dry_run),
+        AssignmentCommand::List {
+            user,
+            role,
+            scope,
+            eligible,
+            active,
+            all,
+        } => list(ctx, user, role, scope, eligible, active, all),
+    }
+}
+
+fn run_import(ctx: &Ctx, file: PathBuf, dry_run: bool) -> anyhow::Result<i32> {
+    let rows = read_import(&file)?;
+    let (mut pim, actor) = ctx.open()?;
+    let summary = pim.import_assignments(&actor, &rows, dry_run)?;
+    if ctx.json {
+        json(&summary)?;
+    } else {
+        out(&format!(
+            "{} {} row(s): {} added, {} unchanged{}.",
+            if dry_run { "Checked" } else { "Imported" },
+            rows.len(),
+            summary.added,
+            summary.unchanged,
+            if dry_run {
+                " (dry run: nothing written)"
+            } else {
+                ""
+            }
+        ))?;
+    }
+    Ok(0)
+}
+
+fn list(
+    ctx: &Ctx,
+    user: Option<String>,
+    role: Option<String>,
+    scope: Option<String>,
+    eligible: bool,
+    active: bool,
+    all: bool,
+) -> anyhow::Result<i32> {
     let scope = scope.as_deref().map(Scope::parse).transpose()?;
     let (pim, _) = ctx.open()?;
     let kind = if eligible {

@@ -116,7 +116,7 @@ fn current(
     kind: &str,
     now: i64,
 ) -> Result<Option<Assignment>> {
-    let mut stmt = conn.prepare(&format!(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id \
          WHERE a.user_id = ?1 AND a.role = ?2 AND a.scope = ?3 AND a.kind = ?4 \
            AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?5) ORDER BY a.id LIMIT 1"
@@ -131,152 +131,7 @@ fn current(
 impl Pim {
     /// Make a user eligible for, or give them, a role at a scope (permission `assign`).
     pub fn assign(&mut self, actor: &str, input: AssignInput) -> Result<Assignment> {
-        self.write(|tx, now, policy| {
-            let me = actor_user(tx, actor)?;
-            let role = policy.role(&input.role).ok_or_else(|| unknown_role(&input.role))?;
-            let target = users::get(tx, &input.user)?;
-            let kind = if input.active { "active" } else { "eligible" };
-            let t = now.timestamp();
-            let event = Event::new(actor, "assignment.add")
-                .principal(&target.name)
-                .role(&role.key)
-                .scope(input.scope.as_str())
-                .justification(input.justification.as_deref())
-                .ticket(input.ticket.as_deref())
-                .detail("type", kind);
-            if !has_permission(tx, policy, &me, "assign", &input.scope, t)? {
-                return refuse(tx, now, event, permission_error("assign", &input.scope));
-            }
-            if target.kind == "service" && !input.active {
-                return refuse(
-                    tx,
-                    now,
-                    event,
-                    Error::Refused(format!(
-                        "'{}' is a service principal; services never activate, so give it an active assignment (--active).",
-                        target.name
-                    )),
-                );
-            }
-            let start = input.start.unwrap_or(now);
-            if start < now - Duration::minutes(1) {
-                return Err(Error::Usage(format!(
-                    "The start {} is in the past. Leave --start out to start now.",
-                    rfc3339(start)
-                )));
-            }
-            let start = start.max(now);
-            let limit = if input.active {
-                role.settings.max_active
-            } else {
-                role.settings.max_eligible
-            };
-            let setting = if input.active { "max_active" } else { "max_eligible" };
-            let end = match (input.end, limit) {
-                (End::PolicyMax, Limit::Permanent) | (End::Permanent, Limit::Permanent) => None,
-                (End::PolicyMax, Limit::Max(d)) => Some(start + d),
-                (End::Permanent, Limit::Max(d)) => {
-                    return refuse(
-                        tx,
-                        now,
-                        event,
-                        Error::Refused(format!(
-                            "{} cannot be assigned permanently ({setting} is {}). Give --duration or --until.",
-                            role.key,
-                            format_duration(d)
-                        )),
-                    );
-                }
-                (End::After(d), _) => Some(start + d),
-                (End::At(at), _) => Some(at),
-            };
-            if let Some(e) = end {
-                if e <= start {
-                    return Err(Error::Usage(format!(
-                        "The end {} is not after the start {}.",
-                        rfc3339(e),
-                        rfc3339(start)
-                    )));
-                }
-                if let Limit::Max(d) = limit {
-                    if e - start > d {
-                        return refuse(
-                            tx,
-                            now,
-                            event,
-                            Error::Refused(format!(
-                                "{} assignments of {} last at most {} ({setting}); ask for less.",
-                                kind,
-                                role.key,
-                                format_duration(d)
-                            )),
-                        );
-                    }
-                }
-            }
-            let justification = input.justification.as_deref().map(str::trim).filter(|j| !j.is_empty());
-            if role.settings.require_justification_on_assign && justification.is_none() {
-                return refuse(
-                    tx,
-                    now,
-                    event,
-                    Error::Refused(format!(
-                        "Assigning {} requires a justification. Pass --justification.",
-                        role.key
-                    )),
-                );
-            }
-            if let Some(existing) = current(tx, target.id, &role.key, input.scope.as_str(), kind, t)? {
-                return Err(Error::Conflict(format!(
-                    "{} already has an {} assignment of {} at {} ({}). Remove it first to change it.",
-                    target.name,
-                    kind,
-                    role.key,
-                    input.scope,
-                    existing.state
-                )));
-            }
-            tx.execute(
-                "INSERT INTO assignments (user_id, role, scope, kind, start_at, end_at, justification, ticket, created_by, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    target.id,
-                    role.key,
-                    input.scope.as_str(),
-                    kind,
-                    start.timestamp(),
-                    end.map(|e| e.timestamp()),
-                    justification,
-                    input.ticket,
-                    actor,
-                    t
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
-            audit::append(
-                tx,
-                now,
-                event
-                    .expires(end.map(|e| e.timestamp()))
-                    .detail("assignment", id)
-                    .detail("start", rfc3339(start)),
-            )?;
-            super::notices::assignment_added(
-                tx,
-                policy,
-                now,
-                actor,
-                &target.name,
-                &role.key,
-                input.scope.as_str(),
-                kind,
-                end.map(|e| e.timestamp()),
-            )?;
-            let mut stmt = tx.prepare(&format!(
-                "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.id = ?1"
-            ))?;
-            Ok(stmt.query_row([id], |r| from_row(r, t))?)
-        })
+        self.write(|tx, now, policy| assign_in(tx, now, policy, actor, &input))
     }
 
     /// Remove an assignment (permission `assign`), ending the activations that rest on it.
@@ -420,6 +275,166 @@ impl Pim {
         });
         Ok(out)
     }
+}
+
+/// The checks and the write of one assignment, inside the caller's transaction.
+pub(crate) fn assign_in(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    policy: &crate::policy::Policy,
+    actor: &str,
+    input: &AssignInput,
+) -> Result<Assignment> {
+    let me = actor_user(tx, actor)?;
+    let role = policy
+        .role(&input.role)
+        .ok_or_else(|| unknown_role(&input.role))?;
+    let target = users::get(tx, &input.user)?;
+    let kind = if input.active { "active" } else { "eligible" };
+    let t = now.timestamp();
+    let event = Event::new(actor, "assignment.add")
+        .principal(&target.name)
+        .role(&role.key)
+        .scope(input.scope.as_str())
+        .justification(input.justification.as_deref())
+        .ticket(input.ticket.as_deref())
+        .detail("type", kind);
+    if !has_permission(tx, policy, &me, "assign", &input.scope, t)? {
+        return refuse(tx, now, event, permission_error("assign", &input.scope));
+    }
+    if target.kind == "service" && !input.active {
+        return refuse(
+                tx,
+                now,
+                event,
+                Error::Refused(format!(
+                    "'{}' is a service principal; services never activate, so give it an active assignment (--active).",
+                    target.name
+                )),
+            );
+    }
+    let start = input.start.unwrap_or(now);
+    if start < now - Duration::minutes(1) {
+        return Err(Error::Usage(format!(
+            "The start {} is in the past. Leave --start out to start now.",
+            rfc3339(start)
+        )));
+    }
+    let start = start.max(now);
+    let limit = if input.active {
+        role.settings.max_active
+    } else {
+        role.settings.max_eligible
+    };
+    let setting = if input.active {
+        "max_active"
+    } else {
+        "max_eligible"
+    };
+    let end = match (input.end, limit) {
+        (End::PolicyMax, Limit::Permanent) | (End::Permanent, Limit::Permanent) => None,
+        (End::PolicyMax, Limit::Max(d)) => Some(start + d),
+        (End::Permanent, Limit::Max(d)) => {
+            return refuse(
+                    tx,
+                    now,
+                    event,
+                    Error::Refused(format!(
+                        "{} cannot be assigned permanently ({setting} is {}). Give --duration or --until.",
+                        role.key,
+                        format_duration(d)
+                    )),
+                );
+        }
+        (End::After(d), _) => Some(start + d),
+        (End::At(at), _) => Some(at),
+    };
+    if let Some(e) = end {
+        if e <= start {
+            return Err(Error::Usage(format!(
+                "The end {} is not after the start {}.",
+                rfc3339(e),
+                rfc3339(start)
+            )));
+        }
+        if let Limit::Max(d) = limit {
+            if e - start > d {
+                return refuse(
+                    tx,
+                    now,
+                    event,
+                    Error::Refused(format!(
+                        "{} assignments of {} last at most {} ({setting}); ask for less.",
+                        kind,
+                        role.key,
+                        format_duration(d)
+                    )),
+                );
+            }
+        }
+    }
+    let justification = input
+        .justification
+        .as_deref()
+        .map(str::trim)
+        .filter(|j| !j.is_empty());
+    if role.settings.require_justification_on_assign && justification.is_none() {
+        return refuse(
+            tx,
+            now,
+            event,
+            Error::Refused(format!(
+                "Assigning {} requires a justification. Pass --justification.",
+                role.key
+            )),
+        );
+    }
+    if let Some(existing) = current(tx, target.id, &role.key, input.scope.as_str(), kind, t)? {
+        return Err(Error::Conflict(format!(
+            "{} already has an {} assignment of {} at {} ({}). Remove it first to change it.",
+            target.name, kind, role.key, input.scope, existing.state
+        )));
+    }
+    tx.execute(
+            "INSERT INTO assignments (user_id, role, scope, kind, start_at, end_at, justification, ticket, created_by, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                target.id,
+                role.key,
+                input.scope.as_str(),
+                kind,
+                start.timestamp(),
+                end.map(|e| e.timestamp()),
+                justification,
+                input.ticket.as_deref(),
+                actor,
+                t
+            ],
+        )?;
+    let id = tx.last_insert_rowid();
+    audit::append(
+        tx,
+        now,
+        event
+            .expires(end.map(|e| e.timestamp()))
+            .detail("assignment", id)
+            .detail("start", rfc3339(start)),
+    )?;
+    super::notices::assignment_added(
+        tx,
+        policy,
+        now,
+        actor,
+        &target.name,
+        &role.key,
+        input.scope.as_str(),
+        kind,
+        end.map(|e| e.timestamp()),
+    )?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.id = ?1"
+    ))?;
+    Ok(stmt.query_row([id], |r| from_row(r, t))?)
 }
 
 pub(crate) fn unknown_role(role: &str) -> Error {

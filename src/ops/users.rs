@@ -67,11 +67,8 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
 
 pub(crate) fn find(conn: &Connection, name: &str) -> Result<Option<User>> {
     Ok(conn
-        .query_row(
-            &format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"),
-            [name],
-            user_from_row,
-        )
+        .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"))?
+        .query_row([name], user_from_row)
         .optional()?)
 }
 

@@ -1,0 +1,119 @@
+//! `pim assignment import`: checked whole, one transaction, idempotent, lines in errors.
+
+mod support;
+
+use support::Env;
+
+const HEADER: &str = "user,role,scope,type,start,end,justification,ticket\n";
+
+fn setup() -> Env {
+    let env = Env::new();
+    env.init();
+    for u in ["bob", "carol"] {
+        env.as_("admin", &["user", "add", u]).expect(0);
+    }
+    env.as_("admin", &["user", "add", "deploy-bot", "--service"])
+        .expect(0);
+    env
+}
+
+#[test]
+fn a_good_file_imports_once_and_again_changes_nothing() {
+    let env = setup();
+    let text = format!(
+        "{HEADER}bob,db-admin,/prod,eligible,,,on call,CHG-1\n\
+         carol,Database Administrator,,eligible,,90d,dba,\n\
+         deploy-bot,deployer,/prod,active,,permanent,ci,\n\
+         bob,security-reader,/,eligible,2099-01-01,permanent,audits,\n"
+    );
+    std::fs::write(env.path("a.csv"), text).unwrap();
+    let dry = env
+        .as_(
+            "admin",
+            &["assignment", "import", "a.csv", "--dry-run", "--json"],
+        )
+        .expect(0)
+        .json();
+    assert_eq!(dry["added"], 4);
+    assert_eq!(
+        env.count("SELECT count(*) FROM assignments WHERE user_id != 1"),
+        0,
+        "dry run writes nothing"
+    );
+    let first = env
+        .as_("admin", &["assignment", "import", "a.csv", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (first["added"].as_i64(), first["unchanged"].as_i64()),
+        (Some(4), Some(0))
+    );
+    let again = env
+        .as_("admin", &["assignment", "import", "a.csv", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (again["added"].as_i64(), again["unchanged"].as_i64()),
+        (Some(0), Some(4))
+    );
+    let carol = env
+        .run(&["assignment", "list", "--user", "carol", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(carol[0]["scope"], "/");
+    env.run(&["check", "deploy-bot", "deployer", "--scope", "/prod/x"])
+        .expect(0);
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'assignment.add' AND actor = 'admin'"
+        ),
+        4
+    );
+}
+
+#[test]
+fn every_bad_row_is_reported_with_its_line_and_nothing_changes() {
+    let env = setup();
+    let text = format!(
+        "{HEADER}bob,db-admin,/prod,eligible,,,on call,\n\
+         ghost,db-admin,/prod,eligible,,,x,\n\
+         bob,no-such-role,/,eligible,,,x,\n\
+         bob,db-admin,prod,eligible,,,x,\n\
+         bob,db-admin,/,sometimes,,,x,\n\
+         bob,db-admin,/x,eligible,,never,x,\n\
+         carol,db-admin,/,eligible,,,,\n\
+         deploy-bot,deployer,/,eligible,,,ci,\n"
+    );
+    std::fs::write(env.path("bad.csv"), text).unwrap();
+    let r = env
+        .as_("admin", &["assignment", "import", "bad.csv"])
+        .expect(2);
+    for line in 3..=9 {
+        assert!(
+            r.stderr.contains(&format!("line {line}:")),
+            "line {line} missing:\n{}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("line 2:"), "{}", r.stderr);
+    assert_eq!(
+        env.count("SELECT count(*) FROM assignments WHERE user_id != 1"),
+        0
+    );
+    // A wrong header is line 1.
+    std::fs::write(env.path("h.csv"), "user,role\nbob,db-admin\n").unwrap();
+    let r = env
+        .as_("admin", &["assignment", "import", "h.csv"])
+        .expect(2);
+    assert!(r.stderr.contains("line 1"), "{}", r.stderr);
+    // Without `assign`, nothing is imported.
+    std::fs::write(
+        env.path("ok.csv"),
+        format!("{HEADER}carol,db-admin,/,eligible,,,x,\n"),
+    )
+    .unwrap();
+    env.as_("bob", &["assignment", "import", "ok.csv"])
+        .expect(2);
+    env.as_("admin", &["assignment", "import", "missing.csv"])
+        .expect(1);
+}
