@@ -60,6 +60,18 @@ pub enum AssignmentCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Make the assignments what a TOML file declares: prints a plan (+ add, ~ change,
+    /// - remove), then applies it in one transaction
+    Apply {
+        file: PathBuf,
+        /// Print the plan, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Also remove current assignments the file does not name (never the last
+        /// permanent holder of a protected role)
+        #[arg(long)]
+        prune: bool,
+    },
     /// Assignments in effect or scheduled (activations show as active)
     List {
         #[arg(long, value_name = "U")]
@@ -198,6 +210,11 @@ fn read_import(path: &std::path::Path) -> anyhow::Result<Vec<crate::ops::ImportR
 pub fn run_assignment(ctx: &Ctx, cmd: AssignmentCommand) -> anyhow::Result<i32> {
     match cmd {
         AssignmentCommand::Import { file, dry_run } => run_import(ctx, file, dry_run),
+        AssignmentCommand::Apply {
+            file,
+            dry_run,
+            prune,
+        } => run_apply(ctx, file, dry_run, prune),
         AssignmentCommand::List {
             user,
             role,
@@ -207,6 +224,68 @@ pub fn run_assignment(ctx: &Ctx, cmd: AssignmentCommand) -> anyhow::Result<i32> 
             all,
         } => list(ctx, user, role, scope, eligible, active, all),
     }
+}
+
+fn run_apply(ctx: &Ctx, file: PathBuf, dry_run: bool, prune: bool) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| Error::Environment(format!("Cannot read {}: {e}.", file.display())))?;
+    let desired = crate::ops::parse_desired(&text).map_err(|e| match e {
+        Error::Usage(m) => Error::Usage(format!(
+            "{} is invalid:\n{}",
+            file.display(),
+            m.lines()
+                .map(|l| format!("{} {l}", file.display()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )),
+        other => other,
+    })?;
+    let (mut pim, actor) = ctx.open()?;
+    let plan = pim.apply_assignments(&actor, &desired, prune, dry_run)?;
+    if ctx.json {
+        return json(&plan).map(|_| 0);
+    }
+    let end = |e: &Option<Option<String>>| match e {
+        Some(Some(t)) => t.clone(),
+        Some(None) => "permanent".to_string(),
+        None => "?".to_string(),
+    };
+    let mut lines = Vec::new();
+    for i in &plan.add {
+        lines.push(format!(
+            "+ {} {} {} at {} (until {})",
+            i.kind,
+            i.user,
+            i.role,
+            i.scope,
+            end(&i.to)
+        ));
+    }
+    for i in &plan.change {
+        lines.push(format!(
+            "~ {} {} {} at {}: end {} -> {}",
+            i.kind,
+            i.user,
+            i.role,
+            i.scope,
+            end(&i.from),
+            end(&i.to)
+        ));
+    }
+    for i in &plan.remove {
+        lines.push(format!("- {} {} {} at {}", i.kind, i.user, i.role, i.scope));
+    }
+    for k in &plan.kept {
+        lines.push(format!("  kept: {k}"));
+    }
+    let (add, change, remove) = (plan.add.len(), plan.change.len(), plan.remove.len());
+    lines.push(if plan.applied {
+        format!("Applied: {add} added, {change} changed, {remove} removed.")
+    } else {
+        format!("Plan (dry run, nothing changed): {add} to add, {change} to change, {remove} to remove.")
+    });
+    out(&lines.join("\n"))?;
+    Ok(0)
 }
 
 fn run_import(ctx: &Ctx, file: PathBuf, dry_run: bool) -> anyhow::Result<i32> {

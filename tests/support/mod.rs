@@ -125,6 +125,7 @@ impl Env {
         Command::new("faketime")
             .args(["-f", offset, bin()])
             .args(args)
+            .current_dir(self.dir.path())
             .env("PIM_DB", &self.db)
             .env_remove("PIM_USER")
             .output()
