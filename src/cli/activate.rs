@@ -10,8 +10,9 @@ use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
 pub struct ActivateArgs {
-    /// Role key or display name
-    role: String,
+    /// Role keys or display names (several: one justification, one TOTP code)
+    #[arg(required = true, num_args = 1..)]
+    roles: Vec<String>,
     #[arg(long, default_value = "/", value_name = "S")]
     scope: String,
     /// How long (default: the role's maximum)
@@ -118,43 +119,40 @@ pub enum RequestCommand {
     Show { id: i64 },
 }
 
-pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
-    let scope = Scope::parse(&a.scope)?;
-    let duration = a.duration.as_deref().map(parse_duration).transpose()?;
-    let start = a.start.as_deref().map(parse_instant).transpose()?;
-    let (mut pim, actor) = ctx.open()?;
-    let mut input = ActivationInput {
-        role: a.role,
-        scope: Some(scope),
-        duration,
-        start,
-        justification: a.justification,
-        ticket: a.ticket,
-        code: a.code,
-    };
-    // Ask for what the policy needs and the flags did not give, when we may.
-    if ctx.interactive {
-        let policy = pim.policy()?;
-        if let Some(role) = policy.role(&input.role) {
-            let s = &role.settings;
-            if s.require_justification && input.justification.is_none() {
-                input.justification =
-                    Some(prompt::text(&format!("Justification for {}", role.key))?);
-            }
-            if s.require_ticket && input.ticket.is_none() {
-                input.ticket = Some(prompt::text("Ticket")?);
-            }
-            if s.require_mfa
-                && input.code.is_none()
-                && pim.user(&actor).is_ok_and(|u| u.mfa_enrolled)
-            {
-                input.code = Some(prompt::code(&actor)?);
-            }
-        }
+/// Ask for what the roles' policies need and the flags did not give, when we may.
+fn ask_for_missing(
+    ctx: &Ctx,
+    pim: &crate::Pim,
+    actor: &str,
+    roles: &[String],
+    input: &mut ActivationInput,
+) -> anyhow::Result<()> {
+    if !ctx.interactive {
+        return Ok(());
     }
-    let wait = a
-        .wait
-        .as_deref()
+    let policy = pim.policy()?;
+    let settings: Vec<_> = roles.iter().filter_map(|r| policy.role(r)).collect();
+    if settings.iter().any(|r| r.settings.require_justification) && input.justification.is_none() {
+        let names: Vec<&str> = settings.iter().map(|r| r.key.as_str()).collect();
+        input.justification = Some(prompt::text(&format!(
+            "Justification for {}",
+            names.join(", ")
+        ))?);
+    }
+    if settings.iter().any(|r| r.settings.require_ticket) && input.ticket.is_none() {
+        input.ticket = Some(prompt::text("Ticket")?);
+    }
+    if settings.iter().any(|r| r.settings.require_mfa)
+        && input.code.is_none()
+        && pim.user(actor).is_ok_and(|u| u.mfa_enrolled)
+    {
+        input.code = Some(prompt::code(actor)?);
+    }
+    Ok(())
+}
+
+fn parse_wait(wait: Option<&str>) -> anyhow::Result<Option<Option<chrono::Duration>>> {
+    Ok(wait
         .map(|w| {
             if w.is_empty() {
                 Ok(None)
@@ -162,48 +160,88 @@ pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
                 parse_duration(w).map(Some)
             }
         })
-        .transpose()?;
-    let mut r = pim.activate(&actor, input)?;
-    if r.status == "pending" {
-        ctx.note(&format!(
-            "Request {} for {} waits for approval (decide by {}).",
-            r.id,
-            r.role,
-            r.decide_by.as_deref().unwrap_or("?")
-        ));
-    }
-    if let (Some(limit), "pending") = (wait, r.status.as_str()) {
-        r = wait_for_decision(ctx, &pim, r.id, limit)?;
-    }
-    let granted = matches!(r.status.as_str(), "active" | "scheduled");
-    if ctx.json {
-        json(&r)?;
-    } else {
-        let now = pim.now();
-        let text = match r.status.as_str() {
-            "pending" | "denied" | "timed_out" | "canceled" => format!(
+        .transpose()?)
+}
+
+fn describe(r: &crate::ops::Request, now: chrono::DateTime<chrono::Utc>) -> String {
+    match r.status.as_str() {
+        "pending" | "denied" | "timed_out" | "canceled" => {
+            format!(
                 "Request {}: {} at {} is {}.",
                 r.id, r.role, r.scope, r.status
-            ),
-            "scheduled" => format!(
-                "Request {}: {} at {} is scheduled from {} until {}.",
-                r.id,
-                r.role,
-                r.scope,
-                when(Some(r.start_at), now),
-                when(Some(r.end_at), now)
-            ),
-            _ => format!(
-                "Request {}: {} is active at {} until {}.",
-                r.id,
-                r.role,
-                r.scope,
-                when(Some(r.end_at), now)
-            ),
-        };
-        out(&text)?;
+            )
+        }
+        "scheduled" => format!(
+            "Request {}: {} at {} is scheduled from {} until {}.",
+            r.id,
+            r.role,
+            r.scope,
+            when(Some(r.start_at), now),
+            when(Some(r.end_at), now)
+        ),
+        _ => format!(
+            "Request {}: {} is active at {} until {}.",
+            r.id,
+            r.role,
+            r.scope,
+            when(Some(r.end_at), now)
+        ),
     }
-    if wait.is_some() && !granted {
+}
+
+pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
+    let scope = Scope::parse(&a.scope)?;
+    let duration = a.duration.as_deref().map(parse_duration).transpose()?;
+    let start = a.start.as_deref().map(parse_instant).transpose()?;
+    let wait = parse_wait(a.wait.as_deref())?;
+    let (mut pim, actor) = ctx.open()?;
+    let mut input = ActivationInput {
+        role: a.roles[0].clone(),
+        scope: Some(scope),
+        duration,
+        start,
+        justification: a.justification,
+        ticket: a.ticket,
+        code: a.code,
+    };
+    ask_for_missing(ctx, &pim, &actor, &a.roles, &mut input)?;
+    let mut requests = if a.roles.len() == 1 {
+        vec![pim.activate(&actor, input)?]
+    } else {
+        pim.activate_many(&actor, &a.roles, input)?
+    };
+    for r in requests.iter_mut() {
+        if r.status == "pending" {
+            ctx.note(&format!(
+                "Request {} for {} waits for approval (decide by {}).",
+                r.id,
+                r.role,
+                r.decide_by.as_deref().unwrap_or("?")
+            ));
+            if let Some(limit) = wait {
+                *r = wait_for_decision(ctx, &pim, r.id, limit)?;
+            }
+        }
+    }
+    if ctx.json {
+        if requests.len() == 1 {
+            json(&requests[0])?;
+        } else {
+            json(&requests)?;
+        }
+    } else {
+        let now = pim.now();
+        out(&requests
+            .iter()
+            .map(|r| describe(r, now))
+            .collect::<Vec<_>>()
+            .join("\n"))?;
+    }
+    if let Some(r) = requests
+        .iter()
+        .find(|r| !matches!(r.status.as_str(), "active" | "scheduled"))
+        .filter(|_| wait.is_some())
+    {
         return Err(crate::Error::Refused(format!(
             "Request {} was not approved: it is {}.",
             r.id, r.status
@@ -211,6 +249,116 @@ pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
         .into());
     }
     Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The role to hold while CMD runs
+    role: String,
+    #[arg(long, default_value = "/", value_name = "S")]
+    scope: String,
+    #[arg(short = 'j', long, value_name = "J")]
+    justification: Option<String>,
+    #[arg(long, value_name = "T")]
+    ticket: Option<String>,
+    #[arg(long, value_name = "D")]
+    duration: Option<String>,
+    #[arg(long, value_name = "C")]
+    code: Option<String>,
+    /// If the role needs approval, wait for it (at most D)
+    #[arg(long, value_name = "D", num_args = 0..=1, default_missing_value = "")]
+    wait: Option<String>,
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// Run CMD with the role held: activate it if needed (under the usual rules), run, give it
+/// back if we took it, and exit with CMD's code.
+pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
+    let scope = Scope::parse(&a.scope)?;
+    let duration = a.duration.as_deref().map(parse_duration).transpose()?;
+    let wait = parse_wait(a.wait.as_deref())?;
+    let (mut pim, actor) = ctx.open()?;
+    let role_key = pim
+        .policy()?
+        .role(&a.role)
+        .map(|r| r.key.clone())
+        .ok_or_else(|| {
+            crate::Error::NotFound(format!(
+                "There is no role '{}'. See `pim role list`.",
+                a.role
+            ))
+        })?;
+    let (request, until, activated) = match pim.check(&actor, &role_key, &scope)? {
+        Some(until) => (None, until, false),
+        None => {
+            let mut input = ActivationInput {
+                role: role_key.clone(),
+                scope: Some(scope.clone()),
+                duration,
+                start: None,
+                justification: a.justification,
+                ticket: a.ticket,
+                code: a.code,
+            };
+            ask_for_missing(
+                ctx,
+                &pim,
+                &actor,
+                std::slice::from_ref(&role_key),
+                &mut input,
+            )?;
+            let mut r = pim.activate(&actor, input)?;
+            if r.status == "pending" {
+                let Some(limit) = wait else {
+                    return Err(crate::Error::Refused(format!(
+                        "{role_key} needs approval (request {} is pending); run exec with --wait to wait for it.",
+                        r.id
+                    ))
+                    .into());
+                };
+                r = wait_for_decision(ctx, &pim, r.id, limit)?;
+            }
+            if r.status != "active" {
+                return Err(crate::Error::Refused(format!(
+                    "Request {} is {}; {role_key} is not held.",
+                    r.id, r.status
+                ))
+                .into());
+            }
+            (Some(r.id), Some(r.end_at), true)
+        }
+    };
+    let status = std::process::Command::new(&a.command[0])
+        .args(&a.command[1..])
+        .env("PIM_USER", &actor)
+        .env("PIM_ROLE", &role_key)
+        .env("PIM_SCOPE", scope.as_str())
+        .env(
+            "PIM_REQUEST",
+            request.map(|r| r.to_string()).unwrap_or_default(),
+        )
+        .env(
+            "PIM_UNTIL",
+            until
+                .map(|u| crate::time::rfc3339(crate::time::from_unix(u)))
+                .unwrap_or_else(|| "permanent".into()),
+        )
+        .status();
+    if activated {
+        // Give the role back whatever CMD did; a failure here is reported, not hidden.
+        if let Err(e) = pim.deactivate(&actor, &role_key, Some(&scope)) {
+            ctx.note(&format!("Note: could not deactivate {role_key}: {e}"));
+        }
+    }
+    let status = status
+        .map_err(|e| crate::Error::Environment(format!("Cannot run {}: {e}.", a.command[0])))?;
+    // A command killed by a signal exits like a shell reports it: 128 + the signal.
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 /// Poll the request until it is decided or `limit` passes (default: its own timeout).

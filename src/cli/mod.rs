@@ -69,6 +69,8 @@ enum Command {
     Activate(activate::ActivateArgs),
     /// End your activation now
     Deactivate(activate::DeactivateArgs),
+    /// Run a command with a role held, then give it back; exit with the command's code
+    Exec(activate::ExecArgs),
     /// Your (or USER's) eligible roles, active roles and open requests
     Status(activate::StatusArgs),
     /// Exit 0 if USER holds ROLE covering the scope right now, 1 if not
@@ -141,6 +143,7 @@ pub fn run() -> i32 {
         Command::Assignment(cmd) => assign::run_assignment(&ctx, cmd),
         Command::Activate(args) => activate::run_activate(&ctx, args),
         Command::Deactivate(args) => activate::run_deactivate(&ctx, args),
+        Command::Exec(args) => activate::run_exec(&ctx, args),
         Command::Status(args) => activate::run_status(&ctx, args),
         Command::Check(args) => activate::run_check(&ctx, args),
         Command::Request(cmd) => activate::run_request(&ctx, cmd),

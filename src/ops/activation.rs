@@ -194,178 +194,285 @@ pub(crate) fn end_activations(
     Ok(open.iter().map(|r| r.id).collect())
 }
 
-impl Pim {
-    /// Request activation of an eligible role.
-    pub fn activate(&mut self, actor: &str, input: ActivationInput) -> Result<Request> {
-        self.write(|tx, now, policy| {
-            let me: User = actor_user(tx, actor)?;
-            let role = policy.role(&input.role).ok_or_else(|| unknown_role(&input.role))?;
-            let settings = &role.settings;
-            let scope = input.scope.clone().unwrap_or_else(Scope::root);
-            let t = now.timestamp();
-            let justification = input.justification.as_deref().map(str::trim).filter(|j| !j.is_empty());
-            let ticket = input.ticket.as_deref().map(str::trim).filter(|j| !j.is_empty());
-            let event = Event::new(actor, "activation.request")
+/// The checks and the write of one activation, inside the caller's transaction.
+/// `mfa_done`: the caller already verified a code for this transaction.
+pub(crate) fn activate_in(
+    tx: &Connection,
+    now: DateTime<Utc>,
+    policy: &crate::policy::Policy,
+    actor: &str,
+    input: &ActivationInput,
+    mfa_done: bool,
+) -> Result<Request> {
+    let me: User = actor_user(tx, actor)?;
+    let role = policy
+        .role(&input.role)
+        .ok_or_else(|| unknown_role(&input.role))?;
+    let settings = &role.settings;
+    let scope = input.scope.clone().unwrap_or_else(Scope::root);
+    let t = now.timestamp();
+    let justification = input
+        .justification
+        .as_deref()
+        .map(str::trim)
+        .filter(|j| !j.is_empty());
+    let ticket = input
+        .ticket
+        .as_deref()
+        .map(str::trim)
+        .filter(|j| !j.is_empty());
+    let event = Event::new(actor, "activation.request")
+        .principal(actor)
+        .role(&role.key)
+        .scope(scope.as_str())
+        .justification(justification)
+        .ticket(ticket);
+    let refused = |why: String| refuse(tx, now, event.clone(), Error::Refused(why));
+
+    if me.kind == "service" {
+        return refused(format!(
+                "'{actor}' is a service principal; services never activate. Give it an active assignment instead."
+            ));
+    }
+    // Already holding the role here (directly or by an activation)?
+    if let Some(h) = holdings(tx, me.id, t)?
+        .into_iter()
+        .find(|h| h.role == role.key && h.scope.covers(&scope))
+    {
+        let until = match h.until {
+            Some(u) => format!("until {}", rfc3339(from_unix(u))),
+            None => "permanently".to_string(),
+        };
+        return Err(Error::Conflict(format!(
+            "{} is already active for you at {} ({until}).",
+            role.key, h.scope
+        )));
+    }
+    let open: i64 = tx.query_row(
+            "SELECT count(*) FROM requests WHERE user_id = ?1 AND role = ?2 AND scope = ?3 \
+             AND ((status = 'pending' AND decide_by > ?4) OR (status = 'scheduled' AND end_at > ?4))",
+            params![me.id, role.key, scope.as_str(), t],
+            |r| r.get(0),
+        )?;
+    if open > 0 {
+        return Err(Error::Conflict(format!(
+            "You already have an open request for {} at {scope}. See `pim status`.",
+            role.key
+        )));
+    }
+
+    let start = match input.start {
+        Some(s) if s < now - Duration::minutes(1) => {
+            return Err(Error::Usage(format!(
+                "The start {} is in the past. Leave --start out to start now.",
+                rfc3339(s)
+            )));
+        }
+        Some(s) => s.max(now),
+        None => now,
+    };
+    let duration = input.duration.unwrap_or(settings.max_activation);
+    if duration > settings.max_activation {
+        return refused(format!(
+            "{} can be activated for at most {}; ask for less with --duration.",
+            role.key,
+            format_duration(settings.max_activation)
+        ));
+    }
+    // The eligibility that covers this scope when the activation starts, the one
+    // lasting longest first.
+    let eligibility: Option<(i64, Option<i64>)> = {
+        let mut stmt = tx.prepare(
+            "SELECT id, scope, end_at FROM assignments WHERE user_id = ?1 AND role = ?2 \
+                 AND kind = 'eligible' AND removed_at IS NULL AND start_at <= ?3 \
+                 AND (end_at IS NULL OR end_at > ?3) ORDER BY end_at IS NULL DESC, end_at DESC",
+        )?;
+        let rows = stmt.query_map(params![me.id, role.key, start.timestamp()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?;
+        let mut found = None;
+        for row in rows {
+            let (id, s, end) = row?;
+            if Scope::parse(&s).is_ok_and(|s| s.covers(&scope)) {
+                found = Some((id, end));
+                break;
+            }
+        }
+        found
+    };
+    let Some((eligibility_id, eligible_until)) = eligibility else {
+        return refused(format!(
+                "You are not eligible for {} at {scope}. Ask an administrator for an eligible assignment.",
+                role.key
+            ));
+    };
+    if settings.require_justification && justification.is_none() {
+        return refused(format!(
+            "{} requires a justification. Pass -j/--justification.",
+            role.key
+        ));
+    }
+    if let Some(j) = justification {
+        if !settings.justification_matches(j) {
+            return refused(format!(
+                "The justification does not match {}'s required pattern `{}`.",
+                role.key,
+                settings
+                    .justification_pattern
+                    .as_deref()
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if settings.require_ticket && ticket.is_none() {
+        return refused(format!("{} requires a ticket. Pass --ticket.", role.key));
+    }
+    if settings.require_mfa && !mfa_done {
+        verify_code(tx, now, &me, input.code.as_deref(), event.clone())?;
+    }
+
+    // Never outlast the eligibility it rests on.
+    let mut end = start + duration;
+    let capped = eligible_until.is_some_and(|e| e < end.timestamp());
+    if let Some(e) = eligible_until.filter(|_| capped) {
+        end = from_unix(e);
+    }
+    let status = if settings.require_approval {
+        "pending"
+    } else if start <= now {
+        "active"
+    } else {
+        "scheduled"
+    };
+    let decide_by = settings
+        .require_approval
+        .then(|| (now + settings.approval_timeout).timestamp());
+    tx.execute(
+            "INSERT INTO requests (user_id, role, scope, eligibility_id, status, created_at, start_at, end_at, \
+             justification, ticket, duration_secs, decide_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![me.id, role.key, scope.as_str(), eligibility_id, status, t, start.timestamp(), end.timestamp(),
+                justification, ticket, duration.num_seconds(), decide_by],
+        )?;
+    let id = tx.last_insert_rowid();
+    audit::append(
+        tx,
+        now,
+        event
+            .clone()
+            .request(id)
+            .expires(Some(end.timestamp()))
+            .detail("start", rfc3339(start))
+            .detail("duration", format_duration(end - start))
+            .detail("mfa", settings.require_mfa)
+            .detail("approval", settings.require_approval)
+            .detail("capped_by_eligibility", capped),
+    )?;
+    if status == "active" {
+        audit::append(
+            tx,
+            now,
+            Event::new(actor, "activation.start")
                 .principal(actor)
                 .role(&role.key)
                 .scope(scope.as_str())
-                .justification(justification)
-                .ticket(ticket);
-            let refused = |why: String| refuse(tx, now, event.clone(), Error::Refused(why));
+                .request(id)
+                .expires(Some(end.timestamp())),
+        )?;
+        super::notices::started(
+            tx,
+            policy,
+            now,
+            actor,
+            &role.key,
+            scope.as_str(),
+            id,
+            end.timestamp(),
+        )?;
+    }
+    if let Some(deadline) = decide_by {
+        super::notices::requested(
+            tx,
+            policy,
+            now,
+            actor,
+            role,
+            &scope,
+            id,
+            justification,
+            deadline,
+        )?;
+    }
+    Ok(requests_where(tx, "r.id = ?1", id, t)?.remove(0))
+}
 
-            if me.kind == "service" {
-                return refused(format!(
-                    "'{actor}' is a service principal; services never activate. Give it an active assignment instead."
-                ));
+impl Pim {
+    /// Request activation of an eligible role.
+    pub fn activate(&mut self, actor: &str, input: ActivationInput) -> Result<Request> {
+        self.write(|tx, now, policy| activate_in(tx, now, policy, actor, &input, false))
+    }
+
+    /// Activate several roles with one justification and one TOTP code: all of them, or
+    /// none (a refusal of any one is recorded, and nothing is activated).
+    pub fn activate_many(
+        &mut self,
+        actor: &str,
+        roles: &[String],
+        input: ActivationInput,
+    ) -> Result<Vec<Request>> {
+        self.write(|tx, now, policy| {
+            let me = actor_user(tx, actor)?;
+            let mut keys = Vec::new();
+            for r in roles {
+                keys.push(policy.role(r).ok_or_else(|| unknown_role(r))?.clone());
             }
-            // Already holding the role here (directly or by an activation)?
-            if let Some(h) = holdings(tx, me.id, t)?
-                .into_iter()
-                .find(|h| h.role == role.key && h.scope.covers(&scope))
-            {
-                let until = match h.until {
-                    Some(u) => format!("until {}", rfc3339(from_unix(u))),
-                    None => "permanently".to_string(),
+            if keys.iter().any(|r| r.settings.require_mfa) {
+                let event = Event::new(actor, "activation.request")
+                    .principal(actor)
+                    .detail(
+                        "roles",
+                        keys.iter().map(|r| r.key.clone()).collect::<Vec<_>>(),
+                    );
+                verify_code(tx, now, &me, input.code.as_deref(), event)?;
+            }
+            tx.execute_batch("SAVEPOINT activate_many")?;
+            let mut out = Vec::new();
+            for role in &keys {
+                let one = ActivationInput {
+                    role: role.key.clone(),
+                    ..input.clone()
                 };
-                return Err(Error::Conflict(format!(
-                    "{} is already active for you at {} ({until}).",
-                    role.key, h.scope
-                )));
-            }
-            let open: i64 = tx.query_row(
-                "SELECT count(*) FROM requests WHERE user_id = ?1 AND role = ?2 AND scope = ?3 \
-                 AND ((status = 'pending' AND decide_by > ?4) OR (status = 'scheduled' AND end_at > ?4))",
-                params![me.id, role.key, scope.as_str(), t],
-                |r| r.get(0),
-            )?;
-            if open > 0 {
-                return Err(Error::Conflict(format!(
-                    "You already have an open request for {} at {scope}. See `pim status`.",
-                    role.key
-                )));
-            }
-
-            let start = match input.start {
-                Some(s) if s < now - Duration::minutes(1) => {
-                    return Err(Error::Usage(format!(
-                        "The start {} is in the past. Leave --start out to start now.",
-                        rfc3339(s)
-                    )));
-                }
-                Some(s) => s.max(now),
-                None => now,
-            };
-            let duration = input.duration.unwrap_or(settings.max_activation);
-            if duration > settings.max_activation {
-                return refused(format!(
-                    "{} can be activated for at most {}; ask for less with --duration.",
-                    role.key,
-                    format_duration(settings.max_activation)
-                ));
-            }
-            // The eligibility that covers this scope when the activation starts, the one
-            // lasting longest first.
-            let eligibility: Option<(i64, Option<i64>)> = {
-                let mut stmt = tx.prepare(
-                    "SELECT id, scope, end_at FROM assignments WHERE user_id = ?1 AND role = ?2 \
-                     AND kind = 'eligible' AND removed_at IS NULL AND start_at <= ?3 \
-                     AND (end_at IS NULL OR end_at > ?3) ORDER BY end_at IS NULL DESC, end_at DESC",
-                )?;
-                let rows = stmt.query_map(params![me.id, role.key, start.timestamp()], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?))
-                })?;
-                let mut found = None;
-                for row in rows {
-                    let (id, s, end) = row?;
-                    if Scope::parse(&s).is_ok_and(|s| s.covers(&scope)) {
-                        found = Some((id, end));
-                        break;
+                match activate_in(tx, now, policy, actor, &one, true) {
+                    Ok(r) => out.push(r),
+                    Err(e) => {
+                        // Undo the roles already activated; keep only the refusal on record.
+                        tx.execute_batch("ROLLBACK TO activate_many; RELEASE activate_many")?;
+                        return match e {
+                            Error::Recorded(inner) => {
+                                audit::append(
+                                    tx,
+                                    now,
+                                    Event::new(actor, "activation.request")
+                                        .principal(actor)
+                                        .role(&role.key)
+                                        .scope(
+                                            one.scope.as_ref().map(|s| s.as_str()).unwrap_or("/"),
+                                        )
+                                        .refused(&inner.to_string()),
+                                )?;
+                                Err(inner.recorded())
+                            }
+                            other => Err(other),
+                        };
                     }
                 }
-                found
-            };
-            let Some((eligibility_id, eligible_until)) = eligibility else {
-                return refused(format!(
-                    "You are not eligible for {} at {scope}. Ask an administrator for an eligible assignment.",
-                    role.key
-                ));
-            };
-            if settings.require_justification && justification.is_none() {
-                return refused(format!(
-                    "{} requires a justification. Pass -j/--justification.",
-                    role.key
-                ));
             }
-            if let Some(j) = justification {
-                if !settings.justification_matches(j) {
-                    return refused(format!(
-                        "The justification does not match {}'s required pattern `{}`.",
-                        role.key,
-                        settings.justification_pattern.as_deref().unwrap_or_default()
-                    ));
-                }
-            }
-            if settings.require_ticket && ticket.is_none() {
-                return refused(format!("{} requires a ticket. Pass --ticket.", role.key));
-            }
-            if settings.require_mfa {
-                verify_code(tx, now, &me, input.code.as_deref(), event.clone())?;
-            }
-
-            // Never outlast the eligibility it rests on.
-            let mut end = start + duration;
-            let capped = eligible_until.is_some_and(|e| e < end.timestamp());
-            if let Some(e) = eligible_until.filter(|_| capped) {
-                end = from_unix(e);
-            }
-            let status = if settings.require_approval {
-                "pending"
-            } else if start <= now {
-                "active"
-            } else {
-                "scheduled"
-            };
-            let decide_by = settings
-                .require_approval
-                .then(|| (now + settings.approval_timeout).timestamp());
-            tx.execute(
-                "INSERT INTO requests (user_id, role, scope, eligibility_id, status, created_at, start_at, end_at, \
-                 justification, ticket, duration_secs, decide_by) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![me.id, role.key, scope.as_str(), eligibility_id, status, t, start.timestamp(), end.timestamp(),
-                    justification, ticket, duration.num_seconds(), decide_by],
-            )?;
-            let id = tx.last_insert_rowid();
-            audit::append(
-                tx,
-                now,
-                event
-                    .clone()
-                    .request(id)
-                    .expires(Some(end.timestamp()))
-                    .detail("start", rfc3339(start))
-                    .detail("duration", format_duration(end - start))
-                    .detail("mfa", settings.require_mfa)
-                    .detail("approval", settings.require_approval)
-                    .detail("capped_by_eligibility", capped),
-            )?;
-            if status == "active" {
-                audit::append(
-                    tx,
-                    now,
-                    Event::new(actor, "activation.start")
-                        .principal(actor)
-                        .role(&role.key)
-                        .scope(scope.as_str())
-                        .request(id)
-                        .expires(Some(end.timestamp())),
-                )?;
-                super::notices::started(tx, policy, now, actor, &role.key, scope.as_str(), id, end.timestamp())?;
-            }
-            if let Some(deadline) = decide_by {
-                super::notices::requested(tx, policy, now, actor, role, &scope, id, justification, deadline)?;
-            }
-            Ok(requests_where(tx, "r.id = ?1", id, t)?.remove(0))
+            tx.execute_batch("RELEASE activate_many")?;
+            Ok(out)
         })
     }
 
