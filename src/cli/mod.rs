@@ -103,6 +103,16 @@ enum Command {
         #[arg(long, value_parser = ["info", "warning", "critical"], value_name = "SEVERITY")]
         fail_on: Option<String>,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (pim.1 and one per subcommand) into DIR
+    Man {
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+    },
     /// The notification outbox and its deliveries
     #[command(subcommand)]
     Notification(audit::NotificationCommand),
@@ -161,6 +171,8 @@ pub fn run() -> i32 {
         Command::Notification(cmd) => audit::run_notification(&ctx, cmd),
         Command::Review(cmd) => review::run(&ctx, cmd),
         Command::Alerts { fail_on } => review::run_alerts(&ctx, fail_on),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { output } => man_pages(&ctx, &output),
     };
     if may_notify && result.is_ok() {
         deliver_after(&ctx);
@@ -195,4 +207,46 @@ fn deliver_after(ctx: &Ctx) {
         Ok(_) => {}
         Err(e) => ctx.note(&format!("Note: notifications were not delivered: {e}")),
     }
+}
+
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<i32> {
+    use clap::CommandFactory;
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "pim", &mut buf);
+    output::out(&String::from_utf8_lossy(&buf))?;
+    Ok(0)
+}
+
+/// One page for pim and one for each subcommand (`pim-assignment-import.1`, ...).
+fn man_pages(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Result<i32> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| crate::Error::Environment(format!("Cannot create {}: {e}.", dir.display())))?;
+    let mut written = 0;
+    fn walk(
+        cmd: &clap::Command,
+        prefix: &str,
+        dir: &std::path::Path,
+        written: &mut usize,
+    ) -> anyhow::Result<()> {
+        let name = if prefix.is_empty() {
+            cmd.get_name().to_string()
+        } else {
+            format!("{prefix}-{}", cmd.get_name())
+        };
+        let page = cmd.clone().name(name.clone());
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(page).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+        *written += 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub, &name, dir, written)?;
+        }
+        Ok(())
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    walk(&cmd, "", dir, &mut written)?;
+    ctx.note(&format!("Wrote {written} man pages to {}.", dir.display()));
+    Ok(0)
 }
