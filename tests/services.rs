@@ -125,6 +125,10 @@ fn wrong_rotated_and_disabled_tokens_are_refused_and_audited() {
     with_token(&env, &new, &["assignment", "list"]).expect(0);
     env.as_("admin", &["user", "token", "admin", "--rotate"])
         .expect(2);
+    // Rotating needs the `users` permission.
+    env.as_("admin", &["user", "add", "bob"]).expect(0);
+    env.as_("bob", &["user", "token", "ci", "--rotate"])
+        .expect(3);
     // A disabled service can do nothing.
     env.as_("admin", &["user", "disable", "ci"]).expect(0);
     with_token(&env, &new, &["assignment", "list"]).expect(3);
