@@ -331,23 +331,8 @@ impl Pim {
             }
         }
         if prune {
-            let current: Vec<(i64, String, String, String, String, Option<i64>)> = {
-                let mut stmt = tx.prepare(
-                    "SELECT a.id, u.name, a.role, a.scope, a.kind, a.end_at FROM assignments a JOIN users u ON u.id = a.user_id \
-                     WHERE a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?1) ORDER BY u.name, a.role, a.scope",
-                )?;
-                let rows = stmt.query_map([t], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
+            let current: Vec<(i64, String, String, String, String, Option<i64>)> = super::rows(&tx, "SELECT a.id, u.name, a.role, a.scope, a.kind, a.end_at FROM assignments a JOIN users u ON u.id = a.user_id \
+                     WHERE a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?1) ORDER BY u.name, a.role, a.scope", [t])?;
             for (id, user, role, scope, kind, end) in current {
                 if wanted.contains(&(user.clone(), role.clone(), scope.clone(), kind.as_str())) {
                     continue;

@@ -127,6 +127,16 @@ pub(crate) fn refuse<T>(
     Err(err.recorded())
 }
 
+/// All rows of a query, each converted into `T` (a tuple of the selected columns).
+pub(crate) fn rows<T>(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<T>>
+where
+    T: for<'a> TryFrom<&'a rusqlite::Row<'a>, Error = rusqlite::Error>,
+{
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| T::try_from(r))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
+}
+
 /// Every role `user_id` holds at `now`: direct active assignments and activations.
 pub(crate) fn holdings(conn: &Connection, user_id: i64, now: i64) -> Result<Vec<Holding>> {
     let mut stmt = conn.prepare_cached(

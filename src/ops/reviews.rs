@@ -217,16 +217,8 @@ fn start_review(
             default, every, duration.num_seconds(), actor, t, t + duration.num_seconds()],
     )?;
     let id = conn.last_insert_rowid();
-    let rows: Vec<(i64, String, String, String)> = {
-        let mut stmt = conn.prepare(
-            "SELECT a.id, u.name, a.scope, a.kind FROM assignments a JOIN users u ON u.id = a.user_id \
-             WHERE a.role = ?1 AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?2) ORDER BY u.name, a.scope",
-        )?;
-        let rows = stmt.query_map(params![role, t], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+    let rows: Vec<(i64, String, String, String)> = super::rows(conn, "SELECT a.id, u.name, a.scope, a.kind FROM assignments a JOIN users u ON u.id = a.user_id \
+             WHERE a.role = ?1 AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?2) ORDER BY u.name, a.scope", params![role, t])?;
     let mut people = Vec::new();
     for (assignment, user, a_scope, kind) in rows {
         if !Scope::parse(&a_scope).is_ok_and(|s| scope.covers(&s)) {
@@ -299,23 +291,8 @@ fn complete_review(
 ) -> Result<()> {
     let t = now.timestamp();
     let review = load(conn, id, t)?;
-    let items: Vec<(i64, i64, String, String, String, Option<String>)> = {
-        let mut stmt = conn.prepare(
-            "SELECT i.id, i.assignment_id, i.user, i.kind, i.recommendation, i.decision FROM review_items i \
-             WHERE i.review_id = ?1 ORDER BY i.id",
-        )?;
-        let rows = stmt.query_map([id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+    let items: Vec<(i64, i64, String, String, String, Option<String>)> = super::rows(conn, "SELECT i.id, i.assignment_id, i.user, i.kind, i.recommendation, i.decision FROM review_items i \
+             WHERE i.review_id = ?1 ORDER BY i.id", [id])?;
     let (mut kept, mut removed, mut protected) = (0, 0, 0);
     for (item, assignment, user, kind, recommendation, decision) in items {
         let applied = match decision {
@@ -435,27 +412,8 @@ pub(crate) fn sweep_reviews(
         String,
         i64,
     );
-    let recurring: Vec<Recurring> = {
-        let mut stmt = conn.prepare(
-            "SELECT id, name, role, scope, reviewers, self_review, default_decision, duration_secs, recurrence, created_at \
-             FROM reviews WHERE recurrence IS NOT NULL AND next_started = 0 ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-            ))
-        })?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+    let recurring: Vec<Recurring> = super::rows(conn, "SELECT id, name, role, scope, reviewers, self_review, default_decision, duration_secs, recurrence, created_at \
+             FROM reviews WHERE recurrence IS NOT NULL AND next_started = 0 ORDER BY id", [])?;
     let mut started = Vec::new();
     for (id, name, role, scope, reviewers, self_review, default, duration, every, created) in
         recurring

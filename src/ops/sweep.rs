@@ -26,18 +26,10 @@ impl Pim {
             let t = now.timestamp();
             let mut report = SweepReport::default();
             type Row = (i64, String, String, String, i64, i64);
-            let due: Vec<Row> = {
-                let mut stmt = tx.prepare(
-                    "SELECT r.id, u.name, r.role, r.scope, r.start_at, r.end_at FROM requests r \
+            let due: Vec<Row> = super::rows(tx, "SELECT r.id, u.name, r.role, r.scope, r.start_at, r.end_at FROM requests r \
                      JOIN users u ON u.id = r.user_id \
                      WHERE (r.status = 'scheduled' AND r.start_at <= ?1) OR (r.status = 'active' AND r.end_at <= ?1) \
-                     ORDER BY r.id",
-                )?;
-                let rows = stmt.query_map([t], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-                })?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
+                     ORDER BY r.id", [t])?;
             for (id, user, role, scope, _start, end) in due {
                 let event = |action: &str| {
                     Event::new(actor, action)
@@ -61,14 +53,8 @@ impl Pim {
                     report.expired_activations.push(id);
                 }
             }
-            let stale: Vec<(i64, String, String, String, i64)> = {
-                let mut stmt = tx.prepare(
-                    "SELECT r.id, u.name, r.role, r.scope, r.decide_by FROM requests r JOIN users u ON u.id = r.user_id \
-                     WHERE r.status = 'pending' AND r.decide_by <= ?1 ORDER BY r.id",
-                )?;
-                let rows = stmt.query_map([t], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
+            let stale: Vec<(i64, String, String, String, i64)> = super::rows(tx, "SELECT r.id, u.name, r.role, r.scope, r.decide_by FROM requests r JOIN users u ON u.id = r.user_id \
+                     WHERE r.status = 'pending' AND r.decide_by <= ?1 ORDER BY r.id", [t])?;
             for (id, user, role, scope, deadline) in stale {
                 tx.execute(
                     "UPDATE requests SET status = 'timed_out', closed_at = decide_by, close_reason = 'no decision in time' WHERE id = ?1",
@@ -87,17 +73,9 @@ impl Pim {
                 super::notices::decided(tx, policy, now, "activation.timeout", &user, &role, &scope, id, actor, None)?;
                 report.timed_out.push(id);
             }
-            let ended: Vec<(i64, String, String, String, String, i64)> = {
-                let mut stmt = tx.prepare(
-                    "SELECT a.id, u.name, a.role, a.scope, a.kind, a.end_at FROM assignments a \
+            let ended: Vec<(i64, String, String, String, String, i64)> = super::rows(tx, "SELECT a.id, u.name, a.role, a.scope, a.kind, a.end_at FROM assignments a \
                      JOIN users u ON u.id = a.user_id \
-                     WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.id",
-                )?;
-                let rows = stmt.query_map([t], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-                })?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
+                     WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.id", [t])?;
             for (id, user, role, scope, kind, end) in ended {
                 tx.execute(
                     "UPDATE assignments SET expiry_recorded = 1 WHERE id = ?1",
@@ -119,19 +97,11 @@ impl Pim {
             }
             // Reminders 14 days and 1 day before an assignment ends, each sent once.
             for (kind, days, lower) in [("1d", 1, 0), ("14d", 14, 86_400)] {
-                let soon: Vec<(i64, String, String, String, String, i64)> = {
-                    let mut stmt = tx.prepare(
-                        "SELECT a.id, u.name, a.role, a.scope, a.kind, a.end_at FROM assignments a \
+                let soon: Vec<(i64, String, String, String, String, i64)> = super::rows(tx, "SELECT a.id, u.name, a.role, a.scope, a.kind, a.end_at FROM assignments a \
                          JOIN users u ON u.id = a.user_id \
                          WHERE a.removed_at IS NULL AND a.end_at > ?1 AND a.end_at <= ?2 \
                            AND NOT EXISTS (SELECT 1 FROM reminders r WHERE r.assignment_id = a.id AND r.kind = ?3) \
-                         ORDER BY a.id",
-                    )?;
-                    let rows = stmt.query_map(params![t + lower, t + days * 86_400, kind], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-                    })?;
-                    rows.collect::<rusqlite::Result<_>>()?
-                };
+                         ORDER BY a.id", params![t + lower, t + days * 86_400, kind])?;
                 for (id, user, role, scope, akind, end) in soon {
                     tx.execute(
                         "INSERT INTO reminders (assignment_id, kind) VALUES (?1, ?2)",
