@@ -194,11 +194,15 @@ pub fn run() -> i32 {
 }
 
 /// Deliver what the command queued. A failure is the outbox's business (retried by
-/// `pim sweep`), never the command's.
+/// `pim sweep`), never the command's. Delivery touches only the outbox, so the identity the
+/// command already settled (`--as`, a service token) is not checked again; a failed delivery
+/// is recorded under the operating-system account.
 fn deliver_after(ctx: &Ctx) {
-    let Ok((mut pim, actor)) = ctx.open() else {
+    let Ok(conn) = crate::store::open(&ctx.db) else {
         return;
     };
+    let mut pim = crate::Pim::new(conn, std::sync::Arc::new(crate::clock::SystemClock));
+    let actor = context::real_user().unwrap_or_else(|_| "pim".to_string());
     match pim.deliver(&actor) {
         Ok(d) if !d.retrying.is_empty() || !d.failed.is_empty() => ctx.note(&format!(
             "Note: {} notification(s) could not be delivered yet; `pim sweep` retries them (see `pim notification list`).",

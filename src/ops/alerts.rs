@@ -48,14 +48,17 @@ impl Pim {
             let rows = stmt.query_map(p, |r| r.get::<_, String>(0))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         };
-        let in_effect = "a.removed_at IS NULL AND u.disabled = 0 AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2)";
+        // An assignment in effect, with `now` bound to placeholder ?n.
+        let in_effect = |n: u8| {
+            format!("a.removed_at IS NULL AND u.disabled = 0 AND a.start_at <= ?{n} AND (a.end_at IS NULL OR a.end_at > ?{n})")
+        };
         let mut out = Vec::new();
 
         // Protected roles: too many holders, and too few permanent (break-glass) ones.
         let mut break_glass: Vec<String> = Vec::new();
         for role in policy.roles.values().filter(|r| r.protected) {
             let holders = names(
-                &format!("SELECT DISTINCT u.name FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.role = ?1 AND {in_effect} ORDER BY u.name"),
+                &format!("SELECT DISTINCT u.name FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.role = ?1 AND {} ORDER BY u.name", in_effect(2)),
                 &[&role.key, &now],
             )?;
             if holders.len() as u32 > a.max_protected_holders {
@@ -76,7 +79,7 @@ impl Pim {
                 });
             }
             for name in names(
-                &format!("SELECT DISTINCT u.name FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.role = ?1 AND a.kind = 'active' AND a.end_at IS NULL AND {in_effect}"),
+                &format!("SELECT DISTINCT u.name FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.role = ?1 AND a.kind = 'active' AND a.end_at IS NULL AND {}", in_effect(2)),
                 &[&role.key, &now],
             )? {
                 if !break_glass.contains(&name) {
@@ -133,17 +136,18 @@ impl Pim {
 
         // Standing access: permanent active assignments of roles that are not protected.
         let mut standing: Vec<(String, String)> = Vec::new();
-        {
-            let mut stmt = conn.prepare(&format!(
+        let permanent: Vec<(String, String)> = super::rows(
+            conn,
+            &format!(
                 "SELECT u.name, a.role FROM assignments a JOIN users u ON u.id = a.user_id \
-                 WHERE a.kind = 'active' AND a.end_at IS NULL AND u.kind = 'user' AND {in_effect} AND ?1 = ?1 ORDER BY a.role, u.name"
-            ))?;
-            let rows = stmt.query_map(params![0, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            for row in rows {
-                let (user, role): (String, String) = row?;
-                if !policy.roles.get(&role).is_some_and(|r| r.protected) {
-                    standing.push((user, role));
-                }
+                 WHERE a.kind = 'active' AND a.end_at IS NULL AND u.kind = 'user' AND {} ORDER BY a.role, u.name",
+                in_effect(1)
+            ),
+            [now],
+        )?;
+        for (user, role) in permanent {
+            if !policy.roles.get(&role).is_some_and(|r| r.protected) {
+                standing.push((user, role));
             }
         }
         if !standing.is_empty() {
@@ -165,21 +169,18 @@ impl Pim {
 
         // Unused eligibility.
         let unused_since = now - a.unused_after.num_seconds();
-        let mut unused: Vec<(String, String)> = Vec::new();
-        {
-            let mut stmt = conn.prepare(&format!(
+        let unused: Vec<(String, String)> = super::rows(
+            conn,
+            &format!(
                 "SELECT u.name, a.role FROM assignments a JOIN users u ON u.id = a.user_id \
-                 WHERE a.kind = 'eligible' AND {in_effect} AND a.start_at <= ?1 \
+                 WHERE a.kind = 'eligible' AND {} AND a.start_at <= ?1 \
                    AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.user_id = a.user_id AND r.role = a.role \
                                    AND r.status IN ('active', 'expired', 'deactivated', 'revoked') AND r.start_at >= ?1) \
-                 ORDER BY a.role, u.name"
-            ))?;
-            let rows =
-                stmt.query_map(params![unused_since, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            for row in rows {
-                unused.push(row?);
-            }
-        }
+                 ORDER BY a.role, u.name",
+                in_effect(2)
+            ),
+            params![unused_since, now],
+        )?;
         if !unused.is_empty() {
             let mut roles: Vec<String> = unused.iter().map(|(_, r)| r.clone()).collect();
             roles.dedup();
@@ -239,27 +240,26 @@ impl Pim {
         // Eligible for a role that needs MFA, without an authenticator.
         let mut missing: Vec<String> = Vec::new();
         let mut roles: Vec<String> = Vec::new();
-        {
-            let mut stmt = conn.prepare(&format!(
+        let without: Vec<(String, String)> = super::rows(
+            conn,
+            &format!(
                 "SELECT DISTINCT u.name, a.role FROM assignments a JOIN users u ON u.id = a.user_id \
-                 WHERE a.kind = 'eligible' AND u.totp_secret IS NULL AND u.kind = 'user' AND {in_effect} AND ?1 = ?1 ORDER BY u.name"
-            ))?;
-            let rows = stmt.query_map(params![0, now], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?;
-            for row in rows {
-                let (user, role) = row?;
-                if policy
-                    .roles
-                    .get(&role)
-                    .is_some_and(|r| r.settings.require_mfa)
-                {
-                    if !missing.contains(&user) {
-                        missing.push(user);
-                    }
-                    if !roles.contains(&role) {
-                        roles.push(role);
-                    }
+                 WHERE a.kind = 'eligible' AND u.totp_secret IS NULL AND u.kind = 'user' AND {} ORDER BY u.name",
+                in_effect(1)
+            ),
+            [now],
+        )?;
+        for (user, role) in without {
+            if policy
+                .roles
+                .get(&role)
+                .is_some_and(|r| r.settings.require_mfa)
+            {
+                if !missing.contains(&user) {
+                    missing.push(user);
+                }
+                if !roles.contains(&role) {
+                    roles.push(role);
                 }
             }
         }

@@ -192,6 +192,22 @@ pub(crate) fn has_permission(
     }))
 }
 
+/// Refuse (without an audit event) unless `user` may use `permission` over `scope`.
+pub(crate) fn require(
+    conn: &Connection,
+    policy: &Policy,
+    user: &User,
+    permission: &str,
+    scope: &Scope,
+    now: i64,
+) -> Result<()> {
+    if has_permission(conn, policy, user, permission, scope, now)? {
+        Ok(())
+    } else {
+        Err(permission_error(permission, scope))
+    }
+}
+
 pub(crate) fn permission_error(permission: &str, scope: &Scope) -> Error {
     Error::Refused(format!(
         "You need the '{permission}' permission over {scope}. Activate a role that grants it (see `pim role list`)."

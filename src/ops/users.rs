@@ -1,6 +1,8 @@
 //! Users, their authenticators, and `init`, which creates the break-glass administrator.
 
-use super::{actor_user, has_permission, permission_error, refuse, would_orphan_protected, Pim};
+use super::{
+    actor_user, has_permission, permission_error, refuse, require, would_orphan_protected, Pim,
+};
 use crate::audit::{self, Event};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -302,9 +304,7 @@ impl Pim {
         }
         self.write(|tx, now, policy| {
             let me = actor_user(tx, actor)?;
-            if !has_permission(tx, policy, &me, "users", &Scope::root(), now.timestamp())? {
-                return Err(permission_error("users", &Scope::root()));
-            }
+            require(tx, policy, &me, "users", &Scope::root(), now.timestamp())?;
             let id = insert_user(tx, now, name, None, display_name)?;
             let (token, hash) = new_token(name);
             tx.execute(
@@ -330,9 +330,7 @@ impl Pim {
         self.write(|tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let user = get(tx, name)?;
-            if !has_permission(tx, policy, &me, "users", &Scope::root(), now.timestamp())? {
-                return Err(permission_error("users", &Scope::root()));
-            }
+            require(tx, policy, &me, "users", &Scope::root(), now.timestamp())?;
             if user.kind != "service" {
                 return Err(Error::Usage(format!(
                     "'{name}' is a person, not a service; people use TOTP, not tokens."
@@ -446,9 +444,7 @@ impl Pim {
         check_new_user(name, email)?;
         self.write(|tx, now, policy| {
             let me = actor_user(tx, actor)?;
-            if !has_permission(tx, policy, &me, "users", &Scope::root(), now.timestamp())? {
-                return Err(permission_error("users", &Scope::root()));
-            }
+            require(tx, policy, &me, "users", &Scope::root(), now.timestamp())?;
             insert_user(tx, now, name, email, display_name)?;
             let mut event = Event::new(actor, "user.add").principal(name);
             if let Some(e) = email {
@@ -480,9 +476,7 @@ impl Pim {
             let me = actor_user(tx, actor)?;
             let target = get(tx, name)?;
             let t = now.timestamp();
-            if !has_permission(tx, policy, &me, "users", &Scope::root(), t)? {
-                return Err(permission_error("users", &Scope::root()));
-            }
+            require(tx, policy, &me, "users", &Scope::root(), t)?;
             if target.disabled == disabled {
                 return Err(Error::Conflict(format!(
                     "'{name}' is already {}.",
