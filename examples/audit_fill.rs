@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(2);
     };
     let count: i64 = count.parse()?;
-    let mut conn = pim::store::open(std::path::Path::new(&path))?;
+    let mut conn = pim::store::open(std::path::Path::new(&path))?.conn;
     let start = Utc::now() - Duration::seconds(count);
     let mut done = 0;
     while done < count {

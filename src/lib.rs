@@ -7,13 +7,16 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod error;
+pub mod limits;
 pub mod mfa;
 pub mod notify;
 pub mod ops;
 pub mod policy;
+pub mod privilege;
 pub mod scope;
 pub mod store;
 pub mod time;
+pub mod vault;
 
 pub use error::{Error, Result};
 pub use ops::Pim;

@@ -7,11 +7,24 @@ use totp_rs::{Builder, Secret, Totp};
 /// The issuer shown in authenticator apps.
 pub const ISSUER: &str = "pim";
 
-/// Consecutive wrong codes before the authenticator is locked.
+/// Consecutive wrong codes before each lock of the authenticator.
 pub const MAX_FAILURES: i64 = 5;
 
-/// How long a lock lasts (or until `pim mfa reset`).
+/// How long the first lock lasts; each later one lasts twice as long as the one before.
 pub const LOCK_SECONDS: i64 = 15 * 60;
+
+/// The longest a single lock lasts.
+pub const MAX_LOCK_SECONDS: i64 = 24 * 3600;
+
+/// Consecutive wrong codes after which the authenticator stays locked until `pim mfa reset`
+/// (NIST SP 800-63B allows at most 100).
+pub const BLOCK_AFTER: i64 = 100;
+
+/// How long the `n`th lock (1, 2, ...) of a run of wrong codes lasts.
+pub fn lock_seconds(n: i64) -> i64 {
+    let doublings = (n - 1).clamp(0, 20) as u32;
+    (LOCK_SECONDS << doublings).min(MAX_LOCK_SECONDS)
+}
 
 /// 160 random bits, as the contract asks.
 pub fn new_secret() -> Vec<u8> {
@@ -101,6 +114,18 @@ mod tests {
         assert_eq!(matching_step(&secret, &code, t + 90), None);
         assert_eq!(matching_step(&secret, "12345", t), None);
         assert_eq!(matching_step(&secret, "abcdef", t), None);
+    }
+
+    #[test]
+    fn locks_grow_and_stop_at_a_day() {
+        assert_eq!(lock_seconds(1), 15 * 60);
+        assert_eq!(lock_seconds(2), 30 * 60);
+        assert_eq!(lock_seconds(3), 60 * 60);
+        assert_eq!(lock_seconds(8), MAX_LOCK_SECONDS);
+        assert_eq!(lock_seconds(19), MAX_LOCK_SECONDS);
+        // At most 100 guesses, ever: about three in ten thousand to hit one of the three
+        // codes a step of skew accepts.
+        assert_eq!(BLOCK_AFTER / MAX_FAILURES, 20);
     }
 
     #[test]

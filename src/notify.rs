@@ -307,7 +307,8 @@ fn post_webhook(cfg: &Webhook, o: &Outgoing) -> Result<(), String> {
 }
 
 fn run_command(cfg: &NotifyCommand, o: &Outgoing) -> Result<(), String> {
-    let mut child = std::process::Command::new(&cfg.argv[0])
+    // The caller's own identity, no pim group, no pim secret in the environment.
+    let mut child = crate::privilege::command(&cfg.argv[0])
         .args(&cfg.argv[1..])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

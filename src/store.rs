@@ -2,8 +2,11 @@
 //! migrations tracked with `user_version`.
 
 use crate::error::{Error, Result};
+use crate::privilege::{self, FileId};
 use rusqlite::{Connection, OpenFlags};
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 /// `PRAGMA application_id` of a pim database ("pim1"), so that another SQLite file is
 /// recognised as not ours.
@@ -172,12 +175,74 @@ CREATE TABLE review_items (
     r#"
 ALTER TABLE users ADD COLUMN token_hash TEXT;
 "#,
+    // 6: the security boundary. The instance id names this database's key file (TOTP secrets
+    // are sealed with a key kept outside the database; 'plain' marks a database whose secrets
+    // still wait to be sealed). An authenticator locked for good after too many failures.
+    // Failed sign-ins of callers who are not (yet) pim users, per operating-system account,
+    // for rate limiting. Indexes so that bulk imports and the end of an eligibility find
+    // their rows in one lookup.
+    r#"
+INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', lower(hex(randomblob(16))));
+INSERT OR IGNORE INTO meta (key, value)
+    SELECT 'secrets', CASE WHEN EXISTS (SELECT 1 FROM users WHERE totp_secret IS NOT NULL)
+                           THEN 'plain' ELSE 'sealed' END;
+ALTER TABLE users ADD COLUMN mfa_blocked INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE account_failures (
+    account      TEXT PRIMARY KEY,
+    failures     INTEGER NOT NULL,
+    first_at     INTEGER NOT NULL,
+    locked_until INTEGER
+);
+CREATE INDEX assignments_current ON assignments (user_id, role, scope, kind);
+CREATE INDEX requests_by_eligibility ON requests (eligibility_id);
+"#,
 ];
+
+/// What pim learned about the database file SQLite actually opened.
+#[derive(Debug, Clone)]
+pub struct DbFile {
+    /// The path SQLite opened (for the installed database: its real path, without links).
+    pub path: PathBuf,
+    /// The owner of the file SQLite opened: `--as` is honoured for this account.
+    pub owner: u32,
+    /// The installed database of a set-group-id pim, opened with the pim group.
+    pub installed: bool,
+    /// The group the file belongs to.
+    pub group: u32,
+    /// The database file and the companion files SQLite opened (-wal, -shm): no output
+    /// file may replace them.
+    pub files: Vec<FileId>,
+}
+
+/// An open database.
+pub struct Database {
+    pub conn: Connection,
+    pub file: DbFile,
+}
 
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Sorts and temporary tables stay in memory: SQLite never creates a file in a directory
+    // that the environment (SQLITE_TMPDIR) names.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
+}
+
+/// Keep the -wal and -shm files when the last connection closes. A shared database's
+/// companions are created once (by root, owned like the database) and never again by a
+/// caller, whose umask or account would otherwise decide who can open them next.
+fn persist_wal(conn: &Connection) {
+    let mut on: std::os::raw::c_int = 1;
+    // SAFETY: the handle is this open connection's; the file control reads one int.
+    unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&mut on as *mut std::os::raw::c_int).cast(),
+        );
+    }
 }
 
 /// Apply every migration the database has not seen, each in its own transaction.
@@ -206,31 +271,111 @@ fn not_a_database(path: &Path, why: &str) -> Error {
     ))
 }
 
-/// Open an existing database, upgrading its schema if needed.
-pub fn open(path: &Path) -> Result<Connection> {
-    if !path.exists() {
-        return Err(Error::Environment(format!(
-            "No pim database at {}. Run `pim init --admin NAME` to create it.",
-            path.display()
-        )));
+fn missing(path: &Path) -> Error {
+    Error::Environment(format!(
+        "No pim database at {}. Run `pim init --admin NAME` to create it.",
+        path.display()
+    ))
+}
+
+/// The file descriptors this process has open (not counting the one that listed them).
+fn open_fds() -> BTreeSet<i32> {
+    let listed: BTreeSet<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // SAFETY: F_GETFD only asks whether the descriptor is open.
+    listed
+        .into_iter()
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1)
+        .collect()
+}
+
+/// What SQLite opened for the database at `real` (a path without links) since `before`:
+/// the database file itself (the descriptor of that path whose first bytes are SQLite's
+/// header) and its -wal and -shm companions.
+fn opened_since(
+    real: &Path,
+    before: &BTreeSet<i32>,
+) -> Result<(std::fs::Metadata, Vec<std::fs::Metadata>)> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::FromRawFd;
+    let companion = |suffix: &str| {
+        let mut p = real.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let (wal, shm) = (companion("-wal"), companion("-shm"));
+    let mut mains: Vec<std::fs::Metadata> = Vec::new();
+    let mut companions = Vec::new();
+    for fd in open_fds().difference(before) {
+        let Ok(link) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
+            continue;
+        };
+        if link != real && link != wal && link != shm {
+            continue;
+        }
+        // SAFETY: `fd` is open in this process (SQLite holds it); ManuallyDrop never closes
+        // it, and reading at an offset leaves SQLite's file position alone.
+        let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(*fd) });
+        let Ok(meta) = file.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        if link == real {
+            let mut head = [0u8; 16];
+            if file.read_at(&mut head, 0).is_ok_and(|n| n == 16) && &head == b"SQLite format 3\0" {
+                mains.push(meta);
+            }
+        } else {
+            companions.push(meta);
+        }
     }
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    match mains.first() {
+        Some(main) if mains.iter().all(|m| FileId::of(m) == FileId::of(main)) => {
+            Ok((main.clone(), companions))
+        }
+        _ => Err(Error::Environment(format!(
+            "Cannot tell which file SQLite opened for {}; refusing to go on.",
+            real.display()
+        ))),
+    }
+}
+
+/// Open and check a database at `real`, a path without links (SQLite is told not to follow
+/// one), and find the files it actually opened.
+type Opened = (Connection, std::fs::Metadata, Vec<std::fs::Metadata>);
+
+fn open_sqlite(real: &Path) -> Result<Opened> {
+    let before = open_fds();
+    let conn = Connection::open_with_flags(
+        real,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )
     .map_err(|e| {
         Error::Environment(format!(
             "Cannot open the database {}: {e}. Check its permissions.",
-            path.display()
+            real.display()
         ))
     })?;
+    configure(&conn).map_err(|e| not_a_database(real, &e.to_string()))?;
     let id: i64 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(|e| not_a_database(path, &e.to_string()))?;
+        .map_err(|e| not_a_database(real, &e.to_string()))?;
     if id != APPLICATION_ID {
-        return Err(not_a_database(path, "it is some other SQLite file"));
+        return Err(not_a_database(real, "it is some other SQLite file"));
     }
-    configure(&conn)?;
+    // The read above opened the database and, in WAL mode, its companions.
+    let (main, companions) = opened_since(real, &before)?;
+    Ok((conn, main, companions))
+}
+
+/// Bring an opened database up to date and make sure it is one.
+fn finish_open(mut conn: Connection, path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(|e| not_a_database(path, &e.to_string()))?;
     migrate(&mut conn).map_err(|e| match e {
@@ -244,25 +389,195 @@ pub fn open(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Create a new database (mode 0600); refuses to overwrite an existing file.
-pub fn create(path: &Path) -> Result<Connection> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                Error::Environment(format!(
-                    "Cannot create the directory {}: {e}.",
-                    dir.display()
-                ))
-            })?;
+/// Open a database with the caller's own rights (any database but the installed one of a
+/// set-group-id pim), upgrading its schema if needed.
+pub fn open(path: &Path) -> Result<Database> {
+    if let Some(group) = privilege::installed_group() {
+        if let Some(db) = open_installed(path, group)? {
+            return Ok(db);
+        }
     }
-    std::fs::OpenOptions::new()
+    // Not the installed database: the caller's own rights only, from here on.
+    privilege::drop_for_good();
+    if !path.exists() {
+        return Err(missing(path));
+    }
+    // The real path: SQLite then follows no link, and what it opened can be told apart.
+    let real = std::fs::canonicalize(path).map_err(|e| {
+        Error::Environment(format!("Cannot open the database {}: {e}.", path.display()))
+    })?;
+    let (conn, main, companions) = open_sqlite(&real)?;
+    if main.mode() & 0o020 != 0 {
+        persist_wal(&conn);
+    }
+    let conn = finish_open(conn, &real)?;
+    Ok(Database {
+        conn,
+        file: DbFile {
+            path: real,
+            owner: main.uid(),
+            installed: false,
+            group: main.gid(),
+            files: std::iter::once(&main)
+                .chain(&companions)
+                .map(FileId::of)
+                .collect(),
+        },
+    })
+}
+
+/// Whether a directory on the installed database's path is safe from callers: owned by
+/// root (or the database's owner), writable by no one else (but the pim group), or sticky.
+fn trusted_dir(meta: &std::fs::Metadata, owner: u32, group: u32) -> bool {
+    let mode = meta.mode();
+    meta.is_dir()
+        && (meta.uid() == 0 || meta.uid() == owner)
+        && (mode & 0o002 == 0 || mode & 0o1000 != 0)
+        && (mode & 0o020 == 0 || meta.gid() == 0 || meta.gid() == group)
+}
+
+fn refuse_installed(path: &Path, why: String) -> Error {
+    Error::Environment(format!(
+        "The installed database {} is not safe to open: {why}",
+        path.display()
+    ))
+}
+
+/// Open the installed database of a set-group-id pim: the file the caller named, when it is
+/// a regular file (not a link) of the pim group that others cannot write. Decided on the
+/// file itself, opened without following links, and checked again on the file SQLite
+/// actually opened. `None` when the path is not the installed database.
+fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let probe = privilege::with_group(|| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+    })?;
+    let Ok(probe) = probe else { return Ok(None) };
+    let meta = probe.metadata()?;
+    if !(meta.is_file() && meta.gid() == group && meta.mode() & 0o002 == 0) {
+        return Ok(None);
+    }
+    let owner = meta.uid();
+    let id = FileId::of(&meta);
+    // The file's real path, from the kernel: no link a caller planted is followed again.
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", probe.as_raw_fd()))?;
+    let checked = privilege::with_group(|| -> Result<()> {
+        for dir in real.ancestors().skip(1) {
+            let m = std::fs::metadata(dir)?;
+            if !trusted_dir(&m, owner, group) {
+                return Err(refuse_installed(
+                    &real,
+                    format!(
+                        "{} can be changed by other accounts. Make it owned by root and not writable by others (chmod o-w).",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        for suffix in ["-wal", "-shm"] {
+            let mut companion = real.clone().into_os_string();
+            companion.push(suffix);
+            match std::fs::symlink_metadata(&companion) {
+                Ok(m) if m.is_file() && m.uid() == owner && m.gid() == group && m.mode() & 0o002 == 0 => {}
+                Ok(_) => {
+                    return Err(refuse_installed(
+                        &real,
+                        format!(
+                            "{} is not owned like the database. As root, remove it and run `pim audit verify` once to recreate it.",
+                            Path::new(&companion).display()
+                        ),
+                    ))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && privilege::real_uid() != 0 => {
+                    return Err(refuse_installed(
+                        &real,
+                        format!(
+                            "{} is missing, and only root may create it. As root, run `pim audit verify` once.",
+                            Path::new(&companion).display()
+                        ),
+                    ))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    })?;
+    checked?;
+    let opened = privilege::with_group(|| {
+        // A file created now is created for the group: never with the caller's umask.
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0o007) };
+        let opened = open_sqlite(&real).and_then(|(conn, main, companions)| {
+            persist_wal(&conn);
+            Ok((finish_open(conn, &real)?, main, companions))
+        });
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        opened
+    })?;
+    let (conn, main, companions) = opened?;
+    // What SQLite opened must be the file decided on, and its companions owned like it.
+    if FileId::of(&main) != id {
+        return Err(refuse_installed(
+            &real,
+            "it changed while pim opened it.".to_string(),
+        ));
+    }
+    let files: Vec<&std::fs::Metadata> = std::iter::once(&main).chain(&companions).collect();
+    for m in &files {
+        if !(m.uid() == owner && m.gid() == group && m.mode() & 0o002 == 0) {
+            return Err(refuse_installed(
+                &real,
+                "one of its -wal or -shm files is not owned like the database. As root, remove it and run `pim audit verify` once.".to_string(),
+            ));
+        }
+    }
+    Ok(Some(Database {
+        conn,
+        file: DbFile {
+            path: real,
+            owner,
+            installed: true,
+            group,
+            files: files.iter().map(|m| FileId::of(m)).collect(),
+        },
+    }))
+}
+
+/// Create a new database; refuses to overwrite an existing file. A private one is mode
+/// 0600 in a 0700 directory; a `shared` one (the installed database, created by root) is
+/// mode 0660 and belongs to that group, as do its -wal and -shm, which it keeps.
+pub fn create(path: &Path, shared: Option<u32>) -> Result<Database> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    privilege::drop_for_good();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(if shared.is_some() { 0o2770 } else { 0o700 })
+                .create(dir)
+                .map_err(|e| {
+                    Error::Environment(format!(
+                        "Cannot create the directory {}: {e}.",
+                        dir.display()
+                    ))
+                })?;
+            if let Some(group) = shared {
+                std::os::unix::fs::chown(dir, Some(0), Some(group))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770))?;
+            }
+        }
+    }
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => Error::Conflict(format!(
@@ -271,12 +586,57 @@ pub fn create(path: &Path) -> Result<Connection> {
             )),
             _ => Error::Environment(format!("Cannot create {}: {e}.", path.display())),
         })?;
-    let mut conn = Connection::open(path)?;
+    if let Some(group) = shared {
+        std::os::unix::fs::fchown(&file, Some(0), Some(group))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o660))?;
+    }
+    let meta = file.metadata()?;
+    drop(file);
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )?;
     conn.pragma_update(None, "application_id", APPLICATION_ID)?;
     configure(&conn)?;
+    if shared.is_some() {
+        persist_wal(&conn);
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     migrate(&mut conn)?;
-    Ok(conn)
+    Ok(Database {
+        conn,
+        file: DbFile {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            installed: shared.is_some(),
+            group: meta.gid(),
+            files: vec![FileId::of(&meta)],
+        },
+    })
+}
+
+/// Remove a database that `create` made and `init` could not finish (with the caller's
+/// own rights: `create` has given the group up).
+pub fn discard(path: &Path) {
+    privilege::drop_for_good();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Whether a database file exists at `path` (for the installed database of a set-group-id
+/// pim, looked up with the pim group, without following a link).
+pub fn exists(path: &Path) -> bool {
+    if privilege::installed_group().is_some() {
+        if let Ok(true) = privilege::with_group(|| path.symlink_metadata().is_ok()) {
+            return true;
+        }
+    }
+    path.exists()
 }
 
 /// A fresh in-memory database, for tests.
@@ -328,7 +688,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let junk = dir.path().join("junk.db");
         std::fs::write(&junk, b"this is not sqlite at all, just some text ........").unwrap();
-        let err = open(&junk).unwrap_err();
+        let err = open(&junk).err().unwrap();
         assert_eq!(err.exit_code(), 1);
         assert!(err.to_string().contains("not a pim database"), "{err}");
 
@@ -338,25 +698,34 @@ mod tests {
             .execute_batch("CREATE TABLE t(x)")
             .unwrap();
         assert!(open(&other)
-            .unwrap_err()
+            .err()
+            .unwrap()
             .to_string()
             .contains("some other SQLite file"));
 
         assert!(open(&dir.path().join("missing.db"))
-            .unwrap_err()
+            .err()
+            .unwrap()
             .to_string()
             .contains("pim init"));
     }
 
     #[test]
     fn new_databases_are_private() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/pim.db");
-        create(&path).unwrap();
+        create(&path, None).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(create(&path).unwrap_err().exit_code(), 5);
-        open(&path).unwrap();
+        assert_eq!(create(&path, None).err().unwrap().exit_code(), 5);
+        let db = open(&path).unwrap();
+        // The file SQLite opened is the one named, and its companions are known.
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(db.file.owner, meta.uid());
+        assert_eq!(db.file.files[0], FileId::of(&meta));
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let wal = FileId::of(&std::fs::metadata(wal).unwrap());
+        assert!(db.file.files.contains(&wal), "{:?}", db.file.files);
     }
 }

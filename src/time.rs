@@ -4,7 +4,13 @@
 use crate::error::{Error, Result};
 use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, TimeZone, Utc};
 
-/// Parse a duration such as `30m`, `2h`, `1h30m`, `7d` or `90d`.
+/// The longest duration pim accepts (100 years); longer is `permanent`.
+pub const MAX_DURATION_DAYS: i64 = 36_500;
+
+/// The latest instant pim accepts: the end of year 9999.
+pub const MAX_INSTANT: i64 = 253_402_300_799;
+
+/// Parse a duration such as `30m`, `2h`, `1h30m`, `7d` or `90d` (at most 100 years).
 pub fn parse_duration(text: &str) -> Result<Duration> {
     let bad = || {
         Error::Usage(format!(
@@ -15,8 +21,19 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     if trimmed.is_empty() || !trimmed.chars().next().is_some_and(|c| c.is_ascii_digit()) {
         return Err(bad());
     }
-    let std = humantime::parse_duration(trimmed).map_err(|_| bad())?;
-    let d = Duration::from_std(std).map_err(|_| bad())?;
+    let too_long = || {
+        Error::Usage(format!(
+            "'{text}' is longer than {MAX_DURATION_DAYS}d, the longest duration pim accepts; use --permanent for no end."
+        ))
+    };
+    let std = humantime::parse_duration(trimmed).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => too_long(),
+        _ => bad(),
+    })?;
+    let d = Duration::from_std(std).map_err(|_| too_long())?;
+    if d > Duration::days(MAX_DURATION_DAYS) {
+        return Err(too_long());
+    }
     if d <= Duration::zero() {
         return Err(Error::Usage(format!(
             "'{text}' is not a positive duration. Write it like 30m, 2h or 90d."
@@ -30,24 +47,47 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     Ok(d)
 }
 
-/// Parse an instant: RFC 3339, or a date meaning midnight UTC.
+/// Parse an instant: RFC 3339, or a date meaning midnight UTC; from 1970 to the end of 9999.
 pub fn parse_instant(text: &str) -> Result<DateTime<Utc>> {
     let t = text.trim();
+    let in_range = |at: DateTime<Utc>| {
+        if (0..=MAX_INSTANT).contains(&at.timestamp()) {
+            Ok(at)
+        } else {
+            Err(Error::Usage(format!(
+                "'{text}' is outside the times pim accepts (1970 to 9999)."
+            )))
+        }
+    };
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
         let utc = dt.with_timezone(&Utc);
-        return Ok(Utc
-            .timestamp_opt(utc.timestamp(), 0)
-            .single()
-            .unwrap_or(utc));
+        return in_range(
+            Utc.timestamp_opt(utc.timestamp(), 0)
+                .single()
+                .unwrap_or(utc),
+        );
     }
     if let Ok(date) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
         if let Some(midnight) = date.and_hms_opt(0, 0, 0) {
-            return Ok(Utc.from_utc_datetime(&midnight));
+            return in_range(Utc.from_utc_datetime(&midnight));
         }
     }
     Err(Error::Usage(format!(
         "'{text}' is not a time. Write it as RFC 3339 (2026-12-01T09:00:00Z) or a date (2026-12-01)."
     )))
+}
+
+/// `at + d`, or a usage error when the result would leave the times pim accepts.
+pub fn checked_add(at: DateTime<Utc>, d: Duration) -> Result<DateTime<Utc>> {
+    at.checked_add_signed(d)
+        .filter(|t| (0..=MAX_INSTANT).contains(&t.timestamp()))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{} from {} is past the end of year 9999; ask for less.",
+                format_duration(d),
+                rfc3339(at)
+            ))
+        })
 }
 
 /// RFC 3339 UTC, whole seconds: the form of JSON and CSV.
@@ -135,6 +175,22 @@ mod tests {
             let err = parse_duration(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}");
         }
+    }
+
+    #[test]
+    fn huge_durations_and_far_instants_are_usage_errors() {
+        for huge in ["200000000y", "99999999999999999999d", "36501d"] {
+            let e = parse_duration(huge).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{huge}");
+            assert!(e.to_string().contains("longest"), "{huge}: {e}");
+        }
+        assert!(parse_duration("36500d").is_ok());
+        assert_eq!(parse_instant("1969-12-31").unwrap_err().exit_code(), 2);
+        let end = parse_instant("9999-12-31").unwrap();
+        assert_eq!(
+            checked_add(end, Duration::days(2)).unwrap_err().exit_code(),
+            2
+        );
     }
 
     #[test]

@@ -188,7 +188,13 @@ fn bad_files_name_their_lines_and_change_nothing() {
         env.count("SELECT count(*) FROM assignments WHERE user_id != 1"),
         0
     );
-    // Without `assign`, nothing is applied.
+    // Without `assign`, nothing is applied: refused (exit 3), and each refusal is recorded.
+    let before = env.count("SELECT count(*) FROM audit_events WHERE result != 'ok'");
     env.as_("bob", &["assignment", "apply", "desired.toml"])
-        .expect(2);
+        .expect(3);
+    assert!(env.count("SELECT count(*) FROM audit_events WHERE result != 'ok'") > before);
+    assert_eq!(
+        env.count("SELECT count(*) FROM assignments WHERE user_id != 1"),
+        0
+    );
 }

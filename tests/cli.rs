@@ -1026,8 +1026,10 @@ fn activate_prompts_on_a_terminal() {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nPIM_DB='{}' '{}' --as bob activate db-admin --scope /prod; echo \"exit=$?\"; sleep 30\n",
+            "#!/bin/sh\nPIM_DB='{}' HOME='{}' XDG_CONFIG_HOME='{}/.config' '{}' --as bob activate db-admin --scope /prod; echo \"exit=$?\"; sleep 30\n",
             env.db.display(),
+            env.dir.path().display(),
+            env.dir.path().display(),
             support::bin()
         ),
     )

@@ -85,9 +85,14 @@ fn every_bad_row_is_reported_with_its_line_and_nothing_changes() {
          deploy-bot,deployer,/,eligible,,,ci,\n"
     );
     std::fs::write(env.path("bad.csv"), text).unwrap();
+    // Lines 8 and 9 are refusals (no justification; a service is never eligible): exit 3,
+    // and each is on record, as `pim assign` would record it. The bad input is listed too.
+    let refused =
+        "SELECT count(*) FROM audit_events WHERE action = 'assignment.add' AND result != 'ok'";
     let r = env
         .as_("admin", &["assignment", "import", "bad.csv"])
-        .expect(2);
+        .expect(3);
+    assert_eq!(env.count(refused), 2);
     for line in 3..=9 {
         assert!(
             r.stderr.contains(&format!("line {line}:")),
@@ -106,14 +111,26 @@ fn every_bad_row_is_reported_with_its_line_and_nothing_changes() {
         .as_("admin", &["assignment", "import", "h.csv"])
         .expect(2);
     assert!(r.stderr.contains("line 1"), "{}", r.stderr);
-    // Without `assign`, nothing is imported.
+    // Bad input alone: exit 2, and nothing is recorded.
+    std::fs::write(
+        env.path("typo.csv"),
+        format!("{HEADER}bob,db-admin,/,sometimes,,,x,\n"),
+    )
+    .unwrap();
+    env.as_("admin", &["assignment", "import", "typo.csv"])
+        .expect(2);
+    assert_eq!(env.count(refused), 2);
+    // Without `assign`, nothing is imported: refused and recorded.
     std::fs::write(
         env.path("ok.csv"),
         format!("{HEADER}carol,db-admin,/,eligible,,,x,\n"),
     )
     .unwrap();
-    env.as_("bob", &["assignment", "import", "ok.csv"])
-        .expect(2);
+    let r = env
+        .as_("bob", &["assignment", "import", "ok.csv"])
+        .expect(3);
+    assert!(r.stderr.contains("line 2:"), "{}", r.stderr);
+    assert_eq!(env.count(refused), 3);
     env.as_("admin", &["assignment", "import", "missing.csv"])
         .expect(1);
 }

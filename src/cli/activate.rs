@@ -330,7 +330,8 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
             (Some(r.id), Some(r.end_at), true)
         }
     };
-    let status = std::process::Command::new(&a.command[0])
+    // The command runs with the caller's own identity only (no pim group, no PIM_TOKEN).
+    let status = crate::privilege::command(&a.command[0])
         .args(&a.command[1..])
         .env("PIM_USER", &actor)
         .env("PIM_ROLE", &role_key)

@@ -167,14 +167,17 @@ const IMPORT_HEADER: [&str; 8] = [
     "ticket",
 ];
 
-/// Read an import file; a malformed file is a usage error naming the line.
-fn read_import(path: &std::path::Path) -> anyhow::Result<Vec<crate::ops::ImportRow>> {
-    let bad =
-        |line: u64, why: String| Error::Usage(format!("{} line {line}: {why}", path.display()));
+/// Stream an import file, row by row; a malformed row is a usage error naming its line.
+fn read_import(
+    path: &std::path::Path,
+) -> anyhow::Result<impl Iterator<Item = crate::Result<crate::ops::ImportRow>>> {
+    let shown = path.display().to_string();
+    let bad = move |line: u64, why: String| Error::Usage(format!("{shown} line {line}: {why}"));
+    let file = crate::privilege::open_read(path)
+        .map_err(|e| Error::Environment(format!("Cannot read {e}.")))?;
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| Error::Environment(format!("Cannot read {}: {e}.", path.display())))?;
+        .from_reader(std::io::BufReader::with_capacity(64 * 1024, file));
     let header: Vec<String> = reader
         .headers()
         .map_err(|e| bad(1, e.to_string()))?
@@ -184,27 +187,35 @@ fn read_import(path: &std::path::Path) -> anyhow::Result<Vec<crate::ops::ImportR
     if header != IMPORT_HEADER {
         return Err(bad(1, format!("the header must be {}", IMPORT_HEADER.join(","))).into());
     }
-    let mut rows = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| {
-            let line = e.position().map(|p| p.line()).unwrap_or(0);
-            bad(line, e.to_string())
-        })?;
-        let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
-        let f = |i: usize| record.get(i).unwrap_or_default().to_string();
-        rows.push(crate::ops::ImportRow {
-            line,
-            user: f(0),
-            role: f(1),
-            scope: f(2),
-            kind: f(3),
-            start: f(4),
-            end: f(5),
-            justification: f(6),
-            ticket: f(7),
-        });
-    }
-    Ok(rows)
+    let mut record = csv::StringRecord::new();
+    let mut broken = false;
+    Ok(std::iter::from_fn(move || {
+        match reader.read_record(&mut record) {
+            _ if broken => None,
+            Ok(false) => None,
+            Err(e) => {
+                // A file that cannot be read on ends the import: report where, and stop.
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                broken = true;
+                Some(Err(bad(line, e.to_string())))
+            }
+            Ok(true) => {
+                let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
+                let f = |i: usize| record.get(i).unwrap_or_default().to_string();
+                Some(Ok(crate::ops::ImportRow {
+                    line,
+                    user: f(0),
+                    role: f(1),
+                    scope: f(2),
+                    kind: f(3),
+                    start: f(4),
+                    end: f(5),
+                    justification: f(6),
+                    ticket: f(7),
+                }))
+            }
+        }
+    }))
 }
 
 pub fn run_assignment(ctx: &Ctx, cmd: AssignmentCommand) -> anyhow::Result<i32> {
@@ -227,8 +238,10 @@ pub fn run_assignment(ctx: &Ctx, cmd: AssignmentCommand) -> anyhow::Result<i32> 
 }
 
 fn run_apply(ctx: &Ctx, file: PathBuf, dry_run: bool, prune: bool) -> anyhow::Result<i32> {
-    let text = std::fs::read_to_string(&file)
-        .map_err(|e| Error::Environment(format!("Cannot read {}: {e}.", file.display())))?;
+    // The database first: the file is read with the caller's own rights.
+    let (mut pim, actor) = ctx.open()?;
+    let text = crate::privilege::read_to_string(&file, 256 * 1024 * 1024)
+        .map_err(|e| Error::Environment(format!("Cannot read {e}.")))?;
     let desired = crate::ops::parse_desired(&text).map_err(|e| match e {
         Error::Usage(m) => Error::Usage(format!(
             "{} is invalid:\n{}",
@@ -240,7 +253,6 @@ fn run_apply(ctx: &Ctx, file: PathBuf, dry_run: bool, prune: bool) -> anyhow::Re
         )),
         other => other,
     })?;
-    let (mut pim, actor) = ctx.open()?;
     let plan = pim.apply_assignments(&actor, &desired, prune, dry_run)?;
     if ctx.json {
         return json(&plan).map(|_| 0);
@@ -289,16 +301,17 @@ fn run_apply(ctx: &Ctx, file: PathBuf, dry_run: bool, prune: bool) -> anyhow::Re
 }
 
 fn run_import(ctx: &Ctx, file: PathBuf, dry_run: bool) -> anyhow::Result<i32> {
-    let rows = read_import(&file)?;
+    // The database first: the file is read with the caller's own rights.
     let (mut pim, actor) = ctx.open()?;
-    let summary = pim.import_assignments(&actor, &rows, dry_run)?;
+    let rows = read_import(&file)?;
+    let summary = pim.import_assignments(&actor, rows, dry_run)?;
     if ctx.json {
         json(&summary)?;
     } else {
         out(&format!(
             "{} {} row(s): {} added, {} unchanged{}.",
             if dry_run { "Checked" } else { "Imported" },
-            rows.len(),
+            summary.added + summary.unchanged,
             summary.added,
             summary.unchanged,
             if dry_run {

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::scope::Scope;
 use crate::time::parse_instant;
 use clap::{Args, Subcommand, ValueEnum};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -183,25 +183,16 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
                 .into());
             }
             let f = filter(&pim, f)?;
+            let terminal = output.is_none() && std::io::stdout().is_terminal();
             let sink: Box<dyn Write> = match &output {
-                Some(path) => {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    Box::new(
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .create(true)
-                            .truncate(true)
-                            .mode(0o600)
-                            .open(path)
-                            .map_err(|e| {
-                                Error::Environment(format!("Cannot write {}: {e}.", path.display()))
-                            })?,
-                    )
-                }
+                Some(path) => Box::new(
+                    crate::privilege::create_output(path, &ctx.protected_files())
+                        .map_err(|e| Error::Environment(format!("Cannot write {e}.")))?,
+                ),
                 None => Box::new(std::io::stdout().lock()),
             };
             let sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
-            export(pim.conn(), &f, format, sink)?;
+            export(pim.conn(), &f, format, sink, terminal)?;
             if let Some(path) = output {
                 ctx.note(&format!("Wrote {}.", path.display()));
             }
@@ -230,12 +221,14 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Stream the events to `sink`, one row at a time.
+/// Stream the events to `sink`, one row at a time. Values are exact (JSONL writes unsafe
+/// characters as JSON escapes); on a `terminal`, CSV cells are shown escaped.
 pub fn export(
     conn: &rusqlite::Connection,
     f: &Filter,
     format: Format,
     mut sink: impl Write,
+    terminal: bool,
 ) -> anyhow::Result<()> {
     match format {
         Format::Csv => {
@@ -243,8 +236,13 @@ pub fn export(
             w.write_record(COLUMNS)?;
             audit::for_each(conn, f, None, |e| {
                 for cell in e.fields().iter().chain([&e.prev_hash, &e.hash]) {
-                    w.write_field(spreadsheet_safe(cell).as_bytes())
-                        .map_err(csv_error)?;
+                    let cell = spreadsheet_safe(cell);
+                    let cell = if terminal {
+                        super::output::safe(&cell).into_owned().into()
+                    } else {
+                        cell
+                    };
+                    w.write_field(cell.as_bytes()).map_err(csv_error)?;
                 }
                 w.write_record(None::<&[u8]>).map_err(csv_error)?;
                 Ok(())
@@ -252,8 +250,17 @@ pub fn export(
             w.flush()?;
         }
         Format::Jsonl => {
+            let mut line = Vec::with_capacity(1024);
             audit::for_each(conn, f, None, |e| {
-                serde_json::to_writer(&mut sink, &json_event(&e)).map_err(std::io::Error::from)?;
+                line.clear();
+                serde_json::to_writer(&mut line, &json_event(&e)).map_err(std::io::Error::from)?;
+                match std::str::from_utf8(&line) {
+                    Ok(text) if text.is_ascii() => sink.write_all(&line)?,
+                    Ok(text) => {
+                        sink.write_all(super::output::json_safe(text.to_string()).as_bytes())?
+                    }
+                    Err(_) => sink.write_all(&line)?,
+                }
                 sink.write_all(b"\n")?;
                 Ok(())
             })?;

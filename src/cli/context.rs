@@ -1,10 +1,15 @@
 //! What every command needs from the environment: the database path, who is acting, and
-//! whether we may prompt.
+//! whether we may prompt. The database is opened once per command and kept here, so that
+//! what the command queued is delivered after it, through the same connection.
 
 use super::Cli;
 use crate::clock::SystemClock;
 use crate::error::Error;
+use crate::privilege::{self, FileId};
+use crate::store::DbFile;
+use crate::vault::Vault;
 use crate::{store, Pim};
+use std::cell::{RefCell, RefMut};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +22,15 @@ pub struct Ctx {
     pub interactive: bool,
     pub quiet: bool,
     pub verbose: bool,
+    session: RefCell<Option<Session>>,
+}
+
+/// The open database of this command.
+struct Session {
+    pim: Pim,
+    file: DbFile,
+    /// The outbox's last row when the command started: rows after it were queued since.
+    outbox_mark: i64,
 }
 
 /// The default database: $XDG_DATA_HOME/pim/pim.db, or ~/.local/share/pim/pim.db.
@@ -31,11 +45,11 @@ fn default_db() -> PathBuf {
 
 /// The real user id's account name (never $USER).
 pub fn real_user() -> Result<String, Error> {
-    // SAFETY: getuid cannot fail; getpwuid_r writes only into the buffers we hand it.
-    let uid = unsafe { libc::getuid() };
+    let uid = privilege::real_uid();
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 4096];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes only into the buffers we hand it.
     let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
     if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
         return Err(Error::Environment(format!(
@@ -56,12 +70,14 @@ impl Ctx {
             interactive: !cli.no_input && std::io::stdin().is_terminal(),
             quiet: cli.quiet,
             verbose: cli.verbose,
+            session: RefCell::new(None),
         }
     }
 
     /// The acting principal. `--as` is honoured only for a caller who could write the
-    /// database directly anyway: root, or the owner of the file.
-    pub fn actor(&self) -> Result<String, Error> {
+    /// database directly anyway: root, or (without the set-group-id install) the owner of
+    /// the file SQLite actually opened.
+    fn actor(&self, file: Option<&DbFile>) -> Result<String, Error> {
         let real = real_user()?;
         let Some(other) = &self.as_user else {
             return Ok(real);
@@ -69,12 +85,14 @@ impl Ctx {
         if other == &real {
             return Ok(real);
         }
-        use std::os::unix::fs::MetadataExt;
-        // SAFETY: getuid cannot fail.
-        let uid = unsafe { libc::getuid() };
-        let owner = std::fs::metadata(&self.db).map(|m| m.uid()).ok();
-        if uid == 0 || owner == Some(uid) {
+        let uid = privilege::real_uid();
+        let allowed = uid == 0 || (!privilege::is_setgid() && file.is_some_and(|f| f.owner == uid));
+        if allowed {
             Ok(other.clone())
+        } else if privilege::is_setgid() {
+            Err(Error::Refused(format!(
+                "--as (or PIM_USER) is honoured only for root in an installed pim; you are {real}. Run without it."
+            )))
         } else {
             Err(Error::Refused(format!(
                 "--as (or PIM_USER) is honoured only for root or the owner of {}; you are {real}. Run without it.",
@@ -83,8 +101,102 @@ impl Ctx {
         }
     }
 
-    /// Open the database (after settling who acts, so a refused --as changes nothing).
-    pub fn open(&self) -> anyhow::Result<(Pim, String)> {
+    /// Open the database (once per command) and settle who acts. For the installed
+    /// database the pim group is used to open it and read its key, then given up for good.
+    pub fn open(&self) -> anyhow::Result<(RefMut<'_, Pim>, String)> {
+        // A refused --as needs no database: refuse it before opening (in the installed pim
+        // it is root's alone; otherwise the file's owner's, decided again on the file that
+        // SQLite actually opens).
+        if self.as_user.is_some() {
+            if privilege::is_setgid() {
+                self.actor(None)?;
+            } else if let Ok(meta) = std::fs::metadata(&self.db) {
+                use std::os::unix::fs::MetadataExt;
+                self.actor(Some(&DbFile {
+                    path: self.db.clone(),
+                    owner: meta.uid(),
+                    installed: false,
+                    group: meta.gid(),
+                    files: Vec::new(),
+                }))?;
+            }
+        }
+        let mut session = self.session.try_borrow_mut().map_err(|_| {
+            Error::Environment("The database is already in use by this command.".to_string())
+        })?;
+        if session.is_none() {
+            *session = Some(self.start()?);
+        }
+        let file = session.as_ref().map(|s| s.file.clone());
+        let pim = RefMut::map(session, |s| &mut s.as_mut().expect("opened above").pim);
+        self.settle(pim, file)
+    }
+
+    fn start(&self) -> anyhow::Result<Session> {
+        let db = store::open(&self.db)?;
+        let os_account = real_user()?;
+        let instance: String = db
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+                r.get(0)
+            })
+            .map_err(Error::from)?;
+        let mut vault = Vault::load(&instance, db.file.installed)?;
+        if !vault.has_key() && self.may_create_key(&db)? {
+            // Made when a secret is first sealed, not by every command that reads.
+            vault.create_when_needed(&instance, db.file.installed.then_some(db.file.group));
+        }
+        // Everything from here on runs with the caller's own rights only.
+        privilege::drop_for_good();
+        let mut pim = Pim::new(db.conn, Arc::new(SystemClock), vault);
+        pim.seal_plain_secrets(&os_account)?;
+        let outbox_mark = pim.outbox_mark()?;
+        if self.verbose {
+            eprintln!(
+                "pim: database {}{}",
+                db.file.path.display(),
+                if db.file.installed {
+                    " (the installed database)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(Session {
+            pim,
+            file: db.file,
+            outbox_mark,
+        })
+    }
+
+    /// A missing key is created by whoever could write the database directly (root, or the
+    /// owner of a personal database), and only while no secret is sealed under another key.
+    fn may_create_key(&self, db: &store::Database) -> anyhow::Result<bool> {
+        let uid = privilege::real_uid();
+        let entitled = if db.file.installed {
+            uid == 0
+        } else {
+            uid == 0 || uid == db.file.owner
+        };
+        if !entitled {
+            return Ok(false);
+        }
+        let sealed: i64 = db
+            .conn
+            .query_row(
+                "SELECT count(*) FROM users WHERE totp_secret LIKE 'enc1:%'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(Error::from)?;
+        Ok(sealed == 0)
+    }
+
+    fn settle<'a>(
+        &self,
+        mut pim: RefMut<'a, Pim>,
+        file: Option<DbFile>,
+    ) -> anyhow::Result<(RefMut<'a, Pim>, String)> {
         // A service authenticates with its token instead of an operating-system account.
         if let Some(token) = std::env::var("PIM_TOKEN").ok().filter(|t| !t.is_empty()) {
             if self.as_user.is_some() {
@@ -94,23 +206,57 @@ impl Ctx {
                 )
                 .into());
             }
-            let conn = store::open(&self.db)?;
-            let mut pim = Pim::new(conn, Arc::new(SystemClock));
-            let service = pim.authenticate_token(&token)?;
+            let service = pim.authenticate_token(&token, &real_user()?)?;
             return Ok((pim, service));
         }
-        let actor = self.actor()?;
-        let conn = store::open(&self.db)?;
+        let actor = self.actor(file.as_ref())?;
         if self.verbose {
-            eprintln!("pim: database {}, acting as {actor}", self.db.display());
+            eprintln!("pim: acting as {actor}");
         }
-        Ok((Pim::new(conn, Arc::new(SystemClock)), actor))
+        Ok((pim, actor))
+    }
+
+    /// The files no output may replace: the database and its -wal and -shm.
+    pub fn protected_files(&self) -> Vec<FileId> {
+        self.session
+            .try_borrow()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.file.files.clone()))
+            .unwrap_or_default()
+    }
+
+    /// After the command: deliver what it queued (decided by the outbox, not by the
+    /// command's name). A failure is the outbox's business (retried by `pim sweep`), never
+    /// the command's; it is recorded under the operating-system account.
+    pub fn finish(&self) {
+        let Ok(mut session) = self.session.try_borrow_mut() else {
+            return;
+        };
+        let Some(session) = session.as_mut() else {
+            return;
+        };
+        if !session
+            .pim
+            .queued_since(session.outbox_mark)
+            .unwrap_or(false)
+        {
+            return;
+        }
+        let actor = real_user().unwrap_or_else(|_| "pim".to_string());
+        match session.pim.deliver(&actor) {
+            Ok(d) if !d.retrying.is_empty() || !d.failed.is_empty() => self.note(&format!(
+                "Note: {} notification(s) could not be delivered yet; `pim sweep` retries them (see `pim notification list`).",
+                d.retrying.len() + d.failed.len()
+            )),
+            Ok(_) => {}
+            Err(e) => self.note(&format!("Note: notifications were not delivered: {e}")),
+        }
     }
 
     /// A warning or note on stderr, unless --quiet.
     pub fn note(&self, text: &str) {
         if !self.quiet {
-            eprintln!("{text}");
+            super::output::note(text);
         }
     }
 }

@@ -5,7 +5,8 @@ use super::output::{json, out};
 use super::policy::read_policy;
 use crate::clock::SystemClock;
 use crate::ops::Enrollment;
-use crate::{mfa, policy, store, Pim};
+use crate::vault::Vault;
+use crate::{mfa, policy, privilege, store, Pim};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,28 +26,46 @@ pub struct InitArgs {
 
 pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<i32> {
     let os_actor = real_user()?;
+    // Through the installed (set-group-id) pim only root creates a database: it becomes the
+    // installed one, owned by root and the pim group.
+    let shared = privilege::installed_group();
+    if shared.is_some() && privilege::real_uid() != 0 {
+        return Err(crate::Error::Refused(
+            "`pim init` through the installed (set-group-id) pim is for root. Run it as root, or use a pim binary of your own for a database of your own."
+                .to_string(),
+        )
+        .into());
+    }
     let source = match &args.policies {
         Some(path) => read_policy(path)?.source,
         None => policy::EXAMPLE.to_string(),
     };
-    let conn = store::create(&ctx.db)?;
-    let created = Pim::init(
-        conn,
-        Arc::new(SystemClock),
-        &os_actor,
-        &args.admin,
-        args.email.as_deref(),
-        &source,
-    );
+    let db = store::create(&ctx.db, shared)?;
+    let file = db.file.clone();
+    let instance: String = db
+        .conn
+        .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+            r.get(0)
+        })
+        .map_err(crate::Error::from)?;
+    let created = (|| -> crate::Result<(Pim, Enrollment)> {
+        let vault = Vault::create(&instance, shared)?;
+        Pim::init(
+            db.conn,
+            Arc::new(SystemClock),
+            vault,
+            &os_actor,
+            &args.admin,
+            args.email.as_deref(),
+            &source,
+        )
+    })();
     let (pim, enrollment) = match created {
         Ok(done) => done,
         Err(e) => {
-            // Leave no half-made database behind.
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = ctx.db.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
-            }
+            // Leave no half-made database (or key) behind.
+            store::discard(&file.path);
+            crate::vault::discard(&instance, shared.is_some());
             return Err(e.into());
         }
     };

@@ -120,6 +120,12 @@ enum Command {
 
 /// Run pim with the process's arguments; returns the exit code.
 pub fn run() -> i32 {
+    // First of all: an installed (set-group-id) pim lowers its group until it opens the
+    // installed database.
+    if let Err(e) = crate::privilege::init() {
+        eprintln!("pim: cannot lower the pim group ({e}); stopping.");
+        return 1;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -129,54 +135,9 @@ pub fn run() -> i32 {
         }
     };
     let ctx = Ctx::new(&cli);
-    // Commands that may queue notifications deliver them once their change has committed.
-    let may_notify = matches!(
-        cli.command,
-        Command::Assign(_)
-            | Command::Unassign(_)
-            | Command::Activate(_)
-            | Command::Approve(_)
-            | Command::Deny(_)
-            | Command::Extend(_)
-            | Command::Revoke(_)
-            | Command::User(_)
-            | Command::Review(_)
-    );
-    let result = match cli.command {
-        Command::Init(args) => init::run(&ctx, args),
-        Command::User(cmd) => user::run_user(&ctx, cmd),
-        Command::Mfa(cmd) => user::run_mfa(&ctx, cmd),
-        Command::Role(cmd) => policy::run_role(&ctx, cmd),
-        Command::Policy(cmd) => policy::run_policy(&ctx, cmd),
-        Command::Assign(args) => assign::run_assign(&ctx, args),
-        Command::Unassign(args) => assign::run_unassign(&ctx, args),
-        Command::Assignment(cmd) => assign::run_assignment(&ctx, cmd),
-        Command::Activate(args) => activate::run_activate(&ctx, args),
-        Command::Deactivate(args) => activate::run_deactivate(&ctx, args),
-        Command::Exec(args) => activate::run_exec(&ctx, args),
-        Command::Status(args) => activate::run_status(&ctx, args),
-        Command::Check(args) => activate::run_check(&ctx, args),
-        Command::Request(cmd) => activate::run_request(&ctx, cmd),
-        Command::Approve(args) => {
-            activate::run_decide(&ctx, args.id, true, args.justification, args.code)
-        }
-        Command::Deny(args) => {
-            activate::run_decide(&ctx, args.id, false, Some(args.justification), args.code)
-        }
-        Command::Cancel(args) => activate::run_cancel(&ctx, args),
-        Command::Extend(args) => activate::run_extend(&ctx, args),
-        Command::Revoke(args) => activate::run_revoke(&ctx, args),
-        Command::Audit(cmd) => audit::run(&ctx, cmd),
-        Command::Sweep => audit::run_sweep(&ctx),
-        Command::Notification(cmd) => audit::run_notification(&ctx, cmd),
-        Command::Review(cmd) => review::run(&ctx, cmd),
-        Command::Alerts { fail_on } => review::run_alerts(&ctx, fail_on),
-        Command::Completions { shell } => completions(shell),
-        Command::Man { output } => man_pages(&ctx, &output),
-    };
-    if may_notify && result.is_ok() {
-        deliver_after(&ctx);
-    }
+    let result = dispatch(&ctx, cli.command);
+    // Deliver what the command queued, whatever it returned (a refusal may have queued).
+    ctx.finish();
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -187,29 +148,44 @@ pub fn run() -> i32 {
                 .downcast_ref::<crate::Error>()
                 .map(crate::Error::exit_code)
                 .unwrap_or(1);
-            eprintln!("pim: {e:#}");
+            output::note(&format!("pim: {e:#}"));
             code
         }
     }
 }
 
-/// Deliver what the command queued. A failure is the outbox's business (retried by
-/// `pim sweep`), never the command's. Delivery touches only the outbox, so the identity the
-/// command already settled (`--as`, a service token) is not checked again; a failed delivery
-/// is recorded under the operating-system account.
-fn deliver_after(ctx: &Ctx) {
-    let Ok(conn) = crate::store::open(&ctx.db) else {
-        return;
-    };
-    let mut pim = crate::Pim::new(conn, std::sync::Arc::new(crate::clock::SystemClock));
-    let actor = context::real_user().unwrap_or_else(|_| "pim".to_string());
-    match pim.deliver(&actor) {
-        Ok(d) if !d.retrying.is_empty() || !d.failed.is_empty() => ctx.note(&format!(
-            "Note: {} notification(s) could not be delivered yet; `pim sweep` retries them (see `pim notification list`).",
-            d.retrying.len() + d.failed.len()
-        )),
-        Ok(_) => {}
-        Err(e) => ctx.note(&format!("Note: notifications were not delivered: {e}")),
+fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Init(args) => init::run(ctx, args),
+        Command::User(cmd) => user::run_user(ctx, cmd),
+        Command::Mfa(cmd) => user::run_mfa(ctx, cmd),
+        Command::Role(cmd) => policy::run_role(ctx, cmd),
+        Command::Policy(cmd) => policy::run_policy(ctx, cmd),
+        Command::Assign(args) => assign::run_assign(ctx, args),
+        Command::Unassign(args) => assign::run_unassign(ctx, args),
+        Command::Assignment(cmd) => assign::run_assignment(ctx, cmd),
+        Command::Activate(args) => activate::run_activate(ctx, args),
+        Command::Deactivate(args) => activate::run_deactivate(ctx, args),
+        Command::Exec(args) => activate::run_exec(ctx, args),
+        Command::Status(args) => activate::run_status(ctx, args),
+        Command::Check(args) => activate::run_check(ctx, args),
+        Command::Request(cmd) => activate::run_request(ctx, cmd),
+        Command::Approve(args) => {
+            activate::run_decide(ctx, args.id, true, args.justification, args.code)
+        }
+        Command::Deny(args) => {
+            activate::run_decide(ctx, args.id, false, Some(args.justification), args.code)
+        }
+        Command::Cancel(args) => activate::run_cancel(ctx, args),
+        Command::Extend(args) => activate::run_extend(ctx, args),
+        Command::Revoke(args) => activate::run_revoke(ctx, args),
+        Command::Audit(cmd) => audit::run(ctx, cmd),
+        Command::Sweep => audit::run_sweep(ctx),
+        Command::Notification(cmd) => audit::run_notification(ctx, cmd),
+        Command::Review(cmd) => review::run(ctx, cmd),
+        Command::Alerts { fail_on } => review::run_alerts(ctx, fail_on),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { output } => man_pages(ctx, &output),
     }
 }
 
@@ -217,14 +193,16 @@ fn completions(shell: clap_complete::Shell) -> anyhow::Result<i32> {
     use clap::CommandFactory;
     let mut buf = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "pim", &mut buf);
-    output::out(&String::from_utf8_lossy(&buf))?;
+    output::data(&String::from_utf8_lossy(&buf))?;
     Ok(0)
 }
 
-/// One page for pim and one for each subcommand (`pim-assignment-import.1`, ...).
+/// One page for pim and one for each subcommand (`pim-assignment-import.1`, ...), written
+/// with the caller's own rights.
 fn man_pages(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Result<i32> {
     use clap::CommandFactory;
-    std::fs::create_dir_all(dir)
+    use std::io::Write;
+    crate::privilege::create_dir_all(dir)
         .map_err(|e| crate::Error::Environment(format!("Cannot create {}: {e}.", dir.display())))?;
     let mut written = 0;
     fn walk(
@@ -241,7 +219,10 @@ fn man_pages(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Result<i32> {
         let page = cmd.clone().name(name.clone());
         let mut buf = Vec::new();
         clap_mangen::Man::new(page).render(&mut buf)?;
-        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+        let path = dir.join(format!("{name}.1"));
+        crate::privilege::create_output(&path, &[])
+            .and_then(|mut f| f.write_all(&buf))
+            .map_err(|e| crate::Error::Environment(format!("Cannot write {e}.")))?;
         *written += 1;
         for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
             walk(sub, &name, dir, written)?;

@@ -1,7 +1,7 @@
 //! `pim policy ...` and `pim role ...`.
 
 use super::context::Ctx;
-use super::output::{json, out, table};
+use super::output::{data_for_terminal, json, out, table};
 use crate::error::Error;
 use crate::policy::{Policy, RoleChange};
 use clap::Subcommand;
@@ -32,12 +32,15 @@ pub enum RoleCommand {
 
 /// Read and parse a policy file; invalid files are usage errors naming each line.
 pub fn read_policy(path: &Path) -> anyhow::Result<Policy> {
-    let source = std::fs::read_to_string(path).map_err(|e| {
-        Error::Environment(format!(
-            "Cannot read the policy file {}: {e}.",
-            path.display()
-        ))
-    })?;
+    let source = crate::privilege::read_to_string(path, crate::limits::POLICY_BYTES as u64)
+        .map_err(|e| {
+            let why = e.to_string();
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Error::Usage(format!("The policy is invalid: {why}."))
+            } else {
+                Error::Environment(format!("Cannot read the policy file {why}."))
+            }
+        })?;
     Policy::parse(&source).map_err(|problems| {
         let lines: Vec<String> = problems
             .iter()
@@ -71,13 +74,18 @@ fn change_lines(changes: &[RoleChange]) -> Vec<String> {
 pub fn run_policy(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<i32> {
     match cmd {
         PolicyCommand::Validate { file } => {
+            // With a database at hand, also name approvers who are not users yet. (It is
+            // opened first: the file is read with the caller's own rights.)
+            let pim = if crate::store::exists(&ctx.db) {
+                Some(ctx.open()?.0)
+            } else {
+                None
+            };
             let policy = read_policy(&file)?;
-            // With a database at hand, also name approvers who are not users yet.
-            let mut warnings = Vec::new();
-            if ctx.db.exists() {
-                let (pim, _) = ctx.open()?;
-                warnings = pim.policy_warnings(&policy)?;
-            }
+            let warnings = match &pim {
+                Some(pim) => pim.policy_warnings(&policy)?,
+                None => Vec::new(),
+            };
             if ctx.json {
                 json(&serde_json::json!({
                     "valid": true,
@@ -96,8 +104,8 @@ pub fn run_policy(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<i32> {
             }
         }
         PolicyCommand::Apply { file, dry_run } => {
-            let policy = read_policy(&file)?;
             let (mut pim, actor) = ctx.open()?;
+            let policy = read_policy(&file)?;
             let applied = pim.apply_policy(&actor, &policy, dry_run)?;
             if ctx.json {
                 json(&serde_json::json!({
@@ -127,7 +135,7 @@ pub fn run_policy(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 json(&serde_json::json!({"policy": policy.source}))?;
             } else {
-                out(&policy.source)?;
+                data_for_terminal(&policy.source)?;
             }
         }
     }

@@ -177,7 +177,10 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
         ReviewCommand::Export { id, output } => {
             let r = pim.review(id)?;
             let sink: Box<dyn Write> = match &output {
-                Some(path) => Box::new(std::fs::File::create(path)?),
+                Some(path) => Box::new(
+                    crate::privilege::create_output(path, &ctx.protected_files())
+                        .map_err(|e| crate::Error::Environment(format!("Cannot write {e}.")))?,
+                ),
                 None => Box::new(std::io::stdout().lock()),
             };
             let mut w = csv::Writer::from_writer(sink);
@@ -234,8 +237,7 @@ pub fn run_alerts(ctx: &Ctx, fail_on: Option<String>) -> anyhow::Result<i32> {
             "what to do",
         ]);
         // Long sentences wrap within a readable width.
-        t.set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
-            .set_width(140);
+        t.wrap(140);
         for a in &alerts {
             let concerns = a
                 .roles

@@ -3,11 +3,13 @@
 
 use super::assignments::unknown_role;
 use super::users::{verify_code, User};
-use super::{actor_user, holdings, refuse, users, Holding, Pim};
+use super::{acting_user, actor_user, holdings, refuse, users, Holding, Pim};
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::scope::Scope;
 use crate::time::{format_duration, from_unix, rfc3339};
+use crate::vault::Vault;
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{params, Connection, Row};
 use serde::Serialize;
@@ -194,17 +196,84 @@ pub(crate) fn end_activations(
     Ok(open.iter().map(|r| r.id).collect())
 }
 
+/// An eligibility now ends at `end`: the activations resting on it end no later, and those
+/// that would only start after it are revoked; each change is recorded. Pending requests
+/// are capped when they are approved.
+pub(crate) fn cap_activations(
+    conn: &Connection,
+    policy: &crate::policy::Policy,
+    now: DateTime<Utc>,
+    actor: &str,
+    eligibility: i64,
+    end: i64,
+) -> Result<()> {
+    let t = now.timestamp();
+    let open = requests_where(
+        conn,
+        &format!(
+            "r.eligibility_id = ?1 AND r.status IN ('active', 'scheduled') AND r.end_at > {t}"
+        ),
+        eligibility,
+        t,
+    )?;
+    for r in open.into_iter().filter(|r| r.end_at > end) {
+        if r.start_at >= end {
+            end_activations(
+                conn,
+                policy,
+                now,
+                actor,
+                "id = ?1",
+                r.id,
+                "revoked",
+                "activation.revoke",
+                "its eligibility now ends before it would start",
+            )?;
+            continue;
+        }
+        conn.execute(
+            "UPDATE requests SET end_at = ?1 WHERE id = ?2",
+            params![end, r.id],
+        )?;
+        audit::append(
+            conn,
+            now,
+            Event::new(actor, "activation.shorten")
+                .principal(&r.user)
+                .role(&r.role)
+                .scope(&r.scope)
+                .request(r.id)
+                .expires(Some(end))
+                .detail("from", r.end.clone())
+                .detail("reason", "its eligibility now ends earlier"),
+        )?;
+    }
+    Ok(())
+}
+
 /// The checks and the write of one activation, inside the caller's transaction.
 /// `mfa_done`: the caller already verified a code for this transaction.
 pub(crate) fn activate_in(
     tx: &Connection,
+    vault: &Vault,
     now: DateTime<Utc>,
     policy: &crate::policy::Policy,
     actor: &str,
     input: &ActivationInput,
     mfa_done: bool,
 ) -> Result<Request> {
-    let me: User = actor_user(tx, actor)?;
+    limits::check_opt(
+        "justification",
+        input.justification.as_deref(),
+        limits::JUSTIFICATION,
+    )?;
+    limits::check_opt("ticket", input.ticket.as_deref(), limits::TICKET)?;
+    let attempt = Event::new(actor, "activation.request").principal(actor);
+    let attempt = match policy.role(&input.role) {
+        Some(r) => attempt.role(&r.key),
+        None => attempt,
+    };
+    let me: User = acting_user(tx, now, actor, attempt)?;
     let role = policy
         .role(&input.role)
         .ok_or_else(|| unknown_role(&input.role))?;
@@ -332,11 +401,11 @@ pub(crate) fn activate_in(
         return refused(format!("{} requires a ticket. Pass --ticket.", role.key));
     }
     if settings.require_mfa && !mfa_done {
-        verify_code(tx, now, &me, input.code.as_deref(), event.clone())?;
+        verify_code(tx, vault, now, &me, input.code.as_deref(), event.clone())?;
     }
 
     // Never outlast the eligibility it rests on.
-    let mut end = start + duration;
+    let mut end = crate::time::checked_add(start, duration)?;
     let capped = eligible_until.is_some_and(|e| e < end.timestamp());
     if let Some(e) = eligible_until.filter(|_| capped) {
         end = from_unix(e);
@@ -413,7 +482,8 @@ pub(crate) fn activate_in(
 impl Pim {
     /// Request activation of an eligible role.
     pub fn activate(&mut self, actor: &str, input: ActivationInput) -> Result<Request> {
-        self.write(|tx, now, policy| activate_in(tx, now, policy, actor, &input, false))
+        let vault = self.vault.clone();
+        self.write(|tx, now, policy| activate_in(tx, &vault, now, policy, actor, &input, false))
     }
 
     /// Activate several roles with one justification and one TOTP code: all of them, or
@@ -424,8 +494,16 @@ impl Pim {
         roles: &[String],
         input: ActivationInput,
     ) -> Result<Vec<Request>> {
+        let vault = self.vault.clone();
         self.write(|tx, now, policy| {
-            let me = actor_user(tx, actor)?;
+            let me = acting_user(
+                tx,
+                now,
+                actor,
+                Event::new(actor, "activation.request")
+                    .principal(actor)
+                    .detail("roles", roles.to_vec()),
+            )?;
             let mut keys = Vec::new();
             for r in roles {
                 keys.push(policy.role(r).ok_or_else(|| unknown_role(r))?.clone());
@@ -437,7 +515,7 @@ impl Pim {
                         "roles",
                         keys.iter().map(|r| r.key.clone()).collect::<Vec<_>>(),
                     );
-                verify_code(tx, now, &me, input.code.as_deref(), event)?;
+                verify_code(tx, &vault, now, &me, input.code.as_deref(), event)?;
             }
             tx.execute_batch("SAVEPOINT activate_many")?;
             let mut out = Vec::new();
@@ -446,7 +524,7 @@ impl Pim {
                     role: role.key.clone(),
                     ..input.clone()
                 };
-                match activate_in(tx, now, policy, actor, &one, true) {
+                match activate_in(tx, &vault, now, policy, actor, &one, true) {
                     Ok(r) => out.push(r),
                     Err(e) => {
                         // Undo the roles already activated; keep only the refusal on record.

@@ -4,9 +4,10 @@
 use super::activation::{requests_where, Request};
 use super::assignments::unknown_role;
 use super::users::verify_code;
-use super::{actor_user, has_permission, permission_error, refuse, users, Pim};
+use super::{acting_user, actor_user, has_permission, permission_error, refuse, users, Pim};
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::policy::{Policy, Role};
 use crate::scope::Scope;
 use crate::time::{format_duration, from_unix, rfc3339};
@@ -149,8 +150,10 @@ impl Pim {
         } else {
             "activation.deny"
         };
+        limits::check_opt("justification", justification, limits::JUSTIFICATION)?;
+        let vault = self.vault.clone();
         self.write(|tx, now, policy| {
-            let me = actor_user(tx, actor)?;
+            let me = acting_user(tx, now, actor, Event::new(actor, action).request(id))?;
             let t = now.timestamp();
             let r = load(tx, id, t)?;
             if r.status != "pending" {
@@ -206,7 +209,7 @@ impl Pim {
             if already > 0 {
                 return Err(Error::Conflict(format!("You have already decided request {id}.")));
             }
-            verify_code(tx, now, &me, code, ev.clone())?;
+            verify_code(tx, &vault, now, &me, code, ev.clone())?;
             tx.execute(
                 "INSERT INTO decisions (request_id, approver, decision, justification, at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![id, actor, if approve { "approve" } else { "deny" }, justification, t],
@@ -263,6 +266,7 @@ impl Pim {
 
     /// End someone's activation now (permission `assign` over its scope).
     pub fn revoke(&mut self, actor: &str, id: i64, justification: &str) -> Result<Request> {
+        limits::check("justification", justification, limits::JUSTIFICATION)?;
         self.write(|tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let t = now.timestamp();
@@ -309,8 +313,15 @@ impl Pim {
         justification: Option<&str>,
         code: Option<&str>,
     ) -> Result<Request> {
+        limits::check_opt("justification", justification, limits::JUSTIFICATION)?;
+        let vault = self.vault.clone();
         self.write(|tx, now, policy| {
-            let me = actor_user(tx, actor)?;
+            let me = acting_user(
+                tx,
+                now,
+                actor,
+                Event::new(actor, "activation.request").principal(actor),
+            )?;
             let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
             let s = &role.settings;
             let t = now.timestamp();
@@ -378,7 +389,7 @@ impl Pim {
                 return Err(Error::Conflict("An extension of this activation is already waiting for approval.".to_string()));
             }
             if s.require_mfa {
-                verify_code(tx, now, &me, code, ev.clone())?;
+                verify_code(tx, &vault, now, &me, code, ev.clone())?;
             }
             let eligibility: Option<i64> =
                 tx.query_row("SELECT eligibility_id FROM requests WHERE id = ?1", [current.id], |row| row.get(0))?;

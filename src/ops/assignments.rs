@@ -1,10 +1,11 @@
 //! Eligible and active assignments: who may take a role, and who holds one directly.
 
 use super::{
-    actor_user, has_permission, permission_error, refuse, users, would_orphan_protected, Pim,
+    acting_user, has_permission, permission_error, refuse, users, would_orphan_protected, Pim,
 };
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::policy::Limit;
 use crate::scope::Scope;
 use crate::time::{format_duration, from_unix, rfc3339};
@@ -144,10 +145,18 @@ impl Pim {
         active: bool,
     ) -> Result<Assignment> {
         self.write(|tx, now, policy| {
-            let me = actor_user(tx, actor)?;
+            let kind = if active { "active" } else { "eligible" };
+            let me = acting_user(
+                tx,
+                now,
+                actor,
+                Event::new(actor, "assignment.remove")
+                    .principal(user)
+                    .scope(scope.as_str())
+                    .detail("type", kind),
+            )?;
             let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
             let target = users::get(tx, user)?;
-            let kind = if active { "active" } else { "eligible" };
             let t = now.timestamp();
             let event = Event::new(actor, "assignment.remove")
                 .principal(&target.name)
@@ -285,12 +294,22 @@ pub(crate) fn assign_in(
     actor: &str,
     input: &AssignInput,
 ) -> Result<Assignment> {
-    let me = actor_user(tx, actor)?;
+    limits::check_opt(
+        "justification",
+        input.justification.as_deref(),
+        limits::JUSTIFICATION,
+    )?;
+    limits::check_opt("ticket", input.ticket.as_deref(), limits::TICKET)?;
+    let kind = if input.active { "active" } else { "eligible" };
+    let attempt = Event::new(actor, "assignment.add")
+        .principal(&input.user)
+        .scope(input.scope.as_str())
+        .detail("type", kind);
+    let me = acting_user(tx, now, actor, attempt)?;
     let role = policy
         .role(&input.role)
         .ok_or_else(|| unknown_role(&input.role))?;
     let target = users::get(tx, &input.user)?;
-    let kind = if input.active { "active" } else { "eligible" };
     let t = now.timestamp();
     let event = Event::new(actor, "assignment.add")
         .principal(&target.name)
@@ -301,6 +320,17 @@ pub(crate) fn assign_in(
         .detail("type", kind);
     if !has_permission(tx, policy, &me, "assign", &input.scope, t)? {
         return refuse(tx, now, event, permission_error("assign", &input.scope));
+    }
+    if target.id == me.id {
+        return refuse(
+            tx,
+            now,
+            event,
+            Error::Refused(format!(
+                "You cannot assign a role to yourself; another holder of 'assign' must (and {} then goes through its policy like anyone's).",
+                role.key
+            )),
+        );
     }
     if target.kind == "service" && !input.active {
         return refuse(
@@ -333,7 +363,7 @@ pub(crate) fn assign_in(
     };
     let end = match (input.end, limit) {
         (End::PolicyMax, Limit::Permanent) | (End::Permanent, Limit::Permanent) => None,
-        (End::PolicyMax, Limit::Max(d)) => Some(start + d),
+        (End::PolicyMax, Limit::Max(d)) => Some(crate::time::checked_add(start, d)?),
         (End::Permanent, Limit::Max(d)) => {
             return refuse(
                     tx,
@@ -346,7 +376,7 @@ pub(crate) fn assign_in(
                     )),
                 );
         }
-        (End::After(d), _) => Some(start + d),
+        (End::After(d), _) => Some(crate::time::checked_add(start, d)?),
         (End::At(at), _) => Some(at),
     };
     if let Some(e) = end {

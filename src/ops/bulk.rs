@@ -2,11 +2,12 @@
 //! each checked whole before anything is written, then written in one transaction.
 
 use super::assignments::{assign_in, unknown_role, AssignInput, End};
-use super::{actor_user, users, Pim};
+use super::{acting_user, users, Pim};
+use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::scope::Scope;
 use crate::time::{parse_duration, parse_instant};
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 /// One row of an import file, with its line for error messages.
@@ -107,55 +108,240 @@ fn row_input(
     })
 }
 
+/// What went wrong in a bulk change, row by row: bad input (exit 2, nothing recorded) and
+/// refusals (exit 3: once everything else is rolled back, each refused row is recorded as
+/// its own refused event, as `pim assign` records it).
+#[derive(Default)]
+struct Problems {
+    lines: Vec<String>,
+    total: usize,
+    refused: Vec<Event>,
+    refused_total: usize,
+}
+
+/// At most this many problems are listed, and refused rows recorded one by one.
+const SHOWN: usize = 1000;
+
+impl Problems {
+    fn note(&mut self, line: usize, e: &dyn std::fmt::Display) {
+        self.total += 1;
+        if self.lines.len() < SHOWN {
+            let text = e.to_string();
+            self.lines.push(if line > 0 {
+                format!("line {line}: {text}")
+            } else {
+                text
+            });
+        }
+    }
+
+    /// A row's error: a refusal (recorded later with `event`) or bad input.
+    fn row(&mut self, line: usize, e: Error, event: Event) {
+        match e {
+            Error::Recorded(inner) => self.refuse(line, &inner, event),
+            Error::Refused(_) => self.refuse(line, &e, event),
+            other => self.note(line, &other),
+        }
+    }
+
+    fn refuse(&mut self, line: usize, e: &Error, event: Event) {
+        self.note(line, e);
+        self.refused_total += 1;
+        if self.refused.len() < SHOWN {
+            let event = if line > 0 {
+                event.detail("line", line)
+            } else {
+                event
+            };
+            self.refused.push(event.refused(&e.to_string()));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Undo everything since `savepoint`, record the refusals (not in a dry run), and say
+    /// what went wrong: exit 3 when anything was refused, else exit 2.
+    fn fail(
+        self,
+        tx: &Connection,
+        savepoint: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        actor: &str,
+        what: &str,
+        dry_run: bool,
+    ) -> Result<Error> {
+        tx.execute_batch(&format!("ROLLBACK TO {savepoint}; RELEASE {savepoint}"))?;
+        let mut text = format!(
+            "{} {what}; nothing was changed:\n{}",
+            self.total,
+            self.lines.join("\n")
+        );
+        if self.total > self.lines.len() {
+            text.push_str(&format!(
+                "\n... and {} more.",
+                self.total - self.lines.len()
+            ));
+        }
+        if self.refused_total == 0 {
+            return Ok(Error::Usage(text));
+        }
+        if dry_run {
+            return Ok(Error::Refused(text));
+        }
+        for event in self.refused {
+            crate::audit::append(tx, now, event)?;
+        }
+        if self.refused_total > SHOWN {
+            crate::audit::append(
+                tx,
+                now,
+                Event::new(actor, "assignment.add")
+                    .detail("more_refused", self.refused_total - SHOWN)
+                    .refused("more rows of the same change were refused"),
+            )?;
+        }
+        Ok(Error::Refused(text).recorded())
+    }
+}
+
+/// The event of one bulk row, for its refusal.
+fn row_event(
+    actor: &str,
+    action: &str,
+    user: &str,
+    role: &str,
+    scope: &str,
+    kind: &str,
+    source: &str,
+) -> Event {
+    Event::new(actor, action)
+        .principal(user)
+        .role(role)
+        .scope(scope)
+        .detail("type", kind)
+        .detail("source", source)
+}
+
+/// Run a bulk change in one `IMMEDIATE` transaction: `f` works inside a savepoint and
+/// returns its result, or the error that `Problems::fail` made (a recorded refusal commits
+/// the refusal events and nothing else). With `dry_run`, nothing is kept.
+fn bulk<T>(
+    pim: &mut Pim,
+    actor: &str,
+    event: Event,
+    dry_run: bool,
+    f: impl FnOnce(
+        &Connection,
+        chrono::DateTime<chrono::Utc>,
+        &crate::policy::Policy,
+        &users::User,
+    ) -> Result<T>,
+) -> Result<T> {
+    let policy = pim.policy()?;
+    let now = pim.clock.now();
+    let tx = pim
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let me = match acting_user(&tx, now, actor, event) {
+        Ok(me) => me,
+        Err(Error::Recorded(e)) => {
+            tx.commit()?;
+            return Err(*e);
+        }
+        Err(e) => return Err(e),
+    };
+    tx.execute_batch("SAVEPOINT bulk")?;
+    match f(&tx, now, &policy, &me) {
+        Ok(v) => {
+            tx.execute_batch("RELEASE bulk")?;
+            if !dry_run {
+                tx.commit()?;
+            }
+            Ok(v)
+        }
+        Err(Error::Recorded(e)) => {
+            tx.commit()?;
+            Err(*e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Pim {
-    /// Import assignments: every row is checked first (all problems reported with their
-    /// lines, nothing written), then all are written in one transaction. A row that matches
-    /// a current assignment changes nothing.
+    /// Import assignments, streamed row by row in one transaction: every row is checked
+    /// (all problems reported with their lines), and only when none has one is anything
+    /// kept. A row that matches a current assignment changes nothing. Bad rows: exit 2;
+    /// rows the caller may not make: exit 3, each recorded as a refused `assignment.add`.
     pub fn import_assignments(
         &mut self,
         actor: &str,
-        rows: &[ImportRow],
+        rows: impl IntoIterator<Item = Result<ImportRow>>,
         dry_run: bool,
     ) -> Result<ImportSummary> {
-        let policy = self.policy()?;
-        let now = self.clock.now();
-        let t = now.timestamp();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        actor_user(&tx, actor)?;
-        let (mut added, mut unchanged) = (0, 0);
-        let mut problems = Vec::new();
-        for row in rows {
-            let outcome = row_input(&tx, &policy, row).and_then(|input| {
+        let event = Event::new(actor, "assignment.add").detail("source", "import");
+        bulk(self, actor, event, dry_run, |tx, now, policy, _| {
+            let t = now.timestamp();
+            let (mut added, mut unchanged) = (0, 0);
+            let mut problems = Problems::default();
+            for row in rows {
+                let row = match row {
+                    Ok(row) => row,
+                    Err(e) => {
+                        problems.note(0, &e);
+                        continue;
+                    }
+                };
+                let input = match row_input(tx, policy, &row) {
+                    Ok(input) => input,
+                    Err(e) => {
+                        problems.note(row.line, &e);
+                        continue;
+                    }
+                };
                 let kind = if input.active { "active" } else { "eligible" };
-                if exists(&tx, &input.user, &input.role, input.scope.as_str(), kind, t)? {
-                    return Ok(false);
+                match exists(tx, &input.user, &input.role, input.scope.as_str(), kind, t) {
+                    Ok(true) => {
+                        unchanged += 1;
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Err(e),
                 }
-                assign_in(&tx, now, &policy, actor, &input).map(|_| true)
-            });
-            match outcome {
-                Ok(true) => added += 1,
-                Ok(false) => unchanged += 1,
-                Err(Error::Recorded(e)) => problems.push(format!("line {}: {e}", row.line)),
-                Err(e) => problems.push(format!("line {}: {e}", row.line)),
+                match assign_in(tx, now, policy, actor, &input) {
+                    Ok(_) => added += 1,
+                    Err(e) => {
+                        let event = row_event(
+                            actor,
+                            "assignment.add",
+                            &input.user,
+                            &input.role,
+                            input.scope.as_str(),
+                            kind,
+                            "import",
+                        )
+                        .justification(input.justification.as_deref())
+                        .ticket(input.ticket.as_deref());
+                        problems.row(row.line, e, event)
+                    }
+                }
             }
-        }
-        if !problems.is_empty() {
-            // Dropping the transaction rolls back every row: nothing changes.
-            return Err(Error::Usage(format!(
-                "{} row(s) cannot be imported; nothing was changed:\n{}",
-                problems.len(),
-                problems.join("\n")
-            )));
-        }
-        if !dry_run {
-            tx.commit()?;
-        }
-        Ok(ImportSummary {
-            added,
-            unchanged,
-            dry_run,
+            if !problems.is_empty() {
+                return Err(problems.fail(
+                    tx,
+                    "bulk",
+                    now,
+                    actor,
+                    "row(s) cannot be imported",
+                    dry_run,
+                )?);
+            }
+            Ok(ImportSummary {
+                added,
+                unchanged,
+                dry_run,
+            })
         })
     }
 }
@@ -205,7 +391,8 @@ impl Pim {
     /// Make the assignments what `desired` says: add what is missing, change ends that differ
     /// (a relative duration sets the end only at creation), and with `prune` remove what the
     /// file does not name (never the last permanent holder of a protected role). One
-    /// transaction; with `dry_run`, only the plan.
+    /// transaction; with `dry_run`, only the plan. Bad entries: exit 2; changes the caller
+    /// may not make: exit 3, each recorded as a refused event.
     pub fn apply_assignments(
         &mut self,
         actor: &str,
@@ -213,200 +400,263 @@ impl Pim {
         prune: bool,
         dry_run: bool,
     ) -> Result<Plan> {
-        let policy = self.policy()?;
-        let now = self.clock.now();
-        let t = now.timestamp();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let me = actor_user(&tx, actor)?;
-        let mut plan = Plan::default();
-        let mut problems = Vec::new();
-        let mut wanted = std::collections::HashSet::new();
-        for d in desired {
-            let Some(role) = policy.role(&d.role) else {
-                problems.push(format!("line {}: {}", d.line, unknown_role(&d.role)));
-                continue;
-            };
-            if let Err(e) = users::get(&tx, &d.user) {
-                problems.push(format!("line {}: {e}", d.line));
-                continue;
-            }
-            let kind = if d.active { "active" } else { "eligible" };
-            if !wanted.insert((d.user.clone(), role.key.clone(), d.scope.to_string(), kind)) {
-                problems.push(format!(
-                    "line {}: {} {} at {} ({kind}) is listed twice.",
-                    d.line, d.user, role.key, d.scope
-                ));
-                continue;
-            }
-            let current: Option<(i64, Option<i64>)> = tx
-                .prepare_cached(
-                    "SELECT a.id, a.end_at FROM assignments a JOIN users u ON u.id = a.user_id WHERE u.name = ?1 \
-                     AND a.role = ?2 AND a.scope = ?3 AND a.kind = ?4 AND a.removed_at IS NULL \
-                     AND (a.end_at IS NULL OR a.end_at > ?5) ORDER BY a.id LIMIT 1",
-                )?
-                .query_row(params![d.user, role.key, d.scope.as_str(), kind, t], |r| Ok((r.get(0)?, r.get(1)?)))
-                .ok();
-            let item = |from: Option<Option<i64>>, to: Option<Option<i64>>, assignment| PlanItem {
+        let event = Event::new(actor, "assignment.add").detail("source", "apply");
+        bulk(self, actor, event, dry_run, |tx, now, policy, me| {
+            apply_in(tx, now, policy, me, actor, desired, prune, dry_run)
+        })
+        .map(|mut plan| {
+            plan.applied = !dry_run;
+            plan
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_in(
+    tx: &Connection,
+    now: chrono::DateTime<chrono::Utc>,
+    policy: &crate::policy::Policy,
+    me: &users::User,
+    actor: &str,
+    desired: &[Desired],
+    prune: bool,
+    dry_run: bool,
+) -> Result<Plan> {
+    let t = now.timestamp();
+    let rfc = |e: Option<i64>| e.map(|x| crate::time::rfc3339(crate::time::from_unix(x)));
+    let mut plan = Plan::default();
+    let mut problems = Problems::default();
+    let mut wanted = std::collections::HashSet::new();
+    for d in desired {
+        let Some(role) = policy.role(&d.role) else {
+            problems.note(d.line, &unknown_role(&d.role));
+            continue;
+        };
+        if let Err(e) = users::get(tx, &d.user) {
+            problems.note(d.line, &e);
+            continue;
+        }
+        let kind = if d.active { "active" } else { "eligible" };
+        if !wanted.insert((d.user.clone(), role.key.clone(), d.scope.to_string(), kind)) {
+            problems.note(
+                d.line,
+                &format!(
+                    "{} {} at {} ({kind}) is listed twice.",
+                    d.user, role.key, d.scope
+                ),
+            );
+            continue;
+        }
+        let event = || {
+            row_event(
+                actor,
+                "assignment.change",
+                &d.user,
+                &role.key,
+                d.scope.as_str(),
+                kind,
+                "apply",
+            )
+        };
+        let current: Option<(i64, Option<i64>)> = tx
+            .prepare_cached(
+                "SELECT a.id, a.end_at FROM assignments a JOIN users u ON u.id = a.user_id WHERE u.name = ?1 \
+                 AND a.role = ?2 AND a.scope = ?3 AND a.kind = ?4 AND a.removed_at IS NULL \
+                 AND (a.end_at IS NULL OR a.end_at > ?5) ORDER BY a.id LIMIT 1",
+            )?
+            .query_row(params![d.user, role.key, d.scope.as_str(), kind, t], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let item = |from: Option<Option<i64>>, to: Option<Option<i64>>, assignment| PlanItem {
+            user: d.user.clone(),
+            role: role.key.clone(),
+            scope: d.scope.to_string(),
+            kind: kind.to_string(),
+            from: from.map(rfc),
+            to: to.map(rfc),
+            assignment,
+            line: d.line,
+        };
+        let Some((id, end)) = current else {
+            let input = AssignInput {
                 user: d.user.clone(),
                 role: role.key.clone(),
-                scope: d.scope.to_string(),
-                kind: kind.to_string(),
-                from: from.map(|e| e.map(|x| crate::time::rfc3339(crate::time::from_unix(x)))),
-                to: to.map(|e| e.map(|x| crate::time::rfc3339(crate::time::from_unix(x)))),
-                assignment,
-                line: d.line,
+                scope: d.scope.clone(),
+                active: d.active,
+                start: None,
+                end: d.end,
+                justification: d.justification.clone(),
+                ticket: d.ticket.clone(),
             };
-            match current {
-                None => {
-                    let input = AssignInput {
-                        user: d.user.clone(),
-                        role: role.key.clone(),
-                        scope: d.scope.clone(),
-                        active: d.active,
-                        start: None,
-                        end: d.end,
-                        justification: d.justification.clone(),
-                        ticket: d.ticket.clone(),
-                    };
-                    match assign_in(&tx, now, &policy, actor, &input) {
-                        Ok(a) => plan.add.push(item(None, Some(a.end_at), None)),
-                        Err(Error::Recorded(e)) => problems.push(format!("line {}: {e}", d.line)),
-                        Err(e) => problems.push(format!("line {}: {e}", d.line)),
-                    }
-                }
-                Some((id, end)) => {
-                    let target = match d.end {
-                        End::Permanent => Some(None),
-                        End::At(at) => Some(Some(at.timestamp())),
-                        End::PolicyMax | End::After(_) => None,
-                    };
-                    if let Some(new_end) = target.filter(|n| *n != end) {
-                        if !super::has_permission(&tx, &policy, &me, "assign", &d.scope, t)? {
-                            problems.push(format!(
-                                "line {}: {}",
-                                d.line,
-                                super::permission_error("assign", &d.scope)
-                            ));
-                            continue;
-                        }
-                        let limit = if d.active {
-                            role.settings.max_active
-                        } else {
-                            role.settings.max_eligible
-                        };
-                        let too_long = match (limit, new_end) {
-                            (crate::policy::Limit::Permanent, _) => false,
-                            (crate::policy::Limit::Max(_), None) => true,
-                            (crate::policy::Limit::Max(max), Some(e)) => e - t > max.num_seconds(),
-                        };
-                        if too_long || new_end.is_some_and(|e| e <= t) {
-                            problems.push(format!("line {}: the new end is not allowed by {}'s policy or is in the past.", d.line, role.key));
-                            continue;
-                        }
-                        tx.execute(
-                            "UPDATE assignments SET end_at = ?1 WHERE id = ?2",
-                            params![new_end, id],
-                        )?;
-                        crate::audit::append(
-                            &tx,
-                            now,
-                            crate::audit::Event::new(actor, "assignment.change")
-                                .principal(&d.user)
-                                .role(&role.key)
-                                .scope(d.scope.as_str())
-                                .expires(new_end)
-                                .detail("assignment", id)
-                                .detail("type", kind)
-                                .detail(
-                                    "from",
-                                    end.map(|e| crate::time::rfc3339(crate::time::from_unix(e)))
-                                        .unwrap_or_else(|| "permanent".into()),
-                                ),
-                        )?;
-                        plan.change.push(item(Some(end), Some(new_end), Some(id)));
-                    }
-                }
+            match assign_in(tx, now, policy, actor, &input) {
+                Ok(a) => plan.add.push(item(None, Some(a.end_at), None)),
+                Err(e) => problems.row(
+                    d.line,
+                    e,
+                    row_event(
+                        actor,
+                        "assignment.add",
+                        &d.user,
+                        &role.key,
+                        d.scope.as_str(),
+                        kind,
+                        "apply",
+                    )
+                    .justification(d.justification.as_deref())
+                    .ticket(d.ticket.as_deref()),
+                ),
             }
+            continue;
+        };
+        let target = match d.end {
+            End::Permanent => Some(None),
+            End::At(at) => Some(Some(at.timestamp())),
+            End::PolicyMax | End::After(_) => None,
+        };
+        let Some(new_end) = target.filter(|n| *n != end) else {
+            continue;
+        };
+        if new_end.is_some_and(|e| e <= t) {
+            problems.note(
+                d.line,
+                &"the new end is in the past; remove the entry (with --prune) instead.",
+            );
+            continue;
         }
-        if prune {
-            let current: Vec<(i64, String, String, String, String, Option<i64>)> = super::rows(&tx, "SELECT a.id, u.name, a.role, a.scope, a.kind, a.end_at FROM assignments a JOIN users u ON u.id = a.user_id \
-                     WHERE a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?1) ORDER BY u.name, a.role, a.scope", [t])?;
-            for (id, user, role, scope, kind, end) in current {
-                if wanted.contains(&(user.clone(), role.clone(), scope.clone(), kind.as_str())) {
-                    continue;
-                }
-                let Ok(sc) = Scope::parse(&scope) else {
-                    continue;
-                };
-                let user_id: i64 =
-                    tx.query_row("SELECT id FROM users WHERE name = ?1", [&user], |r| {
-                        r.get(0)
-                    })?;
-                if policy.roles.get(&role).is_some_and(|r| r.protected)
-                    && super::would_orphan_protected(&tx, &role, user_id, Some(id), t)?
-                {
-                    plan.kept.push(format!("{user} {role} at {scope} ({kind}): the last permanent holder of a protected role stays"));
-                    continue;
-                }
-                if !super::has_permission(&tx, &policy, &me, "assign", &sc, t)? {
-                    problems.push(format!(
+        if !super::has_permission(tx, policy, me, "assign", &d.scope, t)? {
+            problems.refuse(
+                d.line,
+                &super::permission_error("assign", &d.scope),
+                event(),
+            );
+            continue;
+        }
+        if d.user == me.name {
+            problems.refuse(
+                d.line,
+                &Error::Refused(
+                    "You cannot change your own assignment; another holder of 'assign' must."
+                        .to_string(),
+                ),
+                event(),
+            );
+            continue;
+        }
+        let limit = if d.active {
+            role.settings.max_active
+        } else {
+            role.settings.max_eligible
+        };
+        let too_long = match (limit, new_end) {
+            (crate::policy::Limit::Permanent, _) => false,
+            (crate::policy::Limit::Max(_), None) => true,
+            (crate::policy::Limit::Max(max), Some(e)) => e - t > max.num_seconds(),
+        };
+        if too_long {
+            problems.refuse(
+                d.line,
+                &Error::Refused(format!(
+                    "{kind} assignments of {} last at most {} ({}); ask for less.",
+                    role.key,
+                    limit,
+                    if d.active {
+                        "max_active"
+                    } else {
+                        "max_eligible"
+                    }
+                )),
+                event(),
+            );
+            continue;
+        }
+        tx.execute(
+            "UPDATE assignments SET end_at = ?1 WHERE id = ?2",
+            params![new_end, id],
+        )?;
+        crate::audit::append(
+            tx,
+            now,
+            event()
+                .expires(new_end)
+                .detail("assignment", id)
+                .detail("from", rfc(end).unwrap_or_else(|| "permanent".into())),
+        )?;
+        // An activation never outlasts the eligibility it rests on.
+        if let Some(e) = new_end.filter(|_| !d.active) {
+            super::activation::cap_activations(tx, policy, now, actor, id, e)?;
+        }
+        plan.change.push(item(Some(end), Some(new_end), Some(id)));
+    }
+    if prune {
+        type Current = (i64, i64, String, String, String, String, Option<i64>);
+        let current: Vec<Current> = super::rows(tx, "SELECT a.id, u.id, u.name, a.role, a.scope, a.kind, a.end_at FROM assignments a JOIN users u ON u.id = a.user_id \
+                 WHERE a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?1) ORDER BY u.name, a.role, a.scope", [t])?;
+        for (id, user_id, user, role, scope, kind, end) in current {
+            if wanted.contains(&(user.clone(), role.clone(), scope.clone(), kind.as_str())) {
+                continue;
+            }
+            let Ok(sc) = Scope::parse(&scope) else {
+                continue;
+            };
+            if policy.roles.get(&role).is_some_and(|r| r.protected)
+                && super::would_orphan_protected(tx, &role, user_id, Some(id), t)?
+            {
+                plan.kept.push(format!("{user} {role} at {scope} ({kind}): the last permanent holder of a protected role stays"));
+                continue;
+            }
+            let event = row_event(
+                actor,
+                "assignment.remove",
+                &user,
+                &role,
+                &scope,
+                &kind,
+                "apply",
+            )
+            .detail("assignment", id)
+            .detail("pruned", true);
+            if !super::has_permission(tx, policy, me, "assign", &sc, t)? {
+                problems.refuse(
+                    0,
+                    &Error::Refused(format!(
                         "{user} {role} at {scope}: {}",
                         super::permission_error("assign", &sc)
-                    ));
-                    continue;
-                }
-                tx.execute(
-                    "UPDATE assignments SET removed_at = ?1, removed_by = ?2 WHERE id = ?3",
-                    params![t, actor, id],
-                )?;
-                crate::audit::append(
-                    &tx,
-                    now,
-                    crate::audit::Event::new(actor, "assignment.remove")
-                        .principal(&user)
-                        .role(&role)
-                        .scope(&scope)
-                        .detail("type", kind.clone())
-                        .detail("assignment", id)
-                        .detail("pruned", true),
-                )?;
-                super::activation::end_activations(
-                    &tx,
-                    &policy,
-                    now,
-                    actor,
-                    "eligibility_id = ?1",
-                    id,
-                    "revoked",
-                    "activation.revoke",
-                    "its eligibility was pruned by `pim assignment apply`",
-                )?;
-                plan.remove.push(PlanItem {
-                    user,
-                    role,
-                    scope,
-                    kind,
-                    from: Some(end.map(|e| crate::time::rfc3339(crate::time::from_unix(e)))),
-                    to: None,
-                    assignment: Some(id),
-                    line: 0,
-                });
+                    )),
+                    event,
+                );
+                continue;
             }
+            tx.execute(
+                "UPDATE assignments SET removed_at = ?1, removed_by = ?2 WHERE id = ?3",
+                params![t, actor, id],
+            )?;
+            crate::audit::append(tx, now, event)?;
+            super::activation::end_activations(
+                tx,
+                policy,
+                now,
+                actor,
+                "eligibility_id = ?1",
+                id,
+                "revoked",
+                "activation.revoke",
+                "its eligibility was pruned by `pim assignment apply`",
+            )?;
+            plan.remove.push(PlanItem {
+                user,
+                role,
+                scope,
+                kind,
+                from: Some(rfc(end)),
+                to: None,
+                assignment: Some(id),
+                line: 0,
+            });
         }
-        if !problems.is_empty() {
-            return Err(Error::Usage(format!(
-                "The desired state cannot be applied; nothing was changed:\n{}",
-                problems.join("\n")
-            )));
-        }
-        if !dry_run {
-            tx.commit()?;
-            plan.applied = true;
-        }
-        Ok(plan)
     }
+    if !problems.is_empty() {
+        return Err(problems.fail(tx, "bulk", now, actor, "entries cannot be applied", dry_run)?);
+    }
+    Ok(plan)
 }
 
 #[derive(Debug, serde::Deserialize)]

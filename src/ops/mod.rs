@@ -30,6 +30,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::policy::Policy;
 use crate::scope::Scope;
+use crate::vault::Vault;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::sync::Arc;
@@ -38,6 +39,8 @@ use std::sync::Arc;
 pub struct Pim {
     conn: Connection,
     clock: Arc<dyn Clock>,
+    /// The key of the TOTP secrets.
+    vault: Arc<Vault>,
 }
 
 /// A role held right now, directly or through an activation.
@@ -53,8 +56,17 @@ pub struct Holding {
 }
 
 impl Pim {
-    pub fn new(conn: Connection, clock: Arc<dyn Clock>) -> Pim {
-        Pim { conn, clock }
+    pub fn new(conn: Connection, clock: Arc<dyn Clock>, vault: Vault) -> Pim {
+        Pim {
+            conn,
+            clock,
+            vault: Arc::new(vault),
+        }
+    }
+
+    /// The key of the TOTP secrets this database was opened with.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -217,13 +229,45 @@ pub(crate) fn permission_error(permission: &str, scope: &Scope) -> Error {
 /// The acting principal, which must be an enabled pim user.
 pub(crate) fn actor_user(conn: &Connection, name: &str) -> Result<User> {
     match users::find(conn, name)? {
-        Some(u) if u.disabled => Err(Error::Refused(format!(
-            "Your pim account '{name}' is disabled. Ask an administrator to enable it."
-        ))),
+        Some(u) if u.disabled => Err(disabled_actor(name)),
         Some(u) => Ok(u),
-        None => Err(Error::Refused(format!(
-            "'{name}' is not a pim user. Ask an administrator to run `pim user add {name}`."
-        ))),
+        None => Err(not_a_user(name)),
+    }
+}
+
+fn disabled_actor(name: &str) -> Error {
+    Error::Refused(format!(
+        "Your pim account '{name}' is disabled. Ask an administrator to enable it."
+    ))
+}
+
+pub(crate) fn not_a_user(name: &str) -> Error {
+    Error::Refused(format!(
+        "'{name}' is not a pim user. Ask an administrator to run `pim user add {name}`."
+    ))
+}
+
+/// The acting principal of a change that grants roles: an enabled pim user. Anyone else is
+/// refused on record (`event`), so that attempts by strangers and disabled accounts stay in
+/// the log; a stranger's attempts are rate-limited per operating-system account.
+pub(crate) fn acting_user(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    actor: &str,
+    event: Event,
+) -> Result<User> {
+    match users::find(conn, actor)? {
+        Some(u) if !u.disabled => Ok(u),
+        Some(_) => refuse(conn, now, event, disabled_actor(actor)),
+        None => {
+            if let Some(until) = users::account_locked(conn, actor, now.timestamp())? {
+                return Err(Error::Refused(format!(
+                    "Too many refused attempts from the account {actor}; try again {}.",
+                    crate::time::relative(crate::time::from_unix(until), now)
+                )));
+            }
+            users::refuse_account(conn, now, actor, event, not_a_user(actor))
+        }
     }
 }
 
@@ -266,6 +310,22 @@ impl Pim {
         let policy = self.policy()?;
         let now = self.clock.now();
         crate::notify::deliver_due(&mut self.conn, &policy, now, actor)
+    }
+
+    /// The newest outbox row now (0 when empty): what is queued later is after it.
+    pub fn outbox_mark(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT coalesce(max(id), 0) FROM outbox", [], |r| r.get(0))?)
+    }
+
+    /// Whether notifications were queued (and wait to be sent) after `mark`.
+    pub fn queued_since(&self, mark: i64) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE id > ?1 AND status = 'pending')",
+            [mark],
+            |r| r.get(0),
+        )?)
     }
 
     /// The notification outbox (or only what was given up).
@@ -333,8 +393,16 @@ permissions = ["users"]
     pub fn pim() -> (Pim, Arc<FixedClock>, Vec<u8>) {
         let clock = Arc::new(FixedClock::new(start()));
         let conn = crate::store::in_memory().unwrap();
-        let (pim, enrollment) =
-            Pim::init(conn, clock.clone(), "root", "admin", None, POLICY).unwrap();
+        let (pim, enrollment) = Pim::init(
+            conn,
+            clock.clone(),
+            Vault::ephemeral(),
+            "root",
+            "admin",
+            None,
+            POLICY,
+        )
+        .unwrap();
         let secret = crate::mfa::from_base32(&enrollment.secret).unwrap();
         (pim, clock, secret)
     }

@@ -6,9 +6,11 @@ use super::{
 use crate::audit::{self, Event};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::mfa;
 use crate::policy::{looks_like_email, valid_handle, Policy};
 use crate::scope::Scope;
+use crate::vault::Vault;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
@@ -26,6 +28,8 @@ pub struct User {
     pub mfa_enrolled: bool,
     #[serde(serialize_with = "crate::ops::users::ser_time_opt")]
     pub mfa_locked_until: Option<i64>,
+    /// Locked after too many consecutive wrong codes, until `pim mfa reset`.
+    pub mfa_blocked: bool,
     #[serde(serialize_with = "crate::ops::users::ser_time")]
     pub created_at: i64,
 }
@@ -51,7 +55,7 @@ pub struct Enrollment {
 }
 
 const USER_COLUMNS: &str = "id, name, email, display_name, kind, disabled, \
-     totp_secret IS NOT NULL, mfa_locked_until, created_at";
+     totp_secret IS NOT NULL, mfa_locked_until, created_at, mfa_blocked";
 
 fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -64,6 +68,7 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
         mfa_enrolled: r.get(6)?,
         mfa_locked_until: r.get(7)?,
         created_at: r.get(8)?,
+        mfa_blocked: r.get(9)?,
     })
 }
 
@@ -83,6 +88,8 @@ pub(crate) fn get(conn: &Connection, name: &str) -> Result<User> {
 }
 
 fn check_new_user(name: &str, email: Option<&str>) -> Result<()> {
+    limits::check("user name", name, limits::NAME)?;
+    limits::check_opt("e-mail address", email, limits::EMAIL)?;
     if !valid_handle(name) {
         return Err(Error::Usage(format!(
             "'{name}' is not a valid user name: use letters, digits, '.', '_' and '-', starting with a letter or digit."
@@ -115,13 +122,13 @@ fn insert_user(
     Ok(conn.last_insert_rowid())
 }
 
-fn enroll_in(conn: &Connection, user: &str) -> Result<Enrollment> {
+fn enroll_in(conn: &Connection, vault: &Vault, user: &str) -> Result<Enrollment> {
     let secret = mfa::new_secret();
     let b32 = mfa::to_base32(&secret);
     conn.execute(
         "UPDATE users SET totp_secret = ?1, totp_last_step = NULL, mfa_failures = 0, \
-         mfa_locked_until = NULL WHERE name = ?2",
-        params![b32, user],
+         mfa_locked_until = NULL, mfa_blocked = 0 WHERE name = ?2",
+        params![vault.seal(user, &secret)?, user],
     )?;
     let otpauth_uri = mfa::otpauth_uri(&secret, user)
         .ok_or_else(|| Error::Usage(format!("'{user}' cannot name an authenticator account.")))?;
@@ -133,23 +140,37 @@ fn enroll_in(conn: &Connection, user: &str) -> Result<Enrollment> {
 }
 
 /// Check a TOTP code for `user` at `now`: one step of skew, each step accepted at most once,
-/// and a lock after repeated failures. A failure is written to the audit log (with
-/// `context`'s role and scope) and returned as a recorded refusal, so that the caller's
-/// transaction keeps it.
+/// and escalating locks after repeated failures: every `MAX_FAILURES` consecutive wrong codes
+/// lock the authenticator for twice as long as the lock before (15 minutes, then 30, ... at
+/// most a day), and after `BLOCK_AFTER` it stays locked until `pim mfa reset`. A failure is
+/// written to the audit log (with `context`'s role and scope) and returned as a recorded
+/// refusal, so that the caller's transaction keeps it.
 pub(crate) fn verify_code(
     conn: &Connection,
+    vault: &Vault,
     now: DateTime<Utc>,
     user: &User,
     code: Option<&str>,
     context: Event,
 ) -> Result<()> {
-    let (secret, last_step, failures, locked_until): (Option<String>, Option<i64>, i64, Option<i64>) =
-        conn.query_row(
-            "SELECT totp_secret, totp_last_step, mfa_failures, mfa_locked_until FROM users WHERE id = ?1",
-            [user.id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?;
+    type Row = (Option<String>, Option<i64>, i64, Option<i64>, bool);
+    let (stored, last_step, failures, locked_until, blocked): Row = conn.query_row(
+        "SELECT totp_secret, totp_last_step, mfa_failures, mfa_locked_until, mfa_blocked FROM users WHERE id = ?1",
+        [user.id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?;
     let t = now.timestamp();
+    if blocked {
+        return refuse(
+            conn,
+            now,
+            context,
+            Error::Refused(format!(
+                "{}'s authenticator is locked after {} consecutive wrong codes; an administrator must run `pim mfa reset {}`.",
+                user.name, mfa::BLOCK_AFTER, user.name
+            )),
+        );
+    }
     if let Some(until) = locked_until.filter(|&u| u > t) {
         let when = crate::time::relative(crate::time::from_unix(until), now);
         return refuse(
@@ -162,7 +183,7 @@ pub(crate) fn verify_code(
             )),
         );
     }
-    let Some(secret) = secret.as_deref().and_then(mfa::from_base32) else {
+    let Some(stored) = stored else {
         return refuse(
             conn,
             now,
@@ -173,6 +194,7 @@ pub(crate) fn verify_code(
             )),
         );
     };
+    let secret = vault.open(&user.name, &stored)?;
     let Some(code) = code.filter(|c| !c.trim().is_empty()) else {
         return refuse(
             conn,
@@ -196,14 +218,12 @@ pub(crate) fn verify_code(
         None => "the code is wrong or out of date",
     };
     let failures = failures + 1;
-    let locked = failures >= mfa::MAX_FAILURES;
+    let block = failures >= mfa::BLOCK_AFTER;
+    let lock = (!block && failures % mfa::MAX_FAILURES == 0)
+        .then(|| t + mfa::lock_seconds(failures / mfa::MAX_FAILURES));
     conn.execute(
-        "UPDATE users SET mfa_failures = ?1, mfa_locked_until = ?2 WHERE id = ?3",
-        params![
-            if locked { 0 } else { failures },
-            locked.then_some(t + mfa::LOCK_SECONDS),
-            user.id
-        ],
+        "UPDATE users SET mfa_failures = ?1, mfa_locked_until = ?2, mfa_blocked = ?3 WHERE id = ?4",
+        params![failures, lock, block, user.id],
     )?;
     let mut fail = context.clone();
     fail.action = "mfa.fail".to_string();
@@ -213,18 +233,25 @@ pub(crate) fn verify_code(
         .detail("for", context.action.clone());
     let message = format!("MFA failed: {why}.");
     audit::append(conn, now, fail.refused(&message))?;
-    if locked {
+    if block || lock.is_some() {
         audit::append(
             conn,
             now,
             Event::new(&context.actor, "mfa.lock")
                 .principal(&user.name)
-                .expires(Some(t + mfa::LOCK_SECONDS))
-                .detail("failures", failures),
+                .expires(lock)
+                .detail("failures", failures)
+                .detail("until_reset", block),
         )?;
+        let how_long = match lock {
+            Some(until) => format!(
+                "for {}",
+                crate::time::format_duration(chrono::Duration::seconds(until - t))
+            ),
+            None => format!("until an administrator runs `pim mfa reset {}`", user.name),
+        };
         return Err(Error::Refused(format!(
-            "{message} The authenticator is now locked for {} minutes.",
-            mfa::LOCK_SECONDS / 60
+            "{message} After {failures} consecutive wrong codes the authenticator is now locked {how_long}."
         ))
         .recorded());
     }
@@ -253,39 +280,54 @@ pub struct ServiceToken {
 
 impl Pim {
     /// Authenticate a process by its service token; returns the service's name. A wrong,
-    /// rotated or unknown token is refused and audited.
-    pub fn authenticate_token(&mut self, token: &str) -> Result<String> {
+    /// rotated or unknown token is refused and audited under `account`, the operating-system
+    /// account that tried it (the name the token claims is kept in the details). An account
+    /// with `MAX_FAILURES` failures within `FAILURE_WINDOW` is locked out of tokens for that
+    /// window, refused without another event.
+    pub fn authenticate_token(&mut self, token: &str, account: &str) -> Result<String> {
         self.write(|tx, now, _| {
-            let name = token
+            let t = now.timestamp();
+            if let Some(until) = account_locked(tx, account, t)? {
+                return Err(Error::Refused(format!(
+                    "Too many failed sign-ins from the account {account}; try again {}.",
+                    crate::time::relative(crate::time::from_unix(until), now)
+                )));
+            }
+            let claimed = token
                 .strip_prefix("pim_")
                 .and_then(|rest| rest.rsplit_once('_'))
                 .map(|(name, _)| name.to_string())
                 .unwrap_or_default();
-            let stored: Option<(Option<String>, bool, String)> = tx
-                .query_row(
+            let stored: Option<(Option<String>, bool, String)> = if token.len() > limits::TOKEN {
+                None
+            } else {
+                tx.query_row(
                     "SELECT token_hash, disabled, kind FROM users WHERE name = ?1",
-                    [&name],
+                    [&claimed],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
-                .optional()?;
+                .optional()?
+            };
             let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
             let valid = matches!(&stored, Some((Some(h), _, kind)) if kind == "service" && constant_time_eq(h.as_bytes(), hash.as_bytes()));
             if !valid {
-                let who = if name.is_empty() { "(unknown)" } else { name.as_str() };
-                return refuse(
+                let shown: String = claimed.chars().take(limits::NAME).collect();
+                return refuse_account(
                     tx,
                     now,
-                    Event::new(who, "token.fail").principal(who),
+                    account,
+                    Event::new(account, "token.fail").detail("claimed", shown),
                     Error::Refused(
                         "PIM_TOKEN is not a valid service token (wrong, rotated or unknown). Ask an administrator for a new one (`pim user token NAME --rotate`)."
                             .to_string(),
                     ),
                 );
             }
+            clear_account(tx, account)?;
             if stored.is_some_and(|(_, disabled, _)| disabled) {
-                return Err(Error::Refused(format!("The service '{name}' is disabled.")));
+                return Err(Error::Refused(format!("The service '{claimed}' is disabled.")));
             }
-            Ok(name)
+            Ok(claimed)
         })
     }
 
@@ -358,6 +400,7 @@ impl Pim {
     pub fn init(
         conn: Connection,
         clock: Arc<dyn Clock>,
+        vault: Vault,
         os_actor: &str,
         admin: &str,
         email: Option<&str>,
@@ -374,7 +417,7 @@ impl Pim {
                     .join("; ")
             ))
         })?;
-        let mut pim = Pim::new(conn, clock);
+        let mut pim = Pim::new(conn, clock, vault);
         let tx = pim
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -405,7 +448,7 @@ impl Pim {
         )?;
         let user_id = insert_user(&tx, now, admin, email, None)?;
         audit::append(&tx, now, Event::new(os_actor, "user.add").principal(admin))?;
-        let enrollment = enroll_in(&tx, admin)?;
+        let enrollment = enroll_in(&tx, &pim.vault, admin)?;
         audit::append(
             &tx,
             now,
@@ -442,6 +485,7 @@ impl Pim {
         display_name: Option<&str>,
     ) -> Result<User> {
         check_new_user(name, email)?;
+        limits::check_opt("display name", display_name, limits::DISPLAY_NAME)?;
         self.write(|tx, now, policy| {
             let me = actor_user(tx, actor)?;
             require(tx, policy, &me, "users", &Scope::root(), now.timestamp())?;
@@ -529,6 +573,7 @@ impl Pim {
         target: Option<&str>,
         code: Option<&str>,
     ) -> Result<Enrollment> {
+        let vault = self.vault.clone();
         self.write(|tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let name = target.unwrap_or(actor);
@@ -539,14 +584,14 @@ impl Pim {
                     return refuse(tx, now, event, permission_error("users", &Scope::root()));
                 }
             } else if user.mfa_enrolled {
-                verify_code(tx, now, &user, code, event.clone())?;
+                verify_code(tx, &vault, now, &user, code, event.clone())?;
             }
             if user.kind == "service" {
                 return Err(Error::Refused(format!(
                     "'{name}' is a service principal; services authenticate with a token, never TOTP."
                 )));
             }
-            let enrollment = enroll_in(tx, name)?;
+            let enrollment = enroll_in(tx, &vault, name)?;
             audit::append(tx, now, event.detail("replaced", user.mfa_enrolled))?;
             Ok(enrollment)
         })
@@ -566,11 +611,116 @@ impl Pim {
                 );
             }
             tx.execute(
-                "UPDATE users SET totp_secret = NULL, mfa_failures = 0, mfa_locked_until = NULL WHERE id = ?1",
+                "UPDATE users SET totp_secret = NULL, mfa_failures = 0, mfa_locked_until = NULL, mfa_blocked = 0 WHERE id = ?1",
                 [user.id],
             )?;
             audit::append(tx, now, Event::new(actor, "mfa.reset").principal(name))?;
             Ok(())
+        })
+    }
+}
+
+/// When the operating-system `account` is locked out of unauthenticated attempts (failed
+/// token sign-ins, activations by a non-user), until when.
+pub(crate) fn account_locked(conn: &Connection, account: &str, now: i64) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT locked_until FROM account_failures WHERE account = ?1")?
+        .query_row([account], |r| r.get::<_, Option<i64>>(0))
+        .optional()?
+        .flatten()
+        .filter(|&u| u > now))
+}
+
+/// Record a refused unauthenticated attempt by `account` (its event, and one more failure
+/// in its window) and return the refusal. The `MAX_FAILURES`th failure within
+/// `FAILURE_WINDOW` locks the account out for the window.
+pub(crate) fn refuse_account<T>(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    account: &str,
+    event: Event,
+    err: Error,
+) -> Result<T> {
+    let t = now.timestamp();
+    let window = mfa::LOCK_SECONDS;
+    let (failures, first): (i64, i64) = conn
+        .prepare_cached("SELECT failures, first_at FROM account_failures WHERE account = ?1")?
+        .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .filter(|&(_, first)| first > t - window)
+        .unwrap_or((0, t));
+    let failures = failures + 1;
+    let locked = (failures >= mfa::MAX_FAILURES).then_some(t + window);
+    conn.prepare_cached(
+        "INSERT INTO account_failures (account, failures, first_at, locked_until) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (account) DO UPDATE SET failures = ?2, first_at = ?3, locked_until = ?4",
+    )?
+    .execute(params![account, failures, first, locked])?;
+    audit::append(
+        conn,
+        now,
+        event.refused(&err.to_string()).detail("failures", failures),
+    )?;
+    if let Some(until) = locked {
+        audit::append(
+            conn,
+            now,
+            Event::new(account, "account.lock")
+                .expires(Some(until))
+                .detail("failures", failures),
+        )?;
+    }
+    Err(err.recorded())
+}
+
+pub(crate) fn clear_account(conn: &Connection, account: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM account_failures WHERE account = ?1")?
+        .execute([account])?;
+    Ok(())
+}
+
+impl Pim {
+    /// Seal the TOTP secrets of a database from before sealing (once, audited as
+    /// `mfa.seal`). Returns how many were sealed.
+    pub fn seal_plain_secrets(&mut self, actor: &str) -> Result<usize> {
+        let vault = self.vault.clone();
+        if !vault.usable() {
+            return Ok(0);
+        }
+        let plain: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'secrets'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if plain.as_deref() != Some("plain") {
+            return Ok(0);
+        }
+        self.write(|tx, now, _| {
+            let rows: Vec<(i64, String, String)> = super::rows(
+                tx,
+                "SELECT id, name, totp_secret FROM users WHERE totp_secret IS NOT NULL",
+                [],
+            )?;
+            let mut sealed = 0;
+            for (id, name, stored) in rows {
+                if Vault::is_sealed(&stored) {
+                    continue;
+                }
+                let secret = vault.open(&name, &stored)?;
+                tx.execute(
+                    "UPDATE users SET totp_secret = ?1 WHERE id = ?2",
+                    params![vault.seal(&name, &secret)?, id],
+                )?;
+                sealed += 1;
+            }
+            tx.execute("UPDATE meta SET value = 'sealed' WHERE key = 'secrets'", [])?;
+            audit::append(
+                tx,
+                now,
+                Event::new(actor, "mfa.seal").detail("secrets", sealed),
+            )?;
+            Ok(sealed)
         })
     }
 }

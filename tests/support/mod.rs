@@ -84,14 +84,21 @@ impl Env {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.args(args)
-            .current_dir(self.dir.path())
+        c.args(args);
+        self.environment(&mut c);
+        c
+    }
+
+    /// The environment every pim of this test runs in: its database, and a home of its own
+    /// (where the key of the TOTP secrets lives).
+    pub fn environment(&self, c: &mut Command) {
+        c.current_dir(self.dir.path())
             .env_remove("PIM_USER")
             .env_remove("PIM_TOKEN")
             .env("PIM_DB", &self.db)
             .env("HOME", self.dir.path())
+            .env("XDG_CONFIG_HOME", self.dir.path().join(".config"))
             .stdin(Stdio::null());
-        c
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
@@ -122,13 +129,10 @@ impl Env {
 
     /// Run pim with the clock moved by `offset` (faketime syntax: `+31m`, `+20d`, `+90s`).
     pub fn at(&self, offset: &str, args: &[&str]) -> Run {
-        Command::new("faketime")
-            .args(["-f", offset, bin()])
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("PIM_DB", &self.db)
-            .env_remove("PIM_USER")
-            .output()
+        let mut c = Command::new("faketime");
+        c.args(["-f", offset, bin()]).args(args);
+        self.environment(&mut c);
+        c.output()
             .expect("faketime is needed by the tests (apt-get install faketime)")
             .into()
     }

@@ -1,0 +1,262 @@
+//! The one privilege of an installed pim: the group that owns the installed database.
+//!
+//! Installed set-group-id, pim starts with that group as its effective group. It lowers it at
+//! once (keeping it only as the saved group), raises it only while it opens the installed
+//! database and reads its key file (`store`, `vault`), and then gives it up for good (real,
+//! effective and saved group ids) before it touches anything a caller named: their files,
+//! their database, their commands. Every child process and every file a caller names goes
+//! through this module, which gives the group up first; `tests/security.rs` fails when code
+//! elsewhere spawns a process or opens a file by itself.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// The group we were installed set-group-id to (0: none).
+static GROUP: AtomicU32 = AtomicU32::new(0);
+/// Whether the process started set-group-id (`GROUP` is kept for messages after the drop).
+static SETGID: AtomicBool = AtomicBool::new(false);
+/// Whether the group was given up for good.
+static DROPPED: AtomicBool = AtomicBool::new(false);
+
+fn resgid() -> (u32, u32, u32) {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresgid only writes the three ids we hand it.
+    unsafe { libc::getresgid(&mut r, &mut e, &mut s) };
+    (r, e, s)
+}
+
+fn set_effective(gid: u32) -> io::Result<()> {
+    // SAFETY: setresgid changes this process's credentials; -1 leaves an id as it is.
+    if unsafe { libc::setresgid(u32::MAX, gid, u32::MAX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Call first thing: when pim runs set-group-id, lower the effective group to the caller's
+/// own (the installed group stays only as the saved group, to open the installed database).
+pub fn init() -> io::Result<()> {
+    let (real, effective, _) = resgid();
+    if effective != real {
+        GROUP.store(effective, Ordering::SeqCst);
+        SETGID.store(true, Ordering::SeqCst);
+        set_effective(real)?;
+    }
+    Ok(())
+}
+
+/// Whether this process was started set-group-id (even after the group was given up).
+pub fn is_setgid() -> bool {
+    SETGID.load(Ordering::SeqCst)
+}
+
+/// The installed group, if this process was started set-group-id.
+pub fn installed_group() -> Option<u32> {
+    is_setgid().then(|| GROUP.load(Ordering::SeqCst))
+}
+
+/// The real user id of the caller.
+pub fn real_uid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// Run `f` with the installed group as the effective group, then lower it again. Only for
+/// the installed database and its key file, whose paths `store` and `vault` have checked.
+pub fn with_group<T>(f: impl FnOnce() -> T) -> io::Result<T> {
+    let Some(group) = installed_group() else {
+        return Ok(f());
+    };
+    if DROPPED.load(Ordering::SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "pim has already given up its group",
+        ));
+    }
+    let (real, _, _) = resgid();
+    set_effective(group)?;
+    let out = f();
+    set_effective(real)?;
+    Ok(out)
+}
+
+/// Give the installed group up for good: real, effective and saved group ids become the
+/// caller's real group. Idempotent. Exits the process if the kernel refuses, because going
+/// on with the group would be worse than stopping.
+pub fn drop_for_good() {
+    if !is_setgid() || DROPPED.load(Ordering::SeqCst) {
+        return;
+    }
+    let (real, _, _) = resgid();
+    // SAFETY: setresgid changes only this process's credentials.
+    let rc = unsafe { libc::setresgid(real, real, real) };
+    if rc != 0 || resgid() != (real, real, real) {
+        eprintln!("pim: cannot give up the pim group; stopping.");
+        std::process::exit(1);
+    }
+    DROPPED.store(true, Ordering::SeqCst);
+}
+
+/// Whether the process holds no privilege any more (or never had one).
+pub fn is_unprivileged() -> bool {
+    let (r, e, s) = resgid();
+    !is_setgid() || (DROPPED.load(Ordering::SeqCst) && r == e && e == s)
+}
+
+/// A child process, started with the caller's own identity only: the group is given up for
+/// good first, and the child's environment carries no pim secret (`PIM_TOKEN`).
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    drop_for_good();
+    let mut cmd = std::process::Command::new(program);
+    cmd.env_remove("PIM_TOKEN");
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the child between fork and exec and calls only getresgid,
+    // which is async-signal-safe; it refuses to exec with any group but the real one.
+    unsafe {
+        cmd.pre_exec(|| {
+            let (mut r, mut e, mut s) = (0, 0, 0);
+            libc::getresgid(&mut r, &mut e, &mut s);
+            if r != e || e != s {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "a child of pim would keep the pim group",
+                ));
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// The identity of a file: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+fn named(path: &Path, e: io::Error) -> io::Error {
+    let what = match e.raw_os_error() {
+        Some(libc::ELOOP) => {
+            "it is a symbolic link; pim does not write through links, so name the file itself"
+                .to_string()
+        }
+        _ => e.to_string(),
+    };
+    io::Error::new(e.kind(), format!("{}: {what}", path.display()))
+}
+
+/// Open a file the caller named for reading, with the caller's own rights.
+pub fn open_read(path: &Path) -> io::Result<File> {
+    drop_for_good();
+    File::open(path).map_err(|e| named(path, e))
+}
+
+/// Read a file the caller named, with the caller's own rights, refusing more than `limit`
+/// bytes.
+pub fn read_to_string(path: &Path, limit: u64) -> io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    open_read(path)?
+        .take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| named(path, e))?;
+    if text.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is larger than {} KiB, the most pim reads",
+                path.display(),
+                limit / 1024
+            ),
+        ));
+    }
+    Ok(text)
+}
+
+/// Create (or replace the contents of) a file the caller named, with the caller's own
+/// rights, never through a symbolic link, and never one of `protect` (the database and its
+/// companion files). A new file gets mode 0600.
+pub fn create_output(path: &Path, protect: &[FileId]) -> io::Result<File> {
+    drop_for_good();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| named(path, e))?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    if protect.contains(&FileId::of(&meta)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is the database (or one of its files); choose another file",
+                path.display()
+            ),
+        ));
+    }
+    file.set_len(0)?;
+    Ok(file)
+}
+
+/// Create a directory (and its parents) the caller named, with the caller's own rights.
+pub fn create_dir_all(path: &Path) -> io::Result<()> {
+    drop_for_good();
+    std::fs::create_dir_all(path).map_err(|e| named(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_files_are_never_written_through_links_or_onto_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = create_output(&link, &[]).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+
+        let id = FileId::of(&std::fs::metadata(&target).unwrap());
+        let e = create_output(&target, &[id]).unwrap_err();
+        assert!(e.to_string().contains("database"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+
+        let new = dir.path().join("new.csv");
+        create_output(&new, &[id]).unwrap();
+        let mode = std::fs::metadata(&new).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn reads_stop_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 4096]).unwrap();
+        assert!(read_to_string(&big, 1024).is_err());
+        assert_eq!(read_to_string(&big, 4096).unwrap().len(), 4096);
+    }
+}

@@ -1,0 +1,348 @@
+//! TOTP secrets at rest. Each database has a random instance id (in `meta`) and a 256-bit
+//! key in a file outside it: `/etc/pim/keys/ID.key` for the installed database (root:pim,
+//! 0640, created by `pim init` as root), `$XDG_CONFIG_HOME/pim/keys/ID.key` (0600) for a
+//! personal one. Secrets are sealed with XChaCha20-Poly1305, a fresh nonce each, bound to
+//! their user's name, so a copy of the database or of its backups reveals none of them.
+
+use crate::error::{Error, Result};
+use crate::privilege;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// Where the installed database's key lives (never taken from the environment).
+pub const SYSTEM_KEYS: &str = "/etc/pim/keys";
+
+/// The prefix of a sealed secret in the `users.totp_secret` column.
+const SEALED: &str = "enc1:";
+
+/// The key of one database, or why there is none.
+pub struct Vault {
+    key: std::sync::OnceLock<Zeroizing<[u8; 32]>>,
+    /// Where the key was looked for (for messages).
+    wanted: PathBuf,
+    /// When the key is missing and may be made on first use: the instance and, for the
+    /// installed database, the pim group.
+    create: Option<(String, Option<u32>)>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("key", &self.key.get().map(|_| "[redacted]"))
+            .field("wanted", &self.wanted)
+            .finish()
+    }
+}
+
+/// The key file of a database: the installed one only under `/etc/pim/keys`, a personal one
+/// first in the caller's configuration directory.
+pub fn key_paths(instance: &str, installed: bool) -> Vec<PathBuf> {
+    let name = format!("{instance}.key");
+    let system = Path::new(SYSTEM_KEYS).join(&name);
+    if installed {
+        return vec![system];
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    let mut out: Vec<PathBuf> = config
+        .map(|c| c.join("pim").join("keys").join(&name))
+        .into_iter()
+        .collect();
+    out.push(system);
+    out
+}
+
+fn valid_instance(instance: &str) -> Result<()> {
+    if instance.len() == 32 && instance.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(Error::Environment(
+            "The database's instance id is damaged; restore the database from a backup."
+                .to_string(),
+        ))
+    }
+}
+
+fn parse_key(text: &str) -> Option<Zeroizing<[u8; 32]>> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(text.trim(), key.as_mut_slice()).ok()?;
+    Some(key)
+}
+
+impl Vault {
+    /// A vault with a fresh key that lives only in memory (tests).
+    pub fn ephemeral() -> Vault {
+        let mut key = Zeroizing::new([0u8; 32]);
+        getrandom::fill(key.as_mut_slice())
+            .expect("the operating system's random number generator failed");
+        Vault::with_key(key, PathBuf::from("(memory)"))
+    }
+
+    /// Find and read the key of database `instance`. A missing key is not an error until a
+    /// secret is needed; a key file that others could read or change is.
+    pub fn load(instance: &str, installed: bool) -> Result<Vault> {
+        valid_instance(instance)?;
+        let paths = key_paths(instance, installed);
+        for path in &paths {
+            let read = if installed {
+                privilege::with_group(|| read_key(path, installed))?
+            } else {
+                read_key(path, installed)
+            };
+            if let Some(key) = read? {
+                return Ok(Vault::with_key(key, path.clone()));
+            }
+        }
+        Ok(Vault {
+            key: std::sync::OnceLock::new(),
+            wanted: paths[0].clone(),
+            create: None,
+        })
+    }
+
+    fn with_key(key: Zeroizing<[u8; 32]>, wanted: PathBuf) -> Vault {
+        let cell = std::sync::OnceLock::new();
+        let _ = cell.set(key);
+        Vault {
+            key: cell,
+            wanted,
+            create: None,
+        }
+    }
+
+    /// Let a missing key be created when a secret is first sealed (by whoever could write
+    /// the database directly: `group` for the installed one, whose creator is root).
+    pub fn create_when_needed(&mut self, instance: &str, group: Option<u32>) {
+        self.create = Some((instance.to_string(), group));
+    }
+
+    /// Create the key file of database `instance` (refusing to replace one). For the
+    /// installed database `group` is the pim group and the caller is root.
+    pub fn create(instance: &str, group: Option<u32>) -> Result<Vault> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        valid_instance(instance)?;
+        let path = key_paths(instance, group.is_some())[0].clone();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let fail = |e: std::io::Error| {
+            Error::Environment(format!(
+                "Cannot create the key file {}: {e}.",
+                path.display()
+            ))
+        };
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(if group.is_some() { 0o750 } else { 0o700 })
+                .create(dir)
+                .map_err(fail)?;
+            if let Some(g) = group {
+                std::os::unix::fs::chown(dir, Some(0), Some(g)).map_err(fail)?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+                    .map_err(fail)?;
+            }
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        getrandom::fill(key.as_mut_slice())
+            .expect("the operating system's random number generator failed");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(fail)?;
+        if let Some(g) = group {
+            std::os::unix::fs::fchown(&file, Some(0), Some(g)).map_err(fail)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o640))
+                .map_err(fail)?;
+        }
+        let text = Zeroizing::new(format!("{}\n", hex::encode(key.as_slice())));
+        file.write_all(text.as_bytes()).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+        Ok(Vault::with_key(key, path))
+    }
+
+    pub fn has_key(&self) -> bool {
+        self.key.get().is_some()
+    }
+
+    /// Whether secrets can be sealed: the key is here, or may be made.
+    pub fn usable(&self) -> bool {
+        self.has_key() || self.create.is_some()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.wanted
+    }
+
+    fn cipher(&self) -> Result<XChaCha20Poly1305> {
+        if self.key.get().is_none() {
+            if let Some((instance, group)) = &self.create {
+                let made = Vault::create(instance, *group)?;
+                if let Some(key) = made.key.into_inner() {
+                    let _ = self.key.set(key);
+                }
+            }
+        }
+        let key = self.key.get().ok_or_else(|| {
+            Error::Environment(format!(
+                "The key that protects this database's TOTP secrets is missing (expected at {}). Restore it from your key backup; as root, `pim audit verify` creates it for a database that has none yet.",
+                self.wanted.display()
+            ))
+        })?;
+        Ok(XChaCha20Poly1305::new(key.as_slice().into()))
+    }
+
+    /// Seal `secret` for `user`.
+    pub fn seal(&self, user: &str, secret: &[u8]) -> Result<String> {
+        let cipher = self.cipher()?;
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut nonce).expect("the operating system's random number generator failed");
+        let aad = format!("pim totp {user}");
+        let sealed = cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: secret,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::Environment("Cannot seal a TOTP secret.".to_string()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(format!("{SEALED}{}", hex::encode(out)))
+    }
+
+    /// Open `user`'s stored secret: a sealed one with the key, a plain one (from before
+    /// sealing) as it is.
+    pub fn open(&self, user: &str, stored: &str) -> Result<Zeroizing<Vec<u8>>> {
+        let Some(hexed) = stored.strip_prefix(SEALED) else {
+            return crate::mfa::from_base32(stored)
+                .map(Zeroizing::new)
+                .ok_or_else(|| damaged(user));
+        };
+        let bytes = hex::decode(hexed).map_err(|_| damaged(user))?;
+        if bytes.len() < 24 + 16 {
+            return Err(damaged(user));
+        }
+        let (nonce, sealed) = bytes.split_at(24);
+        let aad = format!("pim totp {user}");
+        self.cipher()?
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| damaged(user))
+    }
+
+    /// Whether a stored secret is sealed.
+    pub fn is_sealed(stored: &str) -> bool {
+        stored.starts_with(SEALED)
+    }
+}
+
+/// Remove the key file `create` made for a database that was not finished.
+pub fn discard(instance: &str, installed: bool) {
+    if valid_instance(instance).is_ok() {
+        let _ = std::fs::remove_file(&key_paths(instance, installed)[0]);
+    }
+}
+
+fn damaged(user: &str) -> Error {
+    Error::Environment(format!(
+        "{user}'s TOTP secret cannot be opened with this database's key (a wrong key file, or a changed row). Check the key file, or run `pim mfa reset {user}` and enrol again."
+    ))
+}
+
+/// Read a key file if it exists. The installed key must belong to root and the pim group,
+/// and nobody else may read or change it; a personal one only its owner.
+fn read_key(path: &Path, installed: bool) -> Result<Option<Zeroizing<[u8; 32]>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::Environment(format!(
+                "Cannot read the key file {}: {e}.",
+                path.display()
+            )))
+        }
+    };
+    let meta = file.metadata()?;
+    let unsafe_file = !meta.is_file()
+        || meta.mode() & 0o027 != 0
+        || (installed && (meta.uid() != 0 || Some(meta.gid()) != privilege::installed_group()));
+    if unsafe_file {
+        return Err(Error::Environment(format!(
+            "The key file {} may be read or changed by others; it must be a regular file that only {} can read (chmod {} it).",
+            path.display(),
+            if installed { "root and the pim group" } else { "its owner" },
+            if installed { "0640" } else { "0600" }
+        )));
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.by_ref().take(256).read_to_string(&mut text)?;
+    parse_key(&text).map(Some).ok_or_else(|| {
+        Error::Environment(format!(
+            "The key file {} is damaged; restore it from your key backup.",
+            path.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_secrets_open_only_for_their_user_and_key() {
+        let vault = Vault::ephemeral();
+        let secret = b"12345678901234567890";
+        let sealed = vault.seal("alice", secret).unwrap();
+        assert!(Vault::is_sealed(&sealed));
+        assert!(!sealed.contains(&crate::mfa::to_base32(secret)));
+        assert_eq!(vault.open("alice", &sealed).unwrap().as_slice(), secret);
+        // Moved to another user's row, or under another key: refused.
+        assert!(vault.open("bob", &sealed).is_err());
+        assert!(Vault::ephemeral().open("alice", &sealed).is_err());
+        // A changed byte is found.
+        let mut bytes = sealed.into_bytes();
+        let last = bytes.len() - 1;
+        bytes[last] = if bytes[last] == b'0' { b'1' } else { b'0' };
+        assert!(vault
+            .open("alice", &String::from_utf8(bytes).unwrap())
+            .is_err());
+        // Plain secrets from before sealing still open.
+        let plain = crate::mfa::to_base32(secret);
+        assert_eq!(vault.open("alice", &plain).unwrap().as_slice(), secret);
+    }
+
+    #[test]
+    fn key_files_are_private_and_found_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(read_key(&path, false).is_err());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_key(&path, false).unwrap().is_some());
+        assert!(read_key(&dir.path().join("none"), false).unwrap().is_none());
+        assert!(Vault::load("../../etc/passwd", false).is_err());
+    }
+}
