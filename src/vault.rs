@@ -136,8 +136,16 @@ impl Vault {
             ))
         };
         if !dir.exists() {
+            // /etc/pim stays readable like any configuration directory; only the keys
+            // directory is closed to everyone but root and the pim group.
+            if let Some(parent) = dir.parent().filter(|p| !p.exists()) {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(if group.is_some() { 0o755 } else { 0o700 })
+                    .create(parent)
+                    .map_err(fail)?;
+            }
             std::fs::DirBuilder::new()
-                .recursive(true)
                 .mode(if group.is_some() { 0o750 } else { 0o700 })
                 .create(dir)
                 .map_err(fail)?;

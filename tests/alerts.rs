@@ -31,7 +31,7 @@ max_active = "permanent"
 "#;
 
 fn ids(env: &Env, extra: &[&str]) -> Vec<(String, String)> {
-    let mut args = vec!["alerts", "--json"];
+    let mut args = vec!["--as", "admin", "alerts", "--json"];
     args.extend_from_slice(extra);
     let j = env.run(&args).expect(0).json();
     j.as_array()
@@ -63,7 +63,7 @@ fn each_rule_fires_on_its_condition() {
     assert!(has(&first, "too-few-break-glass", "critical"), "{first:?}");
     assert!(has(&first, "role-without-mfa", "warning"), "{first:?}");
     assert!(!first.iter().any(|(i, _)| i == "too-many-protected-holders"));
-    env.run(&["alerts", "--fail-on", "critical", "-q"])
+    env.as_("admin", &["alerts", "--fail-on", "critical", "-q"])
         .expect(1);
 
     // A second permanent holder fixes break-glass, and is one more than max_protected_holders.
@@ -112,7 +112,7 @@ fn each_rule_fires_on_its_condition() {
     env.as_("admin", &["user", "add", "bob"]).expect(0);
     env.as_("admin", &["assign", "bob", "plain", "-j", "x"])
         .expect(0);
-    let j = env.run(&["alerts", "--json"]).expect(0).json();
+    let j = env.as_("admin", &["alerts", "--json"]).expect(0).json();
     let mfa = j
         .as_array()
         .unwrap()
@@ -154,7 +154,7 @@ fn each_rule_fires_on_its_condition() {
         ],
     )
     .expect(0);
-    let j = env.run(&["alerts", "--json"]).expect(0).json();
+    let j = env.as_("admin", &["alerts", "--json"]).expect(0).json();
     let freq = j
         .as_array()
         .unwrap()
@@ -165,7 +165,10 @@ fn each_rule_fires_on_its_condition() {
     assert_eq!(freq["users"], serde_json::json!(["eve"]));
 
     // Unused eligibility: two days later, bob never activated plain (eve did, a day ago).
-    let later = env.at("+2d", &["alerts", "--json"]).expect(0).json();
+    let later = env
+        .at("+2d", &["--as", "admin", "alerts", "--json"])
+        .expect(0)
+        .json();
     let unused = later
         .as_array()
         .unwrap()
@@ -180,8 +183,9 @@ fn each_rule_fires_on_its_condition() {
         .contains(&serde_json::json!("bob")));
 
     // --fail-on: warnings fail a warning gate; info does not fail anything.
-    env.run(&["alerts", "--fail-on", "warning", "-q"]).expect(1);
-    let human = env.run(&["alerts"]).expect(0);
+    env.as_("admin", &["alerts", "--fail-on", "warning", "-q"])
+        .expect(1);
+    let human = env.as_("admin", &["alerts"]).expect(0);
     assert!(
         human.stdout.contains("frequent-activation"),
         "{}",
@@ -218,8 +222,8 @@ max_active = "permanent"
     )
     .expect(0);
     assert_eq!(ids(&env, &[]), vec![]);
-    env.run(&["alerts", "--fail-on", "info"]).expect(0);
-    let human = env.run(&["alerts"]).expect(0);
+    env.as_("admin", &["alerts", "--fail-on", "info"]).expect(0);
+    let human = env.as_("admin", &["alerts"]).expect(0);
     assert!(human.stdout.contains("No alerts"));
 }
 

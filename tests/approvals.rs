@@ -168,7 +168,7 @@ fn a_quorum_of_two_distinct_approvers_starts_the_activation() {
         .expect(0);
     let shown = w
         .env
-        .run(&["request", "show", &id.to_string(), "--json"])
+        .as_("admin", &["request", "show", &id.to_string(), "--json"])
         .expect(0)
         .json();
     let decisions = shown["decisions"].as_array().unwrap();
@@ -257,9 +257,16 @@ fn pending_requests_time_out_when_read_and_sweep_records_it() {
     let w = world();
     let id = request(&w, "prod-root", &[]);
     let later = |args: &[&str]| w.env.at("+61m", args);
-    let r = later(&["request", "show", &id.to_string(), "--json"])
-        .expect(0)
-        .json();
+    let r = later(&[
+        "--as",
+        "admin",
+        "request",
+        "show",
+        &id.to_string(),
+        "--json",
+    ])
+    .expect(0)
+    .json();
     assert_eq!(r["status"], "timed_out");
     later(&[
         "--as",
@@ -396,7 +403,10 @@ fn cancel_extend_and_revoke() {
     assert_eq!(ext["extends"], plain_id);
     let shown = w
         .env
-        .run(&["request", "show", &plain_id.to_string(), "--json"])
+        .as_(
+            "admin",
+            &["request", "show", &plain_id.to_string(), "--json"],
+        )
         .expect(0)
         .json();
     let end = chrono::DateTime::parse_from_rfc3339(shown["end"].as_str().unwrap()).unwrap();
@@ -468,7 +478,7 @@ fn an_extension_of_an_approval_role_waits_while_the_activation_runs_on() {
     decide(&w, "dave", &w.dave, "approve", ext_id, 30).expect(0);
     let shown = w
         .env
-        .run(&["request", "show", &id.to_string(), "--json"])
+        .as_("admin", &["request", "show", &id.to_string(), "--json"])
         .expect(0)
         .json();
     let end = chrono::DateTime::parse_from_rfc3339(shown["end"].as_str().unwrap()).unwrap();

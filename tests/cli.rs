@@ -38,7 +38,7 @@ fn init_creates_a_private_database_and_a_break_glass_admin() {
     assert_eq!(held["until"], serde_json::Value::Null);
     // A second init is a conflict and leaves the database alone.
     env.run(&["init", "--admin", "other"]).expect(5);
-    env.run(&["user", "show", "admin"]).expect(0);
+    env.as_("admin", &["user", "show", "admin"]).expect(0);
     // Human output draws a QR code.
     let env2 = Env::new();
     let human = env2.run(&["init", "--admin", "root2"]).expect(0);
@@ -52,11 +52,11 @@ fn init_creates_a_private_database_and_a_break_glass_admin() {
 #[test]
 fn a_missing_or_foreign_database_is_an_environment_error() {
     let env = Env::new();
-    let r = env.run(&["user", "list"]).expect(1);
+    let r = env.as_("admin", &["user", "list"]).expect(1);
     assert!(r.stderr.contains("pim init"), "{}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     std::fs::write(&env.db, vec![0x42u8; 4096]).unwrap();
-    let r = env.run(&["user", "list"]).expect(1);
+    let r = env.as_("admin", &["user", "list"]).expect(1);
     assert!(r.stderr.contains("not a pim database"), "{}", r.stderr);
     assert!(!r.stderr.contains("panicked"));
 }
@@ -159,7 +159,7 @@ fn as_is_refused_for_callers_who_cannot_write_the_database() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("--as"), "{stderr}");
-    env.run(&["user", "show", "mallory"]).expect(4);
+    env.as_("admin", &["user", "show", "mallory"]).expect(4);
 }
 
 // ---------------------------------------------------------------- policy and roles
@@ -192,7 +192,7 @@ fn policy_validate_apply_and_export() {
         "{}",
         dry.stdout
     );
-    env.run(&["role", "show", "auditor"]).expect(4);
+    env.as_("admin", &["role", "show", "auditor"]).expect(4);
     let before = env.count("SELECT count(*) FROM audit_events WHERE action = 'policy.apply'");
     let applied = env
         .as_("admin", &["policy", "apply", "new.toml", "--json"])
@@ -204,17 +204,20 @@ fn policy_validate_apply_and_export() {
         before + 1
     );
     let role = env
-        .run(&["role", "show", "Auditor", "--json"])
+        .as_("admin", &["role", "show", "Auditor", "--json"])
         .expect(0)
         .json();
     assert_eq!(role["key"], "auditor");
     assert_eq!(
-        env.run(&["policy", "export"]).expect(0).stdout.trim(),
+        env.as_("admin", &["policy", "export"])
+            .expect(0)
+            .stdout
+            .trim(),
         changed.trim()
     );
     // Editing the file changes nothing until it is applied.
     std::fs::write(env.path("new.toml"), "garbage").unwrap();
-    env.run(&["role", "show", "auditor"]).expect(0);
+    env.as_("admin", &["role", "show", "auditor"]).expect(0);
     // Only holders of `policy` may apply.
     env.user("bob");
     env.as_("bob", &["policy", "apply", "p.toml"]).expect(3);
@@ -265,7 +268,10 @@ fn role_list_counts_holders() {
     env.user("bob");
     env.as_("admin", &["assign", "bob", "db-admin", "-j", "dba"])
         .expect(0);
-    let roles = env.run(&["role", "list", "--json"]).expect(0).json();
+    let roles = env
+        .as_("admin", &["role", "list", "--json"])
+        .expect(0)
+        .json();
     let db = roles
         .as_array()
         .unwrap()
@@ -274,7 +280,7 @@ fn role_list_counts_holders() {
         .unwrap();
     assert_eq!(db["eligible"], 1);
     assert_eq!(db["settings"]["max_activation"], "4h");
-    let human = env.run(&["role", "list"]).expect(0);
+    let human = env.as_("admin", &["role", "list"]).expect(0);
     assert!(human.stdout.contains("Database Administrator"));
 }
 
@@ -299,16 +305,22 @@ fn users_are_added_listed_disabled_and_enabled() {
     .expect(0);
     env.as_("admin", &["user", "add", "bob"]).expect(5);
     env.as_("bob", &["user", "add", "eve"]).expect(3);
-    let list = env.run(&["user", "list", "--json"]).expect(0).json();
+    let list = env
+        .as_("admin", &["user", "list", "--json"])
+        .expect(0)
+        .json();
     assert_eq!(list.as_array().unwrap().len(), 2);
     assert_eq!(list[1]["email"], "bob@example.com");
-    env.run(&["user", "show", "ghost"]).expect(4);
+    env.as_("admin", &["user", "show", "ghost"]).expect(4);
     env.as_("admin", &["user", "disable", "bob"]).expect(0);
     assert_eq!(
-        env.run(&["user", "show", "bob", "--json"]).expect(0).json()["disabled"],
+        env.as_("admin", &["user", "show", "bob", "--json"])
+            .expect(0)
+            .json()["disabled"],
         true
     );
-    env.as_("bob", &["status"]).expect(0);
+    // A disabled user can do nothing, not even read their own status.
+    env.as_("bob", &["status"]).expect(3);
     env.as_("bob", &["mfa", "enroll"]).expect(3);
     env.as_("admin", &["user", "enable", "bob"]).expect(0);
     // The break-glass admin is the last holder of protected roles.
@@ -393,7 +405,9 @@ fn mfa_reset_needs_users_permission() {
     env.as_("bob", &["mfa", "reset", "bob"]).expect(3);
     env.as_("admin", &["mfa", "reset", "bob"]).expect(0);
     assert_eq!(
-        env.run(&["user", "show", "bob", "--json"]).expect(0).json()["mfa_enrolled"],
+        env.as_("admin", &["user", "show", "bob", "--json"])
+            .expect(0)
+            .json()["mfa_enrolled"],
         false
     );
     // Now bob enrols himself without a code.
@@ -490,7 +504,7 @@ fn assign_list_and_unassign() {
     .expect(0);
 
     let list = env
-        .run(&["assignment", "list", "--user", "bob", "--json"])
+        .as_("admin", &["assignment", "list", "--user", "bob", "--json"])
         .expect(0)
         .json();
     let list = list.as_array().unwrap();
@@ -507,27 +521,33 @@ fn assign_list_and_unassign() {
     assert_eq!(reader["end"], serde_json::Value::Null);
     assert_eq!(reader["start"], "2099-01-01T00:00:00Z");
     let covering = env
-        .run(&[
-            "assignment",
-            "list",
-            "--scope",
-            "/prod/db",
-            "--eligible",
-            "--json",
-        ])
+        .as_(
+            "admin",
+            &[
+                "assignment",
+                "list",
+                "--scope",
+                "/prod/db",
+                "--eligible",
+                "--json",
+            ],
+        )
         .expect(0)
         .json();
     assert_eq!(covering.as_array().unwrap().len(), 2);
     let other = env
-        .run(&[
-            "assignment",
-            "list",
-            "--scope",
-            "/production",
-            "--role",
-            "db-admin",
-            "--json",
-        ])
+        .as_(
+            "admin",
+            &[
+                "assignment",
+                "list",
+                "--scope",
+                "/production",
+                "--role",
+                "db-admin",
+                "--json",
+            ],
+        )
         .expect(0)
         .json();
     assert_eq!(other.as_array().unwrap().len(), 0);
@@ -539,15 +559,18 @@ fn assign_list_and_unassign() {
     )
     .expect(0);
     assert_eq!(
-        env.run(&[
-            "assignment",
-            "list",
-            "--user",
-            "bob",
-            "--role",
-            "db-admin",
-            "--json"
-        ])
+        env.as_(
+            "admin",
+            &[
+                "assignment",
+                "list",
+                "--user",
+                "bob",
+                "--role",
+                "db-admin",
+                "--json"
+            ]
+        )
         .expect(0)
         .json()
         .as_array()
@@ -556,16 +579,19 @@ fn assign_list_and_unassign() {
         0
     );
     assert_eq!(
-        env.run(&[
-            "assignment",
-            "list",
-            "--user",
-            "bob",
-            "--role",
-            "db-admin",
-            "--all",
-            "--json"
-        ])
+        env.as_(
+            "admin",
+            &[
+                "assignment",
+                "list",
+                "--user",
+                "bob",
+                "--role",
+                "db-admin",
+                "--all",
+                "--json"
+            ]
+        )
         .expect(0)
         .json()[0]["state"],
         "removed"
@@ -668,7 +694,7 @@ fn activate_check_status_and_deactivate() {
         .expect(0)
         .json();
     assert_eq!(listed.as_array().unwrap().len(), 1);
-    env.run(&["request", "show", "999"]).expect(4);
+    env.as_("admin", &["request", "show", "999"]).expect(4);
     env.as_("bob", &["deactivate", "db-admin"]).expect(0);
     env.run(&["check", "bob", "db-admin", "--scope", "/prod"])
         .expect(1);
@@ -819,7 +845,10 @@ fn scheduled_activation_and_removal_of_eligibility() {
     )
     .expect(0);
     let shown = env
-        .run(&["request", "show", &r["id"].to_string(), "--json"])
+        .as_(
+            "admin",
+            &["request", "show", &r["id"].to_string(), "--json"],
+        )
         .expect(0)
         .json();
     assert_eq!(shown["status"], "revoked");
@@ -851,7 +880,9 @@ fn expiry_under_faketime_needs_no_sweep_and_sweep_records_it_once() {
     let status = later(&["--as", "bob", "status", "--json"]).expect(0).json();
     assert_eq!(status["active"].as_array().unwrap().len(), 0);
     assert_eq!(
-        later(&["request", "show", "1", "--json"]).expect(0).json()["status"],
+        later(&["--as", "admin", "request", "show", "1", "--json"])
+            .expect(0)
+            .json()["status"],
         "expired"
     );
     let first = later(&["sweep", "--json"]).expect(0).json();
@@ -1157,7 +1188,7 @@ fn a_database_from_a_newer_pim_is_refused() {
     let env = Env::new();
     env.init();
     env.sql("PRAGMA user_version = 99");
-    let r = env.run(&["user", "list"]).expect(1);
+    let r = env.as_("admin", &["user", "list"]).expect(1);
     assert!(r.stderr.contains("newer pim"), "{}", r.stderr);
 }
 

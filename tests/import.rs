@@ -57,7 +57,10 @@ fn a_good_file_imports_once_and_again_changes_nothing() {
         (Some(0), Some(4))
     );
     let carol = env
-        .run(&["assignment", "list", "--user", "carol", "--json"])
+        .as_(
+            "admin",
+            &["assignment", "list", "--user", "carol", "--json"],
+        )
         .expect(0)
         .json();
     assert_eq!(carol[0]["scope"], "/");

@@ -288,7 +288,7 @@ fn events_reach_smtp_webhook_and_command_receivers() {
         ]
     );
     let outbox = env
-        .run(&["notification", "list", "--json"])
+        .as_("admin", &["notification", "list", "--json"])
         .expect(0)
         .json();
     assert!(
@@ -323,10 +323,10 @@ fn a_receiver_that_is_down_never_blocks_the_change_and_is_retried_then_given_up(
         .expect(0);
     assert!(started.elapsed() < Duration::from_secs(8));
     assert!(r.stderr.contains("could not be delivered"), "{}", r.stderr);
-    env.run(&["assignment", "list", "--user", "bob", "--json"])
+    env.as_("admin", &["assignment", "list", "--user", "bob", "--json"])
         .expect(0);
     let outbox = env
-        .run(&["notification", "list", "--json"])
+        .as_("admin", &["notification", "list", "--json"])
         .expect(0)
         .json();
     assert_eq!(outbox[0]["status"], "pending");
@@ -355,7 +355,7 @@ fn a_receiver_that_is_down_never_blocks_the_change_and_is_retried_then_given_up(
         "{last}"
     );
     let failed = env
-        .run(&["notification", "list", "--failed", "--json"])
+        .as_("admin", &["notification", "list", "--failed", "--json"])
         .expect(0)
         .json();
     assert_eq!(failed[0]["attempts"], 5);

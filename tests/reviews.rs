@@ -131,7 +131,10 @@ fn a_quarterly_review_keeps_removes_and_applies_the_default() {
         &["review", "decide", &id, "ghost", "keep", "-j", "x"],
     )
     .expect(4);
-    let list = env.run(&["review", "list", "--json"]).expect(0).json();
+    let list = env
+        .as_("admin", &["review", "list", "--json"])
+        .expect(0)
+        .json();
     assert_eq!(list[0]["decided"], 2);
     assert_eq!(list[0]["total"], 3);
 
@@ -160,14 +163,17 @@ fn a_quarterly_review_keeps_removes_and_applies_the_default() {
     )
     .expect(5);
     let left = env
-        .run(&[
-            "assignment",
-            "list",
-            "--role",
-            "db-admin",
-            "--eligible",
-            "--json",
-        ])
+        .as_(
+            "admin",
+            &[
+                "assignment",
+                "list",
+                "--role",
+                "db-admin",
+                "--eligible",
+                "--json",
+            ],
+        )
         .expect(0)
         .json();
     let users: Vec<&str> = left
@@ -304,7 +310,7 @@ fn creating_a_review_needs_the_review_permission_and_valid_reviewers() {
         ],
     )
     .expect(2);
-    env.run(&["review", "show", "99"]).expect(4);
+    env.as_("admin", &["review", "show", "99"]).expect(4);
 }
 
 #[test]
@@ -404,7 +410,10 @@ fn sweep_completes_due_reviews_and_starts_the_next_of_a_recurring_one() {
     assert_eq!(s["reviews_started"].as_array().unwrap().len(), 1);
     let s = env.at("+93d", &["sweep", "--json"]).expect(0).json();
     assert_eq!(s["reviews_started"], serde_json::json!([]));
-    let list = env.run(&["review", "list", "--json"]).expect(0).json();
+    let list = env
+        .as_("admin", &["review", "list", "--json"])
+        .expect(0)
+        .json();
     assert_eq!(list.as_array().unwrap().len(), 2);
     assert_eq!(list[1]["total"], 3);
     env.run(&["audit", "verify"]).expect(0);

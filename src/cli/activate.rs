@@ -505,8 +505,9 @@ pub fn run_deactivate(ctx: &Ctx, a: DeactivateArgs) -> anyhow::Result<i32> {
 
 pub fn run_status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<i32> {
     let (pim, actor) = ctx.open()?;
+    let viewer = pim.viewer(&actor)?;
     let user = a.user.unwrap_or(actor);
-    let s = pim.status(&user)?;
+    let s = pim.status_seen_by(&viewer, &user)?;
     if ctx.json {
         return json(&s).map(|_| 0);
     }
@@ -592,10 +593,11 @@ pub fn run_check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<i32> {
 
 pub fn run_request(ctx: &Ctx, cmd: RequestCommand) -> anyhow::Result<i32> {
     let (pim, actor) = ctx.open()?;
+    let viewer = pim.viewer(&actor)?;
     let now = pim.now();
     let list = match cmd {
         RequestCommand::Show { id } => {
-            let r = pim.request(id)?;
+            let r = pim.request_seen_by(&viewer, id)?;
             if ctx.json {
                 return json(&r).map(|_| 0);
             }
@@ -618,7 +620,8 @@ pub fn run_request(ctx: &Ctx, cmd: RequestCommand) -> anyhow::Result<i32> {
                 // What the caller may decide.
                 pim.decidable(&actor)?
             } else {
-                let mut list = pim.requests(if all { None } else { Some(&actor) })?;
+                let mut list =
+                    pim.requests_seen_by(&viewer, if all { None } else { Some(&actor) })?;
                 if pending {
                     list.retain(|r| r.status == "pending");
                 }

@@ -334,7 +334,8 @@ fn list(
     all: bool,
 ) -> anyhow::Result<i32> {
     let scope = scope.as_deref().map(Scope::parse).transpose()?;
-    let (pim, _) = ctx.open()?;
+    let (pim, actor) = ctx.open()?;
+    let viewer = pim.viewer(&actor)?;
     let kind = if eligible {
         Some("eligible".to_string())
     } else if active {
@@ -342,13 +343,16 @@ fn list(
     } else {
         None
     };
-    let list = pim.assignments(&AssignmentFilter {
-        user,
-        role,
-        scope,
-        kind,
-        all,
-    })?;
+    let list = pim.assignments_seen_by(
+        &viewer,
+        &AssignmentFilter {
+            user,
+            role,
+            scope,
+            kind,
+            all,
+        },
+    )?;
     if ctx.json {
         return json(&list).map(|_| 0);
     }

@@ -4,7 +4,6 @@ use super::context::Ctx;
 use super::output::{json, out, table};
 use crate::audit::{self, spreadsheet_safe, Filter, StoredEvent, COLUMNS};
 use crate::error::Error;
-use crate::scope::Scope;
 use crate::time::parse_instant;
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
@@ -123,10 +122,16 @@ fn json_event(e: &StoredEvent) -> JsonEvent<'_> {
 
 pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
     let (pim, actor) = ctx.open()?;
+    // Reads need a reason: a pim user (root may verify the chain without being one).
+    let viewer = match (&cmd, pim.viewer(&actor)) {
+        (_, Ok(v)) => Some(v),
+        (AuditCommand::Verify, Err(_)) if crate::privilege::real_uid() == 0 => None,
+        (_, Err(e)) => return Err(e.into()),
+    };
     match cmd {
         AuditCommand::List { filter: f, limit } => {
             let mut f = filter(&pim, f)?;
-            if !pim.may(&actor, "audit", &Scope::root())? {
+            if !viewer.as_ref().is_some_and(|v| v.audits()) {
                 f.involving = Some(actor.clone());
                 ctx.note(
                     "Showing your own events only (the full log needs the 'audit' permission).",
@@ -176,7 +181,7 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
             output,
             filter: f,
         } => {
-            if !pim.may(&actor, "audit", &Scope::root())? {
+            if !viewer.as_ref().is_some_and(|v| v.audits()) {
                 return Err(Error::Refused(
                     "Exporting the audit log needs the 'audit' permission. Activate a role that grants it (such as security-reader).".to_string(),
                 )
@@ -279,6 +284,10 @@ fn csv_error(e: csv::Error) -> Error {
 
 pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
     let (mut pim, actor) = ctx.open()?;
+    // Pim users and root (a system timer) sweep; strangers are refused.
+    if crate::privilege::real_uid() != 0 {
+        pim.viewer(&actor)?;
+    }
     let report = pim.sweep(&actor)?;
     let delivery = pim.deliver(&actor)?;
     if ctx.json {
@@ -320,8 +329,9 @@ pub enum NotificationCommand {
 
 pub fn run_notification(ctx: &Ctx, cmd: NotificationCommand) -> anyhow::Result<i32> {
     let NotificationCommand::List { failed } = cmd;
-    let (pim, _) = ctx.open()?;
-    let list = pim.outbox(failed)?;
+    let (pim, actor) = ctx.open()?;
+    let viewer = pim.viewer(&actor)?;
+    let list = pim.outbox_seen_by(&viewer, failed)?;
     if ctx.json {
         return json(&list).map(|_| 0);
     }

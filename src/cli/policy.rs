@@ -77,14 +77,15 @@ pub fn run_policy(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<i32> {
             // With a database at hand, also name approvers who are not users yet. (It is
             // opened first: the file is read with the caller's own rights.)
             let pim = if crate::store::exists(&ctx.db) {
-                Some(ctx.open()?.0)
+                Some(ctx.open()?)
             } else {
                 None
             };
             let policy = read_policy(&file)?;
+            // Who is (not yet) a user is for pim users to know.
             let warnings = match &pim {
-                Some(pim) => pim.policy_warnings(&policy)?,
-                None => Vec::new(),
+                Some((pim, actor)) if pim.viewer(actor).is_ok() => pim.policy_warnings(&policy)?,
+                _ => Vec::new(),
             };
             if ctx.json {
                 json(&serde_json::json!({
@@ -130,8 +131,8 @@ pub fn run_policy(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<i32> {
             }
         }
         PolicyCommand::Export => {
-            let (pim, _) = ctx.open()?;
-            let policy = pim.policy()?;
+            let (pim, actor) = ctx.open()?;
+            let policy = pim.policy_seen_by(&pim.viewer(&actor)?)?;
             if ctx.json {
                 json(&serde_json::json!({"policy": policy.source}))?;
             } else {
@@ -160,7 +161,8 @@ fn role_json(r: &crate::ops::RoleSummary) -> serde_json::Value {
 }
 
 pub fn run_role(ctx: &Ctx, cmd: RoleCommand) -> anyhow::Result<i32> {
-    let (pim, _) = ctx.open()?;
+    let (pim, actor) = ctx.open()?;
+    pim.viewer(&actor)?;
     let roles = pim.roles()?;
     match cmd {
         RoleCommand::List => {

@@ -131,7 +131,7 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
             show(ctx, &r)?;
         }
         ReviewCommand::List => {
-            let list = pim.reviews()?;
+            let list = pim.reviews_seen_by(&pim.viewer(&actor)?)?;
             if ctx.json {
                 // Lists stay light: items are in `review show`.
                 let light: Vec<serde_json::Value> = list
@@ -160,22 +160,23 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
             }
             out(&t.to_string())?;
         }
-        ReviewCommand::Show { id } => show(ctx, &pim.review(id)?)?,
+        ReviewCommand::Show { id } => show(ctx, &pim.review_seen_by(&pim.viewer(&actor)?, id)?)?,
         ReviewCommand::Decide {
             id,
             user,
             decision,
             justification,
         } => {
-            let r = pim.decide_review(&actor, id, &user, &decision, &justification)?;
-            show(ctx, &r)?;
+            pim.decide_review(&actor, id, &user, &decision, &justification)?;
+            // In a self-review, a user sees their own items only.
+            show(ctx, &pim.review_seen_by(&pim.viewer(&actor)?, id)?)?;
         }
         ReviewCommand::Complete { id } => {
             let r = pim.complete_review(&actor, id)?;
             show(ctx, &r)?;
         }
         ReviewCommand::Export { id, output } => {
-            let r = pim.review(id)?;
+            let r = pim.review_seen_by(&pim.viewer(&actor)?, id)?;
             let sink: Box<dyn Write> = match &output {
                 Some(path) => Box::new(
                     crate::privilege::create_output(path, &ctx.protected_files())
@@ -222,8 +223,8 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
 }
 
 pub fn run_alerts(ctx: &Ctx, fail_on: Option<String>) -> anyhow::Result<i32> {
-    let (pim, _) = ctx.open()?;
-    let alerts = pim.alerts()?;
+    let (pim, actor) = ctx.open()?;
+    let alerts = pim.alerts_seen_by(&pim.viewer(&actor)?)?;
     if ctx.json {
         json(&alerts)?;
     } else if alerts.is_empty() {

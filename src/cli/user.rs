@@ -122,9 +122,13 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> anyhow::Result<i32> {
                 ))?;
             }
         }
-        UserCommand::List => show_users(ctx, &pim.users()?, now)?,
+        UserCommand::List => {
+            let viewer = pim.viewer(&actor)?;
+            show_users(ctx, &pim.users_seen_by(&viewer)?, now)?
+        }
         UserCommand::Show { name } => {
-            let u = pim.user(&name)?;
+            let viewer = pim.viewer(&actor)?;
+            let u = pim.user_seen_by(&viewer, &name)?;
             if ctx.json {
                 json(&u)?;
             } else {

@@ -49,7 +49,7 @@ fn load(conn: &Connection, id: i64, now: i64) -> Result<Request> {
 
 /// Whether `approver` may decide requests for `role` at `scope`: one of the role's
 /// approvers, or (where it names none) a holder of `approve` covering the scope.
-fn may_decide(
+pub(crate) fn may_decide(
     conn: &Connection,
     policy: &Policy,
     role: &Role,

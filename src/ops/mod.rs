@@ -14,6 +14,7 @@ mod policy_ops;
 mod reviews;
 mod sweep;
 mod users;
+mod views;
 
 pub use activation::{ActivationInput, Request, Status};
 pub use alerts::{Alert, Severity};
@@ -24,6 +25,7 @@ pub use policy_ops::{change_json as policy_change_json, PolicyApplied, RoleSumma
 pub use reviews::{Review, ReviewInput, ReviewItem};
 pub use sweep::SweepReport;
 pub use users::{Enrollment, ServiceToken, User};
+pub use views::Viewer;
 
 use crate::audit::{self, Event};
 use crate::clock::Clock;

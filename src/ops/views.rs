@@ -1,0 +1,279 @@
+//! Who may read what. Reads need a reason: a caller who is not an enabled pim user sees
+//! nothing (but `check`); a user sees their own status, requests, assignments and events;
+//! other people's data needs `users`, `assign`, `audit` or `review` over its scope;
+//! approvers see the requests they may decide; a review is read by its reviewers, its
+//! creator and holders of `review` over its scope (in a self-review, each user their own).
+
+use super::activation::{Request, Status};
+use super::approvals::may_decide;
+use super::assignments::{Assignment, AssignmentFilter};
+use super::reviews::Review;
+use super::{holdings, not_a_user, users, Pim};
+use crate::error::{Error, Result};
+use crate::scope::Scope;
+
+/// The permissions that let a user see other people's data within their scope.
+const OVERSIGHT: [&str; 4] = ["users", "assign", "audit", "review"];
+
+/// Someone reading pim's state, and how far they may see.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub name: String,
+    /// Scopes over which the viewer holds `users`, `assign`, `audit` or `review`.
+    oversight: Vec<Scope>,
+    /// Scopes over which the viewer holds `review`.
+    review: Vec<Scope>,
+    /// Scopes over which the viewer holds `audit`.
+    audit: Vec<Scope>,
+    /// Scopes over which the viewer holds `policy`.
+    policy: Vec<Scope>,
+}
+
+fn refused(what: &str) -> Error {
+    Error::Refused(format!(
+        "{what} needs the 'users', 'assign', 'audit' or 'review' permission. Activate a role that grants one (see `pim role list`)."
+    ))
+}
+
+impl Viewer {
+    /// Whether the viewer may see `user`'s data at `scope`.
+    pub fn sees(&self, user: &str, scope: &str) -> bool {
+        user == self.name
+            || Scope::parse(scope).is_ok_and(|s| self.oversight.iter().any(|o| o.covers(&s)))
+    }
+
+    /// Whether the viewer may see other people at all (some oversight somewhere).
+    pub fn oversees_anyone(&self) -> bool {
+        !self.oversight.is_empty()
+    }
+
+    /// Whether the viewer oversees everything (oversight over `/`).
+    pub fn oversees_all(&self) -> bool {
+        self.oversight.iter().any(|s| s == &Scope::root())
+    }
+
+    /// Whether the viewer may read the whole audit log.
+    pub fn audits(&self) -> bool {
+        self.audit.iter().any(|s| s == &Scope::root())
+    }
+
+    /// Whether the viewer may read the policy's settings (which may name hosts and hooks).
+    pub fn reads_policy(&self) -> bool {
+        self.policy
+            .iter()
+            .chain(&self.audit)
+            .any(|s| s == &Scope::root())
+    }
+
+    fn reviews_at(&self, scope: &str) -> bool {
+        Scope::parse(scope).is_ok_and(|s| self.review.iter().any(|r| r.covers(&s)))
+    }
+}
+
+impl Pim {
+    /// The viewer `actor`: an enabled pim user. Anyone else is refused (exit 3).
+    pub fn viewer(&self, actor: &str) -> Result<Viewer> {
+        let user = match users::find(&self.conn, actor)? {
+            Some(u) if !u.disabled => u,
+            Some(_) => {
+                return Err(Error::Refused(format!(
+                    "Your pim account '{actor}' is disabled. Ask an administrator to enable it."
+                )))
+            }
+            None => return Err(not_a_user(actor)),
+        };
+        let policy = self.policy()?;
+        let mut v = Viewer {
+            name: user.name.clone(),
+            oversight: Vec::new(),
+            review: Vec::new(),
+            audit: Vec::new(),
+            policy: Vec::new(),
+        };
+        for h in holdings(&self.conn, user.id, self.now().timestamp())? {
+            let Some(role) = policy.roles.get(&h.role) else {
+                continue;
+            };
+            if OVERSIGHT.iter().any(|p| role.grants(p)) {
+                v.oversight.push(h.scope.clone());
+            }
+            if role.grants("review") {
+                v.review.push(h.scope.clone());
+            }
+            if role.grants("audit") {
+                v.audit.push(h.scope.clone());
+            }
+            if role.grants("policy") {
+                v.policy.push(h.scope.clone());
+            }
+        }
+        Ok(v)
+    }
+
+    /// Users: everyone for a viewer who oversees anyone, otherwise only themself.
+    pub fn users_seen_by(&self, v: &Viewer) -> Result<Vec<users::User>> {
+        let mut list = self.users()?;
+        if !v.oversees_anyone() {
+            list.retain(|u| u.name == v.name);
+        }
+        Ok(list)
+    }
+
+    /// One user: yourself, or anyone for a viewer who oversees anyone.
+    pub fn user_seen_by(&self, v: &Viewer, name: &str) -> Result<users::User> {
+        if name != v.name && !v.oversees_anyone() {
+            return Err(refused("Seeing another user"));
+        }
+        self.user(name)
+    }
+
+    /// A user's status, with only what the viewer may see of it.
+    pub fn status_seen_by(&self, v: &Viewer, user: &str) -> Result<Status> {
+        if user != v.name && !v.oversees_anyone() {
+            return Err(refused("Seeing another user's status"));
+        }
+        let mut s = self.status(user)?;
+        s.eligible.retain(|a| v.sees(&a.user, &a.scope));
+        s.active.retain(|a| v.sees(&s.user, &a.scope));
+        s.requests.retain(|r| v.sees(&r.user, &r.scope));
+        Ok(s)
+    }
+
+    /// Assignments the viewer may see.
+    pub fn assignments_seen_by(
+        &self,
+        v: &Viewer,
+        filter: &AssignmentFilter,
+    ) -> Result<Vec<Assignment>> {
+        let others = filter.user.as_deref() != Some(v.name.as_str());
+        if others && !v.oversees_anyone() {
+            if filter.user.is_some() {
+                return Err(refused("Seeing another user's assignments"));
+            }
+            let own = AssignmentFilter {
+                user: Some(v.name.clone()),
+                ..filter.clone()
+            };
+            return self.assignments(&own);
+        }
+        let mut list = self.assignments(filter)?;
+        list.retain(|a| v.sees(&a.user, &a.scope));
+        Ok(list)
+    }
+
+    /// Requests the viewer may see: their own, those they oversee, and those they may decide.
+    pub fn requests_seen_by(&self, v: &Viewer, user: Option<&str>) -> Result<Vec<Request>> {
+        let list = self.requests(user)?;
+        let policy = self.policy()?;
+        let me = users::get(&self.conn, &v.name)?;
+        let t = self.now().timestamp();
+        let mut out = Vec::new();
+        for r in list {
+            if v.sees(&r.user, &r.scope) || self.approver_of(&policy, &me, &r, t)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One request, if the viewer may see it.
+    pub fn request_seen_by(&self, v: &Viewer, id: i64) -> Result<Request> {
+        let r = self.request(id)?;
+        let policy = self.policy()?;
+        let me = users::get(&self.conn, &v.name)?;
+        if v.sees(&r.user, &r.scope)
+            || self.approver_of(&policy, &me, &r, self.now().timestamp())?
+        {
+            Ok(r)
+        } else {
+            Err(Error::Refused(format!(
+                "Request {id} is {}'s; you may see it only as one of its approvers or with oversight of its scope.",
+                r.user
+            )))
+        }
+    }
+
+    fn approver_of(
+        &self,
+        policy: &crate::policy::Policy,
+        me: &users::User,
+        r: &Request,
+        now: i64,
+    ) -> Result<bool> {
+        let (Some(role), Ok(scope)) = (policy.role(&r.role), Scope::parse(&r.scope)) else {
+            return Ok(false);
+        };
+        if r.decisions.iter().any(|d| d.approver == me.name) {
+            return Ok(true);
+        }
+        may_decide(&self.conn, policy, role, me, &scope, now)
+    }
+
+    /// A review as the viewer may see it: whole for its reviewers, its creator and holders of
+    /// `review` over its scope; in a self-review, a user's own items only.
+    pub fn review_seen_by(&self, v: &Viewer, id: i64) -> Result<Review> {
+        let mut r = self.review(id)?;
+        let whole = r.created_by == v.name
+            || (!r.self_review && r.reviewers.iter().any(|x| x == &v.name))
+            || v.reviews_at(&r.scope);
+        if whole {
+            return Ok(r);
+        }
+        if r.self_review && r.items.iter().any(|i| i.user == v.name) {
+            r.items.retain(|i| i.user == v.name);
+            r.total = r.items.len() as i64;
+            r.decided = r.items.iter().filter(|i| i.decision.is_some()).count() as i64;
+            return Ok(r);
+        }
+        Err(Error::Refused(format!(
+            "Review {id} is read by its reviewers and holders of the 'review' permission over {}.",
+            r.scope
+        )))
+    }
+
+    /// The reviews the viewer may read (each as `review_seen_by` shows it).
+    pub fn reviews_seen_by(&self, v: &Viewer) -> Result<Vec<Review>> {
+        Ok(self
+            .reviews()?
+            .into_iter()
+            .filter_map(|r| self.review_seen_by(v, r.id).ok())
+            .collect())
+    }
+
+    /// The outbox: whole for a viewer who oversees everyone, otherwise what concerns them.
+    pub fn outbox_seen_by(
+        &self,
+        v: &Viewer,
+        failed_only: bool,
+    ) -> Result<Vec<crate::notify::Outgoing>> {
+        let mut list = self.outbox(failed_only)?;
+        if !v.oversees_all() {
+            list.retain(|o| {
+                o.recipients.iter().any(|r| r == &v.name)
+                    || serde_json::from_str::<serde_json::Value>(&o.payload)
+                        .is_ok_and(|p| p["user"] == v.name.as_str())
+            });
+        }
+        Ok(list)
+    }
+
+    /// Alerts, for a viewer who oversees everything.
+    pub fn alerts_seen_by(&self, v: &Viewer) -> Result<Vec<super::Alert>> {
+        if !v.oversees_all() {
+            return Err(refused("Reading the security alerts (over /)"));
+        }
+        self.alerts()
+    }
+
+    /// The policy in force, for a viewer with `policy` or `audit` over `/` (its notification
+    /// settings may name hosts and hooks).
+    pub fn policy_seen_by(&self, v: &Viewer) -> Result<crate::policy::Policy> {
+        if !v.reads_policy() {
+            return Err(Error::Refused(
+                "Exporting the policy needs the 'policy' or 'audit' permission over /. See `pim role list` for what each role allows."
+                    .to_string(),
+            ));
+        }
+        self.policy()
+    }
+}
