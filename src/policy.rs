@@ -1,6 +1,7 @@
 //! The policy file: roles and their settings. Parsed from TOML with every value checked and
 //! every error tied to its line; the database keeps the applied text as the source of truth.
 
+use crate::limits;
 use crate::time::{parse_duration, policy_duration};
 use chrono::Duration;
 use regex::Regex;
@@ -170,6 +171,8 @@ pub struct Alerts {
     /// More activations than this of one role by one user within `frequent_window`...
     pub frequent_activations: u32,
     pub frequent_window: Duration,
+    /// Lockouts and failed sign-ins within this window are an alert.
+    pub failure_window: Duration,
 }
 
 impl Default for Alerts {
@@ -180,6 +183,7 @@ impl Default for Alerts {
             unused_after: Duration::days(30),
             frequent_activations: 10,
             frequent_window: Duration::days(1),
+            failure_window: Duration::days(7),
         }
     }
 }
@@ -248,6 +252,7 @@ struct RawAlerts {
     unused_after: Option<Spanned<String>>,
     frequent_activations: Option<Spanned<i64>>,
     frequent_window: Option<Spanned<String>>,
+    failure_window: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -415,6 +420,7 @@ impl Parser<'_> {
             s.require_justification = v;
         }
         if let Some(v) = &raw.justification_pattern {
+            self.length("justification_pattern", v, limits::PATTERN);
             if v.get_ref().is_empty() {
                 s.justification_pattern = None;
             } else if let Err(e) = Regex::new(v.get_ref()) {
@@ -482,6 +488,17 @@ impl Parser<'_> {
 }
 
 impl Parser<'_> {
+    /// A string longer than its limit is a problem at its line.
+    fn length(&mut self, key: &str, value: &Spanned<String>, max: usize) {
+        let n = value.get_ref().chars().count();
+        if n > max {
+            self.problem(
+                value.span(),
+                format!("{key} is {n} characters long; the limit is {max}."),
+            );
+        }
+    }
+
     fn count(&mut self, key: &str, v: &Spanned<i64>, min: i64, max: i64) -> Option<u32> {
         let n = *v.get_ref();
         if (min..=max).contains(&n) {
@@ -538,6 +555,16 @@ impl Parser<'_> {
                 a.frequent_window = d;
             }
         }
+        if let Some(v) = &raw.failure_window {
+            if let Some(d) = self.duration(
+                "alerts.failure_window",
+                v,
+                Duration::hours(1),
+                Duration::days(365),
+            ) {
+                a.failure_window = d;
+            }
+        }
         a
     }
 
@@ -545,6 +572,8 @@ impl Parser<'_> {
         let mut out = Notifications::default();
         if let Some(smtp) = &raw.smtp {
             let s = smtp.get_ref();
+            self.length("notifications.smtp.host", &s.host, limits::POLICY_STRING);
+            self.length("notifications.smtp.from", &s.from, limits::EMAIL);
             if s.host.get_ref().trim().is_empty() {
                 self.problem(
                     s.host.span(),
@@ -581,6 +610,11 @@ impl Parser<'_> {
             });
         }
         if let Some(hook) = &raw.webhook {
+            self.length(
+                "notifications.webhook.url",
+                &hook.get_ref().url,
+                limits::POLICY_STRING,
+            );
             let url = hook.get_ref().url.get_ref();
             if !(url.starts_with("http://") || url.starts_with("https://"))
                 || url.contains(char::is_whitespace)
@@ -596,6 +630,19 @@ impl Parser<'_> {
         }
         if let Some(cmd) = &raw.command {
             let argv = cmd.get_ref().argv.get_ref();
+            if argv.len() > 64
+                || argv
+                    .iter()
+                    .any(|a| a.chars().count() > limits::POLICY_STRING)
+            {
+                self.problem(
+                    cmd.get_ref().argv.span(),
+                    format!(
+                        "notifications.command.argv is too long (at most 64 arguments of {} characters).",
+                        limits::POLICY_STRING
+                    ),
+                );
+            }
             if argv.is_empty() || argv[0].trim().is_empty() {
                 self.problem(
                     cmd.get_ref().argv.span(),
@@ -611,6 +658,16 @@ impl Parser<'_> {
 impl Policy {
     /// Parse and check a policy file. On failure, every problem found, ordered by line.
     pub fn parse(source: &str) -> Result<Policy, Vec<Problem>> {
+        if source.len() > limits::POLICY_BYTES {
+            return Err(vec![Problem {
+                line: 1,
+                message: format!(
+                    "the policy is {} bytes long; the limit is {} KiB.",
+                    source.len(),
+                    limits::POLICY_BYTES / 1024
+                ),
+            }]);
+        }
         let mut p = Parser {
             source,
             problems: Vec::new(),
@@ -668,6 +725,12 @@ impl Policy {
                         "role key '{key_text}' may use only letters, digits, '.', '_' and '-'."
                     ),
                 );
+            }
+            if let Some(n) = &e.name {
+                p.length("name", n, limits::ROLE_NAME);
+            }
+            if let Some(d) = &e.description {
+                p.length("description", d, limits::DESCRIPTION);
             }
             let name = match &e.name {
                 Some(n) if !n.get_ref().trim().is_empty() => n.get_ref().trim().to_string(),
@@ -863,6 +926,7 @@ pub fn diff(old: Option<&Policy>, new: &Policy) -> Vec<RoleChange> {
                 ("unused_after", policy_duration(a.unused_after)),
                 ("frequent_activations", a.frequent_activations.to_string()),
                 ("frequent_window", policy_duration(a.frequent_window)),
+                ("failure_window", policy_duration(a.failure_window)),
             ]
         };
         let changes = fields(&alerts_before)

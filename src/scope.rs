@@ -22,6 +22,7 @@ impl Scope {
         if text == "/" {
             return Ok(Scope::root());
         }
+        crate::limits::check("scope", text, crate::limits::SCOPE)?;
         let Some(rest) = text.strip_prefix('/') else {
             return Err(bad("it must start with /"));
         };

@@ -237,6 +237,61 @@ impl Pim {
             }
         }
 
+        // Lockouts and failed sign-ins: someone may be guessing codes or tokens.
+        {
+            let since = now - a.failure_window.num_seconds();
+            let locked: Vec<String> = names(
+                "SELECT DISTINCT principal FROM audit_events WHERE time >= ?1 AND action = 'mfa.lock' \
+                 AND principal IS NOT NULL UNION SELECT name FROM users WHERE mfa_blocked = 1 ORDER BY 1",
+                &[&since],
+            )?;
+            let accounts: Vec<String> = names(
+                "SELECT DISTINCT actor FROM audit_events WHERE time >= ?1 \
+                 AND action IN ('token.fail', 'account.lock') ORDER BY 1",
+                &[&since],
+            )?;
+            let blocked: Vec<String> = names(
+                "SELECT name FROM users WHERE mfa_blocked = 1 ORDER BY name",
+                &[],
+            )?;
+            if !locked.is_empty() || !accounts.is_empty() {
+                let mut parts = Vec::new();
+                if !locked.is_empty() {
+                    parts.push(format!(
+                        "authenticators locked after wrong codes: {}",
+                        locked.join(", ")
+                    ));
+                }
+                if !blocked.is_empty() {
+                    parts.push(format!("locked until reset: {}", blocked.join(", ")));
+                }
+                if !accounts.is_empty() {
+                    parts.push(format!(
+                        "failed token or stranger sign-ins from: {}",
+                        accounts.join(", ")
+                    ));
+                }
+                let mut users = locked.clone();
+                for acct in accounts {
+                    if !users.contains(&acct) {
+                        users.push(acct);
+                    }
+                }
+                out.push(Alert {
+                    id: "authentication-failures".into(),
+                    severity: if blocked.is_empty() { Severity::Warning } else { Severity::Critical },
+                    roles: Vec::new(),
+                    users,
+                    message: format!(
+                        "Within {}: {}.",
+                        format_duration(a.failure_window),
+                        parts.join("; ")
+                    ),
+                    remedy: "Ask each person whether it was them (`pim audit list --action mfa.* --user NAME`); reset a guessed authenticator with `pim mfa reset NAME` only once they are reached another way.".into(),
+                });
+            }
+        }
+
         // Eligible for a role that needs MFA, without an authenticator.
         let mut missing: Vec<String> = Vec::new();
         let mut roles: Vec<String> = Vec::new();

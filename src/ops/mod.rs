@@ -158,9 +158,15 @@ pub(crate) fn holdings(conn: &Connection, user_id: i64, now: i64) -> Result<Vec<
           WHERE a.user_id = ?1 AND u.disabled = 0 AND a.kind = 'active' AND a.removed_at IS NULL
             AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2)
          UNION ALL
-         SELECT r.role, r.scope, r.end_at, NULL, r.id FROM requests r JOIN users u ON u.id = r.user_id
+         SELECT r.role, r.scope,
+                CASE WHEN e.end_at IS NOT NULL AND e.end_at < r.end_at THEN e.end_at ELSE r.end_at END,
+                NULL, r.id
+           FROM requests r JOIN users u ON u.id = r.user_id LEFT JOIN assignments e ON e.id = r.eligibility_id
           WHERE r.user_id = ?1 AND u.disabled = 0 AND r.status IN ('active', 'scheduled')
-            AND r.start_at <= ?2 AND r.end_at > ?2",
+            AND r.start_at <= ?2 AND r.end_at > ?2
+            -- An activation never outlasts the eligibility it rests on, however that changed.
+            AND (r.eligibility_id IS NULL
+                 OR (e.removed_at IS NULL AND (e.end_at IS NULL OR e.end_at > ?2)))",
     )?;
     let rows = stmt.query_map(params![user_id, now], |r| {
         Ok((

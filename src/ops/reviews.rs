@@ -446,6 +446,11 @@ pub(crate) fn sweep_reviews(
 impl Pim {
     /// Start an access review (permission `review` over the scope).
     pub fn create_review(&mut self, actor: &str, input: ReviewInput) -> Result<Review> {
+        crate::limits::check_opt(
+            "review name",
+            input.name.as_deref(),
+            crate::limits::REVIEW_NAME,
+        )?;
         self.write(|tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let role = policy
@@ -535,6 +540,7 @@ impl Pim {
         decision: &str,
         justification: &str,
     ) -> Result<Review> {
+        crate::limits::check("justification", justification, crate::limits::JUSTIFICATION)?;
         self.write(|tx, now, _| {
             actor_user(tx, actor)?;
             let t = now.timestamp();
