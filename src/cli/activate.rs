@@ -134,13 +134,13 @@ fn ask_for_missing(
     let settings: Vec<_> = roles.iter().filter_map(|r| policy.role(r)).collect();
     if settings.iter().any(|r| r.settings.require_justification) && input.justification.is_none() {
         let names: Vec<&str> = settings.iter().map(|r| r.key.as_str()).collect();
-        input.justification = Some(prompt::text(&format!(
-            "Justification for {}",
-            names.join(", ")
-        ))?);
+        input.justification = Some(prompt::text(
+            &format!("Justification for {}", names.join(", ")),
+            crate::limits::JUSTIFICATION,
+        )?);
     }
     if settings.iter().any(|r| r.settings.require_ticket) && input.ticket.is_none() {
-        input.ticket = Some(prompt::text("Ticket")?);
+        input.ticket = Some(prompt::text("Ticket", crate::limits::TICKET)?);
     }
     if settings.iter().any(|r| r.settings.require_mfa)
         && input.code.is_none()
@@ -459,10 +459,10 @@ pub fn run_extend(ctx: &Ctx, a: ExtendArgs) -> anyhow::Result<i32> {
     if ctx.interactive {
         if let Some(role) = pim.policy()?.role(&a.role) {
             if role.settings.require_justification && justification.is_none() {
-                justification = Some(prompt::text(&format!(
-                    "Justification for extending {}",
-                    role.key
-                ))?);
+                justification = Some(prompt::text(
+                    &format!("Justification for extending {}", role.key),
+                    crate::limits::JUSTIFICATION,
+                )?);
             }
             if role.settings.require_mfa
                 && code.is_none()

@@ -110,7 +110,7 @@ pub fn run_assign(ctx: &Ctx, a: AssignArgs) -> anyhow::Result<i32> {
         .role(&a.role)
         .is_some_and(|r| r.settings.require_justification_on_assign);
     if needs && justification.is_none() && ctx.interactive {
-        justification = Some(prompt::text("Justification")?);
+        justification = Some(prompt::text("Justification", crate::limits::JUSTIFICATION)?);
     }
     let done = pim.assign(
         &actor,

@@ -3,10 +3,19 @@
 use anyhow::Result;
 use dialoguer::{Input, Password};
 
-pub fn text(prompt: &str) -> Result<String> {
+/// Free text of at most `limit` characters; asks again until it fits.
+pub fn text(prompt: &str, limit: usize) -> Result<String> {
     Ok(Input::<String>::new()
         .with_prompt(prompt)
         .allow_empty(false)
+        .validate_with(move |t: &String| -> Result<(), String> {
+            let n = t.chars().count();
+            if n > limit {
+                Err(format!("That is {n} characters; the limit is {limit}."))
+            } else {
+                Ok(())
+            }
+        })
         .interact_text()?)
 }
 
