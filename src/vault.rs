@@ -135,6 +135,12 @@ impl Vault {
                 path.display()
             ))
         };
+        if let (Some(g), Ok(meta)) = (group, std::fs::metadata(dir)) {
+            // The keys directory serves the install root is creating now.
+            if meta.gid() != g {
+                std::os::unix::fs::chown(dir, Some(0), Some(g)).map_err(fail)?;
+            }
+        }
         if !dir.exists() {
             // /etc/pim stays readable like any configuration directory; only the keys
             // directory is closed to everyone but root and the pim group.

@@ -1,0 +1,685 @@
+//! The set-group-id install of the README, for real: a binary `root:pimtest 2755`, a
+//! directory `2770`, the database created by root, and accounts that attack it. Runs when the
+//! tests run as root (as CI does), creating the group and accounts it needs; otherwise each
+//! test says why it skipped.
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use support::Run;
+
+const GROUP: &str = "pimtest";
+const ALICE: &str = "pimt-alice";
+const BOB: &str = "pimt-bob";
+const MALLORY: &str = "pimt-mallory";
+
+/// Create the group and the accounts once; false (with the reason printed) when this
+/// machine cannot run the install.
+fn ready() -> bool {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        if unsafe { libc::getuid() } != 0 {
+            return Err(
+                "needs root to install pim set-group-id (CI runs the tests as root)".into(),
+            );
+        }
+        for tool in ["setpriv", "groupadd", "useradd"] {
+            if !support::have(tool) {
+                return Err(format!("needs {tool}"));
+            }
+        }
+        let _ = Command::new("groupadd")
+            .args(["-f", "--system", GROUP])
+            .status();
+        for name in [ALICE, BOB, MALLORY] {
+            let exists = Command::new("id")
+                .arg(name)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !exists {
+                let ok = Command::new("useradd")
+                    .args([
+                        "--no-create-home",
+                        "--user-group",
+                        "--shell",
+                        "/bin/sh",
+                        name,
+                    ])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    return Err(format!("cannot create the account {name}"));
+                }
+            }
+        }
+        Ok(())
+    });
+    match ready {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            false
+        }
+    }
+}
+
+fn id_of(name: &str, flag: &str) -> u32 {
+    let out = Command::new("id").args([flag, name]).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn group_id() -> u32 {
+    let out = Command::new("getent")
+        .args(["group", GROUP])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// One install: the binary, the database directory, a home per account.
+struct Install {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    lib: PathBuf,
+    db: PathBuf,
+    instance: String,
+    /// alice's TOTP secret (she is the break-glass administrator).
+    alice: String,
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/etc/pim/keys/{}.key", self.instance));
+    }
+}
+
+impl Install {
+    /// The README's procedure: install the binary root:GROUP 2755 and the directory 2770,
+    /// then `pim init` as root.
+    fn new() -> Install {
+        let dir = tempfile::Builder::new()
+            .prefix("pim-install-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("pim");
+        let status = Command::new("install")
+            .args(["-o", "root", "-g", GROUP, "-m", "2755", support::bin()])
+            .arg(&bin)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let lib = dir.path().join("lib");
+        let status = Command::new("install")
+            .args(["-d", "-o", "root", "-g", GROUP, "-m", "2770"])
+            .arg(&lib)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for name in [ALICE, BOB, MALLORY] {
+            let home = dir.path().join("home").join(name);
+            std::fs::create_dir_all(&home).unwrap();
+            std::os::unix::fs::chown(&home, Some(id_of(name, "-u")), Some(id_of(name, "-g")))
+                .unwrap();
+            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(
+            dir.path().join("home"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let db = lib.join("pim.db");
+        let out = Command::new(&bin)
+            .args(["init", "--admin", ALICE, "--json"])
+            .env("PIM_DB", &db)
+            .env("HOME", dir.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .output()
+            .unwrap();
+        let r: Run = out.into();
+        let alice = r.expect(0).json()["secret"].as_str().unwrap().to_string();
+        let instance: String = peek(&db)
+            .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        Install {
+            dir,
+            bin,
+            lib,
+            db,
+            instance,
+            alice,
+        }
+    }
+
+    fn home(&self, name: &str) -> PathBuf {
+        self.dir.path().join("home").join(name)
+    }
+
+    /// Run the installed pim as the account `name`, with a clean environment.
+    fn as_account(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        self.program_as(name, &self.bin, args, env)
+    }
+
+    fn program_as(&self, name: &str, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", name, "--regid", name, "--init-groups", "--"])
+            .arg(program)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", self.home(name))
+            .env("PIM_DB", &self.db)
+            .current_dir(self.home(name))
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap().into()
+    }
+
+    /// Run pim as root (`--as` allowed).
+    fn root(&self, args: &[&str]) -> Run {
+        Command::new(&self.bin)
+            .args(args)
+            .env("PIM_DB", &self.db)
+            .env("HOME", self.dir.path())
+            .env_remove("PIM_USER")
+            .env_remove("PIM_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    }
+
+    /// The database's bytes, to show an attack changed nothing.
+    fn snapshot(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for suffix in ["", "-wal"] {
+            let mut p = self.db.clone().into_os_string();
+            p.push(suffix);
+            all.extend(std::fs::read(p).unwrap_or_default());
+        }
+        all
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        peek(&self.db).query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// A database of mallory's own, made with her own (not set-group-id) copy of pim, whose
+    /// policy (given as `extra`) she controls.
+    fn mallory_db(&self, extra: &str) -> PathBuf {
+        let home = self.home(MALLORY);
+        let own_bin = home.join("pim-own");
+        std::fs::copy(support::bin(), &own_bin).unwrap();
+        std::os::unix::fs::chown(
+            &own_bin,
+            Some(id_of(MALLORY, "-u")),
+            Some(id_of(MALLORY, "-g")),
+        )
+        .unwrap();
+        std::fs::set_permissions(&own_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let policy = home.join("policy.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                "{}\n{extra}\n",
+                std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml"))
+                    .unwrap()
+            ),
+        )
+        .unwrap();
+        let own = home.join("own.db");
+        let own_s = own.display().to_string();
+        let policy_s = policy.display().to_string();
+        self.program_as(
+            MALLORY,
+            &own_bin,
+            &[
+                "--db",
+                &own_s,
+                "init",
+                "--admin",
+                MALLORY,
+                "--policies",
+                &policy_s,
+            ],
+            &[],
+        )
+        .expect(0);
+        own
+    }
+}
+
+/// A connection for the test to look into a database without ending its WAL: closing the
+/// last connection must not delete the -wal and -shm files the install keeps.
+fn peek(db: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .unwrap();
+    conn
+}
+
+fn gid_line(text: &str) -> Vec<u32> {
+    text.lines()
+        .find(|l| l.starts_with("Gid:"))
+        .unwrap_or_else(|| panic!("no Gid line in {text}"))
+        .split_whitespace()
+        .skip(1)
+        .map(|g| g.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_install_is_what_the_readme_says() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let pim = group_id();
+    for (suffix, mode) in [("", 0o660), ("-wal", 0o660), ("-shm", 0o660)] {
+        let mut p = i.db.clone().into_os_string();
+        p.push(suffix);
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (0, pim, mode),
+            "{p:?}"
+        );
+    }
+    let key = std::fs::metadata(format!("/etc/pim/keys/{}.key", i.instance)).unwrap();
+    assert_eq!((key.uid(), key.gid(), key.mode() & 0o777), (0, pim, 0o640));
+    i.as_account(ALICE, &["status"], &[]).expect(0);
+    // Not a pim user: nothing but `check`.
+    i.as_account(MALLORY, &["status"], &[]).expect(3);
+    i.as_account(MALLORY, &["user", "list"], &[]).expect(3);
+    i.as_account(MALLORY, &["check", ALICE, "global-admin"], &[])
+        .expect(0);
+    // A code from oathtool works through the install (the secret is sealed, its key read
+    // with the group).
+    i.root(&["--as", ALICE, "user", "add", BOB]).expect(0);
+    let bob = i
+        .root(&["--as", ALICE, "mfa", "enroll", BOB, "--json"])
+        .expect(0)
+        .json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    i.root(&["--as", ALICE, "assign", BOB, "db-admin", "-j", "dba"])
+        .expect(0);
+    i.as_account(
+        BOB,
+        &[
+            "activate",
+            "db-admin",
+            "-j",
+            "INC-1",
+            "--code",
+            &support::oathtool(&bob, 0),
+        ],
+        &[],
+    )
+    .expect(0);
+    i.as_account(MALLORY, &["check", BOB, "db-admin"], &[])
+        .expect(0);
+    // Nobody but the group can read the key or the database directly.
+    let r = i.program_as(
+        MALLORY,
+        Path::new("/bin/cat"),
+        &[&format!("/etc/pim/keys/{}.key", i.instance)],
+        &[],
+    );
+    assert_ne!(r.code, 0);
+    let _ = &i.alice;
+}
+
+// -------------------------------------------------------------- 1: the group never leaks
+
+#[test]
+fn children_never_inherit_the_group_nor_pim_secrets() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let pim = group_id();
+    // Mallory is the administrator of a database of her own, whose policy runs a command.
+    let out = i.home(MALLORY).join("notify.txt");
+    let own = i.mallory_db(&format!(
+        "[notifications.command]\nargv = [\"sh\", \"-c\", \"grep Gid /proc/self/status > {}; echo x >> {} || echo denied >> {}\"]\n",
+        out.display(),
+        i.db.display(),
+        out.display()
+    ));
+    let own_s = own.display().to_string();
+    // `exec` through the installed pim: the child writes what it is.
+    let child = i.home(MALLORY).join("child.txt");
+    let script = format!(
+        "grep Gid /proc/self/status > {c}; env >> {c}; (echo x >> {db}) 2>/dev/null || echo denied >> {c}",
+        c = child.display(),
+        db = i.db.display()
+    );
+    i.as_account(
+        MALLORY,
+        &[
+            "--db",
+            &own_s,
+            "exec",
+            "global-admin",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[("PIM_TOKEN", "")],
+    )
+    .expect(0);
+    let seen = std::fs::read_to_string(&child).unwrap();
+    let gids = gid_line(&seen);
+    assert!(!gids.contains(&pim), "exec child kept the group: {seen}");
+    assert!(seen.contains("denied"), "{seen}");
+    // A notification command of her policy: the same.
+    i.as_account(MALLORY, &["--db", &own_s, "user", "add", "x"], &[])
+        .expect(0);
+    i.as_account(
+        MALLORY,
+        &["--db", &own_s, "assign", "x", "db-admin", "-j", "y"],
+        &[],
+    )
+    .expect(0);
+    let seen = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        !gid_line(&seen).contains(&pim),
+        "notification child kept the group: {seen}"
+    );
+    assert!(seen.contains("denied"), "{seen}");
+    // A legitimate service's `exec` child on the real database: no group, no token, no
+    // descriptor of the database.
+    let token = i
+        .root(&["--as", ALICE, "user", "add", "ci", "--service", "--json"])
+        .expect(0)
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    i.root(&[
+        "--as",
+        ALICE,
+        "assign",
+        "ci",
+        "deployer",
+        "--active",
+        "--permanent",
+        "-j",
+        "ci",
+    ])
+    .expect(0);
+    let child = i.home(ALICE).join("child.txt");
+    let script = format!(
+        "(grep Gid /proc/self/status; env; for f in /proc/self/fd/*; do readlink $f; done; true) > {}",
+        child.display()
+    );
+    i.as_account(
+        ALICE,
+        &["exec", "deployer", "--", "sh", "-c", &script],
+        &[("PIM_TOKEN", &token)],
+    )
+    .expect(0);
+    let seen = std::fs::read_to_string(&child).unwrap();
+    assert!(!gid_line(&seen).contains(&pim), "{seen}");
+    assert!(
+        !seen.contains(&token) && !seen.contains("PIM_TOKEN"),
+        "{seen}"
+    );
+    // No descriptor of the database (its path would be a line of the fd listing).
+    let db = i.db.display().to_string();
+    assert!(!seen.lines().any(|l| l.starts_with(&db)), "{seen}");
+    i.root(&["audit", "verify"]).expect(0);
+    assert_eq!(i.count("SELECT count(*) FROM users WHERE name = 'x'"), 0);
+}
+
+// -------------------------------------------------------------- 2: output paths
+
+#[test]
+fn output_paths_are_opened_with_the_callers_rights_only() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let before = i.snapshot();
+    // man --output: a planted link to the database, and the protected directory itself.
+    let man = i.home(MALLORY).join("man");
+    std::fs::create_dir(&man).unwrap();
+    std::os::unix::fs::symlink(&i.db, man.join("pim.1")).unwrap();
+    std::os::unix::fs::lchown(man.join("pim.1"), Some(id_of(MALLORY, "-u")), None).unwrap();
+    std::os::unix::fs::chown(&man, Some(id_of(MALLORY, "-u")), None).unwrap();
+    let r = i
+        .as_account(
+            MALLORY,
+            &["man", "--output", &man.display().to_string()],
+            &[],
+        )
+        .expect(1);
+    assert!(r.stderr.contains("link"), "{}", r.stderr);
+    let lib = i.lib.display().to_string();
+    i.as_account(MALLORY, &["man", "--output", &lib], &[])
+        .expect(1);
+    assert!(!i.lib.join("pim.1").exists());
+    assert!(before == i.snapshot(), "the database changed");
+    // audit export and review export aimed at the database, directly and through a link.
+    i.as_account(
+        ALICE,
+        &[
+            "review",
+            "create",
+            "--role",
+            "db-admin",
+            "--reviewer",
+            ALICE,
+        ],
+        &[],
+    )
+    .expect(0);
+    let db = i.db.display().to_string();
+    let link = i.home(ALICE).join("audit.csv");
+    std::os::unix::fs::symlink(&i.db, &link).unwrap();
+    let link_s = link.display().to_string();
+    for args in [
+        &["audit", "export", "--output", &db][..],
+        &["audit", "export", "--output", &link_s],
+        &["review", "export", "1", "--output", &db],
+        &["review", "export", "1", "--output", &link_s],
+    ] {
+        let r = i.as_account(ALICE, args, &[]);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+    }
+    // The chain holds, and nothing but pim wrote the database.
+    i.root(&["audit", "verify"]).expect(0);
+    // A file of her own: created with her rights, 0600.
+    let mine = i.home(ALICE).join("mine.csv");
+    i.as_account(
+        ALICE,
+        &["audit", "export", "--output", &mine.display().to_string()],
+        &[],
+    )
+    .expect(0);
+    let m = std::fs::metadata(&mine).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (id_of(ALICE, "-u"), 0o600));
+}
+
+// -------------------------------------------------------------- 3: --as and swapped links
+
+#[test]
+fn as_is_roots_alone_and_swapped_links_land_nothing() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let own = i.mallory_db("");
+    let link = i.home(MALLORY).join("link.db");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, link, own, real) = (stop.clone(), link.clone(), own.clone(), i.db.clone());
+        std::thread::spawn(move || {
+            let tmp = link.with_extension("tmp");
+            let mut flip = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::remove_file(&tmp);
+                let _ = std::os::unix::fs::symlink(if flip { &real } else { &own }, &tmp);
+                let _ = std::fs::rename(&tmp, &link);
+                flip = !flip;
+            }
+        })
+    };
+    let link_s = link.display().to_string();
+    let mut codes = std::collections::BTreeMap::new();
+    for n in 0..200 {
+        let r = i.as_account(
+            MALLORY,
+            &[
+                "--db",
+                &link_s,
+                "--as",
+                ALICE,
+                "user",
+                "add",
+                &format!("x{n}"),
+            ],
+            &[],
+        );
+        *codes.entry(r.code).or_insert(0) += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert_eq!(codes, [(3, 200)].into_iter().collect(), "exit codes");
+    assert_eq!(
+        i.count("SELECT count(*) FROM users WHERE name LIKE 'x%'"),
+        0
+    );
+    let own_count: i64 = peek(&own)
+        .query_row("SELECT count(*) FROM users WHERE name LIKE 'x%'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(own_count, 0);
+    // Root may act as anyone.
+    i.root(&["--as", ALICE, "user", "add", "y"]).expect(0);
+}
+
+// -------------------------------------------------------------- 4: nobody locks everyone out
+
+#[test]
+fn no_account_can_create_files_beside_the_database_or_lock_others_out() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let wal = format!("{}-wal", i.db.display());
+    let other = i.lib.join("mine.db").display().to_string();
+    for target in [wal.as_str(), other.as_str()] {
+        let r = i.as_account(MALLORY, &["init", "--admin", "m"], &[("PIM_DB", target)]);
+        assert_eq!(r.code, 3, "{target}: {}", r.stderr);
+        assert!(r.stderr.contains("root"), "{}", r.stderr);
+    }
+    assert!(!i.lib.join("mine.db").exists());
+    let m = std::fs::metadata(&wal).unwrap();
+    assert_eq!(m.uid(), 0);
+    i.as_account(ALICE, &["status"], &[]).expect(0);
+    i.as_account(MALLORY, &["check", ALICE, "global-admin"], &[])
+        .expect(0);
+    // A companion file that is not root's (as an old attack would have left) is refused
+    // with a sentence, never used.
+    std::os::unix::fs::chown(&wal, Some(id_of(MALLORY, "-u")), None).unwrap();
+    let r = i.as_account(ALICE, &["status"], &[]).expect(1);
+    assert!(
+        r.stderr.contains("not owned like the database"),
+        "{}",
+        r.stderr
+    );
+    std::os::unix::fs::chown(&wal, Some(0), None).unwrap();
+    // A missing one is root's to recreate.
+    std::fs::remove_file(&wal).unwrap();
+    let r = i.as_account(ALICE, &["status"], &[]).expect(1);
+    assert!(r.stderr.contains("only root"), "{}", r.stderr);
+    i.root(&["audit", "verify"]).expect(0);
+    let m = std::fs::metadata(&wal).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (0, group_id(), 0o660));
+    i.as_account(ALICE, &["status"], &[]).expect(0);
+}
+
+// -------------------------------------------------------------- 5: two accounts at once
+
+#[test]
+fn two_accounts_starting_at_once_never_fail() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    i.root(&["--as", ALICE, "user", "add", BOB]).expect(0);
+    let mut failures = Vec::new();
+    for _ in 0..40 {
+        let spawn = |name: &str| {
+            Command::new("setpriv")
+                .args(["--reuid", name, "--regid", name, "--init-groups", "--"])
+                .args([
+                    "sh",
+                    "-c",
+                    "umask 022; exec \"$0\" status",
+                    i.bin.to_str().unwrap(),
+                ])
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("HOME", i.home(name))
+                .env("PIM_DB", &i.db)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(ALICE), spawn(BOB));
+        for child in [a, b] {
+            let out = child.wait_with_output().unwrap();
+            if !out.status.success() {
+                failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+        }
+        // Root's commands come and go too; the companions stay as they are.
+        if failures.is_empty() {
+            i.root(&["sweep", "-q"]).expect(0);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    for suffix in ["-wal", "-shm"] {
+        let m = std::fs::metadata(format!("{}{suffix}", i.db.display())).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o777),
+            (0, group_id(), 0o660),
+            "{suffix}"
+        );
+    }
+}
