@@ -108,6 +108,14 @@ fn from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<Assignment> {
     })
 }
 
+pub(crate) fn current_sql() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id \
+         WHERE a.user_id = ?1 AND a.role = ?2 AND a.scope = ?3 AND a.kind = ?4 \
+           AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?5) ORDER BY a.id LIMIT 1"
+    )
+}
+
 /// The assignment of `user_id`/`role`/`scope`/`kind` that is in effect or scheduled.
 fn current(
     conn: &Connection,
@@ -117,11 +125,7 @@ fn current(
     kind: &str,
     now: i64,
 ) -> Result<Option<Assignment>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id \
-         WHERE a.user_id = ?1 AND a.role = ?2 AND a.scope = ?3 AND a.kind = ?4 \
-           AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?5) ORDER BY a.id LIMIT 1"
-    ))?;
+    let mut stmt = conn.prepare_cached(&current_sql())?;
     let mut rows = stmt.query(params![user_id, role, scope, kind, now])?;
     Ok(match rows.next()? {
         Some(r) => Some(from_row(r, now)?),

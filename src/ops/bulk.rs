@@ -60,13 +60,14 @@ pub(crate) fn exists(
     now: i64,
 ) -> Result<bool> {
     let n: i64 = conn
-        .prepare_cached(
-            "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE u.name = ?1 AND a.role = ?2 \
-             AND a.scope = ?3 AND a.kind = ?4 AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?5)",
-        )?
+        .prepare_cached(EXISTS)?
         .query_row(params![user, role, scope, kind, now], |r| r.get(0))?;
     Ok(n > 0)
 }
+
+/// One lookup per row, whatever the store holds (index `assignments_current`).
+const EXISTS: &str = "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE u.name = ?1 AND a.role = ?2 \
+     AND a.scope = ?3 AND a.kind = ?4 AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?5)";
 
 fn row_input(
     conn: &Connection,
@@ -735,4 +736,32 @@ pub fn parse_desired(text: &str) -> Result<Vec<Desired>> {
     }
     out.sort_by_key(|d| d.line);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-row lookups of an import use the index on (user, role, scope, kind): the
+    /// cost of a row does not grow with the assignments already there.
+    #[test]
+    fn import_lookups_use_the_assignment_index() {
+        let conn = crate::store::in_memory().unwrap();
+        for sql in [EXISTS, &super::super::assignments::current_sql()] {
+            let plan: Vec<String> = super::super::rows::<(i64, i64, i64, String)>(
+                &conn,
+                &format!("EXPLAIN QUERY PLAN {sql}"),
+                params!["bob", "db-admin", "/prod", "eligible", 0],
+            )
+            .unwrap()
+            .into_iter()
+            .map(|r| r.3)
+            .collect();
+            let text = plan.join("\n");
+            assert!(
+                text.contains("assignments_current (user_id=? AND role=? AND scope=? AND kind=?)"),
+                "{sql}\n{text}"
+            );
+        }
+    }
 }
