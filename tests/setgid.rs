@@ -26,6 +26,20 @@ fn ready() -> bool {
                 "needs root to install pim set-group-id (CI runs the tests as root)".into(),
             );
         }
+        if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1'))
+        }) {
+            return Err(
+                "this process runs with no_new_privs, so set-group-id cannot take effect".into(),
+            );
+        }
+        if base().is_none() {
+            return Err(
+                "no world-traversable directory here allows set-group-id programs (all nosuid)"
+                    .into(),
+            );
+        }
         for tool in ["setpriv", "groupadd", "useradd"] {
             if !support::have(tool) {
                 return Err(format!("needs {tool}"));
@@ -66,6 +80,16 @@ fn ready() -> bool {
             false
         }
     }
+}
+
+/// A directory for installs where set-group-id programs take effect (not mounted nosuid).
+fn base() -> Option<&'static str> {
+    ["/tmp", "/var/tmp"].into_iter().find(|dir| {
+        let path = std::ffi::CString::new(*dir).unwrap();
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statvfs writes only into `st`.
+        unsafe { libc::statvfs(path.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_NOSUID == 0 }
+    })
 }
 
 fn id_of(name: &str, flag: &str) -> u32 {
@@ -114,7 +138,7 @@ impl Install {
     fn new() -> Install {
         let dir = tempfile::Builder::new()
             .prefix("pim-install-")
-            .tempdir_in("/tmp")
+            .tempdir_in(base().expect("checked by ready()"))
             .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin = dir.path().join("pim");
@@ -342,6 +366,31 @@ fn the_install_is_what_the_readme_says() {
     .expect(0);
     i.as_account(MALLORY, &["check", BOB, "db-admin"], &[])
         .expect(0);
+    i.as_account(BOB, &["deactivate", "db-admin"], &[])
+        .expect(0);
+    // exec activates, runs its child without the group, and gives the role back through
+    // the connection it opened before the group was given up.
+    let r = i.as_account(
+        BOB,
+        &[
+            "exec",
+            "db-admin",
+            "-j",
+            "INC-2",
+            "--code",
+            &support::oathtool(&bob, 30),
+            "--",
+            "sh",
+            "-c",
+            &format!("test ! -r {}", i.db.display()),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("could not"), "{}", r.stderr);
+    i.as_account(MALLORY, &["check", BOB, "db-admin"], &[])
+        .expect(1);
+    i.root(&["audit", "verify"]).expect(0);
     // Nobody but the group can read the key or the database directly.
     let r = i.program_as(
         MALLORY,
