@@ -226,6 +226,9 @@ fn configure(conn: &Connection) -> Result<()> {
     // Sorts and temporary tables stay in memory: SQLite never creates a file in a directory
     // that the environment (SQLITE_TMPDIR) names.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // A kept WAL is cut back to this size after a checkpoint, rather than staying at the
+    // largest it ever grew to.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     Ok(())
 }
 
