@@ -100,12 +100,6 @@ pub fn drop_for_good() {
     DROPPED.store(true, Ordering::SeqCst);
 }
 
-/// Whether the process holds no privilege any more (or never had one).
-pub fn is_unprivileged() -> bool {
-    let (r, e, s) = resgid();
-    !is_setgid() || (DROPPED.load(Ordering::SeqCst) && r == e && e == s)
-}
-
 /// A child process, started with the caller's own identity only: the group is given up for
 /// good first, and the child's environment carries no pim secret (`PIM_TOKEN`).
 pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
