@@ -171,19 +171,41 @@ pub struct Delivery {
     pub failed: Vec<i64>,
 }
 
-/// Deliver every due notification. Rows are leased first (their next attempt pushed out in
-/// one short transaction) so that two processes never send the same one, and no lock is held
-/// while the network is slow.
+/// Which due notifications a process delivers.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope {
+    /// Only those queued after this outbox row (a command delivers what it queued).
+    pub after: i64,
+    /// Whether command-channel notifications run here. In the installed pim a command runs
+    /// as the caller, who could watch it read other people's notices: those wait for root's
+    /// `pim sweep`.
+    pub commands: bool,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope {
+            after: 0,
+            commands: true,
+        }
+    }
+}
+
+/// Deliver the due notifications in `scope`. Rows are leased first (their next attempt pushed
+/// out in one short transaction) so that two processes never send the same one, and no lock
+/// is held while the network is slow.
 pub fn deliver_due(
     conn: &mut Connection,
     policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
+    scope: Scope,
 ) -> Result<Delivery> {
     let t = now.timestamp();
     let due: Vec<Outgoing> = {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let due = select(&tx, "status = 'pending' AND next_attempt_at <= ?1", t)?;
+        let mut due = select(&tx, "status = 'pending' AND next_attempt_at <= ?1", t)?;
+        due.retain(|o| o.id > scope.after && (scope.commands || o.channel != "command"));
         for o in &due {
             tx.execute(
                 "UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2",
@@ -294,8 +316,11 @@ fn send_mail(cfg: &Smtp, o: &Outgoing) -> Result<(), String> {
 }
 
 fn post_webhook(cfg: &Webhook, o: &Outgoing) -> Result<(), String> {
+    // No proxy from the environment: the caller's HTTP_PROXY must not receive other
+    // people's notices.
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(TIMEOUT))
+        .proxy(None)
         .build()
         .into();
     agent
@@ -307,9 +332,17 @@ fn post_webhook(cfg: &Webhook, o: &Outgoing) -> Result<(), String> {
 }
 
 fn run_command(cfg: &NotifyCommand, o: &Outgoing) -> Result<(), String> {
-    // The caller's own identity, no pim group, no pim secret in the environment.
+    // The caller's own identity, no pim group, and an environment of pim's choosing: the
+    // caller's PATH must not pick the program, nor anything else of theirs reach it.
     let mut child = crate::privilege::command(&cfg.argv[0])
         .args(&cfg.argv[1..])
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("LANG", "C.UTF-8")
+        .current_dir("/")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

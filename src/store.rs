@@ -461,7 +461,10 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
     })?;
     let Ok(probe) = probe else { return Ok(None) };
     let meta = probe.metadata()?;
-    if !(meta.is_file() && meta.gid() == group && meta.mode() & 0o002 == 0) {
+    // A database the group writes and others cannot: anything else (a key file, a file
+    // of another group) is opened with the caller's own rights, like any other path.
+    let mode = meta.mode();
+    if !(meta.is_file() && meta.gid() == group && mode & 0o020 != 0 && mode & 0o002 == 0) {
         return Ok(None);
     }
     let owner = meta.uid();
@@ -631,14 +634,9 @@ pub fn discard(path: &Path) {
     }
 }
 
-/// Whether a database file exists at `path` (for the installed database of a set-group-id
-/// pim, looked up with the pim group, without following a link).
+/// Whether a database file exists at `path`, as far as the caller can see (never with the
+/// group: that would tell a caller what the pim directory holds).
 pub fn exists(path: &Path) -> bool {
-    if privilege::installed_group().is_some() {
-        if let Ok(true) = privilege::with_group(|| path.symlink_metadata().is_ok()) {
-            return true;
-        }
-    }
     path.exists()
 }
 

@@ -135,15 +135,10 @@ impl Vault {
                 path.display()
             ))
         };
-        if let (Some(g), Ok(meta)) = (group, std::fs::metadata(dir)) {
-            // The keys directory serves the install root is creating now.
-            if meta.gid() != g {
-                std::os::unix::fs::chown(dir, Some(0), Some(g)).map_err(fail)?;
-            }
-        }
         if !dir.exists() {
-            // /etc/pim stays readable like any configuration directory; only the keys
-            // directory is closed to everyone but root and the pim group.
+            // /etc/pim stays readable like any configuration directory. /etc/pim/keys can
+            // be passed through but not listed; each key file belongs to its install's group,
+            // so installs of different groups can share it.
             if let Some(parent) = dir.parent().filter(|p| !p.exists()) {
                 std::fs::DirBuilder::new()
                     .recursive(true)
@@ -152,14 +147,9 @@ impl Vault {
                     .map_err(fail)?;
             }
             std::fs::DirBuilder::new()
-                .mode(if group.is_some() { 0o750 } else { 0o700 })
+                .mode(if group.is_some() { 0o711 } else { 0o700 })
                 .create(dir)
                 .map_err(fail)?;
-            if let Some(g) = group {
-                std::os::unix::fs::chown(dir, Some(0), Some(g)).map_err(fail)?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
-                    .map_err(fail)?;
-            }
         }
         let mut key = Zeroizing::new([0u8; 32]);
         getrandom::fill(key.as_mut_slice())
@@ -299,7 +289,7 @@ fn read_key(path: &Path, installed: bool) -> Result<Option<Zeroizing<[u8; 32]>>>
     };
     let meta = file.metadata()?;
     let unsafe_file = !meta.is_file()
-        || meta.mode() & 0o027 != 0
+        || meta.mode() & 0o037 != 0
         || (installed && (meta.uid() != 0 || Some(meta.gid()) != privilege::installed_group()));
     if unsafe_file {
         return Err(Error::Environment(format!(

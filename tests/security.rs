@@ -313,6 +313,74 @@ fn failed_tokens_are_recorded_under_the_account_that_tried_and_rate_limited() {
     );
 }
 
+#[test]
+fn a_user_flooding_the_log_with_refusals_is_throttled() {
+    let (env, bob) = with_bob();
+    let long = "A".repeat(1000);
+    for _ in 0..40 {
+        // Not eligible for user-admin: refused each time.
+        env.as_(
+            "bob",
+            &[
+                "activate",
+                "user-admin",
+                "-j",
+                &long,
+                "--code",
+                &oathtool(&bob, 0),
+            ],
+        )
+        .expect(3);
+    }
+    let refused =
+        "SELECT count(*) FROM audit_events WHERE action = 'activation.request' AND result != 'ok'";
+    assert_eq!(env.count(refused), 30);
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'refusal.throttle' AND actor = 'bob'"
+        ),
+        1
+    );
+    // Bulk refusals count once per command, at most 100 recorded rows each.
+    let rows: String = (0..300)
+        .map(|i| format!("admin,db-admin,/s{i},eligible,,,x,\n"))
+        .collect();
+    std::fs::write(
+        env.path("many.csv"),
+        format!("user,role,scope,type,start,end,justification,ticket\n{rows}"),
+    )
+    .unwrap();
+    env.user("carol");
+    env.as_("carol", &["assignment", "import", "many.csv"])
+        .expect(3);
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE actor = 'carol' AND result != 'ok'"),
+        100
+    );
+    // What bob may do still works.
+    env.as_(
+        "bob",
+        &[
+            "activate",
+            "db-admin",
+            "--scope",
+            "/prod",
+            "-j",
+            "INC-5",
+            "--code",
+            &oathtool(&bob, 30),
+        ],
+    )
+    .expect(0);
+    let alerts = env.as_("admin", &["alerts", "--json"]).expect(0).json();
+    assert!(alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["id"] == "authentication-failures"
+            && a["users"].as_array().unwrap().iter().any(|u| u == "bob")));
+}
+
 // ------------------------------------------------------------------ 8: reads need a reason
 
 #[test]
@@ -990,6 +1058,49 @@ fn exec_children_get_no_pim_secret_and_no_database_descriptor() {
     assert!(seen.contains("PIM_ROLE=deployer"), "{seen}");
     let db = env.db.display().to_string();
     assert!(!seen.lines().any(|l| l.starts_with(&db)), "{seen}");
+}
+
+// ------------------------------------------------------------------ 2: outputs (without the install)
+
+#[test]
+fn outputs_never_replace_the_database_nor_follow_links() {
+    let env = Env::new();
+    env.init();
+    let before = std::fs::read(&env.db).unwrap();
+    let db = env.db.display().to_string();
+    let mut wal = env.db.clone().into_os_string();
+    wal.push("-wal");
+    let wal = wal.into_string().unwrap();
+    env.as_(
+        "admin",
+        &[
+            "review",
+            "create",
+            "--role",
+            "db-admin",
+            "--reviewer",
+            "admin",
+        ],
+    )
+    .expect(0);
+    for target in [db.as_str(), wal.as_str()] {
+        let r = env
+            .as_("admin", &["audit", "export", "--output", target])
+            .expect(1);
+        assert!(r.stderr.contains("database"), "{}", r.stderr);
+        env.as_("admin", &["review", "export", "1", "--output", target])
+            .expect(1);
+    }
+    std::os::unix::fs::symlink(&env.db, env.path("link.csv")).unwrap();
+    let r = env
+        .as_("admin", &["audit", "export", "--output", "link.csv"])
+        .expect(1);
+    assert!(r.stderr.contains("symbolic link"), "{}", r.stderr);
+    std::fs::create_dir(env.path("man")).unwrap();
+    std::os::unix::fs::symlink(&env.db, env.path("man/pim.1")).unwrap();
+    env.run(&["man", "--output", "man"]).expect(1);
+    assert!(std::fs::read(&env.db).unwrap().len() >= before.len());
+    env.run(&["audit", "verify"]).expect(0);
 }
 
 // ------------------------------------------------------------------ the one place

@@ -289,7 +289,13 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
         pim.viewer(&actor)?;
     }
     let report = pim.sweep(&actor)?;
-    let delivery = pim.deliver(&actor)?;
+    let delivery = pim.deliver(
+        &actor,
+        crate::notify::Scope {
+            after: 0,
+            commands: ctx.runs_commands(),
+        },
+    )?;
     if ctx.json {
         json(&serde_json::json!({
             "started": report.started,

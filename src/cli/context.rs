@@ -23,6 +23,10 @@ pub struct Ctx {
     pub quiet: bool,
     pub verbose: bool,
     session: RefCell<Option<Session>>,
+    /// Whether the database opened is the installed one of a set-group-id pim.
+    installed: std::cell::Cell<bool>,
+    /// The database file and its companions, which no output may replace.
+    files: std::cell::OnceCell<Vec<FileId>>,
 }
 
 /// The open database of this command.
@@ -71,6 +75,8 @@ impl Ctx {
             quiet: cli.quiet,
             verbose: cli.verbose,
             session: RefCell::new(None),
+            installed: std::cell::Cell::new(false),
+            files: std::cell::OnceCell::new(),
         }
     }
 
@@ -134,6 +140,8 @@ impl Ctx {
 
     fn start(&self) -> anyhow::Result<Session> {
         let db = store::open(&self.db)?;
+        self.installed.set(db.file.installed);
+        let _ = self.files.set(db.file.files.clone());
         let os_account = real_user()?;
         let instance: String = db
             .conn
@@ -218,11 +226,7 @@ impl Ctx {
 
     /// The files no output may replace: the database and its -wal and -shm.
     pub fn protected_files(&self) -> Vec<FileId> {
-        self.session
-            .try_borrow()
-            .ok()
-            .and_then(|s| s.as_ref().map(|s| s.file.files.clone()))
-            .unwrap_or_default()
+        self.files.get().cloned().unwrap_or_default()
     }
 
     /// After the command: deliver what it queued (decided by the outbox, not by the
@@ -243,7 +247,11 @@ impl Ctx {
             return;
         }
         let actor = real_user().unwrap_or_else(|_| "pim".to_string());
-        match session.pim.deliver(&actor) {
+        let scope = crate::notify::Scope {
+            after: session.outbox_mark,
+            commands: self.runs_commands(),
+        };
+        match session.pim.deliver(&actor, scope) {
             Ok(d) if !d.retrying.is_empty() || !d.failed.is_empty() => self.note(&format!(
                 "Note: {} notification(s) could not be delivered yet; `pim sweep` retries them (see `pim notification list`).",
                 d.retrying.len() + d.failed.len()
@@ -251,6 +259,12 @@ impl Ctx {
             Ok(_) => {}
             Err(e) => self.note(&format!("Note: notifications were not delivered: {e}")),
         }
+    }
+
+    /// Whether notification commands run in this process: not in the installed pim for a
+    /// caller who is not root (they wait for root's `pim sweep`).
+    pub fn runs_commands(&self) -> bool {
+        !self.installed.get() || privilege::real_uid() == 0
     }
 
     /// A warning or note on stderr, unless --quiet.

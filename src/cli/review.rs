@@ -7,7 +7,7 @@ use crate::ops::{Review, ReviewInput};
 use crate::scope::Scope;
 use crate::time::parse_duration;
 use clap::Subcommand;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +177,8 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
         }
         ReviewCommand::Export { id, output } => {
             let r = pim.review_seen_by(&pim.viewer(&actor)?, id)?;
+            // Exact bytes to a file or a pipe; escaped for a person reading a terminal.
+            let terminal = output.is_none() && std::io::stdout().is_terminal();
             let sink: Box<dyn Write> = match &output {
                 Some(path) => Box::new(
                     crate::privilege::create_output(path, &ctx.protected_files())
@@ -214,7 +216,14 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
                     i.applied.clone().unwrap_or_default(),
                     i.result.clone().unwrap_or_default(),
                 ];
-                w.write_record(cells.iter().map(|c| spreadsheet_safe(c).into_owned()))?;
+                w.write_record(cells.iter().map(|c| {
+                    let cell = spreadsheet_safe(c);
+                    if terminal {
+                        super::output::safe(&cell).into_owned()
+                    } else {
+                        cell.into_owned()
+                    }
+                }))?;
             }
             w.flush()?;
         }

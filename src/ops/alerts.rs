@@ -247,7 +247,7 @@ impl Pim {
             )?;
             let accounts: Vec<String> = names(
                 "SELECT DISTINCT actor FROM audit_events WHERE time >= ?1 \
-                 AND action IN ('token.fail', 'account.lock') ORDER BY 1",
+                 AND action IN ('token.fail', 'account.lock', 'refusal.throttle') ORDER BY 1",
                 &[&since],
             )?;
             let blocked: Vec<String> = names(
@@ -267,7 +267,7 @@ impl Pim {
                 }
                 if !accounts.is_empty() {
                     parts.push(format!(
-                        "failed token or stranger sign-ins from: {}",
+                        "failed token or stranger sign-ins, or refusals throttled, from: {}",
                         accounts.join(", ")
                     ));
                 }

@@ -120,8 +120,11 @@ struct Problems {
     refused_total: usize,
 }
 
-/// At most this many problems are listed, and refused rows recorded one by one.
+/// At most this many problems are listed.
 const SHOWN: usize = 1000;
+/// At most this many refused rows of one command are recorded one by one (the rest are
+/// counted in one more event).
+const RECORDED: usize = 100;
 
 impl Problems {
     fn note(&mut self, line: usize, e: &dyn std::fmt::Display) {
@@ -148,7 +151,7 @@ impl Problems {
     fn refuse(&mut self, line: usize, e: &Error, event: Event) {
         self.note(line, e);
         self.refused_total += 1;
-        if self.refused.len() < SHOWN {
+        if self.refused.len() < RECORDED {
             let event = if line > 0 {
                 event.detail("line", line)
             } else {
@@ -188,22 +191,31 @@ impl Problems {
         if self.refused_total == 0 {
             return Ok(Error::Usage(text));
         }
-        if dry_run {
+        let who = users::Limited::User(actor);
+        if dry_run || users::limited_until(tx, who, now.timestamp())?.is_some() {
+            // A dry run changes nothing; a user flooding the log is throttled.
             return Ok(Error::Refused(text));
         }
-        for event in self.refused {
+        let more = self.refused_total - self.refused.len();
+        let mut events = self.refused;
+        let last = events.pop().expect("at least one refusal");
+        for event in events {
             crate::audit::append(tx, now, event)?;
         }
-        if self.refused_total > SHOWN {
-            crate::audit::append(
-                tx,
-                now,
-                Event::new(actor, "assignment.add")
-                    .detail("more_refused", self.refused_total - SHOWN)
-                    .refused("more rows of the same change were refused"),
-            )?;
+        // The last goes through the rate limit: one bulk change counts as one attempt.
+        let last = if more > 0 {
+            last.detail("more_refused", more)
+        } else {
+            last
+        };
+        let reason = last.result.clone();
+        let recorded: Result<()> =
+            users::refuse_limited(tx, now, who, last, Error::Refused(reason));
+        match recorded {
+            Err(Error::Recorded(_)) => Ok(Error::Refused(text).recorded()),
+            Err(e) => Err(e),
+            Ok(()) => Ok(Error::Refused(text).recorded()),
         }
-        Ok(Error::Refused(text).recorded())
     }
 }
 

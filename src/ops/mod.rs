@@ -27,7 +27,7 @@ pub use sweep::SweepReport;
 pub use users::{Enrollment, ServiceToken, User};
 pub use views::Viewer;
 
-use crate::audit::{self, Event};
+use crate::audit::Event;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::policy::Policy;
@@ -130,15 +130,17 @@ pub(crate) fn load_policy(conn: &Connection) -> Result<Policy> {
     })
 }
 
-/// Write a refusal's audit event and return the error marked as recorded.
+/// Write a refusal's audit event and return the error marked as recorded. A user who floods
+/// the log with refused attempts is throttled: still refused, no longer recorded, for the
+/// rest of the window (`users::REFUSALS_PER_WINDOW`).
 pub(crate) fn refuse<T>(
     tx: &Connection,
     now: DateTime<Utc>,
     event: Event,
     err: Error,
 ) -> Result<T> {
-    audit::append(tx, now, event.refused(&err.to_string()))?;
-    Err(err.recorded())
+    let actor = event.actor.clone();
+    users::refuse_limited(tx, now, users::Limited::User(&actor), event, err)
 }
 
 /// All rows of a query, each converted into `T` (a tuple of the selected columns).
@@ -268,13 +270,14 @@ pub(crate) fn acting_user(
         Some(u) if !u.disabled => Ok(u),
         Some(_) => refuse(conn, now, event, disabled_actor(actor)),
         None => {
-            if let Some(until) = users::account_locked(conn, actor, now.timestamp())? {
+            let who = users::Limited::Account(actor);
+            if let Some(until) = users::limited_until(conn, who, now.timestamp())? {
                 return Err(Error::Refused(format!(
                     "Too many refused attempts from the account {actor}; try again {}.",
                     crate::time::relative(crate::time::from_unix(until), now)
                 )));
             }
-            users::refuse_account(conn, now, actor, event, not_a_user(actor))
+            users::refuse_limited(conn, now, who, event, not_a_user(actor))
         }
     }
 }
@@ -314,10 +317,14 @@ pub(crate) fn would_orphan_protected(
 impl Pim {
     /// Deliver the notifications that are due (new ones, and retries whose time has come).
     /// Failures are recorded and retried; they never undo the change that queued them.
-    pub fn deliver(&mut self, actor: &str) -> Result<crate::notify::Delivery> {
+    pub fn deliver(
+        &mut self,
+        actor: &str,
+        scope: crate::notify::Scope,
+    ) -> Result<crate::notify::Delivery> {
         let policy = self.policy()?;
         let now = self.clock.now();
-        crate::notify::deliver_due(&mut self.conn, &policy, now, actor)
+        crate::notify::deliver_due(&mut self.conn, &policy, now, actor, scope)
     }
 
     /// The newest outbox row now (0 when empty): what is queued later is after it.

@@ -287,7 +287,7 @@ impl Pim {
     pub fn authenticate_token(&mut self, token: &str, account: &str) -> Result<String> {
         self.write(|tx, now, _| {
             let t = now.timestamp();
-            if let Some(until) = account_locked(tx, account, t)? {
+            if let Some(until) = limited_until(tx, Limited::Account(account), t)? {
                 return Err(Error::Refused(format!(
                     "Too many failed sign-ins from the account {account}; try again {}.",
                     crate::time::relative(crate::time::from_unix(until), now)
@@ -312,10 +312,10 @@ impl Pim {
             let valid = matches!(&stored, Some((Some(h), _, kind)) if kind == "service" && constant_time_eq(h.as_bytes(), hash.as_bytes()));
             if !valid {
                 let shown: String = claimed.chars().take(limits::NAME).collect();
-                return refuse_account(
+                return refuse_limited(
                     tx,
                     now,
-                    account,
+                    Limited::Account(account),
                     Event::new(account, "token.fail").detail("claimed", shown),
                     Error::Refused(
                         "PIM_TOKEN is not a valid service token (wrong, rotated or unknown). Ask an administrator for a new one (`pim user token NAME --rotate`)."
@@ -323,7 +323,7 @@ impl Pim {
                     ),
                 );
             }
-            clear_account(tx, account)?;
+            clear_account(tx, Limited::Account(account))?;
             if stored.is_some_and(|(_, disabled, _)| disabled) {
                 return Err(Error::Refused(format!("The service '{claimed}' is disabled.")));
             }
@@ -620,52 +620,91 @@ impl Pim {
     }
 }
 
-/// When the operating-system `account` is locked out of unauthenticated attempts (failed
-/// token sign-ins, activations by a non-user), until when.
-pub(crate) fn account_locked(conn: &Connection, account: &str, now: i64) -> Result<Option<i64>> {
+/// Who a rate limit counts: an operating-system account signing in without being a pim user
+/// (failed tokens, strangers), or a pim user whose attempts are refused.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Limited<'a> {
+    Account(&'a str),
+    User(&'a str),
+}
+
+impl Limited<'_> {
+    fn key(&self) -> String {
+        match self {
+            Limited::Account(a) => format!("os:{a}"),
+            Limited::User(u) => format!("user:{u}"),
+        }
+    }
+
+    /// Attempts within `mfa::LOCK_SECONDS` before the limit: a stranger gets few; a user's
+    /// refusals are throttled only when they flood the log.
+    fn allowance(&self) -> i64 {
+        match self {
+            Limited::Account(_) => mfa::MAX_FAILURES,
+            Limited::User(_) => REFUSALS_PER_WINDOW,
+        }
+    }
+}
+
+/// Refused attempts a pim user may leave on record within 15 minutes; beyond that they are
+/// still refused, but not recorded again until the window has passed (`refusal.throttle`).
+pub const REFUSALS_PER_WINDOW: i64 = 30;
+
+/// Until when `who` is over its limit, if it is.
+pub(crate) fn limited_until(conn: &Connection, who: Limited<'_>, now: i64) -> Result<Option<i64>> {
     Ok(conn
         .prepare_cached("SELECT locked_until FROM account_failures WHERE account = ?1")?
-        .query_row([account], |r| r.get::<_, Option<i64>>(0))
+        .query_row([who.key()], |r| r.get::<_, Option<i64>>(0))
         .optional()?
         .flatten()
         .filter(|&u| u > now))
 }
 
-/// Record a refused unauthenticated attempt by `account` (its event, and one more failure
-/// in its window) and return the refusal. The `MAX_FAILURES`th failure within
-/// `FAILURE_WINDOW` locks the account out for the window.
-pub(crate) fn refuse_account<T>(
+/// Record a refused attempt by `who` (its event, and one more in its window) and return the
+/// refusal. The attempt that reaches the allowance within the window starts the limit for
+/// the rest of it (`account.lock` for an account, `refusal.throttle` for a user). Over the
+/// limit, the refusal is returned without another event.
+pub(crate) fn refuse_limited<T>(
     conn: &Connection,
     now: DateTime<Utc>,
-    account: &str,
+    who: Limited<'_>,
     event: Event,
     err: Error,
 ) -> Result<T> {
     let t = now.timestamp();
+    if limited_until(conn, who, t)?.is_some() {
+        return Err(err);
+    }
     let window = mfa::LOCK_SECONDS;
+    let key = who.key();
     let (failures, first): (i64, i64) = conn
         .prepare_cached("SELECT failures, first_at FROM account_failures WHERE account = ?1")?
-        .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
         .filter(|&(_, first)| first > t - window)
         .unwrap_or((0, t));
     let failures = failures + 1;
-    let locked = (failures >= mfa::MAX_FAILURES).then_some(t + window);
+    let locked = (failures >= who.allowance()).then_some(first + window);
     conn.prepare_cached(
         "INSERT INTO account_failures (account, failures, first_at, locked_until) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (account) DO UPDATE SET failures = ?2, first_at = ?3, locked_until = ?4",
     )?
-    .execute(params![account, failures, first, locked])?;
+    .execute(params![key, failures, first, locked])?;
+    let actor = event.actor.clone();
     audit::append(
         conn,
         now,
         event.refused(&err.to_string()).detail("failures", failures),
     )?;
     if let Some(until) = locked {
+        let action = match who {
+            Limited::Account(_) => "account.lock",
+            Limited::User(_) => "refusal.throttle",
+        };
         audit::append(
             conn,
             now,
-            Event::new(account, "account.lock")
+            Event::new(&actor, action)
                 .expires(Some(until))
                 .detail("failures", failures),
         )?;
@@ -673,9 +712,9 @@ pub(crate) fn refuse_account<T>(
     Err(err.recorded())
 }
 
-pub(crate) fn clear_account(conn: &Connection, account: &str) -> Result<()> {
+pub(crate) fn clear_account(conn: &Connection, who: Limited<'_>) -> Result<()> {
     conn.prepare_cached("DELETE FROM account_failures WHERE account = ?1")?
-        .execute([account])?;
+        .execute([who.key()])?;
     Ok(())
 }
 
