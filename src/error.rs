@@ -14,6 +14,10 @@ pub enum Error {
     /// Refused: not permitted, not eligible, MFA failed, policy not met (exit 3).
     #[error("{0}")]
     Refused(String),
+    /// The database is locked by another process past the busy timeout (exit 1); the
+    /// message names the processes that hold it.
+    #[error("{0}")]
+    Locked(String),
     /// Unknown user, role or request (exit 4).
     #[error("{0}")]
     NotFound(String),
@@ -34,12 +38,25 @@ impl Error {
     /// The exit code of the contract for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Environment(_) | Error::Sqlite(_) | Error::Io(_) => 1,
+            Error::Environment(_) | Error::Locked(_) | Error::Sqlite(_) | Error::Io(_) => 1,
             Error::Usage(_) => 2,
             Error::Refused(_) => 3,
             Error::NotFound(_) => 4,
             Error::Conflict(_) => 5,
             Error::Recorded(inner) => inner.exit_code(),
+        }
+    }
+
+    /// Whether this is SQLite saying the database stayed locked past the busy timeout.
+    pub fn is_locked(&self) -> bool {
+        match self {
+            Error::Locked(_) => true,
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            Error::Recorded(inner) => inner.is_locked(),
+            _ => false,
         }
     }
 

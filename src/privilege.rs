@@ -64,6 +64,21 @@ pub fn real_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// The account name of `uid` (its number when the system has none).
+pub fn account_name(uid: u32) -> Option<String> {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes only into the buffers we hand it.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated, alive for this scope.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Run `f` with the installed group as the effective group, then lower it again. Only for
 /// the installed database and its key file, whose paths `store` and `vault` have checked.
 pub fn with_group<T>(f: impl FnOnce() -> T) -> io::Result<T> {

@@ -267,6 +267,16 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+/// An error while opening: a database that stayed locked says who holds it; anything else
+/// means the file is no pim database.
+fn open_failed(path: &Path, e: rusqlite::Error) -> Error {
+    let e = Error::Sqlite(e);
+    if e.is_locked() {
+        return locked(path, &lock_holders(&file_ids(path)));
+    }
+    not_a_database(path, &e.to_string())
+}
+
 fn not_a_database(path: &Path, why: &str) -> Error {
     Error::Environment(format!(
         "{} is not a pim database ({why}). Point --db at the right file, or run `pim init` to create one.",
@@ -365,10 +375,13 @@ fn open_sqlite(real: &Path) -> Result<Opened> {
             real.display()
         ))
     })?;
-    configure(&conn).map_err(|e| not_a_database(real, &e.to_string()))?;
+    configure(&conn).map_err(|e| match e {
+        Error::Sqlite(e) => open_failed(real, e),
+        other => other,
+    })?;
     let id: i64 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(|e| not_a_database(real, &e.to_string()))?;
+        .map_err(|e| open_failed(real, e))?;
     if id != APPLICATION_ID {
         return Err(not_a_database(real, "it is some other SQLite file"));
     }
@@ -380,15 +393,15 @@ fn open_sqlite(real: &Path) -> Result<Opened> {
 /// Bring an opened database up to date and make sure it is one.
 fn finish_open(mut conn: Connection, path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(|e| not_a_database(path, &e.to_string()))?;
+        .map_err(|e| open_failed(path, e))?;
     migrate(&mut conn).map_err(|e| match e {
-        Error::Sqlite(s) => not_a_database(path, &s.to_string()),
+        Error::Sqlite(s) => open_failed(path, s),
         other => other,
     })?;
     // Reading the policy row touches the schema and a table page: a damaged or foreign file
     // fails here with a sentence, at a cost that does not grow with the audit log.
     conn.query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))
-        .map_err(|e| not_a_database(path, &e.to_string()))?;
+        .map_err(|e| open_failed(path, e))?;
     Ok(conn)
 }
 
@@ -621,6 +634,147 @@ pub fn create(path: &Path, shared: Option<u32>) -> Result<Database> {
             files: vec![FileId::of(&meta)],
         },
     })
+}
+
+/// A process holding a lock on a database's files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockHolder {
+    pub pid: i32,
+    pub uid: u32,
+    pub user: String,
+    /// Stopped (`kill -STOP`) or stopped by a tracer: it will not let go by itself.
+    pub stopped: bool,
+    /// Running this same program (another pim).
+    pub pim: bool,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "process {} of {}{}{}",
+            self.pid,
+            self.user,
+            if self.pim { " (a pim)" } else { "" },
+            if self.stopped {
+                ", which is stopped"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// The database at `path` and its companions, as far as this process can see them.
+pub fn file_ids(path: &Path) -> Vec<FileId> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            std::fs::metadata(p).ok().map(|m| FileId::of(&m))
+        })
+        .collect()
+}
+
+/// The other processes holding locks on `files`, from `/proc/locks`.
+pub fn lock_holders(files: &[FileId]) -> Vec<LockHolder> {
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    let mut pids: Vec<i32> = Vec::new();
+    for line in locks.lines() {
+        // "1: POSIX  ADVISORY  WRITE 14099 fe:00:10043443 120 122"; "->" marks a waiter.
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[1] == "->" {
+            continue;
+        }
+        let (Ok(pid), Some((dev, ino))) = (f[4].parse::<i32>(), f[5].rsplit_once(':')) else {
+            continue;
+        };
+        let Some((major, minor)) = dev.split_once(':') else {
+            continue;
+        };
+        let (Ok(major), Ok(minor), Ok(ino)) = (
+            u32::from_str_radix(major, 16),
+            u32::from_str_radix(minor, 16),
+            ino.parse::<u64>(),
+        ) else {
+            continue;
+        };
+        let ours = files.iter().any(|id| {
+            id.ino == ino && libc::major(id.dev) == major && libc::minor(id.dev) == minor
+        });
+        if ours && pid != me && pid > 0 && !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+    let own_exe = std::fs::read_link("/proc/self/exe").ok();
+    pids.into_iter()
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+                    .unwrap_or("")
+            };
+            let state = field("State:");
+            let uid: u32 = field("Uid:").split_whitespace().next()?.parse().ok()?;
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            Some(LockHolder {
+                pid,
+                uid,
+                user: privilege::account_name(uid).unwrap_or_else(|| uid.to_string()),
+                stopped: state.starts_with('T') || state.starts_with('t'),
+                pim: exe.is_some() && exe == own_exe,
+            })
+        })
+        .collect()
+}
+
+/// The sentence for a database that stayed locked, naming who holds it.
+pub fn locked(path: &Path, holders: &[LockHolder]) -> Error {
+    let who = if holders.is_empty() {
+        "another process".to_string()
+    } else {
+        holders
+            .iter()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let remedy = if holders.iter().any(|h| h.stopped) {
+        " Root's `pim sweep` ends stopped pim processes that hold it (the timer of examples/systemd runs it every five minutes); or, as root, kill the process."
+    } else {
+        " Try again in a moment."
+    };
+    Error::Locked(format!(
+        "The database {} stayed locked for 10 seconds, held by {who}.{remedy}",
+        path.display()
+    ))
+}
+
+/// As root: end the stopped pim processes among `holders`, which would otherwise hold the
+/// database's locks for as long as they stay stopped. Returns the ones ended.
+pub fn end_stopped(holders: &[LockHolder]) -> Vec<LockHolder> {
+    if privilege::real_uid() != 0 {
+        return Vec::new();
+    }
+    let ended: Vec<LockHolder> = holders
+        .iter()
+        .filter(|h| h.stopped && h.pim)
+        // SAFETY: kill sends a signal to a process; root ends a stopped pim.
+        .filter(|h| unsafe { libc::kill(h.pid, libc::SIGKILL) } == 0)
+        .cloned()
+        .collect();
+    if !ended.is_empty() {
+        // Their locks go when they are gone.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ended
 }
 
 /// Remove a database that `create` made and `init` could not finish (with the caller's

@@ -1012,6 +1012,111 @@ fn what_import_apply_and_exec_queue_is_delivered_when_they_end() {
     );
 }
 
+#[test]
+fn notifications_ignore_the_callers_proxy_and_path_and_a_command_delivers_only_its_own() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // A webhook receiver on loopback, and a "proxy" that nobody may use.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(20) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+        }
+    });
+    let env = Env::new();
+    let inbox = env.path("inbox");
+    let gate = env.path("gate");
+    let policy = format!(
+        "{}\n[notifications.webhook]\nurl = \"http://127.0.0.1:{port}/pim\"\n[notifications.command]\nargv = [\"sh\", \"-c\", \"test -e {} && cat >> {} && echo >> {}\"]\n",
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap(),
+        gate.display(),
+        inbox.display(),
+        inbox.display()
+    );
+    std::fs::write(env.path("p.toml"), policy).unwrap();
+    env.run(&["init", "--admin", "admin", "--policies", "p.toml", "--json"])
+        .expect(0);
+    env.as_("admin", &["user", "add", "bob"]).expect(0);
+    // A caller's PATH with a `cat` of their own, and a proxy that would see everything.
+    let fake = env.path("fakebin");
+    std::fs::create_dir(&fake).unwrap();
+    std::fs::write(
+        fake.join("cat"),
+        "#!/bin/sh\necho stolen > /tmp/pim-test-stolen-$$\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(fake.join("cat"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hostile = |args: &[&str]| -> support::Run {
+        env.command(args)
+            .env("PIM_USER", "admin")
+            .env("HTTP_PROXY", "http://127.0.0.1:9")
+            .env("http_proxy", "http://127.0.0.1:9")
+            .env("PATH", format!("{}:/usr/bin:/bin", fake.display()))
+            .output()
+            .unwrap()
+            .into()
+    };
+    // The command channel's gate is shut: its first notice waits for a retry.
+    hostile(&["assign", "bob", "db-admin", "-j", "x"]).expect(0);
+    let body = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the webhook was reached, not the proxy");
+    assert!(body.contains("assignment.add"), "{body}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM outbox WHERE channel = 'command' AND status = 'pending'"),
+        1
+    );
+    // The next command delivers what it queued, not the notice waiting for its retry.
+    std::fs::write(&gate, "").unwrap();
+    hostile(&["assign", "bob", "user-admin", "-j", "x"]).expect(0);
+    let delivered = std::fs::read_to_string(&inbox).unwrap();
+    assert_eq!(
+        delivered.lines().filter(|l| !l.is_empty()).count(),
+        1,
+        "{delivered}"
+    );
+    assert!(delivered.contains("User Administrator"), "{delivered}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM outbox WHERE channel = 'command' AND status = 'pending'"),
+        1
+    );
+    // The sweep delivers it when its retry is due.
+    env.at("+2m", &["--as", "admin", "sweep"]).expect(0);
+    let delivered = std::fs::read_to_string(&inbox).unwrap();
+    assert_eq!(
+        delivered.lines().filter(|l| !l.is_empty()).count(),
+        2,
+        "{delivered}"
+    );
+    // The caller's `cat` never ran.
+    let stolen = std::fs::read_dir("/tmp")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("pim-test-stolen-")
+        });
+    assert!(!stolen);
+}
+
 // ------------------------------------------------------------------ 1: children (without the install)
 
 #[test]

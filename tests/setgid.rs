@@ -740,3 +740,117 @@ fn two_accounts_starting_at_once_never_fail() {
         );
     }
 }
+
+// -------------------------------------------------------------- a stopped pim holding the lock
+
+#[test]
+fn a_stopped_pim_holding_the_write_lock_is_named_and_root_ends_it() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    i.root(&["--as", ALICE, "user", "add", BOB]).expect(0);
+    // bob's import holds the write lock while it goes through its rows (refused or not)...
+    let rows: String = (0..200_000)
+        .map(|n| format!("{ALICE},db-admin,/s{n},eligible,,,x,\n"))
+        .collect();
+    let file = i.home(BOB).join("big.csv");
+    std::fs::write(
+        &file,
+        format!("user,role,scope,type,start,end,justification,ticket\n{rows}"),
+    )
+    .unwrap();
+    let mut import = Command::new("setpriv")
+        .args(["--reuid", BOB, "--regid", BOB, "--init-groups", "--"])
+        .arg(&i.bin)
+        .args(["assignment", "import", file.to_str().unwrap()])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", i.home(BOB))
+        .env("PIM_DB", &i.db)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // ... and bob stops it there (his own process: he may).
+    let pid = import.id() as i32;
+    let locks = || std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let mut holding = false;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // setpriv execs pim in place, so the pid is pim's.
+        if locks()
+            .lines()
+            .any(|l| l.contains(&format!(" WRITE {pid} ")) && !l.contains("->"))
+        {
+            holding = true;
+            break;
+        }
+    }
+    assert!(
+        holding,
+        "the import never took the write lock:\n{}",
+        locks()
+    );
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // Reads go on (a break-glass check still answers) ...
+    i.as_account(MALLORY, &["check", ALICE, "global-admin"], &[])
+        .expect(0);
+    // ... writes wait, then say who holds the database.
+    let r = i.as_account(ALICE, &["user", "add", "zed"], &[]).expect(1);
+    assert!(
+        r.stderr.contains(&format!("process {pid} of {BOB}"))
+            && r.stderr.contains("which is stopped"),
+        "{}",
+        r.stderr
+    );
+    // Root's sweep ends the stopped pim, records it, and goes on.
+    i.root(&["sweep"]).expect(0);
+    let status = import.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        i.count(&format!(
+            "SELECT count(*) FROM audit_events WHERE action = 'lock.break' AND principal = '{BOB}'"
+        )),
+        1
+    );
+    i.as_account(ALICE, &["user", "add", "zed"], &[]).expect(0);
+    // Nothing of the stopped import was kept.
+    assert_eq!(
+        i.count("SELECT count(*) FROM assignments WHERE scope LIKE '/s%'"),
+        0
+    );
+    i.root(&["audit", "verify"]).expect(0);
+}
+
+#[test]
+fn command_notifications_of_the_installed_database_wait_for_roots_sweep() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let inbox = i.dir.path().join("inbox");
+    let policy = format!(
+        "{}\n[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]\n",
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap(),
+        inbox.display()
+    );
+    let file = i.dir.path().join("policy.toml");
+    std::fs::write(&file, policy).unwrap();
+    i.root(&["--as", ALICE, "policy", "apply", file.to_str().unwrap()])
+        .expect(0);
+    i.root(&["--as", ALICE, "user", "add", BOB]).expect(0);
+    // A command run by alice's pim would run as alice and could be watched by her: it waits.
+    i.as_account(ALICE, &["assign", BOB, "db-admin", "-j", "x"], &[])
+        .expect(0);
+    assert!(!inbox.exists());
+    assert_eq!(
+        i.count("SELECT count(*) FROM outbox WHERE channel = 'command' AND status = 'pending' AND attempts = 0"),
+        1
+    );
+    // Root's sweep runs it, as root.
+    i.root(&["sweep"]).expect(0);
+    assert_eq!(std::fs::read_to_string(&inbox).unwrap().trim(), "root");
+}

@@ -288,7 +288,14 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
     if crate::privilege::real_uid() != 0 {
         pim.viewer(&actor)?;
     }
-    let report = pim.sweep(&actor)?;
+    // Root's sweep first ends any stopped pim that holds the database (see `Ctx::open`).
+    if crate::privilege::real_uid() == 0 {
+        ctx.end_stopped_holders(&mut pim);
+    }
+    let report = match pim.sweep(&actor) {
+        Err(e) if e.is_locked() && ctx.end_stopped_holders(&mut pim) => pim.sweep(&actor)?,
+        other => other?,
+    };
     let delivery = pim.deliver(
         &actor,
         crate::notify::Scope {

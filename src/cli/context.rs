@@ -139,7 +139,19 @@ impl Ctx {
     }
 
     fn start(&self) -> anyhow::Result<Session> {
-        let db = store::open(&self.db)?;
+        let mut ended = Vec::new();
+        let db = match store::open(&self.db) {
+            // Root ends a stopped pim that holds the database (anyone can stop their own
+            // process mid-transaction; only root can end it), records it, and goes on.
+            Err(e) if e.is_locked() && privilege::real_uid() == 0 => {
+                ended = store::end_stopped(&store::lock_holders(&store::file_ids(&self.db)));
+                if ended.is_empty() {
+                    return Err(e.into());
+                }
+                store::open(&self.db)?
+            }
+            other => other?,
+        };
         self.installed.set(db.file.installed);
         let _ = self.files.set(db.file.files.clone());
         let os_account = real_user()?;
@@ -157,6 +169,9 @@ impl Ctx {
         // Everything from here on runs with the caller's own rights only.
         privilege::drop_for_good();
         let mut pim = Pim::new(db.conn, Arc::new(SystemClock), vault);
+        for holder in &ended {
+            pim.record_lock_break(&os_account, holder)?;
+        }
         pim.seal_plain_secrets(&os_account)?;
         let outbox_mark = pim.outbox_mark()?;
         if self.verbose {
@@ -265,6 +280,22 @@ impl Ctx {
     /// caller who is not root (they wait for root's `pim sweep`).
     pub fn runs_commands(&self) -> bool {
         !self.installed.get() || privilege::real_uid() == 0
+    }
+
+    /// As root: end the stopped pim processes that hold the open database's locks, and record
+    /// it. Returns whether any was ended (so that the caller may try again).
+    pub fn end_stopped_holders(&self, pim: &mut Pim) -> bool {
+        let ended = store::end_stopped(&store::lock_holders(&self.protected_files()));
+        let actor = real_user().unwrap_or_else(|_| "root".to_string());
+        for holder in &ended {
+            let _ = pim.record_lock_break(&actor, holder);
+        }
+        !ended.is_empty()
+    }
+
+    /// The sentence for a database that stayed locked after it was opened.
+    pub fn locked(&self) -> Error {
+        store::locked(&self.db, &store::lock_holders(&self.protected_files()))
     }
 
     /// A warning or note on stderr, unless --quiet.

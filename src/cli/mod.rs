@@ -148,6 +148,15 @@ pub fn run() -> i32 {
                 .downcast_ref::<crate::Error>()
                 .map(crate::Error::exit_code)
                 .unwrap_or(1);
+            // A database that stayed locked: say who holds it.
+            let e = match e.downcast_ref::<crate::Error>() {
+                Some(inner @ (crate::Error::Sqlite(_) | crate::Error::Recorded(_)))
+                    if inner.is_locked() =>
+                {
+                    anyhow::Error::from(ctx.locked())
+                }
+                _ => e,
+            };
             output::note(&format!("pim: {e:#}"));
             code
         }

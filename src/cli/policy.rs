@@ -143,9 +143,35 @@ pub fn run_policy(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn role_json(r: &crate::ops::RoleSummary) -> serde_json::Value {
+/// A role's settings as the viewer may see them: e-mail addresses in `notify` are other
+/// people's data, shown only to readers of the policy.
+fn settings_seen(r: &crate::ops::RoleSummary, redact: bool) -> Vec<(&'static str, toml::Value)> {
+    r.role
+        .settings
+        .entries()
+        .into_iter()
+        .map(|(k, v)| match (k, v) {
+            ("notify", toml::Value::Array(list)) if redact => (
+                k,
+                toml::Value::Array(
+                    list.into_iter()
+                        .map(|x| match x.as_str() {
+                            Some(a) if a.contains('@') => {
+                                toml::Value::String("(an e-mail address)".to_string())
+                            }
+                            _ => x,
+                        })
+                        .collect(),
+                ),
+            ),
+            other => other,
+        })
+        .collect()
+}
+
+fn role_json(r: &crate::ops::RoleSummary, redact: bool) -> serde_json::Value {
     let mut settings = serde_json::Map::new();
-    for (k, v) in r.role.settings.entries() {
+    for (k, v) in settings_seen(r, redact) {
         settings.insert(k.to_string(), serde_json::to_value(v).unwrap_or_default());
     }
     serde_json::json!({
@@ -162,12 +188,18 @@ fn role_json(r: &crate::ops::RoleSummary) -> serde_json::Value {
 
 pub fn run_role(ctx: &Ctx, cmd: RoleCommand) -> anyhow::Result<i32> {
     let (pim, actor) = ctx.open()?;
-    pim.viewer(&actor)?;
+    let redact = !pim.viewer(&actor)?.reads_policy();
     let roles = pim.roles()?;
     match cmd {
         RoleCommand::List => {
             if ctx.json {
-                return json(&roles.iter().map(role_json).collect::<Vec<_>>()).map(|_| 0);
+                return json(
+                    &roles
+                        .iter()
+                        .map(|r| role_json(r, redact))
+                        .collect::<Vec<_>>(),
+                )
+                .map(|_| 0);
             }
             let mut t = table(&[
                 "role",
@@ -207,7 +239,7 @@ pub fn run_role(ctx: &Ctx, cmd: RoleCommand) -> anyhow::Result<i32> {
                 return Err(Error::NotFound(format!("There is no role '{role}'.")).into());
             };
             if ctx.json {
-                return json(&role_json(r)).map(|_| 0);
+                return json(&role_json(r, redact)).map(|_| 0);
             }
             let mut t = table(&["setting", "value"]);
             t.add_row(vec!["key".to_string(), r.role.key.clone()]);
@@ -218,7 +250,7 @@ pub fn run_role(ctx: &Ctx, cmd: RoleCommand) -> anyhow::Result<i32> {
                 r.role.permissions.join(", "),
             ]);
             t.add_row(vec!["protected".to_string(), r.role.protected.to_string()]);
-            for (k, v) in r.role.settings.entries() {
+            for (k, v) in settings_seen(r, redact) {
                 t.add_row(vec![k.to_string(), v.to_string()]);
             }
             t.add_row(vec!["eligible holders".to_string(), r.eligible.to_string()]);

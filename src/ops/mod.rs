@@ -327,6 +327,26 @@ impl Pim {
         crate::notify::deliver_due(&mut self.conn, &policy, now, actor, scope)
     }
 
+    /// Record that `actor` (root) ended a stopped process that held the database's locks.
+    pub fn record_lock_break(
+        &mut self,
+        actor: &str,
+        holder: &crate::store::LockHolder,
+    ) -> Result<()> {
+        self.write(|tx, now, _| {
+            crate::audit::append(
+                tx,
+                now,
+                Event::new(actor, "lock.break")
+                    .principal(&holder.user)
+                    .detail("pid", holder.pid)
+                    .detail("uid", holder.uid)
+                    .detail("reason", "a stopped pim process held the database's locks"),
+            )?;
+            Ok(())
+        })
+    }
+
     /// The newest outbox row now (0 when empty): what is queued later is after it.
     pub fn outbox_mark(&self) -> Result<i64> {
         Ok(self
