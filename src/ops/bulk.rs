@@ -198,24 +198,24 @@ impl Problems {
         }
         let more = self.refused_total - self.refused.len();
         let mut events = self.refused;
-        let last = events.pop().expect("at least one refusal");
-        for event in events {
-            crate::audit::append(tx, now, event)?;
-        }
         // The last goes through the rate limit: one bulk change counts as one attempt.
-        let last = if more > 0 {
-            last.detail("more_refused", more)
-        } else {
-            last
-        };
-        let reason = last.result.clone();
-        let recorded: Result<()> =
-            users::refuse_limited(tx, now, who, last, Error::Refused(reason));
-        match recorded {
-            Err(Error::Recorded(_)) => Ok(Error::Refused(text).recorded()),
-            Err(e) => Err(e),
-            Ok(()) => Ok(Error::Refused(text).recorded()),
+        if let Some(last) = events.pop() {
+            for event in events {
+                crate::audit::append(tx, now, event)?;
+            }
+            let last = if more > 0 {
+                last.detail("more_refused", more)
+            } else {
+                last
+            };
+            let reason = last.result.clone();
+            let recorded: Result<()> =
+                users::refuse_limited(tx, now, who, last, Error::Refused(reason));
+            if let Err(e @ (Error::Sqlite(_) | Error::Io(_))) = recorded {
+                return Err(e);
+            }
         }
+        Ok(Error::Refused(text).recorded())
     }
 }
 
