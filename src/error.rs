@@ -51,9 +51,13 @@ impl Error {
     pub fn is_locked(&self) -> bool {
         match self {
             Error::Locked(_) => true,
+            // BUSY (also BUSY_RECOVERY, BUSY_SNAPSHOT), LOCKED, and PROTOCOL: a lock of the
+            // WAL index that another process would not give up.
             Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::FileLockingProtocolFailed
             ),
             Error::Recorded(inner) => inner.is_locked(),
             _ => false,

@@ -195,6 +195,28 @@ pub fn read_to_string(path: &Path, limit: u64) -> io::Result<String> {
     Ok(text)
 }
 
+/// Read all of a file the caller named (a pipe too), with the caller's own rights,
+/// refusing more than `limit` bytes.
+pub fn read_all(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_read(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| named(path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is larger than {} MiB, the most pim reads",
+                path.display(),
+                limit / (1024 * 1024)
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Create (or replace the contents of) a file the caller named, with the caller's own
 /// rights, never through a symbolic link, and never one of `protect` (the database and its
 /// companion files). A new file gets mode 0600.

@@ -375,6 +375,10 @@ fn open_sqlite(real: &Path) -> Result<Opened> {
             real.display()
         ))
     })?;
+    // Before anything can fail: this connection never deletes the -wal and -shm files when
+    // it closes, whatever happens next (a caller could otherwise make pim fail here, with the
+    // group, and have SQLite remove them).
+    persist_wal(&conn);
     configure(&conn).map_err(|e| match e {
         Error::Sqlite(e) => open_failed(real, e),
         other => other,
@@ -423,9 +427,6 @@ pub fn open(path: &Path) -> Result<Database> {
         Error::Environment(format!("Cannot open the database {}: {e}.", path.display()))
     })?;
     let (conn, main, companions) = open_sqlite(&real)?;
-    if main.mode() & 0o020 != 0 {
-        persist_wal(&conn);
-    }
     let conn = finish_open(conn, &real)?;
     Ok(Database {
         conn,
@@ -531,10 +532,8 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
         // A file created now is created for the group: never with the caller's umask.
         // SAFETY: umask only changes this process's file creation mask.
         let old = unsafe { libc::umask(0o007) };
-        let opened = open_sqlite(&real).and_then(|(conn, main, companions)| {
-            persist_wal(&conn);
-            Ok((finish_open(conn, &real)?, main, companions))
-        });
+        let opened = open_sqlite(&real)
+            .and_then(|(conn, main, companions)| Ok((finish_open(conn, &real)?, main, companions)));
         // SAFETY: as above.
         unsafe { libc::umask(old) };
         opened
@@ -644,18 +643,15 @@ pub struct LockHolder {
     pub user: String,
     /// Stopped (`kill -STOP`) or stopped by a tracer: it will not let go by itself.
     pub stopped: bool,
-    /// Running this same program (another pim).
-    pub pim: bool,
 }
 
 impl std::fmt::Display for LockHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "process {} of {}{}{}",
+            "process {} of {}{}",
             self.pid,
             self.user,
-            if self.pim { " (a pim)" } else { "" },
             if self.stopped {
                 ", which is stopped"
             } else {
@@ -710,7 +706,6 @@ pub fn lock_holders(files: &[FileId]) -> Vec<LockHolder> {
             pids.push(pid);
         }
     }
-    let own_exe = std::fs::read_link("/proc/self/exe").ok();
     pids.into_iter()
         .filter_map(|pid| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -723,13 +718,11 @@ pub fn lock_holders(files: &[FileId]) -> Vec<LockHolder> {
             };
             let state = field("State:");
             let uid: u32 = field("Uid:").split_whitespace().next()?.parse().ok()?;
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
             Some(LockHolder {
                 pid,
                 uid,
                 user: privilege::account_name(uid).unwrap_or_else(|| uid.to_string()),
                 stopped: state.starts_with('T') || state.starts_with('t'),
-                pim: exe.is_some() && exe == own_exe,
             })
         })
         .collect()
@@ -747,7 +740,7 @@ pub fn locked(path: &Path, holders: &[LockHolder]) -> Error {
             .join(", ")
     };
     let remedy = if holders.iter().any(|h| h.stopped) {
-        " Root's `pim sweep` ends stopped pim processes that hold it (the timer of examples/systemd runs it every five minutes); or, as root, kill the process."
+        " Root's `pim sweep` ends stopped processes that hold it (the timer of examples/systemd runs it every five minutes); or, as root, kill the process."
     } else {
         " Try again in a moment."
     };
@@ -757,19 +750,40 @@ pub fn locked(path: &Path, holders: &[LockHolder]) -> Error {
     ))
 }
 
-/// As root: end the stopped pim processes among `holders`, which would otherwise hold the
-/// database's locks for as long as they stay stopped. Returns the ones ended.
-pub fn end_stopped(holders: &[LockHolder]) -> Vec<LockHolder> {
+/// As root: end the stopped processes among `holders` (whatever program they run: a stopped
+/// process never lets go of the database's locks), each through a pidfd taken before it is
+/// checked again, so a reused process id is never hit. Returns the ones ended.
+pub fn end_stopped(files: &[FileId], holders: &[LockHolder]) -> Vec<LockHolder> {
     if privilege::real_uid() != 0 {
         return Vec::new();
     }
-    let ended: Vec<LockHolder> = holders
-        .iter()
-        .filter(|h| h.stopped && h.pim)
-        // SAFETY: kill sends a signal to a process; root ends a stopped pim.
-        .filter(|h| unsafe { libc::kill(h.pid, libc::SIGKILL) } == 0)
-        .cloned()
-        .collect();
+    let mut ended = Vec::new();
+    for h in holders.iter().filter(|h| h.stopped) {
+        // SAFETY: pidfd_open takes a pid and flags and returns a descriptor we close below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, h.pid, 0) } as i32;
+        if fd < 0 {
+            continue;
+        }
+        // Still the same stopped process holding our locks (checked after the pidfd pinned it)?
+        let still = lock_holders(files)
+            .into_iter()
+            .any(|now| now.pid == h.pid && now.stopped && now.uid == h.uid);
+        // SAFETY: the signal goes to the process the pidfd refers to; then the fd is closed.
+        let sent = still
+            && unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd,
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            } == 0;
+        unsafe { libc::close(fd) };
+        if sent {
+            ended.push(h.clone());
+        }
+    }
     if !ended.is_empty() {
         // Their locks go when they are gone.
         std::thread::sleep(std::time::Duration::from_millis(200));

@@ -123,7 +123,7 @@ fn every_bad_row_is_reported_with_its_line_and_nothing_changes() {
     env.as_("admin", &["assignment", "import", "typo.csv"])
         .expect(2);
     assert_eq!(env.count(refused), 2);
-    // Without `assign`, nothing is imported: refused and recorded.
+    // Without `assign` anywhere, nothing is imported: refused at once and recorded.
     std::fs::write(
         env.path("ok.csv"),
         format!("{HEADER}carol,db-admin,/,eligible,,,x,\n"),
@@ -132,7 +132,7 @@ fn every_bad_row_is_reported_with_its_line_and_nothing_changes() {
     let r = env
         .as_("bob", &["assignment", "import", "ok.csv"])
         .expect(3);
-    assert!(r.stderr.contains("line 2:"), "{}", r.stderr);
+    assert!(r.stderr.contains("'assign' permission"), "{}", r.stderr);
     assert_eq!(env.count(refused), 3);
     env.as_("admin", &["assignment", "import", "missing.csv"])
         .expect(1);

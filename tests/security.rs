@@ -350,12 +350,37 @@ fn a_user_flooding_the_log_with_refusals_is_throttled() {
         format!("user,role,scope,type,start,end,justification,ticket\n{rows}"),
     )
     .unwrap();
+    // carol may assign at /team only: every row is refused, 100 of them recorded.
     env.user("carol");
+    env.as_(
+        "admin",
+        &[
+            "assign",
+            "carol",
+            "privileged-role-admin",
+            "--active",
+            "--scope",
+            "/team",
+            "--duration",
+            "1d",
+            "-j",
+            "team lead",
+        ],
+    )
+    .expect(0);
     env.as_("carol", &["assignment", "import", "many.csv"])
         .expect(3);
     assert_eq!(
         env.count("SELECT count(*) FROM audit_events WHERE actor = 'carol' AND result != 'ok'"),
         100
+    );
+    // Without `assign` anywhere: one refusal, and no row gone through.
+    env.user("dave");
+    env.as_("dave", &["assignment", "import", "many.csv"])
+        .expect(3);
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE actor = 'dave' AND result != 'ok'"),
+        1
     );
     // What bob may do still works.
     env.as_(

@@ -750,30 +750,30 @@ fn a_stopped_pim_holding_the_write_lock_is_named_and_root_ends_it() {
     }
     let i = Install::new();
     i.root(&["--as", ALICE, "user", "add", BOB]).expect(0);
-    // bob's import holds the write lock while it goes through its rows (refused or not)...
+    // alice's import holds the write lock while it goes through its rows...
     let rows: String = (0..200_000)
-        .map(|n| format!("{ALICE},db-admin,/s{n},eligible,,,x,\n"))
+        .map(|n| format!("{BOB},db-admin,/s{n},eligible,,,x,\n"))
         .collect();
-    let file = i.home(BOB).join("big.csv");
+    let file = i.home(ALICE).join("big.csv");
     std::fs::write(
         &file,
         format!("user,role,scope,type,start,end,justification,ticket\n{rows}"),
     )
     .unwrap();
     let mut import = Command::new("setpriv")
-        .args(["--reuid", BOB, "--regid", BOB, "--init-groups", "--"])
+        .args(["--reuid", ALICE, "--regid", ALICE, "--init-groups", "--"])
         .arg(&i.bin)
         .args(["assignment", "import", file.to_str().unwrap()])
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
-        .env("HOME", i.home(BOB))
+        .env("HOME", i.home(ALICE))
         .env("PIM_DB", &i.db)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // ... and bob stops it there (his own process: he may).
+    // ... and she stops it there (her own process: she may).
     let pid = import.id() as i32;
     let locks = || std::fs::read_to_string("/proc/locks").unwrap_or_default();
     let mut holding = false;
@@ -798,9 +798,11 @@ fn a_stopped_pim_holding_the_write_lock_is_named_and_root_ends_it() {
     i.as_account(MALLORY, &["check", ALICE, "global-admin"], &[])
         .expect(0);
     // ... writes wait, then say who holds the database.
-    let r = i.as_account(ALICE, &["user", "add", "zed"], &[]).expect(1);
+    let r = i
+        .as_account(BOB, &["deactivate", "db-admin"], &[])
+        .expect(1);
     assert!(
-        r.stderr.contains(&format!("process {pid} of {BOB}"))
+        r.stderr.contains(&format!("process {pid} of {ALICE}"))
             && r.stderr.contains("which is stopped"),
         "{}",
         r.stderr
@@ -812,7 +814,7 @@ fn a_stopped_pim_holding_the_write_lock_is_named_and_root_ends_it() {
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     assert_eq!(
         i.count(&format!(
-            "SELECT count(*) FROM audit_events WHERE action = 'lock.break' AND principal = '{BOB}'"
+            "SELECT count(*) FROM audit_events WHERE action = 'lock.break' AND principal = '{ALICE}'"
         )),
         1
     );

@@ -173,11 +173,17 @@ fn read_import(
 ) -> anyhow::Result<impl Iterator<Item = crate::Result<crate::ops::ImportRow>>> {
     let shown = path.display().to_string();
     let bad = move |line: u64, why: String| Error::Usage(format!("{shown} line {line}: {why}"));
-    let file = crate::privilege::open_read(path)
-        .map_err(|e| Error::Environment(format!("Cannot read {e}.")))?;
+    // All of it first: the import's transaction then never waits on the caller's pipe,
+    // FIFO or file system while it holds the database's write lock.
+    let bytes = crate::privilege::read_all(path, crate::limits::BULK_BYTES).map_err(|e| match e
+        .kind()
+    {
+        std::io::ErrorKind::InvalidData => Error::Usage(format!("{e}.")),
+        _ => Error::Environment(format!("Cannot read {e}.")),
+    })?;
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_reader(std::io::BufReader::with_capacity(64 * 1024, file));
+        .from_reader(std::io::Cursor::new(bytes));
     let header: Vec<String> = reader
         .headers()
         .map_err(|e| bad(1, e.to_string()))?
@@ -240,8 +246,13 @@ pub fn run_assignment(ctx: &Ctx, cmd: AssignmentCommand) -> anyhow::Result<i32> 
 fn run_apply(ctx: &Ctx, file: PathBuf, dry_run: bool, prune: bool) -> anyhow::Result<i32> {
     // The database first: the file is read with the caller's own rights.
     let (mut pim, actor) = ctx.open()?;
-    let text = crate::privilege::read_to_string(&file, 256 * 1024 * 1024)
-        .map_err(|e| Error::Environment(format!("Cannot read {e}.")))?;
+    let text =
+        crate::privilege::read_to_string(&file, crate::limits::BULK_BYTES).map_err(|e| match e
+            .kind()
+        {
+            std::io::ErrorKind::InvalidData => Error::Usage(format!("{e}.")),
+            _ => Error::Environment(format!("Cannot read {e}.")),
+        })?;
     let desired = crate::ops::parse_desired(&text).map_err(|e| match e {
         Error::Usage(m) => Error::Usage(format!(
             "{} is invalid:\n{}",

@@ -144,7 +144,8 @@ impl Ctx {
             // Root ends a stopped pim that holds the database (anyone can stop their own
             // process mid-transaction; only root can end it), records it, and goes on.
             Err(e) if e.is_locked() && privilege::real_uid() == 0 => {
-                ended = store::end_stopped(&store::lock_holders(&store::file_ids(&self.db)));
+                let files = store::file_ids(&self.db);
+                ended = store::end_stopped(&files, &store::lock_holders(&files));
                 if ended.is_empty() {
                     return Err(e.into());
                 }
@@ -285,7 +286,8 @@ impl Ctx {
     /// As root: end the stopped pim processes that hold the open database's locks, and record
     /// it. Returns whether any was ended (so that the caller may try again).
     pub fn end_stopped_holders(&self, pim: &mut Pim) -> bool {
-        let ended = store::end_stopped(&store::lock_holders(&self.protected_files()));
+        let files = self.protected_files();
+        let ended = store::end_stopped(&files, &store::lock_holders(&files));
         let actor = real_user().unwrap_or_else(|_| "root".to_string());
         for holder in &ended {
             let _ = pim.record_lock_break(&actor, holder);

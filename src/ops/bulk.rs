@@ -257,7 +257,27 @@ fn bulk<T>(
     let tx = pim
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let me = match acting_user(&tx, now, actor, event) {
+    let settled = acting_user(&tx, now, actor, event.clone()).and_then(|me| {
+        // Whoever holds `assign` nowhere is refused at once, on record, without going
+        // through (and holding the write lock for) every row of the file.
+        let anywhere = super::holdings(&tx, me.id, now.timestamp())?
+            .iter()
+            .any(|h| policy.roles.get(&h.role).is_some_and(|r| r.grants("assign")));
+        if anywhere {
+            Ok(me)
+        } else {
+            super::refuse(
+                &tx,
+                now,
+                event,
+                Error::Refused(
+                    "Assigning roles needs the 'assign' permission. Activate a role that grants it (see `pim role list`)."
+                        .to_string(),
+                ),
+            )
+        }
+    });
+    let me = match settled {
         Ok(me) => me,
         Err(Error::Recorded(e)) => {
             tx.commit()?;
@@ -299,6 +319,11 @@ impl Pim {
             let (mut added, mut unchanged) = (0, 0);
             let mut problems = Problems::default();
             for row in rows {
+                if problems.total >= SHOWN {
+                    // Enough to fix first; the rest of the file is not gone through.
+                    problems.note(0, &"... and the rest of the file was not checked.");
+                    break;
+                }
                 let row = match row {
                     Ok(row) => row,
                     Err(e) => {

@@ -341,7 +341,7 @@ impl Pim {
                     .principal(&holder.user)
                     .detail("pid", holder.pid)
                     .detail("uid", holder.uid)
-                    .detail("reason", "a stopped pim process held the database's locks"),
+                    .detail("reason", "a stopped process held the database's locks"),
             )?;
             Ok(())
         })
