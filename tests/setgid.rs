@@ -856,3 +856,103 @@ fn command_notifications_of_the_installed_database_wait_for_roots_sweep() {
     i.root(&["sweep"]).expect(0);
     assert_eq!(std::fs::read_to_string(&inbox).unwrap().trim(), "root");
 }
+
+#[test]
+fn a_caller_cannot_make_pim_remove_the_companion_files() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    // Too few descriptors: pim fails while it holds the group, and must leave them be.
+    for n in 4..12 {
+        let nofile = format!("--nofile={n}:{n}");
+        let _ = i.program_as(
+            MALLORY,
+            Path::new("/usr/bin/prlimit"),
+            &[
+                &nofile,
+                i.bin.to_str().unwrap(),
+                "check",
+                ALICE,
+                "global-admin",
+            ],
+            &[],
+        );
+        for suffix in ["-wal", "-shm"] {
+            let m = std::fs::metadata(format!("{}{suffix}", i.db.display()))
+                .unwrap_or_else(|_| panic!("{suffix} is gone after a run with {n} descriptors"));
+            assert_eq!((m.uid(), m.gid()), (0, group_id()), "{suffix}");
+        }
+    }
+    i.as_account(ALICE, &["status"], &[]).expect(0);
+}
+
+/// Stop a caller's pim at random moments of its start until it holds a lock of the
+/// database's files (the WAL index's set-up is the narrowest window); then readers and
+/// writers are refused with the holder named, and root's next command ends it.
+#[test]
+fn a_pim_stopped_while_it_opens_the_database_is_ended_by_root() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let shm = std::fs::metadata(format!("{}-shm", i.db.display()))
+        .unwrap()
+        .ino();
+    let db = std::fs::metadata(&i.db).unwrap().ino();
+    let mut caught = None;
+    for attempt in 0..400u64 {
+        let mut child = Command::new("setpriv")
+            .args([
+                "--reuid",
+                MALLORY,
+                "--regid",
+                MALLORY,
+                "--init-groups",
+                "--",
+            ])
+            .arg(&i.bin)
+            .args(["check", ALICE, "global-admin"])
+            .env_clear()
+            .env("PIM_DB", &i.db)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(
+            300 + (attempt * 37) % 4000,
+        ));
+        let pid = child.id() as i32;
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        let holds = locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 5
+                && f[1] != "->"
+                && f[3] == "WRITE"
+                && f[4] == pid.to_string()
+                && (f[5].ends_with(&format!(":{shm}")) || f[5].ends_with(&format!(":{db}")))
+        });
+        if holds {
+            caught = Some(child);
+            break;
+        }
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+    let Some(mut stopped) = caught else {
+        eprintln!("never caught a pim inside a lock in 400 tries; nothing to check here");
+        return;
+    };
+    // Root's next command ends it (here `audit verify`) and records who it was.
+    i.root(&["audit", "verify"]).expect(0);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(stopped.wait().unwrap().signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        i.count(&format!(
+            "SELECT count(*) FROM audit_events WHERE action = 'lock.break' AND principal = '{MALLORY}'"
+        )),
+        1
+    );
+    i.as_account(ALICE, &["status"], &[]).expect(0);
+}
