@@ -173,21 +173,21 @@ pub struct Delivery {
 
 /// Which due notifications a process delivers.
 #[derive(Debug, Clone, Copy)]
-pub struct Scope {
-    /// Only those queued after this outbox row (a command delivers what it queued).
-    pub after: i64,
+pub struct Scope<'a> {
+    /// Only the outbox rows in these ranges (start exclusive, end inclusive): what this
+    /// process itself queued. `None`: every due row (`pim sweep`).
+    pub only: Option<&'a [(i64, i64)]>,
     /// Whether command-channel notifications run here. In the installed pim a command runs
-    /// as the caller, who could watch it read other people's notices: those wait for root's
-    /// `pim sweep`.
+    /// as root (only root configures them), so they wait for root's `pim sweep`.
     pub commands: bool,
 }
 
-impl Default for Scope {
-    fn default() -> Self {
-        Scope {
-            after: 0,
-            commands: true,
-        }
+impl Scope<'_> {
+    fn covers(&self, o: &Outgoing) -> bool {
+        (self.commands || o.channel != "command")
+            && self
+                .only
+                .is_none_or(|ranges| ranges.iter().any(|&(a, b)| o.id > a && o.id <= b))
     }
 }
 
@@ -199,13 +199,13 @@ pub fn deliver_due(
     policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
-    scope: Scope,
+    scope: Scope<'_>,
 ) -> Result<Delivery> {
     let t = now.timestamp();
     let due: Vec<Outgoing> = {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut due = select(&tx, "status = 'pending' AND next_attempt_at <= ?1", t)?;
-        due.retain(|o| o.id > scope.after && (scope.commands || o.channel != "command"));
+        due.retain(|o| scope.covers(o));
         for o in &due {
             tx.execute(
                 "UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2",
@@ -217,21 +217,26 @@ pub fn deliver_due(
     };
     let mut report = Delivery::default();
     for o in due {
-        let result = match o.channel.as_str() {
-            "smtp" => policy.notifications.smtp.as_ref().map(|c| send_mail(c, &o)),
-            "webhook" => policy
-                .notifications
-                .webhook
-                .as_ref()
-                .map(|c| post_webhook(c, &o)),
-            "command" => policy
-                .notifications
-                .command
-                .as_ref()
-                .map(|c| run_command(c, &o)),
-            _ => None,
-        }
-        .unwrap_or_else(|| Err(format!("the {} channel is no longer configured", o.channel)));
+        // A delivery that fails in an unexpected way (a thread that cannot start, say) is a
+        // failed try like any other: counted, retried, and recorded when given up.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match o.channel.as_str() {
+                "smtp" => policy.notifications.smtp.as_ref().map(|c| send_mail(c, &o)),
+                "webhook" => policy
+                    .notifications
+                    .webhook
+                    .as_ref()
+                    .map(|c| post_webhook(c, &o)),
+                "command" => policy
+                    .notifications
+                    .command
+                    .as_ref()
+                    .map(|c| run_command(c, &o)),
+                _ => None,
+            }
+            .unwrap_or_else(|| Err(format!("the {} channel is no longer configured", o.channel)))
+        }))
+        .unwrap_or_else(|_| Err("the delivery failed unexpectedly".to_string()));
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         match result {
             Ok(()) => {

@@ -841,6 +841,18 @@ fn command_notifications_of_the_installed_database_wait_for_roots_sweep() {
     );
     let file = i.dir.path().join("policy.toml");
     std::fs::write(&file, policy).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // Commands run as root: holding the `policy` permission is not enough to choose one.
+    let r = i
+        .as_account(ALICE, &["policy", "apply", file.to_str().unwrap()], &[])
+        .expect(3);
+    assert!(r.stderr.contains("Only root"), "{}", r.stderr);
+    assert_eq!(
+        i.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'policy.apply' AND result != 'ok'"
+        ),
+        1
+    );
     i.root(&["--as", ALICE, "policy", "apply", file.to_str().unwrap()])
         .expect(0);
     i.root(&["--as", ALICE, "user", "add", BOB]).expect(0);
@@ -852,9 +864,55 @@ fn command_notifications_of_the_installed_database_wait_for_roots_sweep() {
         i.count("SELECT count(*) FROM outbox WHERE channel = 'command' AND status = 'pending' AND attempts = 0"),
         1
     );
+    // Nor does alice's sweep: in the installed pim only root's sweep delivers for everyone.
+    i.as_account(ALICE, &["sweep"], &[]).expect(0);
+    assert!(!inbox.exists());
     // Root's sweep runs it, as root.
     i.root(&["sweep"]).expect(0);
     assert_eq!(std::fs::read_to_string(&inbox).unwrap().trim(), "root");
+}
+
+#[test]
+fn a_delivery_that_cannot_start_a_thread_is_a_failed_try_on_record() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let policy = format!(
+        "{}\n[notifications.webhook]\nurl = \"http://localhost:{port}/pim\"\n",
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap(),
+    );
+    let file = i.dir.path().join("policy.toml");
+    std::fs::write(&file, policy).unwrap();
+    i.root(&["--as", ALICE, "policy", "apply", file.to_str().unwrap()])
+        .expect(0);
+    i.root(&["--as", ALICE, "user", "add", BOB]).expect(0);
+    // No new process or thread for alice: resolving `localhost` cannot start its thread.
+    let r = i.program_as(
+        ALICE,
+        Path::new("/usr/bin/prlimit"),
+        &[
+            "--nproc=0:0",
+            i.bin.to_str().unwrap(),
+            "assign",
+            BOB,
+            "db-admin",
+            "-j",
+            "x",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked at"), "{}", r.stderr);
+    assert!(r.stderr.contains("could not be delivered"), "{}", r.stderr);
+    // Counted as a failed try (retried, and recorded when given up), not silently leased.
+    assert_eq!(
+        i.count("SELECT count(*) FROM outbox WHERE channel = 'webhook' AND attempts = 1 AND status = 'pending'"),
+        1
+    );
+    drop(listener);
 }
 
 #[test]

@@ -296,13 +296,17 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
         Err(e) if e.is_locked() && ctx.end_stopped_holders(&mut pim) => pim.sweep(&actor)?,
         other => other?,
     };
-    let delivery = pim.deliver(
-        &actor,
-        crate::notify::Scope {
-            after: 0,
-            commands: ctx.runs_commands(),
-        },
-    )?;
+    let delivery = if ctx.delivers_for_everyone() {
+        pim.deliver(
+            &actor,
+            crate::notify::Scope {
+                only: None,
+                commands: ctx.runs_commands(),
+            },
+        )?
+    } else {
+        crate::notify::Delivery::default()
+    };
     if ctx.json {
         json(&serde_json::json!({
             "started": report.started,

@@ -33,8 +33,6 @@ pub struct Ctx {
 struct Session {
     pim: Pim,
     file: DbFile,
-    /// The outbox's last row when the command started: rows after it were queued since.
-    outbox_mark: i64,
 }
 
 /// The default database: $XDG_DATA_HOME/pim/pim.db, or ~/.local/share/pim/pim.db.
@@ -170,11 +168,13 @@ impl Ctx {
         // Everything from here on runs with the caller's own rights only.
         privilege::drop_for_good();
         let mut pim = Pim::new(db.conn, Arc::new(SystemClock), vault);
+        if db.file.installed && privilege::real_uid() != 0 {
+            pim.reserve_commands_for_root();
+        }
         for holder in &ended {
             pim.record_lock_break(&os_account, holder)?;
         }
         pim.seal_plain_secrets(&os_account)?;
-        let outbox_mark = pim.outbox_mark()?;
         if self.verbose {
             eprintln!(
                 "pim: database {}{}",
@@ -186,11 +186,7 @@ impl Ctx {
                 }
             );
         }
-        Ok(Session {
-            pim,
-            file: db.file,
-            outbox_mark,
-        })
+        Ok(Session { pim, file: db.file })
     }
 
     /// A missing key is created by whoever could write the database directly (root, or the
@@ -255,16 +251,13 @@ impl Ctx {
         let Some(session) = session.as_mut() else {
             return;
         };
-        if !session
-            .pim
-            .queued_since(session.outbox_mark)
-            .unwrap_or(false)
-        {
+        let queued = session.pim.queued().to_vec();
+        if queued.is_empty() {
             return;
         }
         let actor = real_user().unwrap_or_else(|_| "pim".to_string());
         let scope = crate::notify::Scope {
-            after: session.outbox_mark,
+            only: Some(&queued),
             commands: self.runs_commands(),
         };
         match session.pim.deliver(&actor, scope) {
@@ -280,6 +273,13 @@ impl Ctx {
     /// Whether notification commands run in this process: not in the installed pim for a
     /// caller who is not root (they wait for root's `pim sweep`).
     pub fn runs_commands(&self) -> bool {
+        !self.installed.get() || privilege::real_uid() == 0
+    }
+
+    /// Whether this process may deliver other people's notifications (`pim sweep`): not in
+    /// the installed pim for a caller who is not root, who could stop or starve the process
+    /// after it claimed them.
+    pub fn delivers_for_everyone(&self) -> bool {
         !self.installed.get() || privilege::real_uid() == 0
     }
 

@@ -126,6 +126,18 @@ pub fn run() -> i32 {
         eprintln!("pim: cannot lower the pim group ({e}); stopping.");
         return 1;
     }
+    // Never a stack trace: a bug, or a resource the system refused, is one sentence.
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        output::note(&format!(
+            "pim: internal error ({what}); nothing half-done was kept. Please report it."
+        ));
+    }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -286,11 +286,14 @@ fn bulk<T>(
         Err(e) => return Err(e),
     };
     tx.execute_batch("SAVEPOINT bulk")?;
+    let mark = super::outbox_end(&tx)?;
     match f(&tx, now, &policy, &me) {
         Ok(v) => {
             tx.execute_batch("RELEASE bulk")?;
             if !dry_run {
+                let end = super::outbox_end(&tx)?;
                 tx.commit()?;
+                pim.note_queued((mark, end));
             }
             Ok(v)
         }

@@ -43,6 +43,11 @@ pub struct Pim {
     clock: Arc<dyn Clock>,
     /// The key of the TOTP secrets.
     vault: Arc<Vault>,
+    /// Notification commands are root's to configure (the installed database, whose
+    /// commands run in root's sweep, opened by someone else).
+    commands_for_root: bool,
+    /// The outbox rows this process queued (ranges: start exclusive, end inclusive).
+    queued: Vec<(i64, i64)>,
 }
 
 /// A role held right now, directly or through an activation.
@@ -63,7 +68,15 @@ impl Pim {
             conn,
             clock,
             vault: Arc::new(vault),
+            commands_for_root: false,
+            queued: Vec::new(),
         }
+    }
+
+    /// Refuse policies that add or change a notification command: in the installed pim those
+    /// run as root, so only root may choose them.
+    pub fn reserve_commands_for_root(&mut self) {
+        self.commands_for_root = true;
     }
 
     /// The key of the TOTP secrets this database was opened with.
@@ -96,18 +109,39 @@ impl Pim {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = self.clock.now();
         let policy = load_policy(&tx)?;
-        match f(&tx, now, &policy) {
-            Ok(v) => {
-                tx.commit()?;
-                Ok(v)
+        let mark = outbox_end(&tx)?;
+        let result = f(&tx, now, &policy);
+        if matches!(result, Ok(_) | Err(Error::Recorded(_))) {
+            // Writers are serialised: what the outbox gained in this transaction is ours.
+            let end = outbox_end(&tx)?;
+            tx.commit()?;
+            if end > mark {
+                self.queued.push((mark, end));
             }
-            Err(Error::Recorded(inner)) => {
-                tx.commit()?;
-                Err(*inner)
-            }
-            Err(e) => Err(e),
+        }
+        match result {
+            Err(Error::Recorded(inner)) => Err(*inner),
+            other => other,
         }
     }
+
+    /// The outbox rows this process queued, to deliver after the command.
+    pub fn queued(&self) -> &[(i64, i64)] {
+        &self.queued
+    }
+
+    pub(crate) fn note_queued(&mut self, range: (i64, i64)) {
+        if range.1 > range.0 {
+            self.queued.push(range);
+        }
+    }
+}
+
+/// The last outbox row (0 when there is none).
+pub(crate) fn outbox_end(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(id), 0) FROM outbox")?
+        .query_row([], |r| r.get(0))?)
 }
 
 pub(crate) fn load_policy(conn: &Connection) -> Result<Policy> {
@@ -345,22 +379,6 @@ impl Pim {
             )?;
             Ok(())
         })
-    }
-
-    /// The newest outbox row now (0 when empty): what is queued later is after it.
-    pub fn outbox_mark(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("SELECT coalesce(max(id), 0) FROM outbox", [], |r| r.get(0))?)
-    }
-
-    /// Whether notifications were queued (and wait to be sent) after `mark`.
-    pub fn queued_since(&self, mark: i64) -> Result<bool> {
-        Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM outbox WHERE id > ?1 AND status = 'pending')",
-            [mark],
-            |r| r.get(0),
-        )?)
     }
 
     /// The notification outbox (or only what was given up).

@@ -52,6 +52,7 @@ impl Pim {
         dry_run: bool,
     ) -> Result<PolicyApplied> {
         let warnings = self.policy_warnings(new)?;
+        let commands_for_root = self.commands_for_root;
         self.write(|tx, now, old| {
             let me = actor_user(tx, actor)?;
             let t = now.timestamp();
@@ -59,6 +60,17 @@ impl Pim {
             let event = Event::new(actor, "policy.apply").detail("sha256", source_hash(&new.source));
             if !has_permission(tx, old, &me, "policy", &Scope::root(), t)? {
                 return refuse(tx, now, event, permission_error("policy", &Scope::root()));
+            }
+            if commands_for_root && old.notifications.command != new.notifications.command {
+                return refuse(
+                    tx,
+                    now,
+                    event,
+                    Error::Refused(
+                        "Only root may add or change [notifications.command] of the installed database: its commands run as root. Ask root to apply this policy."
+                            .to_string(),
+                    ),
+                );
             }
             for change in &changes {
                 if let RoleChange::Removed(key) = change {
