@@ -481,6 +481,18 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
     if !(meta.is_file() && meta.gid() == group && mode & 0o020 != 0 && mode & 0o002 == 0) {
         return Ok(None);
     }
+    // And a pim database (SQLite's header, pim's application id): any other file of the
+    // group is, to the caller, as if it were not there.
+    {
+        use std::os::unix::fs::FileExt;
+        let mut head = [0u8; 72];
+        let ours = probe.read_at(&mut head, 0).is_ok_and(|n| n == 72)
+            && &head[..16] == b"SQLite format 3\0"
+            && head[68..72] == (APPLICATION_ID as u32).to_be_bytes();
+        if !ours {
+            return Ok(None);
+        }
+    }
     let owner = meta.uid();
     let id = FileId::of(&meta);
     // The file's real path, from the kernel: no link a caller planted is followed again.

@@ -769,6 +769,32 @@ fn locks_grow_and_a_hundred_wrong_codes_lock_until_reset() {
     .expect(0);
 }
 
+#[test]
+fn re_enrolling_yourself_gives_no_fresh_codes() {
+    let env = Env::new();
+    env.init();
+    let bob = env.user("bob");
+    let new = env
+        .as_(
+            "bob",
+            &["mfa", "enroll", "--code", &oathtool(&bob, 0), "--json"],
+        )
+        .expect(0)
+        .json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A code of the new secret from a step already used is a replay: at most one
+    // re-enrolment (and one code) per 30 seconds, whatever the secret.
+    let r = env
+        .as_(
+            "bob",
+            &["mfa", "enroll", "--code", &oathtool(&new, -30), "--json"],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("already used"), "{}", r.stderr);
+}
+
 // ------------------------------------------------------------------ 11: eligibility ends earlier
 
 #[test]

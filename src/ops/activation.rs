@@ -483,7 +483,9 @@ impl Pim {
     /// Request activation of an eligible role.
     pub fn activate(&mut self, actor: &str, input: ActivationInput) -> Result<Request> {
         let vault = self.vault.clone();
-        self.write(|tx, now, policy| activate_in(tx, &vault, now, policy, actor, &input, false))
+        self.write(actor, |tx, now, policy| {
+            activate_in(tx, &vault, now, policy, actor, &input, false)
+        })
     }
 
     /// Activate several roles with one justification and one TOTP code: all of them, or
@@ -495,7 +497,7 @@ impl Pim {
         input: ActivationInput,
     ) -> Result<Vec<Request>> {
         let vault = self.vault.clone();
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = acting_user(
                 tx,
                 now,
@@ -561,7 +563,7 @@ impl Pim {
         role: &str,
         scope: Option<&Scope>,
     ) -> Result<Request> {
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
             let t = now.timestamp();

@@ -152,7 +152,7 @@ impl Pim {
         };
         limits::check_opt("justification", justification, limits::JUSTIFICATION)?;
         let vault = self.vault.clone();
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = acting_user(tx, now, actor, Event::new(actor, action).request(id))?;
             let t = now.timestamp();
             let r = load(tx, id, t)?;
@@ -242,7 +242,7 @@ impl Pim {
 
     /// Withdraw your own pending or scheduled request.
     pub fn cancel(&mut self, actor: &str, id: i64) -> Result<Request> {
-        self.write(|tx, now, _| {
+        self.write(actor, |tx, now, _| {
             actor_user(tx, actor)?;
             let t = now.timestamp();
             let r = load(tx, id, t)?;
@@ -267,7 +267,7 @@ impl Pim {
     /// End someone's activation now (permission `assign` over its scope).
     pub fn revoke(&mut self, actor: &str, id: i64, justification: &str) -> Result<Request> {
         limits::check("justification", justification, limits::JUSTIFICATION)?;
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let t = now.timestamp();
             let r = load(tx, id, t)?;
@@ -315,7 +315,7 @@ impl Pim {
     ) -> Result<Request> {
         limits::check_opt("justification", justification, limits::JUSTIFICATION)?;
         let vault = self.vault.clone();
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = acting_user(
                 tx,
                 now,

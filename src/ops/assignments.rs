@@ -136,7 +136,9 @@ fn current(
 impl Pim {
     /// Make a user eligible for, or give them, a role at a scope (permission `assign`).
     pub fn assign(&mut self, actor: &str, input: AssignInput) -> Result<Assignment> {
-        self.write(|tx, now, policy| assign_in(tx, now, policy, actor, &input))
+        self.write(actor, |tx, now, policy| {
+            assign_in(tx, now, policy, actor, &input)
+        })
     }
 
     /// Remove an assignment (permission `assign`), ending the activations that rest on it.
@@ -148,7 +150,7 @@ impl Pim {
         scope: &Scope,
         active: bool,
     ) -> Result<Assignment> {
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let kind = if active { "active" } else { "eligible" };
             let me = acting_user(
                 tx,

@@ -285,12 +285,27 @@ fn bulk<T>(
         }
         Err(e) => return Err(e),
     };
+    // One bulk change is one change of the actor's budget.
+    if pim.budget {
+        if let Some(until) =
+            users::limited_until(&tx, users::Limited::Changes(actor), now.timestamp())?
+        {
+            return Err(Error::Refused(format!(
+                "{actor} made {} changes within 15 minutes; try again {}.",
+                users::CHANGES_PER_WINDOW,
+                crate::time::relative(crate::time::from_unix(until), now)
+            )));
+        }
+    }
     tx.execute_batch("SAVEPOINT bulk")?;
     let mark = super::outbox_end(&tx)?;
     match f(&tx, now, &policy, &me) {
         Ok(v) => {
             tx.execute_batch("RELEASE bulk")?;
             if !dry_run {
+                if pim.budget {
+                    users::count_change(&tx, now, actor)?;
+                }
                 let end = super::outbox_end(&tx)?;
                 tx.commit()?;
                 pim.note_queued((mark, end));

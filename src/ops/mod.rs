@@ -48,6 +48,8 @@ pub struct Pim {
     commands_for_root: bool,
     /// The outbox rows this process queued (ranges: start exclusive, end inclusive).
     queued: Vec<(i64, i64)>,
+    /// Whether changes count against their actor's budget (not for root).
+    pub(crate) budget: bool,
 }
 
 /// A role held right now, directly or through an activation.
@@ -70,7 +72,13 @@ impl Pim {
             vault: Arc::new(vault),
             commands_for_root: false,
             queued: Vec::new(),
+            budget: true,
         }
+    }
+
+    /// Changes made through this instance count against no budget (root's).
+    pub fn without_budget(&mut self) {
+        self.budget = false;
     }
 
     /// Refuse policies that add or change a notification command: in the installed pim those
@@ -100,17 +108,53 @@ impl Pim {
     /// Run `f` in one `IMMEDIATE` transaction. It commits on success, and also on an error
     /// marked `Recorded` (a refusal whose audit event `f` wrote), so that attempts stay on
     /// record; any other error rolls everything back.
+    ///
+    /// `actor`'s changes count against their budget (`users::CHANGES_PER_WINDOW` per 15
+    /// minutes): past it, changes are refused until the window has passed, so that no account
+    /// grows the log without bound, even through changes it may make.
     fn write<T>(
         &mut self,
+        actor: &str,
+        f: impl FnOnce(&Transaction<'_>, DateTime<Utc>, &Policy) -> Result<T>,
+    ) -> Result<T> {
+        let budget = self.budget.then(|| actor.to_string());
+        self.write_as(budget, f)
+    }
+
+    /// `write` for what the system does (sweep, sign-ins, sealing): no budget.
+    fn write_system<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>, DateTime<Utc>, &Policy) -> Result<T>,
+    ) -> Result<T> {
+        self.write_as(None, f)
+    }
+
+    fn write_as<T>(
+        &mut self,
+        budget: Option<String>,
         f: impl FnOnce(&Transaction<'_>, DateTime<Utc>, &Policy) -> Result<T>,
     ) -> Result<T> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = self.clock.now();
+        if let Some(actor) = &budget {
+            if let Some(until) =
+                users::limited_until(&tx, users::Limited::Changes(actor), now.timestamp())?
+            {
+                return Err(Error::Refused(format!(
+                    "{actor} made {} changes within 15 minutes; try again {}.",
+                    users::CHANGES_PER_WINDOW,
+                    crate::time::relative(crate::time::from_unix(until), now)
+                )));
+            }
+        }
         let policy = load_policy(&tx)?;
         let mark = outbox_end(&tx)?;
         let result = f(&tx, now, &policy);
+        if let (Some(actor), Ok(_)) = (&budget, &result) {
+            users::count_change(&tx, now, actor)?;
+        }
         if matches!(result, Ok(_) | Err(Error::Recorded(_))) {
             // Writers are serialised: what the outbox gained in this transaction is ours.
             let end = outbox_end(&tx)?;
@@ -367,7 +411,7 @@ impl Pim {
         actor: &str,
         holder: &crate::store::LockHolder,
     ) -> Result<()> {
-        self.write(|tx, now, _| {
+        self.write_system(|tx, now, _| {
             crate::audit::append(
                 tx,
                 now,

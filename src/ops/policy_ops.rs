@@ -53,7 +53,7 @@ impl Pim {
     ) -> Result<PolicyApplied> {
         let warnings = self.policy_warnings(new)?;
         let commands_for_root = self.commands_for_root;
-        self.write(|tx, now, old| {
+        self.write(actor, |tx, now, old| {
             let me = actor_user(tx, actor)?;
             let t = now.timestamp();
             let changes = diff(Some(old), new);

@@ -451,7 +451,7 @@ impl Pim {
             input.name.as_deref(),
             crate::limits::REVIEW_NAME,
         )?;
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let role = policy
                 .role(&input.role)
@@ -541,7 +541,7 @@ impl Pim {
         justification: &str,
     ) -> Result<Review> {
         crate::limits::check("justification", justification, crate::limits::JUSTIFICATION)?;
-        self.write(|tx, now, _| {
+        self.write(actor, |tx, now, _| {
             actor_user(tx, actor)?;
             let t = now.timestamp();
             let review = load(tx, id, t)?;
@@ -585,7 +585,7 @@ impl Pim {
 
     /// Apply a review now (its creator, or a holder of `review` over its scope).
     pub fn complete_review(&mut self, actor: &str, id: i64) -> Result<Review> {
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let t = now.timestamp();
             let review = load(tx, id, t)?;

@@ -22,7 +22,7 @@ pub struct SweepReport {
 
 impl Pim {
     pub fn sweep(&mut self, actor: &str) -> Result<SweepReport> {
-        self.write(|tx, now, policy| {
+        self.write_system(|tx, now, policy| {
             let t = now.timestamp();
             let mut report = SweepReport::default();
             type Row = (i64, String, String, String, i64, i64);

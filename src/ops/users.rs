@@ -126,7 +126,7 @@ fn enroll_in(conn: &Connection, vault: &Vault, user: &str) -> Result<Enrollment>
     let secret = mfa::new_secret();
     let b32 = mfa::to_base32(&secret);
     conn.execute(
-        "UPDATE users SET totp_secret = ?1, totp_last_step = NULL, mfa_failures = 0, \
+        "UPDATE users SET totp_secret = ?1, mfa_failures = 0, \
          mfa_locked_until = NULL, mfa_blocked = 0 WHERE name = ?2",
         params![vault.seal(user, &secret)?, user],
     )?;
@@ -285,7 +285,7 @@ impl Pim {
     /// with `MAX_FAILURES` failures within `FAILURE_WINDOW` is locked out of tokens for that
     /// window, refused without another event.
     pub fn authenticate_token(&mut self, token: &str, account: &str) -> Result<String> {
-        self.write(|tx, now, _| {
+        self.write_system(|tx, now, _| {
             let t = now.timestamp();
             if let Some(until) = limited_until(tx, Limited::Account(account), t)? {
                 return Err(Error::Refused(format!(
@@ -344,7 +344,7 @@ impl Pim {
                 "'{name}': service names use letters, digits, '.' and '-' (no '_')."
             )));
         }
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             require(tx, policy, &me, "users", &Scope::root(), now.timestamp())?;
             let id = insert_user(tx, now, name, None, display_name)?;
@@ -369,7 +369,7 @@ impl Pim {
 
     /// Issue a new token for a service and void the old one (permission `users`).
     pub fn rotate_token(&mut self, actor: &str, name: &str) -> Result<ServiceToken> {
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let user = get(tx, name)?;
             require(tx, policy, &me, "users", &Scope::root(), now.timestamp())?;
@@ -486,7 +486,7 @@ impl Pim {
     ) -> Result<User> {
         check_new_user(name, email)?;
         limits::check_opt("display name", display_name, limits::DISPLAY_NAME)?;
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             require(tx, policy, &me, "users", &Scope::root(), now.timestamp())?;
             insert_user(tx, now, name, email, display_name)?;
@@ -516,7 +516,7 @@ impl Pim {
     /// Disable or enable a user (permission `users`). A disabled user holds nothing: their
     /// activations end now. The last holder of a protected role cannot be disabled.
     pub fn set_disabled(&mut self, actor: &str, name: &str, disabled: bool) -> Result<User> {
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let target = get(tx, name)?;
             let t = now.timestamp();
@@ -574,7 +574,7 @@ impl Pim {
         code: Option<&str>,
     ) -> Result<Enrollment> {
         let vault = self.vault.clone();
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let name = target.unwrap_or(actor);
             let user = get(tx, name)?;
@@ -599,7 +599,7 @@ impl Pim {
 
     /// Drop a user's authenticator and lockout (permission `users`).
     pub fn reset_mfa(&mut self, actor: &str, name: &str) -> Result<()> {
-        self.write(|tx, now, policy| {
+        self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let user = get(tx, name)?;
             if !has_permission(tx, policy, &me, "users", &Scope::root(), now.timestamp())? {
@@ -626,6 +626,8 @@ impl Pim {
 pub(crate) enum Limited<'a> {
     Account(&'a str),
     User(&'a str),
+    /// A pim user's changes (successful writes).
+    Changes(&'a str),
 }
 
 impl Limited<'_> {
@@ -633,6 +635,7 @@ impl Limited<'_> {
         match self {
             Limited::Account(a) => format!("os:{a}"),
             Limited::User(u) => format!("user:{u}"),
+            Limited::Changes(u) => format!("changes:{u}"),
         }
     }
 
@@ -642,6 +645,7 @@ impl Limited<'_> {
         match self {
             Limited::Account(_) => mfa::MAX_FAILURES,
             Limited::User(_) => REFUSALS_PER_WINDOW,
+            Limited::Changes(_) => CHANGES_PER_WINDOW,
         }
     }
 }
@@ -649,6 +653,41 @@ impl Limited<'_> {
 /// Refused attempts a pim user may leave on record within 15 minutes; beyond that they are
 /// still refused, but not recorded again until the window has passed (`refusal.throttle`).
 pub const REFUSALS_PER_WINDOW: i64 = 30;
+
+/// Changes (write commands) a pim user may make within 15 minutes; a bulk change is one.
+pub const CHANGES_PER_WINDOW: i64 = 600;
+
+/// Count one change by `actor`; the one that spends the budget starts a pause until the end
+/// of the window (`change.throttle`).
+pub(crate) fn count_change(conn: &Connection, now: DateTime<Utc>, actor: &str) -> Result<()> {
+    let t = now.timestamp();
+    let who = Limited::Changes(actor);
+    let key = who.key();
+    let window = mfa::LOCK_SECONDS;
+    let (count, first): (i64, i64) = conn
+        .prepare_cached("SELECT failures, first_at FROM account_failures WHERE account = ?1")?
+        .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .filter(|&(_, first)| first > t - window)
+        .unwrap_or((0, t));
+    let count = count + 1;
+    let paused = (count >= who.allowance()).then_some(first + window);
+    conn.prepare_cached(
+        "INSERT INTO account_failures (account, failures, first_at, locked_until) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (account) DO UPDATE SET failures = ?2, first_at = ?3, locked_until = ?4",
+    )?
+    .execute(params![key, count, first, paused])?;
+    if let Some(until) = paused {
+        audit::append(
+            conn,
+            now,
+            Event::new(actor, "change.throttle")
+                .expires(Some(until))
+                .detail("changes", count),
+        )?;
+    }
+    Ok(())
+}
 
 /// Until when `who` is over its limit, if it is.
 pub(crate) fn limited_until(conn: &Connection, who: Limited<'_>, now: i64) -> Result<Option<i64>> {
@@ -699,7 +738,7 @@ pub(crate) fn refuse_limited<T>(
     if let Some(until) = locked {
         let action = match who {
             Limited::Account(_) => "account.lock",
-            Limited::User(_) => "refusal.throttle",
+            _ => "refusal.throttle",
         };
         audit::append(
             conn,
@@ -735,7 +774,7 @@ impl Pim {
         if plain.as_deref() != Some("plain") {
             return Ok(0);
         }
-        self.write(|tx, now, _| {
+        self.write_system(|tx, now, _| {
             let rows: Vec<(i64, String, String)> = super::rows(
                 tx,
                 "SELECT id, name, totp_secret FROM users WHERE totp_secret IS NOT NULL",
@@ -852,6 +891,24 @@ mod tests {
         clock.advance(chrono::Duration::minutes(16));
         let latest = pim.user("admin").unwrap();
         assert!(latest.mfa_locked_until.is_some());
+    }
+
+    #[test]
+    fn changes_have_a_budget_per_window() {
+        let (mut pim, clock, _) = pim();
+        for n in 0..super::CHANGES_PER_WINDOW {
+            pim.add_user("admin", &format!("u{n}"), None, None).unwrap();
+        }
+        let e = pim.add_user("admin", "one-more", None, None).unwrap_err();
+        assert_eq!(e.exit_code(), 3);
+        assert!(e.to_string().contains("changes within 15 minutes"), "{e}");
+        assert_eq!(count_events(&pim, "change.throttle"), 1);
+        // Refused without more events, and again possible after the window.
+        pim.add_user("admin", "still-not", None, None).unwrap_err();
+        assert_eq!(count_events(&pim, "change.throttle"), 1);
+        clock.advance(chrono::Duration::minutes(16));
+        pim.add_user("admin", "later", None, None).unwrap();
+        assert!(audit::verify(pim.conn()).unwrap().ok);
     }
 
     #[test]
