@@ -285,28 +285,51 @@ pub fn for_each(
         let n = values.len();
         sql.push_str(&format!(" AND (actor = ?{n} OR principal = ?{n})"));
     }
-    let rows: Vec<StoredEvent>;
-    let mut stmt = conn.prepare(&match newest {
-        Some(limit) => format!("{sql} ORDER BY seq DESC LIMIT {limit}"),
-        None => format!("{sql} ORDER BY seq"),
-    })?;
-    let mut iter = stmt.query(rusqlite::params_from_iter(values))?;
-    if newest.is_some() {
+    if let Some(limit) = newest {
+        let mut stmt = conn.prepare(&format!("{sql} ORDER BY seq DESC LIMIT {limit}"))?;
+        let mut iter = stmt.query(rusqlite::params_from_iter(values))?;
         let mut buf = Vec::new();
         while let Some(row) = iter.next()? {
             buf.push(StoredEvent::from_row(row)?);
         }
+        drop(iter);
         buf.reverse();
-        rows = buf;
-        for e in rows {
+        for e in buf {
             f(e)?;
         }
-    } else {
-        while let Some(row) = iter.next()? {
-            f(StoredEvent::from_row(row)?)?;
+        return Ok(());
+    }
+    // In chunks, each read to its end before it is handed over: a reader that stops reading
+    // (a full pipe) never holds a read transaction open, which would keep the WAL from being
+    // reset while others write. Memory stays at one chunk.
+    const CHUNK: i64 = 4096;
+    values.push(Integer(0));
+    let after = values.len();
+    let mut stmt = conn.prepare(&format!(
+        "{sql} AND seq > ?{after} ORDER BY seq LIMIT {CHUNK}"
+    ))?;
+    let mut last = 0;
+    loop {
+        values[after - 1] = Integer(last);
+        let mut chunk = Vec::with_capacity(CHUNK as usize);
+        {
+            let mut iter = stmt.query(rusqlite::params_from_iter(values.iter()))?;
+            while let Some(row) = iter.next()? {
+                chunk.push(StoredEvent::from_row(row)?);
+            }
+        }
+        let Some(end) = chunk.last().map(|e| e.seq) else {
+            return Ok(());
+        };
+        last = end;
+        let full = chunk.len() as i64 == CHUNK;
+        for e in chunk {
+            f(e)?;
+        }
+        if !full {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 /// The result of checking the whole chain.
