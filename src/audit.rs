@@ -583,6 +583,30 @@ mod tests {
     }
 
     #[test]
+    fn streaming_crosses_chunks_in_order_and_filtered() {
+        let conn = store::in_memory().unwrap();
+        sample(&conn, 10_000);
+        let mut seqs = Vec::new();
+        for_each(&conn, &Filter::default(), None, |e| {
+            seqs.push(e.seq);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seqs, (1..=10_000).collect::<Vec<_>>());
+        let mut n = 0;
+        let f = Filter {
+            since: Some(t(5_000)),
+            ..Filter::default()
+        };
+        for_each(&conn, &f, None, |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 5_000);
+    }
+
+    #[test]
     fn formula_cells_are_defused() {
         assert_eq!(spreadsheet_safe("=1+1"), "'=1+1");
         assert_eq!(spreadsheet_safe("-x"), "'-x");
