@@ -45,6 +45,17 @@ pub fn check(field: &str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
+/// Refuse (exit 2) a name that is not one line of visible text: no control characters (a
+/// newline in a name could forge a line of someone else's screen).
+pub fn one_line(field: &str, value: &str) -> Result<()> {
+    if value.chars().any(char::is_control) {
+        return Err(Error::Usage(format!(
+            "The {field} must be one line without control characters."
+        )));
+    }
+    Ok(())
+}
+
 /// `check` for an optional value.
 pub fn check_opt(field: &str, value: Option<&str>, max: usize) -> Result<()> {
     value.map_or(Ok(()), |v| check(field, v, max))

@@ -79,6 +79,27 @@ pub fn account_name(uid: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// Whether the operating system has an account named `name`.
+pub fn account_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwnam_r writes only into the buffers we hand it.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    rc == 0 && !result.is_null()
+}
+
 /// Run `f` with the installed group as the effective group, then lower it again. Only for
 /// the installed database and its key file, whose paths `store` and `vault` have checked.
 pub fn with_group<T>(f: impl FnOnce() -> T) -> io::Result<T> {
@@ -231,6 +252,15 @@ pub fn create_output(path: &Path, protect: &[FileId]) -> io::Result<File> {
         .open(path)
         .map_err(|e| named(path, e))?;
     let meta = file.metadata()?;
+    if meta.uid() != real_uid() && real_uid() != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to another account; pim writes only files of your own",
+                path.display()
+            ),
+        ));
+    }
     if !meta.file_type().is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -8,6 +8,9 @@ mod support;
 use support::{oathtool, Env};
 
 const ESCAPES: &str = "INC-1 \x1b[2J\x1b]8;;http://evil.example/\x07click\x1b]8;;\x07\r\u{202e}gpj.exe\u{200b}\u{9b}31m";
+/// What a one-line field (name, ticket) may carry: no control characters, but invisible and
+/// reordering ones.
+const HIDDEN: &str = "Eve \u{202e}gpj.exe\u{200b}\u{2066}x";
 
 /// Nothing in `text` that a terminal would act on or hide.
 fn assert_terminal_safe(what: &str, text: &str) {
@@ -40,7 +43,7 @@ fn text_users_wrote_reaches_terminals_escaped_and_json_exactly() {
             "add",
             "eve",
             "--display-name",
-            ESCAPES,
+            HIDDEN,
             "--email",
             "eve@example.com",
         ],
@@ -56,7 +59,7 @@ fn text_users_wrote_reaches_terminals_escaped_and_json_exactly() {
             "-j",
             ESCAPES,
             "--ticket",
-            ESCAPES,
+            HIDDEN,
             "--code",
             &oathtool(&bob, 0),
         ],
@@ -72,7 +75,7 @@ fn text_users_wrote_reaches_terminals_escaped_and_json_exactly() {
             "--reviewer",
             "admin",
             "--name",
-            ESCAPES,
+            HIDDEN,
         ],
     )
     .expect(0);
@@ -110,7 +113,27 @@ fn text_users_wrote_reaches_terminals_escaped_and_json_exactly() {
         .as_array()
         .unwrap()
         .iter()
-        .any(|u| u["display_name"] == ESCAPES));
+        .any(|u| u["display_name"] == HIDDEN));
+    // One-line fields refuse control characters outright: a newline in a name would forge a
+    // line of someone else's screen.
+    for bad in ["Eve\nReview 9 approved", "Eve\x1b[2J", "Eve\rX"] {
+        env.as_("admin", &["user", "add", "evil", "--display-name", bad])
+            .expect(2);
+        env.as_(
+            "admin",
+            &[
+                "review",
+                "create",
+                "--role",
+                "db-admin",
+                "--reviewer",
+                "admin",
+                "--name",
+                bad,
+            ],
+        )
+        .expect(2);
+    }
     // The export keeps the exact bytes for auditors.
     env.as_(
         "admin",
@@ -480,8 +503,10 @@ fn reads_need_a_reason() {
         .expect(3);
     env.as_("bob", &["status", "carol"]).expect(3);
     env.as_("bob", &["user", "show", "carol"]).expect(3);
-    env.as_("bob", &["review", "show", "1"]).expect(3);
-    env.as_("bob", &["review", "export", "1"]).expect(3);
+    // Someone else's review or request is as if it were not there (exit 4), so ids cannot be
+    // walked to learn who asked for what.
+    env.as_("bob", &["review", "show", "1"]).expect(4);
+    env.as_("bob", &["review", "export", "1"]).expect(4);
     let users = env.as_("bob", &["user", "list", "--json"]).expect(0).json();
     assert_eq!(users.as_array().unwrap().len(), 1);
     let all = env
@@ -489,7 +514,12 @@ fn reads_need_a_reason() {
         .expect(0)
         .json();
     assert!(all.as_array().unwrap().iter().all(|r| r["user"] == "bob"));
-    env.as_("carol", &["request", "show", "1"]).expect(3);
+    let hidden = env.as_("carol", &["request", "show", "1"]).expect(4);
+    let missing = env.as_("carol", &["request", "show", "99"]).expect(4);
+    assert_eq!(
+        hidden.stderr.replace(" 1 ", " N "),
+        missing.stderr.replace(" 99 ", " N ")
+    );
     // The reviewer reads the review; the administrator reads everyone.
     env.as_("admin", &["review", "export", "1"]).expect(0);
     let everyone = env
@@ -540,7 +570,7 @@ fn approvers_see_the_requests_they_may_decide() {
     assert_eq!(pending.as_array().unwrap().len(), 1);
     env.as_("dave", &["request", "show", "1"]).expect(0);
     env.user("erin");
-    env.as_("erin", &["request", "show", "1"]).expect(3);
+    env.as_("erin", &["request", "show", "1"]).expect(4);
 }
 
 // ------------------------------------------------------------------ 9: secrets at rest

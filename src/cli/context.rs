@@ -234,6 +234,14 @@ impl Ctx {
             return Ok((pim, service));
         }
         let actor = self.actor(file.as_ref())?;
+        // A service principal signs in with its token only: an operating-system account of
+        // the same name is not that service (root, acting with --as, excepted).
+        if privilege::real_uid() != 0 && pim.user(&actor).is_ok_and(|u| u.kind == "service") {
+            return Err(Error::Refused(format!(
+                "'{actor}' is a service principal, which signs in with its token (PIM_TOKEN) only; an account of the same name is not that service."
+            ))
+            .into());
+        }
         if self.verbose {
             eprintln!("pim: acting as {actor}");
         }

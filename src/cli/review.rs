@@ -75,7 +75,15 @@ fn show(ctx: &Ctx, r: &Review) -> anyhow::Result<()> {
     };
     out(&format!(
         "Review {} \"{}\": {} at {}, {} ({} of {} decided), {window} {}; default {}.",
-        r.id, r.name, r.role, r.scope, r.state, r.decided, r.total, r.end, r.default
+        r.id,
+        super::output::safe(&r.name),
+        r.role,
+        r.scope,
+        r.state,
+        r.decided,
+        r.total,
+        r.end,
+        r.default
     ))?;
     let mut t = table(&[
         "user",

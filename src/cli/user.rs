@@ -101,6 +101,11 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> anyhow::Result<i32> {
         } => {
             let t = pim.add_service(&actor, &name, display_name.as_deref())?;
             show_token(ctx, &t)?;
+            if crate::privilege::account_exists(&name) {
+                ctx.note(&format!(
+                    "Note: this machine has an account named {name}; it is not the service, which signs in with its token only."
+                ));
+            }
         }
         UserCommand::Token { name, rotate: _ } => {
             let t = pim.rotate_token(&actor, &name)?;

@@ -268,6 +268,9 @@ pub(crate) fn activate_in(
         limits::JUSTIFICATION,
     )?;
     limits::check_opt("ticket", input.ticket.as_deref(), limits::TICKET)?;
+    if let Some(t) = &input.ticket {
+        limits::one_line("ticket", t)?;
+    }
     let attempt = Event::new(actor, "activation.request").principal(actor);
     let attempt = match policy.role(&input.role) {
         Some(r) => attempt.role(&r.key),

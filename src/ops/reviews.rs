@@ -451,6 +451,9 @@ impl Pim {
             input.name.as_deref(),
             crate::limits::REVIEW_NAME,
         )?;
+        if let Some(n) = &input.name {
+            crate::limits::one_line("review name", n)?;
+        }
         self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let role = policy

@@ -323,7 +323,6 @@ impl Pim {
                     ),
                 );
             }
-            clear_account(tx, Limited::Account(account))?;
             if stored.is_some_and(|(_, disabled, _)| disabled) {
                 return Err(Error::Refused(format!("The service '{claimed}' is disabled.")));
             }
@@ -486,6 +485,9 @@ impl Pim {
     ) -> Result<User> {
         check_new_user(name, email)?;
         limits::check_opt("display name", display_name, limits::DISPLAY_NAME)?;
+        if let Some(d) = display_name {
+            limits::one_line("display name", d)?;
+        }
         self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             require(tx, policy, &me, "users", &Scope::root(), now.timestamp())?;
@@ -749,12 +751,6 @@ pub(crate) fn refuse_limited<T>(
         )?;
     }
     Err(err.recorded())
-}
-
-pub(crate) fn clear_account(conn: &Connection, who: Limited<'_>) -> Result<()> {
-    conn.prepare_cached("DELETE FROM account_failures WHERE account = ?1")?
-        .execute([who.key()])?;
-    Ok(())
 }
 
 impl Pim {

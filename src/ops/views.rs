@@ -178,7 +178,12 @@ impl Pim {
 
     /// One request, if the viewer may see it.
     pub fn request_seen_by(&self, v: &Viewer, id: i64) -> Result<Request> {
-        let r = self.request(id)?;
+        let r = self.request(id).map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!(
+                "There is no request {id} that you may see. See `pim request list`."
+            )),
+            other => other,
+        })?;
         let policy = self.policy()?;
         let me = users::get(&self.conn, &v.name)?;
         if v.sees(&r.user, &r.scope)
@@ -186,9 +191,9 @@ impl Pim {
         {
             Ok(r)
         } else {
-            Err(Error::Refused(format!(
-                "Request {id} is {}'s; you may see it only as one of its approvers or with oversight of its scope.",
-                r.user
+            // As if it were not there: who asked for what is not yours to learn.
+            Err(Error::NotFound(format!(
+                "There is no request {id} that you may see. See `pim request list`."
             )))
         }
     }
@@ -212,7 +217,12 @@ impl Pim {
     /// A review as the viewer may see it: whole for its reviewers, its creator and holders of
     /// `review` over its scope; in a self-review, a user's own items only.
     pub fn review_seen_by(&self, v: &Viewer, id: i64) -> Result<Review> {
-        let mut r = self.review(id)?;
+        let mut r = self.review(id).map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!(
+                "There is no review {id} that you may see. See `pim review list`."
+            )),
+            other => other,
+        })?;
         let whole = r.created_by == v.name
             || (!r.self_review && r.reviewers.iter().any(|x| x == &v.name))
             || v.reviews_at(&r.scope);
@@ -225,9 +235,8 @@ impl Pim {
             r.decided = r.items.iter().filter(|i| i.decision.is_some()).count() as i64;
             return Ok(r);
         }
-        Err(Error::Refused(format!(
-            "Review {id} is read by its reviewers and holders of the 'review' permission over {}.",
-            r.scope
+        Err(Error::NotFound(format!(
+            "There is no review {id} that you may see. See `pim review list`."
         )))
     }
 
