@@ -30,7 +30,7 @@ pub const POLICY_STRING: usize = 2048;
 /// A whole policy file, in bytes.
 pub const POLICY_BYTES: usize = 256 * 1024;
 /// An import or apply file, in bytes (read whole before the transaction starts).
-pub const BULK_BYTES: u64 = 512 * 1024 * 1024;
+pub const BULK_BYTES: u64 = 128 * 1024 * 1024;
 /// A service token.
 pub const TOKEN: usize = 256;
 

@@ -653,7 +653,8 @@ pub struct LockHolder {
     pub pid: i32,
     pub uid: u32,
     pub user: String,
-    /// Stopped (`kill -STOP`) or stopped by a tracer: it will not let go by itself.
+    /// Stopped (`kill -STOP`), stopped by a tracer, or in a frozen cgroup: it will not let
+    /// go by itself.
     pub stopped: bool,
 }
 
@@ -734,7 +735,7 @@ pub fn lock_holders(files: &[FileId]) -> Vec<LockHolder> {
                 pid,
                 uid,
                 user: privilege::account_name(uid).unwrap_or_else(|| uid.to_string()),
-                stopped: state.starts_with('T') || state.starts_with('t'),
+                stopped: state.starts_with('T') || state.starts_with('t') || frozen(pid),
             })
         })
         .collect()
@@ -762,45 +763,106 @@ pub fn locked(path: &Path, holders: &[LockHolder]) -> Error {
     ))
 }
 
-/// As root: end the stopped processes among `holders` (whatever program they run: a stopped
-/// process never lets go of the database's locks), each through a pidfd taken before it is
-/// checked again, so a reused process id is never hit. Returns the ones ended.
-pub fn end_stopped(files: &[FileId], holders: &[LockHolder]) -> Vec<LockHolder> {
+/// As root: end the holders of the database's locks that will not let go by themselves:
+/// stopped or frozen ones at once, and (with `patience`) any that keeps holding for longer
+/// than that (starved of CPU, say). Each is ended through a pidfd taken before it is checked
+/// again, so a reused process id is never hit. Returns the ones ended (with why).
+pub fn end_stuck_holders(
+    files: &[FileId],
+    patience: Option<std::time::Duration>,
+) -> Vec<(LockHolder, &'static str)> {
     if privilege::real_uid() != 0 {
         return Vec::new();
     }
-    let mut ended = Vec::new();
-    for h in holders.iter().filter(|h| h.stopped) {
-        // SAFETY: pidfd_open takes a pid and flags and returns a descriptor we close below.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, h.pid, 0) } as i32;
-        if fd < 0 {
-            continue;
+    let start = std::time::Instant::now();
+    let mut first_seen: std::collections::HashMap<i32, std::time::Instant> = Default::default();
+    loop {
+        let holders = lock_holders(files);
+        if holders.is_empty() {
+            return Vec::new();
         }
-        // Still the same stopped process holding our locks (checked after the pidfd pinned it)?
-        let still = lock_holders(files)
-            .into_iter()
-            .any(|now| now.pid == h.pid && now.stopped && now.uid == h.uid);
-        // SAFETY: the signal goes to the process the pidfd refers to; then the fd is closed.
-        let sent = still
-            && unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd,
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            } == 0;
-        unsafe { libc::close(fd) };
-        if sent {
-            ended.push(h.clone());
+        let now = std::time::Instant::now();
+        first_seen.retain(|pid, _| holders.iter().any(|h| h.pid == *pid));
+        let mut stuck = Vec::new();
+        for h in &holders {
+            let since = *first_seen.entry(h.pid).or_insert(now);
+            if h.stopped {
+                stuck.push((
+                    h.clone(),
+                    "a stopped or frozen process held the database's locks",
+                ));
+            } else if patience.is_some_and(|p| now.duration_since(since) >= p) {
+                stuck.push((
+                    h.clone(),
+                    "a process held the database's locks for more than a minute",
+                ));
+            }
         }
+        if !stuck.is_empty() {
+            let ended: Vec<(LockHolder, &'static str)> = stuck
+                .into_iter()
+                .filter(|(h, _)| kill_if_holding(files, h))
+                .collect();
+            // Their locks go when they are gone.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            return ended;
+        }
+        match patience {
+            Some(p) if start.elapsed() <= p + std::time::Duration::from_secs(5) => {}
+            _ => return Vec::new(),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    if !ended.is_empty() {
-        // Their locks go when they are gone.
-        std::thread::sleep(std::time::Duration::from_millis(200));
+}
+
+/// SIGKILL `h` through a pidfd, if it is still the same process holding our locks.
+fn kill_if_holding(files: &[FileId], h: &LockHolder) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a descriptor we close below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, h.pid, 0) } as i32;
+    if fd < 0 {
+        return false;
     }
-    ended
+    // Still the same process holding our locks (checked after the pidfd pinned it)?
+    let still = lock_holders(files)
+        .into_iter()
+        .any(|now| now.pid == h.pid && now.uid == h.uid);
+    // SAFETY: the signal goes to the process the pidfd refers to; then the fd is closed.
+    let sent = still
+        && unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        } == 0;
+    // SAFETY: closes the descriptor pidfd_open gave us.
+    unsafe { libc::close(fd) };
+    sent
+}
+
+/// Whether the process is in a frozen cgroup (the freezer of cgroup v2, or of v1: it then
+/// shows as sleeping, not stopped).
+fn frozen(pid: i32) -> bool {
+    let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    cgroups.lines().any(|l| {
+        if let Some(path) = l.strip_prefix("0::") {
+            ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+                .iter()
+                .any(|root| {
+                    std::fs::read_to_string(format!("{root}{path}/cgroup.events"))
+                        .is_ok_and(|e| e.lines().any(|l| l.trim() == "frozen 1"))
+                })
+        } else if let Some((_, path)) = l.split_once(":freezer:") {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state"))
+                .is_ok_and(|s| s.trim() != "THAWED")
+        } else {
+            false
+        }
+    })
 }
 
 /// Remove a database that `create` made and `init` could not finish (with the caller's

@@ -429,6 +429,78 @@ fn a_user_flooding_the_log_with_refusals_is_throttled() {
             && a["users"].as_array().unwrap().iter().any(|u| u == "bob")));
 }
 
+#[test]
+fn bulk_changes_cost_by_size_reveal_nothing_outside_your_scope_and_notify_in_moderation() {
+    let env = Env::new();
+    // A webhook nobody answers: each delivery fails at once.
+    let policy = format!(
+        "{}\n[notifications.webhook]\nurl = \"http://127.0.0.1:9/pim\"\n",
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap(),
+    );
+    std::fs::write(env.path("p.toml"), policy).unwrap();
+    env.run(&["init", "--admin", "admin", "--policies", "p.toml", "--json"])
+        .expect(0);
+    env.user("bob");
+    env.user("mallory");
+    env.as_(
+        "admin",
+        &["assign", "bob", "db-admin", "--scope", "/prod", "-j", "dba"],
+    )
+    .expect(0);
+    env.as_(
+        "admin",
+        &[
+            "assign",
+            "mallory",
+            "privileged-role-admin",
+            "--active",
+            "--scope",
+            "/m",
+            "--duration",
+            "1d",
+            "-j",
+            "lab",
+        ],
+    )
+    .expect(0);
+    // An existing assignment outside mallory's scope is refused, not "unchanged".
+    std::fs::write(
+        env.path("probe.csv"),
+        "user,role,scope,type,start,end,justification,ticket\nbob,db-admin,/prod,eligible,,,x,\n",
+    )
+    .unwrap();
+    let r = env
+        .as_(
+            "mallory",
+            &["assignment", "import", "probe.csv", "--dry-run"],
+        )
+        .expect(3);
+    assert!(
+        r.stderr.contains("'assign' permission over /prod"),
+        "{}",
+        r.stderr
+    );
+    // 2,500 rows within her scope: at most 1,000 notifications (the log has every row).
+    let rows: String = (0..2500)
+        .map(|i| format!("bob,db-admin,/m/s{i},eligible,,,x,\n"))
+        .collect();
+    std::fs::write(
+        env.path("big.csv"),
+        format!("user,role,scope,type,start,end,justification,ticket\n{rows}"),
+    )
+    .unwrap();
+    let queued = env.count("SELECT count(*) FROM outbox");
+    env.as_("mallory", &["assignment", "import", "big.csv", "--dry-run"])
+        .expect(0);
+    env.as_("mallory", &["assignment", "import", "big.csv"])
+        .expect(0);
+    assert_eq!(env.count("SELECT count(*) FROM outbox") - queued, 1000);
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE action = 'assignment.add' AND actor = 'mallory' AND result = 'ok'"),
+        2500
+    );
+}
+
 // ------------------------------------------------------------------ 8: reads need a reason
 
 #[test]

@@ -571,6 +571,32 @@ fn output_paths_are_opened_with_the_callers_rights_only() {
     }
     // The chain holds, and nothing but pim wrote the database.
     i.root(&["audit", "verify"]).expect(0);
+    // A file of someone else's, in a directory everyone may write: never written into.
+    let shared = i.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let planted = shared.join("audit.csv");
+    std::fs::write(&planted, "").unwrap();
+    std::os::unix::fs::chown(&planted, Some(id_of(MALLORY, "-u")), None).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let r = i.as_account(
+        ALICE,
+        &[
+            "audit",
+            "export",
+            "--output",
+            &planted.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    // (pim's own check, or the kernel's fs.protected_regular where it is on)
+    assert!(
+        r.stderr.contains("another account") || r.stderr.contains("Permission denied"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::metadata(&planted).unwrap().len(), 0);
     // A file of her own: created with her rights, 0600.
     let mine = i.home(ALICE).join("mine.csv");
     i.as_account(
@@ -1013,4 +1039,83 @@ fn a_pim_stopped_while_it_opens_the_database_is_ended_by_root() {
         1
     );
     i.as_account(ALICE, &["status"], &[]).expect(0);
+}
+
+/// A holder frozen by a cgroup freezer shows as sleeping, not stopped; root ends it too.
+#[test]
+fn a_pim_frozen_by_a_cgroup_is_ended_by_root() {
+    if !ready() {
+        return;
+    }
+    // A freezer of cgroup v2 (or v1) that root can make a group in.
+    let v2 = Path::new("/sys/fs/cgroup/unified");
+    let v1 = Path::new("/sys/fs/cgroup/freezer");
+    let group = if v2.join("cgroup.procs").exists() {
+        v2.join(format!("pimtest-{}", std::process::id()))
+    } else if v1.join("cgroup.procs").exists() {
+        v1.join(format!("pimtest-{}", std::process::id()))
+    } else {
+        eprintln!("skipped: no cgroup freezer here");
+        return;
+    };
+    if std::fs::create_dir(&group).is_err() {
+        eprintln!("skipped: cannot make a cgroup at {}", group.display());
+        return;
+    }
+    let i = Install::new();
+    let rows: String = (0..200_000)
+        .map(|n| format!("{BOB},db-admin,/s{n},eligible,,,x,\n"))
+        .collect();
+    i.root(&["--as", ALICE, "user", "add", BOB]).expect(0);
+    let file = i.home(ALICE).join("big.csv");
+    std::fs::write(
+        &file,
+        format!("user,role,scope,type,start,end,justification,ticket\n{rows}"),
+    )
+    .unwrap();
+    let mut import = Command::new("setpriv")
+        .args(["--reuid", ALICE, "--regid", ALICE, "--init-groups", "--"])
+        .arg(&i.bin)
+        .args(["assignment", "import", file.to_str().unwrap()])
+        .env_clear()
+        .env("PIM_DB", &i.db)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = import.id() as i32;
+    let mut holding = false;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        if locks
+            .lines()
+            .any(|l| l.contains(&format!(" WRITE {pid} ")) && !l.contains("->"))
+        {
+            holding = true;
+            break;
+        }
+    }
+    assert!(holding, "the import never took the write lock");
+    std::fs::write(group.join("cgroup.procs"), pid.to_string()).unwrap();
+    if group.join("cgroup.freeze").exists() {
+        std::fs::write(group.join("cgroup.freeze"), "1").unwrap();
+    } else {
+        std::fs::write(group.join("freezer.state"), "FROZEN").unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let state = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(!state.contains("State:\tT"), "frozen, not stopped: {state}");
+    // Root's sweep ends it at once and records it.
+    i.root(&["sweep"]).expect(0);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(import.wait().unwrap().signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        i.count(&format!(
+            "SELECT count(*) FROM audit_events WHERE action = 'lock.break' AND principal = '{ALICE}'"
+        )),
+        1
+    );
+    let _ = std::fs::remove_dir(&group);
 }

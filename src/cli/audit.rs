@@ -290,10 +290,14 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
     }
     // Root's sweep first ends any stopped pim that holds the database (see `Ctx::open`).
     if crate::privilege::real_uid() == 0 {
-        ctx.end_stopped_holders(&mut pim);
+        ctx.end_stopped_holders(&mut pim, None);
     }
     let report = match pim.sweep(&actor) {
-        Err(e) if e.is_locked() && ctx.end_stopped_holders(&mut pim) => pim.sweep(&actor)?,
+        Err(e)
+            if e.is_locked() && ctx.end_stopped_holders(&mut pim, Some(super::context::STUCK)) =>
+        {
+            pim.sweep(&actor)?
+        }
         other => other?,
     };
     let delivery = if ctx.delivers_for_everyone() {

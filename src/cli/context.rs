@@ -35,6 +35,10 @@ struct Session {
     file: DbFile,
 }
 
+/// How long root waits for a holder of the database's locks that is not stopped before it
+/// ends it (no pim transaction takes this long unless it is starved).
+pub const STUCK: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The default database: $XDG_DATA_HOME/pim/pim.db, or ~/.local/share/pim/pim.db.
 fn default_db() -> PathBuf {
     let data = std::env::var_os("XDG_DATA_HOME")
@@ -143,7 +147,7 @@ impl Ctx {
             // process mid-transaction; only root can end it), records it, and goes on.
             Err(e) if e.is_locked() && privilege::real_uid() == 0 => {
                 let files = store::file_ids(&self.db);
-                ended = store::end_stopped(&files, &store::lock_holders(&files));
+                ended = store::end_stuck_holders(&files, Some(STUCK));
                 if ended.is_empty() {
                     return Err(e.into());
                 }
@@ -175,8 +179,8 @@ impl Ctx {
             // Root could write the database directly anyway.
             pim.without_budget();
         }
-        for holder in &ended {
-            pim.record_lock_break(&os_account, holder)?;
+        for (holder, why) in &ended {
+            pim.record_lock_break(&os_account, holder, why)?;
         }
         pim.seal_plain_secrets(&os_account)?;
         if self.verbose {
@@ -297,12 +301,16 @@ impl Ctx {
 
     /// As root: end the stopped pim processes that hold the open database's locks, and record
     /// it. Returns whether any was ended (so that the caller may try again).
-    pub fn end_stopped_holders(&self, pim: &mut Pim) -> bool {
+    pub fn end_stopped_holders(
+        &self,
+        pim: &mut Pim,
+        patience: Option<std::time::Duration>,
+    ) -> bool {
         let files = self.protected_files();
-        let ended = store::end_stopped(&files, &store::lock_holders(&files));
+        let ended = store::end_stuck_holders(&files, patience);
         let actor = real_user().unwrap_or_else(|_| "root".to_string());
-        for holder in &ended {
-            let _ = pim.record_lock_break(&actor, holder);
+        for (holder, why) in &ended {
+            let _ = pim.record_lock_break(&actor, holder, why);
         }
         !ended.is_empty()
     }

@@ -566,7 +566,7 @@ impl Pim {
         role: &str,
         scope: Option<&Scope>,
     ) -> Result<Request> {
-        self.write(actor, |tx, now, policy| {
+        self.write_system(|tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
             let t = now.timestamp();

@@ -242,7 +242,7 @@ impl Pim {
 
     /// Withdraw your own pending or scheduled request.
     pub fn cancel(&mut self, actor: &str, id: i64) -> Result<Request> {
-        self.write(actor, |tx, now, _| {
+        self.write_system(|tx, now, _| {
             actor_user(tx, actor)?;
             let t = now.timestamp();
             let r = load(tx, id, t)?;

@@ -250,6 +250,7 @@ fn bulk<T>(
         chrono::DateTime<chrono::Utc>,
         &crate::policy::Policy,
         &users::User,
+        &std::cell::Cell<usize>,
     ) -> Result<T>,
 ) -> Result<T> {
     let policy = pim.policy()?;
@@ -299,26 +300,63 @@ fn bulk<T>(
     }
     tx.execute_batch("SAVEPOINT bulk")?;
     let mark = super::outbox_end(&tx)?;
-    match f(&tx, now, &policy, &me) {
+    // The rows gone through: the change's cost against the budget, dry run or not.
+    let rows = std::cell::Cell::new(0usize);
+    let result = f(&tx, now, &policy, &me, &rows);
+    let units = users::bulk_units(rows.get());
+    match result {
         Ok(v) => {
             tx.execute_batch("RELEASE bulk")?;
-            if !dry_run {
+            let end = super::outbox_end(&tx)?;
+            // A bulk change notifies at most so often; the audit log has every row.
+            tx.execute(
+                "DELETE FROM outbox WHERE id > ?1",
+                [mark + NOTICES_PER_BULK],
+            )?;
+            if dry_run {
+                drop(tx);
                 if pim.budget {
-                    users::count_change(&tx, now, actor)?;
+                    let tx = pim
+                        .conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    users::count_change(&tx, now, actor, units)?;
+                    tx.commit()?;
                 }
-                let end = super::outbox_end(&tx)?;
+            } else {
+                if pim.budget {
+                    users::count_change(&tx, now, actor, units)?;
+                }
                 tx.commit()?;
-                pim.note_queued((mark, end));
+                pim.note_queued((mark, end.min(mark + NOTICES_PER_BULK)));
             }
             Ok(v)
         }
         Err(Error::Recorded(e)) => {
+            if pim.budget {
+                users::count_change(&tx, now, actor, units)?;
+            }
             tx.commit()?;
             Err(*e)
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            drop(tx);
+            if pim.budget {
+                let tx = pim
+                    .conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                users::count_change(&tx, now, actor, units)?;
+                tx.commit()?;
+            }
+            Err(e)
+        }
     }
 }
+
+/// The notifications one bulk change may queue.
+const NOTICES_PER_BULK: i64 = 1000;
+
+/// The rows one import file may have (split larger ones).
+const ROWS_PER_IMPORT: usize = 1_000_000;
 
 impl Pim {
     /// Import assignments, streamed row by row in one transaction: every row is checked
@@ -332,11 +370,19 @@ impl Pim {
         dry_run: bool,
     ) -> Result<ImportSummary> {
         let event = Event::new(actor, "assignment.add").detail("source", "import");
-        bulk(self, actor, event, dry_run, |tx, now, policy, _| {
+        bulk(self, actor, event, dry_run, |tx, now, policy, me, seen| {
             let t = now.timestamp();
             let (mut added, mut unchanged) = (0, 0);
             let mut problems = Problems::default();
             for row in rows {
+                seen.set(seen.get() + 1);
+                if seen.get() > ROWS_PER_IMPORT {
+                    problems.note(
+                        0,
+                        &format!("the file has more than {ROWS_PER_IMPORT} rows; split it."),
+                    );
+                    break;
+                }
                 if problems.total >= SHOWN {
                     // Enough to fix first; the rest of the file is not gone through.
                     problems.note(0, &"... and the rest of the file was not checked.");
@@ -357,6 +403,25 @@ impl Pim {
                     }
                 };
                 let kind = if input.active { "active" } else { "eligible" };
+                // Permission first: whether an assignment exists outside your scope is not
+                // yours to learn from an "unchanged".
+                if !super::has_permission(tx, policy, me, "assign", &input.scope, t)? {
+                    let event = row_event(
+                        actor,
+                        "assignment.add",
+                        &input.user,
+                        &input.role,
+                        input.scope.as_str(),
+                        kind,
+                        "import",
+                    );
+                    problems.refuse(
+                        row.line,
+                        &super::permission_error("assign", &input.scope),
+                        event,
+                    );
+                    continue;
+                }
                 match exists(tx, &input.user, &input.role, input.scope.as_str(), kind, t) {
                     Ok(true) => {
                         unchanged += 1;
@@ -457,7 +522,8 @@ impl Pim {
         dry_run: bool,
     ) -> Result<Plan> {
         let event = Event::new(actor, "assignment.add").detail("source", "apply");
-        bulk(self, actor, event, dry_run, |tx, now, policy, me| {
+        bulk(self, actor, event, dry_run, |tx, now, policy, me, seen| {
+            seen.set(desired.len());
             apply_in(tx, now, policy, me, actor, desired, prune, dry_run)
         })
         .map(|mut plan| {
@@ -796,6 +862,42 @@ pub fn parse_desired(text: &str) -> Result<Vec<Desired>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bulk change costs the budget by its size, dry runs too.
+    #[test]
+    fn bulk_changes_cost_their_size() {
+        let (mut pim, _, _) = super::super::testing::pim();
+        pim.add_user("admin", "bob", None, None).unwrap();
+        let rows = |n: usize| {
+            (0..n)
+                .map(|i| {
+                    Ok(ImportRow {
+                        line: i + 2,
+                        user: "bob".into(),
+                        role: "db-admin".into(),
+                        scope: format!("/s{i}"),
+                        kind: "eligible".into(),
+                        justification: "x".into(),
+                        ..Default::default()
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        let used = |pim: &Pim| -> i64 {
+            pim.conn()
+                .query_row(
+                    "SELECT failures FROM account_failures WHERE account = 'changes:admin'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let before = used(&pim);
+        pim.import_assignments("admin", rows(2500), true).unwrap();
+        assert_eq!(used(&pim), before + 3);
+        pim.import_assignments("admin", rows(2500), false).unwrap();
+        assert_eq!(used(&pim), before + 6);
+    }
 
     /// The per-row lookups of an import use the index on (user, role, scope, kind): the
     /// cost of a row does not grow with the assignments already there.

@@ -121,7 +121,8 @@ impl Pim {
         self.write_as(budget, f)
     }
 
-    /// `write` for what the system does (sweep, sign-ins, sealing): no budget.
+    /// `write` for what the system does (sweep, sign-ins, sealing) and for giving up a role
+    /// or a request (never blocked by a budget): no budget.
     fn write_system<T>(
         &mut self,
         f: impl FnOnce(&Transaction<'_>, DateTime<Utc>, &Policy) -> Result<T>,
@@ -153,7 +154,7 @@ impl Pim {
         let mark = outbox_end(&tx)?;
         let result = f(&tx, now, &policy);
         if let (Some(actor), Ok(_)) = (&budget, &result) {
-            users::count_change(&tx, now, actor)?;
+            users::count_change(&tx, now, actor, 1)?;
         }
         if matches!(result, Ok(_) | Err(Error::Recorded(_))) {
             // Writers are serialised: what the outbox gained in this transaction is ours.
@@ -410,6 +411,7 @@ impl Pim {
         &mut self,
         actor: &str,
         holder: &crate::store::LockHolder,
+        why: &str,
     ) -> Result<()> {
         self.write_system(|tx, now, _| {
             crate::audit::append(
@@ -419,7 +421,7 @@ impl Pim {
                     .principal(&holder.user)
                     .detail("pid", holder.pid)
                     .detail("uid", holder.uid)
-                    .detail("reason", "a stopped process held the database's locks"),
+                    .detail("reason", why),
             )?;
             Ok(())
         })

@@ -454,6 +454,7 @@ impl Pim {
         if let Some(n) = &input.name {
             crate::limits::one_line("review name", n)?;
         }
+        let budget = self.budget;
         self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
             let role = policy
@@ -513,7 +514,17 @@ impl Pim {
                 input.every.as_deref(),
                 &name,
             )?;
-            load(tx, id, t)
+            let review = load(tx, id, t)?;
+            // A review of many assignments costs the budget like a bulk change of as many rows.
+            if budget && review.total >= 1000 {
+                super::users::count_change(
+                    tx,
+                    now,
+                    actor,
+                    super::users::bulk_units(review.total as usize) - 1,
+                )?;
+            }
+            Ok(review)
         })
     }
 

@@ -656,12 +656,24 @@ impl Limited<'_> {
 /// still refused, but not recorded again until the window has passed (`refusal.throttle`).
 pub const REFUSALS_PER_WINDOW: i64 = 30;
 
-/// Changes (write commands) a pim user may make within 15 minutes; a bulk change is one.
+/// Changes (write commands) a pim user may make within 15 minutes. A bulk change (import,
+/// apply, a review's creation) counts one more for every 1,000 rows it goes through, dry
+/// runs included: its cost on the database, not its count of commands.
 pub const CHANGES_PER_WINDOW: i64 = 600;
+
+/// The budget units of a bulk change of `rows` rows.
+pub fn bulk_units(rows: usize) -> i64 {
+    1 + rows as i64 / 1000
+}
 
 /// Count one change by `actor`; the one that spends the budget starts a pause until the end
 /// of the window (`change.throttle`).
-pub(crate) fn count_change(conn: &Connection, now: DateTime<Utc>, actor: &str) -> Result<()> {
+pub(crate) fn count_change(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    actor: &str,
+    units: i64,
+) -> Result<()> {
     let t = now.timestamp();
     let who = Limited::Changes(actor);
     let key = who.key();
@@ -672,7 +684,7 @@ pub(crate) fn count_change(conn: &Connection, now: DateTime<Utc>, actor: &str) -
         .optional()?
         .filter(|&(_, first)| first > t - window)
         .unwrap_or((0, t));
-    let count = count + 1;
+    let count = count + units.max(1);
     let paused = (count >= who.allowance()).then_some(first + window);
     conn.prepare_cached(
         "INSERT INTO account_failures (account, failures, first_at, locked_until) VALUES (?1, ?2, ?3, ?4) \

@@ -29,6 +29,20 @@ pub struct Viewer {
     policy: Vec<Scope>,
 }
 
+/// `text` with every e-mail address but `own` replaced.
+fn hide_addresses(text: &str, own: Option<&str>) -> String {
+    let mut out = Vec::new();
+    for word in text.split(' ') {
+        let bare = word.trim_matches(|c: char| "<>()[]{},;:\"'".contains(c));
+        if bare.contains('@') && Some(bare) != own {
+            out.push(word.replace(bare, "(an e-mail address)"));
+        } else {
+            out.push(word.to_string());
+        }
+    }
+    out.join(" ")
+}
+
 fn refused(what: &str) -> Error {
     Error::Refused(format!(
         "{what} needs the 'users', 'assign', 'audit' or 'review' permission. Activate a role that grants one (see `pim role list`)."
@@ -263,12 +277,15 @@ impl Pim {
                     || serde_json::from_str::<serde_json::Value>(&o.payload)
                         .is_ok_and(|p| p["user"] == v.name.as_str())
             });
-            // Other people's addresses are theirs.
+            // Other people's addresses are theirs, also where a mail server's reply names one.
             for o in &mut list {
                 for r in &mut o.recipients {
                     if r.contains('@') && Some(&*r) != own.as_ref() {
                         *r = "(an e-mail address)".to_string();
                     }
+                }
+                if let Some(e) = &mut o.last_error {
+                    *e = hide_addresses(e, own.as_deref());
                 }
             }
         }
@@ -293,5 +310,17 @@ impl Pim {
             ));
         }
         self.policy()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mail_server_replies_hide_other_peoples_addresses() {
+        let e = "permanent error (550): 5.1.1 <carol@example.com>: Recipient address rejected, bob@example.com ok";
+        let shown = super::hide_addresses(e, Some("bob@example.com"));
+        assert!(!shown.contains("carol@example.com"), "{shown}");
+        assert!(shown.contains("<(an e-mail address)>"), "{shown}");
+        assert!(shown.contains("bob@example.com"), "{shown}");
     }
 }
