@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # pim's main job on the default database ($XDG_DATA_HOME/pim/pim.db), start to finish:
-# build, create the database with you as break-glass administrator, make you eligible for the
-# Database Administrator role, and activate it just in time with a justification and a TOTP
-# code. Needs cargo and python3 (which stands in for your authenticator app here).
+# build, create the database with a break-glass administrator, add you as a user with an
+# authenticator, make you eligible for the Database Administrator role (an administrator does
+# that: nobody assigns themselves a role), and activate it just in time with a justification
+# and a TOTP code. Needs cargo and python3 (which stands in for your authenticator app here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-pim() { ./target/release/pim "$@"; }
+# PIM_BIN: a pim already built (the tests run this script with theirs).
+if [ -z "${PIM_BIN:-}" ]; then
+    cargo build --release --quiet
+fi
+pim() { "${PIM_BIN:-./target/release/pim}" "$@"; }
 me=$(id -un)
+admin=pim-admin
 db="${PIM_DB:-${XDG_DATA_HOME:-$HOME/.local/share}/pim/pim.db}"
 
 if [ -e "$db" ]; then
@@ -23,13 +28,20 @@ s=sys.argv[1]; k=base64.b32decode(s+"="*(-len(s)%8))
 h=hmac.new(k,struct.pack(">Q",int(time.time())//30),hashlib.sha1).digest(); o=h[-1]&15
 print("%06d"%((struct.unpack(">I",h[o:o+4])[0]&0x7fffffff)%1000000))' "$1"
 }
+secret_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'; }
 
-echo "\$ pim init --admin $me"
-secret=$(pim init --admin "$me" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
-echo "Created $db; your authenticator secret is $secret (pim mfa enroll shows it as a QR code)."
+echo "\$ pim init --admin $admin"
+pim init --admin "$admin" --json >/dev/null
+echo "Created $db with $admin as break-glass administrator (its TOTP key is in your config directory)."
 echo
-echo "\$ pim assign $me db-admin --scope /prod --duration 90d -j 'on-call rotation'"
-pim assign "$me" db-admin --scope /prod --duration 90d -j "on-call rotation"
+# You own the database file, so you may act as its administrator with --as.
+echo "\$ pim --as $admin user add $me && pim --as $admin mfa enroll $me"
+pim --as "$admin" user add "$me" >/dev/null
+secret=$(pim --as "$admin" mfa enroll "$me" --json | secret_of)
+echo "Added $me; your authenticator secret is $secret (pim mfa enroll shows it as a QR code)."
+echo
+echo "\$ pim --as $admin assign $me db-admin --scope /prod --duration 90d -j 'on-call rotation'"
+pim --as "$admin" assign "$me" db-admin --scope /prod --duration 90d -j "on-call rotation"
 echo
 echo "\$ pim activate db-admin --scope /prod --duration 1h -j 'INC-1234 replica lag' --code ******"
 pim activate db-admin --scope /prod --duration 1h -j "INC-1234 replica lag" --code "$(totp "$secret")"

@@ -147,3 +147,29 @@ fn the_repository_policy_validates() {
     env.run(&["policy", "validate", &format!("{REPO}/policies.toml")])
         .expect(0);
 }
+
+/// The README's first command: pim's main job on the default database of a fresh account.
+#[test]
+fn the_quickstart_runs_on_a_fresh_account() {
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(format!("{REPO}/examples/quickstart.sh"))
+        .env("PIM_BIN", support::bin())
+        .env("HOME", home.path())
+        .env_remove("PIM_DB")
+        .env_remove("PIM_USER")
+        .env_remove("PIM_TOKEN")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("is active at /prod"), "{stdout}");
+    assert!(stdout.contains("The audit chain holds"), "{stdout}");
+    assert!(home.path().join(".local/share/pim/pim.db").exists());
+}
