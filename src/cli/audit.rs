@@ -283,6 +283,7 @@ fn csv_error(e: csv::Error) -> Error {
 }
 
 pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
+    ctx.be_patient();
     let (mut pim, actor) = ctx.open()?;
     // Pim users and root (a system timer) sweep; strangers are refused.
     if crate::privilege::real_uid() != 0 {

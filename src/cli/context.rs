@@ -27,6 +27,9 @@ pub struct Ctx {
     installed: std::cell::Cell<bool>,
     /// The database file and its companions, which no output may replace.
     files: std::cell::OnceCell<Vec<FileId>>,
+    /// Root may wait out a lock holder that is not stopped (`pim sweep`, from a timer); any
+    /// other command (a PAM `check`) ends only the stopped and frozen ones and goes on.
+    patient: std::cell::Cell<bool>,
 }
 
 /// The open database of this command.
@@ -79,6 +82,7 @@ impl Ctx {
             session: RefCell::new(None),
             installed: std::cell::Cell::new(false),
             files: std::cell::OnceCell::new(),
+            patient: std::cell::Cell::new(false),
         }
     }
 
@@ -147,7 +151,7 @@ impl Ctx {
             // process mid-transaction; only root can end it), records it, and goes on.
             Err(e) if e.is_locked() && privilege::real_uid() == 0 => {
                 let files = store::file_ids(&self.db);
-                ended = store::end_stuck_holders(&files, Some(STUCK));
+                ended = store::end_stuck_holders(&files, self.patient.get().then_some(STUCK));
                 if ended.is_empty() {
                     return Err(e.into());
                 }
@@ -313,6 +317,11 @@ impl Ctx {
             let _ = pim.record_lock_break(&actor, holder, why);
         }
         !ended.is_empty()
+    }
+
+    /// Let root wait out a lock holder that is not stopped, up to `STUCK` (for `pim sweep`).
+    pub fn be_patient(&self) {
+        self.patient.set(true);
     }
 
     /// The sentence for a database that stayed locked after it was opened.
