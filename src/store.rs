@@ -686,7 +686,7 @@ pub fn file_ids(path: &Path) -> Vec<FileId> {
         .collect()
 }
 
-/// The other processes holding locks on `files`, from `/proc/locks`.
+/// The other processes holding exclusive locks on `files`, from `/proc/locks`.
 pub fn lock_holders(files: &[FileId]) -> Vec<LockHolder> {
     let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
         return Vec::new();
@@ -712,6 +712,11 @@ pub fn lock_holders(files: &[FileId]) -> Vec<LockHolder> {
         ) else {
             continue;
         };
+        // Only exclusive locks keep others out: every open connection holds shared ones
+        // (SQLite's "dead man switch" on the -shm file), which block no one.
+        if f[3] != "WRITE" {
+            continue;
+        }
         let ours = files.iter().any(|id| {
             id.ino == ino && libc::major(id.dev) == major && libc::minor(id.dev) == minor
         });
@@ -763,56 +768,39 @@ pub fn locked(path: &Path, holders: &[LockHolder]) -> Error {
     ))
 }
 
-/// As root: end the holders of the database's locks that will not let go by themselves:
-/// stopped or frozen ones at once, and (with `patience`) any that keeps holding for longer
-/// than that (starved of CPU, say). Each is ended through a pidfd taken before it is checked
-/// again, so a reused process id is never hit. Returns the ones ended (with why).
-pub fn end_stuck_holders(
-    files: &[FileId],
-    patience: Option<std::time::Duration>,
-) -> Vec<(LockHolder, &'static str)> {
+/// As root: end the holders of the database's exclusive locks that keep everyone else out:
+/// the stopped and frozen ones, and with `all` (root's sweep, after a minute of not getting
+/// in) every one but root's own, whatever its state (starved of CPU, say, or one of a chain
+/// of processes handing the lock on). Each is ended through a pidfd taken before it is
+/// checked again, so a reused process id is never hit. Returns the ones ended (with why).
+pub fn end_stuck_holders(files: &[FileId], all: bool) -> Vec<(LockHolder, &'static str)> {
     if privilege::real_uid() != 0 {
         return Vec::new();
     }
-    let start = std::time::Instant::now();
-    let mut first_seen: std::collections::HashMap<i32, std::time::Instant> = Default::default();
-    loop {
-        let holders = lock_holders(files);
-        if holders.is_empty() {
-            return Vec::new();
-        }
-        let now = std::time::Instant::now();
-        first_seen.retain(|pid, _| holders.iter().any(|h| h.pid == *pid));
-        let mut stuck = Vec::new();
-        for h in &holders {
-            let since = *first_seen.entry(h.pid).or_insert(now);
+    let stuck: Vec<(LockHolder, &'static str)> = lock_holders(files)
+        .into_iter()
+        .filter_map(|h| {
             if h.stopped {
-                stuck.push((
-                    h.clone(),
-                    "a stopped or frozen process held the database's locks",
-                ));
-            } else if patience.is_some_and(|p| now.duration_since(since) >= p) {
-                stuck.push((
-                    h.clone(),
-                    "a process held the database's locks for more than a minute",
-                ));
+                Some((
+                    h,
+                    "a stopped or frozen process held the database's write lock",
+                ))
+            } else if all && h.uid != 0 {
+                Some((h, "the database stayed locked for more than a minute"))
+            } else {
+                None
             }
-        }
-        if !stuck.is_empty() {
-            let ended: Vec<(LockHolder, &'static str)> = stuck
-                .into_iter()
-                .filter(|(h, _)| kill_if_holding(files, h))
-                .collect();
-            // Their locks go when they are gone.
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            return ended;
-        }
-        match patience {
-            Some(p) if start.elapsed() <= p + std::time::Duration::from_secs(5) => {}
-            _ => return Vec::new(),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        })
+        .collect();
+    let ended: Vec<(LockHolder, &'static str)> = stuck
+        .into_iter()
+        .filter(|(h, _)| kill_if_holding(files, h))
+        .collect();
+    if !ended.is_empty() {
+        // Their locks go when they are gone.
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    ended
 }
 
 /// SIGKILL `h` through a pidfd, if it is still the same process holding our locks.

@@ -1119,3 +1119,89 @@ fn a_pim_frozen_by_a_cgroup_is_ended_by_root() {
     );
     let _ = std::fs::remove_dir(&group);
 }
+
+/// Only exclusive locks keep others out: a stopped pim that is merely connected (holding the
+/// shared locks every connection holds) is left alone; a holder of the write lock that is
+/// not stopped but never lets go is ended by root's sweep after a minute, and recorded.
+#[test]
+fn roots_sweep_ends_only_holders_that_keep_everyone_out() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    // alice's `exec` runs a long command holding her connection (shared locks only); she
+    // presses Ctrl-Z: pim stops, blocking no one.
+    let mut exec = Command::new("setpriv")
+        .args(["--reuid", ALICE, "--regid", ALICE, "--init-groups", "--"])
+        .arg(&i.bin)
+        .args(["exec", "global-admin", "--", "sleep", "120"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("PIM_DB", &i.db)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let exec_pid = exec.id() as i32;
+    unsafe { libc::kill(exec_pid, libc::SIGSTOP) };
+    i.root(&["sweep"]).expect(0);
+    assert_eq!(
+        exec.try_wait().unwrap(),
+        None,
+        "a stopped pim that blocks no one was ended"
+    );
+    // A member of the group (who can open the files) holds SQLite's write lock and never
+    // lets go, without being stopped.
+    let member = "pimt-member";
+    let exists = Command::new("id")
+        .arg(member)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !exists {
+        assert!(Command::new("useradd")
+            .args(["--no-create-home", "--user-group", "-G", GROUP, member])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let shm = format!("{}-shm", i.db.display());
+    let mut holder = Command::new("setpriv")
+        .args(["--reuid", member, "--regid", member, "--init-groups", "--"])
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR); fcntl.lockf(fd, fcntl.LOCK_EX, 1, 120, 0); print('held', flush=True); time.sleep(600)",
+            &shm,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held");
+    // Writes are refused meanwhile, naming the holder.
+    let r = i.as_account(ALICE, &["user", "add", "zed"], &[]).expect(1);
+    assert!(r.stderr.contains(member), "{}", r.stderr);
+    // Root's sweep keeps trying, and after a minute ends it.
+    let started = std::time::Instant::now();
+    i.root(&["sweep"]).expect(0);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(55));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(holder.wait().unwrap().signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        i.count(&format!(
+            "SELECT count(*) FROM audit_events WHERE action = 'lock.break' AND principal = '{member}'"
+        )),
+        1
+    );
+    unsafe { libc::kill(exec_pid, libc::SIGKILL) };
+    let _ = exec.wait();
+    i.as_account(ALICE, &["user", "add", "zed"], &[]).expect(0);
+}

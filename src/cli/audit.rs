@@ -290,16 +290,20 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
         pim.viewer(&actor)?;
     }
     // Root's sweep first ends any stopped pim that holds the database (see `Ctx::open`).
-    if crate::privilege::real_uid() == 0 {
-        ctx.end_stopped_holders(&mut pim, None);
-    }
-    let report = match pim.sweep(&actor) {
-        Err(e)
-            if e.is_locked() && ctx.end_stopped_holders(&mut pim, Some(super::context::STUCK)) =>
-        {
-            pim.sweep(&actor)?
+    // Root's sweep keeps trying (each try waits 10 s for the lock), ends stopped and frozen
+    // holders as it goes, and after a minute without getting in whoever holds the lock.
+    let first = std::time::Instant::now();
+    let report = loop {
+        if crate::privilege::real_uid() == 0 {
+            ctx.end_stopped_holders(&mut pim, first.elapsed() >= super::context::STUCK);
         }
-        other => other?,
+        match pim.sweep(&actor) {
+            Err(e)
+                if e.is_locked()
+                    && crate::privilege::real_uid() == 0
+                    && first.elapsed() < super::context::GIVE_UP => {}
+            other => break other?,
+        }
     };
     let delivery = if ctx.delivers_for_everyone() {
         pim.deliver(

@@ -42,6 +42,9 @@ struct Session {
 /// ends it (no pim transaction takes this long unless it is starved).
 pub const STUCK: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How long root's sweep keeps trying to get in before it gives up for this run.
+pub const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// The default database: $XDG_DATA_HOME/pim/pim.db, or ~/.local/share/pim/pim.db.
 fn default_db() -> PathBuf {
     let data = std::env::var_os("XDG_DATA_HOME")
@@ -145,19 +148,31 @@ impl Ctx {
     }
 
     fn start(&self) -> anyhow::Result<Session> {
+        // Root ends a pim that holds the database and will not let go (anyone can stop or
+        // starve their own process mid-transaction; only root can end it), records it, and
+        // goes on. Root's sweep keeps trying up to `GIVE_UP`, and after `STUCK` without
+        // getting in ends whoever holds the lock; other root commands (a PAM `check`) end
+        // only the stopped and frozen ones, once.
         let mut ended = Vec::new();
-        let db = match store::open(&self.db) {
-            // Root ends a stopped pim that holds the database (anyone can stop their own
-            // process mid-transaction; only root can end it), records it, and goes on.
-            Err(e) if e.is_locked() && privilege::real_uid() == 0 => {
-                let files = store::file_ids(&self.db);
-                ended = store::end_stuck_holders(&files, self.patient.get().then_some(STUCK));
-                if ended.is_empty() {
-                    return Err(e.into());
+        let first = std::time::Instant::now();
+        let db = loop {
+            match store::open(&self.db) {
+                Err(e) if e.is_locked() && privilege::real_uid() == 0 => {
+                    let files = store::file_ids(&self.db);
+                    let long = self.patient.get() && first.elapsed() >= STUCK;
+                    let now_ended = store::end_stuck_holders(&files, long);
+                    let gave_up = if self.patient.get() {
+                        first.elapsed() >= GIVE_UP
+                    } else {
+                        now_ended.is_empty()
+                    };
+                    ended.extend(now_ended);
+                    if gave_up {
+                        return Err(e.into());
+                    }
                 }
-                store::open(&self.db)?
+                other => break other?,
             }
-            other => other?,
         };
         self.installed.set(db.file.installed);
         let _ = self.files.set(db.file.files.clone());
@@ -305,13 +320,9 @@ impl Ctx {
 
     /// As root: end the stopped pim processes that hold the open database's locks, and record
     /// it. Returns whether any was ended (so that the caller may try again).
-    pub fn end_stopped_holders(
-        &self,
-        pim: &mut Pim,
-        patience: Option<std::time::Duration>,
-    ) -> bool {
+    pub fn end_stopped_holders(&self, pim: &mut Pim, all: bool) -> bool {
         let files = self.protected_files();
-        let ended = store::end_stuck_holders(&files, patience);
+        let ended = store::end_stuck_holders(&files, all);
         let actor = real_user().unwrap_or_else(|_| "root".to_string());
         for (holder, why) in &ended {
             let _ = pim.record_lock_break(&actor, holder, why);
