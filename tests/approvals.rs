@@ -214,8 +214,9 @@ fn an_approver_without_an_authenticator_is_told_to_enrol() {
 fn holders_of_approve_decide_where_a_role_names_no_approvers() {
     let w = world();
     let id = request(&w, "db-admin", &[]);
-    // Carol is not an approver until she holds a role with `approve` over /prod.
-    decide(&w, "carol", &w.carol, "approve", id, 0).expect(3);
+    // Carol is not an approver until she holds a role with `approve` over /prod (until
+    // then, bob's request is not hers to see: exit 4, and the attempt is on record).
+    decide(&w, "carol", &w.carol, "approve", id, 0).expect(4);
     make_approver(&w, "carol", "/prod");
     let r = decide(&w, "carol", &w.carol, "approve", id, 30)
         .expect(0)
@@ -332,7 +333,8 @@ fn wait_returns_when_decided() {
 fn cancel_extend_and_revoke() {
     let w = world();
     let id = request(&w, "prod-root", &[]);
-    w.env.as_("carol", &["cancel", &id.to_string()]).expect(3);
+    // Not hers: as if it were not there.
+    w.env.as_("carol", &["cancel", &id.to_string()]).expect(4);
     let r = w
         .env
         .as_("bob", &["cancel", &id.to_string(), "--json"])
@@ -417,10 +419,15 @@ fn cancel_extend_and_revoke() {
         1
     );
 
-    // Revoke needs `assign` over the scope and a reason.
+    // Revoke needs `assign` over the scope (without any reason to see bob's request, carol
+    // learns nothing of it: exit 4, on record) and a reason.
     w.env
         .as_("carol", &["revoke", &plain_id.to_string(), "-j", "no"])
-        .expect(3);
+        .expect(4);
+    assert!(
+        w.env.count("SELECT count(*) FROM audit_events WHERE action = 'activation.revoke' AND actor = 'carol' AND result != 'ok'")
+            == 1
+    );
     let r = w
         .env
         .as_(

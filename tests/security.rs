@@ -606,6 +606,40 @@ fn reads_need_a_reason() {
 }
 
 #[test]
+fn touching_someone_elses_request_reveals_nothing() {
+    let (env, bob) = with_bob();
+    env.user("mallory");
+    env.as_("admin", &["assign", "bob", "global-admin", "-j", "bg"])
+        .expect(0);
+    env.as_(
+        "bob",
+        &[
+            "activate",
+            "global-admin",
+            "-j",
+            "INC-7",
+            "--code",
+            &oathtool(&bob, 0),
+        ],
+    )
+    .expect(0);
+    let nothing = env
+        .as_("mallory", &["request", "show", "99"])
+        .expect(4)
+        .stderr;
+    for args in [
+        &["request", "show", "1"][..],
+        &["cancel", "1"],
+        &["approve", "1", "--code", "123456"],
+        &["deny", "1", "-j", "no", "--code", "123456"],
+        &["revoke", "1", "-j", "no"],
+    ] {
+        let r = env.as_("mallory", args).expect(4);
+        assert_eq!(r.stderr.replace(" 1 ", " 99 "), nothing, "{args:?}");
+    }
+}
+
+#[test]
 fn approvers_see_the_requests_they_may_decide() {
     let env = Env::new();
     env.init();

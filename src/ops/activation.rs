@@ -692,9 +692,7 @@ impl Pim {
         let now = self.now().timestamp();
         let mut r = requests_where(&self.conn, "r.id = ?1", id, now)?
             .pop()
-            .ok_or_else(|| {
-                Error::NotFound(format!("There is no request {id}. See `pim request list`."))
-            })?;
+            .ok_or_else(|| super::approvals::hidden(id))?;
         r.decisions = super::approvals::decisions(&self.conn, id)?;
         Ok(r)
     }

@@ -42,9 +42,15 @@ pub(crate) fn decisions(conn: &Connection, request: i64) -> Result<Vec<Decision>
 fn load(conn: &Connection, id: i64, now: i64) -> Result<Request> {
     requests_where(conn, "r.id = ?1", id, now)?
         .pop()
-        .ok_or_else(|| {
-            Error::NotFound(format!("There is no request {id}. See `pim request list`."))
-        })
+        .ok_or_else(|| hidden(id))
+}
+
+/// A request that is not there, or not the caller's to see or touch: the same sentence, so
+/// that ids cannot be walked to learn who asked for what.
+pub(crate) fn hidden(id: i64) -> Error {
+    Error::NotFound(format!(
+        "There is no request {id} that you may see. See `pim request list`."
+    ))
 }
 
 /// Whether `approver` may decide requests for `role` at `scope`: one of the role's
@@ -156,13 +162,23 @@ impl Pim {
             let me = acting_user(tx, now, actor, Event::new(actor, action).request(id))?;
             let t = now.timestamp();
             let r = load(tx, id, t)?;
-            if r.status != "pending" {
-                return Err(final_state(&r));
-            }
             let role = policy.role(&r.role).ok_or_else(|| unknown_role(&r.role))?;
             let scope = Scope::parse(&r.scope)?;
             let justification = justification.map(str::trim).filter(|j| !j.is_empty());
             let ev = event(actor, action, &r).justification(justification);
+            // Someone who may neither decide nor see it learns nothing of it (on record all
+            // the same).
+            let decided_by_me = decisions(tx, id)?.iter().any(|d| d.approver == actor);
+            if r.user != actor
+                && !decided_by_me
+                && !may_decide(tx, policy, role, &me, &scope, t)?
+                && !super::views::oversees(tx, policy, &me, &scope, t)?
+            {
+                return refuse(tx, now, ev, hidden(id));
+            }
+            if r.status != "pending" {
+                return Err(final_state(&r));
+            }
             if let Some(original) = r.extends {
                 // An extension only ever lengthens a running activation; it never revives one.
                 if load(tx, original, t)?.status != "active" {
@@ -247,10 +263,7 @@ impl Pim {
             let t = now.timestamp();
             let r = load(tx, id, t)?;
             if r.user != actor {
-                return Err(Error::Refused(format!(
-                    "Request {id} is {}'s; you can cancel only your own.",
-                    r.user
-                )));
+                return Err(hidden(id));
             }
             if !matches!(r.status.as_str(), "pending" | "scheduled") {
                 return Err(final_state(&r));
@@ -277,11 +290,16 @@ impl Pim {
                 return Err(Error::Usage("A revocation needs a reason. Pass -j/--justification.".to_string()));
             }
             if !has_permission(tx, policy, &me, "assign", &scope, t)? {
+                let why = if r.user == actor || super::views::oversees(tx, policy, &me, &scope, t)? {
+                    permission_error("assign", &scope)
+                } else {
+                    hidden(id)
+                };
                 return refuse(
                     tx,
                     now,
                     event(actor, "activation.revoke", &r).justification(Some(justification)),
-                    permission_error("assign", &scope),
+                    why,
                 );
             }
             if !matches!(r.status.as_str(), "active" | "scheduled") {

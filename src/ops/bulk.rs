@@ -304,6 +304,19 @@ fn bulk<T>(
     let rows = std::cell::Cell::new(0usize);
     let result = f(&tx, now, &policy, &me, &rows);
     let units = users::bulk_units(rows.get());
+    // A bulk change larger than what is left of the budget waits for the next window (a
+    // first one in a window may be as large as a file may be).
+    if pim.budget && result.is_ok() {
+        let used = users::changes_used(&tx, now, actor)?;
+        if used > 0 && used + units > users::CHANGES_PER_WINDOW {
+            drop(tx);
+            return Err(Error::Refused(format!(
+                "This change goes through {} rows ({units} units of the change budget), more than the {} left in these 15 minutes; nothing was changed. Try again later, or split the file.",
+                rows.get(),
+                users::CHANGES_PER_WINDOW - used
+            )));
+        }
+    }
     match result {
         Ok(v) => {
             tx.execute_batch("RELEASE bulk")?;
@@ -897,6 +910,17 @@ mod tests {
         assert_eq!(used(&pim), before + 3);
         pim.import_assignments("admin", rows(2500), false).unwrap();
         assert_eq!(used(&pim), before + 6);
+        // Near the end of the budget, a change larger than what is left waits.
+        pim.conn()
+            .execute(
+                "UPDATE account_failures SET failures = 599 WHERE account = 'changes:admin'",
+                [],
+            )
+            .unwrap();
+        let e = pim.import_assignments("admin", rows(2600), false).unwrap_err();
+        assert_eq!(e.exit_code(), 3);
+        assert!(e.to_string().contains("units of the change budget"), "{e}");
+        assert_eq!(used(&pim), 599);
     }
 
     /// The per-row lookups of an import use the index on (user, role, scope, kind): the

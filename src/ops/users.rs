@@ -666,6 +666,19 @@ pub fn bulk_units(rows: usize) -> i64 {
     1 + rows as i64 / 1000
 }
 
+/// How much of `actor`'s change budget the current window has used.
+pub(crate) fn changes_used(conn: &Connection, now: DateTime<Utc>, actor: &str) -> Result<i64> {
+    let t = now.timestamp();
+    Ok(conn
+        .prepare_cached("SELECT failures, first_at FROM account_failures WHERE account = ?1")?
+        .query_row([Limited::Changes(actor).key()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()?
+        .filter(|&(_, first)| first > t - mfa::LOCK_SECONDS)
+        .map_or(0, |(n, _)| n))
+}
+
 /// Count one change by `actor`; the one that spends the budget starts a pause until the end
 /// of the window (`change.throttle`).
 pub(crate) fn count_change(

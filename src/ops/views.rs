@@ -15,6 +15,22 @@ use crate::scope::Scope;
 /// The permissions that let a user see other people's data within their scope.
 const OVERSIGHT: [&str; 4] = ["users", "assign", "audit", "review"];
 
+/// Whether `user` may see other people's data at `scope` (one of `OVERSIGHT` over it).
+pub(crate) fn oversees(
+    conn: &rusqlite::Connection,
+    policy: &crate::policy::Policy,
+    user: &users::User,
+    scope: &Scope,
+    now: i64,
+) -> Result<bool> {
+    for p in OVERSIGHT {
+        if super::has_permission(conn, policy, user, p, scope, now)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Someone reading pim's state, and how far they may see.
 #[derive(Debug, Clone)]
 pub struct Viewer {
@@ -192,12 +208,7 @@ impl Pim {
 
     /// One request, if the viewer may see it.
     pub fn request_seen_by(&self, v: &Viewer, id: i64) -> Result<Request> {
-        let r = self.request(id).map_err(|e| match e {
-            Error::NotFound(_) => Error::NotFound(format!(
-                "There is no request {id} that you may see. See `pim request list`."
-            )),
-            other => other,
-        })?;
+        let r = self.request(id)?;
         let policy = self.policy()?;
         let me = users::get(&self.conn, &v.name)?;
         if v.sees(&r.user, &r.scope)
@@ -206,9 +217,7 @@ impl Pim {
             Ok(r)
         } else {
             // As if it were not there: who asked for what is not yours to learn.
-            Err(Error::NotFound(format!(
-                "There is no request {id} that you may see. See `pim request list`."
-            )))
+            Err(super::approvals::hidden(id))
         }
     }
 
