@@ -917,7 +917,9 @@ mod tests {
                 [],
             )
             .unwrap();
-        let e = pim.import_assignments("admin", rows(2600), false).unwrap_err();
+        let e = pim
+            .import_assignments("admin", rows(2600), false)
+            .unwrap_err();
         assert_eq!(e.exit_code(), 3);
         assert!(e.to_string().contains("units of the change budget"), "{e}");
         assert_eq!(used(&pim), 599);
