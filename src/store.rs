@@ -864,12 +864,6 @@ pub fn discard(path: &Path) {
     }
 }
 
-/// Whether a database file exists at `path`, as far as the caller can see (never with the
-/// group: that would tell a caller what the pim directory holds).
-pub fn exists(path: &Path) -> bool {
-    path.exists()
-}
-
 /// A fresh in-memory database, for tests.
 pub fn in_memory() -> Result<Connection> {
     let mut conn = Connection::open_in_memory()?;

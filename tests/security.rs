@@ -306,12 +306,8 @@ fn failed_tokens_are_recorded_under_the_account_that_tried_and_rate_limited() {
     }
     assert_eq!(env.count("SELECT count(*) FROM audit_events"), before);
     // ... until the window passes.
-    env.command(&[]).output().unwrap();
-    let later: support::Run = std::process::Command::new("faketime")
-        .args(["-f", "+16m", support::bin(), "sweep"])
-        .env("PIM_DB", &env.db)
-        .env("HOME", env.dir.path())
-        .env("XDG_CONFIG_HOME", env.dir.path().join(".config"))
+    let later: support::Run = env
+        .at_command("+16m", &["sweep"])
         .env("PIM_TOKEN", "pim_alice_0000")
         .output()
         .unwrap()
@@ -800,20 +796,14 @@ fn a_database_from_before_sealing_is_sealed_once_by_its_owner() {
 fn locks_grow_and_a_hundred_wrong_codes_lock_until_reset() {
     let (env, bob) = with_bob();
     let wrong = |offset: &str| {
-        let r: support::Run = std::process::Command::new("faketime")
-            .args(["-f", offset, support::bin()])
-            .args([
+        env.at(
+            offset,
+            &[
                 "--as", "bob", "activate", "db-admin", "--scope", "/prod", "-j", "x", "--code",
                 "000000",
-            ])
-            .env("PIM_DB", &env.db)
-            .env("HOME", env.dir.path())
-            .env("XDG_CONFIG_HOME", env.dir.path().join(".config"))
-            .output()
-            .unwrap()
-            .into();
-        assert_eq!(r.code, 3, "{}", r.stderr);
-        r
+            ],
+        )
+        .expect(3)
     };
     let locked_for = || {
         env.count("SELECT mfa_locked_until - (SELECT max(time) FROM audit_events WHERE action = 'mfa.lock') FROM users WHERE name = 'bob'")
@@ -849,27 +839,23 @@ fn locks_grow_and_a_hundred_wrong_codes_lock_until_reset() {
     let r = wrong("+0s");
     assert!(r.stderr.contains("until an administrator"), "{}", r.stderr);
     // Months later it is still locked, whatever the code.
-    let later: support::Run = std::process::Command::new("faketime")
-        .args(["-f", "+300d", support::bin()])
-        .args([
-            "--as",
-            "bob",
-            "activate",
-            "db-admin",
-            "--scope",
-            "/prod",
-            "-j",
-            "x",
-            "--code",
-            &oathtool(&bob, 300 * 86400),
-        ])
-        .env("PIM_DB", &env.db)
-        .env("HOME", env.dir.path())
-        .env("XDG_CONFIG_HOME", env.dir.path().join(".config"))
-        .output()
-        .unwrap()
-        .into();
-    assert_eq!(later.code, 3);
+    let later = env
+        .at(
+            "+300d",
+            &[
+                "--as",
+                "bob",
+                "activate",
+                "db-admin",
+                "--scope",
+                "/prod",
+                "-j",
+                "x",
+                "--code",
+                &oathtool(&bob, 300 * 86400),
+            ],
+        )
+        .expect(3);
     assert!(later.stderr.contains("pim mfa reset"), "{}", later.stderr);
     let alerts = env.as_("admin", &["alerts", "--json"]).expect(0).json();
     let a = alerts

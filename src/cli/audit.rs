@@ -295,7 +295,7 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
     let first = std::time::Instant::now();
     let report = loop {
         if crate::privilege::real_uid() == 0 {
-            ctx.end_stopped_holders(&mut pim, first.elapsed() >= super::context::STUCK);
+            ctx.end_stuck_holders(&mut pim, first.elapsed() >= super::context::STUCK);
         }
         match pim.sweep(&actor) {
             Err(e)

@@ -6,7 +6,6 @@ use super::Cli;
 use crate::clock::SystemClock;
 use crate::error::Error;
 use crate::privilege::{self, FileId};
-use crate::store::DbFile;
 use crate::vault::Vault;
 use crate::{store, Pim};
 use std::cell::{RefCell, RefMut};
@@ -35,7 +34,8 @@ pub struct Ctx {
 /// The open database of this command.
 struct Session {
     pim: Pim,
-    file: DbFile,
+    /// The owner of the file SQLite opened (for `--as`).
+    owner: u32,
 }
 
 /// How long root waits for a holder of the database's locks that is not stopped before it
@@ -58,19 +58,11 @@ fn default_db() -> PathBuf {
 /// The real user id's account name (never $USER).
 pub fn real_user() -> Result<String, Error> {
     let uid = privilege::real_uid();
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 4096];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes only into the buffers we hand it.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
-        return Err(Error::Environment(format!(
+    privilege::account_name(uid).ok_or_else(|| {
+        Error::Environment(format!(
             "The operating system has no account name for uid {uid}."
-        )));
-    }
-    // SAFETY: pw_name points into `buf`, NUL-terminated, alive for this scope.
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Ok(name.to_string_lossy().into_owned())
+        ))
+    })
 }
 
 impl Ctx {
@@ -92,7 +84,7 @@ impl Ctx {
     /// The acting principal. `--as` is honoured only for a caller who could write the
     /// database directly anyway: root, or (without the set-group-id install) the owner of
     /// the file SQLite actually opened.
-    fn actor(&self, file: Option<&DbFile>) -> Result<String, Error> {
+    fn actor(&self, owner: Option<u32>) -> Result<String, Error> {
         let real = real_user()?;
         let Some(other) = &self.as_user else {
             return Ok(real);
@@ -101,7 +93,7 @@ impl Ctx {
             return Ok(real);
         }
         let uid = privilege::real_uid();
-        let allowed = uid == 0 || (!privilege::is_setgid() && file.is_some_and(|f| f.owner == uid));
+        let allowed = uid == 0 || (!privilege::is_setgid() && owner == Some(uid));
         if allowed {
             Ok(other.clone())
         } else if privilege::is_setgid() {
@@ -127,13 +119,7 @@ impl Ctx {
                 self.actor(None)?;
             } else if let Ok(meta) = std::fs::metadata(&self.db) {
                 use std::os::unix::fs::MetadataExt;
-                self.actor(Some(&DbFile {
-                    path: self.db.clone(),
-                    owner: meta.uid(),
-                    installed: false,
-                    group: meta.gid(),
-                    files: Vec::new(),
-                }))?;
+                self.actor(Some(meta.uid()))?;
             }
         }
         let mut session = self.session.try_borrow_mut().map_err(|_| {
@@ -142,9 +128,9 @@ impl Ctx {
         if session.is_none() {
             *session = Some(self.start()?);
         }
-        let file = session.as_ref().map(|s| s.file.clone());
+        let owner = session.as_ref().map(|s| s.owner);
         let pim = RefMut::map(session, |s| &mut s.as_mut().expect("opened above").pim);
-        self.settle(pim, file)
+        self.settle(pim, owner)
     }
 
     fn start(&self) -> anyhow::Result<Session> {
@@ -213,7 +199,10 @@ impl Ctx {
                 }
             );
         }
-        Ok(Session { pim, file: db.file })
+        Ok(Session {
+            pim,
+            owner: db.file.owner,
+        })
     }
 
     /// A missing key is created by whoever could write the database directly (root, or the
@@ -242,7 +231,7 @@ impl Ctx {
     fn settle<'a>(
         &self,
         mut pim: RefMut<'a, Pim>,
-        file: Option<DbFile>,
+        owner: Option<u32>,
     ) -> anyhow::Result<(RefMut<'a, Pim>, String)> {
         // A service authenticates with its token instead of an operating-system account.
         if let Some(token) = std::env::var("PIM_TOKEN").ok().filter(|t| !t.is_empty()) {
@@ -256,7 +245,7 @@ impl Ctx {
             let service = pim.authenticate_token(&token, &real_user()?)?;
             return Ok((pim, service));
         }
-        let actor = self.actor(file.as_ref())?;
+        let actor = self.actor(owner)?;
         // A service principal signs in with its token only: an operating-system account of
         // the same name is not that service (root, acting with --as, excepted).
         if privilege::real_uid() != 0 && pim.user(&actor).is_ok_and(|u| u.kind == "service") {
@@ -320,7 +309,7 @@ impl Ctx {
 
     /// As root: end the stopped pim processes that hold the open database's locks, and record
     /// it. Returns whether any was ended (so that the caller may try again).
-    pub fn end_stopped_holders(&self, pim: &mut Pim, all: bool) -> bool {
+    pub fn end_stuck_holders(&self, pim: &mut Pim, all: bool) -> bool {
         let files = self.protected_files();
         let ended = store::end_stuck_holders(&files, all);
         let actor = real_user().unwrap_or_else(|_| "root".to_string());

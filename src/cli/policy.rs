@@ -76,7 +76,9 @@ pub fn run_policy(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<i32> {
         PolicyCommand::Validate { file } => {
             // With a database at hand, also name approvers who are not users yet. (It is
             // opened first: the file is read with the caller's own rights.)
-            let pim = if crate::store::exists(&ctx.db) {
+            // As far as the caller can see: never looked up with the group, which would tell
+            // a caller what the pim directory holds.
+            let pim = if ctx.db.exists() {
                 Some(ctx.open()?)
             } else {
                 None

@@ -328,13 +328,7 @@ fn bulk<T>(
             )?;
             if dry_run {
                 drop(tx);
-                if pim.budget {
-                    let tx = pim
-                        .conn
-                        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    users::count_change(&tx, now, actor, units)?;
-                    tx.commit()?;
-                }
+                charge_apart(pim, now, actor, units)?;
             } else {
                 if pim.budget {
                     users::count_change(&tx, now, actor, units)?;
@@ -353,16 +347,28 @@ fn bulk<T>(
         }
         Err(e) => {
             drop(tx);
-            if pim.budget {
-                let tx = pim
-                    .conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
-                users::count_change(&tx, now, actor, units)?;
-                tx.commit()?;
-            }
+            charge_apart(pim, now, actor, units)?;
             Err(e)
         }
     }
+}
+
+/// Charge a bulk change that was rolled back (a dry run, bad input) to `actor`'s budget, in a
+/// transaction of its own: going through the rows cost the database all the same.
+fn charge_apart(
+    pim: &mut Pim,
+    now: chrono::DateTime<chrono::Utc>,
+    actor: &str,
+    units: i64,
+) -> Result<()> {
+    if pim.budget {
+        let tx = pim
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        users::count_change(&tx, now, actor, units)?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 /// The notifications one bulk change may queue.
@@ -416,10 +422,8 @@ impl Pim {
                     }
                 };
                 let kind = if input.active { "active" } else { "eligible" };
-                // Permission first: whether an assignment exists outside your scope is not
-                // yours to learn from an "unchanged".
-                if !super::has_permission(tx, policy, me, "assign", &input.scope, t)? {
-                    let event = row_event(
+                let event = || {
+                    row_event(
                         actor,
                         "assignment.add",
                         &input.user,
@@ -427,38 +431,24 @@ impl Pim {
                         input.scope.as_str(),
                         kind,
                         "import",
-                    );
-                    problems.refuse(
-                        row.line,
-                        &super::permission_error("assign", &input.scope),
-                        event,
-                    );
+                    )
+                    .justification(input.justification.as_deref())
+                    .ticket(input.ticket.as_deref())
+                };
+                // Permission first: whether an assignment exists outside your scope is not
+                // yours to learn from an "unchanged".
+                if !super::has_permission(tx, policy, me, "assign", &input.scope, t)? {
+                    let why = super::permission_error("assign", &input.scope);
+                    problems.refuse(row.line, &why, event());
                     continue;
                 }
-                match exists(tx, &input.user, &input.role, input.scope.as_str(), kind, t) {
-                    Ok(true) => {
-                        unchanged += 1;
-                        continue;
-                    }
-                    Ok(false) => {}
-                    Err(e) => return Err(e),
+                if exists(tx, &input.user, &input.role, input.scope.as_str(), kind, t)? {
+                    unchanged += 1;
+                    continue;
                 }
                 match assign_in(tx, now, policy, actor, &input) {
                     Ok(_) => added += 1,
-                    Err(e) => {
-                        let event = row_event(
-                            actor,
-                            "assignment.add",
-                            &input.user,
-                            &input.role,
-                            input.scope.as_str(),
-                            kind,
-                            "import",
-                        )
-                        .justification(input.justification.as_deref())
-                        .ticket(input.ticket.as_deref());
-                        problems.row(row.line, e, event)
-                    }
+                    Err(e) => problems.row(row.line, e, event()),
                 }
             }
             if !problems.is_empty() {

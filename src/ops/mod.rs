@@ -431,22 +431,6 @@ impl Pim {
     pub fn outbox(&self, failed_only: bool) -> Result<Vec<crate::notify::Outgoing>> {
         crate::notify::list(&self.conn, failed_only)
     }
-
-    /// Whether `actor` may use `permission` over `scope` right now (false for non-users).
-    pub fn may(&self, actor: &str, permission: &str, scope: &Scope) -> Result<bool> {
-        let policy = self.policy()?;
-        match users::find(&self.conn, actor)? {
-            Some(user) => has_permission(
-                &self.conn,
-                &policy,
-                &user,
-                permission,
-                scope,
-                self.now().timestamp(),
-            ),
-            None => Ok(false),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -668,15 +668,31 @@ pub fn bulk_units(rows: usize) -> i64 {
 
 /// How much of `actor`'s change budget the current window has used.
 pub(crate) fn changes_used(conn: &Connection, now: DateTime<Utc>, actor: &str) -> Result<i64> {
-    let t = now.timestamp();
+    Ok(window(conn, Limited::Changes(actor), now.timestamp())?.0)
+}
+
+/// `who`'s count in the current window (of `mfa::LOCK_SECONDS`) and when it began.
+fn window(conn: &Connection, who: Limited<'_>, t: i64) -> Result<(i64, i64)> {
     Ok(conn
         .prepare_cached("SELECT failures, first_at FROM account_failures WHERE account = ?1")?
-        .query_row([Limited::Changes(actor).key()], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-        })
+        .query_row([who.key()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
         .filter(|&(_, first)| first > t - mfa::LOCK_SECONDS)
-        .map_or(0, |(n, _)| n))
+        .unwrap_or((0, t)))
+}
+
+/// Add `units` to `who`'s window; returns the new count and, when it reaches the allowance,
+/// until when `who` is limited (the end of the window).
+fn bump(conn: &Connection, who: Limited<'_>, t: i64, units: i64) -> Result<(i64, Option<i64>)> {
+    let (count, first) = window(conn, who, t)?;
+    let count = count + units.max(1);
+    let until = (count >= who.allowance()).then_some(first + mfa::LOCK_SECONDS);
+    conn.prepare_cached(
+        "INSERT INTO account_failures (account, failures, first_at, locked_until) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (account) DO UPDATE SET failures = ?2, first_at = ?3, locked_until = ?4",
+    )?
+    .execute(params![who.key(), count, first, until])?;
+    Ok((count, until))
 }
 
 /// Count one change by `actor`; the one that spends the budget starts a pause until the end
@@ -687,24 +703,8 @@ pub(crate) fn count_change(
     actor: &str,
     units: i64,
 ) -> Result<()> {
-    let t = now.timestamp();
-    let who = Limited::Changes(actor);
-    let key = who.key();
-    let window = mfa::LOCK_SECONDS;
-    let (count, first): (i64, i64) = conn
-        .prepare_cached("SELECT failures, first_at FROM account_failures WHERE account = ?1")?
-        .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .filter(|&(_, first)| first > t - window)
-        .unwrap_or((0, t));
-    let count = count + units.max(1);
-    let paused = (count >= who.allowance()).then_some(first + window);
-    conn.prepare_cached(
-        "INSERT INTO account_failures (account, failures, first_at, locked_until) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (account) DO UPDATE SET failures = ?2, first_at = ?3, locked_until = ?4",
-    )?
-    .execute(params![key, count, first, paused])?;
-    if let Some(until) = paused {
+    let (count, until) = bump(conn, Limited::Changes(actor), now.timestamp(), units)?;
+    if let Some(until) = until {
         audit::append(
             conn,
             now,
@@ -741,21 +741,7 @@ pub(crate) fn refuse_limited<T>(
     if limited_until(conn, who, t)?.is_some() {
         return Err(err);
     }
-    let window = mfa::LOCK_SECONDS;
-    let key = who.key();
-    let (failures, first): (i64, i64) = conn
-        .prepare_cached("SELECT failures, first_at FROM account_failures WHERE account = ?1")?
-        .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .filter(|&(_, first)| first > t - window)
-        .unwrap_or((0, t));
-    let failures = failures + 1;
-    let locked = (failures >= who.allowance()).then_some(first + window);
-    conn.prepare_cached(
-        "INSERT INTO account_failures (account, failures, first_at, locked_until) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (account) DO UPDATE SET failures = ?2, first_at = ?3, locked_until = ?4",
-    )?
-    .execute(params![key, failures, first, locked])?;
+    let (failures, locked) = bump(conn, who, t, 1)?;
     let actor = event.actor.clone();
     audit::append(
         conn,

@@ -129,12 +129,18 @@ impl Env {
 
     /// Run pim with the clock moved by `offset` (faketime syntax: `+31m`, `+20d`, `+90s`).
     pub fn at(&self, offset: &str, args: &[&str]) -> Run {
+        self.at_command(offset, args)
+            .output()
+            .expect("faketime is needed by the tests (apt-get install faketime)")
+            .into()
+    }
+
+    /// The command `at` runs, to add to its environment.
+    pub fn at_command(&self, offset: &str, args: &[&str]) -> Command {
         let mut c = Command::new("faketime");
         c.args(["-f", offset, bin()]).args(args);
         self.environment(&mut c);
-        c.output()
-            .expect("faketime is needed by the tests (apt-get install faketime)")
-            .into()
+        c
     }
 
     pub fn sql(&self, sql: &str) {
