@@ -240,6 +240,48 @@ impl Install {
             .into()
     }
 
+    /// alice's import of 200,000 rows, caught while it holds the database's write lock
+    /// (setpriv execs pim in place, so the child's pid is pim's).
+    fn import_holding_the_write_lock(&self) -> std::process::Child {
+        self.root(&["--as", ALICE, "user", "add", BOB]).expect(0);
+        let rows: String = (0..200_000)
+            .map(|n| format!("{BOB},db-admin,/s{n},eligible,,,x,\n"))
+            .collect();
+        let file = self.home(ALICE).join("big.csv");
+        std::fs::write(
+            &file,
+            format!("user,role,scope,type,start,end,justification,ticket\n{rows}"),
+        )
+        .unwrap();
+        let mut import = Command::new("setpriv")
+            .args(["--reuid", ALICE, "--regid", ALICE, "--init-groups", "--"])
+            .arg(&self.bin)
+            .args(["assignment", "import", file.to_str().unwrap()])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", self.home(ALICE))
+            .env("PIM_DB", &self.db)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let held = format!(" WRITE {} ", import.id());
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+            if locks
+                .lines()
+                .any(|l| l.contains(&held) && !l.contains("->"))
+            {
+                return import;
+            }
+        }
+        let _ = import.kill();
+        let _ = import.wait();
+        panic!("the import never took the write lock");
+    }
+
     /// The database's bytes, to show an attack changed nothing.
     fn snapshot(&self) -> Vec<u8> {
         let mut all = Vec::new();
@@ -775,50 +817,10 @@ fn a_stopped_pim_holding_the_write_lock_is_named_and_root_ends_it() {
         return;
     }
     let i = Install::new();
-    i.root(&["--as", ALICE, "user", "add", BOB]).expect(0);
-    // alice's import holds the write lock while it goes through its rows...
-    let rows: String = (0..200_000)
-        .map(|n| format!("{BOB},db-admin,/s{n},eligible,,,x,\n"))
-        .collect();
-    let file = i.home(ALICE).join("big.csv");
-    std::fs::write(
-        &file,
-        format!("user,role,scope,type,start,end,justification,ticket\n{rows}"),
-    )
-    .unwrap();
-    let mut import = Command::new("setpriv")
-        .args(["--reuid", ALICE, "--regid", ALICE, "--init-groups", "--"])
-        .arg(&i.bin)
-        .args(["assignment", "import", file.to_str().unwrap()])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", i.home(ALICE))
-        .env("PIM_DB", &i.db)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // ... and she stops it there (her own process: she may).
+    // alice's import holds the write lock while it goes through its rows, and she stops it
+    // there (her own process: she may).
+    let mut import = i.import_holding_the_write_lock();
     let pid = import.id() as i32;
-    let locks = || std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    let mut holding = false;
-    for _ in 0..100 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        // setpriv execs pim in place, so the pid is pim's.
-        if locks()
-            .lines()
-            .any(|l| l.contains(&format!(" WRITE {pid} ")) && !l.contains("->"))
-        {
-            holding = true;
-            break;
-        }
-    }
-    assert!(
-        holding,
-        "the import never took the write lock:\n{}",
-        locks()
-    );
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     // Reads go on (a break-glass check still answers) ...
     i.as_account(MALLORY, &["check", ALICE, "global-admin"], &[])
@@ -1063,41 +1065,8 @@ fn a_pim_frozen_by_a_cgroup_is_ended_by_root() {
         return;
     }
     let i = Install::new();
-    let rows: String = (0..200_000)
-        .map(|n| format!("{BOB},db-admin,/s{n},eligible,,,x,\n"))
-        .collect();
-    i.root(&["--as", ALICE, "user", "add", BOB]).expect(0);
-    let file = i.home(ALICE).join("big.csv");
-    std::fs::write(
-        &file,
-        format!("user,role,scope,type,start,end,justification,ticket\n{rows}"),
-    )
-    .unwrap();
-    let mut import = Command::new("setpriv")
-        .args(["--reuid", ALICE, "--regid", ALICE, "--init-groups", "--"])
-        .arg(&i.bin)
-        .args(["assignment", "import", file.to_str().unwrap()])
-        .env_clear()
-        .env("PIM_DB", &i.db)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut import = i.import_holding_the_write_lock();
     let pid = import.id() as i32;
-    let mut holding = false;
-    for _ in 0..100 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-        if locks
-            .lines()
-            .any(|l| l.contains(&format!(" WRITE {pid} ")) && !l.contains("->"))
-        {
-            holding = true;
-            break;
-        }
-    }
-    assert!(holding, "the import never took the write lock");
     std::fs::write(group.join("cgroup.procs"), pid.to_string()).unwrap();
     if group.join("cgroup.freeze").exists() {
         std::fs::write(group.join("cgroup.freeze"), "1").unwrap();
