@@ -16,11 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(2);
     };
     let count: i64 = count.parse()?;
-    let mut conn = pim::store::open(std::path::Path::new(&path))?.conn;
+    let conn = pim::store::open(std::path::Path::new(&path))?.conn;
     let start = Utc::now() - Duration::seconds(count);
     let mut done = 0;
     while done < count {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = conn.write()?;
         for _ in 0..50_000.min(count - done) {
             let user = format!("user{}", done % 500);
             let event = Event::new(&user, "activation.request")

@@ -9,9 +9,10 @@
 //! export.
 
 use crate::error::Result;
+use crate::params;
+use crate::store::{Db, OptionalExtension, Row, ToValue, Value};
 use crate::time::{from_unix, rfc3339};
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -150,7 +151,7 @@ impl StoredEvent {
         hex::encode(h.finalize())
     }
 
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    fn from_row(row: &Row<'_>) -> Result<StoredEvent> {
         Ok(StoredEvent {
             seq: row.get(0)?,
             time: rfc3339(from_unix(row.get(1)?)),
@@ -177,15 +178,13 @@ const SELECT: &str = "SELECT seq, time, actor, action, principal, role, scope, r
      justification, ticket, expires, result, details, prev_hash, hash FROM audit_events";
 
 /// Append an event. Call it inside the transaction that makes the change.
-pub fn append(conn: &Connection, now: DateTime<Utc>, event: Event) -> Result<i64> {
+pub fn append(conn: &Db, now: DateTime<Utc>, event: Event) -> Result<i64> {
     // Cached statements: bulk operations append thousands of events in one transaction.
     let (last_seq, prev_hash): (i64, String) = conn
         .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok((0, GENESIS.to_string())),
-            other => Err(other),
-        })?;
+        .query_row(params![], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, GENESIS.to_string()));
     let mut stored = StoredEvent {
         seq: last_seq + 1,
         time: rfc3339(now),
@@ -246,18 +245,18 @@ pub struct Filter {
 /// Stream events in order (oldest first), or the newest `limit` when `newest` is set.
 /// Rows are handed over one at a time, so memory stays flat however long the log.
 pub fn for_each(
-    conn: &Connection,
+    conn: &Db,
     filter: &Filter,
     newest: Option<usize>,
     mut f: impl FnMut(StoredEvent) -> Result<()>,
 ) -> Result<()> {
     let mut sql = format!("{SELECT} WHERE 1 = 1");
-    let mut values: Vec<rusqlite::types::Value> = Vec::new();
-    let mut add = |clause: &str, v: rusqlite::types::Value| {
+    let mut values: Vec<Value> = Vec::new();
+    let mut add = |clause: &str, v: Value| {
         values.push(v);
         sql.push_str(&format!(" AND {clause} ?{}", values.len()));
     };
-    use rusqlite::types::Value::{Integer, Text};
+    use Value::{Int as Integer, Text};
     if let Some(t) = filter.since {
         add("time >=", Integer(t.timestamp()));
     }
@@ -286,13 +285,14 @@ pub fn for_each(
         sql.push_str(&format!(" AND (actor = ?{n} OR principal = ?{n})"));
     }
     if let Some(limit) = newest {
-        let mut stmt = conn.prepare(&format!("{sql} ORDER BY seq DESC LIMIT {limit}"))?;
-        let mut iter = stmt.query(rusqlite::params_from_iter(values))?;
-        let mut buf = Vec::new();
-        while let Some(row) = iter.next()? {
-            buf.push(StoredEvent::from_row(row)?);
-        }
-        drop(iter);
+        let params: Vec<&dyn ToValue> = values.iter().map(|v| v as &dyn ToValue).collect();
+        let mut buf = conn
+            .query_map(
+                &format!("{sql} ORDER BY seq DESC LIMIT {limit}"),
+                &params,
+                StoredEvent::from_row,
+            )?
+            .collect::<Result<Vec<_>>>()?;
         buf.reverse();
         for e in buf {
             f(e)?;
@@ -305,19 +305,14 @@ pub fn for_each(
     const CHUNK: i64 = 4096;
     values.push(Integer(0));
     let after = values.len();
-    let mut stmt = conn.prepare(&format!(
-        "{sql} AND seq > ?{after} ORDER BY seq LIMIT {CHUNK}"
-    ))?;
+    let chunk_sql = format!("{sql} AND seq > ?{after} ORDER BY seq LIMIT {CHUNK}");
     let mut last = 0;
     loop {
         values[after - 1] = Integer(last);
-        let mut chunk = Vec::with_capacity(CHUNK as usize);
-        {
-            let mut iter = stmt.query(rusqlite::params_from_iter(values.iter()))?;
-            while let Some(row) = iter.next()? {
-                chunk.push(StoredEvent::from_row(row)?);
-            }
-        }
+        let params: Vec<&dyn ToValue> = values.iter().map(|v| v as &dyn ToValue).collect();
+        let chunk = conn
+            .query_map(&chunk_sql, &params, StoredEvent::from_row)?
+            .collect::<Result<Vec<_>>>()?;
         let Some(end) = chunk.last().map(|e| e.seq) else {
             return Ok(());
         };
@@ -346,63 +341,59 @@ pub struct Verification {
 
 /// Check every event: numbering without gaps, each `prev_hash` the previous `hash`, and
 /// each `hash` recomputed from the stored fields.
-pub fn verify(conn: &Connection) -> Result<Verification> {
-    let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY seq"))?;
-    let mut rows = stmt.query([])?;
+pub fn verify(conn: &Db) -> Result<Verification> {
     let mut expected_seq = 1;
     let mut prev = GENESIS.to_string();
-    let broken = |seq: i64, reason: String, events: i64| Verification {
-        ok: false,
-        events,
-        head: None,
-        bad_seq: Some(seq),
-        reason: Some(reason),
-    };
-    while let Some(row) = rows.next()? {
+    let mut bad: Option<(i64, String)> = None;
+    conn.query_each(&format!("{SELECT} ORDER BY seq"), params![], |row| {
         let event = match StoredEvent::from_row(row) {
             Ok(e) => e,
             Err(e) => {
                 let seq = row.get::<_, i64>(0).unwrap_or(expected_seq);
-                return Ok(broken(
-                    seq,
-                    format!("its stored fields cannot be read ({e})"),
-                    expected_seq - 1,
-                ));
+                bad = Some((seq, format!("its stored fields cannot be read ({e})")));
+                return Ok(false);
             }
         };
-        if event.seq != expected_seq {
-            return Ok(broken(
+        bad = if event.seq != expected_seq {
+            Some((
                 expected_seq,
                 format!(
                     "event {expected_seq} is missing (the next is {})",
                     event.seq
                 ),
-                expected_seq - 1,
-            ));
-        }
-        if event.prev_hash != prev {
-            return Ok(broken(
+            ))
+        } else if event.prev_hash != prev {
+            Some((
                 event.seq,
                 "its prev_hash is not the hash of the event before it".to_string(),
-                expected_seq - 1,
-            ));
-        }
-        if event.compute_hash() != event.hash {
-            return Ok(broken(
-                event.seq,
-                "its contents do not match its hash".to_string(),
-                expected_seq - 1,
-            ));
+            ))
+        } else if event.compute_hash() != event.hash {
+            Some((event.seq, "its contents do not match its hash".to_string()))
+        } else {
+            None
+        };
+        if bad.is_some() {
+            return Ok(false);
         }
         prev = event.hash;
         expected_seq += 1;
-    }
-    Ok(Verification {
-        ok: true,
-        events: expected_seq - 1,
-        head: Some(prev),
-        bad_seq: None,
-        reason: None,
+        Ok(true)
+    })?;
+    Ok(match bad {
+        Some((seq, reason)) => Verification {
+            ok: false,
+            events: expected_seq - 1,
+            head: None,
+            bad_seq: Some(seq),
+            reason: Some(reason),
+        },
+        None => Verification {
+            ok: true,
+            events: expected_seq - 1,
+            head: Some(prev),
+            bad_seq: None,
+            reason: None,
+        },
     })
 }
 
@@ -423,7 +414,7 @@ mod tests {
         from_unix(1_800_000_000 + s)
     }
 
-    fn sample(conn: &Connection, n: i64) {
+    fn sample(conn: &Db, n: i64) {
         for i in 0..n {
             append(
                 conn,
@@ -519,9 +510,9 @@ mod tests {
         let conn = store::in_memory().unwrap();
         sample(&conn, 1);
         assert!(conn
-            .execute("UPDATE audit_events SET actor = 'x'", [])
+            .execute("UPDATE audit_events SET actor = 'x'", params![])
             .is_err());
-        assert!(conn.execute("DELETE FROM audit_events", []).is_err());
+        assert!(conn.execute("DELETE FROM audit_events", params![]).is_err());
     }
 
     #[test]

@@ -31,14 +31,14 @@ pub enum Error {
     #[error("Input or output failed: {0}.")]
     Io(#[from] std::io::Error),
     #[error("The database failed: {0}. Check the file with `pim audit verify`, or restore it from a backup.")]
-    Sqlite(#[from] rusqlite::Error),
+    Store(crate::store::StoreError),
 }
 
 impl Error {
     /// The exit code of the contract for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Environment(_) | Error::Locked(_) | Error::Sqlite(_) | Error::Io(_) => 1,
+            Error::Environment(_) | Error::Locked(_) | Error::Store(_) | Error::Io(_) => 1,
             Error::Usage(_) => 2,
             Error::Refused(_) => 3,
             Error::NotFound(_) => 4,
@@ -51,14 +51,7 @@ impl Error {
     pub fn is_locked(&self) -> bool {
         match self {
             Error::Locked(_) => true,
-            // BUSY (also BUSY_RECOVERY, BUSY_SNAPSHOT), LOCKED, and PROTOCOL: a lock of the
-            // WAL index that another process would not give up.
-            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
-                e.code,
-                rusqlite::ErrorCode::DatabaseBusy
-                    | rusqlite::ErrorCode::DatabaseLocked
-                    | rusqlite::ErrorCode::FileLockingProtocolFailed
-            ),
+            Error::Store(e) => e.is_busy(),
             Error::Recorded(inner) => inner.is_locked(),
             _ => false,
         }

@@ -4,10 +4,11 @@
 
 use crate::audit::{self, Event};
 use crate::error::Result;
+use crate::params;
 use crate::policy::{NotifyCommand, Policy, Smtp, Webhook};
+use crate::store::Db;
 use crate::time::{from_unix, rfc3339};
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection};
 use serde::Serialize;
 use std::io::Write;
 use std::time::Duration;
@@ -66,12 +67,7 @@ impl Notice {
 }
 
 /// Queue a notice on every configured channel. Call it inside the event's transaction.
-pub fn enqueue(
-    conn: &Connection,
-    policy: &Policy,
-    now: DateTime<Utc>,
-    notice: Notice,
-) -> Result<()> {
+pub fn enqueue(conn: &Db, policy: &Policy, now: DateTime<Utc>, notice: Notice) -> Result<()> {
     if notice.recipients.is_empty() {
         return Ok(());
     }
@@ -93,9 +89,11 @@ pub fn enqueue(
             let address = if r.contains('@') {
                 Some(r.clone())
             } else {
-                conn.query_row("SELECT email FROM users WHERE name = ?1", [r], |row| {
-                    row.get::<_, Option<String>>(0)
-                })
+                conn.query_row(
+                    "SELECT email FROM users WHERE name = ?1",
+                    params![r],
+                    |row| row.get::<_, Option<String>>(0),
+                )
                 .unwrap_or(None)
             };
             if let Some(a) = address.filter(|a| !addresses.contains(a)) {
@@ -133,16 +131,16 @@ pub struct Outgoing {
 }
 
 /// The outbox, or only what was given up.
-pub fn list(conn: &Connection, failed_only: bool) -> Result<Vec<Outgoing>> {
+pub fn list(conn: &Db, failed_only: bool) -> Result<Vec<Outgoing>> {
     select(conn, "?1 = 0 OR status = 'failed'", i64::from(failed_only))
 }
 
-fn select(conn: &Connection, clause: &str, value: i64) -> Result<Vec<Outgoing>> {
+fn select(conn: &Db, clause: &str, value: i64) -> Result<Vec<Outgoing>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT id, event, channel, recipients, status, attempts, next_attempt_at, last_error, created_at, sent_at, payload \
          FROM outbox WHERE {clause} ORDER BY id"
     ))?;
-    let rows = stmt.query_map([value], |r| {
+    let rows = stmt.query_map(params![value], |r| {
         let status: String = r.get(4)?;
         Ok(Outgoing {
             id: r.get(0)?,
@@ -160,7 +158,7 @@ fn select(conn: &Connection, clause: &str, value: i64) -> Result<Vec<Outgoing>> 
             payload: r.get(10)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// What one round of delivery did.
@@ -195,7 +193,7 @@ impl Scope<'_> {
 /// out in one short transaction) so that two processes never send the same one, and no lock
 /// is held while the network is slow.
 pub fn deliver_due(
-    conn: &mut Connection,
+    conn: &mut Db,
     policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
@@ -203,7 +201,7 @@ pub fn deliver_due(
 ) -> Result<Delivery> {
     let t = now.timestamp();
     let due: Vec<Outgoing> = {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = conn.write()?;
         let mut due = select(&tx, "status = 'pending' AND next_attempt_at <= ?1", t)?;
         due.retain(|o| scope.covers(o));
         for o in &due {
@@ -237,7 +235,7 @@ pub fn deliver_due(
             .unwrap_or_else(|| Err(format!("the {} channel is no longer configured", o.channel)))
         }))
         .unwrap_or_else(|_| Err("the delivery failed unexpectedly".to_string()));
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = conn.write()?;
         match result {
             Ok(()) => {
                 tx.execute(

@@ -4,6 +4,7 @@ use super::context::Ctx;
 use super::output::{json, out, table};
 use crate::audit::{self, spreadsheet_safe, Filter, StoredEvent, COLUMNS};
 use crate::error::Error;
+use crate::store::Db;
 use crate::time::parse_instant;
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
@@ -229,7 +230,7 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
 /// Stream the events to `sink`, one row at a time. Values are exact (JSONL writes unsafe
 /// characters as JSON escapes); on a `terminal`, CSV cells are shown escaped.
 pub fn export(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     f: &Filter,
     format: Format,
     mut sink: impl Write,

@@ -5,6 +5,7 @@
 use super::Cli;
 use crate::clock::SystemClock;
 use crate::error::Error;
+use crate::params;
 use crate::privilege::{self, FileId};
 use crate::vault::Vault;
 use crate::{store, Pim};
@@ -14,7 +15,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub struct Ctx {
+    /// The database file, or (for a server) its URL without the password: for messages.
     pub db: PathBuf,
+    /// A PostgreSQL server's URL, and whether it is the installed store (from the root-owned
+    /// configuration file, never from the caller's environment).
+    pub server: Option<(String, bool)>,
     pub as_user: Option<String>,
     pub json: bool,
     /// We may prompt: stdin is a terminal and --no-input was not given.
@@ -66,9 +71,19 @@ pub fn real_user() -> Result<String, Error> {
 }
 
 impl Ctx {
-    pub fn new(cli: &Cli) -> Ctx {
-        Ctx {
-            db: cli.db.clone().unwrap_or_else(default_db),
+    pub fn new(cli: &Cli) -> anyhow::Result<Ctx> {
+        let server = match &cli.db {
+            Some(db) if store::pg::is_url(db) => Some((db.to_string_lossy().into_owned(), false)),
+            Some(_) => None,
+            None => store::pg::installed_url()?.map(|url| (url, true)),
+        };
+        let db = match &server {
+            Some((url, _)) => PathBuf::from(store::pg::redact(url)),
+            None => cli.db.clone().unwrap_or_else(default_db),
+        };
+        Ok(Ctx {
+            db,
+            server,
             as_user: cli.as_user.clone().filter(|s| !s.is_empty()),
             json: cli.json,
             interactive: !cli.no_input && std::io::stdin().is_terminal(),
@@ -78,7 +93,7 @@ impl Ctx {
             installed: std::cell::Cell::new(false),
             files: std::cell::OnceCell::new(),
             patient: std::cell::Cell::new(false),
-        }
+        })
     }
 
     /// The acting principal. `--as` is honoured only for a caller who could write the
@@ -117,6 +132,9 @@ impl Ctx {
         if self.as_user.is_some() {
             if privilege::is_setgid() {
                 self.actor(None)?;
+            } else if self.server.is_some() {
+                // A server named by the caller is reached with the caller's own credentials.
+                self.actor(Some(privilege::real_uid()))?;
             } else if let Ok(meta) = std::fs::metadata(&self.db) {
                 use std::os::unix::fs::MetadataExt;
                 self.actor(Some(meta.uid()))?;
@@ -142,6 +160,9 @@ impl Ctx {
         let mut ended = Vec::new();
         let first = std::time::Instant::now();
         let db = loop {
+            if let Some((url, installed)) = &self.server {
+                break store::pg::open(url, *installed)?;
+            }
             match store::open(&self.db) {
                 Err(e) if e.is_locked() && privilege::real_uid() == 0 => {
                     let files = store::file_ids(&self.db);
@@ -163,12 +184,11 @@ impl Ctx {
         self.installed.set(db.file.installed);
         let _ = self.files.set(db.file.files.clone());
         let os_account = real_user()?;
-        let instance: String = db
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
-                r.get(0)
-            })
-            .map_err(Error::from)?;
+        let instance: String = db.conn.query_row(
+            "SELECT value FROM meta WHERE key = 'instance'",
+            params![],
+            |r| r.get(0),
+        )?;
         let mut vault = Vault::load(&instance, db.file.installed)?;
         if !vault.has_key() && self.may_create_key(&db)? {
             // Made when a secret is first sealed, not by every command that reads.
@@ -217,14 +237,11 @@ impl Ctx {
         if !entitled {
             return Ok(false);
         }
-        let sealed: i64 = db
-            .conn
-            .query_row(
-                "SELECT count(*) FROM users WHERE totp_secret LIKE 'enc1:%'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(Error::from)?;
+        let sealed: i64 = db.conn.query_row(
+            "SELECT count(*) FROM users WHERE totp_secret LIKE 'enc1:%'",
+            params![],
+            |r| r.get(0),
+        )?;
         Ok(sealed == 0)
     }
 

@@ -5,6 +5,7 @@ use super::output::{json, out};
 use super::policy::read_policy;
 use crate::clock::SystemClock;
 use crate::ops::Enrollment;
+use crate::params;
 use crate::vault::Vault;
 use crate::{mfa, policy, privilege, store, Pim};
 use clap::Args;
@@ -40,14 +41,16 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<i32> {
         Some(path) => read_policy(path)?.source,
         None => policy::EXAMPLE.to_string(),
     };
-    let db = store::create(&ctx.db, shared)?;
+    let db = match &ctx.server {
+        Some((url, installed)) => store::pg::create(url, *installed)?,
+        None => store::create(&ctx.db, shared)?,
+    };
     let file = db.file.clone();
-    let instance: String = db
-        .conn
-        .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
-            r.get(0)
-        })
-        .map_err(crate::Error::from)?;
+    let instance: String = db.conn.query_row(
+        "SELECT value FROM meta WHERE key = 'instance'",
+        params![],
+        |r| r.get(0),
+    )?;
     let created = (|| -> crate::Result<(Pim, Enrollment)> {
         let vault = Vault::create(&instance, shared)?;
         Pim::init(
@@ -64,7 +67,9 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<i32> {
         Ok(done) => done,
         Err(e) => {
             // Leave no half-made database (or key) behind.
-            store::discard(&file.path);
+            if ctx.server.is_none() {
+                store::discard(&file.path);
+            }
             crate::vault::discard(&instance, shared.is_some());
             return Err(e.into());
         }

@@ -146,7 +146,16 @@ pub fn run() -> i32 {
             return e.exit_code();
         }
     };
-    let ctx = Ctx::new(&cli);
+    let ctx = match Ctx::new(&cli) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            output::note(&format!("pim: {e:#}"));
+            return e
+                .downcast_ref::<crate::Error>()
+                .map(crate::Error::exit_code)
+                .unwrap_or(1);
+        }
+    };
     let result = dispatch(&ctx, cli.command);
     // Deliver what the command queued, whatever it returned (a refusal may have queued).
     ctx.finish();
@@ -162,7 +171,7 @@ pub fn run() -> i32 {
                 .unwrap_or(1);
             // A database that stayed locked: say who holds it.
             let e = match e.downcast_ref::<crate::Error>() {
-                Some(inner @ (crate::Error::Sqlite(_) | crate::Error::Recorded(_)))
+                Some(inner @ (crate::Error::Store(_) | crate::Error::Recorded(_)))
                     if inner.is_locked() =>
                 {
                     anyhow::Error::from(ctx.locked())

@@ -78,7 +78,7 @@ pub fn run_policy(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<i32> {
             // opened first: the file is read with the caller's own rights.)
             // As far as the caller can see: never looked up with the group, which would tell
             // a caller what the pim directory holds.
-            let pim = if ctx.db.exists() {
+            let pim = if ctx.server.is_some() || ctx.db.exists() {
                 Some(ctx.open()?)
             } else {
                 None

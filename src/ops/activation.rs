@@ -7,11 +7,12 @@ use super::{acting_user, actor_user, holdings, refuse, users, Holding, Pim};
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::params;
 use crate::scope::Scope;
+use crate::store::{Db, Row};
 use crate::time::{format_duration, from_unix, rfc3339};
 use crate::vault::Vault;
 use chrono::{DateTime, Duration, Utc};
-use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default)]
@@ -101,7 +102,7 @@ const COLUMNS: &str = "r.id, u.name, r.role, r.scope, r.status, r.start_at, r.en
      r.justification, r.ticket, r.created_at, r.closed_by, r.close_reason, r.decide_by, \
      r.extends, r.duration_secs";
 
-fn from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<Request> {
+fn from_row(r: &Row<'_>, now: i64) -> Result<Request> {
     let stored: String = r.get(4)?;
     let start_at: i64 = r.get(5)?;
     let end_at: i64 = r.get(6)?;
@@ -130,7 +131,7 @@ fn from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<Request> {
 }
 
 pub(crate) fn requests_where(
-    conn: &Connection,
+    conn: &Db,
     clause: &str,
     value: i64,
     now: i64,
@@ -138,15 +139,15 @@ pub(crate) fn requests_where(
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM requests r JOIN users u ON u.id = r.user_id WHERE {clause} ORDER BY r.id"
     ))?;
-    let rows = stmt.query_map([value], |r| from_row(r, now))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map(params![value], |r| from_row(r, now))?;
+    rows.collect::<Result<Vec<_>>>()
 }
 
 /// End every open activation matching `clause` (with `?1` bound to `value`): set the final
 /// `status` and write one `action` event each.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn end_activations(
-    conn: &Connection,
+    conn: &Db,
     policy: &crate::policy::Policy,
     now: DateTime<Utc>,
     actor: &str,
@@ -200,7 +201,7 @@ pub(crate) fn end_activations(
 /// that would only start after it are revoked; each change is recorded. Pending requests
 /// are capped when they are approved.
 pub(crate) fn cap_activations(
-    conn: &Connection,
+    conn: &Db,
     policy: &crate::policy::Policy,
     now: DateTime<Utc>,
     actor: &str,
@@ -254,7 +255,7 @@ pub(crate) fn cap_activations(
 /// The checks and the write of one activation, inside the caller's transaction.
 /// `mfa_done`: the caller already verified a code for this transaction.
 pub(crate) fn activate_in(
-    tx: &Connection,
+    tx: &Db,
     vault: &Vault,
     now: DateTime<Utc>,
     policy: &crate::policy::Policy,
@@ -423,14 +424,13 @@ pub(crate) fn activate_in(
     let decide_by = settings
         .require_approval
         .then(|| (now + settings.approval_timeout).timestamp());
-    tx.execute(
+    let id = tx.insert(
             "INSERT INTO requests (user_id, role, scope, eligibility_id, status, created_at, start_at, end_at, \
              justification, ticket, duration_secs, decide_by) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![me.id, role.key, scope.as_str(), eligibility_id, status, t, start.timestamp(), end.timestamp(),
                 justification, ticket, duration.num_seconds(), decide_by],
         )?;
-    let id = tx.last_insert_rowid();
     audit::append(
         tx,
         now,
@@ -533,7 +533,9 @@ impl Pim {
                     Ok(r) => out.push(r),
                     Err(e) => {
                         // Undo the roles already activated; keep only the refusal on record.
-                        tx.execute_batch("ROLLBACK TO activate_many; RELEASE activate_many")?;
+                        tx.execute_batch(
+                            "ROLLBACK TO SAVEPOINT activate_many; RELEASE SAVEPOINT activate_many",
+                        )?;
                         return match e {
                             Error::Recorded(inner) => {
                                 audit::append(
@@ -554,7 +556,7 @@ impl Pim {
                     }
                 }
             }
-            tx.execute_batch("RELEASE activate_many")?;
+            tx.execute_batch("RELEASE SAVEPOINT activate_many")?;
             Ok(out)
         })
     }
@@ -779,7 +781,7 @@ mod tests {
             pim.conn()
                 .query_row(
                     "SELECT count(*) FROM audit_events WHERE result != 'ok'",
-                    [],
+                    params![],
                     |r| r.get(0),
                 )
                 .unwrap()

@@ -3,8 +3,8 @@
 
 use super::Pim;
 use crate::error::Result;
+use crate::params;
 use crate::time::format_duration;
-use rusqlite::params;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -43,10 +43,10 @@ impl Pim {
         let a = &policy.alerts;
         let now = self.now().timestamp();
         let conn = &self.conn;
-        let names = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<Vec<String>> {
+        let names = |sql: &str, p: &[&dyn crate::store::ToValue]| -> Result<Vec<String>> {
             let mut stmt = conn.prepare(sql)?;
             let rows = stmt.query_map(p, |r| r.get::<_, String>(0))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            rows.collect::<Result<Vec<_>>>()
         };
         // An assignment in effect, with `now` bound to placeholder ?n.
         let in_effect = |n: u8| {
@@ -143,7 +143,7 @@ impl Pim {
                  WHERE a.kind = 'active' AND a.end_at IS NULL AND u.kind = 'user' AND {} ORDER BY a.role, u.name",
                 in_effect(1)
             ),
-            [now],
+            params![now],
         )?;
         for (user, role) in permanent {
             if !policy.roles.get(&role).is_some_and(|r| r.protected) {
@@ -302,7 +302,7 @@ impl Pim {
                  WHERE a.kind = 'eligible' AND u.totp_secret IS NULL AND u.kind = 'user' AND {} ORDER BY u.name",
                 in_effect(1)
             ),
-            [now],
+            params![now],
         )?;
         for (user, role) in without {
             if policy

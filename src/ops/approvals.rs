@@ -8,11 +8,12 @@ use super::{acting_user, actor_user, has_permission, permission_error, refuse, u
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::params;
 use crate::policy::{Policy, Role};
 use crate::scope::Scope;
+use crate::store::Db;
 use crate::time::{format_duration, from_unix, rfc3339};
 use chrono::{DateTime, Duration, Utc};
-use rusqlite::{params, Connection};
 use serde::Serialize;
 
 /// One approver's decision on a request.
@@ -24,11 +25,11 @@ pub struct Decision {
     pub time: String,
 }
 
-pub(crate) fn decisions(conn: &Connection, request: i64) -> Result<Vec<Decision>> {
+pub(crate) fn decisions(conn: &Db, request: i64) -> Result<Vec<Decision>> {
     let mut stmt = conn.prepare(
         "SELECT approver, decision, justification, at FROM decisions WHERE request_id = ?1 ORDER BY id",
     )?;
-    let rows = stmt.query_map([request], |r| {
+    let rows = stmt.query_map(params![request], |r| {
         Ok(Decision {
             approver: r.get(0)?,
             decision: r.get(1)?,
@@ -36,10 +37,10 @@ pub(crate) fn decisions(conn: &Connection, request: i64) -> Result<Vec<Decision>
             time: rfc3339(from_unix(r.get(3)?)),
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<Result<Vec<_>>>()
 }
 
-fn load(conn: &Connection, id: i64, now: i64) -> Result<Request> {
+fn load(conn: &Db, id: i64, now: i64) -> Result<Request> {
     requests_where(conn, "r.id = ?1", id, now)?
         .pop()
         .ok_or_else(|| hidden(id))
@@ -56,7 +57,7 @@ pub(crate) fn hidden(id: i64) -> Error {
 /// Whether `approver` may decide requests for `role` at `scope`: one of the role's
 /// approvers, or (where it names none) a holder of `approve` covering the scope.
 pub(crate) fn may_decide(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     role: &Role,
     approver: &users::User,
@@ -87,7 +88,7 @@ fn event(actor: &str, action: &str, r: &Request) -> Event {
 /// Start an approved request: the window opens now (or at the requested start, if later)
 /// and lasts the requested duration, never past its eligibility.
 fn start_approved(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
@@ -96,7 +97,7 @@ fn start_approved(
     let t = now.timestamp();
     let eligible_until: Option<i64> = conn.query_row(
         "SELECT a.end_at FROM requests r JOIN assignments a ON a.id = r.eligibility_id WHERE r.id = ?1",
-        [r.id],
+        params![r.id],
         |row| row.get(0),
     )?;
     let start = r.start_at.max(t);
@@ -232,7 +233,7 @@ impl Pim {
             )?;
             let approvals: i64 = tx.query_row(
                 "SELECT count(*) FROM decisions WHERE request_id = ?1 AND decision = 'approve'",
-                [id],
+                params![id],
                 |row| row.get(0),
             )?;
             audit::append(
@@ -410,16 +411,15 @@ impl Pim {
                 verify_code(tx, &vault, now, &me, code, ev.clone())?;
             }
             let eligibility: Option<i64> =
-                tx.query_row("SELECT eligibility_id FROM requests WHERE id = ?1", [current.id], |row| row.get(0))?;
+                tx.query_row("SELECT eligibility_id FROM requests WHERE id = ?1", params![current.id], |row| row.get(0))?;
             let decide_by = s.require_approval.then(|| (now + s.approval_timeout).timestamp());
-            tx.execute(
+            let id = tx.insert(
                 "INSERT INTO requests (user_id, role, scope, eligibility_id, status, created_at, start_at, end_at, \
                  justification, duration_secs, decide_by, extends) \
                  VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![me.id, role.key, current.scope, eligibility, t, t + duration.num_seconds(), justification,
                     duration.num_seconds(), decide_by, current.id],
             )?;
-            let id = tx.last_insert_rowid();
             let pending = load(tx, id, t)?;
             audit::append(tx, now, ev.request(id).expires(Some(t + duration.num_seconds())).detail("approval", s.require_approval))?;
             if !s.require_approval {

@@ -6,11 +6,12 @@ use super::{
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::params;
 use crate::policy::Limit;
 use crate::scope::Scope;
+use crate::store::{Db, OptionalExtension, Row};
 use crate::time::{format_duration, from_unix, rfc3339};
 use chrono::{DateTime, Duration, Utc};
-use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 
 /// How an assignment ends.
@@ -86,7 +87,7 @@ fn state(start: i64, end: Option<i64>, removed: Option<i64>, now: i64) -> &'stat
 const COLUMNS: &str = "a.id, u.name, a.role, a.scope, a.kind, a.start_at, a.end_at, \
      a.justification, a.ticket, a.created_by, a.removed_at";
 
-fn from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<Assignment> {
+fn from_row(r: &Row<'_>, now: i64) -> Result<Assignment> {
     let start_at: i64 = r.get(5)?;
     let end_at: Option<i64> = r.get(6)?;
     Ok(Assignment {
@@ -118,19 +119,19 @@ pub(crate) fn current_sql() -> String {
 
 /// The assignment of `user_id`/`role`/`scope`/`kind` that is in effect or scheduled.
 fn current(
-    conn: &Connection,
+    conn: &Db,
     user_id: i64,
     role: &str,
     scope: &str,
     kind: &str,
     now: i64,
 ) -> Result<Option<Assignment>> {
-    let mut stmt = conn.prepare_cached(&current_sql())?;
-    let mut rows = stmt.query(params![user_id, role, scope, kind, now])?;
-    Ok(match rows.next()? {
-        Some(r) => Some(from_row(r, now)?),
-        None => None,
-    })
+    conn.query_row(
+        &current_sql(),
+        params![user_id, role, scope, kind, now],
+        |r| from_row(r, now),
+    )
+    .optional()
 }
 
 impl Pim {
@@ -294,7 +295,7 @@ impl Pim {
 
 /// The checks and the write of one assignment, inside the caller's transaction.
 pub(crate) fn assign_in(
-    tx: &Connection,
+    tx: &Db,
     now: DateTime<Utc>,
     policy: &crate::policy::Policy,
     actor: &str,
@@ -431,7 +432,7 @@ pub(crate) fn assign_in(
             target.name, kind, role.key, input.scope, existing.state
         )));
     }
-    tx.execute(
+    let id = tx.insert(
             "INSERT INTO assignments (user_id, role, scope, kind, start_at, end_at, justification, ticket, created_by, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
@@ -447,7 +448,6 @@ pub(crate) fn assign_in(
                 t
             ],
         )?;
-    let id = tx.last_insert_rowid();
     audit::append(
         tx,
         now,
@@ -470,7 +470,7 @@ pub(crate) fn assign_in(
     let mut stmt = tx.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.id = ?1"
     ))?;
-    Ok(stmt.query_row([id], |r| from_row(r, t))?)
+    stmt.query_row(params![id], |r| from_row(r, t))
 }
 
 pub(crate) fn unknown_role(role: &str) -> Error {
@@ -549,7 +549,7 @@ mod tests {
             .conn()
             .query_row(
                 "SELECT count(*) FROM audit_events WHERE action = 'assignment.add' AND result != 'ok'",
-                [],
+                params![],
                 |r| r.get(0),
             )
             .unwrap();

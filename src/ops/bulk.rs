@@ -5,9 +5,10 @@ use super::assignments::{assign_in, unknown_role, AssignInput, End};
 use super::{acting_user, users, Pim};
 use crate::audit::Event;
 use crate::error::{Error, Result};
+use crate::params;
 use crate::scope::Scope;
+use crate::store::{Db, OptionalExtension};
 use crate::time::{parse_duration, parse_instant};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 /// One row of an import file, with its line for error messages.
@@ -52,7 +53,7 @@ pub(crate) fn parse_end(text: &str) -> Result<End> {
 
 /// Whether `user` already has a current `kind` assignment of `role` at `scope`.
 pub(crate) fn exists(
-    conn: &Connection,
+    conn: &Db,
     user: &str,
     role: &str,
     scope: &str,
@@ -69,11 +70,7 @@ pub(crate) fn exists(
 const EXISTS: &str = "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE u.name = ?1 AND a.role = ?2 \
      AND a.scope = ?3 AND a.kind = ?4 AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?5)";
 
-fn row_input(
-    conn: &Connection,
-    policy: &crate::policy::Policy,
-    row: &ImportRow,
-) -> Result<AssignInput> {
+fn row_input(conn: &Db, policy: &crate::policy::Policy, row: &ImportRow) -> Result<AssignInput> {
     let role = policy
         .role(&row.role)
         .ok_or_else(|| unknown_role(&row.role))?;
@@ -169,14 +166,16 @@ impl Problems {
     /// what went wrong: exit 3 when anything was refused, else exit 2.
     fn fail(
         self,
-        tx: &Connection,
+        tx: &Db,
         savepoint: &str,
         now: chrono::DateTime<chrono::Utc>,
         actor: &str,
         what: &str,
         dry_run: bool,
     ) -> Result<Error> {
-        tx.execute_batch(&format!("ROLLBACK TO {savepoint}; RELEASE {savepoint}"))?;
+        tx.execute_batch(&format!(
+            "ROLLBACK TO SAVEPOINT {savepoint}; RELEASE SAVEPOINT {savepoint}"
+        ))?;
         let mut text = format!(
             "{} {what}; nothing was changed:\n{}",
             self.total,
@@ -211,7 +210,7 @@ impl Problems {
             let reason = last.result.clone();
             let recorded: Result<()> =
                 users::refuse_limited(tx, now, who, last, Error::Refused(reason));
-            if let Err(e @ (Error::Sqlite(_) | Error::Io(_))) = recorded {
+            if let Err(e @ (Error::Store(_) | Error::Io(_))) = recorded {
                 return Err(e);
             }
         }
@@ -246,7 +245,7 @@ fn bulk<T>(
     event: Event,
     dry_run: bool,
     f: impl FnOnce(
-        &Connection,
+        &Db,
         chrono::DateTime<chrono::Utc>,
         &crate::policy::Policy,
         &users::User,
@@ -255,9 +254,7 @@ fn bulk<T>(
 ) -> Result<T> {
     let policy = pim.policy()?;
     let now = pim.clock.now();
-    let tx = pim
-        .conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = pim.conn.write()?;
     let settled = acting_user(&tx, now, actor, event.clone()).and_then(|me| {
         // Whoever holds `assign` nowhere is refused at once, on record, without going
         // through (and holding the write lock for) every row of the file.
@@ -319,12 +316,12 @@ fn bulk<T>(
     }
     match result {
         Ok(v) => {
-            tx.execute_batch("RELEASE bulk")?;
+            tx.execute_batch("RELEASE SAVEPOINT bulk")?;
             let end = super::outbox_end(&tx)?;
             // A bulk change notifies at most so often; the audit log has every row.
             tx.execute(
                 "DELETE FROM outbox WHERE id > ?1",
-                [mark + NOTICES_PER_BULK],
+                params![mark + NOTICES_PER_BULK],
             )?;
             if dry_run {
                 drop(tx);
@@ -362,9 +359,7 @@ fn charge_apart(
     units: i64,
 ) -> Result<()> {
     if pim.budget {
-        let tx = pim
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = pim.conn.write()?;
         users::count_change(&tx, now, actor, units)?;
         tx.commit()?;
     }
@@ -538,7 +533,7 @@ impl Pim {
 
 #[allow(clippy::too_many_arguments)]
 fn apply_in(
-    tx: &Connection,
+    tx: &Db,
     now: chrono::DateTime<chrono::Utc>,
     policy: &crate::policy::Policy,
     me: &users::User,
@@ -714,7 +709,7 @@ fn apply_in(
     if prune {
         type Current = (i64, i64, String, String, String, String, Option<i64>);
         let current: Vec<Current> = super::rows(tx, "SELECT a.id, u.id, u.name, a.role, a.scope, a.kind, a.end_at FROM assignments a JOIN users u ON u.id = a.user_id \
-                 WHERE a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?1) ORDER BY u.name, a.role, a.scope", [t])?;
+                 WHERE a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?1) ORDER BY u.name, a.role, a.scope", params![t])?;
         for (id, user_id, user, role, scope, kind, end) in current {
             if wanted.contains(&(user.clone(), role.clone(), scope.clone(), kind.as_str())) {
                 continue;
@@ -890,7 +885,7 @@ mod tests {
             pim.conn()
                 .query_row(
                     "SELECT failures FROM account_failures WHERE account = 'changes:admin'",
-                    [],
+                    params![],
                     |r| r.get(0),
                 )
                 .unwrap()
@@ -904,7 +899,7 @@ mod tests {
         pim.conn()
             .execute(
                 "UPDATE account_failures SET failures = 599 WHERE account = 'changes:admin'",
-                [],
+                params![],
             )
             .unwrap();
         let e = pim

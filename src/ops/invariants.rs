@@ -5,10 +5,10 @@
 use super::testing::*;
 use super::{ActivationInput, AssignInput, End, Pim};
 use crate::clock::FixedClock;
+use crate::params;
 use crate::scope::Scope;
 use chrono::Duration;
 use proptest::prelude::*;
-use rusqlite::params;
 
 const USERS: [&str; 3] = ["bob", "carol", "admin"];
 const ROLES: [&str; 4] = ["db-admin", "ticketed", "approved", "global-admin"];
@@ -196,7 +196,7 @@ fn check_invariants(pim: &Pim) {
         )
         .unwrap();
     let rows: Vec<InEffect> = stmt
-        .query_map([now], |r| {
+        .query_map(params![now], |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -220,7 +220,7 @@ fn check_invariants(pim: &Pim) {
                     "SELECT count(DISTINCT d.approver) FROM decisions d JOIN requests r ON r.id = d.request_id \
                      JOIN users u ON u.id = r.user_id \
                      WHERE d.request_id = ?1 AND d.decision = 'approve' AND d.approver != u.name",
-                    [id],
+                    params![id],
                     |r| r.get(0),
                 )
                 .unwrap();
@@ -232,7 +232,7 @@ fn check_invariants(pim: &Pim) {
         let (e_user, e_role, e_scope, e_kind, e_start, e_end, removed): Eligibility = conn
             .query_row(
                 "SELECT user_id, role, scope, kind, start_at, end_at, removed_at FROM assignments WHERE id = ?1",
-                [eligibility],
+                params![eligibility],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )
             .unwrap();
@@ -269,7 +269,7 @@ fn check_invariants(pim: &Pim) {
             let (created, last_step): (i64, Option<i64>) = conn
                 .query_row(
                     "SELECT r.created_at, u.totp_last_step FROM requests r JOIN users u ON u.id = r.user_id WHERE r.id = ?1",
-                    [id],
+                    params![id],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .unwrap();
@@ -286,7 +286,7 @@ fn check_invariants(pim: &Pim) {
                AND (a.end_at IS NULL OR a.end_at > ?1) AND NOT EXISTS ( \
                  SELECT 1 FROM audit_events e WHERE e.action = 'assignment.add' AND e.result = 'ok' \
                     AND json_extract(e.details, '$.assignment') = a.id)",
-            [now],
+            params![now],
             |r| r.get(0),
         )
         .unwrap();
@@ -297,7 +297,7 @@ fn check_invariants(pim: &Pim) {
             "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.role = 'global-admin' \
                AND a.removed_at IS NULL AND u.disabled = 0 AND a.start_at <= ?1 \
                AND ((a.kind = 'active' AND (a.end_at IS NULL OR a.end_at > ?1)) OR (a.kind = 'eligible' AND a.end_at IS NULL))",
-            [now],
+            params![now],
             |r| r.get(0),
         )
         .unwrap();

@@ -30,16 +30,17 @@ pub use views::Viewer;
 use crate::audit::Event;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::params;
 use crate::policy::Policy;
 use crate::scope::Scope;
+use crate::store::{Db, OptionalExtension, Tx};
 use crate::vault::Vault;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::sync::Arc;
 
 /// pim over one open database.
 pub struct Pim {
-    conn: Connection,
+    conn: Db,
     clock: Arc<dyn Clock>,
     /// The key of the TOTP secrets.
     vault: Arc<Vault>,
@@ -65,7 +66,7 @@ pub struct Holding {
 }
 
 impl Pim {
-    pub fn new(conn: Connection, clock: Arc<dyn Clock>, vault: Vault) -> Pim {
+    pub fn new(conn: Db, clock: Arc<dyn Clock>, vault: Vault) -> Pim {
         Pim {
             conn,
             clock,
@@ -96,7 +97,7 @@ impl Pim {
         self.clock.now()
     }
 
-    pub fn conn(&self) -> &Connection {
+    pub fn conn(&self) -> &Db {
         &self.conn
     }
 
@@ -115,7 +116,7 @@ impl Pim {
     fn write<T>(
         &mut self,
         actor: &str,
-        f: impl FnOnce(&Transaction<'_>, DateTime<Utc>, &Policy) -> Result<T>,
+        f: impl FnOnce(&Tx<'_>, DateTime<Utc>, &Policy) -> Result<T>,
     ) -> Result<T> {
         let budget = self.budget.then(|| actor.to_string());
         self.write_as(budget, f)
@@ -125,7 +126,7 @@ impl Pim {
     /// or a request (never blocked by a budget): no budget.
     fn write_system<T>(
         &mut self,
-        f: impl FnOnce(&Transaction<'_>, DateTime<Utc>, &Policy) -> Result<T>,
+        f: impl FnOnce(&Tx<'_>, DateTime<Utc>, &Policy) -> Result<T>,
     ) -> Result<T> {
         self.write_as(None, f)
     }
@@ -133,11 +134,9 @@ impl Pim {
     fn write_as<T>(
         &mut self,
         budget: Option<String>,
-        f: impl FnOnce(&Transaction<'_>, DateTime<Utc>, &Policy) -> Result<T>,
+        f: impl FnOnce(&Tx<'_>, DateTime<Utc>, &Policy) -> Result<T>,
     ) -> Result<T> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.write()?;
         let now = self.clock.now();
         if let Some(actor) = &budget {
             if let Some(until) =
@@ -183,17 +182,18 @@ impl Pim {
 }
 
 /// The last outbox row (0 when there is none).
-pub(crate) fn outbox_end(conn: &Connection) -> Result<i64> {
-    Ok(conn
-        .prepare_cached("SELECT coalesce(max(id), 0) FROM outbox")?
-        .query_row([], |r| r.get(0))?)
+pub(crate) fn outbox_end(conn: &Db) -> Result<i64> {
+    conn.prepare_cached("SELECT coalesce(max(id), 0) FROM outbox")?
+        .query_row(params![], |r| r.get(0))
 }
 
-pub(crate) fn load_policy(conn: &Connection) -> Result<Policy> {
+pub(crate) fn load_policy(conn: &Db) -> Result<Policy> {
     let source: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'policy'", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'policy'",
+            params![],
+            |r| r.get(0),
+        )
         .optional()?;
     let source = source.ok_or_else(|| {
         Error::Environment(
@@ -212,28 +212,22 @@ pub(crate) fn load_policy(conn: &Connection) -> Result<Policy> {
 /// Write a refusal's audit event and return the error marked as recorded. A user who floods
 /// the log with refused attempts is throttled: still refused, no longer recorded, for the
 /// rest of the window (`users::REFUSALS_PER_WINDOW`).
-pub(crate) fn refuse<T>(
-    tx: &Connection,
-    now: DateTime<Utc>,
-    event: Event,
-    err: Error,
-) -> Result<T> {
+pub(crate) fn refuse<T>(tx: &Db, now: DateTime<Utc>, event: Event, err: Error) -> Result<T> {
     let actor = event.actor.clone();
     users::refuse_limited(tx, now, users::Limited::User(&actor), event, err)
 }
 
 /// All rows of a query, each converted into `T` (a tuple of the selected columns).
-pub(crate) fn rows<T>(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<T>>
-where
-    T: for<'a> TryFrom<&'a rusqlite::Row<'a>, Error = rusqlite::Error>,
-{
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(params, |r| T::try_from(r))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
+pub(crate) fn rows<T: crate::store::FromRow>(
+    conn: &Db,
+    sql: &str,
+    params: &[&dyn crate::store::ToValue],
+) -> Result<Vec<T>> {
+    conn.query_map(sql, params, T::from_row)?.collect()
 }
 
 /// Every role `user_id` holds at `now`: direct active assignments and activations.
-pub(crate) fn holdings(conn: &Connection, user_id: i64, now: i64) -> Result<Vec<Holding>> {
+pub(crate) fn holdings(conn: &Db, user_id: i64, now: i64) -> Result<Vec<Holding>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.role, a.scope, a.end_at, a.id, NULL FROM assignments a JOIN users u ON u.id = a.user_id
           WHERE a.user_id = ?1 AND u.disabled = 0 AND a.kind = 'active' AND a.removed_at IS NULL
@@ -274,7 +268,7 @@ pub(crate) fn holdings(conn: &Connection, user_id: i64, now: i64) -> Result<Vec<
 
 /// Whether `user` may use `permission` over `scope` at `now`.
 pub(crate) fn has_permission(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     user: &User,
     permission: &str,
@@ -295,7 +289,7 @@ pub(crate) fn has_permission(
 
 /// Refuse (without an audit event) unless `user` may use `permission` over `scope`.
 pub(crate) fn require(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     user: &User,
     permission: &str,
@@ -316,7 +310,7 @@ pub(crate) fn permission_error(permission: &str, scope: &Scope) -> Error {
 }
 
 /// The acting principal, which must be an enabled pim user.
-pub(crate) fn actor_user(conn: &Connection, name: &str) -> Result<User> {
+pub(crate) fn actor_user(conn: &Db, name: &str) -> Result<User> {
     match users::find(conn, name)? {
         Some(u) if u.disabled => Err(disabled_actor(name)),
         Some(u) => Ok(u),
@@ -340,7 +334,7 @@ pub(crate) fn not_a_user(name: &str) -> Error {
 /// refused on record (`event`), so that attempts by strangers and disabled accounts stay in
 /// the log; a stranger's attempts are rate-limited per operating-system account.
 pub(crate) fn acting_user(
-    conn: &Connection,
+    conn: &Db,
     now: DateTime<Utc>,
     actor: &str,
     event: Event,
@@ -367,7 +361,7 @@ pub(crate) fn acting_user(
 /// *permanent* holder (active or eligible), because a time-bound one would leave the role
 /// orphaned the moment it expires.
 pub(crate) fn would_orphan_protected(
-    conn: &Connection,
+    conn: &Db,
     role: &str,
     user_id: i64,
     assignment: Option<i64>,
@@ -381,7 +375,7 @@ pub(crate) fn would_orphan_protected(
     };
     let value = assignment.unwrap_or(user_id);
     let count = |sql: String| -> Result<i64> {
-        Ok(conn.query_row(&sql, params![role, now, value], |r| r.get(0))?)
+        conn.query_row(&sql, params![role, now, value], |r| r.get(0))
     };
     let is_holder = count(format!(
         "{base} AND {this} AND ((a.kind = 'active' AND (a.end_at IS NULL OR a.end_at > ?2)) \
@@ -498,7 +492,7 @@ permissions = ["users"]
         pim.conn()
             .query_row(
                 "SELECT count(*) FROM audit_events WHERE action = ?1",
-                [action],
+                params![action],
                 |r| r.get(0),
             )
             .unwrap()

@@ -6,11 +6,12 @@
 use super::{has_permission, users};
 use crate::error::Result;
 use crate::notify::{enqueue, Notice};
+use crate::params;
 use crate::policy::{Policy, Role};
 use crate::scope::Scope;
+use crate::store::Db;
 use crate::time::{from_unix, rfc3339};
 use chrono::{DateTime, Utc};
-use rusqlite::Connection;
 
 fn role_name(policy: &Policy, key: &str) -> String {
     policy
@@ -28,7 +29,7 @@ fn until(end: Option<i64>) -> String {
 /// Who may decide a request for `role` at `scope`: the role's approvers, or the enabled
 /// holders of `approve` over the scope; never the requester.
 pub(crate) fn approvers(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     role: &Role,
     scope: &Scope,
@@ -48,8 +49,8 @@ pub(crate) fn approvers(
     let names: Vec<String> = {
         let mut stmt = conn
             .prepare("SELECT name FROM users WHERE disabled = 0 AND kind = 'user' ORDER BY name")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
+        let rows = stmt.query_map(params![], |r| r.get(0))?;
+        rows.collect::<Result<_>>()?
     };
     for name in names {
         if name == requester {
@@ -65,7 +66,7 @@ pub(crate) fn approvers(
 }
 
 pub(crate) fn assignment_added(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
@@ -91,7 +92,7 @@ pub(crate) fn assignment_added(
 }
 
 pub(crate) fn requested(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
     user: &str,
@@ -121,7 +122,7 @@ pub(crate) fn requested(
 
 /// To the requester: approved, denied or timed out.
 pub(crate) fn decided(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
     event: &str,
@@ -155,7 +156,7 @@ pub(crate) fn decided(
 
 /// To the role's `notify` list: an activation started.
 pub(crate) fn started(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
     user: &str,
@@ -185,7 +186,7 @@ pub(crate) fn started(
 
 /// To the user: their activation was revoked.
 pub(crate) fn revoked(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
     user: &str,
@@ -212,7 +213,7 @@ pub(crate) fn revoked(
 
 /// To the user: an assignment ends soon.
 pub(crate) fn expiring(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
     user: &str,

@@ -3,9 +3,9 @@
 use super::{actor_user, has_permission, permission_error, refuse, Pim};
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
+use crate::params;
 use crate::policy::{diff, Policy, Role, RoleChange};
 use crate::scope::Scope;
-use rusqlite::params;
 use sha2::{Digest, Sha256};
 
 pub(crate) fn source_hash(source: &str) -> String {
@@ -91,7 +91,7 @@ impl Pim {
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES ('policy', ?1) \
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    [&new.source],
+                    params![&new.source],
                 )?;
                 let summary: Vec<serde_json::Value> = changes.iter().map(change_json).collect();
                 audit::append(tx, now, event.detail("changes", summary))?;

@@ -9,11 +9,12 @@ use super::{
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
 use crate::notify::{enqueue, Notice};
+use crate::params;
 use crate::policy::Policy;
 use crate::scope::Scope;
+use crate::store::Db;
 use crate::time::{from_unix, rfc3339};
 use chrono::{DateTime, Duration, Utc};
-use rusqlite::{params, Connection};
 use serde::Serialize;
 
 /// An eligible assignment not activated in this long is recommended for removal.
@@ -83,13 +84,7 @@ fn period(every: &str) -> Option<Duration> {
 }
 
 /// keep or remove, and why, for one assignment at `now`.
-fn recommend(
-    conn: &Connection,
-    user: &str,
-    role: &str,
-    kind: &str,
-    now: i64,
-) -> Result<(String, String)> {
+fn recommend(conn: &Db, user: &str, role: &str, kind: &str, now: i64) -> Result<(String, String)> {
     let u = users::get(conn, user)?;
     if u.disabled {
         return Ok(("remove".into(), "the user is disabled".into()));
@@ -125,12 +120,12 @@ fn recommend(
     })
 }
 
-fn load(conn: &Connection, id: i64, now: i64) -> Result<Review> {
+fn load(conn: &Db, id: i64, now: i64) -> Result<Review> {
     let mut review = conn
         .query_row(
             "SELECT id, name, role, scope, reviewers, self_review, default_decision, recurrence, created_by, \
              created_at, ends_at, completed_at FROM reviews WHERE id = ?1",
-            [id],
+            params![id],
             |r| {
                 let ends: i64 = r.get(10)?;
                 let completed: Option<i64> = r.get(11)?;
@@ -161,17 +156,17 @@ fn load(conn: &Connection, id: i64, now: i64) -> Result<Review> {
             },
         )
         .map_err(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => {
+            Error::Store(e) if e.is_no_rows() => {
                 Error::NotFound(format!("There is no review {id}. See `pim review list`."))
             }
-            other => other.into(),
+            other => other,
         })?;
     let mut stmt = conn.prepare(
-        "SELECT user, role, scope, kind, recommendation, reason, decision, reviewer, justification, decided_at, applied, result \
-         FROM review_items WHERE review_id = ?1 ORDER BY user, scope, kind",
+        "SELECT \"user\", role, scope, kind, recommendation, reason, decision, reviewer, justification, decided_at, applied, result \
+         FROM review_items WHERE review_id = ?1 ORDER BY \"user\", scope, kind",
     )?;
     review.items = stmt
-        .query_map([id], |r| {
+        .query_map(params![id], |r| {
             Ok(ReviewItem {
                 user: r.get(0)?,
                 role: r.get(1)?,
@@ -187,7 +182,7 @@ fn load(conn: &Connection, id: i64, now: i64) -> Result<Review> {
                 result: r.get(11)?,
             })
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     review.total = review.items.len() as i64;
     review.decided = review.items.iter().filter(|i| i.decision.is_some()).count() as i64;
     Ok(review)
@@ -196,7 +191,7 @@ fn load(conn: &Connection, id: i64, now: i64) -> Result<Review> {
 /// Create a review and its items (the role's assignments at `scope` and below, now).
 #[allow(clippy::too_many_arguments)]
 fn start_review(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
@@ -210,13 +205,12 @@ fn start_review(
     name: &str,
 ) -> Result<i64> {
     let t = now.timestamp();
-    conn.execute(
+    let id = conn.insert(
         "INSERT INTO reviews (name, role, scope, self_review, reviewers, default_decision, recurrence, duration_secs, \
          created_by, created_at, ends_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![name, role, scope.as_str(), self_review, serde_json::to_string(reviewers).unwrap_or_default(),
             default, every, duration.num_seconds(), actor, t, t + duration.num_seconds()],
     )?;
-    let id = conn.last_insert_rowid();
     let rows: Vec<(i64, String, String, String)> = super::rows(conn, "SELECT a.id, u.name, a.scope, a.kind FROM assignments a JOIN users u ON u.id = a.user_id \
              WHERE a.role = ?1 AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?2) ORDER BY u.name, a.scope", params![role, t])?;
     let mut people = Vec::new();
@@ -226,7 +220,7 @@ fn start_review(
         }
         let (recommendation, reason) = recommend(conn, &user, role, &kind, t)?;
         conn.execute(
-            "INSERT INTO review_items (review_id, assignment_id, user, role, scope, kind, recommendation, reason) \
+            "INSERT INTO review_items (review_id, assignment_id, \"user\", role, scope, kind, recommendation, reason) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![id, assignment, user, role, a_scope, kind, recommendation, reason],
         )?;
@@ -236,7 +230,7 @@ fn start_review(
     }
     let items: i64 = conn.query_row(
         "SELECT count(*) FROM review_items WHERE review_id = ?1",
-        [id],
+        params![id],
         |r| r.get(0),
     )?;
     audit::append(
@@ -283,7 +277,7 @@ fn start_review(
 /// Apply a review: decisions, then the default for the undecided; the last holder of a
 /// protected role is kept.
 fn complete_review(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
@@ -291,8 +285,8 @@ fn complete_review(
 ) -> Result<()> {
     let t = now.timestamp();
     let review = load(conn, id, t)?;
-    let items: Vec<(i64, i64, String, String, String, Option<String>)> = super::rows(conn, "SELECT i.id, i.assignment_id, i.user, i.kind, i.recommendation, i.decision FROM review_items i \
-             WHERE i.review_id = ?1 ORDER BY i.id", [id])?;
+    let items: Vec<(i64, i64, String, String, String, Option<String>)> = super::rows(conn, "SELECT i.id, i.assignment_id, i.\"user\", i.kind, i.recommendation, i.decision FROM review_items i \
+             WHERE i.review_id = ?1 ORDER BY i.id", params![id])?;
     let (mut kept, mut removed, mut protected) = (0, 0, 0);
     for (item, assignment, user, kind, recommendation, decision) in items {
         let applied = match decision {
@@ -303,7 +297,7 @@ fn complete_review(
         let current: Option<(i64, Option<i64>, Option<i64>, String)> = conn
             .query_row(
                 "SELECT user_id, removed_at, end_at, scope FROM assignments WHERE id = ?1",
-                [assignment],
+                params![assignment],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .ok();
@@ -384,7 +378,7 @@ fn complete_review(
 
 /// Complete reviews whose time is up and start the next of recurring ones (for `sweep`).
 pub(crate) fn sweep_reviews(
-    conn: &Connection,
+    conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
@@ -394,8 +388,8 @@ pub(crate) fn sweep_reviews(
         let mut stmt = conn.prepare(
             "SELECT id FROM reviews WHERE completed_at IS NULL AND ends_at <= ?1 ORDER BY id",
         )?;
-        let rows = stmt.query_map([t], |r| r.get(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
+        let rows = stmt.query_map(params![t], |r| r.get(0))?;
+        rows.collect::<Result<_>>()?
     };
     for id in &due {
         complete_review(conn, policy, now, actor, *id)?;
@@ -413,7 +407,7 @@ pub(crate) fn sweep_reviews(
         i64,
     );
     let recurring: Vec<Recurring> = super::rows(conn, "SELECT id, name, role, scope, reviewers, self_review, default_decision, duration_secs, recurrence, created_at \
-             FROM reviews WHERE recurrence IS NOT NULL AND next_started = 0 ORDER BY id", [])?;
+             FROM reviews WHERE recurrence IS NOT NULL AND next_started = 0 ORDER BY id", params![])?;
     let mut started = Vec::new();
     for (id, name, role, scope, reviewers, self_review, default, duration, every, created) in
         recurring
@@ -422,7 +416,10 @@ pub(crate) fn sweep_reviews(
         if t < created + p.num_seconds() || !policy.roles.contains_key(&role) {
             continue;
         }
-        conn.execute("UPDATE reviews SET next_started = 1 WHERE id = ?1", [id])?;
+        conn.execute(
+            "UPDATE reviews SET next_started = 1 WHERE id = ?1",
+            params![id],
+        )?;
         let reviewers: Vec<String> = serde_json::from_str(&reviewers).unwrap_or_default();
         let next = start_review(
             conn,
@@ -535,8 +532,8 @@ impl Pim {
     pub fn reviews(&self) -> Result<Vec<Review>> {
         let ids: Vec<i64> = {
             let mut stmt = self.conn.prepare("SELECT id FROM reviews ORDER BY id")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
+            let rows = stmt.query_map(params![], |r| r.get(0))?;
+            rows.collect::<Result<_>>()?
         };
         let now = self.now().timestamp();
         ids.into_iter()

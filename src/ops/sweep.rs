@@ -4,8 +4,8 @@
 use super::Pim;
 use crate::audit::{self, Event};
 use crate::error::Result;
+use crate::params;
 use crate::time::{from_unix, rfc3339};
-use rusqlite::params;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -29,7 +29,7 @@ impl Pim {
             let due: Vec<Row> = super::rows(tx, "SELECT r.id, u.name, r.role, r.scope, r.start_at, r.end_at FROM requests r \
                      JOIN users u ON u.id = r.user_id \
                      WHERE (r.status = 'scheduled' AND r.start_at <= ?1) OR (r.status = 'active' AND r.end_at <= ?1) \
-                     ORDER BY r.id", [t])?;
+                     ORDER BY r.id", params![t])?;
             for (id, user, role, scope, _start, end) in due {
                 let event = |action: &str| {
                     Event::new(actor, action)
@@ -40,25 +40,25 @@ impl Pim {
                         .expires(Some(end))
                 };
                 if end > t {
-                    tx.execute("UPDATE requests SET status = 'active' WHERE id = ?1", [id])?;
+                    tx.execute("UPDATE requests SET status = 'active' WHERE id = ?1", params![id])?;
                     audit::append(tx, now, event("activation.start"))?;
                     super::notices::started(tx, policy, now, &user, &role, &scope, id, end)?;
                     report.started.push(id);
                 } else {
                     tx.execute(
                         "UPDATE requests SET status = 'expired', closed_at = end_at, close_reason = 'expired' WHERE id = ?1",
-                        [id],
+                        params![id],
                     )?;
                     audit::append(tx, now, event("activation.expire").detail("ended_at", rfc3339(from_unix(end))))?;
                     report.expired_activations.push(id);
                 }
             }
             let stale: Vec<(i64, String, String, String, i64)> = super::rows(tx, "SELECT r.id, u.name, r.role, r.scope, r.decide_by FROM requests r JOIN users u ON u.id = r.user_id \
-                     WHERE r.status = 'pending' AND r.decide_by <= ?1 ORDER BY r.id", [t])?;
+                     WHERE r.status = 'pending' AND r.decide_by <= ?1 ORDER BY r.id", params![t])?;
             for (id, user, role, scope, deadline) in stale {
                 tx.execute(
                     "UPDATE requests SET status = 'timed_out', closed_at = decide_by, close_reason = 'no decision in time' WHERE id = ?1",
-                    [id],
+                    params![id],
                 )?;
                 audit::append(
                     tx,
@@ -75,7 +75,7 @@ impl Pim {
             }
             let ended: Vec<(i64, String, String, String, String, i64)> = super::rows(tx, "SELECT a.id, u.name, a.role, a.scope, a.kind, a.end_at FROM assignments a \
                      JOIN users u ON u.id = a.user_id \
-                     WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.id", [t])?;
+                     WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.id", params![t])?;
             for (id, user, role, scope, kind, end) in ended {
                 tx.execute(
                     "UPDATE assignments SET expiry_recorded = 1 WHERE id = ?1",

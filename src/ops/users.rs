@@ -8,11 +8,12 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::mfa;
+use crate::params;
 use crate::policy::{looks_like_email, valid_handle, Policy};
 use crate::scope::Scope;
+use crate::store::{Db, OptionalExtension, Row};
 use crate::vault::Vault;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -57,7 +58,7 @@ pub struct Enrollment {
 const USER_COLUMNS: &str = "id, name, email, display_name, kind, disabled, \
      totp_secret IS NOT NULL, mfa_locked_until, created_at, mfa_blocked";
 
-fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
+fn user_from_row(r: &Row<'_>) -> Result<User> {
     Ok(User {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -72,14 +73,13 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
     })
 }
 
-pub(crate) fn find(conn: &Connection, name: &str) -> Result<Option<User>> {
-    Ok(conn
-        .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"))?
-        .query_row([name], user_from_row)
-        .optional()?)
+pub(crate) fn find(conn: &Db, name: &str) -> Result<Option<User>> {
+    conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"))?
+        .query_row(params![name], user_from_row)
+        .optional()
 }
 
-pub(crate) fn get(conn: &Connection, name: &str) -> Result<User> {
+pub(crate) fn get(conn: &Db, name: &str) -> Result<User> {
     find(conn, name)?.ok_or_else(|| {
         Error::NotFound(format!(
             "There is no user named '{name}'. See `pim user list`."
@@ -104,7 +104,7 @@ fn check_new_user(name: &str, email: Option<&str>) -> Result<()> {
 }
 
 fn insert_user(
-    conn: &Connection,
+    conn: &Db,
     now: DateTime<Utc>,
     name: &str,
     email: Option<&str>,
@@ -115,14 +115,13 @@ fn insert_user(
             "A user named '{name}' already exists."
         )));
     }
-    conn.execute(
+    conn.insert(
         "INSERT INTO users (name, email, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![name, email, display_name, now.timestamp()],
-    )?;
-    Ok(conn.last_insert_rowid())
+    )
 }
 
-fn enroll_in(conn: &Connection, vault: &Vault, user: &str) -> Result<Enrollment> {
+fn enroll_in(conn: &Db, vault: &Vault, user: &str) -> Result<Enrollment> {
     let secret = mfa::new_secret();
     let b32 = mfa::to_base32(&secret);
     conn.execute(
@@ -146,7 +145,7 @@ fn enroll_in(conn: &Connection, vault: &Vault, user: &str) -> Result<Enrollment>
 /// written to the audit log (with `context`'s role and scope) and returned as a recorded
 /// refusal, so that the caller's transaction keeps it.
 pub(crate) fn verify_code(
-    conn: &Connection,
+    conn: &Db,
     vault: &Vault,
     now: DateTime<Utc>,
     user: &User,
@@ -156,7 +155,7 @@ pub(crate) fn verify_code(
     type Row = (Option<String>, Option<i64>, i64, Option<i64>, bool);
     let (stored, last_step, failures, locked_until, blocked): Row = conn.query_row(
         "SELECT totp_secret, totp_last_step, mfa_failures, mfa_locked_until, mfa_blocked FROM users WHERE id = ?1",
-        [user.id],
+        params![user.id],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
     let t = now.timestamp();
@@ -303,7 +302,7 @@ impl Pim {
             } else {
                 tx.query_row(
                     "SELECT token_hash, disabled, kind FROM users WHERE name = ?1",
-                    [&claimed],
+                    params![&claimed],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?
@@ -397,7 +396,7 @@ impl Pim {
     /// Create the database's first state: the policy, the administrator with an
     /// authenticator, and a permanent active assignment of every protected role.
     pub fn init(
-        conn: Connection,
+        conn: Db,
         clock: Arc<dyn Clock>,
         vault: Vault,
         os_actor: &str,
@@ -416,12 +415,11 @@ impl Pim {
                     .join("; ")
             ))
         })?;
-        let mut pim = Pim::new(conn, clock, vault);
-        let tx = pim
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let pim = Pim::new(conn, clock, vault);
+        let tx = pim.conn.write()?;
         let now = pim.clock.now();
-        let existing: i64 = tx.query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))?;
+        let existing: i64 =
+            tx.query_row("SELECT count(*) FROM audit_events", params![], |r| r.get(0))?;
         if existing > 0 {
             return Err(Error::Conflict(
                 "This database is already initialised.".to_string(),
@@ -429,7 +427,7 @@ impl Pim {
         }
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('policy', ?1)",
-            [policy_source],
+            params![policy_source],
         )?;
         audit::append(
             &tx,
@@ -454,7 +452,7 @@ impl Pim {
             Event::new(os_actor, "mfa.enroll").principal(admin),
         )?;
         for role in policy.roles.values().filter(|r| r.protected) {
-            tx.execute(
+            let assignment = tx.insert(
                 "INSERT INTO assignments (user_id, role, scope, kind, start_at, end_at, justification, created_by, created_at) \
                  VALUES (?1, ?2, '/', 'active', ?3, NULL, 'break-glass administrator', ?4, ?3)",
                 params![user_id, role.key, now.timestamp(), os_actor],
@@ -468,7 +466,7 @@ impl Pim {
                     .scope("/")
                     .justification(Some("break-glass administrator"))
                     .detail("type", "active")
-                    .detail("assignment", tx.last_insert_rowid()),
+                    .detail("assignment", assignment),
             )?;
         }
         tx.commit()?;
@@ -506,8 +504,8 @@ impl Pim {
             .conn
             .prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))?;
         let users = stmt
-            .query_map([], user_from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .query_map(params![], user_from_row)?
+            .collect::<Result<Vec<_>>>()?;
         Ok(users)
     }
 
@@ -614,7 +612,7 @@ impl Pim {
             }
             tx.execute(
                 "UPDATE users SET totp_secret = NULL, mfa_failures = 0, mfa_locked_until = NULL, mfa_blocked = 0 WHERE id = ?1",
-                [user.id],
+                params![user.id],
             )?;
             audit::append(tx, now, Event::new(actor, "mfa.reset").principal(name))?;
             Ok(())
@@ -667,15 +665,15 @@ pub fn bulk_units(rows: usize) -> i64 {
 }
 
 /// How much of `actor`'s change budget the current window has used.
-pub(crate) fn changes_used(conn: &Connection, now: DateTime<Utc>, actor: &str) -> Result<i64> {
+pub(crate) fn changes_used(conn: &Db, now: DateTime<Utc>, actor: &str) -> Result<i64> {
     Ok(window(conn, Limited::Changes(actor), now.timestamp())?.0)
 }
 
 /// `who`'s count in the current window (of `mfa::LOCK_SECONDS`) and when it began.
-fn window(conn: &Connection, who: Limited<'_>, t: i64) -> Result<(i64, i64)> {
+fn window(conn: &Db, who: Limited<'_>, t: i64) -> Result<(i64, i64)> {
     Ok(conn
         .prepare_cached("SELECT failures, first_at FROM account_failures WHERE account = ?1")?
-        .query_row([who.key()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![who.key()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
         .filter(|&(_, first)| first > t - mfa::LOCK_SECONDS)
         .unwrap_or((0, t)))
@@ -683,7 +681,7 @@ fn window(conn: &Connection, who: Limited<'_>, t: i64) -> Result<(i64, i64)> {
 
 /// Add `units` to `who`'s window; returns the new count and, when it reaches the allowance,
 /// until when `who` is limited (the end of the window).
-fn bump(conn: &Connection, who: Limited<'_>, t: i64, units: i64) -> Result<(i64, Option<i64>)> {
+fn bump(conn: &Db, who: Limited<'_>, t: i64, units: i64) -> Result<(i64, Option<i64>)> {
     let (count, first) = window(conn, who, t)?;
     let count = count + units.max(1);
     let until = (count >= who.allowance()).then_some(first + mfa::LOCK_SECONDS);
@@ -697,12 +695,7 @@ fn bump(conn: &Connection, who: Limited<'_>, t: i64, units: i64) -> Result<(i64,
 
 /// Count one change by `actor`; the one that spends the budget starts a pause until the end
 /// of the window (`change.throttle`).
-pub(crate) fn count_change(
-    conn: &Connection,
-    now: DateTime<Utc>,
-    actor: &str,
-    units: i64,
-) -> Result<()> {
+pub(crate) fn count_change(conn: &Db, now: DateTime<Utc>, actor: &str, units: i64) -> Result<()> {
     let (count, until) = bump(conn, Limited::Changes(actor), now.timestamp(), units)?;
     if let Some(until) = until {
         audit::append(
@@ -717,10 +710,10 @@ pub(crate) fn count_change(
 }
 
 /// Until when `who` is over its limit, if it is.
-pub(crate) fn limited_until(conn: &Connection, who: Limited<'_>, now: i64) -> Result<Option<i64>> {
+pub(crate) fn limited_until(conn: &Db, who: Limited<'_>, now: i64) -> Result<Option<i64>> {
     Ok(conn
         .prepare_cached("SELECT locked_until FROM account_failures WHERE account = ?1")?
-        .query_row([who.key()], |r| r.get::<_, Option<i64>>(0))
+        .query_row(params![who.key()], |r| r.get::<_, Option<i64>>(0))
         .optional()?
         .flatten()
         .filter(|&u| u > now))
@@ -731,7 +724,7 @@ pub(crate) fn limited_until(conn: &Connection, who: Limited<'_>, now: i64) -> Re
 /// the rest of it (`account.lock` for an account, `refusal.throttle` for a user). Over the
 /// limit, the refusal is returned without another event.
 pub(crate) fn refuse_limited<T>(
-    conn: &Connection,
+    conn: &Db,
     now: DateTime<Utc>,
     who: Limited<'_>,
     event: Event,
@@ -774,9 +767,11 @@ impl Pim {
         }
         let plain: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'secrets'", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'secrets'",
+                params![],
+                |r| r.get(0),
+            )
             .optional()?;
         if plain.as_deref() != Some("plain") {
             return Ok(0);
@@ -785,7 +780,7 @@ impl Pim {
             let rows: Vec<(i64, String, String)> = super::rows(
                 tx,
                 "SELECT id, name, totp_secret FROM users WHERE totp_secret IS NOT NULL",
-                [],
+                params![],
             )?;
             let mut sealed = 0;
             for (id, name, stored) in rows {
@@ -799,7 +794,10 @@ impl Pim {
                 )?;
                 sealed += 1;
             }
-            tx.execute("UPDATE meta SET value = 'sealed' WHERE key = 'secrets'", [])?;
+            tx.execute(
+                "UPDATE meta SET value = 'sealed' WHERE key = 'secrets'",
+                params![],
+            )?;
             audit::append(
                 tx,
                 now,

@@ -11,13 +11,14 @@ use super::reviews::Review;
 use super::{holdings, not_a_user, users, Pim};
 use crate::error::{Error, Result};
 use crate::scope::Scope;
+use crate::store::Db;
 
 /// The permissions that let a user see other people's data within their scope.
 const OVERSIGHT: [&str; 4] = ["users", "assign", "audit", "review"];
 
 /// Whether `user` may see other people's data at `scope` (one of `OVERSIGHT` over it).
 pub(crate) fn oversees(
-    conn: &rusqlite::Connection,
+    conn: &Db,
     policy: &crate::policy::Policy,
     user: &users::User,
     scope: &Scope,

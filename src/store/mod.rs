@@ -8,6 +8,14 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+pub mod pg;
+mod sql;
+pub use crate::params;
+pub use sql::{
+    Backend, ColumnIndex, Db, FromRow, FromValue, OptionalExtension, Row, Rows, Stmt, StoreError,
+    ToValue, Tx, Value,
+};
+
 /// `PRAGMA application_id` of a pim database ("pim1"), so that another SQLite file is
 /// recognised as not ours.
 const APPLICATION_ID: i64 = 0x7069_6d31;
@@ -216,7 +224,7 @@ pub struct DbFile {
 
 /// An open database.
 pub struct Database {
-    pub conn: Connection,
+    pub conn: Db,
     pub file: DbFile,
 }
 
@@ -270,7 +278,7 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
 /// An error while opening: a database that stayed locked says who holds it; anything else
 /// means the file is no pim database.
 fn open_failed(path: &Path, e: rusqlite::Error) -> Error {
-    let e = Error::Sqlite(e);
+    let e = Error::from(e);
     if e.is_locked() {
         return locked(path, &lock_holders(&file_ids(path)));
     }
@@ -380,7 +388,8 @@ fn open_sqlite(real: &Path) -> Result<Opened> {
     // group, and have SQLite remove them).
     persist_wal(&conn);
     configure(&conn).map_err(|e| match e {
-        Error::Sqlite(e) => open_failed(real, e),
+        Error::Store(_) if e.is_locked() => locked(real, &lock_holders(&file_ids(real))),
+        Error::Store(e) => not_a_database(real, &e.to_string()),
         other => other,
     })?;
     let id: i64 = conn
@@ -399,7 +408,8 @@ fn finish_open(mut conn: Connection, path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(|e| open_failed(path, e))?;
     migrate(&mut conn).map_err(|e| match e {
-        Error::Sqlite(s) => open_failed(path, s),
+        Error::Store(_) if e.is_locked() => locked(path, &lock_holders(&file_ids(path))),
+        Error::Store(s) => not_a_database(path, &s.to_string()),
         other => other,
     })?;
     // Reading the policy row touches the schema and a table page: a damaged or foreign file
@@ -429,7 +439,7 @@ pub fn open(path: &Path) -> Result<Database> {
     let (conn, main, companions) = open_sqlite(&real)?;
     let conn = finish_open(conn, &real)?;
     Ok(Database {
-        conn,
+        conn: Db::sqlite(conn),
         file: DbFile {
             path: real,
             owner: main.uid(),
@@ -568,7 +578,7 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
         }
     }
     Ok(Some(Database {
-        conn,
+        conn: Db::sqlite(conn),
         file: DbFile {
             path: real,
             owner,
@@ -636,7 +646,7 @@ pub fn create(path: &Path, shared: Option<u32>) -> Result<Database> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     migrate(&mut conn)?;
     Ok(Database {
-        conn,
+        conn: Db::sqlite(conn),
         file: DbFile {
             path: path.to_path_buf(),
             owner: meta.uid(),
@@ -865,12 +875,12 @@ pub fn discard(path: &Path) {
 }
 
 /// A fresh in-memory database, for tests.
-pub fn in_memory() -> Result<Connection> {
+pub fn in_memory() -> Result<Db> {
     let mut conn = Connection::open_in_memory()?;
     conn.pragma_update(None, "application_id", APPLICATION_ID)?;
     configure(&conn)?;
     migrate(&mut conn)?;
-    Ok(conn)
+    Ok(Db::sqlite(conn))
 }
 
 #[cfg(test)]

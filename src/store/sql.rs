@@ -1,0 +1,806 @@
+//! One connection to either backend, and the transactions on it.
+//!
+//! Statements are written once, in the common subset of SQLite and PostgreSQL, with `?N`
+//! placeholders (rewritten to `$N` for PostgreSQL); every statement is prepared once per
+//! connection and cached. Values cross the seam as [`Value`]: integers, text, reals and NULL,
+//! so that nothing outside `src/store` names a driver.
+//!
+//! The contract every backend keeps: **a write transaction is serialised against every other
+//! write transaction.** SQLite gets it from `BEGIN IMMEDIATE` (one writer per file);
+//! PostgreSQL from the row lock every write transaction takes first on the audit chain's head
+//! (`SELECT … FOR UPDATE`), so writers queue in the order the log records them and each one
+//! sees everything its predecessors committed.
+
+use crate::error::{Error, Result};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+
+/// What went wrong in the store, without the driver's types.
+#[derive(Debug)]
+pub struct StoreError {
+    kind: Kind,
+    message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    NoRows,
+    Busy,
+    Constraint,
+    Other,
+}
+
+impl StoreError {
+    pub(crate) fn other(message: impl Into<String>) -> StoreError {
+        StoreError {
+            kind: Kind::Other,
+            message: message.into(),
+        }
+    }
+
+    /// A query that must return a row returned none.
+    pub fn is_no_rows(&self) -> bool {
+        self.kind == Kind::NoRows
+    }
+
+    /// The store stayed locked by another writer past the wait.
+    pub fn is_busy(&self) -> bool {
+        self.kind == Kind::Busy
+    }
+
+    /// A uniqueness, foreign key or check constraint refused the change.
+    pub fn is_constraint(&self) -> bool {
+        self.kind == Kind::Constraint
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        let kind = match &e {
+            rusqlite::Error::QueryReturnedNoRows => Kind::NoRows,
+            rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                rusqlite::ErrorCode::DatabaseBusy
+                | rusqlite::ErrorCode::DatabaseLocked
+                | rusqlite::ErrorCode::FileLockingProtocolFailed => Kind::Busy,
+                rusqlite::ErrorCode::ConstraintViolation => Kind::Constraint,
+                _ => Kind::Other,
+            },
+            _ => Kind::Other,
+        };
+        Error::Store(StoreError {
+            kind,
+            message: e.to_string(),
+        })
+    }
+}
+
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Error {
+        use postgres::error::SqlState;
+        let kind = match e.code() {
+            Some(c) if c.code().starts_with("23") => Kind::Constraint,
+            Some(c)
+                if *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+            {
+                Kind::Busy
+            }
+            _ => Kind::Other,
+        };
+        // The driver's message may quote the connection string; say only what the server said.
+        let message = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.severity(), db.message()),
+            None if e.is_closed() => "the connection to PostgreSQL was closed".to_string(),
+            None => super::pg::redact(&e.to_string()),
+        };
+        Error::Store(StoreError { kind, message })
+    }
+}
+
+fn no_rows() -> Error {
+    Error::Store(StoreError {
+        kind: Kind::NoRows,
+        message: "the query returned no rows".into(),
+    })
+}
+
+/// A value crossing the seam.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+/// What can be bound to a placeholder.
+pub trait ToValue {
+    fn to_value(&self) -> Value;
+}
+
+impl ToValue for Value {
+    fn to_value(&self) -> Value {
+        self.clone()
+    }
+}
+macro_rules! int_to_value {
+    ($($t:ty),*) => {$(
+        impl ToValue for $t {
+            fn to_value(&self) -> Value {
+                Value::Int(*self as i64)
+            }
+        }
+    )*};
+}
+int_to_value!(i64, i32, u32, u16, u8, usize, u64);
+impl ToValue for bool {
+    fn to_value(&self) -> Value {
+        Value::Int(i64::from(*self))
+    }
+}
+impl ToValue for f64 {
+    fn to_value(&self) -> Value {
+        Value::Real(*self)
+    }
+}
+impl ToValue for str {
+    fn to_value(&self) -> Value {
+        Value::Text(self.to_string())
+    }
+}
+impl ToValue for String {
+    fn to_value(&self) -> Value {
+        Value::Text(self.clone())
+    }
+}
+impl<T: ToValue + ?Sized> ToValue for &T {
+    fn to_value(&self) -> Value {
+        (**self).to_value()
+    }
+}
+impl<T: ToValue> ToValue for Option<T> {
+    fn to_value(&self) -> Value {
+        match self {
+            Some(v) => v.to_value(),
+            None => Value::Null,
+        }
+    }
+}
+
+/// What a column can be read as.
+pub trait FromValue: Sized {
+    fn from_value(v: Value) -> std::result::Result<Self, String>;
+}
+
+impl FromValue for Value {
+    fn from_value(v: Value) -> std::result::Result<Self, String> {
+        Ok(v)
+    }
+}
+macro_rules! int_from_value {
+    ($($t:ty),*) => {$(
+        impl FromValue for $t {
+            fn from_value(v: Value) -> std::result::Result<Self, String> {
+                match v {
+                    Value::Int(i) => <$t>::try_from(i).map_err(|_| format!("{i} is out of range")),
+                    other => Err(format!("expected an integer, found {other:?}")),
+                }
+            }
+        }
+    )*};
+}
+int_from_value!(i64, i32, u32, u16, u8, usize, u64);
+impl FromValue for bool {
+    fn from_value(v: Value) -> std::result::Result<Self, String> {
+        i64::from_value(v).map(|i| i != 0)
+    }
+}
+impl FromValue for f64 {
+    fn from_value(v: Value) -> std::result::Result<Self, String> {
+        match v {
+            Value::Real(f) => Ok(f),
+            Value::Int(i) => Ok(i as f64),
+            other => Err(format!("expected a number, found {other:?}")),
+        }
+    }
+}
+impl FromValue for String {
+    fn from_value(v: Value) -> std::result::Result<Self, String> {
+        match v {
+            Value::Text(s) => Ok(s),
+            other => Err(format!("expected text, found {other:?}")),
+        }
+    }
+}
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(v: Value) -> std::result::Result<Self, String> {
+        match v {
+            Value::Null => Ok(None),
+            other => T::from_value(other).map(Some),
+        }
+    }
+}
+
+/// Bind values to a statement's placeholders: `params![a, b]`.
+#[macro_export]
+macro_rules! params {
+    () => {
+        &[] as &[&dyn $crate::store::ToValue]
+    };
+    ($($p:expr),+ $(,)?) => {
+        &[$(&$p as &dyn $crate::store::ToValue),+] as &[&dyn $crate::store::ToValue]
+    };
+}
+
+/// One row of a result.
+pub struct Row<'a> {
+    inner: RowInner<'a>,
+}
+
+enum RowInner<'a> {
+    Sqlite(&'a rusqlite::Row<'a>),
+    Postgres(&'a postgres::Row),
+}
+
+/// A column position.
+pub trait ColumnIndex {
+    fn index(&self) -> usize;
+}
+impl ColumnIndex for usize {
+    fn index(&self) -> usize {
+        *self
+    }
+}
+
+impl Row<'_> {
+    pub fn get<I: ColumnIndex, T: FromValue>(&self, i: I) -> Result<T> {
+        let i = i.index();
+        let value = match &self.inner {
+            RowInner::Sqlite(r) => sqlite_value(r.get_ref(i)?)?,
+            RowInner::Postgres(r) => pg_value(r, i)?,
+        };
+        T::from_value(value)
+            .map_err(|m| Error::Store(StoreError::other(format!("column {i}: {m}"))))
+    }
+}
+
+fn sqlite_value(v: rusqlite::types::ValueRef<'_>) -> Result<Value> {
+    use rusqlite::types::ValueRef;
+    Ok(match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Int(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => Value::Text(
+            String::from_utf8(t.to_vec())
+                .map_err(|_| Error::Store(StoreError::other("a text column is not UTF-8")))?,
+        ),
+        ValueRef::Blob(_) => {
+            return Err(Error::Store(StoreError::other(
+                "a column holds a blob, which pim never writes",
+            )))
+        }
+    })
+}
+
+fn pg_value(r: &postgres::Row, i: usize) -> Result<Value> {
+    use postgres::types::Type;
+    let ty = r
+        .columns()
+        .get(i)
+        .ok_or_else(|| Error::Store(StoreError::other(format!("no column {i}"))))?
+        .type_()
+        .clone();
+    let v = if ty == Type::INT8 {
+        r.try_get::<_, Option<i64>>(i)?.map(Value::Int)
+    } else if ty == Type::INT4 {
+        r.try_get::<_, Option<i32>>(i)?
+            .map(|v| Value::Int(v.into()))
+    } else if ty == Type::INT2 {
+        r.try_get::<_, Option<i16>>(i)?
+            .map(|v| Value::Int(v.into()))
+    } else if ty == Type::BOOL {
+        r.try_get::<_, Option<bool>>(i)?
+            .map(|v| Value::Int(v.into()))
+    } else if ty == Type::FLOAT8 {
+        r.try_get::<_, Option<f64>>(i)?.map(Value::Real)
+    } else if ty == Type::FLOAT4 {
+        r.try_get::<_, Option<f32>>(i)?
+            .map(|v| Value::Real(v.into()))
+    } else if ty == Type::TEXT || ty == Type::VARCHAR || ty == Type::NAME || ty == Type::BPCHAR {
+        r.try_get::<_, Option<String>>(i)?.map(Value::Text)
+    } else {
+        return Err(Error::Store(StoreError::other(format!(
+            "column {i} has type {ty}, which pim does not read (cast it)"
+        ))));
+    };
+    Ok(v.unwrap_or(Value::Null))
+}
+
+impl postgres::types::ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
+        use postgres::types::Type;
+        match self {
+            Value::Null => Ok(postgres::types::IsNull::Yes),
+            Value::Int(i) => {
+                if *ty == Type::INT8 {
+                    i.to_sql(ty, out)
+                } else if *ty == Type::INT4 {
+                    i32::try_from(*i)?.to_sql(ty, out)
+                } else if *ty == Type::INT2 {
+                    i16::try_from(*i)?.to_sql(ty, out)
+                } else if *ty == Type::BOOL {
+                    (*i != 0).to_sql(ty, out)
+                } else if *ty == Type::FLOAT8 {
+                    (*i as f64).to_sql(ty, out)
+                } else {
+                    i.to_string().to_sql(ty, out)
+                }
+            }
+            Value::Real(f) => {
+                if *ty == Type::FLOAT4 {
+                    (*f as f32).to_sql(ty, out)
+                } else if *ty == Type::FLOAT8 {
+                    f.to_sql(ty, out)
+                } else {
+                    f.to_string().to_sql(ty, out)
+                }
+            }
+            Value::Text(s) => s.as_str().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// A statement of the common dialect, with PostgreSQL's placeholders: `?N` → `$N`, a bare
+/// `?` → the next number. Quoted text and identifiers are left alone.
+pub(crate) fn to_postgres(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut quote: Option<char> = None;
+    let mut next = 0;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => {
+                out.push(c);
+                if c == q {
+                    quote = None;
+                }
+            }
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            None if c == '?' => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                if digits.is_empty() {
+                    next += 1;
+                    digits = next.to_string();
+                }
+                out.push('$');
+                out.push_str(&digits);
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
+/// Which database a connection speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One connection.
+pub struct Db {
+    inner: Inner,
+    /// Depth of open transactions (0: none).
+    depth: Cell<u32>,
+}
+
+#[allow(clippy::large_enum_variant)] // one per process
+enum Inner {
+    Sqlite(rusqlite::Connection),
+    Postgres {
+        client: RefCell<postgres::Client>,
+        statements: RefCell<HashMap<String, postgres::Statement>>,
+    },
+}
+
+/// What a query hands over: the rows' values, converted by `f`.
+pub type Rows<T> = std::vec::IntoIter<Result<T>>;
+
+impl Db {
+    pub(crate) fn sqlite(conn: rusqlite::Connection) -> Db {
+        Db {
+            inner: Inner::Sqlite(conn),
+            depth: Cell::new(0),
+        }
+    }
+
+    pub(crate) fn postgres(client: postgres::Client) -> Db {
+        Db {
+            inner: Inner::Postgres {
+                client: RefCell::new(client),
+                statements: RefCell::new(HashMap::new()),
+            },
+            depth: Cell::new(0),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.inner {
+            Inner::Sqlite(_) => Backend::Sqlite,
+            Inner::Postgres { .. } => Backend::Postgres,
+        }
+    }
+
+    fn pg_statement(&self, sql: &str) -> Result<postgres::Statement> {
+        let Inner::Postgres { client, statements } = &self.inner else {
+            unreachable!("only called on PostgreSQL")
+        };
+        if let Some(s) = statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let stmt = client.borrow_mut().prepare(&to_postgres(sql))?;
+        statements
+            .borrow_mut()
+            .insert(sql.to_string(), stmt.clone());
+        Ok(stmt)
+    }
+
+    fn pg_params(params: &[&dyn ToValue]) -> Vec<Value> {
+        params.iter().map(|p| p.to_value()).collect()
+    }
+
+    /// Run statements that take no parameters (schema, savepoints).
+    pub fn execute_batch(&self, sql: &str) -> Result<()> {
+        match &self.inner {
+            Inner::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Inner::Postgres { client, .. } => Ok(client.borrow_mut().batch_execute(sql)?),
+        }
+    }
+
+    /// Run one statement; the number of rows it changed.
+    pub fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize> {
+        match &self.inner {
+            Inner::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let values: Vec<SqliteValue> =
+                    params.iter().map(|p| SqliteValue(p.to_value())).collect();
+                Ok(stmt.execute(rusqlite::params_from_iter(values.iter()))?)
+            }
+            Inner::Postgres { client, .. } => {
+                let stmt = self.pg_statement(sql)?;
+                let values = Self::pg_params(params);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    values.iter().map(|v| v as _).collect();
+                Ok(client.borrow_mut().execute(&stmt, &refs)? as usize)
+            }
+        }
+    }
+
+    /// Hand each row to `f` as it arrives (memory stays at one row); `f` may stop the query
+    /// early by returning `Ok(false)`.
+    pub fn query_each(
+        &self,
+        sql: &str,
+        params: &[&dyn ToValue],
+        mut f: impl FnMut(&Row<'_>) -> Result<bool>,
+    ) -> Result<()> {
+        match &self.inner {
+            Inner::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let values: Vec<SqliteValue> =
+                    params.iter().map(|p| SqliteValue(p.to_value())).collect();
+                let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
+                while let Some(r) = rows.next()? {
+                    if !f(&Row {
+                        inner: RowInner::Sqlite(r),
+                    })? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Inner::Postgres { client, .. } => {
+                use postgres::fallible_iterator::FallibleIterator;
+                let stmt = self.pg_statement(sql)?;
+                let values = Self::pg_params(params);
+                let mut client = client.borrow_mut();
+                let mut rows = client.query_raw(&stmt, values.iter())?;
+                while let Some(r) = rows.next()? {
+                    if !f(&Row {
+                        inner: RowInner::Postgres(&r),
+                    })? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Run an `INSERT` of one row; the id the store gave it.
+    pub fn insert(&self, sql: &str, params: &[&dyn ToValue]) -> Result<i64> {
+        self.query_row(&format!("{sql} RETURNING id"), params, |r| r.get(0))
+    }
+
+    /// Every row, each converted by `f`.
+    pub fn query_map<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn ToValue],
+        mut f: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<Rows<T>> {
+        let mut out = Vec::new();
+        if let Inner::Postgres { client, .. } = &self.inner {
+            // Read the whole result before converting it, so that `f` may run queries of its own.
+            let stmt = self.pg_statement(sql)?;
+            let values = Self::pg_params(params);
+            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                values.iter().map(|v| v as _).collect();
+            let rows = client.borrow_mut().query(&stmt, &refs)?;
+            for r in &rows {
+                out.push(f(&Row {
+                    inner: RowInner::Postgres(r),
+                }));
+            }
+            return Ok(out.into_iter());
+        }
+        self.query_each(sql, params, |r| {
+            out.push(f(r));
+            Ok(true)
+        })?;
+        Ok(out.into_iter())
+    }
+
+    /// The first row, converted by `f`; an error that `is_no_rows` when there is none.
+    pub fn query_row<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn ToValue],
+        f: impl FnOnce(&Row<'_>) -> Result<T>,
+    ) -> Result<T> {
+        if let Inner::Postgres { .. } = &self.inner {
+            let mut f = Some(f);
+            let first = self
+                .query_map(sql, params, |r| Ok(f.take().map(|f| f(r))))?
+                .next();
+            return match first {
+                Some(Ok(Some(v))) => v,
+                Some(Err(e)) => Err(e),
+                _ => Err(no_rows()),
+            };
+        }
+        let mut f = Some(f);
+        let mut out = None;
+        self.query_each(sql, params, |r| {
+            out = Some((f.take().expect("called once"))(r));
+            Ok(false)
+        })?;
+        out.unwrap_or_else(|| Err(no_rows()))
+    }
+
+    /// A statement to run several times (kept for the call sites' shape: every statement
+    /// is cached by the connection anyway).
+    pub fn prepare_cached(&self, sql: &str) -> Result<Stmt<'_>> {
+        Ok(Stmt {
+            db: self,
+            sql: sql.to_string(),
+        })
+    }
+
+    /// Alias of `prepare_cached`.
+    pub fn prepare(&self, sql: &str) -> Result<Stmt<'_>> {
+        self.prepare_cached(sql)
+    }
+
+    /// Start a write transaction, serialised against every other (the module's contract).
+    pub fn write(&self) -> Result<Tx<'_>> {
+        assert_eq!(self.depth.get(), 0, "a write transaction is already open");
+        match &self.inner {
+            Inner::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
+            Inner::Postgres { client, .. } => {
+                client.borrow_mut().batch_execute("BEGIN")?;
+                self.depth.set(1);
+                // The audit chain's head row orders every writer.
+                if let Err(e) = self.query_row(
+                    "SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE",
+                    params![],
+                    |r| r.get::<_, i64>(0),
+                ) {
+                    self.depth.set(0);
+                    let _ = client.borrow_mut().batch_execute("ROLLBACK");
+                    return Err(e);
+                }
+            }
+        }
+        self.depth.set(1);
+        Ok(Tx {
+            db: self,
+            done: false,
+        })
+    }
+
+    /// Start a read transaction: one consistent view for several statements.
+    pub fn read(&self) -> Result<Tx<'_>> {
+        assert_eq!(self.depth.get(), 0, "a transaction is already open");
+        match &self.inner {
+            Inner::Sqlite(c) => c.execute_batch("BEGIN DEFERRED")?,
+            Inner::Postgres { client, .. } => client
+                .borrow_mut()
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?,
+        }
+        self.depth.set(1);
+        Ok(Tx {
+            db: self,
+            done: false,
+        })
+    }
+
+    /// Whether a transaction is open on this connection.
+    pub fn in_transaction(&self) -> bool {
+        self.depth.get() > 0
+    }
+}
+
+struct SqliteValue(Value);
+
+impl rusqlite::ToSql for SqliteValue {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(match &self.0 {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            Value::Real(f) => ToSqlOutput::Borrowed(ValueRef::Real(*f)),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        })
+    }
+}
+
+/// A statement bound to its connection.
+pub struct Stmt<'a> {
+    db: &'a Db,
+    sql: String,
+}
+
+impl Stmt<'_> {
+    pub fn execute(&mut self, params: &[&dyn ToValue]) -> Result<usize> {
+        self.db.execute(&self.sql, params)
+    }
+
+    pub fn query_row<T>(
+        &mut self,
+        params: &[&dyn ToValue],
+        f: impl FnOnce(&Row<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.db.query_row(&self.sql, params, f)
+    }
+
+    pub fn query_map<T>(
+        &mut self,
+        params: &[&dyn ToValue],
+        f: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<Rows<T>> {
+        self.db.query_map(&self.sql, params, f)
+    }
+
+    pub fn exists(&mut self, params: &[&dyn ToValue]) -> Result<bool> {
+        let mut found = false;
+        self.db.query_each(&self.sql, params, |_| {
+            found = true;
+            Ok(false)
+        })?;
+        Ok(found)
+    }
+}
+
+/// An open transaction: it rolls back when dropped uncommitted. Statements run on it
+/// through `Deref` to the connection.
+pub struct Tx<'a> {
+    db: &'a Db,
+    done: bool,
+}
+
+impl Tx<'_> {
+    pub fn commit(mut self) -> Result<()> {
+        self.done = true;
+        self.db.depth.set(0);
+        self.db.execute_batch("COMMIT")
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        self.db
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.db.depth.set(0);
+            let _ = self.db.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// `.optional()` on a query that returns at most one row.
+pub trait OptionalExtension<T> {
+    fn optional(self) -> Result<Option<T>>;
+}
+
+impl<T> OptionalExtension<T> for Result<T> {
+    fn optional(self) -> Result<Option<T>> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::Store(e)) if e.is_no_rows() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Rows read into tuples: `rows::<(String, i64)>(db, sql, params)`.
+pub trait FromRow: Sized {
+    fn from_row(r: &Row<'_>) -> Result<Self>;
+}
+
+macro_rules! tuple_from_row {
+    ($($n:tt $t:ident),+) => {
+        impl<$($t: FromValue),+> FromRow for ($($t,)+) {
+            fn from_row(r: &Row<'_>) -> Result<Self> {
+                Ok(($(r.get::<_, $t>($n)?,)+))
+            }
+        }
+    };
+}
+tuple_from_row!(0 A);
+tuple_from_row!(0 A, 1 B);
+tuple_from_row!(0 A, 1 B, 2 C);
+tuple_from_row!(0 A, 1 B, 2 C, 3 D);
+tuple_from_row!(0 A, 1 B, 2 C, 3 D, 4 E);
+tuple_from_row!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F);
+tuple_from_row!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G);
+tuple_from_row!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H);
+tuple_from_row!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H, 8 I);
+tuple_from_row!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H, 8 I, 9 J);
+tuple_from_row!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H, 8 I, 9 J, 10 K);
+tuple_from_row!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H, 8 I, 9 J, 10 K, 11 L);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_numbered_outside_quotes() {
+        assert_eq!(
+            to_postgres("SELECT '?1', \"a?\" FROM t WHERE a = ?1 AND b = ?12 OR c = ?"),
+            "SELECT '?1', \"a?\" FROM t WHERE a = $1 AND b = $12 OR c = $1"
+        );
+    }
+}
