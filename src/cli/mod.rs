@@ -10,6 +10,7 @@ mod output;
 mod policy;
 mod prompt;
 mod review;
+mod store;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -116,6 +117,9 @@ enum Command {
     /// The notification outbox and its deliveries
     #[command(subcommand)]
     Notification(audit::NotificationCommand),
+    /// The database itself: copy a SQLite file into PostgreSQL
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Run pim with the process's arguments; returns the exit code.
@@ -211,6 +215,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
         Command::Revoke(args) => activate::run_revoke(ctx, args),
         Command::Audit(cmd) => audit::run(ctx, cmd),
         Command::Sweep => audit::run_sweep(ctx),
+        Command::Store(cmd) => store::run(ctx, cmd),
         Command::Notification(cmd) => audit::run_notification(ctx, cmd),
         Command::Review(cmd) => review::run(ctx, cmd),
         Command::Alerts { fail_on } => review::run_alerts(ctx, fail_on),

@@ -78,7 +78,11 @@ pub fn run_policy(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<i32> {
             // opened first: the file is read with the caller's own rights.)
             // As far as the caller can see: never looked up with the group, which would tell
             // a caller what the pim directory holds.
-            let pim = if ctx.server.is_some() || ctx.db.exists() {
+            let pim = if ctx.server.is_some() {
+                // A server that holds no pim database yet (or cannot be reached) leaves
+                // the check to the file alone.
+                ctx.open().ok()
+            } else if ctx.db.exists() {
                 Some(ctx.open()?)
             } else {
                 None

@@ -317,12 +317,14 @@ fn bulk<T>(
     match result {
         Ok(v) => {
             tx.execute_batch("RELEASE SAVEPOINT bulk")?;
-            let end = super::outbox_end(&tx)?;
-            // A bulk change notifies at most so often; the audit log has every row.
+            // A bulk change notifies at most so often; the audit log has every row. (Ids
+            // need not be consecutive: a server's sequences leave gaps.)
             tx.execute(
-                "DELETE FROM outbox WHERE id > ?1",
-                params![mark + NOTICES_PER_BULK],
+                "DELETE FROM outbox WHERE id > ?1 AND id NOT IN \
+                 (SELECT id FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2)",
+                params![mark, NOTICES_PER_BULK],
             )?;
+            let end = super::outbox_end(&tx)?;
             if dry_run {
                 drop(tx);
                 charge_apart(pim, now, actor, units)?;
@@ -331,7 +333,7 @@ fn bulk<T>(
                     users::count_change(&tx, now, actor, units)?;
                 }
                 tx.commit()?;
-                pim.note_queued((mark, end.min(mark + NOTICES_PER_BULK)));
+                pim.note_queued((mark, end));
             }
             Ok(v)
         }

@@ -122,7 +122,7 @@ impl Pim {
                UNION ALL \
                SELECT r.user_id FROM requests r JOIN users u ON u.id = r.user_id \
                 WHERE r.role = ?1 AND u.disabled = 0 AND r.status IN ('active', 'scheduled') \
-                  AND r.start_at <= ?2 AND r.end_at > ?2)",
+                  AND r.start_at <= ?2 AND r.end_at > ?2) AS holders",
         )?;
         for role in policy.roles.values() {
             out.push(RoleSummary {

@@ -583,7 +583,7 @@ impl Pim {
             }
             let changed = tx.execute(
                 "UPDATE review_items SET decision = ?1, reviewer = ?2, justification = ?3, decided_at = ?4 \
-                 WHERE review_id = ?5 AND user = ?6",
+                 WHERE review_id = ?5 AND \"user\" = ?6",
                 params![decision, actor, justification.trim(), t, id, user],
             )?;
             if changed == 0 {

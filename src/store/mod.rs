@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+pub mod copy;
 pub mod pg;
 mod sql;
 pub use crate::params;

@@ -357,10 +357,20 @@ pub fn is_empty(db: &Db) -> Result<bool> {
 
 /// Connect and bring the schema up to date. `installed`: the URL came from [`CONFIG`].
 pub fn open(url: &str, installed: bool) -> Result<Database> {
+    connect_and_migrate(url, installed, false)
+}
+
+fn connect_and_migrate(url: &str, installed: bool, create: bool) -> Result<Database> {
     if !installed {
         privilege::drop_for_good();
     }
     let db = Db::postgres(connect(url)?);
+    if !create && version(&db)? == 0 {
+        return Err(Error::Environment(format!(
+            "No pim database at {}. Run `pim init --admin NAME` to create it.",
+            redact(url)
+        )));
+    }
     migrate(&db)?;
     Ok(Database {
         conn: db,
@@ -379,7 +389,7 @@ pub fn open(url: &str, installed: bool) -> Result<Database> {
 /// Connect to an empty server database and create pim's schema in it; refuses one that
 /// already holds a pim database.
 pub fn create(url: &str, installed: bool) -> Result<Database> {
-    let db = open(url, installed)?;
+    let db = connect_and_migrate(url, installed, true)?;
     if !is_empty(&db.conn)? {
         return Err(Error::Conflict(format!(
             "The PostgreSQL database at {} already holds a pim database. Use it, or name another database.",

@@ -116,6 +116,7 @@ fn no_rows() -> Error {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Null,
+    Bool(bool),
     Int(i64),
     Real(f64),
     Text(String),
@@ -143,7 +144,7 @@ macro_rules! int_to_value {
 int_to_value!(i64, i32, u32, u16, u8, usize, u64);
 impl ToValue for bool {
     fn to_value(&self) -> Value {
-        Value::Int(i64::from(*self))
+        Value::Bool(*self)
     }
 }
 impl ToValue for f64 {
@@ -191,6 +192,7 @@ macro_rules! int_from_value {
             fn from_value(v: Value) -> std::result::Result<Self, String> {
                 match v {
                     Value::Int(i) => <$t>::try_from(i).map_err(|_| format!("{i} is out of range")),
+                    Value::Bool(b) => Ok(<$t>::from(b)),
                     other => Err(format!("expected an integer, found {other:?}")),
                 }
             }
@@ -334,6 +336,13 @@ impl postgres::types::ToSql for Value {
         use postgres::types::Type;
         match self {
             Value::Null => Ok(postgres::types::IsNull::Yes),
+            Value::Bool(b) => {
+                if *ty == Type::BOOL {
+                    b.to_sql(ty, out)
+                } else {
+                    Value::Int(i64::from(*b)).to_sql(ty, out)
+                }
+            }
             Value::Int(i) => {
                 if *ty == Type::INT8 {
                     i.to_sql(ty, out)
@@ -458,14 +467,54 @@ impl Db {
         }
     }
 
-    fn pg_statement(&self, sql: &str) -> Result<postgres::Statement> {
+    fn pg_statement(&self, sql: &str, params: &[Value]) -> Result<postgres::Statement> {
         let Inner::Postgres { client, statements } = &self.inner else {
             unreachable!("only called on PostgreSQL")
         };
         if let Some(s) = statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let stmt = client.borrow_mut().prepare(&to_postgres(sql))?;
+        let translated = to_postgres(sql);
+        let typed_key = format!("{sql}\u{0}typed");
+        let prepared = if statements.borrow().contains_key(&typed_key) {
+            Err(None)
+        } else {
+            client.borrow_mut().prepare(&translated).map_err(Some)
+        };
+        let stmt = match prepared {
+            Ok(stmt) => stmt,
+            // A placeholder whose type the server cannot tell from its first use (`?1 IS
+            // NULL OR name = ?1`): name the types of the values at hand. Such a statement is
+            // cached under its types too.
+            Err(e)
+                if e.as_ref().is_none_or(|e| {
+                    use postgres::error::SqlState;
+                    // 42P18, or 42P08 (AMBIGUOUS_PARAMETER) for `?1 IS NULL`.
+                    e.code() == Some(&SqlState::INDETERMINATE_DATATYPE)
+                        || e.code() == Some(&SqlState::AMBIGUOUS_PARAMETER)
+                }) =>
+            {
+                use postgres::types::Type;
+                let types: Vec<Type> = params
+                    .iter()
+                    .map(|v| match v {
+                        Value::Bool(_) => Type::BOOL,
+                        Value::Int(_) => Type::INT8,
+                        Value::Real(_) => Type::FLOAT8,
+                        Value::Null | Value::Text(_) => Type::TEXT,
+                    })
+                    .collect();
+                let key = format!("{sql}\u{0}{types:?}");
+                if let Some(s) = statements.borrow().get(&key) {
+                    return Ok(s.clone());
+                }
+                let stmt = client.borrow_mut().prepare_typed(&translated, &types)?;
+                statements.borrow_mut().insert(key, stmt.clone());
+                statements.borrow_mut().insert(typed_key, stmt.clone());
+                return Ok(stmt);
+            }
+            Err(e) => return Err(e.expect("only None when typed").into()),
+        };
         statements
             .borrow_mut()
             .insert(sql.to_string(), stmt.clone());
@@ -494,8 +543,8 @@ impl Db {
                 Ok(stmt.execute(rusqlite::params_from_iter(values.iter()))?)
             }
             Inner::Postgres { client, .. } => {
-                let stmt = self.pg_statement(sql)?;
                 let values = Self::pg_params(params);
+                let stmt = self.pg_statement(sql, &values)?;
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     values.iter().map(|v| v as _).collect();
                 Ok(client.borrow_mut().execute(&stmt, &refs)? as usize)
@@ -528,8 +577,8 @@ impl Db {
             }
             Inner::Postgres { client, .. } => {
                 use postgres::fallible_iterator::FallibleIterator;
-                let stmt = self.pg_statement(sql)?;
                 let values = Self::pg_params(params);
+                let stmt = self.pg_statement(sql, &values)?;
                 let mut client = client.borrow_mut();
                 let mut rows = client.query_raw(&stmt, values.iter())?;
                 while let Some(r) = rows.next()? {
@@ -559,8 +608,8 @@ impl Db {
         let mut out = Vec::new();
         if let Inner::Postgres { client, .. } = &self.inner {
             // Read the whole result before converting it, so that `f` may run queries of its own.
-            let stmt = self.pg_statement(sql)?;
             let values = Self::pg_params(params);
+            let stmt = self.pg_statement(sql, &values)?;
             let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                 values.iter().map(|v| v as _).collect();
             let rows = client.borrow_mut().query(&stmt, &refs)?;
@@ -675,6 +724,7 @@ impl rusqlite::ToSql for SqliteValue {
         use rusqlite::types::{ToSqlOutput, ValueRef};
         Ok(match &self.0 {
             Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Bool(b) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*b))),
             Value::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
             Value::Real(f) => ToSqlOutput::Borrowed(ValueRef::Real(*f)),
             Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),

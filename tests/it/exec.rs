@@ -1,6 +1,6 @@
 //! Several roles with one code, and `pim exec`.
 
-mod support;
+use crate::support;
 
 use support::{oathtool, Env};
 

@@ -1,6 +1,6 @@
 //! Service principals: tokens shown once, stored hashed, rotated, refused when wrong, audited.
 
-mod support;
+use crate::support;
 
 use support::Env;
 

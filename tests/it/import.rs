@@ -1,6 +1,6 @@
 //! `pim assignment import`: checked whole, one transaction, idempotent, lines in errors.
 
-mod support;
+use crate::support;
 
 use support::Env;
 

@@ -1,7 +1,7 @@
 //! The files in examples/ work as shipped: the PAM helper (driven through pamtester where the
 //! tests run as root), the assignment files, the quick-start script's pieces.
 
-mod support;
+use crate::support;
 
 use support::{have, oathtool, Env};
 

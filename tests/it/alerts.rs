@@ -1,6 +1,6 @@
 //! `pim alerts`: each rule, its thresholds from `[alerts]`, and `--fail-on` for CI gates.
 
-mod support;
+use crate::support;
 
 use support::{oathtool, Env};
 

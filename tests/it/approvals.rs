@@ -1,7 +1,7 @@
 //! The approval workflow driven through the binary: quorum, who may decide, time, cancel,
 //! extend, revoke, and two approvers racing.
 
-mod support;
+use crate::support;
 
 use support::{oathtool, Env};
 

@@ -1,7 +1,7 @@
 //! Access reviews through the binary: recommendations, who decides, completion with the
 //! default, protection of the last holder, sweep and recurrence, and the CSV export.
 
-mod support;
+use crate::support;
 
 use support::{oathtool, Env};
 

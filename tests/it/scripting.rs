@@ -1,7 +1,7 @@
 //! Scripts and CI: nothing prompts without a terminal, every --json output parses (lists are
 //! arrays), completions and man pages.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 use support::{oathtool, Env};

@@ -1,7 +1,7 @@
 //! Notifications delivered to real receivers started by the test on 127.0.0.1: an SMTP
 //! server, an HTTP server, a local command, and a receiver that is down.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

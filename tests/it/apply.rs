@@ -1,6 +1,6 @@
 //! `pim assignment apply`: plan, apply, idempotence, changes, prune and its limits.
 
-mod support;
+use crate::support;
 
 use support::Env;
 

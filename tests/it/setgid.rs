@@ -3,7 +3,7 @@
 //! tests run as root (as CI does), creating the group and accounts it needs; otherwise each
 //! test says why it skipped.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,11 @@ const MALLORY: &str = "pimt-mallory";
 fn ready() -> bool {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     let ready = READY.get_or_init(|| {
+        if crate::support::on_postgres() {
+            return Err(
+                "the set-group-id install of a database file is SQLite's; it runs in the SQLite pass".into(),
+            );
+        }
         if unsafe { libc::getuid() } != 0 {
             return Err(
                 "needs root to install pim set-group-id (CI runs the tests as root)".into(),

@@ -1,0 +1,398 @@
+//! A small builder over the real `pim` executable in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Assert the exit code, showing the output when it is wrong.
+    pub fn expect(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\nstdout: {}\nstderr: {}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pim")
+}
+
+/// A code from oathtool, independent of our TOTP code; `offset` in seconds from now.
+pub fn oathtool(secret: &str, offset: i64) -> String {
+    let out = Command::new("oathtool")
+        .args([
+            "--totp",
+            "-b",
+            secret,
+            "-N",
+            &format!("now {offset:+} seconds"),
+        ])
+        .output()
+        .expect("oathtool is needed by the tests (apt-get install oathtool)");
+    assert!(
+        out.status.success(),
+        "oathtool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl Env {
+    /// A fresh database of the backend under test: a file in the test's directory, or a new
+    /// database on the PostgreSQL server.
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let db = if on_postgres() {
+            PathBuf::from(postgres::fresh_database())
+        } else {
+            dir.path().join("pim.db")
+        };
+        Env { dir, db }
+    }
+
+    /// A database file in the test's directory, whichever backend is under test (for tests
+    /// of the file itself).
+    pub fn sqlite() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("pim.db");
+        Env { dir, db }
+    }
+
+    /// A new database on the PostgreSQL server of the tests, whichever backend is under test.
+    pub fn postgres() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let db = PathBuf::from(postgres::fresh_database());
+        Env { dir, db }
+    }
+
+    /// The database's URL, on PostgreSQL.
+    pub fn url(&self) -> &str {
+        self.db.to_str().unwrap()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args);
+        self.environment(&mut c);
+        c
+    }
+
+    /// The environment every pim of this test runs in: its database, and a home of its own
+    /// (where the key of the TOTP secrets lives).
+    pub fn environment(&self, c: &mut Command) {
+        c.current_dir(self.dir.path())
+            .env_remove("PIM_USER")
+            .env_remove("PIM_TOKEN")
+            .env("PIM_DB", &self.db)
+            .env("HOME", self.dir.path())
+            .env("XDG_CONFIG_HOME", self.dir.path().join(".config"))
+            .stdin(Stdio::null());
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.command(args).output().unwrap().into()
+    }
+
+    /// Run as the pim user `who` (through --as).
+    pub fn as_(&self, who: &str, args: &[&str]) -> Run {
+        let mut all = vec!["--as", who];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
+    /// A database with `admin` as break-glass administrator; returns admin's TOTP secret.
+    pub fn init(&self) -> String {
+        let r = self.run(&["init", "--admin", "admin", "--json"]).expect(0);
+        r.json()["secret"].as_str().unwrap().to_string()
+    }
+
+    /// Add a user with an authenticator; returns its secret.
+    pub fn user(&self, name: &str) -> String {
+        self.as_("admin", &["user", "add", name]).expect(0);
+        let r = self
+            .as_("admin", &["mfa", "enroll", name, "--json"])
+            .expect(0);
+        r.json()["secret"].as_str().unwrap().to_string()
+    }
+
+    /// Run pim with the clock moved by `offset` (faketime syntax: `+31m`, `+20d`, `+90s`).
+    pub fn at(&self, offset: &str, args: &[&str]) -> Run {
+        self.at_command(offset, args)
+            .output()
+            .expect("faketime is needed by the tests (apt-get install faketime)")
+            .into()
+    }
+
+    /// The command `at` runs, to add to its environment.
+    pub fn at_command(&self, offset: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("faketime");
+        c.args(["-f", offset, bin()]).args(args);
+        self.environment(&mut c);
+        c
+    }
+
+    /// Change the database behind pim's back (as an attacker with write access would).
+    pub fn sql(&self, sql: &str) {
+        if on_postgres() {
+            postgres::client(self.url()).batch_execute(sql).unwrap();
+        } else {
+            let conn = rusqlite::Connection::open(&self.db).unwrap();
+            conn.execute_batch(sql).unwrap();
+        }
+    }
+
+    /// Let changes to the audit log through (as the database's owner could), so that a test
+    /// can show that `verify` finds them.
+    pub fn drop_audit_triggers(&self) {
+        if on_postgres() {
+            self.sql("ALTER TABLE audit_events DISABLE TRIGGER USER");
+        } else {
+            self.sql("DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete");
+        }
+    }
+
+    /// One integer from the database.
+    pub fn count(&self, sql: &str) -> i64 {
+        if on_postgres() {
+            let row = postgres::client(self.url()).query_one(sql, &[]).unwrap();
+            if let Ok(v) = row.try_get::<_, i64>(0) {
+                v
+            } else if let Ok(v) = row.try_get::<_, i32>(0) {
+                v.into()
+            } else {
+                i64::from(row.get::<_, bool>(0))
+            }
+        } else {
+            let conn = rusqlite::Connection::open(&self.db).unwrap();
+            conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        }
+    }
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether this run tests the PostgreSQL backend (`PIM_TEST_BACKEND=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("PIM_TEST_BACKEND").as_deref() == Ok("postgres")
+}
+
+/// The PostgreSQL server of the tests: the one `PIM_TEST_POSTGRES` names (a URL whose role
+/// may create databases), or a throwaway cluster started here with the system's `initdb`
+/// and `pg_ctl` (as an unprivileged account when run as root) and removed when the tests end.
+pub mod postgres {
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    static SERVER: OnceLock<String> = OnceLock::new();
+    static CLUSTER: OnceLock<(PathBuf, Option<String>)> = OnceLock::new();
+
+    /// A URL of the server with rights to create databases.
+    pub fn admin_url() -> &'static str {
+        SERVER.get_or_init(|| match std::env::var("PIM_TEST_POSTGRES") {
+            Ok(url) if !url.is_empty() => url,
+            _ => start_cluster(),
+        })
+    }
+
+    pub fn client(url: &str) -> ::postgres::Client {
+        ::postgres::Client::connect(url, ::postgres::NoTls)
+            .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"))
+    }
+
+    /// `url` with another database name.
+    pub fn with_database(url: &str, name: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let authority = rest.split(['/', '?']).next().unwrap();
+        let query = rest.find('?').map(|i| &rest[i..]).unwrap_or("");
+        format!("{scheme}://{authority}/{name}{query}")
+    }
+
+    /// A new, empty database; its URL.
+    pub fn fresh_database() -> String {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "pim_t{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let admin = admin_url();
+        client(admin)
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        with_database(admin, &name)
+    }
+
+    fn account() -> Option<String> {
+        // SAFETY: getuid cannot fail.
+        if unsafe { libc::getuid() } != 0 {
+            return None;
+        }
+        for name in ["postgres", "nobody"] {
+            if Command::new("id")
+                .arg(name)
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                return Some(name.to_string());
+            }
+        }
+        panic!("running as root, and there is no unprivileged account to run PostgreSQL as");
+    }
+
+    fn run(account: &Option<String>, program: &str, args: &[&str]) {
+        let mut c = match account {
+            Some(a) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", a, "--", program]);
+                c
+            }
+            None => Command::new(program),
+        };
+        let out = c
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{program} is needed by the PostgreSQL tests: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    extern "C" fn stop_cluster() {
+        if let Some((dir, account)) = CLUSTER.get() {
+            let data = dir.join("data");
+            let mut c = match account {
+                Some(a) => {
+                    let mut c = Command::new("runuser");
+                    c.args(["-u", a, "--", "pg_ctl"]);
+                    c
+                }
+                None => Command::new("pg_ctl"),
+            };
+            let _ = c
+                .args([
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    fn start_cluster() -> String {
+        let dir = tempfile::Builder::new()
+            .prefix("pim-pg-")
+            .tempdir_in("/tmp")
+            .unwrap()
+            .keep();
+        let account = account();
+        if let Some(a) = &account {
+            let out = Command::new("id").args(["-u", a]).output().unwrap();
+            let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            std::os::unix::fs::chown(&dir, Some(uid), None).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = dir.join("data");
+        let data = data.to_str().unwrap();
+        run(
+            &account,
+            "initdb",
+            &[
+                "-D",
+                data,
+                "-A",
+                "trust",
+                "-U",
+                "pim",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            dir.display()
+        );
+        let log = dir.join("log");
+        CLUSTER.set((dir.clone(), account.clone())).unwrap();
+        // SAFETY: registers a plain function to run when the process exits.
+        unsafe { libc::atexit(stop_cluster) };
+        run(
+            &account,
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        format!("postgres://pim@127.0.0.1:{port}/postgres")
+    }
+}
