@@ -18,6 +18,15 @@ pub enum StoreCommand {
         #[arg(long, value_name = "URL")]
         to: String,
     },
+    /// Grant ROLE what pim needs at run time on a PostgreSQL database, and no UPDATE or
+    /// DELETE on the audit log (run it with the owner's URL in --db)
+    Grant {
+        /// The runtime role, which the installed configuration's URL names
+        role: String,
+        /// Print the statements instead of running them
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
@@ -43,6 +52,30 @@ pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
                     store::pg::redact(&to),
                     copied.events,
                     copied.head
+                ))?;
+            }
+            Ok(0)
+        }
+        StoreCommand::Grant { role, print } => {
+            if print {
+                out(&store::pg::grants(&role)?)?;
+                return Ok(0);
+            }
+            let Some((url, _)) = &ctx.server else {
+                return Err(crate::Error::Usage(
+                    "`pim store grant` is for a PostgreSQL database: name it with --db postgres://OWNER@HOST/DATABASE."
+                        .to_string(),
+                )
+                .into());
+            };
+            let db = store::pg::open(url, false)?;
+            store::pg::grant(&db.conn, &role)?;
+            if ctx.json {
+                json(&serde_json::json!({ "role": role, "granted": true }))?;
+            } else {
+                out(&format!(
+                    "{role} may now run pim on {}: read and change every table, append to (never change) the audit log.",
+                    ctx.db.display()
                 ))?;
             }
             Ok(0)

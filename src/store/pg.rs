@@ -343,6 +343,42 @@ pub fn migrate(db: &Db) -> Result<()> {
     }
 }
 
+/// The privileges of the runtime role pim connects as (the owner role keeps the schema):
+/// every table but the audit log may be read and changed; the audit log may be read and
+/// appended to only; the chain's head row may be locked.
+pub fn grants(role: &str) -> Result<String> {
+    if role.is_empty()
+        || !role
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(Error::Usage(format!(
+            "'{role}' is not a role name pim grants to (letters, digits, '_' and '-')."
+        )));
+    }
+    let role = format!("\"{role}\"");
+    Ok(format!(
+        "GRANT USAGE ON SCHEMA public TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON meta, users, assignments, requests, decisions, outbox,
+    reminders, reviews, review_items, account_failures TO {role};
+GRANT SELECT ON pim_schema TO {role};
+GRANT SELECT, UPDATE ON audit_head TO {role};
+REVOKE ALL ON audit_events FROM {role};
+GRANT SELECT, INSERT ON audit_events TO {role};
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};"
+    ))
+}
+
+/// Give `role` the runtime privileges (run as the owner of the schema).
+pub fn grant(db: &Db, role: &str) -> Result<String> {
+    let sql = grants(role)?;
+    db.execute_batch(&format!("BEGIN; {sql} COMMIT;"))
+        .inspect_err(|_| {
+            let _ = db.execute_batch("ROLLBACK");
+        })?;
+    Ok(sql)
+}
+
 /// Whether the database has pim's tables (and so may not be a copy's target).
 pub fn is_empty(db: &Db) -> Result<bool> {
     if version(db)? == 0 {

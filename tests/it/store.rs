@@ -186,3 +186,102 @@ fn store_copy_moves_a_team_with_its_chain_intact_and_refuses_a_non_empty_target(
         down.stderr
     );
 }
+
+#[test]
+fn the_runtime_role_can_append_to_the_audit_log_but_never_change_it() {
+    if !support::on_postgres() {
+        return; // roles are the server's: it runs in the PostgreSQL pass
+    }
+    let admin = support::postgres::admin_url();
+    let mut su = support::postgres::client(admin);
+    let n = std::process::id();
+    let (owner, app, db) = (
+        format!("pim_owner_{n}"),
+        format!("pim_app_{n}"),
+        format!("pim_team_{n}"),
+    );
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN; CREATE ROLE {app} LOGIN"
+    ))
+    .unwrap();
+    su.batch_execute(&format!("CREATE DATABASE {db} OWNER {owner}"))
+        .unwrap();
+    let base = support::postgres::with_database(admin, &db);
+    let as_role = |role: &str| base.replacen("pim@", &format!("{role}@"), 1);
+    let (owner_url, app_url) = (as_role(&owner), as_role(&app));
+
+    // The owner creates the schema and grants the runtime role its rights.
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+        db: owner_url.clone().into(),
+    };
+    env.init();
+    env.run(&["store", "grant", &app]).expect(0);
+    let printed = env.run(&["store", "grant", &app, "--print"]).expect(0);
+    assert!(
+        printed
+            .stdout
+            .contains("GRANT SELECT, INSERT ON audit_events"),
+        "{}",
+        printed.stdout
+    );
+    env.run(&["store", "grant", "x; DROP TABLE users"])
+        .expect(2);
+
+    // pim runs as the runtime role: every command works.
+    // The same home (the key of the TOTP secrets), another role.
+    let team = Env {
+        dir: env.dir,
+        db: app_url.clone().into(),
+    };
+    let bob = team.user("bob");
+    team.as_("admin", &["assign", "bob", "db-admin", "-j", "dba"])
+        .expect(0);
+    team.as_(
+        "bob",
+        &[
+            "activate",
+            "db-admin",
+            "-j",
+            "INC-1",
+            "--code",
+            &support::oathtool(&bob, 0),
+        ],
+    )
+    .expect(0);
+    team.run(&["audit", "verify"]).expect(0);
+
+    // The runtime role may not change or remove an event; the owner is stopped by the trigger.
+    let mut as_app = support::postgres::client(&app_url);
+    for sql in [
+        "UPDATE audit_events SET actor = 'mallory' WHERE seq = 1",
+        "DELETE FROM audit_events WHERE seq = 1",
+        "TRUNCATE audit_events",
+        "DROP TABLE audit_events",
+    ] {
+        let e = as_app.batch_execute(sql).unwrap_err();
+        let text = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(
+            text.contains("permission denied") || text.contains("must be owner"),
+            "{sql}: {text}"
+        );
+    }
+    let mut as_owner = support::postgres::client(&owner_url);
+    let e = as_owner
+        .batch_execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("append-only"), "{e:?}");
+    team.run(&["audit", "verify"]).expect(0);
+
+    drop((as_app, as_owner));
+    for sql in [
+        format!("DROP DATABASE {db} WITH (FORCE)"),
+        format!("DROP ROLE {app}"),
+        format!("DROP ROLE {owner}"),
+    ] {
+        su.batch_execute(&sql).unwrap();
+    }
+}
