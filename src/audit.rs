@@ -9,8 +9,7 @@
 //! export.
 
 use crate::error::Result;
-use crate::params;
-use crate::store::{Db, OptionalExtension, Row, ToValue, Value};
+use crate::store::Db;
 use crate::time::{from_unix, rfc3339};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -150,41 +149,12 @@ impl StoredEvent {
         h.update(&canonical);
         hex::encode(h.finalize())
     }
-
-    fn from_row(row: &Row<'_>) -> Result<StoredEvent> {
-        Ok(StoredEvent {
-            seq: row.get(0)?,
-            time: rfc3339(from_unix(row.get(1)?)),
-            actor: row.get(2)?,
-            action: row.get(3)?,
-            principal: row.get(4)?,
-            role: row.get(5)?,
-            scope: row.get(6)?,
-            request: row.get(7)?,
-            justification: row.get(8)?,
-            ticket: row.get(9)?,
-            expires: row
-                .get::<_, Option<i64>>(10)?
-                .map(|t| rfc3339(from_unix(t))),
-            result: row.get(11)?,
-            details: row.get(12)?,
-            prev_hash: row.get(13)?,
-            hash: row.get(14)?,
-        })
-    }
 }
-
-const SELECT: &str = "SELECT seq, time, actor, action, principal, role, scope, request, \
-     justification, ticket, expires, result, details, prev_hash, hash FROM audit_events";
 
 /// Append an event. Call it inside the transaction that makes the change.
 pub fn append(conn: &Db, now: DateTime<Utc>, event: Event) -> Result<i64> {
     // Cached statements: bulk operations append thousands of events in one transaction.
-    let (last_seq, prev_hash): (i64, String) = conn
-        .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
-        .query_row(params![], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .unwrap_or((0, GENESIS.to_string()));
+    let (last_seq, prev_hash) = conn.audit_head()?.unwrap_or((0, GENESIS.to_string()));
     let mut stored = StoredEvent {
         seq: last_seq + 1,
         time: rfc3339(now),
@@ -203,28 +173,7 @@ pub fn append(conn: &Db, now: DateTime<Utc>, event: Event) -> Result<i64> {
         hash: String::new(),
     };
     stored.hash = stored.compute_hash();
-    conn.prepare_cached(
-        "INSERT INTO audit_events (seq, time, actor, action, principal, role, scope, request, \
-         justification, ticket, expires, result, details, prev_hash, hash) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-    )?
-    .execute(params![
-        stored.seq,
-        now.timestamp(),
-        stored.actor,
-        stored.action,
-        stored.principal,
-        stored.role,
-        stored.scope,
-        stored.request,
-        stored.justification,
-        stored.ticket,
-        event.expires,
-        stored.result,
-        stored.details,
-        stored.prev_hash,
-        stored.hash
-    ])?;
+    conn.insert_event(&stored, now.timestamp(), event.expires)?;
     Ok(stored.seq)
 }
 
@@ -250,74 +199,22 @@ pub fn for_each(
     newest: Option<usize>,
     mut f: impl FnMut(StoredEvent) -> Result<()>,
 ) -> Result<()> {
-    let mut sql = format!("{SELECT} WHERE 1 = 1");
-    let mut values: Vec<Value> = Vec::new();
-    let mut add = |clause: &str, v: Value| {
-        values.push(v);
-        sql.push_str(&format!(" AND {clause} ?{}", values.len()));
-    };
-    use Value::{Int as Integer, Text};
-    if let Some(t) = filter.since {
-        add("time >=", Integer(t.timestamp()));
-    }
-    if let Some(t) = filter.until {
-        add("time <", Integer(t.timestamp()));
-    }
-    if let Some(a) = &filter.actor {
-        add("actor =", Text(a.clone()));
-    }
-    if let Some(u) = &filter.user {
-        add("principal =", Text(u.clone()));
-    }
-    if let Some(r) = &filter.role {
-        add("role =", Text(r.clone()));
-    }
-    if let Some(a) = &filter.action {
-        if let Some(prefix) = a.strip_suffix(".*") {
-            add("action LIKE", Text(format!("{prefix}.%")));
-        } else {
-            add("action =", Text(a.clone()));
-        }
-    }
-    if let Some(name) = &filter.involving {
-        values.push(Text(name.clone()));
-        let n = values.len();
-        sql.push_str(&format!(" AND (actor = ?{n} OR principal = ?{n})"));
-    }
     if let Some(limit) = newest {
-        let params: Vec<&dyn ToValue> = values.iter().map(|v| v as &dyn ToValue).collect();
-        let mut buf = conn
-            .query_map(
-                &format!("{sql} ORDER BY seq DESC LIMIT {limit}"),
-                &params,
-                StoredEvent::from_row,
-            )?
-            .collect::<Result<Vec<_>>>()?;
-        buf.reverse();
-        for e in buf {
+        for e in conn.newest_events(filter, limit)? {
             f(e)?;
         }
         return Ok(());
     }
-    // In chunks, each read to its end before it is handed over: a reader that stops reading
-    // (a full pipe) never holds a read transaction open, which would keep the WAL from being
-    // reset while others write. Memory stays at one chunk.
-    const CHUNK: i64 = 4096;
-    values.push(Integer(0));
-    let after = values.len();
-    let chunk_sql = format!("{sql} AND seq > ?{after} ORDER BY seq LIMIT {CHUNK}");
+    // In chunks, each read to its end before it is handed over (see `Db::events_after`).
+    const CHUNK: usize = 4096;
     let mut last = 0;
     loop {
-        values[after - 1] = Integer(last);
-        let params: Vec<&dyn ToValue> = values.iter().map(|v| v as &dyn ToValue).collect();
-        let chunk = conn
-            .query_map(&chunk_sql, &params, StoredEvent::from_row)?
-            .collect::<Result<Vec<_>>>()?;
+        let chunk = conn.events_after(filter, last, CHUNK)?;
         let Some(end) = chunk.last().map(|e| e.seq) else {
             return Ok(());
         };
         last = end;
-        let full = chunk.len() as i64 == CHUNK;
+        let full = chunk.len() == CHUNK;
         for e in chunk {
             f(e)?;
         }
@@ -325,6 +222,11 @@ pub fn for_each(
             return Ok(());
         }
     }
+}
+
+/// How many events the log holds.
+pub fn count(conn: &Db) -> Result<i64> {
+    conn.audit_count()
 }
 
 /// The result of checking the whole chain.
@@ -345,13 +247,15 @@ pub fn verify(conn: &Db) -> Result<Verification> {
     let mut expected_seq = 1;
     let mut prev = GENESIS.to_string();
     let mut bad: Option<(i64, String)> = None;
-    conn.query_each(&format!("{SELECT} ORDER BY seq"), params![], |row| {
-        let event = match StoredEvent::from_row(row) {
+    conn.each_event(|read| {
+        let event = match read {
             Ok(e) => e,
-            Err(e) => {
-                let seq = row.get::<_, i64>(0).unwrap_or(expected_seq);
-                bad = Some((seq, format!("its stored fields cannot be read ({e})")));
-                return Ok(false);
+            Err((seq, e)) => {
+                bad = Some((
+                    seq.unwrap_or(expected_seq),
+                    format!("its stored fields cannot be read ({e})"),
+                ));
+                return false;
             }
         };
         bad = if event.seq != expected_seq {
@@ -373,11 +277,11 @@ pub fn verify(conn: &Db) -> Result<Verification> {
             None
         };
         if bad.is_some() {
-            return Ok(false);
+            return false;
         }
         prev = event.hash;
         expected_seq += 1;
-        Ok(true)
+        true
     })?;
     Ok(match bad {
         Some((seq, reason)) => Verification {
@@ -408,6 +312,7 @@ pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params;
     use crate::store;
 
     fn t(s: i64) -> DateTime<Utc> {

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod error;
 pub mod limits;
 pub mod mfa;
+pub mod model;
 pub mod notify;
 pub mod ops;
 pub mod policy;

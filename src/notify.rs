@@ -4,10 +4,9 @@
 
 use crate::audit::{self, Event};
 use crate::error::Result;
-use crate::params;
 use crate::policy::{NotifyCommand, Policy, Smtp, Webhook};
 use crate::store::Db;
-use crate::time::{from_unix, rfc3339};
+use crate::time::rfc3339;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::io::Write;
@@ -75,11 +74,7 @@ pub fn enqueue(conn: &Db, policy: &Policy, now: DateTime<Utc>, notice: Notice) -
     let t = now.timestamp();
     let payload = serde_json::to_string(&notice).unwrap_or_default();
     let insert = |channel: &str, recipients: &[String]| -> Result<()> {
-        conn.execute(
-            "INSERT INTO outbox (event, channel, recipients, payload, next_attempt_at, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![notice.event, channel, serde_json::to_string(recipients).unwrap_or_default(), payload, t],
-        )?;
+        conn.insert_outgoing(&notice.event, channel, recipients, &payload, t)?;
         Ok(())
     };
     if n.smtp.is_some() {
@@ -89,12 +84,7 @@ pub fn enqueue(conn: &Db, policy: &Policy, now: DateTime<Utc>, notice: Notice) -
             let address = if r.contains('@') {
                 Some(r.clone())
             } else {
-                conn.query_row(
-                    "SELECT email FROM users WHERE name = ?1",
-                    params![r],
-                    |row| row.get::<_, Option<String>>(0),
-                )
-                .unwrap_or(None)
+                conn.email_of(r)?
             };
             if let Some(a) = address.filter(|a| !addresses.contains(a)) {
                 addresses.push(a);
@@ -113,52 +103,11 @@ pub fn enqueue(conn: &Db, policy: &Policy, now: DateTime<Utc>, notice: Notice) -
     Ok(())
 }
 
-/// An outbox row.
-#[derive(Debug, Clone, Serialize)]
-pub struct Outgoing {
-    pub id: i64,
-    pub event: String,
-    pub channel: String,
-    pub recipients: Vec<String>,
-    pub status: String,
-    pub attempts: i64,
-    pub next_attempt: Option<String>,
-    pub last_error: Option<String>,
-    pub created: String,
-    pub sent: Option<String>,
-    #[serde(skip)]
-    pub payload: String,
-}
+pub use crate::store::outbox::Outgoing;
 
 /// The outbox, or only what was given up.
 pub fn list(conn: &Db, failed_only: bool) -> Result<Vec<Outgoing>> {
-    select(conn, "?1 = 0 OR status = 'failed'", i64::from(failed_only))
-}
-
-fn select(conn: &Db, clause: &str, value: i64) -> Result<Vec<Outgoing>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT id, event, channel, recipients, status, attempts, next_attempt_at, last_error, created_at, sent_at, payload \
-         FROM outbox WHERE {clause} ORDER BY id"
-    ))?;
-    let rows = stmt.query_map(params![value], |r| {
-        let status: String = r.get(4)?;
-        Ok(Outgoing {
-            id: r.get(0)?,
-            event: r.get(1)?,
-            channel: r.get(2)?,
-            recipients: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
-            next_attempt: (status == "pending")
-                .then(|| r.get::<_, i64>(6).map(|t| rfc3339(from_unix(t))))
-                .transpose()?,
-            status,
-            attempts: r.get(5)?,
-            last_error: r.get(7)?,
-            created: rfc3339(from_unix(r.get(8)?)),
-            sent: r.get::<_, Option<i64>>(9)?.map(|t| rfc3339(from_unix(t))),
-            payload: r.get(10)?,
-        })
-    })?;
-    rows.collect::<Result<Vec<_>>>()
+    conn.outbox(failed_only)
 }
 
 /// What one round of delivery did.
@@ -202,13 +151,10 @@ pub fn deliver_due(
     let t = now.timestamp();
     let due: Vec<Outgoing> = {
         let tx = conn.write()?;
-        let mut due = select(&tx, "status = 'pending' AND next_attempt_at <= ?1", t)?;
+        let mut due = tx.outbox_due(t)?;
         due.retain(|o| scope.covers(o));
         for o in &due {
-            tx.execute(
-                "UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2",
-                params![t + 300, o.id],
-            )?;
+            tx.claim_outgoing(o.id, t + 300)?;
         }
         tx.commit()?;
         due
@@ -238,19 +184,13 @@ pub fn deliver_due(
         let tx = conn.write()?;
         match result {
             Ok(()) => {
-                tx.execute(
-                    "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?1, last_error = NULL WHERE id = ?2",
-                    params![t, o.id],
-                )?;
+                tx.outgoing_sent(o.id, t)?;
                 report.sent.push(o.id);
             }
             Err(why) => {
                 let attempts = o.attempts + 1;
                 if attempts >= MAX_ATTEMPTS {
-                    tx.execute(
-                        "UPDATE outbox SET status = 'failed', attempts = ?1, last_error = ?2 WHERE id = ?3",
-                        params![attempts, why, o.id],
-                    )?;
+                    tx.outgoing_failed(o.id, attempts, &why)?;
                     audit::append(
                         &tx,
                         now,
@@ -264,10 +204,7 @@ pub fn deliver_due(
                     report.failed.push(o.id);
                 } else {
                     let wait = FIRST_RETRY_SECS << (attempts - 1);
-                    tx.execute(
-                        "UPDATE outbox SET attempts = ?1, last_error = ?2, next_attempt_at = ?3 WHERE id = ?4",
-                        params![attempts, why, t + wait, o.id],
-                    )?;
+                    tx.outgoing_retry(o.id, attempts, &why, t + wait)?;
                     report.retrying.push(o.id);
                 }
             }

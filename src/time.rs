@@ -156,6 +156,19 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
+/// Serialise a stored instant (unix seconds) as RFC 3339.
+pub(crate) fn ser_unix<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(from_unix(*t)))
+}
+
+/// `ser_unix` for an instant that may be absent.
+pub(crate) fn ser_unix_opt<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => ser_unix(t, s),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 use super::context::Ctx;
 use super::output::{json, out, table, unix, when};
 use super::prompt;
+use crate::model::Status;
 use crate::ops::ActivationInput;
 use crate::scope::Scope;
 use crate::time::{from_unix, parse_duration, parse_instant, rfc3339};
@@ -164,14 +165,14 @@ fn parse_wait(wait: Option<&str>) -> anyhow::Result<Option<Option<chrono::Durati
 }
 
 fn describe(r: &crate::ops::Request, now: chrono::DateTime<chrono::Utc>) -> String {
-    match r.status.as_str() {
-        "pending" | "denied" | "timed_out" | "canceled" => {
+    match r.status {
+        Status::Pending | Status::Denied | Status::TimedOut | Status::Canceled => {
             format!(
                 "Request {}: {} at {} is {}.",
                 r.id, r.role, r.scope, r.status
             )
         }
-        "scheduled" => format!(
+        Status::Scheduled => format!(
             "Request {}: {} at {} is scheduled from {} until {}.",
             r.id,
             r.role,
@@ -211,7 +212,7 @@ pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
         pim.activate_many(&actor, &a.roles, input)?
     };
     for r in requests.iter_mut() {
-        if r.status == "pending" {
+        if r.status == Status::Pending {
             ctx.note(&format!(
                 "Request {} for {} waits for approval (decide by {}).",
                 r.id,
@@ -239,7 +240,7 @@ pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
     }
     if let Some(r) = requests
         .iter()
-        .find(|r| !matches!(r.status.as_str(), "active" | "scheduled"))
+        .find(|r| !matches!(r.status, Status::Active | Status::Scheduled))
         .filter(|_| wait.is_some())
     {
         return Err(crate::Error::Refused(format!(
@@ -310,7 +311,7 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
                 &mut input,
             )?;
             let mut r = pim.activate(&actor, input)?;
-            if r.status == "pending" {
+            if r.status == Status::Pending {
                 let Some(limit) = wait else {
                     return Err(crate::Error::Refused(format!(
                         "{role_key} needs approval (request {} is pending); run exec with --wait to wait for it.",
@@ -320,7 +321,7 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
                 };
                 r = wait_for_decision(ctx, &pim, r.id, limit)?;
             }
-            if r.status != "active" {
+            if r.status != Status::Active {
                 return Err(crate::Error::Refused(format!(
                     "Request {} is {}; {role_key} is not held.",
                     r.id, r.status
@@ -373,7 +374,7 @@ fn wait_for_decision(
     ctx.note("Waiting for a decision (Ctrl-C stops waiting; the request stays open)...");
     loop {
         let r = pim.request(id)?;
-        if r.status != "pending" || until.is_some_and(|u| pim.now() >= u) {
+        if r.status != Status::Pending || until.is_some_and(|u| pim.now() >= u) {
             return Ok(r);
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -397,7 +398,7 @@ fn show_request(
             r.user,
             r.scope,
             r.status,
-            if r.status == "active" {
+            if r.status == Status::Active {
                 format!(" until {}", when(Some(r.end_at), now))
             } else {
                 String::new()
@@ -480,7 +481,7 @@ pub fn run_extend(ctx: &Ctx, a: ExtendArgs) -> anyhow::Result<i32> {
         justification.as_deref(),
         code.as_deref(),
     )?;
-    let what = if r.status == "pending" {
+    let what = if r.status == Status::Pending {
         "the extension waits for approval"
     } else {
         "extension applied"
@@ -555,7 +556,7 @@ pub fn run_status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<i32> {
                 r.id.to_string(),
                 r.role.clone(),
                 r.scope.clone(),
-                r.status.clone(),
+                r.status.to_string(),
                 when(Some(r.start_at), now),
             ]);
         }
@@ -605,7 +606,7 @@ pub fn run_request(ctx: &Ctx, cmd: RequestCommand) -> anyhow::Result<i32> {
                 let mut t = table(&["decision", "by", "when", "justification"]);
                 for d in &r.decisions {
                     t.add_row(vec![
-                        d.decision.clone(),
+                        d.decision.to_string(),
                         d.approver.clone(),
                         when(unix(&d.time), now),
                         d.justification.clone().unwrap_or_default(),
@@ -623,7 +624,7 @@ pub fn run_request(ctx: &Ctx, cmd: RequestCommand) -> anyhow::Result<i32> {
                 let mut list =
                     pim.requests_seen_by(&viewer, if all { None } else { Some(&actor) })?;
                 if pending {
-                    list.retain(|r| r.status == "pending");
+                    list.retain(|r| r.status == Status::Pending);
                 }
                 list
             };
@@ -653,7 +654,7 @@ pub fn run_request(ctx: &Ctx, cmd: RequestCommand) -> anyhow::Result<i32> {
             r.user.clone(),
             r.role.clone(),
             r.scope.clone(),
-            r.status.clone(),
+            r.status.to_string(),
             when(unix(&r.start), now),
             when(unix(&r.end), now),
             r.justification.clone().unwrap_or_default(),

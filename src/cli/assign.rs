@@ -348,9 +348,9 @@ fn list(
     let (pim, actor) = ctx.open()?;
     let viewer = pim.viewer(&actor)?;
     let kind = if eligible {
-        Some("eligible".to_string())
+        Some(crate::model::Kind::Eligible)
     } else if active {
-        Some("active".to_string())
+        Some(crate::model::Kind::Active)
     } else {
         None
     };
@@ -373,7 +373,7 @@ fn list(
         let kind = if a.source == "activation" {
             format!("active (request {})", a.id)
         } else {
-            a.kind.clone()
+            a.kind.to_string()
         };
         t.add_row(vec![
             a.user.clone(),

@@ -2,9 +2,8 @@
 
 use super::context::Ctx;
 use super::output::{json, out, table};
-use crate::audit::{self, spreadsheet_safe, Filter, StoredEvent, COLUMNS};
+use crate::audit::{spreadsheet_safe, Filter, StoredEvent, COLUMNS};
 use crate::error::Error;
-use crate::store::Db;
 use crate::time::parse_instant;
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
@@ -131,18 +130,20 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
     };
     match cmd {
         AuditCommand::List { filter: f, limit } => {
-            let mut f = filter(&pim, f)?;
-            if !viewer.as_ref().is_some_and(|v| v.audits()) {
-                f.involving = Some(actor.clone());
+            let f = filter(&pim, f)?;
+            let viewer = viewer
+                .as_ref()
+                .ok_or_else(|| Error::Refused("Reading the audit log needs a pim user.".into()))?;
+            let mut events = Vec::new();
+            let own = pim.audit_seen_by(viewer, f, Some(limit), |e| {
+                events.push(e);
+                Ok(())
+            })?;
+            if own {
                 ctx.note(
                     "Showing your own events only (the full log needs the 'audit' permission).",
                 );
             }
-            let mut events = Vec::new();
-            audit::for_each(pim.conn(), &f, Some(limit), |e| {
-                events.push(e);
-                Ok(())
-            })?;
             if ctx.json {
                 return json(&events.iter().map(json_event).collect::<Vec<_>>()).map(|_| 0);
             }
@@ -182,13 +183,12 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
             output,
             filter: f,
         } => {
-            if !viewer.as_ref().is_some_and(|v| v.audits()) {
-                return Err(Error::Refused(
-                    "Exporting the audit log needs the 'audit' permission. Activate a role that grants it (such as security-reader).".to_string(),
-                )
-                .into());
-            }
+            let viewer = viewer
+                .as_ref()
+                .ok_or_else(|| Error::Refused("Reading the audit log needs a pim user.".into()))?;
             let f = filter(&pim, f)?;
+            // Refused before any output file is made.
+            pim.may_export_audit(viewer)?;
             let terminal = output.is_none() && std::io::stdout().is_terminal();
             let sink: Box<dyn Write> = match &output {
                 Some(path) => Box::new(
@@ -198,13 +198,18 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
                 None => Box::new(std::io::stdout().lock()),
             };
             let sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
-            export(pim.conn(), &f, format, sink, terminal)?;
+            export(
+                |each| pim.audit_export_for(viewer, &f, each),
+                format,
+                sink,
+                terminal,
+            )?;
             if let Some(path) = output {
                 ctx.note(&format!("Wrote {}.", path.display()));
             }
         }
         AuditCommand::Verify => {
-            let v = audit::verify(pim.conn())?;
+            let v = pim.verify_audit()?;
             if ctx.json {
                 json(&v)?;
             } else if v.ok {
@@ -230,8 +235,7 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
 /// Stream the events to `sink`, one row at a time. Values are exact (JSONL writes unsafe
 /// characters as JSON escapes); on a `terminal`, CSV cells are shown escaped.
 pub fn export(
-    conn: &Db,
-    f: &Filter,
+    events: impl FnOnce(&mut dyn FnMut(StoredEvent) -> crate::Result<()>) -> crate::Result<()>,
     format: Format,
     mut sink: impl Write,
     terminal: bool,
@@ -240,7 +244,7 @@ pub fn export(
         Format::Csv => {
             let mut w = csv::Writer::from_writer(sink);
             w.write_record(COLUMNS)?;
-            audit::for_each(conn, f, None, |e| {
+            events(&mut |e| {
                 for cell in e.fields().iter().chain([&e.prev_hash, &e.hash]) {
                     let cell = spreadsheet_safe(cell);
                     let cell = if terminal {
@@ -257,7 +261,7 @@ pub fn export(
         }
         Format::Jsonl => {
             let mut line = Vec::with_capacity(1024);
-            audit::for_each(conn, f, None, |e| {
+            events(&mut |e| {
                 line.clear();
                 serde_json::to_writer(&mut line, &json_event(&e)).map_err(std::io::Error::from)?;
                 match std::str::from_utf8(&line) {

@@ -5,7 +5,6 @@
 use super::Cli;
 use crate::clock::SystemClock;
 use crate::error::Error;
-use crate::params;
 use crate::privilege::{self, FileId};
 use crate::vault::Vault;
 use crate::{store, Pim};
@@ -184,11 +183,7 @@ impl Ctx {
         self.installed.set(db.file.installed);
         let _ = self.files.set(db.file.files.clone());
         let os_account = real_user()?;
-        let instance: String = db.conn.query_row(
-            "SELECT value FROM meta WHERE key = 'instance'",
-            params![],
-            |r| r.get(0),
-        )?;
+        let instance = db.conn.instance()?;
         let mut vault = Vault::load(&instance, db.file.installed)?;
         if !vault.has_key() && self.may_create_key(&db)? {
             // Made when a secret is first sealed, not by every command that reads.
@@ -237,11 +232,7 @@ impl Ctx {
         if !entitled {
             return Ok(false);
         }
-        let sealed: i64 = db.conn.query_row(
-            "SELECT count(*) FROM users WHERE totp_secret LIKE 'enc1:%'",
-            params![],
-            |r| r.get(0),
-        )?;
+        let sealed = db.conn.sealed_secrets()?;
         Ok(sealed == 0)
     }
 

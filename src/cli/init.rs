@@ -5,7 +5,6 @@ use super::output::{json, out};
 use super::policy::read_policy;
 use crate::clock::SystemClock;
 use crate::ops::Enrollment;
-use crate::params;
 use crate::vault::Vault;
 use crate::{mfa, policy, privilege, store, Pim};
 use clap::Args;
@@ -46,11 +45,7 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<i32> {
         None => store::create(&ctx.db, shared)?,
     };
     let file = db.file.clone();
-    let instance: String = db.conn.query_row(
-        "SELECT value FROM meta WHERE key = 'instance'",
-        params![],
-        |r| r.get(0),
-    )?;
+    let instance = db.conn.instance()?;
     let created = (|| -> crate::Result<(Pim, Enrollment)> {
         let vault = Vault::create(&instance, shared)?;
         Pim::init(

@@ -100,7 +100,7 @@ fn show(ctx: &Ctx, r: &Review) -> anyhow::Result<()> {
         t.add_row(vec![
             i.user.clone(),
             i.scope.clone(),
-            i.kind.clone(),
+            i.kind.to_string(),
             i.recommendation.clone(),
             i.reason.clone(),
             i.decision.clone().unwrap_or_default(),
@@ -215,7 +215,7 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
                     i.user.clone(),
                     i.role.clone(),
                     i.scope.clone(),
-                    i.kind.clone(),
+                    i.kind.to_string(),
                     i.recommendation.clone(),
                     i.decision.clone().unwrap_or_default(),
                     i.reviewer.clone().unwrap_or_default(),

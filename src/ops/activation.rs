@@ -7,9 +7,10 @@ use super::{acting_user, actor_user, holdings, refuse, users, Holding, Pim};
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::params;
+use crate::model::{Kind, Status as RequestStatus};
 use crate::scope::Scope;
-use crate::store::{Db, Row};
+use crate::store::requests::{NewRequest, Of, Which};
+use crate::store::Db;
 use crate::time::{format_duration, from_unix, rfc3339};
 use crate::vault::Vault;
 use chrono::{DateTime, Duration, Utc};
@@ -26,37 +27,7 @@ pub struct ActivationInput {
     pub code: Option<String>,
 }
 
-/// An activation request.
-#[derive(Debug, Clone, Serialize)]
-pub struct Request {
-    pub id: i64,
-    pub user: String,
-    pub role: String,
-    pub scope: String,
-    /// The status as of now (an `active` request past its end reads `expired`).
-    pub status: String,
-    pub start: String,
-    pub end: String,
-    pub justification: Option<String>,
-    pub ticket: Option<String>,
-    pub requested: String,
-    pub closed_by: Option<String>,
-    pub close_reason: Option<String>,
-    /// A pending request times out at this instant.
-    pub decide_by: Option<String>,
-    /// For an extension: the activation it extends.
-    pub extends: Option<i64>,
-    /// Approvals and denials, oldest first (filled by `Pim::request`).
-    pub decisions: Vec<super::approvals::Decision>,
-    #[serde(skip)]
-    pub start_at: i64,
-    #[serde(skip)]
-    pub end_at: i64,
-    #[serde(skip)]
-    pub duration_secs: i64,
-    #[serde(skip)]
-    pub decide_by_at: Option<i64>,
-}
+pub use crate::store::Request;
 
 /// Everything about one user's access right now.
 #[derive(Debug, Clone, Serialize)]
@@ -81,103 +52,29 @@ pub struct ActiveRole {
     pub until_at: Option<i64>,
 }
 
-/// The status a stored status reads as at `now`: time moves requests on without a sweep.
-pub fn effective_status(
-    stored: &str,
-    start: i64,
-    end: i64,
-    decide_by: Option<i64>,
-    now: i64,
-) -> &str {
-    match stored {
-        "pending" if decide_by.is_some_and(|d| d <= now) => "timed_out",
-        "active" | "scheduled" if end <= now => "expired",
-        "active" | "scheduled" if start <= now => "active",
-        "active" | "scheduled" => "scheduled",
-        other => other,
-    }
-}
-
-const COLUMNS: &str = "r.id, u.name, r.role, r.scope, r.status, r.start_at, r.end_at, \
-     r.justification, r.ticket, r.created_at, r.closed_by, r.close_reason, r.decide_by, \
-     r.extends, r.duration_secs";
-
-fn from_row(r: &Row<'_>, now: i64) -> Result<Request> {
-    let stored: String = r.get(4)?;
-    let start_at: i64 = r.get(5)?;
-    let end_at: i64 = r.get(6)?;
-    let decide_by: Option<i64> = r.get(12)?;
-    Ok(Request {
-        id: r.get(0)?,
-        user: r.get(1)?,
-        role: r.get(2)?,
-        scope: r.get(3)?,
-        status: effective_status(&stored, start_at, end_at, decide_by, now).to_string(),
-        start: rfc3339(from_unix(start_at)),
-        end: rfc3339(from_unix(end_at)),
-        justification: r.get(7)?,
-        ticket: r.get(8)?,
-        requested: rfc3339(from_unix(r.get(9)?)),
-        closed_by: r.get(10)?,
-        close_reason: r.get(11)?,
-        decide_by: decide_by.map(|d| rfc3339(from_unix(d))),
-        extends: r.get(13)?,
-        decisions: Vec::new(),
-        start_at,
-        end_at,
-        duration_secs: r.get::<_, Option<i64>>(14)?.unwrap_or(end_at - start_at),
-        decide_by_at: decide_by,
-    })
-}
-
-pub(crate) fn requests_where(
-    conn: &Db,
-    clause: &str,
-    value: i64,
-    now: i64,
-) -> Result<Vec<Request>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM requests r JOIN users u ON u.id = r.user_id WHERE {clause} ORDER BY r.id"
-    ))?;
-    let rows = stmt.query_map(params![value], |r| from_row(r, now))?;
-    rows.collect::<Result<Vec<_>>>()
-}
-
-/// End every open activation matching `clause` (with `?1` bound to `value`): set the final
-/// `status` and write one `action` event each.
+/// End every open activation of `of`: set the final `status` and write one `action`
+/// event each. A request still waiting for approval is canceled instead.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn end_activations(
     conn: &Db,
     policy: &crate::policy::Policy,
     now: DateTime<Utc>,
     actor: &str,
-    clause: &str,
-    value: i64,
-    status: &str,
+    of: Of,
+    status: RequestStatus,
     action: &str,
     reason: &str,
 ) -> Result<Vec<i64>> {
     let t = now.timestamp();
-    let open = requests_where(
-        conn,
-        &format!(
-            "r.{clause} AND ((r.status IN ('active', 'scheduled') AND r.end_at > {t}) \
-             OR (r.status = 'pending' AND r.decide_by > {t}))"
-        ),
-        value,
-        t,
-    )?;
+    let open = conn.requests(of, Which::Open, t)?;
     for r in &open {
         // A request still waiting for approval is withdrawn, not revoked: it never started.
-        let (status, action) = if r.status == "pending" {
-            ("canceled", "activation.cancel")
+        let (status, action) = if r.status == RequestStatus::Pending {
+            (RequestStatus::Canceled, "activation.cancel")
         } else {
             (status, action)
         };
-        conn.execute(
-            "UPDATE requests SET status = ?1, closed_at = ?2, closed_by = ?3, close_reason = ?4 WHERE id = ?5",
-            params![status, t, actor, reason, r.id],
-        )?;
+        conn.close_request(r.id, status, t, actor, Some(reason))?;
         audit::append(
             conn,
             now,
@@ -188,7 +85,7 @@ pub(crate) fn end_activations(
                 .request(r.id)
                 .detail("reason", reason),
         )?;
-        if status == "revoked" {
+        if status == RequestStatus::Revoked {
             super::notices::revoked(
                 conn, policy, now, &r.user, &r.role, &r.scope, r.id, actor, reason,
             )?;
@@ -209,14 +106,7 @@ pub(crate) fn cap_activations(
     end: i64,
 ) -> Result<()> {
     let t = now.timestamp();
-    let open = requests_where(
-        conn,
-        &format!(
-            "r.eligibility_id = ?1 AND r.status IN ('active', 'scheduled') AND r.end_at > {t}"
-        ),
-        eligibility,
-        t,
-    )?;
+    let open = conn.requests(Of::Eligibility(eligibility), Which::Running, t)?;
     for r in open.into_iter().filter(|r| r.end_at > end) {
         if r.start_at >= end {
             end_activations(
@@ -224,18 +114,14 @@ pub(crate) fn cap_activations(
                 policy,
                 now,
                 actor,
-                "id = ?1",
-                r.id,
-                "revoked",
+                Of::Id(r.id),
+                RequestStatus::Revoked,
                 "activation.revoke",
                 "its eligibility now ends before it would start",
             )?;
             continue;
         }
-        conn.execute(
-            "UPDATE requests SET end_at = ?1 WHERE id = ?2",
-            params![end, r.id],
-        )?;
+        conn.set_request_end(r.id, end)?;
         audit::append(
             conn,
             now,
@@ -321,13 +207,7 @@ pub(crate) fn activate_in(
             role.key, h.scope
         )));
     }
-    let open: i64 = tx.query_row(
-            "SELECT count(*) FROM requests WHERE user_id = ?1 AND role = ?2 AND scope = ?3 \
-             AND ((status = 'pending' AND decide_by > ?4) OR (status = 'scheduled' AND end_at > ?4))",
-            params![me.id, role.key, scope.as_str(), t],
-            |r| r.get(0),
-        )?;
-    if open > 0 {
+    if tx.has_waiting_request(me.id, &role.key, scope.as_str(), t)? {
         return Err(Error::Conflict(format!(
             "You already have an open request for {} at {scope}. See `pim status`.",
             role.key
@@ -355,21 +235,8 @@ pub(crate) fn activate_in(
     // The eligibility that covers this scope when the activation starts, the one
     // lasting longest first.
     let eligibility: Option<(i64, Option<i64>)> = {
-        let mut stmt = tx.prepare(
-            "SELECT id, scope, end_at FROM assignments WHERE user_id = ?1 AND role = ?2 \
-                 AND kind = 'eligible' AND removed_at IS NULL AND start_at <= ?3 \
-                 AND (end_at IS NULL OR end_at > ?3) ORDER BY end_at IS NULL DESC, end_at DESC",
-        )?;
-        let rows = stmt.query_map(params![me.id, role.key, start.timestamp()], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-            ))
-        })?;
         let mut found = None;
-        for row in rows {
-            let (id, s, end) = row?;
+        for (id, s, end) in tx.eligibilities(me.id, &role.key, start.timestamp())? {
             if Scope::parse(&s).is_ok_and(|s| s.covers(&scope)) {
                 found = Some((id, end));
                 break;
@@ -415,22 +282,30 @@ pub(crate) fn activate_in(
         end = from_unix(e);
     }
     let status = if settings.require_approval {
-        "pending"
+        RequestStatus::Pending
     } else if start <= now {
-        "active"
+        RequestStatus::Active
     } else {
-        "scheduled"
+        RequestStatus::Scheduled
     };
     let decide_by = settings
         .require_approval
         .then(|| (now + settings.approval_timeout).timestamp());
-    let id = tx.insert(
-            "INSERT INTO requests (user_id, role, scope, eligibility_id, status, created_at, start_at, end_at, \
-             justification, ticket, duration_secs, decide_by) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![me.id, role.key, scope.as_str(), eligibility_id, status, t, start.timestamp(), end.timestamp(),
-                justification, ticket, duration.num_seconds(), decide_by],
-        )?;
+    let id = tx.insert_request(&NewRequest {
+        user_id: me.id,
+        role: &role.key,
+        scope: scope.as_str(),
+        eligibility_id: Some(eligibility_id),
+        status,
+        created_at: t,
+        start_at: start.timestamp(),
+        end_at: end.timestamp(),
+        justification,
+        ticket,
+        duration_secs: duration.num_seconds(),
+        decide_by,
+        extends: None,
+    })?;
     audit::append(
         tx,
         now,
@@ -444,7 +319,7 @@ pub(crate) fn activate_in(
             .detail("approval", settings.require_approval)
             .detail("capped_by_eligibility", capped),
     )?;
-    if status == "active" {
+    if status == RequestStatus::Active {
         audit::append(
             tx,
             now,
@@ -479,7 +354,13 @@ pub(crate) fn activate_in(
             deadline,
         )?;
     }
-    Ok(requests_where(tx, "r.id = ?1", id, t)?.remove(0))
+    request_now(tx, id, t)
+}
+
+/// A request that this transaction wrote or read.
+pub(crate) fn request_now(conn: &Db, id: i64, t: i64) -> Result<Request> {
+    conn.request_by_id(id, t)?
+        .ok_or_else(|| super::approvals::hidden(id))
 }
 
 impl Pim {
@@ -522,7 +403,7 @@ impl Pim {
                     );
                 verify_code(tx, &vault, now, &me, input.code.as_deref(), event)?;
             }
-            tx.execute_batch("SAVEPOINT activate_many")?;
+            tx.savepoint("activate_many")?;
             let mut out = Vec::new();
             for role in &keys {
                 let one = ActivationInput {
@@ -533,9 +414,7 @@ impl Pim {
                     Ok(r) => out.push(r),
                     Err(e) => {
                         // Undo the roles already activated; keep only the refusal on record.
-                        tx.execute_batch(
-                            "ROLLBACK TO SAVEPOINT activate_many; RELEASE SAVEPOINT activate_many",
-                        )?;
+                        tx.rollback_to("activate_many")?;
                         return match e {
                             Error::Recorded(inner) => {
                                 audit::append(
@@ -556,7 +435,7 @@ impl Pim {
                     }
                 }
             }
-            tx.execute_batch("RELEASE SAVEPOINT activate_many")?;
+            tx.release("activate_many")?;
             Ok(out)
         })
     }
@@ -572,17 +451,11 @@ impl Pim {
             let me = actor_user(tx, actor)?;
             let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
             let t = now.timestamp();
-            let mut open: Vec<Request> = requests_where(
-                tx,
-                &format!(
-                    "r.user_id = ?1 AND r.status IN ('active', 'scheduled') AND r.end_at > {t}"
-                ),
-                me.id,
-                t,
-            )?
-            .into_iter()
-            .filter(|r| r.role == role.key && scope.is_none_or(|s| r.scope == s.as_str()))
-            .collect();
+            let mut open: Vec<Request> = tx
+                .requests(Of::User(me.id), Which::Running, t)?
+                .into_iter()
+                .filter(|r| r.role == role.key && scope.is_none_or(|s| r.scope == s.as_str()))
+                .collect();
             let request = match open.len() {
                 0 => {
                     return Err(Error::NotFound(format!(
@@ -605,13 +478,12 @@ impl Pim {
                 policy,
                 now,
                 actor,
-                "id = ?1",
-                request.id,
-                "deactivated",
+                Of::Id(request.id),
+                RequestStatus::Deactivated,
                 "activation.deactivate",
                 "deactivated by its holder",
             )?;
-            Ok(requests_where(tx, "r.id = ?1", request.id, t)?.remove(0))
+            request_now(tx, request.id, t)
         })
     }
 
@@ -621,7 +493,7 @@ impl Pim {
         let now = self.now().timestamp();
         let eligible = self.assignments(&super::AssignmentFilter {
             user: Some(user.name.clone()),
-            kind: Some("eligible".to_string()),
+            kind: Some(Kind::Eligible),
             ..Default::default()
         })?;
         let active = holdings(&self.conn, user.id, now)?
@@ -640,15 +512,7 @@ impl Pim {
                 until_at: h.until,
             })
             .collect();
-        let requests = requests_where(
-            &self.conn,
-            &format!(
-                "r.user_id = ?1 AND ((r.status = 'pending' AND r.decide_by > {now}) \
-                 OR (r.status = 'scheduled' AND r.start_at > {now}))"
-            ),
-            user.id,
-            now,
-        )?;
+        let requests = self.conn.requests(Of::User(user.id), Which::Waiting, now)?;
         Ok(Status {
             user: user.name,
             disabled: user.disabled,
@@ -684,18 +548,16 @@ impl Pim {
         match user {
             Some(name) => {
                 let u = users::get(&self.conn, name)?;
-                requests_where(&self.conn, "r.user_id = ?1", u.id, now)
+                self.conn.requests(Of::User(u.id), Which::Any, now)
             }
-            None => requests_where(&self.conn, "?1 = 1", 1, now),
+            None => self.conn.requests(Of::Everyone, Which::Any, now),
         }
     }
 
     pub fn request(&self, id: i64) -> Result<Request> {
         let now = self.now().timestamp();
-        let mut r = requests_where(&self.conn, "r.id = ?1", id, now)?
-            .pop()
-            .ok_or_else(|| super::approvals::hidden(id))?;
-        r.decisions = super::approvals::decisions(&self.conn, id)?;
+        let mut r = request_now(&self.conn, id, now)?;
+        r.decisions = self.conn.decisions(id)?;
         Ok(r)
     }
 }
@@ -706,6 +568,7 @@ mod tests {
     use super::super::{AssignInput, End};
     use super::*;
     use crate::clock::Clock;
+    use crate::params;
 
     /// bob, eligible for db-admin at /prod, with an authenticator.
     fn with_bob() -> (Pim, std::sync::Arc<crate::clock::FixedClock>, Vec<u8>) {
@@ -749,7 +612,7 @@ mod tests {
         let r = pim
             .activate("bob", ask("db-admin", "/prod", Some(code(&clock, &secret))))
             .unwrap();
-        assert_eq!(r.status, "active");
+        assert_eq!(r.status, crate::model::Status::Active);
         assert_eq!(r.end_at - r.start_at, 4 * 3600);
         assert_eq!(
             pim.check("bob", "db-admin", &db).unwrap(),
@@ -766,7 +629,10 @@ mod tests {
         assert_eq!(again.unwrap_err().exit_code(), 5);
         clock.advance(Duration::hours(4));
         assert_eq!(pim.check("bob", "db-admin", &db).unwrap(), None);
-        assert_eq!(pim.request(r.id).unwrap().status, "expired");
+        assert_eq!(
+            pim.request(r.id).unwrap().status,
+            crate::model::Status::Expired
+        );
         // sweep records the expiry once, however often it runs.
         assert_eq!(pim.sweep("root").unwrap().expired_activations, vec![r.id]);
         assert!(pim.sweep("root").unwrap().expired_activations.is_empty());
@@ -837,7 +703,7 @@ mod tests {
         let r = pim
             .activate("bob", ask("approved", "/prod", Some(code(&clock, &secret))))
             .unwrap();
-        assert_eq!(r.status, "pending");
+        assert_eq!(r.status, crate::model::Status::Pending);
         let prod = Scope::parse("/prod").unwrap();
         assert_eq!(pim.check("bob", "approved", &prod).unwrap(), None);
         assert_eq!(count_events(&pim, "mfa.fail"), 1);
@@ -850,7 +716,7 @@ mod tests {
         later.start = Some(clock.now() + Duration::hours(1));
         later.duration = Some(Duration::hours(1));
         let r = pim.activate("bob", later).unwrap();
-        assert_eq!(r.status, "scheduled");
+        assert_eq!(r.status, crate::model::Status::Scheduled);
         let prod = Scope::parse("/prod").unwrap();
         assert_eq!(pim.check("bob", "db-admin", &prod).unwrap(), None);
         clock.advance(Duration::minutes(61));
@@ -858,7 +724,7 @@ mod tests {
         let report = pim.sweep("root").unwrap();
         assert_eq!(report.started, vec![r.id]);
         let d = pim.deactivate("bob", "db-admin", None).unwrap();
-        assert_eq!(d.status, "deactivated");
+        assert_eq!(d.status, crate::model::Status::Deactivated);
         assert_eq!(pim.check("bob", "db-admin", &prod).unwrap(), None);
         assert_eq!(
             pim.deactivate("bob", "db-admin", None)
@@ -880,7 +746,7 @@ mod tests {
         let r2 = pim
             .activate("bob", ask("ticketed", "/prod", None).with_ticket())
             .unwrap();
-        assert_eq!(r2.status, "active");
+        assert_eq!(r2.status, crate::model::Status::Active);
         pim.unassign(
             "admin",
             "bob",
@@ -889,7 +755,10 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(pim.request(r2.id).unwrap().status, "revoked");
+        assert_eq!(
+            pim.request(r2.id).unwrap().status,
+            crate::model::Status::Revoked
+        );
         assert_eq!(
             pim.check("bob", "ticketed", &Scope::parse("/prod").unwrap())
                 .unwrap(),

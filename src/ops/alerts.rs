@@ -3,7 +3,6 @@
 
 use super::Pim;
 use crate::error::Result;
-use crate::params;
 use crate::time::format_duration;
 use serde::Serialize;
 
@@ -43,24 +42,12 @@ impl Pim {
         let a = &policy.alerts;
         let now = self.now().timestamp();
         let conn = &self.conn;
-        let names = |sql: &str, p: &[&dyn crate::store::ToValue]| -> Result<Vec<String>> {
-            let mut stmt = conn.prepare(sql)?;
-            let rows = stmt.query_map(p, |r| r.get::<_, String>(0))?;
-            rows.collect::<Result<Vec<_>>>()
-        };
-        // An assignment in effect, with `now` bound to placeholder ?n.
-        let in_effect = |n: u8| {
-            format!("a.removed_at IS NULL AND u.disabled = 0 AND a.start_at <= ?{n} AND (a.end_at IS NULL OR a.end_at > ?{n})")
-        };
         let mut out = Vec::new();
 
         // Protected roles: too many holders, and too few permanent (break-glass) ones.
         let mut break_glass: Vec<String> = Vec::new();
         for role in policy.roles.values().filter(|r| r.protected) {
-            let holders = names(
-                &format!("SELECT DISTINCT u.name FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.role = ?1 AND {} ORDER BY u.name", in_effect(2)),
-                &[&role.key, &now],
-            )?;
+            let holders = conn.holders_of(&role.key, now)?;
             if holders.len() as u32 > a.max_protected_holders {
                 out.push(Alert {
                     id: "too-many-protected-holders".into(),
@@ -78,10 +65,7 @@ impl Pim {
                             .into(),
                 });
             }
-            for name in names(
-                &format!("SELECT DISTINCT u.name FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.role = ?1 AND a.kind = 'active' AND a.end_at IS NULL AND {}", in_effect(2)),
-                &[&role.key, &now],
-            )? {
+            for name in conn.permanent_holders_of(&role.key, now)? {
                 if !break_glass.contains(&name) {
                     break_glass.push(name);
                 }
@@ -136,15 +120,7 @@ impl Pim {
 
         // Standing access: permanent active assignments of roles that are not protected.
         let mut standing: Vec<(String, String)> = Vec::new();
-        let permanent: Vec<(String, String)> = super::rows(
-            conn,
-            &format!(
-                "SELECT u.name, a.role FROM assignments a JOIN users u ON u.id = a.user_id \
-                 WHERE a.kind = 'active' AND a.end_at IS NULL AND u.kind = 'user' AND {} ORDER BY a.role, u.name",
-                in_effect(1)
-            ),
-            params![now],
-        )?;
+        let permanent = conn.standing_assignments(now)?;
         for (user, role) in permanent {
             if !policy.roles.get(&role).is_some_and(|r| r.protected) {
                 standing.push((user, role));
@@ -169,18 +145,7 @@ impl Pim {
 
         // Unused eligibility.
         let unused_since = now - a.unused_after.num_seconds();
-        let unused: Vec<(String, String)> = super::rows(
-            conn,
-            &format!(
-                "SELECT u.name, a.role FROM assignments a JOIN users u ON u.id = a.user_id \
-                 WHERE a.kind = 'eligible' AND {} AND a.start_at <= ?1 \
-                   AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.user_id = a.user_id AND r.role = a.role \
-                                   AND r.status IN ('active', 'expired', 'deactivated', 'revoked') AND r.start_at >= ?1) \
-                 ORDER BY a.role, u.name",
-                in_effect(2)
-            ),
-            params![unused_since, now],
-        )?;
+        let unused = conn.unused_eligibility(unused_since, now)?;
         if !unused.is_empty() {
             let mut roles: Vec<String> = unused.iter().map(|(_, r)| r.clone()).collect();
             roles.dedup();
@@ -201,27 +166,12 @@ impl Pim {
 
         // Frequent activation.
         {
-            let mut stmt = conn.prepare(
-                "SELECT u.name, r.role, count(*) FROM requests r JOIN users u ON u.id = r.user_id \
-                 WHERE r.status IN ('active', 'expired', 'deactivated', 'revoked') AND r.start_at >= ?1 AND r.start_at <= ?2 \
-                 GROUP BY u.name, r.role HAVING count(*) > ?3 ORDER BY u.name, r.role",
+            let rows = conn.frequent_activations(
+                now - a.frequent_window.num_seconds(),
+                now,
+                i64::from(a.frequent_activations),
             )?;
-            let rows = stmt.query_map(
-                params![
-                    now - a.frequent_window.num_seconds(),
-                    now,
-                    a.frequent_activations
-                ],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                },
-            )?;
-            for row in rows {
-                let (user, role, n) = row?;
+            for (user, role, n) in rows {
                 out.push(Alert {
                     id: "frequent-activation".into(),
                     severity: Severity::Warning,
@@ -240,20 +190,9 @@ impl Pim {
         // Lockouts and failed sign-ins: someone may be guessing codes or tokens.
         {
             let since = now - a.failure_window.num_seconds();
-            let locked: Vec<String> = names(
-                "SELECT DISTINCT principal FROM audit_events WHERE time >= ?1 AND action = 'mfa.lock' \
-                 AND principal IS NOT NULL UNION SELECT name FROM users WHERE mfa_blocked = 1 ORDER BY 1",
-                &[&since],
-            )?;
-            let accounts: Vec<String> = names(
-                "SELECT DISTINCT actor FROM audit_events WHERE time >= ?1 \
-                 AND action IN ('token.fail', 'account.lock', 'refusal.throttle') ORDER BY 1",
-                &[&since],
-            )?;
-            let blocked: Vec<String> = names(
-                "SELECT name FROM users WHERE mfa_blocked = 1 ORDER BY name",
-                &[],
-            )?;
+            let locked = conn.locked_authenticators(since)?;
+            let accounts = conn.failing_accounts(since)?;
+            let blocked = conn.blocked_authenticators()?;
             if !locked.is_empty() || !accounts.is_empty() {
                 let mut parts = Vec::new();
                 if !locked.is_empty() {
@@ -295,15 +234,7 @@ impl Pim {
         // Eligible for a role that needs MFA, without an authenticator.
         let mut missing: Vec<String> = Vec::new();
         let mut roles: Vec<String> = Vec::new();
-        let without: Vec<(String, String)> = super::rows(
-            conn,
-            &format!(
-                "SELECT DISTINCT u.name, a.role FROM assignments a JOIN users u ON u.id = a.user_id \
-                 WHERE a.kind = 'eligible' AND u.totp_secret IS NULL AND u.kind = 'user' AND {} ORDER BY u.name",
-                in_effect(1)
-            ),
-            params![now],
-        )?;
+        let without = conn.eligible_without_authenticator(now)?;
         for (user, role) in without {
             if policy
                 .roles

@@ -1,49 +1,29 @@
 //! Approval of pending requests, and the other ways a request ends early: cancel, revoke.
 //! Extensions of a running activation are requests too, decided the same way.
 
-use super::activation::{requests_where, Request};
+use super::activation::Request;
 use super::assignments::unknown_role;
 use super::users::verify_code;
 use super::{acting_user, actor_user, has_permission, permission_error, refuse, users, Pim};
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::params;
+use crate::model::{Status, Verdict};
 use crate::policy::{Policy, Role};
 use crate::scope::Scope;
+use crate::store::requests::{NewRequest, Of, Which};
 use crate::store::Db;
-use crate::time::{format_duration, from_unix, rfc3339};
+use crate::time::format_duration;
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
 
-/// One approver's decision on a request.
-#[derive(Debug, Clone, Serialize)]
-pub struct Decision {
-    pub approver: String,
-    pub decision: String,
-    pub justification: Option<String>,
-    pub time: String,
-}
+pub use crate::store::Decision;
 
 pub(crate) fn decisions(conn: &Db, request: i64) -> Result<Vec<Decision>> {
-    let mut stmt = conn.prepare(
-        "SELECT approver, decision, justification, at FROM decisions WHERE request_id = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map(params![request], |r| {
-        Ok(Decision {
-            approver: r.get(0)?,
-            decision: r.get(1)?,
-            justification: r.get(2)?,
-            time: rfc3339(from_unix(r.get(3)?)),
-        })
-    })?;
-    rows.collect::<Result<Vec<_>>>()
+    conn.decisions(request)
 }
 
 fn load(conn: &Db, id: i64, now: i64) -> Result<Request> {
-    requests_where(conn, "r.id = ?1", id, now)?
-        .pop()
-        .ok_or_else(|| hidden(id))
+    conn.request_by_id(id, now)?.ok_or_else(|| hidden(id))
 }
 
 /// A request that is not there, or not the caller's to see or touch: the same sentence, so
@@ -95,11 +75,7 @@ fn start_approved(
     r: &Request,
 ) -> Result<()> {
     let t = now.timestamp();
-    let eligible_until: Option<i64> = conn.query_row(
-        "SELECT a.end_at FROM requests r JOIN assignments a ON a.id = r.eligibility_id WHERE r.id = ?1",
-        params![r.id],
-        |row| row.get(0),
-    )?;
+    let eligible_until = conn.request_eligibility_end(r.id)?;
     let start = r.start_at.max(t);
     let mut end = start + r.duration_secs;
     if let Some(e) = eligible_until {
@@ -107,14 +83,8 @@ fn start_approved(
     }
     if let Some(original) = r.extends {
         // An approved extension moves the running activation's end and closes itself.
-        conn.execute(
-            "UPDATE requests SET end_at = ?1 WHERE id = ?2",
-            params![end, original],
-        )?;
-        conn.execute(
-            "UPDATE requests SET status = 'expired', start_at = ?1, end_at = ?1, closed_at = ?1, close_reason = 'extension applied' WHERE id = ?2",
-            params![t, r.id],
-        )?;
+        conn.set_request_end(original, end)?;
+        conn.extension_applied(r.id, t)?;
         audit::append(
             conn,
             now,
@@ -124,12 +94,13 @@ fn start_approved(
         )?;
         return Ok(());
     }
-    let status = if start <= t { "active" } else { "scheduled" };
-    conn.execute(
-        "UPDATE requests SET status = ?1, start_at = ?2, end_at = ?3 WHERE id = ?4",
-        params![status, start, end, r.id],
-    )?;
-    if status == "active" {
+    let status = if start <= t {
+        Status::Active
+    } else {
+        Status::Scheduled
+    };
+    conn.start_request(r.id, status, start, end)?;
+    if status == Status::Active {
         audit::append(
             conn,
             now,
@@ -177,12 +148,12 @@ impl Pim {
             {
                 return refuse(tx, now, ev, hidden(id));
             }
-            if r.status != "pending" {
+            if r.status != Status::Pending {
                 return Err(final_state(&r));
             }
             if let Some(original) = r.extends {
                 // An extension only ever lengthens a running activation; it never revives one.
-                if load(tx, original, t)?.status != "active" {
+                if load(tx, original, t)?.status != Status::Active {
                     return Err(Error::Conflict(format!(
                         "The activation that request {id} would extend has ended; ask for a new activation instead."
                     )));
@@ -218,24 +189,13 @@ impl Pim {
             if !approve && justification.is_none() {
                 return Err(Error::Usage("A denial needs a reason. Pass -j/--justification.".to_string()));
             }
-            let already: i64 = tx.query_row(
-                "SELECT count(*) FROM decisions WHERE request_id = ?1 AND approver = ?2",
-                params![id, actor],
-                |row| row.get(0),
-            )?;
-            if already > 0 {
+            if tx.has_decided(id, actor)? {
                 return Err(Error::Conflict(format!("You have already decided request {id}.")));
             }
             verify_code(tx, &vault, now, &me, code, ev.clone())?;
-            tx.execute(
-                "INSERT INTO decisions (request_id, approver, decision, justification, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, actor, if approve { "approve" } else { "deny" }, justification, t],
-            )?;
-            let approvals: i64 = tx.query_row(
-                "SELECT count(*) FROM decisions WHERE request_id = ?1 AND decision = 'approve'",
-                params![id],
-                |row| row.get(0),
-            )?;
+            let verdict = if approve { Verdict::Approve } else { Verdict::Deny };
+            tx.insert_decision(id, actor, verdict, justification, t)?;
+            let approvals = tx.approvals(id)?;
             audit::append(
                 tx,
                 now,
@@ -244,10 +204,7 @@ impl Pim {
             )?;
             super::notices::decided(tx, policy, now, action, &r.user, &r.role, &r.scope, id, actor, justification)?;
             if !approve {
-                tx.execute(
-                    "UPDATE requests SET status = 'denied', closed_at = ?1, closed_by = ?2, close_reason = ?3 WHERE id = ?4",
-                    params![t, actor, justification, id],
-                )?;
+                tx.close_request(id, Status::Denied, t, actor, justification)?;
             } else if approvals >= i64::from(role.settings.min_approvals) {
                 start_approved(tx, policy, now, actor, &r)?;
             }
@@ -266,12 +223,15 @@ impl Pim {
             if r.user != actor {
                 return Err(hidden(id));
             }
-            if !matches!(r.status.as_str(), "pending" | "scheduled") {
+            if !matches!(r.status, Status::Pending | Status::Scheduled) {
                 return Err(final_state(&r));
             }
-            tx.execute(
-                "UPDATE requests SET status = 'canceled', closed_at = ?1, closed_by = ?2, close_reason = 'canceled by the requester' WHERE id = ?3",
-                params![t, actor, id],
+            tx.close_request(
+                id,
+                Status::Canceled,
+                t,
+                actor,
+                Some("canceled by the requester"),
             )?;
             audit::append(tx, now, event(actor, "activation.cancel", &r))?;
             load(tx, id, t)
@@ -288,10 +248,13 @@ impl Pim {
             let scope = Scope::parse(&r.scope)?;
             let justification = justification.trim();
             if justification.is_empty() {
-                return Err(Error::Usage("A revocation needs a reason. Pass -j/--justification.".to_string()));
+                return Err(Error::Usage(
+                    "A revocation needs a reason. Pass -j/--justification.".to_string(),
+                ));
             }
             if !has_permission(tx, policy, &me, "assign", &scope, t)? {
-                let why = if r.user == actor || super::views::oversees(tx, policy, &me, &scope, t)? {
+                let why = if r.user == actor || super::views::oversees(tx, policy, &me, &scope, t)?
+                {
                     permission_error("assign", &scope)
                 } else {
                     hidden(id)
@@ -303,19 +266,26 @@ impl Pim {
                     why,
                 );
             }
-            if !matches!(r.status.as_str(), "active" | "scheduled") {
+            if !matches!(r.status, Status::Active | Status::Scheduled) {
                 return Err(final_state(&r));
             }
-            tx.execute(
-                "UPDATE requests SET status = 'revoked', closed_at = ?1, closed_by = ?2, close_reason = ?3 WHERE id = ?4",
-                params![t, actor, justification, id],
-            )?;
+            tx.close_request(id, Status::Revoked, t, actor, Some(justification))?;
             audit::append(
                 tx,
                 now,
                 event(actor, "activation.revoke", &r).justification(Some(justification)),
             )?;
-            super::notices::revoked(tx, policy, now, &r.user, &r.role, &r.scope, id, actor, justification)?;
+            super::notices::revoked(
+                tx,
+                policy,
+                now,
+                &r.user,
+                &r.role,
+                &r.scope,
+                id,
+                actor,
+                justification,
+            )?;
             load(tx, id, t)
         })
     }
@@ -344,15 +314,11 @@ impl Pim {
             let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
             let s = &role.settings;
             let t = now.timestamp();
-            let mut running: Vec<Request> = requests_where(
-                tx,
-                &format!("r.user_id = ?1 AND r.status IN ('active', 'scheduled') AND r.start_at <= {t} AND r.end_at > {t}"),
-                me.id,
-                t,
-            )?
-            .into_iter()
-            .filter(|r| r.role == role.key && scope.is_none_or(|sc| r.scope == sc.as_str()))
-            .collect();
+            let mut running: Vec<Request> = tx
+                .requests(Of::User(me.id), Which::Started, t)?
+                .into_iter()
+                .filter(|r| r.role == role.key && scope.is_none_or(|sc| r.scope == sc.as_str()))
+                .collect();
             let current = match running.len() {
                 0 => {
                     return Err(Error::NotFound(format!(
@@ -361,7 +327,12 @@ impl Pim {
                     )))
                 }
                 1 => running.remove(0),
-                n => return Err(Error::Usage(format!("You have {n} activations of {}; say which with --scope.", role.key))),
+                n => {
+                    return Err(Error::Usage(format!(
+                        "You have {n} activations of {}; say which with --scope.",
+                        role.key
+                    )))
+                }
             };
             let justification = justification.map(str::trim).filter(|j| !j.is_empty());
             let ev = event(actor, "activation.request", &current)
@@ -387,7 +358,15 @@ impl Pim {
                 )));
             }
             if s.require_justification && justification.is_none() {
-                return refuse(tx, now, ev, Error::Refused(format!("{} requires a justification. Pass -j/--justification.", role.key)));
+                return refuse(
+                    tx,
+                    now,
+                    ev,
+                    Error::Refused(format!(
+                        "{} requires a justification. Pass -j/--justification.",
+                        role.key
+                    )),
+                );
             }
             if let Some(j) = justification {
                 if !s.justification_matches(j) {
@@ -395,33 +374,48 @@ impl Pim {
                         tx,
                         now,
                         ev,
-                        Error::Refused(format!("The justification does not match {}'s required pattern.", role.key)),
+                        Error::Refused(format!(
+                            "The justification does not match {}'s required pattern.",
+                            role.key
+                        )),
                     );
                 }
             }
-            let open: i64 = tx.query_row(
-                "SELECT count(*) FROM requests WHERE extends = ?1 AND status = 'pending' AND decide_by > ?2",
-                params![current.id, t],
-                |row| row.get(0),
-            )?;
-            if open > 0 {
-                return Err(Error::Conflict("An extension of this activation is already waiting for approval.".to_string()));
+            if tx.has_pending_extension(current.id, t)? {
+                return Err(Error::Conflict(
+                    "An extension of this activation is already waiting for approval.".to_string(),
+                ));
             }
             if s.require_mfa {
                 verify_code(tx, &vault, now, &me, code, ev.clone())?;
             }
-            let eligibility: Option<i64> =
-                tx.query_row("SELECT eligibility_id FROM requests WHERE id = ?1", params![current.id], |row| row.get(0))?;
-            let decide_by = s.require_approval.then(|| (now + s.approval_timeout).timestamp());
-            let id = tx.insert(
-                "INSERT INTO requests (user_id, role, scope, eligibility_id, status, created_at, start_at, end_at, \
-                 justification, duration_secs, decide_by, extends) \
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![me.id, role.key, current.scope, eligibility, t, t + duration.num_seconds(), justification,
-                    duration.num_seconds(), decide_by, current.id],
-            )?;
+            let eligibility = tx.request_eligibility(current.id)?;
+            let decide_by = s
+                .require_approval
+                .then(|| (now + s.approval_timeout).timestamp());
+            let id = tx.insert_request(&NewRequest {
+                user_id: me.id,
+                role: &role.key,
+                scope: &current.scope,
+                eligibility_id: eligibility,
+                status: Status::Pending,
+                created_at: t,
+                start_at: t,
+                end_at: t + duration.num_seconds(),
+                justification,
+                ticket: None,
+                duration_secs: duration.num_seconds(),
+                decide_by,
+                extends: Some(current.id),
+            })?;
             let pending = load(tx, id, t)?;
-            audit::append(tx, now, ev.request(id).expires(Some(t + duration.num_seconds())).detail("approval", s.require_approval))?;
+            audit::append(
+                tx,
+                now,
+                ev.request(id)
+                    .expires(Some(t + duration.num_seconds()))
+                    .detail("approval", s.require_approval),
+            )?;
             if !s.require_approval {
                 start_approved(tx, policy, now, actor, &pending)?;
             }
@@ -437,22 +431,12 @@ impl Pim {
         };
         let t = self.now().timestamp();
         let mut out = Vec::new();
-        for r in requests_where(
-            &self.conn,
-            &format!("r.status = 'pending' AND r.decide_by > {t} AND ?1 = 1"),
-            1,
-            t,
-        )? {
+        for r in self.conn.requests(Of::Everyone, Which::Pending, t)? {
             let (Some(role), Ok(scope)) = (policy.role(&r.role), Scope::parse(&r.scope)) else {
                 continue;
             };
-            let decided: i64 = self.conn.query_row(
-                "SELECT count(*) FROM decisions WHERE request_id = ?1 AND approver = ?2",
-                params![r.id, actor],
-                |row| row.get(0),
-            )?;
             if r.user != actor
-                && decided == 0
+                && !self.conn.has_decided(r.id, actor)?
                 && may_decide(&self.conn, &policy, role, &me, &scope, t)?
             {
                 out.push(r);
@@ -500,11 +484,17 @@ mod tests {
                 },
             )
             .unwrap();
-        assert_eq!(r.status, "pending");
+        assert_eq!(r.status, crate::model::Status::Pending);
         clock.advance(Duration::hours(24) - Duration::seconds(1));
-        assert_eq!(pim.request(r.id).unwrap().status, "pending");
+        assert_eq!(
+            pim.request(r.id).unwrap().status,
+            crate::model::Status::Pending
+        );
         clock.advance(Duration::seconds(1));
-        assert_eq!(pim.request(r.id).unwrap().status, "timed_out");
+        assert_eq!(
+            pim.request(r.id).unwrap().status,
+            crate::model::Status::TimedOut
+        );
         // Too late to approve: a conflict, and nothing is held.
         let late = pim.decide("admin", r.id, true, None, Some(&code(&clock, &admin)));
         assert_eq!(late.unwrap_err().exit_code(), 5);

@@ -6,13 +6,14 @@ use super::{
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::params;
+use crate::model::{Kind, Status};
 use crate::policy::Limit;
 use crate::scope::Scope;
-use crate::store::{Db, OptionalExtension, Row};
-use crate::time::{format_duration, from_unix, rfc3339};
+use crate::store::assignments::NewAssignment;
+use crate::store::requests::Of;
+use crate::store::Db;
+use crate::time::{format_duration, rfc3339};
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
 
 /// How an assignment ends.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,85 +37,15 @@ pub struct AssignInput {
     pub ticket: Option<String>,
 }
 
-/// An assignment, or (in listings) an activation shown as an active assignment.
-#[derive(Debug, Clone, Serialize)]
-pub struct Assignment {
-    pub id: i64,
-    pub user: String,
-    pub role: String,
-    pub scope: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub start: String,
-    pub end: Option<String>,
-    /// `assignment` (made by an administrator) or `activation` (taken by the user).
-    pub source: String,
-    /// The activation request, for an activation.
-    pub request: Option<i64>,
-    pub justification: Option<String>,
-    pub ticket: Option<String>,
-    pub created_by: String,
-    /// `in effect`, `scheduled`, `ended` or `removed`.
-    pub state: String,
-    #[serde(skip)]
-    pub start_at: i64,
-    #[serde(skip)]
-    pub end_at: Option<i64>,
-}
+pub use crate::store::Assignment;
 
 #[derive(Debug, Clone, Default)]
 pub struct AssignmentFilter {
     pub user: Option<String>,
     pub role: Option<String>,
     pub scope: Option<Scope>,
-    /// Some("eligible") or Some("active").
-    pub kind: Option<String>,
+    pub kind: Option<Kind>,
     pub all: bool,
-}
-
-fn state(start: i64, end: Option<i64>, removed: Option<i64>, now: i64) -> &'static str {
-    if removed.is_some() {
-        "removed"
-    } else if end.is_some_and(|e| e <= now) {
-        "ended"
-    } else if start > now {
-        "scheduled"
-    } else {
-        "in effect"
-    }
-}
-
-const COLUMNS: &str = "a.id, u.name, a.role, a.scope, a.kind, a.start_at, a.end_at, \
-     a.justification, a.ticket, a.created_by, a.removed_at";
-
-fn from_row(r: &Row<'_>, now: i64) -> Result<Assignment> {
-    let start_at: i64 = r.get(5)?;
-    let end_at: Option<i64> = r.get(6)?;
-    Ok(Assignment {
-        id: r.get(0)?,
-        user: r.get(1)?,
-        role: r.get(2)?,
-        scope: r.get(3)?,
-        kind: r.get(4)?,
-        start: rfc3339(from_unix(start_at)),
-        end: end_at.map(|e| rfc3339(from_unix(e))),
-        source: "assignment".to_string(),
-        request: None,
-        justification: r.get(7)?,
-        ticket: r.get(8)?,
-        created_by: r.get(9)?,
-        state: state(start_at, end_at, r.get(10)?, now).to_string(),
-        start_at,
-        end_at,
-    })
-}
-
-pub(crate) fn current_sql() -> String {
-    format!(
-        "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id \
-         WHERE a.user_id = ?1 AND a.role = ?2 AND a.scope = ?3 AND a.kind = ?4 \
-           AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?5) ORDER BY a.id LIMIT 1"
-    )
 }
 
 /// The assignment of `user_id`/`role`/`scope`/`kind` that is in effect or scheduled.
@@ -123,15 +54,10 @@ fn current(
     user_id: i64,
     role: &str,
     scope: &str,
-    kind: &str,
+    kind: Kind,
     now: i64,
 ) -> Result<Option<Assignment>> {
-    conn.query_row(
-        &current_sql(),
-        params![user_id, role, scope, kind, now],
-        |r| from_row(r, now),
-    )
-    .optional()
+    conn.current_assignment(user_id, role, scope, kind, now)
 }
 
 impl Pim {
@@ -152,7 +78,7 @@ impl Pim {
         active: bool,
     ) -> Result<Assignment> {
         self.write(actor, |tx, now, policy| {
-            let kind = if active { "active" } else { "eligible" };
+            let kind = if active { Kind::Active } else { Kind::Eligible };
             let me = acting_user(
                 tx,
                 now,
@@ -190,19 +116,15 @@ impl Pim {
                     )),
                 );
             }
-            tx.execute(
-                "UPDATE assignments SET removed_at = ?1, removed_by = ?2 WHERE id = ?3",
-                params![t, actor, found.id],
-            )?;
+            tx.remove_assignment(found.id, t, actor)?;
             audit::append(tx, now, event.detail("assignment", found.id))?;
             super::activation::end_activations(
                 tx,
                 policy,
                 now,
                 actor,
-                "eligibility_id = ?1",
-                found.id,
-                "revoked",
+                Of::Eligibility(found.id),
+                Status::Revoked,
                 "activation.revoke",
                 "the eligible assignment it rested on was removed",
             )?;
@@ -224,60 +146,20 @@ impl Pim {
         if let Some(u) = &filter.user {
             users::get(&self.conn, u)?;
         }
-        let mut out = Vec::new();
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id \
-             WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR a.role = ?2) AND (?3 IS NULL OR a.kind = ?3) \
-               AND (?4 OR (a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?5))) \
-             ORDER BY u.name, a.role, a.scope, a.kind, a.id"
-        ))?;
-        let rows = stmt.query_map(
-            params![filter.user, role, filter.kind, filter.all, now],
-            |r| from_row(r, now),
+        let mut out = self.conn.list_assignments(
+            filter.user.as_deref(),
+            role.as_deref(),
+            filter.kind,
+            filter.all,
+            now,
         )?;
-        for row in rows {
-            out.push(row?);
-        }
-        if filter.kind.as_deref() != Some("eligible") {
-            let mut stmt = self.conn.prepare(
-                "SELECT r.id, u.name, r.role, r.scope, r.start_at, r.end_at, r.justification, r.ticket, r.status \
-                 FROM requests r JOIN users u ON u.id = r.user_id \
-                 WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR r.role = ?2) \
-                   AND r.status IN ('active', 'scheduled', 'expired', 'deactivated', 'revoked') \
-                   AND (?3 OR (r.status IN ('active', 'scheduled') AND r.end_at > ?4)) \
-                 ORDER BY u.name, r.role, r.id",
-            )?;
-            let rows = stmt.query_map(params![filter.user, role, filter.all, now], |r| {
-                let start_at: i64 = r.get(4)?;
-                let end_at: i64 = r.get(5)?;
-                let status: String = r.get(8)?;
-                let ended = !matches!(status.as_str(), "active" | "scheduled");
-                Ok(Assignment {
-                    id: r.get(0)?,
-                    user: r.get(1)?,
-                    role: r.get(2)?,
-                    scope: r.get(3)?,
-                    kind: "active".to_string(),
-                    start: rfc3339(from_unix(start_at)),
-                    end: Some(rfc3339(from_unix(end_at))),
-                    source: "activation".to_string(),
-                    request: Some(r.get(0)?),
-                    justification: r.get(6)?,
-                    ticket: r.get(7)?,
-                    created_by: r.get(1)?,
-                    state: if ended {
-                        "ended"
-                    } else {
-                        state(start_at, Some(end_at), None, now)
-                    }
-                    .to_string(),
-                    start_at,
-                    end_at: Some(end_at),
-                })
-            })?;
-            for row in rows {
-                out.push(row?);
-            }
+        if filter.kind != Some(Kind::Eligible) {
+            out.extend(self.conn.activations_as_assignments(
+                filter.user.as_deref(),
+                role.as_deref(),
+                filter.all,
+                now,
+            )?);
         }
         if let Some(scope) = &filter.scope {
             // An assignment matters to a scope when it covers it or lies within it.
@@ -307,7 +189,11 @@ pub(crate) fn assign_in(
         limits::JUSTIFICATION,
     )?;
     limits::check_opt("ticket", input.ticket.as_deref(), limits::TICKET)?;
-    let kind = if input.active { "active" } else { "eligible" };
+    let kind = if input.active {
+        Kind::Active
+    } else {
+        Kind::Eligible
+    };
     let attempt = Event::new(actor, "assignment.add")
         .principal(&input.user)
         .scope(input.scope.as_str())
@@ -432,22 +318,18 @@ pub(crate) fn assign_in(
             target.name, kind, role.key, input.scope, existing.state
         )));
     }
-    let id = tx.insert(
-            "INSERT INTO assignments (user_id, role, scope, kind, start_at, end_at, justification, ticket, created_by, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                target.id,
-                role.key,
-                input.scope.as_str(),
-                kind,
-                start.timestamp(),
-                end.map(|e| e.timestamp()),
-                justification,
-                input.ticket.as_deref(),
-                actor,
-                t
-            ],
-        )?;
+    let id = tx.insert_assignment(&NewAssignment {
+        user_id: target.id,
+        role: &role.key,
+        scope: input.scope.as_str(),
+        kind,
+        start_at: start.timestamp(),
+        end_at: end.map(|e| e.timestamp()),
+        justification,
+        ticket: input.ticket.as_deref(),
+        created_by: actor,
+        created_at: t,
+    })?;
     audit::append(
         tx,
         now,
@@ -464,13 +346,11 @@ pub(crate) fn assign_in(
         &target.name,
         &role.key,
         input.scope.as_str(),
-        kind,
+        kind.as_str(),
         end.map(|e| e.timestamp()),
     )?;
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.id = ?1"
-    ))?;
-    stmt.query_row(params![id], |r| from_row(r, t))
+    tx.assignment(id, t)?
+        .ok_or_else(|| Error::NotFound(format!("Assignment {id} is gone.")))
 }
 
 pub(crate) fn unknown_role(role: &str) -> Error {
@@ -481,6 +361,7 @@ pub(crate) fn unknown_role(role: &str) -> Error {
 mod tests {
     use super::super::testing::*;
     use super::*;
+    use crate::params;
 
     fn input(user: &str, role: &str) -> AssignInput {
         AssignInput {

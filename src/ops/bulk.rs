@@ -5,9 +5,11 @@ use super::assignments::{assign_in, unknown_role, AssignInput, End};
 use super::{acting_user, users, Pim};
 use crate::audit::Event;
 use crate::error::{Error, Result};
-use crate::params;
+use crate::model::{Kind, Status};
 use crate::scope::Scope;
-use crate::store::{Db, OptionalExtension};
+use crate::store::assignments::Current;
+use crate::store::requests::Of;
+use crate::store::Db;
 use crate::time::{parse_duration, parse_instant};
 use serde::Serialize;
 
@@ -57,18 +59,13 @@ pub(crate) fn exists(
     user: &str,
     role: &str,
     scope: &str,
-    kind: &str,
+    kind: Kind,
     now: i64,
 ) -> Result<bool> {
-    let n: i64 = conn
-        .prepare_cached(EXISTS)?
-        .query_row(params![user, role, scope, kind, now], |r| r.get(0))?;
-    Ok(n > 0)
+    Ok(conn
+        .current_assignment_named(user, role, scope, kind, now)?
+        .is_some())
 }
-
-/// One lookup per row, whatever the store holds (index `assignments_current`).
-const EXISTS: &str = "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id WHERE u.name = ?1 AND a.role = ?2 \
-     AND a.scope = ?3 AND a.kind = ?4 AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?5)";
 
 fn row_input(conn: &Db, policy: &crate::policy::Policy, row: &ImportRow) -> Result<AssignInput> {
     let role = policy
@@ -167,15 +164,13 @@ impl Problems {
     fn fail(
         self,
         tx: &Db,
-        savepoint: &str,
+        savepoint: &'static str,
         now: chrono::DateTime<chrono::Utc>,
         actor: &str,
         what: &str,
         dry_run: bool,
     ) -> Result<Error> {
-        tx.execute_batch(&format!(
-            "ROLLBACK TO SAVEPOINT {savepoint}; RELEASE SAVEPOINT {savepoint}"
-        ))?;
+        tx.rollback_to(savepoint)?;
         let mut text = format!(
             "{} {what}; nothing was changed:\n{}",
             self.total,
@@ -295,7 +290,7 @@ fn bulk<T>(
             )));
         }
     }
-    tx.execute_batch("SAVEPOINT bulk")?;
+    tx.savepoint("bulk")?;
     let mark = super::outbox_end(&tx)?;
     // The rows gone through: the change's cost against the budget, dry run or not.
     let rows = std::cell::Cell::new(0usize);
@@ -316,14 +311,10 @@ fn bulk<T>(
     }
     match result {
         Ok(v) => {
-            tx.execute_batch("RELEASE SAVEPOINT bulk")?;
+            tx.release("bulk")?;
             // A bulk change notifies at most so often; the audit log has every row. (Ids
             // need not be consecutive: a server's sequences leave gaps.)
-            tx.execute(
-                "DELETE FROM outbox WHERE id > ?1 AND id NOT IN \
-                 (SELECT id FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2)",
-                params![mark, NOTICES_PER_BULK],
-            )?;
+            tx.trim_outbox(mark, NOTICES_PER_BULK)?;
             let end = super::outbox_end(&tx)?;
             if dry_run {
                 drop(tx);
@@ -439,7 +430,12 @@ impl Pim {
                     problems.refuse(row.line, &why, event());
                     continue;
                 }
-                if exists(tx, &input.user, &input.role, input.scope.as_str(), kind, t)? {
+                let kind_ = if input.active {
+                    Kind::Active
+                } else {
+                    Kind::Eligible
+                };
+                if exists(tx, &input.user, &input.role, input.scope.as_str(), kind_, t)? {
                     unchanged += 1;
                     continue;
                 }
@@ -580,14 +576,14 @@ fn apply_in(
                 "apply",
             )
         };
+        let kind_ = if d.active {
+            Kind::Active
+        } else {
+            Kind::Eligible
+        };
         let current: Option<(i64, Option<i64>)> = tx
-            .prepare_cached(
-                "SELECT a.id, a.end_at FROM assignments a JOIN users u ON u.id = a.user_id WHERE u.name = ?1 \
-                 AND a.role = ?2 AND a.scope = ?3 AND a.kind = ?4 AND a.removed_at IS NULL \
-                 AND (a.end_at IS NULL OR a.end_at > ?5) ORDER BY a.id LIMIT 1",
-            )?
-            .query_row(params![d.user, role.key, d.scope.as_str(), kind, t], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+            .current_assignment_named(&d.user, &role.key, d.scope.as_str(), kind_, t)?
+            .map(|a| (a.id, a.end_at));
         let item = |from: Option<Option<i64>>, to: Option<Option<i64>>, assignment| PlanItem {
             user: d.user.clone(),
             role: role.key.clone(),
@@ -690,10 +686,7 @@ fn apply_in(
             );
             continue;
         }
-        tx.execute(
-            "UPDATE assignments SET end_at = ?1 WHERE id = ?2",
-            params![new_end, id],
-        )?;
+        tx.set_assignment_end(id, new_end)?;
         crate::audit::append(
             tx,
             now,
@@ -709,10 +702,17 @@ fn apply_in(
         plan.change.push(item(Some(end), Some(new_end), Some(id)));
     }
     if prune {
-        type Current = (i64, i64, String, String, String, String, Option<i64>);
-        let current: Vec<Current> = super::rows(tx, "SELECT a.id, u.id, u.name, a.role, a.scope, a.kind, a.end_at FROM assignments a JOIN users u ON u.id = a.user_id \
-                 WHERE a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?1) ORDER BY u.name, a.role, a.scope", params![t])?;
-        for (id, user_id, user, role, scope, kind, end) in current {
+        for Current {
+            id,
+            user_id,
+            user,
+            role,
+            scope,
+            kind,
+            end_at: end,
+        } in tx.live_assignments(t)?
+        {
+            let kind = kind.as_str().to_string();
             if wanted.contains(&(user.clone(), role.clone(), scope.clone(), kind.as_str())) {
                 continue;
             }
@@ -747,19 +747,15 @@ fn apply_in(
                 );
                 continue;
             }
-            tx.execute(
-                "UPDATE assignments SET removed_at = ?1, removed_by = ?2 WHERE id = ?3",
-                params![t, actor, id],
-            )?;
+            tx.remove_assignment(id, t, actor)?;
             crate::audit::append(tx, now, event)?;
             super::activation::end_activations(
                 tx,
                 policy,
                 now,
                 actor,
-                "eligibility_id = ?1",
-                id,
-                "revoked",
+                Of::Eligibility(id),
+                Status::Revoked,
                 "activation.revoke",
                 "its eligibility was pruned by `pim assignment apply`",
             )?;
@@ -862,6 +858,7 @@ pub fn parse_desired(text: &str) -> Result<Vec<Desired>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params;
 
     /// A bulk change costs the budget by its size, dry runs too.
     #[test]
@@ -910,28 +907,5 @@ mod tests {
         assert_eq!(e.exit_code(), 3);
         assert!(e.to_string().contains("units of the change budget"), "{e}");
         assert_eq!(used(&pim), 599);
-    }
-
-    /// The per-row lookups of an import use the index on (user, role, scope, kind): the
-    /// cost of a row does not grow with the assignments already there.
-    #[test]
-    fn import_lookups_use_the_assignment_index() {
-        let conn = crate::store::in_memory().unwrap();
-        for sql in [EXISTS, &super::super::assignments::current_sql()] {
-            let plan: Vec<String> = super::super::rows::<(i64, i64, i64, String)>(
-                &conn,
-                &format!("EXPLAIN QUERY PLAN {sql}"),
-                params!["bob", "db-admin", "/prod", "eligible", 0],
-            )
-            .unwrap()
-            .into_iter()
-            .map(|r| r.3)
-            .collect();
-            let text = plan.join("\n");
-            assert!(
-                text.contains("assignments_current (user_id=? AND role=? AND scope=? AND kind=?)"),
-                "{sql}\n{text}"
-            );
-        }
     }
 }

@@ -113,8 +113,14 @@ fn apply(pim: &mut Pim, clock: &FixedClock, secrets: &[Vec<u8>], op: &Op) {
             } else {
                 let a = current[pick % current.len()];
                 let scope = Scope::parse(&a.scope).unwrap();
-                pim.unassign("admin", &a.user, &a.role, &scope, a.kind == "active")
-                    .map(|_| ())
+                pim.unassign(
+                    "admin",
+                    &a.user,
+                    &a.role,
+                    &scope,
+                    a.kind == crate::model::Kind::Active,
+                )
+                .map(|_| ())
             }
         }
         Op::Activate {

@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::params;
 use crate::policy::Policy;
 use crate::scope::Scope;
-use crate::store::{Db, OptionalExtension, Tx};
+use crate::store::{Db, Tx};
 use crate::vault::Vault;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -97,7 +97,9 @@ impl Pim {
         self.clock.now()
     }
 
-    pub fn conn(&self) -> &Db {
+    /// The connection, for the core's own tests.
+    #[cfg(test)]
+    pub(crate) fn conn(&self) -> &Db {
         &self.conn
     }
 
@@ -188,14 +190,7 @@ pub(crate) fn outbox_end(conn: &Db) -> Result<i64> {
 }
 
 pub(crate) fn load_policy(conn: &Db) -> Result<Policy> {
-    let source: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'policy'",
-            params![],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let source = source.ok_or_else(|| {
+    let source = conn.policy_source()?.ok_or_else(|| {
         Error::Environment(
             "The database has no policy: it was not initialised. Run `pim init` on a new file."
                 .to_string(),
@@ -217,53 +212,20 @@ pub(crate) fn refuse<T>(tx: &Db, now: DateTime<Utc>, event: Event, err: Error) -
     users::refuse_limited(tx, now, users::Limited::User(&actor), event, err)
 }
 
-/// All rows of a query, each converted into `T` (a tuple of the selected columns).
-pub(crate) fn rows<T: crate::store::FromRow>(
-    conn: &Db,
-    sql: &str,
-    params: &[&dyn crate::store::ToValue],
-) -> Result<Vec<T>> {
-    conn.query_map(sql, params, T::from_row)?.collect()
-}
-
 /// Every role `user_id` holds at `now`: direct active assignments and activations.
 pub(crate) fn holdings(conn: &Db, user_id: i64, now: i64) -> Result<Vec<Holding>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT a.role, a.scope, a.end_at, a.id, NULL FROM assignments a JOIN users u ON u.id = a.user_id
-          WHERE a.user_id = ?1 AND u.disabled = 0 AND a.kind = 'active' AND a.removed_at IS NULL
-            AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2)
-         UNION ALL
-         SELECT r.role, r.scope,
-                CASE WHEN e.end_at IS NOT NULL AND e.end_at < r.end_at THEN e.end_at ELSE r.end_at END,
-                NULL, r.id
-           FROM requests r JOIN users u ON u.id = r.user_id LEFT JOIN assignments e ON e.id = r.eligibility_id
-          WHERE r.user_id = ?1 AND u.disabled = 0 AND r.status IN ('active', 'scheduled')
-            AND r.start_at <= ?2 AND r.end_at > ?2
-            -- An activation never outlasts the eligibility it rests on, however that changed.
-            AND (r.eligibility_id IS NULL
-                 OR (e.removed_at IS NULL AND (e.end_at IS NULL OR e.end_at > ?2)))",
-    )?;
-    let rows = stmt.query_map(params![user_id, now], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Option<i64>>(2)?,
-            r.get::<_, Option<i64>>(3)?,
-            r.get::<_, Option<i64>>(4)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (role, scope, until, assignment, request) = row?;
-        out.push(Holding {
-            role,
-            scope: Scope::parse(&scope)?,
-            until,
-            assignment,
-            request,
-        });
-    }
-    Ok(out)
+    conn.holdings(user_id, now)?
+        .into_iter()
+        .map(|h| {
+            Ok(Holding {
+                role: h.role,
+                scope: Scope::parse(&h.scope)?,
+                until: h.until,
+                assignment: h.assignment,
+                request: h.request,
+            })
+        })
+        .collect()
 }
 
 /// Whether `user` may use `permission` over `scope` at `now`.
@@ -367,24 +329,8 @@ pub(crate) fn would_orphan_protected(
     assignment: Option<i64>,
     now: i64,
 ) -> Result<bool> {
-    let base = "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id \
-         WHERE a.role = ?1 AND a.removed_at IS NULL AND u.disabled = 0 AND a.start_at <= ?2";
-    let (this, others) = match assignment {
-        Some(_) => ("a.id = ?3", "a.id != ?3"),
-        None => ("a.user_id = ?3", "a.user_id != ?3"),
-    };
-    let value = assignment.unwrap_or(user_id);
-    let count = |sql: String| -> Result<i64> {
-        conn.query_row(&sql, params![role, now, value], |r| r.get(0))
-    };
-    let is_holder = count(format!(
-        "{base} AND {this} AND ((a.kind = 'active' AND (a.end_at IS NULL OR a.end_at > ?2)) \
-         OR (a.kind = 'eligible' AND a.end_at IS NULL))"
-    ))? > 0;
-    if !is_holder {
-        return Ok(false);
-    }
-    Ok(count(format!("{base} AND {others} AND a.end_at IS NULL"))? == 0)
+    let (holder, permanent_others) = conn.protected_holders(role, user_id, assignment, now)?;
+    Ok(holder && permanent_others == 0)
 }
 
 impl Pim {

@@ -6,7 +6,6 @@
 use super::{has_permission, users};
 use crate::error::Result;
 use crate::notify::{enqueue, Notice};
-use crate::params;
 use crate::policy::{Policy, Role};
 use crate::scope::Scope;
 use crate::store::Db;
@@ -46,12 +45,7 @@ pub(crate) fn approvers(
             .collect());
     }
     let mut out = Vec::new();
-    let names: Vec<String> = {
-        let mut stmt = conn
-            .prepare("SELECT name FROM users WHERE disabled = 0 AND kind = 'user' ORDER BY name")?;
-        let rows = stmt.query_map(params![], |r| r.get(0))?;
-        rows.collect::<Result<_>>()?
-    };
+    let names = conn.enabled_people()?;
     for name in names {
         if name == requester {
             continue;

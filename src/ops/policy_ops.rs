@@ -3,7 +3,6 @@
 use super::{actor_user, has_permission, permission_error, refuse, Pim};
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
-use crate::params;
 use crate::policy::{diff, Policy, Role, RoleChange};
 use crate::scope::Scope;
 use sha2::{Digest, Sha256};
@@ -74,12 +73,7 @@ impl Pim {
             }
             for change in &changes {
                 if let RoleChange::Removed(key) = change {
-                    let in_use: i64 = tx.query_row(
-                        "SELECT (SELECT count(*) FROM assignments WHERE role = ?1 AND removed_at IS NULL AND (end_at IS NULL OR end_at > ?2)) \
-                              + (SELECT count(*) FROM requests WHERE role = ?1 AND status IN ('pending', 'scheduled', 'active') AND end_at > ?2)",
-                        params![key, t],
-                        |r| r.get(0),
-                    )?;
+                    let in_use = tx.role_in_use(key, t)?;
                     if in_use > 0 {
                         return Err(Error::Conflict(format!(
                             "The policy removes role {key}, which still has {in_use} assignment(s) or activation(s). Remove them first."
@@ -88,11 +82,7 @@ impl Pim {
                 }
             }
             if !dry_run && !changes.is_empty() {
-                tx.execute(
-                    "INSERT INTO meta (key, value) VALUES ('policy', ?1) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    params![&new.source],
-                )?;
+                tx.set_policy_source(&new.source)?;
                 let summary: Vec<serde_json::Value> = changes.iter().map(change_json).collect();
                 audit::append(tx, now, event.detail("changes", summary))?;
             }
@@ -109,26 +99,12 @@ impl Pim {
         let policy = self.policy()?;
         let t = self.now().timestamp();
         let mut out = Vec::new();
-        let mut eligible = self.conn.prepare(
-            "SELECT count(DISTINCT a.user_id) FROM assignments a JOIN users u ON u.id = a.user_id \
-             WHERE a.role = ?1 AND a.kind = 'eligible' AND u.disabled = 0 AND a.removed_at IS NULL \
-               AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2)",
-        )?;
-        let mut active = self.conn.prepare(
-            "SELECT count(DISTINCT user_id) FROM ( \
-               SELECT a.user_id FROM assignments a JOIN users u ON u.id = a.user_id \
-                WHERE a.role = ?1 AND a.kind = 'active' AND u.disabled = 0 AND a.removed_at IS NULL \
-                  AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2) \
-               UNION ALL \
-               SELECT r.user_id FROM requests r JOIN users u ON u.id = r.user_id \
-                WHERE r.role = ?1 AND u.disabled = 0 AND r.status IN ('active', 'scheduled') \
-                  AND r.start_at <= ?2 AND r.end_at > ?2) AS holders",
-        )?;
         for role in policy.roles.values() {
+            let (eligible, active) = self.conn.role_holders(&role.key, t)?;
             out.push(RoleSummary {
                 role: role.clone(),
-                eligible: eligible.query_row(params![role.key, t], |r| r.get(0))?,
-                active: active.query_row(params![role.key, t], |r| r.get(0))?,
+                eligible,
+                active,
             });
         }
         Ok(out)

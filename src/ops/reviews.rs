@@ -8,14 +8,15 @@ use super::{
 };
 use crate::audit::{self, Event};
 use crate::error::{Error, Result};
+use crate::model::{Kind, Status};
 use crate::notify::{enqueue, Notice};
-use crate::params;
 use crate::policy::Policy;
 use crate::scope::Scope;
+use crate::store::requests::Of;
+use crate::store::reviews::{NewReview, Pending as ReviewPending, Recurring};
 use crate::store::Db;
 use crate::time::{from_unix, rfc3339};
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
 
 /// An eligible assignment not activated in this long is recommended for removal.
 pub const UNUSED_DAYS: i64 = 30;
@@ -35,42 +36,7 @@ pub struct ReviewInput {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Review {
-    pub id: i64,
-    pub name: String,
-    pub role: String,
-    pub scope: String,
-    pub reviewers: Vec<String>,
-    pub self_review: bool,
-    pub default: String,
-    pub every: Option<String>,
-    pub created_by: String,
-    pub start: String,
-    pub end: String,
-    /// `open`, `due` (its time is up, not yet completed) or `completed`.
-    pub state: String,
-    pub decided: i64,
-    pub total: i64,
-    pub items: Vec<ReviewItem>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ReviewItem {
-    pub user: String,
-    pub role: String,
-    pub scope: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub recommendation: String,
-    pub reason: String,
-    pub decision: Option<String>,
-    pub reviewer: Option<String>,
-    pub justification: Option<String>,
-    pub decided_at: Option<String>,
-    pub applied: Option<String>,
-    pub result: Option<String>,
-}
+pub use crate::store::reviews::{Review, ReviewItem};
 
 fn period(every: &str) -> Option<Duration> {
     Some(match every {
@@ -84,23 +50,18 @@ fn period(every: &str) -> Option<Duration> {
 }
 
 /// keep or remove, and why, for one assignment at `now`.
-fn recommend(conn: &Db, user: &str, role: &str, kind: &str, now: i64) -> Result<(String, String)> {
+fn recommend(conn: &Db, user: &str, role: &str, kind: Kind, now: i64) -> Result<(String, String)> {
     let u = users::get(conn, user)?;
     if u.disabled {
         return Ok(("remove".into(), "the user is disabled".into()));
     }
-    if kind == "active" {
+    if kind == Kind::Active {
         return Ok((
             "keep".into(),
             "a direct active assignment (nothing to activate)".into(),
         ));
     }
-    let last: Option<i64> = conn.query_row(
-        "SELECT max(start_at) FROM requests WHERE user_id = ?1 AND role = ?2 \
-         AND status IN ('active', 'expired', 'deactivated', 'revoked') AND start_at <= ?3",
-        params![u.id, role, now],
-        |r| r.get(0),
-    )?;
+    let last = conn.last_activation(u.id, role, now)?;
     Ok(match last {
         Some(t) if t >= now - UNUSED_DAYS * 86_400 => (
             "keep".into(),
@@ -121,71 +82,8 @@ fn recommend(conn: &Db, user: &str, role: &str, kind: &str, now: i64) -> Result<
 }
 
 fn load(conn: &Db, id: i64, now: i64) -> Result<Review> {
-    let mut review = conn
-        .query_row(
-            "SELECT id, name, role, scope, reviewers, self_review, default_decision, recurrence, created_by, \
-             created_at, ends_at, completed_at FROM reviews WHERE id = ?1",
-            params![id],
-            |r| {
-                let ends: i64 = r.get(10)?;
-                let completed: Option<i64> = r.get(11)?;
-                Ok(Review {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    role: r.get(2)?,
-                    scope: r.get(3)?,
-                    reviewers: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
-                    self_review: r.get(5)?,
-                    default: r.get(6)?,
-                    every: r.get(7)?,
-                    created_by: r.get(8)?,
-                    start: rfc3339(from_unix(r.get(9)?)),
-                    end: rfc3339(from_unix(ends)),
-                    state: if completed.is_some() {
-                        "completed"
-                    } else if ends <= now {
-                        "due"
-                    } else {
-                        "open"
-                    }
-                    .to_string(),
-                    decided: 0,
-                    total: 0,
-                    items: Vec::new(),
-                })
-            },
-        )
-        .map_err(|e| match e {
-            Error::Store(e) if e.is_no_rows() => {
-                Error::NotFound(format!("There is no review {id}. See `pim review list`."))
-            }
-            other => other,
-        })?;
-    let mut stmt = conn.prepare(
-        "SELECT \"user\", role, scope, kind, recommendation, reason, decision, reviewer, justification, decided_at, applied, result \
-         FROM review_items WHERE review_id = ?1 ORDER BY \"user\", scope, kind",
-    )?;
-    review.items = stmt
-        .query_map(params![id], |r| {
-            Ok(ReviewItem {
-                user: r.get(0)?,
-                role: r.get(1)?,
-                scope: r.get(2)?,
-                kind: r.get(3)?,
-                recommendation: r.get(4)?,
-                reason: r.get(5)?,
-                decision: r.get(6)?,
-                reviewer: r.get(7)?,
-                justification: r.get(8)?,
-                decided_at: r.get::<_, Option<i64>>(9)?.map(|t| rfc3339(from_unix(t))),
-                applied: r.get(10)?,
-                result: r.get(11)?,
-            })
-        })?
-        .collect::<Result<Vec<_>>>()?;
-    review.total = review.items.len() as i64;
-    review.decided = review.items.iter().filter(|i| i.decision.is_some()).count() as i64;
-    Ok(review)
+    conn.review(id, now)?
+        .ok_or_else(|| Error::NotFound(format!("There is no review {id}. See `pim review list`.")))
 }
 
 /// Create a review and its items (the role's assignments at `scope` and below, now).
@@ -205,34 +103,40 @@ fn start_review(
     name: &str,
 ) -> Result<i64> {
     let t = now.timestamp();
-    let id = conn.insert(
-        "INSERT INTO reviews (name, role, scope, self_review, reviewers, default_decision, recurrence, duration_secs, \
-         created_by, created_at, ends_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![name, role, scope.as_str(), self_review, serde_json::to_string(reviewers).unwrap_or_default(),
-            default, every, duration.num_seconds(), actor, t, t + duration.num_seconds()],
-    )?;
-    let rows: Vec<(i64, String, String, String)> = super::rows(conn, "SELECT a.id, u.name, a.scope, a.kind FROM assignments a JOIN users u ON u.id = a.user_id \
-             WHERE a.role = ?1 AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?2) ORDER BY u.name, a.scope", params![role, t])?;
+    let id = conn.insert_review(&NewReview {
+        name,
+        role,
+        scope: scope.as_str(),
+        self_review,
+        reviewers,
+        default,
+        every,
+        duration_secs: duration.num_seconds(),
+        created_by: actor,
+        created_at: t,
+    })?;
     let mut people = Vec::new();
-    for (assignment, user, a_scope, kind) in rows {
-        if !Scope::parse(&a_scope).is_ok_and(|s| scope.covers(&s)) {
+    let mut items = 0i64;
+    for a in conn.live_assignments_of_role(role, t)? {
+        if !Scope::parse(&a.scope).is_ok_and(|s| scope.covers(&s)) {
             continue;
         }
-        let (recommendation, reason) = recommend(conn, &user, role, &kind, t)?;
-        conn.execute(
-            "INSERT INTO review_items (review_id, assignment_id, \"user\", role, scope, kind, recommendation, reason) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![id, assignment, user, role, a_scope, kind, recommendation, reason],
+        let (recommendation, reason) = recommend(conn, &a.user, role, a.kind, t)?;
+        conn.insert_review_item(
+            id,
+            a.id,
+            &a.user,
+            role,
+            &a.scope,
+            a.kind,
+            &recommendation,
+            &reason,
         )?;
-        if !people.contains(&user) {
-            people.push(user);
+        items += 1;
+        if !people.contains(&a.user) {
+            people.push(a.user);
         }
     }
-    let items: i64 = conn.query_row(
-        "SELECT count(*) FROM review_items WHERE review_id = ?1",
-        params![id],
-        |r| r.get(0),
-    )?;
     audit::append(
         conn,
         now,
@@ -285,22 +189,24 @@ fn complete_review(
 ) -> Result<()> {
     let t = now.timestamp();
     let review = load(conn, id, t)?;
-    let items: Vec<(i64, i64, String, String, String, Option<String>)> = super::rows(conn, "SELECT i.id, i.assignment_id, i.\"user\", i.kind, i.recommendation, i.decision FROM review_items i \
-             WHERE i.review_id = ?1 ORDER BY i.id", params![id])?;
     let (mut kept, mut removed, mut protected) = (0, 0, 0);
-    for (item, assignment, user, kind, recommendation, decision) in items {
+    for ReviewPending {
+        item,
+        assignment,
+        user,
+        kind,
+        recommendation,
+        decision,
+    } in conn.review_items_pending(id)?
+    {
         let applied = match decision {
             Some(d) => d,
             None if review.default == "recommendation" => recommendation,
             None => review.default.clone(),
         };
-        let current: Option<(i64, Option<i64>, Option<i64>, String)> = conn
-            .query_row(
-                "SELECT user_id, removed_at, end_at, scope FROM assignments WHERE id = ?1",
-                params![assignment],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .ok();
+        let current = conn
+            .assignment_fate(assignment)?
+            .map(|f| (f.user_id, f.removed_at, f.end_at, f.scope));
         let result = match current {
             None => "the assignment no longer exists".to_string(),
             Some((_, Some(_), _, _)) => "already removed".to_string(),
@@ -320,10 +226,7 @@ fn complete_review(
                         review.role
                     )
                 } else {
-                    conn.execute(
-                        "UPDATE assignments SET removed_at = ?1, removed_by = ?2 WHERE id = ?3",
-                        params![t, actor, assignment],
-                    )?;
+                    conn.remove_assignment(assignment, t, actor)?;
                     audit::append(
                         conn,
                         now,
@@ -331,7 +234,7 @@ fn complete_review(
                             .principal(&user)
                             .role(&review.role)
                             .scope(&scope)
-                            .detail("type", kind.clone())
+                            .detail("type", kind)
                             .detail("assignment", assignment)
                             .detail("review", id),
                     )?;
@@ -340,9 +243,8 @@ fn complete_review(
                         policy,
                         now,
                         actor,
-                        "eligibility_id = ?1",
-                        assignment,
-                        "revoked",
+                        Of::Eligibility(assignment),
+                        Status::Revoked,
                         "activation.revoke",
                         "removed by an access review",
                     )?;
@@ -351,15 +253,9 @@ fn complete_review(
                 }
             }
         };
-        conn.execute(
-            "UPDATE review_items SET applied = ?1, result = ?2 WHERE id = ?3",
-            params![applied, result, item],
-        )?;
+        conn.review_item_applied(item, &applied, &result)?;
     }
-    conn.execute(
-        "UPDATE reviews SET completed_at = ?1, completed_by = ?2 WHERE id = ?3",
-        params![t, actor, id],
-    )?;
+    conn.review_completed(id, t, actor)?;
     audit::append(
         conn,
         now,
@@ -384,43 +280,29 @@ pub(crate) fn sweep_reviews(
     actor: &str,
 ) -> Result<(Vec<i64>, Vec<i64>)> {
     let t = now.timestamp();
-    let due: Vec<i64> = {
-        let mut stmt = conn.prepare(
-            "SELECT id FROM reviews WHERE completed_at IS NULL AND ends_at <= ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map(params![t], |r| r.get(0))?;
-        rows.collect::<Result<_>>()?
-    };
+    let due = conn.reviews_due(t)?;
     for id in &due {
         complete_review(conn, policy, now, actor, *id)?;
     }
-    type Recurring = (
-        i64,
-        String,
-        String,
-        String,
-        String,
-        bool,
-        String,
-        i64,
-        String,
-        i64,
-    );
-    let recurring: Vec<Recurring> = super::rows(conn, "SELECT id, name, role, scope, reviewers, self_review, default_decision, duration_secs, recurrence, created_at \
-             FROM reviews WHERE recurrence IS NOT NULL AND next_started = 0 ORDER BY id", params![])?;
     let mut started = Vec::new();
-    for (id, name, role, scope, reviewers, self_review, default, duration, every, created) in
-        recurring
+    for Recurring {
+        id,
+        name,
+        role,
+        scope,
+        reviewers,
+        self_review,
+        default,
+        duration_secs: duration,
+        every,
+        created_at: created,
+    } in conn.reviews_recurring()?
     {
         let Some(p) = period(&every) else { continue };
         if t < created + p.num_seconds() || !policy.roles.contains_key(&role) {
             continue;
         }
-        conn.execute(
-            "UPDATE reviews SET next_started = 1 WHERE id = ?1",
-            params![id],
-        )?;
-        let reviewers: Vec<String> = serde_json::from_str(&reviewers).unwrap_or_default();
+        conn.review_next_started(id)?;
         let next = start_review(
             conn,
             policy,
@@ -530,11 +412,7 @@ impl Pim {
     }
 
     pub fn reviews(&self) -> Result<Vec<Review>> {
-        let ids: Vec<i64> = {
-            let mut stmt = self.conn.prepare("SELECT id FROM reviews ORDER BY id")?;
-            let rows = stmt.query_map(params![], |r| r.get(0))?;
-            rows.collect::<Result<_>>()?
-        };
+        let ids = self.conn.review_ids()?;
         let now = self.now().timestamp();
         ids.into_iter()
             .map(|id| load(&self.conn, id, now))
@@ -564,30 +442,40 @@ impl Pim {
                 .detail("review", id)
                 .detail("decision", decision);
             if review.state == "completed" {
-                return Err(Error::Conflict(format!("Review {id} is completed; its decisions are final.")));
+                return Err(Error::Conflict(format!(
+                    "Review {id} is completed; its decisions are final."
+                )));
             }
             if !["keep", "remove"].contains(&decision) {
                 return Err(Error::Usage("Decide keep or remove.".to_string()));
             }
             if justification.trim().is_empty() {
-                return Err(Error::Usage("A review decision needs a reason. Pass -j/--justification.".to_string()));
+                return Err(Error::Usage(
+                    "A review decision needs a reason. Pass -j/--justification.".to_string(),
+                ));
             }
-            let allowed = if review.self_review { actor == user } else { review.reviewers.iter().any(|r| r == actor) };
+            let allowed = if review.self_review {
+                actor == user
+            } else {
+                review.reviewers.iter().any(|r| r == actor)
+            };
             if !allowed {
                 let why = if review.self_review {
                     "In a self-review each user decides only about their own access.".to_string()
                 } else {
-                    format!("Only the review's reviewers ({}) decide in review {id}.", review.reviewers.join(", "))
+                    format!(
+                        "Only the review's reviewers ({}) decide in review {id}.",
+                        review.reviewers.join(", ")
+                    )
                 };
                 return refuse(tx, now, event, Error::Refused(why));
             }
-            let changed = tx.execute(
-                "UPDATE review_items SET decision = ?1, reviewer = ?2, justification = ?3, decided_at = ?4 \
-                 WHERE review_id = ?5 AND \"user\" = ?6",
-                params![decision, actor, justification.trim(), t, id, user],
-            )?;
+            let changed =
+                tx.decide_review_items(id, user, decision, actor, justification.trim(), t)?;
             if changed == 0 {
-                return Err(Error::NotFound(format!("Review {id} has no assignment of {user}. See `pim review show {id}`.")));
+                return Err(Error::NotFound(format!(
+                    "Review {id} has no assignment of {user}. See `pim review show {id}`."
+                )));
             }
             audit::append(tx, now, event)?;
             load(tx, id, t)

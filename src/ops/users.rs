@@ -8,43 +8,15 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::mfa;
-use crate::params;
 use crate::policy::{looks_like_email, valid_handle, Policy};
 use crate::scope::Scope;
-use crate::store::{Db, OptionalExtension, Row};
+use crate::store::Db;
 use crate::vault::Vault;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct User {
-    #[serde(skip)]
-    pub id: i64,
-    pub name: String,
-    pub email: Option<String>,
-    pub display_name: Option<String>,
-    pub kind: String,
-    pub disabled: bool,
-    pub mfa_enrolled: bool,
-    #[serde(serialize_with = "crate::ops::users::ser_time_opt")]
-    pub mfa_locked_until: Option<i64>,
-    /// Locked after too many consecutive wrong codes, until `pim mfa reset`.
-    pub mfa_blocked: bool,
-    #[serde(serialize_with = "crate::ops::users::ser_time")]
-    pub created_at: i64,
-}
-
-pub(crate) fn ser_time<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::time::rfc3339(crate::time::from_unix(*t)))
-}
-
-pub(crate) fn ser_time_opt<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => ser_time(t, s),
-        None => s.serialize_none(),
-    }
-}
+pub use crate::store::User;
 
 /// A new authenticator: show the URI (and its QR code) to the user once.
 #[derive(Debug, Clone, Serialize)]
@@ -55,28 +27,8 @@ pub struct Enrollment {
     pub secret: String,
 }
 
-const USER_COLUMNS: &str = "id, name, email, display_name, kind, disabled, \
-     totp_secret IS NOT NULL, mfa_locked_until, created_at, mfa_blocked";
-
-fn user_from_row(r: &Row<'_>) -> Result<User> {
-    Ok(User {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        email: r.get(2)?,
-        display_name: r.get(3)?,
-        kind: r.get(4)?,
-        disabled: r.get(5)?,
-        mfa_enrolled: r.get(6)?,
-        mfa_locked_until: r.get(7)?,
-        created_at: r.get(8)?,
-        mfa_blocked: r.get(9)?,
-    })
-}
-
 pub(crate) fn find(conn: &Db, name: &str) -> Result<Option<User>> {
-    conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"))?
-        .query_row(params![name], user_from_row)
-        .optional()
+    conn.find_user(name)
 }
 
 pub(crate) fn get(conn: &Db, name: &str) -> Result<User> {
@@ -110,25 +62,13 @@ fn insert_user(
     email: Option<&str>,
     display_name: Option<&str>,
 ) -> Result<i64> {
-    if find(conn, name)?.is_some() {
-        return Err(Error::Conflict(format!(
-            "A user named '{name}' already exists."
-        )));
-    }
-    conn.insert(
-        "INSERT INTO users (name, email, display_name, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![name, email, display_name, now.timestamp()],
-    )
+    conn.insert_user(name, email, display_name, now.timestamp())
 }
 
 fn enroll_in(conn: &Db, vault: &Vault, user: &str) -> Result<Enrollment> {
     let secret = mfa::new_secret();
     let b32 = mfa::to_base32(&secret);
-    conn.execute(
-        "UPDATE users SET totp_secret = ?1, mfa_failures = 0, \
-         mfa_locked_until = NULL, mfa_blocked = 0 WHERE name = ?2",
-        params![vault.seal(user, &secret)?, user],
-    )?;
+    conn.set_totp_secret(user, &vault.seal(user, &secret)?)?;
     let otpauth_uri = mfa::otpauth_uri(&secret, user)
         .ok_or_else(|| Error::Usage(format!("'{user}' cannot name an authenticator account.")))?;
     Ok(Enrollment {
@@ -152,12 +92,13 @@ pub(crate) fn verify_code(
     code: Option<&str>,
     context: Event,
 ) -> Result<()> {
-    type Row = (Option<String>, Option<i64>, i64, Option<i64>, bool);
-    let (stored, last_step, failures, locked_until, blocked): Row = conn.query_row(
-        "SELECT totp_secret, totp_last_step, mfa_failures, mfa_locked_until, mfa_blocked FROM users WHERE id = ?1",
-        params![user.id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-    )?;
+    let crate::store::TotpState {
+        secret: stored,
+        last_step,
+        failures,
+        locked_until,
+        blocked,
+    } = conn.totp_state(user.id)?;
     let t = now.timestamp();
     if blocked {
         return refuse(
@@ -207,10 +148,7 @@ pub(crate) fn verify_code(
     };
     let why = match mfa::matching_step(&secret, code, t) {
         Some(step) if last_step.is_none_or(|last| step > last) => {
-            conn.execute(
-                "UPDATE users SET totp_last_step = ?1, mfa_failures = 0, mfa_locked_until = NULL WHERE id = ?2",
-                params![step, user.id],
-            )?;
+            conn.totp_accepted(user.id, step)?;
             return Ok(());
         }
         Some(_) => "that code was already used; wait for the next one",
@@ -220,10 +158,7 @@ pub(crate) fn verify_code(
     let block = failures >= mfa::BLOCK_AFTER;
     let lock = (!block && failures % mfa::MAX_FAILURES == 0)
         .then(|| t + mfa::lock_seconds(failures / mfa::MAX_FAILURES));
-    conn.execute(
-        "UPDATE users SET mfa_failures = ?1, mfa_locked_until = ?2, mfa_blocked = ?3 WHERE id = ?4",
-        params![failures, lock, block, user.id],
-    )?;
+    conn.totp_failed(user.id, failures, lock, block)?;
     let mut fail = context.clone();
     fail.action = "mfa.fail".to_string();
     fail.principal = Some(user.name.clone());
@@ -297,18 +232,13 @@ impl Pim {
                 .and_then(|rest| rest.rsplit_once('_'))
                 .map(|(name, _)| name.to_string())
                 .unwrap_or_default();
-            let stored: Option<(Option<String>, bool, String)> = if token.len() > limits::TOKEN {
+            let stored = if token.len() > limits::TOKEN {
                 None
             } else {
-                tx.query_row(
-                    "SELECT token_hash, disabled, kind FROM users WHERE name = ?1",
-                    params![&claimed],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?
+                tx.token_state(&claimed)?
             };
             let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
-            let valid = matches!(&stored, Some((Some(h), _, kind)) if kind == "service" && constant_time_eq(h.as_bytes(), hash.as_bytes()));
+            let valid = matches!(&stored, Some(crate::store::TokenState { hash: Some(h), kind, .. }) if kind == "service" && constant_time_eq(h.as_bytes(), hash.as_bytes()));
             if !valid {
                 let shown: String = claimed.chars().take(limits::NAME).collect();
                 return refuse_limited(
@@ -322,7 +252,7 @@ impl Pim {
                     ),
                 );
             }
-            if stored.is_some_and(|(_, disabled, _)| disabled) {
+            if stored.is_some_and(|s| s.disabled) {
                 return Err(Error::Refused(format!("The service '{claimed}' is disabled.")));
             }
             Ok(claimed)
@@ -347,10 +277,7 @@ impl Pim {
             require(tx, policy, &me, "users", &Scope::root(), now.timestamp())?;
             let id = insert_user(tx, now, name, None, display_name)?;
             let (token, hash) = new_token(name);
-            tx.execute(
-                "UPDATE users SET kind = 'service', token_hash = ?1 WHERE id = ?2",
-                params![hash, id],
-            )?;
+            tx.set_service_token(id, &hash)?;
             audit::append(
                 tx,
                 now,
@@ -377,10 +304,7 @@ impl Pim {
                 )));
             }
             let (token, hash) = new_token(name);
-            tx.execute(
-                "UPDATE users SET token_hash = ?1 WHERE id = ?2",
-                params![hash, user.id],
-            )?;
+            tx.set_service_token(user.id, &hash)?;
             audit::append(
                 tx,
                 now,
@@ -418,17 +342,13 @@ impl Pim {
         let pim = Pim::new(conn, clock, vault);
         let tx = pim.conn.write()?;
         let now = pim.clock.now();
-        let existing: i64 =
-            tx.query_row("SELECT count(*) FROM audit_events", params![], |r| r.get(0))?;
+        let existing: i64 = crate::audit::count(&tx)?;
         if existing > 0 {
             return Err(Error::Conflict(
                 "This database is already initialised.".to_string(),
             ));
         }
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('policy', ?1)",
-            params![policy_source],
-        )?;
+        tx.set_policy_source(policy_source)?;
         audit::append(
             &tx,
             now,
@@ -452,11 +372,18 @@ impl Pim {
             Event::new(os_actor, "mfa.enroll").principal(admin),
         )?;
         for role in policy.roles.values().filter(|r| r.protected) {
-            let assignment = tx.insert(
-                "INSERT INTO assignments (user_id, role, scope, kind, start_at, end_at, justification, created_by, created_at) \
-                 VALUES (?1, ?2, '/', 'active', ?3, NULL, 'break-glass administrator', ?4, ?3)",
-                params![user_id, role.key, now.timestamp(), os_actor],
-            )?;
+            let assignment = tx.insert_assignment(&crate::store::assignments::NewAssignment {
+                user_id,
+                role: &role.key,
+                scope: "/",
+                kind: crate::model::Kind::Active,
+                start_at: now.timestamp(),
+                end_at: None,
+                justification: Some("break-glass administrator"),
+                ticket: None,
+                created_by: os_actor,
+                created_at: now.timestamp(),
+            })?;
             audit::append(
                 &tx,
                 now,
@@ -500,13 +427,7 @@ impl Pim {
     }
 
     pub fn users(&self) -> Result<Vec<User>> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))?;
-        let users = stmt
-            .query_map(params![], user_from_row)?
-            .collect::<Result<Vec<_>>>()?;
-        Ok(users)
+        self.conn.all_users()
     }
 
     pub fn user(&self, name: &str) -> Result<User> {
@@ -543,10 +464,7 @@ impl Pim {
                     }
                 }
             }
-            tx.execute(
-                "UPDATE users SET disabled = ?1 WHERE id = ?2",
-                params![disabled, target.id],
-            )?;
+            tx.set_disabled(target.id, disabled)?;
             audit::append(tx, now, Event::new(actor, action).principal(name))?;
             if disabled {
                 super::activation::end_activations(
@@ -554,9 +472,8 @@ impl Pim {
                     policy,
                     now,
                     actor,
-                    "user_id = ?1",
-                    target.id,
-                    "revoked",
+                    crate::store::requests::Of::User(target.id),
+                    crate::model::Status::Revoked,
                     "activation.revoke",
                     "the user was disabled",
                 )?;
@@ -610,10 +527,7 @@ impl Pim {
                     permission_error("users", &Scope::root()),
                 );
             }
-            tx.execute(
-                "UPDATE users SET totp_secret = NULL, mfa_failures = 0, mfa_locked_until = NULL, mfa_blocked = 0 WHERE id = ?1",
-                params![user.id],
-            )?;
+            tx.clear_totp(user.id)?;
             audit::append(tx, now, Event::new(actor, "mfa.reset").principal(name))?;
             Ok(())
         })
@@ -672,9 +586,8 @@ pub(crate) fn changes_used(conn: &Db, now: DateTime<Utc>, actor: &str) -> Result
 /// `who`'s count in the current window (of `mfa::LOCK_SECONDS`) and when it began.
 fn window(conn: &Db, who: Limited<'_>, t: i64) -> Result<(i64, i64)> {
     Ok(conn
-        .prepare_cached("SELECT failures, first_at FROM account_failures WHERE account = ?1")?
-        .query_row(params![who.key()], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
+        .limit_window(&who.key())?
+        .map(|(count, first, _)| (count, first))
         .filter(|&(_, first)| first > t - mfa::LOCK_SECONDS)
         .unwrap_or((0, t)))
 }
@@ -685,11 +598,7 @@ fn bump(conn: &Db, who: Limited<'_>, t: i64, units: i64) -> Result<(i64, Option<
     let (count, first) = window(conn, who, t)?;
     let count = count + units.max(1);
     let until = (count >= who.allowance()).then_some(first + mfa::LOCK_SECONDS);
-    conn.prepare_cached(
-        "INSERT INTO account_failures (account, failures, first_at, locked_until) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (account) DO UPDATE SET failures = ?2, first_at = ?3, locked_until = ?4",
-    )?
-    .execute(params![who.key(), count, first, until])?;
+    conn.set_limit_window(&who.key(), count, first, until)?;
     Ok((count, until))
 }
 
@@ -712,10 +621,8 @@ pub(crate) fn count_change(conn: &Db, now: DateTime<Utc>, actor: &str, units: i6
 /// Until when `who` is over its limit, if it is.
 pub(crate) fn limited_until(conn: &Db, who: Limited<'_>, now: i64) -> Result<Option<i64>> {
     Ok(conn
-        .prepare_cached("SELECT locked_until FROM account_failures WHERE account = ?1")?
-        .query_row(params![who.key()], |r| r.get::<_, Option<i64>>(0))
-        .optional()?
-        .flatten()
+        .limit_window(&who.key())?
+        .and_then(|(_, _, until)| until)
         .filter(|&u| u > now))
 }
 
@@ -765,39 +672,21 @@ impl Pim {
         if !vault.usable() {
             return Ok(0);
         }
-        let plain: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'secrets'",
-                params![],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if plain.as_deref() != Some("plain") {
+        if !self.conn.secrets_plain()? {
             return Ok(0);
         }
         self.write_system(|tx, now, _| {
-            let rows: Vec<(i64, String, String)> = super::rows(
-                tx,
-                "SELECT id, name, totp_secret FROM users WHERE totp_secret IS NOT NULL",
-                params![],
-            )?;
+            let rows = tx.totp_secrets()?;
             let mut sealed = 0;
             for (id, name, stored) in rows {
                 if Vault::is_sealed(&stored) {
                     continue;
                 }
                 let secret = vault.open(&name, &stored)?;
-                tx.execute(
-                    "UPDATE users SET totp_secret = ?1 WHERE id = ?2",
-                    params![vault.seal(&name, &secret)?, id],
-                )?;
+                tx.reseal_totp_secret(id, &vault.seal(&name, &secret)?)?;
                 sealed += 1;
             }
-            tx.execute(
-                "UPDATE meta SET value = 'sealed' WHERE key = 'secrets'",
-                params![],
-            )?;
+            tx.set_secrets_sealed()?;
             audit::append(
                 tx,
                 now,

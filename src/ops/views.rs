@@ -310,6 +310,51 @@ impl Pim {
         self.alerts()
     }
 
+    /// Audit events for a viewer: the whole log with `audit` over `/`, otherwise only the
+    /// events the viewer acted in or was the subject of. Handed over one at a time, in
+    /// order (with `newest`, only the newest that many). Returns whether the view was
+    /// narrowed to the viewer's own events.
+    pub fn audit_seen_by(
+        &self,
+        v: &Viewer,
+        mut filter: crate::audit::Filter,
+        newest: Option<usize>,
+        f: impl FnMut(crate::audit::StoredEvent) -> Result<()>,
+    ) -> Result<bool> {
+        let own = !v.audits();
+        if own {
+            filter.involving = Some(v.name.clone());
+        }
+        crate::audit::for_each(&self.conn, &filter, newest, f)?;
+        Ok(own)
+    }
+
+    /// The whole log matching `filter`, for export: needs `audit` over `/`.
+    pub fn audit_export_for(
+        &self,
+        v: &Viewer,
+        filter: &crate::audit::Filter,
+        f: impl FnMut(crate::audit::StoredEvent) -> Result<()>,
+    ) -> Result<()> {
+        self.may_export_audit(v)?;
+        crate::audit::for_each(&self.conn, filter, None, f)
+    }
+
+    /// Refused unless `v` may export the audit log (asked before an output file is made).
+    pub fn may_export_audit(&self, v: &Viewer) -> Result<()> {
+        if !v.audits() {
+            return Err(Error::Refused(
+                "Exporting the audit log needs the 'audit' permission. Activate a role that grants it (such as security-reader).".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Check the whole chain (any pim user; root without being one: the CLI decides).
+    pub fn verify_audit(&self) -> Result<crate::audit::Verification> {
+        crate::audit::verify(&self.conn)
+    }
+
     /// The policy in force, for a viewer with `policy` or `audit` over `/` (its notification
     /// settings may name hosts and hooks).
     pub fn policy_seen_by(&self, v: &Viewer) -> Result<crate::policy::Policy> {

@@ -8,7 +8,18 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+mod alerts;
+pub mod assignments;
+pub mod audit;
 pub mod copy;
+mod meta;
+pub mod outbox;
+pub mod requests;
+pub mod reviews;
+pub use assignments::Assignment;
+pub use requests::{Decision, Request};
+mod users;
+pub use users::{TokenState, TotpState, User};
 pub mod pg;
 mod sql;
 pub use crate::params;

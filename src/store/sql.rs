@@ -711,6 +711,23 @@ impl Db {
         })
     }
 
+    /// Mark a point inside the open transaction to return to.
+    pub fn savepoint(&self, name: &'static str) -> Result<()> {
+        self.execute_batch(&format!("SAVEPOINT {name}"))
+    }
+
+    /// Undo everything since the savepoint `name`, and forget it.
+    pub fn rollback_to(&self, name: &'static str) -> Result<()> {
+        self.execute_batch(&format!(
+            "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
+        ))
+    }
+
+    /// Keep everything since the savepoint `name`, and forget it.
+    pub fn release(&self, name: &'static str) -> Result<()> {
+        self.execute_batch(&format!("RELEASE SAVEPOINT {name}"))
+    }
+
     /// Whether a transaction is open on this connection.
     pub fn in_transaction(&self) -> bool {
         self.depth.get() > 0

@@ -1,0 +1,488 @@
+//! Eligible and active assignments, what a user holds right now, and the reminders sent
+//! before an assignment ends.
+
+use super::{Db, FromRow, OptionalExtension, Row};
+use crate::error::Result;
+use crate::model::{Kind, Status};
+use crate::params;
+use crate::time::{from_unix, rfc3339};
+use serde::Serialize;
+
+/// An assignment, or (in listings) an activation shown as an active assignment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Assignment {
+    pub id: i64,
+    pub user: String,
+    pub role: String,
+    pub scope: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub start: String,
+    pub end: Option<String>,
+    /// `assignment` (made by an administrator) or `activation` (taken by the user).
+    pub source: String,
+    /// The activation request, for an activation.
+    pub request: Option<i64>,
+    pub justification: Option<String>,
+    pub ticket: Option<String>,
+    pub created_by: String,
+    /// `in effect`, `scheduled`, `ended` or `removed`.
+    pub state: String,
+    #[serde(skip)]
+    pub start_at: i64,
+    #[serde(skip)]
+    pub end_at: Option<i64>,
+}
+
+/// A new assignment.
+#[derive(Debug, Clone)]
+pub struct NewAssignment<'a> {
+    pub user_id: i64,
+    pub role: &'a str,
+    pub scope: &'a str,
+    pub kind: Kind,
+    pub start_at: i64,
+    pub end_at: Option<i64>,
+    pub justification: Option<&'a str>,
+    pub ticket: Option<&'a str>,
+    pub created_by: &'a str,
+    pub created_at: i64,
+}
+
+/// A role held at an instant: through a direct active assignment or an activation.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub role: String,
+    pub scope: String,
+    /// None: permanent.
+    pub until: Option<i64>,
+    pub assignment: Option<i64>,
+    pub request: Option<i64>,
+}
+
+/// An assignment in effect, with its holder (for bulk changes, reviews and the sweep).
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub id: i64,
+    pub user_id: i64,
+    pub user: String,
+    pub role: String,
+    pub scope: String,
+    pub kind: Kind,
+    pub end_at: Option<i64>,
+}
+
+impl FromRow for Current {
+    fn from_row(r: &Row<'_>) -> Result<Current> {
+        Ok(Current {
+            id: r.get(0)?,
+            user_id: r.get(1)?,
+            user: r.get(2)?,
+            role: r.get(3)?,
+            scope: r.get(4)?,
+            kind: r.get(5)?,
+            end_at: r.get(6)?,
+        })
+    }
+}
+
+/// What became of an assignment (for applying a review's decision).
+#[derive(Debug, Clone)]
+pub struct Fate {
+    pub user_id: i64,
+    pub removed_at: Option<i64>,
+    pub end_at: Option<i64>,
+    pub scope: String,
+}
+
+pub fn state(start: i64, end: Option<i64>, removed: Option<i64>, now: i64) -> &'static str {
+    if removed.is_some() {
+        "removed"
+    } else if end.is_some_and(|e| e <= now) {
+        "ended"
+    } else if start > now {
+        "scheduled"
+    } else {
+        "in effect"
+    }
+}
+
+const COLUMNS: &str = "a.id, u.name, a.role, a.scope, a.kind, a.start_at, a.end_at, \
+     a.justification, a.ticket, a.created_by, a.removed_at";
+
+const CURRENT: &str = "SELECT a.id, u.id, u.name, a.role, a.scope, a.kind, a.end_at \
+     FROM assignments a JOIN users u ON u.id = a.user_id";
+
+/// In effect or scheduled at `?n`: not removed and not ended.
+fn live(n: u8) -> String {
+    format!("a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?{n})")
+}
+
+fn from_row(r: &Row<'_>, now: i64) -> Result<Assignment> {
+    let start_at: i64 = r.get(5)?;
+    let end_at: Option<i64> = r.get(6)?;
+    Ok(Assignment {
+        id: r.get(0)?,
+        user: r.get(1)?,
+        role: r.get(2)?,
+        scope: r.get(3)?,
+        kind: r.get(4)?,
+        start: rfc3339(from_unix(start_at)),
+        end: end_at.map(|e| rfc3339(from_unix(e))),
+        source: "assignment".to_string(),
+        request: None,
+        justification: r.get(7)?,
+        ticket: r.get(8)?,
+        created_by: r.get(9)?,
+        state: state(start_at, end_at, r.get(10)?, now).to_string(),
+        start_at,
+        end_at,
+    })
+}
+
+impl Db {
+    pub fn assignment(&self, id: i64, now: i64) -> Result<Option<Assignment>> {
+        self.query_row(
+            &format!(
+                "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id WHERE a.id = ?1"
+            ),
+            params![id],
+            |r| from_row(r, now),
+        )
+        .optional()
+    }
+
+    /// The assignment of `user_id`/`role`/`scope`/`kind` in effect or scheduled (one
+    /// lookup: index `assignments_current`).
+    pub fn current_assignment(
+        &self,
+        user_id: i64,
+        role: &str,
+        scope: &str,
+        kind: Kind,
+        now: i64,
+    ) -> Result<Option<Assignment>> {
+        self.query_row(
+            &format!(
+                "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id \
+                 WHERE a.user_id = ?1 AND a.role = ?2 AND a.scope = ?3 AND a.kind = ?4 AND {} \
+                 ORDER BY a.id LIMIT 1",
+                live(5)
+            ),
+            params![user_id, role, scope, kind, now],
+            |r| from_row(r, now),
+        )
+        .optional()
+    }
+
+    /// `current_assignment` by the user's name.
+    pub fn current_assignment_named(
+        &self,
+        user: &str,
+        role: &str,
+        scope: &str,
+        kind: Kind,
+        now: i64,
+    ) -> Result<Option<Assignment>> {
+        self.query_row(
+            &format!(
+                "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id \
+                 WHERE u.name = ?1 AND a.role = ?2 AND a.scope = ?3 AND a.kind = ?4 AND {} \
+                 ORDER BY a.id LIMIT 1",
+                live(5)
+            ),
+            params![user, role, scope, kind, now],
+            |r| from_row(r, now),
+        )
+        .optional()
+    }
+
+    /// Assignments, by user, role, scope and kind; with `all`, ended and removed ones too.
+    pub fn list_assignments(
+        &self,
+        user: Option<&str>,
+        role: Option<&str>,
+        kind: Option<Kind>,
+        all: bool,
+        now: i64,
+    ) -> Result<Vec<Assignment>> {
+        self.query_map(
+            &format!(
+                "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id \
+                 WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR a.role = ?2) AND (?3 IS NULL OR a.kind = ?3) \
+                   AND (?4 OR (a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?5))) \
+                 ORDER BY u.name, a.role, a.scope, a.kind, a.id"
+            ),
+            params![user, role, kind, all, now],
+            |r| from_row(r, now),
+        )?
+        .collect()
+    }
+
+    /// Activations shown as active assignments: running ones (with `all`, ended ones too).
+    pub fn activations_as_assignments(
+        &self,
+        user: Option<&str>,
+        role: Option<&str>,
+        all: bool,
+        now: i64,
+    ) -> Result<Vec<Assignment>> {
+        self.query_map(
+            "SELECT r.id, u.name, r.role, r.scope, r.start_at, r.end_at, r.justification, r.ticket, r.status \
+             FROM requests r JOIN users u ON u.id = r.user_id \
+             WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR r.role = ?2) \
+               AND r.status IN ('active', 'scheduled', 'expired', 'deactivated', 'revoked') \
+               AND (?3 OR (r.status IN ('active', 'scheduled') AND r.end_at > ?4)) \
+             ORDER BY u.name, r.role, r.id",
+            params![user, role, all, now],
+            |r| {
+                let start_at: i64 = r.get(4)?;
+                let end_at: i64 = r.get(5)?;
+                let status: Status = r.get(8)?;
+                let ended = status.is_final();
+                Ok(Assignment {
+                    id: r.get(0)?,
+                    user: r.get(1)?,
+                    role: r.get(2)?,
+                    scope: r.get(3)?,
+                    kind: Kind::Active,
+                    start: rfc3339(from_unix(start_at)),
+                    end: Some(rfc3339(from_unix(end_at))),
+                    source: "activation".to_string(),
+                    request: Some(r.get(0)?),
+                    justification: r.get(6)?,
+                    ticket: r.get(7)?,
+                    created_by: r.get(1)?,
+                    state: if ended {
+                        "ended"
+                    } else {
+                        state(start_at, Some(end_at), None, now)
+                    }
+                    .to_string(),
+                    start_at,
+                    end_at: Some(end_at),
+                })
+            },
+        )?
+        .collect()
+    }
+
+    pub fn insert_assignment(&self, a: &NewAssignment<'_>) -> Result<i64> {
+        self.insert(
+            "INSERT INTO assignments (user_id, role, scope, kind, start_at, end_at, justification, ticket, created_by, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                a.user_id,
+                a.role,
+                a.scope,
+                a.kind,
+                a.start_at,
+                a.end_at,
+                a.justification,
+                a.ticket,
+                a.created_by,
+                a.created_at
+            ],
+        )
+    }
+
+    pub fn remove_assignment(&self, id: i64, at: i64, by: &str) -> Result<()> {
+        self.execute(
+            "UPDATE assignments SET removed_at = ?1, removed_by = ?2 WHERE id = ?3 AND removed_at IS NULL",
+            params![at, by, id],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_assignment_end(&self, id: i64, end: Option<i64>) -> Result<()> {
+        self.execute(
+            "UPDATE assignments SET end_at = ?1 WHERE id = ?2",
+            params![end, id],
+        )?;
+        Ok(())
+    }
+
+    /// Every assignment in effect or scheduled, by user, role and scope.
+    pub fn live_assignments(&self, now: i64) -> Result<Vec<Current>> {
+        self.query_map(
+            &format!(
+                "{CURRENT} WHERE {} ORDER BY u.name, a.role, a.scope",
+                live(1)
+            ),
+            params![now],
+            Current::from_row,
+        )?
+        .collect()
+    }
+
+    /// The assignments of `role` in effect or scheduled, by user and scope.
+    pub fn live_assignments_of_role(&self, role: &str, now: i64) -> Result<Vec<Current>> {
+        self.query_map(
+            &format!(
+                "{CURRENT} WHERE a.role = ?1 AND {} ORDER BY u.name, a.scope",
+                live(2)
+            ),
+            params![role, now],
+            Current::from_row,
+        )?
+        .collect()
+    }
+
+    pub fn assignment_fate(&self, id: i64) -> Result<Option<Fate>> {
+        self.query_row(
+            "SELECT user_id, removed_at, end_at, scope FROM assignments WHERE id = ?1",
+            params![id],
+            |r| {
+                Ok(Fate {
+                    user_id: r.get(0)?,
+                    removed_at: r.get(1)?,
+                    end_at: r.get(2)?,
+                    scope: r.get(3)?,
+                })
+            },
+        )
+        .optional()
+    }
+
+    /// Assignments that ended by `now` and whose end is not on record yet.
+    pub fn ended_unrecorded(&self, now: i64) -> Result<Vec<Current>> {
+        self.query_map(
+            &format!(
+                "{CURRENT} WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.id"
+            ),
+            params![now],
+            Current::from_row,
+        )?
+        .collect()
+    }
+
+    pub fn expiry_recorded(&self, id: i64) -> Result<()> {
+        self.execute(
+            "UPDATE assignments SET expiry_recorded = 1 WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// Assignments ending in (`from`, `to`] whose holders have not had reminder `kind`.
+    pub fn ending_unreminded(&self, from: i64, to: i64, kind: &str) -> Result<Vec<Current>> {
+        self.query_map(
+            &format!(
+                "{CURRENT} WHERE a.removed_at IS NULL AND a.end_at > ?1 AND a.end_at <= ?2 \
+                   AND NOT EXISTS (SELECT 1 FROM reminders r WHERE r.assignment_id = a.id AND r.kind = ?3) \
+                 ORDER BY a.id"
+            ),
+            params![from, to, kind],
+            Current::from_row,
+        )?
+        .collect()
+    }
+
+    pub fn insert_reminder(&self, assignment: i64, kind: &str) -> Result<()> {
+        self.execute(
+            "INSERT INTO reminders (assignment_id, kind) VALUES (?1, ?2)",
+            params![assignment, kind],
+        )?;
+        Ok(())
+    }
+
+    /// Every role `user_id` holds at `now`: direct active assignments in effect, and
+    /// activations, never past the eligibility they rest on.
+    pub fn holdings(&self, user_id: i64, now: i64) -> Result<Vec<Held>> {
+        self.query_map(
+            "SELECT a.role, a.scope, a.end_at, a.id, NULL FROM assignments a JOIN users u ON u.id = a.user_id
+              WHERE a.user_id = ?1 AND u.disabled = 0 AND a.kind = 'active' AND a.removed_at IS NULL
+                AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2)
+             UNION ALL
+             SELECT r.role, r.scope,
+                    CASE WHEN e.end_at IS NOT NULL AND e.end_at < r.end_at THEN e.end_at ELSE r.end_at END,
+                    NULL, r.id
+               FROM requests r JOIN users u ON u.id = r.user_id LEFT JOIN assignments e ON e.id = r.eligibility_id
+              WHERE r.user_id = ?1 AND u.disabled = 0 AND r.status IN ('active', 'scheduled')
+                AND r.start_at <= ?2 AND r.end_at > ?2
+                -- An activation never outlasts the eligibility it rests on, however that changed.
+                AND (r.eligibility_id IS NULL
+                     OR (e.removed_at IS NULL AND (e.end_at IS NULL OR e.end_at > ?2)))",
+            params![user_id, now],
+            |r| {
+                Ok(Held {
+                    role: r.get(0)?,
+                    scope: r.get(1)?,
+                    until: r.get(2)?,
+                    assignment: r.get(3)?,
+                    request: r.get(4)?,
+                })
+            },
+        )?
+        .collect()
+    }
+
+    /// Protected-role holders at `now`: whether the assignment `this` (or, without one, the
+    /// user `user_id`) is a holder, and how many *permanent* holders there are besides.
+    pub fn protected_holders(
+        &self,
+        role: &str,
+        user_id: i64,
+        this: Option<i64>,
+        now: i64,
+    ) -> Result<(bool, i64)> {
+        let base = "SELECT count(*) FROM assignments a JOIN users u ON u.id = a.user_id \
+             WHERE a.role = ?1 AND a.removed_at IS NULL AND u.disabled = 0 AND a.start_at <= ?2";
+        let (mine, others) = match this {
+            Some(_) => ("a.id = ?3", "a.id != ?3"),
+            None => ("a.user_id = ?3", "a.user_id != ?3"),
+        };
+        let value = this.unwrap_or(user_id);
+        let count = |sql: String| -> Result<i64> {
+            self.query_row(&sql, params![role, now, value], |r| r.get(0))
+        };
+        let holder = count(format!(
+            "{base} AND {mine} AND ((a.kind = 'active' AND (a.end_at IS NULL OR a.end_at > ?2)) \
+             OR (a.kind = 'eligible' AND a.end_at IS NULL))"
+        ))? > 0;
+        let permanent_others = count(format!("{base} AND {others} AND a.end_at IS NULL"))?;
+        Ok((holder, permanent_others))
+    }
+
+    /// Assignments and open requests of `role` (a policy may not remove a role in use).
+    pub fn role_in_use(&self, role: &str, now: i64) -> Result<i64> {
+        let a: i64 = self.query_row(
+            &format!(
+                "SELECT count(*) FROM assignments a WHERE a.role = ?1 AND {}",
+                live(2)
+            ),
+            params![role, now],
+            |r| r.get(0),
+        )?;
+        let r: i64 = self.query_row(
+            "SELECT count(*) FROM requests WHERE role = ?1 AND status IN ('pending', 'scheduled', 'active') AND end_at > ?2",
+            params![role, now],
+            |r| r.get(0),
+        )?;
+        Ok(a + r)
+    }
+
+    /// How many users are eligible for `role`, and how many hold it, at `now`.
+    pub fn role_holders(&self, role: &str, now: i64) -> Result<(i64, i64)> {
+        let eligible: i64 = self.query_row(
+            "SELECT count(DISTINCT a.user_id) FROM assignments a JOIN users u ON u.id = a.user_id \
+             WHERE a.role = ?1 AND a.kind = 'eligible' AND u.disabled = 0 AND a.removed_at IS NULL \
+               AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2)",
+            params![role, now],
+            |r| r.get(0),
+        )?;
+        let active: i64 = self.query_row(
+            "SELECT count(DISTINCT user_id) FROM ( \
+               SELECT a.user_id FROM assignments a JOIN users u ON u.id = a.user_id \
+                WHERE a.role = ?1 AND a.kind = 'active' AND u.disabled = 0 AND a.removed_at IS NULL \
+                  AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2) \
+               UNION ALL \
+               SELECT r.user_id FROM requests r JOIN users u ON u.id = r.user_id \
+                WHERE r.role = ?1 AND u.disabled = 0 AND r.status IN ('active', 'scheduled') \
+                  AND r.start_at <= ?2 AND r.end_at > ?2) AS holders",
+            params![role, now],
+            |r| r.get(0),
+        )?;
+        Ok((eligible, active))
+    }
+}

@@ -1,0 +1,166 @@
+//! The audit log's rows: the chain's head, appending, and reading in order.
+
+use super::{Db, OptionalExtension, Row, ToValue, Value};
+use crate::audit::{Filter, StoredEvent};
+use crate::error::Result;
+use crate::params;
+use crate::time::{from_unix, rfc3339};
+
+const SELECT: &str = "SELECT seq, time, actor, action, principal, role, scope, request, \
+     justification, ticket, expires, result, details, prev_hash, hash FROM audit_events";
+
+pub(crate) fn event_from_row(row: &Row<'_>) -> Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: row.get(0)?,
+        time: rfc3339(from_unix(row.get(1)?)),
+        actor: row.get(2)?,
+        action: row.get(3)?,
+        principal: row.get(4)?,
+        role: row.get(5)?,
+        scope: row.get(6)?,
+        request: row.get(7)?,
+        justification: row.get(8)?,
+        ticket: row.get(9)?,
+        expires: row
+            .get::<_, Option<i64>>(10)?
+            .map(|t| rfc3339(from_unix(t))),
+        result: row.get(11)?,
+        details: row.get(12)?,
+        prev_hash: row.get(13)?,
+        hash: row.get(14)?,
+    })
+}
+
+/// A filter as SQL conditions and their values (`?1`…).
+fn conditions(filter: &Filter) -> (String, Vec<Value>) {
+    let mut sql = String::from("1 = 1");
+    let mut values: Vec<Value> = Vec::new();
+    let mut add = |clause: &str, v: Value| {
+        values.push(v);
+        sql.push_str(&format!(" AND {clause} ?{}", values.len()));
+    };
+    if let Some(t) = filter.since {
+        add("time >=", Value::Int(t.timestamp()));
+    }
+    if let Some(t) = filter.until {
+        add("time <", Value::Int(t.timestamp()));
+    }
+    if let Some(a) = &filter.actor {
+        add("actor =", Value::Text(a.clone()));
+    }
+    if let Some(u) = &filter.user {
+        add("principal =", Value::Text(u.clone()));
+    }
+    if let Some(r) = &filter.role {
+        add("role =", Value::Text(r.clone()));
+    }
+    if let Some(a) = &filter.action {
+        if let Some(prefix) = a.strip_suffix(".*") {
+            add("action LIKE", Value::Text(format!("{prefix}.%")));
+        } else {
+            add("action =", Value::Text(a.clone()));
+        }
+    }
+    if let Some(name) = &filter.involving {
+        values.push(Value::Text(name.clone()));
+        let n = values.len();
+        sql.push_str(&format!(" AND (actor = ?{n} OR principal = ?{n})"));
+    }
+    (sql, values)
+}
+
+fn refs(values: &[Value]) -> Vec<&dyn ToValue> {
+    values.iter().map(|v| v as &dyn ToValue).collect()
+}
+
+impl Db {
+    /// The last event's number and hash (None: the log is empty).
+    pub fn audit_head(&self) -> Result<Option<(i64, String)>> {
+        self.query_row(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+    }
+
+    pub fn audit_count(&self) -> Result<i64> {
+        self.query_row("SELECT count(*) FROM audit_events", params![], |r| r.get(0))
+    }
+
+    /// Append one event (its `seq` and `hash` already set; `time` and `expires` stored as
+    /// unix seconds).
+    pub fn insert_event(&self, e: &StoredEvent, time: i64, expires: Option<i64>) -> Result<()> {
+        self.execute(
+            "INSERT INTO audit_events (seq, time, actor, action, principal, role, scope, request, \
+             justification, ticket, expires, result, details, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params![
+                e.seq,
+                time,
+                e.actor,
+                e.action,
+                e.principal,
+                e.role,
+                e.scope,
+                e.request,
+                e.justification,
+                e.ticket,
+                expires,
+                e.result,
+                e.details,
+                e.prev_hash,
+                e.hash
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The newest `limit` events matching `filter`, oldest first.
+    pub fn newest_events(&self, filter: &Filter, limit: usize) -> Result<Vec<StoredEvent>> {
+        let (sql, values) = conditions(filter);
+        let mut events = self
+            .query_map(
+                &format!("{SELECT} WHERE {sql} ORDER BY seq DESC LIMIT {limit}"),
+                &refs(&values),
+                event_from_row,
+            )?
+            .collect::<Result<Vec<_>>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    /// Up to `chunk` events matching `filter` after event `after`, in order. Each chunk is
+    /// read to its end before it is handed over: a reader that stops reading (a full pipe)
+    /// never holds a read transaction open.
+    pub fn events_after(
+        &self,
+        filter: &Filter,
+        after: i64,
+        chunk: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let (sql, mut values) = conditions(filter);
+        values.push(Value::Int(after));
+        let n = values.len();
+        self.query_map(
+            &format!("{SELECT} WHERE {sql} AND seq > ?{n} ORDER BY seq LIMIT {chunk}"),
+            &refs(&values),
+            event_from_row,
+        )?
+        .collect()
+    }
+
+    /// Every event in order, handed over one row at a time (memory stays flat): `f` gets
+    /// the event, or the error reading its fields with the row's `seq`; it returns whether
+    /// to go on.
+    pub fn each_event(
+        &self,
+        mut f: impl FnMut(std::result::Result<StoredEvent, (Option<i64>, String)>) -> bool,
+    ) -> Result<()> {
+        self.query_each(&format!("{SELECT} ORDER BY seq"), params![], |row| {
+            Ok(f(
+                event_from_row(row).map_err(|e| (row.get::<_, i64>(0).ok(), e.to_string()))
+            ))
+        })
+    }
+}

@@ -1,0 +1,48 @@
+//! The database's own facts: the policy in force, its instance id, how secrets are kept.
+
+use super::{Db, OptionalExtension};
+use crate::error::Result;
+use crate::params;
+
+impl Db {
+    fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+            r.get(0)
+        })
+        .optional()
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// The policy's TOML source, when the database was initialised.
+    pub fn policy_source(&self) -> Result<Option<String>> {
+        self.meta("policy")
+    }
+
+    pub fn set_policy_source(&self, source: &str) -> Result<()> {
+        self.set_meta("policy", source)
+    }
+
+    /// The id that names this database's key file.
+    pub fn instance(&self) -> Result<String> {
+        self.meta("instance")?.ok_or_else(|| {
+            crate::Error::Environment("The database has no instance id.".to_string())
+        })
+    }
+
+    /// Whether the TOTP secrets still wait to be sealed (a database from before sealing).
+    pub fn secrets_plain(&self) -> Result<bool> {
+        Ok(self.meta("secrets")?.as_deref() == Some("plain"))
+    }
+
+    pub fn set_secrets_sealed(&self) -> Result<()> {
+        self.set_meta("secrets", "sealed")
+    }
+}

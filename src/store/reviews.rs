@@ -1,0 +1,309 @@
+//! Access reviews and their items.
+
+use super::{Db, OptionalExtension};
+use crate::error::Result;
+use crate::model::Kind;
+use crate::params;
+use crate::time::{from_unix, rfc3339};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Review {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub scope: String,
+    pub reviewers: Vec<String>,
+    pub self_review: bool,
+    pub default: String,
+    pub every: Option<String>,
+    pub created_by: String,
+    pub start: String,
+    pub end: String,
+    /// `open`, `due` (its time is up, not yet completed) or `completed`.
+    pub state: String,
+    pub decided: i64,
+    pub total: i64,
+    pub items: Vec<ReviewItem>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewItem {
+    pub user: String,
+    pub role: String,
+    pub scope: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub recommendation: String,
+    pub reason: String,
+    pub decision: Option<String>,
+    pub reviewer: Option<String>,
+    pub justification: Option<String>,
+    pub decided_at: Option<String>,
+    pub applied: Option<String>,
+    pub result: Option<String>,
+}
+
+/// A new review.
+#[derive(Debug, Clone)]
+pub struct NewReview<'a> {
+    pub name: &'a str,
+    pub role: &'a str,
+    pub scope: &'a str,
+    pub self_review: bool,
+    pub reviewers: &'a [String],
+    pub default: &'a str,
+    pub every: Option<&'a str>,
+    pub duration_secs: i64,
+    pub created_by: &'a str,
+    pub created_at: i64,
+}
+
+/// An item as a review's completion sees it.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub item: i64,
+    pub assignment: i64,
+    pub user: String,
+    pub kind: Kind,
+    pub recommendation: String,
+    pub decision: Option<String>,
+}
+
+/// A recurring review whose next one has not started yet.
+#[derive(Debug, Clone)]
+pub struct Recurring {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub scope: String,
+    pub reviewers: Vec<String>,
+    pub self_review: bool,
+    pub default: String,
+    pub duration_secs: i64,
+    pub every: String,
+    pub created_at: i64,
+}
+
+impl Db {
+    /// A review with its items, as of `now`.
+    pub fn review(&self, id: i64, now: i64) -> Result<Option<Review>> {
+        let Some(mut review) = self
+            .query_row(
+                "SELECT id, name, role, scope, reviewers, self_review, default_decision, recurrence, created_by, \
+                 created_at, ends_at, completed_at FROM reviews WHERE id = ?1",
+                params![id],
+                |r| {
+                    let ends: i64 = r.get(10)?;
+                    let completed: Option<i64> = r.get(11)?;
+                    Ok(Review {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        role: r.get(2)?,
+                        scope: r.get(3)?,
+                        reviewers: serde_json::from_str(&r.get::<_, String>(4)?)
+                            .unwrap_or_default(),
+                        self_review: r.get(5)?,
+                        default: r.get(6)?,
+                        every: r.get(7)?,
+                        created_by: r.get(8)?,
+                        start: rfc3339(from_unix(r.get(9)?)),
+                        end: rfc3339(from_unix(ends)),
+                        state: if completed.is_some() {
+                            "completed"
+                        } else if ends <= now {
+                            "due"
+                        } else {
+                            "open"
+                        }
+                        .to_string(),
+                        decided: 0,
+                        total: 0,
+                        items: Vec::new(),
+                    })
+                },
+            )
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        review.items = self
+            .query_map(
+                "SELECT \"user\", role, scope, kind, recommendation, reason, decision, reviewer, justification, \
+                 decided_at, applied, result \
+                 FROM review_items WHERE review_id = ?1 ORDER BY \"user\", scope, kind",
+                params![id],
+                |r| {
+                    Ok(ReviewItem {
+                        user: r.get(0)?,
+                        role: r.get(1)?,
+                        scope: r.get(2)?,
+                        kind: r.get(3)?,
+                        recommendation: r.get(4)?,
+                        reason: r.get(5)?,
+                        decision: r.get(6)?,
+                        reviewer: r.get(7)?,
+                        justification: r.get(8)?,
+                        decided_at: r.get::<_, Option<i64>>(9)?.map(|t| rfc3339(from_unix(t))),
+                        applied: r.get(10)?,
+                        result: r.get(11)?,
+                    })
+                },
+            )?
+            .collect::<Result<Vec<_>>>()?;
+        review.total = review.items.len() as i64;
+        review.decided = review.items.iter().filter(|i| i.decision.is_some()).count() as i64;
+        Ok(Some(review))
+    }
+
+    pub fn review_ids(&self) -> Result<Vec<i64>> {
+        self.query_map("SELECT id FROM reviews ORDER BY id", params![], |r| {
+            r.get(0)
+        })?
+        .collect()
+    }
+
+    pub fn insert_review(&self, r: &NewReview<'_>) -> Result<i64> {
+        self.insert(
+            "INSERT INTO reviews (name, role, scope, self_review, reviewers, default_decision, recurrence, duration_secs, \
+             created_by, created_at, ends_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                r.name,
+                r.role,
+                r.scope,
+                r.self_review,
+                serde_json::to_string(r.reviewers).unwrap_or_default(),
+                r.default,
+                r.every,
+                r.duration_secs,
+                r.created_by,
+                r.created_at,
+                r.created_at + r.duration_secs
+            ],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_review_item(
+        &self,
+        review: i64,
+        assignment: i64,
+        user: &str,
+        role: &str,
+        scope: &str,
+        kind: Kind,
+        recommendation: &str,
+        reason: &str,
+    ) -> Result<()> {
+        self.execute(
+            "INSERT INTO review_items (review_id, assignment_id, \"user\", role, scope, kind, recommendation, reason) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![review, assignment, user, role, scope, kind, recommendation, reason],
+        )?;
+        Ok(())
+    }
+
+    /// The items of a review, for applying it.
+    pub fn review_items_pending(&self, review: i64) -> Result<Vec<Pending>> {
+        self.query_map(
+            "SELECT i.id, i.assignment_id, i.\"user\", i.kind, i.recommendation, i.decision FROM review_items i \
+             WHERE i.review_id = ?1 ORDER BY i.id",
+            params![review],
+            |r| {
+                Ok(Pending {
+                    item: r.get(0)?,
+                    assignment: r.get(1)?,
+                    user: r.get(2)?,
+                    kind: r.get(3)?,
+                    recommendation: r.get(4)?,
+                    decision: r.get(5)?,
+                })
+            },
+        )?
+        .collect()
+    }
+
+    /// Record a reviewer's decision on every item of `user` in a review; how many.
+    pub fn decide_review_items(
+        &self,
+        review: i64,
+        user: &str,
+        decision: &str,
+        reviewer: &str,
+        justification: &str,
+        at: i64,
+    ) -> Result<usize> {
+        self.execute(
+            "UPDATE review_items SET decision = ?1, reviewer = ?2, justification = ?3, decided_at = ?4 \
+             WHERE review_id = ?5 AND \"user\" = ?6",
+            params![decision, reviewer, justification, at, review, user],
+        )
+    }
+
+    pub fn review_item_applied(&self, item: i64, applied: &str, result: &str) -> Result<()> {
+        self.execute(
+            "UPDATE review_items SET applied = ?1, result = ?2 WHERE id = ?3",
+            params![applied, result, item],
+        )?;
+        Ok(())
+    }
+
+    pub fn review_completed(&self, id: i64, at: i64, by: &str) -> Result<()> {
+        self.execute(
+            "UPDATE reviews SET completed_at = ?1, completed_by = ?2 WHERE id = ?3",
+            params![at, by, id],
+        )?;
+        Ok(())
+    }
+
+    /// Reviews whose time is up and that are not completed.
+    pub fn reviews_due(&self, now: i64) -> Result<Vec<i64>> {
+        self.query_map(
+            "SELECT id FROM reviews WHERE completed_at IS NULL AND ends_at <= ?1 ORDER BY id",
+            params![now],
+            |r| r.get(0),
+        )?
+        .collect()
+    }
+
+    pub fn reviews_recurring(&self) -> Result<Vec<Recurring>> {
+        self.query_map(
+            "SELECT id, name, role, scope, reviewers, self_review, default_decision, duration_secs, recurrence, created_at \
+             FROM reviews WHERE recurrence IS NOT NULL AND next_started = 0 ORDER BY id",
+            params![],
+            |r| {
+                Ok(Recurring {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    role: r.get(2)?,
+                    scope: r.get(3)?,
+                    reviewers: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+                    self_review: r.get(5)?,
+                    default: r.get(6)?,
+                    duration_secs: r.get(7)?,
+                    every: r.get(8)?,
+                    created_at: r.get(9)?,
+                })
+            },
+        )?
+        .collect()
+    }
+
+    pub fn review_next_started(&self, id: i64) -> Result<()> {
+        self.execute(
+            "UPDATE reviews SET next_started = 1 WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// When `user_id` last started an activation of `role` (for a review's recommendation).
+    pub fn last_activation(&self, user_id: i64, role: &str, now: i64) -> Result<Option<i64>> {
+        self.query_row(
+            "SELECT max(start_at) FROM requests WHERE user_id = ?1 AND role = ?2 \
+             AND status IN ('active', 'expired', 'deactivated', 'revoked') AND start_at <= ?3",
+            params![user_id, role, now],
+            |r| r.get(0),
+        )
+    }
+}
