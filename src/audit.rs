@@ -151,7 +151,9 @@ impl StoredEvent {
     }
 }
 
-/// Append an event. Call it inside the transaction that makes the change.
+/// Append an event. Call it inside the transaction that makes the change. The core never
+/// calls it but through `ops::Recorder::record`, which also queues the event's notifications
+/// (a test keeps it so); tools that build a log (the benchmarks' filler) may.
 pub fn append(conn: &Db, now: DateTime<Utc>, event: Event) -> Result<i64> {
     // Cached statements: bulk operations append thousands of events in one transaction.
     let (last_seq, prev_hash) = conn.audit_head()?.unwrap_or((0, GENESIS.to_string()));

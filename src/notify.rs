@@ -2,7 +2,7 @@
 //! it commits (e-mail through lettre over rustls, a JSON webhook through ureq, or a local
 //! command), retried with backoff, and given up after `MAX_ATTEMPTS` with an audit event.
 
-use crate::audit::{self, Event};
+use crate::audit::Event;
 use crate::error::Result;
 use crate::policy::{NotifyCommand, Policy, Smtp, Webhook};
 use crate::store::Db;
@@ -191,9 +191,7 @@ pub fn deliver_due(
                 let attempts = o.attempts + 1;
                 if attempts >= MAX_ATTEMPTS {
                     tx.outgoing_failed(o.id, attempts, &why)?;
-                    audit::append(
-                        &tx,
-                        now,
+                    crate::ops::Recorder::new(&tx, now, policy).record(
                         Event::new(actor, "notification.fail")
                             .refused(&format!("Delivery failed {attempts} times: {why}"))
                             .detail("notification", o.id)

@@ -3,8 +3,9 @@
 
 use super::assignments::unknown_role;
 use super::users::{verify_code, User};
+use super::Recorder;
 use super::{acting_user, actor_user, holdings, refuse, users, Holding, Pim};
-use crate::audit::{self, Event};
+use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::model::{Kind, Status as RequestStatus};
@@ -56,8 +57,8 @@ pub struct ActiveRole {
 /// event each. A request still waiting for approval is canceled instead.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn end_activations(
-    conn: &Db,
-    policy: &crate::policy::Policy,
+    conn: &Recorder<'_>,
+    _policy: &crate::policy::Policy,
     now: DateTime<Utc>,
     actor: &str,
     of: Of,
@@ -75,9 +76,7 @@ pub(crate) fn end_activations(
             (status, action)
         };
         conn.close_request(r.id, status, t, actor, Some(reason))?;
-        audit::append(
-            conn,
-            now,
+        conn.record(
             Event::new(actor, action)
                 .principal(&r.user)
                 .role(&r.role)
@@ -85,11 +84,7 @@ pub(crate) fn end_activations(
                 .request(r.id)
                 .detail("reason", reason),
         )?;
-        if status == RequestStatus::Revoked {
-            super::notices::revoked(
-                conn, policy, now, &r.user, &r.role, &r.scope, r.id, actor, reason,
-            )?;
-        }
+        if status == RequestStatus::Revoked {}
     }
     Ok(open.iter().map(|r| r.id).collect())
 }
@@ -98,7 +93,7 @@ pub(crate) fn end_activations(
 /// that would only start after it are revoked; each change is recorded. Pending requests
 /// are capped when they are approved.
 pub(crate) fn cap_activations(
-    conn: &Db,
+    conn: &Recorder<'_>,
     policy: &crate::policy::Policy,
     now: DateTime<Utc>,
     actor: &str,
@@ -122,9 +117,7 @@ pub(crate) fn cap_activations(
             continue;
         }
         conn.set_request_end(r.id, end)?;
-        audit::append(
-            conn,
-            now,
+        conn.record(
             Event::new(actor, "activation.shorten")
                 .principal(&r.user)
                 .role(&r.role)
@@ -141,7 +134,7 @@ pub(crate) fn cap_activations(
 /// The checks and the write of one activation, inside the caller's transaction.
 /// `mfa_done`: the caller already verified a code for this transaction.
 pub(crate) fn activate_in(
-    tx: &Db,
+    tx: &Recorder<'_>,
     vault: &Vault,
     now: DateTime<Utc>,
     policy: &crate::policy::Policy,
@@ -306,23 +299,22 @@ pub(crate) fn activate_in(
         decide_by,
         extends: None,
     })?;
-    audit::append(
-        tx,
-        now,
-        event
-            .clone()
-            .request(id)
-            .expires(Some(end.timestamp()))
-            .detail("start", rfc3339(start))
-            .detail("duration", format_duration(end - start))
-            .detail("mfa", settings.require_mfa)
-            .detail("approval", settings.require_approval)
-            .detail("capped_by_eligibility", capped),
-    )?;
+    let mut requested = event
+        .clone()
+        .request(id)
+        .expires(Some(end.timestamp()))
+        .detail("start", rfc3339(start))
+        .detail("duration", format_duration(end - start))
+        .detail("mfa", settings.require_mfa)
+        .detail("approval", settings.require_approval)
+        .detail("capped_by_eligibility", capped);
+    if let Some(deadline) = decide_by {
+        // Its approvers are told, and until when they may decide.
+        requested = requested.detail("decide_by", deadline);
+    }
+    tx.record(requested)?;
     if status == RequestStatus::Active {
-        audit::append(
-            tx,
-            now,
+        tx.record(
             Event::new(actor, "activation.start")
                 .principal(actor)
                 .role(&role.key)
@@ -330,30 +322,8 @@ pub(crate) fn activate_in(
                 .request(id)
                 .expires(Some(end.timestamp())),
         )?;
-        super::notices::started(
-            tx,
-            policy,
-            now,
-            actor,
-            &role.key,
-            scope.as_str(),
-            id,
-            end.timestamp(),
-        )?;
     }
-    if let Some(deadline) = decide_by {
-        super::notices::requested(
-            tx,
-            policy,
-            now,
-            actor,
-            role,
-            &scope,
-            id,
-            justification,
-            deadline,
-        )?;
-    }
+    if let Some(_deadline) = decide_by {}
     request_now(tx, id, t)
 }
 
@@ -417,9 +387,7 @@ impl Pim {
                         tx.rollback_to("activate_many")?;
                         return match e {
                             Error::Recorded(inner) => {
-                                audit::append(
-                                    tx,
-                                    now,
+                                tx.record(
                                     Event::new(actor, "activation.request")
                                         .principal(actor)
                                         .role(&role.key)

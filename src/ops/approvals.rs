@@ -4,8 +4,9 @@
 use super::activation::Request;
 use super::assignments::unknown_role;
 use super::users::verify_code;
+use super::Recorder;
 use super::{acting_user, actor_user, has_permission, permission_error, refuse, users, Pim};
-use crate::audit::{self, Event};
+use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::model::{Status, Verdict};
@@ -68,8 +69,8 @@ fn event(actor: &str, action: &str, r: &Request) -> Event {
 /// Start an approved request: the window opens now (or at the requested start, if later)
 /// and lasts the requested duration, never past its eligibility.
 fn start_approved(
-    conn: &Db,
-    policy: &Policy,
+    conn: &Recorder<'_>,
+    _policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
     r: &Request,
@@ -85,9 +86,7 @@ fn start_approved(
         // An approved extension moves the running activation's end and closes itself.
         conn.set_request_end(original, end)?;
         conn.extension_applied(r.id, t)?;
-        audit::append(
-            conn,
-            now,
+        conn.record(
             event(actor, "activation.extend", r)
                 .expires(Some(end))
                 .detail("extends", original),
@@ -101,12 +100,7 @@ fn start_approved(
     };
     conn.start_request(r.id, status, start, end)?;
     if status == Status::Active {
-        audit::append(
-            conn,
-            now,
-            event(actor, "activation.start", r).expires(Some(end)),
-        )?;
-        super::notices::started(conn, policy, now, &r.user, &r.role, &r.scope, r.id, end)?;
+        conn.record(event(actor, "activation.start", r).expires(Some(end)))?;
     }
     Ok(())
 }
@@ -196,13 +190,8 @@ impl Pim {
             let verdict = if approve { Verdict::Approve } else { Verdict::Deny };
             tx.insert_decision(id, actor, verdict, justification, t)?;
             let approvals = tx.approvals(id)?;
-            audit::append(
-                tx,
-                now,
-                ev.detail("approvals", approvals)
-                    .detail("needed", role.settings.min_approvals),
-            )?;
-            super::notices::decided(tx, policy, now, action, &r.user, &r.role, &r.scope, id, actor, justification)?;
+            tx.record(ev.detail("approvals", approvals)
+                    .detail("needed", role.settings.min_approvals))?;
             if !approve {
                 tx.close_request(id, Status::Denied, t, actor, justification)?;
             } else if approvals >= i64::from(role.settings.min_approvals) {
@@ -233,7 +222,7 @@ impl Pim {
                 actor,
                 Some("canceled by the requester"),
             )?;
-            audit::append(tx, now, event(actor, "activation.cancel", &r))?;
+            tx.record(event(actor, "activation.cancel", &r))?;
             load(tx, id, t)
         })
     }
@@ -270,22 +259,7 @@ impl Pim {
                 return Err(final_state(&r));
             }
             tx.close_request(id, Status::Revoked, t, actor, Some(justification))?;
-            audit::append(
-                tx,
-                now,
-                event(actor, "activation.revoke", &r).justification(Some(justification)),
-            )?;
-            super::notices::revoked(
-                tx,
-                policy,
-                now,
-                &r.user,
-                &r.role,
-                &r.scope,
-                id,
-                actor,
-                justification,
-            )?;
+            tx.record(event(actor, "activation.revoke", &r).justification(Some(justification)))?;
             load(tx, id, t)
         })
     }
@@ -409,13 +383,15 @@ impl Pim {
                 extends: Some(current.id),
             })?;
             let pending = load(tx, id, t)?;
-            audit::append(
-                tx,
-                now,
-                ev.request(id)
-                    .expires(Some(t + duration.num_seconds()))
-                    .detail("approval", s.require_approval),
-            )?;
+            let mut requested = ev
+                .request(id)
+                .expires(Some(t + duration.num_seconds()))
+                .detail("approval", s.require_approval);
+            if let Some(deadline) = decide_by {
+                // Its approvers are told, like for any request that waits for them.
+                requested = requested.detail("decide_by", deadline);
+            }
+            tx.record(requested)?;
             if !s.require_approval {
                 start_approved(tx, policy, now, actor, &pending)?;
             }

@@ -1,9 +1,10 @@
 //! Eligible and active assignments: who may take a role, and who holds one directly.
 
+use super::Recorder;
 use super::{
     acting_user, has_permission, permission_error, refuse, users, would_orphan_protected, Pim,
 };
-use crate::audit::{self, Event};
+use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::model::{Kind, Status};
@@ -117,7 +118,7 @@ impl Pim {
                 );
             }
             tx.remove_assignment(found.id, t, actor)?;
-            audit::append(tx, now, event.detail("assignment", found.id))?;
+            tx.record(event.detail("assignment", found.id))?;
             super::activation::end_activations(
                 tx,
                 policy,
@@ -177,7 +178,7 @@ impl Pim {
 
 /// The checks and the write of one assignment, inside the caller's transaction.
 pub(crate) fn assign_in(
-    tx: &Db,
+    tx: &Recorder<'_>,
     now: DateTime<Utc>,
     policy: &crate::policy::Policy,
     actor: &str,
@@ -330,24 +331,11 @@ pub(crate) fn assign_in(
         created_by: actor,
         created_at: t,
     })?;
-    audit::append(
-        tx,
-        now,
+    tx.record(
         event
             .expires(end.map(|e| e.timestamp()))
             .detail("assignment", id)
             .detail("start", rfc3339(start)),
-    )?;
-    super::notices::assignment_added(
-        tx,
-        policy,
-        now,
-        actor,
-        &target.name,
-        &role.key,
-        input.scope.as_str(),
-        kind.as_str(),
-        end.map(|e| e.timestamp()),
     )?;
     tx.assignment(id, t)?
         .ok_or_else(|| Error::NotFound(format!("Assignment {id} is gone.")))

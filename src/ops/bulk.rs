@@ -2,6 +2,7 @@
 //! each checked whole before anything is written, then written in one transaction.
 
 use super::assignments::{assign_in, unknown_role, AssignInput, End};
+use super::Recorder;
 use super::{acting_user, users, Pim};
 use crate::audit::Event;
 use crate::error::{Error, Result};
@@ -163,7 +164,7 @@ impl Problems {
     /// what went wrong: exit 3 when anything was refused, else exit 2.
     fn fail(
         self,
-        tx: &Db,
+        tx: &Recorder<'_>,
         savepoint: &'static str,
         now: chrono::DateTime<chrono::Utc>,
         actor: &str,
@@ -195,7 +196,7 @@ impl Problems {
         // The last goes through the rate limit: one bulk change counts as one attempt.
         if let Some(last) = events.pop() {
             for event in events {
-                crate::audit::append(tx, now, event)?;
+                tx.record(event)?;
             }
             let last = if more > 0 {
                 last.detail("more_refused", more)
@@ -240,7 +241,7 @@ fn bulk<T>(
     event: Event,
     dry_run: bool,
     f: impl FnOnce(
-        &Db,
+        &Recorder<'_>,
         chrono::DateTime<chrono::Utc>,
         &crate::policy::Policy,
         &users::User,
@@ -250,7 +251,8 @@ fn bulk<T>(
     let policy = pim.policy()?;
     let now = pim.clock.now();
     let tx = pim.conn.write()?;
-    let settled = acting_user(&tx, now, actor, event.clone()).and_then(|me| {
+    let rec = Recorder::new(&tx, now, &policy);
+    let settled = acting_user(&rec, now, actor, event.clone()).and_then(|me| {
         // Whoever holds `assign` nowhere is refused at once, on record, without going
         // through (and holding the write lock for) every row of the file.
         let anywhere = super::holdings(&tx, me.id, now.timestamp())?
@@ -260,7 +262,7 @@ fn bulk<T>(
             Ok(me)
         } else {
             super::refuse(
-                &tx,
+                &rec,
                 now,
                 event,
                 Error::Refused(
@@ -294,7 +296,7 @@ fn bulk<T>(
     let mark = super::outbox_end(&tx)?;
     // The rows gone through: the change's cost against the budget, dry run or not.
     let rows = std::cell::Cell::new(0usize);
-    let result = f(&tx, now, &policy, &me, &rows);
+    let result = f(&rec, now, &policy, &me, &rows);
     let units = users::bulk_units(rows.get());
     // A bulk change larger than what is left of the budget waits for the next window (a
     // first one in a window may be as large as a file may be).
@@ -321,7 +323,7 @@ fn bulk<T>(
                 charge_apart(pim, now, actor, units)?;
             } else {
                 if pim.budget {
-                    users::count_change(&tx, now, actor, units)?;
+                    users::count_change(&rec, now, actor, units)?;
                 }
                 tx.commit()?;
                 pim.note_queued((mark, end));
@@ -330,7 +332,7 @@ fn bulk<T>(
         }
         Err(Error::Recorded(e)) => {
             if pim.budget {
-                users::count_change(&tx, now, actor, units)?;
+                users::count_change(&rec, now, actor, units)?;
             }
             tx.commit()?;
             Err(*e)
@@ -353,7 +355,8 @@ fn charge_apart(
 ) -> Result<()> {
     if pim.budget {
         let tx = pim.conn.write()?;
-        users::count_change(&tx, now, actor, units)?;
+        let policy = super::load_policy(&tx)?;
+        users::count_change(&Recorder::new(&tx, now, &policy), now, actor, units)?;
         tx.commit()?;
     }
     Ok(())
@@ -531,7 +534,7 @@ impl Pim {
 
 #[allow(clippy::too_many_arguments)]
 fn apply_in(
-    tx: &Db,
+    tx: &Recorder<'_>,
     now: chrono::DateTime<chrono::Utc>,
     policy: &crate::policy::Policy,
     me: &users::User,
@@ -687,9 +690,7 @@ fn apply_in(
             continue;
         }
         tx.set_assignment_end(id, new_end)?;
-        crate::audit::append(
-            tx,
-            now,
+        tx.record(
             event()
                 .expires(new_end)
                 .detail("assignment", id)
@@ -748,7 +749,7 @@ fn apply_in(
                 continue;
             }
             tx.remove_assignment(id, t, actor)?;
-            crate::audit::append(tx, now, event)?;
+            tx.record(event)?;
             super::activation::end_activations(
                 tx,
                 policy,

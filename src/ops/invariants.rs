@@ -261,14 +261,22 @@ fn check_invariants(pim: &Pim) {
             e_start <= start && e_end.is_none_or(|e| e >= end),
             "request {id} outlasts its eligibility"
         );
-        let audited: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM audit_events WHERE action = 'activation.request' AND result = 'ok' AND request = ?1 \
-                 AND json_extract(details, '$.mfa') = ?2",
-                params![id, settings.require_mfa],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let mut audited = 0;
+        let requested = crate::audit::Filter {
+            action: Some("activation.request".to_string()),
+            ..Default::default()
+        };
+        crate::audit::for_each(conn, &requested, None, |e| {
+            let details: serde_json::Value = serde_json::from_str(&e.details).unwrap();
+            if e.request == Some(id)
+                && e.result == "ok"
+                && details["mfa"] == serde_json::Value::Bool(settings.require_mfa)
+            {
+                audited += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(audited, 1, "request {id} has no audit trail");
         if settings.require_mfa {
             // A code for the request's time step (or the one before) was consumed.
@@ -286,16 +294,32 @@ fn check_invariants(pim: &Pim) {
         }
     }
     // Every direct active assignment in effect was audited when it was made.
-    let unaudited: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM assignments a WHERE a.removed_at IS NULL AND a.start_at <= ?1 \
-               AND (a.end_at IS NULL OR a.end_at > ?1) AND NOT EXISTS ( \
-                 SELECT 1 FROM audit_events e WHERE e.action = 'assignment.add' AND e.result = 'ok' \
-                    AND json_extract(e.details, '$.assignment') = a.id)",
-            params![now],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let mut added = std::collections::HashSet::new();
+    let made = crate::audit::Filter {
+        action: Some("assignment.add".to_string()),
+        ..Default::default()
+    };
+    crate::audit::for_each(conn, &made, None, |e| {
+        let details: serde_json::Value = serde_json::from_str(&e.details).unwrap();
+        if e.result == "ok" {
+            if let Some(a) = details["assignment"].as_i64() {
+                added.insert(a);
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    let unaudited = conn
+        .live_assignments(now)
+        .unwrap()
+        .into_iter()
+        .filter(|a| !added.contains(&a.id))
+        .filter(|a| {
+            conn.assignment(a.id, now)
+                .unwrap()
+                .is_some_and(|x| x.start_at <= now)
+        })
+        .count();
     assert_eq!(unaudited, 0);
     // The protected role keeps a holder.
     let holders: i64 = conn

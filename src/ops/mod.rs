@@ -11,6 +11,7 @@ mod bulk;
 mod invariants;
 mod notices;
 mod policy_ops;
+mod record;
 mod reviews;
 mod sweep;
 mod users;
@@ -33,9 +34,10 @@ use crate::error::{Error, Result};
 use crate::params;
 use crate::policy::Policy;
 use crate::scope::Scope;
-use crate::store::{Db, Tx};
+use crate::store::Db;
 use crate::vault::Vault;
 use chrono::{DateTime, Utc};
+pub(crate) use record::Recorder;
 use std::sync::Arc;
 
 /// pim over one open database.
@@ -118,7 +120,7 @@ impl Pim {
     fn write<T>(
         &mut self,
         actor: &str,
-        f: impl FnOnce(&Tx<'_>, DateTime<Utc>, &Policy) -> Result<T>,
+        f: impl FnOnce(&Recorder<'_>, DateTime<Utc>, &Policy) -> Result<T>,
     ) -> Result<T> {
         let budget = self.budget.then(|| actor.to_string());
         self.write_as(budget, f)
@@ -128,7 +130,7 @@ impl Pim {
     /// or a request (never blocked by a budget): no budget.
     fn write_system<T>(
         &mut self,
-        f: impl FnOnce(&Tx<'_>, DateTime<Utc>, &Policy) -> Result<T>,
+        f: impl FnOnce(&Recorder<'_>, DateTime<Utc>, &Policy) -> Result<T>,
     ) -> Result<T> {
         self.write_as(None, f)
     }
@@ -136,7 +138,7 @@ impl Pim {
     fn write_as<T>(
         &mut self,
         budget: Option<String>,
-        f: impl FnOnce(&Tx<'_>, DateTime<Utc>, &Policy) -> Result<T>,
+        f: impl FnOnce(&Recorder<'_>, DateTime<Utc>, &Policy) -> Result<T>,
     ) -> Result<T> {
         let tx = self.conn.write()?;
         let now = self.clock.now();
@@ -153,9 +155,10 @@ impl Pim {
         }
         let policy = load_policy(&tx)?;
         let mark = outbox_end(&tx)?;
-        let result = f(&tx, now, &policy);
+        let rec = Recorder::new(&tx, now, &policy);
+        let result = f(&rec, now, &policy);
         if let (Some(actor), Ok(_)) = (&budget, &result) {
-            users::count_change(&tx, now, actor, 1)?;
+            users::count_change(&rec, now, actor, 1)?;
         }
         if matches!(result, Ok(_) | Err(Error::Recorded(_))) {
             // Writers are serialised: what the outbox gained in this transaction is ours.
@@ -207,7 +210,12 @@ pub(crate) fn load_policy(conn: &Db) -> Result<Policy> {
 /// Write a refusal's audit event and return the error marked as recorded. A user who floods
 /// the log with refused attempts is throttled: still refused, no longer recorded, for the
 /// rest of the window (`users::REFUSALS_PER_WINDOW`).
-pub(crate) fn refuse<T>(tx: &Db, now: DateTime<Utc>, event: Event, err: Error) -> Result<T> {
+pub(crate) fn refuse<T>(
+    tx: &Recorder<'_>,
+    now: DateTime<Utc>,
+    event: Event,
+    err: Error,
+) -> Result<T> {
     let actor = event.actor.clone();
     users::refuse_limited(tx, now, users::Limited::User(&actor), event, err)
 }
@@ -296,7 +304,7 @@ pub(crate) fn not_a_user(name: &str) -> Error {
 /// refused on record (`event`), so that attempts by strangers and disabled accounts stay in
 /// the log; a stranger's attempts are rate-limited per operating-system account.
 pub(crate) fn acting_user(
-    conn: &Db,
+    conn: &Recorder<'_>,
     now: DateTime<Utc>,
     actor: &str,
     event: Event,
@@ -353,10 +361,8 @@ impl Pim {
         holder: &crate::store::LockHolder,
         why: &str,
     ) -> Result<()> {
-        self.write_system(|tx, now, _| {
-            crate::audit::append(
-                tx,
-                now,
+        self.write_system(|tx, _, _| {
+            tx.record(
                 Event::new(actor, "lock.break")
                     .principal(&holder.user)
                     .detail("pid", holder.pid)
@@ -415,7 +421,7 @@ permissions = ["users"]
     /// A database initialised by `root` with `admin` as the break-glass administrator.
     pub fn pim() -> (Pim, Arc<FixedClock>, Vec<u8>) {
         let clock = Arc::new(FixedClock::new(start()));
-        let conn = crate::store::in_memory().unwrap();
+        let conn = crate::store::test_db();
         let (pim, enrollment) = Pim::init(
             conn,
             clock.clone(),

@@ -59,7 +59,105 @@ pub(crate) fn approvers(
     Ok(out)
 }
 
-pub(crate) fn assignment_added(
+/// The notifications an event calls for, queued in its transaction.
+pub(crate) fn for_event(
+    conn: &Db,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    e: &crate::audit::Event,
+) -> Result<()> {
+    let text = |key: &str| {
+        e.details
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let (Some(user), Some(role), Some(scope)) = (&e.principal, &e.role, &e.scope) else {
+        return Ok(());
+    };
+    match (e.action.as_str(), e.request) {
+        ("assignment.add", _) => assignment_added(
+            conn,
+            policy,
+            now,
+            &e.actor,
+            user,
+            role,
+            scope,
+            &text("type").unwrap_or_default(),
+            e.expires,
+        ),
+        ("assignment.remind", _) => expiring(
+            conn,
+            policy,
+            now,
+            user,
+            role,
+            scope,
+            &text("type").unwrap_or_default(),
+            e.expires.unwrap_or(now.timestamp()),
+        ),
+        ("activation.request", Some(id)) => {
+            let (Some(r), Ok(sc), Some(deadline)) = (
+                policy.role(role),
+                Scope::parse(scope),
+                e.details.get("decide_by").and_then(|v| v.as_i64()),
+            ) else {
+                return Ok(());
+            };
+            requested(
+                conn,
+                policy,
+                now,
+                user,
+                r,
+                &sc,
+                id,
+                e.justification.as_deref(),
+                deadline,
+            )
+        }
+        ("activation.start", Some(id)) => started(
+            conn,
+            policy,
+            now,
+            user,
+            role,
+            scope,
+            id,
+            e.expires.unwrap_or(now.timestamp()),
+        ),
+        ("activation.approve" | "activation.deny" | "activation.timeout", Some(id)) => decided(
+            conn,
+            policy,
+            now,
+            &e.action,
+            user,
+            role,
+            scope,
+            id,
+            &e.actor,
+            e.justification.as_deref(),
+        ),
+        ("activation.revoke", Some(id)) => revoked(
+            conn,
+            policy,
+            now,
+            user,
+            role,
+            scope,
+            id,
+            &e.actor,
+            &e.justification
+                .clone()
+                .or_else(|| text("reason"))
+                .unwrap_or_default(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn assignment_added(
     conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
@@ -85,7 +183,7 @@ pub(crate) fn assignment_added(
     )
 }
 
-pub(crate) fn requested(
+fn requested(
     conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
@@ -115,7 +213,7 @@ pub(crate) fn requested(
 }
 
 /// To the requester: approved, denied or timed out.
-pub(crate) fn decided(
+fn decided(
     conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
@@ -149,7 +247,7 @@ pub(crate) fn decided(
 }
 
 /// To the role's `notify` list: an activation started.
-pub(crate) fn started(
+fn started(
     conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
@@ -179,7 +277,7 @@ pub(crate) fn started(
 }
 
 /// To the user: their activation was revoked.
-pub(crate) fn revoked(
+fn revoked(
     conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,
@@ -206,7 +304,7 @@ pub(crate) fn revoked(
 }
 
 /// To the user: an assignment ends soon.
-pub(crate) fn expiring(
+fn expiring(
     conn: &Db,
     policy: &Policy,
     now: DateTime<Utc>,

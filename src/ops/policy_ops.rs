@@ -1,7 +1,7 @@
 //! Applying a policy (audited, shown role by role) and reading roles with their holders.
 
 use super::{actor_user, has_permission, permission_error, refuse, Pim};
-use crate::audit::{self, Event};
+use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::policy::{diff, Policy, Role, RoleChange};
 use crate::scope::Scope;
@@ -84,7 +84,7 @@ impl Pim {
             if !dry_run && !changes.is_empty() {
                 tx.set_policy_source(&new.source)?;
                 let summary: Vec<serde_json::Value> = changes.iter().map(change_json).collect();
-                audit::append(tx, now, event.detail("changes", summary))?;
+                tx.record(event.detail("changes", summary))?;
             }
             Ok(PolicyApplied {
                 applied: !dry_run && !changes.is_empty(),

@@ -3,13 +3,14 @@
 //! and the review's default to the undecided. Recurring reviews start again on schedule.
 
 use super::assignments::unknown_role;
+use super::Recorder;
 use super::{
     actor_user, has_permission, permission_error, refuse, users, would_orphan_protected, Pim,
 };
-use crate::audit::{self, Event};
+use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::model::{Kind, Status};
-use crate::notify::{enqueue, Notice};
+use crate::notify::Notice;
 use crate::policy::Policy;
 use crate::scope::Scope;
 use crate::store::requests::Of;
@@ -89,8 +90,8 @@ fn load(conn: &Db, id: i64, now: i64) -> Result<Review> {
 /// Create a review and its items (the role's assignments at `scope` and below, now).
 #[allow(clippy::too_many_arguments)]
 fn start_review(
-    conn: &Db,
-    policy: &Policy,
+    conn: &Recorder<'_>,
+    _policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
     role: &str,
@@ -137,27 +138,23 @@ fn start_review(
             people.push(a.user);
         }
     }
-    audit::append(
-        conn,
-        now,
-        Event::new(actor, "review.create")
-            .role(role)
-            .scope(scope.as_str())
-            .expires(Some(t + duration.num_seconds()))
-            .detail("review", id)
-            .detail("name", name)
-            .detail(
-                "reviewers",
-                if self_review {
-                    vec!["(self)".to_string()]
-                } else {
-                    reviewers.to_vec()
-                },
-            )
-            .detail("items", items)
-            .detail("default", default)
-            .detail("every", every.unwrap_or("")),
-    )?;
+    let event = Event::new(actor, "review.create")
+        .role(role)
+        .scope(scope.as_str())
+        .expires(Some(t + duration.num_seconds()))
+        .detail("review", id)
+        .detail("name", name)
+        .detail(
+            "reviewers",
+            if self_review {
+                vec!["(self)".to_string()]
+            } else {
+                reviewers.to_vec()
+            },
+        )
+        .detail("items", items)
+        .detail("default", default)
+        .detail("every", every.unwrap_or(""));
     let to = if self_review {
         people
     } else {
@@ -167,10 +164,8 @@ fn start_review(
         "Access review {id} \"{name}\" of {role} at {scope} is open until {}: decide keep or remove with `pim review decide {id} USER keep|remove -j WHY`.",
         rfc3339(from_unix(t + duration.num_seconds()))
     );
-    enqueue(
-        conn,
-        policy,
-        now,
+    conn.record_with(
+        event,
         Notice::new("review.create", now, actor, text)
             .role(role, scope.as_str())
             .to(to),
@@ -181,7 +176,7 @@ fn start_review(
 /// Apply a review: decisions, then the default for the undecided; the last holder of a
 /// protected role is kept.
 fn complete_review(
-    conn: &Db,
+    conn: &Recorder<'_>,
     policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
@@ -227,9 +222,7 @@ fn complete_review(
                     )
                 } else {
                     conn.remove_assignment(assignment, t, actor)?;
-                    audit::append(
-                        conn,
-                        now,
+                    conn.record(
                         Event::new(actor, "assignment.remove")
                             .principal(&user)
                             .role(&review.role)
@@ -256,9 +249,7 @@ fn complete_review(
         conn.review_item_applied(item, &applied, &result)?;
     }
     conn.review_completed(id, t, actor)?;
-    audit::append(
-        conn,
-        now,
+    conn.record(
         Event::new(actor, "review.complete")
             .role(&review.role)
             .scope(&review.scope)
@@ -274,7 +265,7 @@ fn complete_review(
 
 /// Complete reviews whose time is up and start the next of recurring ones (for `sweep`).
 pub(crate) fn sweep_reviews(
-    conn: &Db,
+    conn: &Recorder<'_>,
     policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
@@ -477,7 +468,7 @@ impl Pim {
                     "Review {id} has no assignment of {user}. See `pim review show {id}`."
                 )));
             }
-            audit::append(tx, now, event)?;
+            tx.record(event)?;
             load(tx, id, t)
         })
     }

@@ -2,7 +2,7 @@
 //! expirations). Decisions never wait for it; it only writes them down, once.
 
 use super::Pim;
-use crate::audit::{self, Event};
+use crate::audit::Event;
 use crate::error::Result;
 use crate::store::requests::Due;
 use crate::time::{from_unix, rfc3339};
@@ -43,14 +43,11 @@ impl Pim {
                 };
                 if end > t {
                     tx.request_started(id)?;
-                    audit::append(tx, now, event("activation.start"))?;
-                    super::notices::started(tx, policy, now, &user, &role, &scope, id, end)?;
+                    tx.record(event("activation.start"))?;
                     report.started.push(id);
                 } else {
                     tx.request_expired(id)?;
-                    audit::append(
-                        tx,
-                        now,
+                    tx.record(
                         event("activation.expire").detail("ended_at", rfc3339(from_unix(end))),
                     )?;
                     report.expired_activations.push(id);
@@ -65,9 +62,7 @@ impl Pim {
             } in tx.requests_timed_out(t)?
             {
                 tx.request_timed_out(id)?;
-                audit::append(
-                    tx,
-                    now,
+                tx.record(
                     Event::new(actor, "activation.timeout")
                         .principal(&user)
                         .role(&role)
@@ -75,27 +70,13 @@ impl Pim {
                         .request(id)
                         .detail("decide_by", rfc3339(from_unix(deadline))),
                 )?;
-                super::notices::decided(
-                    tx,
-                    policy,
-                    now,
-                    "activation.timeout",
-                    &user,
-                    &role,
-                    &scope,
-                    id,
-                    actor,
-                    None,
-                )?;
                 report.timed_out.push(id);
             }
             for a in tx.ended_unrecorded(t)? {
                 let (id, user, role, scope, kind) = (a.id, a.user, a.role, a.scope, a.kind);
                 let end = a.end_at.unwrap_or(t);
                 tx.expiry_recorded(id)?;
-                audit::append(
-                    tx,
-                    now,
+                tx.record(
                     Event::new(actor, "assignment.expire")
                         .principal(&user)
                         .role(&role)
@@ -113,15 +94,15 @@ impl Pim {
                     let id = a.id;
                     let end = a.end_at.unwrap_or(t);
                     tx.insert_reminder(id, kind)?;
-                    super::notices::expiring(
-                        tx,
-                        policy,
-                        now,
-                        &a.user,
-                        &a.role,
-                        &a.scope,
-                        a.kind.as_str(),
-                        end,
+                    tx.record(
+                        Event::new(actor, "assignment.remind")
+                            .principal(&a.user)
+                            .role(&a.role)
+                            .scope(&a.scope)
+                            .expires(Some(end))
+                            .detail("type", a.kind)
+                            .detail("assignment", id)
+                            .detail("reminder", kind),
                     )?;
                     if !report.reminded.contains(&id) {
                         report.reminded.push(id);

@@ -1,9 +1,10 @@
 //! Users, their authenticators, and `init`, which creates the break-glass administrator.
 
+use super::Recorder;
 use super::{
     actor_user, has_permission, permission_error, refuse, require, would_orphan_protected, Pim,
 };
-use crate::audit::{self, Event};
+use crate::audit::Event;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::limits;
@@ -85,7 +86,7 @@ fn enroll_in(conn: &Db, vault: &Vault, user: &str) -> Result<Enrollment> {
 /// written to the audit log (with `context`'s role and scope) and returned as a recorded
 /// refusal, so that the caller's transaction keeps it.
 pub(crate) fn verify_code(
-    conn: &Db,
+    conn: &Recorder<'_>,
     vault: &Vault,
     now: DateTime<Utc>,
     user: &User,
@@ -166,11 +167,9 @@ pub(crate) fn verify_code(
         .detail("failures", failures)
         .detail("for", context.action.clone());
     let message = format!("MFA failed: {why}.");
-    audit::append(conn, now, fail.refused(&message))?;
+    conn.record(fail.refused(&message))?;
     if block || lock.is_some() {
-        audit::append(
-            conn,
-            now,
+        conn.record(
             Event::new(&context.actor, "mfa.lock")
                 .principal(&user.name)
                 .expires(lock)
@@ -278,9 +277,7 @@ impl Pim {
             let id = insert_user(tx, now, name, None, display_name)?;
             let (token, hash) = new_token(name);
             tx.set_service_token(id, &hash)?;
-            audit::append(
-                tx,
-                now,
+            tx.record(
                 Event::new(actor, "user.add")
                     .principal(name)
                     .detail("kind", "service"),
@@ -305,11 +302,7 @@ impl Pim {
             }
             let (token, hash) = new_token(name);
             tx.set_service_token(user.id, &hash)?;
-            audit::append(
-                tx,
-                now,
-                Event::new(actor, "user.token.rotate").principal(name),
-            )?;
+            tx.record(Event::new(actor, "user.token.rotate").principal(name))?;
             Ok(ServiceToken {
                 user: name.to_string(),
                 token,
@@ -342,6 +335,7 @@ impl Pim {
         let pim = Pim::new(conn, clock, vault);
         let tx = pim.conn.write()?;
         let now = pim.clock.now();
+        let rec = Recorder::new(&tx, now, &policy);
         let existing: i64 = crate::audit::count(&tx)?;
         if existing > 0 {
             return Err(Error::Conflict(
@@ -349,28 +343,20 @@ impl Pim {
             ));
         }
         tx.set_policy_source(policy_source)?;
-        audit::append(
-            &tx,
-            now,
+        rec.record_quietly(
             Event::new(os_actor, "init")
                 .principal(admin)
                 .detail("schema", crate::store::MIGRATIONS.len()),
         )?;
-        audit::append(
-            &tx,
-            now,
+        rec.record_quietly(
             Event::new(os_actor, "policy.apply")
                 .detail("roles", policy.roles.keys().cloned().collect::<Vec<_>>())
                 .detail("sha256", policy_ops::source_hash(policy_source)),
         )?;
         let user_id = insert_user(&tx, now, admin, email, None)?;
-        audit::append(&tx, now, Event::new(os_actor, "user.add").principal(admin))?;
+        rec.record_quietly(Event::new(os_actor, "user.add").principal(admin))?;
         let enrollment = enroll_in(&tx, &pim.vault, admin)?;
-        audit::append(
-            &tx,
-            now,
-            Event::new(os_actor, "mfa.enroll").principal(admin),
-        )?;
+        rec.record_quietly(Event::new(os_actor, "mfa.enroll").principal(admin))?;
         for role in policy.roles.values().filter(|r| r.protected) {
             let assignment = tx.insert_assignment(&crate::store::assignments::NewAssignment {
                 user_id,
@@ -384,9 +370,7 @@ impl Pim {
                 created_by: os_actor,
                 created_at: now.timestamp(),
             })?;
-            audit::append(
-                &tx,
-                now,
+            rec.record_quietly(
                 Event::new(os_actor, "assignment.add")
                     .principal(admin)
                     .role(&role.key)
@@ -421,7 +405,7 @@ impl Pim {
             if let Some(e) = email {
                 event = event.detail("email", e);
             }
-            audit::append(tx, now, event)?;
+            tx.record(event)?;
             get(tx, name)
         })
     }
@@ -465,7 +449,7 @@ impl Pim {
                 }
             }
             tx.set_disabled(target.id, disabled)?;
-            audit::append(tx, now, Event::new(actor, action).principal(name))?;
+            tx.record(Event::new(actor, action).principal(name))?;
             if disabled {
                 super::activation::end_activations(
                     tx,
@@ -509,7 +493,7 @@ impl Pim {
                 )));
             }
             let enrollment = enroll_in(tx, &vault, name)?;
-            audit::append(tx, now, event.detail("replaced", user.mfa_enrolled))?;
+            tx.record(event.detail("replaced", user.mfa_enrolled))?;
             Ok(enrollment)
         })
     }
@@ -528,7 +512,7 @@ impl Pim {
                 );
             }
             tx.clear_totp(user.id)?;
-            audit::append(tx, now, Event::new(actor, "mfa.reset").principal(name))?;
+            tx.record(Event::new(actor, "mfa.reset").principal(name))?;
             Ok(())
         })
     }
@@ -604,12 +588,15 @@ fn bump(conn: &Db, who: Limited<'_>, t: i64, units: i64) -> Result<(i64, Option<
 
 /// Count one change by `actor`; the one that spends the budget starts a pause until the end
 /// of the window (`change.throttle`).
-pub(crate) fn count_change(conn: &Db, now: DateTime<Utc>, actor: &str, units: i64) -> Result<()> {
+pub(crate) fn count_change(
+    conn: &Recorder<'_>,
+    now: DateTime<Utc>,
+    actor: &str,
+    units: i64,
+) -> Result<()> {
     let (count, until) = bump(conn, Limited::Changes(actor), now.timestamp(), units)?;
     if let Some(until) = until {
-        audit::append(
-            conn,
-            now,
+        conn.record(
             Event::new(actor, "change.throttle")
                 .expires(Some(until))
                 .detail("changes", count),
@@ -631,7 +618,7 @@ pub(crate) fn limited_until(conn: &Db, who: Limited<'_>, now: i64) -> Result<Opt
 /// the rest of it (`account.lock` for an account, `refusal.throttle` for a user). Over the
 /// limit, the refusal is returned without another event.
 pub(crate) fn refuse_limited<T>(
-    conn: &Db,
+    conn: &Recorder<'_>,
     now: DateTime<Utc>,
     who: Limited<'_>,
     event: Event,
@@ -643,19 +630,13 @@ pub(crate) fn refuse_limited<T>(
     }
     let (failures, locked) = bump(conn, who, t, 1)?;
     let actor = event.actor.clone();
-    audit::append(
-        conn,
-        now,
-        event.refused(&err.to_string()).detail("failures", failures),
-    )?;
+    conn.record(event.refused(&err.to_string()).detail("failures", failures))?;
     if let Some(until) = locked {
         let action = match who {
             Limited::Account(_) => "account.lock",
             _ => "refusal.throttle",
         };
-        audit::append(
-            conn,
-            now,
+        conn.record(
             Event::new(&actor, action)
                 .expires(Some(until))
                 .detail("failures", failures),
@@ -675,7 +656,7 @@ impl Pim {
         if !self.conn.secrets_plain()? {
             return Ok(0);
         }
-        self.write_system(|tx, now, _| {
+        self.write_system(|tx, _now, _| {
             let rows = tx.totp_secrets()?;
             let mut sealed = 0;
             for (id, name, stored) in rows {
@@ -687,11 +668,7 @@ impl Pim {
                 sealed += 1;
             }
             tx.set_secrets_sealed()?;
-            audit::append(
-                tx,
-                now,
-                Event::new(actor, "mfa.seal").detail("secrets", sealed),
-            )?;
+            tx.record(Event::new(actor, "mfa.seal").detail("secrets", sealed))?;
             Ok(sealed)
         })
     }

@@ -886,6 +886,30 @@ pub fn discard(path: &Path) {
     }
 }
 
+/// The PostgreSQL server of the tests (shared with the integration tests).
+#[cfg(test)]
+pub(crate) mod test_server;
+
+/// A fresh database of the backend under test (`PIM_TEST_BACKEND=postgres`: a new database
+/// on the test server; otherwise SQLite in memory).
+#[cfg(test)]
+pub(crate) fn test_db() -> Db {
+    if test_server::on_postgres() {
+        pg::create(&test_server::fresh_database(), false)
+            .expect("a database on the test server")
+            .conn
+    } else {
+        in_memory().expect("an in-memory database")
+    }
+}
+
+/// The unit and property tests again on PostgreSQL (see `test_server::postgres_pass`).
+#[cfg(test)]
+#[test]
+fn the_unit_and_property_tests_pass_on_postgres() {
+    test_server::postgres_pass("the_unit_and_property_tests_pass_on_postgres", 40);
+}
+
 /// A fresh in-memory database, for tests.
 pub fn in_memory() -> Result<Db> {
     let mut conn = Connection::open_in_memory()?;

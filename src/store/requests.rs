@@ -302,13 +302,18 @@ impl Db {
         set: &str,
         more: &[&dyn super::ToValue],
     ) -> Result<()> {
+        let from = sources(to);
+        if from.is_empty() {
+            return Err(Error::Conflict(format!(
+                "No request ever becomes {to} again; see `pim request show {id}`."
+            )));
+        }
         let mut values: Vec<&dyn super::ToValue> = vec![&to, &id];
         values.extend_from_slice(more);
         let comma = if set.is_empty() { "" } else { ", " };
         let changed = self.execute(
             &format!(
-                "UPDATE requests SET status = ?1{comma}{set} WHERE id = ?2 AND status IN ({})",
-                sources(to)
+                "UPDATE requests SET status = ?1{comma}{set} WHERE id = ?2 AND status IN ({from})"
             ),
             &values,
         )?;

@@ -428,6 +428,37 @@ pub struct Db {
     inner: Inner,
     /// Depth of open transactions (0: none).
     depth: Cell<u32>,
+    /// Rows of the state tables the open write transaction changed, and the audit events it
+    /// appended: a change without an event is refused in test builds (see `Tx::commit`).
+    changed: Cell<u64>,
+    recorded: Cell<u64>,
+}
+
+/// The tables whose rows are pim's state, every change of which the audit log explains.
+/// (The outbox's delivery state, reminders sent and rate-limit windows are bookkeeping.)
+const STATE_TABLES: [&str; 8] = [
+    "meta",
+    "users",
+    "assignments",
+    "requests",
+    "decisions",
+    "reviews",
+    "review_items",
+    "audit_events",
+];
+
+/// The table an INSERT, UPDATE or DELETE writes to.
+fn written_table(sql: &str) -> Option<&str> {
+    let mut words = sql.split_whitespace();
+    let first = words.next()?;
+    let table = if first.eq_ignore_ascii_case("INSERT") || first.eq_ignore_ascii_case("DELETE") {
+        words.nth(1)?
+    } else if first.eq_ignore_ascii_case("UPDATE") {
+        words.next()?
+    } else {
+        return None;
+    };
+    Some(table.split('(').next().unwrap_or(table))
 }
 
 #[allow(clippy::large_enum_variant)] // one per process
@@ -447,6 +478,8 @@ impl Db {
         Db {
             inner: Inner::Sqlite(conn),
             depth: Cell::new(0),
+            changed: Cell::new(0),
+            recorded: Cell::new(0),
         }
     }
 
@@ -457,6 +490,8 @@ impl Db {
                 statements: RefCell::new(HashMap::new()),
             },
             depth: Cell::new(0),
+            changed: Cell::new(0),
+            recorded: Cell::new(0),
         }
     }
 
@@ -535,6 +570,21 @@ impl Db {
 
     /// Run one statement; the number of rows it changed.
     pub fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize> {
+        let n = self.run(sql, params)?;
+        self.count(sql, n);
+        Ok(n)
+    }
+
+    /// Count what a write changed (for `Tx::commit`'s check).
+    fn count(&self, sql: &str, n: usize) {
+        match written_table(sql) {
+            Some("audit_events") => self.recorded.set(self.recorded.get() + n as u64),
+            Some(t) if STATE_TABLES.contains(&t) => self.changed.set(self.changed.get() + n as u64),
+            _ => {}
+        }
+    }
+
+    fn run(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize> {
         match &self.inner {
             Inner::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql)?;
@@ -595,7 +645,9 @@ impl Db {
 
     /// Run an `INSERT` of one row; the id the store gave it.
     pub fn insert(&self, sql: &str, params: &[&dyn ToValue]) -> Result<i64> {
-        self.query_row(&format!("{sql} RETURNING id"), params, |r| r.get(0))
+        let id = self.query_row(&format!("{sql} RETURNING id"), params, |r| r.get(0))?;
+        self.count(sql, 1);
+        Ok(id)
     }
 
     /// Every row, each converted by `f`.
@@ -670,7 +722,13 @@ impl Db {
 
     /// Start a write transaction, serialised against every other (the module's contract).
     pub fn write(&self) -> Result<Tx<'_>> {
-        assert_eq!(self.depth.get(), 0, "a write transaction is already open");
+        if self.depth.get() != 0 {
+            return Err(Error::Store(StoreError::other(
+                "a transaction is already open on this connection",
+            )));
+        }
+        self.changed.set(0);
+        self.recorded.set(0);
         match &self.inner {
             Inner::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
             Inner::Postgres { client, .. } => {
@@ -697,7 +755,11 @@ impl Db {
 
     /// Start a read transaction: one consistent view for several statements.
     pub fn read(&self) -> Result<Tx<'_>> {
-        assert_eq!(self.depth.get(), 0, "a transaction is already open");
+        if self.depth.get() != 0 {
+            return Err(Error::Store(StoreError::other(
+                "a transaction is already open on this connection",
+            )));
+        }
         match &self.inner {
             Inner::Sqlite(c) => c.execute_batch("BEGIN DEFERRED")?,
             Inner::Postgres { client, .. } => client
@@ -794,7 +856,15 @@ pub struct Tx<'a> {
 }
 
 impl Tx<'_> {
+    /// Commit. In a test build, a transaction that changed pim's state without appending
+    /// an audit event is rolled back and refused: every change is on record, structurally.
     pub fn commit(mut self) -> Result<()> {
+        if cfg!(debug_assertions) && self.db.changed.get() > 0 && self.db.recorded.get() == 0 {
+            return Err(Error::Store(StoreError::other(format!(
+                "internal error: a write transaction changed {} row(s) of pim's state without an audit event; nothing was kept",
+                self.db.changed.get()
+            ))));
+        }
         self.done = true;
         self.db.depth.set(0);
         self.db.execute_batch("COMMIT")

@@ -1415,8 +1415,15 @@ fn only_the_privilege_module_spawns_children_or_opens_caller_paths() {
         "chown",
     ];
     // The SQLite file's own opening, the installed server's root-owned configuration file
-    // (a fixed path), and the key files.
-    let allowed = ["privilege.rs", "store/mod.rs", "store/pg.rs", "vault.rs"];
+    // (a fixed path), and the key files; and the tests' own PostgreSQL server (compiled into
+    // test builds only).
+    let allowed = [
+        "privilege.rs",
+        "store/mod.rs",
+        "store/pg.rs",
+        "vault.rs",
+        "store/test_server.rs",
+    ];
     let mut found = Vec::new();
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut stack = vec![src];
@@ -1451,6 +1458,40 @@ fn only_the_privilege_module_spawns_children_or_opens_caller_paths() {
     assert!(
         found.is_empty(),
         "spawn children and open caller paths through src/privilege.rs:\n{}",
+        found.join("\n")
+    );
+}
+
+/// Every event the core writes goes through the write path's recorder, which also queues
+/// its notifications: no operation appends to the log, or queues a notice, on its own.
+#[test]
+fn every_event_goes_through_the_recorder() {
+    let mut found = Vec::new();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for dir in ["ops", "cli"] {
+        for entry in std::fs::read_dir(src.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name == "record.rs" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            for (n, line) in code.lines().enumerate() {
+                let direct = line.contains("audit::append")
+                    || (line.contains("enqueue(") && !line.trim_start().starts_with("//"))
+                    || line.contains("notices::started")
+                    || line.contains("notices::decided")
+                    || line.contains("notices::revoked");
+                if direct && name != "notices.rs" {
+                    found.push(format!("src/{dir}/{name}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "append events and queue notices through Recorder::record:\n{}",
         found.join("\n")
     );
 }

@@ -1,0 +1,214 @@
+//! The PostgreSQL server of the tests: the one `PIM_TEST_POSTGRES` names (a URL whose role
+//! may create databases), or a throwaway cluster started here with the system's `initdb`
+//! and `pg_ctl` (as an unprivileged account when run as root) and removed when the tests end.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// Whether this run tests the PostgreSQL backend (`PIM_TEST_BACKEND=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("PIM_TEST_BACKEND").as_deref() == Ok("postgres")
+}
+
+/// Run this test binary again on PostgreSQL (all but the test named `me`) against the
+/// server of `admin_url`, and fail unless that pass ran at least `min` tests and all
+/// passed: so that `cargo test` never silently leaves PostgreSQL out.
+pub fn postgres_pass(me: &str, min: usize) {
+    if on_postgres() {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env("PIM_TEST_BACKEND", "postgres")
+        .env("PIM_TEST_POSTGRES", admin_url())
+        .args(["--skip", me])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("test result:"))
+        .unwrap_or("no summary")
+        .to_string();
+    eprintln!("PostgreSQL pass: {summary}");
+    assert!(
+        out.status.success(),
+        "the PostgreSQL pass failed:\n{stdout}\n{stderr}"
+    );
+    let passed: usize = summary
+        .split_once(" passed")
+        .and_then(|(head, _)| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        passed >= min,
+        "the PostgreSQL pass ran only {passed} tests: {summary}"
+    );
+}
+
+static SERVER: OnceLock<String> = OnceLock::new();
+static CLUSTER: OnceLock<(PathBuf, Option<String>)> = OnceLock::new();
+
+/// A URL of the server with rights to create databases.
+pub fn admin_url() -> &'static str {
+    SERVER.get_or_init(|| match std::env::var("PIM_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => url,
+        _ => start_cluster(),
+    })
+}
+
+pub fn client(url: &str) -> ::postgres::Client {
+    ::postgres::Client::connect(url, ::postgres::NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"))
+}
+
+/// `url` with another database name.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let authority = rest.split(['/', '?']).next().unwrap();
+    let query = rest.find('?').map(|i| &rest[i..]).unwrap_or("");
+    format!("{scheme}://{authority}/{name}{query}")
+}
+
+/// A new, empty database; its URL.
+pub fn fresh_database() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "pim_t{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let admin = admin_url();
+    client(admin)
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    with_database(admin, &name)
+}
+
+fn account() -> Option<String> {
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } != 0 {
+        return None;
+    }
+    for name in ["postgres", "nobody"] {
+        if Command::new("id")
+            .arg(name)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return Some(name.to_string());
+        }
+    }
+    panic!("running as root, and there is no unprivileged account to run PostgreSQL as");
+}
+
+fn run(account: &Option<String>, program: &str, args: &[&str]) {
+    let mut c = match account {
+        Some(a) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", a, "--", program]);
+            c
+        }
+        None => Command::new(program),
+    };
+    let out = c
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is needed by the PostgreSQL tests: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+extern "C" fn stop_cluster() {
+    if let Some((dir, account)) = CLUSTER.get() {
+        let data = dir.join("data");
+        let mut c = match account {
+            Some(a) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", a, "--", "pg_ctl"]);
+                c
+            }
+            None => Command::new("pg_ctl"),
+        };
+        let _ = c
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn start_cluster() -> String {
+    let dir = tempfile::Builder::new()
+        .prefix("pim-pg-")
+        .tempdir_in("/tmp")
+        .unwrap()
+        .keep();
+    let account = account();
+    if let Some(a) = &account {
+        let out = Command::new("id").args(["-u", a]).output().unwrap();
+        let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        std::os::unix::fs::chown(&dir, Some(uid), None).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    run(
+        &account,
+        "initdb",
+        &[
+            "-D",
+            data,
+            "-A",
+            "trust",
+            "-U",
+            "pim",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+    );
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+        dir.display()
+    );
+    let log = dir.join("log");
+    CLUSTER.set((dir.clone(), account.clone())).unwrap();
+    // SAFETY: registers a plain function to run when the process exits.
+    unsafe { libc::atexit(stop_cluster) };
+    run(
+        &account,
+        "pg_ctl",
+        &[
+            "-D",
+            data,
+            "-o",
+            &options,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
+        ],
+    );
+    format!("postgres://pim@127.0.0.1:{port}/postgres")
+}

@@ -1,0 +1,604 @@
+//! The store's conformance suite: every storage operation, and the contract written on the
+//! seam (a write transaction is serialised against every other), on the backend under test
+//! (both, over the two passes).
+
+use crate::support::{self, postgres};
+use chrono::{TimeZone, Utc};
+use pim::audit::{self, Event, Filter};
+use pim::model::{Kind, Status, Verdict};
+use pim::store::assignments::NewAssignment;
+use pim::store::requests::{NewRequest, Of, Which};
+use pim::store::reviews::NewReview;
+use pim::store::Db;
+
+/// A fresh, migrated database of the backend under test, and what keeps it alive.
+struct Fresh {
+    db: Db,
+    _dir: tempfile::TempDir,
+    url: Option<String>,
+}
+
+fn fresh() -> Fresh {
+    let dir = tempfile::tempdir().unwrap();
+    if support::on_postgres() {
+        let url = postgres::fresh_database();
+        let db = pim::store::pg::create(&url, false).unwrap().conn;
+        Fresh {
+            db,
+            _dir: dir,
+            url: Some(url),
+        }
+    } else {
+        let db = pim::store::create(&dir.path().join("pim.db"), None)
+            .unwrap()
+            .conn;
+        Fresh {
+            db,
+            _dir: dir,
+            url: None,
+        }
+    }
+}
+
+/// A second connection to the same database.
+fn reopen(f: &Fresh) -> Db {
+    match &f.url {
+        Some(url) => pim::store::pg::open(url, false).unwrap().conn,
+        None => {
+            pim::store::open(&f._dir.path().join("pim.db"))
+                .unwrap()
+                .conn
+        }
+    }
+}
+
+fn t(s: i64) -> chrono::DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+}
+
+fn ev(action: &str) -> Event {
+    Event::new("admin", action)
+}
+
+#[test]
+fn meta_users_and_authenticators() {
+    let f = fresh();
+    let db = &f.db;
+    assert_eq!(db.policy_source().unwrap(), None);
+    assert_eq!(db.instance().unwrap().len(), 32);
+    let tx = db.write().unwrap();
+    tx.set_policy_source("[roles.x]\nname = \"X\"\n").unwrap();
+    let bob = tx
+        .insert_user("bob", Some("bob@example.com"), None, 10)
+        .unwrap();
+    let carol = tx.insert_user("carol", None, Some("Carol"), 11).unwrap();
+    assert_eq!(
+        tx.insert_user("bob", None, None, 12)
+            .unwrap_err()
+            .exit_code(),
+        5
+    );
+    audit::append(&tx, t(0), ev("user.add")).unwrap();
+    tx.commit().unwrap();
+    assert!(db.policy_source().unwrap().unwrap().contains("roles.x"));
+    let users = db.all_users().unwrap();
+    assert_eq!(
+        users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+        ["bob", "carol"]
+    );
+    let b = db.find_user("bob").unwrap().unwrap();
+    assert_eq!(
+        (b.id, b.email.as_deref(), b.mfa_enrolled),
+        (bob, Some("bob@example.com"), false)
+    );
+    assert!(db.find_user("nobody").unwrap().is_none());
+
+    let tx = db.write().unwrap();
+    tx.set_totp_secret("bob", "enc1:00").unwrap();
+    tx.totp_failed(bob, 3, Some(99), false).unwrap();
+    let s = tx.totp_state(bob).unwrap();
+    assert_eq!(
+        (s.secret.as_deref(), s.failures, s.locked_until, s.blocked),
+        (Some("enc1:00"), 3, Some(99), false)
+    );
+    tx.totp_accepted(bob, 7).unwrap();
+    let s = tx.totp_state(bob).unwrap();
+    assert_eq!(
+        (s.last_step, s.failures, s.locked_until),
+        (Some(7), 0, None)
+    );
+    assert_eq!(tx.sealed_secrets().unwrap(), 1);
+    assert_eq!(tx.totp_secrets().unwrap().len(), 1);
+    tx.reseal_totp_secret(bob, "enc1:11").unwrap();
+    tx.clear_totp(bob).unwrap();
+    assert!(tx.totp_state(bob).unwrap().secret.is_none());
+    tx.set_service_token(carol, "abc").unwrap();
+    let tok = tx.token_state("carol").unwrap().unwrap();
+    assert_eq!(
+        (tok.hash.as_deref(), tok.kind.as_str()),
+        (Some("abc"), "service")
+    );
+    tx.set_disabled(carol, true).unwrap();
+    assert!(tx.find_user("carol").unwrap().unwrap().disabled);
+    tx.set_limit_window("os:x", 2, 100, Some(200)).unwrap();
+    tx.set_limit_window("os:x", 3, 100, None).unwrap();
+    assert_eq!(tx.limit_window("os:x").unwrap(), Some((3, 100, None)));
+    assert!(!tx.secrets_plain().unwrap());
+    tx.set_secrets_sealed().unwrap();
+    audit::append(&tx, t(1), ev("mfa.enroll")).unwrap();
+    tx.commit().unwrap();
+}
+
+/// A user, an eligibility and a database to hang requests on.
+fn world(db: &Db) -> (i64, i64) {
+    let tx = db.write().unwrap();
+    let bob = tx.insert_user("bob", None, None, 0).unwrap();
+    let eligible = tx
+        .insert_assignment(&NewAssignment {
+            user_id: bob,
+            role: "db-admin",
+            scope: "/prod",
+            kind: Kind::Eligible,
+            start_at: 0,
+            end_at: Some(1000),
+            justification: Some("on call"),
+            ticket: None,
+            created_by: "admin",
+            created_at: 0,
+        })
+        .unwrap();
+    audit::append(&tx, t(0), ev("assignment.add")).unwrap();
+    tx.commit().unwrap();
+    (bob, eligible)
+}
+
+#[test]
+fn assignments_holdings_and_reminders() {
+    let f = fresh();
+    let db = &f.db;
+    let (bob, eligible) = world(db);
+    let tx = db.write().unwrap();
+    let active = tx
+        .insert_assignment(&NewAssignment {
+            user_id: bob,
+            role: "global-admin",
+            scope: "/",
+            kind: Kind::Active,
+            start_at: 0,
+            end_at: None,
+            justification: None,
+            ticket: Some("CHG-1"),
+            created_by: "root",
+            created_at: 0,
+        })
+        .unwrap();
+    audit::append(&tx, t(0), ev("assignment.add")).unwrap();
+    tx.commit().unwrap();
+
+    let a = db.assignment(eligible, 10).unwrap().unwrap();
+    assert_eq!(
+        (a.kind, a.state.as_str(), a.end_at),
+        (Kind::Eligible, "in effect", Some(1000))
+    );
+    assert_eq!(
+        db.current_assignment(bob, "db-admin", "/prod", Kind::Eligible, 10)
+            .unwrap()
+            .map(|a| a.id),
+        Some(eligible)
+    );
+    assert!(db
+        .current_assignment(bob, "db-admin", "/prod", Kind::Active, 10)
+        .unwrap()
+        .is_none());
+    assert!(db
+        .current_assignment_named("bob", "db-admin", "/prod", Kind::Eligible, 2000)
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        db.list_assignments(Some("bob"), None, None, false, 10)
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        db.list_assignments(None, Some("db-admin"), Some(Kind::Eligible), false, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        db.list_assignments(None, None, None, false, 2000)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        db.list_assignments(None, None, None, true, 2000)
+            .unwrap()
+            .len(),
+        2
+    );
+    let held = db.holdings(bob, 10).unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        (held[0].role.as_str(), held[0].until, held[0].assignment),
+        ("global-admin", None, Some(active))
+    );
+    assert_eq!(
+        db.protected_holders("global-admin", bob, Some(active), 10)
+            .unwrap(),
+        (true, 0)
+    );
+    assert_eq!(db.role_in_use("db-admin", 10).unwrap(), 1);
+    assert_eq!(db.role_holders("db-admin", 10).unwrap(), (1, 0));
+    assert_eq!(db.role_holders("global-admin", 10).unwrap(), (0, 1));
+    assert_eq!(db.live_assignments(10).unwrap().len(), 2);
+    assert_eq!(
+        db.live_assignments_of_role("db-admin", 10).unwrap()[0].id,
+        eligible
+    );
+    assert_eq!(
+        db.eligibilities(bob, "db-admin", 10).unwrap(),
+        vec![(eligible, "/prod".to_string(), Some(1000))]
+    );
+
+    // Reminders, each once; the end recorded once.
+    let soon = db.ending_unreminded(900, 1100, "1d").unwrap();
+    assert_eq!(soon.iter().map(|c| c.id).collect::<Vec<_>>(), [eligible]);
+    let tx = db.write().unwrap();
+    tx.insert_reminder(eligible, "1d").unwrap();
+    assert!(tx.ending_unreminded(900, 1100, "1d").unwrap().is_empty());
+    assert_eq!(tx.ended_unrecorded(1000).unwrap().len(), 1);
+    tx.expiry_recorded(eligible).unwrap();
+    assert!(tx.ended_unrecorded(1000).unwrap().is_empty());
+    tx.set_assignment_end(eligible, Some(500)).unwrap();
+    tx.remove_assignment(active, 20, "admin").unwrap();
+    audit::append(&tx, t(1), ev("assignment.remove")).unwrap();
+    tx.commit().unwrap();
+    let fate = db.assignment_fate(active).unwrap().unwrap();
+    assert_eq!((fate.removed_at, fate.user_id), (Some(20), bob));
+    assert_eq!(db.assignment(active, 30).unwrap().unwrap().state, "removed");
+    assert_eq!(
+        db.assignment(eligible, 30).unwrap().unwrap().end_at,
+        Some(500)
+    );
+}
+
+#[test]
+fn requests_move_only_along_the_contracts_transitions() {
+    let f = fresh();
+    let db = &f.db;
+    let (bob, eligible) = world(db);
+    let new = |status, decide_by| NewRequest {
+        user_id: bob,
+        role: "db-admin",
+        scope: "/prod",
+        eligibility_id: Some(eligible),
+        status,
+        created_at: 10,
+        start_at: 10,
+        end_at: 100,
+        justification: Some("INC-1"),
+        ticket: None,
+        duration_secs: 90,
+        decide_by,
+        extends: None,
+    };
+    let tx = db.write().unwrap();
+    let pending = tx.insert_request(&new(Status::Pending, Some(50))).unwrap();
+    let active = tx.insert_request(&new(Status::Active, None)).unwrap();
+    audit::append(&tx, t(0), ev("activation.request")).unwrap();
+    tx.commit().unwrap();
+
+    assert!(db
+        .has_waiting_request(bob, "db-admin", "/prod", 20)
+        .unwrap());
+    assert_eq!(db.request_eligibility(active).unwrap(), Some(eligible));
+    assert_eq!(db.request_eligibility_end(active).unwrap(), Some(1000));
+    let ids = |of, which, now| {
+        db.requests(of, which, now)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(Of::Everyone, Which::Any, 20), [pending, active]);
+    assert_eq!(ids(Of::User(bob), Which::Running, 20), [active]);
+    assert_eq!(
+        ids(Of::Eligibility(eligible), Which::Open, 20),
+        [pending, active]
+    );
+    assert_eq!(ids(Of::Everyone, Which::Pending, 20), [pending]);
+    assert_eq!(ids(Of::Everyone, Which::Pending, 60), Vec::<i64>::new());
+    assert_eq!(ids(Of::Id(active), Which::Started, 20), [active]);
+    // Time moves statuses on as they are read.
+    assert_eq!(
+        db.request_by_id(pending, 60).unwrap().unwrap().status,
+        Status::TimedOut
+    );
+    assert_eq!(
+        db.request_by_id(active, 200).unwrap().unwrap().status,
+        Status::Expired
+    );
+
+    let tx = db.write().unwrap();
+    tx.insert_decision(pending, "carol", Verdict::Approve, Some("ok"), 30)
+        .unwrap();
+    assert!(tx.has_decided(pending, "carol").unwrap());
+    assert!(!tx.has_decided(pending, "dave").unwrap());
+    assert_eq!(tx.approvals(pending).unwrap(), 1);
+    assert_eq!(tx.decisions(pending).unwrap()[0].decision, Verdict::Approve);
+    tx.start_request(pending, Status::Active, 30, 120).unwrap();
+    tx.set_request_end(pending, 110).unwrap();
+    tx.close_request(active, Status::Deactivated, 40, "bob", Some("done"))
+        .unwrap();
+    // A final request never changes, whatever is asked.
+    for to in Status::ALL {
+        let e = tx
+            .close_request(active, to, 41, "mallory", None)
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 5, "{to}");
+    }
+    assert!(tx.set_request_end(active, 1).is_err());
+    assert_eq!(tx.extension_applied(active, 42).unwrap_err().exit_code(), 5);
+    audit::append(&tx, t(1), ev("activation.approve")).unwrap();
+    tx.commit().unwrap();
+    let closed = db.request_by_id(active, 50).unwrap().unwrap();
+    assert_eq!(
+        (
+            closed.status,
+            closed.closed_by.as_deref(),
+            closed.close_reason.as_deref()
+        ),
+        (Status::Deactivated, Some("bob"), Some("done"))
+    );
+    let started = db.request_by_id(pending, 50).unwrap().unwrap();
+    assert_eq!((started.status, started.end_at), (Status::Active, 110));
+    assert_eq!(
+        db.requests_due(200)
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>(),
+        [pending]
+    );
+    let tx = db.write().unwrap();
+    tx.request_expired(pending).unwrap();
+    audit::append(&tx, t(2), ev("activation.expire")).unwrap();
+    tx.commit().unwrap();
+    assert!(db.requests_due(200).unwrap().is_empty());
+
+    // Sweep's other moves: a scheduled start, a timeout, an applied extension.
+    let tx = db.write().unwrap();
+    let scheduled = tx.insert_request(&new(Status::Scheduled, None)).unwrap();
+    let stale = tx.insert_request(&new(Status::Pending, Some(15))).unwrap();
+    let extension = tx
+        .insert_request(&NewRequest {
+            extends: Some(scheduled),
+            ..new(Status::Pending, Some(500))
+        })
+        .unwrap();
+    assert!(tx.has_pending_extension(scheduled, 20).unwrap());
+    assert!(!tx.has_pending_extension(stale, 20).unwrap());
+    tx.request_started(scheduled).unwrap();
+    assert_eq!(
+        tx.requests_timed_out(20)
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>(),
+        [stale]
+    );
+    tx.request_timed_out(stale).unwrap();
+    tx.extension_applied(extension, 20).unwrap();
+    audit::append(&tx, t(3), ev("activation.start")).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        db.request_by_id(stale, 20).unwrap().unwrap().stored,
+        Status::TimedOut
+    );
+    assert_eq!(
+        db.request_by_id(extension, 20).unwrap().unwrap().stored,
+        Status::Expired
+    );
+}
+
+#[test]
+fn reviews_and_their_items() {
+    let f = fresh();
+    let db = &f.db;
+    let (_, eligible) = world(db);
+    let tx = db.write().unwrap();
+    let reviewers = vec!["carol".to_string()];
+    let id = tx
+        .insert_review(&NewReview {
+            name: "q1",
+            role: "db-admin",
+            scope: "/",
+            self_review: false,
+            reviewers: &reviewers,
+            default: "recommendation",
+            every: Some("quarterly"),
+            duration_secs: 100,
+            created_by: "admin",
+            created_at: 10,
+        })
+        .unwrap();
+    tx.insert_review_item(
+        id,
+        eligible,
+        "bob",
+        "db-admin",
+        "/prod",
+        Kind::Eligible,
+        "remove",
+        "never activated",
+    )
+    .unwrap();
+    assert_eq!(
+        tx.decide_review_items(id, "bob", "keep", "carol", "needed", 20)
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        tx.decide_review_items(id, "nobody", "keep", "carol", "x", 20)
+            .unwrap(),
+        0
+    );
+    audit::append(&tx, t(0), ev("review.create")).unwrap();
+    tx.commit().unwrap();
+    let r = db.review(id, 50).unwrap().unwrap();
+    assert_eq!(
+        (r.state.as_str(), r.total, r.decided, r.reviewers.clone()),
+        ("open", 1, 1, reviewers.clone())
+    );
+    assert_eq!(r.items[0].decision.as_deref(), Some("keep"));
+    assert_eq!(db.review(id, 200).unwrap().unwrap().state, "due");
+    assert_eq!(db.reviews_due(200).unwrap(), [id]);
+    assert_eq!(db.review_ids().unwrap(), [id]);
+    assert_eq!(db.reviews_recurring().unwrap()[0].every, "quarterly");
+    let pending = db.review_items_pending(id).unwrap();
+    assert_eq!(
+        (pending[0].assignment, pending[0].kind),
+        (eligible, Kind::Eligible)
+    );
+    let tx = db.write().unwrap();
+    tx.review_item_applied(pending[0].item, "keep", "kept")
+        .unwrap();
+    tx.review_completed(id, 200, "cron").unwrap();
+    tx.review_next_started(id).unwrap();
+    audit::append(&tx, t(1), ev("review.complete")).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(db.review(id, 300).unwrap().unwrap().state, "completed");
+    assert!(db.reviews_due(300).unwrap().is_empty());
+    assert!(db.reviews_recurring().unwrap().is_empty());
+    assert!(db.review(id + 1, 0).unwrap().is_none());
+    assert_eq!(db.last_activation(1, "db-admin", 300).unwrap(), None);
+}
+
+#[test]
+fn the_outbox() {
+    let f = fresh();
+    let db = &f.db;
+    assert_eq!(db.outbox_end().unwrap(), 0);
+    let tx = db.write().unwrap();
+    let to = vec!["bob".to_string()];
+    let ids: Vec<i64> = (0..5)
+        .map(|i| {
+            tx.insert_outgoing("activation.start", "webhook", &to, "{}", i)
+                .unwrap()
+        })
+        .collect();
+    tx.trim_outbox(ids[0], 2).unwrap();
+    assert_eq!(tx.outbox_end().unwrap(), ids[2]);
+    tx.claim_outgoing(ids[0], 1000).unwrap();
+    tx.outgoing_sent(ids[1], 7).unwrap();
+    tx.outgoing_retry(ids[2], 1, "down", 500).unwrap();
+    tx.commit().unwrap();
+    assert!(db.outbox_due(10).unwrap().is_empty());
+    assert_eq!(
+        db.outbox_due(600)
+            .unwrap()
+            .iter()
+            .map(|o| o.id)
+            .collect::<Vec<_>>(),
+        [ids[2]]
+    );
+    let tx = db.write().unwrap();
+    tx.outgoing_failed(ids[2], 5, "gone").unwrap();
+    tx.commit().unwrap();
+    let all = db.outbox(false).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[1].status, "sent");
+    assert_eq!(all[0].recipients, to);
+    let failed = db.outbox(true).unwrap();
+    assert_eq!(
+        (failed.len(), failed[0].last_error.as_deref()),
+        (1, Some("gone"))
+    );
+}
+
+#[test]
+fn the_audit_log_appends_reads_and_verifies() {
+    let f = fresh();
+    let db = &f.db;
+    assert_eq!(db.audit_head().unwrap(), None);
+    let tx = db.write().unwrap();
+    for i in 0..10 {
+        let e = Event::new(
+            if i % 2 == 0 { "bob" } else { "carol" },
+            "activation.request",
+        )
+        .principal("bob")
+        .justification(Some("INC-\u{202e}1"))
+        .detail("i", i);
+        assert_eq!(audit::append(&tx, t(i), e).unwrap(), i + 1);
+    }
+    tx.commit().unwrap();
+    assert_eq!(db.audit_count().unwrap(), 10);
+    assert_eq!(db.audit_head().unwrap().unwrap().0, 10);
+    let bob = Filter {
+        actor: Some("bob".into()),
+        ..Default::default()
+    };
+    let newest = db.newest_events(&bob, 2).unwrap();
+    assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), [7, 9]);
+    let after = db.events_after(&Filter::default(), 8, 100).unwrap();
+    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [9, 10]);
+    let mut seen = 0;
+    db.each_event(|e| {
+        seen += 1;
+        assert!(e.is_ok());
+        true
+    })
+    .unwrap();
+    assert_eq!(seen, 10);
+    let v = audit::verify(db).unwrap();
+    assert!(v.ok && v.events == 10, "{v:?}");
+    assert_eq!(after[1].justification.as_deref(), Some("INC-\u{202e}1"));
+}
+
+#[test]
+fn a_write_that_changes_state_without_an_event_is_refused_in_test_builds() {
+    let f = fresh();
+    let db = &f.db;
+    let tx = db.write().unwrap();
+    tx.insert_user("ghost", None, None, 0).unwrap();
+    let e = tx.commit().unwrap_err();
+    assert!(e.to_string().contains("without an audit event"), "{e}");
+    assert!(db.find_user("ghost").unwrap().is_none(), "nothing was kept");
+    // Bookkeeping (rate-limit windows) needs no event.
+    let tx = db.write().unwrap();
+    tx.set_limit_window("os:x", 1, 0, None).unwrap();
+    tx.commit().unwrap();
+}
+
+/// The seam's contract: a write transaction is serialised against every other. A second
+/// writer waits for the first to commit, then sees what it wrote and extends the chain.
+#[test]
+fn write_transactions_are_serialised() {
+    let f = fresh();
+    let (held, waited) = std::sync::mpsc::channel();
+    let first = reopen(&f);
+    let second = reopen(&f);
+    let a = std::thread::spawn(move || {
+        let tx = first.write().unwrap();
+        audit::append(&tx, t(0), ev("first")).unwrap();
+        held.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        tx.commit().unwrap();
+    });
+    waited.recv().unwrap();
+    let began = std::time::Instant::now();
+    let tx = second.write().unwrap();
+    let blocked = began.elapsed();
+    let seq = audit::append(&tx, t(1), ev("second")).unwrap();
+    tx.commit().unwrap();
+    a.join().unwrap();
+    assert!(
+        blocked.as_millis() >= 250,
+        "the second writer did not wait: {blocked:?}"
+    );
+    assert_eq!(seq, 2, "it saw the first writer's event");
+    assert!(audit::verify(&f.db).unwrap().ok);
+}
