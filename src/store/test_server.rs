@@ -105,7 +105,30 @@ fn account() -> Option<String> {
     panic!("running as root, and there is no unprivileged account to run PostgreSQL as");
 }
 
+/// A PostgreSQL program: on the PATH, or where Debian's packages put it.
+fn pg_bin(name: &str) -> String {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    if on_path {
+        return name.to_string();
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| {
+            dirs.filter_map(|d| Some(d.ok()?.path().join("bin").join(name)))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+        .pop()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| name.to_string())
+}
+
 fn run(account: &Option<String>, program: &str, args: &[&str]) {
+    let program = &pg_bin(program);
     let mut c = match account {
         Some(a) => {
             let mut c = Command::new("runuser");
@@ -133,10 +156,10 @@ extern "C" fn stop_cluster() {
         let mut c = match account {
             Some(a) => {
                 let mut c = Command::new("runuser");
-                c.args(["-u", a, "--", "pg_ctl"]);
+                c.args(["-u", a, "--", &pg_bin("pg_ctl")]);
                 c
             }
-            None => Command::new("pg_ctl"),
+            None => Command::new(pg_bin("pg_ctl")),
         };
         let _ = c
             .args([

@@ -2,33 +2,34 @@
 
 use crate::support;
 
-use support::{oathtool, Env};
+use support::{oathtool, Env, Policy};
 
-const POLICY: &str = r#"
-[alerts]
-max_protected_holders = 1
-min_break_glass = 2
-unused_after = "1d"
-frequent_activations = 1
-frequent_window = "1d"
-
-[roles.global-admin]
-name = "Global Administrator"
-permissions = ["*"]
-protected = true
-max_eligible = "permanent"
-max_active = "permanent"
-
-[roles.helpdesk]
-name = "Helpdesk"
-permissions = ["users"]
-require_mfa = false
-
-[roles.plain]
-name = "Plain"
-require_justification = false
-max_active = "permanent"
-"#;
+fn policy() -> Policy {
+    Policy::new()
+        .section(
+            "alerts",
+            &[
+                "max_protected_holders = 1",
+                "min_break_glass = 2",
+                "unused_after = \"1d\"",
+                "frequent_activations = 1",
+                "frequent_window = \"1d\"",
+            ],
+        )
+        .role(
+            "helpdesk",
+            "Helpdesk",
+            &["permissions = [\"users\"]", "require_mfa = false"],
+        )
+        .role(
+            "plain",
+            "Plain",
+            &[
+                "require_justification = false",
+                "max_active = \"permanent\"",
+            ],
+        )
+}
 
 fn ids(env: &Env, extra: &[&str]) -> Vec<(String, String)> {
     let mut args = vec!["--as", "admin", "alerts", "--json"];
@@ -56,9 +57,7 @@ fn has(list: &[(String, String)], id: &str, severity: &str) -> bool {
 #[test]
 fn each_rule_fires_on_its_condition() {
     let env = Env::new();
-    std::fs::write(env.path("policy.toml"), POLICY).unwrap();
-    env.run(&["init", "--admin", "admin", "--policies", "policy.toml"])
-        .expect(0);
+    env.init_with(&policy());
     let first = ids(&env, &[]);
     assert!(has(&first, "too-few-break-glass", "critical"), "{first:?}");
     assert!(has(&first, "role-without-mfa", "warning"), "{first:?}");
@@ -196,17 +195,7 @@ fn each_rule_fires_on_its_condition() {
 #[test]
 fn a_clean_setup_passes_the_gate() {
     let env = Env::new();
-    let clean = r#"
-[roles.global-admin]
-name = "Global Administrator"
-permissions = ["*"]
-protected = true
-max_eligible = "permanent"
-max_active = "permanent"
-"#;
-    std::fs::write(env.path("policy.toml"), clean).unwrap();
-    env.run(&["init", "--admin", "admin", "--policies", "policy.toml"])
-        .expect(0);
+    env.init_with(&Policy::new());
     env.user("carol");
     env.as_(
         "admin",

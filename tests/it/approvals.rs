@@ -3,41 +3,50 @@
 
 use crate::support;
 
-use support::{oathtool, Env};
+use support::{oathtool, Env, Policy};
 
-const POLICY: &str = r#"
-[roles.global-admin]
-name = "Global Administrator"
-permissions = ["*"]
-protected = true
-max_eligible = "permanent"
-max_active = "permanent"
-require_approval = true
-approvers = ["carol", "dave"]
-
-[roles.prod-root]
-name = "Production Root"
-max_activation = "2h"
-require_approval = true
-approvers = ["carol", "dave"]
-min_approvals = 2
-approval_timeout = "1h"
-
-[roles.db-admin]
-name = "Database Administrator"
-max_activation = "4h"
-require_approval = true
-
-[roles.approver]
-name = "Approver"
-permissions = ["approve"]
-require_approval = false
-max_active = "permanent"
-
-[roles.plain]
-name = "Plain"
-max_activation = "4h"
-"#;
+fn policy() -> Policy {
+    let carol_and_dave = "approvers = [\"carol\", \"dave\"]";
+    Policy::new()
+        .role(
+            "global-admin",
+            "Global Administrator",
+            &[
+                "permissions = [\"*\"]",
+                "protected = true",
+                "max_eligible = \"permanent\"",
+                "max_active = \"permanent\"",
+                "require_approval = true",
+                carol_and_dave,
+            ],
+        )
+        .role(
+            "prod-root",
+            "Production Root",
+            &[
+                "max_activation = \"2h\"",
+                "require_approval = true",
+                carol_and_dave,
+                "min_approvals = 2",
+                "approval_timeout = \"1h\"",
+            ],
+        )
+        .role(
+            "db-admin",
+            "Database Administrator",
+            &["max_activation = \"4h\"", "require_approval = true"],
+        )
+        .role(
+            "approver",
+            "Approver",
+            &[
+                "permissions = [\"approve\"]",
+                "require_approval = false",
+                "max_active = \"permanent\"",
+            ],
+        )
+        .role("plain", "Plain", &["max_activation = \"4h\""])
+}
 
 struct World {
     env: Env,
@@ -48,16 +57,7 @@ struct World {
 
 fn world() -> World {
     let env = Env::new();
-    std::fs::write(env.path("policy.toml"), POLICY).unwrap();
-    env.run(&[
-        "init",
-        "--admin",
-        "admin",
-        "--policies",
-        "policy.toml",
-        "--json",
-    ])
-    .expect(0);
+    env.init_with(&policy());
     let bob = env.user("bob");
     let carol = env.user("carol");
     let dave = env.user("dave");
@@ -77,14 +77,9 @@ fn world() -> World {
 }
 
 fn request(w: &World, role: &str, extra: &[&str]) -> i64 {
-    let mut args = vec![
-        "activate", role, "--scope", "/prod", "-j", "INC-1", "--code",
-    ];
-    let code = oathtool(&w.bob, 0);
-    args.push(&code);
+    let mut args = vec!["--scope", "/prod", "-j", "INC-1", "--json"];
     args.extend_from_slice(extra);
-    args.push("--json");
-    let r = w.env.as_("bob", &args).expect(0).json();
+    let r = w.env.activate("bob", &w.bob, role, &args).expect(0).json();
     assert_eq!(r["status"], "pending", "{r}");
     r["id"].as_i64().unwrap()
 }

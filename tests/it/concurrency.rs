@@ -1,7 +1,7 @@
 //! Many processes at once, on whichever backend is under test: every write is serialised,
 //! none surfaces an error, and the audit chain neither loses nor forks an event.
 
-use crate::support::{self, oathtool, Env};
+use crate::support::{self, oathtool, Env, Policy};
 use std::process::{Child, Stdio};
 use std::time::Instant;
 
@@ -13,39 +13,29 @@ fn backend() -> &'static str {
     }
 }
 
-fn policy(approvers: &[String]) -> String {
+fn policy(approvers: &[String]) -> Policy {
     let list = approvers
         .iter()
         .map(|a| format!("\"{a}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    format!(
-        r#"
-[roles.global-admin]
-name = "Global Administrator"
-permissions = ["*"]
-protected = true
-max_eligible = "permanent"
-max_active = "permanent"
-
-[roles.ops]
-name = "Operations"
-max_activation = "1h"
-
-[roles.db-admin]
-name = "Database Administrator"
-max_activation = "1h"
-require_approval = true
-approvers = [{list}]
-"#
-    )
+    let approvers = format!("approvers = [{list}]");
+    Policy::new()
+        .role("ops", "Operations", &["max_activation = \"1h\""])
+        .role(
+            "db-admin",
+            "Database Administrator",
+            &[
+                "max_activation = \"1h\"",
+                "require_approval = true",
+                &approvers,
+            ],
+        )
 }
 
 /// A database with `users` (each with an authenticator; their secrets) eligible for `role`.
 fn world(env: &Env, approvers: &[String], users: &[String], role: &str) -> Vec<String> {
-    std::fs::write(env.path("policy.toml"), policy(approvers)).unwrap();
-    env.run(&["init", "--admin", "admin", "--policies", "policy.toml"])
-        .expect(0);
+    env.init_with(&policy(approvers));
     let mut secrets = Vec::new();
     for u in approvers.iter().chain(users) {
         secrets.push(env.user(u));

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
-use support::{oathtool, Env};
+use support::{oathtool, Env, Policy};
 
 /// An HTTP server that answers 200 to every POST and hands over the bodies.
 fn http_server() -> (u16, Receiver<serde_json::Value>) {
@@ -89,36 +89,41 @@ fn smtp_server() -> (u16, Receiver<(Vec<String>, String)>) {
     (port, rx)
 }
 
-fn policy(smtp_port: u16, webhook: &str, command_file: &str) -> String {
-    format!(
-        r#"
-[notifications.smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-from = "pim@example.com"
-starttls = false
+fn policy(smtp_port: u16, webhook: &str, command_file: &str) -> Policy {
+    Policy::new()
+        .section(
+            "notifications.smtp",
+            &[
+                "host = \"127.0.0.1\"",
+                &format!("port = {smtp_port}"),
+                "from = \"pim@example.com\"",
+                "starttls = false",
+            ],
+        )
+        .section("notifications.webhook", &[&format!("url = \"{webhook}\"")])
+        .section(
+            "notifications.command",
+            &[&format!(
+                "argv = [\"/bin/sh\", \"-c\", \"cat >> {command_file}; echo >> {command_file}\"]"
+            )],
+        )
+        .role(
+            "prod-root",
+            "Production Root",
+            &[
+                "max_activation = \"2h\"",
+                "require_approval = true",
+                "approvers = [\"carol\", \"dave\"]",
+                "notify = [\"security@example.com\", \"admin\"]",
+            ],
+        )
+}
 
-[notifications.webhook]
-url = "{webhook}"
-
-[notifications.command]
-argv = ["/bin/sh", "-c", "cat >> {command_file}; echo >> {command_file}"]
-
-[roles.global-admin]
-name = "Global Administrator"
-permissions = ["*"]
-protected = true
-max_eligible = "permanent"
-max_active = "permanent"
-
-[roles.prod-root]
-name = "Production Root"
-max_activation = "2h"
-require_approval = true
-approvers = ["carol", "dave"]
-notify = ["security@example.com", "admin"]
-"#
-    )
+/// A webhook to `url` and a plain role `db`.
+fn webhook_only(url: &str) -> Policy {
+    Policy::new()
+        .section("notifications.webhook", &[&format!("url = \"{url}\"")])
+        .role("db", "DB", &[])
 }
 
 fn people(env: &Env) -> (String, String) {
@@ -155,17 +160,11 @@ fn events_reach_smtp_webhook_and_command_receivers() {
     let (smtp_port, mails) = smtp_server();
     let (http_port, hooks) = http_server();
     let file = env.path("notices.jsonl");
-    std::fs::write(
-        env.path("policy.toml"),
-        policy(
-            smtp_port,
-            &format!("http://127.0.0.1:{http_port}/pim"),
-            file.to_str().unwrap(),
-        ),
-    )
-    .unwrap();
-    env.run(&["init", "--admin", "admin", "--policies", "policy.toml"])
-        .expect(0);
+    env.init_with(&policy(
+        smtp_port,
+        &format!("http://127.0.0.1:{http_port}/pim"),
+        file.to_str().unwrap(),
+    ));
     let (bob, carol) = people(&env);
 
     // assignment.add goes to the user.
@@ -310,12 +309,7 @@ fn a_receiver_that_is_down_never_blocks_the_change_and_is_retried_then_given_up(
         .local_addr()
         .unwrap()
         .port();
-    let text = format!(
-        "[notifications.webhook]\nurl = \"http://127.0.0.1:{closed}/down\"\n\n[roles.global-admin]\nname = \"GA\"\npermissions = [\"*\"]\nprotected = true\nmax_eligible = \"permanent\"\nmax_active = \"permanent\"\n\n[roles.db]\nname = \"DB\"\n"
-    );
-    std::fs::write(env.path("policy.toml"), text).unwrap();
-    env.run(&["init", "--admin", "admin", "--policies", "policy.toml"])
-        .expect(0);
+    env.init_with(&webhook_only(&format!("http://127.0.0.1:{closed}/down")));
     env.as_("admin", &["user", "add", "bob"]).expect(0);
     let started = std::time::Instant::now();
     let r = env
@@ -370,12 +364,7 @@ fn a_receiver_that_is_down_never_blocks_the_change_and_is_retried_then_given_up(
 fn sweep_reminds_of_expiring_assignments_once() {
     let env = Env::new();
     let (http_port, hooks) = http_server();
-    let text = format!(
-        "[notifications.webhook]\nurl = \"http://127.0.0.1:{http_port}/\"\n\n[roles.global-admin]\nname = \"GA\"\npermissions = [\"*\"]\nprotected = true\nmax_eligible = \"permanent\"\nmax_active = \"permanent\"\n\n[roles.db]\nname = \"DB\"\n"
-    );
-    std::fs::write(env.path("policy.toml"), text).unwrap();
-    env.run(&["init", "--admin", "admin", "--policies", "policy.toml"])
-        .expect(0);
+    env.init_with(&webhook_only(&format!("http://127.0.0.1:{http_port}/")));
     env.as_("admin", &["user", "add", "bob"]).expect(0);
     env.as_(
         "admin",

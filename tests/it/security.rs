@@ -5,7 +5,7 @@
 
 use crate::support;
 
-use support::{oathtool, Env};
+use support::{oathtool, Env, Policy};
 
 const ESCAPES: &str = "INC-1 \x1b[2J\x1b]8;;http://evil.example/\x07click\x1b]8;;\x07\r\u{202e}gpj.exe\u{200b}\u{9b}31m";
 /// What a one-line field (name, ticket) may carry: no control characters, but invisible and
@@ -429,13 +429,10 @@ fn a_user_flooding_the_log_with_refusals_is_throttled() {
 fn bulk_changes_cost_by_size_reveal_nothing_outside_your_scope_and_notify_in_moderation() {
     let env = Env::new();
     // A webhook nobody answers: each delivery fails at once.
-    let policy = format!(
-        "{}\n[notifications.webhook]\nurl = \"http://127.0.0.1:9/pim\"\n",
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap(),
-    );
-    std::fs::write(env.path("p.toml"), policy).unwrap();
-    env.run(&["init", "--admin", "admin", "--policies", "p.toml", "--json"])
-        .expect(0);
+    env.init_with(&Policy::repository().section(
+        "notifications.webhook",
+        &["url = \"http://127.0.0.1:9/pim\""],
+    ));
     env.user("bob");
     env.user("mallory");
     env.as_(
@@ -1126,15 +1123,14 @@ fn huge_durations_and_far_instants_are_usage_errors_everywhere() {
 fn what_import_apply_and_exec_queue_is_delivered_when_they_end() {
     let env = Env::new();
     let inbox = env.path("inbox.jsonl");
-    let policy = format!(
-        "{}\n[notifications.command]\nargv = [\"sh\", \"-c\", \"cat >> {}; echo >> {}\"]\n",
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap(),
-        inbox.display(),
-        inbox.display()
-    );
-    std::fs::write(env.path("p.toml"), policy).unwrap();
-    env.run(&["init", "--admin", "admin", "--policies", "p.toml", "--json"])
-        .expect(0);
+    env.init_with(&Policy::repository().section(
+        "notifications.command",
+        &[&format!(
+            "argv = [\"sh\", \"-c\", \"cat >> {}; echo >> {}\"]",
+            inbox.display(),
+            inbox.display()
+        )],
+    ));
     let bob = env.user("bob");
     let events = || -> Vec<String> {
         std::fs::read_to_string(&inbox)
@@ -1217,16 +1213,22 @@ fn notifications_ignore_the_callers_proxy_and_path_and_a_command_delivers_only_i
     let env = Env::new();
     let inbox = env.path("inbox");
     let gate = env.path("gate");
-    let policy = format!(
-        "{}\n[notifications.webhook]\nurl = \"http://127.0.0.1:{port}/pim\"\n[notifications.command]\nargv = [\"sh\", \"-c\", \"test -e {} && cat >> {} && echo >> {}\"]\n",
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap(),
-        gate.display(),
-        inbox.display(),
-        inbox.display()
+    env.init_with(
+        &Policy::repository()
+            .section(
+                "notifications.webhook",
+                &[&format!("url = \"http://127.0.0.1:{port}/pim\"")],
+            )
+            .section(
+                "notifications.command",
+                &[&format!(
+                    "argv = [\"sh\", \"-c\", \"test -e {} && cat >> {} && echo >> {}\"]",
+                    gate.display(),
+                    inbox.display(),
+                    inbox.display()
+                )],
+            ),
     );
-    std::fs::write(env.path("p.toml"), policy).unwrap();
-    env.run(&["init", "--admin", "admin", "--policies", "p.toml", "--json"])
-        .expect(0);
     env.as_("admin", &["user", "add", "bob"]).expect(0);
     // A caller's PATH with a `cat` of their own, and a proxy that would see everything.
     let fake = env.path("fakebin");

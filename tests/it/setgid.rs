@@ -1179,3 +1179,121 @@ fn roots_sweep_ends_only_holders_that_keep_everyone_out() {
     let _ = exec.wait();
     i.as_account(ALICE, &["user", "add", "zed"], &[]).expect(0);
 }
+
+/// Removes the installed server's configuration file (and the key `init` made) when the
+/// test ends, whatever happened.
+struct ServerConfig {
+    instance: std::cell::RefCell<String>,
+}
+
+impl Drop for ServerConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file("/etc/pim/store.toml");
+        let instance = self.instance.borrow();
+        if !instance.is_empty() {
+            let _ = std::fs::remove_file(format!("/etc/pim/keys/{instance}.key"));
+        }
+    }
+}
+
+/// The installed pim on a PostgreSQL server: the URL (and its password) comes from root's
+/// configuration file only, read with the group; every account reaches the server through
+/// pim, none can read the file; `--as` stays root's; no password is ever shown.
+#[test]
+fn the_installed_pim_on_a_server_takes_its_url_from_roots_file_only() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let url = crate::support::postgres::fresh_database();
+    let secret_url = url.replacen("pim@", "pim:s3cret-pw@", 1);
+    std::fs::create_dir_all("/etc/pim").unwrap();
+    let config = ServerConfig {
+        instance: Default::default(),
+    };
+    std::fs::write("/etc/pim/store.toml", format!("url = \"{secret_url}\"\n")).unwrap();
+    std::os::unix::fs::chown("/etc/pim/store.toml", Some(0), Some(group_id())).unwrap();
+    std::fs::set_permissions(
+        "/etc/pim/store.toml",
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    // Without PIM_DB: the installed store.
+    let run = |account: Option<&str>, args: &[&str]| -> Run {
+        let mut c = match account {
+            Some(name) => {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid", name, "--regid", name, "--init-groups", "--"])
+                    .arg(&i.bin)
+                    .env("HOME", i.home(name));
+                c
+            }
+            None => {
+                let mut c = Command::new(&i.bin);
+                c.env("HOME", i.dir.path());
+                c
+            }
+        };
+        c.args(args)
+            .env_remove("PIM_DB")
+            .env_remove("PIM_USER")
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    };
+    let init = run(None, &["init", "--admin", ALICE, "--json"]).expect(0);
+    *config.instance.borrow_mut() = crate::support::postgres::client(&url)
+        .query_one("SELECT value FROM meta WHERE key = 'instance'", &[])
+        .unwrap()
+        .get(0);
+    let alice = init.json()["secret"].as_str().unwrap().to_string();
+    let mut shown = vec![init];
+    // alice works on the server through the installed pim.
+    shown.push(run(Some(ALICE), &["user", "add", BOB]).expect(0));
+    shown.push(run(Some(ALICE), &["audit", "verify", "--json"]).expect(0));
+    shown.push(run(Some(ALICE), &["--verbose", "status"]).expect(0));
+    let code = crate::support::oathtool(&alice, 0);
+    shown.push(run(Some(ALICE), &["mfa", "reset", BOB, "--code", &code]));
+    // mallory reaches it only as herself: not a pim user, no --as.
+    let r = run(Some(MALLORY), &["user", "list"]).expect(3);
+    assert!(r.stderr.contains("not a pim user"), "{}", r.stderr);
+    shown.push(r);
+    let r = run(Some(MALLORY), &["--as", ALICE, "user", "add", "mallory"]).expect(3);
+    assert!(r.stderr.contains("--as"), "{}", r.stderr);
+    shown.push(r);
+    // She cannot read the file that holds the password.
+    let cat = i.program_as(
+        MALLORY,
+        Path::new("/bin/cat"),
+        &["/etc/pim/store.toml"],
+        &[],
+    );
+    assert_ne!(cat.code, 0);
+    assert!(!cat.stdout.contains("s3cret-pw"));
+    // Root acts as anyone; the server holds what happened.
+    run(None, &["--as", ALICE, "user", "show", BOB]).expect(0);
+    let users: i64 = crate::support::postgres::client(&url)
+        .query_one("SELECT count(*) FROM users", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(users, 2);
+    // A configuration file others could change is refused, not used.
+    std::fs::set_permissions(
+        "/etc/pim/store.toml",
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let r = run(Some(ALICE), &["status"]).expect(1);
+    assert!(r.stderr.contains("owned by root"), "{}", r.stderr);
+    shown.push(r);
+    for r in &shown {
+        assert!(
+            !r.stdout.contains("s3cret-pw") && !r.stderr.contains("s3cret-pw"),
+            "{}{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+}

@@ -142,6 +142,32 @@ impl Env {
         r.json()["secret"].as_str().unwrap().to_string()
     }
 
+    /// A database initialised with `policy`, `admin` its break-glass administrator; returns
+    /// admin's TOTP secret.
+    pub fn init_with(&self, policy: &Policy) -> String {
+        std::fs::write(self.path("policy.toml"), policy.to_toml()).unwrap();
+        let r = self
+            .run(&[
+                "init",
+                "--admin",
+                "admin",
+                "--policies",
+                "policy.toml",
+                "--json",
+            ])
+            .expect(0);
+        r.json()["secret"].as_str().unwrap().to_string()
+    }
+
+    /// `who` activates `role` with a fresh code from oathtool (and `extra` arguments, such
+    /// as `--scope`, `-j` or `--json`).
+    pub fn activate(&self, who: &str, secret: &str, role: &str, extra: &[&str]) -> Run {
+        let code = oathtool(secret, 0);
+        let mut args = vec!["--as", who, "activate", role, "--code", &code];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
     /// Add a user with an authenticator; returns its secret.
     pub fn user(&self, name: &str) -> String {
         self.as_("admin", &["user", "add", name]).expect(0);
@@ -202,6 +228,68 @@ impl Env {
             let conn = rusqlite::Connection::open(&self.db).unwrap();
             conn.query_row(sql, [], |r| r.get(0)).unwrap()
         }
+    }
+}
+
+/// The tests' policy: the protected break-glass role every database has (or the repository's
+/// own `policies.toml`), plus the roles and sections a test adds.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    base: String,
+    sections: Vec<(String, Vec<String>)>,
+}
+
+impl Policy {
+    pub fn new() -> Policy {
+        Policy {
+            base: String::new(),
+            sections: Vec::new(),
+        }
+        .role(
+            "global-admin",
+            "Global Administrator",
+            &[
+                "permissions = [\"*\"]",
+                "protected = true",
+                "max_eligible = \"permanent\"",
+                "max_active = \"permanent\"",
+            ],
+        )
+    }
+
+    /// The repository's `policies.toml`.
+    pub fn repository() -> Policy {
+        Policy {
+            base: std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml"))
+                .unwrap(),
+            sections: Vec::new(),
+        }
+    }
+
+    /// A role `[roles.KEY]` named `name`, with `settings` (TOML lines).
+    pub fn role(self, key: &str, name: &str, settings: &[&str]) -> Policy {
+        let mut lines = vec![format!("name = \"{name}\"")];
+        lines.extend(settings.iter().map(|l| l.to_string()));
+        self.with(&format!("roles.{key}"), lines)
+    }
+
+    /// Any other section (`alerts`, `defaults`, `notifications.webhook`...).
+    pub fn section(self, name: &str, settings: &[&str]) -> Policy {
+        self.with(name, settings.iter().map(|l| l.to_string()).collect())
+    }
+
+    fn with(mut self, name: &str, lines: Vec<String>) -> Policy {
+        self.sections.retain(|(n, _)| n != name);
+        self.sections.push((name.to_string(), lines));
+        self
+    }
+
+    pub fn to_toml(&self) -> String {
+        let mut out = self.base.clone();
+        for (name, lines) in &self.sections {
+            out.push_str(&format!("\n[{name}]\n{}\n", lines.join("\n")));
+        }
+        out
     }
 }
 
