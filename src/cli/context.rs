@@ -77,7 +77,7 @@ impl Ctx {
             None => store::pg::installed_url()?.map(|url| (url, true)),
         };
         let db = match &server {
-            Some((url, _)) => PathBuf::from(store::pg::redact(url)),
+            Some((url, _)) => PathBuf::from(store::pg::describe(url)),
             None => cli.db.clone().unwrap_or_else(default_db),
         };
         Ok(Ctx {

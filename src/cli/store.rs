@@ -36,7 +36,7 @@ pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 json(&serde_json::json!({
                     "from": from.display().to_string(),
-                    "to": store::pg::redact(&to),
+                    "to": store::pg::describe(&to),
                     "rows": copied.rows.iter().map(|(t, n)| (t.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
                     "events": copied.events,
                     "head": copied.head,
@@ -49,7 +49,7 @@ pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
                 out(&format!(
                     "Copied {} to {}.\n{t}\nThe audit chain holds on both: {} events, head {}.",
                     from.display(),
-                    store::pg::redact(&to),
+                    store::pg::describe(&to),
                     copied.events,
                     copied.head
                 ))?;

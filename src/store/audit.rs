@@ -56,7 +56,13 @@ fn conditions(filter: &Filter) -> (String, Vec<Value>) {
     }
     if let Some(a) = &filter.action {
         if let Some(prefix) = a.strip_suffix(".*") {
-            add("action LIKE", Value::Text(format!("{prefix}.%")));
+            // A prefix compared as it is (no LIKE: the same case rule on both backends, and
+            // no wildcards of the caller's).
+            let prefix = format!("{prefix}.");
+            add(
+                &format!("substr(action, 1, {}) =", prefix.chars().count()),
+                Value::Text(prefix),
+            );
         } else {
             add("action =", Value::Text(a.clone()));
         }
@@ -118,6 +124,7 @@ impl Db {
 
     /// The newest `limit` events matching `filter`, oldest first.
     pub fn newest_events(&self, filter: &Filter, limit: usize) -> Result<Vec<StoredEvent>> {
+        let limit = limit.min(i64::MAX as usize);
         let (sql, values) = conditions(filter);
         let mut events = self
             .query_map(

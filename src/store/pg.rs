@@ -214,48 +214,44 @@ pub fn is_url(db: &Path) -> bool {
         .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
 }
 
-/// A connection URL or driver message with any password replaced by `***`.
+/// A server's URL for people: `postgres://USER@HOST:PORT/DATABASE`, rebuilt from what the
+/// driver parsed, so that no password (in the user part, the query, anywhere) is ever
+/// shown, printed or audited.
+pub fn describe(url: &str) -> String {
+    let Ok(config) = url.parse::<postgres::Config>() else {
+        return "a PostgreSQL URL that does not parse".to_string();
+    };
+    let user = config.get_user().unwrap_or("");
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let db = config.get_dbname().unwrap_or(user);
+    let at = if user.is_empty() { "" } else { "@" };
+    format!("postgres://{user}{at}{host}{port}/{db}")
+}
+
+/// A driver's message, unless it could carry connection settings (then withheld).
 pub fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c == '/' || c == '?' || c.is_whitespace())
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(a) => {
-                let userinfo = &authority[..a];
-                let user = userinfo.split(':').next().unwrap_or("");
-                out.push_str(user);
-                if userinfo.contains(':') {
-                    out.push_str(":***");
-                }
-                out.push_str(&authority[a..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("://") || lower.contains("password") {
+        "details withheld: they may carry connection settings".to_string()
+    } else {
+        text.to_string()
     }
-    out.push_str(rest);
-    // key=value connection strings: password=...
-    let mut words: Vec<String> = Vec::new();
-    for w in out.split(' ') {
-        match w.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => words.push(format!("{k}=***")),
-            _ => words.push(w.to_string()),
-        }
-    }
-    words.join(" ")
 }
 
 fn connect(url: &str) -> Result<postgres::Client> {
     let mut config: postgres::Config = url.parse().map_err(|_| {
         Error::Usage(format!(
             "{} is not a PostgreSQL connection URL (postgres://USER@HOST/DATABASE).",
-            redact(url)
+            describe(url)
         ))
     })?;
     if config.get_application_name().is_none() {
@@ -271,7 +267,7 @@ fn connect(url: &str) -> Result<postgres::Client> {
         };
         Error::Environment(format!(
             "Cannot connect to PostgreSQL at {}: {why}. Check the server and the URL.",
-            redact(url)
+            describe(url)
         ))
     })
 }
@@ -369,13 +365,36 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};"
     ))
 }
 
-/// Give `role` the runtime privileges (run as the owner of the schema).
+/// Give `role` the runtime privileges (run as the owner of the schema), and check that they
+/// took: PostgreSQL only warns when someone else's GRANT or REVOKE does nothing.
 pub fn grant(db: &Db, role: &str) -> Result<String> {
     let sql = grants(role)?;
     db.execute_batch(&format!("BEGIN; {sql} COMMIT;"))
         .inspect_err(|_| {
             let _ = db.execute_batch("ROLLBACK");
         })?;
+    let may = |table: &str, privilege: &str| -> Result<bool> {
+        db.query_row(
+            "SELECT has_table_privilege(?1, ?2, ?3)",
+            crate::params![role, table, privilege],
+            |r| r.get(0),
+        )
+    };
+    let took =
+        may("users", "UPDATE")? && may("audit_events", "INSERT")? && may("audit_head", "UPDATE")?;
+    if !took {
+        return Err(Error::Refused(format!(
+            "The grants to {role} did not take (only the owner of pim's tables may give them). Run `pim store grant` with the owner's URL."
+        )));
+    }
+    if may("audit_events", "UPDATE")?
+        || may("audit_events", "DELETE")?
+        || may("audit_events", "TRUNCATE")?
+    {
+        return Err(Error::Refused(format!(
+            "{role} may still change or remove audit events (it owns pim's tables, or is a superuser). Give pim a runtime role of its own."
+        )));
+    }
     Ok(sql)
 }
 
@@ -404,14 +423,14 @@ fn connect_and_migrate(url: &str, installed: bool, create: bool) -> Result<Datab
     if !create && version(&db)? == 0 {
         return Err(Error::Environment(format!(
             "No pim database at {}. Run `pim init --admin NAME` to create it.",
-            redact(url)
+            describe(url)
         )));
     }
     migrate(&db)?;
     Ok(Database {
         conn: db,
         file: DbFile {
-            path: redact(url).into(),
+            path: describe(url).into(),
             // A caller who names a server connects with their own credentials: they could
             // write it directly, like the owner of a file.
             owner: if installed { 0 } else { privilege::real_uid() },
@@ -429,7 +448,7 @@ pub fn create(url: &str, installed: bool) -> Result<Database> {
     if !is_empty(&db.conn)? {
         return Err(Error::Conflict(format!(
             "The PostgreSQL database at {} already holds a pim database. Use it, or name another database.",
-            redact(url)
+            describe(url)
         )));
     }
     Ok(db)
@@ -482,14 +501,32 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
+        for url in [
+            "postgres://pim:s3cret@db.example:5432/pim?sslmode=disable",
+            "postgres://pim@db.example:5432/pim?password=s3cret",
+            "postgres://pim@db.example:5432/pim?user=pim&PASSWORD=s3cret",
+            "postgresql://pim:s3%2Fcr%3Fet@db.example/pim",
+            "postgres://pim:s3cret@/pim?host=/var/run/postgresql",
+            "postgres://pim@db.example/pim?bogus=1&password=s3cret",
+        ] {
+            let shown = describe(url);
+            assert!(
+                !shown.contains("s3") && !shown.contains("cr"),
+                "{url}: {shown}"
+            );
+        }
         assert_eq!(
-            redact("postgres://pim:s3cret@db.example:5432/pim?sslmode=disable"),
-            "postgres://pim:***@db.example:5432/pim?sslmode=disable"
+            describe("postgres://pim:s3cret@db.example:5432/pim?sslmode=disable"),
+            "postgres://pim@db.example:5432/pim"
         );
-        assert_eq!(redact("postgresql://pim@h/db"), "postgresql://pim@h/db");
+        assert_eq!(
+            describe("postgresql://pim@h/db"),
+            "postgres://pim@h:5432/db"
+        );
         assert_eq!(
             redact("error connecting host=x password=hunter2 user=y"),
-            "error connecting host=x password=*** user=y"
+            "details withheld: they may carry connection settings"
         );
+        assert_eq!(redact("Connection refused"), "Connection refused");
     }
 }

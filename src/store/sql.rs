@@ -327,6 +327,8 @@ fn pg_value(r: &postgres::Row, i: usize) -> Result<Value> {
 }
 
 impl postgres::types::ToSql for Value {
+    /// Each value only as what it is: an integer into an integer or boolean column, text
+    /// into text; anything else is refused (never reinterpreted byte for byte).
     fn to_sql(
         &self,
         ty: &postgres::types::Type,
@@ -334,40 +336,26 @@ impl postgres::types::ToSql for Value {
     ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
     {
         use postgres::types::Type;
+        let text = [
+            Type::TEXT,
+            Type::VARCHAR,
+            Type::BPCHAR,
+            Type::NAME,
+            Type::UNKNOWN,
+        ];
         match self {
             Value::Null => Ok(postgres::types::IsNull::Yes),
-            Value::Bool(b) => {
-                if *ty == Type::BOOL {
-                    b.to_sql(ty, out)
-                } else {
-                    Value::Int(i64::from(*b)).to_sql(ty, out)
-                }
-            }
-            Value::Int(i) => {
-                if *ty == Type::INT8 {
-                    i.to_sql(ty, out)
-                } else if *ty == Type::INT4 {
-                    i32::try_from(*i)?.to_sql(ty, out)
-                } else if *ty == Type::INT2 {
-                    i16::try_from(*i)?.to_sql(ty, out)
-                } else if *ty == Type::BOOL {
-                    (*i != 0).to_sql(ty, out)
-                } else if *ty == Type::FLOAT8 {
-                    (*i as f64).to_sql(ty, out)
-                } else {
-                    i.to_string().to_sql(ty, out)
-                }
-            }
-            Value::Real(f) => {
-                if *ty == Type::FLOAT4 {
-                    (*f as f32).to_sql(ty, out)
-                } else if *ty == Type::FLOAT8 {
-                    f.to_sql(ty, out)
-                } else {
-                    f.to_string().to_sql(ty, out)
-                }
-            }
-            Value::Text(s) => s.as_str().to_sql(ty, out),
+            Value::Bool(b) if *ty == Type::BOOL => b.to_sql(ty, out),
+            Value::Bool(b) => Value::Int(i64::from(*b)).to_sql(ty, out),
+            Value::Int(i) if *ty == Type::INT8 => i.to_sql(ty, out),
+            Value::Int(i) if *ty == Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+            Value::Int(i) if *ty == Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+            Value::Int(i) if *ty == Type::BOOL => (*i != 0).to_sql(ty, out),
+            Value::Int(i) if *ty == Type::FLOAT8 => (*i as f64).to_sql(ty, out),
+            Value::Real(f) if *ty == Type::FLOAT8 => f.to_sql(ty, out),
+            Value::Real(f) if *ty == Type::FLOAT4 => (*f as f32).to_sql(ty, out),
+            Value::Text(t) if text.contains(ty) => t.as_str().to_sql(ty, out),
+            other => Err(format!("a {} value cannot be stored as {ty}", other.kind()).into()),
         }
     }
 
@@ -376,6 +364,18 @@ impl postgres::types::ToSql for Value {
     }
 
     postgres::types::to_sql_checked!();
+}
+
+impl Value {
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Int(_) => "integer",
+            Value::Real(_) => "real",
+            Value::Text(_) => "text",
+        }
+    }
 }
 
 /// A statement of the common dialect, with PostgreSQL's placeholders: `?N` → `$N`, a bare

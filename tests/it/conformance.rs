@@ -555,6 +555,30 @@ fn the_audit_log_appends_reads_and_verifies() {
     assert_eq!(seen, 10);
     let v = audit::verify(db).unwrap();
     assert!(v.ok && v.events == 10, "{v:?}");
+    // A prefix is compared as it is, the same on both backends: case counts, and a caller's
+    // `%` or `_` is no wildcard.
+    let prefix = |p: &str| {
+        db.events_after(
+            &Filter {
+                action: Some(format!("{p}.*")),
+                ..Default::default()
+            },
+            0,
+            100,
+        )
+        .unwrap()
+        .len()
+    };
+    assert_eq!(prefix("activation"), 10);
+    assert_eq!(prefix("ACTIVATION"), 0);
+    assert_eq!(prefix("%"), 0);
+    assert_eq!(prefix("activ_tion"), 0);
+    assert_eq!(
+        db.newest_events(&Filter::default(), usize::MAX)
+            .unwrap()
+            .len(),
+        10
+    );
     assert_eq!(after[1].justification.as_deref(), Some("INC-\u{202e}1"));
 }
 

@@ -181,10 +181,26 @@ fn store_copy_moves_a_team_with_its_chain_intact_and_refuses_a_non_empty_target(
         .expect(1);
     assert!(!down.stderr.contains("s3cret-pw"), "{}", down.stderr);
     assert!(
-        down.stderr.contains("pim:***@127.0.0.1:1"),
+        down.stderr.contains("postgres://pim@127.0.0.1:1/nowhere"),
         "{}",
         down.stderr
     );
+    // Nor in any other form a URL may carry it.
+    for hidden in [
+        "postgres://pim@127.0.0.1:1/x?password=s3cret-pw",
+        "postgres://pim@127.0.0.1:1/x?user=pim&PASSWORD=s3cret-pw",
+        "postgres://pim:s3cret%2Fpw@127.0.0.1:1/x",
+        "postgres://pim@127.0.0.1:1/x?bogus=1&password=s3cret-pw",
+    ] {
+        let r = file.run(&["--db", hidden, "user", "list"]);
+        assert_ne!(r.code, 0);
+        assert!(!r.stderr.contains("s3cret"), "{hidden}: {}", r.stderr);
+    }
+    let query = format!("{}?password=s3cret-pw", Env::postgres().url());
+    let init = file
+        .run(&["--db", &query, "init", "--admin", "admin", "--json"])
+        .expect(0);
+    assert!(!init.stdout.contains("s3cret"), "{}", init.stdout);
 }
 
 #[test]
@@ -227,6 +243,9 @@ fn the_runtime_role_can_append_to_the_audit_log_but_never_change_it() {
     );
     env.run(&["store", "grant", "x; DROP TABLE users"])
         .expect(2);
+    // A superuser (or the owner) could still change the log: refused as a runtime role.
+    let r = env.run(&["store", "grant", "pim"]).expect(3);
+    assert!(r.stderr.contains("may still change"), "{}", r.stderr);
 
     // pim runs as the runtime role: every command works.
     // The same home (the key of the TOTP secrets), another role.
@@ -250,6 +269,13 @@ fn the_runtime_role_can_append_to_the_audit_log_but_never_change_it() {
     )
     .expect(0);
     team.run(&["audit", "verify"]).expect(0);
+    // Someone who does not own the tables cannot grant; pim says so rather than succeed.
+    su.batch_execute(&format!("CREATE ROLE spare_{n} LOGIN"))
+        .unwrap();
+    let r = team
+        .run(&["store", "grant", &format!("spare_{n}")])
+        .expect(3);
+    assert!(r.stderr.contains("did not take"), "{}", r.stderr);
 
     // The runtime role may not change or remove an event; the owner is stopped by the trigger.
     let mut as_app = support::postgres::client(&app_url);
@@ -280,8 +306,54 @@ fn the_runtime_role_can_append_to_the_audit_log_but_never_change_it() {
     for sql in [
         format!("DROP DATABASE {db} WITH (FORCE)"),
         format!("DROP ROLE {app}"),
+        format!("DROP ROLE spare_{n}"),
         format!("DROP ROLE {owner}"),
     ] {
         su.batch_execute(&sql).unwrap();
     }
+}
+
+/// A copy takes only the columns of this pim's schema, named by pim (a column a file names
+/// would be SQL that file's author wrote), and only values of the column's type.
+#[test]
+fn store_copy_runs_no_sql_a_file_carries_and_refuses_values_of_the_wrong_type() {
+    if support::on_postgres() {
+        return; // from a file to the server: it runs in the SQLite pass
+    }
+    let file = Env::sqlite();
+    file.init();
+    file.as_("admin", &["user", "add", "bob"]).expect(0);
+    let copy = |name: &str, sql: &str| -> (Env, Run) {
+        let tampered = file.path(name);
+        std::fs::copy(&file.db, &tampered).unwrap();
+        let conn = rusqlite::Connection::open(&tampered).unwrap();
+        conn.execute_batch(sql).unwrap();
+        drop(conn);
+        let target = Env::postgres();
+        let r = file.run(&["store", "copy", "--from", name, "--to", target.url()]);
+        (target, r)
+    };
+    let users = |target: &Env| -> i64 {
+        support::postgres::client(target.url())
+            .query_one("SELECT count(*) FROM users", &[])
+            .unwrap()
+            .get(0)
+    };
+    let (target, r) = copy(
+        "injected.db",
+        "ALTER TABLE users RENAME COLUMN mfa_blocked TO \"mfa_blocked\"\" /* */ FROM users -- \"",
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(users(&target), 0, "nothing was kept");
+    let (target, r) = copy(
+        "typed.db",
+        "UPDATE users SET disabled = 'AAAAAAAA' WHERE name = 'bob'",
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("does not fit"), "{}", r.stderr);
+    assert_eq!(users(&target), 0, "nothing was kept");
+    // The same target takes the copy once the file is right.
+    file.run(&["store", "copy", "--from", "pim.db", "--to", target.url()])
+        .expect(0);
+    assert_eq!(users(&target), 2);
 }
