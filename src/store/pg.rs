@@ -218,7 +218,18 @@ pub fn is_url(db: &Path) -> bool {
 /// driver parsed, so that no password (in the user part, the query, anywhere) is ever
 /// shown, printed or audited.
 pub fn describe(url: &str) -> String {
-    let Ok(config) = url.parse::<postgres::Config>() else {
+    let parsed = match url.split_once('?') {
+        // pim's own TLS parameters are not the driver's.
+        Some((base, query)) => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|p| !p.starts_with("sslmode=") && !p.starts_with("sslrootcert="))
+                .collect();
+            format!("{base}?{}", kept.join("&"))
+        }
+        None => url.to_string(),
+    };
+    let Ok(config) = parsed.parse::<postgres::Config>() else {
         return "a PostgreSQL URL that does not parse".to_string();
     };
     let user = config.get_user().unwrap_or("");
@@ -247,8 +258,101 @@ pub fn redact(text: &str) -> String {
     }
 }
 
+/// TLS to the server, from the URL's query: `sslmode=require` (or `verify-ca`,
+/// `verify-full`) encrypts the connection and verifies the server's certificate and host
+/// name, against `sslrootcert=FILE` (PEM) when given, else the public web's roots. Without
+/// it (or with `sslmode=disable`) the connection is not encrypted: use a local socket or a
+/// private network. Returns the URL the driver reads (pim's own parameters taken out).
+fn tls_settings(url: &str) -> Result<(String, Option<rustls::ClientConfig>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let mut mode = None;
+    let mut root = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslmode", v)) => mode = Some(v.to_string()),
+            Some(("sslrootcert", v)) => root = Some(percent_decode(v)),
+            _ => kept.push(pair),
+        }
+    }
+    let verified = match mode.as_deref() {
+        Some("require" | "verify-ca" | "verify-full") => true,
+        Some("disable" | "prefer") | None => false,
+        Some(other) => {
+            return Err(Error::Usage(format!(
+                "sslmode={other} is not one pim knows: use require (TLS, the server's certificate verified) or disable."
+            )))
+        }
+    };
+    if !verified {
+        if root.is_some() {
+            return Err(Error::Usage(
+                "sslrootcert needs sslmode=require: pim never sends a connection half-protected."
+                    .to_string(),
+            ));
+        }
+        return Ok((url.to_string(), None));
+    }
+    kept.push("sslmode=require");
+    let mut roots = rustls::RootCertStore::empty();
+    match &root {
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject;
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    Error::Environment(format!(
+                        "Cannot read the certificate authority {path} (sslrootcert): {e}."
+                    ))
+                })?;
+            if certs.is_empty() {
+                return Err(Error::Environment(format!(
+                    "{path} (sslrootcert) holds no certificate."
+                )));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    Error::Environment(format!("{path} holds a certificate pim cannot use: {e}."))
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Environment(format!("TLS cannot be set up: {e}.")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok((format!("{base}?{}", kept.join("&")), Some(config)))
+}
+
+/// `%XX` escapes decoded (for a path in a URL's query).
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn connect(url: &str) -> Result<postgres::Client> {
-    let mut config: postgres::Config = url.parse().map_err(|_| {
+    let (driver_url, tls) = tls_settings(url)?;
+    let mut config: postgres::Config = driver_url.parse().map_err(|_| {
         Error::Usage(format!(
             "{} is not a PostgreSQL connection URL (postgres://USER@HOST/DATABASE).",
             describe(url)
@@ -260,10 +364,19 @@ fn connect(url: &str) -> Result<postgres::Client> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(10));
     }
-    config.connect(postgres::NoTls).map_err(|e| {
+    let connected = match tls {
+        Some(tls) => config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),
+        None => config.connect(postgres::NoTls),
+    };
+    connected.map_err(|e| {
         let why = match e.as_db_error() {
             Some(db) => db.message().to_string(),
-            None => redact(&e.to_string()),
+            None => redact(&format!(
+                "{e}{}",
+                std::error::Error::source(&e)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default()
+            )),
         };
         Error::Environment(format!(
             "Cannot connect to PostgreSQL at {}: {why}. Check the server and the URL.",

@@ -49,7 +49,9 @@ pub fn postgres_pass(me: &str, min: usize) {
 }
 
 static SERVER: OnceLock<String> = OnceLock::new();
-static CLUSTER: OnceLock<(PathBuf, Option<String>)> = OnceLock::new();
+/// The clusters this process started (data directory's parent, the account running it).
+static CLUSTERS: std::sync::Mutex<Vec<(PathBuf, Option<String>)>> =
+    std::sync::Mutex::new(Vec::new());
 
 /// A URL of the server with rights to create databases.
 pub fn admin_url() -> &'static str {
@@ -150,10 +152,11 @@ fn run(account: &Option<String>, program: &str, args: &[&str]) {
     );
 }
 
-extern "C" fn stop_cluster() {
-    if let Some((dir, account)) = CLUSTER.get() {
+extern "C" fn stop_clusters() {
+    let clusters = CLUSTERS.lock().map(|c| c.clone()).unwrap_or_default();
+    for (dir, account) in clusters {
         let data = dir.join("data");
-        let mut c = match account {
+        let mut c = match &account {
             Some(a) => {
                 let mut c = Command::new("runuser");
                 c.args(["-u", a, "--", &pg_bin("pg_ctl")]);
@@ -178,24 +181,56 @@ extern "C" fn stop_cluster() {
 }
 
 fn start_cluster() -> String {
+    let (url, _) = start_cluster_with(None);
+    url
+}
+
+/// A cluster of the tests' own that accepts TLS connections only (host name `localhost` and
+/// 127.0.0.1), with a certificate authority of its own: the cluster's admin URL, and the
+/// authority's certificate (PEM). (Used by the integration tests, which share this file.)
+#[allow(dead_code)]
+pub fn start_tls_cluster() -> (String, PathBuf) {
+    let (url, dir) = start_cluster_with(Some(()));
+    (url, dir.join("ca.crt"))
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl is needed by the TLS test: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn start_cluster_with(tls: Option<()>) -> (String, PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix("pim-pg-")
         .tempdir_in("/tmp")
         .unwrap()
         .keep();
     let account = account();
-    if let Some(a) = &account {
+    let uid = account.as_ref().map(|a| {
         let out = Command::new("id").args(["-u", a]).output().unwrap();
-        let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-        std::os::unix::fs::chown(&dir, Some(uid), None).unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    });
+    if uid.is_some() {
+        std::os::unix::fs::chown(&dir, uid, None).unwrap();
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let data = dir.join("data");
-    let data = data.to_str().unwrap();
+    let data_dir = dir.join("data");
+    let data = data_dir.to_str().unwrap();
     run(
         &account,
         "initdb",
@@ -211,14 +246,97 @@ fn start_cluster() -> String {
             "--no-sync",
         ],
     );
-    let options = format!(
+    let mut options = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
         dir.display()
     );
+    if tls.is_some() {
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=pim-test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ],
+        );
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+        );
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "server.crt",
+            ],
+        );
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["server.key", "server.crt"] {
+            std::os::unix::fs::chown(dir.join(f), uid, None).unwrap();
+        }
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::write(
+            data_dir.join("pg_hba.conf"),
+            "hostnossl all all 127.0.0.1/32 reject\nhostssl all all 127.0.0.1/32 trust\nlocal all all trust\n",
+        )
+        .unwrap();
+        options.push_str(&format!(
+            " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+            dir.display()
+        ));
+    }
     let log = dir.join("log");
-    CLUSTER.set((dir.clone(), account.clone())).unwrap();
-    // SAFETY: registers a plain function to run when the process exits.
-    unsafe { libc::atexit(stop_cluster) };
+    {
+        let mut clusters = CLUSTERS.lock().unwrap();
+        if clusters.is_empty() {
+            // SAFETY: registers a plain function to run when the process exits.
+            unsafe { libc::atexit(stop_clusters) };
+        }
+        clusters.push((dir.clone(), account.clone()));
+    }
     run(
         &account,
         "pg_ctl",
@@ -233,5 +351,5 @@ fn start_cluster() -> String {
             "start",
         ],
     );
-    format!("postgres://pim@127.0.0.1:{port}/postgres")
+    (format!("postgres://pim@127.0.0.1:{port}/postgres"), dir)
 }
