@@ -30,7 +30,9 @@ pub enum Error {
     Recorded(Box<Error>),
     #[error("Input or output failed: {0}.")]
     Io(#[from] std::io::Error),
-    #[error("The database failed: {0}. Check the file with `pim audit verify`, or restore it from a backup.")]
+    #[error(
+        "The database failed: {0}. Check it with `pim audit verify`, or restore it from a backup."
+    )]
     Store(crate::store::StoreError),
 }
 

@@ -32,6 +32,13 @@ pub enum StoreCommand {
 pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
     match cmd {
         StoreCommand::Copy { from, to } => {
+            if crate::privilege::is_setgid() && crate::privilege::real_uid() != 0 {
+                return Err(crate::Error::Refused(
+                    "`pim store copy` through the installed (set-group-id) pim is for root; use a pim binary of your own."
+                        .to_string(),
+                )
+                .into());
+            }
             let copied = store::copy::copy(&from, &to)?;
             if ctx.json {
                 json(&serde_json::json!({
@@ -60,6 +67,14 @@ pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
             if print {
                 out(&store::pg::grants(&role)?)?;
                 return Ok(0);
+            }
+            // The installed server's URL is root's: nobody else changes its roles through it.
+            if crate::privilege::is_setgid() && crate::privilege::real_uid() != 0 {
+                return Err(crate::Error::Refused(
+                    "`pim store grant` through the installed (set-group-id) pim is for root."
+                        .to_string(),
+                )
+                .into());
             }
             let Some((url, _)) = &ctx.server else {
                 return Err(crate::Error::Usage(

@@ -784,6 +784,14 @@ pub fn locked(path: &Path, holders: &[LockHolder]) -> Error {
     } else {
         " Try again in a moment."
     };
+    if pg::is_url(path) {
+        return Error::Locked(format!(
+            "The database {} stayed locked by another writer for {}; try again in a moment. (A pim stopped inside a transaction loses its session after {}.)",
+            path.display(),
+            pg::LOCK_WAIT,
+            pg::SESSION_IDLE
+        ));
+    }
     Error::Locked(format!(
         "The database {} stayed locked for 10 seconds, held by {who}.{remedy}",
         path.display()

@@ -279,10 +279,10 @@ fn tls_settings(url: &str) -> Result<(String, Option<rustls::ClientConfig>)> {
     }
     let verified = match mode.as_deref() {
         Some("require" | "verify-ca" | "verify-full") => true,
-        Some("disable" | "prefer") | None => false,
+        Some("disable") | None => false,
         Some(other) => {
             return Err(Error::Usage(format!(
-                "sslmode={other} is not one pim knows: use require (TLS, the server's certificate verified) or disable."
+                "sslmode={other} is not one pim knows: use require (TLS, the server's certificate verified) or disable (no TLS; pim never encrypts without verifying)."
             )))
         }
     };
@@ -298,6 +298,11 @@ fn tls_settings(url: &str) -> Result<(String, Option<rustls::ClientConfig>)> {
     kept.push("sslmode=require");
     let mut roots = rustls::RootCertStore::empty();
     match &root {
+        Some(path) if !path.starts_with('/') => {
+            return Err(Error::Usage(format!(
+                "sslrootcert={path} must be an absolute path (a relative one would be read from wherever pim runs)."
+            )))
+        }
         Some(path) => {
             use rustls_pki_types::pem::PemObject;
             let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
@@ -368,7 +373,7 @@ fn connect(url: &str) -> Result<postgres::Client> {
         Some(tls) => config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),
         None => config.connect(postgres::NoTls),
     };
-    connected.map_err(|e| {
+    let mut client = connected.map_err(|e| {
         let why = match e.as_db_error() {
             Some(db) => db.message().to_string(),
             None => redact(&format!(
@@ -382,19 +387,45 @@ fn connect(url: &str) -> Result<postgres::Client> {
             "Cannot connect to PostgreSQL at {}: {why}. Check the server and the URL.",
             describe(url)
         ))
-    })
+    })?;
+    // No pim holds the write lock for long, nor waits for it for ever: a process stopped
+    // inside a transaction (anyone may stop their own pim) loses its session, and so the
+    // head row's lock, after SESSION_IDLE; a writer gives up after LOCK_WAIT.
+    client.batch_execute(&format!(
+        "SET lock_timeout = '{LOCK_WAIT}'; SET idle_in_transaction_session_timeout = '{SESSION_IDLE}'"
+    ))?;
+    Ok(client)
 }
+
+/// How long a writer waits for the head row's lock before it gives up (exit 1).
+pub const LOCK_WAIT: &str = "60s";
+
+/// How long a session may sit idle inside a transaction before the server ends it.
+pub const SESSION_IDLE: &str = "30s";
 
 /// The schema version (0: none yet).
 fn version(db: &Db) -> Result<i64> {
+    // pg_tables lists every table, whatever the role may read (information_schema hides
+    // the ones it may not).
     let exists: bool = db.query_row(
-        "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
-          WHERE table_schema = current_schema() AND table_name = 'pim_schema')",
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables \
+          WHERE schemaname = current_schema() AND tablename = 'pim_schema')",
         crate::params![],
         |r| r.get(0),
     )?;
     if !exists {
         return Ok(0);
+    }
+    let readable: bool = db.query_row(
+        "SELECT has_table_privilege('pim_schema', 'SELECT')",
+        crate::params![],
+        |r| r.get(0),
+    )?;
+    if !readable {
+        return Err(Error::Environment(
+            "This role may not read pim's tables. The database's owner grants them with `pim store grant ROLE` (see README, Team mode)."
+                .to_string(),
+        ));
     }
     db.query_row("SELECT version FROM pim_schema", crate::params![], |r| {
         r.get(0)

@@ -626,3 +626,35 @@ fn write_transactions_are_serialised() {
     assert_eq!(seq, 2, "it saw the first writer's event");
     assert!(audit::verify(&f.db).unwrap().ok);
 }
+
+/// On PostgreSQL a pim stopped inside a write transaction (anyone may stop their own) cannot
+/// hold the others up: the server ends its session after `SESSION_IDLE`, and the next writer
+/// gets the head row's lock.
+#[test]
+fn a_writer_stopped_inside_its_transaction_loses_the_lock() {
+    if !support::on_postgres() {
+        return; // SQLite's answer is root's sweep (tests/it/setgid.rs)
+    }
+    let f = fresh();
+    let stuck = reopen(&f);
+    let next = reopen(&f);
+    let timeout: String = next
+        .query_row("SHOW lock_timeout", pim::params![], |r| r.get(0))
+        .unwrap();
+    assert_eq!(timeout, "1min");
+    let tx = stuck.write().unwrap();
+    audit::append(&tx, t(0), ev("stuck")).unwrap();
+    // ... and then nothing: as if the process were stopped.
+    let began = std::time::Instant::now();
+    let w = next.write().unwrap();
+    let waited = began.elapsed();
+    audit::append(&w, t(1), ev("next")).unwrap();
+    w.commit().unwrap();
+    assert!(
+        waited >= std::time::Duration::from_secs(25) && waited < std::time::Duration::from_secs(60),
+        "{waited:?}"
+    );
+    assert!(tx.commit().is_err(), "the stopped session was ended");
+    assert!(audit::verify(&f.db).unwrap().ok);
+    assert_eq!(f.db.audit_count().unwrap(), 1);
+}

@@ -1263,6 +1263,16 @@ fn the_installed_pim_on_a_server_takes_its_url_from_roots_file_only() {
     let r = run(Some(MALLORY), &["--as", ALICE, "user", "add", "mallory"]).expect(3);
     assert!(r.stderr.contains("--as"), "{}", r.stderr);
     shown.push(r);
+    // Nor may she change the server's roles, or copy into it, with root's URL.
+    let r = run(Some(MALLORY), &["store", "grant", "public"]).expect(3);
+    assert!(r.stderr.contains("for root"), "{}", r.stderr);
+    shown.push(r);
+    let r = run(
+        Some(MALLORY),
+        &["store", "copy", "--from", "x.db", "--to", &url],
+    )
+    .expect(3);
+    shown.push(r);
     // She cannot read the file that holds the password.
     let cat = i.program_as(
         MALLORY,

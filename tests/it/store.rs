@@ -272,6 +272,17 @@ fn the_runtime_role_can_append_to_the_audit_log_but_never_change_it() {
     // Someone who does not own the tables cannot grant; pim says so rather than succeed.
     su.batch_execute(&format!("CREATE ROLE spare_{n} LOGIN"))
         .unwrap();
+    // A role without the grants is told so (not to create a database that exists).
+    let spare = Env {
+        dir: tempfile::tempdir().unwrap(),
+        db: as_role(&format!("spare_{n}")).into(),
+    };
+    let r = spare.run(&["user", "list"]).expect(1);
+    assert!(
+        r.stderr.contains("may not read pim's tables"),
+        "{}",
+        r.stderr
+    );
     let r = team
         .run(&["store", "grant", &format!("spare_{n}")])
         .expect(3);
@@ -407,6 +418,12 @@ fn tls_connections_are_encrypted_and_the_server_is_verified() {
     with(&ca_q, &["--as", "admin", "audit", "verify"]).expect(0);
     // Bad settings are usage errors, and a file without certificates is named.
     with("?sslmode=allow", &["--as", "admin", "audit", "verify"]).expect(2);
+    with("?sslmode=prefer", &["--as", "admin", "audit", "verify"]).expect(2);
+    with(
+        "?sslmode=require&sslrootcert=ca.crt",
+        &["--as", "admin", "audit", "verify"],
+    )
+    .expect(2);
     with(
         &format!("?sslrootcert={}", ca.display()),
         &["--as", "admin", "audit", "verify"],
