@@ -9,6 +9,7 @@
 //! export.
 
 use crate::error::Result;
+use crate::merkle;
 use crate::store::Db;
 use crate::time::{from_unix, rfc3339};
 use chrono::{DateTime, Utc};
@@ -141,6 +142,17 @@ impl StoredEvent {
         ]
     }
 
+    /// The bytes the chain and the Merkle tree hash: the compact JSON array of the thirteen
+    /// fields as strings.
+    pub fn canonical(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.fields()).unwrap_or_default()
+    }
+
+    /// The event's leaf in the Merkle tree: SHA-256(0x00 ‖ canonical).
+    pub fn leaf(&self) -> merkle::Hash {
+        merkle::leaf_hash(&self.canonical())
+    }
+
     /// The hash this event must carry, given its fields and `prev_hash`.
     pub fn compute_hash(&self) -> String {
         let canonical = serde_json::to_vec(&self.fields()).unwrap_or_default();
@@ -175,8 +187,51 @@ pub fn append(conn: &Db, now: DateTime<Utc>, event: Event) -> Result<i64> {
         hash: String::new(),
     };
     stored.hash = stored.compute_hash();
+    complete_tree(conn, last_seq)?;
     conn.insert_event(&stored, now.timestamp(), event.expires)?;
+    add_leaf(conn, (stored.seq - 1) as u64, &stored.leaf())?;
     Ok(stored.seq)
+}
+
+/// Add leaf `index` to the stored Merkle tree, with the complete subtrees it completes.
+fn add_leaf(conn: &Db, index: u64, leaf: &merkle::Hash) -> Result<()> {
+    let mut node = *leaf;
+    for (level, idx) in merkle::completed_by(index) {
+        if level > 0 {
+            let left = conn.merkle_node(level - 1, idx * 2)?;
+            node = merkle::node_hash(&left, &node);
+        }
+        conn.insert_merkle_node(level, idx, &node)?;
+    }
+    Ok(())
+}
+
+/// Make the stored Merkle tree cover the first `size` events (a log from before the tree,
+/// or copied without it, is filled in once, in the writer's transaction).
+pub(crate) fn complete_tree(conn: &Db, size: i64) -> Result<()> {
+    let mut have = conn.merkle_leaves()?;
+    while (have as i64) < size {
+        let chunk = conn.events_after(&Filter::default(), have as i64, 4096)?;
+        if chunk.is_empty() {
+            break;
+        }
+        for e in chunk {
+            if e.seq as u64 != have + 1 {
+                return Err(crate::Error::Environment(format!(
+                    "The audit log has no event {}; run `pim audit verify`.",
+                    have + 1
+                )));
+            }
+            add_leaf(conn, have, &e.leaf())?;
+            have += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The root of the log's Merkle tree over its first `size` events, from the stored tree.
+pub fn tree_root(conn: &Db, size: u64) -> Result<merkle::Hash> {
+    merkle::root(&mut |l, i| conn.merkle_node(l, i), size)
 }
 
 /// Which events to read.
@@ -238,6 +293,10 @@ pub struct Verification {
     pub events: i64,
     /// The last event's hash when the chain holds.
     pub head: Option<String>,
+    /// The root of the log's Merkle tree (hex), recomputed from the events.
+    pub root: Option<String>,
+    /// The checkpoints the log was checked against, all found consistent when `ok`.
+    pub checkpoints: usize,
     /// The first bad event and why, when it does not.
     pub bad_seq: Option<i64>,
     pub reason: Option<String>,
@@ -246,9 +305,46 @@ pub struct Verification {
 /// Check every event: numbering without gaps, each `prev_hash` the previous `hash`, and
 /// each `hash` recomputed from the stored fields.
 pub fn verify(conn: &Db) -> Result<Verification> {
+    verify_against(conn, &[])
+}
+
+/// A tree head the log must extend: `size` events whose Merkle root is `root`.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub size: u64,
+    pub root: merkle::Hash,
+    /// What to call it in a finding (a checkpoint's file name).
+    pub name: String,
+}
+
+/// `verify`, and that the log extends every head in `heads` (signed checkpoints): the root
+/// of its first `size` events, recomputed from the events themselves (no stored node is
+/// trusted), must be the head's root. A log cut short, rewritten or forked anywhere a head
+/// covers is found, however consistent its own chain.
+pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
+    let mut heads: Vec<&Head> = heads.iter().collect();
+    heads.sort_by_key(|h| h.size);
+    let mut next_head = 0;
+    let mut frontier = merkle::Frontier::default();
     let mut expected_seq = 1;
     let mut prev = GENESIS.to_string();
     let mut bad: Option<(i64, String)> = None;
+    let mut check_heads = |frontier: &merkle::Frontier, bad: &mut Option<(i64, String)>| {
+        while let Some(h) = heads.get(next_head).filter(|h| h.size == frontier.size()) {
+            if frontier.root() != h.root {
+                *bad = Some((
+                    h.size as i64,
+                    format!(
+                        "the log's first {} events are not the ones {} signed for: they were rewritten, or the log forked",
+                        h.size, h.name
+                    ),
+                ));
+                return;
+            }
+            next_head += 1;
+        }
+    };
+    check_heads(&frontier, &mut bad);
     conn.each_event(|read| {
         let event = match read {
             Ok(e) => e,
@@ -281,15 +377,56 @@ pub fn verify(conn: &Db) -> Result<Verification> {
         if bad.is_some() {
             return false;
         }
+        frontier.push(event.leaf());
+        check_heads(&frontier, &mut bad);
+        if bad.is_some() {
+            return false;
+        }
         prev = event.hash;
         expected_seq += 1;
         true
     })?;
+    if bad.is_none() {
+        if let Some(h) = heads.last().filter(|h| h.size > frontier.size()) {
+            bad = Some((
+                frontier.size() as i64 + 1,
+                format!(
+                    "the log ends at event {} but {} signed for {} events: the newest were cut off",
+                    frontier.size(),
+                    h.name,
+                    h.size
+                ),
+            ));
+        }
+    }
+    let stored_leaves = conn.merkle_leaves()?;
+    if bad.is_none() && stored_leaves > frontier.size() {
+        // Leaves of events that are gone: the log was cut short after the tree grew.
+        bad = Some((
+            frontier.size() as i64 + 1,
+            format!(
+                "the Merkle tree has {stored_leaves} leaves but the log only {} events: the newest were cut off",
+                frontier.size()
+            ),
+        ));
+    }
+    if bad.is_none() && stored_leaves == frontier.size() && frontier.size() > 0 {
+        // The stored tree (which proofs are made from) must be the log's.
+        if tree_root(conn, frontier.size())? != frontier.root() {
+            bad = Some((
+                frontier.size() as i64,
+                "the stored Merkle tree does not match the events".to_string(),
+            ));
+        }
+    }
+    let checked = heads.len();
     Ok(match bad {
         Some((seq, reason)) => Verification {
             ok: false,
             events: expected_seq - 1,
             head: None,
+            root: None,
+            checkpoints: checked,
             bad_seq: Some(seq),
             reason: Some(reason),
         },
@@ -297,6 +434,8 @@ pub fn verify(conn: &Db) -> Result<Verification> {
             ok: true,
             events: expected_seq - 1,
             head: Some(prev),
+            root: Some(hex::encode(frontier.root())),
+            checkpoints: checked,
             bad_seq: None,
             reason: None,
         },

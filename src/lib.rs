@@ -4,10 +4,12 @@
 //! `cli` is the only place that parses arguments, prompts, and draws tables or JSON.
 
 pub mod audit;
+pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod error;
 pub mod limits;
+pub mod merkle;
 pub mod mfa;
 pub mod model;
 pub mod notify;

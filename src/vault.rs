@@ -186,6 +186,21 @@ impl Vault {
     }
 
     fn cipher(&self) -> Result<XChaCha20Poly1305> {
+        Ok(XChaCha20Poly1305::new(self.key()?.as_slice().into()))
+    }
+
+    /// A 256-bit secret for `purpose`, derived from the database's key (so that, like the
+    /// key, it lives outside the database, readable by the pim group or the owner only):
+    /// SHA-256 of a label naming the purpose, then the key.
+    pub fn derive(&self, purpose: &str) -> Result<Zeroizing<[u8; 32]>> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(format!("pim key derivation: {purpose}\n").as_bytes());
+        h.update(self.key()?.as_slice());
+        Ok(Zeroizing::new(h.finalize().into()))
+    }
+
+    fn key(&self) -> Result<&Zeroizing<[u8; 32]>> {
         if self.key.get().is_none() {
             if let Some((instance, group)) = &self.create {
                 let made = Vault::create(instance, *group)?;
@@ -194,13 +209,12 @@ impl Vault {
                 }
             }
         }
-        let key = self.key.get().ok_or_else(|| {
+        self.key.get().ok_or_else(|| {
             Error::Environment(format!(
                 "The key that protects this database's TOTP secrets is missing (expected at {}). Restore it from your key backup; as root, `pim audit verify` creates it for a database that has none yet.",
                 self.wanted.display()
             ))
-        })?;
-        Ok(XChaCha20Poly1305::new(key.as_slice().into()))
+        })
     }
 
     /// Seal `secret` for `user`.

@@ -57,8 +57,23 @@ pub enum AuditCommand {
         #[command(flatten)]
         filter: FilterArgs,
     },
-    /// Check the whole hash chain: exit 0 and the head hash, or 1 naming the first bad event
-    Verify,
+    /// Check the whole hash chain (and, with --checkpoint, that the log extends each signed
+    /// checkpoint): exit 0 and the head hash, or 1 naming the first bad event
+    Verify {
+        /// A signed checkpoint (from `pim audit checkpoint`) the log must extend; repeat for
+        /// several. Truncation, rewriting or a fork of what one covers is found.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Vec<PathBuf>,
+    },
+    /// Print a signed checkpoint of the log (C2SP tlog-checkpoint as a signed note):
+    /// keep it where the database's owner cannot write (permission `audit`)
+    Checkpoint {
+        /// Write to FILE instead of stdout
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Print the key that verifies this log's checkpoints (signed-note verifier key)
+    Key,
 }
 
 fn filter(pim: &crate::Pim, f: FilterArgs) -> anyhow::Result<Filter> {
@@ -125,7 +140,10 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
     // Reads need a reason: a pim user (root may verify the chain without being one).
     let viewer = match (&cmd, pim.viewer(&actor)) {
         (_, Ok(v)) => Some(v),
-        (AuditCommand::Verify, Err(_)) if crate::privilege::real_uid() == 0 => None,
+        (
+            AuditCommand::Verify { .. } | AuditCommand::Checkpoint { .. } | AuditCommand::Key,
+            Err(_),
+        ) if crate::privilege::real_uid() == 0 => None,
         (_, Err(e)) => return Err(e.into()),
     };
     match cmd {
@@ -208,23 +226,63 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
                 ctx.note(&format!("Wrote {}.", path.display()));
             }
         }
-        AuditCommand::Verify => {
-            let v = pim.verify_audit()?;
+        AuditCommand::Checkpoint { output } => {
+            drop(pim);
+            let (mut pim, _) = ctx.open()?;
+            let note = pim.checkpoint(viewer.as_ref())?;
+            match output {
+                Some(path) => {
+                    use std::io::Write;
+                    let mut f = crate::privilege::create_output(&path, &ctx.protected_files())
+                        .map_err(|e| Error::Environment(format!("Cannot write {e}.")))?;
+                    f.write_all(note.as_bytes())?;
+                    ctx.note(&format!("Wrote {}.", path.display()));
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(note.as_bytes())?;
+                }
+            }
+        }
+        AuditCommand::Key => {
+            out(&pim.verifier_key()?)?;
+        }
+        AuditCommand::Verify { checkpoint } => {
+            let mut notes = Vec::new();
+            for path in &checkpoint {
+                let bytes = crate::privilege::read_all(path, 64 * 1024).map_err(|e| {
+                    Error::Environment(format!("Cannot read {}: {e}.", path.display()))
+                })?;
+                notes.push((
+                    path.display().to_string(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+            let v = if notes.is_empty() {
+                pim.verify_audit()?
+            } else {
+                pim.verify_audit_against(&notes)?
+            };
             if ctx.json {
                 json(&v)?;
             } else if v.ok {
+                let against = match v.checkpoints {
+                    0 => String::new(),
+                    n => format!("; it extends the {n} signed checkpoint(s) given"),
+                };
                 out(&format!(
-                    "The audit chain holds: {} events, head {}.",
+                    "The audit chain holds: {} events, head {}, Merkle root {}{against}.",
                     v.events,
-                    v.head.clone().unwrap_or_default()
+                    v.head.clone().unwrap_or_default(),
+                    v.root.clone().unwrap_or_default()
                 ))?;
-            } else {
-                eprintln!(
-                    "pim: the audit chain is broken at event {}: {}. Events after {} cannot be trusted; restore the database from a backup and investigate.",
-                    v.bad_seq.unwrap_or_default(),
+            } else if let Some(seq) = v.bad_seq {
+                super::output::note(&format!(
+                    "pim: the audit log fails at event {seq}: {}. Events from there on cannot be trusted; restore the database from a backup and investigate.",
                     v.reason.clone().unwrap_or_default(),
-                    v.events
-                );
+                ));
+            } else {
+                super::output::note(&format!("pim: {}", v.reason.clone().unwrap_or_default()));
             }
             return Ok(if v.ok { 0 } else { 1 });
         }

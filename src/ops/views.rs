@@ -355,6 +355,71 @@ impl Pim {
         crate::audit::verify(&self.conn)
     }
 
+    /// Check the chain, and that the log extends every signed checkpoint in `notes`
+    /// ((name, text) each): a checkpoint whose signature is not this log's key's fails the
+    /// verification, named.
+    pub fn verify_audit_against(
+        &self,
+        notes: &[(String, String)],
+    ) -> Result<crate::audit::Verification> {
+        let key = crate::checkpoint::VerifierKey::parse(&self.verifier_key()?)?;
+        let mut heads = Vec::new();
+        for (name, text) in notes {
+            match key.open(text) {
+                Ok(c) => heads.push(crate::audit::Head {
+                    size: c.size,
+                    root: c.root,
+                    name: name.clone(),
+                }),
+                Err(e) => {
+                    return Ok(crate::audit::Verification {
+                        ok: false,
+                        events: 0,
+                        head: None,
+                        root: None,
+                        checkpoints: notes.len(),
+                        bad_seq: None,
+                        reason: Some(format!("{name}: {e}")),
+                    })
+                }
+            }
+        }
+        crate::audit::verify_against(&self.conn, &heads)
+    }
+
+    fn signer(&self) -> Result<crate::checkpoint::NoteSigner> {
+        let origin = crate::checkpoint::origin(&self.conn.instance()?);
+        let seed = self.vault.derive("checkpoint signing key")?;
+        Ok(crate::checkpoint::NoteSigner::new(&origin, &seed))
+    }
+
+    /// The key that verifies this log's checkpoints, in signed-note format.
+    pub fn verifier_key(&self) -> Result<String> {
+        Ok(self.signer()?.verifier_key())
+    }
+
+    /// A signed checkpoint of the log as it stands (C2SP tlog-checkpoint, signed-note),
+    /// for a viewer with `audit` over `/` (or root: the CLI decides).
+    pub fn checkpoint(&mut self, v: Option<&Viewer>) -> Result<String> {
+        if let Some(v) = v {
+            self.may_export_audit(v)?;
+        }
+        // The tree is filled in for a log from before it (no event: nothing of pim's state
+        // changes).
+        let size = self.write_system(|tx, _, _| {
+            let size = tx.audit_count()?;
+            crate::audit::complete_tree(tx, size)?;
+            Ok(size as u64)
+        })?;
+        let root = crate::audit::tree_root(&self.conn, size)?;
+        let signer = self.signer()?;
+        Ok(signer.sign(&crate::checkpoint::Checkpoint {
+            origin: crate::checkpoint::origin(&self.conn.instance()?),
+            size,
+            root,
+        }))
+    }
+
     /// The policy in force, for a viewer with `policy` or `audit` over `/` (its notification
     /// settings may name hosts and hooks).
     pub fn policy_seen_by(&self, v: &Viewer) -> Result<crate::policy::Policy> {

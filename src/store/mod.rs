@@ -12,6 +12,7 @@ mod alerts;
 pub mod assignments;
 pub mod audit;
 pub mod copy;
+mod merkle;
 mod meta;
 pub mod outbox;
 pub mod requests;
@@ -215,6 +216,20 @@ CREATE TABLE account_failures (
 );
 CREATE INDEX assignments_current ON assignments (user_id, role, scope, kind);
 CREATE INDEX requests_by_eligibility ON requests (eligibility_id);
+"#,
+    // 7: the audit log as a Merkle tree (RFC 6962): the hash of every complete subtree,
+    // appended with the events (an existing log's is filled in by the next append).
+    r#"
+CREATE TABLE merkle_nodes (
+    level INTEGER NOT NULL,
+    idx   INTEGER NOT NULL,
+    hash  TEXT NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+CREATE TRIGGER merkle_nodes_no_update BEFORE UPDATE ON merkle_nodes
+BEGIN SELECT RAISE(ABORT, 'the Merkle tree is append-only'); END;
+CREATE TRIGGER merkle_nodes_no_delete BEFORE DELETE ON merkle_nodes
+BEGIN SELECT RAISE(ABORT, 'the Merkle tree is append-only'); END;
 "#,
 ];
 

@@ -206,6 +206,19 @@ CREATE TABLE account_failures (
 CREATE INDEX assignments_current ON assignments (user_id, role, scope, kind);
 CREATE INDEX requests_by_eligibility ON requests (eligibility_id);
 "#,
+    // 7: the audit log as a Merkle tree (see SQLite's migration 7).
+    r#"
+CREATE TABLE merkle_nodes (
+    level BIGINT NOT NULL,
+    idx   BIGINT NOT NULL,
+    hash  TEXT NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+CREATE TRIGGER merkle_nodes_no_update BEFORE UPDATE OR DELETE ON merkle_nodes
+    FOR EACH ROW EXECUTE FUNCTION pim_append_only();
+CREATE TRIGGER merkle_nodes_no_truncate BEFORE TRUNCATE ON merkle_nodes
+    FOR EACH STATEMENT EXECUTE FUNCTION pim_append_only();
+"#,
 ];
 
 /// Whether `db` names a PostgreSQL server rather than a file.
@@ -505,6 +518,8 @@ GRANT SELECT ON pim_schema TO {role};
 GRANT SELECT, UPDATE ON audit_head TO {role};
 REVOKE ALL ON audit_events FROM {role};
 GRANT SELECT, INSERT ON audit_events TO {role};
+REVOKE ALL ON merkle_nodes FROM {role};
+GRANT SELECT, INSERT ON merkle_nodes TO {role};
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};"
     ))
 }

@@ -207,9 +207,14 @@ impl Env {
     /// can show that `verify` finds them.
     pub fn drop_audit_triggers(&self) {
         if on_postgres() {
-            self.sql("ALTER TABLE audit_events DISABLE TRIGGER USER");
+            self.sql(
+                "ALTER TABLE audit_events DISABLE TRIGGER USER; ALTER TABLE merkle_nodes DISABLE TRIGGER USER",
+            );
         } else {
-            self.sql("DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete");
+            self.sql(
+                "DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete; \
+                 DROP TRIGGER merkle_nodes_no_update; DROP TRIGGER merkle_nodes_no_delete",
+            );
         }
     }
 

@@ -1,0 +1,54 @@
+//! The stored complete subtrees of the audit log's Merkle tree (see `crate::merkle`).
+
+use super::{Db, OptionalExtension};
+use crate::error::{Error, Result};
+use crate::merkle::Hash;
+use crate::params;
+
+fn decode(text: &str) -> Result<Hash> {
+    hex::decode(text)
+        .ok()
+        .and_then(|b| <Hash>::try_from(b.as_slice()).ok())
+        .ok_or_else(|| {
+            Error::Environment(
+                "A stored Merkle node is not a SHA-256 hash; run `pim audit verify`.".to_string(),
+            )
+        })
+}
+
+impl Db {
+    /// How many leaves the stored tree has.
+    pub fn merkle_leaves(&self) -> Result<u64> {
+        let n: Option<i64> = self.query_row(
+            "SELECT max(idx) FROM merkle_nodes WHERE level = 0",
+            params![],
+            |r| r.get(0),
+        )?;
+        Ok(n.map_or(0, |i| i as u64 + 1))
+    }
+
+    /// The complete subtree at `level`, `idx`.
+    pub fn merkle_node(&self, level: u32, idx: u64) -> Result<Hash> {
+        let text: Option<String> = self
+            .query_row(
+                "SELECT hash FROM merkle_nodes WHERE level = ?1 AND idx = ?2",
+                params![level, idx as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match text {
+            Some(t) => decode(&t),
+            None => Err(Error::Environment(format!(
+                "The audit log's Merkle tree has no node {level}/{idx}; run any change as its owner to fill it in."
+            ))),
+        }
+    }
+
+    pub fn insert_merkle_node(&self, level: u32, idx: u64, hash: &Hash) -> Result<()> {
+        self.execute(
+            "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
+            params![level, idx as i64, hex::encode(hash)],
+        )?;
+        Ok(())
+    }
+}
