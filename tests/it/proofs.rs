@@ -105,3 +105,26 @@ fn a_consistent_rewrite_fools_verify_but_not_the_checkpoint() {
     let r = verify(&env, true).expect(1);
     assert!(r.stderr.contains("rewritten"), "{}", r.stderr);
 }
+
+/// An independent verifier of the C2SP format (the `signed_note` crate, a port of Go's
+/// sumdb/note) reads pim's checkpoint with pim's verifier key, and refuses a changed one.
+#[test]
+fn the_signed_note_crate_verifies_pims_checkpoint() {
+    use signed_note::{Note, StandardVerifier, VerifierList};
+    let env = with_checkpoint();
+    let note = std::fs::read(env.path("cp.txt")).unwrap();
+    let vkey = env.as_("admin", &["audit", "key"]).expect(0).stdout;
+    let verifier = StandardVerifier::new(vkey.trim()).expect("a C2SP verifier key");
+    let known = VerifierList::new(vec![Box::new(verifier)]);
+    let parsed = Note::from_bytes(&note).expect("a C2SP signed note");
+    let (verified, _) = parsed.verify(&known).expect("signed by pim's key");
+    assert_eq!(verified.len(), 1);
+    let text = String::from_utf8(parsed.text().to_vec()).unwrap();
+    assert_eq!(text.lines().count(), 3, "origin, size, root: {text}");
+    // One changed byte in the body: the crate refuses it too.
+    let mut forged = note.clone();
+    let at = note.iter().position(|&b| b == b'\n').unwrap() + 1;
+    forged[at] = if forged[at] == b'9' { b'8' } else { b'9' };
+    let forged = Note::from_bytes(&forged).unwrap();
+    assert!(forged.verify(&known).is_err());
+}
