@@ -246,6 +246,8 @@ pub struct Filter {
     /// Only events where this name is the actor or the principal (for callers without
     /// the `audit` permission).
     pub involving: Option<String>,
+    /// Only the events of this activation request.
+    pub request: Option<i64>,
 }
 
 /// Stream events in order (oldest first), or the newest `limit` when `newest` is set.

@@ -16,6 +16,7 @@ pub mod notify;
 pub mod ops;
 pub mod policy;
 pub mod privilege;
+pub mod receipt;
 pub mod scope;
 pub mod store;
 pub mod time;

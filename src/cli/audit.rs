@@ -89,6 +89,7 @@ fn filter(pim: &crate::Pim, f: FilterArgs) -> anyhow::Result<Filter> {
             .map(|r| policy.role(&r).map(|x| x.key.clone()).unwrap_or(r)),
         action: f.action,
         involving: None,
+        request: None,
     })
 }
 
@@ -451,5 +452,81 @@ pub fn run_notification(ctx: &Ctx, cmd: NotificationCommand) -> anyhow::Result<i
         ]);
     }
     out(&t.to_string())?;
+    Ok(0)
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ReceiptArgs {
+    #[command(subcommand)]
+    command: Option<ReceiptCommand>,
+    /// The activation request to make a receipt of (yours, or any with permission `audit`)
+    #[arg(value_name = "REQUEST")]
+    request: Option<i64>,
+    /// Write to FILE instead of stdout
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ReceiptCommand {
+    /// Verify a receipt offline, without the database: exit 0, or 3 saying what fails
+    Verify {
+        /// The receipt (from `pim receipt REQUEST`)
+        file: PathBuf,
+        /// The log's verifier key (`pim audit key`), or a file holding it, from a place you
+        /// trust
+        #[arg(long, value_name = "KEY")]
+        key: String,
+    },
+}
+
+pub fn run_receipt(ctx: &Ctx, args: ReceiptArgs) -> anyhow::Result<i32> {
+    if let Some(ReceiptCommand::Verify { file, key }) = args.command {
+        crate::privilege::drop_for_good();
+        let read = |path: &std::path::Path| -> anyhow::Result<String> {
+            let bytes = crate::privilege::read_all(path, 16 * 1024 * 1024)
+                .map_err(|e| Error::Environment(format!("Cannot read {}: {e}.", path.display())))?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        };
+        let key = if key.contains('+') {
+            key
+        } else {
+            read(std::path::Path::new(&key))?
+        };
+        let v = crate::receipt::verify(&read(&file)?, &key)?;
+        if ctx.json {
+            json(&v)?;
+        } else {
+            out(&format!(
+                "The receipt verifies: request {}, {} event(s), all in the signed checkpoint of {} events; policy sha256 {}.",
+                v.request, v.events, v.tree_size, v.policy_sha256
+            ))?;
+        }
+        return Ok(0);
+    }
+    let Some(id) = args.request else {
+        return Err(Error::Usage(
+            "Name the request: `pim receipt REQUEST` (or `pim receipt verify FILE --key KEY`)."
+                .to_string(),
+        )
+        .into());
+    };
+    let (mut pim, actor) = ctx.open()?;
+    let viewer = match pim.viewer(&actor) {
+        Ok(v) => Some(v),
+        Err(_) if crate::privilege::real_uid() == 0 => None,
+        Err(e) => return Err(e.into()),
+    };
+    let receipt = pim.receipt(viewer.as_ref(), id)?;
+    match args.output {
+        Some(path) => {
+            let mut f = crate::privilege::create_output(&path, &ctx.protected_files())
+                .map_err(|e| Error::Environment(format!("Cannot write {e}.")))?;
+            f.write_all(receipt.as_bytes())?;
+            ctx.note(&format!("Wrote {}.", path.display()));
+        }
+        None => std::io::stdout().write_all(receipt.as_bytes())?,
+    }
     Ok(0)
 }

@@ -117,6 +117,9 @@ enum Command {
     /// The notification outbox and its deliveries
     #[command(subcommand)]
     Notification(audit::NotificationCommand),
+    /// A verifiable receipt of one activation (its events, proven in a signed checkpoint),
+    /// or `receipt verify FILE --key KEY` offline
+    Receipt(audit::ReceiptArgs),
     /// The database itself: copy a SQLite file into PostgreSQL
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -216,6 +219,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
         Command::Audit(cmd) => audit::run(ctx, cmd),
         Command::Sweep => audit::run_sweep(ctx),
         Command::Store(cmd) => store::run(ctx, cmd),
+        Command::Receipt(args) => audit::run_receipt(ctx, args),
         Command::Notification(cmd) => audit::run_notification(ctx, cmd),
         Command::Review(cmd) => review::run(ctx, cmd),
         Command::Alerts { fail_on } => review::run_alerts(ctx, fail_on),

@@ -393,6 +393,81 @@ impl Pim {
         Ok(crate::checkpoint::NoteSigner::new(&origin, &seed))
     }
 
+    /// A receipt for activation request `id` (its requester, or a viewer with `audit` over
+    /// `/`; root: the CLI decides): its events with inclusion proofs in a new signed
+    /// checkpoint, and the policy in force.
+    pub fn receipt(&mut self, v: Option<&Viewer>, id: i64) -> Result<String> {
+        let now = self.now().timestamp();
+        let request = self
+            .conn
+            .request_by_id(id, now)?
+            .ok_or_else(|| super::approvals::hidden(id))?;
+        if let Some(v) = v {
+            if request.user != v.name && !v.audits() {
+                return Err(super::approvals::hidden(id));
+            }
+        }
+        let note = self.checkpoint(None)?;
+        let key = self.verifier_key()?;
+        let opened = crate::checkpoint::VerifierKey::parse(&key)?.open(&note)?;
+        let size = opened.size;
+        let mut events = Vec::new();
+        crate::audit::for_each(
+            &self.conn,
+            &crate::audit::Filter {
+                request: Some(id),
+                ..Default::default()
+            },
+            None,
+            |e| {
+                events.push(e);
+                Ok(())
+            },
+        )?;
+        let first = events.first().map(|e| e.seq).unwrap_or(i64::MAX);
+        let mut policy_event = None;
+        crate::audit::for_each(
+            &self.conn,
+            &crate::audit::Filter {
+                action: Some("policy.apply".to_string()),
+                ..Default::default()
+            },
+            None,
+            |e| {
+                if e.seq < first {
+                    policy_event = Some(e);
+                }
+                Ok(())
+            },
+        )?;
+        let policy_event = policy_event.ok_or_else(|| {
+            Error::Environment("The log has no policy event before this request.".to_string())
+        })?;
+        let policy_sha256 = serde_json::from_str::<serde_json::Value>(&policy_event.details)
+            .ok()
+            .and_then(|d| d["sha256"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let conn = &self.conn;
+        let mut get = |l, i| conn.merkle_node(l, i);
+        let prove = |e: &crate::audit::StoredEvent, get: crate::merkle::Get<'_>| {
+            crate::merkle::inclusion_proof(get, (e.seq - 1) as u64, size)
+                .map(|p| crate::receipt::ProvenEvent::new(e, &p))
+        };
+        let receipt = crate::receipt::Receipt {
+            format: crate::receipt::FORMAT.to_string(),
+            request: id,
+            policy_sha256,
+            checkpoint: note,
+            key,
+            policy_event: prove(&policy_event, &mut get)?,
+            events: events
+                .iter()
+                .map(|e| prove(e, &mut get))
+                .collect::<Result<_>>()?,
+        };
+        Ok(serde_json::to_string_pretty(&receipt).unwrap_or_default() + "\n")
+    }
+
     /// The key that verifies this log's checkpoints, in signed-note format.
     pub fn verifier_key(&self) -> Result<String> {
         Ok(self.signer()?.verifier_key())

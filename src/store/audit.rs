@@ -67,6 +67,9 @@ fn conditions(filter: &Filter) -> (String, Vec<Value>) {
             add("action =", Value::Text(a.clone()));
         }
     }
+    if let Some(id) = filter.request {
+        add("request =", Value::Int(id));
+    }
     if let Some(name) = &filter.involving {
         values.push(Value::Text(name.clone()));
         let n = values.len();

@@ -128,3 +128,72 @@ fn the_signed_note_crate_verifies_pims_checkpoint() {
     let forged = Note::from_bytes(&forged).unwrap();
     assert!(forged.verify(&known).is_err());
 }
+
+/// A receipt of one activation verifies offline, by pim and by the independent Python
+/// script (standard library only, its own Ed25519), and no changed byte passes either.
+#[test]
+fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
+    let env = Env::new();
+    env.init();
+    let bob = env.user("bob");
+    env.user("carol");
+    env.as_("admin", &["assign", "bob", "db-admin", "-j", "on call"])
+        .expect(0);
+    let id = env
+        .activate(
+            "bob",
+            &bob,
+            "db-admin",
+            &["-j", "INC-7 disk full", "--json"],
+        )
+        .expect(0)
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    env.as_("bob", &["deactivate", "db-admin"]).expect(0);
+    // Someone else's request is not carol's to prove (nor to learn of).
+    env.as_("carol", &["receipt", &id.to_string()]).expect(4);
+    env.as_("bob", &["receipt", &id.to_string(), "--output", "r.json"])
+        .expect(0);
+    let key = env.as_("admin", &["audit", "key"]).expect(0).stdout;
+    std::fs::write(env.path("pim.vkey"), &key).unwrap();
+    // Offline: no database.
+    let offline = |receipt: &str| -> (i32, i32) {
+        let pim = std::process::Command::new(crate::support::bin())
+            .args(["receipt", "verify", receipt, "--key", "pim.vkey"])
+            .current_dir(env.dir.path())
+            .env("PIM_DB", "/nonexistent/pim.db")
+            .output()
+            .unwrap();
+        let py = std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/verify_receipt.py"
+            ))
+            .args([receipt, "pim.vkey"])
+            .current_dir(env.dir.path())
+            .output()
+            .unwrap();
+        (pim.status.code().unwrap(), py.status.code().unwrap())
+    };
+    assert_eq!(offline("r.json"), (0, 0));
+    let text = std::fs::read_to_string(env.path("r.json")).unwrap();
+    assert!(text.contains("activation.deactivate"), "{text}");
+    let mut tried = 0;
+    for i in (0..text.len()).step_by(37) {
+        let (c, alt) = (text.as_bytes()[i], b'7');
+        if c == alt || !c.is_ascii_alphanumeric() {
+            continue;
+        }
+        let mut bytes = text.clone().into_bytes();
+        bytes[i] = alt;
+        std::fs::write(env.path("t.json"), &bytes).unwrap();
+        let (p, y) = offline("t.json");
+        assert!(
+            p != 0 && y != 0,
+            "a change at byte {i} passed: pim {p}, python {y}"
+        );
+        tried += 1;
+    }
+    assert!(tried > 20, "{tried}");
+}

@@ -1,0 +1,143 @@
+//! Receipts: one activation's audit events, each with its inclusion proof in a signed
+//! checkpoint of the log, and the policy in force (the `policy.apply` event before them, whose
+//! details name the policy's SHA-256). A receipt is verified offline, without the database,
+//! by `pim receipt verify` and by `examples/verify_receipt.py` (standard library only); any
+//! changed byte fails it.
+
+use crate::audit::StoredEvent;
+use crate::checkpoint::VerifierKey;
+use crate::error::{Error, Result};
+use crate::merkle;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT: &str = "pim-receipt/1";
+
+/// One event of a receipt, with where it sits in the tree and the proof of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvenEvent {
+    /// The thirteen chained fields as strings, in order (see `audit`).
+    pub fields: Vec<String>,
+    pub prev_hash: String,
+    pub hash: String,
+    /// Its leaf's index in the tree (seq − 1).
+    pub index: u64,
+    /// RFC 9162 inclusion proof, base64 hashes, leaf to root.
+    pub proof: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    pub format: String,
+    pub request: i64,
+    /// The policy's SHA-256, as the `policy.apply` event below records it.
+    pub policy_sha256: String,
+    /// The checkpoint (a signed note) the proofs lead to.
+    pub checkpoint: String,
+    /// The log's verifier key (the verifier must be given the same, from a trusted place).
+    pub key: String,
+    /// The `policy.apply` event in force when the request was made.
+    pub policy_event: ProvenEvent,
+    /// Every event of the request, oldest first.
+    pub events: Vec<ProvenEvent>,
+}
+
+impl ProvenEvent {
+    pub fn new(e: &StoredEvent, proof: &[merkle::Hash]) -> ProvenEvent {
+        ProvenEvent {
+            fields: e.fields().to_vec(),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+            index: (e.seq - 1) as u64,
+            proof: proof.iter().map(|h| B64.encode(h)).collect(),
+        }
+    }
+
+    /// Check the event against its own hash and its inclusion in the tree of `size`
+    /// leaves with `root`.
+    fn check(&self, size: u64, root: &merkle::Hash) -> std::result::Result<(), String> {
+        if self.fields.len() != 13 {
+            return Err("an event does not have the thirteen fields".into());
+        }
+        if self.fields[0] != (self.index + 1).to_string() {
+            return Err(format!("event {} is at the wrong index", self.fields[0]));
+        }
+        let canonical = serde_json::to_vec(&self.fields).map_err(|e| e.to_string())?;
+        let mut chained = sha2::Sha256::default();
+        sha2::Digest::update(&mut chained, self.prev_hash.as_bytes());
+        sha2::Digest::update(&mut chained, &canonical);
+        if hex::encode(sha2::Digest::finalize(chained)) != self.hash {
+            return Err(format!("event {} does not match its hash", self.fields[0]));
+        }
+        let proof: Vec<merkle::Hash> = self
+            .proof
+            .iter()
+            .map(|p| B64.decode(p).ok().and_then(|b| b.try_into().ok()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("event {} has a malformed proof", self.fields[0]))?;
+        let leaf = merkle::leaf_hash(&canonical);
+        if !merkle::verify_inclusion(&leaf, self.index, size, &proof, root) {
+            return Err(format!(
+                "event {} is not in the checkpoint's tree",
+                self.fields[0]
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a verified receipt shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    pub request: i64,
+    pub events: usize,
+    pub tree_size: u64,
+    pub policy_sha256: String,
+}
+
+/// Verify a receipt offline with the log's verifier key (from a trusted place).
+pub fn verify(text: &str, key: &str) -> Result<Verified> {
+    let bad = |why: String| Error::Refused(format!("The receipt does not verify: {why}."));
+    let r: Receipt =
+        serde_json::from_str(text).map_err(|e| bad(format!("it is not a receipt ({e})")))?;
+    if r.format != FORMAT {
+        return Err(bad(format!("its format is {}, not {FORMAT}", r.format)));
+    }
+    if r.key.trim() != key.trim() {
+        return Err(bad("it names another key than the one given".into()));
+    }
+    let key = VerifierKey::parse(key)?;
+    let cp = key
+        .open(&r.checkpoint)
+        .map_err(|e| bad(format!("its checkpoint: {e}")))?;
+    r.policy_event.check(cp.size, &cp.root).map_err(bad)?;
+    let p = &r.policy_event.fields;
+    let details: serde_json::Value =
+        serde_json::from_str(&p[12]).map_err(|e| bad(e.to_string()))?;
+    if p[3] != "policy.apply" || details["sha256"].as_str() != Some(r.policy_sha256.as_str()) {
+        return Err(bad("its policy event is not the policy it names".into()));
+    }
+    if r.events.is_empty() {
+        return Err(bad("it holds no event".into()));
+    }
+    let mut last = r.policy_event.index;
+    for e in &r.events {
+        e.check(cp.size, &cp.root).map_err(bad)?;
+        if e.fields[7] != r.request.to_string() {
+            return Err(bad(format!("event {} is of another request", e.fields[0])));
+        }
+        if e.index <= last {
+            return Err(bad("its events are out of order".into()));
+        }
+        last = e.index;
+    }
+    Ok(Verified {
+        request: r.request,
+        events: r.events.len(),
+        tree_size: cp.size,
+        policy_sha256: r.policy_sha256,
+    })
+}
