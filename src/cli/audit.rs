@@ -74,6 +74,15 @@ pub enum AuditCommand {
     },
     /// Print the key that verifies this log's checkpoints (signed-note verifier key)
     Key,
+    /// Print the RFC 9162 consistency proof that the log of --to events extends the log of
+    /// --from events (JSON: sizes, roots and proof, base64)
+    ProveConsistency {
+        #[arg(long, value_name = "SIZE")]
+        from: u64,
+        /// Default: the log as it stands
+        #[arg(long, value_name = "SIZE")]
+        to: Option<u64>,
+    },
 }
 
 fn filter(pim: &crate::Pim, f: FilterArgs) -> anyhow::Result<Filter> {
@@ -247,6 +256,12 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
         }
         AuditCommand::Key => {
             out(&pim.verifier_key()?)?;
+        }
+        AuditCommand::ProveConsistency { from, to } => {
+            drop(pim);
+            let (mut pim, _) = ctx.open()?;
+            let proof = pim.prove_consistency(viewer.as_ref(), from, to)?;
+            json(&proof)?;
         }
         AuditCommand::Verify { checkpoint } => {
             let mut notes = Vec::new();

@@ -468,6 +468,42 @@ impl Pim {
         Ok(serde_json::to_string_pretty(&receipt).unwrap_or_default() + "\n")
     }
 
+    /// The RFC 9162 consistency proof between the log's first `from` and first `to` events
+    /// (default: all), for a viewer with `audit` over `/` (root: the CLI decides).
+    pub fn prove_consistency(
+        &mut self,
+        v: Option<&Viewer>,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<serde_json::Value> {
+        use base64::Engine;
+        if let Some(v) = v {
+            self.may_export_audit(v)?;
+        }
+        let size = self.write_system(|tx, _, _| {
+            let size = tx.audit_count()?;
+            crate::audit::complete_tree(tx, size)?;
+            Ok(size as u64)
+        })?;
+        let to = to.unwrap_or(size);
+        if from > to || to > size {
+            return Err(Error::Usage(format!(
+                "Prove from a size to a larger one, at most the log's {size} events."
+            )));
+        }
+        let b64 = |h: &crate::merkle::Hash| base64::engine::general_purpose::STANDARD.encode(h);
+        let conn = &self.conn;
+        let mut get = |l, i| conn.merkle_node(l, i);
+        let proof = crate::merkle::consistency_proof(&mut get, from, to)?;
+        Ok(serde_json::json!({
+            "old_size": from,
+            "new_size": to,
+            "old_root": b64(&crate::audit::tree_root(conn, from)?),
+            "new_root": b64(&crate::audit::tree_root(conn, to)?),
+            "proof": proof.iter().map(b64).collect::<Vec<_>>(),
+        }))
+    }
+
     /// The key that verifies this log's checkpoints, in signed-note format.
     pub fn verifier_key(&self) -> Result<String> {
         Ok(self.signer()?.verifier_key())

@@ -197,3 +197,42 @@ fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
     }
     assert!(tried > 20, "{tried}");
 }
+
+/// `prove-consistency` gives the RFC 9162 proof that a later log extends an earlier one,
+/// which the RFC's verification accepts (and refuses for another old root).
+#[test]
+fn consistency_proofs_between_two_sizes_verify() {
+    use base64::Engine;
+    let env = with_checkpoint();
+    let b64 = |v: &serde_json::Value| -> [u8; 32] {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    for from in [1u64, 7, 64, 100] {
+        let p = env
+            .as_(
+                "admin",
+                &["audit", "prove-consistency", "--from", &from.to_string()],
+            )
+            .expect(0)
+            .json();
+        let proof: Vec<[u8; 32]> = p["proof"].as_array().unwrap().iter().map(b64).collect();
+        let (size1, size2) = (
+            p["old_size"].as_u64().unwrap(),
+            p["new_size"].as_u64().unwrap(),
+        );
+        let (root1, root2) = (b64(&p["old_root"]), b64(&p["new_root"]));
+        assert!(pim::merkle::verify_consistency(
+            size1, size2, &root1, &root2, &proof
+        ));
+        assert!(
+            !pim::merkle::verify_consistency(size1, size2, &root2, &root2, &proof)
+                || size1 == size2
+        );
+    }
+    env.as_("admin", &["audit", "prove-consistency", "--from", "100000"])
+        .expect(2);
+}
