@@ -164,6 +164,21 @@ pub fn deliver_due(
         // A delivery that fails in an unexpected way (a thread that cannot start, say) is a
         // failed try like any other: counted, retried, and recorded when given up.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // A checkpoint goes to the witnesses, not to the notification channels.
+            if o.event == "audit.checkpoint" {
+                return match o.channel.as_str() {
+                    "webhook" => {
+                        policy.witness.webhook.as_ref().map(|url| {
+                            post_webhook(&crate::policy::Webhook { url: url.clone() }, &o)
+                        })
+                    }
+                    "command" => policy.witness.command.as_ref().map(|argv| {
+                        run_command(&crate::policy::NotifyCommand { argv: argv.clone() }, &o)
+                    }),
+                    _ => None,
+                }
+                .unwrap_or_else(|| Err("the witness is no longer configured".to_string()));
+            }
             match o.channel.as_str() {
                 "smtp" => policy.notifications.smtp.as_ref().map(|c| send_mail(c, &o)),
                 "webhook" => policy

@@ -159,6 +159,24 @@ pub struct NotifyCommand {
     pub argv: Vec<String>,
 }
 
+/// Where each new signed checkpoint of the audit log goes (`pim sweep` publishes one whenever
+/// the log grew): places out of the database owner's reach, so that a fork is caught.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Witness {
+    /// A file each checkpoint is appended to (created if missing, never through a link).
+    pub file: Option<String>,
+    /// A command that gets each checkpoint (as a notice: JSON on stdin, `text` the note).
+    pub command: Option<Vec<String>>,
+    /// A URL each checkpoint is POSTed to (the same JSON).
+    pub webhook: Option<String>,
+}
+
+impl Witness {
+    pub fn any(&self) -> bool {
+        self.file.is_some() || self.command.is_some() || self.webhook.is_some()
+    }
+}
+
 /// Thresholds of `pim alerts`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alerts {
@@ -196,6 +214,7 @@ pub struct Policy {
     pub roles: BTreeMap<String, Role>,
     pub notifications: Notifications,
     pub alerts: Alerts,
+    pub witness: Witness,
 }
 
 /// A problem in a policy file, tied to its line.
@@ -242,6 +261,15 @@ struct RawPolicy {
     roles: BTreeMap<Spanned<String>, Spanned<RawEntry>>,
     notifications: Option<RawNotifications>,
     alerts: Option<RawAlerts>,
+    witness: Option<Spanned<RawWitness>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWitness {
+    file: Option<String>,
+    command: Option<Vec<String>>,
+    webhook: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -824,6 +852,37 @@ impl Policy {
             Some(a) => p.alerts(a),
             None => Alerts::default(),
         };
+        let witness = match &raw.witness {
+            Some(w) => {
+                let span = w.span();
+                let w = w.get_ref();
+                let mut bad = |m: &str| p.problem(span.clone(), m.to_string());
+                if w.file
+                    .as_ref()
+                    .is_some_and(|f| !f.starts_with('/') || f.len() > limits::POLICY_STRING)
+                {
+                    bad("witness.file must be an absolute path.");
+                }
+                if w.command
+                    .as_ref()
+                    .is_some_and(|c| c.is_empty() || c[0].trim().is_empty() || c.len() > 64)
+                {
+                    bad("witness.command needs the program to run (at most 64 arguments).");
+                }
+                if w.webhook.as_ref().is_some_and(|u| {
+                    !(u.starts_with("http://") || u.starts_with("https://"))
+                        || u.contains(char::is_whitespace)
+                }) {
+                    bad("witness.webhook is not an http:// or https:// URL.");
+                }
+                Witness {
+                    file: w.file.clone(),
+                    command: w.command.clone(),
+                    webhook: w.webhook.clone(),
+                }
+            }
+            None => Witness::default(),
+        };
 
         if p.problems.is_empty() {
             Ok(Policy {
@@ -832,6 +891,7 @@ impl Policy {
                 roles,
                 notifications,
                 alerts,
+                witness,
             })
         } else {
             let mut problems = p.problems;
@@ -936,6 +996,34 @@ pub fn diff(old: Option<&Policy>, new: &Policy) -> Vec<RoleChange> {
             .map(|((k, a), (_, b))| (k.to_string(), a, b))
             .collect();
         out.push(RoleChange::Changed("[alerts]".to_string(), changes));
+    }
+    let witness_before = old.map(|p| p.witness.clone()).unwrap_or_default();
+    if witness_before != new.witness {
+        let describe = |w: &Witness| {
+            let mut parts = Vec::new();
+            if let Some(f) = &w.file {
+                parts.push(format!("file {f}"));
+            }
+            if let Some(c) = &w.command {
+                parts.push(format!("command {}", c.join(" ")));
+            }
+            if let Some(u) = &w.webhook {
+                parts.push(format!("webhook {u}"));
+            }
+            if parts.is_empty() {
+                "none".to_string()
+            } else {
+                parts.join(", ")
+            }
+        };
+        out.push(RoleChange::Changed(
+            "[witness]".to_string(),
+            vec![(
+                "witness".to_string(),
+                describe(&witness_before),
+                describe(&new.witness),
+            )],
+        ));
     }
     let before = old.map(|p| p.notifications.clone()).unwrap_or_default();
     if before != new.notifications {

@@ -280,6 +280,33 @@ pub fn create_output(path: &Path, protect: &[FileId]) -> io::Result<File> {
     Ok(file)
 }
 
+/// Append to a file of the caller's (a witness's log): created 0600 if missing, never through
+/// a link, never the database's, with the caller's own rights only.
+pub fn append_output(path: &Path, protect: &[FileId]) -> io::Result<File> {
+    drop_for_good();
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| named(path, e))?;
+    let meta = file.metadata()?;
+    if (meta.uid() != real_uid() && real_uid() != 0)
+        || !meta.file_type().is_file()
+        || protect.contains(&FileId::of(&meta))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a regular file of your own apart from the database",
+                path.display()
+            ),
+        ));
+    }
+    Ok(file)
+}
+
 /// Create a directory (and its parents) the caller named, with the caller's own rights.
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
     drop_for_good();

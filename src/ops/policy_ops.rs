@@ -60,13 +60,17 @@ impl Pim {
             if !has_permission(tx, old, &me, "policy", &Scope::root(), t)? {
                 return refuse(tx, now, event, permission_error("policy", &Scope::root()));
             }
-            if commands_for_root && old.notifications.command != new.notifications.command {
+            if commands_for_root
+                && (old.notifications.command != new.notifications.command
+                    || old.witness.command != new.witness.command
+                    || old.witness.file != new.witness.file)
+            {
                 return refuse(
                     tx,
                     now,
                     event,
                     Error::Refused(
-                        "Only root may add or change [notifications.command] of the installed database: its commands run as root. Ask root to apply this policy."
+                        "Only root may add or change [notifications.command], [witness] command or file of the installed database: root's sweep runs and writes them. Ask root to apply this policy."
                             .to_string(),
                     ),
                 );

@@ -9,6 +9,7 @@ use super::approvals::may_decide;
 use super::assignments::{Assignment, AssignmentFilter};
 use super::reviews::Review;
 use super::{holdings, not_a_user, users, Pim};
+use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::scope::Scope;
 use crate::store::Db;
@@ -502,6 +503,73 @@ impl Pim {
             "new_root": b64(&crate::audit::tree_root(conn, to)?),
             "proof": proof.iter().map(b64).collect::<Vec<_>>(),
         }))
+    }
+
+    /// Give the policy's witnesses a signed checkpoint when the log grew since the last one
+    /// (`pim sweep`): recorded as `audit.witness`; the command and webhook through the
+    /// outbox (retried like notifications), the file appended to now. Returns the size of
+    /// the checkpoint published, if one was.
+    pub fn publish_checkpoint(
+        &mut self,
+        actor: &str,
+        protect: &[crate::privilege::FileId],
+    ) -> Result<Option<u64>> {
+        let policy = self.policy()?;
+        let witness = policy.witness.clone();
+        if !witness.any() {
+            return Ok(None);
+        }
+        let size = self.conn.audit_count()? as u64;
+        if size <= self.conn.witnessed()? {
+            return Ok(None);
+        }
+        let note = self.checkpoint(None)?;
+        let opened = crate::checkpoint::VerifierKey::parse(&self.verifier_key()?)?.open(&note)?;
+        let published = opened.size;
+        self.write_system(|tx, now, _| {
+            use base64::Engine;
+            let payload = serde_json::to_string(&crate::notify::Notice::new(
+                "audit.checkpoint",
+                now,
+                actor,
+                note.clone(),
+            ))
+            .unwrap_or_default();
+            let to = vec!["witness".to_string()];
+            for (present, channel) in [
+                (witness.command.is_some(), "command"),
+                (witness.webhook.is_some(), "webhook"),
+            ] {
+                if present {
+                    tx.insert_outgoing(
+                        "audit.checkpoint",
+                        channel,
+                        &to,
+                        &payload,
+                        now.timestamp(),
+                    )?;
+                }
+            }
+            tx.record(
+                Event::new(actor, "audit.witness")
+                    .detail("size", published)
+                    .detail(
+                        "root",
+                        base64::engine::general_purpose::STANDARD.encode(opened.root),
+                    ),
+            )?;
+            // The witness event itself is not news for the next sweep.
+            tx.set_witnessed(published + 1)?;
+            Ok(())
+        })?;
+        if let Some(path) = &witness.file {
+            use std::io::Write;
+            let mut f = crate::privilege::append_output(std::path::Path::new(path), protect)
+                .map_err(|e| Error::Environment(format!("The witness file: {e}.")))?;
+            f.write_all(note.as_bytes())?;
+            f.write_all(b"\n")?;
+        }
+        Ok(Some(published))
     }
 
     /// The key that verifies this log's checkpoints, in signed-note format.

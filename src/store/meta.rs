@@ -42,6 +42,18 @@ impl Db {
         Ok(self.meta("secrets")?.as_deref() == Some("plain"))
     }
 
+    /// The size of the log's last checkpoint given to the witnesses.
+    pub fn witnessed(&self) -> Result<u64> {
+        Ok(self
+            .meta("witnessed")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    pub fn set_witnessed(&self, size: u64) -> Result<()> {
+        self.set_meta("witnessed", &size.to_string())
+    }
+
     pub fn set_secrets_sealed(&self) -> Result<()> {
         self.set_meta("secrets", "sealed")
     }

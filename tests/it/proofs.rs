@@ -236,3 +236,68 @@ fn consistency_proofs_between_two_sizes_verify() {
     env.as_("admin", &["audit", "prove-consistency", "--from", "100000"])
         .expect(2);
 }
+
+/// `[witness]` in the policy: `pim sweep` gives each new signed checkpoint to a file and a
+/// command (through the outbox), once per growth of the log; a checkpoint a witness keeps
+/// then catches a cut log.
+#[test]
+fn sweep_publishes_checkpoints_to_the_witnesses_when_the_log_grew() {
+    let env = Env::new();
+    let file = env.path("witness.log");
+    let piped = env.path("piped.jsonl");
+    env.init_with(&crate::support::Policy::new().section(
+        "witness",
+        &[
+            &format!("file = \"{}\"", file.display()),
+            &format!(
+                "command = [\"/bin/sh\", \"-c\", \"cat >> {}; echo >> {}\"]",
+                piped.display(),
+                piped.display()
+            ),
+        ],
+    ));
+    env.as_("admin", &["user", "add", "bob"]).expect(0);
+    let first = env.run(&["sweep", "--json"]).expect(0).json();
+    assert!(first["checkpoint_published"].as_u64().is_some(), "{first}");
+    // Nothing new: nothing published.
+    let again = env.run(&["sweep", "--json"]).expect(0).json();
+    assert!(again["checkpoint_published"].is_null(), "{again}");
+    env.as_("admin", &["user", "add", "carol"]).expect(0);
+    let third = env.run(&["sweep", "--json"]).expect(0).json();
+    assert!(
+        third["checkpoint_published"].as_u64().unwrap()
+            > first["checkpoint_published"].as_u64().unwrap()
+    );
+    let kept = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(kept.matches('\u{2014}').count(), 2, "{kept}");
+    let piped = std::fs::read_to_string(&piped).unwrap();
+    assert_eq!(
+        piped
+            .lines()
+            .filter(|l| l.contains("audit.checkpoint"))
+            .count(),
+        2,
+        "{piped}"
+    );
+    // The witness's copy of the latest checkpoint (the file holds the notes one after
+    // another: origin, size, root, a blank line, the signature) verifies, and catches a cut.
+    let lines: Vec<&str> = kept.lines().collect();
+    let sig = lines
+        .iter()
+        .rposition(|l| l.starts_with('\u{2014}'))
+        .unwrap();
+    let note = format!(
+        "{}\n{}\n{}\n\n{}\n",
+        lines[sig - 4],
+        lines[sig - 3],
+        lines[sig - 2],
+        lines[sig]
+    );
+    std::fs::write(env.path("w.txt"), note).unwrap();
+    env.as_("admin", &["audit", "verify", "--checkpoint", "w.txt"])
+        .expect(0);
+    env.drop_audit_triggers();
+    env.sql("DELETE FROM audit_events WHERE seq > (SELECT max(seq) FROM audit_events) - 3; DELETE FROM merkle_nodes");
+    env.as_("admin", &["audit", "verify", "--checkpoint", "w.txt"])
+        .expect(1);
+}

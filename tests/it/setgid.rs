@@ -1307,3 +1307,45 @@ fn the_installed_pim_on_a_server_takes_its_url_from_roots_file_only() {
         );
     }
 }
+
+/// A witness file or command of the installed database is written or run by root's sweep:
+/// only root may choose one; alice's sweep publishes nothing.
+#[test]
+fn witnesses_of_the_installed_database_are_roots_to_choose() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let witness = i.dir.path().join("witness.log");
+    for section in [
+        format!("[witness]\nfile = \"{}\"\n", witness.display()),
+        "[witness]\ncommand = [\"sh\", \"-c\", \"id\"]\n".to_string(),
+    ] {
+        let policy = format!(
+            "{}\n{section}",
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap()
+        );
+        let file = i.dir.path().join("policy.toml");
+        std::fs::write(&file, policy).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let r = i
+            .as_account(ALICE, &["policy", "apply", file.to_str().unwrap()], &[])
+            .expect(3);
+        assert!(r.stderr.contains("Only root"), "{}", r.stderr);
+    }
+    let policy = format!(
+        "{}\n[witness]\nfile = \"{}\"\n",
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap(),
+        witness.display()
+    );
+    let file = i.dir.path().join("policy.toml");
+    std::fs::write(&file, policy).unwrap();
+    i.root(&["--as", ALICE, "policy", "apply", file.to_str().unwrap()])
+        .expect(0);
+    i.as_account(ALICE, &["sweep"], &[]).expect(0);
+    assert!(!witness.exists(), "alice's sweep published");
+    i.root(&["sweep"]).expect(0);
+    let kept = std::fs::read_to_string(&witness).unwrap();
+    assert!(kept.contains('\u{2014}'), "{kept}");
+    assert_eq!(std::fs::metadata(&witness).unwrap().uid(), 0);
+}
