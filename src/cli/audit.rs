@@ -64,6 +64,10 @@ pub enum AuditCommand {
         /// several. Truncation, rewriting or a fork of what one covers is found.
         #[arg(long, value_name = "FILE")]
         checkpoint: Vec<PathBuf>,
+        /// Also replay the log and compare it with the state: any user, assignment, request
+        /// or decision no event explains, or that differs from its events, is named
+        #[arg(long)]
+        state: bool,
     },
     /// Print a signed checkpoint of the log (C2SP tlog-checkpoint as a signed note):
     /// keep it where the database's owner cannot write (permission `audit`)
@@ -263,7 +267,7 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
             let proof = pim.prove_consistency(viewer.as_ref(), from, to)?;
             json(&proof)?;
         }
-        AuditCommand::Verify { checkpoint } => {
+        AuditCommand::Verify { checkpoint, state } => {
             let mut notes = Vec::new();
             for path in &checkpoint {
                 let bytes = crate::privilege::read_all(path, 64 * 1024).map_err(|e| {
@@ -279,6 +283,25 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
             } else {
                 pim.verify_audit_against(&notes)?
             };
+            if state && v.ok {
+                let findings = pim.verify_state()?;
+                if !findings.is_empty() {
+                    if ctx.json {
+                        json(&serde_json::json!({
+                            "ok": false,
+                            "events": v.events,
+                            "state": findings,
+                        }))?;
+                    } else {
+                        for f in &findings {
+                            super::output::note(&format!(
+                                "pim: the state does not match the log: {f}."
+                            ));
+                        }
+                    }
+                    return Ok(1);
+                }
+            }
             if ctx.json {
                 json(&v)?;
             } else if v.ok {

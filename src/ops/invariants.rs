@@ -332,6 +332,9 @@ fn check_invariants(pim: &Pim) {
         )
         .unwrap();
     assert!(holders >= 1, "global-admin lost its last holder");
+    // And the state is what the log says it is.
+    let findings = crate::audit::verify_state(conn).unwrap();
+    assert!(findings.is_empty(), "{findings:?}");
 }
 
 proptest! {

@@ -572,6 +572,11 @@ impl Pim {
         Ok(Some(published))
     }
 
+    /// Replay the log against the state tables (see `audit::verify_state`).
+    pub fn verify_state(&self) -> Result<Vec<String>> {
+        crate::audit::verify_state(&self.conn)
+    }
+
     /// The key that verifies this log's checkpoints, in signed-note format.
     pub fn verifier_key(&self) -> Result<String> {
         Ok(self.signer()?.verifier_key())

@@ -174,3 +174,58 @@ impl Db {
         })
     }
 }
+
+/// An assignment row as it is stored (for binding the state to the log).
+#[derive(Debug, Clone)]
+pub struct AssignmentRow {
+    pub id: i64,
+    pub user: String,
+    pub role: String,
+    pub scope: String,
+    pub kind: String,
+    pub end_at: Option<i64>,
+    pub removed_at: Option<i64>,
+}
+
+impl Db {
+    /// Every assignment row, removed or not.
+    pub fn assignment_rows(&self) -> Result<Vec<AssignmentRow>> {
+        self.query_map(
+            "SELECT a.id, u.name, a.role, a.scope, a.kind, a.end_at, a.removed_at \
+             FROM assignments a JOIN users u ON u.id = a.user_id ORDER BY a.id",
+            params![],
+            |r| {
+                Ok(AssignmentRow {
+                    id: r.get(0)?,
+                    user: r.get(1)?,
+                    role: r.get(2)?,
+                    scope: r.get(3)?,
+                    kind: r.get(4)?,
+                    end_at: r.get(5)?,
+                    removed_at: r.get(6)?,
+                })
+            },
+        )?
+        .collect()
+    }
+
+    /// Every request row: (id, user, role, scope).
+    pub fn request_rows(&self) -> Result<Vec<(i64, String, String, String)>> {
+        self.query_map(
+            "SELECT r.id, u.name, r.role, r.scope FROM requests r JOIN users u ON u.id = r.user_id ORDER BY r.id",
+            params![],
+            super::FromRow::from_row,
+        )?
+        .collect()
+    }
+
+    /// Every decision row: (request, approver, decision).
+    pub fn decision_rows(&self) -> Result<Vec<(i64, String, String)>> {
+        self.query_map(
+            "SELECT request_id, approver, decision FROM decisions ORDER BY id",
+            params![],
+            super::FromRow::from_row,
+        )?
+        .collect()
+    }
+}

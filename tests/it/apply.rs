@@ -160,6 +160,8 @@ fn a_changed_until_is_a_change_and_prune_removes_what_is_not_named() {
         env.count("SELECT count(*) FROM audit_events WHERE action = 'assignment.change'"),
         1
     );
+    // What apply changed and pruned is what the log says.
+    env.as_("admin", &["audit", "verify", "--state"]).expect(0);
 }
 
 #[test]

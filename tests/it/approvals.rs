@@ -534,7 +534,7 @@ fn two_approvers_racing_give_one_outcome() {
             "SELECT count(*) FROM audit_events WHERE request = {id} AND action IN ('activation.approve', 'activation.deny')"
         ));
         assert_eq!(events, 1);
-        w.env.run(&["audit", "verify"]).expect(0);
+        w.env.run(&["audit", "verify", "--state"]).expect(0);
     }
 }
 

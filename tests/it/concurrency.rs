@@ -215,5 +215,5 @@ fn twenty_racing_approve_deny_pairs_each_give_one_outcome() {
     let after = env.count("SELECT count(*) FROM audit_events");
     assert!(after > before);
     assert_eq!(env.count("SELECT max(seq) FROM audit_events"), after);
-    env.run(&["audit", "verify"]).expect(0);
+    env.run(&["audit", "verify", "--state"]).expect(0);
 }

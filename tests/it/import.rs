@@ -72,6 +72,7 @@ fn a_good_file_imports_once_and_again_changes_nothing() {
         ),
         4
     );
+    env.as_("admin", &["audit", "verify", "--state"]).expect(0);
 }
 
 #[test]

@@ -301,3 +301,45 @@ fn sweep_publishes_checkpoints_to_the_witnesses_when_the_log_grew() {
     env.as_("admin", &["audit", "verify", "--checkpoint", "w.txt"])
         .expect(1);
 }
+
+/// `verify --state` replays the log against the state tables: a row no event explains (a
+/// permanent Global Administrator inserted by hand) or one changed behind the log is named,
+/// where the chain alone holds.
+#[test]
+fn verify_state_names_rows_no_event_explains() {
+    let env = Env::new();
+    env.init();
+    let bob = env.user("bob");
+    env.user("carol");
+    env.as_("admin", &["assign", "bob", "db-admin", "-j", "on call"])
+        .expect(0);
+    env.activate("bob", &bob, "db-admin", &["-j", "INC-9 x"])
+        .expect(0);
+    env.as_("admin", &["unassign", "carol", "db-admin"])
+        .expect(4);
+    env.as_("admin", &["audit", "verify", "--state"]).expect(0);
+    // An inserted assignment: carol is now a permanent global admin, and the chain holds.
+    env.sql(
+        "INSERT INTO assignments (user_id, role, scope, kind, start_at, end_at, created_by, created_at) \
+         SELECT id, 'global-admin', '/', 'active', 0, NULL, 'admin', 0 FROM users WHERE name = 'carol'",
+    );
+    env.run(&["check", "carol", "global-admin"]).expect(0);
+    env.as_("admin", &["audit", "verify"]).expect(0);
+    let r = env.as_("admin", &["audit", "verify", "--state"]).expect(1);
+    assert!(
+        r.stderr
+            .contains("carol active global-admin at /) was made by no event"),
+        "{}",
+        r.stderr
+    );
+    // An assignment made longer behind the log's back.
+    env.sql("DELETE FROM assignments WHERE role = 'global-admin' AND user_id = (SELECT id FROM users WHERE name = 'carol')");
+    env.as_("admin", &["audit", "verify", "--state"]).expect(0);
+    env.sql("UPDATE assignments SET end_at = NULL WHERE role = 'db-admin'");
+    let r = env.as_("admin", &["audit", "verify", "--state"]).expect(1);
+    assert!(
+        r.stderr.contains("ends never but its events say"),
+        "{}",
+        r.stderr
+    );
+}
