@@ -452,6 +452,175 @@ pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Replay the log and compare it with the state tables: every user, assignment (with its end
+/// and its removal), activation request and approver's decision must be explained by the
+/// events that made it, and say what they say. Returns what does not hold, named (empty: the
+/// state is the log's).
+pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
+    use std::collections::{HashMap, HashSet};
+    #[derive(Default)]
+    struct Made {
+        user: String,
+        role: String,
+        scope: String,
+        kind: String,
+        end: Option<String>,
+        removed: bool,
+    }
+    let mut users: HashSet<String> = HashSet::new();
+    let mut assignments: HashMap<i64, Made> = HashMap::new();
+    let mut requests: HashMap<i64, (String, String, String)> = HashMap::new();
+    let mut decisions: HashSet<(i64, String, String)> = HashSet::new();
+    for_each(conn, &Filter::default(), None, |e| {
+        if e.result != "ok" {
+            return Ok(());
+        }
+        let details: serde_json::Value = serde_json::from_str(&e.details).unwrap_or_default();
+        let assignment = details["assignment"].as_i64();
+        let principal = e.principal.clone().unwrap_or_default();
+        match e.action.as_str() {
+            "user.add" => {
+                users.insert(principal);
+            }
+            "assignment.add" => {
+                if let Some(id) = assignment {
+                    assignments.insert(
+                        id,
+                        Made {
+                            user: principal,
+                            role: e.role.clone().unwrap_or_default(),
+                            scope: e.scope.clone().unwrap_or_default(),
+                            kind: details["type"].as_str().unwrap_or_default().to_string(),
+                            end: e.expires.clone(),
+                            removed: false,
+                        },
+                    );
+                }
+            }
+            "assignment.change" => {
+                if let Some(a) = assignment.and_then(|id| assignments.get_mut(&id)) {
+                    a.end = e.expires.clone();
+                }
+            }
+            "assignment.remove" => {
+                if let Some(a) = assignment.and_then(|id| assignments.get_mut(&id)) {
+                    a.removed = true;
+                }
+            }
+            "activation.request" => {
+                if let Some(id) = e.request {
+                    requests.entry(id).or_insert((
+                        principal,
+                        e.role.clone().unwrap_or_default(),
+                        e.scope.clone().unwrap_or_default(),
+                    ));
+                }
+            }
+            "activation.approve" | "activation.deny" => {
+                if let Some(id) = e.request {
+                    let verdict = if e.action == "activation.approve" {
+                        "approve"
+                    } else {
+                        "deny"
+                    };
+                    decisions.insert((id, e.actor.clone(), verdict.to_string()));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    let mut findings = Vec::new();
+    for u in conn.all_users()? {
+        if !users.contains(&u.name) {
+            findings.push(format!("user {} was made by no event", u.name));
+        }
+    }
+    let mut seen = HashSet::new();
+    for a in conn.assignment_rows()? {
+        seen.insert(a.id);
+        let what = format!(
+            "assignment {} ({} {} {} at {})",
+            a.id, a.user, a.kind, a.role, a.scope
+        );
+        let Some(m) = assignments.get(&a.id) else {
+            findings.push(format!("{what} was made by no event"));
+            continue;
+        };
+        if (
+            m.user.as_str(),
+            m.role.as_str(),
+            m.scope.as_str(),
+            m.kind.as_str(),
+        ) != (
+            a.user.as_str(),
+            a.role.as_str(),
+            a.scope.as_str(),
+            a.kind.as_str(),
+        ) {
+            findings.push(format!(
+                "{what} differs from its event ({} {} {} at {})",
+                m.user, m.kind, m.role, m.scope
+            ));
+        }
+        let end = a.end_at.map(|t| rfc3339(from_unix(t)));
+        if m.end != end {
+            findings.push(format!(
+                "{what} ends {} but its events say {}",
+                end.as_deref().unwrap_or("never"),
+                m.end.as_deref().unwrap_or("never")
+            ));
+        }
+        if m.removed != a.removed_at.is_some() {
+            findings.push(format!(
+                "{what} is {} but its events say {}",
+                if a.removed_at.is_some() {
+                    "removed"
+                } else {
+                    "in place"
+                },
+                if m.removed { "removed" } else { "in place" }
+            ));
+        }
+    }
+    let mut gone: Vec<i64> = assignments
+        .keys()
+        .filter(|id| !seen.contains(id))
+        .copied()
+        .collect();
+    gone.sort();
+    for id in gone {
+        findings.push(format!(
+            "assignment {id} of the log is missing from the state"
+        ));
+    }
+    for (id, user, role, scope) in conn.request_rows()? {
+        match requests.get(&id) {
+            None => findings.push(format!(
+                "request {id} ({user} {role} at {scope}) was made by no event"
+            )),
+            Some(m)
+                if (m.0.as_str(), m.1.as_str(), m.2.as_str())
+                    != (user.as_str(), role.as_str(), scope.as_str()) =>
+            {
+                findings.push(format!(
+                    "request {id} ({user} {role} at {scope}) differs from its event ({} {} at {})",
+                    m.0, m.1, m.2
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    for (id, approver, decision) in conn.decision_rows()? {
+        if !decisions.contains(&(id, approver.clone(), decision.clone())) {
+            findings.push(format!(
+                "the decision {decision} by {approver} on request {id} was made by no event"
+            ));
+        }
+    }
+    Ok(findings)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,173 +822,4 @@ mod tests {
         assert_eq!(spreadsheet_safe("\tx"), "'\tx");
         assert_eq!(spreadsheet_safe("plain"), "plain");
     }
-}
-
-/// Replay the log and compare it with the state tables: every user, assignment (with its end
-/// and its removal), activation request and approver's decision must be explained by the
-/// events that made it, and say what they say. Returns what does not hold, named (empty: the
-/// state is the log's).
-pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
-    use std::collections::{HashMap, HashSet};
-    #[derive(Default)]
-    struct Made {
-        user: String,
-        role: String,
-        scope: String,
-        kind: String,
-        end: Option<String>,
-        removed: bool,
-    }
-    let mut users: HashSet<String> = HashSet::new();
-    let mut assignments: HashMap<i64, Made> = HashMap::new();
-    let mut requests: HashMap<i64, (String, String, String)> = HashMap::new();
-    let mut decisions: HashSet<(i64, String, String)> = HashSet::new();
-    for_each(conn, &Filter::default(), None, |e| {
-        if e.result != "ok" {
-            return Ok(());
-        }
-        let details: serde_json::Value = serde_json::from_str(&e.details).unwrap_or_default();
-        let assignment = details["assignment"].as_i64();
-        let principal = e.principal.clone().unwrap_or_default();
-        match e.action.as_str() {
-            "user.add" => {
-                users.insert(principal);
-            }
-            "assignment.add" => {
-                if let Some(id) = assignment {
-                    assignments.insert(
-                        id,
-                        Made {
-                            user: principal,
-                            role: e.role.clone().unwrap_or_default(),
-                            scope: e.scope.clone().unwrap_or_default(),
-                            kind: details["type"].as_str().unwrap_or_default().to_string(),
-                            end: e.expires.clone(),
-                            removed: false,
-                        },
-                    );
-                }
-            }
-            "assignment.change" => {
-                if let Some(a) = assignment.and_then(|id| assignments.get_mut(&id)) {
-                    a.end = e.expires.clone();
-                }
-            }
-            "assignment.remove" => {
-                if let Some(a) = assignment.and_then(|id| assignments.get_mut(&id)) {
-                    a.removed = true;
-                }
-            }
-            "activation.request" => {
-                if let Some(id) = e.request {
-                    requests.entry(id).or_insert((
-                        principal,
-                        e.role.clone().unwrap_or_default(),
-                        e.scope.clone().unwrap_or_default(),
-                    ));
-                }
-            }
-            "activation.approve" | "activation.deny" => {
-                if let Some(id) = e.request {
-                    let verdict = if e.action == "activation.approve" {
-                        "approve"
-                    } else {
-                        "deny"
-                    };
-                    decisions.insert((id, e.actor.clone(), verdict.to_string()));
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    })?;
-    let mut findings = Vec::new();
-    for u in conn.all_users()? {
-        if !users.contains(&u.name) {
-            findings.push(format!("user {} was made by no event", u.name));
-        }
-    }
-    let mut seen = HashSet::new();
-    for a in conn.assignment_rows()? {
-        seen.insert(a.id);
-        let what = format!(
-            "assignment {} ({} {} {} at {})",
-            a.id, a.user, a.kind, a.role, a.scope
-        );
-        let Some(m) = assignments.get(&a.id) else {
-            findings.push(format!("{what} was made by no event"));
-            continue;
-        };
-        if (
-            m.user.as_str(),
-            m.role.as_str(),
-            m.scope.as_str(),
-            m.kind.as_str(),
-        ) != (
-            a.user.as_str(),
-            a.role.as_str(),
-            a.scope.as_str(),
-            a.kind.as_str(),
-        ) {
-            findings.push(format!(
-                "{what} differs from its event ({} {} {} at {})",
-                m.user, m.kind, m.role, m.scope
-            ));
-        }
-        let end = a.end_at.map(|t| rfc3339(from_unix(t)));
-        if m.end != end {
-            findings.push(format!(
-                "{what} ends {} but its events say {}",
-                end.as_deref().unwrap_or("never"),
-                m.end.as_deref().unwrap_or("never")
-            ));
-        }
-        if m.removed != a.removed_at.is_some() {
-            findings.push(format!(
-                "{what} is {} but its events say {}",
-                if a.removed_at.is_some() {
-                    "removed"
-                } else {
-                    "in place"
-                },
-                if m.removed { "removed" } else { "in place" }
-            ));
-        }
-    }
-    let mut gone: Vec<i64> = assignments
-        .keys()
-        .filter(|id| !seen.contains(id))
-        .copied()
-        .collect();
-    gone.sort();
-    for id in gone {
-        findings.push(format!(
-            "assignment {id} of the log is missing from the state"
-        ));
-    }
-    for (id, user, role, scope) in conn.request_rows()? {
-        match requests.get(&id) {
-            None => findings.push(format!(
-                "request {id} ({user} {role} at {scope}) was made by no event"
-            )),
-            Some(m)
-                if (m.0.as_str(), m.1.as_str(), m.2.as_str())
-                    != (user.as_str(), role.as_str(), scope.as_str()) =>
-            {
-                findings.push(format!(
-                    "request {id} ({user} {role} at {scope}) differs from its event ({} {} at {})",
-                    m.0, m.1, m.2
-                ))
-            }
-            Some(_) => {}
-        }
-    }
-    for (id, approver, decision) in conn.decision_rows()? {
-        if !decisions.contains(&(id, approver.clone(), decision.clone())) {
-            findings.push(format!(
-                "the decision {decision} by {approver} on request {id} was made by no event"
-            ));
-        }
-    }
-    Ok(findings)
 }
