@@ -17,6 +17,7 @@ pub mod ops;
 pub mod policy;
 pub mod privilege;
 pub mod receipt;
+pub mod replay;
 pub mod scope;
 pub mod store;
 pub mod time;

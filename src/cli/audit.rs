@@ -78,6 +78,13 @@ pub enum AuditCommand {
     },
     /// Print the key that verifies this log's checkpoints (signed-note verifier key)
     Key,
+    /// Who held and who was eligible for what at an instant, replayed from the log alone
+    /// (permission `audit`)
+    Replay {
+        /// The instant (RFC 3339 or YYYY-MM-DD); default: now
+        #[arg(long, value_name = "T")]
+        at: Option<String>,
+    },
     /// Print the RFC 9162 consistency proof that the log of --to events extends the log of
     /// --from events (JSON: sizes, roots and proof, base64)
     ProveConsistency {
@@ -260,6 +267,14 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
         }
         AuditCommand::Key => {
             out(&pim.verifier_key()?)?;
+        }
+        AuditCommand::Replay { at } => {
+            let at = match at {
+                Some(t) => parse_instant(&t)?.timestamp(),
+                None => pim.now().timestamp(),
+            };
+            let snap = pim.replay_at(viewer.as_ref(), at)?;
+            show_snapshot(ctx, &snap, None, None)?;
         }
         AuditCommand::ProveConsistency { from, to } => {
             drop(pim);
@@ -580,4 +595,43 @@ pub fn run_receipt(ctx: &Ctx, args: ReceiptArgs) -> anyhow::Result<i32> {
         None => std::io::stdout().write_all(receipt.as_bytes())?,
     }
     Ok(0)
+}
+
+/// A replayed snapshot as tables (or JSON), optionally of one role at a scope.
+pub fn show_snapshot(
+    ctx: &Ctx,
+    snap: &crate::replay::Snapshot,
+    role: Option<&str>,
+    scope: Option<&crate::scope::Scope>,
+) -> anyhow::Result<()> {
+    let keep = |e: &&crate::replay::Entry| {
+        role.is_none_or(|r| e.role == r)
+            && scope.is_none_or(|s| crate::scope::Scope::parse(&e.scope).is_ok_and(|x| x.covers(s)))
+    };
+    let held: Vec<&crate::replay::Entry> = snap.held.iter().filter(keep).collect();
+    let eligible: Vec<&crate::replay::Entry> = snap.eligible.iter().filter(keep).collect();
+    if ctx.json {
+        return json(&serde_json::json!({ "at": snap.at, "held": held, "eligible": eligible }));
+    }
+    let list = |title: &str, entries: &[&crate::replay::Entry]| {
+        let mut t = table(&[title, "role", "scope", "source", "since", "until"]);
+        for e in entries {
+            t.add_row(vec![
+                e.user.clone(),
+                e.role.clone(),
+                e.scope.clone(),
+                e.source.clone(),
+                e.since.clone(),
+                e.until.clone().unwrap_or_else(|| "permanent".to_string()),
+            ]);
+        }
+        t.to_string()
+    };
+    out(&format!(
+        "As the log tells it, at {}:\n{}\n{}",
+        snap.at,
+        list("held by", &held),
+        list("eligible", &eligible)
+    ))?;
+    Ok(())
 }

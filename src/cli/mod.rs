@@ -117,6 +117,16 @@ enum Command {
     /// The notification outbox and its deliveries
     #[command(subcommand)]
     Notification(audit::NotificationCommand),
+    /// Who could activate or held ROLE (at a scope, at an instant), replayed from the log
+    /// (permission `audit`)
+    WhoCould {
+        role: String,
+        #[arg(long)]
+        scope: Option<String>,
+        /// The instant (RFC 3339 or YYYY-MM-DD); default: now
+        #[arg(long, value_name = "T")]
+        at: Option<String>,
+    },
     /// A verifiable receipt of one activation (its events, proven in a signed checkpoint),
     /// or `receipt verify FILE --key KEY` offline
     Receipt(audit::ReceiptArgs),
@@ -220,6 +230,27 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
         Command::Sweep => audit::run_sweep(ctx),
         Command::Store(cmd) => store::run(ctx, cmd),
         Command::Receipt(args) => audit::run_receipt(ctx, args),
+        Command::WhoCould { role, scope, at } => {
+            let (pim, actor) = ctx.open()?;
+            let viewer = match pim.viewer(&actor) {
+                Ok(v) => Some(v),
+                Err(_) if crate::privilege::real_uid() == 0 => None,
+                Err(e) => return Err(e.into()),
+            };
+            let at = match at {
+                Some(t) => crate::time::parse_instant(&t)?.timestamp(),
+                None => pim.now().timestamp(),
+            };
+            let policy = pim.policy()?;
+            let key = policy.role(&role).map(|r| r.key.clone()).unwrap_or(role);
+            let scope = scope
+                .as_deref()
+                .map(crate::scope::Scope::parse)
+                .transpose()?;
+            let snap = pim.replay_at(viewer.as_ref(), at)?;
+            audit::show_snapshot(ctx, &snap, Some(&key), scope.as_ref())?;
+            Ok(0)
+        }
         Command::Notification(cmd) => audit::run_notification(ctx, cmd),
         Command::Review(cmd) => review::run(ctx, cmd),
         Command::Alerts { fail_on } => review::run_alerts(ctx, fail_on),

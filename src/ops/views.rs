@@ -572,6 +572,15 @@ impl Pim {
         Ok(Some(published))
     }
 
+    /// Who held and who was eligible for what at `at` (unix seconds), from the log alone, for
+    /// a viewer with `audit` over `/` (root: the CLI decides).
+    pub fn replay_at(&self, v: Option<&Viewer>, at: i64) -> Result<crate::replay::Snapshot> {
+        if let Some(v) = v {
+            self.may_export_audit(v)?;
+        }
+        crate::replay::at(&self.conn, at)
+    }
+
     /// Replay the log against the state tables (see `audit::verify_state`).
     pub fn verify_state(&self) -> Result<Vec<String>> {
         crate::audit::verify_state(&self.conn)

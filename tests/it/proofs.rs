@@ -343,3 +343,104 @@ fn verify_state_names_rows_no_event_explains() {
         r.stderr
     );
 }
+
+/// Time travel from the log alone: who held and who could activate a role at an instant
+/// (and a row inserted behind the log's back is not in the log's story).
+#[test]
+fn replay_and_who_could_tell_the_logs_story_at_any_instant() {
+    let env = Env::new();
+    env.init();
+    let bob = env.user("bob");
+    env.user("carol");
+    env.as_(
+        "admin",
+        &[
+            "assign", "bob", "db-admin", "--scope", "/prod", "-j", "on call",
+        ],
+    )
+    .expect(0);
+    env.activate(
+        "bob",
+        &bob,
+        "db-admin",
+        &["--scope", "/prod", "-j", "INC-1 x", "--duration", "1h"],
+    )
+    .expect(0);
+    let who = |offset: &str, args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--as", "admin", "--json"];
+        all.extend_from_slice(args);
+        env.at(offset, &all).expect(0).json()
+    };
+    let names = |v: &serde_json::Value, list: &str| -> Vec<String> {
+        v[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} {}",
+                    e["user"].as_str().unwrap(),
+                    e["role"].as_str().unwrap(),
+                    e["source"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    // Now: bob holds it by his activation, and is eligible.
+    let now = who("+0s", &["who-could", "db-admin", "--scope", "/prod/db"]);
+    assert_eq!(
+        names(&now, "held"),
+        ["bob db-admin activation (request 1)"],
+        "{now}"
+    );
+    assert_eq!(names(&now, "eligible"), ["bob db-admin assignment"]);
+    // Two hours on: the activation ended; he still could.
+    let later = who("+2h", &["who-could", "db-admin"]);
+    assert!(names(&later, "held").is_empty(), "{later}");
+    assert_eq!(names(&later, "eligible"), ["bob db-admin assignment"]);
+    // Removed at +3h: from +4h on nobody could, and the past is unchanged.
+    env.at(
+        "+3h",
+        &[
+            "--as", "admin", "unassign", "bob", "db-admin", "--scope", "/prod",
+        ],
+    )
+    .expect(0);
+    assert!(names(&who("+4h", &["who-could", "db-admin"]), "eligible").is_empty());
+    let past = crate::support::Env::at(
+        &env,
+        "+4h",
+        &[
+            "--as",
+            "admin",
+            "--json",
+            "audit",
+            "replay",
+            "--at",
+            now["at"].as_str().unwrap(),
+        ],
+    )
+    .expect(0)
+    .json();
+    assert!(
+        names(&past, "held").contains(&"bob db-admin activation (request 1)".to_string()),
+        "{past}"
+    );
+    assert!(
+        names(&past, "held").contains(&"admin global-admin assignment".to_string()),
+        "{past}"
+    );
+    // A global-admin row inserted behind the log's back: the state says carol holds it, the
+    // log does not.
+    env.sql(
+        "INSERT INTO assignments (user_id, role, scope, kind, start_at, end_at, created_by, created_at) \
+         SELECT id, 'global-admin', '/', 'active', 0, NULL, 'admin', 0 FROM users WHERE name = 'carol'",
+    );
+    env.run(&["check", "carol", "global-admin"]).expect(0);
+    let ga = who("+0s", &["who-could", "global-admin"]);
+    assert_eq!(
+        names(&ga, "held"),
+        ["admin global-admin assignment"],
+        "{ga}"
+    );
+}
