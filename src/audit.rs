@@ -470,7 +470,10 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
     let mut users: HashSet<String> = HashSet::new();
     let mut assignments: HashMap<i64, Made> = HashMap::new();
     let mut requests: HashMap<i64, (String, String, String)> = HashMap::new();
+    // Where each request stands by its events: (class, end, an applied extension).
+    let mut standing: HashMap<i64, (&'static str, Option<String>, bool)> = HashMap::new();
     let mut decisions: HashSet<(i64, String, String)> = HashSet::new();
+    let mut reviews: HashSet<i64> = HashSet::new();
     for_each(conn, &Filter::default(), None, |e| {
         if e.result != "ok" {
             return Ok(());
@@ -514,16 +517,59 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                         e.role.clone().unwrap_or_default(),
                         e.scope.clone().unwrap_or_default(),
                     ));
+                    let class = if details["approval"].as_bool() == Some(true) {
+                        "pending"
+                    } else {
+                        "running"
+                    };
+                    standing.insert(id, (class, e.expires.clone(), false));
                 }
             }
-            "activation.approve" | "activation.deny" => {
+            "activation.start" | "activation.shorten" => {
+                if let Some(s) = e.request.and_then(|id| standing.get_mut(&id)) {
+                    *s = ("running", e.expires.clone(), false);
+                }
+            }
+            "activation.extend" => {
+                if let Some(s) = e.request.and_then(|id| standing.get_mut(&id)) {
+                    *s = ("expired", None, true);
+                }
+                if let Some(s) = details["extends"]
+                    .as_i64()
+                    .and_then(|id| standing.get_mut(&id))
+                {
+                    s.1 = e.expires.clone();
+                }
+            }
+            "activation.deny"
+            | "activation.timeout"
+            | "activation.cancel"
+            | "activation.revoke"
+            | "activation.deactivate"
+            | "activation.expire" => {
+                let class = match e.action.as_str() {
+                    "activation.deny" => "denied",
+                    "activation.timeout" => "timed_out",
+                    "activation.cancel" => "canceled",
+                    "activation.revoke" => "revoked",
+                    "activation.deactivate" => "deactivated",
+                    _ => "expired",
+                };
+                if let Some(s) = e.request.and_then(|id| standing.get_mut(&id)) {
+                    s.0 = class;
+                }
+                if let (Some(id), "activation.deny") = (e.request, e.action.as_str()) {
+                    decisions.insert((id, e.actor.clone(), "deny".to_string()));
+                }
+            }
+            "activation.approve" => {
                 if let Some(id) = e.request {
-                    let verdict = if e.action == "activation.approve" {
-                        "approve"
-                    } else {
-                        "deny"
-                    };
-                    decisions.insert((id, e.actor.clone(), verdict.to_string()));
+                    decisions.insert((id, e.actor.clone(), "approve".to_string()));
+                }
+            }
+            "review.create" => {
+                if let Some(id) = details["review"].as_i64() {
+                    reviews.insert(id);
                 }
             }
             _ => {}
@@ -594,7 +640,29 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
             "assignment {id} of the log is missing from the state"
         ));
     }
-    for (id, user, role, scope) in conn.request_rows()? {
+    for (id, user, role, scope, status, end) in conn.request_rows()? {
+        if let Some((class, event_end, applied)) = standing.get(&id) {
+            let stored = match status.as_str() {
+                "active" | "scheduled" => "running",
+                other => other,
+            };
+            if stored != *class {
+                findings.push(format!(
+                    "request {id} ({user} {role} at {scope}) is {status} but its events say {class}"
+                ));
+            } else if !applied
+                && matches!(*class, "running" | "expired")
+                && event_end
+                    .as_deref()
+                    .is_some_and(|t| *t != rfc3339(from_unix(end)))
+            {
+                findings.push(format!(
+                    "request {id} ({user} {role} at {scope}) ends {} but its events say {}",
+                    rfc3339(from_unix(end)),
+                    event_end.as_deref().unwrap_or("never")
+                ));
+            }
+        }
         match requests.get(&id) {
             None => findings.push(format!(
                 "request {id} ({user} {role} at {scope}) was made by no event"
@@ -609,6 +677,11 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                 ))
             }
             Some(_) => {}
+        }
+    }
+    for id in conn.review_ids()? {
+        if !reviews.contains(&id) {
+            findings.push(format!("review {id} was made by no event"));
         }
     }
     for (id, approver, decision) in conn.decision_rows()? {

@@ -444,3 +444,40 @@ fn replay_and_who_could_tell_the_logs_story_at_any_instant() {
         "{ga}"
     );
 }
+
+/// An activation lengthened, or revived, behind the log's back is named too.
+#[test]
+fn verify_state_names_requests_changed_behind_the_log() {
+    let env = Env::new();
+    env.init();
+    let bob = env.user("bob");
+    env.as_("admin", &["assign", "bob", "db-admin", "-j", "on call"])
+        .expect(0);
+    env.activate(
+        "bob",
+        &bob,
+        "db-admin",
+        &["-j", "INC-9 x", "--duration", "1h"],
+    )
+    .expect(0);
+    env.as_("admin", &["audit", "verify", "--state"]).expect(0);
+    env.sql("UPDATE requests SET end_at = end_at + 86400");
+    let r = env.as_("admin", &["audit", "verify", "--state"]).expect(1);
+    assert!(
+        r.stderr.contains("request 1") && r.stderr.contains("ends"),
+        "{}",
+        r.stderr
+    );
+    env.sql("UPDATE requests SET end_at = end_at - 86400");
+    env.as_("bob", &["deactivate", "db-admin"]).expect(0);
+    env.as_("admin", &["audit", "verify", "--state"]).expect(0);
+    env.sql("UPDATE requests SET status = 'active', closed_at = NULL");
+    env.run(&["check", "bob", "db-admin"]).expect(0);
+    let r = env.as_("admin", &["audit", "verify", "--state"]).expect(1);
+    assert!(
+        r.stderr
+            .contains("is active but its events say deactivated"),
+        "{}",
+        r.stderr
+    );
+}
