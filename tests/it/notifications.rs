@@ -383,3 +383,25 @@ fn sweep_reminds_of_expiring_assignments_once() {
     assert_eq!(next(&hooks)["event"], "assignment.expiring");
     assert_eq!(sweep_at("+459h")["reminded"], serde_json::json!([]));
 }
+
+/// A webhook witness gets each new signed checkpoint from `pim sweep`, as a notice whose
+/// text is the note.
+#[test]
+fn a_webhook_witness_gets_the_checkpoint() {
+    let env = Env::new();
+    let (port, hooks) = http_server();
+    env.init_with(&Policy::new().section(
+        "witness",
+        &[&format!("webhook = \"http://127.0.0.1:{port}/witness\"")],
+    ));
+    env.as_("admin", &["user", "add", "bob"]).expect(0);
+    let swept = env.run(&["sweep", "--json"]).expect(0).json();
+    let size = swept["checkpoint_published"].as_u64().unwrap();
+    let hook = next(&hooks);
+    assert_eq!(hook["event"], "audit.checkpoint", "{hook}");
+    let note = hook["text"].as_str().unwrap();
+    assert_eq!(note.lines().nth(1).unwrap(), size.to_string(), "{note}");
+    std::fs::write(env.path("w.txt"), note).unwrap();
+    env.as_("admin", &["audit", "verify", "--checkpoint", "w.txt"])
+        .expect(0);
+}
