@@ -468,6 +468,7 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
         removed: bool,
     }
     let mut users: HashSet<String> = HashSet::new();
+    let mut disabled: HashSet<String> = HashSet::new();
     let mut assignments: HashMap<i64, Made> = HashMap::new();
     let mut requests: HashMap<i64, (String, String, String)> = HashMap::new();
     // Where each request stands by its events: (class, end, an applied extension).
@@ -484,6 +485,12 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
         match e.action.as_str() {
             "user.add" => {
                 users.insert(principal);
+            }
+            "user.disable" => {
+                disabled.insert(principal);
+            }
+            "user.enable" => {
+                disabled.remove(&principal);
             }
             "assignment.add" => {
                 if let Some(id) = assignment {
@@ -580,6 +587,14 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
     for u in conn.all_users()? {
         if !users.contains(&u.name) {
             findings.push(format!("user {} was made by no event", u.name));
+        }
+        if u.disabled != disabled.contains(&u.name) {
+            findings.push(format!(
+                "user {} is {} but the events say {}",
+                u.name,
+                if u.disabled { "disabled" } else { "enabled" },
+                if u.disabled { "enabled" } else { "disabled" }
+            ));
         }
     }
     let mut seen = HashSet::new();

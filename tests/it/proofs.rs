@@ -451,6 +451,7 @@ fn verify_state_names_requests_changed_behind_the_log() {
     let env = Env::new();
     env.init();
     let bob = env.user("bob");
+    env.user("carol");
     env.as_("admin", &["assign", "bob", "db-admin", "-j", "on call"])
         .expect(0);
     env.activate(
@@ -473,6 +474,9 @@ fn verify_state_names_requests_changed_behind_the_log() {
     env.as_("admin", &["audit", "verify", "--state"]).expect(0);
     env.sql("UPDATE requests SET status = 'active', closed_at = NULL");
     env.run(&["check", "bob", "db-admin"]).expect(0);
+    // A disabled user enabled by hand is named too.
+    env.as_("admin", &["user", "disable", "carol"]).expect(0);
+    env.sql("UPDATE users SET disabled = 0 WHERE name = 'carol'");
     let r = env.as_("admin", &["audit", "verify", "--state"]).expect(1);
     assert!(
         r.stderr
