@@ -469,6 +469,8 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
     }
     let mut users: HashSet<String> = HashSet::new();
     let mut disabled: HashSet<String> = HashSet::new();
+    // Service tokens' hashes, where the events carry them (not before this pim).
+    let mut tokens: HashMap<String, Option<String>> = HashMap::new();
     let mut assignments: HashMap<i64, Made> = HashMap::new();
     let mut requests: HashMap<i64, (String, String, String)> = HashMap::new();
     // Where each request stands by its events: (class, end, an applied extension).
@@ -484,7 +486,15 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
         let principal = e.principal.clone().unwrap_or_default();
         match e.action.as_str() {
             "user.add" => {
+                if details["kind"].as_str() == Some("service") {
+                    let hash = details["token_sha256"].as_str().map(str::to_string);
+                    tokens.insert(principal.clone(), hash);
+                }
                 users.insert(principal);
+            }
+            "user.token.rotate" => {
+                let hash = details["token_sha256"].as_str().map(str::to_string);
+                tokens.insert(principal, hash);
             }
             "user.disable" => {
                 disabled.insert(principal);
@@ -587,6 +597,17 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
     for u in conn.all_users()? {
         if !users.contains(&u.name) {
             findings.push(format!("user {} was made by no event", u.name));
+        }
+        let stored = conn.token_state(&u.name)?.and_then(|t| t.hash);
+        match tokens.get(&u.name) {
+            Some(Some(hash)) if stored.as_deref() != Some(hash.as_str()) => findings.push(format!(
+                "user {}'s service token is not the one the events made",
+                u.name
+            )),
+            None if stored.is_some() => {
+                findings.push(format!("user {} has a service token no event made", u.name))
+            }
+            _ => {}
         }
         if u.disabled != disabled.contains(&u.name) {
             findings.push(format!(

@@ -280,7 +280,10 @@ impl Pim {
             tx.record(
                 Event::new(actor, "user.add")
                     .principal(name)
-                    .detail("kind", "service"),
+                    .detail("kind", "service")
+                    // The token's SHA-256 (what is stored), so that `verify --state` can tell a
+                    // token swapped behind the log; it reveals nothing of the token.
+                    .detail("token_sha256", hash.clone()),
             )?;
             Ok(ServiceToken {
                 user: name.to_string(),
@@ -302,7 +305,11 @@ impl Pim {
             }
             let (token, hash) = new_token(name);
             tx.set_service_token(user.id, &hash)?;
-            tx.record(Event::new(actor, "user.token.rotate").principal(name))?;
+            tx.record(
+                Event::new(actor, "user.token.rotate")
+                    .principal(name)
+                    .detail("token_sha256", hash.clone()),
+            )?;
             Ok(ServiceToken {
                 user: name.to_string(),
                 token,

@@ -474,9 +474,13 @@ fn verify_state_names_requests_changed_behind_the_log() {
     env.as_("admin", &["audit", "verify", "--state"]).expect(0);
     env.sql("UPDATE requests SET status = 'active', closed_at = NULL");
     env.run(&["check", "bob", "db-admin"]).expect(0);
-    // A disabled user enabled by hand is named too.
+    // A disabled user enabled by hand, and a token made by hand, are named too.
     env.as_("admin", &["user", "disable", "carol"]).expect(0);
     env.sql("UPDATE users SET disabled = 0 WHERE name = 'carol'");
+    env.as_("admin", &["user", "add", "ci-bot", "--service"])
+        .expect(0);
+    env.sql("UPDATE users SET token_hash = 'ab' WHERE name = 'ci-bot'");
+    env.sql("UPDATE users SET token_hash = 'cd', kind = 'service' WHERE name = 'bob'");
     let r = env.as_("admin", &["audit", "verify", "--state"]).expect(1);
     assert!(
         r.stderr
