@@ -466,6 +466,7 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
         kind: String,
         end: Option<String>,
         removed: bool,
+        start: String,
     }
     let mut users: HashSet<String> = HashSet::new();
     let mut disabled: HashSet<String> = HashSet::new();
@@ -475,6 +476,10 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
     let mut requests: HashMap<i64, (String, String, String)> = HashMap::new();
     // Where each request stands by its events: (class, end, an applied extension).
     let mut standing: HashMap<i64, (&'static str, Option<String>, bool)> = HashMap::new();
+    // A request's start as its events set it (without approval: the start asked for), and
+    // whether an approver approved it (it may then be scheduled with no further event).
+    let mut starts: HashMap<i64, String> = HashMap::new();
+    let mut approved: HashSet<i64> = HashSet::new();
     let mut decisions: HashSet<(i64, String, String)> = HashSet::new();
     let mut reviews: HashSet<i64> = HashSet::new();
     for_each(conn, &Filter::default(), None, |e| {
@@ -513,6 +518,10 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                             kind: details["type"].as_str().unwrap_or_default().to_string(),
                             end: e.expires.clone(),
                             removed: false,
+                            start: details["start"]
+                                .as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| e.time.clone()),
                         },
                     );
                 }
@@ -534,17 +543,28 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                         e.role.clone().unwrap_or_default(),
                         e.scope.clone().unwrap_or_default(),
                     ));
+                    let start = details["start"].as_str().map(str::to_string);
                     let class = if details["approval"].as_bool() == Some(true) {
                         "pending"
+                    } else if start.as_deref().is_some_and(|s| *s > *e.time) {
+                        "scheduled"
                     } else {
-                        "running"
+                        "active"
                     };
+                    if let (Some(s), "active" | "scheduled") = (start, class) {
+                        starts.insert(id, s);
+                    }
                     standing.insert(id, (class, e.expires.clone(), false));
                 }
             }
-            "activation.start" | "activation.shorten" => {
+            "activation.start" => {
                 if let Some(s) = e.request.and_then(|id| standing.get_mut(&id)) {
-                    *s = ("running", e.expires.clone(), false);
+                    *s = ("active", e.expires.clone(), false);
+                }
+            }
+            "activation.shorten" => {
+                if let Some(s) = e.request.and_then(|id| standing.get_mut(&id)) {
+                    s.1 = e.expires.clone();
                 }
             }
             "activation.extend" => {
@@ -582,6 +602,7 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
             "activation.approve" => {
                 if let Some(id) = e.request {
                     decisions.insert((id, e.actor.clone(), "approve".to_string()));
+                    approved.insert(id);
                 }
             }
             "review.create" => {
@@ -645,6 +666,13 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                 m.user, m.kind, m.role, m.scope
             ));
         }
+        let start = rfc3339(from_unix(a.start_at));
+        if m.start != start {
+            findings.push(format!(
+                "{what} starts {start} but its events say {}",
+                m.start
+            ));
+        }
         let end = a.end_at.map(|t| rfc3339(from_unix(t)));
         if m.end != end {
             findings.push(format!(
@@ -676,18 +704,26 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
             "assignment {id} of the log is missing from the state"
         ));
     }
-    for (id, user, role, scope, status, end) in conn.request_rows()? {
+    for (id, user, role, scope, status, end, start) in conn.request_rows()? {
         if let Some((class, event_end, applied)) = standing.get(&id) {
-            let stored = match status.as_str() {
-                "active" | "scheduled" => "running",
-                other => other,
-            };
-            if stored != *class {
+            let stored = status.as_str();
+            // Approved with a later start: scheduled, recorded by the approval alone.
+            let scheduled_by_approval =
+                stored == "scheduled" && *class == "pending" && approved.contains(&id);
+            if let Some(s) = starts.get(&id).filter(|_| !applied) {
+                if *s != rfc3339(from_unix(start)) {
+                    findings.push(format!(
+                        "request {id} ({user} {role} at {scope}) starts {} but its events say {s}",
+                        rfc3339(from_unix(start))
+                    ));
+                }
+            }
+            if stored != *class && !scheduled_by_approval {
                 findings.push(format!(
                     "request {id} ({user} {role} at {scope}) is {status} but its events say {class}"
                 ));
             } else if !applied
-                && matches!(*class, "running" | "expired")
+                && matches!(*class, "active" | "scheduled" | "expired")
                 && event_end
                     .as_deref()
                     .is_some_and(|t| *t != rfc3339(from_unix(end)))

@@ -185,13 +185,14 @@ pub struct AssignmentRow {
     pub kind: String,
     pub end_at: Option<i64>,
     pub removed_at: Option<i64>,
+    pub start_at: i64,
 }
 
 impl Db {
     /// Every assignment row, removed or not.
     pub fn assignment_rows(&self) -> Result<Vec<AssignmentRow>> {
         self.query_map(
-            "SELECT a.id, u.name, a.role, a.scope, a.kind, a.end_at, a.removed_at \
+            "SELECT a.id, u.name, a.role, a.scope, a.kind, a.end_at, a.removed_at, a.start_at \
              FROM assignments a JOIN users u ON u.id = a.user_id ORDER BY a.id",
             params![],
             |r| {
@@ -203,17 +204,18 @@ impl Db {
                     kind: r.get(4)?,
                     end_at: r.get(5)?,
                     removed_at: r.get(6)?,
+                    start_at: r.get(7)?,
                 })
             },
         )?
         .collect()
     }
 
-    /// Every request row: (id, user, role, scope, status, end).
+    /// Every request row: (id, user, role, scope, status, end, start).
     #[allow(clippy::type_complexity)]
-    pub fn request_rows(&self) -> Result<Vec<(i64, String, String, String, String, i64)>> {
+    pub fn request_rows(&self) -> Result<Vec<(i64, String, String, String, String, i64, i64)>> {
         self.query_map(
-            "SELECT r.id, u.name, r.role, r.scope, r.status, r.end_at FROM requests r JOIN users u ON u.id = r.user_id ORDER BY r.id",
+            "SELECT r.id, u.name, r.role, r.scope, r.status, r.end_at, r.start_at FROM requests r JOIN users u ON u.id = r.user_id ORDER BY r.id",
             params![],
             super::FromRow::from_row,
         )?

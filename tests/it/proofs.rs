@@ -489,3 +489,61 @@ fn verify_state_names_requests_changed_behind_the_log() {
         r.stderr
     );
 }
+
+/// A future assignment or activation pulled forward to now behind the log's back is named
+/// (`check` would say the role is held).
+#[test]
+fn verify_state_names_starts_moved_behind_the_log() {
+    let env = Env::new();
+    env.init();
+    let bob = env.user("bob");
+    env.user("carol");
+    env.as_(
+        "admin",
+        &[
+            "assign",
+            "carol",
+            "db-admin",
+            "--active",
+            "--start",
+            "2030-06-01T00:00:00Z",
+            "--duration",
+            "1d",
+            "-j",
+            "later",
+        ],
+    )
+    .expect(0);
+    env.as_("admin", &["assign", "bob", "db-admin", "-j", "on call"])
+        .expect(0);
+    let later = (chrono::Utc::now() + chrono::Duration::hours(3)).to_rfc3339();
+    env.activate(
+        "bob",
+        &bob,
+        "db-admin",
+        &["-j", "INC-5 x", "--start", &later, "--duration", "1h"],
+    )
+    .expect(0);
+    env.as_("admin", &["audit", "verify", "--state"]).expect(0);
+    env.run(&["check", "carol", "db-admin"]).expect(1);
+    env.sql("UPDATE assignments SET start_at = start_at - 200000000 WHERE kind = 'active' AND role = 'db-admin'");
+    env.sql("UPDATE requests SET start_at = start_at - 3 * 3600, status = 'active'");
+    env.run(&["check", "carol", "db-admin"]).expect(0);
+    env.run(&["check", "bob", "db-admin"]).expect(0);
+    let r = env.as_("admin", &["audit", "verify", "--state"]).expect(1);
+    assert!(
+        r.stderr.contains("carol active db-admin at /) starts"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("request 1 (bob db-admin at /) starts"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("is active but its events say scheduled"),
+        "{}",
+        r.stderr
+    );
+}
