@@ -5,14 +5,15 @@
     pim audit key > pim.vkey                    # once, kept somewhere you trust
     python3 examples/verify_receipt.py receipt.json pim.vkey
 
-Checks, and exits 0 only if all hold (1 naming the first that fails):
+Checks, and exits 0 only if all hold (1 naming the first that fails, for any input):
 - the checkpoint is a C2SP signed note signed by the key in pim.vkey (Ed25519, RFC 8032,
   implemented below: hashlib has SHA-512 but no Ed25519);
-- every event (and the policy.apply event in force) hashes to its `hash` from its
-  `prev_hash` and fields (pim's chain rule), and its leaf SHA-256(0x00 || canonical fields)
-  is included in the checkpoint's Merkle tree by its RFC 9162 inclusion proof;
-- every event is of the receipt's request, in order, after the policy event, whose details
-  name the receipt's policy_sha256.
+- every event hashes to its `hash` from its `prev_hash` and fields (pim's chain rule), and its
+  leaf SHA-256(0x00 || canonical fields) is included in the checkpoint's Merkle tree by its
+  RFC 9162 inclusion proof;
+- the statement, a signed note by the same key, names exactly these events (none left out),
+  the request, the policy in force (its SHA-256) and the checkpoint's size; the first event is
+  the request itself, and all are of it, in order.
 """
 import base64
 import hashlib
@@ -98,9 +99,14 @@ def fail(why):
     sys.exit(1)
 
 
-def open_checkpoint(note, vkey):
+def b64(text):
+    return base64.b64decode(text, validate=True)
+
+
+def open_note(note, vkey):
+    """The text of a signed note by vkey (with its final newline), and the key's name."""
     name, key_id, key = vkey.strip().split("+", 2)
-    key = base64.b64decode(key)
+    key = b64(key)
     if len(key) != 33 or key[0] != 1:
         fail("the verifier key is not an Ed25519 note key")
     public = key[1:]
@@ -116,18 +122,23 @@ def open_checkpoint(note, vkey):
         if not line.startswith("\u2014 "):
             continue
         signer, _, sig = line[2:].rpartition(" ")
-        sig = base64.b64decode(sig)
+        sig = b64(sig)
         if signer != name or sig[:4] != expect_id:
             continue
         if not ed25519_verify(public, body.encode(), sig[4:]):
-            fail("the checkpoint's signature does not match it")
+            fail("a note's signature does not match it")
         ok = True
     if not ok:
-        fail(f"the checkpoint carries no signature by {name}")
+        fail(f"a note carries no signature by {name}")
+    return body, name
+
+
+def open_checkpoint(note, vkey):
+    body, name = open_note(note, vkey)
     lines = body.splitlines()
-    if len(lines) < 3 or lines[0] != name:
+    if len(lines) < 3 or lines[0] != name or not lines[1].isdigit():
         fail("the checkpoint is of another log")
-    return int(lines[1]), base64.b64decode(lines[2])
+    return int(lines[1]), b64(lines[2]), name
 
 
 def leaf(data):
@@ -161,12 +172,14 @@ def included(leaf_hash, index, size, proof, root):
 
 def check_event(e, size, root):
     fields = e["fields"]
-    if len(fields) != 13 or fields[0] != str(e["index"] + 1):
+    if not isinstance(fields, list) or len(fields) != 13 or \
+            not all(isinstance(f, str) for f in fields) or \
+            not isinstance(e["index"], int) or fields[0] != str(e["index"] + 1):
         fail("an event is malformed")
     canonical = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
     if hashlib.sha256(e["prev_hash"].encode() + canonical).hexdigest() != e["hash"]:
         fail(f"event {fields[0]} does not match its hash")
-    proof = [base64.b64decode(p) for p in e["proof"]]
+    proof = [b64(p) for p in e["proof"]]
     if not included(leaf(canonical), e["index"], size, proof, root):
         fail(f"event {fields[0]} is not in the checkpoint's tree")
 
@@ -176,31 +189,43 @@ def main(receipt_path, key_path):
         r = json.load(f)
     with open(key_path, encoding="utf-8") as f:
         vkey = f.read()
-    expected = {"format", "request", "policy_sha256", "checkpoint", "key", "policy_event", "events"}
-    if set(r) != expected or r["format"] != "pim-receipt/1":
+    expected = {"format", "request", "policy_sha256", "checkpoint", "key", "statement", "events"}
+    if not isinstance(r, dict) or set(r) != expected or r["format"] != "pim-receipt/2":
         fail("it is not a pim receipt")
     if r["key"].strip() != vkey.strip():
         fail("it names another key than the one given")
-    size, root = open_checkpoint(r["checkpoint"], vkey)
-    policy = r["policy_event"]
-    check_event(policy, size, root)
-    if policy["fields"][3] != "policy.apply" or \
-            json.loads(policy["fields"][12]).get("sha256") != r["policy_sha256"]:
-        fail("its policy event is not the policy it names")
-    last = policy["index"]
-    if not r["events"]:
+    size, root, name = open_checkpoint(r["checkpoint"], vkey)
+    events = r["events"]
+    if not isinstance(events, list) or not events:
         fail("it holds no event")
-    for e in r["events"]:
+    for e in events:
+        if not isinstance(e, dict) or set(e) != {"fields", "prev_hash", "hash", "index", "proof"}:
+            fail("an event is malformed")
         check_event(e, size, root)
+    statement, _ = open_note(r["statement"], vkey)
+    expected = (f"pim receipt of {name}\nrequest {r['request']}\n"
+                f"events {','.join(e['fields'][0] for e in events)}\n"
+                f"policy {r['policy_sha256']}\ntree {size}\n")
+    if statement != expected:
+        fail("its events, request, policy or size are not those its signed statement names")
+    if events[0]["fields"][3] != "activation.request":
+        fail("it does not begin with the request")
+    last = -1
+    for e in events:
         if e["fields"][7] != str(r["request"]) or e["index"] <= last:
             fail(f"event {e['fields'][0]} is of another request, or out of order")
         last = e["index"]
-    actions = ", ".join(e["fields"][3] for e in r["events"])
-    print(f"receipt verifies: request {r['request']} ({actions}), "
+    actions = ", ".join(e["fields"][3] for e in events)
+    print(f"receipt verifies: request {r['request']} ({actions}), all its events, "
           f"in the signed checkpoint of {size} events; policy sha256 {r['policy_sha256']}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2])
+    try:
+        main(sys.argv[1], sys.argv[2])
+    except SystemExit:
+        raise
+    except Exception as e:  # anything malformed fails, cleanly, and is never accepted
+        fail(f"it is malformed ({type(e).__name__})")

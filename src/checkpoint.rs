@@ -80,7 +80,11 @@ impl NoteSigner {
 
     /// The signed note of `checkpoint`.
     pub fn sign(&self, checkpoint: &Checkpoint) -> String {
-        let body = checkpoint.body();
+        self.sign_text(&checkpoint.body())
+    }
+
+    /// A signed note of `body` (lines ending in newlines, no blank line).
+    pub fn sign_text(&self, body: &str) -> String {
         let signature = self.key.sign(body.as_bytes());
         let mut sig = key_id(&self.name, &self.key.verifying_key()).to_vec();
         sig.extend_from_slice(&signature.to_bytes());
@@ -131,7 +135,28 @@ impl VerifierKey {
     /// the key's name).
     pub fn open(&self, note: &str) -> Result<Checkpoint> {
         let bad = |why: &str| Error::Refused(format!("The checkpoint is not valid: {why}."));
-        let Some((body, signatures)) = note.split_once("\n\n") else {
+        let body = self.open_note(note)?;
+        let mut lines = body.lines();
+        let origin = lines.next().unwrap_or_default().to_string();
+        if origin != self.name {
+            return Err(bad("it is of another log"));
+        }
+        let size: u64 = lines
+            .next()
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| bad("its size is not a number"))?;
+        let root: Hash = lines
+            .next()
+            .and_then(|l| B64.decode(l).ok())
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("its root is not a SHA-256 hash"))?;
+        Ok(Checkpoint { origin, size, root })
+    }
+
+    /// Check any signed note by this key; its text (with its final newline).
+    pub fn open_note(&self, note: &str) -> Result<String> {
+        let bad = |why: &str| Error::Refused(format!("The note is not valid: {why}."));
+        let Some((body, signatures)) = note.rsplit_once("\n\n") else {
             return Err(bad("it is not a signed note"));
         };
         let body = format!("{body}\n");
@@ -159,21 +184,7 @@ impl VerifierKey {
         if !verified {
             return Err(bad(&format!("it carries no signature by {}", self.name)));
         }
-        let mut lines = body.lines();
-        let origin = lines.next().unwrap_or_default().to_string();
-        if origin != self.name {
-            return Err(bad("it is of another log"));
-        }
-        let size: u64 = lines
-            .next()
-            .and_then(|l| l.parse().ok())
-            .ok_or_else(|| bad("its size is not a number"))?;
-        let root: Hash = lines
-            .next()
-            .and_then(|l| B64.decode(l).ok())
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| bad("its root is not a SHA-256 hash"))?;
-        Ok(Checkpoint { origin, size, root })
+        Ok(body)
     }
 }
 

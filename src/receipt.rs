@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-pub const FORMAT: &str = "pim-receipt/1";
+pub const FORMAT: &str = "pim-receipt/2";
 
 /// One event of a receipt, with where it sits in the tree and the proof of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,10 +39,22 @@ pub struct Receipt {
     pub checkpoint: String,
     /// The log's verifier key (the verifier must be given the same, from a trusted place).
     pub key: String,
-    /// The `policy.apply` event in force when the request was made.
-    pub policy_event: ProvenEvent,
-    /// Every event of the request, oldest first.
+    /// A signed note by the same key stating what no inclusion proof can: that these are
+    /// *all* the request's events (none left out), and which policy was in force when it was
+    /// made (the latest `policy.apply` before it). Its body: `pim receipt of ORIGIN`,
+    /// `request N`, `events S1,S2,...`, `policy SHA256`, `tree SIZE`, a line each.
+    pub statement: String,
+    /// Every event of the request that took effect, oldest first.
     pub events: Vec<ProvenEvent>,
+}
+
+/// The body of a receipt's statement.
+pub fn statement_body(origin: &str, request: i64, seqs: &[i64], policy: &str, size: u64) -> String {
+    let seqs: Vec<String> = seqs.iter().map(|s| s.to_string()).collect();
+    format!(
+        "pim receipt of {origin}\nrequest {request}\nevents {}\npolicy {policy}\ntree {size}\n",
+        seqs.join(",")
+    )
 }
 
 impl ProvenEvent {
@@ -113,26 +125,35 @@ pub fn verify(text: &str, key: &str) -> Result<Verified> {
     let cp = key
         .open(&r.checkpoint)
         .map_err(|e| bad(format!("its checkpoint: {e}")))?;
-    r.policy_event.check(cp.size, &cp.root).map_err(bad)?;
-    let p = &r.policy_event.fields;
-    let details: serde_json::Value =
-        serde_json::from_str(&p[12]).map_err(|e| bad(e.to_string()))?;
-    if p[3] != "policy.apply" || details["sha256"].as_str() != Some(r.policy_sha256.as_str()) {
-        return Err(bad("its policy event is not the policy it names".into()));
+    let statement = key
+        .open_note(&r.statement)
+        .map_err(|e| bad(format!("its statement: {e}")))?;
+    let seqs: Vec<i64> = r
+        .events
+        .iter()
+        .map(|e| e.fields.first().and_then(|s| s.parse().ok()).unwrap_or(0))
+        .collect();
+    if statement != statement_body(&cp.origin, r.request, &seqs, &r.policy_sha256, cp.size) {
+        return Err(bad(
+            "its events, request, policy or size are not those its signed statement names".into(),
+        ));
     }
-    if r.events.is_empty() {
-        return Err(bad("it holds no event".into()));
+    if r.events
+        .first()
+        .is_none_or(|e| e.fields.get(3).map(String::as_str) != Some("activation.request"))
+    {
+        return Err(bad("it does not begin with the request".into()));
     }
-    let mut last = r.policy_event.index;
+    let mut last = 0;
     for e in &r.events {
         e.check(cp.size, &cp.root).map_err(bad)?;
         if e.fields[7] != r.request.to_string() {
             return Err(bad(format!("event {} is of another request", e.fields[0])));
         }
-        if e.index <= last {
+        if e.index < last {
             return Err(bad("its events are out of order".into()));
         }
-        last = e.index;
+        last = e.index + 1;
     }
     Ok(Verified {
         request: r.request,

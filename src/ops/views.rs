@@ -425,8 +425,11 @@ impl Pim {
                 Ok(())
             },
         )?;
+        // Only what took effect: others' refused attempts on it are theirs, not the receipt's.
+        events.retain(|e| e.result == "ok");
         let first = events.first().map(|e| e.seq).unwrap_or(i64::MAX);
-        let mut policy_event = None;
+        // The policy in force: the latest policy.apply before the request.
+        let mut policy_sha256 = String::new();
         crate::audit::for_each(
             &self.conn,
             &crate::audit::Filter {
@@ -435,36 +438,38 @@ impl Pim {
             },
             None,
             |e| {
-                if e.seq < first {
-                    policy_event = Some(e);
+                if e.seq < first && e.result == "ok" {
+                    policy_sha256 = serde_json::from_str::<serde_json::Value>(&e.details)
+                        .ok()
+                        .and_then(|d| d["sha256"].as_str().map(str::to_string))
+                        .unwrap_or_default();
                 }
                 Ok(())
             },
         )?;
-        let policy_event = policy_event.ok_or_else(|| {
-            Error::Environment("The log has no policy event before this request.".to_string())
-        })?;
-        let policy_sha256 = serde_json::from_str::<serde_json::Value>(&policy_event.details)
-            .ok()
-            .and_then(|d| d["sha256"].as_str().map(str::to_string))
-            .unwrap_or_default();
         let conn = &self.conn;
         let mut get = |l, i| conn.merkle_node(l, i);
-        let prove = |e: &crate::audit::StoredEvent, get: crate::merkle::Get<'_>| {
-            crate::merkle::inclusion_proof(get, (e.seq - 1) as u64, size)
-                .map(|p| crate::receipt::ProvenEvent::new(e, &p))
-        };
+        let mut proven = Vec::new();
+        for e in &events {
+            let proof = crate::merkle::inclusion_proof(&mut get, (e.seq - 1) as u64, size)?;
+            proven.push(crate::receipt::ProvenEvent::new(e, &proof));
+        }
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        let statement = self.signer()?.sign_text(&crate::receipt::statement_body(
+            &opened.origin,
+            id,
+            &seqs,
+            &policy_sha256,
+            size,
+        ));
         let receipt = crate::receipt::Receipt {
             format: crate::receipt::FORMAT.to_string(),
             request: id,
             policy_sha256,
             checkpoint: note,
             key,
-            policy_event: prove(&policy_event, &mut get)?,
-            events: events
-                .iter()
-                .map(|e| prove(e, &mut get))
-                .collect::<Result<_>>()?,
+            statement,
+            events: proven,
         };
         Ok(serde_json::to_string_pretty(&receipt).unwrap_or_default() + "\n")
     }

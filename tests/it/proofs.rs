@@ -196,6 +196,37 @@ fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
         tried += 1;
     }
     assert!(tried > 20, "{tried}");
+    // Cut down (the deactivation left out), or hostile: both refuse, cleanly.
+    let mut cut: serde_json::Value = serde_json::from_str(&text).unwrap();
+    cut["events"].as_array_mut().unwrap().pop();
+    std::fs::write(env.path("cut.json"), cut.to_string()).unwrap();
+    assert_eq!(offline("cut.json"), (3, 1));
+    let mut junk_proof: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let p = junk_proof["events"][0]["proof"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    junk_proof["events"][0]["proof"][0] = format!("{}\n{}", &p[..8], &p[8..]).into();
+    std::fs::write(env.path("junk.json"), junk_proof.to_string()).unwrap();
+    assert_ne!(offline("junk.json").1, 0, "a proof with junk in its base64");
+    for hostile in ["[1, 2]", "{\"events\": null}", "null", "\u{0}"] {
+        std::fs::write(env.path("h.json"), hostile).unwrap();
+        let py = std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/verify_receipt.py"
+            ))
+            .args(["h.json", "pim.vkey"])
+            .current_dir(env.dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(py.status.code(), Some(1), "{hostile}");
+        assert!(
+            !String::from_utf8_lossy(&py.stderr).contains("Traceback"),
+            "{hostile}"
+        );
+        assert_ne!(offline("h.json").0, 0);
+    }
 }
 
 /// `prove-consistency` gives the RFC 9162 proof that a later log extends an earlier one,
