@@ -610,6 +610,40 @@ impl Pim {
             Ok(size as u64)
         })?;
         let root = crate::audit::tree_root(&self.conn, size)?;
+        // Never sign a tree that does not extend the last one given to the witnesses (its
+        // size and root are on record): the stored tree an owner edited is refused here, at a
+        // cost of O(log n), not of a rescan.
+        let mut last: Option<(u64, crate::merkle::Hash)> = None;
+        crate::audit::for_each(
+            &self.conn,
+            &crate::audit::Filter {
+                action: Some("audit.witness".to_string()),
+                ..Default::default()
+            },
+            Some(1),
+            |e| {
+                use base64::Engine;
+                let d: serde_json::Value = serde_json::from_str(&e.details).unwrap_or_default();
+                let root = d["root"]
+                    .as_str()
+                    .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok())
+                    .and_then(|b| b.try_into().ok());
+                if let (Some(n), Some(r)) = (d["size"].as_u64(), root) {
+                    last = Some((n, r));
+                }
+                Ok(())
+            },
+        )?;
+        if let Some((old, old_root)) = last.filter(|(n, _)| *n <= size) {
+            let conn = &self.conn;
+            let proof =
+                crate::merkle::consistency_proof(&mut |l, i| conn.merkle_node(l, i), old, size)?;
+            if !crate::merkle::verify_consistency(old, size, &old_root, &root, &proof) {
+                return Err(Error::Environment(format!(
+                    "The log's tree does not extend the checkpoint of {old} events given to the witnesses: it was changed. Nothing was signed; run `pim audit verify`."
+                )));
+            }
+        }
         let signer = self.signer()?;
         Ok(signer.sign(&crate::checkpoint::Checkpoint {
             origin: crate::checkpoint::origin(&self.conn.instance()?),

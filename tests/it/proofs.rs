@@ -327,7 +327,12 @@ fn sweep_publishes_checkpoints_to_the_witnesses_when_the_log_grew() {
     std::fs::write(env.path("w.txt"), note).unwrap();
     env.as_("admin", &["audit", "verify", "--checkpoint", "w.txt"])
         .expect(0);
+    // A tree node edited by the owner: pim refuses to sign a checkpoint that does not extend
+    // the witnessed one.
     env.drop_audit_triggers();
+    env.sql("UPDATE merkle_nodes SET hash = '00' || substr(hash, 3) WHERE idx = 0 AND level = (SELECT max(level) FROM merkle_nodes)");
+    let r = env.as_("admin", &["audit", "checkpoint"]).expect(1);
+    assert!(r.stderr.contains("does not extend"), "{}", r.stderr);
     env.sql("DELETE FROM audit_events WHERE seq > (SELECT max(seq) FROM audit_events) - 3; DELETE FROM merkle_nodes");
     env.as_("admin", &["audit", "verify", "--checkpoint", "w.txt"])
         .expect(1);
