@@ -481,12 +481,16 @@ pub fn run_extend(ctx: &Ctx, a: ExtendArgs) -> anyhow::Result<i32> {
         justification.as_deref(),
         code.as_deref(),
     )?;
-    let what = if r.status == Status::Pending {
-        "the extension waits for approval"
-    } else {
-        "extension applied"
+    if r.status == Status::Pending || ctx.json {
+        return show_request(ctx, &pim, &r, "the extension waits for approval");
+    }
+    // Applied: what the user has now is the activation it extended, running longer (not the
+    // extension request, which closed when it was applied).
+    let extended = match r.extends {
+        Some(id) => pim.request(id)?,
+        None => r,
     };
-    show_request(ctx, &pim, &r, what)
+    show_request(ctx, &pim, &extended, "extended")
 }
 
 pub fn run_deactivate(ctx: &Ctx, a: DeactivateArgs) -> anyhow::Result<i32> {

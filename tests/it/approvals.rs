@@ -575,3 +575,53 @@ fn an_extension_never_revives_an_ended_activation() {
         .at("+40m", &["check", "bob", "prod-root", "--scope", "/prod"])
         .expect(1);
 }
+
+/// After `pim extend`, people are told what they have now: the activation, extended and
+/// running (not the extension request, which closed when it was applied).
+#[test]
+fn an_applied_extension_shows_the_activation_extended() {
+    let w = world();
+    let a = w
+        .env
+        .activate(
+            "bob",
+            &w.bob,
+            "plain",
+            &[
+                "--scope",
+                "/prod",
+                "-j",
+                "INC-1",
+                "--duration",
+                "1h",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let id = a["id"].as_i64().unwrap();
+    let shown = w
+        .env
+        .at(
+            "+30s",
+            &[
+                "--as",
+                "bob",
+                "extend",
+                "plain",
+                "--duration",
+                "3h",
+                "-j",
+                "more",
+                "--code",
+                &oathtool(&w.bob, 30),
+            ],
+        )
+        .expect(0);
+    assert!(
+        shown.stdout.contains(&format!("Request {id} "))
+            && shown.stdout.contains("extended; it is active until"),
+        "{}",
+        shown.stdout
+    );
+}
