@@ -1,7 +1,7 @@
 //! Just-in-time activation: a user takes a role they are eligible for, for a bounded time,
 //! with what the role's policy asks (justification, ticket, TOTP code).
 
-use super::assignments::unknown_role;
+use super::assignments::{unknown_role, unknown_role_in};
 use super::users::{verify_code, User};
 use super::Recorder;
 use super::{acting_user, actor_user, holdings, refuse, users, Holding, Pim};
@@ -159,7 +159,7 @@ pub(crate) fn activate_in(
     let me: User = acting_user(tx, now, actor, attempt)?;
     let role = policy
         .role(&input.role)
-        .ok_or_else(|| unknown_role(&input.role))?;
+        .ok_or_else(|| unknown_role_in(policy, &input.role))?;
     let settings = &role.settings;
     let scope = input.scope.clone().unwrap_or_else(Scope::root);
     let t = now.timestamp();
@@ -362,7 +362,12 @@ impl Pim {
             )?;
             let mut keys = Vec::new();
             for r in roles {
-                keys.push(policy.role(r).ok_or_else(|| unknown_role(r))?.clone());
+                keys.push(
+                    policy
+                        .role(r)
+                        .ok_or_else(|| unknown_role_in(policy, r))?
+                        .clone(),
+                );
             }
             if keys.iter().any(|r| r.settings.require_mfa) {
                 let event = Event::new(actor, "activation.request")
@@ -417,7 +422,9 @@ impl Pim {
     ) -> Result<Request> {
         self.write_system(|tx, now, policy| {
             let me = actor_user(tx, actor)?;
-            let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
+            let role = policy
+                .role(role)
+                .ok_or_else(|| unknown_role_in(policy, role))?;
             let t = now.timestamp();
             let mut open: Vec<Request> = tx
                 .requests(Of::User(me.id), Which::Running, t)?

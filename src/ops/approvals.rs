@@ -2,7 +2,7 @@
 //! Extensions of a running activation are requests too, decided the same way.
 
 use super::activation::Request;
-use super::assignments::unknown_role;
+use super::assignments::unknown_role_in;
 use super::users::verify_code;
 use super::Recorder;
 use super::{acting_user, actor_user, has_permission, permission_error, refuse, users, Pim};
@@ -128,7 +128,7 @@ impl Pim {
             let me = acting_user(tx, now, actor, Event::new(actor, action).request(id))?;
             let t = now.timestamp();
             let r = load(tx, id, t)?;
-            let role = policy.role(&r.role).ok_or_else(|| unknown_role(&r.role))?;
+            let role = policy.role(&r.role).ok_or_else(|| unknown_role_in(policy, &r.role))?;
             let scope = Scope::parse(&r.scope)?;
             let justification = justification.map(str::trim).filter(|j| !j.is_empty());
             let ev = event(actor, action, &r).justification(justification);
@@ -285,7 +285,9 @@ impl Pim {
                 actor,
                 Event::new(actor, "activation.request").principal(actor),
             )?;
-            let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
+            let role = policy
+                .role(role)
+                .ok_or_else(|| unknown_role_in(policy, role))?;
             let s = &role.settings;
             let t = now.timestamp();
             let mut running: Vec<Request> = tx

@@ -89,7 +89,7 @@ impl Pim {
                     .scope(scope.as_str())
                     .detail("type", kind),
             )?;
-            let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
+            let role = policy.role(role).ok_or_else(|| unknown_role_in(policy, role))?;
             let target = users::get(tx, user)?;
             let t = now.timestamp();
             let event = Event::new(actor, "assignment.remove")
@@ -141,7 +141,13 @@ impl Pim {
         let now = self.now().timestamp();
         let policy = self.policy()?;
         let role = match &filter.role {
-            Some(r) => Some(policy.role(r).ok_or_else(|| unknown_role(r))?.key.clone()),
+            Some(r) => Some(
+                policy
+                    .role(r)
+                    .ok_or_else(|| unknown_role_in(&policy, r))?
+                    .key
+                    .clone(),
+            ),
             None => None,
         };
         if let Some(u) = &filter.user {
@@ -202,7 +208,7 @@ pub(crate) fn assign_in(
     let me = acting_user(tx, now, actor, attempt)?;
     let role = policy
         .role(&input.role)
-        .ok_or_else(|| unknown_role(&input.role))?;
+        .ok_or_else(|| unknown_role_in(policy, &input.role))?;
     let target = users::get(tx, &input.user)?;
     let t = now.timestamp();
     let event = Event::new(actor, "assignment.add")
@@ -343,6 +349,30 @@ pub(crate) fn assign_in(
 
 pub(crate) fn unknown_role(role: &str) -> Error {
     Error::NotFound(format!("There is no role '{role}'. See `pim role list`."))
+}
+
+/// `unknown_role`, with the policy's closest role (key or display name) when one is close:
+/// "Did you mean db-admin?".
+pub(crate) fn unknown_role_in(policy: &crate::policy::Policy, role: &str) -> Error {
+    let wanted = role.to_lowercase();
+    let best = policy
+        .roles
+        .values()
+        .flat_map(|r| {
+            [
+                (r.key.clone(), r.key.clone()),
+                (r.name.to_lowercase(), r.key.clone()),
+            ]
+        })
+        .map(|(name, key)| (strsim::damerau_levenshtein(&wanted, &name), key))
+        .filter(|(d, key)| *d <= 2.max(key.len() / 4))
+        .min();
+    match best {
+        Some((_, key)) => Error::NotFound(format!(
+            "There is no role '{role}'. Did you mean {key}? See `pim role list`."
+        )),
+        None => unknown_role(role),
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Bulk and declarative assignment for pipelines: a CSV import and a desired-state apply,
 //! each checked whole before anything is written, then written in one transaction.
 
-use super::assignments::{assign_in, unknown_role, AssignInput, End};
+use super::assignments::{assign_in, unknown_role_in, AssignInput, End};
 use super::Recorder;
 use super::{acting_user, users, Pim};
 use crate::audit::Event;
@@ -71,7 +71,7 @@ pub(crate) fn exists(
 fn row_input(conn: &Db, policy: &crate::policy::Policy, row: &ImportRow) -> Result<AssignInput> {
     let role = policy
         .role(&row.role)
-        .ok_or_else(|| unknown_role(&row.role))?;
+        .ok_or_else(|| unknown_role_in(policy, &row.role))?;
     users::get(conn, &row.user)?;
     let scope = if row.scope.trim().is_empty() {
         Scope::root()
@@ -550,7 +550,7 @@ fn apply_in(
     let mut wanted = std::collections::HashSet::new();
     for d in desired {
         let Some(role) = policy.role(&d.role) else {
-            problems.note(d.line, &unknown_role(&d.role));
+            problems.note(d.line, &unknown_role_in(policy, &d.role));
             continue;
         };
         if let Err(e) = users::get(tx, &d.user) {

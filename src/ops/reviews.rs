@@ -2,7 +2,7 @@
 //! assignment of a role as it stood when the review started; completion applies the decisions
 //! and the review's default to the undecided. Recurring reviews start again on schedule.
 
-use super::assignments::unknown_role;
+use super::assignments::unknown_role_in;
 use super::Recorder;
 use super::{
     actor_user, has_permission, permission_error, refuse, users, would_orphan_protected, Pim,
@@ -329,7 +329,7 @@ impl Pim {
             let me = actor_user(tx, actor)?;
             let role = policy
                 .role(&input.role)
-                .ok_or_else(|| unknown_role(&input.role))?;
+                .ok_or_else(|| unknown_role_in(policy, &input.role))?;
             let t = now.timestamp();
             if !has_permission(tx, policy, &me, "review", &input.scope, t)? {
                 return refuse(

@@ -1266,3 +1266,31 @@ fn the_assign_permission_reaches_only_as_far_as_its_scope() {
     // Without `users`, carol cannot add people.
     env.as_("carol", &["user", "add", "dave"]).expect(3);
 }
+
+/// A role name with a typo gets the closest role of the policy (key or display name), not
+/// just "there is none" (issue 11); `check`, open to callers who are not pim users, names no
+/// role.
+#[test]
+fn a_mistyped_role_gets_a_did_you_mean() {
+    let (env, _) = with_eligible_bob();
+    let r = env
+        .as_(
+            "bob",
+            &["activate", "db-admn", "-j", "x", "--code", "000000"],
+        )
+        .expect(4);
+    assert!(r.stderr.contains("Did you mean db-admin?"), "{}", r.stderr);
+    let r = env
+        .as_(
+            "admin",
+            &["assign", "bob", "Database Administrater", "-j", "x"],
+        )
+        .expect(4);
+    assert!(r.stderr.contains("Did you mean db-admin?"), "{}", r.stderr);
+    let r = env
+        .as_("admin", &["assign", "bob", "zzzzzzzz", "-j", "x"])
+        .expect(4);
+    assert!(!r.stderr.contains("Did you mean"), "{}", r.stderr);
+    let r = env.run(&["check", "bob", "db-admn"]).expect(4);
+    assert!(!r.stderr.contains("Did you mean"), "{}", r.stderr);
+}
