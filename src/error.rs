@@ -59,6 +59,16 @@ impl Error {
         }
     }
 
+    /// A wrong or reused TOTP code that left the authenticator unlocked: a terminal may ask
+    /// for the code again (the lockout rules count every try).
+    pub fn is_wrong_code(&self) -> bool {
+        match self {
+            Error::Recorded(inner) => inner.is_wrong_code(),
+            Error::Refused(m) => m.starts_with(WRONG_CODE) && !m.contains("now locked"),
+            _ => false,
+        }
+    }
+
     /// Mark a refusal whose audit event is already in the transaction.
     pub fn recorded(self) -> Error {
         match self {
@@ -67,5 +77,8 @@ impl Error {
         }
     }
 }
+
+/// How the refusal of a wrong TOTP code begins.
+pub const WRONG_CODE: &str = "MFA failed: ";
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

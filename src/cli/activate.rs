@@ -11,22 +11,26 @@ use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
 pub struct ActivateArgs {
-    /// Role keys or display names (several: one justification, one TOTP code)
-    #[arg(required = true, num_args = 1..)]
+    /// Role keys or display names (several: one justification, one TOTP code); none on a
+    /// terminal: pick from the roles you are eligible for
+    #[arg(num_args = 0..)]
     roles: Vec<String>,
-    #[arg(long, default_value = "/", value_name = "S")]
-    scope: String,
+    /// Where to activate (default: the only scope you are eligible at, else /)
+    #[arg(long, value_name = "S")]
+    scope: Option<String>,
     /// How long (default: the role's maximum)
     #[arg(long, value_name = "D")]
     duration: Option<String>,
     /// Start later (RFC 3339 or a date)
     #[arg(long, value_name = "T")]
     start: Option<String>,
+    /// Why you need the role (asked for on a terminal when the role requires one)
     #[arg(short = 'j', long, value_name = "J")]
     justification: Option<String>,
+    /// A change or incident ticket (asked for on a terminal when the role requires one)
     #[arg(long, value_name = "T")]
     ticket: Option<String>,
-    /// Your current TOTP code
+    /// Your current TOTP code (asked for on a terminal; a wrong one is asked again)
     #[arg(long, value_name = "C")]
     code: Option<String>,
     /// Wait until a request that needs approval is decided (at most D, default its timeout)
@@ -37,6 +41,7 @@ pub struct ActivateArgs {
 #[derive(Debug, Args)]
 pub struct DecideArgs {
     pub id: i64,
+    /// Why (optional for an approval)
     #[arg(short = 'j', long, value_name = "J")]
     pub justification: Option<String>,
     /// Your current TOTP code
@@ -47,9 +52,10 @@ pub struct DecideArgs {
 #[derive(Debug, Args)]
 pub struct DenyArgs {
     pub id: i64,
-    /// Why (required)
+    /// Why (required; asked for on a terminal)
     #[arg(short = 'j', long, value_name = "J")]
-    pub justification: String,
+    pub justification: Option<String>,
+    /// Your current TOTP code (asked for on a terminal)
     #[arg(long, value_name = "C")]
     pub code: Option<String>,
 }
@@ -120,7 +126,9 @@ pub enum RequestCommand {
     Show { id: i64 },
 }
 
-/// Ask for what the roles' policies need and the flags did not give, when we may.
+/// Ask for what the roles' policies need and the flags did not give, when we may. What is
+/// required is said before it is typed; a justification that does not fit a role's pattern
+/// is asked again.
 fn ask_for_missing(
     ctx: &Ctx,
     pim: &crate::Pim,
@@ -132,12 +140,28 @@ fn ask_for_missing(
         return Ok(());
     }
     let policy = pim.policy()?;
-    let settings: Vec<_> = roles.iter().filter_map(|r| policy.role(r)).collect();
-    if settings.iter().any(|r| r.settings.require_justification) && input.justification.is_none() {
-        let names: Vec<&str> = settings.iter().map(|r| r.key.as_str()).collect();
-        input.justification = Some(prompt::text(
+    let settings: Vec<crate::policy::Role> = roles
+        .iter()
+        .filter_map(|r| policy.role(r).cloned())
+        .collect();
+    let names: Vec<&str> = settings.iter().map(|r| r.key.as_str()).collect();
+    if let Some(why) = input
+        .justification
+        .as_deref()
+        .and_then(|j| misfit(&settings, j))
+    {
+        ctx.note(&why);
+        input.justification = None;
+    }
+    let needs = settings
+        .iter()
+        .any(|r| r.settings.require_justification || r.settings.justification_pattern.is_some());
+    if needs && input.justification.is_none() {
+        let roles = settings.clone();
+        input.justification = Some(prompt::text_checked(
             &format!("Justification for {}", names.join(", ")),
             crate::limits::JUSTIFICATION,
+            move |j| misfit(&roles, j).map_or(Ok(()), Err),
         )?);
     }
     if settings.iter().any(|r| r.settings.require_ticket) && input.ticket.is_none() {
@@ -150,6 +174,21 @@ fn ask_for_missing(
         input.code = Some(prompt::code(actor)?);
     }
     Ok(())
+}
+
+/// Why a justification does not fit the pattern of one of `roles`, if it does not.
+fn misfit(roles: &[crate::policy::Role], justification: &str) -> Option<String> {
+    let r = roles
+        .iter()
+        .find(|r| !r.settings.justification_matches(justification.trim()))?;
+    Some(format!(
+        "{} needs a justification matching `{}`.",
+        r.key,
+        r.settings
+            .justification_pattern
+            .as_deref()
+            .unwrap_or_default()
+    ))
 }
 
 fn parse_wait(wait: Option<&str>) -> anyhow::Result<Option<Option<chrono::Duration>>> {
@@ -190,26 +229,132 @@ fn describe(r: &crate::ops::Request, now: chrono::DateTime<chrono::Utc>) -> Stri
     }
 }
 
+/// One line for a role that may be activated: "db-admin at /prod (Database Administrator):
+/// up to 8h, until 2027-03-01 09:00 CET; asks for a justification, a TOTP code".
+fn offer(p: &crate::ops::ActivationPlan, now: chrono::DateTime<chrono::Utc>) -> String {
+    let until = match p.eligible_until_at {
+        Some(u) => format!("; eligible until {}", when(Some(u), now)),
+        None => String::new(),
+    };
+    format!(
+        "{} at {} ({}): up to {}; asks for {}{until}{}",
+        p.role,
+        p.scope,
+        p.name,
+        p.max_activation,
+        p.requires(),
+        if p.active { " [active now]" } else { "" }
+    )
+}
+
+/// The roles to activate when none were named: picked on a terminal from those the caller
+/// is eligible for; without one, a usage error that lists them.
+fn pick_roles(ctx: &Ctx, pim: &crate::Pim, actor: &str) -> anyhow::Result<Vec<(String, Scope)>> {
+    let now = pim.now();
+    let offers: Vec<_> = pim
+        .activatable(actor)?
+        .into_iter()
+        .filter(|p| !p.active)
+        .collect();
+    if offers.is_empty() {
+        return Err(crate::Error::Refused(format!(
+            "{actor} is not eligible for any role that is not already active. See `pim status`."
+        ))
+        .into());
+    }
+    let lines: Vec<String> = offers.iter().map(|p| offer(p, now)).collect();
+    if !ctx.interactive {
+        return Err(crate::Error::Usage(format!(
+            "Name the role to activate; you are eligible for: {}.",
+            offers
+                .iter()
+                .map(|p| format!("{} at {}", p.role, p.scope))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .into());
+    }
+    let chosen = prompt::pick(
+        "Roles to activate (space marks, enter accepts)",
+        &lines
+            .iter()
+            .map(|l| {
+                // One line each, whatever the width ("> [ ] " before it).
+                let width = super::output::terminal_width(true).unwrap_or(80);
+                super::output::ellipsis(&super::output::safe(l), width.saturating_sub(7))
+                    .into_owned()
+            })
+            .collect::<Vec<_>>(),
+    )?;
+    if chosen.is_empty() {
+        return Err(crate::Error::Usage("No role was picked.".to_string()).into());
+    }
+    chosen
+        .into_iter()
+        .map(|i| Ok((offers[i].role.clone(), Scope::parse(&offers[i].scope)?)))
+        .collect()
+}
+
 pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
-    let scope = Scope::parse(&a.scope)?;
+    let scope = a.scope.as_deref().map(Scope::parse).transpose()?;
     let duration = a.duration.as_deref().map(parse_duration).transpose()?;
     let start = a.start.as_deref().map(parse_instant).transpose()?;
     let wait = parse_wait(a.wait.as_deref())?;
     let (mut pim, actor) = ctx.open()?;
+    let mut picks: Vec<(String, Option<Scope>)> = if a.roles.is_empty() {
+        pick_roles(ctx, &pim, &actor)?
+            .into_iter()
+            .map(|(r, s)| (r, Some(s)))
+            .collect()
+    } else {
+        a.roles.iter().map(|r| (r.clone(), scope.clone())).collect()
+    };
     let mut input = ActivationInput {
-        role: a.roles[0].clone(),
-        scope: Some(scope),
+        role: picks[0].0.clone(),
+        scope: picks[0].1.clone(),
         duration,
         start,
         justification: a.justification,
         ticket: a.ticket,
         code: a.code,
     };
-    ask_for_missing(ctx, &pim, &actor, &a.roles, &mut input)?;
-    let mut requests = if a.roles.len() == 1 {
-        vec![pim.activate(&actor, input)?]
-    } else {
-        pim.activate_many(&actor, &a.roles, input)?
+    if ctx.interactive {
+        // Check first, then ask: everything that needs nothing typed is checked (and a
+        // refusal recorded) before any prompt, and what each role asks for is said.
+        let now = pim.now();
+        let mut planned = Vec::new();
+        for (role, scope) in &picks {
+            let one = ActivationInput {
+                role: role.clone(),
+                scope: scope.clone(),
+                ..input.clone()
+            };
+            let plan = pim.plan_activation(&actor, &one)?;
+            ctx.note(&format!("Activating {}", offer(&plan, now)));
+            planned.push((plan.role.clone(), Some(Scope::parse(&plan.scope)?)));
+        }
+        picks = planned;
+        input.role = picks[0].0.clone();
+        input.scope = picks[0].1.clone();
+        let keys: Vec<String> = picks.iter().map(|(r, _)| r.clone()).collect();
+        ask_for_missing(ctx, &pim, &actor, &keys, &mut input)?;
+    }
+    let mut tries = 1;
+    let mut requests = loop {
+        let result = if picks.len() == 1 {
+            pim.activate(&actor, input.clone()).map(|r| vec![r])
+        } else {
+            pim.activate_many(&actor, &picks, input.clone())
+        };
+        match result {
+            // A wrong code on a terminal is asked again; the lockout counts every try.
+            Err(e) if ctx.interactive && e.is_wrong_code() && tries < 5 => {
+                ctx.note(&format!("{e} Try again."));
+                input.code = Some(prompt::code(&actor)?);
+                tries += 1;
+            }
+            other => break other?,
+        }
     };
     for r in requests.iter_mut() {
         if r.status == Status::Pending {
@@ -417,16 +562,48 @@ pub fn run_decide(
 ) -> anyhow::Result<i32> {
     let (mut pim, actor) = ctx.open()?;
     let mut code = code;
-    if code.is_none() && ctx.interactive && pim.user(&actor).is_ok_and(|u| u.mfa_enrolled) {
-        code = Some(prompt::code(&actor)?);
+    let mut justification = justification;
+    if ctx.interactive {
+        // Check first, then ask.
+        let r = pim.check_decision(&actor, id, approve)?;
+        ctx.note(&format!(
+            "{} request {id}: {} for {} at {}{}.",
+            if approve { "Approving" } else { "Denying" },
+            r.role,
+            r.user,
+            r.scope,
+            r.justification
+                .as_deref()
+                .map(|j| format!(" (\"{j}\")"))
+                .unwrap_or_default()
+        ));
+        if !approve && justification.as_deref().is_none_or(|j| j.trim().is_empty()) {
+            justification = Some(prompt::text(
+                &format!("Reason for denying request {id}"),
+                crate::limits::JUSTIFICATION,
+            )?);
+        }
+        if code.is_none() && pim.user(&actor).is_ok_and(|u| u.mfa_enrolled) {
+            code = Some(prompt::code(&actor)?);
+        }
     }
-    let r = pim.decide(
-        &actor,
-        id,
-        approve,
-        justification.as_deref(),
-        code.as_deref(),
-    )?;
+    let mut tries = 1;
+    let r = loop {
+        match pim.decide(
+            &actor,
+            id,
+            approve,
+            justification.as_deref(),
+            code.as_deref(),
+        ) {
+            Err(e) if ctx.interactive && e.is_wrong_code() && tries < 5 => {
+                ctx.note(&format!("{e} Try again."));
+                code = Some(prompt::code(&actor)?);
+                tries += 1;
+            }
+            other => break other?,
+        }
+    };
     show_request(
         ctx,
         &pim,

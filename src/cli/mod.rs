@@ -221,7 +221,7 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
             activate::run_decide(ctx, args.id, true, args.justification, args.code)
         }
         Command::Deny(args) => {
-            activate::run_decide(ctx, args.id, false, Some(args.justification), args.code)
+            activate::run_decide(ctx, args.id, false, args.justification, args.code)
         }
         Command::Cancel(args) => activate::run_cancel(ctx, args),
         Command::Extend(args) => activate::run_extend(ctx, args),

@@ -82,6 +82,43 @@ pub fn data(text: &str) -> Result<()> {
     Ok(())
 }
 
+/// The width of the terminal that stdout (or, with `stderr`, stderr) is, if it is one.
+/// `COLUMNS` wins when set, as shells and `tput` allow.
+pub fn terminal_width(stderr: bool) -> Option<usize> {
+    use std::io::IsTerminal;
+    let tty = if stderr {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
+    if !tty {
+        return None;
+    }
+    if let Some(c) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .filter(|&c| c > 0)
+    {
+        return Some(c);
+    }
+    let term = if stderr {
+        console::Term::stderr()
+    } else {
+        console::Term::stdout()
+    };
+    term.size_checked().map(|(_, cols)| usize::from(cols))
+}
+
+/// `text` cut to `width` characters, with an ellipsis when it was longer.
+pub fn ellipsis(text: &str, width: usize) -> Cow<'_, str> {
+    if text.chars().count() <= width {
+        return Cow::Borrowed(text);
+    }
+    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    Cow::Owned(out)
+}
+
 /// A note or warning on stderr, unsafe characters escaped.
 pub fn note(text: &str) {
     eprintln!("{}", safe_lines(text));

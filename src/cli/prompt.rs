@@ -1,27 +1,56 @@
 //! Prompts on the terminal (stderr), through dialoguer. Only called when we may prompt.
 
 use anyhow::Result;
-use dialoguer::{Input, Password};
+use dialoguer::{Confirm, Input, MultiSelect, Password};
 
-/// Free text of at most `limit` characters; asks again until it fits.
-pub fn text(prompt: &str, limit: usize) -> Result<String> {
+/// Free text of at most `limit` characters that `check` accepts; an empty or blank answer
+/// is said to be so, and everything is asked again until it fits (what was typed before is
+/// kept by the caller).
+pub fn text_checked(
+    prompt: &str,
+    limit: usize,
+    check: impl Fn(&str) -> Result<(), String> + 'static,
+) -> Result<String> {
     Ok(Input::<String>::new()
         .with_prompt(prompt)
-        .allow_empty(false)
+        .allow_empty(true)
         .validate_with(move |t: &String| -> Result<(), String> {
             let n = t.chars().count();
-            if n > limit {
+            if t.trim().is_empty() {
+                Err("It cannot be empty.".to_string())
+            } else if n > limit {
                 Err(format!("That is {n} characters; the limit is {limit}."))
             } else {
-                Ok(())
+                check(t)
             }
         })
         .interact_text()?)
+}
+
+/// Free text of at most `limit` characters, not blank.
+pub fn text(prompt: &str, limit: usize) -> Result<String> {
+    text_checked(prompt, limit, |_| Ok(()))
 }
 
 /// A TOTP code, not echoed.
 pub fn code(user: &str) -> Result<String> {
     Ok(Password::new()
         .with_prompt(format!("TOTP code for {user}"))
+        .interact()?)
+}
+
+/// Yes or no, no unless answered.
+pub fn confirm(prompt: &str) -> Result<bool> {
+    Ok(Confirm::new()
+        .with_prompt(prompt)
+        .default(false)
+        .interact()?)
+}
+
+/// Pick one or several of `items` (space to mark, enter to accept); the indexes chosen.
+pub fn pick(prompt: &str, items: &[String]) -> Result<Vec<usize>> {
+    Ok(MultiSelect::new()
+        .with_prompt(prompt)
+        .items(items)
         .interact()?)
 }

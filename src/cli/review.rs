@@ -51,11 +51,18 @@ pub enum ReviewCommand {
         user: String,
         #[arg(value_parser = ["keep", "remove"])]
         decision: String,
+        /// Why (required; asked for on a terminal)
         #[arg(short = 'j', long, value_name = "J")]
-        justification: String,
+        justification: Option<String>,
     },
-    /// Apply the decisions now (the creator, or a holder of `review`)
-    Complete { id: i64 },
+    /// Apply the decisions now (the creator, or a holder of `review`); on a terminal, shows
+    /// what will be removed and asks first
+    Complete {
+        id: i64,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// The review's results as spreadsheet-safe CSV
     Export {
         id: i64,
@@ -175,11 +182,70 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
             decision,
             justification,
         } => {
+            let justification = match justification.filter(|j| !j.trim().is_empty()) {
+                Some(j) => j,
+                None if ctx.interactive => {
+                    // The item must exist for this reviewer before the reason is typed.
+                    pim.review_seen_by(&pim.viewer(&actor)?, id)?;
+                    super::prompt::text(
+                        &format!("Reason to {decision} {user}'s assignment"),
+                        crate::limits::JUSTIFICATION,
+                    )?
+                }
+                None => {
+                    return Err(crate::Error::Usage(
+                        "A review decision needs a reason. Pass -j/--justification.".to_string(),
+                    )
+                    .into())
+                }
+            };
             pim.decide_review(&actor, id, &user, &decision, &justification)?;
             // In a self-review, a user sees their own items only.
             show(ctx, &pim.review_seen_by(&pim.viewer(&actor)?, id)?)?;
         }
-        ReviewCommand::Complete { id } => {
+        ReviewCommand::Complete { id, yes } => {
+            if ctx.interactive && !yes {
+                let r = pim.review_seen_by(&pim.viewer(&actor)?, id)?;
+                let removals: Vec<_> = r
+                    .items
+                    .iter()
+                    .filter(|i| i.applied.is_none())
+                    .filter(|i| {
+                        match i.decision.as_deref() {
+                            Some(d) => d,
+                            None if r.default == "recommendation" => i.recommendation.as_str(),
+                            None => r.default.as_str(),
+                        }
+                    } == "remove")
+                    .collect();
+                if removals.is_empty() {
+                    ctx.note(&format!("Completing review {id} removes nothing."));
+                } else {
+                    let mut t = table(&["remove", "role", "scope", "type", "because"]);
+                    for i in &removals {
+                        t.add_row(vec![
+                            i.user.clone(),
+                            i.role.clone(),
+                            i.scope.clone(),
+                            i.kind.to_string(),
+                            match &i.decision {
+                                Some(_) => {
+                                    format!("decided by {}", i.reviewer.clone().unwrap_or_default())
+                                }
+                                None => format!("undecided; default {}", r.default),
+                            },
+                        ]);
+                    }
+                    eprintln!("{t}");
+                    if !super::prompt::confirm(&format!(
+                        "Remove these {} assignment(s) and complete review {id}?",
+                        removals.len()
+                    ))? {
+                        ctx.note("Nothing changed; the review stays open.");
+                        return Ok(0);
+                    }
+                }
+            }
             let r = pim.complete_review(&actor, id)?;
             show(ctx, &r)?;
         }

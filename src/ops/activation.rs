@@ -2,7 +2,7 @@
 //! with what the role's policy asks (justification, ticket, TOTP code).
 
 use super::assignments::{unknown_role, unknown_role_in};
-use super::users::{verify_code, User};
+use super::users::{mfa_ready, verify_code, User};
 use super::Recorder;
 use super::{acting_user, actor_user, holdings, refuse, users, Holding, Pim};
 use crate::audit::Event;
@@ -131,17 +131,70 @@ pub(crate) fn cap_activations(
     Ok(())
 }
 
-/// The checks and the write of one activation, inside the caller's transaction.
-/// `mfa_done`: the caller already verified a code for this transaction.
-pub(crate) fn activate_in(
+/// What the checks of one activation found: who, which role, where, when and on which
+/// eligibility it rests.
+pub(crate) struct Checked<'p> {
+    me: User,
+    role: &'p crate::policy::Role,
+    scope: Scope,
+    start: DateTime<Utc>,
+    duration: Duration,
+    eligibility_id: i64,
+    eligible_until: Option<i64>,
+    event: Event,
+}
+
+/// The scope an activation is for: the one asked for, or, when none was, the only scope the
+/// user is eligible for the role at (the root when there are none or the root is one of them;
+/// a usage error naming them when there are several).
+fn scope_for(conn: &Db, user_id: i64, role: &str, asked: Option<&Scope>, at: i64) -> Result<Scope> {
+    if let Some(s) = asked {
+        return Ok(s.clone());
+    }
+    let scopes = eligible_scopes(conn, user_id, role, at)?;
+    match scopes.as_slice() {
+        [only] => Ok(only.clone()),
+        several if several.len() > 1 && !several.iter().any(|s| *s == Scope::root()) => {
+            Err(Error::Usage(format!(
+                "You are eligible for {role} at {}; choose one with --scope.",
+                join_scopes(several)
+            )))
+        }
+        _ => Ok(Scope::root()),
+    }
+}
+
+/// The distinct scopes of `user_id`'s eligibilities for `role` in effect at `at`.
+fn eligible_scopes(conn: &Db, user_id: i64, role: &str, at: i64) -> Result<Vec<Scope>> {
+    let mut scopes: Vec<Scope> = Vec::new();
+    for (_, s, _) in conn.eligibilities(user_id, role, at)? {
+        if let Ok(s) = Scope::parse(&s) {
+            if !scopes.contains(&s) {
+                scopes.push(s);
+            }
+        }
+    }
+    scopes.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Ok(scopes)
+}
+
+fn join_scopes(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every check of one activation that needs nothing typed (no justification, ticket or
+/// code), inside the caller's transaction; refusals are recorded. Runs before any prompt.
+pub(crate) fn check_activation<'p>(
     tx: &Recorder<'_>,
-    vault: &Vault,
     now: DateTime<Utc>,
-    policy: &crate::policy::Policy,
+    policy: &'p crate::policy::Policy,
     actor: &str,
     input: &ActivationInput,
-    mfa_done: bool,
-) -> Result<Request> {
+) -> Result<Checked<'p>> {
     limits::check_opt(
         "justification",
         input.justification.as_deref(),
@@ -161,8 +214,8 @@ pub(crate) fn activate_in(
         .role(&input.role)
         .ok_or_else(|| unknown_role_in(policy, &input.role))?;
     let settings = &role.settings;
-    let scope = input.scope.clone().unwrap_or_else(Scope::root);
     let t = now.timestamp();
+    let scope = scope_for(tx, me.id, &role.key, input.scope.as_ref(), t)?;
     let justification = input
         .justification
         .as_deref()
@@ -238,11 +291,60 @@ pub(crate) fn activate_in(
         found
     };
     let Some((eligibility_id, eligible_until)) = eligibility else {
+        let elsewhere = eligible_scopes(tx, me.id, &role.key, start.timestamp())?;
+        let hint = match elsewhere.as_slice() {
+            [] => "Ask an administrator for an eligible assignment.".to_string(),
+            [one] => format!("You are eligible for it at {one}: pass --scope {one}."),
+            several => format!(
+                "You are eligible for it at {}: pass one with --scope.",
+                join_scopes(several)
+            ),
+        };
         return refused(format!(
-                "You are not eligible for {} at {scope}. Ask an administrator for an eligible assignment.",
-                role.key
-            ));
+            "You are not eligible for {} at {scope}. {hint}",
+            role.key
+        ));
     };
+    Ok(Checked {
+        me,
+        role,
+        scope,
+        start,
+        duration,
+        eligibility_id,
+        eligible_until,
+        event,
+    })
+}
+
+/// The checks and the write of one activation, inside the caller's transaction.
+/// `mfa_done`: the caller already verified a code for this transaction.
+pub(crate) fn activate_in(
+    tx: &Recorder<'_>,
+    vault: &Vault,
+    now: DateTime<Utc>,
+    policy: &crate::policy::Policy,
+    actor: &str,
+    input: &ActivationInput,
+    mfa_done: bool,
+) -> Result<Request> {
+    let Checked {
+        me,
+        role,
+        scope,
+        start,
+        duration,
+        eligibility_id,
+        eligible_until,
+        event,
+    } = check_activation(tx, now, policy, actor, input)?;
+    let settings = &role.settings;
+    let t = now.timestamp();
+    let justification = event.justification.clone();
+    let justification = justification.as_deref();
+    let ticket = event.ticket.clone();
+    let ticket = ticket.as_deref();
+    let refused = |why: String| refuse(tx, now, event.clone(), Error::Refused(why));
     if settings.require_justification && justification.is_none() {
         return refused(format!(
             "{} requires a justification. Pass -j/--justification.",
@@ -333,8 +435,130 @@ pub(crate) fn request_now(conn: &Db, id: i64, t: i64) -> Result<Request> {
         .ok_or_else(|| super::approvals::hidden(id))
 }
 
+/// What activating one role at one scope will ask for, known before anything is typed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivationPlan {
+    pub role: String,
+    pub name: String,
+    pub scope: String,
+    /// The longest activation the role allows.
+    pub max_activation: String,
+    /// When the eligibility it rests on ends (None: permanent).
+    pub eligible_until: Option<String>,
+    #[serde(skip)]
+    pub eligible_until_at: Option<i64>,
+    pub require_justification: bool,
+    pub justification_pattern: Option<String>,
+    pub require_ticket: bool,
+    /// A TOTP code will be asked for.
+    pub require_mfa: bool,
+    pub require_approval: bool,
+    pub approvers: Vec<String>,
+    /// Already active for you there (nothing to activate).
+    pub active: bool,
+}
+
+impl ActivationPlan {
+    fn of(role: &crate::policy::Role, scope: &str, until: Option<i64>) -> Self {
+        let s = &role.settings;
+        ActivationPlan {
+            role: role.key.clone(),
+            name: role.name.clone(),
+            scope: scope.to_string(),
+            max_activation: format_duration(s.max_activation),
+            eligible_until: until.map(|u| rfc3339(from_unix(u))),
+            eligible_until_at: until,
+            require_justification: s.require_justification,
+            justification_pattern: s.justification_pattern.clone(),
+            require_ticket: s.require_ticket,
+            require_mfa: s.require_mfa,
+            require_approval: s.require_approval,
+            approvers: s.approvers.clone(),
+            active: false,
+        }
+    }
+
+    /// What the activation will ask for, in words: "a justification matching `^CHG-`, a
+    /// TOTP code, then approval by alice".
+    pub fn requires(&self) -> String {
+        let mut parts = Vec::new();
+        match (&self.justification_pattern, self.require_justification) {
+            (Some(p), _) => parts.push(format!("a justification matching `{p}`")),
+            (None, true) => parts.push("a justification".to_string()),
+            (None, false) => {}
+        }
+        if self.require_ticket {
+            parts.push("a ticket".to_string());
+        }
+        if self.require_mfa {
+            parts.push("a TOTP code".to_string());
+        }
+        let mut out = if parts.is_empty() {
+            "nothing to type".to_string()
+        } else {
+            parts.join(", ")
+        };
+        if self.require_approval {
+            out.push_str(&if self.approvers.is_empty() {
+                ", then an approver's decision".to_string()
+            } else {
+                format!(", then approval by {}", self.approvers.join(" or "))
+            });
+        }
+        out
+    }
+}
+
 impl Pim {
     /// Request activation of an eligible role.
+    /// Run every check of an activation that needs nothing typed, before any prompt: the
+    /// role, the scope (the only eligible one when none is given), eligibility, duration, an
+    /// open request or the role already held. A refusal is recorded as the activation's
+    /// would be; nothing else is written.
+    pub fn plan_activation(
+        &mut self,
+        actor: &str,
+        input: &ActivationInput,
+    ) -> Result<ActivationPlan> {
+        self.write(actor, |tx, now, policy| {
+            let c = check_activation(tx, now, policy, actor, input)?;
+            if c.role.settings.require_mfa {
+                // No authenticator, or a locked one: said now, not after the typing.
+                mfa_ready(tx, now, &c.me, c.event.clone())?;
+            }
+            Ok(ActivationPlan::of(
+                c.role,
+                c.scope.as_str(),
+                c.eligible_until,
+            ))
+        })
+    }
+
+    /// Every role and scope `user` is eligible for right now, with what activating it asks
+    /// (those already active marked so): the menu of `pim activate` with no role.
+    pub fn activatable(&self, user: &str) -> Result<Vec<ActivationPlan>> {
+        let policy = self.policy()?;
+        let me = users::get(&self.conn, user)?;
+        let now = self.now().timestamp();
+        let held = holdings(&self.conn, me.id, now)?;
+        let mut out: Vec<ActivationPlan> = Vec::new();
+        for a in self.status(user)?.eligible {
+            let Some(role) = policy.role(&a.role) else {
+                continue;
+            };
+            if a.start_at > now || out.iter().any(|p| p.role == a.role && p.scope == a.scope) {
+                continue;
+            }
+            let mut plan = ActivationPlan::of(role, &a.scope, a.end_at);
+            let scope = Scope::parse(&a.scope)?;
+            plan.active = held
+                .iter()
+                .any(|h| h.role == role.key && h.scope.covers(&scope));
+            out.push(plan);
+        }
+        Ok(out)
+    }
+
     pub fn activate(&mut self, actor: &str, input: ActivationInput) -> Result<Request> {
         let vault = self.vault.clone();
         self.write(actor, |tx, now, policy| {
@@ -343,11 +567,12 @@ impl Pim {
     }
 
     /// Activate several roles with one justification and one TOTP code: all of them, or
-    /// none (a refusal of any one is recorded, and nothing is activated).
+    /// none (a refusal of any one is recorded, and nothing is activated). Each role is
+    /// activated at its own scope when one is given with it, else at `input.scope`.
     pub fn activate_many(
         &mut self,
         actor: &str,
-        roles: &[String],
+        roles: &[(String, Option<Scope>)],
         input: ActivationInput,
     ) -> Result<Vec<Request>> {
         let vault = self.vault.clone();
@@ -358,16 +583,21 @@ impl Pim {
                 actor,
                 Event::new(actor, "activation.request")
                     .principal(actor)
-                    .detail("roles", roles.to_vec()),
+                    .detail(
+                        "roles",
+                        roles.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(),
+                    ),
             )?;
             let mut keys = Vec::new();
-            for r in roles {
+            let mut scopes = Vec::new();
+            for (r, scope) in roles {
                 keys.push(
                     policy
                         .role(r)
                         .ok_or_else(|| unknown_role_in(policy, r))?
                         .clone(),
                 );
+                scopes.push(scope.clone().or_else(|| input.scope.clone()));
             }
             if keys.iter().any(|r| r.settings.require_mfa) {
                 let event = Event::new(actor, "activation.request")
@@ -380,9 +610,10 @@ impl Pim {
             }
             tx.savepoint("activate_many")?;
             let mut out = Vec::new();
-            for role in &keys {
+            for (role, scope) in keys.iter().zip(scopes) {
                 let one = ActivationInput {
                     role: role.key.clone(),
+                    scope,
                     ..input.clone()
                 };
                 match activate_in(tx, &vault, now, policy, actor, &one, true) {

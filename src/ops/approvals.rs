@@ -117,6 +117,25 @@ impl Pim {
         justification: Option<&str>,
         code: Option<&str>,
     ) -> Result<Request> {
+        self.decide_or_check(actor, id, approve, justification, code, false)
+    }
+
+    /// Every check of a decision that needs nothing typed (the request, that it is
+    /// pending, not your own, that you are its approver and have not decided it), before
+    /// any prompt; a refusal is recorded as the decision's would be. The request, as it is.
+    pub fn check_decision(&mut self, actor: &str, id: i64, approve: bool) -> Result<Request> {
+        self.decide_or_check(actor, id, approve, None, None, true)
+    }
+
+    fn decide_or_check(
+        &mut self,
+        actor: &str,
+        id: i64,
+        approve: bool,
+        justification: Option<&str>,
+        code: Option<&str>,
+        only_check: bool,
+    ) -> Result<Request> {
         let action = if approve {
             "activation.approve"
         } else {
@@ -180,11 +199,14 @@ impl Pim {
                     Error::Refused(format!("You are not an approver of {}; its approvers are {who}.", role.key)),
                 );
             }
-            if !approve && justification.is_none() {
-                return Err(Error::Usage("A denial needs a reason. Pass -j/--justification.".to_string()));
-            }
             if tx.has_decided(id, actor)? {
                 return Err(Error::Conflict(format!("You have already decided request {id}.")));
+            }
+            if only_check {
+                return Ok(r);
+            }
+            if !approve && justification.is_none() {
+                return Err(Error::Usage("A denial needs a reason. Pass -j/--justification.".to_string()));
             }
             verify_code(tx, &vault, now, &me, code, ev.clone())?;
             let verdict = if approve { Verdict::Approve } else { Verdict::Deny };

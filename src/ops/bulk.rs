@@ -711,6 +711,7 @@ fn apply_in(
             scope,
             kind,
             end_at: end,
+            ..
         } in tx.live_assignments(t)?
         {
             let kind = kind.as_str().to_string();

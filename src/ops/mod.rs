@@ -17,7 +17,7 @@ mod sweep;
 mod users;
 mod views;
 
-pub use activation::{ActivationInput, Request, Status};
+pub use activation::{ActivationInput, ActivationPlan, Request, Status};
 pub use alerts::{Alert, Severity};
 pub use approvals::Decision;
 pub use assignments::{AssignInput, Assignment, AssignmentFilter, End};

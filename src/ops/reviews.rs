@@ -50,8 +50,16 @@ fn period(every: &str) -> Option<Duration> {
     })
 }
 
-/// keep or remove, and why, for one assignment at `now`.
-fn recommend(conn: &Db, user: &str, role: &str, kind: Kind, now: i64) -> Result<(String, String)> {
+/// keep or remove, and why, for one assignment (made at `since`) at `now`. The 30 days of
+/// disuse count from the assignment's start when it is younger: a new one is kept.
+fn recommend(
+    conn: &Db,
+    user: &str,
+    role: &str,
+    kind: Kind,
+    since: i64,
+    now: i64,
+) -> Result<(String, String)> {
     let u = users::get(conn, user)?;
     if u.disabled {
         return Ok(("remove".into(), "the user is disabled".into()));
@@ -63,6 +71,15 @@ fn recommend(conn: &Db, user: &str, role: &str, kind: Kind, now: i64) -> Result<
         ));
     }
     let last = conn.last_activation(u.id, role, now)?;
+    if since > now - UNUSED_DAYS * 86_400 && last.is_none_or(|t| t < since) {
+        return Ok((
+            "keep".into(),
+            format!(
+                "new: assigned {} day(s) ago, less than {UNUSED_DAYS}",
+                (now - since).max(0) / 86_400
+            ),
+        ));
+    }
     Ok(match last {
         Some(t) if t >= now - UNUSED_DAYS * 86_400 => (
             "keep".into(),
@@ -122,7 +139,7 @@ fn start_review(
         if !Scope::parse(&a.scope).is_ok_and(|s| scope.covers(&s)) {
             continue;
         }
-        let (recommendation, reason) = recommend(conn, &a.user, role, a.kind, t)?;
+        let (recommendation, reason) = recommend(conn, &a.user, role, a.kind, a.start_at, t)?;
         conn.insert_review_item(
             id,
             a.id,
@@ -548,9 +565,12 @@ mod tests {
             )
             .unwrap();
         assert_eq!(review.total, 2);
+        // Assigned this very second: new, so kept (not "unused for 30 days").
         assert!(
-            review.items.iter().all(|i| i.recommendation == "remove"),
-            "never activated"
+            review.items.iter().all(|i| i.recommendation == "keep"
+                && i.reason.starts_with("new: assigned 0 day(s) ago")),
+            "{:?}",
+            review.items
         );
         pim.decide_review("admin", review.id, "bob", "remove", "left")
             .unwrap();
@@ -587,6 +607,9 @@ mod tests {
         let next = pim.review(started[0]).unwrap();
         assert_eq!(next.total, 1);
         assert_eq!(next.items[0].user, "carol");
+        // Thirty days after the assignment, never activated: removal is recommended.
+        assert_eq!(next.items[0].recommendation, "remove", "{:?}", next.items);
+        assert!(next.items[0].reason.starts_with("never activated"));
         assert_eq!(count_events(&pim, "review.create"), 2);
         assert!(crate::audit::verify(pim.conn()).unwrap().ok);
     }

@@ -79,26 +79,19 @@ fn enroll_in(conn: &Db, vault: &Vault, user: &str) -> Result<Enrollment> {
     })
 }
 
-/// Check a TOTP code for `user` at `now`: one step of skew, each step accepted at most once,
-/// and escalating locks after repeated failures: every `MAX_FAILURES` consecutive wrong codes
-/// lock the authenticator for twice as long as the lock before (15 minutes, then 30, ... at
-/// most a day), and after `BLOCK_AFTER` it stays locked until `pim mfa reset`. A failure is
-/// written to the audit log (with `context`'s role and scope) and returned as a recorded
-/// refusal, so that the caller's transaction keeps it.
-pub(crate) fn verify_code(
+/// The checks of an authenticator that come before any code: it exists and is not
+/// locked. A refusal is recorded with `context`. Gives the sealed secret.
+pub(crate) fn mfa_ready(
     conn: &Recorder<'_>,
-    vault: &Vault,
     now: DateTime<Utc>,
     user: &User,
-    code: Option<&str>,
     context: Event,
-) -> Result<()> {
+) -> Result<String> {
     let crate::store::TotpState {
         secret: stored,
-        last_step,
-        failures,
         locked_until,
         blocked,
+        ..
     } = conn.totp_state(user.id)?;
     let t = now.timestamp();
     if blocked {
@@ -135,6 +128,30 @@ pub(crate) fn verify_code(
             )),
         );
     };
+    Ok(stored)
+}
+
+/// Check a TOTP code for `user` at `now`: one step of skew, each step accepted at most once,
+/// and escalating locks after repeated failures: every `MAX_FAILURES` consecutive wrong codes
+/// lock the authenticator for twice as long as the lock before (15 minutes, then 30, ... at
+/// most a day), and after `BLOCK_AFTER` it stays locked until `pim mfa reset`. A failure is
+/// written to the audit log (with `context`'s role and scope) and returned as a recorded
+/// refusal, so that the caller's transaction keeps it.
+pub(crate) fn verify_code(
+    conn: &Recorder<'_>,
+    vault: &Vault,
+    now: DateTime<Utc>,
+    user: &User,
+    code: Option<&str>,
+    context: Event,
+) -> Result<()> {
+    let stored = mfa_ready(conn, now, user, context.clone())?;
+    let crate::store::TotpState {
+        last_step,
+        failures,
+        ..
+    } = conn.totp_state(user.id)?;
+    let t = now.timestamp();
     let secret = vault.open(&user.name, &stored)?;
     let Some(code) = code.filter(|c| !c.trim().is_empty()) else {
         return refuse(
@@ -166,7 +183,7 @@ pub(crate) fn verify_code(
     let fail = fail
         .detail("failures", failures)
         .detail("for", context.action.clone());
-    let message = format!("MFA failed: {why}.");
+    let message = format!("{}{why}.", crate::error::WRONG_CODE);
     conn.record(fail.refused(&message))?;
     if block || lock.is_some() {
         conn.record(

@@ -70,6 +70,7 @@ pub struct Current {
     pub scope: String,
     pub kind: Kind,
     pub end_at: Option<i64>,
+    pub start_at: i64,
 }
 
 impl FromRow for Current {
@@ -82,6 +83,7 @@ impl FromRow for Current {
             scope: r.get(4)?,
             kind: r.get(5)?,
             end_at: r.get(6)?,
+            start_at: r.get(7)?,
         })
     }
 }
@@ -110,7 +112,7 @@ pub fn state(start: i64, end: Option<i64>, removed: Option<i64>, now: i64) -> &'
 const COLUMNS: &str = "a.id, u.name, a.role, a.scope, a.kind, a.start_at, a.end_at, \
      a.justification, a.ticket, a.created_by, a.removed_at";
 
-const CURRENT: &str = "SELECT a.id, u.id, u.name, a.role, a.scope, a.kind, a.end_at \
+const CURRENT: &str = "SELECT a.id, u.id, u.name, a.role, a.scope, a.kind, a.end_at, a.start_at \
      FROM assignments a JOIN users u ON u.id = a.user_id";
 
 /// In effect or scheduled at `?n`: not removed and not ended.

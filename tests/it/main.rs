@@ -22,6 +22,7 @@ mod security;
 mod services;
 mod setgid;
 mod store;
+mod terminal;
 
 /// The whole suite again on PostgreSQL, from the SQLite pass: this binary, run with
 /// `PIM_TEST_BACKEND=postgres` against the server of `support::postgres` (the one

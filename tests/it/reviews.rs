@@ -5,18 +5,70 @@ use crate::support;
 
 use support::{oathtool, Env};
 
+/// bob, carol and dave, eligible for db-admin at /prod for 31 days (so that disuse counts).
 fn setup() -> Env {
     let env = Env::new();
-    env.init();
+    env.at("-31d", &["init", "--admin", "admin"]).expect(0);
     for name in ["bob", "carol", "dave"] {
-        env.user(name);
-        env.as_(
-            "admin",
-            &["assign", name, "db-admin", "--scope", "/prod", "-j", "team"],
+        env.at("-31d", &["--as", "admin", "user", "add", name])
+            .expect(0);
+        env.at(
+            "-31d",
+            &[
+                "--as", "admin", "assign", name, "db-admin", "--scope", "/prod", "-j", "team",
+            ],
         )
         .expect(0);
     }
     env
+}
+
+/// An assignment younger than 30 days is "keep: new", not "unused for 30 days" (issue 11).
+#[test]
+fn a_new_assignment_is_recommended_to_keep() {
+    let env = setup();
+    env.at("-3d", &["--as", "admin", "user", "add", "erin"])
+        .expect(0);
+    env.at(
+        "-3d",
+        &[
+            "--as", "admin", "assign", "erin", "db-admin", "--scope", "/prod", "-j", "team",
+        ],
+    )
+    .expect(0);
+    let r = env
+        .as_(
+            "admin",
+            &[
+                "review",
+                "create",
+                "--role",
+                "db-admin",
+                "--reviewer",
+                "admin",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let item = |u: &str| {
+        r["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["user"] == u)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(item("erin")["recommendation"], "keep", "{r}");
+    assert!(
+        item("erin")["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("new: assigned 3 day(s) ago"),
+        "{r}"
+    );
+    assert_eq!(item("carol")["recommendation"], "remove", "{r}");
 }
 
 #[test]

@@ -315,3 +315,118 @@ pub use postgres::on_postgres;
 /// The PostgreSQL server of the tests (shared with the library's own tests).
 #[path = "../../src/store/test_server.rs"]
 pub mod postgres;
+
+/// pim running in a tmux pane of `width` columns, driven as a person would: keys sent,
+/// the screen read back. The session is killed when this is dropped.
+pub struct Terminal {
+    session: String,
+}
+
+impl Terminal {
+    /// Run `pim ARGS` (then print `exit=N`) in the environment of `env`.
+    pub fn start(env: &Env, args: &[&str], width: u16) -> Terminal {
+        assert!(
+            have("tmux"),
+            "tmux is needed by the tests (apt-get install tmux)"
+        );
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let session = format!("pim-test-{}-{n}", std::process::id());
+        let quoted: Vec<String> = args
+            .iter()
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
+        let script = env.path(&format!("terminal-{n}.sh"));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nunset PIM_USER PIM_TOKEN NO_COLOR\nexport TERM=xterm-256color PIM_DB='{}' HOME='{}' XDG_CONFIG_HOME='{}/.config'\ncd '{}'\n'{}' {}; echo \"exit=$?\"; sleep 60\n",
+                env.db.display(),
+                env.dir.path().display(),
+                env.dir.path().display(),
+                env.dir.path().display(),
+                bin(),
+                quoted.join(" ")
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let t = Terminal { session };
+        let width = width.to_string();
+        let out = t.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &t.session.clone(),
+            "-x",
+            &width,
+            "-y",
+            "40",
+            script.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "tmux failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        Command::new("tmux").args(args).output().unwrap()
+    }
+
+    /// What the pane shows now.
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .tmux(&["capture-pane", "-p", "-t", &self.session])
+                .stdout,
+        )
+        .into_owned()
+    }
+
+    /// Wait (up to 10 s) until the pane shows `text`; the screen then.
+    pub fn wait_for(&self, text: &str) -> String {
+        for _ in 0..100 {
+            let s = self.screen();
+            if s.contains(text) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("never saw {text:?} on the screen:\n{}", self.screen());
+    }
+
+    /// Type `text` (literally), then press Enter.
+    pub fn line(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", &self.session, "-l", text]);
+        self.keys(&["Enter"]);
+    }
+
+    /// Press keys by tmux's names (`Space`, `Down`, `Enter`, `y`).
+    pub fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", &self.session];
+        args.extend_from_slice(keys);
+        self.tmux(&args);
+    }
+
+    /// Wait for the command to end; its exit code and the screen.
+    pub fn finish(&self) -> (i32, String) {
+        let s = self.wait_for("exit=");
+        let code = s
+            .split("exit=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(-1);
+        (code, s)
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-session", "-t", &self.session]);
+    }
+}

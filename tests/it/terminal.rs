@@ -1,0 +1,290 @@
+//! The terminal experience (issue 11), driven in tmux as a person would: check first, then
+//! ask; pick a role from a list; a wrong code asked again; tables that fit the screen.
+
+use crate::support::{oathtool, Env, Policy, Terminal};
+
+/// bob is eligible for db-admin at /prod only; the database's admin secret and bob's.
+fn bob_at_prod(policy: &Policy) -> (Env, String) {
+    let env = Env::new();
+    env.init_with(policy);
+    let bob = env.user("bob");
+    env.as_(
+        "admin",
+        &[
+            "assign", "bob", "db-admin", "--scope", "/prod", "-j", "on-call",
+        ],
+    )
+    .expect(0);
+    (env, bob)
+}
+
+fn db_admin(settings: &[&str]) -> Policy {
+    let mut all = vec!["max_activation = \"2h\""];
+    all.extend_from_slice(settings);
+    Policy::new().role("db-admin", "Database Administrator", &all)
+}
+
+/// A code that is not the current one (nor, but for a one-in-a-million chance, a neighbour).
+fn wrong(code: &str) -> String {
+    format!(
+        "{:06}",
+        (code.parse::<u32>().unwrap() + 500_000) % 1_000_000
+    )
+}
+
+#[test]
+fn activate_with_no_role_picks_one_then_asks_again_after_a_wrong_code() {
+    let (env, bob) = bob_at_prod(&db_admin(&[]));
+    let t = Terminal::start(&env, &["--as", "bob", "activate"], 120);
+    let s = t.wait_for("Roles to activate");
+    assert!(
+        s.contains("db-admin at /prod (Database Administrator): up to 2h"),
+        "{s}"
+    );
+    assert!(s.contains("asks for a justification, a TOTP code"), "{s}");
+    t.keys(&["Space", "Enter"]);
+    t.wait_for("Justification for db-admin");
+    t.line("INC-7 replica lag");
+    t.wait_for("TOTP code for bob");
+    let code = oathtool(&bob, 0);
+    t.line(&wrong(&code));
+    t.wait_for("Try again.");
+    t.line(&code);
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    assert!(s.contains("MFA failed: the code is wrong"), "{s}");
+    assert!(s.contains("db-admin is active at /prod"), "{s}");
+    assert!(!s.contains(&code), "the code was echoed:\n{s}");
+    env.run(&["check", "bob", "db-admin", "--scope", "/prod"])
+        .expect(0);
+    // The justification typed once served the second try.
+    let r = env.as_("bob", &["request", "list", "--json"]).expect(0);
+    assert_eq!(r.json()[0]["justification"], "INC-7 replica lag");
+}
+
+#[test]
+fn without_a_terminal_no_role_is_a_usage_error_listing_the_eligible_roles() {
+    let (env, _) = bob_at_prod(&db_admin(&[]));
+    let r = env.as_("bob", &["activate", "-j", "x"]).expect(2);
+    assert!(
+        r.stderr
+            .contains("Name the role to activate; you are eligible for: db-admin at /prod."),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Not eligible where asked: said before anything is typed, naming where bob is eligible,
+/// and on record like any refused activation.
+#[test]
+fn a_refusal_that_needs_no_code_comes_before_any_prompt() {
+    let (env, _) = bob_at_prod(&db_admin(&[]));
+    let t = Terminal::start(
+        &env,
+        &["--as", "bob", "activate", "db-admin", "--scope", "/dev"],
+        120,
+    );
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 3, "{s}");
+    assert!(
+        s.contains("You are not eligible for db-admin at /dev. You are eligible for it at /prod: pass --scope /prod."),
+        "{s}"
+    );
+    assert!(!s.contains("Justification"), "asked before checking:\n{s}");
+    assert!(!s.contains("TOTP code"), "asked before checking:\n{s}");
+    let events = env
+        .as_(
+            "admin",
+            &["audit", "list", "--action", "activation.request", "--json"],
+        )
+        .expect(0)
+        .json();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["result"].as_str().unwrap_or("").contains("not eligible")),
+        "{events}"
+    );
+    // Too long a duration, likewise.
+    let t = Terminal::start(
+        &env,
+        &["--as", "bob", "activate", "db-admin", "--duration", "9h"],
+        120,
+    );
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 3, "{s}");
+    assert!(s.contains("at most 2h"), "{s}");
+    assert!(!s.contains("Justification"), "{s}");
+}
+
+/// The only scope bob is eligible at is the default; the refusal of another names it.
+#[test]
+fn the_scope_defaults_to_the_only_eligible_one() {
+    let (env, bob) = bob_at_prod(&db_admin(&[]));
+    let r = env
+        .as_(
+            "bob",
+            &[
+                "activate",
+                "db-admin",
+                "-j",
+                "x",
+                "--code",
+                &oathtool(&bob, 0),
+                "--json",
+            ],
+        )
+        .expect(0);
+    assert_eq!(r.json()["scope"], "/prod");
+    // Eligible at two scopes (neither the root): the choice is asked for.
+    env.as_(
+        "admin",
+        &["assign", "bob", "db-admin", "--scope", "/dev", "-j", "x"],
+    )
+    .expect(0);
+    env.as_("bob", &["deactivate", "db-admin"]).expect(0);
+    let r = env
+        .as_(
+            "bob",
+            &["activate", "db-admin", "-j", "x", "--code", "123456"],
+        )
+        .expect(2);
+    assert!(
+        r.stderr
+            .contains("You are eligible for db-admin at /dev, /prod; choose one with --scope."),
+        "{}",
+        r.stderr
+    );
+}
+
+/// The pattern is shown before the justification is typed; one that does not fit is asked
+/// again, with the reason, and nothing typed is lost.
+#[test]
+fn a_justification_pattern_is_said_first_and_a_misfit_is_asked_again() {
+    let (env, bob) = bob_at_prod(&db_admin(&["justification_pattern = \"^CHG-[0-9]+\""]));
+    let t = Terminal::start(&env, &["--as", "bob", "activate", "db-admin"], 120);
+    let s = t.wait_for("Justification for db-admin");
+    assert!(
+        s.contains("asks for a justification matching `^CHG-[0-9]+`"),
+        "{s}"
+    );
+    t.line("   ");
+    t.wait_for("It cannot be empty.");
+    t.line("fixing things");
+    t.wait_for("db-admin needs a justification matching `^CHG-[0-9]+`.");
+    t.line("CHG-42 fixing things");
+    t.wait_for("TOTP code for bob");
+    t.line(&oathtool(&bob, 0));
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+}
+
+/// bob's pending request for a role that needs approval by admin; its id.
+fn pending_request() -> (Env, String, String) {
+    let policy = db_admin(&["require_approval = true", "approvers = [\"admin\"]"]);
+    let (env, bob) = bob_at_prod(&policy);
+    let id = env
+        .activate("bob", &bob, "db-admin", &["-j", "INC-1", "--json"])
+        .expect(0)
+        .json()["id"]
+        .to_string();
+    (env, bob, id)
+}
+
+/// Approving your own request, or one you are not an approver of, is refused before the
+/// code is asked for; a denial's reason is asked for on a terminal, not a clap error.
+#[test]
+fn decisions_check_first_and_ask_for_a_denials_reason() {
+    let (env, _, id) = pending_request();
+    let t = Terminal::start(&env, &["--as", "bob", "approve", &id], 120);
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 3, "{s}");
+    assert!(s.contains("You cannot decide your own request"), "{s}");
+    assert!(!s.contains("TOTP code"), "asked before checking:\n{s}");
+
+    // Without a terminal, a denial without -j is a usage error (exit 2), nothing decided.
+    env.as_("admin", &["deny", &id]).expect(2);
+    let t = Terminal::start(&env, &["--as", "admin", "deny", &id], 120);
+    let s = t.wait_for("Reason for denying request");
+    assert!(s.contains("Denying request"), "{s}");
+    assert!(s.contains("db-admin for bob at /prod"), "{s}");
+    t.line("not during the freeze");
+    t.wait_for("TOTP code for admin");
+    // Walked away at the code prompt: nothing is decided.
+    drop(t);
+    let r = env
+        .as_("bob", &["request", "show", &id, "--json"])
+        .expect(0);
+    assert_eq!(r.json()["status"], "pending");
+}
+
+/// `review decide` without -j: asked for on a terminal, exit 2 without one; `review
+/// complete` shows what it will remove and asks first (no: nothing changes).
+#[test]
+fn review_decide_asks_for_a_reason_and_complete_confirms() {
+    let env = Env::new();
+    env.at("-40d", &["init", "--admin", "admin"]).expect(0);
+    env.at("-40d", &["--as", "admin", "user", "add", "carol"])
+        .expect(0);
+    env.at(
+        "-40d",
+        &["--as", "admin", "assign", "carol", "db-admin", "-j", "team"],
+    )
+    .expect(0);
+    let id = env
+        .as_(
+            "admin",
+            &[
+                "review",
+                "create",
+                "--role",
+                "db-admin",
+                "--reviewer",
+                "admin",
+                "--default",
+                "recommendation",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json()["id"]
+        .to_string();
+    env.as_("admin", &["review", "decide", &id, "carol", "keep"])
+        .expect(2);
+    let t = Terminal::start(&env, &["--as", "admin", "review", "complete", &id], 120);
+    let s = t.wait_for("Remove these 1 assignment(s) and complete review");
+    assert!(s.contains("carol"), "{s}");
+    assert!(s.contains("undecided; default recommendation"), "{s}");
+    t.keys(&["n"]);
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    assert!(s.contains("Nothing changed; the review stays open."), "{s}");
+    env.run(&["check", "carol", "db-admin"]).expect(1);
+    let show = env
+        .as_("admin", &["review", "show", &id, "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(show["state"], "open", "{show}");
+
+    let t = Terminal::start(
+        &env,
+        &["--as", "admin", "review", "decide", &id, "carol", "keep"],
+        120,
+    );
+    t.wait_for("Reason to keep carol's assignment");
+    t.line("still on call");
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    // Kept: nothing to remove, nothing asked.
+    let t = Terminal::start(&env, &["--as", "admin", "review", "complete", &id], 120);
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    assert!(s.contains("removes nothing"), "{s}");
+    let show = env
+        .as_("admin", &["review", "show", &id, "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(show["state"], "completed", "{show}");
+}
