@@ -302,6 +302,11 @@ impl Ctx {
         }
     }
 
+    /// Whether the database opened is the installed one of a set-group-id pim.
+    pub fn installed(&self) -> bool {
+        self.installed.get()
+    }
+
     /// Whether notification commands run in this process: not in the installed pim for a
     /// caller who is not root (they wait for root's `pim sweep`).
     pub fn runs_commands(&self) -> bool {

@@ -5,6 +5,7 @@ mod activate;
 mod assign;
 mod audit;
 mod context;
+mod doctor;
 mod init;
 mod output;
 mod policy;
@@ -130,6 +131,11 @@ enum Command {
     /// A verifiable receipt of one activation (its events, proven in a signed checkpoint),
     /// or `receipt verify FILE --key KEY` offline
     Receipt(audit::ReceiptArgs),
+    /// Who pim takes you to be: OS account, principal, database, MFA, active roles
+    Whoami,
+    /// Check the install (database, permissions, schema, sweep, notifications, witnesses,
+    /// keys); each problem with the command that fixes it; exit 1 on a problem
+    Doctor,
     /// The database itself: copy a SQLite file into PostgreSQL
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -229,6 +235,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
         Command::Audit(cmd) => audit::run(ctx, cmd),
         Command::Sweep => audit::run_sweep(ctx),
         Command::Store(cmd) => store::run(ctx, cmd),
+        Command::Whoami => doctor::run_whoami(ctx),
+        Command::Doctor => doctor::run_doctor(ctx),
         Command::Receipt(args) => audit::run_receipt(ctx, args),
         Command::WhoCould { role, scope, at } => {
             let (pim, actor) = ctx.open()?;

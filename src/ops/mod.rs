@@ -7,6 +7,7 @@ mod alerts;
 mod approvals;
 mod assignments;
 mod bulk;
+mod health;
 #[cfg(test)]
 mod invariants;
 mod notices;
@@ -17,11 +18,12 @@ mod sweep;
 mod users;
 mod views;
 
-pub use activation::{ActivationInput, ActivationPlan, Request, Status};
+pub use activation::{ActivationInput, ActivationPlan, ActiveRole, Request, Status};
 pub use alerts::{Alert, Severity};
 pub use approvals::Decision;
 pub use assignments::{AssignInput, Assignment, AssignmentFilter, End};
 pub use bulk::{parse_desired, Desired, ImportRow, ImportSummary, Plan, PlanItem};
+pub use health::Health;
 pub use policy_ops::{change_json as policy_change_json, PolicyApplied, RoleSummary};
 pub use reviews::{Review, ReviewInput, ReviewItem};
 pub use sweep::SweepReport;
@@ -296,7 +298,7 @@ fn disabled_actor(name: &str) -> Error {
 
 pub(crate) fn not_a_user(name: &str) -> Error {
     Error::Refused(format!(
-        "'{name}' is not a pim user. Ask an administrator to run `pim user add {name}`."
+        "'{name}' is not a pim user (pim takes you to be '{name}': your OS account, or --as/PIM_USER). Act as a pim user with --as NAME, or ask an administrator to run `pim user add {name}`. See `pim whoami`."
     ))
 }
 

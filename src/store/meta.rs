@@ -57,4 +57,18 @@ impl Db {
     pub fn set_secrets_sealed(&self) -> Result<()> {
         self.set_meta("secrets", "sealed")
     }
+
+    /// The schema version the database is at, and the one this pim knows.
+    pub fn schema_version(&self) -> Result<(i64, i64)> {
+        Ok(match self.backend() {
+            super::Backend::Sqlite => (
+                self.query_row("PRAGMA user_version", params![], |r| r.get(0))?,
+                super::MIGRATIONS.len() as i64,
+            ),
+            super::Backend::Postgres => (
+                self.query_row("SELECT version FROM pim_schema", params![], |r| r.get(0))?,
+                super::pg::MIGRATIONS.len() as i64,
+            ),
+        })
+    }
 }

@@ -288,3 +288,113 @@ fn review_decide_asks_for_a_reason_and_complete_confirms() {
         .json();
     assert_eq!(show["state"], "completed", "{show}");
 }
+
+/// `pim whoami` says who pim takes you to be, and what to do when that is nobody.
+#[test]
+fn whoami_names_the_account_the_principal_and_what_is_held() {
+    let (env, bob) = bob_at_prod(&db_admin(&[]));
+    // The OS account running the tests is not a pim user: said, with the way out.
+    let r = env.run(&["whoami"]).expect(0);
+    assert!(r.stdout.contains("OS account:"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("is not a pim user. Act as one with --as NAME"),
+        "{}",
+        r.stdout
+    );
+    // And every other command says the same thing, pointing at whoami.
+    let r = env.run(&["status"]).expect(3);
+    assert!(r.stderr.contains("See `pim whoami`."), "{}", r.stderr);
+
+    env.activate("bob", &bob, "db-admin", &["-j", "x"])
+        .expect(0);
+    let r = env.as_("bob", &["whoami"]).expect(0);
+    assert!(
+        r.stdout
+            .contains("Principal:   bob (from --as or PIM_USER)"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("MFA:         enrolled"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("db-admin at /prod, until"),
+        "{}",
+        r.stdout
+    );
+    let j = env.as_("bob", &["whoami", "--json"]).expect(0).json();
+    assert_eq!(j["principal"], "bob");
+    assert_eq!(j["active"][0]["role"], "db-admin");
+    assert_eq!(j["user"]["mfa_enrolled"], true);
+}
+
+/// `pim doctor`: an open database file, a sweep that does not run and an unreachable
+/// webhook are problems (exit 1), each with the command that fixes it.
+#[test]
+fn doctor_finds_problems_and_says_how_to_fix_them() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = listener.local_addr().unwrap().port();
+    drop(listener);
+    let policy = db_admin(&[]).section(
+        "notifications.webhook",
+        &[&format!("url = \"http://127.0.0.1:{closed}/hook\"")],
+    );
+    let env = Env::sqlite();
+    env.init_with(&policy);
+    let bob = env.user("bob");
+    env.as_(
+        "admin",
+        &["assign", "bob", "db-admin", "--scope", "/prod", "-j", "x"],
+    )
+    .expect(0);
+    env.activate("bob", &bob, "db-admin", &["-j", "x"])
+        .expect(0);
+    let r = env.as_("admin", &["doctor", "--json"]).expect(1);
+    let found = r.json();
+    let state = |check: &str| {
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == check)
+            .unwrap_or_else(|| panic!("no {check} in {found}"))
+            .clone()
+    };
+    assert_eq!(state("webhook")["state"], "problem", "{found}");
+    assert_eq!(state("schema")["state"], "ok", "{found}");
+    assert_eq!(state("permissions")["state"], "ok", "{found}");
+
+    // The database readable by all, and the activation ended three hours ago unrecorded.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env.db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = env.at("+3h", &["--as", "admin", "doctor"]).expect(1);
+    assert!(
+        r.stdout.contains("others can read or change"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("permissions: chmod 0600 '{}'", env.db.display())),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("the sweep does not run"), "{}", r.stdout);
+    assert!(r.stdout.contains("sweep: pim sweep, then:"), "{}", r.stdout);
+    // Fixed as told: those two are gone.
+    std::fs::set_permissions(&env.db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.at("+3h", &["--as", "admin", "sweep"]).expect(0);
+    let found = env
+        .at("+3h", &["--as", "admin", "doctor", "--json"])
+        .expect(1)
+        .json();
+    for f in found.as_array().unwrap() {
+        if f["check"] == "permissions" || f["check"] == "sweep" {
+            assert_ne!(f["state"], "problem", "{f}");
+        }
+    }
+    // Without a database: one problem, and how to make one.
+    let r = env
+        .run(&["--db", env.path("none.db").to_str().unwrap(), "doctor"])
+        .expect(1);
+    assert!(r.stdout.contains("pim init --admin NAME"), "{}", r.stdout);
+}
