@@ -836,8 +836,13 @@ pub fn run_request(ctx: &Ctx, cmd: RequestCommand) -> anyhow::Result<i32> {
             r.role.clone(),
             r.scope.clone(),
             r.status.to_string(),
-            when(unix(&r.start), now),
-            when(unix(&r.end), now),
+            match r.status {
+                // Never started: no start to show.
+                Status::Denied | Status::Canceled | Status::TimedOut => "never started".to_string(),
+                _ => when(unix(&r.start), now),
+            },
+            // Ended: when it really ended (a deactivation's moment, not the planned end).
+            when(r.ended_at(now.timestamp()).or(unix(&r.end)), now),
             r.justification.clone().unwrap_or_default(),
         ]);
     }

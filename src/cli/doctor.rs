@@ -249,7 +249,7 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
                     ),
                     Some(if installed {
                         format!(
-                            "chown root:pim '{}' && chmod 0660 '{}'",
+                            "chgrp pim '{}' && chmod 0660 '{}'",
                             path.display(),
                             path.display()
                         )
@@ -314,14 +314,11 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
     let timer = [
         "/etc/systemd/system/pim-sweep.timer",
         "/lib/systemd/system/pim-sweep.timer",
+        "/etc/cron.d/pim-sweep",
+        "/etc/cron.d/pim",
     ]
     .iter()
-    .any(|p| Path::new(p).exists())
-        || std::fs::read_dir("/etc/cron.d").is_ok_and(|d| {
-            d.flatten().any(|e| {
-                privilege::read_to_string(&e.path(), 65_536).is_ok_and(|t| t.contains("pim sweep"))
-            })
-        });
+    .any(|p| Path::new(p).exists());
     let now = pim.now();
     if health.unrecorded_expiries > 0 {
         found.push(finding(
@@ -338,7 +335,7 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
         found.push(finding(
             "sweep",
             "warning",
-            "no pim-sweep timer or cron job found (nothing is overdue yet)".to_string(),
+            "no pim-sweep timer (or /etc/cron.d/pim-sweep) found; nothing is overdue yet".to_string(),
             Some("cp examples/systemd/pim-sweep.* /etc/systemd/system/ && systemctl enable --now pim-sweep.timer".to_string()),
         ));
     } else {
@@ -456,7 +453,7 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
                 ),
                 Some(if installed {
                     format!(
-                        "chown root:pim '{}' && chmod 0640 '{}'",
+                        "chgrp pim '{}' && chmod 0640 '{}'",
                         key.display(),
                         key.display()
                     )

@@ -27,6 +27,41 @@ fn unsafe_char(c: char) -> bool {
             | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
+/// The colours tables may paint with (SGR codes): reset, dim, red, green, yellow.
+const COLOURS: &[&str] = &["0", "2", "31", "32", "33"];
+
+/// A secret of this process that marks the colours a table asked for, so that no text a
+/// user wrote can forge one: `\u{91}NONCE CODE \u{92}` becomes `ESC [ CODE m` on output, and
+/// anything else unsafe is escaped as usual.
+fn colour_nonce() -> &'static str {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NONCE.get_or_init(|| {
+        let mut bytes = [0u8; 12];
+        // Without randomness there is no colour (the marks then never match).
+        if getrandom::fill(&mut bytes).is_err() {
+            return "-".repeat(40);
+        }
+        hex::encode(bytes)
+    })
+}
+
+fn colour_mark(code: &str) -> String {
+    format!("\u{91}{}{code}\u{92}", colour_nonce())
+}
+
+/// The colour code of a mark at the start of `text`, and the mark's length.
+fn colour_at(text: &str) -> Option<(&str, usize)> {
+    let rest = text.strip_prefix('\u{91}')?.strip_prefix(colour_nonce())?;
+    let end = rest.find('\u{92}')?;
+    let code = &rest[..end];
+    COLOURS.contains(&code).then(|| {
+        (
+            code,
+            '\u{91}'.len_utf8() + colour_nonce().len() + end + '\u{92}'.len_utf8(),
+        )
+    })
+}
+
 fn escape(text: &str, keep_newlines: bool) -> Cow<'_, str> {
     if !text
         .chars()
@@ -35,7 +70,18 @@ fn escape(text: &str, keep_newlines: bool) -> Cow<'_, str> {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
+    let mut skip = 0;
+    for (i, c) in text.char_indices() {
+        if i < skip {
+            continue;
+        }
+        if c == '\u{91}' {
+            if let Some((code, len)) = colour_at(&text[i..]) {
+                out.push_str(&format!("\x1b[{code}m"));
+                skip = i + len;
+                continue;
+            }
+        }
         match c {
             '\n' if keep_newlines => out.push('\n'),
             '\n' => out.push_str("\\n"),
@@ -171,59 +217,383 @@ pub fn data_for_terminal(text: &str) -> Result<()> {
 }
 
 /// A table for people. Every cell passes through `safe`, so nothing a user wrote reaches the
-/// terminal raw.
-pub struct Table(comfy_table::Table);
+/// terminal raw. On a terminal it fits the screen: free text (justifications, details,
+/// names) is cut with an ellipsis, and when even that does not fit, each row becomes a
+/// block of `header: value` lines. Status and severity words are coloured on a terminal
+/// unless `NO_COLOR` is set; pipes and files get the full table, uncoloured.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    /// Fit this width (None: as wide as the content).
+    width: Option<usize>,
+    colour: bool,
+}
+
+/// Columns of free text: the ones cut to fit.
+const FREE: &[&str] = &[
+    "justification",
+    "ticket",
+    "details",
+    "detail",
+    "description",
+    "reason",
+    "because",
+    "name",
+    "display name",
+    "email",
+    "result",
+    "last error",
+    "recipients",
+    "via",
+    "roles",
+    "permissions",
+];
+
+/// Columns whose words get a colour.
+const COLOURED: &[&str] = &[
+    "status",
+    "state",
+    "severity",
+    "result",
+    "decision",
+    "recommendation",
+];
+
+/// The ANSI colour of a status or severity word, if it has one.
+fn colour_of(word: &str) -> Option<&'static str> {
+    Some(match word {
+        "active" | "ok" | "keep" | "approve" | "approved" | "kept" | "completed" | "sent" => "32",
+        "pending" | "scheduled" | "warning" | "open" | "due" | "waiting" => "33",
+        "denied" | "revoked" | "critical" | "problem" | "remove" | "removed" | "deny"
+        | "failed" | "refused" => "31",
+        "expired" | "deactivated" | "canceled" | "timed-out" | "info" => "2",
+        _ => return None,
+    })
+}
+
+fn display_width(text: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(text)
+}
+
+/// `text` cut to `width` display columns, with an ellipsis when it was wider.
+pub fn fit(text: &str, width: usize) -> Cow<'_, str> {
+    if display_width(text) <= width {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    out.push('…');
+    Cow::Owned(out)
+}
+
+/// `text` in lines of at most `width` display columns (broken at spaces when it can).
+fn wrap_text(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    let mut used = 0;
+    for word in text.split(' ') {
+        let w = display_width(word);
+        if used > 0 && used + 1 + w > width {
+            lines.push(std::mem::take(&mut line));
+            used = 0;
+        }
+        if used > 0 {
+            line.push(' ');
+            used += 1;
+        }
+        for c in word.chars() {
+            let cw = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+            if used + cw > width {
+                lines.push(std::mem::take(&mut line));
+                used = 0;
+            }
+            line.push(c);
+            used += cw;
+        }
+    }
+    lines.push(line);
+    lines
+}
+
+/// Whether colour may be used on stdout: a terminal, and no `NO_COLOR`.
+pub fn colour_on_stdout() -> bool {
+    terminal_width(false).is_some() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
 
 impl Table {
     pub fn add_row<S: AsRef<str>>(&mut self, cells: impl IntoIterator<Item = S>) -> &mut Self {
-        self.0.add_row(
+        self.rows.push(
             cells
                 .into_iter()
                 .map(|c| safe(c.as_ref()).into_owned())
-                .collect::<Vec<_>>(),
+                .collect(),
         );
         self
     }
 
-    /// Wrap long cells within `width` columns.
+    /// On a terminal, fit at most `width` columns (or its width, if narrower).
     pub fn wrap(&mut self, width: u16) -> &mut Self {
-        self.0
-            .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
-            .set_width(width);
+        self.width = self.width.map(|w| w.min(usize::from(width)));
         self
+    }
+
+    fn comfy(&self, rows: &[Vec<String>]) -> comfy_table::Table {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(presets::UTF8_HORIZONTAL_ONLY)
+            .remove_style(TableComponent::HorizontalLines)
+            .remove_style(TableComponent::MiddleIntersections)
+            .remove_style(TableComponent::LeftBorderIntersections)
+            .remove_style(TableComponent::RightBorderIntersections);
+        t.set_header(self.header.iter());
+        for r in rows {
+            t.add_row(r.iter());
+        }
+        t
+    }
+
+    /// The table laid out for `width` columns: the rows with free text cut, or None when
+    /// it cannot fit (then blocks).
+    fn fitted(&self, width: usize) -> Option<Vec<Vec<String>>> {
+        let n = self.header.len();
+        let widest = |i: usize| {
+            self.rows
+                .iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| display_width(c))
+                .chain([display_width(&self.header[i])])
+                .max()
+                .unwrap_or(0)
+        };
+        let mut widths: Vec<usize> = (0..n).map(widest).collect();
+        let rendered = self.comfy(&self.rows).to_string();
+        let total = rendered.lines().map(display_width).max().unwrap_or(0);
+        if total <= width {
+            return Some(self.rows.clone());
+        }
+        let overhead = total - widths.iter().sum::<usize>();
+        let budget = width.checked_sub(overhead)?;
+        let free: Vec<usize> = (0..n)
+            .filter(|&i| FREE.contains(&self.header[i].as_str()))
+            .collect();
+        // Shrink the widest free column first, none below 10 (or its header).
+        let floors: Vec<usize> = (0..n)
+            .map(|i| display_width(&self.header[i]).max(10).min(widths[i]))
+            .collect();
+        while widths.iter().sum::<usize>() > budget {
+            let &i = free
+                .iter()
+                .filter(|&&i| widths[i] > floors[i])
+                .max_by_key(|&&i| widths[i])?;
+            widths[i] -= 1;
+        }
+        Some(
+            self.rows
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            fit(c, widths.get(i).copied().unwrap_or(usize::MAX)).into_owned()
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    /// One block per row: `header: value` lines, a blank line between rows.
+    fn blocks(&self) -> String {
+        let label = self
+            .header
+            .iter()
+            .map(|h| display_width(h))
+            .max()
+            .unwrap_or(0);
+        self.rows
+            .iter()
+            .map(|r| {
+                self.header
+                    .iter()
+                    .zip(r)
+                    .map(|(h, v)| {
+                        let width = self.width.unwrap_or(80);
+                        if width.saturating_sub(label + 2) < 20 {
+                            // Too narrow for a column of labels: each value under its own.
+                            let lines = wrap_text(v, width.saturating_sub(2).max(10));
+                            return format!("{h}:\n  {}", self.paint(h, &lines.join("\n  ")));
+                        }
+                        let pad = " ".repeat(label - display_width(h));
+                        let room = width - label - 2;
+                        let indent = format!("\n{}", " ".repeat(label + 2));
+                        format!(
+                            "{h}:{pad} {}",
+                            self.paint(h, &wrap_text(v, room).join(&indent))
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+
+    fn paint(&self, header: &str, value: &str) -> String {
+        match colour_of(value).filter(|_| self.colour && COLOURED.contains(&header)) {
+            Some(c) => format!("{}{value}{}", colour_mark(c), colour_mark("0")),
+            None => value.to_string(),
+        }
+    }
+
+    /// Colour the status words of a rendered table: each coloured column's cell starts at
+    /// the display column where its header does.
+    fn colour_rendered(&self, text: &str, rows: &[Vec<String>]) -> String {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let Some(header_line) = lines
+            .iter()
+            .position(|l| self.header.iter().all(|h| l.contains(h.as_str())))
+        else {
+            return text.to_string();
+        };
+        let starts: Vec<(usize, usize)> = self
+            .header
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| COLOURED.contains(&h.as_str()))
+            .filter_map(|(i, h)| {
+                let at = lines[header_line].find(&format!(" {h} "))? + 1;
+                Some((i, display_width(&lines[header_line][..at])))
+            })
+            .collect();
+        let mut row = 0;
+        for line in lines.iter_mut().skip(header_line + 1) {
+            if row >= rows.len()
+                || line.trim().is_empty()
+                || line.starts_with('─')
+                || line.starts_with('═')
+                || line.trim_start().starts_with(['─', '═'])
+            {
+                continue;
+            }
+            // Paint from the right so that byte offsets to the left stay valid.
+            for &(i, col) in starts.iter().rev() {
+                let value = &rows[row][i];
+                let Some(c) = colour_of(value) else { continue };
+                let mut seen = 0;
+                let Some(byte) = line.char_indices().find_map(|(b, ch)| {
+                    if seen == col {
+                        return Some(b);
+                    }
+                    seen += unicode_width::UnicodeWidthChar::width(ch).unwrap_or(0);
+                    None
+                }) else {
+                    continue;
+                };
+                if line[byte..].starts_with(value.as_str()) {
+                    line.replace_range(
+                        byte..byte + value.len(),
+                        &format!("{}{value}{}", colour_mark(c), colour_mark("0")),
+                    );
+                }
+            }
+            row += 1;
+        }
+        lines.join("\n")
     }
 }
 
 impl std::fmt::Display for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        let Some(width) = self.width else {
+            return self.comfy(&self.rows).fmt(f);
+        };
+        match self.fitted(width) {
+            Some(rows) => {
+                let text = self.comfy(&rows).to_string();
+                if self.colour {
+                    f.write_str(&self.colour_rendered(&text, &rows))
+                } else {
+                    f.write_str(&text)
+                }
+            }
+            None => f.write_str(&self.blocks()),
+        }
     }
 }
 
+/// A table for stdout: fitted to the terminal when stdout is one.
 pub fn table(header: &[&str]) -> Table {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(presets::UTF8_HORIZONTAL_ONLY)
-        .remove_style(TableComponent::HorizontalLines)
-        .remove_style(TableComponent::MiddleIntersections)
-        .remove_style(TableComponent::LeftBorderIntersections)
-        .remove_style(TableComponent::RightBorderIntersections);
-    t.set_header(header.iter().copied());
-    Table(t)
+    Table {
+        header: header.iter().map(|h| h.to_string()).collect(),
+        rows: Vec::new(),
+        width: terminal_width(false),
+        colour: colour_on_stdout(),
+    }
 }
 
-/// A stored instant for people: local time and how far from now.
+/// A table for stderr (shown before a prompt): fitted to the terminal stderr is.
+pub fn table_for_stderr(header: &[&str]) -> Table {
+    Table {
+        header: header.iter().map(|h| h.to_string()).collect(),
+        rows: Vec::new(),
+        width: terminal_width(true),
+        colour: terminal_width(true).is_some()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+    }
+}
+
+/// A stored instant for people: local time with its zone's abbreviation, and how far from
+/// now ("2026-12-02 09:30 CET (in 11h 58m)"; today's without the date: "21:30 CET (in
+/// 1h)"). The one way tables show time.
 pub fn when(unix: Option<i64>, now: DateTime<Utc>) -> String {
     match unix {
         None => "permanent".to_string(),
         Some(t) => {
             let at = crate::time::from_unix(t);
+            let local = at.with_timezone(&Local);
+            // Today's date goes without saying.
+            let format = if local.date_naive() == now.with_timezone(&Local).date_naive() {
+                "%H:%M"
+            } else {
+                "%Y-%m-%d %H:%M"
+            };
             format!(
-                "{} ({})",
-                at.with_timezone(&Local).format("%Y-%m-%d %H:%M"),
+                "{} {} ({})",
+                local.format(format),
+                zone_abbreviation(t),
                 crate::time::relative(at, now)
             )
         }
     }
+}
+
+/// The local zone's abbreviation at `t` ("CET", "EDT", "UTC"), from the C library (chrono
+/// knows offsets, not names); the offset when there is none.
+fn zone_abbreviation(t: i64) -> String {
+    let time: libc::time_t = t as libc::time_t;
+    // SAFETY: localtime_r writes only into `tm`, which outlives the call; tm_zone points to
+    // static storage of the C library (or is null), read at once.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if !libc::localtime_r(&time, &mut tm).is_null() && !tm.tm_zone.is_null() {
+            if let Ok(name) = std::ffi::CStr::from_ptr(tm.tm_zone).to_str() {
+                if !name.is_empty() {
+                    return name.to_string();
+                }
+            }
+        }
+    }
+    crate::time::from_unix(t)
+        .with_timezone(&Local)
+        .format("%:z")
+        .to_string()
 }
 
 /// Parse a stored RFC 3339 string back to unix seconds, for `when`.
@@ -266,6 +636,42 @@ mod tests {
         assert!(!safe.chars().any(|c| c != '\n' && unsafe_char(c)), "{safe}");
         let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
         assert_eq!(back["j"], "a\u{202e}b\u{9b}c\u{1F600}\u{e0041}\u{7f}\n");
+    }
+
+    #[test]
+    fn only_a_table_can_colour() {
+        // Text that looks like a colour mark, without this process's secret, is escaped.
+        let forged = "\u{91}31\u{92}red\u{91}0\u{92}";
+        assert_eq!(safe_lines(forged), "\\x9131\\x92red\\x910\\x92");
+        // A mark of the table's own becomes the colour; other codes (conceal: 8) do not.
+        let real = format!("{}ok{}", colour_mark("32"), colour_mark("0"));
+        assert_eq!(safe_lines(&real), "\x1b[32mok\x1b[0m");
+        let conceal = format!("{}hidden", colour_mark("8"));
+        assert!(!safe_lines(&conceal).contains('\x1b'));
+        // A cell with a mark in it is escaped before any colour is added.
+        let mut t = table(&["status"]);
+        t.colour = true;
+        t.width = Some(80);
+        t.add_row([real.as_str()]);
+        assert!(!safe_lines(&t.to_string()).contains("\x1b[32m"));
+    }
+
+    #[test]
+    fn a_narrow_table_cuts_free_text_then_becomes_blocks() {
+        let mut t = table(&["id", "status", "justification"]);
+        t.width = Some(40);
+        t.add_row(["1", "active", &"long words ".repeat(10)]);
+        let text = t.to_string();
+        assert!(text.lines().all(|l| display_width(l) <= 40), "{text}");
+        assert!(text.contains('…'), "{text}");
+        t.width = Some(20);
+        let text = t.to_string();
+        assert!(text.starts_with("id:"), "{text}");
+        assert!(text.lines().all(|l| display_width(l) <= 20), "{text}");
+        t.width = None;
+        assert!(t
+            .to_string()
+            .contains(&"long words ".repeat(10).trim_end().to_string()));
     }
 
     #[test]

@@ -221,7 +221,9 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
                 if removals.is_empty() {
                     ctx.note(&format!("Completing review {id} removes nothing."));
                 } else {
-                    let mut t = table(&["remove", "role", "scope", "type", "because"]);
+                    let mut t = super::output::table_for_stderr(&[
+                        "remove", "role", "scope", "type", "because",
+                    ]);
                     for i in &removals {
                         t.add_row(vec![
                             i.user.clone(),

@@ -44,6 +44,22 @@ pub struct Request {
     /// The status as stored (time may have moved it on: see `status`).
     #[serde(skip)]
     pub stored: Status,
+    /// When it was closed (decided against, withdrawn, ended early, timed out, expired).
+    #[serde(skip)]
+    pub closed_at: Option<i64>,
+}
+
+impl Request {
+    /// When it ended, if it has: an activation's real end (its planned one when it ran its
+    /// course), or when a request that never started was closed.
+    pub fn ended_at(&self, now: i64) -> Option<i64> {
+        match self.status {
+            Status::Expired => Some(self.end_at.min(self.closed_at.unwrap_or(self.end_at))),
+            Status::TimedOut => self.closed_at.or(self.decide_by_at),
+            s if s.is_final() => self.closed_at.or(Some(now.min(self.end_at))),
+            _ => None,
+        }
+    }
 }
 
 /// One approver's decision on a request.
@@ -142,7 +158,7 @@ pub fn effective_status(
 
 const COLUMNS: &str = "r.id, u.name, r.role, r.scope, r.status, r.start_at, r.end_at, \
      r.justification, r.ticket, r.created_at, r.closed_by, r.close_reason, r.decide_by, \
-     r.extends, r.duration_secs";
+     r.extends, r.duration_secs, r.closed_at";
 
 fn from_row(r: &Row<'_>, now: i64) -> Result<Request> {
     let stored: Status = r.get(4)?;
@@ -170,6 +186,7 @@ fn from_row(r: &Row<'_>, now: i64) -> Result<Request> {
         duration_secs: r.get::<_, Option<i64>>(14)?.unwrap_or(end_at - start_at),
         decide_by_at: decide_by,
         stored,
+        closed_at: r.get(15)?,
     })
 }
 

@@ -325,6 +325,11 @@ pub struct Terminal {
 impl Terminal {
     /// Run `pim ARGS` (then print `exit=N`) in the environment of `env`.
     pub fn start(env: &Env, args: &[&str], width: u16) -> Terminal {
+        Terminal::start_with(env, &[], args, width)
+    }
+
+    /// `start`, with more environment variables (`NAME=value`).
+    pub fn start_with(env: &Env, vars: &[&str], args: &[&str], width: u16) -> Terminal {
         assert!(
             have("tmux"),
             "tmux is needed by the tests (apt-get install tmux)"
@@ -340,10 +345,14 @@ impl Terminal {
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\nunset PIM_USER PIM_TOKEN NO_COLOR\nexport TERM=xterm-256color PIM_DB='{}' HOME='{}' XDG_CONFIG_HOME='{}/.config'\ncd '{}'\n'{}' {}; echo \"exit=$?\"; sleep 60\n",
+                "#!/bin/sh\nunset PIM_USER PIM_TOKEN NO_COLOR COLUMNS\nexport TERM=xterm-256color PIM_DB='{}' HOME='{}' XDG_CONFIG_HOME='{}/.config' {}\ncd '{}'\n'{}' {}; echo \"exit=$?\"; sleep 60\n",
                 env.db.display(),
                 env.dir.path().display(),
                 env.dir.path().display(),
+                vars.iter()
+                    .map(|v| format!("'{}'", v.replace('\'', "'\\''")))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 env.dir.path().display(),
                 bin(),
                 quoted.join(" ")
@@ -382,6 +391,26 @@ impl Terminal {
         String::from_utf8_lossy(
             &self
                 .tmux(&["capture-pane", "-p", "-t", &self.session])
+                .stdout,
+        )
+        .into_owned()
+    }
+
+    /// The pane with its colours (escape sequences) and wrapped lines joined: what the
+    /// program wrote, line by line.
+    pub fn raw(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .tmux(&[
+                    "capture-pane",
+                    "-p",
+                    "-e",
+                    "-J",
+                    "-S",
+                    "-",
+                    "-t",
+                    &self.session,
+                ])
                 .stdout,
         )
         .into_owned()

@@ -398,3 +398,139 @@ fn doctor_finds_problems_and_says_how_to_fix_them() {
         .expect(1);
     assert!(r.stdout.contains("pim init --admin NAME"), "{}", r.stdout);
 }
+
+/// Display width of a line (what a terminal takes for it), escape sequences left out.
+fn columns(line: &str) -> usize {
+    let mut n = 0;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// A story with requests in every shape: active, deactivated, denied; long justifications.
+fn busy() -> Env {
+    let policy = db_admin(&[]).role(
+        "auditor",
+        "Auditor",
+        &["require_approval = true", "approvers = [\"admin\"]"],
+    );
+    let (env, bob) = bob_at_prod(&policy);
+    env.as_("admin", &["assign", "bob", "auditor", "-j", "x"])
+        .expect(0);
+    let long = "INC-4242 the primary replica in eu-west fell behind by forty minutes and the on-call runbook says to fail over by hand";
+    env.activate("bob", &bob, "db-admin", &["-j", long])
+        .expect(0);
+    env.as_("bob", &["deactivate", "db-admin"]).expect(0);
+    let id = env
+        .at(
+            "+31s",
+            &[
+                "--as",
+                "bob",
+                "activate",
+                "auditor",
+                "-j",
+                "quarterly audit",
+                "--code",
+                &oathtool(&bob, 30),
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json()["id"]
+        .to_string();
+    env.as_("admin", &["deny", &id, "-j", "not now", "--code", "x"])
+        .expect(3);
+    env
+}
+
+/// At 60 columns nothing wraps: free text is cut with an ellipsis, or a row becomes a
+/// block; at 200 the table is whole. A pipe gets everything. Times carry their zone.
+#[test]
+fn tables_fit_the_terminal() {
+    let env = busy();
+    for args in [
+        &["--as", "admin", "audit", "list"][..],
+        &["--as", "bob", "request", "list"][..],
+        &["--as", "bob", "status"][..],
+        &["--as", "admin", "assignment", "list"][..],
+        &["--as", "admin", "role", "list"][..],
+    ] {
+        let t = Terminal::start(&env, args, 60);
+        let (exit, _) = t.finish();
+        assert_eq!(exit, 0, "{args:?}:\n{}", t.raw());
+        let raw = t.raw();
+        for line in raw.lines() {
+            assert!(
+                columns(line) <= 60,
+                "{args:?}: a line of {} columns:\n{raw}",
+                columns(line)
+            );
+        }
+    }
+    let t = Terminal::start(&env, &["--as", "bob", "request", "list"], 200);
+    t.finish();
+    let wide = t.raw();
+    assert!(wide.contains("INC-4242 the primary replica"), "{wide}");
+    let t = Terminal::start(&env, &["--as", "bob", "request", "list"], 120);
+    t.finish();
+    let mid = t.raw();
+    assert!(mid.contains('…'), "a long justification is cut:\n{mid}");
+    assert!(mid.contains("UTC ("), "times carry their zone:\n{mid}");
+    // A pipe gets the whole of it.
+    let r = env.as_("bob", &["request", "list"]).expect(0);
+    assert!(r.stdout.contains("fail over by hand"), "{}", r.stdout);
+    assert!(!r.stdout.contains('\x1b'), "{}", r.stdout);
+}
+
+/// Ended requests show when they ended; those that never started say so.
+#[test]
+fn ended_requests_show_their_real_end() {
+    let env = busy();
+    let t = Terminal::start(&env, &["--as", "bob", "request", "list"], 200);
+    t.finish();
+    let s = t.raw();
+    let line = |status: &str| {
+        s.lines()
+            .find(|l| l.contains(status))
+            .unwrap_or_else(|| panic!("no {status}:\n{s}"))
+            .to_string()
+    };
+    // Deactivated a moment after it started (its planned end was 2h on).
+    assert!(!line("deactivated").contains("(in 1h"), "{s}");
+    assert!(
+        line("deactivated").contains("ago)") || line("deactivated").contains("(now)"),
+        "{s}"
+    );
+    assert!(line("pending").contains("auditor"), "{s}");
+}
+
+/// Status words are coloured on a terminal, not with NO_COLOR, never in a pipe or JSON.
+#[test]
+fn colour_on_a_terminal_only() {
+    let env = busy();
+    let t = Terminal::start(&env, &["--as", "bob", "request", "list"], 200);
+    t.finish();
+    assert!(t.raw().contains("\x1b[33mpending"), "{}", t.raw());
+    let t = Terminal::start_with(
+        &env,
+        &["NO_COLOR=1"],
+        &["--as", "bob", "request", "list"],
+        200,
+    );
+    t.finish();
+    assert!(!t.raw().contains("\x1b[33m"), "{}", t.raw());
+    let t = Terminal::start(&env, &["--as", "bob", "request", "list", "--json"], 200);
+    t.finish();
+    assert!(!t.raw().contains("\x1b[3"), "{}", t.raw());
+}
