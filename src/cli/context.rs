@@ -302,6 +302,17 @@ impl Ctx {
         }
     }
 
+    /// "Did you mean": the user name closest to `name` that the caller may see, when this
+    /// command opened the database.
+    pub fn closest_user(&self, name: &str) -> Option<String> {
+        if self.session.try_borrow().ok()?.is_none() {
+            return None;
+        }
+        let (pim, actor) = self.open().ok()?;
+        let viewer = pim.viewer(&actor).ok()?;
+        pim.closest_user(&viewer, name).ok().flatten()
+    }
+
     /// Whether the database opened is the installed one of a set-group-id pim.
     pub fn installed(&self) -> bool {
         self.installed.get()

@@ -201,9 +201,29 @@ pub fn run() -> i32 {
                 }
                 _ => e,
             };
-            output::note(&format!("pim: {e:#}"));
+            output::note(&format!("pim: {}", did_you_mean(&ctx, format!("{e:#}"))));
             code
         }
+    }
+}
+
+/// An unknown user's error, with the closest name the caller may see.
+fn did_you_mean(ctx: &Ctx, message: String) -> String {
+    const UNKNOWN: &str = "There is no user named '";
+    let Some(name) = message
+        .strip_prefix(UNKNOWN)
+        .and_then(|rest| rest.split_once("'. "))
+        .map(|(name, _)| name.to_string())
+    else {
+        return message;
+    };
+    match ctx.closest_user(&name) {
+        Some(close) => message.replacen(
+            "'. See",
+            &format!("'. Did you mean {close}? See"),
+            1,
+        ),
+        None => message,
     }
 }
 

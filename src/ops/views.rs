@@ -160,6 +160,22 @@ impl Pim {
     }
 
     /// A user's status, with only what the viewer may see of it.
+    /// The user name closest to `name` (a typo away), for "did you mean"; only for a viewer
+    /// who oversees someone (others learn no names this way).
+    pub fn closest_user(&self, v: &Viewer, name: &str) -> Result<Option<String>> {
+        if !v.oversees_anyone() {
+            return Ok(None);
+        }
+        let wanted = name.to_lowercase();
+        Ok(self
+            .users()?
+            .into_iter()
+            .map(|u| (strsim::damerau_levenshtein(&wanted, &u.name.to_lowercase()), u.name))
+            .filter(|(d, n)| *d > 0 && *d <= 2.max(n.len() / 4))
+            .min()
+            .map(|(_, n)| n))
+    }
+
     pub fn status_seen_by(&self, v: &Viewer, user: &str) -> Result<Status> {
         if user != v.name && !v.oversees_anyone() {
             return Err(refused("Seeing another user's status"));

@@ -1294,3 +1294,21 @@ fn a_mistyped_role_gets_a_did_you_mean() {
     let r = env.run(&["check", "bob", "db-admn"]).expect(4);
     assert!(!r.stderr.contains("Did you mean"), "{}", r.stderr);
 }
+
+/// A mistyped user name gets the closest one, for those who may see users; a name far from
+/// any gets none.
+#[test]
+fn a_mistyped_user_gets_a_did_you_mean() {
+    let (env, _) = with_eligible_bob();
+    let r = env
+        .as_("admin", &["assign", "bbo", "db-admin", "-j", "x"])
+        .expect(4);
+    assert!(
+        r.stderr
+            .contains("There is no user named 'bbo'. Did you mean bob? See `pim user list`."),
+        "{}",
+        r.stderr
+    );
+    let r = env.as_("admin", &["status", "zzzzzz"]).expect(4);
+    assert!(!r.stderr.contains("Did you mean"), "{}", r.stderr);
+}
