@@ -97,7 +97,12 @@ pub struct DeactivateArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Whose status (default: yours)
     user: Option<String>,
+    /// One line of your activations and the time left ("db-admin@/prod 42m"), for a shell
+    /// prompt; nothing when none
+    #[arg(long)]
+    short: bool,
 }
 
 #[derive(Debug, Args)]
@@ -685,15 +690,49 @@ pub fn run_deactivate(ctx: &Ctx, a: DeactivateArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+impl StatusArgs {
+    pub fn is_short(&self) -> bool {
+        self.short
+    }
+}
+
+/// Activations and the time left, in one line for a prompt: `db-admin@/prod 42m`.
+fn short_status(s: &crate::ops::Status, now: chrono::DateTime<chrono::Utc>) -> String {
+    s.active
+        .iter()
+        .filter_map(|h| {
+            let until = h.until_at.filter(|_| h.request.is_some())?;
+            let left = chrono::Duration::seconds((until - now.timestamp()).max(0));
+            Some(format!(
+                "{}@{} {}",
+                h.role,
+                h.scope,
+                crate::time::format_duration(left)
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn run_status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<i32> {
     let (pim, actor) = ctx.open()?;
     let viewer = pim.viewer(&actor)?;
     let user = a.user.unwrap_or(actor);
     let s = pim.status_seen_by(&viewer, &user)?;
+    let now = pim.now();
+    if a.short {
+        let line = short_status(&s, now);
+        if ctx.json {
+            return json(&serde_json::json!({ "short": line })).map(|_| 0);
+        }
+        if !line.is_empty() {
+            out(&line)?;
+        }
+        return Ok(0);
+    }
     if ctx.json {
         return json(&s).map(|_| 0);
     }
-    let now = pim.now();
     let mut lines = Vec::new();
     if s.disabled {
         lines.push(format!("{} is disabled and holds nothing.", s.user));

@@ -313,6 +313,36 @@ impl Ctx {
         pim.closest_user(&viewer, name).ok().flatten()
     }
 
+    /// After a command, on a terminal: a note when an activation of the caller's ends
+    /// within ten minutes, with how to keep it.
+    pub fn note_ending_soon(&self) {
+        use std::io::IsTerminal;
+        if self.quiet || self.json || !std::io::stderr().is_terminal() {
+            return;
+        }
+        if self.session.try_borrow().map_or(true, |s| s.is_none()) {
+            return;
+        }
+        let Ok((pim, actor)) = self.open() else {
+            return;
+        };
+        let Ok(status) = pim.status(&actor) else {
+            return;
+        };
+        let now = pim.now().timestamp();
+        for h in status.active.iter().filter(|h| h.request.is_some()) {
+            if let Some(left) = h.until_at.map(|u| u - now).filter(|&l| l > 0 && l < 600) {
+                self.note(&format!(
+                    "Note: your {} at {} ends in {}; `pim extend {}` keeps it longer.",
+                    h.role,
+                    h.scope,
+                    crate::time::format_duration(chrono::Duration::seconds(left)),
+                    h.role
+                ));
+            }
+        }
+    }
+
     /// Whether the database opened is the installed one of a set-group-id pim.
     pub fn installed(&self) -> bool {
         self.installed.get()

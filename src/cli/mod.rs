@@ -179,7 +179,16 @@ pub fn run() -> i32 {
                 .unwrap_or(1);
         }
     };
+    // For scripts and prompts (check, status --short), no note.
+    let quiet_command = match &cli.command {
+        Command::Check(_) => true,
+        Command::Status(a) => a.is_short(),
+        _ => false,
+    };
     let result = dispatch(&ctx, cli.command);
+    if result.is_ok() && !quiet_command {
+        ctx.note_ending_soon();
+    }
     // Deliver what the command queued, whatever it returned (a refusal may have queued).
     ctx.finish();
     match result {
@@ -218,11 +227,7 @@ fn did_you_mean(ctx: &Ctx, message: String) -> String {
         return message;
     };
     match ctx.closest_user(&name) {
-        Some(close) => message.replacen(
-            "'. See",
-            &format!("'. Did you mean {close}? See"),
-            1,
-        ),
+        Some(close) => message.replacen("'. See", &format!("'. Did you mean {close}? See"), 1),
         None => message,
     }
 }

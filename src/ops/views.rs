@@ -170,7 +170,12 @@ impl Pim {
         Ok(self
             .users()?
             .into_iter()
-            .map(|u| (strsim::damerau_levenshtein(&wanted, &u.name.to_lowercase()), u.name))
+            .map(|u| {
+                (
+                    strsim::damerau_levenshtein(&wanted, &u.name.to_lowercase()),
+                    u.name,
+                )
+            })
             .filter(|(d, n)| *d > 0 && *d <= 2.max(n.len() / 4))
             .min()
             .map(|(_, n)| n))

@@ -330,6 +330,15 @@ impl Terminal {
 
     /// `start`, with more environment variables (`NAME=value`).
     pub fn start_with(env: &Env, vars: &[&str], args: &[&str], width: u16) -> Terminal {
+        Terminal::launch(env, vars, "", args, width)
+    }
+
+    /// `start` with the clock moved by `offset` (faketime syntax: `+115m`).
+    pub fn start_at(env: &Env, offset: &str, args: &[&str], width: u16) -> Terminal {
+        Terminal::launch(env, &[], &format!("faketime -f '{offset}' "), args, width)
+    }
+
+    fn launch(env: &Env, vars: &[&str], prefix: &str, args: &[&str], width: u16) -> Terminal {
         assert!(
             have("tmux"),
             "tmux is needed by the tests (apt-get install tmux)"
@@ -345,7 +354,7 @@ impl Terminal {
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\nunset PIM_USER PIM_TOKEN NO_COLOR COLUMNS\nexport TERM=xterm-256color PIM_DB='{}' HOME='{}' XDG_CONFIG_HOME='{}/.config' {}\ncd '{}'\n'{}' {}; echo \"exit=$?\"; sleep 60\n",
+                "#!/bin/sh\nunset PIM_USER PIM_TOKEN NO_COLOR COLUMNS\nexport TERM=xterm-256color PIM_DB='{}' HOME='{}' XDG_CONFIG_HOME='{}/.config' {}\ncd '{}'\n{}'{}' {}; echo \"exit=$?\"; sleep 60\n",
                 env.db.display(),
                 env.dir.path().display(),
                 env.dir.path().display(),
@@ -354,6 +363,7 @@ impl Terminal {
                     .collect::<Vec<_>>()
                     .join(" "),
                 env.dir.path().display(),
+                prefix,
                 bin(),
                 quoted.join(" ")
             ),

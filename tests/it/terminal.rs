@@ -534,3 +534,46 @@ fn colour_on_a_terminal_only() {
     t.finish();
     assert!(!t.raw().contains("\x1b[3"), "{}", t.raw());
 }
+
+/// `status --short` is one line for a shell prompt; any command run on a terminal notes an
+/// activation of yours that ends within ten minutes.
+#[test]
+fn status_short_and_a_note_before_an_activation_ends() {
+    let (env, bob) = bob_at_prod(&db_admin(&[]));
+    let r = env.as_("bob", &["status", "--short"]).expect(0);
+    assert_eq!(r.stdout, "", "nothing active, nothing printed");
+    env.activate("bob", &bob, "db-admin", &["-j", "x"])
+        .expect(0);
+    let r = env
+        .at("+30m", &["--as", "bob", "status", "--short"])
+        .expect(0);
+    assert!(
+        ["db-admin@/prod 1h 30m\n", "db-admin@/prod 1h 29m\n"].contains(&r.stdout.as_str()),
+        "{:?}",
+        r.stdout
+    );
+    let j = env
+        .at("+30m", &["--as", "bob", "status", "--short", "--json"])
+        .expect(0)
+        .json();
+    assert!(j["short"]
+        .as_str()
+        .unwrap()
+        .starts_with("db-admin@/prod 1h"));
+    // Five minutes before the end, on a terminal: noted on stderr.
+    let t = Terminal::start_at(&env, "+115m", &["--as", "bob", "role", "list"], 120);
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    assert!(
+        ["5m", "4m"].iter().any(|left| s.contains(&format!(
+            "Note: your db-admin at /prod ends in {left}; `pim extend db-admin` keeps it longer."
+        ))),
+        "{s}"
+    );
+    // Not in a pipe, and not an hour before.
+    let r = env.at("+115m", &["--as", "bob", "role", "list"]).expect(0);
+    assert!(!r.stderr.contains("ends in"), "{}", r.stderr);
+    let t = Terminal::start_at(&env, "+60m", &["--as", "bob", "role", "list"], 120);
+    let (_, s) = t.finish();
+    assert!(!s.contains("ends in"), "{s}");
+}
