@@ -40,6 +40,7 @@ pub struct ActivateArgs {
 
 #[derive(Debug, Args)]
 pub struct DecideArgs {
+    /// The request id (see `pim request list --pending`)
     pub id: i64,
     /// Why (optional for an approval)
     #[arg(short = 'j', long, value_name = "J")]
@@ -51,6 +52,7 @@ pub struct DecideArgs {
 
 #[derive(Debug, Args)]
 pub struct DenyArgs {
+    /// The request id (see `pim request list --pending`)
     pub id: i64,
     /// Why (required; asked for on a terminal)
     #[arg(short = 'j', long, value_name = "J")]
@@ -62,25 +64,31 @@ pub struct DenyArgs {
 
 #[derive(Debug, Args)]
 pub struct IdArgs {
+    /// The request id
     id: i64,
 }
 
 #[derive(Debug, Args)]
 pub struct ExtendArgs {
+    /// Role key or display name of your running activation
     role: String,
+    /// Which activation, when you have several of the role
     #[arg(long, value_name = "S")]
     scope: Option<String>,
     /// New end: now + D (default the role's maximum)
     #[arg(long, value_name = "D")]
     duration: Option<String>,
+    /// Why (asked for on a terminal when the role requires one)
     #[arg(short = 'j', long, value_name = "J")]
     justification: Option<String>,
+    /// Your current TOTP code (asked for on a terminal)
     #[arg(long, value_name = "C")]
     code: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
+    /// The request id of the activation
     id: i64,
     /// Why (required)
     #[arg(short = 'j', long, value_name = "J")]
@@ -89,6 +97,7 @@ pub struct RevokeArgs {
 
 #[derive(Debug, Args)]
 pub struct DeactivateArgs {
+    /// Role key or display name
     role: String,
     /// Which activation, when you have several of the role
     #[arg(long, value_name = "S")]
@@ -107,8 +116,11 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
+    /// The user (or service)
     user: String,
+    /// Role key or display name
     role: String,
+    /// The scope that must be covered
     #[arg(long, default_value = "/", value_name = "S")]
     scope: String,
 }
@@ -128,7 +140,10 @@ pub enum RequestCommand {
         all: bool,
     },
     /// One request
-    Show { id: i64 },
+    Show {
+        /// The request id
+        id: i64,
+    },
 }
 
 /// Ask for what the roles' policies need and the flags did not give, when we may. What is
@@ -406,14 +421,19 @@ pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
 pub struct ExecArgs {
     /// The role to hold while CMD runs
     role: String,
+    /// Where the role must hold
     #[arg(long, default_value = "/", value_name = "S")]
     scope: String,
+    /// Why (asked for on a terminal when the role requires one)
     #[arg(short = 'j', long, value_name = "J")]
     justification: Option<String>,
+    /// A change or incident ticket
     #[arg(long, value_name = "T")]
     ticket: Option<String>,
+    /// How long to hold it at most (default: the role's maximum)
     #[arg(long, value_name = "D")]
     duration: Option<String>,
+    /// Your current TOTP code (asked for on a terminal)
     #[arg(long, value_name = "C")]
     code: Option<String>,
     /// If the role needs approval, wait for it (at most D)

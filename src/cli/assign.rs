@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct AssignArgs {
+    /// Who gets the role
     user: String,
     /// Role key or display name
     role: String,
@@ -33,16 +34,21 @@ pub struct AssignArgs {
     /// Never ends (where the policy allows)
     #[arg(long)]
     permanent: bool,
+    /// Why (asked for on a terminal when the role requires one)
     #[arg(short = 'j', long, value_name = "J")]
     justification: Option<String>,
+    /// A change or access ticket
     #[arg(long, value_name = "T")]
     ticket: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct UnassignArgs {
+    /// Whose assignment
     user: String,
+    /// Role key or display name
     role: String,
+    /// The assignment's scope
     #[arg(long, default_value = "/", value_name = "S")]
     scope: String,
     /// Remove the direct active assignment instead of the eligible one
@@ -55,6 +61,7 @@ pub enum AssignmentCommand {
     /// Import assignments from CSV (user,role,scope,type,start,end,justification,ticket):
     /// checked whole, then written in one transaction; rows already in place change nothing
     Import {
+        /// The CSV file
         file: PathBuf,
         /// Check and count, change nothing
         #[arg(long)]
@@ -63,6 +70,7 @@ pub enum AssignmentCommand {
     /// Make the assignments what a TOML file declares: prints a plan (+ add, ~ change,
     /// - remove), then applies it in one transaction
     Apply {
+        /// The TOML file of desired assignments
         file: PathBuf,
         /// Print the plan, change nothing
         #[arg(long)]
@@ -74,15 +82,19 @@ pub enum AssignmentCommand {
     },
     /// Assignments in effect or scheduled (activations show as active)
     List {
+        /// Only this user's
         #[arg(long, value_name = "U")]
         user: Option<String>,
+        /// Only this role's
         #[arg(long, value_name = "R")]
         role: Option<String>,
         /// Assignments that cover this scope or lie within it
         #[arg(long, value_name = "S")]
         scope: Option<String>,
+        /// Only eligible assignments
         #[arg(long, conflicts_with = "active")]
         eligible: bool,
+        /// Only active ones (direct assignments and activations)
         #[arg(long)]
         active: bool,
         /// Include ended and removed ones

@@ -49,6 +49,7 @@ pub enum AuditCommand {
     },
     /// The audit log, streamed, for auditors (permission `audit`)
     Export {
+        /// csv (spreadsheet-safe) or jsonl (one event per line)
         #[arg(long, value_enum, default_value = "csv")]
         format: Format,
         /// Write to FILE instead of stdout
@@ -88,6 +89,7 @@ pub enum AuditCommand {
     /// Print the RFC 9162 consistency proof that the log of --to events extends the log of
     /// --from events (JSON: sizes, roots and proof, base64)
     ProveConsistency {
+        /// The size of the older log (a checkpoint's tree size)
         #[arg(long, value_name = "SIZE")]
         from: u64,
         /// Default: the log as it stands

@@ -64,7 +64,7 @@ enum Command {
     Assign(assign::AssignArgs),
     /// Remove an assignment, ending the activations that rest on it
     Unassign(assign::UnassignArgs),
-    /// List assignments
+    /// Assignments: list them, import them from CSV, or apply a declared state from TOML
     #[command(subcommand)]
     Assignment(assign::AssignmentCommand),
     /// Activate a role you are eligible for
@@ -107,11 +107,13 @@ enum Command {
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
     Completions {
+        /// The shell
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Write man pages (pim.1 and one per subcommand) into DIR
     Man {
+        /// The directory to write the pages into
         #[arg(long, value_name = "DIR")]
         output: PathBuf,
     },
@@ -121,7 +123,9 @@ enum Command {
     /// Who could activate or held ROLE (at a scope, at an instant), replayed from the log
     /// (permission `audit`)
     WhoCould {
+        /// Role key or display name
         role: String,
+        /// Only holders covering this scope
         #[arg(long)]
         scope: Option<String>,
         /// The instant (RFC 3339 or YYYY-MM-DD); default: now
@@ -300,6 +304,141 @@ fn completions(shell: clap_complete::Shell) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Examples for a man page (`pim-activate`): what a person would type.
+fn examples(page: &str) -> &'static [&'static str] {
+    match page {
+        "pim" => &[
+            "pim init --admin alice",
+            "pim --as alice user add bob",
+            "pim --as alice assign bob db-admin --scope /prod -j 'on-call rota'",
+            "pim activate",
+            "pim status --short",
+        ],
+        "pim-init" => &["pim init --admin alice --policies policies.toml"],
+        "pim-user-add" => &[
+            "pim user add bob --email bob@example.com",
+            "pim user add ci-deploy --service",
+        ],
+        "pim-user-token" => &["pim user token ci-deploy --rotate"],
+        "pim-user-list" => &["pim user list", "pim user list --json"],
+        "pim-user-show" => &["pim user show bob"],
+        "pim-user-disable" => &["pim user disable bob"],
+        "pim-user-enable" => &["pim user enable bob"],
+        "pim-mfa-enroll" => &["pim mfa enroll", "pim mfa enroll bob"],
+        "pim-mfa-reset" => &["pim mfa reset bob"],
+        "pim-role-list" => &["pim role list"],
+        "pim-role-show" => &["pim role show db-admin"],
+        "pim-policy-validate" => &["pim policy validate policies.toml"],
+        "pim-policy-apply" => &[
+            "pim policy apply policies.toml --dry-run",
+            "pim policy apply policies.toml",
+        ],
+        "pim-policy-export" => &["pim policy export > policies.toml"],
+        "pim-assign" => &[
+            "pim assign bob db-admin --scope /prod -j 'on-call rota' --duration 90d",
+            "pim assign ci-deploy deployer --active --permanent -j 'pipeline'",
+        ],
+        "pim-unassign" => &["pim unassign bob db-admin --scope /prod"],
+        "pim-assignment-list" => &[
+            "pim assignment list --user bob",
+            "pim assignment list --role db-admin --json",
+        ],
+        "pim-assignment-import" => &["pim assignment import assignments.csv --dry-run"],
+        "pim-assignment-apply" => &[
+            "pim assignment apply assignments.toml --dry-run",
+            "pim assignment apply assignments.toml --prune",
+        ],
+        "pim-activate" => &[
+            "pim activate",
+            "pim activate db-admin -j 'INC-4242 replica lag'",
+            "pim activate db-admin --scope /prod --duration 1h --code 123456 -j 'CHG-77'",
+            "pim activate auditor --wait 30m -j 'quarterly audit'",
+        ],
+        "pim-deactivate" => &["pim deactivate db-admin"],
+        "pim-exec" => &["pim exec db-admin --scope /prod -j 'INC-4242' -- psql -h db1"],
+        "pim-status" => &["pim status", "pim status --short", "pim status bob"],
+        "pim-check" => &["pim check bob db-admin --scope /prod/db1 -q && echo held"],
+        "pim-request-list" => &[
+            "pim request list",
+            "pim request list --pending",
+            "pim request list --all --json",
+        ],
+        "pim-request-show" => &["pim request show 42"],
+        "pim-approve" => &["pim approve 42 -j 'matches INC-4242'"],
+        "pim-deny" => &["pim deny 42 -j 'not during the freeze'"],
+        "pim-cancel" => &["pim cancel 42"],
+        "pim-extend" => &["pim extend db-admin --duration 1h -j 'still on it'"],
+        "pim-revoke" => &["pim revoke 42 -j 'left the incident'"],
+        "pim-audit-list" => &["pim audit list --since 2026-12-01 --user bob"],
+        "pim-audit-export" => &[
+            "pim audit export --output audit.csv",
+            "pim audit export --format jsonl --since 2026-11-01",
+        ],
+        "pim-audit-verify" => &[
+            "pim audit verify",
+            "pim audit verify --checkpoint witness.log --state",
+        ],
+        "pim-audit-checkpoint" => &["pim audit checkpoint >> /srv/witness/pim.log"],
+        "pim-audit-key" => &["pim audit key > pim.vkey"],
+        "pim-audit-prove-consistency" => &["pim audit prove-consistency --from 1000"],
+        "pim-audit-replay" => &["pim audit replay --at 2026-11-30T22:00:00Z"],
+        "pim-sweep" => &["pim sweep"],
+        "pim-review-create" => &[
+            "pim review create --role db-admin --reviewer alice --every quarterly --name 'Q4 DBAs'",
+        ],
+        "pim-review-list" => &["pim review list"],
+        "pim-review-show" => &["pim review show 3"],
+        "pim-review-decide" => &["pim review decide 3 bob keep -j 'on call'"],
+        "pim-review-complete" => &["pim review complete 3", "pim review complete 3 --yes"],
+        "pim-review-export" => &["pim review export 3 --output review-3.csv"],
+        "pim-alerts" => &["pim alerts", "pim alerts --fail-on critical"],
+        "pim-completions" => &[
+            "pim completions bash > /etc/bash_completion.d/pim",
+            "source <(COMPLETE=bash pim)",
+        ],
+        "pim-man" => &["pim man --output /usr/local/share/man/man1"],
+        "pim-notification-list" => &["pim notification list --failed"],
+        "pim-who-could" => &["pim who-could db-admin --scope /prod --at 2026-11-30T22:00:00Z"],
+        "pim-receipt" => &[
+            "pim receipt 42 --output receipt-42.json",
+            "pim receipt verify receipt-42.json --key pim.vkey",
+        ],
+        "pim-receipt-verify" => &["pim receipt verify receipt-42.json --key pim.vkey"],
+        "pim-store-copy" => {
+            &["pim store copy --from pim.db --to postgres://pim@db.example.com/pim"]
+        }
+        "pim-store-grant" => &["pim store grant --help"],
+        "pim-whoami" => &["pim whoami", "pim --as alice whoami --json"],
+        "pim-doctor" => &["pim doctor", "sudo pim doctor --json"],
+        _ => &[],
+    }
+}
+
+/// The EXAMPLES and EXIT STATUS sections of a man page, in roff.
+fn man_sections(page: &str) -> String {
+    let roff = |text: &str| text.replace('\\', "\\e").replace('-', "\\-");
+    let mut out = String::new();
+    let examples = examples(page);
+    if !examples.is_empty() {
+        out.push_str(".SH EXAMPLES\n");
+        for e in examples {
+            out.push_str(&format!(".PP\n.nf\n.RS 4\n{}\n.RE\n.fi\n", roff(e)));
+        }
+    }
+    out.push_str(".SH \"EXIT STATUS\"\n");
+    for (code, meaning) in [
+        ("0", "done (for check: the role is held)"),
+        ("1", "an error of the environment: database missing or unreadable, I/O (for check: not held; for audit verify and doctor: a problem found)"),
+        ("2", "bad usage or input: unknown flag, bad duration, invalid policy or import file"),
+        ("3", "refused: not permitted, not eligible, MFA failed or locked, a policy requirement not met"),
+        ("4", "not found: unknown user, role or request"),
+        ("5", "conflict with the current state: already active, already decided, duplicate"),
+    ] {
+        out.push_str(&format!(".TP\n\\fB{code}\\fR\n{}\n", roff(meaning)));
+    }
+    out
+}
+
 /// One page for pim and one for each subcommand (`pim-assignment-import.1`, ...), written
 /// with the caller's own rights.
 fn man_pages(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Result<i32> {
@@ -321,7 +460,19 @@ fn man_pages(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Result<i32> {
         };
         let page = cmd.clone().name(name.clone());
         let mut buf = Vec::new();
-        clap_mangen::Man::new(page).render(&mut buf)?;
+        let man = clap_mangen::Man::new(page);
+        man.render_title(&mut buf)?;
+        man.render_name_section(&mut buf)?;
+        man.render_synopsis_section(&mut buf)?;
+        man.render_description_section(&mut buf)?;
+        if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+            man.render_options_section(&mut buf)?;
+        }
+        if cmd.has_subcommands() {
+            man.render_subcommands_section(&mut buf)?;
+        }
+        buf.extend_from_slice(man_sections(&name).as_bytes());
+        man.render_version_section(&mut buf)?;
         let path = dir.join(format!("{name}.1"));
         crate::privilege::create_output(&path, &[])
             .and_then(|mut f| f.write_all(&buf))
@@ -337,4 +488,38 @@ fn man_pages(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Result<i32> {
     walk(&cmd, "", dir, &mut written)?;
     ctx.note(&format!("Wrote {written} man pages to {}.", dir.display()));
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every command and every flag or argument says what it is for in `--help`.
+    #[test]
+    fn every_flag_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let here = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && cmd.get_long_about().is_none() {
+                missing.push(format!("{here} (the command)"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" || arg.is_global_set() && !path.is_empty() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{here} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(sub, &here, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "undescribed:\n{}", missing.join("\n"));
+    }
 }

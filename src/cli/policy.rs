@@ -10,9 +10,13 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Check a policy file without applying it (works without a database)
-    Validate { file: PathBuf },
+    Validate {
+        /// The policy file (TOML)
+        file: PathBuf,
+    },
     /// Apply a policy file (permission `policy`); shows what changes, role by role
     Apply {
+        /// The policy file (TOML)
         file: PathBuf,
         /// Show the changes, change nothing
         #[arg(long)]
@@ -27,7 +31,10 @@ pub enum RoleCommand {
     /// Roles with their main settings and counts of eligible and active holders
     List,
     /// One role with every effective setting
-    Show { role: String },
+    Show {
+        /// Role key or display name
+        role: String,
+    },
 }
 
 /// Read and parse a policy file; invalid files are usage errors naming each line.

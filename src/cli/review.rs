@@ -15,8 +15,10 @@ pub enum ReviewCommand {
     /// Start a review of every eligible and active assignment of ROLE at S and below
     /// (permission `review`)
     Create {
+        /// The role whose assignments are reviewed
         #[arg(long, value_name = "ROLE")]
         role: String,
+        /// Review assignments at this scope and below
         #[arg(long, default_value = "/", value_name = "S")]
         scope: String,
         /// Who decides (repeat for several)
@@ -38,17 +40,24 @@ pub enum ReviewCommand {
         /// Start it again on this schedule
         #[arg(long, value_parser = ["weekly", "monthly", "quarterly", "semiannual", "annual"])]
         every: Option<String>,
+        /// A name for people ("Q4 DBAs")
         #[arg(long, value_name = "N")]
         name: Option<String>,
     },
     /// Open and finished reviews with their progress
     List,
     /// One review: each assignment with its recommendation and decision
-    Show { id: i64 },
+    Show {
+        /// The review id
+        id: i64,
+    },
     /// Decide keep or remove for USER's assignments in the review
     Decide {
+        /// The review id
         id: i64,
+        /// Whose assignment
         user: String,
+        /// keep or remove
         #[arg(value_parser = ["keep", "remove"])]
         decision: String,
         /// Why (required; asked for on a terminal)
@@ -58,6 +67,7 @@ pub enum ReviewCommand {
     /// Apply the decisions now (the creator, or a holder of `review`); on a terminal, shows
     /// what will be removed and asks first
     Complete {
+        /// The review id
         id: i64,
         /// Do not ask for confirmation
         #[arg(long, short = 'y')]
@@ -65,7 +75,9 @@ pub enum ReviewCommand {
     },
     /// The review's results as spreadsheet-safe CSV
     Export {
+        /// The review id
         id: i64,
+        /// Write to FILE instead of stdout
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },

@@ -10,9 +10,12 @@ use clap::Subcommand;
 pub enum UserCommand {
     /// Add a user (permission `users`)
     Add {
+        /// The user's name (their operating-system account name, to act without --as)
         name: String,
+        /// Where notifications to them go
         #[arg(long, value_name = "E", conflicts_with = "service")]
         email: Option<String>,
+        /// A name for people ("Alice Martin")
         #[arg(long, value_name = "D")]
         display_name: Option<String>,
         /// A service principal for CI: prints its token once
@@ -21,6 +24,7 @@ pub enum UserCommand {
     },
     /// Issue a new token for a service and void the old one (permission `users`)
     Token {
+        /// The service
         name: String,
         /// Required: says that the old token stops working
         #[arg(long, required = true)]
@@ -29,11 +33,20 @@ pub enum UserCommand {
     /// List users
     List,
     /// Show one user
-    Show { name: String },
+    Show {
+        /// The user
+        name: String,
+    },
     /// Disable a user: they can do nothing and hold nothing (permission `users`)
-    Disable { name: String },
+    Disable {
+        /// The user
+        name: String,
+    },
     /// Enable a disabled user (permission `users`)
-    Enable { name: String },
+    Enable {
+        /// The user
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,13 +54,17 @@ pub enum MfaCommand {
     /// Enrol your TOTP authenticator (re-enrolling needs a current code); with NAME, enrol
     /// another user's (permission `users`)
     Enroll {
+        /// Another user to enrol (default: yourself)
         name: Option<String>,
         /// Your current code, to replace your authenticator
         #[arg(long, value_name = "C")]
         code: Option<String>,
     },
     /// Drop a user's authenticator and lockout (permission `users`)
-    Reset { name: String },
+    Reset {
+        /// The user
+        name: String,
+    },
 }
 
 fn show_users(

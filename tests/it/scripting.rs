@@ -123,4 +123,32 @@ fn completions_and_man_pages() {
     assert!(page.contains(".TH") && page.contains("dry\\-run"), "{page}");
     assert!(env.path("man/pim.1").exists());
     assert!(env.path("man/pim-review-decide.1").exists());
+    // Every command's page (not the groups') has EXAMPLES; every page has EXIT STATUS.
+    let groups = [
+        "pim-user",
+        "pim-mfa",
+        "pim-role",
+        "pim-policy",
+        "pim-assignment",
+        "pim-request",
+        "pim-audit",
+        "pim-review",
+        "pim-notification",
+        "pim-store",
+    ];
+    let mut pages = 0;
+    for entry in std::fs::read_dir(env.path("man")).unwrap() {
+        let path = entry.unwrap().path();
+        let page = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        assert!(page.contains(".SH \"EXIT STATUS\""), "{name}");
+        assert!(page.contains("refused: not permitted"), "{name}");
+        if !groups.contains(&name.as_str()) {
+            assert!(page.contains(".SH EXAMPLES"), "{name} has no examples");
+        }
+        pages += 1;
+    }
+    assert!(pages > 60, "{pages}");
+    let page = std::fs::read_to_string(env.path("man/pim-activate.1")).unwrap();
+    assert!(page.contains("pim activate db\\-admin \\-j"), "{page}");
 }
