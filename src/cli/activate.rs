@@ -14,9 +14,11 @@ pub struct ActivateArgs {
     /// Role keys or display names (several: one justification, one TOTP code); none on a
     /// terminal: pick from the roles you are eligible for
     #[arg(num_args = 0..)]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::roles))]
     roles: Vec<String>,
     /// Where to activate (default: the only scope you are eligible at, else /)
     #[arg(long, value_name = "S")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::scopes))]
     scope: Option<String>,
     /// How long (default: the role's maximum)
     #[arg(long, value_name = "D")]
@@ -41,6 +43,7 @@ pub struct ActivateArgs {
 #[derive(Debug, Args)]
 pub struct DecideArgs {
     /// The request id (see `pim request list --pending`)
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::requests))]
     pub id: i64,
     /// Why (optional for an approval)
     #[arg(short = 'j', long, value_name = "J")]
@@ -53,6 +56,7 @@ pub struct DecideArgs {
 #[derive(Debug, Args)]
 pub struct DenyArgs {
     /// The request id (see `pim request list --pending`)
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::requests))]
     pub id: i64,
     /// Why (required; asked for on a terminal)
     #[arg(short = 'j', long, value_name = "J")]
@@ -65,15 +69,18 @@ pub struct DenyArgs {
 #[derive(Debug, Args)]
 pub struct IdArgs {
     /// The request id
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::requests))]
     id: i64,
 }
 
 #[derive(Debug, Args)]
 pub struct ExtendArgs {
     /// Role key or display name of your running activation
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::roles))]
     role: String,
     /// Which activation, when you have several of the role
     #[arg(long, value_name = "S")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::scopes))]
     scope: Option<String>,
     /// New end: now + D (default the role's maximum)
     #[arg(long, value_name = "D")]
@@ -89,6 +96,7 @@ pub struct ExtendArgs {
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
     /// The request id of the activation
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::requests))]
     id: i64,
     /// Why (required)
     #[arg(short = 'j', long, value_name = "J")]
@@ -98,15 +106,18 @@ pub struct RevokeArgs {
 #[derive(Debug, Args)]
 pub struct DeactivateArgs {
     /// Role key or display name
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::roles))]
     role: String,
     /// Which activation, when you have several of the role
     #[arg(long, value_name = "S")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::scopes))]
     scope: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Whose status (default: yours)
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
     user: Option<String>,
     /// One line of your activations and the time left ("db-admin@/prod 42m"), for a shell
     /// prompt; nothing when none
@@ -117,11 +128,14 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The user (or service)
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
     user: String,
     /// Role key or display name
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::roles))]
     role: String,
     /// The scope that must be covered
     #[arg(long, default_value = "/", value_name = "S")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::scopes))]
     scope: String,
 }
 
@@ -142,6 +156,7 @@ pub enum RequestCommand {
     /// One request
     Show {
         /// The request id
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::requests))]
         id: i64,
     },
 }
@@ -420,9 +435,11 @@ pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// The role to hold while CMD runs
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::roles))]
     role: String,
     /// Where the role must hold
     #[arg(long, default_value = "/", value_name = "S")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::scopes))]
     scope: String,
     /// Why (asked for on a terminal when the role requires one)
     #[arg(short = 'j', long, value_name = "J")]

@@ -13,11 +13,14 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 pub struct AssignArgs {
     /// Who gets the role
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
     user: String,
     /// Role key or display name
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::roles))]
     role: String,
     /// Where the role applies
     #[arg(long, default_value = "/", value_name = "S")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::scopes))]
     scope: String,
     /// A direct active assignment instead of an eligible one
     #[arg(long)]
@@ -45,11 +48,14 @@ pub struct AssignArgs {
 #[derive(Debug, Args)]
 pub struct UnassignArgs {
     /// Whose assignment
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
     user: String,
     /// Role key or display name
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::roles))]
     role: String,
     /// The assignment's scope
     #[arg(long, default_value = "/", value_name = "S")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::scopes))]
     scope: String,
     /// Remove the direct active assignment instead of the eligible one
     #[arg(long)]
@@ -84,12 +90,15 @@ pub enum AssignmentCommand {
     List {
         /// Only this user's
         #[arg(long, value_name = "U")]
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
         user: Option<String>,
         /// Only this role's
         #[arg(long, value_name = "R")]
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::roles))]
         role: Option<String>,
         /// Assignments that cover this scope or lie within it
         #[arg(long, value_name = "S")]
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::scopes))]
         scope: Option<String>,
         /// Only eligible assignments
         #[arg(long, conflicts_with = "active")]

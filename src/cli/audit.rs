@@ -22,9 +22,11 @@ pub struct FilterArgs {
     actor: Option<String>,
     /// Events about U
     #[arg(long, value_name = "U")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
     user: Option<String>,
     /// Events about role R
     #[arg(long, value_name = "R")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::roles))]
     role: Option<String>,
     /// Events of action A (`activation.*` for a family)
     #[arg(long, value_name = "A")]

@@ -4,6 +4,7 @@
 mod activate;
 mod assign;
 mod audit;
+mod complete;
 mod context;
 mod doctor;
 mod init;
@@ -106,6 +107,11 @@ enum Command {
         fail_on: Option<String>,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    #[command(
+        long_about = "Print static shell completions (commands and flags).",
+        after_long_help = "Completions that also offer roles, users, scopes and request ids from your database \
+are dynamic: add one line to your shell's startup file.\n\n  bash:  echo 'source <(COMPLETE=bash pim)' >> ~/.bashrc\n  zsh:   echo 'source <(COMPLETE=zsh pim)' >> ~/.zshrc\n  fish:  echo 'COMPLETE=fish pim | source' >> ~/.config/fish/completions/pim.fish\n\nStatic ones (no database needed): pim completions bash > /etc/bash_completion.d/pim"
+    )]
     Completions {
         /// The shell
         #[arg(value_enum)]
@@ -124,9 +130,11 @@ enum Command {
     /// (permission `audit`)
     WhoCould {
         /// Role key or display name
+        #[arg(add = clap_complete::ArgValueCandidates::new(complete::roles))]
         role: String,
         /// Only holders covering this scope
         #[arg(long)]
+        #[arg(add = clap_complete::ArgValueCandidates::new(complete::scopes))]
         scope: Option<String>,
         /// The instant (RFC 3339 or YYYY-MM-DD); default: now
         #[arg(long, value_name = "T")]
@@ -165,6 +173,15 @@ pub fn run() -> i32 {
             "pim: internal error ({what}); nothing half-done was kept. Please report it."
         ));
     }));
+    // `COMPLETE=bash pim`: the shell's registration script, or (`pim -- pim activate ...`)
+    // the candidates of one completion; then the process ends here. Only in those two
+    // shapes: `COMPLETE=bash pim check ...` is still a check (a set variable must never turn
+    // a gate's "not held" into a printed script and exit 0).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 1 || args.get(1).is_some_and(|a| a == "--") {
+        use clap::CommandFactory;
+        clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -33,6 +33,7 @@ pub enum RoleCommand {
     /// One role with every effective setting
     Show {
         /// Role key or display name
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::roles))]
         role: String,
     },
 }

@@ -17,9 +17,11 @@ pub enum ReviewCommand {
     Create {
         /// The role whose assignments are reviewed
         #[arg(long, value_name = "ROLE")]
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::roles))]
         role: String,
         /// Review assignments at this scope and below
         #[arg(long, default_value = "/", value_name = "S")]
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::scopes))]
         scope: String,
         /// Who decides (repeat for several)
         #[arg(
@@ -49,13 +51,16 @@ pub enum ReviewCommand {
     /// One review: each assignment with its recommendation and decision
     Show {
         /// The review id
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::reviews))]
         id: i64,
     },
     /// Decide keep or remove for USER's assignments in the review
     Decide {
         /// The review id
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::reviews))]
         id: i64,
         /// Whose assignment
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
         user: String,
         /// keep or remove
         #[arg(value_parser = ["keep", "remove"])]
@@ -68,6 +73,7 @@ pub enum ReviewCommand {
     /// what will be removed and asks first
     Complete {
         /// The review id
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::reviews))]
         id: i64,
         /// Do not ask for confirmation
         #[arg(long, short = 'y')]
@@ -76,6 +82,7 @@ pub enum ReviewCommand {
     /// The review's results as spreadsheet-safe CSV
     Export {
         /// The review id
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::reviews))]
         id: i64,
         /// Write to FILE instead of stdout
         #[arg(long, value_name = "FILE")]

@@ -25,6 +25,7 @@ pub enum UserCommand {
     /// Issue a new token for a service and void the old one (permission `users`)
     Token {
         /// The service
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
         name: String,
         /// Required: says that the old token stops working
         #[arg(long, required = true)]
@@ -35,16 +36,19 @@ pub enum UserCommand {
     /// Show one user
     Show {
         /// The user
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
         name: String,
     },
     /// Disable a user: they can do nothing and hold nothing (permission `users`)
     Disable {
         /// The user
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
         name: String,
     },
     /// Enable a disabled user (permission `users`)
     Enable {
         /// The user
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
         name: String,
     },
 }
@@ -55,6 +59,7 @@ pub enum MfaCommand {
     /// another user's (permission `users`)
     Enroll {
         /// Another user to enrol (default: yourself)
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
         name: Option<String>,
         /// Your current code, to replace your authenticator
         #[arg(long, value_name = "C")]
@@ -63,6 +68,7 @@ pub enum MfaCommand {
     /// Drop a user's authenticator and lockout (permission `users`)
     Reset {
         /// The user
+        #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
         name: String,
     },
 }

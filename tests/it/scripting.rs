@@ -107,6 +107,63 @@ fn without_a_terminal_nothing_prompts_or_hangs() {
     assert_eq!(status.code(), Some(3));
 }
 
+/// `source <(COMPLETE=bash pim)`: candidates from the database, as the caller may see them;
+/// and COMPLETE set around a real command changes nothing.
+#[test]
+fn dynamic_completions_offer_roles_users_scopes_and_requests() {
+    let env = Env::new();
+    env.init();
+    let bob = env.user("bob");
+    env.as_(
+        "admin",
+        &["assign", "bob", "db-admin", "--scope", "/prod", "-j", "x"],
+    )
+    .expect(0);
+    let complete = |who: &str, index: &str, words: &[&str]| {
+        let mut c = env.command(&[]);
+        c.env("COMPLETE", "bash")
+            .env("_CLAP_IFS", "\n")
+            .env("_CLAP_COMPLETE_INDEX", index)
+            .env("PIM_USER", who)
+            .arg("--")
+            .args(words);
+        let r: support::Run = c.output().unwrap().into();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.stdout.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let roles = complete("bob", "2", &["pim", "activate", ""]);
+    assert!(roles.contains(&"db-admin".to_string()), "{roles:?}");
+    assert!(roles.contains(&"global-admin".to_string()), "{roles:?}");
+    let scopes = complete("bob", "4", &["pim", "activate", "db-admin", "--scope", ""]);
+    assert!(scopes.contains(&"/prod".to_string()), "{scopes:?}");
+    // An administrator is offered every user; bob only himself.
+    let users = complete("admin", "2", &["pim", "status", ""]);
+    assert!(users.contains(&"bob".to_string()) && users.contains(&"admin".to_string()));
+    let users = complete("bob", "2", &["pim", "status", ""]);
+    assert!(
+        users.contains(&"bob".to_string()) && !users.contains(&"admin".to_string()),
+        "{users:?}"
+    );
+    let id = env
+        .activate("bob", &bob, "db-admin", &["-j", "x", "--json"])
+        .expect(0)
+        .json()["id"]
+        .to_string();
+    let ids = complete("bob", "3", &["pim", "request", "show", ""]);
+    assert!(ids.contains(&id), "{ids:?}");
+    // A gate is still a gate with COMPLETE set.
+    let mut c = env.command(&["check", "bob", "global-admin"]);
+    c.env("COMPLETE", "bash");
+    let r: support::Run = c.output().unwrap().into();
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let r = env.run(&["completions", "--help"]).expect(0);
+    assert!(
+        r.stdout.contains("source <(COMPLETE=bash pim)"),
+        "{}",
+        r.stdout
+    );
+}
+
 #[test]
 fn completions_and_man_pages() {
     let env = Env::new();
