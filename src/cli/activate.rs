@@ -677,11 +677,21 @@ pub fn run_extend(ctx: &Ctx, a: ExtendArgs) -> anyhow::Result<i32> {
     let mut justification = a.justification;
     let mut code = a.code;
     if ctx.interactive {
-        if let Some(role) = pim.policy()?.role(&a.role) {
-            if role.settings.require_justification && justification.is_none() {
-                justification = Some(prompt::text(
+        // Check first, then ask.
+        let current = pim.check_extend(&actor, &a.role, scope.as_ref(), duration)?;
+        if let Some(role) = pim.policy()?.role(&current.role).cloned() {
+            let roles = vec![role.clone()];
+            if let Some(why) = justification.as_deref().and_then(|j| misfit(&roles, j)) {
+                ctx.note(&why);
+                justification = None;
+            }
+            let needs = role.settings.require_justification
+                || role.settings.justification_pattern.is_some();
+            if needs && justification.is_none() {
+                justification = Some(prompt::text_checked(
                     &format!("Justification for extending {}", role.key),
                     crate::limits::JUSTIFICATION,
+                    move |j| misfit(&roles, j).map_or(Ok(()), Err),
                 )?);
             }
             if role.settings.require_mfa
@@ -692,14 +702,24 @@ pub fn run_extend(ctx: &Ctx, a: ExtendArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    let r = pim.extend(
-        &actor,
-        &a.role,
-        scope.as_ref(),
-        duration,
-        justification.as_deref(),
-        code.as_deref(),
-    )?;
+    let mut tries = 1;
+    let r = loop {
+        match pim.extend(
+            &actor,
+            &a.role,
+            scope.as_ref(),
+            duration,
+            justification.as_deref(),
+            code.as_deref(),
+        ) {
+            Err(e) if ctx.interactive && e.is_wrong_code() && tries < 5 => {
+                ctx.note(&format!("{e} Try again."));
+                code = Some(prompt::code(&actor)?);
+                tries += 1;
+            }
+            other => break other?,
+        }
+    };
     if r.status == Status::Pending || ctx.json {
         return show_request(ctx, &pim, &r, "the extension waits for approval");
     }

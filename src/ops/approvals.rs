@@ -298,6 +298,33 @@ impl Pim {
         justification: Option<&str>,
         code: Option<&str>,
     ) -> Result<Request> {
+        self.extend_or_check(actor, role, scope, duration, justification, code, false)
+    }
+
+    /// Every check of an extension that needs nothing typed (a running activation, the
+    /// duration, no extension already waiting), before any prompt; a refusal is recorded as
+    /// the extension's would be. The activation that would be extended.
+    pub fn check_extend(
+        &mut self,
+        actor: &str,
+        role: &str,
+        scope: Option<&Scope>,
+        duration: Option<Duration>,
+    ) -> Result<Request> {
+        self.extend_or_check(actor, role, scope, duration, None, None, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn extend_or_check(
+        &mut self,
+        actor: &str,
+        role: &str,
+        scope: Option<&Scope>,
+        duration: Option<Duration>,
+        justification: Option<&str>,
+        code: Option<&str>,
+        only_check: bool,
+    ) -> Result<Request> {
         limits::check_opt("justification", justification, limits::JUSTIFICATION)?;
         let vault = self.vault.clone();
         self.write(actor, |tx, now, policy| {
@@ -355,6 +382,14 @@ impl Pim {
                     current.end
                 )));
             }
+            if tx.has_pending_extension(current.id, t)? {
+                return Err(Error::Conflict(
+                    "An extension of this activation is already waiting for approval.".to_string(),
+                ));
+            }
+            if only_check {
+                return Ok(current);
+            }
             if s.require_justification && justification.is_none() {
                 return refuse(
                     tx,
@@ -378,11 +413,6 @@ impl Pim {
                         )),
                     );
                 }
-            }
-            if tx.has_pending_extension(current.id, t)? {
-                return Err(Error::Conflict(
-                    "An extension of this activation is already waiting for approval.".to_string(),
-                ));
             }
             if s.require_mfa {
                 verify_code(tx, &vault, now, &me, code, ev.clone())?;

@@ -577,3 +577,28 @@ fn status_short_and_a_note_before_an_activation_ends() {
     let (_, s) = t.finish();
     assert!(!s.contains("ends in"), "{s}");
 }
+
+/// `extend` checks first (nothing running: said before any prompt), then asks, and shows
+/// the activation extended.
+#[test]
+fn extend_checks_first_then_asks() {
+    let (env, bob) = bob_at_prod(&db_admin(&[]));
+    let t = Terminal::start(&env, &["--as", "bob", "extend", "db-admin"], 120);
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 4, "{s}");
+    assert!(
+        s.contains("You have no running activation of db-admin"),
+        "{s}"
+    );
+    assert!(!s.contains("Justification"), "{s}");
+    env.activate("bob", &bob, "db-admin", &["-j", "x"])
+        .expect(0);
+    let t = Terminal::start_at(&env, "+1h", &["--as", "bob", "extend", "db-admin"], 120);
+    t.wait_for("Justification for extending db-admin");
+    t.line("INC-9 still failing over");
+    t.wait_for("TOTP code for bob");
+    t.line(&oathtool(&bob, 3600));
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    assert!(s.contains("extended; it is active until"), "{s}");
+}
