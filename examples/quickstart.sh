@@ -21,23 +21,29 @@ if [ -e "$db" ]; then
     exit 0
 fi
 
-# A TOTP code for a base32 secret (RFC 6238), as an authenticator app would show it.
+# A TOTP code for a base32 secret (RFC 6238), as an authenticator app would show it (with a
+# second argument: the code of that many steps of 30 seconds from now).
 totp() {
     python3 -c 'import base64,hmac,hashlib,struct,sys,time
 s=sys.argv[1]; k=base64.b32decode(s+"="*(-len(s)%8))
-h=hmac.new(k,struct.pack(">Q",int(time.time())//30),hashlib.sha1).digest(); o=h[-1]&15
-print("%06d"%((struct.unpack(">I",h[o:o+4])[0]&0x7fffffff)%1000000))' "$1"
+h=hmac.new(k,struct.pack(">Q",int(time.time())//30+int(sys.argv[2])),hashlib.sha1).digest(); o=h[-1]&15
+print("%06d"%((struct.unpack(">I",h[o:o+4])[0]&0x7fffffff)%1000000))' "$1" "${2:-0}"
 }
 secret_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'; }
 
-echo "\$ pim init --admin $admin"
-pim init --admin "$admin" --json >/dev/null
+echo "\$ pim init --admin $admin && pim --as $admin mfa confirm --code ******"
+admin_secret=$(pim init --admin "$admin" --json 2>/dev/null | secret_of)
+# An authenticator takes effect with its first code (here, the previous step's: the current
+# one stays free).
+pim --as "$admin" mfa confirm --code "$(totp "$admin_secret" -1)" >/dev/null
 echo "Created $db with $admin as break-glass administrator (its TOTP key is in your config directory)."
 echo
 # You own the database file, so you may act as its administrator with --as.
-echo "\$ pim --as $admin user add $me && pim --as $admin mfa enroll $me"
+echo "\$ pim --as $admin user add $me && pim mfa enroll && pim mfa confirm --code ******"
 pim --as "$admin" user add "$me" >/dev/null
-secret=$(pim --as "$admin" mfa enroll "$me" --json | secret_of)
+# You enrol your own authenticator (nobody else ever sees its secret) and confirm it.
+secret=$(pim mfa enroll --json 2>/dev/null | secret_of)
+pim mfa confirm --code "$(totp "$secret" -1)" >/dev/null
 echo "Added $me; your authenticator secret is $secret (pim mfa enroll shows it as a QR code)."
 echo
 echo "\$ pim --as $admin assign $me db-admin --scope /prod --duration 90d -j 'on-call rotation'"

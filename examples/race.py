@@ -34,9 +34,9 @@ def main():
             sys.exit(f"pim {' '.join(args)}: exit {r.returncode}: {r.stderr}")
         return r
 
-    def code(secret):
-        return subprocess.run(["oathtool", "--totp", "-b", secret], capture_output=True,
-                              text=True, check=True).stdout.strip()
+    def code(secret, offset=0):
+        return subprocess.run(["oathtool", "--totp", "-b", secret, "-N", f"now {offset:+} seconds"],
+                              capture_output=True, text=True, check=True).stdout.strip()
 
     users = [f"u{i:03}" for i in range(a.activations)]
     requesters = [f"r{i:03}" for i in range(a.pairs)]
@@ -53,7 +53,9 @@ def main():
     secrets = {}
     for u in users + requesters + approvers:
         pim("--as", "admin", "user", "add", u)
-        secrets[u] = json.loads(pim("--as", "admin", "mfa", "enroll", u, "--json").stdout)["secret"]
+        # Each enrols their own authenticator and confirms it with the previous step's code.
+        secrets[u] = json.loads(pim("--as", u, "mfa", "enroll", "--json").stdout)["secret"]
+        pim("--as", u, "mfa", "confirm", "--code", code(secrets[u], -30))
     rows = [f"{u},ops,/,eligible,,,bench,\n" for u in users]
     rows += [f"{u},db-admin,/,eligible,,,bench,\n" for u in requesters]
     csv = os.path.join(home, "eligible.csv")

@@ -82,6 +82,8 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<i32> {
             "admin": args.admin,
             "otpauth_uri": enrollment.otpauth_uri,
             "secret": enrollment.secret,
+            "pending": enrollment.pending,
+            "confirm_by": enrollment.confirm_by,
             "protected_roles": protected,
         }))?;
     } else {
@@ -96,6 +98,16 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<i32> {
             }
         ))?;
         show_enrollment(&enrollment)?;
+    }
+    // The authenticator takes effect with its first code: asked for at once on a terminal.
+    let mut pim = pim;
+    if ctx.interactive && !ctx.json {
+        super::user::confirm_first_code(ctx, &mut pim, &args.admin)?;
+    } else {
+        ctx.note(&format!(
+            "{}'s authenticator takes effect once confirmed: `pim mfa confirm --code CODE` (as {}) with a code from it, within an hour.",
+            args.admin, args.admin
+        ));
     }
     if !pim.policy_warnings(&policy)?.is_empty() {
         ctx.note(

@@ -341,7 +341,12 @@ fn examples(page: &str) -> &'static [&'static str] {
         "pim-user-show" => &["pim user show bob"],
         "pim-user-disable" => &["pim user disable bob"],
         "pim-user-enable" => &["pim user enable bob"],
-        "pim-mfa-enroll" => &["pim mfa enroll", "pim mfa enroll bob"],
+        "pim-mfa-enroll" => &[
+            "pim mfa enroll",
+            "pim mfa enroll --json && pim mfa confirm --code 123456",
+            "pim mfa enroll bob",
+        ],
+        "pim-mfa-confirm" => &["pim mfa confirm --code 123456"],
         "pim-mfa-reset" => &["pim mfa reset bob"],
         "pim-role-list" => &["pim role list"],
         "pim-role-show" => &["pim role show db-admin"],

@@ -39,6 +39,11 @@ pub fn code(user: &str) -> Result<String> {
         .interact()?)
 }
 
+/// Something typed without echo.
+pub fn hidden(prompt: &str) -> Result<String> {
+    Ok(Password::new().with_prompt(prompt).interact()?)
+}
+
 /// Yes or no, no unless answered.
 pub fn confirm(prompt: &str) -> Result<bool> {
     Ok(Confirm::new()

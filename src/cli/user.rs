@@ -55,13 +55,22 @@ pub enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum MfaCommand {
-    /// Enrol your TOTP authenticator (re-enrolling needs a current code); with NAME, enrol
-    /// another user's (permission `users`)
+    /// Enrol your TOTP authenticator: it takes effect once a first code from it confirms it
+    /// (asked for at once on a terminal, else `pim mfa confirm`); replacing one needs a
+    /// current code. With NAME (permission `users`): a one-time enrolment NAME completes
+    /// under their own account within a day, without their old authenticator; you never
+    /// see their secret
     Enroll {
-        /// Another user to enrol (default: yourself)
+        /// Issue a one-time enrolment for this user (default: enrol yourself)
         #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::users))]
         name: Option<String>,
         /// Your current code, to replace your authenticator
+        #[arg(long, value_name = "C")]
+        code: Option<String>,
+    },
+    /// Confirm your new authenticator with its first code (within an hour of `mfa enroll`)
+    Confirm {
+        /// A code from the new authenticator (asked for on a terminal)
         #[arg(long, value_name = "C")]
         code: Option<String>,
     },
@@ -183,26 +192,78 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Ask for the first code of a new authenticator until it confirms it (a wrong one is asked
+/// again, up to the tries an enrolment allows).
+pub fn confirm_first_code(ctx: &Ctx, pim: &mut crate::Pim, actor: &str) -> anyhow::Result<()> {
+    loop {
+        let code = prompt::hidden("First code from the new authenticator")?;
+        match pim.confirm_enrolment(actor, &code) {
+            Ok(()) => {
+                ctx.note("Confirmed: the new authenticator is in force.");
+                return Ok(());
+            }
+            Err(e) if e.to_string() == crate::ops::NOT_THE_NEW_CODE => {
+                ctx.note(&format!("{e} Try again."));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 pub fn run_mfa(ctx: &Ctx, cmd: MfaCommand) -> anyhow::Result<i32> {
     let (mut pim, actor) = ctx.open()?;
     match cmd {
-        MfaCommand::Enroll { name, code } => {
-            let own = name.as_deref().is_none_or(|n| n == actor);
+        MfaCommand::Enroll {
+            name: Some(name), ..
+        } if name != actor => {
+            let g = pim.grant_enrolment(&actor, &name)?;
+            if ctx.json {
+                json(&g)?;
+            } else {
+                out(&format!(
+                    "{name} may now enrol a new authenticator under their own account until {}: `pim mfa enroll`, then its first code. Their current one (if any) stays until they confirm; you never see the secret.",
+                    when(super::output::unix(&g.until), pim.now())
+                ))?;
+            }
+        }
+        MfaCommand::Enroll { code, .. } => {
             let mut code = code;
-            if own
-                && code.is_none()
-                && pim.user(&actor).is_ok_and(|u| u.mfa_enrolled)
-                && ctx.interactive
-            {
+            if code.is_none() && ctx.interactive && pim.user(&actor).is_ok_and(|u| u.mfa_enrolled) {
+                ctx.note("Replacing your authenticator: first a code from the current one (or an administrator's one-time enrolment: `pim mfa enroll YOU`).");
                 code = Some(prompt::code(&actor)?);
             }
-            let e = pim.enroll(&actor, name.as_deref(), code.as_deref())?;
+            let e = pim.enroll(&actor, None, code.as_deref())?;
             if ctx.json {
-                json(
-                    &serde_json::json!({"user": e.user, "otpauth_uri": e.otpauth_uri, "secret": e.secret}),
-                )?;
+                json(&e)?;
             } else {
                 show_enrollment(&e)?;
+            }
+            if ctx.interactive && !ctx.json {
+                confirm_first_code(ctx, &mut pim, &actor)?;
+            } else {
+                ctx.note(&format!(
+                    "It takes effect once confirmed: `pim mfa confirm --code CODE` with a code from it, before {}.",
+                    when(super::output::unix(&e.confirm_by), pim.now())
+                ));
+            }
+        }
+        MfaCommand::Confirm { code } => {
+            match code {
+                Some(c) => pim.confirm_enrolment(&actor, &c)?,
+                None if ctx.interactive => confirm_first_code(ctx, &mut pim, &actor)?,
+                None => {
+                    return Err(crate::Error::Usage(
+                        "Pass --code with a code from the new authenticator.".to_string(),
+                    )
+                    .into())
+                }
+            }
+            if ctx.json {
+                json(&serde_json::json!({"user": actor, "mfa_enrolled": true}))?;
+            } else if !ctx.interactive {
+                out(&format!(
+                    "{actor}'s new authenticator is confirmed and in force."
+                ))?;
             }
         }
         MfaCommand::Reset { name } => {

@@ -780,7 +780,7 @@ mod tests {
     fn with_bob() -> (Pim, std::sync::Arc<crate::clock::FixedClock>, Vec<u8>) {
         let (mut pim, clock, _) = pim();
         pim.add_user("admin", "bob", None, None).unwrap();
-        let e = pim.enroll("admin", Some("bob"), None).unwrap();
+        let e = enrol(&mut pim, "bob");
         for role in ["db-admin", "ticketed", "approved"] {
             pim.assign(
                 "admin",

@@ -487,8 +487,7 @@ mod tests {
     fn pending_requests_time_out_under_the_injected_clock_and_sweep_records_it_once() {
         let (mut pim, clock, admin) = pim();
         pim.add_user("admin", "bob", None, None).unwrap();
-        let bob = crate::mfa::from_base32(&pim.enroll("admin", Some("bob"), None).unwrap().secret)
-            .unwrap();
+        let bob = crate::mfa::from_base32(&enrol(&mut pim, "bob").secret).unwrap();
         pim.assign(
             "admin",
             AssignInput {

@@ -346,7 +346,7 @@ proptest! {
         let mut secrets = Vec::new();
         for name in ["bob", "carol"] {
             pim.add_user("admin", name, None, None).unwrap();
-            let e = pim.enroll("admin", Some(name), None).unwrap();
+            let e = enrol(&mut pim, name);
             secrets.push(crate::mfa::from_base32(&e.secret).unwrap());
         }
         secrets.push(admin_secret);

@@ -27,7 +27,7 @@ pub use health::Health;
 pub use policy_ops::{change_json as policy_change_json, PolicyApplied, RoleSummary};
 pub use reviews::{Review, ReviewInput, ReviewItem};
 pub use sweep::SweepReport;
-pub use users::{Enrollment, ServiceToken, User};
+pub use users::{Enrollment, EnrolmentGrant, ServiceToken, User, NOT_THE_NEW_CODE};
 pub use views::Viewer;
 
 use crate::audit::Event;
@@ -435,7 +435,24 @@ permissions = ["users"]
         )
         .unwrap();
         let secret = crate::mfa::from_base32(&enrollment.secret).unwrap();
+        let mut pim = pim;
+        confirm(&mut pim, "admin", &secret);
         (pim, clock, secret)
+    }
+
+    /// Confirm `name`'s pending enrolment with the previous step's code (the current one
+    /// stays free for what the test does next).
+    pub fn confirm(pim: &mut Pim, name: &str, secret: &[u8]) {
+        let code = crate::mfa::code_at(secret, pim.now().timestamp() - 30);
+        pim.confirm_enrolment(name, &code).unwrap();
+    }
+
+    /// `name` enrols their own authenticator and confirms it.
+    pub fn enrol(pim: &mut Pim, name: &str) -> crate::ops::Enrollment {
+        let e = pim.enroll(name, None, None).unwrap();
+        let secret = crate::mfa::from_base32(&e.secret).unwrap();
+        confirm(pim, name, &secret);
+        e
     }
 
     pub fn code(clock: &FixedClock, secret: &[u8]) -> String {

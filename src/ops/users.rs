@@ -19,14 +19,40 @@ use std::sync::Arc;
 
 pub use crate::store::User;
 
-/// A new authenticator: show the URI (and its QR code) to the user once.
+/// A new authenticator: show the URI (and its QR code) to the user once. It takes effect
+/// only when a first code from it confirms it (`Pim::confirm_enrolment`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Enrollment {
     pub user: String,
     pub otpauth_uri: String,
     /// Base32, as in the URI.
     pub secret: String,
+    /// Waits for its first code (always, for a new enrolment).
+    pub pending: bool,
+    /// The first code must come before this instant (RFC 3339).
+    pub confirm_by: String,
 }
+
+/// A one-time enrolment an administrator issued: the user may enrol a new authenticator
+/// under their own account, without a code from the old one, until `until`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrolmentGrant {
+    pub user: String,
+    pub until: String,
+}
+
+/// How long an enrolment waits for its first code.
+pub const CONFIRM_WITHIN: i64 = 3600;
+
+/// How long a one-time enrolment issued by an administrator stays open.
+pub const GRANT_FOR: i64 = 86_400;
+
+/// The refusal of a wrong first code that leaves the enrolment waiting (a terminal asks
+/// again).
+pub const NOT_THE_NEW_CODE: &str = "That is not the new authenticator's current code.";
+
+/// Wrong first codes before a pending enrolment is dropped.
+pub const CONFIRM_TRIES: i64 = 5;
 
 pub(crate) fn find(conn: &Db, name: &str) -> Result<Option<User>> {
     conn.find_user(name)
@@ -66,16 +92,19 @@ fn insert_user(
     conn.insert_user(name, email, display_name, now.timestamp())
 }
 
-fn enroll_in(conn: &Db, vault: &Vault, user: &str) -> Result<Enrollment> {
+/// A new secret for `user`, kept pending (sealed) until a first code from it confirms it.
+fn enroll_in(conn: &Db, vault: &Vault, user: &str, now: i64) -> Result<Enrollment> {
     let secret = mfa::new_secret();
     let b32 = mfa::to_base32(&secret);
-    conn.set_totp_secret(user, &vault.seal(user, &secret)?)?;
     let otpauth_uri = mfa::otpauth_uri(&secret, user)
         .ok_or_else(|| Error::Usage(format!("'{user}' cannot name an authenticator account.")))?;
+    conn.set_pending_enrolment(user, &vault.seal(user, &secret)?, now, 0)?;
     Ok(Enrollment {
         user: user.to_string(),
         otpauth_uri,
         secret: b32,
+        pending: true,
+        confirm_by: crate::time::rfc3339(crate::time::from_unix(now + CONFIRM_WITHIN)),
     })
 }
 
@@ -379,8 +408,12 @@ impl Pim {
         )?;
         let user_id = insert_user(&tx, now, admin, email, None)?;
         rec.record_quietly(Event::new(os_actor, "user.add").principal(admin))?;
-        let enrollment = enroll_in(&tx, &pim.vault, admin)?;
-        rec.record_quietly(Event::new(os_actor, "mfa.enroll").principal(admin))?;
+        let enrollment = enroll_in(&tx, &pim.vault, admin, now.timestamp())?;
+        rec.record_quietly(
+            Event::new(os_actor, "mfa.enroll.start")
+                .principal(admin)
+                .expires(Some(now.timestamp() + CONFIRM_WITHIN)),
+        )?;
         for role in policy.roles.values().filter(|r| r.protected) {
             let assignment = tx.insert_assignment(&crate::store::assignments::NewAssignment {
                 user_id,
@@ -492,33 +525,117 @@ impl Pim {
 
     /// Enrol an authenticator. For yourself: freely the first time, with a valid current
     /// code to replace one. For another user: permission `users`.
+    /// Start enrolling your own authenticator: a new secret, pending until a first code from
+    /// it confirms it (`confirm_enrolment`); your current one stays in force until then.
+    /// Replacing one needs a current code, or a one-time enrolment an administrator issued.
+    /// (`target` other than `actor`: see `grant_enrolment`; nobody sees another's secret.)
     pub fn enroll(
         &mut self,
         actor: &str,
         target: Option<&str>,
         code: Option<&str>,
     ) -> Result<Enrollment> {
+        if target.is_some_and(|t| t != actor) {
+            return Err(Error::Usage(
+                "Nobody enrols another user's authenticator (they would see its secret). Issue a one-time enrolment with `pim mfa enroll NAME` and have them run `pim mfa enroll`.".to_string(),
+            ));
+        }
         let vault = self.vault.clone();
+        self.write(actor, |tx, now, _policy| {
+            let user = actor_user(tx, actor)?;
+            let t = now.timestamp();
+            let event = Event::new(actor, "mfa.enroll.start").principal(actor);
+            if user.kind == "service" {
+                return Err(Error::Refused(format!(
+                    "'{actor}' is a service principal; services authenticate with a token, never TOTP."
+                )));
+            }
+            let granted = tx.enrolment_grant(actor)?.is_some_and(|until| until > t);
+            if user.mfa_enrolled && !granted {
+                verify_code(tx, &vault, now, &user, code, event.clone())?;
+            }
+            let enrollment = enroll_in(tx, &vault, actor, t)?;
+            tx.record(
+                event
+                    .expires(Some(t + CONFIRM_WITHIN))
+                    .detail("replaces", user.mfa_enrolled)
+                    .detail("one_time", granted),
+            )?;
+            Ok(enrollment)
+        })
+    }
+
+    /// Confirm your pending enrolment with a first code from the new authenticator: only then
+    /// does it replace the old one. Wrong codes count; after `CONFIRM_TRIES` the pending
+    /// enrolment is dropped.
+    pub fn confirm_enrolment(&mut self, actor: &str, code: &str) -> Result<()> {
+        let vault = self.vault.clone();
+        self.write(actor, |tx, now, _policy| {
+            let user = actor_user(tx, actor)?;
+            let t = now.timestamp();
+            let event = Event::new(actor, "mfa.enroll").principal(actor);
+            let Some((sealed, at, tries)) = tx
+                .pending_enrolment(actor)?
+                .filter(|(_, at, _)| at + CONFIRM_WITHIN > t)
+            else {
+                return Err(Error::NotFound(
+                    "You have no enrolment waiting for its first code (they wait an hour). Start one with `pim mfa enroll`.".to_string(),
+                ));
+            };
+            let secret = vault.open(actor, &sealed)?;
+            let Some(step) = mfa::matching_step(&secret, code, t) else {
+                let tries = tries + 1;
+                let message = if tries >= CONFIRM_TRIES {
+                    tx.clear_pending_enrolment(actor)?;
+                    format!("That is not the new authenticator's code; after {tries} wrong codes the enrolment is dropped. Start again with `pim mfa enroll`.")
+                } else {
+                    tx.set_pending_enrolment(actor, &sealed, at, tries)?;
+                    NOT_THE_NEW_CODE.to_string()
+                };
+                return refuse(tx, now, event.detail("tries", tries), Error::Refused(message));
+            };
+            let previous = tx.totp_state(user.id)?.last_step;
+            tx.set_totp_secret(actor, &sealed)?;
+            tx.totp_accepted(user.id, previous.map_or(step, |p| p.max(step)))?;
+            tx.clear_pending_enrolment(actor)?;
+            tx.clear_enrolment_grant(actor)?;
+            tx.record(
+                event
+                    .detail("replaced", user.mfa_enrolled)
+                    .detail("confirmed", true),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Issue a one-time enrolment (permission `users`): `name` may enrol a new authenticator
+    /// under their own account, without a code from the old one, for a day. The
+    /// administrator never sees the secret.
+    pub fn grant_enrolment(&mut self, actor: &str, name: &str) -> Result<EnrolmentGrant> {
         self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
-            let name = target.unwrap_or(actor);
             let user = get(tx, name)?;
-            let event = Event::new(actor, "mfa.enroll").principal(name);
-            if name != actor {
-                if !has_permission(tx, policy, &me, "users", &Scope::root(), now.timestamp())? {
-                    return refuse(tx, now, event, permission_error("users", &Scope::root()));
-                }
-            } else if user.mfa_enrolled {
-                verify_code(tx, &vault, now, &user, code, event.clone())?;
+            let t = now.timestamp();
+            let event = Event::new(actor, "mfa.enroll.grant").principal(name);
+            if !has_permission(tx, policy, &me, "users", &Scope::root(), t)? {
+                return refuse(tx, now, event, permission_error("users", &Scope::root()));
             }
             if user.kind == "service" {
                 return Err(Error::Refused(format!(
                     "'{name}' is a service principal; services authenticate with a token, never TOTP."
                 )));
             }
-            let enrollment = enroll_in(tx, &vault, name)?;
-            tx.record(event.detail("replaced", user.mfa_enrolled))?;
-            Ok(enrollment)
+            if name == actor {
+                return Err(Error::Usage(
+                    "Run `pim mfa enroll` to enrol your own authenticator.".to_string(),
+                ));
+            }
+            tx.set_enrolment_grant(name, t + GRANT_FOR)?;
+            tx.record(event.expires(Some(t + GRANT_FOR)))?;
+            Ok(EnrolmentGrant {
+                user: name.to_string(),
+                until: crate::time::rfc3339(crate::time::from_unix(t + GRANT_FOR)),
+            })
         })
     }
 
@@ -536,6 +653,7 @@ impl Pim {
                 );
             }
             tx.clear_totp(user.id)?;
+            tx.clear_pending_enrolment(name)?;
             tx.record(Event::new(actor, "mfa.reset").principal(name))?;
             Ok(())
         })
@@ -789,9 +907,82 @@ mod tests {
     }
 
     #[test]
+    fn an_enrolment_takes_effect_with_its_first_code_and_nobody_sees_anothers_secret() {
+        let (mut pim, clock, admin) = pim();
+        pim.add_user("admin", "bob", None, None).unwrap();
+        // Started, not in force: bob has no authenticator until the first code.
+        let e = pim.enroll("bob", None, None).unwrap();
+        assert!(e.pending);
+        assert!(!pim.user("bob").unwrap().mfa_enrolled);
+        let secret = crate::mfa::from_base32(&e.secret).unwrap();
+        // Wrong first codes count; the fifth drops the pending enrolment.
+        for _ in 0..4 {
+            assert_eq!(
+                pim.confirm_enrolment("bob", "000000")
+                    .unwrap_err()
+                    .exit_code(),
+                3
+            );
+        }
+        assert_eq!(
+            pim.confirm_enrolment("bob", "000000")
+                .unwrap_err()
+                .exit_code(),
+            3
+        );
+        let gone = pim
+            .confirm_enrolment("bob", &code(&clock, &secret))
+            .unwrap_err();
+        assert_eq!(gone.exit_code(), 4, "{gone}");
+        // Started again and confirmed: in force.
+        let e = pim.enroll("bob", None, None).unwrap();
+        let secret = crate::mfa::from_base32(&e.secret).unwrap();
+        pim.confirm_enrolment("bob", &code(&clock, &secret))
+            .unwrap();
+        assert!(pim.user("bob").unwrap().mfa_enrolled);
+        // An hour later an unconfirmed enrolment is no more.
+        clock.advance(chrono::Duration::minutes(1));
+        let c = code(&clock, &secret);
+        let e = pim.enroll("bob", None, Some(&c)).unwrap();
+        clock.advance(chrono::Duration::minutes(61));
+        let late = crate::mfa::from_base32(&e.secret).unwrap();
+        assert_eq!(
+            pim.confirm_enrolment("bob", &code(&clock, &late))
+                .unwrap_err()
+                .exit_code(),
+            4
+        );
+        // An administrator never gets bob's secret: only a one-time enrolment, which lets
+        // bob replace his authenticator without the old one (once, for a day).
+        assert_eq!(
+            pim.enroll("admin", Some("bob"), None)
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        assert_eq!(
+            pim.grant_enrolment("bob", "admin").unwrap_err().exit_code(),
+            3
+        );
+        let g = pim.grant_enrolment("admin", "bob").unwrap();
+        assert_eq!(g.user, "bob");
+        let e = pim.enroll("bob", None, None).unwrap();
+        let newer = crate::mfa::from_base32(&e.secret).unwrap();
+        pim.confirm_enrolment("bob", &code(&clock, &newer)).unwrap();
+        // Used up: replacing it again needs a code.
+        assert_eq!(pim.enroll("bob", None, None).unwrap_err().exit_code(), 3);
+        // bob's refused try and the administrator's grant.
+        assert_eq!(count_events(&pim, "mfa.enroll.grant"), 2);
+        assert!(count_events(&pim, "mfa.enroll") >= 2);
+        let _ = admin;
+        assert!(audit::verify(pim.conn()).unwrap().ok);
+    }
+
+    #[test]
     fn changes_have_a_budget_per_window() {
         let (mut pim, clock, _) = pim();
-        for n in 0..super::CHANGES_PER_WINDOW {
+        // The administrator's confirmation of their authenticator was one change.
+        for n in 0..super::CHANGES_PER_WINDOW - 1 {
             pim.add_user("admin", &format!("u{n}"), None, None).unwrap();
         }
         let e = pim.add_user("admin", "one-more", None, None).unwrap_err();
@@ -831,7 +1022,7 @@ mod tests {
     fn mfa_reset_drops_the_authenticator() {
         let (mut pim, _, _) = pim();
         pim.add_user("admin", "bob", None, None).unwrap();
-        pim.enroll("admin", Some("bob"), None).unwrap();
+        enrol(&mut pim, "bob");
         assert!(pim.user("bob").unwrap().mfa_enrolled);
         assert_eq!(pim.reset_mfa("bob", "bob").unwrap_err().exit_code(), 3);
         pim.reset_mfa("admin", "bob").unwrap();

@@ -21,6 +21,52 @@ impl Db {
         Ok(())
     }
 
+    fn delete_meta(&self, key: &str) -> Result<()> {
+        self.execute("DELETE FROM meta WHERE key = ?1", params![key])?;
+        Ok(())
+    }
+
+    /// A user's enrolment waiting for its first code: the sealed secret, when it began, and
+    /// how many wrong codes it has had.
+    pub fn pending_enrolment(&self, user: &str) -> Result<Option<(String, i64, i64)>> {
+        Ok(self
+            .meta(&format!("enrolment:{user}"))?
+            .and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    pub fn set_pending_enrolment(
+        &self,
+        user: &str,
+        sealed: &str,
+        at: i64,
+        tries: i64,
+    ) -> Result<()> {
+        self.set_meta(
+            &format!("enrolment:{user}"),
+            &serde_json::json!([sealed, at, tries]).to_string(),
+        )
+    }
+
+    pub fn clear_pending_enrolment(&self, user: &str) -> Result<()> {
+        self.delete_meta(&format!("enrolment:{user}"))
+    }
+
+    /// Until when a user may enrol a new authenticator without a code from the old one (a
+    /// one-time enrolment an administrator issued).
+    pub fn enrolment_grant(&self, user: &str) -> Result<Option<i64>> {
+        Ok(self
+            .meta(&format!("enrolment-grant:{user}"))?
+            .and_then(|v| v.parse().ok()))
+    }
+
+    pub fn set_enrolment_grant(&self, user: &str, until: i64) -> Result<()> {
+        self.set_meta(&format!("enrolment-grant:{user}"), &until.to_string())
+    }
+
+    pub fn clear_enrolment_grant(&self, user: &str) -> Result<()> {
+        self.delete_meta(&format!("enrolment-grant:{user}"))
+    }
+
     /// The policy's TOML source, when the database was initialised.
     pub fn policy_source(&self) -> Result<Option<String>> {
         self.meta("policy")

@@ -347,6 +347,13 @@ fn our_codes_match_oathtool_and_each_is_accepted_once() {
         .expect(0);
     let new_secret = r.json()["secret"].as_str().unwrap().to_string();
     assert_ne!(new_secret, secret);
+    assert_eq!(r.json()["pending"], true);
+    // Confirmed with its first code (oathtool's), it replaces the old one.
+    env.as_(
+        "admin",
+        &["mfa", "confirm", "--code", &oathtool(&new_secret, 0)],
+    )
+    .expect(0);
     // The old authenticator no longer works; a wrong code is audited.
     let r = env
         .as_(
@@ -365,6 +372,8 @@ fn our_codes_match_oathtool_and_each_is_accepted_once() {
         .as_("admin", &["mfa", "enroll", "--code", &next, "--json"])
         .expect(0);
     let third = r.json()["secret"].as_str().unwrap().to_string();
+    env.as_("admin", &["mfa", "confirm", "--code", &oathtool(&third, 0)])
+        .expect(0);
     // Each step at most once, even across a new secret: the third's code of the step just
     // used is a replay.
     let replay = env
@@ -796,13 +805,7 @@ fn wrong_codes_lock_the_authenticator() {
         1
     );
     env.as_("admin", &["mfa", "reset", "bob"]).expect(0);
-    let secret = env
-        .as_("bob", &["mfa", "enroll", "--json"])
-        .expect(0)
-        .json()["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = env.enrol("bob");
     env.as_(
         "bob",
         &[

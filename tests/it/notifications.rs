@@ -140,11 +140,7 @@ fn people(env: &Env) -> (String, String) {
             ],
         )
         .expect(0);
-        let j = env
-            .as_("admin", &["mfa", "enroll", name, "--json"])
-            .expect(0)
-            .json();
-        secrets.push(j["secret"].as_str().unwrap().to_string());
+        secrets.push(env.enrol(name));
     }
     (secrets[0].clone(), secrets[1].clone())
 }

@@ -75,13 +75,7 @@ fn a_new_assignment_is_recommended_to_keep() {
 fn a_quarterly_review_keeps_removes_and_applies_the_default() {
     let env = setup();
     // bob used the role recently; carol and dave never did.
-    let bob = env
-        .as_("admin", &["mfa", "enroll", "bob", "--json"])
-        .expect(0)
-        .json()["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let bob = env.enrol("bob");
     env.as_(
         "bob",
         &[
@@ -476,13 +470,7 @@ fn sweep_completes_due_reviews_and_starts_the_next_of_a_recurring_one() {
 #[test]
 fn a_removal_ends_the_activation_resting_on_it_and_the_export_is_spreadsheet_safe() {
     let env = setup();
-    let carol = env
-        .as_("admin", &["mfa", "enroll", "carol", "--json"])
-        .expect(0)
-        .json()["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let carol = env.enrol("carol");
     env.as_(
         "carol",
         &[

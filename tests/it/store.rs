@@ -50,15 +50,46 @@ fn frozen(env: &Env, args: &[&str]) -> Run {
 
 /// The same story, told at the same frozen instant.
 fn story(env: &Env) {
+    let code_at = |secret: &str, at: &str| {
+        let out = Command::new("oathtool")
+            .args(["--totp", "-b", secret, "-N", at])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
     let init = frozen(env, &["init", "--admin", "admin", "--json"]).expect(0);
-    let _ = init.json();
+    let admin = init.json()["secret"].as_str().unwrap().to_string();
+    frozen(
+        env,
+        &[
+            "--as",
+            "admin",
+            "mfa",
+            "confirm",
+            "--code",
+            &code_at(&admin, "2026-06-01 11:59:30"),
+        ],
+    )
+    .expect(0);
     frozen(env, &["--as", "admin", "user", "add", "bob"]).expect(0);
-    let bob = frozen(env, &["--as", "admin", "mfa", "enroll", "bob", "--json"])
+    let bob = frozen(env, &["--as", "bob", "mfa", "enroll", "--json"])
         .expect(0)
         .json()["secret"]
         .as_str()
         .unwrap()
         .to_string();
+    frozen(
+        env,
+        &[
+            "--as",
+            "bob",
+            "mfa",
+            "confirm",
+            "--code",
+            &code_at(&bob, "2026-06-01 11:59:30"),
+        ],
+    )
+    .expect(0);
     frozen(
         env,
         &[

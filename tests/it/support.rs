@@ -139,7 +139,16 @@ impl Env {
     /// A database with `admin` as break-glass administrator; returns admin's TOTP secret.
     pub fn init(&self) -> String {
         let r = self.run(&["init", "--admin", "admin", "--json"]).expect(0);
-        r.json()["secret"].as_str().unwrap().to_string()
+        let secret = r.json()["secret"].as_str().unwrap().to_string();
+        self.confirm("admin", &secret);
+        secret
+    }
+
+    /// Confirm `who`'s pending enrolment with a code from it (the previous step's, so that
+    /// the current one stays free for what the test does next).
+    pub fn confirm(&self, who: &str, secret: &str) {
+        self.as_(who, &["mfa", "confirm", "--code", &oathtool(secret, -30)])
+            .expect(0);
     }
 
     /// A database initialised with `policy`, `admin` its break-glass administrator; returns
@@ -156,7 +165,9 @@ impl Env {
                 "--json",
             ])
             .expect(0);
-        r.json()["secret"].as_str().unwrap().to_string()
+        let secret = r.json()["secret"].as_str().unwrap().to_string();
+        self.confirm("admin", &secret);
+        secret
     }
 
     /// `who` activates `role` with a fresh code from oathtool (and `extra` arguments, such
@@ -171,10 +182,15 @@ impl Env {
     /// Add a user with an authenticator; returns its secret.
     pub fn user(&self, name: &str) -> String {
         self.as_("admin", &["user", "add", name]).expect(0);
-        let r = self
-            .as_("admin", &["mfa", "enroll", name, "--json"])
-            .expect(0);
-        r.json()["secret"].as_str().unwrap().to_string()
+        self.enrol(name)
+    }
+
+    /// `who` enrols their own authenticator and confirms it; returns its secret.
+    pub fn enrol(&self, who: &str) -> String {
+        let r = self.as_(who, &["mfa", "enroll", "--json"]).expect(0);
+        let secret = r.json()["secret"].as_str().unwrap().to_string();
+        self.confirm(who, &secret);
+        secret
     }
 
     /// Run pim with the clock moved by `offset` (faketime syntax: `+31m`, `+20d`, `+90s`).

@@ -602,3 +602,77 @@ fn extend_checks_first_then_asks() {
     assert_eq!(exit, 0, "{s}");
     assert!(s.contains("extended; it is active until"), "{s}");
 }
+
+/// Enrolment on a terminal: the QR code, then the first code from the new authenticator
+/// (a wrong one asked again) before it takes effect. An administrator enrolling bob sees no
+/// secret: bob completes a one-time enrolment under his own account.
+#[test]
+fn enrolment_is_confirmed_by_its_first_code_and_nobody_sees_anothers_secret() {
+    let env = Env::new();
+    env.init();
+    env.as_("admin", &["user", "add", "bob"]).expect(0);
+    let t = Terminal::start(&env, &["--as", "bob", "mfa", "enroll"], 120);
+    let s = t.wait_for("First code from the new authenticator");
+    assert!(
+        s.contains("Scan this into an authenticator app for bob"),
+        "{s}"
+    );
+    let secret = s
+        .split("enter the secret ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap()
+        .to_string();
+    // Not in force yet.
+    let shown = env
+        .as_("admin", &["user", "show", "bob", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(shown["mfa_enrolled"], false, "{shown}");
+    let code = oathtool(&secret, 0);
+    t.line(&wrong(&code));
+    t.wait_for("Try again.");
+    t.line(&code);
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    assert!(
+        s.contains("Confirmed: the new authenticator is in force."),
+        "{s}"
+    );
+    assert!(
+        !s.contains(&format!("\n{code}")),
+        "the code was echoed:\n{s}"
+    );
+    let shown = env
+        .as_("admin", &["user", "show", "bob", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(shown["mfa_enrolled"], true, "{shown}");
+
+    // Lost phone: the administrator issues a one-time enrolment and sees no secret.
+    let r = env.as_("admin", &["mfa", "enroll", "bob"]).expect(0);
+    assert!(
+        r.stdout
+            .contains("bob may now enrol a new authenticator under their own account"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("otpauth://"), "{}", r.stdout);
+    let j = env
+        .as_("admin", &["mfa", "enroll", "bob", "--json"])
+        .expect(0)
+        .json();
+    assert!(
+        j.get("secret").is_none() && j.get("otpauth_uri").is_none(),
+        "{j}"
+    );
+    // bob replaces his authenticator without the old one, once.
+    let fresh = env
+        .as_("bob", &["mfa", "enroll", "--json"])
+        .expect(0)
+        .json();
+    let new = fresh["secret"].as_str().unwrap().to_string();
+    env.as_("bob", &["mfa", "confirm", "--code", &oathtool(&new, 30)])
+        .expect(0);
+    env.as_("bob", &["mfa", "enroll"]).expect(3);
+}
