@@ -926,6 +926,21 @@ pub fn run_request(ctx: &Ctx, cmd: RequestCommand) -> anyhow::Result<i32> {
         "justification",
     ]);
     for r in &list {
+        // An extension that was applied lives on in the activation it extended.
+        if let (Some(original), Some("extension applied")) = (r.extends, r.close_reason.as_deref())
+        {
+            t.add_row(vec![
+                r.id.to_string(),
+                r.user.clone(),
+                r.role.clone(),
+                r.scope.clone(),
+                "applied".to_string(),
+                format!("extends request {original}"),
+                "—".to_string(),
+                r.justification.clone().unwrap_or_default(),
+            ]);
+            continue;
+        }
         t.add_row(vec![
             r.id.to_string(),
             r.user.clone(),

@@ -202,11 +202,7 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
             ]);
             for e in &events {
                 let local = crate::time::parse_instant(&e.time)
-                    .map(|t| {
-                        t.with_timezone(&chrono::Local)
-                            .format("%Y-%m-%d %H:%M:%S")
-                            .to_string()
-                    })
+                    .map(|t| super::output::when_precise(t.timestamp(), pim.now()))
                     .unwrap_or_else(|_| e.time.clone());
                 t.add_row(vec![
                     e.seq.to_string(),

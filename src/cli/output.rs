@@ -262,7 +262,8 @@ const COLOURED: &[&str] = &[
 /// The ANSI colour of a status or severity word, if it has one.
 fn colour_of(word: &str) -> Option<&'static str> {
     Some(match word {
-        "active" | "ok" | "keep" | "approve" | "approved" | "kept" | "completed" | "sent" => "32",
+        "active" | "ok" | "keep" | "approve" | "approved" | "kept" | "completed" | "sent"
+        | "applied" => "32",
         "pending" | "scheduled" | "warning" | "open" | "due" | "waiting" => "33",
         "denied" | "revoked" | "critical" | "problem" | "remove" | "removed" | "deny"
         | "failed" | "refused" => "31",
@@ -572,6 +573,23 @@ pub fn when(unix: Option<i64>, now: DateTime<Utc>) -> String {
             )
         }
     }
+}
+
+/// `when`, to the second (for audit events).
+pub fn when_precise(unix: i64, now: DateTime<Utc>) -> String {
+    let at = crate::time::from_unix(unix);
+    let local = at.with_timezone(&Local);
+    let format = if local.date_naive() == now.with_timezone(&Local).date_naive() {
+        "%H:%M:%S"
+    } else {
+        "%Y-%m-%d %H:%M:%S"
+    };
+    format!(
+        "{} {} ({})",
+        local.format(format),
+        zone_abbreviation(unix),
+        crate::time::relative(at, now)
+    )
 }
 
 /// The local zone's abbreviation at `t` ("CET", "EDT", "UTC"), from the C library (chrono

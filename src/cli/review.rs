@@ -108,7 +108,7 @@ fn show(ctx: &Ctx, r: &Review) -> anyhow::Result<()> {
         r.state,
         r.decided,
         r.total,
-        r.end,
+        super::output::when(super::output::unix(&r.end), chrono::Utc::now()),
         r.default
     ))?;
     let mut t = table(&[
@@ -188,7 +188,7 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
                     r.scope.clone(),
                     r.state.clone(),
                     format!("{}/{}", r.decided, r.total),
-                    r.end.clone(),
+                    super::output::when(super::output::unix(&r.end), pim.now()),
                     r.every.clone().unwrap_or_default(),
                 ]);
             }

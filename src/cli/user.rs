@@ -154,7 +154,7 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> anyhow::Result<i32> {
                 json(&u)?;
             } else {
                 out(&format!(
-                    "Added user {}. Next: `pim mfa enroll {}` and `pim assign {} ROLE`.",
+                    "Added user {}. Next: {} runs `pim mfa enroll` under their own account, and `pim assign {} ROLE`.",
                     u.name, u.name, u.name
                 ))?;
             }

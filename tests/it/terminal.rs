@@ -601,6 +601,20 @@ fn extend_checks_first_then_asks() {
     let (exit, s) = t.finish();
     assert_eq!(exit, 0, "{s}");
     assert!(s.contains("extended; it is active until"), "{s}");
+    // The list shows the extension applied to the activation, not an "expired" request.
+    let r = env.at("+1h", &["--as", "bob", "request", "list"]).expect(0);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("INC-9"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("applied") && line.contains("extends request 1"),
+        "{}",
+        r.stdout
+    );
+    assert!(!line.contains("expired"), "{}", r.stdout);
 }
 
 /// Enrolment on a terminal: the QR code, then the first code from the new authenticator
