@@ -26,7 +26,9 @@ fi
 totp() {
     python3 -c 'import base64,hmac,hashlib,struct,sys,time
 s=sys.argv[1]; k=base64.b32decode(s+"="*(-len(s)%8))
-h=hmac.new(k,struct.pack(">Q",int(time.time())//30+int(sys.argv[2])),hashlib.sha1).digest(); o=h[-1]&15
+d=int(sys.argv[2])
+if d<0 and time.time()%30>27: time.sleep(30.1-time.time()%30)  # a past code only while its step is near
+h=hmac.new(k,struct.pack(">Q",int(time.time())//30+d),hashlib.sha1).digest(); o=h[-1]&15
 print("%06d"%((struct.unpack(">I",h[o:o+4])[0]&0x7fffffff)%1000000))' "$1" "${2:-0}"
 }
 secret_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'; }

@@ -187,7 +187,7 @@ impl Install {
         // Her authenticator takes effect with its first code.
         let confirmed: Run = Command::new(&bin)
             .args(["--as", ALICE, "mfa", "confirm", "--code"])
-            .arg(crate::support::oathtool(&alice, -30))
+            .arg(crate::support::previous_code(&alice))
             .env("PIM_DB", &db)
             .env("HOME", dir.path())
             .env_remove("XDG_CONFIG_HOME")
@@ -418,7 +418,7 @@ fn the_install_is_what_the_readme_says() {
         .to_string();
     i.as_account(
         BOB,
-        &["mfa", "confirm", "--code", &support::oathtool(&bob, -30)],
+        &["mfa", "confirm", "--code", &support::previous_code(&bob)],
         &[],
     )
     .expect(0);
@@ -1274,7 +1274,7 @@ fn the_installed_pim_on_a_server_takes_its_url_from_roots_file_only() {
             "mfa",
             "confirm",
             "--code",
-            &crate::support::oathtool(&alice, -30),
+            &crate::support::previous_code(&alice),
         ],
     )
     .expect(0);

@@ -69,6 +69,22 @@ pub fn oathtool(secret: &str, offset: i64) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// The code of the step before this one, for confirming an enrolment without spending the
+/// current step (which the next activation uses). It is accepted only while the clock stays
+/// in this step, so a step about to end is waited out first: without that, a slow run that
+/// crosses the boundary would see a code two steps old.
+pub fn previous_code(secret: &str) -> String {
+    let into_step = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 30_000;
+    if into_step > 27_000 {
+        std::thread::sleep(std::time::Duration::from_millis(30_100 - into_step as u64));
+    }
+    oathtool(secret, -30)
+}
+
 impl Env {
     /// A fresh database of the backend under test: a file in the test's directory, or a new
     /// database on the PostgreSQL server.
@@ -147,7 +163,7 @@ impl Env {
     /// Confirm `who`'s pending enrolment with a code from it (the previous step's, so that
     /// the current one stays free for what the test does next).
     pub fn confirm(&self, who: &str, secret: &str) {
-        self.as_(who, &["mfa", "confirm", "--code", &oathtool(secret, -30)])
+        self.as_(who, &["mfa", "confirm", "--code", &previous_code(secret)])
             .expect(0);
     }
 
