@@ -41,6 +41,9 @@ pub struct Settings {
     pub require_mfa: bool,
     pub require_justification: bool,
     pub justification_pattern: Option<String>,
+    /// The pattern in words, with an example, shown before a justification is typed
+    /// ("a change number first, e.g. CHG-1234: reason").
+    pub justification_hint: Option<String>,
     pub require_ticket: bool,
     pub require_approval: bool,
     pub approvers: Vec<String>,
@@ -60,6 +63,7 @@ impl Default for Settings {
             require_mfa: true,
             require_justification: true,
             justification_pattern: None,
+            justification_hint: None,
             require_ticket: false,
             require_approval: false,
             approvers: Vec::new(),
@@ -85,6 +89,10 @@ impl Settings {
             (
                 "justification_pattern",
                 S(self.justification_pattern.clone().unwrap_or_default()),
+            ),
+            (
+                "justification_hint",
+                S(self.justification_hint.clone().unwrap_or_default()),
             ),
             ("require_ticket", Boolean(self.require_ticket)),
             ("require_approval", Boolean(self.require_approval)),
@@ -242,6 +250,7 @@ struct RawEntry {
     require_mfa: Option<bool>,
     require_justification: Option<bool>,
     justification_pattern: Option<Spanned<String>>,
+    justification_hint: Option<Spanned<String>>,
     require_ticket: Option<bool>,
     require_approval: Option<bool>,
     approvers: Option<Vec<Spanned<String>>>,
@@ -465,6 +474,19 @@ impl Parser<'_> {
                 );
             } else {
                 s.justification_pattern = Some(v.get_ref().clone());
+            }
+        }
+        if let Some(v) = &raw.justification_hint {
+            self.length("justification_hint", v, limits::PATTERN);
+            if v.get_ref().chars().any(char::is_control) {
+                self.problem(
+                    v.span(),
+                    "justification_hint must be one line without control characters.".to_string(),
+                );
+            } else if v.get_ref().trim().is_empty() {
+                s.justification_hint = None;
+            } else {
+                s.justification_hint = Some(v.get_ref().trim().to_string());
             }
         }
         if let Some(v) = raw.require_ticket {

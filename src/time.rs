@@ -156,6 +156,57 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
+/// An instant for people, the one way pim shows time: local time with the zone's
+/// abbreviation, and how far from now ("2026-12-02 09:30 CET (in 11h 58m)"; today's without
+/// the date: "21:30 CET (in 1h)"). JSON and CSV keep RFC 3339 UTC.
+pub fn human(unix: i64, now: DateTime<Utc>) -> String {
+    shown(unix, now, "%H:%M")
+}
+
+/// `human`, to the second (audit events).
+pub fn human_precise(unix: i64, now: DateTime<Utc>) -> String {
+    shown(unix, now, "%H:%M:%S")
+}
+
+fn shown(unix: i64, now: DateTime<Utc>, clock: &str) -> String {
+    use chrono::Local;
+    let at = from_unix(unix);
+    let local = at.with_timezone(&Local);
+    let format = if local.date_naive() == now.with_timezone(&Local).date_naive() {
+        clock.to_string()
+    } else {
+        format!("%Y-%m-%d {clock}")
+    };
+    format!(
+        "{} {} ({})",
+        local.format(&format),
+        zone_abbreviation(unix),
+        relative(at, now)
+    )
+}
+
+/// The local zone's abbreviation at `t` ("CET", "EDT", "UTC"), from the C library (chrono
+/// knows offsets, not names); the offset when there is none.
+fn zone_abbreviation(t: i64) -> String {
+    let time: libc::time_t = t as libc::time_t;
+    // SAFETY: localtime_r writes only into `tm`, which outlives the call; tm_zone points to
+    // static storage of the C library (or is null), read at once.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if !libc::localtime_r(&time, &mut tm).is_null() && !tm.tm_zone.is_null() {
+            if let Ok(name) = std::ffi::CStr::from_ptr(tm.tm_zone).to_str() {
+                if !name.is_empty() {
+                    return name.to_string();
+                }
+            }
+        }
+    }
+    from_unix(t)
+        .with_timezone(&chrono::Local)
+        .format("%:z")
+        .to_string()
+}
+
 /// Serialise a stored instant (unix seconds) as RFC 3339.
 pub(crate) fn ser_unix<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339(from_unix(*t)))

@@ -216,14 +216,21 @@ fn misfit(roles: &[crate::policy::Role], justification: &str) -> Option<String> 
     let r = roles
         .iter()
         .find(|r| !r.settings.justification_matches(justification.trim()))?;
-    Some(format!(
-        "{} needs a justification matching `{}`.",
+    // Shown by the prompt itself, so escaped here like every note.
+    let why = format!(
+        "{} needs a justification matching `{}`{}.",
         r.key,
         r.settings
             .justification_pattern
             .as_deref()
+            .unwrap_or_default(),
+        r.settings
+            .justification_hint
+            .as_deref()
+            .map(|h| format!(": {h}"))
             .unwrap_or_default()
-    ))
+    );
+    Some(super::output::safe(&why).into_owned())
 }
 
 fn parse_wait(wait: Option<&str>) -> anyhow::Result<Option<Option<chrono::Duration>>> {
@@ -397,7 +404,7 @@ pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
                 "Request {} for {} waits for approval (decide by {}).",
                 r.id,
                 r.role,
-                r.decide_by.as_deref().unwrap_or("?")
+                when(r.decide_by_at, pim.now())
             ));
             if let Some(limit) = wait {
                 *r = wait_for_decision(ctx, &pim, r.id, limit)?;

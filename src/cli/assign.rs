@@ -113,7 +113,7 @@ pub enum AssignmentCommand {
 }
 
 pub fn run_assign(ctx: &Ctx, a: AssignArgs) -> anyhow::Result<i32> {
-    let scope = Scope::parse(&a.scope)?;
+    let mut scope = Scope::parse(&a.scope)?;
     let start = a.start.as_deref().map(parse_instant).transpose()?;
     let end = if a.permanent {
         End::Permanent
@@ -125,6 +125,15 @@ pub fn run_assign(ctx: &Ctx, a: AssignArgs) -> anyhow::Result<i32> {
         End::PolicyMax
     };
     let (mut pim, actor) = ctx.open()?;
+    // A scope nothing is assigned at yet, a typo away from one in use: did you mean it?
+    if let Some(close) = pim.closest_scope(&scope)? {
+        let question = format!("Nothing is assigned at {scope} yet; did you mean {close}?");
+        if ctx.interactive && prompt::confirm(&format!("{question} Assign at {close} instead?"))? {
+            scope = Scope::parse(&close)?;
+        } else if !ctx.interactive {
+            ctx.note(&format!("Note: {question}"));
+        }
+    }
     let mut justification = a.justification;
     let needs = pim
         .policy()?

@@ -331,20 +331,38 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
             ),
             Some("pim sweep, then: cp examples/systemd/pim-sweep.* /etc/systemd/system/ && systemctl enable --now pim-sweep.timer".to_string()),
         ));
-    } else if !timer {
-        found.push(finding(
-            "sweep",
-            "warning",
-            "no pim-sweep timer (or /etc/cron.d/pim-sweep) found; nothing is overdue yet".to_string(),
-            Some("cp examples/systemd/pim-sweep.* /etc/systemd/system/ && systemctl enable --now pim-sweep.timer".to_string()),
-        ));
     } else {
-        found.push(finding(
-            "sweep",
-            "ok",
-            "timer installed, nothing overdue".to_string(),
-            None,
-        ));
+        let install = "cp examples/systemd/pim-sweep.* /etc/systemd/system/ && systemctl enable --now pim-sweep.timer";
+        // The timer runs it every 5 minutes; a quarter of an hour without one is a sweep
+        // that does not run.
+        let recent = health
+            .last_sweep
+            .is_some_and(|l| l > now.timestamp() - 15 * 60);
+        let last = match health.last_sweep {
+            Some(l) => format!("last run {}", when(Some(l), now)),
+            None => "never run".to_string(),
+        };
+        found.push(match (timer, recent) {
+            (true, true) => finding("sweep", "ok", format!("timer installed, {last}, nothing overdue"), None),
+            (false, true) => finding(
+                "sweep",
+                "ok",
+                format!("{last} (no timer on this host: it runs elsewhere), nothing overdue"),
+                None,
+            ),
+            (true, false) => finding(
+                "sweep",
+                "warning",
+                format!("timer installed but the sweep has {last}; nothing is overdue yet"),
+                Some("systemctl status pim-sweep.timer pim-sweep.service".to_string()),
+            ),
+            (false, false) => finding(
+                "sweep",
+                "warning",
+                format!("no pim-sweep timer (or /etc/cron.d/pim-sweep) found, {last}; nothing is overdue yet"),
+                Some(install.to_string()),
+            ),
+        });
     }
     // Notification channels.
     let policy = pim.policy()?;

@@ -6,7 +6,7 @@
 //! Data outputs (JSON, CSV, `policy export`, completions) keep the exact bytes.
 
 use anyhow::Result;
-use chrono::{DateTime, Local, Utc};
+use chrono::{DateTime, Utc};
 use comfy_table::{presets, TableComponent};
 use serde::Serialize;
 use std::borrow::Cow;
@@ -550,68 +550,17 @@ pub fn table_for_stderr(header: &[&str]) -> Table {
     }
 }
 
-/// A stored instant for people: local time with its zone's abbreviation, and how far from
-/// now ("2026-12-02 09:30 CET (in 11h 58m)"; today's without the date: "21:30 CET (in
-/// 1h)"). The one way tables show time.
+/// A stored instant for people (see `crate::time::human`); `None` is permanent.
 pub fn when(unix: Option<i64>, now: DateTime<Utc>) -> String {
     match unix {
         None => "permanent".to_string(),
-        Some(t) => {
-            let at = crate::time::from_unix(t);
-            let local = at.with_timezone(&Local);
-            // Today's date goes without saying.
-            let format = if local.date_naive() == now.with_timezone(&Local).date_naive() {
-                "%H:%M"
-            } else {
-                "%Y-%m-%d %H:%M"
-            };
-            format!(
-                "{} {} ({})",
-                local.format(format),
-                zone_abbreviation(t),
-                crate::time::relative(at, now)
-            )
-        }
+        Some(t) => crate::time::human(t, now),
     }
 }
 
 /// `when`, to the second (for audit events).
 pub fn when_precise(unix: i64, now: DateTime<Utc>) -> String {
-    let at = crate::time::from_unix(unix);
-    let local = at.with_timezone(&Local);
-    let format = if local.date_naive() == now.with_timezone(&Local).date_naive() {
-        "%H:%M:%S"
-    } else {
-        "%Y-%m-%d %H:%M:%S"
-    };
-    format!(
-        "{} {} ({})",
-        local.format(format),
-        zone_abbreviation(unix),
-        crate::time::relative(at, now)
-    )
-}
-
-/// The local zone's abbreviation at `t` ("CET", "EDT", "UTC"), from the C library (chrono
-/// knows offsets, not names); the offset when there is none.
-fn zone_abbreviation(t: i64) -> String {
-    let time: libc::time_t = t as libc::time_t;
-    // SAFETY: localtime_r writes only into `tm`, which outlives the call; tm_zone points to
-    // static storage of the C library (or is null), read at once.
-    unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        if !libc::localtime_r(&time, &mut tm).is_null() && !tm.tm_zone.is_null() {
-            if let Ok(name) = std::ffi::CStr::from_ptr(tm.tm_zone).to_str() {
-                if !name.is_empty() {
-                    return name.to_string();
-                }
-            }
-        }
-    }
-    crate::time::from_unix(t)
-        .with_timezone(&Local)
-        .format("%:z")
-        .to_string()
+    crate::time::human_precise(unix, now)
 }
 
 /// Parse a stored RFC 3339 string back to unix seconds, for `when`.

@@ -245,7 +245,7 @@ pub(crate) fn check_activation<'p>(
         .find(|h| h.role == role.key && h.scope.covers(&scope))
     {
         let until = match h.until {
-            Some(u) => format!("until {}", rfc3339(from_unix(u))),
+            Some(u) => format!("until {}", crate::time::human(u, now)),
             None => "permanently".to_string(),
         };
         return Err(Error::Conflict(format!(
@@ -354,11 +354,16 @@ pub(crate) fn activate_in(
     if let Some(j) = justification {
         if !settings.justification_matches(j) {
             return refused(format!(
-                "The justification does not match {}'s required pattern `{}`.",
+                "The justification does not match {}'s required pattern `{}`{}.",
                 role.key,
                 settings
                     .justification_pattern
                     .as_deref()
+                    .unwrap_or_default(),
+                settings
+                    .justification_hint
+                    .as_deref()
+                    .map(|h| format!(" ({h})"))
                     .unwrap_or_default()
             ));
         }
@@ -429,6 +434,37 @@ pub(crate) fn activate_in(
     request_now(tx, id, t)
 }
 
+/// The scopes of `user_id`'s activations of `role` (those `which` selects).
+pub(crate) fn running_scopes(
+    conn: &Db,
+    user_id: i64,
+    role: &str,
+    which: Which,
+    t: i64,
+) -> Result<Vec<String>> {
+    let mut scopes: Vec<String> = conn
+        .requests(Of::User(user_id), which, t)?
+        .into_iter()
+        .filter(|r| r.role == role)
+        .map(|r| r.scope)
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    Ok(scopes)
+}
+
+/// " You have it at /prod: pass --scope /prod." (did you mean), or nothing.
+pub(crate) fn elsewhere_hint(scopes: &[String]) -> String {
+    match scopes {
+        [] => String::new(),
+        [one] => format!(" You have it at {one}: pass --scope {one}."),
+        several => format!(
+            " You have it at {}: pass one with --scope.",
+            several.join(", ")
+        ),
+    }
+}
+
 /// A request that this transaction wrote or read.
 pub(crate) fn request_now(conn: &Db, id: i64, t: i64) -> Result<Request> {
     conn.request_by_id(id, t)?
@@ -449,6 +485,8 @@ pub struct ActivationPlan {
     pub eligible_until_at: Option<i64>,
     pub require_justification: bool,
     pub justification_pattern: Option<String>,
+    /// The pattern in words, with an example (from the policy).
+    pub justification_hint: Option<String>,
     pub require_ticket: bool,
     /// A TOTP code will be asked for.
     pub require_mfa: bool,
@@ -470,6 +508,7 @@ impl ActivationPlan {
             eligible_until_at: until,
             require_justification: s.require_justification,
             justification_pattern: s.justification_pattern.clone(),
+            justification_hint: s.justification_hint.clone(),
             require_ticket: s.require_ticket,
             require_mfa: s.require_mfa,
             require_approval: s.require_approval,
@@ -483,7 +522,10 @@ impl ActivationPlan {
     pub fn requires(&self) -> String {
         let mut parts = Vec::new();
         match (&self.justification_pattern, self.require_justification) {
-            (Some(p), _) => parts.push(format!("a justification matching `{p}`")),
+            (Some(p), _) => parts.push(match &self.justification_hint {
+                Some(hint) => format!("a justification: {hint} (`{p}`)"),
+                None => format!("a justification matching `{p}`"),
+            }),
             (None, true) => parts.push("a justification".to_string()),
             (None, false) => {}
         }
@@ -664,11 +706,13 @@ impl Pim {
                 .collect();
             let request = match open.len() {
                 0 => {
+                    let others = running_scopes(tx, me.id, &role.key, Which::Running, t)?;
                     return Err(Error::NotFound(format!(
-                        "You have no activation of {}{}. See `pim status`.",
+                        "You have no activation of {}{}.{} See `pim status`.",
                         role.key,
-                        scope.map(|s| format!(" at {s}")).unwrap_or_default()
-                    )))
+                        scope.map(|s| format!(" at {s}")).unwrap_or_default(),
+                        elsewhere_hint(&others)
+                    )));
                 }
                 1 => open.remove(0),
                 _ => {

@@ -346,10 +346,22 @@ impl Pim {
                 .collect();
             let current = match running.len() {
                 0 => {
+                    let others = match scope {
+                        Some(_) => super::activation::running_scopes(
+                            tx,
+                            me.id,
+                            &role.key,
+                            Which::Started,
+                            t,
+                        )?,
+                        None => Vec::new(),
+                    };
                     return Err(Error::NotFound(format!(
-                        "You have no running activation of {} to extend. See `pim status`.",
-                        role.key
-                    )))
+                        "You have no running activation of {}{} to extend.{} See `pim status`.",
+                        role.key,
+                        scope.map(|s| format!(" at {s}")).unwrap_or_default(),
+                        super::activation::elsewhere_hint(&others)
+                    )));
                 }
                 1 => running.remove(0),
                 n => {
@@ -379,7 +391,7 @@ impl Pim {
             if t + duration.num_seconds() <= current.end_at {
                 return Err(Error::Conflict(format!(
                     "Your activation already lasts until {}; an extension must end later.",
-                    current.end
+                    crate::time::human(current.end_at, now)
                 )));
             }
             if tx.has_pending_extension(current.id, t)? {

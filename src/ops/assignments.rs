@@ -347,6 +347,23 @@ pub(crate) fn assign_in(
         .ok_or_else(|| Error::NotFound(format!("Assignment {id} is gone.")))
 }
 
+impl Pim {
+    /// "Did you mean": when nothing is assigned at `scope` yet, the scope in use closest to
+    /// it (a typo away), if any.
+    pub fn closest_scope(&self, scope: &Scope) -> Result<Option<String>> {
+        let known = self.conn.live_scopes(self.now().timestamp())?;
+        if known.iter().any(|k| k == scope.as_str()) {
+            return Ok(None);
+        }
+        Ok(known
+            .into_iter()
+            .map(|k| (strsim::damerau_levenshtein(scope.as_str(), &k), k))
+            .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+            .min()
+            .map(|(_, k)| k))
+    }
+}
+
 pub(crate) fn unknown_role(role: &str) -> Error {
     Error::NotFound(format!("There is no role '{role}'. See `pim role list`."))
 }

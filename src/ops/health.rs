@@ -22,6 +22,8 @@ pub struct Health {
     pub log_size: u64,
     pub witnessed: u64,
     pub witnesses: bool,
+    /// When `pim sweep` last ran (unix seconds), if ever.
+    pub last_sweep: Option<i64>,
 }
 
 impl Pim {
@@ -51,6 +53,7 @@ impl Pim {
             log_size: self.conn.audit_count()?.max(0) as u64,
             witnessed: self.conn.witnessed()?,
             witnesses: self.policy()?.witness.any(),
+            last_sweep: self.conn.last_sweep()?,
         })
     }
 }

@@ -112,6 +112,9 @@ impl Pim {
             let (completed, started) = super::reviews::sweep_reviews(tx, policy, now, actor)?;
             report.reviews_completed = completed;
             report.reviews_started = started;
+            // For `pim doctor`: a sweep that ran, wherever it runs (a timer here, a job
+            // on another host of a shared server).
+            tx.set_last_sweep(t)?;
             Ok(report)
         })
     }

@@ -318,6 +318,19 @@ impl Db {
     }
 
     /// The assignments of `role` in effect or scheduled, by user and scope.
+    /// The scopes assignments in effect or scheduled are at.
+    pub fn live_scopes(&self, now: i64) -> Result<Vec<String>> {
+        self.query_map(
+            &format!(
+                "SELECT DISTINCT a.scope FROM assignments a WHERE {} ORDER BY a.scope",
+                live(1)
+            ),
+            params![now],
+            |r| r.get(0),
+        )?
+        .collect()
+    }
+
     pub fn live_assignments_of_role(&self, role: &str, now: i64) -> Result<Vec<Current>> {
         self.query_map(
             &format!(

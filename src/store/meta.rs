@@ -26,6 +26,22 @@ impl Db {
         Ok(())
     }
 
+    /// When `pim sweep` last ran to the end (unix seconds), whoever ran it.
+    pub fn last_sweep(&self) -> Result<Option<i64>> {
+        Ok(self.meta("sweep:last")?.and_then(|v| v.parse().ok()))
+    }
+
+    /// Bookkeeping, like the outbox's delivery state: no event explains it, so it is not
+    /// counted as a change of pim's state (see `Tx::commit`).
+    pub fn set_last_sweep(&self, t: i64) -> Result<()> {
+        self.run(
+            "INSERT INTO meta (key, value) VALUES ('sweep:last', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![t.to_string()],
+        )?;
+        Ok(())
+    }
+
     /// A user's enrolment waiting for its first code: the sealed secret, when it began, and
     /// how many wrong codes it has had.
     pub fn pending_enrolment(&self, user: &str) -> Result<Option<(String, i64, i64)>> {

@@ -584,7 +584,7 @@ impl Db {
         }
     }
 
-    fn run(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize> {
+    pub(super) fn run(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize> {
         match &self.inner {
             Inner::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql)?;

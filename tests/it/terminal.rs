@@ -392,6 +392,27 @@ fn doctor_finds_problems_and_says_how_to_fix_them() {
             assert_ne!(f["state"], "problem", "{f}");
         }
     }
+    // The sweep's last run is known to the database, wherever it ran; an hour later
+    // without one it is a warning again.
+    let sweep = |found: &serde_json::Value| {
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == "sweep")
+            .cloned()
+            .unwrap()
+    };
+    let f = sweep(&found);
+    assert_eq!(f["state"], "ok", "{f}");
+    assert!(f["detail"].as_str().unwrap().contains("last run"), "{f}");
+    let later = env
+        .at("+4h", &["--as", "admin", "doctor", "--json"])
+        .expect(1)
+        .json();
+    let f = sweep(&later);
+    assert_eq!(f["state"], "warning", "{f}");
+    assert!(f["detail"].as_str().unwrap().contains("last run"), "{f}");
     // Without a database: one problem, and how to make one.
     let r = env
         .run(&["--db", env.path("none.db").to_str().unwrap(), "doctor"])
@@ -689,4 +710,122 @@ fn enrolment_is_confirmed_by_its_first_code_and_nobody_sees_anothers_secret() {
     env.as_("bob", &["mfa", "confirm", "--code", &oathtool(&new, 30)])
         .expect(0);
     env.as_("bob", &["mfa", "enroll"]).expect(3);
+}
+
+/// A policy's `justification_hint` says the pattern in words, with an example: in the list
+/// of what a role asks for, when a justification does not fit (asked again on a terminal,
+/// refused with it without one); a hint that is not one plain line is a policy error.
+#[test]
+fn a_justification_hint_says_the_pattern_in_words() {
+    let hint = "a change number first, e.g. CHG-1234 replica lag";
+    let (env, bob) = bob_at_prod(&db_admin(&[
+        "justification_pattern = \"^CHG-[0-9]+\"",
+        &format!("justification_hint = \"{hint}\""),
+    ]));
+    let t = Terminal::start(&env, &["--as", "bob", "activate", "db-admin"], 160);
+    let s = t.wait_for("Justification for db-admin");
+    assert!(
+        s.contains(&format!("asks for a justification: {hint} (`^CHG-[0-9]+`)")),
+        "{s}"
+    );
+    t.line("replica lag");
+    t.wait_for(&format!(
+        "db-admin needs a justification matching `^CHG-[0-9]+`: {hint}."
+    ));
+    t.line("CHG-42 replica lag");
+    t.wait_for("TOTP code for bob");
+    t.line(&oathtool(&bob, 0));
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    env.as_("bob", &["deactivate", "db-admin"]).expect(0);
+
+    // Without a terminal: refused (exit 3) with the hint, nothing started.
+    let r = env
+        .as_(
+            "bob",
+            &[
+                "activate",
+                "db-admin",
+                "-j",
+                "lag",
+                "--code",
+                &oathtool(&bob, 0),
+            ],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("^CHG-[0-9]+"), "{}", r.stderr);
+    assert!(r.stderr.contains(hint), "{}", r.stderr);
+    env.run(&["check", "bob", "db-admin", "--scope", "/prod"])
+        .expect(1);
+
+    // The hint is one line of text a terminal shows as it is.
+    let bad = db_admin(&[
+        "justification_pattern = \"^CHG-[0-9]+\"",
+        "justification_hint = \"CHG-1\\u001b[2Jcleared\"",
+    ]);
+    std::fs::write(env.path("bad.toml"), bad.to_toml()).unwrap();
+    let r = env.run(&["policy", "validate", "bad.toml"]).expect(2);
+    assert!(
+        r.stderr
+            .contains("justification_hint must be one line without control characters"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// A scope a typo away from the right one: deactivate and extend name where the role is
+/// held; assign asks "did you mean" on a terminal and notes it without one.
+#[test]
+fn a_scope_typo_is_met_with_did_you_mean() {
+    let (env, bob) = bob_at_prod(&db_admin(&[]));
+    env.activate("bob", &bob, "db-admin", &["-j", "INC-1"])
+        .expect(0);
+    for verb in [
+        &["deactivate", "db-admin", "--scope", "/prd"][..],
+        &[
+            "extend", "db-admin", "--scope", "/prd", "-j", "more", "--code", "123456",
+        ],
+    ] {
+        let r = env.as_("bob", verb).expect(4);
+        assert!(
+            r.stderr
+                .contains("You have it at /prod: pass --scope /prod."),
+            "{verb:?}: {}",
+            r.stderr
+        );
+    }
+    env.run(&["check", "bob", "db-admin", "--scope", "/prod"])
+        .expect(0);
+
+    // assign without a terminal: a note, and the scope as given (it may be new on purpose).
+    env.user("carol");
+    let r = env
+        .as_(
+            "admin",
+            &["assign", "carol", "db-admin", "--scope", "/prd", "-j", "x"],
+        )
+        .expect(0);
+    assert!(
+        r.stderr
+            .contains("Nothing is assigned at /prd yet; did you mean /prod?"),
+        "{}",
+        r.stderr
+    );
+    // On a terminal the question is asked; yes assigns at /prod.
+    env.user("dave");
+    let t = Terminal::start(
+        &env,
+        &[
+            "--as", "admin", "assign", "dave", "db-admin", "--scope", "/prodd", "-j", "x",
+        ],
+        160,
+    );
+    t.wait_for("did you mean /prod? Assign at /prod instead?");
+    t.keys(&["y"]);
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    let r = env
+        .as_("admin", &["assignment", "list", "--user", "dave", "--json"])
+        .expect(0);
+    assert_eq!(r.json()[0]["scope"], "/prod", "{}", r.stdout);
 }
