@@ -160,18 +160,10 @@ impl Problems {
         self.total == 0
     }
 
-    /// Undo everything since `savepoint`, record the refusals (not in a dry run), and say
-    /// what went wrong: exit 3 when anything was refused, else exit 2.
-    fn fail(
-        self,
-        tx: &Recorder<'_>,
-        savepoint: &'static str,
-        now: chrono::DateTime<chrono::Utc>,
-        actor: &str,
-        what: &str,
-        dry_run: bool,
-    ) -> Result<Error> {
-        tx.rollback_to(savepoint)?;
+    /// Say what went wrong: exit 3 when anything was refused, else exit 2. The refusals are
+    /// left with `bulk`, which rolls the whole change back and then records them (not in a
+    /// dry run).
+    fn fail(self, bulk: &Bulk, what: &str) -> Error {
         let mut text = format!(
             "{} {what}; nothing was changed:\n{}",
             self.total,
@@ -184,34 +176,22 @@ impl Problems {
             ));
         }
         if self.refused_total == 0 {
-            return Ok(Error::Usage(text));
+            return Error::Usage(text);
         }
-        let who = users::Limited::User(actor);
-        if dry_run || users::limited_until(tx, who, now.timestamp())?.is_some() {
-            // A dry run changes nothing; a user flooding the log is throttled.
-            return Ok(Error::Refused(text));
-        }
-        let more = self.refused_total - self.refused.len();
-        let mut events = self.refused;
-        // The last goes through the rate limit: one bulk change counts as one attempt.
-        if let Some(last) = events.pop() {
-            for event in events {
-                tx.record(event)?;
-            }
-            let last = if more > 0 {
-                last.detail("more_refused", more)
-            } else {
-                last
-            };
-            let reason = last.result.clone();
-            let recorded: Result<()> =
-                users::refuse_limited(tx, now, who, last, Error::Refused(reason));
-            if let Err(e @ (Error::Store(_) | Error::Io(_))) = recorded {
-                return Err(e);
-            }
-        }
-        Ok(Error::Refused(text).recorded())
+        bulk.more_refused
+            .set(self.refused_total - self.refused.len());
+        *bulk.refused.borrow_mut() = self.refused;
+        Error::Refused(text)
     }
+}
+
+/// What a bulk change's rows share with `bulk`: how many rows were gone through (the
+/// change's cost against the budget) and the refused rows to record once it is rolled back.
+#[derive(Default)]
+struct Bulk {
+    rows: std::cell::Cell<usize>,
+    refused: std::cell::RefCell<Vec<Event>>,
+    more_refused: std::cell::Cell<usize>,
 }
 
 /// The event of one bulk row, for its refusal.
@@ -232,9 +212,11 @@ fn row_event(
         .detail("source", source)
 }
 
-/// Run a bulk change in one `IMMEDIATE` transaction: `f` works inside a savepoint and
-/// returns its result, or the error that `Problems::fail` made (a recorded refusal commits
-/// the refusal events and nothing else). With `dry_run`, nothing is kept.
+/// Run a bulk change in one `IMMEDIATE` transaction: `f` returns its result, or the error
+/// that `Problems::fail` made; then the whole transaction is rolled back and the refused rows
+/// are recorded in one of their own. (No savepoint: inside one, SQLite journals every
+/// statement of the change, which made an import cost more the more assignments there were.)
+/// With `dry_run`, nothing is kept.
 fn bulk<T>(
     pim: &mut Pim,
     actor: &str,
@@ -245,7 +227,7 @@ fn bulk<T>(
         chrono::DateTime<chrono::Utc>,
         &crate::policy::Policy,
         &users::User,
-        &std::cell::Cell<usize>,
+        &Bulk,
     ) -> Result<T>,
 ) -> Result<T> {
     let policy = pim.policy()?;
@@ -292,11 +274,11 @@ fn bulk<T>(
             )));
         }
     }
-    tx.savepoint("bulk")?;
     let mark = super::outbox_end(&tx)?;
     // The rows gone through: the change's cost against the budget, dry run or not.
-    let rows = std::cell::Cell::new(0usize);
-    let result = f(&rec, now, &policy, &me, &rows);
+    let state = Bulk::default();
+    let result = f(&rec, now, &policy, &me, &state);
+    let rows = &state.rows;
     let units = users::bulk_units(rows.get());
     // A bulk change larger than what is left of the budget waits for the next window (a
     // first one in a window may be as large as a file may be).
@@ -313,7 +295,6 @@ fn bulk<T>(
     }
     match result {
         Ok(v) => {
-            tx.release("bulk")?;
             // A bulk change notifies at most so often; the audit log has every row. (Ids
             // need not be consecutive: a server's sequences leave gaps.)
             tx.trim_outbox(mark, NOTICES_PER_BULK)?;
@@ -330,19 +311,59 @@ fn bulk<T>(
             }
             Ok(v)
         }
-        Err(Error::Recorded(e)) => {
-            if pim.budget {
-                users::count_change(&rec, now, actor, units)?;
-            }
-            tx.commit()?;
-            Err(*e)
-        }
         Err(e) => {
             drop(tx);
-            charge_apart(pim, now, actor, units)?;
-            Err(e)
+            let refused = state.refused.take();
+            if refused.is_empty() || dry_run {
+                charge_apart(pim, now, actor, units)?;
+            } else {
+                record_refusals(pim, now, actor, refused, state.more_refused.get(), units)?;
+            }
+            Err(match e {
+                Error::Recorded(e) => *e,
+                e => e,
+            })
         }
     }
+}
+
+/// Record the refused rows of a rolled-back bulk change, in a transaction of their own, and
+/// charge it to `actor`'s budget. One bulk change counts as one attempt against the rate
+/// limit (the last event goes through it); a user already throttled records nothing more.
+fn record_refusals(
+    pim: &mut Pim,
+    now: chrono::DateTime<chrono::Utc>,
+    actor: &str,
+    mut events: Vec<Event>,
+    more: usize,
+    units: i64,
+) -> Result<()> {
+    let tx = pim.conn.write()?;
+    let policy = super::load_policy(&tx)?;
+    let rec = Recorder::new(&tx, now, &policy);
+    let who = users::Limited::User(actor);
+    if users::limited_until(&rec, who, now.timestamp())?.is_none() {
+        if let Some(last) = events.pop() {
+            for event in events {
+                rec.record(event)?;
+            }
+            let last = if more > 0 {
+                last.detail("more_refused", more)
+            } else {
+                last
+            };
+            let reason = last.result.clone();
+            let recorded: Result<()> =
+                users::refuse_limited(&rec, now, who, last, Error::Refused(reason));
+            if let Err(e @ (Error::Store(_) | Error::Io(_))) = recorded {
+                return Err(e);
+            }
+        }
+    }
+    if pim.budget {
+        users::count_change(&rec, now, actor, units)?;
+    }
+    tx.commit()
 }
 
 /// Charge a bulk change that was rolled back (a dry run, bad input) to `actor`'s budget, in a
@@ -380,7 +401,8 @@ impl Pim {
         dry_run: bool,
     ) -> Result<ImportSummary> {
         let event = Event::new(actor, "assignment.add").detail("source", "import");
-        bulk(self, actor, event, dry_run, |tx, now, policy, me, seen| {
+        bulk(self, actor, event, dry_run, |tx, now, policy, me, state| {
+            let seen = &state.rows;
             let t = now.timestamp();
             let (mut added, mut unchanged) = (0, 0);
             let mut problems = Problems::default();
@@ -448,14 +470,7 @@ impl Pim {
                 }
             }
             if !problems.is_empty() {
-                return Err(problems.fail(
-                    tx,
-                    "bulk",
-                    now,
-                    actor,
-                    "row(s) cannot be imported",
-                    dry_run,
-                )?);
+                return Err(problems.fail(state, "row(s) cannot be imported"));
             }
             Ok(ImportSummary {
                 added,
@@ -521,9 +536,9 @@ impl Pim {
         dry_run: bool,
     ) -> Result<Plan> {
         let event = Event::new(actor, "assignment.add").detail("source", "apply");
-        bulk(self, actor, event, dry_run, |tx, now, policy, me, seen| {
-            seen.set(desired.len());
-            apply_in(tx, now, policy, me, actor, desired, prune, dry_run)
+        bulk(self, actor, event, dry_run, |tx, now, policy, me, state| {
+            state.rows.set(desired.len());
+            apply_in(tx, now, policy, me, actor, desired, prune, state)
         })
         .map(|mut plan| {
             plan.applied = !dry_run;
@@ -541,7 +556,7 @@ fn apply_in(
     actor: &str,
     desired: &[Desired],
     prune: bool,
-    dry_run: bool,
+    state: &Bulk,
 ) -> Result<Plan> {
     let t = now.timestamp();
     let rfc = |e: Option<i64>| e.map(|x| crate::time::rfc3339(crate::time::from_unix(x)));
@@ -774,7 +789,7 @@ fn apply_in(
         }
     }
     if !problems.is_empty() {
-        return Err(problems.fail(tx, "bulk", now, actor, "entries cannot be applied", dry_run)?);
+        return Err(problems.fail(state, "entries cannot be applied"));
     }
     Ok(plan)
 }

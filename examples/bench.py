@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""pim's performance benchmark: each command against its floor, at three scales.
+
+    python3 examples/bench.py                      # small and medium, SQLite and PostgreSQL
+    python3 examples/bench.py --sizes small,medium,large --backends sqlite --runs 21
+
+For each size it builds a database with pim's own commands and library (USERS users, each
+eligible for db-admin at 99 scopes and for ops at /, imported with `pim assignment import`;
+the audit log topped up to EVENTS events by `examples/bench_fill.rs`), then times every
+operation against the query that answers it in the `sqlite3` shell (or `psql`, on
+PostgreSQL, after `pim store copy`), run alternately, and prints the medians, the median of
+the per-pair ratios, and peak memory (max RSS). `audit verify` is measured against
+`sha256sum` over the bytes it hashes (the events' canonical encodings, dumped once). It is a
+benchmark, not a test: nothing here runs in CI.
+
+Sizes: small = 100 users, 10,000 assignments, 100,000 events; medium = 1,000, 100,000,
+1,000,000 (the issue's figures); large = 10,000, 1,000,000, 10,000,000.
+Needs: cargo, sqlite3, oathtool, and for PostgreSQL initdb/pg_ctl/psql (run as root, the
+cluster runs as `postgres` or `nobody`).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SIZES = {
+    "small": (100, 100, 100_000),
+    "medium": (1_000, 100, 1_000_000),
+    "large": (10_000, 100, 10_000_000),
+}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POLICY = """
+[defaults]
+max_activation = "8h"
+require_justification = true
+
+[roles.global-admin]
+name = "Global Administrator"
+permissions = ["*"]
+protected = true
+
+[roles.db-admin]
+name = "Database Administrator"
+require_mfa = true
+
+[roles.ops]
+name = "Operations"
+require_mfa = false
+"""
+
+
+def run_timed(argv, env=None, stdout=subprocess.DEVNULL, stdin=None, ok=(0,)):
+    """Run argv; (seconds, max RSS in KB, exit code). An exit code not in `ok` ends the run."""
+    t = time.perf_counter()
+    p = subprocess.Popen(argv, env=env, stdout=stdout, stderr=subprocess.PIPE, stdin=stdin)
+    _, status, usage = os.wait4(p.pid, 0)
+    took = time.perf_counter() - t
+    err = p.stderr.read().decode(errors="replace")
+    p.stderr.close()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode not in ok:
+        sys.exit(f"{' '.join(argv)}: exit {p.returncode}: {err}")
+    return took, usage.ru_maxrss, p.returncode
+
+
+class Store:
+    """One database under test and how to run pim and the floor's query against it."""
+
+    def __init__(self, bench, db, query_argv):
+        self.bench, self.db, self.query_argv = bench, db, query_argv
+
+    def pim(self, *args):
+        return [self.bench.pim, "--db", self.db, *args]
+
+    def query(self, sql, csv=False):
+        return self.query_argv(sql, csv)
+
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.dir = tempfile.mkdtemp(prefix="pim-bench-")
+        self.env = dict(os.environ, HOME=self.dir, XDG_CONFIG_HOME=os.path.join(self.dir, ".config"))
+        self.env.pop("PIM_DB", None)
+        self.env.pop("PIM_USER", None)
+        self.env["NO_COLOR"] = "1"
+        target = os.path.join(ROOT, "target", "release")
+        self.pim = os.path.join(target, "pim")
+        self.fill = os.path.join(target, "examples", "bench_fill")
+        self.rows = []
+
+    def sh(self, *argv, check=True, input=None):
+        r = subprocess.run(argv, env=self.env, capture_output=True, text=True, input=input)
+        if check and r.returncode != 0:
+            sys.exit(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr}")
+        return r
+
+    # ---------------------------------------------------------------- building a database
+    def build(self, size):
+        users, per_user, events = SIZES[size]
+        db = os.path.join(self.dir, f"{size}.db")
+        policy = os.path.join(self.dir, "policy.toml")
+        with open(policy, "w") as f:
+            f.write(POLICY)
+        self.sh(self.pim, "--db", db, "init", "--admin", "admin", "--policies", policy, "--json")
+        t = time.perf_counter()
+        self.sh(self.fill, db, str(users), "0")
+        print(f"  {users} users added in {time.perf_counter() - t:.1f} s", flush=True)
+        # Every user eligible for db-admin at /team1../team99 and for ops at /: one file.
+        rows = os.path.join(self.dir, f"{size}.csv")
+        with open(rows, "w") as f:
+            f.write("user,role,scope,type,start,end,justification,ticket\n")
+            for u in range(users):
+                for s in range(1, per_user):
+                    f.write(f"u{u:05},db-admin,/team{s},eligible,,,bench,\n")
+                f.write(f"u{u:05},ops,/,eligible,,,bench,\n")
+        n = users * per_user
+        took, rss, _ = run_timed([self.pim, "--db", db, "--as", "admin", "assignment", "import", rows], self.env)
+        self.imports.append((size, n, took, rss))
+        print(f"  {n} assignments imported in one file: {took:.2f} s, {rss / 1024:.0f} MB", flush=True)
+        t = time.perf_counter()
+        self.sh(self.fill, db, str(users), str(events))
+        print(f"  log topped up to {events} events in {time.perf_counter() - t:.1f} s", flush=True)
+        return db
+
+    def import_growth(self, size, db):
+        """10,000 new rows into the full store, against 10,000 into an empty one."""
+        def rows_file(name, users):
+            path = os.path.join(self.dir, name)
+            with open(path, "w") as f:
+                f.write("user,role,scope,type,start,end,justification,ticket\n")
+                for i in range(10_000):
+                    f.write(f"u{i % users:05},db-admin,/new{i // users},eligible,,,bench,\n")
+            return path
+        users = SIZES[size][0]
+        empty = os.path.join(self.dir, f"{size}-empty.db")
+        self.sh(self.pim, "--db", empty, "init", "--admin", "admin", "--policies",
+                os.path.join(self.dir, "policy.toml"), "--json")
+        self.sh(self.fill, empty, str(users), "0")
+        f = rows_file(f"{size}-10k.csv", users)
+        into_empty, _, _ = run_timed([self.pim, "--db", empty, "--as", "admin", "assignment", "import", f], self.env)
+        into_full, _, _ = run_timed([self.pim, "--db", db, "--as", "admin", "assignment", "import", f], self.env)
+        present = SIZES[size][0] * SIZES[size][1]
+        self.report(size, "import 10,000 rows: into the store vs into an empty one",
+                    into_full, into_empty, f"{present:,} present", goal=1.5, peak="")
+
+    # ---------------------------------------------------------------- measuring
+    def pairs(self, size, name, pim_argv, floor_argv, goal, floor_name, ok=(0,)):
+        ours, theirs, ratios, peak = [], [], [], 0
+        for i in range(self.a.runs):
+            order = [(pim_argv, ours), (floor_argv, theirs)]
+            if i % 2:
+                order.reverse()
+            got = {}
+            for argv, into in order:
+                took, rss, _ = run_timed(argv, self.env, ok=ok if into is ours else (0,))
+                into.append(took)
+                got[id(into)] = (took, rss)
+            peak = max(peak, got[id(ours)][1])
+            ratios.append(got[id(ours)][0] / got[id(theirs)][0])
+        self.rows.append((size, name, statistics.median(ours), statistics.median(theirs),
+                          floor_name, statistics.median(ratios), goal, peak))
+        self.print_row(self.rows[-1])
+
+    def report(self, size, name, ours, theirs, floor_name, goal, peak):
+        row = (size, name, ours, theirs, floor_name, ours / theirs, goal, peak)
+        self.rows.append(row)
+        self.print_row(row)
+
+    @staticmethod
+    def print_row(row):
+        size, name, ours, theirs, floor_name, ratio, goal, peak = row
+        met = "" if goal is None else ("met" if ratio <= goal else "MISSED")
+        peak = f"{peak / 1024:.1f} MB" if isinstance(peak, int) and peak else str(peak)
+        print(f"| {size} | {name} | {fmt(ours)} | {fmt(theirs)} {floor_name} | {ratio:.2f} | "
+              f"{'' if goal is None else f'≤ {goal}'} {met} | {peak} |", flush=True)
+
+    def operations(self, size, store, backend):
+        users = SIZES[size][0]
+        u = f"u{users // 2:05}"
+        floor = "psql" if backend == "postgres" else "sqlite3"
+        uid = f"(SELECT id FROM users WHERE name = '{u}')"
+        self.pairs(size, "check USER ROLE --scope S", store.pim("check", u, "db-admin", "--scope", "/team7"),
+                   store.query(f"SELECT 1 FROM users u JOIN assignments a ON a.user_id = u.id WHERE u.name = '{u}' "
+                               "AND u.disabled = 0 AND a.role = 'db-admin' AND a.scope IN ('/team7', '/') "
+                               "AND a.removed_at IS NULL LIMIT 1"), 1.5, floor, ok=(0, 1))
+        self.pairs(size, "status (100 assignments)", store.pim("--as", u, "status"),
+                   store.query(f"SELECT a.role, a.scope, a.kind, a.start_at, a.end_at FROM assignments a WHERE "
+                               f"a.user_id = {uid} AND a.removed_at IS NULL ORDER BY a.role, a.scope; "
+                               f"SELECT r.role, r.scope, r.status, r.end_at FROM requests r WHERE r.user_id = {uid} "
+                               "AND r.status IN ('pending', 'scheduled', 'active')"), 1.5, floor)
+        self.pairs(size, "assignment list --user U --json",
+                   store.pim("--as", "admin", "assignment", "list", "--user", u, "--json"),
+                   store.query(f"SELECT a.id, '{u}', a.role, a.scope, a.kind, a.start_at, a.end_at, a.justification, "
+                               f"a.ticket, a.created_by FROM assignments a WHERE a.user_id = {uid} AND "
+                               "a.removed_at IS NULL ORDER BY a.role, a.scope"), 1.5, floor)
+        self.pairs(size, "request list", store.pim("--as", "admin", "request", "list"),
+                   store.query("SELECT r.id, u.name, r.role, r.scope, r.status, r.start_at, r.end_at, r.justification "
+                               "FROM requests r JOIN users u ON u.id = r.user_id WHERE r.status IN "
+                               "('pending', 'scheduled', 'active') ORDER BY r.id"), 1.5, floor)
+        self.pairs(size, "role list", store.pim("--as", "admin", "role", "list"),
+                   store.query("SELECT role, kind, count(*) FROM assignments WHERE removed_at IS NULL "
+                               "GROUP BY role, kind"), 1.5, floor)
+        self.pairs(size, "audit export (CSV)",
+                   store.pim("--as", "admin", "audit", "export"),
+                   store.query("SELECT seq, time, actor, action, principal, role, scope, request, justification, "
+                               "ticket, expires, result, details, prev_hash, hash FROM audit_events ORDER BY seq",
+                               csv=True), 1.2, floor)
+        # verify against sha256sum over the bytes it hashes (dumped once)
+        canonical = os.path.join(self.dir, f"{size}.canonical")
+        if not os.path.exists(canonical):
+            with open(canonical, "wb") as f:
+                subprocess.run([self.fill.replace("bench_fill", "bench_canonical"), store.db], stdout=f,
+                               env=self.env, check=True)
+        self.pairs(size, "audit verify", store.pim("--as", "admin", "audit", "verify"),
+                   ["sha256sum", canonical], 1.3, "sha256sum")
+
+    def activations(self, size, store):
+        """One activation (TOTP, audit, fsync) per enrolled user; and activate+deactivate pairs
+        without MFA."""
+        n = self.a.activations
+        who = [f"u{i:05}" for i in range(n)]
+        secrets = {}
+        for u in who:
+            r = self.sh(*store.pim("--as", u, "mfa", "enroll", "--json"))
+            secrets[u] = json.loads(r.stdout)["secret"]
+            self.sh(*store.pim("--as", u, "mfa", "confirm", "--code", previous_code(secrets[u])))
+        times = []
+        for u in who:
+            code = totp(secrets[u])
+            took, _, _ = run_timed(store.pim("--as", u, "activate", "db-admin", "--scope", "/team1", "-j",
+                                             "INC-1 bench", "--code", code, "--duration", "1h"), self.env)
+            times.append(took)
+        pairs = []
+        for u in who:
+            t = time.perf_counter()
+            self.sh(*store.pim("--as", u, "activate", "ops", "-j", "INC-2 bench", "--duration", "1h"))
+            self.sh(*store.pim("--as", u, "deactivate", "ops"))
+            pairs.append(time.perf_counter() - t)
+        self.rows.append((size, "activate with TOTP (median)", statistics.median(times), None, "", None, 0.010, ""))
+        print(f"| {size} | activate with TOTP, audit, fsync | {fmt(statistics.median(times))} | | | ≤ 10 ms "
+              f"{'met' if statistics.median(times) <= 0.010 else 'MISSED'} | |", flush=True)
+        print(f"| {size} | activate + deactivate, no MFA (a pair) | {fmt(statistics.median(pairs))} | | | | |",
+              flush=True)
+        for u in who:
+            self.sh(*store.pim("--as", u, "deactivate", "db-admin"))
+
+
+def fmt(seconds):
+    return "" if seconds is None else (f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s")
+
+
+def totp(secret, step_offset=0):
+    import base64, hashlib, hmac, struct
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    h = hmac.new(key, struct.pack(">Q", int(time.time()) // 30 + step_offset), hashlib.sha1).digest()
+    o = h[-1] & 15
+    return "%06d" % ((struct.unpack(">I", h[o:o + 4])[0] & 0x7FFFFFFF) % 1_000_000)
+
+
+def previous_code(secret):
+    if time.time() % 30 > 27:
+        time.sleep(30.1 - time.time() % 30)
+    return totp(secret, -1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="small,medium")
+    p.add_argument("--backends", default="sqlite,postgres")
+    p.add_argument("--runs", type=int, default=15)
+    p.add_argument("--activations", type=int, default=30)
+    p.add_argument("--keep", action="store_true", help="keep the databases (printed)")
+    a = p.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "pim", "--example", "bench_fill",
+                    "--example", "bench_canonical"], cwd=ROOT, check=True)
+    b = Bench(a)
+    b.imports = []
+    print(f"machine: {os.cpu_count()} cores, {machine()}; runs per operation: {a.runs}")
+    print("| size | operation | pim | floor | ratio (median of pairs) | goal | pim peak memory |")
+    print("|---|---|---|---|---|---|---|")
+    server = None
+    try:
+        for size in a.sizes.split(","):
+            print(f"building {size} {SIZES[size]}", flush=True)
+            db = b.build(size)
+            for backend in a.backends.split(","):
+                if backend == "sqlite":
+                    store = Store(b, db, lambda sql, csv=False: ["sqlite3", *(["-csv"] if csv else []), db, sql])
+                else:
+                    if server is None:
+                        server = Postgres(b.dir)
+                    url = server.fresh(size)
+                    b.sh(b.pim, "--as", "admin", "store", "copy", "--from", db, "--to", url)
+                    store = Store(b, url, lambda sql, csv=False, url=url:
+                                  ["psql", "-X", "-q", *(["--csv"] if csv else []), url, "-c", sql])
+                b.operations(size, store, backend)
+                b.activations(size, store)
+            b.import_growth(size, db)
+        print("\nimport in one file (linear in N):")
+        for size, n, took, rss in b.imports:
+            print(f"  {size}: {n:,} rows in {took:.2f} s ({took / n * 1e6:.1f} µs a row), {rss / 1024:.0f} MB")
+    finally:
+        if server:
+            server.stop()
+        if a.keep:
+            print(f"databases kept in {b.dir}")
+        else:
+            shutil.rmtree(b.dir, ignore_errors=True)
+
+
+def machine():
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except Exception:
+        model = "unknown CPU"
+    return model
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on a Unix socket (as `postgres` or `nobody` when root)."""
+
+    def __init__(self, base):
+        bindir = next((d for d in ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"]
+                       if os.path.exists(d)), os.path.dirname(shutil.which("initdb") or "/usr/bin/initdb"))
+        self.bin = bindir
+        self.data = os.path.join(base, "pg")
+        self.sock = os.path.join(base, "pgsock")
+        os.makedirs(self.sock)
+        self.user = []
+        if os.geteuid() == 0:
+            account = "postgres" if subprocess.run(["id", "postgres"], capture_output=True).returncode == 0 \
+                else "nobody"
+            shutil.chown(base, account)
+            os.chmod(base, 0o755)
+            shutil.chown(self.sock, account)
+            self.user = ["runuser", "-u", account, "--"]
+        subprocess.run([*self.user, f"{bindir}/initdb", "-D", self.data, "-A", "trust", "-U", "pim"],
+                       check=True, capture_output=True)
+        subprocess.run([*self.user, f"{bindir}/pg_ctl", "-D", self.data, "-w", "-l", os.path.join(self.data, "log"),
+                        "-o", f"-k {self.sock} -c listen_addresses='' -c fsync=on", "start"],
+                       check=True, capture_output=True)
+
+    def fresh(self, name):
+        subprocess.run(["psql", "-X", "-q", f"postgresql://pim@/postgres?host={self.sock}", "-c",
+                        f"CREATE DATABASE bench_{name}"], check=True, capture_output=True)
+        return f"postgresql://pim@/bench_{name}?host={self.sock}"
+
+    def stop(self):
+        subprocess.run([*self.user, f"{self.bin}/pg_ctl", "-D", self.data, "-m", "fast", "stop"],
+                       capture_output=True)
+
+
+if __name__ == "__main__":
+    main()
