@@ -155,10 +155,15 @@ impl StoredEvent {
 
     /// The hash this event must carry, given its fields and `prev_hash`.
     pub fn compute_hash(&self) -> String {
-        let canonical = serde_json::to_vec(&self.fields()).unwrap_or_default();
+        self.hash_of(&self.canonical())
+    }
+
+    /// `compute_hash` from the event's canonical bytes, made once by the caller (verify
+    /// hashes them into the chain and into the Merkle tree).
+    pub fn hash_of(&self, canonical: &[u8]) -> String {
         let mut h = Sha256::new();
         h.update(self.prev_hash.as_bytes());
-        h.update(&canonical);
+        h.update(canonical);
         hex::encode(h.finalize())
     }
 }
@@ -371,15 +376,18 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
                 event.seq,
                 "its prev_hash is not the hash of the event before it".to_string(),
             ))
-        } else if event.compute_hash() != event.hash {
-            Some((event.seq, "its contents do not match its hash".to_string()))
         } else {
             None
         };
         if bad.is_some() {
             return false;
         }
-        frontier.push(event.leaf());
+        let canonical = event.canonical();
+        if event.hash_of(&canonical) != event.hash {
+            bad = Some((event.seq, "its contents do not match its hash".to_string()));
+            return false;
+        }
+        frontier.push(merkle::leaf_hash(&canonical));
         check_heads(&frontier, &mut bad);
         if bad.is_some() {
             return false;

@@ -1,7 +1,7 @@
 //! Eligible and active assignments, what a user holds right now, and the reminders sent
 //! before an assignment ends.
 
-use super::{Db, FromRow, OptionalExtension, Row};
+use super::{Db, FromRow, OptionalExtension, Row, ToValue};
 use crate::error::Result;
 use crate::model::{Kind, Status};
 use crate::params;
@@ -208,14 +208,29 @@ impl Db {
         all: bool,
         now: i64,
     ) -> Result<Vec<Assignment>> {
+        let mut w = Filters::default();
+        if let Some(user) = &user {
+            w.add("u.name = ?", user);
+        }
+        if let Some(role) = &role {
+            w.add("a.role = ?", role);
+        }
+        if let Some(kind) = &kind {
+            w.add("a.kind = ?", kind);
+        }
+        if !all {
+            w.add(
+                "a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?)",
+                &now,
+            );
+        }
         self.query_map(
             &format!(
                 "SELECT {COLUMNS} FROM assignments a JOIN users u ON u.id = a.user_id \
-                 WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR a.role = ?2) AND (?3 IS NULL OR a.kind = ?3) \
-                   AND (?4 OR (a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?5))) \
-                 ORDER BY u.name, a.role, a.scope, a.kind, a.id"
+                 WHERE TRUE{} ORDER BY u.name, a.role, a.scope, a.kind, a.id",
+                w.sql
             ),
-            params![user, role, kind, all, now],
+            &w.params,
             |r| from_row(r, now),
         )?
         .collect()
@@ -229,14 +244,25 @@ impl Db {
         all: bool,
         now: i64,
     ) -> Result<Vec<Assignment>> {
+        let mut w = Filters::default();
+        if let Some(user) = &user {
+            w.add("u.name = ?", user);
+        }
+        if let Some(role) = &role {
+            w.add("r.role = ?", role);
+        }
+        if !all {
+            w.add("r.status IN ('active', 'scheduled') AND r.end_at > ?", &now);
+        }
         self.query_map(
-            "SELECT r.id, u.name, r.role, r.scope, r.start_at, r.end_at, r.justification, r.ticket, r.status \
-             FROM requests r JOIN users u ON u.id = r.user_id \
-             WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR r.role = ?2) \
-               AND r.status IN ('active', 'scheduled', 'expired', 'deactivated', 'revoked') \
-               AND (?3 OR (r.status IN ('active', 'scheduled') AND r.end_at > ?4)) \
-             ORDER BY u.name, r.role, r.id",
-            params![user, role, all, now],
+            &format!(
+                "SELECT r.id, u.name, r.role, r.scope, r.start_at, r.end_at, r.justification, r.ticket, r.status \
+                 FROM requests r JOIN users u ON u.id = r.user_id \
+                 WHERE r.status IN ('active', 'scheduled', 'expired', 'deactivated', 'revoked'){} \
+                 ORDER BY u.name, r.role, r.id",
+                w.sql
+            ),
+            &w.params,
             |r| {
                 let start_at: i64 = r.get(4)?;
                 let end_at: i64 = r.get(5)?;
@@ -363,7 +389,7 @@ impl Db {
     pub fn ended_unrecorded(&self, now: i64) -> Result<Vec<Current>> {
         self.query_map(
             &format!(
-                "{CURRENT} WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.id"
+                "{CURRENT} WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.end_at, a.id"
             ),
             params![now],
             Current::from_row,
@@ -499,5 +525,25 @@ impl Db {
             |r| r.get(0),
         )?;
         Ok((eligible, active))
+    }
+}
+
+/// The conditions of a `WHERE` and their parameters, numbered as they are added: only the
+/// filters given reach the query planner (`?1 IS NULL OR u.name = ?1` would keep it from
+/// every index, a full scan of a growing table).
+#[derive(Default)]
+struct Filters<'a> {
+    sql: String,
+    params: Vec<&'a dyn ToValue>,
+}
+
+impl<'a> Filters<'a> {
+    /// `AND condition`, its one `?` bound to `value`.
+    fn add(&mut self, condition: &str, value: &'a dyn ToValue) {
+        self.params.push(value);
+        let n = self.params.len();
+        self.sql.push_str(" AND ");
+        self.sql
+            .push_str(&condition.replacen('?', &format!("?{n}"), 1));
     }
 }

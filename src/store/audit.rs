@@ -83,10 +83,11 @@ fn refs(values: &[Value]) -> Vec<&dyn ToValue> {
 }
 
 impl Db {
-    /// The last event's number and hash (None: the log is empty).
+    /// The last event's number and hash (None: the log is empty). One key lookup on either
+    /// backend (the planner's min/max of the primary key).
     pub fn audit_head(&self) -> Result<Option<(i64, String)>> {
         self.query_row(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, hash FROM audit_events WHERE seq = (SELECT max(seq) FROM audit_events)",
             params![],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

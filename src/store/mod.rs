@@ -231,7 +231,56 @@ BEGIN SELECT RAISE(ABORT, 'the Merkle tree is append-only'); END;
 CREATE TRIGGER merkle_nodes_no_delete BEFORE DELETE ON merkle_nodes
 BEGIN SELECT RAISE(ABORT, 'the Merkle tree is append-only'); END;
 "#,
+    // 8: indexes on the foreign keys that had none (a parent's change looks its children
+    // up by them) and on what the sweep looks for (assignments ending, reviews due): nothing
+    // on a hot path reads a growing table whole (tests/it/performance.rs).
+    r#"
+CREATE INDEX requests_by_extends ON requests (extends);
+CREATE INDEX review_items_by_assignment ON review_items (assignment_id);
+CREATE INDEX assignments_ending ON assignments (end_at) WHERE removed_at IS NULL;
+CREATE INDEX reviews_open ON reviews (ends_at) WHERE completed_at IS NULL;
+CREATE INDEX reviews_to_repeat ON reviews (id) WHERE recurrence IS NOT NULL AND next_started = 0;
+"#,
 ];
+
+/// Test builds: with `PIM_TEST_PLANS=FILE` (never under set-group-id), each distinct SQLite
+/// statement a command runs is written to FILE with its query plan, for the test that no
+/// hot path scans a growing table (`tests/it/performance.rs`).
+#[cfg(debug_assertions)]
+pub(crate) fn note_plan(c: &rusqlite::Connection, sql: &str) {
+    use std::io::Write;
+    thread_local! {
+        static SEEN: std::cell::RefCell<std::collections::HashSet<String>> =
+            std::cell::RefCell::default();
+    }
+    let Some(file) = std::env::var_os("PIM_TEST_PLANS") else {
+        return;
+    };
+    if crate::privilege::is_setgid() || !SEEN.with(|s| s.borrow_mut().insert(sql.to_string())) {
+        return;
+    }
+    let Ok(mut stmt) = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")) else {
+        return;
+    };
+    // Parameters left unbound are NULL; the plan does not depend on them.
+    let mut rows = stmt.raw_query();
+    let mut plan = Vec::new();
+    while let Ok(Some(r)) = rows.next() {
+        plan.push(r.get::<_, String>(3).unwrap_or_default());
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+    {
+        let _ = writeln!(
+            f,
+            "{}\t{}",
+            sql.split_whitespace().collect::<Vec<_>>().join(" "),
+            plan.join(" | ")
+        );
+    }
+}
 
 /// What pim learned about the database file SQLite actually opened.
 #[derive(Debug, Clone)]

@@ -219,6 +219,16 @@ CREATE TRIGGER merkle_nodes_no_update BEFORE UPDATE OR DELETE ON merkle_nodes
 CREATE TRIGGER merkle_nodes_no_truncate BEFORE TRUNCATE ON merkle_nodes
     FOR EACH STATEMENT EXECUTE FUNCTION pim_append_only();
 "#,
+    // 8: indexes on the foreign keys that had none (a parent's change looks its children
+    // up by them) and on what the sweep looks for (assignments ending, reviews due): nothing
+    // on a hot path reads a growing table whole (tests/it/performance.rs).
+    r#"
+CREATE INDEX requests_by_extends ON requests (extends);
+CREATE INDEX review_items_by_assignment ON review_items (assignment_id);
+CREATE INDEX assignments_ending ON assignments (end_at) WHERE removed_at IS NULL;
+CREATE INDEX reviews_open ON reviews (ends_at) WHERE completed_at IS NULL;
+CREATE INDEX reviews_to_repeat ON reviews (id) WHERE recurrence IS NOT NULL AND next_started = 0;
+"#,
 ];
 
 /// Whether `db` names a PostgreSQL server rather than a file.

@@ -259,7 +259,7 @@ impl Db {
     /// Reviews whose time is up and that are not completed.
     pub fn reviews_due(&self, now: i64) -> Result<Vec<i64>> {
         self.query_map(
-            "SELECT id FROM reviews WHERE completed_at IS NULL AND ends_at <= ?1 ORDER BY id",
+            "SELECT id FROM reviews WHERE completed_at IS NULL AND ends_at <= ?1 ORDER BY ends_at, id",
             params![now],
             |r| r.get(0),
         )?

@@ -587,6 +587,8 @@ impl Db {
     pub(super) fn run(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize> {
         match &self.inner {
             Inner::Sqlite(c) => {
+                #[cfg(debug_assertions)]
+                super::note_plan(c, sql);
                 let mut stmt = c.prepare_cached(sql)?;
                 let values: Vec<SqliteValue> =
                     params.iter().map(|p| SqliteValue(p.to_value())).collect();
@@ -612,6 +614,8 @@ impl Db {
     ) -> Result<()> {
         match &self.inner {
             Inner::Sqlite(c) => {
+                #[cfg(debug_assertions)]
+                super::note_plan(c, sql);
                 let mut stmt = c.prepare_cached(sql)?;
                 let values: Vec<SqliteValue> =
                     params.iter().map(|p| SqliteValue(p.to_value())).collect();

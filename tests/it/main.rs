@@ -15,6 +15,7 @@ mod examples;
 mod exec;
 mod import;
 mod notifications;
+mod performance;
 mod proofs;
 mod reviews;
 mod scripting;
