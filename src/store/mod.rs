@@ -313,9 +313,6 @@ fn configure(conn: &Connection) -> Result<()> {
     // A kept WAL is cut back to this size after a checkpoint, rather than staying at the
     // largest it ever grew to.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-    // Up to 64 MB of pages cached (taken only as they are read): a bulk change touching
-    // index pages all over a large table reads each from the file once, not again and again.
-    conn.pragma_update(None, "cache_size", -64 * 1024)?;
     Ok(())
 }
 
