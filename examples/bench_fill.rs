@@ -3,9 +3,13 @@
 //! Assignments are not made here: the benchmark imports them with `pim assignment import`,
 //! which it measures.
 //!
+//! With `activate USERS SCOPES`, each of the first USERS users activates `ops` (a role
+//! without MFA) for an hour at `/s0` ... at SCOPES scopes: activations for the sweep to end.
+//!
 //! ```sh
 //! pim --db /tmp/b.db init --admin admin
 //! cargo run --release --example bench_fill -- /tmp/b.db 1000 1000000
+//! cargo run --release --example bench_fill -- /tmp/b.db activate 1000 10
 //! ```
 
 use chrono::{Duration, Utc};
@@ -16,16 +20,17 @@ use std::sync::Arc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [path, mode, users, scopes] = args.as_slice() {
+        if mode == "activate" {
+            return activate(path, users.parse()?, scopes.parse()?);
+        }
+    }
     let [path, users, events] = args.as_slice() else {
-        eprintln!("usage: bench_fill DB USERS EVENTS");
+        eprintln!("usage: bench_fill DB USERS EVENTS | bench_fill DB activate USERS SCOPES");
         std::process::exit(2);
     };
     let (users, events): (usize, i64) = (users.parse()?, events.parse()?);
-    let db = pim::store::open(std::path::Path::new(path))?;
-    let instance = db.conn.instance()?;
-    let vault = Vault::load(&instance, false)?;
-    let mut pim = pim::Pim::new(db.conn, Arc::new(SystemClock), vault);
-    pim.without_budget();
+    let mut pim = open(path)?;
     for i in 0..users {
         let name = format!("u{i:05}");
         if pim.user(&name).is_err() {
@@ -56,5 +61,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tx.commit()?;
     }
     eprintln!("{users} users added, the log has {} events", have + count);
+    Ok(())
+}
+
+fn open(path: &str) -> Result<pim::Pim, Box<dyn std::error::Error>> {
+    let db = pim::store::open(std::path::Path::new(path))?;
+    let instance = db.conn.instance()?;
+    let vault = Vault::load(&instance, false)?;
+    let mut pim = pim::Pim::new(db.conn, Arc::new(SystemClock), vault);
+    pim.without_budget();
+    Ok(pim)
+}
+
+fn activate(path: &str, users: usize, scopes: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let mut pim = open(path)?;
+    for u in 0..users {
+        let name = format!("u{u:05}");
+        for s in 0..scopes {
+            pim.activate(
+                &name,
+                pim::ops::ActivationInput {
+                    role: "ops".to_string(),
+                    scope: Some(pim::scope::Scope::parse(&format!("/s{s}"))?),
+                    duration: Some(chrono::Duration::hours(1)),
+                    start: None,
+                    justification: Some("INC-1 bench".to_string()),
+                    ticket: None,
+                    code: None,
+                },
+            )?;
+        }
+    }
+    eprintln!("{} activations of ops, for an hour", users * scopes);
     Ok(())
 }

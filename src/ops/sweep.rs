@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::store::requests::Due;
 use crate::time::{from_unix, rfc3339};
 use serde::Serialize;
+use std::collections::HashSet;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SweepReport {
@@ -20,102 +21,145 @@ pub struct SweepReport {
     pub reviews_started: Vec<i64>,
 }
 
+/// At most this many items (starts, expirations, timeouts, reminders) are written down per
+/// transaction: a sweep over 100,000 expirations holds the write lock a few milliseconds at a
+/// time, and other commands get in between.
+const PER_TRANSACTION: i64 = 200;
+
 impl Pim {
+    /// Write down what time has decided, in short transactions of `PER_TRANSACTION` items
+    /// until nothing is left, then complete and start reviews. Each item is written down once
+    /// whatever happens between the transactions (its row says it is recorded).
     pub fn sweep(&mut self, actor: &str) -> Result<SweepReport> {
+        let mut report = SweepReport::default();
+        let mut reminded = HashSet::new();
+        while self.write_system(|tx, now, _policy| {
+            sweep_some(tx, now, actor, &mut report, &mut reminded)
+        })? {
+            // A moment between transactions, in which a waiting writer takes the lock.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         self.write_system(|tx, now, policy| {
-            let t = now.timestamp();
-            let mut report = SweepReport::default();
-            for Due {
-                id,
-                user,
-                role,
-                scope,
-                at: end,
-            } in tx.requests_due(t)?
-            {
-                let event = |action: &str| {
-                    Event::new(actor, action)
-                        .principal(&user)
-                        .role(&role)
-                        .scope(&scope)
-                        .request(id)
-                        .expires(Some(end))
-                };
-                if end > t {
-                    tx.request_started(id)?;
-                    tx.record(event("activation.start"))?;
-                    report.started.push(id);
-                } else {
-                    tx.request_expired(id)?;
-                    tx.record(
-                        event("activation.expire").detail("ended_at", rfc3339(from_unix(end))),
-                    )?;
-                    report.expired_activations.push(id);
-                }
-            }
-            for Due {
-                id,
-                user,
-                role,
-                scope,
-                at: deadline,
-            } in tx.requests_timed_out(t)?
-            {
-                tx.request_timed_out(id)?;
-                tx.record(
-                    Event::new(actor, "activation.timeout")
-                        .principal(&user)
-                        .role(&role)
-                        .scope(&scope)
-                        .request(id)
-                        .detail("decide_by", rfc3339(from_unix(deadline))),
-                )?;
-                report.timed_out.push(id);
-            }
-            for a in tx.ended_unrecorded(t)? {
-                let (id, user, role, scope, kind) = (a.id, a.user, a.role, a.scope, a.kind);
-                let end = a.end_at.unwrap_or(t);
-                tx.expiry_recorded(id)?;
-                tx.record(
-                    Event::new(actor, "assignment.expire")
-                        .principal(&user)
-                        .role(&role)
-                        .scope(&scope)
-                        .expires(Some(end))
-                        .detail("type", kind)
-                        .detail("assignment", id)
-                        .detail("ended_at", rfc3339(from_unix(end))),
-                )?;
-                report.expired_assignments.push(id);
-            }
-            // Reminders 14 days and 1 day before an assignment ends, each sent once.
-            for (kind, days, lower) in [("1d", 1, 0), ("14d", 14, 86_400)] {
-                for a in tx.ending_unreminded(t + lower, t + days * 86_400, kind)? {
-                    let id = a.id;
-                    let end = a.end_at.unwrap_or(t);
-                    tx.insert_reminder(id, kind)?;
-                    tx.record(
-                        Event::new(actor, "assignment.remind")
-                            .principal(&a.user)
-                            .role(&a.role)
-                            .scope(&a.scope)
-                            .expires(Some(end))
-                            .detail("type", a.kind)
-                            .detail("assignment", id)
-                            .detail("reminder", kind),
-                    )?;
-                    if !report.reminded.contains(&id) {
-                        report.reminded.push(id);
-                    }
-                }
-            }
             let (completed, started) = super::reviews::sweep_reviews(tx, policy, now, actor)?;
             report.reviews_completed = completed;
             report.reviews_started = started;
             // For `pim doctor`: a sweep that ran, wherever it runs (a timer here, a job
             // on another host of a shared server).
-            tx.set_last_sweep(t)?;
-            Ok(report)
-        })
+            tx.set_last_sweep(now.timestamp())?;
+            Ok(())
+        })?;
+        Ok(report)
     }
+}
+
+/// Up to `PER_TRANSACTION` items of the sweep; whether there may be more.
+fn sweep_some(
+    tx: &super::Recorder<'_>,
+    now: chrono::DateTime<chrono::Utc>,
+    actor: &str,
+    report: &mut SweepReport,
+    reminded: &mut HashSet<i64>,
+) -> Result<bool> {
+    let t = now.timestamp();
+    let mut left = PER_TRANSACTION;
+    let due = tx.requests_due(t, left)?;
+    left -= due.len() as i64;
+    for Due {
+        id,
+        user,
+        role,
+        scope,
+        at: end,
+    } in due
+    {
+        let event = |action: &str| {
+            Event::new(actor, action)
+                .principal(&user)
+                .role(&role)
+                .scope(&scope)
+                .request(id)
+                .expires(Some(end))
+        };
+        if end > t {
+            tx.request_started(id)?;
+            tx.record(event("activation.start"))?;
+            report.started.push(id);
+        } else {
+            tx.request_expired(id)?;
+            tx.record(event("activation.expire").detail("ended_at", rfc3339(from_unix(end))))?;
+            report.expired_activations.push(id);
+        }
+    }
+    if left == 0 {
+        return Ok(true);
+    }
+    let late = tx.requests_timed_out(t, left)?;
+    left -= late.len() as i64;
+    for Due {
+        id,
+        user,
+        role,
+        scope,
+        at: deadline,
+    } in late
+    {
+        tx.request_timed_out(id)?;
+        tx.record(
+            Event::new(actor, "activation.timeout")
+                .principal(&user)
+                .role(&role)
+                .scope(&scope)
+                .request(id)
+                .detail("decide_by", rfc3339(from_unix(deadline))),
+        )?;
+        report.timed_out.push(id);
+    }
+    if left == 0 {
+        return Ok(true);
+    }
+    let ended = tx.ended_unrecorded(t, left)?;
+    left -= ended.len() as i64;
+    for a in ended {
+        let (id, user, role, scope, kind) = (a.id, a.user, a.role, a.scope, a.kind);
+        let end = a.end_at.unwrap_or(t);
+        tx.expiry_recorded(id)?;
+        tx.record(
+            Event::new(actor, "assignment.expire")
+                .principal(&user)
+                .role(&role)
+                .scope(&scope)
+                .expires(Some(end))
+                .detail("type", kind)
+                .detail("assignment", id)
+                .detail("ended_at", rfc3339(from_unix(end))),
+        )?;
+        report.expired_assignments.push(id);
+    }
+    // Reminders 14 days and 1 day before an assignment ends, each sent once.
+    for (kind, days, lower) in [("1d", 1, 0), ("14d", 14, 86_400)] {
+        if left == 0 {
+            return Ok(true);
+        }
+        let ending = tx.ending_unreminded(t + lower, t + days * 86_400, kind, left)?;
+        left -= ending.len() as i64;
+        for a in ending {
+            let id = a.id;
+            let end = a.end_at.unwrap_or(t);
+            tx.insert_reminder(id, kind)?;
+            tx.record(
+                Event::new(actor, "assignment.remind")
+                    .principal(&a.user)
+                    .role(&a.role)
+                    .scope(&a.scope)
+                    .expires(Some(end))
+                    .detail("type", a.kind)
+                    .detail("assignment", id)
+                    .detail("reminder", kind),
+            )?;
+            if reminded.insert(id) {
+                report.reminded.push(id);
+            }
+        }
+    }
+    Ok(left == 0)
 }

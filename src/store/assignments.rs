@@ -386,12 +386,12 @@ impl Db {
     }
 
     /// Assignments that ended by `now` and whose end is not on record yet.
-    pub fn ended_unrecorded(&self, now: i64) -> Result<Vec<Current>> {
+    pub fn ended_unrecorded(&self, now: i64, limit: i64) -> Result<Vec<Current>> {
         self.query_map(
             &format!(
-                "{CURRENT} WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.end_at, a.id"
+                "{CURRENT} WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.end_at, a.id LIMIT ?2"
             ),
-            params![now],
+            params![now, limit],
             Current::from_row,
         )?
         .collect()
@@ -406,14 +406,20 @@ impl Db {
     }
 
     /// Assignments ending in (`from`, `to`] whose holders have not had reminder `kind`.
-    pub fn ending_unreminded(&self, from: i64, to: i64, kind: &str) -> Result<Vec<Current>> {
+    pub fn ending_unreminded(
+        &self,
+        from: i64,
+        to: i64,
+        kind: &str,
+        limit: i64,
+    ) -> Result<Vec<Current>> {
         self.query_map(
             &format!(
                 "{CURRENT} WHERE a.removed_at IS NULL AND a.end_at > ?1 AND a.end_at <= ?2 \
                    AND NOT EXISTS (SELECT 1 FROM reminders r WHERE r.assignment_id = a.id AND r.kind = ?3) \
-                 ORDER BY a.id"
+                 ORDER BY a.id LIMIT ?4"
             ),
-            params![from, to, kind],
+            params![from, to, kind, limit],
             Current::from_row,
         )?
         .collect()

@@ -305,7 +305,10 @@ pub struct Database {
 }
 
 fn configure(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // A busy database is tried again every millisecond for up to 10 seconds (SQLite's own
+    // timeout sleeps up to 100 ms between tries, and a waiter can miss every gap a long
+    // series of short transactions, such as a sweep's, leaves it).
+    conn.busy_handler(Some(retry_when_busy))?;
     conn.pragma_update(None, "foreign_keys", true)?;
     // Sorts and temporary tables stay in memory: SQLite never creates a file in a directory
     // that the environment (SQLITE_TMPDIR) names.
@@ -315,6 +318,18 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     Ok(())
 }
+
+/// SQLite's busy handler: `tries` tries so far; whether to try again (after a millisecond).
+fn retry_when_busy(tries: i32) -> bool {
+    if tries >= BUSY_TRIES {
+        return false;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    true
+}
+
+/// About 10 seconds of tries a millisecond apart (sleeping takes a little longer).
+const BUSY_TRIES: i32 = 9_000;
 
 /// Keep the -wal and -shm files when the last connection closes. A shared database's
 /// companions are created once (by root, owned like the database) and never again by a

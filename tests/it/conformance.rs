@@ -243,14 +243,17 @@ fn assignments_holdings_and_reminders() {
     );
 
     // Reminders, each once; the end recorded once.
-    let soon = db.ending_unreminded(900, 1100, "1d").unwrap();
+    let soon = db.ending_unreminded(900, 1100, "1d", 100).unwrap();
     assert_eq!(soon.iter().map(|c| c.id).collect::<Vec<_>>(), [eligible]);
     let tx = db.write().unwrap();
     tx.insert_reminder(eligible, "1d").unwrap();
-    assert!(tx.ending_unreminded(900, 1100, "1d").unwrap().is_empty());
-    assert_eq!(tx.ended_unrecorded(1000).unwrap().len(), 1);
+    assert!(tx
+        .ending_unreminded(900, 1100, "1d", 100)
+        .unwrap()
+        .is_empty());
+    assert_eq!(tx.ended_unrecorded(1000, 100).unwrap().len(), 1);
     tx.expiry_recorded(eligible).unwrap();
-    assert!(tx.ended_unrecorded(1000).unwrap().is_empty());
+    assert!(tx.ended_unrecorded(1000, 100).unwrap().is_empty());
     tx.set_assignment_end(eligible, Some(500)).unwrap();
     tx.remove_assignment(active, 20, "admin").unwrap();
     audit::append(&tx, t(1), ev("assignment.remove")).unwrap();
@@ -355,7 +358,7 @@ fn requests_move_only_along_the_contracts_transitions() {
     let started = db.request_by_id(pending, 50).unwrap().unwrap();
     assert_eq!((started.status, started.end_at), (Status::Active, 110));
     assert_eq!(
-        db.requests_due(200)
+        db.requests_due(200, 100)
             .unwrap()
             .iter()
             .map(|d| d.id)
@@ -366,7 +369,7 @@ fn requests_move_only_along_the_contracts_transitions() {
     tx.request_expired(pending).unwrap();
     audit::append(&tx, t(2), ev("activation.expire")).unwrap();
     tx.commit().unwrap();
-    assert!(db.requests_due(200).unwrap().is_empty());
+    assert!(db.requests_due(200, 100).unwrap().is_empty());
 
     // Sweep's other moves: a scheduled start, a timeout, an applied extension.
     let tx = db.write().unwrap();
@@ -382,7 +385,7 @@ fn requests_move_only_along_the_contracts_transitions() {
     assert!(!tx.has_pending_extension(stale, 20).unwrap());
     tx.request_started(scheduled).unwrap();
     assert_eq!(
-        tx.requests_timed_out(20)
+        tx.requests_timed_out(20, 100)
             .unwrap()
             .iter()
             .map(|d| d.id)
