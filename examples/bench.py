@@ -230,19 +230,23 @@ class Bench:
         activations, while another process keeps writing (`user add`): the sweep's time, and
         how long the writer waited at most."""
         users, per_user, _ = SIZES[size]
-        db = os.path.join(self.dir, f"{size}-sweep.db")
-        self.sh(self.pim, "--db", db, "init", "--admin", "admin", "--policies",
-                os.path.join(self.dir, "policy.toml"), "--json")
-        self.sh(self.fill, db, str(users), "0")
-        rows = os.path.join(self.dir, f"{size}-sweep.csv")
-        with open(rows, "w") as f:
-            f.write("user,role,scope,type,start,end,justification,ticket\n")
-            for u in range(users):
-                for s in range(per_user):
-                    f.write(f"u{u:05},db-admin,/x{s},eligible,,1h,bench,\n")
-                f.write(f"u{u:05},ops,/,eligible,,,bench,\n")
-        self.sh(self.pim, "--db", db, "--as", "admin", "assignment", "import", rows)
-        self.sh(self.fill, db, "activate", str(users), "10")
+        base = os.path.join(self.dir, f"{size}-sweep-base.db")
+        if not os.path.exists(base):
+            self.sh(self.pim, "--db", base, "init", "--admin", "admin", "--policies",
+                    os.path.join(self.dir, "policy.toml"), "--json")
+            self.sh(self.fill, base, str(users), "0")
+            rows = os.path.join(self.dir, f"{size}-sweep.csv")
+            with open(rows, "w") as f:
+                f.write("user,role,scope,type,start,end,justification,ticket\n")
+                for u in range(users):
+                    for s in range(per_user):
+                        f.write(f"u{u:05},db-admin,/x{s},eligible,,1h,bench,\n")
+                    f.write(f"u{u:05},ops,/,eligible,,,bench,\n")
+            self.sh(self.pim, "--db", base, "--as", "admin", "assignment", "import", rows)
+            self.sh(self.fill, base, "activate", str(users), "10")
+        # Each backend sweeps its own copy of the same database.
+        db = os.path.join(self.dir, f"{size}-sweep-{backend}.db")
+        self.sh("sqlite3", base, f".backup '{db}'")
         target = db
         if backend == "postgres":
             target = server.fresh(f"{size}_sweep")
