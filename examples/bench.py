@@ -58,10 +58,11 @@ require_mfa = false
 """
 
 
-def run_timed(argv, env=None, stdout=subprocess.DEVNULL, stdin=None, ok=(0,)):
-    """Run argv; (seconds, max RSS in KB, exit code). An exit code not in `ok` ends the run."""
+def run_timed(argv, env=None, ok=(0,)):
+    """Run argv, its output dropped; (seconds, max RSS in KB, exit code). An exit code not in
+    `ok` ends the run."""
     t = time.perf_counter()
-    p = subprocess.Popen(argv, env=env, stdout=stdout, stderr=subprocess.PIPE, stdin=stdin)
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(p.pid, 0)
     took = time.perf_counter() - t
     err = p.stderr.read().decode(errors="replace")
@@ -98,10 +99,11 @@ class Bench:
         self.fill = os.path.join(target, "examples", "bench_fill")
         self.rows = []
         self.secrets = {}
+        self.imports = []
 
-    def sh(self, *argv, check=True, input=None):
-        r = subprocess.run(argv, env=self.env, capture_output=True, text=True, input=input)
-        if check and r.returncode != 0:
+    def sh(self, *argv):
+        r = subprocess.run(argv, env=self.env, capture_output=True, text=True)
+        if r.returncode != 0:
             sys.exit(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr}")
         return r
 
@@ -158,16 +160,16 @@ class Bench:
     def pairs(self, size, name, pim_argv, floor_argv, goal, floor_name, ok=(0,)):
         ours, theirs, ratios, peak = [], [], [], 0
         for i in range(self.a.runs):
-            order = [(pim_argv, ours), (floor_argv, theirs)]
+            def floor():
+                theirs.append(run_timed(floor_argv, self.env)[0])
             if i % 2:
-                order.reverse()
-            got = {}
-            for argv, into in order:
-                took, rss, _ = run_timed(argv, self.env, ok=ok if into is ours else (0,))
-                into.append(took)
-                got[id(into)] = (took, rss)
-            peak = max(peak, got[id(ours)][1])
-            ratios.append(got[id(ours)][0] / got[id(theirs)][0])
+                floor()
+            took, rss, _ = run_timed(pim_argv, self.env, ok=ok)
+            ours.append(took)
+            if not i % 2:
+                floor()
+            peak = max(peak, rss)
+            ratios.append(ours[-1] / theirs[-1])
         self.rows.append((size, name, statistics.median(ours), statistics.median(theirs),
                           floor_name, statistics.median(ratios), goal, peak))
         self.print_row(self.rows[-1])
@@ -345,7 +347,6 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "pim", "--example", "bench_fill",
                     "--example", "bench_canonical"], cwd=ROOT, check=True)
     b = Bench(a)
-    b.imports = []
     print(f"machine: {os.cpu_count()} cores, {machine()}; runs per operation: {a.runs}")
     print("| size | operation | pim | floor | ratio (median of pairs) | goal | pim peak memory |")
     print("|---|---|---|---|---|---|---|")

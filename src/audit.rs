@@ -122,24 +122,33 @@ pub const COLUMNS: [&str; 15] = [
 ];
 
 impl StoredEvent {
-    /// The thirteen chained fields as strings, absent as "".
-    pub fn fields(&self) -> [String; 13] {
-        let o = |v: &Option<String>| v.clone().unwrap_or_default();
-        [
-            self.seq.to_string(),
-            self.time.clone(),
-            self.actor.clone(),
-            self.action.clone(),
+    /// The thirteen chained fields, borrowed and handed to `f`; absent as "".
+    fn with_fields<T>(&self, f: impl FnOnce([&str; 13]) -> T) -> T {
+        let seq = self.seq.to_string();
+        let request = self.request.map(|r| r.to_string()).unwrap_or_default();
+        fn o(v: &Option<String>) -> &str {
+            v.as_deref().unwrap_or("")
+        }
+        f([
+            &seq,
+            &self.time,
+            &self.actor,
+            &self.action,
             o(&self.principal),
             o(&self.role),
             o(&self.scope),
-            self.request.map(|r| r.to_string()).unwrap_or_default(),
+            &request,
             o(&self.justification),
             o(&self.ticket),
             o(&self.expires),
-            self.result.clone(),
-            self.details.clone(),
-        ]
+            &self.result,
+            &self.details,
+        ])
+    }
+
+    /// The thirteen chained fields as strings, absent as "".
+    pub fn fields(&self) -> [String; 13] {
+        self.with_fields(|f| f.map(str::to_string))
     }
 
     /// The bytes the chain and the Merkle tree hash: the compact JSON array of the thirteen
@@ -150,29 +159,11 @@ impl StoredEvent {
         out
     }
 
-    /// `canonical`, appended to `out` (verify reuses one buffer for a million events) and
-    /// made from borrowed fields: the same bytes, without copying each field first.
+    /// `canonical`, appended to `out` (verify reuses one buffer for a million events), made
+    /// from the borrowed fields.
     pub fn canonical_into(&self, out: &mut Vec<u8>) {
-        let seq = self.seq.to_string();
-        let request = self.request.map(|r| r.to_string());
-        // Each field borrowed, in the order of `fields`.
-        let fields: [&str; 13] = [
-            &seq,
-            &self.time,
-            &self.actor,
-            &self.action,
-            self.principal.as_deref().unwrap_or(""),
-            self.role.as_deref().unwrap_or(""),
-            self.scope.as_deref().unwrap_or(""),
-            request.as_deref().unwrap_or(""),
-            self.justification.as_deref().unwrap_or(""),
-            self.ticket.as_deref().unwrap_or(""),
-            self.expires.as_deref().unwrap_or(""),
-            &self.result,
-            &self.details,
-        ];
         // Writing JSON strings to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &fields);
+        self.with_fields(|f| serde_json::to_writer(&mut *out, &f).unwrap_or_default())
     }
 
     /// Whether the event's stored `hash` is SHA-256(prev_hash ‖ canonical) in lowercase hex,
@@ -188,16 +179,7 @@ impl StoredEvent {
 
     /// The hash this event must carry, given its fields and `prev_hash`.
     pub fn compute_hash(&self) -> String {
-        self.hash_of(&self.canonical())
-    }
-
-    /// `compute_hash` from the event's canonical bytes, made once by the caller (verify
-    /// hashes them into the chain and into the Merkle tree).
-    pub fn hash_of(&self, canonical: &[u8]) -> String {
-        let mut h = Sha256::new();
-        h.update(self.prev_hash.as_bytes());
-        h.update(canonical);
-        hex::encode(h.finalize())
+        hex::encode(chain_digest(&self.prev_hash, &self.canonical()))
     }
 }
 
@@ -224,10 +206,16 @@ pub fn append(conn: &Db, now: DateTime<Utc>, event: Event) -> Result<i64> {
         prev_hash,
         hash: String::new(),
     };
-    stored.hash = stored.compute_hash();
+    // The canonical bytes once, for the chain and the tree.
+    let canonical = stored.canonical();
+    stored.hash = hex::encode(chain_digest(&stored.prev_hash, &canonical));
     complete_tree(conn, last_seq)?;
     conn.insert_event(&stored, now.timestamp(), event.expires)?;
-    add_leaf(conn, (stored.seq - 1) as u64, &stored.leaf())?;
+    add_leaf(
+        conn,
+        (stored.seq - 1) as u64,
+        &merkle::leaf_hash(&canonical),
+    )?;
     Ok(stored.seq)
 }
 
@@ -423,15 +411,20 @@ fn hash_batches(
     (frontier, found)
 }
 
+/// SHA-256(prev_hash ‖ canonical): an event's link in the chain.
+fn chain_digest(prev_hash: &str, canonical: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(canonical);
+    h.finalize().into()
+}
+
 /// Whether `stored` is SHA-256(prev_hash ‖ canonical) in lowercase hex, as pim writes it
 /// (made on the stack: no string per event).
 fn chain_hash_matches(prev_hash: &str, canonical: &[u8], stored: &str) -> bool {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut h = Sha256::new();
-    h.update(prev_hash.as_bytes());
-    h.update(canonical);
     let mut text = [0u8; 64];
-    for (i, b) in h.finalize().iter().enumerate() {
+    for (i, b) in chain_digest(prev_hash, canonical).iter().enumerate() {
         text[2 * i] = HEX[usize::from(b >> 4)];
         text[2 * i + 1] = HEX[usize::from(b & 15)];
     }

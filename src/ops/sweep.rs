@@ -65,11 +65,11 @@ fn sweep_some(
     reminded: &mut HashSet<i64>,
 ) -> Result<bool> {
     let t = now.timestamp();
-    // Every transaction writes down at least one item, however slow: the sweep always ends.
-    let (started, mut done) = (std::time::Instant::now(), 0);
-    let mut left = PER_TRANSACTION;
-    let due = tx.requests_due(t, left)?;
-    left -= due.len() as i64;
+    let mut budget = Budget {
+        started: std::time::Instant::now(),
+        done: 0,
+    };
+    let due = tx.requests_due(t, budget.left())?;
     for Due {
         id,
         user,
@@ -78,10 +78,9 @@ fn sweep_some(
         at: end,
     } in due
     {
-        if done > 0 && started.elapsed() >= HOLD_AT_MOST {
+        if !budget.take() {
             return Ok(true);
         }
-        done += 1;
         let event = |action: &str| {
             Event::new(actor, action)
                 .principal(&user)
@@ -100,11 +99,10 @@ fn sweep_some(
             report.expired_activations.push(id);
         }
     }
-    if left == 0 {
+    if budget.left() == 0 {
         return Ok(true);
     }
-    let late = tx.requests_timed_out(t, left)?;
-    left -= late.len() as i64;
+    let late = tx.requests_timed_out(t, budget.left())?;
     for Due {
         id,
         user,
@@ -113,10 +111,9 @@ fn sweep_some(
         at: deadline,
     } in late
     {
-        if done > 0 && started.elapsed() >= HOLD_AT_MOST {
+        if !budget.take() {
             return Ok(true);
         }
-        done += 1;
         tx.request_timed_out(id)?;
         tx.record(
             Event::new(actor, "activation.timeout")
@@ -128,16 +125,14 @@ fn sweep_some(
         )?;
         report.timed_out.push(id);
     }
-    if left == 0 {
+    if budget.left() == 0 {
         return Ok(true);
     }
-    let ended = tx.ended_unrecorded(t, left)?;
-    left -= ended.len() as i64;
+    let ended = tx.ended_unrecorded(t, budget.left())?;
     for a in ended {
-        if done > 0 && started.elapsed() >= HOLD_AT_MOST {
+        if !budget.take() {
             return Ok(true);
         }
-        done += 1;
         let (id, user, role, scope, kind) = (a.id, a.user, a.role, a.scope, a.kind);
         let end = a.end_at.unwrap_or(t);
         tx.expiry_recorded(id)?;
@@ -155,16 +150,14 @@ fn sweep_some(
     }
     // Reminders 14 days and 1 day before an assignment ends, each sent once.
     for (kind, days, lower) in [("1d", 1, 0), ("14d", 14, 86_400)] {
-        if left == 0 {
+        if budget.left() == 0 {
             return Ok(true);
         }
-        let ending = tx.ending_unreminded(t + lower, t + days * 86_400, kind, left)?;
-        left -= ending.len() as i64;
+        let ending = tx.ending_unreminded(t + lower, t + days * 86_400, kind, budget.left())?;
         for a in ending {
-            if done > 0 && started.elapsed() >= HOLD_AT_MOST {
+            if !budget.take() {
                 return Ok(true);
             }
-            done += 1;
             let id = a.id;
             let end = a.end_at.unwrap_or(t);
             tx.insert_reminder(id, kind)?;
@@ -183,5 +176,28 @@ fn sweep_some(
             }
         }
     }
-    Ok(left == 0)
+    Ok(budget.left() == 0)
+}
+
+/// What one transaction of the sweep may still write down: `PER_TRANSACTION` items, within
+/// `HOLD_AT_MOST` (the first item always, however slow: the sweep always ends).
+struct Budget {
+    started: std::time::Instant,
+    done: i64,
+}
+
+impl Budget {
+    /// How many more items a query may fetch.
+    fn left(&self) -> i64 {
+        PER_TRANSACTION - self.done
+    }
+
+    /// Whether one more item fits; it is counted.
+    fn take(&mut self) -> bool {
+        if self.left() == 0 || (self.done > 0 && self.started.elapsed() >= HOLD_AT_MOST) {
+            return false;
+        }
+        self.done += 1;
+        true
+    }
 }
