@@ -162,14 +162,13 @@ impl StoredEvent {
     /// `canonical`, appended to `out` (verify reuses one buffer for a million events), made
     /// from the borrowed fields.
     pub fn canonical_into(&self, out: &mut Vec<u8>) {
-        // Writing JSON strings to a Vec cannot fail.
-        self.with_fields(|f| serde_json::to_writer(&mut *out, &f).unwrap_or_default())
+        self.with_fields(|f| write_canonical(out, &f))
     }
 
     /// Whether the event's stored `hash` is SHA-256(prev_hash ‖ canonical) in lowercase hex,
     /// as pim writes it.
     pub fn hash_matches(&self, canonical: &[u8]) -> bool {
-        chain_hash_matches(&self.prev_hash, canonical, &self.hash)
+        chain_hash_matches(self.prev_hash.as_bytes(), canonical, self.hash.as_bytes())
     }
 
     /// The event's leaf in the Merkle tree: SHA-256(0x00 ‖ canonical).
@@ -179,8 +178,121 @@ impl StoredEvent {
 
     /// The hash this event must carry, given its fields and `prev_hash`.
     pub fn compute_hash(&self) -> String {
-        hex::encode(chain_digest(&self.prev_hash, &self.canonical()))
+        hex::encode(chain_digest(self.prev_hash.as_bytes(), &self.canonical()))
     }
+}
+
+/// The compact JSON array of `fields` as strings, appended to `out`: exactly what
+/// `serde_json` writes, with a string that needs no escaping copied as it is.
+fn write_canonical(out: &mut Vec<u8>, fields: &[&str; 13]) {
+    out.push(b'[');
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Every byte looked at (no early exit): the loop is vectorised.
+        let plain = !f.bytes().fold(false, |any, b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if plain {
+            out.push(b'"');
+            out.extend_from_slice(f.as_bytes());
+            out.push(b'"');
+        } else {
+            // Writing a JSON string to a Vec cannot fail.
+            serde_json::to_writer(&mut *out, f).unwrap_or_default();
+        }
+    }
+    out.push(b']');
+}
+
+/// Makes the canonical bytes of events as `verify_against` reads them, reusing its
+/// buffers: numbers are written without allocating, and a date is formatted once a day.
+#[derive(Default)]
+struct Canonical {
+    seq: String,
+    time: String,
+    request: String,
+    expires: String,
+    /// The day (unix days) whose `YYYY-MM-DD` is `date`.
+    day: Option<i64>,
+    date: String,
+}
+
+impl Canonical {
+    /// The canonical bytes of `e`, whose text fields are `text`, appended to `out`.
+    fn write(&mut self, e: &ReadEvent, text: &str, out: &mut Vec<u8>) {
+        let Canonical {
+            seq,
+            time,
+            request,
+            expires,
+            day,
+            date,
+        } = self;
+        let mut numbers = itoa::Buffer::new();
+        seq.clear();
+        seq.push_str(numbers.format(e.seq));
+        request.clear();
+        if let Some(r) = e.request {
+            request.push_str(numbers.format(r));
+        }
+        instant(time, e.time, day, date);
+        expires.clear();
+        if let Some(t) = e.expires {
+            instant(expires, t, day, date);
+        }
+        let mut fields = [""; 9];
+        let mut start = 0;
+        for (field, &end) in fields.iter_mut().zip(&e.ends) {
+            *field = &text[start..end];
+            start = end;
+        }
+        let [actor, action, principal, role, scope, justification, ticket, result, details] =
+            fields;
+        write_canonical(
+            out,
+            &[
+                seq.as_str(),
+                time.as_str(),
+                actor,
+                action,
+                principal,
+                role,
+                scope,
+                request.as_str(),
+                justification,
+                ticket,
+                expires.as_str(),
+                result,
+                details,
+            ],
+        );
+    }
+}
+
+/// `rfc3339(from_unix(secs))` written into `out`; the date part is kept in `date` for the
+/// next instant of the same `day`.
+fn instant(out: &mut String, secs: i64, day: &mut Option<i64>, date: &mut String) {
+    out.clear();
+    if !(0..=crate::time::MAX_INSTANT).contains(&secs) {
+        out.push_str(&rfc3339(from_unix(secs)));
+        return;
+    }
+    let d = secs / 86_400;
+    if *day != Some(d) {
+        date.clear();
+        date.push_str(&rfc3339(from_unix(d * 86_400))[..10]);
+        *day = Some(d);
+    }
+    let s = secs % 86_400;
+    out.push_str(date);
+    for (sep, n) in [('T', s / 3_600), (':', s % 3_600 / 60), (':', s % 60)] {
+        out.push(sep);
+        out.push(char::from(b'0' + (n / 10) as u8));
+        out.push(char::from(b'0' + (n % 10) as u8));
+    }
+    out.push('Z');
 }
 
 /// Append an event. Call it inside the transaction that makes the change. The core never
@@ -208,7 +320,7 @@ pub fn append(conn: &Db, now: DateTime<Utc>, event: Event) -> Result<i64> {
     };
     // The canonical bytes once, for the chain and the tree.
     let canonical = stored.canonical();
-    stored.hash = hex::encode(chain_digest(&stored.prev_hash, &canonical));
+    stored.hash = hex::encode(chain_digest(stored.prev_hash.as_bytes(), &canonical));
     complete_tree(conn, last_seq)?;
     conn.insert_event(&stored, now.timestamp(), event.expires)?;
     add_leaf(
@@ -345,35 +457,92 @@ pub struct Head {
     pub name: String,
 }
 
-/// Events one batch carries from the reading thread to the hashing one.
+/// Events one batch carries from one stage of `verify_against` to the next.
 const BATCH: usize = 1024;
 
-/// Canonical bytes of up to `BATCH` events, one after another, and what each is checked by.
+/// A problem found at an event: its `seq` and what is wrong.
+type Finding = Option<(i64, String)>;
+
+/// Up to `BATCH` events as read: their text fields one after another in `text`, and for
+/// each event its numbers, where its fields end and its stored hash.
+#[derive(Default)]
+struct ReadBatch {
+    text: String,
+    events: Vec<ReadEvent>,
+}
+
+/// An event as the reading stage hands it on.
+struct ReadEvent {
+    seq: i64,
+    time: i64,
+    request: Option<i64>,
+    expires: Option<i64>,
+    /// Where actor, action, principal, role, scope, justification, ticket, result and
+    /// details end in its part of `ReadBatch::text`, which follows the event before's (an
+    /// absent field is empty: canonically "" too).
+    ends: [usize; 9],
+    /// The stored hash, 64 hex characters (the reader stops at one that is not).
+    hash: [u8; 64],
+}
+
+/// Canonical bytes of up to `BATCH` events, one after another, and where each ends.
 #[derive(Default)]
 struct Batch {
     bytes: Vec<u8>,
-    events: Vec<Hashed>,
+    ends: Vec<usize>,
 }
 
-struct Hashed {
-    seq: i64,
-    prev_hash: String,
-    hash: String,
-    /// Where the event's canonical bytes end in `Batch::bytes`.
-    end: usize,
+/// The second stage of `verify_against`: each event's canonical bytes, and its hash
+/// checked against them and the hash before it (the reader checked each `prev_hash` is
+/// that hash). Hands the bytes on to the tree; stops at the first problem, after handing on
+/// the events before it.
+fn chain_stage(
+    batches: std::sync::mpsc::Receiver<ReadBatch>,
+    tree: std::sync::mpsc::SyncSender<Batch>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Finding {
+    let mut prev = [0u8; 64];
+    prev.copy_from_slice(GENESIS.as_bytes());
+    let mut canonical = Canonical::default();
+    for read in batches.iter() {
+        let mut batch = Batch {
+            bytes: Vec::with_capacity(read.text.len() * 5 / 4 + 256 * read.events.len()),
+            ends: Vec::with_capacity(read.events.len()),
+        };
+        let mut found = None;
+        let mut text = read.text.as_str();
+        for e in &read.events {
+            let start = batch.bytes.len();
+            let (own, rest) = text.split_at(e.ends[8]);
+            text = rest;
+            canonical.write(e, own, &mut batch.bytes);
+            if !chain_hash_matches(&prev, &batch.bytes[start..], &e.hash) {
+                batch.bytes.truncate(start);
+                found = Some((e.seq, "its contents do not match its hash".to_string()));
+                break;
+            }
+            prev = e.hash;
+            batch.ends.push(batch.bytes.len());
+        }
+        let sent = tree.send(batch).is_ok();
+        if found.is_some() || !sent {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            return found;
+        }
+    }
+    None
 }
 
-/// The hashing half of `verify_against`: every event's hash, the Merkle tree's frontier and
-/// each head at its size; the tree so far and the first problem found. Stops everything at
-/// the first problem.
-fn hash_batches(
+/// The last stage of `verify_against`: the Merkle tree's frontier from the events' leaves,
+/// and each head checked at its size. The tree so far and the first problem found.
+fn tree_stage(
     batches: std::sync::mpsc::Receiver<Batch>,
     heads: &[&Head],
     stop: &std::sync::atomic::AtomicBool,
-) -> (merkle::Frontier, Option<(i64, String)>) {
+) -> (merkle::Frontier, Finding) {
     let mut frontier = merkle::Frontier::default();
     let mut next_head = 0;
-    let mut check_heads = |frontier: &merkle::Frontier| -> Option<(i64, String)> {
+    let mut check_heads = |frontier: &merkle::Frontier| -> Finding {
         while let Some(h) = heads.get(next_head).filter(|h| h.size == frontier.size()) {
             if frontier.root() != h.root {
                 return Some((
@@ -391,17 +560,12 @@ fn hash_batches(
     let mut found = check_heads(&frontier);
     'batches: for batch in batches.iter() {
         let mut start = 0;
-        for e in &batch.events {
+        for &end in &batch.ends {
             if found.is_some() {
                 break 'batches;
             }
-            let canonical = &batch.bytes[start..e.end];
-            start = e.end;
-            if !chain_hash_matches(&e.prev_hash, canonical, &e.hash) {
-                found = Some((e.seq, "its contents do not match its hash".to_string()));
-                break 'batches;
-            }
-            frontier.push(merkle::leaf_hash(canonical));
+            frontier.push(merkle::leaf_hash(&batch.bytes[start..end]));
+            start = end;
             found = check_heads(&frontier);
         }
     }
@@ -412,23 +576,23 @@ fn hash_batches(
 }
 
 /// SHA-256(prev_hash ‖ canonical): an event's link in the chain.
-fn chain_digest(prev_hash: &str, canonical: &[u8]) -> [u8; 32] {
+fn chain_digest(prev_hash: &[u8], canonical: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(prev_hash.as_bytes());
+    h.update(prev_hash);
     h.update(canonical);
     h.finalize().into()
 }
 
 /// Whether `stored` is SHA-256(prev_hash ‖ canonical) in lowercase hex, as pim writes it
 /// (made on the stack: no string per event).
-fn chain_hash_matches(prev_hash: &str, canonical: &[u8], stored: &str) -> bool {
+fn chain_hash_matches(prev_hash: &[u8], canonical: &[u8], stored: &[u8]) -> bool {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut text = [0u8; 64];
     for (i, b) in chain_digest(prev_hash, canonical).iter().enumerate() {
         text[2 * i] = HEX[usize::from(b >> 4)];
         text[2 * i + 1] = HEX[usize::from(b & 15)];
     }
-    stored.as_bytes() == text
+    stored == text
 }
 
 /// `verify`, and that the log extends every head in `heads` (signed checkpoints): the root
@@ -439,22 +603,25 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut heads: Vec<&Head> = heads.iter().collect();
     heads.sort_by_key(|h| h.size);
-    // Two cores' work: this thread reads and decodes the rows, checks numbers and links and
-    // makes each event's canonical bytes; a second one hashes them (chain and Merkle tree)
-    // and checks the heads, a batch behind.
+    // Three stages, each a batch behind the one before, on two cores: this thread reads
+    // the rows and checks numbers and links; the next makes each event's canonical bytes
+    // and checks its hash; the last builds the Merkle tree and checks the heads.
     let stop = AtomicBool::new(false);
-    let (send, receive) = std::sync::mpsc::sync_channel::<Batch>(8);
-    let (read, read_bad, prev, (frontier, hashed_bad)) = std::thread::scope(|s| {
-        let hasher = s.spawn(|| hash_batches(receive, &heads, &stop));
+    let (send, chain_in) = std::sync::mpsc::sync_channel::<ReadBatch>(8);
+    let (tree_out, tree_in) = std::sync::mpsc::sync_channel::<Batch>(8);
+    let (read, read_bad, prev, chain_bad, (frontier, tree_bad)) = std::thread::scope(|s| {
+        let chain = s.spawn(|| chain_stage(chain_in, tree_out, &stop));
+        let tree = s.spawn(|| tree_stage(tree_in, &heads, &stop));
         let mut expected_seq = 1;
-        let mut prev = GENESIS.to_string();
-        let mut bad: Option<(i64, String)> = None;
-        let mut batch = Batch::default();
-        let read = conn.each_event(|read| {
+        let mut prev = [0u8; 64];
+        prev.copy_from_slice(GENESIS.as_bytes());
+        let mut bad: Finding = None;
+        let mut batch = ReadBatch::default();
+        let read = conn.each_event_raw(|read| {
             if stop.load(Ordering::Relaxed) {
                 return false;
             }
-            let event = match read {
+            let e = match read {
                 Ok(e) => e,
                 Err((seq, e)) => {
                     bad = Some((
@@ -464,32 +631,50 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
                     return false;
                 }
             };
-            bad = if event.seq != expected_seq {
+            bad = if e.seq != expected_seq {
                 Some((
                     expected_seq,
-                    format!(
-                        "event {expected_seq} is missing (the next is {})",
-                        event.seq
-                    ),
+                    format!("event {expected_seq} is missing (the next is {})", e.seq),
                 ))
-            } else if event.prev_hash != prev {
+            } else if e.prev_hash.as_bytes() != prev {
                 Some((
-                    event.seq,
+                    e.seq,
                     "its prev_hash is not the hash of the event before it".to_string(),
                 ))
+            } else if e.hash.len() != prev.len() {
+                // Not a hash pim writes: it cannot match the one made from the event.
+                Some((e.seq, "its contents do not match its hash".to_string()))
             } else {
                 None
             };
             if bad.is_some() {
                 return false;
             }
-            event.canonical_into(&mut batch.bytes);
-            prev = event.hash.clone();
-            batch.events.push(Hashed {
-                seq: event.seq,
-                prev_hash: event.prev_hash,
-                hash: event.hash,
-                end: batch.bytes.len(),
+            let texts = [
+                e.actor,
+                e.action,
+                e.principal.unwrap_or(""),
+                e.role.unwrap_or(""),
+                e.scope.unwrap_or(""),
+                e.justification.unwrap_or(""),
+                e.ticket.unwrap_or(""),
+                e.result,
+                e.details,
+            ];
+            let base = batch.text.len();
+            let mut ends = [0; 9];
+            for (end, text) in ends.iter_mut().zip(texts) {
+                batch.text.push_str(text);
+                *end = batch.text.len() - base;
+            }
+            prev.copy_from_slice(e.hash.as_bytes());
+            batch.events.push(ReadEvent {
+                seq: e.seq,
+                time: e.time,
+                request: e.request,
+                expires: e.expires,
+                ends,
+                hash: prev,
             });
             expected_seq += 1;
             if batch.events.len() == BATCH {
@@ -501,15 +686,16 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
             let _ = send.send(batch);
         }
         drop(send);
-        let hashed = hasher.join().expect("the hashing thread does not panic");
-        (read, bad, prev, hashed)
+        let chained = chain.join().expect("the chain's thread does not panic");
+        let treed = tree.join().expect("the tree's thread does not panic");
+        (read, bad, prev, chained, treed)
     });
     read?;
     // The first problem in the log's order, whichever thread found it.
-    let mut bad = match (read_bad, hashed_bad) {
-        (Some(r), Some(h)) => Some(if h.0 <= r.0 { h } else { r }),
-        (r, h) => r.or(h),
-    };
+    let mut bad = [read_bad, chain_bad, tree_bad]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(seq, _)| *seq);
     // The events that held: those before the first problem in the log, else all read.
     let held = match &bad {
         Some((seq, _)) => seq - 1,
@@ -562,7 +748,7 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
         None => Verification {
             ok: true,
             events: held,
-            head: Some(prev),
+            head: Some(String::from_utf8_lossy(&prev).into_owned()),
             root: Some(hex::encode(frontier.root())),
             checkpoints: checked,
             bad_seq: None,
@@ -1093,5 +1279,116 @@ mod tests {
         assert_eq!(spreadsheet_safe("@SUM"), "'@SUM");
         assert_eq!(spreadsheet_safe("\tx"), "'\tx");
         assert_eq!(spreadsheet_safe("plain"), "plain");
+    }
+
+    /// `verify` reads, makes canonical bytes and hashes in stages a batch apart: a problem
+    /// past the first batches is found at its own event, whichever stage finds it, and a
+    /// head inside the log is still checked when the chain breaks after it.
+    #[test]
+    fn problems_are_found_at_their_event_across_batches() {
+        let n = 3 * BATCH as i64 + 10;
+        let tampered = |sql: &str| {
+            let conn = store::in_memory().unwrap();
+            sample(&conn, n);
+            conn.execute_batch(
+                "DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete",
+            )
+            .unwrap();
+            conn.execute_batch(sql).unwrap();
+            conn
+        };
+        let seq = BATCH as i64 + 7;
+        for (sql, reason) in [
+            (
+                format!("UPDATE audit_events SET actor = 'mallory' WHERE seq = {seq}"),
+                "do not match its hash",
+            ),
+            (
+                format!("UPDATE audit_events SET details = '{{\"a\":\"\\n\"}}' WHERE seq = {seq}"),
+                "do not match its hash",
+            ),
+            (
+                format!("UPDATE audit_events SET prev_hash = hash WHERE seq = {seq}"),
+                "prev_hash",
+            ),
+            (
+                format!("UPDATE audit_events SET hash = 'short' WHERE seq = {seq}"),
+                "do not match its hash",
+            ),
+            (
+                format!("DELETE FROM audit_events WHERE seq = {seq}"),
+                "missing",
+            ),
+            (
+                format!("UPDATE audit_events SET actor = CAST(x'ff' AS TEXT) WHERE seq = {seq}"),
+                "cannot be read",
+            ),
+            (
+                format!("UPDATE audit_events SET role = x'41' WHERE seq = {seq}"),
+                "cannot be read",
+            ),
+        ] {
+            let v = verify(&tampered(&sql)).unwrap();
+            assert!(!v.ok, "{sql}");
+            assert_eq!(v.bad_seq, Some(seq), "{sql}: {v:?}");
+            assert_eq!(v.events, seq - 1, "{sql}");
+            assert!(
+                v.reason.as_deref().unwrap().contains(reason),
+                "{sql}: {v:?}"
+            );
+        }
+        // A head over the first BATCH events that the log does not match, and a broken
+        // chain after it: the head's finding comes first.
+        let conn = tampered(&format!(
+            "UPDATE audit_events SET actor = 'x' WHERE seq = {seq}"
+        ));
+        let head = Head {
+            size: BATCH as u64,
+            root: [7; 32],
+            name: "cp".into(),
+        };
+        let v = verify_against(&conn, &[head]).unwrap();
+        assert_eq!(v.bad_seq, Some(BATCH as i64), "{v:?}");
+        assert!(v.reason.unwrap().contains("cp signed for"));
+        // And an untouched log holds, its head the last event's hash.
+        let conn = store::in_memory().unwrap();
+        sample(&conn, n);
+        let v = verify(&conn).unwrap();
+        assert!(v.ok && v.events == n, "{v:?}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// The canonical bytes are exactly serde_json's compact array, whatever the text
+        /// (quotes, backslashes, control characters, DEL, any Unicode).
+        #[test]
+        fn canonical_is_serde_json(fields in proptest::array::uniform13(
+            proptest::string::string_regex("(?s).{0,12}").unwrap()
+        )) {
+            let refs: [&str; 13] = std::array::from_fn(|i| fields[i].as_str());
+            let mut out = Vec::new();
+            write_canonical(&mut out, &refs);
+            proptest::prop_assert_eq!(out, serde_json::to_vec(&refs).unwrap());
+        }
+
+        /// Instants written a day at a time are `rfc3339(from_unix(..))`, in and out of the
+        /// range pim accepts.
+        #[test]
+        fn instants_are_rfc3339(times in proptest::collection::vec(
+            proptest::prop_oneof![
+                -100_000i64..300_000,
+                0i64..=crate::time::MAX_INSTANT,
+                crate::time::MAX_INSTANT - 100_000..crate::time::MAX_INSTANT + 100_000,
+                proptest::num::i64::ANY,
+            ],
+            1..20,
+        )) {
+            let (mut out, mut day, mut date) = (String::new(), None, String::new());
+            for secs in times {
+                instant(&mut out, secs, &mut day, &mut date);
+                proptest::prop_assert_eq!(&out, &rfc3339(from_unix(secs)), "{}", secs);
+            }
+        }
     }
 }

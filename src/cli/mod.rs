@@ -45,61 +45,131 @@ pub struct Cli {
     command: Command,
 }
 
+/// A command's flags (or its own subcommands), built only when clap enters that command
+/// (`Command::defer`): pim does not build the flags of thirty commands to run one (that was
+/// a third of a millisecond of every command's start). What describes every command at
+/// once (completions, man pages) asks for the whole tree: `whole_command`.
+#[derive(Debug)]
+struct Lazy<T>(T);
+
+/// Whether `Lazy` builds at once (set by `whole_command`).
+static EAGER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Every command with every flag, built now: for completions, man pages and tests.
+fn whole_command() -> clap::Command {
+    use clap::CommandFactory;
+    EAGER.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut cmd = Cli::command();
+    cmd.build();
+    cmd
+}
+
+/// `augment` applied to `cmd` now (`whole_command`) or when clap enters `cmd`.
+fn lazily(cmd: clap::Command, augment: fn(clap::Command) -> clap::Command) -> clap::Command {
+    if EAGER.load(std::sync::atomic::Ordering::Relaxed) {
+        augment(cmd)
+    } else {
+        cmd.defer(augment)
+    }
+}
+
+impl<T: clap::FromArgMatches> clap::FromArgMatches for Lazy<T> {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches(matches).map(Lazy)
+    }
+    fn from_arg_matches_mut(matches: &mut clap::ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches_mut(matches).map(Lazy)
+    }
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)
+    }
+    fn update_from_arg_matches_mut(
+        &mut self,
+        matches: &mut clap::ArgMatches,
+    ) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches_mut(matches)
+    }
+}
+
+impl<T: clap::Args> clap::Args for Lazy<T> {
+    fn group_id() -> Option<clap::Id> {
+        T::group_id()
+    }
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        lazily(cmd, T::augment_args)
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        lazily(cmd, T::augment_args_for_update)
+    }
+}
+
+impl<T: Subcommand> Subcommand for Lazy<T> {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        lazily(cmd, T::augment_subcommands)
+    }
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        lazily(cmd, T::augment_subcommands_for_update)
+    }
+    fn has_subcommand(name: &str) -> bool {
+        T::has_subcommand(name)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create the database, load the policy and make the break-glass administrator
-    Init(init::InitArgs),
+    Init(Lazy<init::InitArgs>),
     /// Add, list, show, disable and enable users
     #[command(subcommand)]
-    User(user::UserCommand),
+    User(Lazy<user::UserCommand>),
     /// Enrol or reset TOTP authenticators
     #[command(subcommand)]
-    Mfa(user::MfaCommand),
+    Mfa(Lazy<user::MfaCommand>),
     /// Roles with their effective settings and holders
     #[command(subcommand)]
-    Role(policy::RoleCommand),
+    Role(Lazy<policy::RoleCommand>),
     /// Validate, apply or export the policy
     #[command(subcommand)]
-    Policy(policy::PolicyCommand),
+    Policy(Lazy<policy::PolicyCommand>),
     /// Make a user eligible for (or active in) a role
-    Assign(assign::AssignArgs),
+    Assign(Lazy<assign::AssignArgs>),
     /// Remove an assignment, ending the activations that rest on it
-    Unassign(assign::UnassignArgs),
+    Unassign(Lazy<assign::UnassignArgs>),
     /// Assignments: list them, import them from CSV, or apply a declared state from TOML
     #[command(subcommand)]
-    Assignment(assign::AssignmentCommand),
+    Assignment(Lazy<assign::AssignmentCommand>),
     /// Activate a role you are eligible for
-    Activate(activate::ActivateArgs),
+    Activate(Lazy<activate::ActivateArgs>),
     /// End your activation now
-    Deactivate(activate::DeactivateArgs),
+    Deactivate(Lazy<activate::DeactivateArgs>),
     /// Run a command with a role held, then give it back; exit with the command's code
-    Exec(activate::ExecArgs),
+    Exec(Lazy<activate::ExecArgs>),
     /// Your (or USER's) eligible roles, active roles and open requests
-    Status(activate::StatusArgs),
+    Status(Lazy<activate::StatusArgs>),
     /// Exit 0 if USER holds ROLE covering the scope right now, 1 if not
-    Check(activate::CheckArgs),
+    Check(Lazy<activate::CheckArgs>),
     /// Activation requests
     #[command(subcommand)]
-    Request(activate::RequestCommand),
+    Request(Lazy<activate::RequestCommand>),
     /// Approve a pending request (never your own); approvers give a TOTP code
-    Approve(activate::DecideArgs),
+    Approve(Lazy<activate::DecideArgs>),
     /// Deny a pending request, with a reason
-    Deny(activate::DenyArgs),
+    Deny(Lazy<activate::DenyArgs>),
     /// Withdraw your own pending or scheduled request
-    Cancel(activate::IdArgs),
+    Cancel(Lazy<activate::IdArgs>),
     /// Move the end of your running activation to now + D, under the activation rules
-    Extend(activate::ExtendArgs),
+    Extend(Lazy<activate::ExtendArgs>),
     /// End someone's activation now (permission `assign`)
-    Revoke(activate::RevokeArgs),
+    Revoke(Lazy<activate::RevokeArgs>),
     /// The audit log: list, export, verify
     #[command(subcommand)]
-    Audit(audit::AuditCommand),
+    Audit(Lazy<audit::AuditCommand>),
     /// Record expirations and starts in the audit log, time out stale requests, send
     /// reminders and retry notifications (safe to run from cron, any number of times)
     Sweep,
     /// Access reviews: who still needs what
     #[command(subcommand)]
-    Review(review::ReviewCommand),
+    Review(Lazy<review::ReviewCommand>),
     /// Security alerts: protected-role holders, break-glass, MFA, standing and unused access
     Alerts {
         /// Exit 1 when any alert is at or above this severity
@@ -125,7 +195,7 @@ are dynamic: add one line to your shell's startup file.\n\n  bash:  echo 'source
     },
     /// The notification outbox and its deliveries
     #[command(subcommand)]
-    Notification(audit::NotificationCommand),
+    Notification(Lazy<audit::NotificationCommand>),
     /// Who could activate or held ROLE (at a scope, at an instant), replayed from the log
     /// (permission `audit`)
     WhoCould {
@@ -142,7 +212,7 @@ are dynamic: add one line to your shell's startup file.\n\n  bash:  echo 'source
     },
     /// A verifiable receipt of one activation (its events, proven in a signed checkpoint),
     /// or `receipt verify FILE --key KEY` offline
-    Receipt(audit::ReceiptArgs),
+    Receipt(Lazy<audit::ReceiptArgs>),
     /// Who pim takes you to be: OS account, principal, database, MFA, active roles
     Whoami,
     /// Check the install (database, permissions, schema, sweep, notifications, witnesses,
@@ -150,7 +220,7 @@ are dynamic: add one line to your shell's startup file.\n\n  bash:  echo 'source
     Doctor,
     /// The database itself: copy a SQLite file into PostgreSQL
     #[command(subcommand)]
-    Store(store::StoreCommand),
+    Store(Lazy<store::StoreCommand>),
 }
 
 /// Run pim with the process's arguments; returns the exit code.
@@ -179,8 +249,7 @@ pub fn run() -> i32 {
     // a gate's "not held" into a printed script and exit 0).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.len() == 1 || args.get(1).is_some_and(|a| a == "--") {
-        use clap::CommandFactory;
-        clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+        clap_complete::CompleteEnv::with_factory(whole_command).complete();
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -203,7 +272,7 @@ pub fn run() -> i32 {
     // For scripts and prompts (check, status --short), no note.
     let quiet_command = match &cli.command {
         Command::Check(_) => true,
-        Command::Status(a) => a.is_short(),
+        Command::Status(Lazy(a)) => a.is_short(),
         _ => false,
     };
     let result = dispatch(&ctx, cli.command);
@@ -255,35 +324,35 @@ fn did_you_mean(ctx: &Ctx, message: String) -> String {
 
 fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Init(args) => init::run(ctx, args),
-        Command::User(cmd) => user::run_user(ctx, cmd),
-        Command::Mfa(cmd) => user::run_mfa(ctx, cmd),
-        Command::Role(cmd) => policy::run_role(ctx, cmd),
-        Command::Policy(cmd) => policy::run_policy(ctx, cmd),
-        Command::Assign(args) => assign::run_assign(ctx, args),
-        Command::Unassign(args) => assign::run_unassign(ctx, args),
-        Command::Assignment(cmd) => assign::run_assignment(ctx, cmd),
-        Command::Activate(args) => activate::run_activate(ctx, args),
-        Command::Deactivate(args) => activate::run_deactivate(ctx, args),
-        Command::Exec(args) => activate::run_exec(ctx, args),
-        Command::Status(args) => activate::run_status(ctx, args),
-        Command::Check(args) => activate::run_check(ctx, args),
-        Command::Request(cmd) => activate::run_request(ctx, cmd),
-        Command::Approve(args) => {
+        Command::Init(Lazy(args)) => init::run(ctx, args),
+        Command::User(Lazy(cmd)) => user::run_user(ctx, cmd),
+        Command::Mfa(Lazy(cmd)) => user::run_mfa(ctx, cmd),
+        Command::Role(Lazy(cmd)) => policy::run_role(ctx, cmd),
+        Command::Policy(Lazy(cmd)) => policy::run_policy(ctx, cmd),
+        Command::Assign(Lazy(args)) => assign::run_assign(ctx, args),
+        Command::Unassign(Lazy(args)) => assign::run_unassign(ctx, args),
+        Command::Assignment(Lazy(cmd)) => assign::run_assignment(ctx, cmd),
+        Command::Activate(Lazy(args)) => activate::run_activate(ctx, args),
+        Command::Deactivate(Lazy(args)) => activate::run_deactivate(ctx, args),
+        Command::Exec(Lazy(args)) => activate::run_exec(ctx, args),
+        Command::Status(Lazy(args)) => activate::run_status(ctx, args),
+        Command::Check(Lazy(args)) => activate::run_check(ctx, args),
+        Command::Request(Lazy(cmd)) => activate::run_request(ctx, cmd),
+        Command::Approve(Lazy(args)) => {
             activate::run_decide(ctx, args.id, true, args.justification, args.code)
         }
-        Command::Deny(args) => {
+        Command::Deny(Lazy(args)) => {
             activate::run_decide(ctx, args.id, false, args.justification, args.code)
         }
-        Command::Cancel(args) => activate::run_cancel(ctx, args),
-        Command::Extend(args) => activate::run_extend(ctx, args),
-        Command::Revoke(args) => activate::run_revoke(ctx, args),
-        Command::Audit(cmd) => audit::run(ctx, cmd),
+        Command::Cancel(Lazy(args)) => activate::run_cancel(ctx, args),
+        Command::Extend(Lazy(args)) => activate::run_extend(ctx, args),
+        Command::Revoke(Lazy(args)) => activate::run_revoke(ctx, args),
+        Command::Audit(Lazy(cmd)) => audit::run(ctx, cmd),
         Command::Sweep => audit::run_sweep(ctx),
-        Command::Store(cmd) => store::run(ctx, cmd),
+        Command::Store(Lazy(cmd)) => store::run(ctx, cmd),
         Command::Whoami => doctor::run_whoami(ctx),
         Command::Doctor => doctor::run_doctor(ctx),
-        Command::Receipt(args) => audit::run_receipt(ctx, args),
+        Command::Receipt(Lazy(args)) => audit::run_receipt(ctx, args),
         Command::WhoCould { role, scope, at } => {
             let (pim, actor) = ctx.open()?;
             let viewer = match pim.viewer(&actor) {
@@ -305,8 +374,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
             audit::show_snapshot(ctx, &snap, Some(&key), scope.as_ref())?;
             Ok(0)
         }
-        Command::Notification(cmd) => audit::run_notification(ctx, cmd),
-        Command::Review(cmd) => review::run(ctx, cmd),
+        Command::Notification(Lazy(cmd)) => audit::run_notification(ctx, cmd),
+        Command::Review(Lazy(cmd)) => review::run(ctx, cmd),
         Command::Alerts { fail_on } => review::run_alerts(ctx, fail_on),
         Command::Completions { shell } => completions(shell),
         Command::Man { output } => man_pages(ctx, &output),
@@ -314,9 +383,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
 }
 
 fn completions(shell: clap_complete::Shell) -> anyhow::Result<i32> {
-    use clap::CommandFactory;
     let mut buf = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "pim", &mut buf);
+    clap_complete::generate(shell, &mut whole_command(), "pim", &mut buf);
     output::data(&String::from_utf8_lossy(&buf))?;
     Ok(0)
 }
@@ -464,7 +532,6 @@ fn man_sections(page: &str) -> String {
 /// One page for pim and one for each subcommand (`pim-assignment-import.1`, ...), written
 /// with the caller's own rights.
 fn man_pages(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Result<i32> {
-    use clap::CommandFactory;
     use std::io::Write;
     crate::privilege::create_dir_all(dir)
         .map_err(|e| crate::Error::Environment(format!("Cannot create {}: {e}.", dir.display())))?;
@@ -505,17 +572,42 @@ fn man_pages(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Result<i32> {
         }
         Ok(())
     }
-    let mut cmd = Cli::command();
-    cmd.build();
-    walk(&cmd, "", dir, &mut written)?;
+    walk(&whole_command(), "", dir, &mut written)?;
     ctx.note(&format!("Wrote {written} man pages to {}.", dir.display()));
     Ok(0)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Cli;
-    use clap::CommandFactory;
+    use super::whole_command;
+
+    /// A command's flags are built when clap enters it; what describes every command at
+    /// once still sees them all, down to `pim help assignment import`.
+    #[test]
+    fn completions_and_man_pages_see_every_command() {
+        let cmd = whole_command();
+        let import = |cmd: &clap::Command| {
+            cmd.find_subcommand("assignment")
+                .and_then(|a| a.find_subcommand("import"))
+                .map(|i| {
+                    i.get_arguments()
+                        .map(|a| a.get_id().to_string())
+                        .collect::<Vec<_>>()
+                })
+        };
+        let flags = import(&cmd).expect("assignment import");
+        assert!(flags.iter().any(|f| f == "dry_run"), "{flags:?}");
+        let help = cmd.find_subcommand("help").unwrap();
+        assert!(help
+            .find_subcommand("assignment")
+            .and_then(|a| a.find_subcommand("import"))
+            .is_some());
+        assert!(cmd
+            .find_subcommand("status")
+            .unwrap()
+            .get_arguments()
+            .any(|a| a.get_long() == Some("short")));
+    }
 
     /// Every command and every flag or argument says what it is for in `--help`.
     #[test]
@@ -538,10 +630,8 @@ mod tests {
                 walk(sub, &here, missing);
             }
         }
-        let mut cmd = Cli::command();
-        cmd.build();
         let mut missing = Vec::new();
-        walk(&cmd, "", &mut missing);
+        walk(&whole_command(), "", &mut missing);
         assert!(missing.is_empty(), "undescribed:\n{}", missing.join("\n"));
     }
 }

@@ -102,9 +102,11 @@ impl Pim {
     pub fn roles(&self) -> Result<Vec<RoleSummary>> {
         let policy = self.policy()?;
         let t = self.now().timestamp();
+        let keys: Vec<&str> = policy.roles.values().map(|r| r.key.as_str()).collect();
+        let holders = self.conn.role_holders(&keys, t)?;
         let mut out = Vec::new();
         for role in policy.roles.values() {
-            let (eligible, active) = self.conn.role_holders(&role.key, t)?;
+            let (eligible, active) = holders.get(&role.key).copied().unwrap_or_default();
             out.push(RoleSummary {
                 role: role.clone(),
                 eligible,

@@ -509,28 +509,54 @@ impl Db {
         Ok(a + r)
     }
 
-    /// How many users are eligible for `role`, and how many hold it, at `now`.
-    pub fn role_holders(&self, role: &str, now: i64) -> Result<(i64, i64)> {
-        let eligible: i64 = self.query_row(
-            "SELECT count(DISTINCT a.user_id) FROM assignments a JOIN users u ON u.id = a.user_id \
-             WHERE a.role = ?1 AND a.kind = 'eligible' AND u.disabled = 0 AND a.removed_at IS NULL \
-               AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2)",
-            params![role, now],
-            |r| r.get(0),
+    /// For each of `roles` that has any: how many users are eligible for it, and how many
+    /// hold it, at `now`. Two grouped queries, whatever the number of roles.
+    pub fn role_holders(
+        &self,
+        roles: &[&str],
+        now: i64,
+    ) -> Result<std::collections::HashMap<String, (i64, i64)>> {
+        let mut counts = std::collections::HashMap::<String, (i64, i64)>::new();
+        if roles.is_empty() {
+            return Ok(counts);
+        }
+        // `role IN (?2, ?3, ...)`: each role's assignments found through the index.
+        let list = (2..roles.len() + 2)
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut values: Vec<&dyn ToValue> = vec![&now];
+        values.extend(roles.iter().map(|r| r as &dyn ToValue));
+        self.query_each(
+            &format!(
+                "SELECT a.role, count(DISTINCT a.user_id) FROM assignments a JOIN users u ON u.id = a.user_id \
+                 WHERE a.role IN ({list}) AND a.kind = 'eligible' AND u.disabled = 0 AND a.removed_at IS NULL \
+                   AND a.start_at <= ?1 AND (a.end_at IS NULL OR a.end_at > ?1) GROUP BY a.role"
+            ),
+            &values,
+            |r| {
+                counts.entry(r.get(0)?).or_default().0 = r.get(1)?;
+                Ok(true)
+            },
         )?;
-        let active: i64 = self.query_row(
-            "SELECT count(DISTINCT user_id) FROM ( \
-               SELECT a.user_id FROM assignments a JOIN users u ON u.id = a.user_id \
-                WHERE a.role = ?1 AND a.kind = 'active' AND u.disabled = 0 AND a.removed_at IS NULL \
-                  AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2) \
-               UNION ALL \
-               SELECT r.user_id FROM requests r JOIN users u ON u.id = r.user_id \
-                WHERE r.role = ?1 AND u.disabled = 0 AND r.status IN ('active', 'scheduled') \
-                  AND r.start_at <= ?2 AND r.end_at > ?2) AS holders",
-            params![role, now],
-            |r| r.get(0),
+        self.query_each(
+            &format!(
+                "SELECT role, count(DISTINCT user_id) FROM ( \
+                   SELECT a.role, a.user_id FROM assignments a JOIN users u ON u.id = a.user_id \
+                    WHERE a.role IN ({list}) AND a.kind = 'active' AND u.disabled = 0 \
+                      AND a.removed_at IS NULL AND a.start_at <= ?1 AND (a.end_at IS NULL OR a.end_at > ?1) \
+                   UNION ALL \
+                   SELECT r.role, r.user_id FROM requests r JOIN users u ON u.id = r.user_id \
+                    WHERE r.role IN ({list}) AND u.disabled = 0 AND r.status IN ('active', 'scheduled') \
+                      AND r.start_at <= ?1 AND r.end_at > ?1) AS holders GROUP BY role"
+            ),
+            &values,
+            |r| {
+                counts.entry(r.get(0)?).or_default().1 = r.get(1)?;
+                Ok(true)
+            },
         )?;
-        Ok((eligible, active))
+        Ok(counts)
     }
 }
 

@@ -272,6 +272,23 @@ impl Row<'_> {
         T::from_value(value)
             .map_err(|m| Error::Store(StoreError::other(format!("column {i}: {m}"))))
     }
+
+    /// A text column borrowed from the row, not copied (NULL as `None`): for reading a
+    /// million rows without a string each.
+    pub fn text(&self, i: usize) -> Result<Option<&str>> {
+        match &self.inner {
+            RowInner::Sqlite(r) => match r.get_ref(i)? {
+                rusqlite::types::ValueRef::Null => Ok(None),
+                rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t)
+                    .map(Some)
+                    .map_err(|_| Error::Store(StoreError::other("a text column is not UTF-8"))),
+                _ => Err(Error::Store(StoreError::other(format!(
+                    "column {i}: not text"
+                )))),
+            },
+            RowInner::Postgres(r) => Ok(r.try_get::<_, Option<&str>>(i)?),
+        }
+    }
 }
 
 fn sqlite_value(v: rusqlite::types::ValueRef<'_>) -> Result<Value> {

@@ -230,8 +230,12 @@ fn assignments_holdings_and_reminders() {
         (true, 0)
     );
     assert_eq!(db.role_in_use("db-admin", 10).unwrap(), 1);
-    assert_eq!(db.role_holders("db-admin", 10).unwrap(), (1, 0));
-    assert_eq!(db.role_holders("global-admin", 10).unwrap(), (0, 1));
+    let holders = db
+        .role_holders(&["db-admin", "global-admin", "ops"], 10)
+        .unwrap();
+    assert!(!holders.contains_key("ops"));
+    assert_eq!(holders["db-admin"], (1, 0));
+    assert_eq!(holders["global-admin"], (0, 1));
     assert_eq!(db.live_assignments(10).unwrap().len(), 2);
     assert_eq!(
         db.live_assignments_of_role("db-admin", 10).unwrap()[0].id,
@@ -627,6 +631,48 @@ fn write_transactions_are_serialised() {
         "the second writer did not wait: {blocked:?}"
     );
     assert_eq!(seq, 2, "it saw the first writer's event");
+    assert!(audit::verify(&f.db).unwrap().ok);
+}
+
+/// On PostgreSQL writers are let in in the order they asked: one that commits and at once
+/// asks again (a sweep's next short transaction) comes after a writer already waiting,
+/// which gets in within one of its transactions, not after all of them. (SQLite has no
+/// queue: there the sweep pauses between its transactions, measured by the benchmark.)
+#[test]
+fn a_waiting_writer_gets_in_before_one_that_asks_again() {
+    if !support::on_postgres() {
+        return;
+    }
+    const ROUNDS: u64 = 40;
+    const HOLD: u64 = 15;
+    let f = fresh();
+    let first = reopen(&f);
+    let second = reopen(&f);
+    let (started, go) = std::sync::mpsc::channel();
+    let sweep = std::thread::spawn(move || {
+        for i in 0..ROUNDS {
+            let tx = first.write().unwrap();
+            audit::append(&tx, t(i as i64), ev("sweep")).unwrap();
+            if i == 0 {
+                started.send(()).unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(HOLD));
+            tx.commit().unwrap();
+        }
+    });
+    go.recv().unwrap();
+    let began = std::time::Instant::now();
+    let tx = second.write().unwrap();
+    let waited = began.elapsed();
+    let seq = audit::append(&tx, t(100), ev("other")).unwrap();
+    tx.commit().unwrap();
+    sweep.join().unwrap();
+    assert!(
+        waited.as_millis() < u128::from(HOLD * 8),
+        "the waiting writer waited {waited:?}, behind {} of {ROUNDS} transactions",
+        seq - 1
+    );
+    assert!(seq <= 4, "it got in as event {seq}");
     assert!(audit::verify(&f.db).unwrap().ok);
 }
 
