@@ -101,6 +101,10 @@ const TABLES: &[(&str, &[&str])] = &[
             "hash",
         ],
     ),
+    // The stored tree comes along (checked against the events by `verify` on both sides):
+    // without it, the first write on the server would rebuild it for the whole log inside
+    // that writer's transaction, holding every other writer up for seconds.
+    ("merkle_nodes", &["level", "idx", "hash"]),
     (
         "outbox",
         &[
@@ -228,10 +232,10 @@ pub fn copy(from: &Path, to: &str) -> Result<Copied> {
             // names the key of the TOTP secrets.
             insert.push_str(" ON CONFLICT (key) DO UPDATE SET value = excluded.value");
         }
-        let order = if *table == "audit_events" {
-            "seq"
-        } else {
-            "rowid"
+        let order = match *table {
+            "audit_events" => "seq",
+            "merkle_nodes" => "level, idx",
+            _ => "rowid",
         };
         let mut n = 0u64;
         let mut failed: Option<Error> = None;

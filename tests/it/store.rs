@@ -169,6 +169,15 @@ fn store_copy_moves_a_team_with_its_chain_intact_and_refuses_a_non_empty_target(
     assert_eq!(j["events"], before.0);
     assert_eq!(j["rows"]["users"], 2);
     assert_eq!(j["rows"]["audit_events"], before.0);
+    // The stored Merkle tree came along: every complete subtree over the events (n leaves,
+    // n/2 above them, ...: 2n minus the ones in n's binary form).
+    let n = before.0;
+    assert_eq!(
+        j["rows"]["merkle_nodes"].as_i64(),
+        Some(2 * n - i64::from(n.count_ones())),
+        "{}",
+        copied.stdout
+    );
 
     // The server now tells the same story, and goes on from it.
     let moved = Env {
