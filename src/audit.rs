@@ -1357,6 +1357,50 @@ mod tests {
         assert!(v.ok && v.events == n, "{v:?}");
     }
 
+    /// Appends inside one write transaction build on the log's end as the transaction left
+    /// it (not asked of the store again): after a rollback to a savepoint, or a row written
+    /// by other means, it is read again; the chain and the tree hold either way.
+    #[test]
+    fn appends_in_one_transaction_keep_the_chain_and_the_tree() {
+        let conn = store::in_memory().unwrap();
+        sample(&conn, 5);
+        let tx = conn.write().unwrap();
+        for i in 0..40 {
+            append(&tx, t(100 + i), Event::new("alice", "a")).unwrap();
+        }
+        tx.savepoint("s").unwrap();
+        for i in 0..7 {
+            append(&tx, t(200 + i), Event::new("alice", "gone")).unwrap();
+        }
+        tx.rollback_to("s").unwrap();
+        let seq = append(&tx, t(300), Event::new("alice", "after")).unwrap();
+        assert_eq!(seq, 46);
+        tx.commit().unwrap();
+        let v = verify(&conn).unwrap();
+        assert!(v.ok && v.events == 46, "{v:?}");
+        let mut frontier = merkle::Frontier::default();
+        all_leaves(&conn).into_iter().for_each(|l| frontier.push(l));
+        assert_eq!(tree_root(&conn, 46).unwrap(), frontier.root());
+        // The next transaction reads the end afresh (another writer may have appended).
+        let other = conn.write().unwrap();
+        append(&other, t(400), Event::new("bob", "b")).unwrap();
+        other.commit().unwrap();
+        let tx = conn.write().unwrap();
+        assert_eq!(append(&tx, t(401), Event::new("alice", "c")).unwrap(), 48);
+        tx.commit().unwrap();
+        assert!(verify(&conn).unwrap().ok);
+    }
+
+    fn all_leaves(conn: &Db) -> Vec<merkle::Hash> {
+        let mut leaves = Vec::new();
+        for_each(conn, &Filter::default(), None, |e| {
+            leaves.push(e.leaf());
+            Ok(())
+        })
+        .unwrap();
+        leaves
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 

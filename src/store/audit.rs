@@ -131,12 +131,20 @@ impl Db {
     /// The last event's number and hash (None: the log is empty). One key lookup on either
     /// backend (the planner's min/max of the primary key).
     pub fn audit_head(&self) -> Result<Option<(i64, String)>> {
-        self.query_row(
-            "SELECT seq, hash FROM audit_events WHERE seq = (SELECT max(seq) FROM audit_events)",
-            params![],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
+        if let Some(head) = self.log_end.borrow().as_ref().and_then(|e| e.head.clone()) {
+            return Ok(head);
+        }
+        let head = self
+            .query_row(
+                "SELECT seq, hash FROM audit_events WHERE seq = (SELECT max(seq) FROM audit_events)",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some(end) = self.log_end.borrow_mut().as_mut() {
+            end.head = Some(head.clone());
+        }
+        Ok(head)
     }
 
     pub fn audit_count(&self) -> Result<i64> {
@@ -146,6 +154,7 @@ impl Db {
     /// Append one event (its `seq` and `hash` already set; `time` and `expires` stored as
     /// unix seconds).
     pub fn insert_event(&self, e: &StoredEvent, time: i64, expires: Option<i64>) -> Result<()> {
+        let kept = self.log_end.borrow_mut().take();
         self.execute(
             "INSERT INTO audit_events (seq, time, actor, action, principal, role, scope, request, \
              justification, ticket, expires, result, details, prev_hash, hash) \
@@ -168,6 +177,10 @@ impl Db {
                 e.hash
             ],
         )?;
+        if let Some(mut end) = kept {
+            end.head = Some(Some((e.seq, e.hash.clone())));
+            *self.log_end.borrow_mut() = Some(end);
+        }
         Ok(())
     }
 

@@ -19,16 +19,33 @@ fn decode(text: &str) -> Result<Hash> {
 impl Db {
     /// How many leaves the stored tree has.
     pub fn merkle_leaves(&self) -> Result<u64> {
+        if let Some(n) = self.log_end.borrow().as_ref().and_then(|e| e.leaves) {
+            return Ok(n);
+        }
         let n: Option<i64> = self.query_row(
             "SELECT max(idx) FROM merkle_nodes WHERE level = 0",
             params![],
             |r| r.get(0),
         )?;
-        Ok(n.map_or(0, |i| i as u64 + 1))
+        let n = n.map_or(0, |i| i as u64 + 1);
+        if let Some(end) = self.log_end.borrow_mut().as_mut() {
+            end.leaves = Some(n);
+        }
+        Ok(n)
     }
 
     /// The complete subtree at `level`, `idx`.
     pub fn merkle_node(&self, level: u32, idx: u64) -> Result<Hash> {
+        let kept = self.log_end.borrow().as_ref().and_then(|e| {
+            e.left
+                .get(level as usize)
+                .copied()
+                .flatten()
+                .filter(|(i, _)| *i == idx)
+        });
+        if let Some((_, hash)) = kept {
+            return Ok(hash);
+        }
         let text: Option<String> = self
             .query_row(
                 "SELECT hash FROM merkle_nodes WHERE level = ?1 AND idx = ?2",
@@ -45,10 +62,24 @@ impl Db {
     }
 
     pub fn insert_merkle_node(&self, level: u32, idx: u64, hash: &Hash) -> Result<()> {
+        let kept = self.log_end.borrow_mut().take();
         self.execute(
             "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
             params![level, idx as i64, hex::encode(hash)],
         )?;
+        if let Some(mut end) = kept {
+            if level == 0 {
+                end.leaves = end.leaves.map(|n| n.max(idx + 1));
+            }
+            if idx.is_multiple_of(2) {
+                let level = level as usize;
+                if end.left.len() <= level {
+                    end.left.resize(level + 1, None);
+                }
+                end.left[level] = Some((idx, *hash));
+            }
+            *self.log_end.borrow_mut() = Some(end);
+        }
         Ok(())
     }
 }

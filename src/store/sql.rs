@@ -449,6 +449,23 @@ pub struct Db {
     /// appended: a change without an event is refused in test builds (see `Tx::commit`).
     changed: Cell<u64>,
     recorded: Cell<u64>,
+    /// The audit log's end as the open write transaction left it (`None` outside one).
+    pub(super) log_end: RefCell<Option<LogEnd>>,
+}
+
+/// What the next append builds on, as this write transaction appended it: nobody else can
+/// append while it is open, so the store is not asked again for every event (each question
+/// a round trip to a PostgreSQL server). Forgotten when the transaction ends or rolls back
+/// to a savepoint. Unknown parts are read from the store once.
+#[derive(Debug, Default)]
+pub(super) struct LogEnd {
+    /// The last event's seq and hash (`Some(None)`: the log is empty).
+    pub head: Option<Option<(i64, String)>>,
+    /// Leaves of the stored Merkle tree.
+    pub leaves: Option<u64>,
+    /// The last left (even) node stored at each level: the left sibling the next complete
+    /// subtree of that level is made with.
+    pub left: Vec<Option<(u64, crate::merkle::Hash)>>,
 }
 
 /// The tables whose rows are pim's state, every change of which the audit log explains.
@@ -497,6 +514,7 @@ impl Db {
             depth: Cell::new(0),
             changed: Cell::new(0),
             recorded: Cell::new(0),
+            log_end: RefCell::new(None),
         }
     }
 
@@ -509,6 +527,7 @@ impl Db {
             depth: Cell::new(0),
             changed: Cell::new(0),
             recorded: Cell::new(0),
+            log_end: RefCell::new(None),
         }
     }
 
@@ -594,7 +613,14 @@ impl Db {
 
     /// Count what a write changed (for `Tx::commit`'s check).
     fn count(&self, sql: &str, n: usize) {
-        match written_table(sql) {
+        let table = written_table(sql);
+        if matches!(table, Some("audit_events" | "merkle_nodes")) {
+            // Written by other than the append (which keeps its `LogEnd` itself).
+            if let Some(end) = self.log_end.borrow_mut().as_mut() {
+                *end = LogEnd::default();
+            }
+        }
+        match table {
             Some("audit_events") => self.recorded.set(self.recorded.get() + n as u64),
             Some(t) if STATE_TABLES.contains(&t) => self.changed.set(self.changed.get() + n as u64),
             _ => {}
@@ -768,6 +794,7 @@ impl Db {
             }
         }
         self.depth.set(1);
+        *self.log_end.borrow_mut() = Some(LogEnd::default());
         Ok(Tx {
             db: self,
             done: false,
@@ -801,6 +828,9 @@ impl Db {
 
     /// Undo everything since the savepoint `name`, and forget it.
     pub fn rollback_to(&self, name: &'static str) -> Result<()> {
+        if let Some(end) = self.log_end.borrow_mut().as_mut() {
+            *end = LogEnd::default();
+        }
         self.execute_batch(&format!(
             "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
         ))
@@ -888,6 +918,7 @@ impl Tx<'_> {
         }
         self.done = true;
         self.db.depth.set(0);
+        self.db.log_end.borrow_mut().take();
         self.db.execute_batch("COMMIT")
     }
 }
@@ -903,6 +934,7 @@ impl Drop for Tx<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.db.depth.set(0);
+            self.db.log_end.borrow_mut().take();
             let _ = self.db.execute_batch("ROLLBACK");
         }
     }
