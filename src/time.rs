@@ -160,29 +160,42 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 /// abbreviation, and how far from now ("2026-12-02 09:30 CET (in 11h 58m)"; today's without
 /// the date: "21:30 CET (in 1h)"). JSON and CSV keep RFC 3339 UTC.
 pub fn human(unix: i64, now: DateTime<Utc>) -> String {
-    shown(unix, now, "%H:%M")
+    shown(unix, now, false)
 }
 
 /// `human`, to the second (audit events).
 pub fn human_precise(unix: i64, now: DateTime<Utc>) -> String {
-    shown(unix, now, "%H:%M:%S")
+    shown(unix, now, true)
 }
 
-fn shown(unix: i64, now: DateTime<Utc>, clock: &str) -> String {
-    use chrono::Local;
+fn shown(unix: i64, now: DateTime<Utc>, seconds: bool) -> String {
+    use chrono::{Datelike, Local, Timelike};
+    use std::fmt::Write;
     let at = from_unix(unix);
     let local = at.with_timezone(&Local);
-    let format = if local.date_naive() == now.with_timezone(&Local).date_naive() {
-        clock.to_string()
-    } else {
-        format!("%Y-%m-%d {clock}")
-    };
-    format!(
-        "{} {} ({})",
-        local.format(&format),
-        zone_abbreviation(unix),
-        relative(at, now)
-    )
+    // Written field by field (a table of a hundred rows shows two hundred instants; chrono's
+    // format strings are parsed each time): `%Y-%m-%d %H:%M[:%S]`, the date only when it is
+    // not today's.
+    let mut out = String::with_capacity(48);
+    if local.date_naive() != now.with_timezone(&Local).date_naive() {
+        if (0..=9999).contains(&local.year()) {
+            let _ = write!(
+                out,
+                "{:04}-{:02}-{:02} ",
+                local.year(),
+                local.month(),
+                local.day()
+            );
+        } else {
+            let _ = write!(out, "{} ", local.format("%Y-%m-%d"));
+        }
+    }
+    let _ = write!(out, "{:02}:{:02}", local.hour(), local.minute());
+    if seconds {
+        let _ = write!(out, ":{:02}", local.second());
+    }
+    let _ = write!(out, " {} ({})", zone_abbreviation(unix), relative(at, now));
+    out
 }
 
 /// The local zone's abbreviation at `t` ("CET", "EDT", "UTC"), from the C library (chrono
@@ -223,6 +236,48 @@ pub(crate) fn ser_unix_opt<S: serde::Serializer>(t: &Option<i64>, s: S) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `shown` writes what chrono's format strings wrote, for any instant and any now.
+    #[test]
+    fn instants_for_people_are_chronos_format() {
+        fn by_format(unix: i64, now: DateTime<Utc>, clock: &str) -> String {
+            use chrono::Local;
+            let at = from_unix(unix);
+            let local = at.with_timezone(&Local);
+            let format = if local.date_naive() == now.with_timezone(&Local).date_naive() {
+                clock.to_string()
+            } else {
+                format!("%Y-%m-%d {clock}")
+            };
+            format!(
+                "{} {} ({})",
+                local.format(&format),
+                zone_abbreviation(unix),
+                relative(at, now)
+            )
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |below: i64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below as u64) as i64
+        };
+        for _ in 0..2000 {
+            let now = from_unix(next(MAX_INSTANT));
+            let unix = match next(3) {
+                0 => now.timestamp() + next(172_800) - 86_400,
+                1 => next(MAX_INSTANT + 1),
+                _ => [0, 59, 86_399, 86_400, MAX_INSTANT][next(5) as usize],
+            };
+            assert_eq!(human(unix, now), by_format(unix, now, "%H:%M"), "{unix}");
+            assert_eq!(
+                human_precise(unix, now),
+                by_format(unix, now, "%H:%M:%S"),
+                "{unix}"
+            );
+        }
+    }
 
     #[test]
     fn durations_of_the_contract_parse() {

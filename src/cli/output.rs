@@ -14,6 +14,13 @@ use std::io::Write;
 
 /// Whether a character must not reach a terminal as it is.
 fn unsafe_char(c: char) -> bool {
+    // What tables are made of, first: ASCII (only its controls) and box drawing (none).
+    if c.is_ascii() {
+        return c.is_ascii_control();
+    }
+    if ('\u{2500}'..='\u{257F}').contains(&c) {
+        return false;
+    }
     c.is_control()
         // Format characters (Unicode category Cf), fillers and blanks that show nothing,
         // variation selectors.

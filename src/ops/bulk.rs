@@ -232,6 +232,7 @@ fn bulk<T>(
 ) -> Result<T> {
     let policy = pim.policy()?;
     let now = pim.clock.now();
+    pim.conn.make_room_for_bulk()?;
     let tx = pim.conn.write()?;
     let rec = Recorder::new(&tx, now, &policy);
     let settled = acting_user(&rec, now, actor, event.clone()).and_then(|me| {

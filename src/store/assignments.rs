@@ -529,9 +529,10 @@ impl Db {
         values.extend(roles.iter().map(|r| r as &dyn ToValue));
         self.query_each(
             &format!(
-                "SELECT a.role, count(DISTINCT a.user_id) FROM assignments a JOIN users u ON u.id = a.user_id \
-                 WHERE a.role IN ({list}) AND a.kind = 'eligible' AND u.disabled = 0 AND a.removed_at IS NULL \
-                   AND a.start_at <= ?1 AND (a.end_at IS NULL OR a.end_at > ?1) GROUP BY a.role"
+                "SELECT role, count(*) FROM ( \
+                   SELECT DISTINCT a.role, a.user_id FROM assignments a JOIN users u ON u.id = a.user_id \
+                    WHERE a.role IN ({list}) AND a.kind = 'eligible' AND u.disabled = 0 AND a.removed_at IS NULL \
+                      AND a.start_at <= ?1 AND (a.end_at IS NULL OR a.end_at > ?1)) AS holders GROUP BY role"
             ),
             &values,
             |r| {
@@ -541,11 +542,11 @@ impl Db {
         )?;
         self.query_each(
             &format!(
-                "SELECT role, count(DISTINCT user_id) FROM ( \
+                "SELECT role, count(*) FROM ( \
                    SELECT a.role, a.user_id FROM assignments a JOIN users u ON u.id = a.user_id \
                     WHERE a.role IN ({list}) AND a.kind = 'active' AND u.disabled = 0 \
                       AND a.removed_at IS NULL AND a.start_at <= ?1 AND (a.end_at IS NULL OR a.end_at > ?1) \
-                   UNION ALL \
+                   UNION \
                    SELECT r.role, r.user_id FROM requests r JOIN users u ON u.id = r.user_id \
                     WHERE r.role IN ({list}) AND u.disabled = 0 AND r.status IN ('active', 'scheduled') \
                       AND r.start_at <= ?1 AND r.end_at > ?1) AS holders GROUP BY role"

