@@ -99,6 +99,7 @@ class Bench:
         self.fill = os.path.join(target, "examples", "bench_fill")
         self.rows = []
         self.secrets = {}
+        self.steps = {}
         self.imports = []
 
     def sh(self, *argv):
@@ -284,7 +285,7 @@ class Bench:
               f"median {fmt(statistics.median(waits) if waits else 0)} | | ≤ 100 ms "
               f"{'met' if worst <= 0.1 else 'MISSED'} | |", flush=True)
 
-    def activations(self, size, store):
+    def activations(self, size, store, backend):
         """One activation (TOTP, audit, fsync) per enrolled user; and activate+deactivate pairs
         without MFA."""
         n = self.a.activations
@@ -297,12 +298,18 @@ class Bench:
             r = self.sh(*store.pim("--as", u, "mfa", "enroll", "--json"))
             secrets[u] = json.loads(r.stdout)["secret"]
             self.sh(*store.pim("--as", u, "mfa", "confirm", "--code", previous_code(secrets[u])))
+        # A code is taken once: the other backend's copy carries the step each user last used,
+        # so it waits for a step of its own.
+        used = self.steps.get(size)
+        if used is not None and int(time.time()) // 30 <= used:
+            time.sleep(30.05 - time.time() % 30)
         times = []
         for u in who:
             code = totp(secrets[u])
             took, _, _ = run_timed(store.pim("--as", u, "activate", "db-admin", "--scope", "/team1", "-j",
                                              "INC-1 bench", "--code", code, "--duration", "1h"), self.env)
             times.append(took)
+        self.steps[size] = int(time.time()) // 30
         pairs = []
         for u in who:
             t = time.perf_counter()
@@ -310,9 +317,12 @@ class Bench:
             self.sh(*store.pim("--as", u, "deactivate", "ops"))
             pairs.append(time.perf_counter() - t)
         self.rows.append((size, "activate with TOTP (median)", statistics.median(times), None, "", None, 0.010, ""))
-        print(f"| {size} | activate with TOTP, audit, fsync | {fmt(statistics.median(times))} | | | ≤ 10 ms "
-              f"{'met' if statistics.median(times) <= 0.010 else 'MISSED'} | |", flush=True)
-        print(f"| {size} | activate + deactivate, no MFA (a pair) | {fmt(statistics.median(pairs))} | | | | |",
+        # The issue sets 10 ms for SQLite; a server adds its round trips.
+        goal = (f"≤ 10 ms {'met' if statistics.median(times) <= 0.010 else 'MISSED'}"
+                if backend == "sqlite" else "(10 ms is SQLite's)")
+        print(f"| {size} | activate with TOTP, audit, fsync ({backend}) | {fmt(statistics.median(times))} | | | "
+              f"{goal} | |", flush=True)
+        print(f"| {size} | activate + deactivate, no MFA, a pair ({backend}) | {fmt(statistics.median(pairs))} | | | | |",
               flush=True)
         for u in who:
             self.sh(*store.pim("--as", u, "deactivate", "db-admin"))
@@ -366,7 +376,7 @@ def main():
                     store = Store(b, url, lambda sql, csv=False, url=url:
                                   ["psql", "-X", "-q", *(["--csv"] if csv else []), url, "-c", sql])
                 b.operations(size, store, backend)
-                b.activations(size, store)
+                b.activations(size, store, backend)
                 b.sweep_at_scale(size, backend, server)
             b.import_growth(size, db)
         print("\nimport in one file (linear in N):")
