@@ -247,6 +247,13 @@ CREATE INDEX reviews_to_repeat ON reviews (id) WHERE recurrence IS NOT NULL AND 
     r#"
 CREATE INDEX assignments_expiring ON assignments (end_at) WHERE removed_at IS NULL AND expiry_recorded = 0;
 "#,
+    // 10: `assignments_by_user` (user_id, role) is the first half of `assignments_current`
+    // (user_id, role, scope, kind), which serves every query it served. Each index keyed by
+    // user takes a write on a page of its own for every row an import adds, all over the
+    // tree: without this one, 10,000 rows into 1,000,000 took 0.50 s, not 0.62 s.
+    r#"
+DROP INDEX assignments_by_user;
+"#,
 ];
 
 /// Test builds: with `PIM_TEST_PLANS=FILE` (never under set-group-id), each distinct SQLite
