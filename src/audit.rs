@@ -603,6 +603,13 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut heads: Vec<&Head> = heads.iter().collect();
     heads.sort_by_key(|h| h.size);
+    // One snapshot for the events and the stored tree: a writer committing between the two
+    // reads would look like a cut (more leaves than events).
+    let _snapshot = if conn.in_transaction() {
+        None
+    } else {
+        Some(conn.read()?)
+    };
     // Three stages, each a batch behind the one before, on two cores: this thread reads
     // the rows and checks numbers and links; the next makes each event's canonical bytes
     // and checks its hash; the last builds the Merkle tree and checks the heads.

@@ -101,10 +101,6 @@ const TABLES: &[(&str, &[&str])] = &[
             "hash",
         ],
     ),
-    // The stored tree comes along (checked against the events by `verify` on both sides):
-    // without it, the first write on the server would rebuild it for the whole log inside
-    // that writer's transaction, holding every other writer up for seconds.
-    ("merkle_nodes", &["level", "idx", "hash"]),
     (
         "outbox",
         &[
@@ -232,10 +228,10 @@ pub fn copy(from: &Path, to: &str) -> Result<Copied> {
             // names the key of the TOTP secrets.
             insert.push_str(" ON CONFLICT (key) DO UPDATE SET value = excluded.value");
         }
-        let order = match *table {
-            "audit_events" => "seq",
-            "merkle_nodes" => "level, idx",
-            _ => "rowid",
+        let order = if *table == "audit_events" {
+            "seq"
+        } else {
+            "rowid"
         };
         let mut n = 0u64;
         let mut failed: Option<Error> = None;
@@ -274,6 +270,12 @@ pub fn copy(from: &Path, to: &str) -> Result<Copied> {
             "ALTER TABLE {table} ALTER COLUMN id RESTART WITH {next}"
         ))?;
     }
+    // The Merkle tree is built here from the copied events, not copied: `verify` checks only
+    // the stored nodes on the tree's right edge, so a source's other nodes (changed, extra,
+    // malformed) would come across unseen and break proofs, or later appends, on the server.
+    // Built in the copy's transaction, before anyone can write: not by the first writer,
+    // which would hold every other one up while it hashes the whole log.
+    audit::complete_tree(&tx, before.events)?;
     let after = audit::verify(&tx)?;
     if !after.ok || after.head.as_deref() != Some(head.as_str()) || after.events != before.events {
         return Err(Error::Environment(format!(

@@ -583,3 +583,44 @@ fn verify_state_names_starts_moved_behind_the_log() {
         r.stderr
     );
 }
+
+/// `verify` reads the events and the stored tree in one snapshot: a writer committing in
+/// between is not a cut log (it was, now and then, before: "the Merkle tree has N+1 leaves
+/// but the log only N events").
+#[test]
+fn verify_while_others_write_never_cries_wolf() {
+    let env = Env::new();
+    env.init();
+    env.user("bob");
+    // A log long enough that reading it takes a while.
+    let mut rows = String::from("user,role,scope,type,start,end,justification,ticket\n");
+    for i in 0..3000 {
+        rows.push_str(&format!("bob,db-admin,/s{i},eligible,,,x,\n"));
+    }
+    std::fs::write(env.path("rows.csv"), rows).unwrap();
+    env.as_("admin", &["assignment", "import", "rows.csv"])
+        .expect(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+            db: env.db.clone(),
+        };
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                env.as_("admin", &["user", "add", &format!("w{i}")])
+                    .expect(0);
+                i += 1;
+            }
+            i
+        })
+    };
+    for _ in 0..30 {
+        let v = env.run(&["audit", "verify", "--json"]);
+        assert_eq!(v.code, 0, "{}{}", v.stdout, v.stderr);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 0);
+}
