@@ -155,20 +155,8 @@ impl StoredEvent {
     /// fields as strings.
     pub fn canonical(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        self.canonical_into(&mut out);
+        self.with_fields(|f| write_canonical(&mut out, &f));
         out
-    }
-
-    /// `canonical`, appended to `out` (verify reuses one buffer for a million events), made
-    /// from the borrowed fields.
-    pub fn canonical_into(&self, out: &mut Vec<u8>) {
-        self.with_fields(|f| write_canonical(out, &f))
-    }
-
-    /// Whether the event's stored `hash` is SHA-256(prev_hash ‖ canonical) in lowercase hex,
-    /// as pim writes it.
-    pub fn hash_matches(&self, canonical: &[u8]) -> bool {
-        chain_hash_matches(self.prev_hash.as_bytes(), canonical, self.hash.as_bytes())
     }
 
     /// The event's leaf in the Merkle tree: SHA-256(0x00 ‖ canonical).
