@@ -34,6 +34,16 @@ impl<'a> Recorder<'a> {
         Ok(seq)
     }
 
+    /// `record` for several events, appended together (a few statements, not a few an
+    /// event); their numbers.
+    pub fn record_all(&self, events: Vec<Event>) -> Result<Vec<i64>> {
+        let seqs = audit::append_all(self.db, self.now, events.clone())?;
+        for event in events.iter().filter(|e| e.result == "ok") {
+            notices::for_event(self.db, self.policy, self.now, event)?;
+        }
+        Ok(seqs)
+    }
+
     /// `record`, with a notice the event alone does not describe (a review's reviewers).
     pub fn record_with(&self, event: Event, notice: Notice) -> Result<i64> {
         let seq = audit::append(self.db, self.now, event)?;

@@ -397,11 +397,19 @@ impl Db {
         .collect()
     }
 
-    pub fn expiry_recorded(&self, id: i64) -> Result<()> {
-        self.execute(
-            "UPDATE assignments SET expiry_recorded = 1 WHERE id = ?1",
-            params![id],
-        )?;
+    /// Assignments `ids` whose end is written down in the log (a statement per 256).
+    pub fn expiry_recorded(&self, ids: &[i64]) -> Result<()> {
+        for chunk in ids.chunks(super::ROWS_PER_INSERT * 4) {
+            let marks = (1..=chunk.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let values: Vec<&dyn ToValue> = chunk.iter().map(|id| id as &dyn ToValue).collect();
+            self.execute(
+                &format!("UPDATE assignments SET expiry_recorded = 1 WHERE id IN ({marks})"),
+                &values,
+            )?;
+        }
         Ok(())
     }
 

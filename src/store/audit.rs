@@ -151,34 +151,46 @@ impl Db {
         self.query_row("SELECT count(*) FROM audit_events", params![], |r| r.get(0))
     }
 
-    /// Append one event (its `seq` and `hash` already set; `time` and `expires` stored as
-    /// unix seconds).
-    pub fn insert_event(&self, e: &StoredEvent, time: i64, expires: Option<i64>) -> Result<()> {
+    /// Append events in order (each with its `seq` and `hash` set, and its `time` and
+    /// `expires` as unix seconds), in multi-row statements: a batch costs a server a few
+    /// round trips, not one an event.
+    pub fn insert_events(&self, events: &[(StoredEvent, i64, Option<i64>)]) -> Result<()> {
         let kept = self.log_end.borrow_mut().take();
-        self.execute(
-            "INSERT INTO audit_events (seq, time, actor, action, principal, role, scope, request, \
-             justification, ticket, expires, result, details, prev_hash, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            params![
-                e.seq,
-                time,
-                e.actor,
-                e.action,
-                e.principal,
-                e.role,
-                e.scope,
-                e.request,
-                e.justification,
-                e.ticket,
-                expires,
-                e.result,
-                e.details,
-                e.prev_hash,
-                e.hash
-            ],
-        )?;
+        for chunk in events.chunks(super::ROWS_PER_INSERT) {
+            let mut values: Vec<&dyn ToValue> = Vec::with_capacity(15 * chunk.len());
+            for (e, time, expires) in chunk {
+                values.extend([
+                    &e.seq as &dyn ToValue,
+                    time,
+                    &e.actor,
+                    &e.action,
+                    &e.principal,
+                    &e.role,
+                    &e.scope,
+                    &e.request,
+                    &e.justification,
+                    &e.ticket,
+                    expires,
+                    &e.result,
+                    &e.details,
+                    &e.prev_hash,
+                    &e.hash,
+                ]);
+            }
+            self.execute(
+                &super::values_rows(
+                    "INSERT INTO audit_events (seq, time, actor, action, principal, role, scope, \
+                     request, justification, ticket, expires, result, details, prev_hash, hash)",
+                    15,
+                    chunk.len(),
+                ),
+                &values,
+            )?;
+        }
         if let Some(mut end) = kept {
-            end.head = Some(Some((e.seq, e.hash.clone())));
+            if let Some((e, ..)) = events.last() {
+                end.head = Some(Some((e.seq, e.hash.clone())));
+            }
             *self.log_end.borrow_mut() = Some(end);
         }
         Ok(())

@@ -1,6 +1,6 @@
 //! The stored complete subtrees of the audit log's Merkle tree (see `crate::merkle`).
 
-use super::{Db, OptionalExtension};
+use super::{Db, OptionalExtension, ToValue};
 use crate::error::{Error, Result};
 use crate::merkle::Hash;
 use crate::params;
@@ -61,22 +61,35 @@ impl Db {
         }
     }
 
-    pub fn insert_merkle_node(&self, level: u32, idx: u64, hash: &Hash) -> Result<()> {
+    /// Store complete subtrees `(level, idx, hash)`, in multi-row statements.
+    pub fn insert_merkle_nodes(&self, nodes: &[(u32, u64, Hash)]) -> Result<()> {
         let kept = self.log_end.borrow_mut().take();
-        self.execute(
-            "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
-            params![level, idx as i64, hex::encode(hash)],
-        )?;
+        for chunk in nodes.chunks(super::ROWS_PER_INSERT) {
+            let rows: Vec<(i64, i64, String)> = chunk
+                .iter()
+                .map(|(level, idx, hash)| (i64::from(*level), *idx as i64, hex::encode(hash)))
+                .collect();
+            let values: Vec<&dyn ToValue> = rows
+                .iter()
+                .flat_map(|(l, i, h)| [l as &dyn ToValue, i, h])
+                .collect();
+            self.execute(
+                &super::values_rows("INSERT INTO merkle_nodes (level, idx, hash)", 3, rows.len()),
+                &values,
+            )?;
+        }
         if let Some(mut end) = kept {
-            if level == 0 {
-                end.leaves = end.leaves.map(|n| n.max(idx + 1));
-            }
-            if idx.is_multiple_of(2) {
-                let level = level as usize;
-                if end.left.len() <= level {
-                    end.left.resize(level + 1, None);
+            for &(level, idx, hash) in nodes {
+                if level == 0 {
+                    end.leaves = end.leaves.map(|n| n.max(idx + 1));
                 }
-                end.left[level] = Some((idx, *hash));
+                if idx.is_multiple_of(2) {
+                    let level = level as usize;
+                    if end.left.len() <= level {
+                        end.left.resize(level + 1, None);
+                    }
+                    end.left[level] = Some((idx, hash));
+                }
             }
             *self.log_end.borrow_mut() = Some(end);
         }

@@ -242,6 +242,31 @@ macro_rules! params {
     };
 }
 
+/// Rows in one multi-row `INSERT`: 64 audit events are 960 placeholders, well within
+/// both backends' limits (SQLite 32,766, PostgreSQL 65,535).
+pub const ROWS_PER_INSERT: usize = 64;
+
+/// `insert` (`INSERT INTO t (a, b)`) with `VALUES` for `rows` rows of `columns`
+/// placeholders each, numbered from 1 row by row.
+pub fn values_rows(insert: &str, columns: usize, rows: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(insert.len() + 8 + rows * columns * 6);
+    sql.push_str(insert);
+    sql.push_str(" VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(sql, "?{}", r * columns + c + 1);
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// One row of a result.
 pub struct Row<'a> {
     inner: RowInner<'a>,

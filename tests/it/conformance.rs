@@ -297,7 +297,7 @@ fn assignments_holdings_and_reminders() {
         .unwrap()
         .is_empty());
     assert_eq!(tx.ended_unrecorded(1000, 100).unwrap().len(), 1);
-    tx.expiry_recorded(eligible).unwrap();
+    tx.expiry_recorded(&[eligible]).unwrap();
     assert!(tx.ended_unrecorded(1000, 100).unwrap().is_empty());
     tx.set_assignment_end(eligible, Some(500)).unwrap();
     tx.remove_assignment(active, 20, "admin").unwrap();
