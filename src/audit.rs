@@ -171,27 +171,63 @@ impl StoredEvent {
 }
 
 /// The compact JSON array of `fields` as strings, appended to `out`: exactly what
-/// `serde_json` writes, with a string that needs no escaping copied as it is.
+/// `serde_json` writes.
 fn write_canonical(out: &mut Vec<u8>, fields: &[&str; 13]) {
     out.push(b'[');
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        // Every byte looked at (no early exit): the loop is vectorised.
-        let plain = !f.bytes().fold(false, |any, b| {
-            any | (b < 0x20) | (b == b'"') | (b == b'\\')
-        });
-        if plain {
-            out.push(b'"');
-            out.extend_from_slice(f.as_bytes());
-            out.push(b'"');
-        } else {
-            // Writing a JSON string to a Vec cannot fail.
-            serde_json::to_writer(&mut *out, f).unwrap_or_default();
-        }
+        out.push(b'"');
+        escape_json(out, f.as_bytes());
+        out.push(b'"');
     }
     out.push(b']');
+}
+
+/// `text` escaped as `serde_json` escapes a string (`\"`, `\\`, the short escapes of
+/// `\b \f \n \r \t`, any other control as `\u00xx`), runs of plain bytes copied at once.
+fn escape_json(out: &mut Vec<u8>, text: &[u8]) {
+    /// For each byte: 0 (copied as it is), or the letter after the backslash.
+    const ESCAPE: [u8; 256] = {
+        let mut table = [0u8; 256];
+        let mut b = 0;
+        while b < 0x20 {
+            table[b] = b'u';
+            b += 1;
+        }
+        table[0x08] = b'b';
+        table[0x0c] = b'f';
+        table[b'\n' as usize] = b'n';
+        table[b'\r' as usize] = b'r';
+        table[b'\t' as usize] = b't';
+        table[b'"' as usize] = b'"';
+        table[b'\\' as usize] = b'\\';
+        table
+    };
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 0;
+    for (i, &b) in text.iter().enumerate() {
+        let short = ESCAPE[usize::from(b)];
+        if short == 0 {
+            continue;
+        }
+        out.extend_from_slice(&text[start..i]);
+        if short == b'u' {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+        } else {
+            out.extend_from_slice(&[b'\\', short]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&text[start..]);
 }
 
 /// Makes the canonical bytes of events as `verify_against` reads them, reusing its
@@ -202,6 +238,8 @@ struct Canonical {
     time: String,
     request: String,
     expires: String,
+    /// The instant `time` is written for (events come in bursts of the same second).
+    time_of: Option<i64>,
     /// The day (unix days) whose `YYYY-MM-DD` is `date`.
     day: Option<i64>,
     date: String,
@@ -215,6 +253,7 @@ impl Canonical {
             time,
             request,
             expires,
+            time_of,
             day,
             date,
         } = self;
@@ -225,7 +264,10 @@ impl Canonical {
         if let Some(r) = e.request {
             request.push_str(numbers.format(r));
         }
-        instant(time, e.time, day, date);
+        if *time_of != Some(e.time) {
+            instant(time, e.time, day, date);
+            *time_of = Some(e.time);
+        }
         expires.clear();
         if let Some(t) = e.expires {
             instant(expires, t, day, date);
@@ -488,7 +530,8 @@ type Finding = Option<(i64, String)>;
 /// each event its numbers, where its fields end and its stored hash.
 #[derive(Default)]
 struct ReadBatch {
-    text: String,
+    /// As stored: the chain's stage checks it is UTF-8.
+    text: Vec<u8>,
     events: Vec<ReadEvent>,
 }
 
@@ -519,23 +562,37 @@ struct Batch {
 /// the events before it.
 fn chain_stage(
     batches: std::sync::mpsc::Receiver<ReadBatch>,
+    read_spent: std::sync::mpsc::SyncSender<ReadBatch>,
     tree: std::sync::mpsc::SyncSender<Batch>,
+    tree_spent: std::sync::mpsc::Receiver<Batch>,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Finding {
     let mut prev = [0u8; 64];
     prev.copy_from_slice(GENESIS.as_bytes());
     let mut canonical = Canonical::default();
-    for read in batches.iter() {
-        let mut batch = Batch {
+    for mut read in batches.iter() {
+        let mut batch = tree_spent.try_recv().unwrap_or_else(|_| Batch {
             bytes: Vec::with_capacity(read.text.len() * 5 / 4 + 256 * read.events.len()),
             ends: Vec::with_capacity(read.events.len()),
-        };
+        });
         let mut found = None;
-        let mut text = read.text.as_str();
+        let mut text = read.text.as_slice();
         for e in &read.events {
             let start = batch.bytes.len();
             let (own, rest) = text.split_at(e.ends[8]);
             text = rest;
+            // Each field is UTF-8 when all of them together are and each ends at a
+            // character's boundary.
+            let Some(own) = std::str::from_utf8(own)
+                .ok()
+                .filter(|own| e.ends.iter().all(|&end| own.is_char_boundary(end)))
+            else {
+                found = Some((
+                    e.seq,
+                    "its stored fields cannot be read (a text column is not UTF-8)".to_string(),
+                ));
+                break;
+            };
             canonical.write(e, own, &mut batch.bytes);
             if !chain_hash_matches(&prev, &batch.bytes[start..], &e.hash) {
                 batch.bytes.truncate(start);
@@ -546,6 +603,9 @@ fn chain_stage(
             batch.ends.push(batch.bytes.len());
         }
         let sent = tree.send(batch).is_ok();
+        read.text.clear();
+        read.events.clear();
+        let _ = read_spent.try_send(read);
         if found.is_some() || !sent {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             return found;
@@ -558,6 +618,7 @@ fn chain_stage(
 /// and each head checked at its size. The tree so far and the first problem found.
 fn tree_stage(
     batches: std::sync::mpsc::Receiver<Batch>,
+    spent: std::sync::mpsc::SyncSender<Batch>,
     heads: &[&Head],
     stop: &std::sync::atomic::AtomicBool,
 ) -> (merkle::Frontier, Finding) {
@@ -579,7 +640,7 @@ fn tree_stage(
         None
     };
     let mut found = check_heads(&frontier);
-    'batches: for batch in batches.iter() {
+    'batches: for mut batch in batches.iter() {
         let mut start = 0;
         for &end in &batch.ends {
             if found.is_some() {
@@ -589,6 +650,9 @@ fn tree_stage(
             start = end;
             found = check_heads(&frontier);
         }
+        batch.bytes.clear();
+        batch.ends.clear();
+        let _ = spent.try_send(batch);
     }
     if found.is_some() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -637,14 +701,21 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
     let stop = AtomicBool::new(false);
     let (send, chain_in) = std::sync::mpsc::sync_channel::<ReadBatch>(8);
     let (tree_out, tree_in) = std::sync::mpsc::sync_channel::<Batch>(8);
+    // Spent batches go back to the stage before, which fills them again: fresh buffers
+    // of a quarter of a megabyte would each be mapped and faulted in anew.
+    let (read_spent, read_free) = std::sync::mpsc::sync_channel::<ReadBatch>(16);
+    let (tree_spent, tree_free) = std::sync::mpsc::sync_channel::<Batch>(16);
     let (read, read_bad, prev, chain_bad, (frontier, tree_bad)) = std::thread::scope(|s| {
-        let chain = s.spawn(|| chain_stage(chain_in, tree_out, &stop));
-        let tree = s.spawn(|| tree_stage(tree_in, &heads, &stop));
+        let chain = s.spawn(|| chain_stage(chain_in, read_spent, tree_out, tree_free, &stop));
+        let tree = s.spawn(|| tree_stage(tree_in, tree_spent, &heads, &stop));
         let mut expected_seq = 1;
         let mut prev = [0u8; 64];
         prev.copy_from_slice(GENESIS.as_bytes());
         let mut bad: Finding = None;
-        let mut batch = ReadBatch::default();
+        let mut batch = ReadBatch {
+            text: Vec::new(),
+            events: Vec::with_capacity(BATCH),
+        };
         let read = conn.each_event_raw(|read| {
             if stop.load(Ordering::Relaxed) {
                 return false;
@@ -664,7 +735,7 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
                     expected_seq,
                     format!("event {expected_seq} is missing (the next is {})", e.seq),
                 ))
-            } else if e.prev_hash.as_bytes() != prev {
+            } else if e.prev_hash != prev {
                 Some((
                     e.seq,
                     "its prev_hash is not the hash of the event before it".to_string(),
@@ -681,21 +752,21 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
             let texts = [
                 e.actor,
                 e.action,
-                e.principal.unwrap_or(""),
-                e.role.unwrap_or(""),
-                e.scope.unwrap_or(""),
-                e.justification.unwrap_or(""),
-                e.ticket.unwrap_or(""),
+                e.principal.unwrap_or_default(),
+                e.role.unwrap_or_default(),
+                e.scope.unwrap_or_default(),
+                e.justification.unwrap_or_default(),
+                e.ticket.unwrap_or_default(),
                 e.result,
                 e.details,
             ];
             let base = batch.text.len();
             let mut ends = [0; 9];
             for (end, text) in ends.iter_mut().zip(texts) {
-                batch.text.push_str(text);
+                batch.text.extend_from_slice(text);
                 *end = batch.text.len() - base;
             }
-            prev.copy_from_slice(e.hash.as_bytes());
+            prev.copy_from_slice(e.hash);
             batch.events.push(ReadEvent {
                 seq: e.seq,
                 time: e.time,
@@ -706,7 +777,14 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
             });
             expected_seq += 1;
             if batch.events.len() == BATCH {
-                return send.send(std::mem::take(&mut batch)).is_ok();
+                // The next batch: a spent one, or one with room at once for as much as
+                // this one took (growing it by doubling would copy its text again and again).
+                let room = batch.text.len() + batch.text.len() / 8;
+                let next = read_free.try_recv().unwrap_or_else(|_| ReadBatch {
+                    text: Vec::with_capacity(room),
+                    events: Vec::with_capacity(BATCH),
+                });
+                return send.send(std::mem::replace(&mut batch, next)).is_ok();
             }
             true
         });
@@ -1499,6 +1577,17 @@ mod tests {
         #[test]
         fn canonical_is_serde_json(fields in proptest::array::uniform13(
             proptest::string::string_regex("(?s).{0,12}").unwrap()
+        )) {
+            let refs: [&str; 13] = std::array::from_fn(|i| fields[i].as_str());
+            let mut out = Vec::new();
+            write_canonical(&mut out, &refs);
+            proptest::prop_assert_eq!(out, serde_json::to_vec(&refs).unwrap());
+        }
+
+        /// The same, from the characters that need escaping and their neighbours.
+        #[test]
+        fn escapes_are_serde_jsons(fields in proptest::array::uniform13(
+            proptest::string::string_regex("[\\x00-\\x20\"\\\\/a\\x7f\u{e9}\u{2028}\u{1F600}]{0,16}").unwrap()
         )) {
             let refs: [&str; 13] = std::array::from_fn(|i| fields[i].as_str());
             let mut out = Vec::new();

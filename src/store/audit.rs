@@ -10,43 +10,49 @@ const SELECT: &str = "SELECT seq, time, actor, action, principal, role, scope, r
      justification, ticket, expires, result, details, prev_hash, hash FROM audit_events";
 
 /// An event as read, its text borrowed from the row: what `audit verify` hashes, without a
-/// string made per field (a million events are read in a second).
+/// string made per field (a million events are read in a second). The text is the stored
+/// bytes, not yet checked to be UTF-8 (on SQLite; PostgreSQL checks text itself).
 pub struct RawEvent<'a> {
     pub seq: i64,
     pub time: i64,
-    pub actor: &'a str,
-    pub action: &'a str,
-    pub principal: Option<&'a str>,
-    pub role: Option<&'a str>,
-    pub scope: Option<&'a str>,
+    pub actor: &'a [u8],
+    pub action: &'a [u8],
+    pub principal: Option<&'a [u8]>,
+    pub role: Option<&'a [u8]>,
+    pub scope: Option<&'a [u8]>,
     pub request: Option<i64>,
-    pub justification: Option<&'a str>,
-    pub ticket: Option<&'a str>,
+    pub justification: Option<&'a [u8]>,
+    pub ticket: Option<&'a [u8]>,
     pub expires: Option<i64>,
-    pub result: &'a str,
-    pub details: &'a str,
-    pub prev_hash: &'a str,
-    pub hash: &'a str,
+    pub result: &'a [u8],
+    pub details: &'a [u8],
+    pub prev_hash: &'a [u8],
+    pub hash: &'a [u8],
 }
 
 fn raw_event<'a>(row: &'a Row<'_>) -> Result<RawEvent<'a>> {
-    let text = |i| -> Result<&'a str> {
-        row.text(i)?.ok_or_else(|| {
+    let text = |i| -> Result<&'a [u8]> {
+        row.text_bytes(i)?.ok_or_else(|| {
+            crate::error::Error::Store(super::StoreError::other(format!("column {i} is empty")))
+        })
+    };
+    let int = |i| -> Result<i64> {
+        row.int(i)?.ok_or_else(|| {
             crate::error::Error::Store(super::StoreError::other(format!("column {i} is empty")))
         })
     };
     Ok(RawEvent {
-        seq: row.get(0)?,
-        time: row.get(1)?,
+        seq: int(0)?,
+        time: int(1)?,
         actor: text(2)?,
         action: text(3)?,
-        principal: row.text(4)?,
-        role: row.text(5)?,
-        scope: row.text(6)?,
-        request: row.get(7)?,
-        justification: row.text(8)?,
-        ticket: row.text(9)?,
-        expires: row.get(10)?,
+        principal: row.text_bytes(4)?,
+        role: row.text_bytes(5)?,
+        scope: row.text_bytes(6)?,
+        request: row.int(7)?,
+        justification: row.text_bytes(8)?,
+        ticket: row.text_bytes(9)?,
+        expires: row.int(10)?,
         result: text(11)?,
         details: text(12)?,
         prev_hash: text(13)?,
