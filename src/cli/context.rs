@@ -59,10 +59,13 @@ fn default_db() -> PathBuf {
     data.join("pim").join("pim.db")
 }
 
-/// The real user id's account name (never $USER).
+/// The real user id's account name (never $USER). Looked up once a process (the real
+/// user id never changes; each lookup reads the system's account database).
 pub fn real_user() -> Result<String, Error> {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let uid = privilege::real_uid();
-    privilege::account_name(uid).ok_or_else(|| {
+    let name = NAME.get_or_init(|| privilege::account_name(uid)).clone();
+    name.ok_or_else(|| {
         Error::Environment(format!(
             "The operating system has no account name for uid {uid}."
         ))
