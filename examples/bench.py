@@ -151,11 +151,27 @@ class Bench:
                 os.path.join(self.dir, "policy.toml"), "--json")
         self.sh(self.fill, empty, str(users), "0")
         f = rows_file(f"{size}-10k.csv", users)
+        # SQLite's own cost of the same rows: one INSERT ... SELECT into copies of both
+        # stores (the same indexes, one transaction, synchronous=FULL as pim writes).
+        raw = (f"PRAGMA synchronous = FULL; BEGIN; WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 9999) "
+               f"INSERT INTO assignments (user_id, role, scope, kind, start_at, end_at, justification, ticket, created_by, created_at) "
+               f"SELECT u.id, 'db-admin', '/raw' || (n.i / {users}), 'eligible', 0, NULL, 'bench', NULL, 'admin', 0 "
+               f"FROM n JOIN users u ON u.name = printf('u%05d', n.i % {users}); COMMIT;")
+        sqlite_took = {}
+        for name, src in [("empty", empty), ("full", db)]:
+            copy = os.path.join(self.dir, f"{size}-raw-{name}.db")
+            self.sh("sqlite3", src, f".backup '{copy}'")
+            sqlite_took[name], _, _ = run_timed(["sqlite3", copy, raw], self.env)
+            os.remove(copy)
         into_empty, _, _ = run_timed([self.pim, "--db", empty, "--as", "admin", "assignment", "import", f], self.env)
         into_full, _, _ = run_timed([self.pim, "--db", db, "--as", "admin", "assignment", "import", f], self.env)
         present = SIZES[size][0] * SIZES[size][1]
         self.report(size, "import 10,000 rows: into the store vs into an empty one",
                     into_full, into_empty, f"{present:,} present", goal=1.5, peak="")
+        self.report(size, "sqlite3: the same 10,000 rows INSERTed, into the store vs an empty one",
+                    sqlite_took["full"], sqlite_took["empty"], f"{present:,} present", goal=None, peak="")
+        print(f"| {size} | import: pim's time over SQLite's own, into the store / into an empty one | "
+              f"+{fmt(into_full - sqlite_took['full'])} | +{fmt(into_empty - sqlite_took['empty'])} | | | |", flush=True)
 
     # ---------------------------------------------------------------- measuring
     def pairs(self, size, name, pim_argv, floor_argv, goal, floor_name, ok=(0,)):
