@@ -2,7 +2,7 @@
 
 use super::context::Ctx;
 use super::output::{json, out, table};
-use crate::audit::{spreadsheet_safe, Filter, StoredEvent, COLUMNS};
+use crate::audit::{spreadsheet_safe, EventRef, Filter, COLUMNS};
 use crate::error::Error;
 use crate::time::parse_instant;
 use clap::{Args, Subcommand, ValueEnum};
@@ -137,26 +137,26 @@ struct JsonEvent<'a> {
     hash: &'a str,
 }
 
-fn json_event(e: &StoredEvent) -> JsonEvent<'_> {
+fn json_event<'a>(e: &EventRef<'a>) -> JsonEvent<'a> {
     // A stored details text that is not JSON (only after tampering) is shown as a string.
-    let details = serde_json::value::RawValue::from_string(e.details.clone())
-        .unwrap_or_else(|_| serde_json::value::to_raw_value(&e.details).unwrap_or_default());
+    let details = serde_json::value::RawValue::from_string(e.details.to_string())
+        .unwrap_or_else(|_| serde_json::value::to_raw_value(e.details).unwrap_or_default());
     JsonEvent {
         seq: e.seq,
-        time: &e.time,
-        actor: &e.actor,
-        action: &e.action,
-        principal: e.principal.as_deref(),
-        role: e.role.as_deref(),
-        scope: e.scope.as_deref(),
+        time: e.time,
+        actor: e.actor,
+        action: e.action,
+        principal: e.principal,
+        role: e.role,
+        scope: e.scope,
         request: e.request,
-        justification: e.justification.as_deref(),
-        ticket: e.ticket.as_deref(),
-        expires: e.expires.as_deref(),
-        result: &e.result,
+        justification: e.justification,
+        ticket: e.ticket,
+        expires: e.expires,
+        result: e.result,
         details,
-        prev_hash: &e.prev_hash,
-        hash: &e.hash,
+        prev_hash: e.prev_hash,
+        hash: e.hash,
     }
 }
 
@@ -188,7 +188,13 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
                 );
             }
             if ctx.json {
-                return json(&events.iter().map(json_event).collect::<Vec<_>>()).map(|_| 0);
+                return json(
+                    &events
+                        .iter()
+                        .map(|e| json_event(&e.borrowed()))
+                        .collect::<Vec<_>>(),
+                )
+                .map(|_| 0);
             }
             let mut t = table(&[
                 "seq",
@@ -347,7 +353,7 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
 /// Stream the events to `sink`, one row at a time. Values are exact (JSONL writes unsafe
 /// characters as JSON escapes); on a `terminal`, CSV cells are shown escaped.
 pub fn export(
-    events: impl FnOnce(&mut dyn FnMut(StoredEvent) -> crate::Result<()>) -> crate::Result<()>,
+    events: impl FnOnce(&mut dyn FnMut(&EventRef<'_>) -> crate::Result<()>) -> crate::Result<()>,
     format: Format,
     mut sink: impl Write,
     terminal: bool,
@@ -356,8 +362,27 @@ pub fn export(
         Format::Csv => {
             let mut w = csv::Writer::from_writer(sink);
             w.write_record(COLUMNS)?;
+            let (mut seq, mut request) = (itoa::Buffer::new(), itoa::Buffer::new());
             events(&mut |e| {
-                for cell in e.fields().iter().chain([&e.prev_hash, &e.hash]) {
+                let o = Option::unwrap_or_default;
+                let cells = [
+                    seq.format(e.seq),
+                    e.time,
+                    e.actor,
+                    e.action,
+                    o(e.principal),
+                    o(e.role),
+                    o(e.scope),
+                    e.request.map_or("", |r| request.format(r)),
+                    o(e.justification),
+                    o(e.ticket),
+                    o(e.expires),
+                    e.result,
+                    e.details,
+                    e.prev_hash,
+                    e.hash,
+                ];
+                for cell in cells {
                     let cell = spreadsheet_safe(cell);
                     let cell = if terminal {
                         super::output::safe(&cell).into_owned().into()
@@ -375,7 +400,7 @@ pub fn export(
             let mut line = Vec::with_capacity(1024);
             events(&mut |e| {
                 line.clear();
-                serde_json::to_writer(&mut line, &json_event(&e)).map_err(std::io::Error::from)?;
+                serde_json::to_writer(&mut line, &json_event(e)).map_err(std::io::Error::from)?;
                 match std::str::from_utf8(&line) {
                     Ok(text) if text.is_ascii() => sink.write_all(&line)?,
                     Ok(text) => {

@@ -356,10 +356,10 @@ impl Pim {
         &self,
         v: &Viewer,
         filter: &crate::audit::Filter,
-        f: impl FnMut(crate::audit::StoredEvent) -> Result<()>,
+        f: impl FnMut(&crate::audit::EventRef<'_>) -> Result<()>,
     ) -> Result<()> {
         self.may_export_audit(v)?;
-        crate::audit::for_each(&self.conn, filter, None, f)
+        crate::audit::for_each_ref(&self.conn, filter, f)
     }
 
     /// Refused unless `v` may export the audit log (asked before an output file is made).

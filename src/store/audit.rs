@@ -237,6 +237,25 @@ impl Db {
         .collect()
     }
 
+    /// Up to `chunk` events matching `filter` after event `after`, in order, each handed
+    /// to `f` borrowed from its row; `f` returns whether to go on.
+    pub fn events_after_raw(
+        &self,
+        filter: &Filter,
+        after: i64,
+        chunk: usize,
+        mut f: impl FnMut(RawEvent<'_>) -> Result<bool>,
+    ) -> Result<()> {
+        let (sql, mut values) = conditions(filter);
+        values.push(Value::Int(after));
+        let n = values.len();
+        self.query_each(
+            &format!("{SELECT} WHERE {sql} AND seq > ?{n} ORDER BY seq LIMIT {chunk}"),
+            &refs(&values),
+            |row| f(raw_event(row)?),
+        )
+    }
+
     /// `each_event`, each event borrowed from its row (`RawEvent`): nothing is copied.
     pub fn each_event_raw(
         &self,
