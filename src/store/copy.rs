@@ -218,46 +218,62 @@ pub fn copy(from: &Path, to: &str) -> Result<Copied> {
             .map(|c| format!("\"{c}\""))
             .collect::<Vec<_>>()
             .join(", ");
-        let marks = (1..=cols.len())
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut insert = format!("INSERT INTO {table} ({list}) VALUES ({marks})");
-        if *table == "meta" {
-            // The migration made its own instance id; the copy keeps the source's, which
-            // names the key of the TOTP secrets.
-            insert.push_str(" ON CONFLICT (key) DO UPDATE SET value = excluded.value");
-        }
+        // Rows go over in multi-row statements (a round trip to the server per row would
+        // be most of a large copy's time).
+        let insert = |rows: usize| {
+            let mut sql =
+                super::values_rows(&format!("INSERT INTO {table} ({list})"), cols.len(), rows);
+            if *table == "meta" {
+                // The migration made its own instance id; the copy keeps the source's, which
+                // names the key of the TOTP secrets.
+                sql.push_str(" ON CONFLICT (key) DO UPDATE SET value = excluded.value");
+            }
+            sql
+        };
         let order = if *table == "audit_events" {
             "seq"
         } else {
             "rowid"
         };
         let mut n = 0u64;
+        let mut pending: Vec<Value> = Vec::with_capacity(cols.len() * super::ROWS_PER_INSERT);
+        let flush = |pending: &mut Vec<Value>| -> Result<()> {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let refs: Vec<&dyn super::ToValue> =
+                pending.iter().map(|v| v as &dyn super::ToValue).collect();
+            let result = tx.execute(&insert(pending.len() / cols.len()), &refs);
+            pending.clear();
+            result.map(|_| ()).map_err(|e| {
+                Error::Environment(format!(
+                    "{} cannot be copied: a row of {table} does not fit the schema ({e}); nothing was kept.",
+                    from.display()
+                ))
+            })
+        };
         let mut failed: Option<Error> = None;
         source.query_each(
             &format!("SELECT {list} FROM {table} ORDER BY {order}"),
             params![],
             |r| {
-                let values = (0..cols.len())
-                    .map(|i| r.get::<_, Value>(i))
-                    .collect::<Result<Vec<Value>>>()?;
-                let refs: Vec<&dyn super::ToValue> =
-                    values.iter().map(|v| v as &dyn super::ToValue).collect();
-                if let Err(e) = tx.execute(&insert, &refs) {
-                    failed = Some(Error::Environment(format!(
-                        "{} cannot be copied: a row of {table} does not fit the schema ({e}); nothing was kept.",
-                        from.display()
-                    )));
-                    return Ok(false);
+                for i in 0..cols.len() {
+                    pending.push(r.get::<_, Value>(i)?);
                 }
                 n += 1;
+                if pending.len() == cols.len() * super::ROWS_PER_INSERT {
+                    if let Err(e) = flush(&mut pending) {
+                        failed = Some(e);
+                        return Ok(false);
+                    }
+                }
                 Ok(true)
             },
         )?;
         if let Some(e) = failed {
             return Err(e);
         }
+        flush(&mut pending)?;
         rows.push((table.to_string(), n));
     }
     for table in GENERATED {
