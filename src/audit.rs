@@ -690,7 +690,7 @@ pub struct Head {
 }
 
 /// Events one batch carries from one stage of `verify_against` to the next.
-const BATCH: usize = 1024;
+const BATCH: usize = 4096;
 
 /// A problem found at an event: its `seq` and what is wrong.
 type Finding = Option<(i64, String)>;
@@ -868,12 +868,12 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
     // the rows and checks numbers and links; the next makes each event's canonical bytes
     // and checks its hash; the last builds the Merkle tree and checks the heads.
     let stop = AtomicBool::new(false);
-    let (send, chain_in) = std::sync::mpsc::sync_channel::<ReadBatch>(8);
-    let (tree_out, tree_in) = std::sync::mpsc::sync_channel::<Batch>(8);
+    let (send, chain_in) = std::sync::mpsc::sync_channel::<ReadBatch>(4);
+    let (tree_out, tree_in) = std::sync::mpsc::sync_channel::<Batch>(4);
     // Spent batches go back to the stage before, which fills them again: fresh buffers
     // of a quarter of a megabyte would each be mapped and faulted in anew.
-    let (read_spent, read_free) = std::sync::mpsc::sync_channel::<ReadBatch>(16);
-    let (tree_spent, tree_free) = std::sync::mpsc::sync_channel::<Batch>(16);
+    let (read_spent, read_free) = std::sync::mpsc::sync_channel::<ReadBatch>(8);
+    let (tree_spent, tree_free) = std::sync::mpsc::sync_channel::<Batch>(8);
     let (read, read_bad, prev, chain_bad, (frontier, tree_bad)) = std::thread::scope(|s| {
         let chain = s.spawn(|| chain_stage(chain_in, read_spent, tree_out, tree_free, &stop));
         let tree = s.spawn(|| tree_stage(tree_in, tree_spent, &heads, &stop));
