@@ -62,9 +62,13 @@ fn default_db() -> PathBuf {
 /// The real user id's account name (never $USER). Looked up once a process (the real
 /// user id never changes; each lookup reads the system's account database).
 pub fn real_user() -> Result<String, Error> {
-    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let uid = privilege::real_uid();
-    let name = NAME.get_or_init(|| privilege::account_name(uid)).clone();
+    // Only a name found is kept: a lookup that failed (NSS unreachable) is asked again.
+    let name = match NAME.get() {
+        Some(name) => Some(name.clone()),
+        None => privilege::account_name(uid).map(|name| NAME.get_or_init(|| name).clone()),
+    };
     name.ok_or_else(|| {
         Error::Environment(format!(
             "The operating system has no account name for uid {uid}."

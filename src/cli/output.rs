@@ -372,12 +372,14 @@ impl Table {
     /// comfy-table's time for a hundred rows; a test holds the two to the same bytes).
     fn render(&self, rows: &[Vec<String>]) -> String {
         let n = self.header.len();
-        if rows.is_empty()
+        // comfy-table also splits a line wider than 65,535 columns (its widths are u16).
+        if n == 0
+            || rows.is_empty()
             || rows.iter().any(|r| r.len() != n)
             || std::iter::once(&self.header)
                 .chain(rows)
                 .flatten()
-                .any(|c| c.contains('\n'))
+                .any(|c| c.contains('\n') || c.len() > usize::from(u16::MAX))
         {
             return self.comfy(rows).to_string();
         }
@@ -668,6 +670,22 @@ mod tests {
             }
             proptest::prop_assert_eq!(t.render(&t.rows), t.comfy(&t.rows).to_string());
         }
+    }
+
+    /// What comfy-table lays out its own way goes to it: a cell wider than its widths
+    /// (u16) can hold, a table without columns.
+    #[test]
+    fn tables_it_would_lay_out_otherwise_go_to_comfy_table() {
+        let mut t = Table {
+            header: vec!["justification".into(), "scope".into()],
+            rows: vec![vec!["x".repeat(70_000), "/".into()]],
+            width: None,
+            colour: false,
+        };
+        assert_eq!(t.render(&t.rows), t.comfy(&t.rows).to_string());
+        t.header.clear();
+        t.rows = vec![Vec::new()];
+        assert_eq!(t.render(&t.rows), t.comfy(&t.rows).to_string());
     }
 
     #[test]
