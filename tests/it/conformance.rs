@@ -191,6 +191,17 @@ fn role_holders_count_each_user_once() {
         db.role_holders(&["db-admin"], 2000).unwrap()["db-admin"],
         (2, 0)
     );
+    // A disabled user holds nothing, eligible or active.
+    let tx = db.write().unwrap();
+    tx.set_disabled(carol, true).unwrap();
+    tx.set_disabled(dave, true).unwrap();
+    audit::append(&tx, t(1), ev("user.disable")).unwrap();
+    tx.commit().unwrap();
+    let holders = db.role_holders(&["db-admin", "global-admin"], 10).unwrap();
+    assert_eq!(holders["db-admin"], (1, 0));
+    assert!(holders
+        .get("global-admin")
+        .is_none_or(|&(e, a)| e == 0 && a == 0));
 }
 
 #[test]

@@ -210,6 +210,12 @@ fn hot_commands_never_scan_a_growing_table() {
     run("role-list", &["--as", "admin", "role", "list"], 0);
     run("requests-all", &["--as", "admin", "request", "list"], 0);
     run("sweep", &["--as", "admin", "sweep"], 0);
+    // `role list` counts every holder of every role: it reads each of their assignments
+    // whatever the plan, and walks the index ordered by user and role for the distinct
+    // pairs. Any other scan is still a finding.
+    found.retain(|f| {
+        !(f.starts_with("role-list: ") && f.contains("SCAN a USING INDEX assignments_current"))
+    });
     assert!(found.is_empty(), "full scans:\n{}", found.join("\n"));
     // The sweep's batches of ended assignments read only those not yet written down: an
     // index that also held the written ones made each batch read past all of them.
