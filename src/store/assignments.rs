@@ -400,10 +400,7 @@ impl Db {
     /// Assignments `ids` whose end is written down in the log (a statement per 256).
     pub fn expiry_recorded(&self, ids: &[i64]) -> Result<()> {
         for chunk in ids.chunks(super::ROWS_PER_INSERT * 4) {
-            let marks = (1..=chunk.len())
-                .map(|i| format!("?{i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let marks = super::placeholders(1, chunk.len());
             let values: Vec<&dyn ToValue> = chunk.iter().map(|id| id as &dyn ToValue).collect();
             self.execute(
                 &format!("UPDATE assignments SET expiry_recorded = 1 WHERE id IN ({marks})"),
@@ -532,10 +529,7 @@ impl Db {
         // a million assignments are not each joined with their user (SQLite walks
         // `assignments_current`, ordered by user and role, 0.34 s -> 0.06 s at a million;
         // PostgreSQL 260 -> 175 ms).
-        let list = (2..roles.len() + 2)
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = super::placeholders(2, roles.len());
         let mut values: Vec<&dyn ToValue> = vec![&now];
         values.extend(roles.iter().map(|r| r as &dyn ToValue));
         self.query_each(

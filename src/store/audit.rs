@@ -31,16 +31,13 @@ pub struct RawEvent<'a> {
 }
 
 fn raw_event<'a>(row: &'a Row<'_>) -> Result<RawEvent<'a>> {
-    let text = |i| -> Result<&'a [u8]> {
-        row.text_bytes(i)?.ok_or_else(|| {
+    fn required<T>(value: Option<T>, i: usize) -> Result<T> {
+        value.ok_or_else(|| {
             crate::error::Error::Store(super::StoreError::other(format!("column {i} is empty")))
         })
-    };
-    let int = |i| -> Result<i64> {
-        row.int(i)?.ok_or_else(|| {
-            crate::error::Error::Store(super::StoreError::other(format!("column {i} is empty")))
-        })
-    };
+    }
+    let text = |i| required(row.text_bytes(i)?, i);
+    let int = |i| required(row.int(i)?, i);
     Ok(RawEvent {
         seq: int(0)?,
         time: int(1)?,
@@ -127,6 +124,18 @@ fn conditions(filter: &Filter) -> (String, Vec<Value>) {
         sql.push_str(&format!(" AND (actor = ?{n} OR principal = ?{n})"));
     }
     (sql, values)
+}
+
+/// Up to `chunk` events matching `filter` after event `after`, in order: the query and its
+/// values.
+fn after_query(filter: &Filter, after: i64, chunk: usize) -> (String, Vec<Value>) {
+    let (sql, mut values) = conditions(filter);
+    values.push(Value::Int(after));
+    let n = values.len();
+    (
+        format!("{SELECT} WHERE {sql} AND seq > ?{n} ORDER BY seq LIMIT {chunk}"),
+        values,
+    )
 }
 
 fn refs(values: &[Value]) -> Vec<&dyn ToValue> {
@@ -226,15 +235,9 @@ impl Db {
         after: i64,
         chunk: usize,
     ) -> Result<Vec<StoredEvent>> {
-        let (sql, mut values) = conditions(filter);
-        values.push(Value::Int(after));
-        let n = values.len();
-        self.query_map(
-            &format!("{SELECT} WHERE {sql} AND seq > ?{n} ORDER BY seq LIMIT {chunk}"),
-            &refs(&values),
-            event_from_row,
-        )?
-        .collect()
+        let (sql, values) = after_query(filter, after, chunk);
+        self.query_map(&sql, &refs(&values), event_from_row)?
+            .collect()
     }
 
     /// Up to `chunk` events matching `filter` after event `after`, in order, each handed
@@ -246,14 +249,8 @@ impl Db {
         chunk: usize,
         mut f: impl FnMut(RawEvent<'_>) -> Result<bool>,
     ) -> Result<()> {
-        let (sql, mut values) = conditions(filter);
-        values.push(Value::Int(after));
-        let n = values.len();
-        self.query_each(
-            &format!("{SELECT} WHERE {sql} AND seq > ?{n} ORDER BY seq LIMIT {chunk}"),
-            &refs(&values),
-            |row| f(raw_event(row)?),
-        )
+        let (sql, values) = after_query(filter, after, chunk);
+        self.query_each(&sql, &refs(&values), |row| f(raw_event(row)?))
     }
 
     /// `each_event`, each event borrowed from its row (`RawEvent`): nothing is copied.

@@ -25,8 +25,8 @@ pub mod pg;
 mod sql;
 pub use crate::params;
 pub use sql::{
-    values_rows, Backend, ColumnIndex, Db, FromRow, FromValue, OptionalExtension, Row, Rows, Stmt,
-    StoreError, ToValue, Tx, Value, ROWS_PER_INSERT,
+    placeholders, values_rows, Backend, ColumnIndex, Db, FromRow, FromValue, OptionalExtension,
+    Row, Rows, Stmt, StoreError, ToValue, Tx, Value, ROWS_PER_INSERT,
 };
 
 /// `PRAGMA application_id` of a pim database ("pim1"), so that another SQLite file is

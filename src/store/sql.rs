@@ -246,25 +246,27 @@ macro_rules! params {
 /// both backends' limits (SQLite 32,766, PostgreSQL 65,535).
 pub const ROWS_PER_INSERT: usize = 64;
 
+/// `n` placeholders numbered from `first`: "?3, ?4, ?5".
+pub fn placeholders(first: usize, n: usize) -> String {
+    use std::fmt::Write;
+    let mut marks = String::with_capacity(n * 6);
+    for i in first..first + n {
+        if i > first {
+            marks.push_str(", ");
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(marks, "?{i}");
+    }
+    marks
+}
+
 /// `insert` (`INSERT INTO t (a, b)`) with `VALUES` for `rows` rows of `columns`
 /// placeholders each, numbered from 1 row by row.
 pub fn values_rows(insert: &str, columns: usize, rows: usize) -> String {
-    use std::fmt::Write;
-    let mut sql = String::with_capacity(insert.len() + 8 + rows * columns * 6);
-    sql.push_str(insert);
-    sql.push_str(" VALUES ");
-    for r in 0..rows {
-        sql.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..columns {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            // Writing to a String cannot fail.
-            let _ = write!(sql, "?{}", r * columns + c + 1);
-        }
-        sql.push(')');
-    }
-    sql
+    let rows: Vec<String> = (0..rows)
+        .map(|r| format!("({})", placeholders(r * columns + 1, columns)))
+        .collect();
+    format!("{insert} VALUES {}", rows.join(", "))
 }
 
 /// One row of a result.
@@ -1034,6 +1036,15 @@ tuple_from_row!(0 A, 1 B, 2 C, 3 D, 4 E, 5 F, 6 G, 7 H, 8 I, 9 J, 10 K, 11 L);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_row_values_number_their_placeholders_row_by_row() {
+        assert_eq!(placeholders(3, 3), "?3, ?4, ?5");
+        assert_eq!(
+            values_rows("INSERT INTO t (a, b)", 2, 3),
+            "INSERT INTO t (a, b) VALUES (?1, ?2), (?3, ?4), (?5, ?6)"
+        );
+    }
 
     #[test]
     fn placeholders_become_numbered_outside_quotes() {
