@@ -254,6 +254,12 @@ CREATE INDEX assignments_expiring ON assignments (end_at) WHERE removed_at IS NU
     r#"
 DROP INDEX assignments_by_user;
 "#,
+    // 11: the active assignments, few beside the eligible: `role list` counted each role's
+    // active holders by reading every assignment a second time (PostgreSQL, a million
+    // eligible: 69 ms of a 250 ms command).
+    r#"
+CREATE INDEX assignments_active ON assignments (role) WHERE kind = 'active' AND removed_at IS NULL;
+"#,
 ];
 
 /// Test builds: with `PIM_TEST_PLANS=FILE` (never under set-group-id), each distinct SQLite
