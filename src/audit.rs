@@ -206,13 +206,8 @@ fn escape_json(out: &mut Vec<u8>, text: &[u8]) {
         table
     };
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut start = 0;
-    for (i, &b) in text.iter().enumerate() {
+    let escape = |out: &mut Vec<u8>, b: u8| {
         let short = ESCAPE[usize::from(b)];
-        if short == 0 {
-            continue;
-        }
-        out.extend_from_slice(&text[start..i]);
         if short == b'u' {
             out.extend_from_slice(&[
                 b'\\',
@@ -225,9 +220,42 @@ fn escape_json(out: &mut Vec<u8>, text: &[u8]) {
         } else {
             out.extend_from_slice(&[b'\\', short]);
         }
-        start = i + 1;
+    };
+    // Plain bytes eight at a time: each word read says where its first escaped byte is.
+    let (mut start, mut i) = (0, 0);
+    while let Some(word) = text.get(i..i + 8) {
+        let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        match escaped(word) {
+            0 => i += 8,
+            found => {
+                let at = i + found.trailing_zeros() as usize / 8;
+                out.extend_from_slice(&text[start..at]);
+                escape(out, text[at]);
+                (start, i) = (at + 1, at + 1);
+            }
+        }
+    }
+    for (at, &b) in text.iter().enumerate().skip(i) {
+        if ESCAPE[usize::from(b)] != 0 {
+            out.extend_from_slice(&text[start..at]);
+            escape(out, b);
+            start = at + 1;
+        }
     }
     out.extend_from_slice(&text[start..]);
+}
+
+/// The bytes of `word` (little-endian) that JSON escapes, a control (below 0x20), `"` or
+/// `\\`, as the top bit of each: exact for the lowest such byte, which is all its caller
+/// reads (a borrow may also mark a byte above it). Bytes of 0x80 and above (UTF-8's
+/// multibyte parts) are never marked.
+fn escaped(word: u64) -> u64 {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const TOPS: u64 = u64::from_le_bytes([0x80; 8]);
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & TOPS;
+    below(word, 0x20)
+        | below(word ^ (ONES * u64::from(b'"')), 1)
+        | below(word ^ (ONES * u64::from(b'\\')), 1)
 }
 
 /// Makes the canonical bytes of events as `verify_against` reads them, reusing its
@@ -240,9 +268,13 @@ struct Canonical {
     expires: String,
     /// The instant `time` is written for (events come in bursts of the same second).
     time_of: Option<i64>,
-    /// The day (unix days) whose `YYYY-MM-DD` is `date`.
+    /// The day (unix days) whose `YYYY-MM-DD` is `date`, for `time`; and the same for
+    /// `expires`, which is most often another day (one cache for both was a date made
+    /// afresh for every other instant).
     day: Option<i64>,
     date: String,
+    expires_day: Option<i64>,
+    expires_date: String,
 }
 
 impl Canonical {
@@ -256,6 +288,8 @@ impl Canonical {
             time_of,
             day,
             date,
+            expires_day,
+            expires_date,
         } = self;
         let mut numbers = itoa::Buffer::new();
         seq.clear();
@@ -270,7 +304,7 @@ impl Canonical {
         }
         expires.clear();
         if let Some(t) = e.expires {
-            instant(expires, t, day, date);
+            instant(expires, t, expires_day, expires_date);
         }
         let mut fields = [""; 9];
         let mut start = 0;
@@ -317,12 +351,13 @@ fn instant(out: &mut String, secs: i64, day: &mut Option<i64>, date: &mut String
     }
     let s = secs % 86_400;
     out.push_str(date);
-    for (sep, n) in [('T', s / 3_600), (':', s % 3_600 / 60), (':', s % 60)] {
-        out.push(sep);
-        out.push(char::from(b'0' + (n / 10) as u8));
-        out.push(char::from(b'0' + (n % 10) as u8));
+    // `Thh:mm:ssZ` in one write.
+    let mut clock = *b"T00:00:00Z";
+    for (at, n) in [(1, s / 3_600), (4, s % 3_600 / 60), (7, s % 60)] {
+        clock[at] = b'0' + (n / 10) as u8;
+        clock[at + 1] = b'0' + (n % 10) as u8;
     }
-    out.push('Z');
+    out.push_str(std::str::from_utf8(&clock).expect("digits are ASCII"));
 }
 
 /// Append an event. Call it inside the transaction that makes the change. The core never
@@ -562,6 +597,8 @@ pub fn for_each_ref(
     let mut chunk = Chunk::default();
     let (mut time, mut expires, mut date) = (String::new(), String::new(), String::new());
     let (mut time_of, mut day) = (None, None);
+    // The expiry's day apart: most often another day than the event's.
+    let (mut expires_day, mut expires_date) = (None, String::new());
     let mut last = 0;
     loop {
         chunk.text.clear();
@@ -621,7 +658,7 @@ pub fn for_each_ref(
                 time_of = Some(e.time);
             }
             if let Some(t) = e.expires {
-                instant(&mut expires, t, &mut day, &mut date);
+                instant(&mut expires, t, &mut expires_day, &mut expires_date);
             }
             let [actor, action, principal, role, scope, justification, ticket, result, details, prev_hash, hash] =
                 fields;
@@ -1805,6 +1842,24 @@ mod tests {
     }
 
     /// `fields` as `write_canonical` writes them, and as `serde_json` does.
+    /// Every byte, at every place of a word, among fillers that do and do not need escaping.
+    #[test]
+    fn every_byte_is_found_at_every_place_in_a_word() {
+        let needs = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+        for b in 0..=255u8 {
+            for place in 0..8 {
+                for filler in [b'a', 0x00, 0x1f, 0x20, 0x21, b'"', b'\\', 0x7f, 0x80, 0xff] {
+                    let mut word = [filler; 8];
+                    word[place] = b;
+                    let first = word.iter().position(|&c| needs(c));
+                    let marks = escaped(u64::from_le_bytes(word));
+                    let found = (marks != 0).then(|| marks.trailing_zeros() as usize / 8);
+                    assert_eq!(found, first, "byte {b:#x} at {place} among {filler:#x}");
+                }
+            }
+        }
+    }
+
     fn canonical_and_serde_json(fields: &[String; 13]) -> (Vec<u8>, Vec<u8>) {
         let refs: [&str; 13] = std::array::from_fn(|i| fields[i].as_str());
         let mut ours = Vec::new();
@@ -1832,6 +1887,19 @@ mod tests {
         )) {
             let (ours, serde) = canonical_and_serde_json(&fields);
             proptest::prop_assert_eq!(ours, serde);
+        }
+
+        /// The lowest byte a word marks is its first escaped byte, whatever the bytes around
+        /// it; no mark, no escaped byte.
+        #[test]
+        fn a_words_first_escaped_byte_is_found(word in proptest::array::uniform8(proptest::prop_oneof![
+            0u8..=255,
+            proptest::sample::select(vec![0x00u8, 0x01, 0x1f, 0x20, 0x21, b'"', b'\\', 0x5b, 0x5d, 0x7f, 0x80, 0xa2, 0xdc, 0xff]),
+        ])) {
+            let first = word.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            let marks = escaped(u64::from_le_bytes(word));
+            let found = (marks != 0).then(|| marks.trailing_zeros() as usize / 8);
+            proptest::prop_assert_eq!(found, first);
         }
 
         /// Instants written a day at a time are `rfc3339(from_unix(..))`, in and out of the
