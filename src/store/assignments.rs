@@ -389,9 +389,10 @@ impl Db {
     pub fn ended_unrecorded(&self, now: i64, limit: i64) -> Result<Vec<Current>> {
         self.query_map(
             &format!(
-                "{CURRENT} WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.end_at, a.id LIMIT ?2"
+                "{CURRENT} WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.end_at, a.id LIMIT {}",
+                super::limit(limit)
             ),
-            params![now, limit],
+            params![now],
             Current::from_row,
         )?
         .collect()
@@ -422,9 +423,10 @@ impl Db {
             &format!(
                 "{CURRENT} WHERE a.removed_at IS NULL AND a.end_at > ?1 AND a.end_at <= ?2 \
                    AND NOT EXISTS (SELECT 1 FROM reminders r WHERE r.assignment_id = a.id AND r.kind = ?3) \
-                 ORDER BY a.id LIMIT ?4"
+                 ORDER BY a.id LIMIT {}",
+                super::limit(limit)
             ),
-            params![from, to, kind, limit],
+            params![from, to, kind],
             Current::from_row,
         )?
         .collect()

@@ -78,9 +78,12 @@ impl Db {
     /// a server's sequences leave gaps).
     pub fn trim_outbox(&self, mark: i64, keep: i64) -> Result<()> {
         self.execute(
-            "DELETE FROM outbox WHERE id > ?1 AND id NOT IN \
-             (SELECT id FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2)",
-            params![mark, keep],
+            &format!(
+                "DELETE FROM outbox WHERE id > ?1 AND id NOT IN \
+                 (SELECT id FROM outbox WHERE id > ?1 ORDER BY id LIMIT {})",
+                super::limit(keep)
+            ),
+            params![mark],
         )?;
         Ok(())
     }

@@ -686,7 +686,10 @@ impl Db {
                 let mut stmt = c.prepare_cached(sql)?;
                 let values: Vec<SqliteValue> =
                     params.iter().map(|p| SqliteValue(p.to_value())).collect();
-                Ok(stmt.execute(rusqlite::params_from_iter(values.iter()))?)
+                let n = stmt.execute(rusqlite::params_from_iter(values.iter()))?;
+                #[cfg(debug_assertions)]
+                super::note_reprepared(sql, &stmt);
+                Ok(n)
             }
             Inner::Postgres { client, .. } => {
                 let values = Self::pg_params(params);
@@ -721,6 +724,9 @@ impl Db {
                         break;
                     }
                 }
+                drop(rows);
+                #[cfg(debug_assertions)]
+                super::note_reprepared(sql, &stmt);
                 Ok(())
             }
             Inner::Postgres { client, .. } => {
@@ -1044,6 +1050,14 @@ mod tests {
             values_rows("INSERT INTO t (a, b)", 2, 3),
             "INSERT INTO t (a, b) VALUES (?1, ?2), (?3, ?4), (?5, ?6)"
         );
+    }
+
+    #[test]
+    fn a_written_limit_is_never_negative() {
+        // SQLite reads LIMIT -1 as no limit at all.
+        assert_eq!(super::super::limit(-1), 0);
+        assert_eq!(super::super::limit(i64::MIN), 0);
+        assert_eq!(super::super::limit(200), 200);
     }
 
     #[test]

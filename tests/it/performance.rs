@@ -29,7 +29,7 @@ const PARTIAL: [&str; 4] = [
 ];
 
 /// Run `args` (expecting exit `code`) with its statements' plans written down; every
-/// full scan of a growing table among them.
+/// full scan of a growing table among them, and every statement SQLite prepared again.
 fn scans(env: &Env, name: &str, args: &[&str], code: i32) -> Vec<String> {
     let file = env.path(&format!("plans-{name}.txt"));
     let out = env
@@ -48,16 +48,18 @@ fn scans(env: &Env, name: &str, args: &[&str], code: i32) -> Vec<String> {
     text.lines()
         .filter(|line| {
             let (sql, plan) = line.split_once('\t').unwrap_or((line, ""));
-            plan.split(" | ").any(|step| {
-                let mut words = step.split_whitespace();
-                words.next() == Some("SCAN")
-                    && words
-                        .next()
-                        .is_some_and(|t| GROWING.contains(&table_of(sql, t)))
-                    && !PARTIAL
-                        .iter()
-                        .any(|p| step.ends_with(&format!("INDEX {p}")))
-            })
+            // Parsed and planned again each time it runs: as bad on a hot path.
+            plan == "REPREPARED"
+                || plan.split(" | ").any(|step| {
+                    let mut words = step.split_whitespace();
+                    words.next() == Some("SCAN")
+                        && words
+                            .next()
+                            .is_some_and(|t| GROWING.contains(&table_of(sql, t)))
+                        && !PARTIAL
+                            .iter()
+                            .any(|p| step.ends_with(&format!("INDEX {p}")))
+                })
         })
         .map(str::to_string)
         .collect()
@@ -227,7 +229,7 @@ fn hot_commands_never_scan_a_growing_table() {
         .find(|l| l.contains("SELECT h.role, count(*)") && l.contains("a.kind = 'active'"))
         .expect("role list counts the active holders");
     assert!(
-        active.contains("USING INDEX assignments_active"),
+        active.contains("USING INDEX assignments_by_role (role=? AND kind=?)"),
         "{active}"
     );
     // The sweep's batches of ended assignments read only those not yet written down: an
