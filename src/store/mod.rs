@@ -374,6 +374,14 @@ fn configure(conn: &Connection) -> Result<()> {
     // timeout sleeps up to 100 ms between tries, and a waiter can miss every gap a long
     // series of short transactions, such as a sweep's, leaves it).
     conn.busy_handler(Some(retry_when_busy))?;
+    // Plans never depend on the values bound to a statement: SQLite otherwise weighs a
+    // bound value against a partial index's condition, a LIKE pattern or a LIMIT, and then
+    // prepares the statement again every time a value is bound (an import runs some for
+    // every row).
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     conn.pragma_update(None, "foreign_keys", true)?;
     // Sorts and temporary tables stay in memory: SQLite never creates a file in a directory
     // that the environment (SQLITE_TMPDIR) names.
@@ -1094,6 +1102,27 @@ mod tests {
             })
             .unwrap();
         }
+    }
+
+    #[test]
+    fn statements_are_not_prepared_again_for_the_values_bound() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        configure(&conn).unwrap();
+        migrate(&mut conn).unwrap();
+        // A bound LIMIT and a kind beside a partial index's condition on it: without the
+        // planner's stability guarantee SQLite plans with the values bound, and prepares
+        // the statement again each time one is bound.
+        conn.execute_batch("CREATE INDEX t_active ON assignments (role) WHERE kind = 'active'")
+            .unwrap();
+        let mut stmt = conn
+            .prepare("SELECT id FROM assignments WHERE kind = ?1 AND role = ?2 LIMIT ?3")
+            .unwrap();
+        for (kind, limit) in [("eligible", 1), ("active", 2), ("eligible", 3)] {
+            stmt.query_map(rusqlite::params![kind, "r", limit], |r| r.get::<_, i64>(0))
+                .unwrap()
+                .for_each(drop);
+        }
+        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 
     #[test]
