@@ -169,6 +169,28 @@ pub fn human_precise(unix: i64, now: DateTime<Utc>) -> String {
 }
 
 fn shown(unix: i64, now: DateTime<Utc>, seconds: bool) -> String {
+    // A table's rows often show the same instants (rows made together, a common end): those
+    // written are kept, a thousand at most (5,000 instructions each: two conversions to local
+    // time, the zone's name from the C library, the distance from now).
+    type Shown = std::collections::HashMap<(i64, DateTime<Utc>, bool), String>;
+    thread_local! {
+        static SHOWN: std::cell::RefCell<Shown> = std::cell::RefCell::default();
+    }
+    let key = (unix, now, seconds);
+    if let Some(text) = SHOWN.with_borrow(|shown| shown.get(&key).cloned()) {
+        return text;
+    }
+    let text = shown_afresh(unix, now, seconds);
+    SHOWN.with_borrow_mut(|shown| {
+        if shown.len() >= 1024 {
+            shown.clear();
+        }
+        shown.insert(key, text.clone());
+    });
+    text
+}
+
+fn shown_afresh(unix: i64, now: DateTime<Utc>, seconds: bool) -> String {
     use chrono::{Datelike, Local, Timelike};
     use std::fmt::Write;
     let at = from_unix(unix);
@@ -276,6 +298,16 @@ mod tests {
                 by_format(unix, now, "%H:%M:%S"),
                 "{unix}"
             );
+            // Again, twice each (the second is the one kept), and from another moment in
+            // between: its distance from now is not the first moment's.
+            let later = now + Duration::seconds(next(200_000) + 1);
+            for moment in [now, now, later, later, now] {
+                assert_eq!(
+                    human(unix, moment),
+                    by_format(unix, moment, "%H:%M"),
+                    "{unix}"
+                );
+            }
         }
     }
 

@@ -69,10 +69,18 @@ fn colour_at(text: &str) -> Option<(&str, usize)> {
     })
 }
 
+/// Whether `text` is printable ASCII (with newlines, if `newlines`): nothing in it is
+/// unsafe, found a byte at a time (most text pim shows; `unsafe_char` sees the rest).
+fn printable_ascii(text: &str, newlines: bool) -> bool {
+    text.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || (newlines && b == b'\n'))
+}
+
 fn escape(text: &str, keep_newlines: bool) -> Cow<'_, str> {
-    if !text
-        .chars()
-        .any(|c| unsafe_char(c) && !(keep_newlines && c == '\n'))
+    if printable_ascii(text, keep_newlines)
+        || !text
+            .chars()
+            .any(|c| unsafe_char(c) && !(keep_newlines && c == '\n'))
     {
         return Cow::Borrowed(text);
     }
@@ -195,7 +203,7 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
 pub fn json_safe(text: String) -> String {
     // Newlines are the layout of pretty JSON; inside strings serde_json escapes them.
     let escaped = |c: char| c != '\n' && unsafe_char(c);
-    if !text.chars().any(escaped) {
+    if printable_ascii(&text, true) || !text.chars().any(escaped) {
         return text;
     }
     let mut out = String::with_capacity(text.len() + 16);
@@ -705,6 +713,34 @@ mod tests {
             "plain text, ünïcödé and 漢字"
         );
         assert_eq!(safe("tag\u{e0041}"), "tag\\u{e0041}");
+    }
+
+    /// The byte-wise shortcut says "printable" of exactly the ASCII text in which no
+    /// character is unsafe (newlines allowed or not), wherever the byte stands.
+    #[test]
+    fn printable_ascii_is_what_no_unsafe_character_means_for_ascii() {
+        for b in 0..=0x7fu8 {
+            for text in [
+                format!("{}", b as char),
+                format!("abc{}", b as char),
+                format!("{}defghijk", b as char),
+                format!("0123456789abcdef{}0123456789", b as char),
+            ] {
+                for newlines in [false, true] {
+                    let by_char = !text
+                        .chars()
+                        .any(|c| unsafe_char(c) && !(newlines && c == '\n'));
+                    assert_eq!(
+                        printable_ascii(&text, newlines),
+                        by_char,
+                        "{b:#x} {newlines}"
+                    );
+                }
+            }
+        }
+        // Anything beyond ASCII is for `unsafe_char` to judge.
+        assert!(!printable_ascii("ünïcödé", false));
+        assert!(!printable_ascii("\u{9b}", true));
     }
 
     #[test]
