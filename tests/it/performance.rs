@@ -229,8 +229,19 @@ fn hot_commands_never_scan_a_growing_table() {
         .find(|l| l.contains("SELECT h.role, count(*)") && l.contains("a.kind = 'active'"))
         .expect("role list counts the active holders");
     assert!(
-        active.contains("USING INDEX assignments_by_role (role=? AND kind=?)"),
+        active.contains("USING INDEX assignments_active (role=?)"),
         "{active}"
+    );
+    // A user's eligibilities for a role come through the index ordered by user and role, not
+    // through one that holds every holder of the role (an index on role and kind did that).
+    let plans = std::fs::read_to_string(env.path("plans-activate.txt")).unwrap();
+    let eligible = plans
+        .lines()
+        .find(|l| l.starts_with("SELECT id, scope, end_at FROM assignments WHERE user_id = ?1"))
+        .expect("activate reads the user's eligibilities");
+    assert!(
+        eligible.contains("USING INDEX assignments_current (user_id=? AND role=?)"),
+        "{eligible}"
     );
     // The sweep's batches of ended assignments read only those not yet written down: an
     // index that also held the written ones made each batch read past all of them.
