@@ -713,6 +713,10 @@ fn a_waiting_writer_gets_in_before_one_that_asks_again() {
         }
     });
     go.recv().unwrap();
+    // The sweep's transactions committed before this writer asks (on a loaded machine this
+    // thread may be scheduled late, after several of them): it waits behind the one open,
+    // then gets in, before the sweep's next.
+    let before = f.db.audit_count().unwrap();
     let began = std::time::Instant::now();
     let tx = second.write().unwrap();
     let waited = began.elapsed();
@@ -724,7 +728,10 @@ fn a_waiting_writer_gets_in_before_one_that_asks_again() {
         "the waiting writer waited {waited:?}, behind {} of {ROUNDS} transactions",
         seq - 1
     );
-    assert!(seq <= 4, "it got in as event {seq}");
+    assert!(
+        seq <= before + 3,
+        "it got in as event {seq}, {before} committed when it asked"
+    );
     assert!(audit::verify(&f.db).unwrap().ok);
 }
 
