@@ -271,26 +271,50 @@ CREATE INDEX assignments_active ON assignments (role) WHERE kind = 'active' AND 
 /// hot path scans a growing table (`tests/it/performance.rs`).
 #[cfg(debug_assertions)]
 pub(crate) fn note_plan(c: &rusqlite::Connection, sql: &str) {
+    write_plan_note("plan", sql, || {
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).ok()?;
+        // Parameters left unbound are NULL; the plan does not depend on them.
+        let mut rows = stmt.raw_query();
+        let mut plan = Vec::new();
+        while let Ok(Some(r)) = rows.next() {
+            plan.push(r.get::<_, String>(3).unwrap_or_default());
+        }
+        Some(plan.join(" | "))
+    });
+}
+
+/// Test builds, with `PIM_TEST_PLANS=FILE` as for `note_plan`: a cached statement SQLite
+/// had to prepare again is written down once (`SQL<TAB>REPREPARED`), for the same test.
+/// `configure`'s stability guarantee keeps bound values from doing that (a bound kind
+/// beside a partial index on it, a bound LIMIT: parsed and planned anew for every row an
+/// import adds); this finds whatever else would.
+#[cfg(debug_assertions)]
+pub(crate) fn note_reprepared(sql: &str, stmt: &rusqlite::Statement<'_>) {
+    if stmt.get_status(rusqlite::StatementStatus::RePrepare) != 0 {
+        write_plan_note("reprepared", sql, || Some("REPREPARED".to_string()));
+    }
+}
+
+/// `SQL<TAB>NOTE` appended to `PIM_TEST_PLANS`, once a process for each `kind` of note on
+/// each statement; `note` makes it (nothing written if it makes none).
+#[cfg(debug_assertions)]
+fn write_plan_note(kind: &'static str, sql: &str, note: impl FnOnce() -> Option<String>) {
     use std::io::Write;
     thread_local! {
-        static SEEN: std::cell::RefCell<std::collections::HashSet<String>> =
+        static SEEN: std::cell::RefCell<std::collections::HashSet<(&'static str, String)>> =
             std::cell::RefCell::default();
     }
     let Some(file) = std::env::var_os("PIM_TEST_PLANS") else {
         return;
     };
-    if crate::privilege::is_setgid() || !SEEN.with(|s| s.borrow_mut().insert(sql.to_string())) {
+    if crate::privilege::is_setgid()
+        || !SEEN.with(|s| s.borrow_mut().insert((kind, sql.to_string())))
+    {
         return;
     }
-    let Ok(mut stmt) = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")) else {
+    let Some(note) = note() else {
         return;
     };
-    // Parameters left unbound are NULL; the plan does not depend on them.
-    let mut rows = stmt.raw_query();
-    let mut plan = Vec::new();
-    while let Ok(Some(r)) = rows.next() {
-        plan.push(r.get::<_, String>(3).unwrap_or_default());
-    }
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -298,9 +322,8 @@ pub(crate) fn note_plan(c: &rusqlite::Connection, sql: &str) {
     {
         let _ = writeln!(
             f,
-            "{}\t{}",
-            sql.split_whitespace().collect::<Vec<_>>().join(" "),
-            plan.join(" | ")
+            "{}\t{note}",
+            sql.split_whitespace().collect::<Vec<_>>().join(" ")
         );
     }
 }
@@ -312,40 +335,6 @@ pub(crate) fn note_plan(c: &rusqlite::Connection, sql: &str) {
 /// anything; a negative one would mean "no limit" to SQLite and is written as 0.
 pub(crate) fn limit(n: i64) -> i64 {
     n.max(0)
-}
-
-/// Test builds, with `PIM_TEST_PLANS=FILE` as for `note_plan`: a cached statement SQLite
-/// had to prepare again is written down once (`SQL<TAB>REPREPARED`). SQLite prepares a
-/// statement again whenever a value is bound to a parameter that a partial index's
-/// condition was weighed against (`kind = ?4` beside an index `WHERE kind = 'active'`):
-/// the statement is parsed and planned anew for every row an import adds.
-#[cfg(debug_assertions)]
-pub(crate) fn note_reprepared(sql: &str, stmt: &rusqlite::Statement<'_>) {
-    use std::io::Write;
-    thread_local! {
-        static SEEN: std::cell::RefCell<std::collections::HashSet<String>> =
-            std::cell::RefCell::default();
-    }
-    if stmt.get_status(rusqlite::StatementStatus::RePrepare) == 0 {
-        return;
-    }
-    let Some(file) = std::env::var_os("PIM_TEST_PLANS") else {
-        return;
-    };
-    if crate::privilege::is_setgid() || !SEEN.with(|s| s.borrow_mut().insert(sql.to_string())) {
-        return;
-    }
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-    {
-        let _ = writeln!(
-            f,
-            "{}\tREPREPARED",
-            sql.split_whitespace().collect::<Vec<_>>().join(" ")
-        );
-    }
 }
 
 /// What pim learned about the database file SQLite actually opened.

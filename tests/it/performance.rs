@@ -22,7 +22,7 @@ const GROWING: [&str; 9] = [
 /// Partial indexes (`WHERE removed_at IS NULL`, ...): a scan of one reads only the rows the
 /// query wants.
 const PARTIAL: [&str; 4] = [
-    "assignments_ending",
+    "assignments_expiring",
     "assignments_expiring",
     "reviews_open",
     "reviews_to_repeat",
@@ -221,37 +221,37 @@ fn hot_commands_never_scan_a_growing_table() {
             && f.contains("SCAN a USING INDEX assignments_current"))
     });
     assert!(found.is_empty(), "full scans:\n{}", found.join("\n"));
+    // The statement `name` ran that `is` picks out goes through `index`.
+    let uses = |name: &str, what: &str, is: &dyn Fn(&str) -> bool, index: &str| {
+        let plans = std::fs::read_to_string(env.path(&format!("plans-{name}.txt"))).unwrap();
+        let line = plans
+            .lines()
+            .find(|l| is(l))
+            .unwrap_or_else(|| panic!("{name} {what}"));
+        assert!(line.contains(&format!("USING INDEX {index}")), "{line}");
+    };
     // Its active holders come from the few active assignments alone, not from a second
     // read of every assignment.
-    let plans = std::fs::read_to_string(env.path("plans-role-list.txt")).unwrap();
-    let active = plans
-        .lines()
-        .find(|l| l.contains("SELECT h.role, count(*)") && l.contains("a.kind = 'active'"))
-        .expect("role list counts the active holders");
-    assert!(
-        active.contains("USING INDEX assignments_active (role=?)"),
-        "{active}"
+    uses(
+        "role-list",
+        "counts the active holders",
+        &|l| l.contains("SELECT h.role, count(*)") && l.contains("a.kind = 'active'"),
+        "assignments_active (role=?)",
     );
     // A user's eligibilities for a role come through the index ordered by user and role, not
     // through one that holds every holder of the role (an index on role and kind did that).
-    let plans = std::fs::read_to_string(env.path("plans-activate.txt")).unwrap();
-    let eligible = plans
-        .lines()
-        .find(|l| l.starts_with("SELECT id, scope, end_at FROM assignments WHERE user_id = ?1"))
-        .expect("activate reads the user's eligibilities");
-    assert!(
-        eligible.contains("USING INDEX assignments_current (user_id=? AND role=?)"),
-        "{eligible}"
+    uses(
+        "activate",
+        "reads the user's eligibilities",
+        &|l| l.starts_with("SELECT id, scope, end_at FROM assignments WHERE user_id = ?1"),
+        "assignments_current (user_id=? AND role=?)",
     );
     // The sweep's batches of ended assignments read only those not yet written down: an
     // index that also held the written ones made each batch read past all of them.
-    let plans = std::fs::read_to_string(env.path("plans-sweep.txt")).unwrap();
-    let expiring = plans
-        .lines()
-        .find(|l| l.contains("a.expiry_recorded = 0"))
-        .expect("the sweep looks for ended assignments");
-    assert!(
-        expiring.contains("USING INDEX assignments_expiring"),
-        "{expiring}"
+    uses(
+        "sweep",
+        "looks for ended assignments",
+        &|l| l.contains("a.expiry_recorded = 0"),
+        "assignments_expiring",
     );
 }
