@@ -389,10 +389,9 @@ impl Db {
     pub fn ended_unrecorded(&self, now: i64, limit: i64) -> Result<Vec<Current>> {
         self.query_map(
             &format!(
-                "{CURRENT} WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.end_at, a.id LIMIT {}",
-                super::limit(limit)
+                "{CURRENT} WHERE a.removed_at IS NULL AND a.expiry_recorded = 0 AND a.end_at <= ?1 ORDER BY a.end_at, a.id LIMIT ?2"
             ),
-            params![now],
+            params![now, limit],
             Current::from_row,
         )?
         .collect()
@@ -423,10 +422,9 @@ impl Db {
             &format!(
                 "{CURRENT} WHERE a.removed_at IS NULL AND a.end_at > ?1 AND a.end_at <= ?2 \
                    AND NOT EXISTS (SELECT 1 FROM reminders r WHERE r.assignment_id = a.id AND r.kind = ?3) \
-                 ORDER BY a.id LIMIT {}",
-                super::limit(limit)
+                 ORDER BY a.id LIMIT ?4"
             ),
-            params![from, to, kind],
+            params![from, to, kind, limit],
             Current::from_row,
         )?
         .collect()

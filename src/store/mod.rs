@@ -328,15 +328,6 @@ fn write_plan_note(kind: &'static str, sql: &str, note: impl FnOnce() -> Option<
     }
 }
 
-/// A LIMIT written into a statement, never bound: SQLite (3.50 here) plans with a bound
-/// LIMIT's value, so it prepares such a statement again each time a value is bound to it
-/// (the sweep's four queries, every batch; `configure`'s stability guarantee stops that
-/// too, and written, the limit is still known to the planner). An integer cannot inject
-/// anything; a negative one would mean "no limit" to SQLite and is written as 0.
-pub(crate) fn limit(n: i64) -> i64 {
-    n.max(0)
-}
-
 /// What pim learned about the database file SQLite actually opened.
 #[derive(Debug, Clone)]
 pub struct DbFile {

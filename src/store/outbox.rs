@@ -78,12 +78,9 @@ impl Db {
     /// a server's sequences leave gaps).
     pub fn trim_outbox(&self, mark: i64, keep: i64) -> Result<()> {
         self.execute(
-            &format!(
-                "DELETE FROM outbox WHERE id > ?1 AND id NOT IN \
-                 (SELECT id FROM outbox WHERE id > ?1 ORDER BY id LIMIT {})",
-                super::limit(keep)
-            ),
-            params![mark],
+            "DELETE FROM outbox WHERE id > ?1 AND id NOT IN \
+             (SELECT id FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2)",
+            params![mark, keep],
         )?;
         Ok(())
     }

@@ -417,14 +417,11 @@ impl Db {
     /// sweep records (`at`: the end).
     pub fn requests_due(&self, now: i64, limit: i64) -> Result<Vec<Due>> {
         self.query_map(
-            &format!(
-                "SELECT r.id, u.name, r.role, r.scope, r.end_at FROM requests r \
-                 JOIN users u ON u.id = r.user_id \
-                 WHERE (r.status = 'scheduled' AND r.start_at <= ?1) OR (r.status = 'active' AND r.end_at <= ?1) \
-                 ORDER BY r.id LIMIT {}",
-                super::limit(limit)
-            ),
-            params![now],
+            "SELECT r.id, u.name, r.role, r.scope, r.end_at FROM requests r \
+             JOIN users u ON u.id = r.user_id \
+             WHERE (r.status = 'scheduled' AND r.start_at <= ?1) OR (r.status = 'active' AND r.end_at <= ?1) \
+             ORDER BY r.id LIMIT ?2",
+            params![now, limit],
             super::FromRow::from_row,
         )?
         .collect()
@@ -433,12 +430,9 @@ impl Db {
     /// Pending requests past their deadline (`at`: the deadline).
     pub fn requests_timed_out(&self, now: i64, limit: i64) -> Result<Vec<Due>> {
         self.query_map(
-            &format!(
-                "SELECT r.id, u.name, r.role, r.scope, r.decide_by FROM requests r JOIN users u ON u.id = r.user_id \
-                 WHERE r.status = 'pending' AND r.decide_by <= ?1 ORDER BY r.id LIMIT {}",
-                super::limit(limit)
-            ),
-            params![now],
+            "SELECT r.id, u.name, r.role, r.scope, r.decide_by FROM requests r JOIN users u ON u.id = r.user_id \
+             WHERE r.status = 'pending' AND r.decide_by <= ?1 ORDER BY r.id LIMIT ?2",
+            params![now, limit],
             super::FromRow::from_row,
         )?
         .collect()

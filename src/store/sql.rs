@@ -1053,14 +1053,6 @@ mod tests {
     }
 
     #[test]
-    fn a_written_limit_is_never_negative() {
-        // SQLite reads LIMIT -1 as no limit at all.
-        assert_eq!(super::super::limit(-1), 0);
-        assert_eq!(super::super::limit(i64::MIN), 0);
-        assert_eq!(super::super::limit(200), 200);
-    }
-
-    #[test]
     fn placeholders_become_numbered_outside_quotes() {
         assert_eq!(
             to_postgres("SELECT '?1', \"a?\" FROM t WHERE a = ?1 AND b = ?12 OR c = ?"),
