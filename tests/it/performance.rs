@@ -22,7 +22,7 @@ const GROWING: [&str; 9] = [
 /// Partial indexes (`WHERE removed_at IS NULL`, ...): a scan of one reads only the rows the
 /// query wants.
 const PARTIAL: [&str; 4] = [
-    "assignments_expiring",
+    "assignments_ending",
     "assignments_expiring",
     "reviews_open",
     "reviews_to_repeat",
