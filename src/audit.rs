@@ -781,13 +781,15 @@ fn chain_stage(
             bytes: Vec::with_capacity(read.text.len() * 5 / 4 + 256 * read.events.len()),
             ends: Vec::with_capacity(read.events.len()),
         });
-        let mut found = None;
+        // First each event's canonical bytes, up to one whose text cannot be read; then the
+        // links of those, two at a time, in order: a link that does not hold comes before
+        // the unreadable event in the log, and is the problem to name.
+        let mut unreadable = None;
         // The batch's text checked at once (a call for each event's was a tenth of this
         // stage); only a batch that is not UTF-8 is checked event by event, to find where.
         let whole = std::str::from_utf8(&read.text).ok();
         let mut at = 0;
         for e in &read.events {
-            let start = batch.bytes.len();
             let span = at..at + e.ends[8];
             at = span.end;
             // Each field is UTF-8 when all of them together are and each ends at a
@@ -798,21 +800,21 @@ fn chain_stage(
             };
             let Some(own) = own.filter(|own| e.ends.iter().all(|&end| own.is_char_boundary(end)))
             else {
-                found = Some((
+                unreadable = Some((
                     e.seq,
                     "its stored fields cannot be read (a text column is not UTF-8)".to_string(),
                 ));
                 break;
             };
             canonical.write(e, own, &mut batch.bytes);
-            if !chain_hash_matches(&prev, &batch.bytes[start..], &e.hash) {
-                batch.bytes.truncate(start);
-                found = Some((e.seq, "its contents do not match its hash".to_string()));
-                break;
-            }
-            prev = e.hash;
             batch.ends.push(batch.bytes.len());
         }
+        let (found, held) = check_links(&mut prev, &read.events, &batch.bytes, &batch.ends);
+        batch.ends.truncate(held);
+        batch
+            .bytes
+            .truncate(batch.ends.last().copied().unwrap_or_default());
+        let found = found.or(unreadable);
         let sent = tree.send(batch).is_ok();
         read.text.clear();
         read.events.clear();
@@ -823,6 +825,46 @@ fn chain_stage(
         }
     }
     None
+}
+
+/// The links of the first `ends.len()` events of `events`, whose canonical bytes end in
+/// `bytes` at `ends`, checked in order from `prev` (the hash before the first), two at a
+/// time (each against the hash stored in the event before it: they do not wait on each
+/// other). The first that does not hold and how many held before it; `prev` is left at the
+/// last that held.
+fn check_links(
+    prev: &mut [u8; 64],
+    events: &[ReadEvent],
+    bytes: &[u8],
+    ends: &[usize],
+) -> (Finding, usize) {
+    let bad = |e: &ReadEvent| Some((e.seq, "its contents do not match its hash".to_string()));
+    let mut start = 0;
+    let mut i = 0;
+    while i < ends.len() {
+        let first = (&prev[..], &bytes[start..ends[i]]);
+        if let Some(&next_end) = ends.get(i + 1) {
+            let second = (&events[i].hash[..], &bytes[ends[i]..next_end]);
+            let (a, b) = crate::sha256x2::pair(first, second);
+            if !hex_matches(&a, &events[i].hash) {
+                return (bad(&events[i]), i);
+            }
+            if !hex_matches(&b, &events[i + 1].hash) {
+                *prev = events[i].hash;
+                return (bad(&events[i + 1]), i + 1);
+            }
+            *prev = events[i + 1].hash;
+            start = next_end;
+            i += 2;
+        } else {
+            if !hex_matches(&crate::sha256x2::single(first), &events[i].hash) {
+                return (bad(&events[i]), i);
+            }
+            *prev = events[i].hash;
+            i += 1;
+        }
+    }
+    (None, ends.len())
 }
 
 /// The last stage of `verify_against`: the Merkle tree's frontier from the events' leaves,
@@ -852,14 +894,28 @@ fn tree_stage(
     };
     let mut found = check_heads(&frontier);
     'batches: for mut batch in batches.iter() {
+        // The leaves two at a time (see `sha256x2`), pushed one by one.
         let mut start = 0;
-        for &end in &batch.ends {
-            if found.is_some() {
-                break 'batches;
+        for ends in batch.ends.chunks(2) {
+            let leaves = match *ends {
+                [a, b] => {
+                    let (x, y) = crate::sha256x2::pair(
+                        (&[0], &batch.bytes[start..a]),
+                        (&[0], &batch.bytes[a..b]),
+                    );
+                    [Some(x), Some(y)]
+                }
+                [a] => [Some(merkle::leaf_hash(&batch.bytes[start..a])), None],
+                _ => unreachable!("chunks of one or two"),
+            };
+            start = *ends.last().expect("a chunk is not empty");
+            for leaf in leaves.into_iter().flatten() {
+                if found.is_some() {
+                    break 'batches;
+                }
+                frontier.push(leaf);
+                found = check_heads(&frontier);
             }
-            frontier.push(merkle::leaf_hash(&batch.bytes[start..end]));
-            start = end;
-            found = check_heads(&frontier);
         }
         batch.bytes.clear();
         batch.ends.clear();
@@ -879,9 +935,9 @@ fn chain_digest(prev_hash: &[u8], canonical: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Whether `stored` is SHA-256(prev_hash ‖ canonical) in lowercase hex, as pim writes it
-/// (made on the stack: no string per event).
-fn chain_hash_matches(prev_hash: &[u8], canonical: &[u8], stored: &[u8]) -> bool {
+/// Whether `stored` is `digest` in lowercase hex, as pim writes a hash (compared on the
+/// stack: no string per event).
+fn hex_matches(digest: &[u8; 32], stored: &[u8]) -> bool {
     /// Each byte's two lowercase hex digits.
     const PAIRS: [[u8; 2]; 256] = {
         const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -894,7 +950,7 @@ fn chain_hash_matches(prev_hash: &[u8], canonical: &[u8], stored: &[u8]) -> bool
         pairs
     };
     stored.len() == 64
-        && chain_digest(prev_hash, canonical)
+        && digest
             .iter()
             .zip(stored.chunks_exact(2))
             .all(|(&b, digits)| PAIRS[usize::from(b)] == digits)
@@ -1678,7 +1734,9 @@ mod tests {
     /// head inside the log is still checked when the chain breaks after it.
     #[test]
     fn problems_are_found_at_their_event_across_batches() {
-        let n = 3 * BATCH as i64 + 10;
+        // An odd number in the last batch: its last event is hashed alone, the others two
+        // by two (`sha256x2`).
+        let n = 3 * BATCH as i64 + 11;
         let tampered = |sql: &str| {
             let conn = store::in_memory().unwrap();
             sample(&conn, n);
@@ -1689,7 +1747,60 @@ mod tests {
             conn.execute_batch(sql).unwrap();
             conn
         };
+        // The first of a pair, the second of one, and the last event, alone.
+        for seq in [BATCH as i64 + 7, BATCH as i64 + 8, n] {
+            problems_are_found_at(&tampered, seq, seq == n);
+        }
         let seq = BATCH as i64 + 7;
+        // A link that does not hold just before an event that cannot be read, and the
+        // other way round: the first in the log is named, whichever its place in a pair.
+        for (first, second) in [
+            ("actor = 'mallory'", "actor = CAST(x'ff' AS TEXT)"),
+            ("actor = CAST(x'ff' AS TEXT)", "actor = 'mallory'"),
+        ] {
+            for at in [seq, seq + 1] {
+                let v = verify(&tampered(&format!(
+                    "UPDATE audit_events SET {first} WHERE seq = {at}; \
+                     UPDATE audit_events SET {second} WHERE seq = {}",
+                    at + 1
+                )))
+                .unwrap();
+                assert_eq!(v.bad_seq, Some(at), "{first} at {at}: {v:?}");
+            }
+        }
+        // A head at an odd size (the first of a pair of leaves) that the log does not match.
+        let conn = store::in_memory().unwrap();
+        sample(&conn, n);
+        let odd = Head {
+            size: BATCH as u64 + 1,
+            root: [7; 32],
+            name: "cp".into(),
+        };
+        let v = verify_against(&conn, &[odd]).unwrap();
+        assert_eq!(v.bad_seq, Some(BATCH as i64 + 1), "{v:?}");
+        // A head over the first BATCH events that the log does not match, and a broken
+        // chain after it: the head's finding comes first.
+        let conn = tampered(&format!(
+            "UPDATE audit_events SET actor = 'x' WHERE seq = {seq}"
+        ));
+        let head = Head {
+            size: BATCH as u64,
+            root: [7; 32],
+            name: "cp".into(),
+        };
+        let v = verify_against(&conn, &[head]).unwrap();
+        assert_eq!(v.bad_seq, Some(BATCH as i64), "{v:?}");
+        assert!(v.reason.unwrap().contains("cp signed for"));
+        // And an untouched log holds, its head the last event's hash.
+        let conn = store::in_memory().unwrap();
+        sample(&conn, n);
+        let v = verify(&conn).unwrap();
+        assert!(v.ok && v.events == n, "{v:?}");
+    }
+
+    /// Each kind of change to event `seq` is found there (`last`: the log's last event, whose
+    /// deletion is a cut, found otherwise).
+    fn problems_are_found_at(tampered: &dyn Fn(&str) -> Db, seq: i64, last: bool) {
         for (sql, reason) in [
             (
                 format!("UPDATE audit_events SET actor = 'mallory' WHERE seq = {seq}"),
@@ -1720,6 +1831,9 @@ mod tests {
                 "cannot be read",
             ),
         ] {
+            if last && sql.starts_with("DELETE") {
+                continue;
+            }
             let v = verify(&tampered(&sql)).unwrap();
             assert!(!v.ok, "{sql}");
             assert_eq!(v.bad_seq, Some(seq), "{sql}: {v:?}");
@@ -1729,24 +1843,6 @@ mod tests {
                 "{sql}: {v:?}"
             );
         }
-        // A head over the first BATCH events that the log does not match, and a broken
-        // chain after it: the head's finding comes first.
-        let conn = tampered(&format!(
-            "UPDATE audit_events SET actor = 'x' WHERE seq = {seq}"
-        ));
-        let head = Head {
-            size: BATCH as u64,
-            root: [7; 32],
-            name: "cp".into(),
-        };
-        let v = verify_against(&conn, &[head]).unwrap();
-        assert_eq!(v.bad_seq, Some(BATCH as i64), "{v:?}");
-        assert!(v.reason.unwrap().contains("cp signed for"));
-        // And an untouched log holds, its head the last event's hash.
-        let conn = store::in_memory().unwrap();
-        sample(&conn, n);
-        let v = verify(&conn).unwrap();
-        assert!(v.ok && v.events == n, "{v:?}");
     }
 
     /// Appends inside one write transaction build on the log's end as the transaction left

@@ -19,6 +19,7 @@ pub mod privilege;
 pub mod receipt;
 pub mod replay;
 pub mod scope;
+mod sha256x2;
 pub mod store;
 pub mod time;
 pub mod vault;
