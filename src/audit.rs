@@ -861,6 +861,7 @@ fn check_links(
                 return (bad(&events[i]), i);
             }
             *prev = events[i].hash;
+            start = ends[i];
             i += 1;
         }
     }
@@ -1747,8 +1748,15 @@ mod tests {
             conn.execute_batch(sql).unwrap();
             conn
         };
-        // The first of a pair, the second of one, and the last event, alone.
-        for seq in [BATCH as i64 + 7, BATCH as i64 + 8, n] {
+        // The first of a pair, the second of one, a batch's last and the next's first (its
+        // link made from the batch before), and the log's last event, alone.
+        for seq in [
+            BATCH as i64 + 7,
+            BATCH as i64 + 8,
+            BATCH as i64,
+            BATCH as i64 + 1,
+            n,
+        ] {
             problems_are_found_at(&tampered, seq, seq == n);
         }
         let seq = BATCH as i64 + 7;
