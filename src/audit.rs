@@ -726,8 +726,11 @@ pub struct Head {
     pub name: String,
 }
 
-/// Events one batch carries from one stage of `verify_against` to the next.
-const BATCH: usize = 4096;
+/// Events one batch carries from one stage of `verify_against` to the next: the stages
+/// after the reader wait for its first batch and the reader for their last, and a batch's
+/// quarter of a megabyte of text stays in the cache while the next stage reads it (4,096
+/// before: 100,000 events 10 % slower, 41 alternating runs; 256: 1,000,000 5 % slower).
+const BATCH: usize = 1024;
 
 /// A problem found at an event: its `seq` and what is wrong.
 type Finding = Option<(i64, String)>;
