@@ -57,6 +57,44 @@ fn raw_event<'a>(row: &'a Row<'_>) -> Result<RawEvent<'a>> {
     })
 }
 
+/// An event from its fields in binary COPY, in `SELECT`'s order: a BIGINT is eight bytes,
+/// big-endian; text is its bytes (checked to be UTF-8 by `audit verify`'s next stage). What
+/// cannot be read is an error with the event's `seq` when that could be.
+fn copied_event<'a>(
+    fields: &[Option<&'a [u8]>; 15],
+) -> std::result::Result<RawEvent<'a>, (Option<i64>, String)> {
+    let int = |i: usize| -> std::result::Result<Option<i64>, String> {
+        fields[i]
+            .map(|b| {
+                <[u8; 8]>::try_from(b)
+                    .map(i64::from_be_bytes)
+                    .map_err(|_| format!("column {i} is not an 8-byte integer"))
+            })
+            .transpose()
+    };
+    let seq = int(0).ok().flatten();
+    let fail = |e: String| (seq, e);
+    let required = |i: usize| fields[i].ok_or_else(|| format!("column {i} is empty"));
+    let required_int = |i: usize| int(i)?.ok_or_else(|| format!("column {i} is empty"));
+    Ok(RawEvent {
+        seq: required_int(0).map_err(fail)?,
+        time: required_int(1).map_err(fail)?,
+        actor: required(2).map_err(fail)?,
+        action: required(3).map_err(fail)?,
+        principal: fields[4],
+        role: fields[5],
+        scope: fields[6],
+        request: int(7).map_err(fail)?,
+        justification: fields[8],
+        ticket: fields[9],
+        expires: int(10).map_err(fail)?,
+        result: required(11).map_err(fail)?,
+        details: required(12).map_err(fail)?,
+        prev_hash: required(13).map_err(fail)?,
+        hash: required(14).map_err(fail)?,
+    })
+}
+
 pub(crate) fn event_from_row(row: &Row<'_>) -> Result<StoredEvent> {
     Ok(StoredEvent {
         seq: row.get(0)?,
@@ -258,7 +296,12 @@ impl Db {
         &self,
         mut f: impl FnMut(std::result::Result<RawEvent<'_>, (Option<i64>, String)>) -> bool,
     ) -> Result<()> {
-        self.query_each(&format!("{SELECT} ORDER BY seq"), params![], |row| {
+        let sql = format!("{SELECT} ORDER BY seq");
+        // PostgreSQL: the rows in binary COPY (1,000,000 events: see README, Performance).
+        if let Some(read) = self.copy_each::<15>(&sql, |fields| Ok(f(copied_event(fields)))) {
+            return read;
+        }
+        self.query_each(&sql, params![], |row| {
             Ok(f(
                 raw_event(row).map_err(|e| (row.get::<_, i64>(0).ok(), e.to_string()))
             ))
