@@ -815,7 +815,8 @@ impl Db {
     /// PostgreSQL: each row of `query` as the server writes it in binary COPY, handed to `f`
     /// as its `N` fields' bytes (`None` for NULL) until `f` returns false, without a row
     /// object made and a type checked for every field (`audit verify` reads the whole log
-    /// this way). `None` on SQLite, whose rows are read where they lie anyway.
+    /// this way). `None` on SQLite, whose rows are read where they lie anyway. `f` must not
+    /// use this connection: it is busy with the COPY until the last row (as in `query_each`).
     pub fn copy_each<const N: usize>(
         &self,
         query: &str,
