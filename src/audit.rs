@@ -845,8 +845,9 @@ fn check_links(
     let mut start = 0;
     let mut i = 0;
     while i < ends.len() {
-        let first = (&prev[..], &bytes[start..ends[i]]);
+        let canonical = &bytes[start..ends[i]];
         if let Some(&next_end) = ends.get(i + 1) {
+            let first = (&prev[..], canonical);
             let second = (&events[i].hash[..], &bytes[ends[i]..next_end]);
             let (a, b) = crate::sha256x2::pair(first, second);
             if !hex_matches(&a, &events[i].hash) {
@@ -860,7 +861,7 @@ fn check_links(
             start = next_end;
             i += 2;
         } else {
-            if !hex_matches(&crate::sha256x2::single(first), &events[i].hash) {
+            if !hex_matches(&chain_digest(&prev[..], canonical), &events[i].hash) {
                 return (bad(&events[i]), i);
             }
             *prev = events[i].hash;
