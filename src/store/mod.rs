@@ -459,13 +459,13 @@ fn open_fds() -> BTreeSet<i32> {
         .collect()
 }
 
-/// What SQLite opened for the database at `real` (a path without links) since `before`:
-/// the database file itself (the descriptor of that path whose first bytes are SQLite's
-/// header) and its -wal and -shm companions.
-fn opened_since(
-    real: &Path,
-    before: &BTreeSet<i32>,
-) -> Result<(std::fs::Metadata, Vec<std::fs::Metadata>)> {
+/// What SQLite opened for the database at `real` (a path without links): the database file
+/// itself (a descriptor of that path whose first bytes are SQLite's header) and its -wal and
+/// -shm companions. Every descriptor of the process is looked at, not only those opened since
+/// the connection began: SQLite's may have a number another thread held and closed meanwhile
+/// (seen in the test suite, where tests run side by side). A descriptor of that path from
+/// before (another connection to the same database) must be the same file, or pim refuses.
+fn opened_files(real: &Path) -> Result<(std::fs::Metadata, Vec<std::fs::Metadata>)> {
     use std::os::unix::fs::FileExt;
     use std::os::unix::io::FromRawFd;
     let companion = |suffix: &str| {
@@ -476,7 +476,7 @@ fn opened_since(
     let (wal, shm) = (companion("-wal"), companion("-shm"));
     let mut mains: Vec<std::fs::Metadata> = Vec::new();
     let mut companions = Vec::new();
-    for fd in open_fds().difference(before) {
+    for fd in &open_fds() {
         let Ok(link) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
             continue;
         };
@@ -515,7 +515,6 @@ fn opened_since(
 type Opened = (Connection, std::fs::Metadata, Vec<std::fs::Metadata>);
 
 fn open_sqlite(real: &Path) -> Result<Opened> {
-    let before = open_fds();
     let conn = Connection::open_with_flags(
         real,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -544,7 +543,7 @@ fn open_sqlite(real: &Path) -> Result<Opened> {
         return Err(not_a_database(real, "it is some other SQLite file"));
     }
     // The read above opened the database and, in WAL mode, its companions.
-    let (main, companions) = opened_since(real, &before)?;
+    let (main, companions) = opened_files(real)?;
     Ok((conn, main, companions))
 }
 
