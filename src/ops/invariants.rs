@@ -22,6 +22,8 @@ enum Op {
         scope: usize,
         active: bool,
         days: i64,
+        /// Hours until it starts (0: now).
+        later: i64,
     },
     /// Remove the `pick`-th assignment in effect (modulo how many there are).
     Unassign {
@@ -61,8 +63,9 @@ fn op() -> impl Strategy<Value = Op> {
     // Weighted so that many activations succeed: eligible assignments and activations are
     // common, disabling is rare, durations mostly fit the roles' maxima.
     prop_oneof![
-        4 => (0..3usize, 0..4usize, 0..3usize, prop::bool::weighted(0.2), 1..40i64)
-            .prop_map(|(user, role, scope, active, days)| Op::Assign { user, role, scope, active, days }),
+        4 => (0..3usize, 0..4usize, 0..3usize, prop::bool::weighted(0.2), 1..40i64,
+              prop_oneof![3 => Just(0i64), 1 => 1..48i64])
+            .prop_map(|(user, role, scope, active, days, later)| Op::Assign { user, role, scope, active, days, later }),
         2 => any::<usize>().prop_map(|pick| Op::Unassign { pick }),
         6 => (0..3usize, 0..4usize, 0..4usize, prop::bool::weighted(0.8), 30..300i64, any::<bool>()).prop_map(
             |(user, role, scope, good_code, minutes, ticket)| Op::Activate { user, role, scope, good_code, minutes, ticket }
@@ -85,6 +88,7 @@ fn apply(pim: &mut Pim, clock: &FixedClock, secrets: &[Vec<u8>], op: &Op) {
             scope,
             active,
             days,
+            later,
         } => pim
             .assign(
                 "admin",
@@ -93,7 +97,7 @@ fn apply(pim: &mut Pim, clock: &FixedClock, secrets: &[Vec<u8>], op: &Op) {
                     role: ROLES[role].into(),
                     scope: Scope::parse(SCOPES[scope]).unwrap(),
                     active,
-                    start: None,
+                    start: (later > 0).then(|| pim.now() + Duration::hours(later)),
                     end: End::After(Duration::days(days)),
                     justification: Some("property".into()),
                     ticket: None,
@@ -332,6 +336,23 @@ fn check_invariants(pim: &Pim) {
         )
         .unwrap();
     assert!(holders >= 1, "global-admin lost its last holder");
+    // `role list` counts, kept by triggers, are what the assignments say now.
+    for summary in pim.roles().unwrap() {
+        let eligible: i64 = conn
+            .query_row(
+                "SELECT count(DISTINCT a.user_id) FROM assignments a JOIN users u ON u.id = a.user_id
+                  WHERE a.role = ?1 AND a.kind = 'eligible' AND a.removed_at IS NULL AND u.disabled = 0
+                    AND a.start_at <= ?2 AND (a.end_at IS NULL OR a.end_at > ?2)",
+                params![summary.role.key, now],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            summary.eligible, eligible,
+            "eligible for {}",
+            summary.role.key
+        );
+    }
     // And the state is what the log says it is.
     let findings = crate::audit::verify_state(conn).unwrap();
     assert!(findings.is_empty(), "{findings:?}");

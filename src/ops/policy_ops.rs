@@ -172,4 +172,89 @@ mod tests {
         let ga = roles.iter().find(|r| r.role.key == "global-admin").unwrap();
         assert_eq!((ga.eligible, ga.active), (0, 1));
     }
+
+    /// `role list`'s eligible count is kept by triggers (migration 12) and corrected for
+    /// what only the clock decides: every way an eligibility starts, ends or stops counting.
+    #[test]
+    fn eligible_holders_are_counted_through_every_change() {
+        use crate::ops::{AssignInput, End};
+        use crate::scope::Scope;
+        use chrono::Duration;
+        let (mut pim, clock, _) = pim();
+        for name in ["bob", "carol", "dave"] {
+            pim.add_user("admin", name, None, None).unwrap();
+        }
+        let eligible = |pim: &Pim| {
+            let roles = pim.roles().unwrap();
+            roles
+                .iter()
+                .find(|r| r.role.key == "db-admin")
+                .unwrap()
+                .eligible
+        };
+        let assign = |pim: &mut Pim, user: &str, scope: &str, later: i64, days: i64| {
+            pim.assign(
+                "admin",
+                AssignInput {
+                    user: user.into(),
+                    role: "db-admin".into(),
+                    scope: Scope::parse(scope).unwrap(),
+                    active: false,
+                    start: (later > 0).then(|| pim.now() + Duration::hours(later)),
+                    end: End::After(Duration::days(days)),
+                    justification: Some("test".into()),
+                    ticket: None,
+                },
+            )
+            .unwrap()
+        };
+        assert_eq!(eligible(&pim), 0);
+        // Two eligibilities of one user count once; a second user counts.
+        assign(&mut pim, "bob", "/prod", 0, 10);
+        assign(&mut pim, "bob", "/test", 0, 2);
+        assign(&mut pim, "carol", "/prod", 0, 10);
+        assert_eq!(eligible(&pim), 2);
+        // Not started yet: not counted until it starts.
+        assign(&mut pim, "dave", "/prod", 5, 10);
+        assert_eq!(eligible(&pim), 2);
+        clock.advance(Duration::hours(6));
+        assert_eq!(eligible(&pim), 3);
+        // Disabled: not counted; enabled again: counted.
+        pim.set_disabled("admin", "carol", true).unwrap();
+        assert_eq!(eligible(&pim), 2);
+        pim.set_disabled("admin", "carol", false).unwrap();
+        assert_eq!(eligible(&pim), 3);
+        // Removed: bob still holds /test.
+        pim.unassign(
+            "admin",
+            "bob",
+            "db-admin",
+            &Scope::parse("/prod").unwrap(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(eligible(&pim), 3);
+        // Ended and not yet swept, then swept (the expiry recorded): not counted either way.
+        clock.advance(Duration::days(3));
+        assert_eq!(eligible(&pim), 2);
+        let swept = pim.sweep("admin").unwrap();
+        assert_eq!(swept.expired_assignments.len(), 1);
+        assert_eq!(eligible(&pim), 2);
+        // The counts kept are the eligibilities not removed nor recorded as ended.
+        let kept: i64 = pim
+            .conn()
+            .query_row(
+                "SELECT users FROM role_counts WHERE role = 'db-admin'",
+                crate::params![],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kept, 2);
+        // A disabled user whose eligibility has also ended is taken off once, not twice.
+        clock.advance(Duration::days(8));
+        pim.set_disabled("admin", "carol", true).unwrap();
+        assert_eq!(eligible(&pim), 0);
+        pim.sweep("admin").unwrap();
+        assert_eq!(eligible(&pim), 0);
+    }
 }

@@ -252,6 +252,72 @@ DROP INDEX assignments_by_user;
     r#"
 CREATE INDEX assignments_active ON assignments (role) WHERE kind = 'active' AND removed_at IS NULL;
 "#,
+    // 12: each role's eligible holders, counted as assignments change (SQLite's 12). The
+    // trigger's function runs as the schema's owner: the runtime role may read the counts,
+    // never write them, and needs no grant beyond reading them, given here to every role
+    // that may read the assignments.
+    r#"
+CREATE TABLE role_holders (
+    role    TEXT NOT NULL,
+    user_id BIGINT NOT NULL,
+    n       BIGINT NOT NULL,
+    PRIMARY KEY (role, user_id)
+);
+CREATE TABLE role_counts (
+    role  TEXT PRIMARY KEY,
+    users BIGINT NOT NULL
+);
+INSERT INTO role_holders (role, user_id, n)
+    SELECT role, user_id, count(*) FROM assignments
+     WHERE kind = 'eligible' AND removed_at IS NULL AND expiry_recorded = 0
+     GROUP BY role, user_id;
+INSERT INTO role_counts (role, users) SELECT role, count(*) FROM role_holders GROUP BY role;
+CREATE FUNCTION pim_count_role_holders() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $f$
+DECLARE
+    left_ BIGINT;
+BEGIN
+    IF TG_OP <> 'INSERT' AND OLD.kind = 'eligible' AND OLD.removed_at IS NULL
+       AND OLD.expiry_recorded = 0 THEN
+        UPDATE public.role_holders SET n = n - 1
+         WHERE role = OLD.role AND user_id = OLD.user_id RETURNING n INTO left_;
+        IF left_ = 0 THEN
+            UPDATE public.role_counts SET users = users - 1 WHERE role = OLD.role;
+        END IF;
+    END IF;
+    IF TG_OP <> 'DELETE' AND NEW.kind = 'eligible' AND NEW.removed_at IS NULL
+       AND NEW.expiry_recorded = 0 THEN
+        INSERT INTO public.role_holders AS h (role, user_id, n) VALUES (NEW.role, NEW.user_id, 1)
+            ON CONFLICT (role, user_id) DO UPDATE SET n = h.n + 1 RETURNING h.n INTO left_;
+        IF left_ = 1 THEN
+            INSERT INTO public.role_counts AS c (role, users) VALUES (NEW.role, 1)
+                ON CONFLICT (role) DO UPDATE SET users = c.users + 1;
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$f$;
+REVOKE ALL ON FUNCTION pim_count_role_holders() FROM PUBLIC;
+CREATE TRIGGER assignments_count_role_holders
+    AFTER INSERT OR DELETE OR UPDATE OF kind, role, user_id, removed_at, expiry_recorded
+    ON assignments FOR EACH ROW EXECUTE FUNCTION pim_count_role_holders();
+DO $g$
+DECLARE
+    reader regrole;
+BEGIN
+    FOR reader IN
+        SELECT DISTINCT a.grantee::regrole FROM pg_class c, aclexplode(c.relacl) a
+         WHERE c.oid = 'public.assignments'::regclass AND a.privilege_type = 'SELECT'
+           AND a.grantee <> 0 AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('GRANT SELECT ON role_holders, role_counts TO %s', reader);
+    END LOOP;
+END
+$g$;
+CREATE INDEX users_disabled ON users (id) WHERE disabled <> 0;
+CREATE INDEX assignments_scheduled ON assignments (start_at)
+    WHERE kind = 'eligible' AND removed_at IS NULL AND expiry_recorded = 0;
+"#,
 ];
 
 /// Whether `db` names a PostgreSQL server rather than a file.
@@ -530,8 +596,9 @@ pub fn migrate(db: &Db) -> Result<()> {
 }
 
 /// The privileges of the runtime role pim connects as (the owner role keeps the schema):
-/// every table but the audit log may be read and changed; the audit log may be read and
-/// appended to only; the chain's head row may be locked.
+/// every table but the audit log and the role holder counts may be read and changed; the
+/// audit log may be read and appended to only; the counts (kept by a trigger that runs as
+/// the owner) may be read only; the chain's head row may be locked.
 pub fn grants(role: &str) -> Result<String> {
     if role.is_empty()
         || !role
@@ -548,6 +615,8 @@ pub fn grants(role: &str) -> Result<String> {
 GRANT SELECT, INSERT, UPDATE, DELETE ON meta, users, assignments, requests, decisions, outbox,
     reminders, reviews, review_items, account_failures TO {role};
 GRANT SELECT ON pim_schema TO {role};
+REVOKE ALL ON role_holders, role_counts FROM {role};
+GRANT SELECT ON role_holders, role_counts TO {role};
 GRANT SELECT, UPDATE ON audit_head TO {role};
 REVOKE ALL ON audit_events FROM {role};
 GRANT SELECT, INSERT ON audit_events TO {role};

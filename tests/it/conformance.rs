@@ -204,6 +204,79 @@ fn role_holders_count_each_user_once() {
         .is_none_or(|&(e, a)| e == 0 && a == 0));
 }
 
+/// Migration 12 on a server: the eligible holders a store already has are counted, and the
+/// roles that could read the assignments may read the counts, not write them (the trigger
+/// writes them as the schema's owner). SQLite's: `store::tests::an_older_store_gets_...`.
+#[test]
+fn an_older_server_store_gets_its_role_holders_counted() {
+    if !support::on_postgres() {
+        return;
+    }
+    let url = postgres::fresh_database();
+    let reader = format!("pim_reader_{}", std::process::id());
+    let mut c = postgres::client(&url);
+    c.batch_execute(
+        "CREATE TABLE pim_schema (version BIGINT NOT NULL); INSERT INTO pim_schema VALUES (11)",
+    )
+    .unwrap();
+    for sql in &pim::store::pg::MIGRATIONS[..11] {
+        c.batch_execute(sql).unwrap();
+    }
+    c.batch_execute(pim::store::OLDER_STORE).unwrap();
+    c.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {reader}; CREATE ROLE {reader}; GRANT SELECT, INSERT, UPDATE ON assignments TO {reader}"
+    ))
+    .unwrap();
+    let db = pim::store::pg::open(&url, false).unwrap().conn;
+    let holders: Vec<(String, i64, i64)> = c
+        .query(
+            "SELECT role, user_id, n FROM role_holders ORDER BY role, user_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        holders,
+        [
+            ("db-admin".into(), 1, 2),
+            ("db-admin".into(), 2, 1),
+            ("ops".into(), 1, 1),
+            ("ops".into(), 3, 1)
+        ]
+    );
+    let shown = db
+        .role_holders(&["db-admin", "ops", "global-admin"], 200)
+        .unwrap();
+    assert_eq!(shown["db-admin"], (2, 0));
+    assert_eq!(shown["ops"], (1, 0));
+    assert_eq!(shown["global-admin"], (0, 1));
+    let mut may = |table: &str, privilege: &str| -> bool {
+        c.query_one(
+            "SELECT has_table_privilege($1, $2, $3)",
+            &[&reader, &table, &privilege],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(may("role_counts", "SELECT"));
+    assert!(may("role_holders", "SELECT"));
+    assert!(!may("role_counts", "UPDATE"));
+    assert!(!may("role_holders", "INSERT"));
+    // The reader's own write to the assignments is counted, by the owner's trigger.
+    c.batch_execute(&format!(
+        "SET ROLE {reader}; \
+         INSERT INTO assignments (user_id, role, scope, kind, start_at, created_by, created_at) \
+         VALUES (2, 'ops', '/y', 'eligible', 0, 'admin', 0); RESET ROLE"
+    ))
+    .unwrap();
+    assert_eq!(db.role_holders(&["ops"], 200).unwrap()["ops"], (2, 0));
+    drop(db);
+    c.batch_execute(&format!("DROP OWNED BY {reader}; DROP ROLE {reader}"))
+        .unwrap();
+}
+
 #[test]
 fn assignments_holdings_and_reminders() {
     let f = fresh();
