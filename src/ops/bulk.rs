@@ -705,7 +705,7 @@ fn apply_in(
             );
             continue;
         }
-        tx.set_assignment_end(id, new_end)?;
+        tx.set_assignment_end(id, new_end, t)?;
         tx.record(
             event()
                 .expires(new_end)

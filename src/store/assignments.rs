@@ -322,10 +322,17 @@ impl Db {
         Ok(())
     }
 
-    pub fn set_assignment_end(&self, id: i64, end: Option<i64>) -> Result<()> {
+    /// A new end for an assignment. One that ends after `now` has an expiry still to come:
+    /// the sweep records it when it comes (even if it recorded an earlier end, which a host
+    /// whose clock is behind the sweep's may still see as current), and the eligibility
+    /// counts again in `role list`.
+    pub fn set_assignment_end(&self, id: i64, end: Option<i64>, now: i64) -> Result<()> {
         self.execute(
-            "UPDATE assignments SET end_at = ?1 WHERE id = ?2",
-            params![end, id],
+            "UPDATE assignments SET end_at = ?1, \
+               expiry_recorded = CASE WHEN CAST(?1 AS BIGINT) IS NULL OR CAST(?1 AS BIGINT) > ?3 \
+                                      THEN 0 ELSE expiry_recorded END \
+             WHERE id = ?2",
+            params![end, id, now],
         )?;
         Ok(())
     }
@@ -538,24 +545,13 @@ impl Db {
             })
         };
         let roles_only: Vec<&dyn ToValue> = roles.iter().map(|r| r as &dyn ToValue).collect();
+        // The users not disabled with an eligibility neither removed nor recorded as
+        // expired, per role, as the triggers of migration 12 keep them ...
         let list = super::placeholders(1, roles.len());
-        // The users with an eligibility neither removed nor recorded as expired, per role,
-        // as the triggers of migration 12 keep them ...
         eligible(
             format!("SELECT role, users FROM role_counts WHERE role IN ({list})"),
             &roles_only,
             1,
-        )?;
-        // ... less the disabled among them (the few disabled users first: SQLite takes a
-        // CROSS JOIN's order as written, and would otherwise read every holder of a role) ...
-        eligible(
-            format!(
-                "SELECT h.role, count(*) FROM users u CROSS JOIN role_holders h \
-                  WHERE u.disabled <> 0 AND h.user_id = u.id AND h.n > 0 AND h.role IN ({list}) \
-                  GROUP BY h.role"
-            ),
-            &roles_only,
-            -1,
         )?;
         // ... and less those whose counted eligibilities are all outside `now`: not started
         // yet, or ended and not yet recorded by the sweep (both few, found by the indexes

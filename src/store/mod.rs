@@ -265,12 +265,13 @@ DROP INDEX assignments_by_user;
 CREATE INDEX assignments_active ON assignments (role) WHERE kind = 'active' AND removed_at IS NULL;
 "#,
     // 12: each role's eligible holders, counted as assignments change, so that `role list`
-    // does not read every eligibility (a million: 256 ms, growing with the store). A
-    // (role, user) pair's eligibilities that are neither removed nor recorded as expired,
-    // and per role the users with at least one; triggers keep both, whatever writes the
-    // assignments. What the counts cannot know without the clock (eligibilities not yet
-    // started, or ended and not yet swept) and disabled users are taken off when read, from
-    // the indexes below: few rows, not the store (`role_holders` in assignments.rs).
+    // does not read every eligibility (a million: 256 ms, growing with the store). Per
+    // (role, user), the user's eligibilities that are neither removed nor recorded as
+    // expired; per role, the users with at least one who are not disabled. Triggers keep
+    // both, whatever writes the assignments or disables a user. What the counts cannot know
+    // without the clock (eligibilities not yet started, or ended and not yet swept) is taken
+    // off when they are read, from the partial indexes of those few rows
+    // (`role_holders` in assignments.rs).
     r#"
 CREATE TABLE role_holders (
     role    TEXT NOT NULL,
@@ -278,6 +279,7 @@ CREATE TABLE role_holders (
     n       INTEGER NOT NULL,
     PRIMARY KEY (role, user_id)
 ) WITHOUT ROWID;
+CREATE INDEX role_holders_by_user ON role_holders (user_id);
 CREATE TABLE role_counts (
     role  TEXT PRIMARY KEY,
     users INTEGER NOT NULL
@@ -286,16 +288,27 @@ INSERT INTO role_holders (role, user_id, n)
     SELECT role, user_id, count(*) FROM assignments
      WHERE kind = 'eligible' AND removed_at IS NULL AND expiry_recorded = 0
      GROUP BY role, user_id;
-INSERT INTO role_counts (role, users) SELECT role, count(*) FROM role_holders GROUP BY role;
-CREATE TRIGGER role_holder_added AFTER INSERT ON role_holders WHEN NEW.n > 0
+INSERT INTO role_counts (role, users)
+    SELECT h.role, count(*) FROM role_holders h JOIN users u ON u.id = h.user_id
+     WHERE u.disabled = 0 GROUP BY h.role;
+CREATE TRIGGER role_holder_added AFTER INSERT ON role_holders
+    WHEN NEW.n > 0 AND (SELECT disabled FROM users WHERE id = NEW.user_id) = 0
 BEGIN
     INSERT INTO role_counts (role, users) VALUES (NEW.role, 1)
         ON CONFLICT (role) DO UPDATE SET users = users + 1;
 END;
 CREATE TRIGGER role_holder_changed AFTER UPDATE OF n ON role_holders
-    WHEN (OLD.n > 0) <> (NEW.n > 0)
+    WHEN (OLD.n > 0) <> (NEW.n > 0) AND (SELECT disabled FROM users WHERE id = NEW.user_id) = 0
 BEGIN
     INSERT INTO role_counts (role, users) VALUES (NEW.role, CASE WHEN NEW.n > 0 THEN 1 ELSE -1 END)
+        ON CONFLICT (role) DO UPDATE SET users = users + excluded.users;
+END;
+CREATE TRIGGER user_counted_or_not AFTER UPDATE OF disabled ON users
+    WHEN (OLD.disabled <> 0) <> (NEW.disabled <> 0)
+BEGIN
+    INSERT INTO role_counts (role, users)
+        SELECT role, CASE WHEN NEW.disabled <> 0 THEN -1 ELSE 1 END FROM role_holders
+         WHERE user_id = NEW.id AND n > 0
         ON CONFLICT (role) DO UPDATE SET users = users + excluded.users;
 END;
 CREATE TRIGGER assignment_counted AFTER INSERT ON assignments
@@ -322,7 +335,6 @@ CREATE TRIGGER assignment_deleted AFTER DELETE ON assignments
 BEGIN
     UPDATE role_holders SET n = n - 1 WHERE role = OLD.role AND user_id = OLD.user_id;
 END;
-CREATE INDEX users_disabled ON users (id) WHERE disabled <> 0;
 CREATE INDEX assignments_scheduled ON assignments (start_at)
     WHERE kind = 'eligible' AND removed_at IS NULL AND expiry_recorded = 0;
 "#,
@@ -1221,7 +1233,8 @@ mod tests {
             .unwrap()
             .map(|r| r.unwrap())
             .collect();
-        assert_eq!(counts, [("db-admin".into(), 2), ("ops".into(), 2)]);
+        // dave, disabled, is not counted.
+        assert_eq!(counts, [("db-admin".into(), 2), ("ops".into(), 1)]);
         // What `role list` shows at 200: bob's /b has ended, dave is disabled.
         let db = Db::sqlite(conn);
         let shown = db

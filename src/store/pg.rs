@@ -253,16 +253,19 @@ DROP INDEX assignments_by_user;
 CREATE INDEX assignments_active ON assignments (role) WHERE kind = 'active' AND removed_at IS NULL;
 "#,
     // 12: each role's eligible holders, counted as assignments change (SQLite's 12). The
-    // trigger's function runs as the schema's owner: the runtime role may read the counts,
+    // triggers' functions run as the schema's owner: the runtime role may read the counts,
     // never write them, and needs no grant beyond reading them, given here to every role
-    // that may read the assignments.
+    // that may read the assignments. The assignments are locked first: a writer's row
+    // committed between the counting and the trigger would never be counted.
     r#"
+LOCK TABLE assignments, users IN SHARE ROW EXCLUSIVE MODE;
 CREATE TABLE role_holders (
     role    TEXT NOT NULL,
     user_id BIGINT NOT NULL,
     n       BIGINT NOT NULL,
     PRIMARY KEY (role, user_id)
 );
+CREATE INDEX role_holders_by_user ON role_holders (user_id);
 CREATE TABLE role_counts (
     role  TEXT PRIMARY KEY,
     users BIGINT NOT NULL
@@ -271,9 +274,11 @@ INSERT INTO role_holders (role, user_id, n)
     SELECT role, user_id, count(*) FROM assignments
      WHERE kind = 'eligible' AND removed_at IS NULL AND expiry_recorded = 0
      GROUP BY role, user_id;
-INSERT INTO role_counts (role, users) SELECT role, count(*) FROM role_holders GROUP BY role;
+INSERT INTO role_counts (role, users)
+    SELECT h.role, count(*) FROM role_holders h JOIN users u ON u.id = h.user_id
+     WHERE u.disabled = 0 GROUP BY h.role;
 CREATE FUNCTION pim_count_role_holders() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $f$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     left_ BIGINT;
 BEGIN
@@ -281,7 +286,8 @@ BEGIN
        AND OLD.expiry_recorded = 0 THEN
         UPDATE public.role_holders SET n = n - 1
          WHERE role = OLD.role AND user_id = OLD.user_id RETURNING n INTO left_;
-        IF left_ = 0 THEN
+        IF left_ = 0 AND EXISTS (SELECT 1 FROM public.users
+                                  WHERE id = OLD.user_id AND disabled = 0) THEN
             UPDATE public.role_counts SET users = users - 1 WHERE role = OLD.role;
         END IF;
     END IF;
@@ -289,7 +295,8 @@ BEGIN
        AND NEW.expiry_recorded = 0 THEN
         INSERT INTO public.role_holders AS h (role, user_id, n) VALUES (NEW.role, NEW.user_id, 1)
             ON CONFLICT (role, user_id) DO UPDATE SET n = h.n + 1 RETURNING h.n INTO left_;
-        IF left_ = 1 THEN
+        IF left_ = 1 AND EXISTS (SELECT 1 FROM public.users
+                                  WHERE id = NEW.user_id AND disabled = 0) THEN
             INSERT INTO public.role_counts AS c (role, users) VALUES (NEW.role, 1)
                 ON CONFLICT (role) DO UPDATE SET users = c.users + 1;
         END IF;
@@ -301,6 +308,21 @@ REVOKE ALL ON FUNCTION pim_count_role_holders() FROM PUBLIC;
 CREATE TRIGGER assignments_count_role_holders
     AFTER INSERT OR DELETE OR UPDATE OF kind, role, user_id, removed_at, expiry_recorded
     ON assignments FOR EACH ROW EXECUTE FUNCTION pim_count_role_holders();
+CREATE FUNCTION pim_count_user_or_not() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+    IF (OLD.disabled <> 0) <> (NEW.disabled <> 0) THEN
+        INSERT INTO public.role_counts AS c (role, users)
+            SELECT h.role, CASE WHEN NEW.disabled <> 0 THEN -1 ELSE 1 END
+              FROM public.role_holders h WHERE h.user_id = NEW.id AND h.n > 0
+            ON CONFLICT (role) DO UPDATE SET users = c.users + excluded.users;
+    END IF;
+    RETURN NULL;
+END
+$f$;
+REVOKE ALL ON FUNCTION pim_count_user_or_not() FROM PUBLIC;
+CREATE TRIGGER users_count_or_not AFTER UPDATE OF disabled ON users
+    FOR EACH ROW EXECUTE FUNCTION pim_count_user_or_not();
 DO $g$
 DECLARE
     reader regrole;
@@ -314,7 +336,6 @@ BEGIN
     END LOOP;
 END
 $g$;
-CREATE INDEX users_disabled ON users (id) WHERE disabled <> 0;
 CREATE INDEX assignments_scheduled ON assignments (start_at)
     WHERE kind = 'eligible' AND removed_at IS NULL AND expiry_recorded = 0;
 "#,

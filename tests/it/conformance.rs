@@ -277,6 +277,57 @@ fn an_older_server_store_gets_its_role_holders_counted() {
         .unwrap();
 }
 
+/// An end moved after now on an eligibility whose earlier end the sweep recorded (a host
+/// whose clock is behind the sweep's still sees it current): its new end is recorded in its
+/// time, and `role list` counts it again meanwhile. Disabling and enabling its holder takes
+/// them out of the counts kept and puts them back.
+#[test]
+fn an_end_moved_later_is_recorded_again_and_counted() {
+    let f = fresh();
+    let db = &f.db;
+    let (bob, eligible) = world(db);
+    assert_eq!(
+        db.role_holders(&["db-admin"], 500).unwrap()["db-admin"],
+        (1, 0)
+    );
+    let tx = db.write().unwrap();
+    tx.expiry_recorded(&[eligible]).unwrap();
+    audit::append(&tx, t(1), ev("assignment.expire")).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        db.role_holders(&["db-admin"], 999).unwrap()["db-admin"],
+        (0, 0)
+    );
+    let tx = db.write().unwrap();
+    tx.set_assignment_end(eligible, Some(5000), 999).unwrap();
+    audit::append(&tx, t(2), ev("assignment.change")).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        db.role_holders(&["db-admin"], 2000).unwrap()["db-admin"],
+        (1, 0)
+    );
+    assert!(db.ended_unrecorded(2000, 100).unwrap().is_empty());
+    assert_eq!(db.ended_unrecorded(5000, 100).unwrap().len(), 1);
+    for (disabled, shown) in [(true, 0), (false, 1)] {
+        let tx = db.write().unwrap();
+        tx.set_disabled(bob, disabled).unwrap();
+        audit::append(&tx, t(3), ev("user.disable")).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(
+            db.role_holders(&["db-admin"], 2000).unwrap()["db-admin"],
+            (shown, 0)
+        );
+        let kept: i64 = db
+            .query_row(
+                "SELECT users FROM role_counts WHERE role = 'db-admin'",
+                pim::params![],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kept, shown);
+    }
+}
+
 #[test]
 fn assignments_holdings_and_reminders() {
     let f = fresh();
@@ -383,7 +434,7 @@ fn assignments_holdings_and_reminders() {
     assert_eq!(tx.ended_unrecorded(1000, 100).unwrap().len(), 1);
     tx.expiry_recorded(&[eligible]).unwrap();
     assert!(tx.ended_unrecorded(1000, 100).unwrap().is_empty());
-    tx.set_assignment_end(eligible, Some(500)).unwrap();
+    tx.set_assignment_end(eligible, Some(500), 1000).unwrap();
     tx.remove_assignment(active, 20, "admin").unwrap();
     audit::append(&tx, t(1), ev("assignment.remove")).unwrap();
     tx.commit().unwrap();

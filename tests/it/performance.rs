@@ -22,11 +22,10 @@ const GROWING: [&str; 10] = [
 
 /// Partial indexes (`WHERE removed_at IS NULL`, ...): a scan of one reads only the rows the
 /// query wants.
-const PARTIAL: [&str; 6] = [
+const PARTIAL: [&str; 5] = [
     "assignments_ending",
     "assignments_expiring",
     "assignments_scheduled",
-    "users_disabled",
     "reviews_open",
     "reviews_to_repeat",
 ];
@@ -225,19 +224,13 @@ fn hot_commands_never_scan_a_growing_table() {
             .unwrap_or_else(|| panic!("{name} {what}"));
         assert!(line.contains(&format!("USING INDEX {index}")), "{line}");
     };
-    // Its eligible holders: the counts kept, less the disabled and those whose counted
-    // eligibilities are all outside now, each found through an index of the few.
+    // Its eligible holders: the counts kept, less those whose counted eligibilities are all
+    // outside now, found through the indexes of the few.
     let plans = std::fs::read_to_string(env.path("plans-role-list.txt")).unwrap();
     assert!(
         plans.lines().any(|l| l.contains("FROM role_counts")
             && l.ends_with("SEARCH role_counts USING PRIMARY KEY (role=?)")),
         "role list reads the counts kept by their key:\n{plans}"
-    );
-    uses(
-        "role-list",
-        "takes off the disabled",
-        &|l| l.contains("u.disabled <> 0"),
-        "users_disabled",
     );
     uses(
         "role-list",
