@@ -661,14 +661,17 @@ impl Db {
             Ok(stmt) => stmt,
             // A placeholder whose type the server cannot tell from its first use (`?1 IS
             // NULL OR name = ?1`): name the types of the values at hand. Such a statement is
-            // cached under its types too.
+            // cached under its types too. Not inside a transaction: the failed prepare has
+            // aborted it, and the retry would report only that; the server's own error says
+            // what is wrong with the statement.
             Err(e)
-                if e.as_ref().is_none_or(|e| {
-                    use postgres::error::SqlState;
-                    // 42P18, or 42P08 (AMBIGUOUS_PARAMETER) for `?1 IS NULL`.
-                    e.code() == Some(&SqlState::INDETERMINATE_DATATYPE)
-                        || e.code() == Some(&SqlState::AMBIGUOUS_PARAMETER)
-                }) =>
+                if (e.is_none() || self.depth.get() == 0)
+                    && e.as_ref().is_none_or(|e| {
+                        use postgres::error::SqlState;
+                        // 42P18, or 42P08 (AMBIGUOUS_PARAMETER) for `?1 IS NULL`.
+                        e.code() == Some(&SqlState::INDETERMINATE_DATATYPE)
+                            || e.code() == Some(&SqlState::AMBIGUOUS_PARAMETER)
+                    }) =>
             {
                 use postgres::types::Type;
                 let types: Vec<Type> = params

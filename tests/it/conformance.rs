@@ -328,6 +328,31 @@ fn an_end_moved_later_is_recorded_again_and_counted() {
     }
 }
 
+/// A statement the server cannot type at its first use is prepared again with the types of
+/// its values, outside a transaction; inside one, the failed prepare has aborted it and the
+/// error is the server's own (it was "current transaction is aborted", which hid it).
+#[test]
+fn a_statement_the_server_cannot_type_says_why_inside_a_transaction() {
+    let f = fresh();
+    let db = &f.db;
+    let sql = "SELECT count(*) FROM users WHERE ?1 IS NULL OR id = ?1";
+    let (bob, _) = world(db);
+    let tx = db.write().unwrap();
+    let inside = tx.query_row(sql, pim::params![bob], |r| r.get::<_, i64>(0));
+    drop(tx);
+    let outside: i64 = db.query_row(sql, pim::params![bob], |r| r.get(0)).unwrap();
+    assert_eq!(outside, 1);
+    if support::on_postgres() {
+        let err = inside.unwrap_err().to_string();
+        assert!(
+            !err.contains("aborted") && err.contains("could not determine data type"),
+            "{err}"
+        );
+    } else {
+        assert_eq!(inside.unwrap(), 1);
+    }
+}
+
 #[test]
 fn assignments_holdings_and_reminders() {
     let f = fresh();
