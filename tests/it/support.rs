@@ -213,15 +213,16 @@ impl Env {
     pub fn at(&self, offset: &str, args: &[&str]) -> Run {
         self.at_command(offset, args)
             .output()
-            .expect("faketime is needed by the tests (apt-get install faketime)")
+            .expect("pim runs")
             .into()
     }
 
     /// The command `at` runs, to add to its environment.
     pub fn at_command(&self, offset: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("faketime");
-        c.args(["-f", offset, bin()]).args(args);
+        let mut c = Command::new(bin());
+        c.args(args);
         self.environment(&mut c);
+        c.env("LD_PRELOAD", libfaketime()).env("FAKETIME", offset);
         c
     }
 
@@ -334,6 +335,29 @@ pub fn exists(p: &Path) -> bool {
     p.exists()
 }
 
+/// libfaketime, which the tests preload themselves (`FAKETIME=+31m`) rather than through the
+/// `faketime` wrapper: the wrapper names a semaphore after its own pid and leaves it behind when
+/// it is killed, and a later wrapper given the same pid then fails with "sem_open: File exists"
+/// (a CI run failed so, once pids had wrapped).
+pub fn libfaketime() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let mut dirs = vec![
+            std::path::PathBuf::from("/usr/lib"),
+            std::path::PathBuf::from("/usr/local/lib"),
+        ];
+        if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+            dirs.extend(entries.flatten().map(|e| e.path()));
+        }
+        dirs.iter()
+            .map(|d| d.join("faketime/libfaketime.so.1"))
+            .find(|p| p.is_file())
+            .expect("libfaketime is needed by the tests (apt-get install faketime)")
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
 pub fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
@@ -367,7 +391,8 @@ impl Terminal {
 
     /// `start` with the clock moved by `offset` (faketime syntax: `+115m`).
     pub fn start_at(env: &Env, offset: &str, args: &[&str], width: u16) -> Terminal {
-        Terminal::launch(env, &[], &format!("faketime -f '{offset}' "), args, width)
+        let prefix = format!("LD_PRELOAD='{}' FAKETIME='{offset}' ", libfaketime());
+        Terminal::launch(env, &[], &prefix, args, width)
     }
 
     fn launch(env: &Env, vars: &[&str], prefix: &str, args: &[&str], width: u16) -> Terminal {
