@@ -256,7 +256,10 @@ CREATE INDEX assignments_active ON assignments (role) WHERE kind = 'active' AND 
     // triggers' functions run as the schema's owner: the runtime role may read the counts,
     // never write them, and needs no grant beyond reading them, given here to every role
     // that may read the assignments. The assignments are locked first: a writer's row
-    // committed between the counting and the trigger would never be counted.
+    // committed between the counting and the trigger would never be counted. (The grant
+    // block's names and operators were qualified after it landed, the schema it makes
+    // unchanged: `migrate` now refuses a path where another role could shadow them, and a
+    // call that matches no built-in exactly is not left to the search path.)
     r#"
 LOCK TABLE assignments, users IN SHARE ROW EXCLUSIVE MODE;
 CREATE TABLE role_holders (
@@ -328,11 +331,15 @@ DECLARE
     reader regrole;
 BEGIN
     FOR reader IN
-        SELECT DISTINCT a.grantee::regrole FROM pg_class c, aclexplode(c.relacl) a
-         WHERE c.oid = 'public.assignments'::regclass AND a.privilege_type = 'SELECT'
-           AND a.grantee <> 0 AND a.grantee <> c.relowner
+        SELECT DISTINCT a.grantee::regrole
+          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         WHERE c.oid OPERATOR(pg_catalog.=) 'public.assignments'::regclass::oid
+           AND a.privilege_type OPERATOR(pg_catalog.=) 'SELECT'::text
+           AND a.grantee OPERATOR(pg_catalog.<>) '0'::oid
+           AND a.grantee OPERATOR(pg_catalog.<>) c.relowner
     LOOP
-        EXECUTE format('GRANT SELECT ON role_holders, role_counts TO %s', reader);
+        EXECUTE pg_catalog.format('GRANT SELECT ON public.role_holders, public.role_counts TO %s',
+                                  reader::text);
     END LOOP;
 END
 $g$;
@@ -596,6 +603,9 @@ pub fn migrate(db: &Db) -> Result<()> {
                 0
             }
         };
+        if from < known {
+            refuse_planted_objects(db)?;
+        }
         for sql in MIGRATIONS.iter().skip(from as usize) {
             db.execute_batch(sql)?;
         }
@@ -614,6 +624,75 @@ pub fn migrate(db: &Db) -> Result<()> {
             })
         }
     }
+}
+
+/// Refuse to run migrations where someone else could have planted what they run. The
+/// migrations run as the connecting role (the owner, or a superuser) and name tables,
+/// functions and operators without a schema: a function or operator that another role
+/// created in a schema on the search path, with argument types that match a call better
+/// than the built-in one (`format(text, regrole)` for `format(text, VARIADIC "any")`,
+/// `<>(oid, integer)`), would run with the owner's rights, which may drop the audit log's
+/// triggers. So every schema on the path may be created in only by this role, by a
+/// superuser (who needs no such trick), or by `pg_database_owner` when this role or a
+/// superuser owns the database; `PUBLIC`'s CREATE on `public` (the default before
+/// PostgreSQL 15) is refused with the statement that removes it. pim's tables are in
+/// `public` (the grants and the triggers' functions name it): another current schema is
+/// refused too. The check itself compares only with exactly typed built-in operators.
+fn refuse_planted_objects(db: &Db) -> Result<()> {
+    let current: Option<String> = db.query_row(
+        "SELECT pg_catalog.current_schema()::pg_catalog.text",
+        crate::params![],
+        |r| r.get(0),
+    )?;
+    if current.as_deref() != Some("public") {
+        return Err(Error::Environment(format!(
+            "pim keeps its tables in the schema public, but this session's current schema is {} (its search_path). Connect with search_path public, or as a role without a schema of its own name.",
+            current.as_deref().unwrap_or("none")
+        )));
+    }
+    let (me, database_owner_trusted): (String, bool) = db.query_row(
+        "SELECT CURRENT_USER::pg_catalog.text, \
+                (d.datdba OPERATOR(pg_catalog.=) u.oid OR o.rolsuper) \
+           FROM pg_catalog.pg_database d \
+           JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) d.datdba \
+           JOIN pg_catalog.pg_roles u ON u.rolname OPERATOR(pg_catalog.=) CURRENT_USER \
+          WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+        crate::params![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut planters: Vec<(String, String)> = Vec::new();
+    db.query_each(
+        "SELECT n.nspname::pg_catalog.text, \
+                a.grantee OPERATOR(pg_catalog.=) '0'::pg_catalog.oid, \
+                COALESCE(r.rolname::pg_catalog.text, ''), COALESCE(r.rolsuper, false) \
+           FROM pg_catalog.pg_namespace n \
+          CROSS JOIN LATERAL pg_catalog.aclexplode(COALESCE(n.nspacl, \
+                pg_catalog.acldefault('n'::pg_catalog.\"char\", n.nspowner))) a \
+           LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee \
+          WHERE n.nspname OPERATOR(pg_catalog.=) ANY (pg_catalog.current_schemas(false)) \
+            AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'::pg_catalog.text \
+          ORDER BY 1, 3",
+        crate::params![],
+        |r| {
+            let (schema, public, role, superuser): (String, bool, String, bool) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            let trusted = !public
+                && (role == me
+                    || superuser
+                    || (role == "pg_database_owner" && database_owner_trusted));
+            if !trusted {
+                planters.push((schema, if public { "PUBLIC".into() } else { role }));
+            }
+            Ok(true)
+        },
+    )?;
+    let Some((schema, role)) = planters.first() else {
+        return Ok(());
+    };
+    Err(Error::Environment(format!(
+        "{role} may create objects in the schema {schema}, where pim's migrations (run as {}) would find them: a function or operator put there would run with this role's rights. Run `REVOKE CREATE ON SCHEMA {schema} FROM {role}` (PostgreSQL 14 and older grant it to PUBLIC on public), then pim again."
+        , me
+    )))
 }
 
 /// The privileges of the runtime role pim connects as (the owner role keeps the schema):

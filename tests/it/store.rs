@@ -374,6 +374,105 @@ fn the_runtime_role_can_append_to_the_audit_log_but_never_change_it() {
     }
 }
 
+/// The migrations run as the owner and name functions and operators without a schema: a
+/// schema on the owner's path that another role may create in (PUBLIC on `public`, the
+/// default before PostgreSQL 15) could hold a better-matching `format` or `<>` that runs
+/// with the owner's rights. pim refuses to migrate there, and where its tables are not in
+/// `public`, and says what to run.
+#[test]
+fn migrations_refuse_a_schema_others_may_create_in() {
+    if !support::on_postgres() {
+        return; // schemas are the server's: it runs in the PostgreSQL pass
+    }
+    let admin = support::postgres::admin_url();
+    let mut su = support::postgres::client(admin);
+    let n = std::process::id();
+    let (owner, app, db) = (
+        format!("pim_mowner_{n}"),
+        format!("pim_mapp_{n}"),
+        format!("pim_mig_{n}"),
+    );
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN; CREATE ROLE {app} LOGIN"
+    ))
+    .unwrap();
+    su.batch_execute(&format!("CREATE DATABASE {db} OWNER {owner}"))
+        .unwrap();
+    let base = support::postgres::with_database(admin, &db);
+    let mut su_db = support::postgres::client(&base);
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+        db: base.replacen("pim@", &format!("{owner}@"), 1).into(),
+    };
+    let tables = |su_db: &mut postgres::Client| -> i64 {
+        su_db
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    for (grant, who) in [
+        (
+            format!("GRANT CREATE ON SCHEMA public TO {app}"),
+            app.clone(),
+        ),
+        (
+            "GRANT CREATE ON SCHEMA public TO PUBLIC".to_string(),
+            "PUBLIC".to_string(),
+        ),
+    ] {
+        su_db.batch_execute(&grant).unwrap();
+        let r = env.run(&["init", "--admin", "admin"]).expect(1);
+        assert!(
+            r.stderr
+                .contains(&format!("{who} may create objects in the schema public"))
+                && r.stderr
+                    .contains(&format!("REVOKE CREATE ON SCHEMA public FROM {who}")),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+        assert_eq!(
+            tables(&mut su_db),
+            0,
+            "nothing is created before the refusal"
+        );
+        su_db
+            .batch_execute(&grant.replace("GRANT", "REVOKE").replace(" TO ", " FROM "))
+            .unwrap();
+    }
+    // A schema of the owner's own name comes first on the default path ("$user", public).
+    su_db
+        .batch_execute(&format!("CREATE SCHEMA AUTHORIZATION {owner}"))
+        .unwrap();
+    let r = env.run(&["init", "--admin", "admin"]).expect(1);
+    assert!(
+        r.stderr
+            .contains(&format!("this session's current schema is {owner}")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(tables(&mut su_db), 0);
+    su_db
+        .batch_execute(&format!("DROP SCHEMA {owner}"))
+        .unwrap();
+    // The owner alone may create in public (PostgreSQL 15's default): the store is made.
+    env.init();
+    assert!(tables(&mut su_db) > 0);
+    env.run(&["audit", "verify"]).expect(0);
+
+    drop(su_db);
+    for sql in [
+        format!("DROP DATABASE {db} WITH (FORCE)"),
+        format!("DROP ROLE {app}"),
+        format!("DROP ROLE {owner}"),
+    ] {
+        su.batch_execute(&sql).unwrap();
+    }
+}
+
 /// A copy takes only the columns of this pim's schema, named by pim (a column a file names
 /// would be SQL that file's author wrote), and only values of the column's type.
 #[test]
