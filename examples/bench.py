@@ -19,9 +19,11 @@ It also runs `pim sweep` (under faketime, two hours on) over USERS x 99 assignme
 USERS x 10 activations that ended, while another process keeps writing, and reports the
 longest that writer waited (and, beside it, the longest write to a store the sweep holds no
 lock on: the disk's or the server's own stalls). On PostgreSQL the server logs every wait
-for a lock over 50 ms (log_lock_waits, deadlock_timeout), and the longest wait it logged
-decides the goal: that is how long a writer was blocked by the sweep, without the server's
-checkpoint stalls, which a write to the control store shows as well.
+for a lock over 50 ms (log_lock_waits, deadlock_timeout), and the longest wait of another
+command's session decides the goal: how long a writer was blocked by the sweep (the sweep's
+session is named, and its own waits for a writer's lock are shown apart). Such a wait holds
+the sweep's commit, whose flush a checkpoint's sync phase can stall as it stalls a write to
+the control store (checkpoints are logged too).
 Needs: cargo, sqlite3, faketime, and for PostgreSQL initdb/pg_ctl/psql (run as root, the
 cluster runs as `postgres` or `nobody`).
 """
@@ -39,6 +41,8 @@ import time
 
 # The server logs every wait for a lock longer than this (milliseconds).
 LOCK_WAIT_LOGGED = 50
+# The application_name of the sweep's session on PostgreSQL (in the server's log lines).
+SWEEP_APP = "bench_sweep"
 
 SIZES = {
     "small": (100, 100, 100_000),
@@ -323,7 +327,10 @@ class Bench:
         # The report goes to a file: a pipe nobody reads until the end would stop the sweep.
         report_file = open(os.path.join(self.dir, f"{size}-{backend}-sweep.json"), "w+")
         log_from = server.log_size() if backend == "postgres" else None
-        sweep = subprocess.Popen(["faketime", "-f", "+2h", self.pim, "--db", target, "--as", "admin", "sweep",
+        # On PostgreSQL the sweep's session is named, so that the server's log tells a wait of
+        # another command for the sweep's lock from the sweep's own wait for theirs.
+        swept = f"{target}&application_name={SWEEP_APP}" if backend == "postgres" else target
+        sweep = subprocess.Popen(["faketime", "-f", "+2h", self.pim, "--db", swept, "--as", "admin", "sweep",
                                   "--json"], env=self.env, stdout=report_file, stderr=subprocess.PIPE)
         t0 = time.perf_counter()
         n = 0
@@ -359,12 +366,19 @@ class Bench:
               f"({backend}) | {fmt(max(controls) if controls else 0)} | "
               f"median {fmt(statistics.median(controls) if controls else 0)} | | | |", flush=True)
         if log_from is not None:
-            locked = server.lock_waits(log_from)
+            waits = server.lock_waits(log_from)
+            # A probe's wait is for the sweep's lock (the probes write one at a time); the
+            # sweep's own waits are for a probe's, which block no other command.
+            locked = [took for app, took in waits if app != SWEEP_APP]
+            own = [took for app, took in waits if app == SWEEP_APP]
             longest = max(locked) if locked else 0
             shown = fmt(longest) if locked else f"none over {LOCK_WAIT_LOGGED} ms"
             print(f"| {size} | a write's wait for the sweep's lock, as the server logged it (every wait "
                   f"over {LOCK_WAIT_LOGGED} ms): longest ({backend}) | {shown} | {len(locked)} over "
                   f"{LOCK_WAIT_LOGGED} ms | | ≤ 100 ms {'met' if longest <= 0.1 else 'MISSED'} | |", flush=True)
+            print(f"| {size} | the sweep's own wait for a write's lock, as the server logged it: longest "
+                  f"({backend}) | {fmt(max(own)) if own else f'none over {LOCK_WAIT_LOGGED} ms'} | "
+                  f"{len(own)} over {LOCK_WAIT_LOGGED} ms | | | |", flush=True)
 
     def activations(self, size, store, backend):
         """One activation (TOTP, audit, fsync) per enrolled user; and activate+deactivate pairs
@@ -510,25 +524,33 @@ class Postgres:
                         "-o", f"-k {self.sock} -c listen_addresses='' -c fsync=on -c log_lock_waits=on "
                               f"-c deadlock_timeout={LOCK_WAIT_LOGGED}ms", "start"],
                        check=True, capture_output=True)
+        # Each log line names its session's application (whose wait it is), and checkpoints
+        # are logged (a commit's flush waits for a checkpoint's sync phase: a stall of the
+        # server, not of pim).
+        admin = ["psql", "-X", "-q", f"postgresql://pim@/postgres?host={self.sock}"]
+        for setting in ["log_line_prefix = '%m [%p] %a: '", "log_checkpoints = on"]:
+            subprocess.run([*admin, "-c", f"ALTER SYSTEM SET {setting}"], check=True, capture_output=True)
+        subprocess.run([*admin, "-c", "SELECT pg_reload_conf()"], check=True, capture_output=True)
 
     def log_size(self):
         return os.path.getsize(self.log)
 
     def lock_waits(self, since):
-        """The lock waits the server logged after byte `since` of its log, in seconds: each
-        wait longer than LOCK_WAIT_LOGGED, as long as it took (a wait still going on at the
-        end counts as long as it had gone on)."""
+        """The lock waits the server logged after byte `since` of its log: (the waiting
+        session's application_name, seconds) for each wait longer than LOCK_WAIT_LOGGED, as
+        long as it took (a wait still going on at the end counts as long as it had gone on)."""
         with open(self.log, "rb") as f:
             f.seek(since)
             text = f.read().decode(errors="replace")
         ended, going_on = [], {}
-        for m in re.finditer(r"process (\d+) (still waiting|acquired) .*? after ([0-9.]+) ms", text):
-            pid, took = m.group(1), float(m.group(3)) / 1000
-            if m.group(2) == "acquired":
-                ended.append(took)
+        for m in re.finditer(r"\] ([^:\n]*): LOG:  process (\d+) (still waiting|acquired) .*? after ([0-9.]+) ms",
+                             text):
+            app, pid, took = m.group(1), m.group(2), float(m.group(4)) / 1000
+            if m.group(3) == "acquired":
+                ended.append((app, took))
                 going_on.pop(pid, None)
             else:
-                going_on[pid] = took
+                going_on[pid] = (app, took)
         return ended + list(going_on.values())
 
     def fresh(self, name):
