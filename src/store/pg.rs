@@ -660,7 +660,8 @@ fn refuse_planted_objects(db: &Db) -> Result<()> {
         crate::params![],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let mut planters: Vec<(String, String)> = Vec::new();
+    // The first role not trusted to create there, with its schema.
+    let mut planter: Option<(String, String)> = None;
     db.query_each(
         "SELECT n.nspname::pg_catalog.text, \
                 a.grantee OPERATOR(pg_catalog.=) '0'::pg_catalog.oid, \
@@ -681,17 +682,16 @@ fn refuse_planted_objects(db: &Db) -> Result<()> {
                     || superuser
                     || (role == "pg_database_owner" && database_owner_trusted));
             if !trusted {
-                planters.push((schema, if public { "PUBLIC".into() } else { role }));
+                planter = Some((schema, if public { "PUBLIC".into() } else { role }));
             }
-            Ok(true)
+            Ok(trusted)
         },
     )?;
-    let Some((schema, role)) = planters.first() else {
+    let Some((schema, role)) = planter else {
         return Ok(());
     };
     Err(Error::Environment(format!(
-        "{role} may create objects in the schema {schema}, where pim's migrations (run as {}) would find them: a function or operator put there would run with this role's rights. Run `REVOKE CREATE ON SCHEMA {schema} FROM {role}` (PostgreSQL 14 and older grant it to PUBLIC on public), then pim again."
-        , me
+        "{role} may create objects in the schema {schema}, where pim's migrations (run as {me}) would find them: a function or operator put there would run with this role's rights. Run `REVOKE CREATE ON SCHEMA {schema} FROM {role}` (PostgreSQL 14 and older grant it to PUBLIC on public), then pim again."
     )))
 }
 

@@ -253,6 +253,26 @@ fn store_copy_moves_a_team_with_its_chain_intact_and_refuses_a_non_empty_target(
     assert!(!init.stdout.contains("s3cret"), "{}", init.stdout);
 }
 
+/// A database of its own on the test server, owned by a new login role, with a second login
+/// role beside it: (owner, app, database, the database's URL as the server's admin). Names
+/// start with `tag` and end with this process's id.
+fn team_database(su: &mut postgres::Client, tag: &str) -> (String, String, String, String) {
+    let n = std::process::id();
+    let (owner, app, db) = (
+        format!("{tag}_owner_{n}"),
+        format!("{tag}_app_{n}"),
+        format!("{tag}_db_{n}"),
+    );
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN; CREATE ROLE {app} LOGIN"
+    ))
+    .unwrap();
+    su.batch_execute(&format!("CREATE DATABASE {db} OWNER {owner}"))
+        .unwrap();
+    let base = support::postgres::with_database(support::postgres::admin_url(), &db);
+    (owner, app, db, base)
+}
+
 #[test]
 fn the_runtime_role_can_append_to_the_audit_log_but_never_change_it() {
     if !support::on_postgres() {
@@ -261,18 +281,7 @@ fn the_runtime_role_can_append_to_the_audit_log_but_never_change_it() {
     let admin = support::postgres::admin_url();
     let mut su = support::postgres::client(admin);
     let n = std::process::id();
-    let (owner, app, db) = (
-        format!("pim_owner_{n}"),
-        format!("pim_app_{n}"),
-        format!("pim_team_{n}"),
-    );
-    su.batch_execute(&format!(
-        "CREATE ROLE {owner} LOGIN; CREATE ROLE {app} LOGIN"
-    ))
-    .unwrap();
-    su.batch_execute(&format!("CREATE DATABASE {db} OWNER {owner}"))
-        .unwrap();
-    let base = support::postgres::with_database(admin, &db);
+    let (owner, app, db, base) = team_database(&mut su, "pim_team");
     let as_role = |role: &str| base.replacen("pim@", &format!("{role}@"), 1);
     let (owner_url, app_url) = (as_role(&owner), as_role(&app));
 
@@ -386,19 +395,7 @@ fn migrations_refuse_a_schema_others_may_create_in() {
     }
     let admin = support::postgres::admin_url();
     let mut su = support::postgres::client(admin);
-    let n = std::process::id();
-    let (owner, app, db) = (
-        format!("pim_mowner_{n}"),
-        format!("pim_mapp_{n}"),
-        format!("pim_mig_{n}"),
-    );
-    su.batch_execute(&format!(
-        "CREATE ROLE {owner} LOGIN; CREATE ROLE {app} LOGIN"
-    ))
-    .unwrap();
-    su.batch_execute(&format!("CREATE DATABASE {db} OWNER {owner}"))
-        .unwrap();
-    let base = support::postgres::with_database(admin, &db);
+    let (owner, app, db, base) = team_database(&mut su, "pim_mig");
     let mut su_db = support::postgres::client(&base);
     let env = Env {
         dir: tempfile::tempdir().unwrap(),
