@@ -310,6 +310,38 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
             Some("upgrade pim".to_string()),
         )
     });
+    // The counts `role list` shows, against the assignments (a write the triggers did not
+    // see: direct SQL with a trigger dropped, or a bug).
+    let drift = pim.count_drift()?;
+    found.push(if drift.is_empty() {
+        finding(
+            "counts",
+            "ok",
+            "the eligible holders `role list` shows agree with the assignments".to_string(),
+            None,
+        )
+    } else {
+        let roles: Vec<String> = drift
+            .roles
+            .iter()
+            .map(|r| format!("{} {} kept, {} counted", r.role, r.kept, r.counted))
+            .collect();
+        finding(
+            "counts",
+            "problem",
+            format!(
+                "the eligible holders `role list` shows disagree with the assignments ({} role-user pair(s) off{}{}): were the assignments changed outside pim?",
+                drift.pairs,
+                if roles.is_empty() { "" } else { "; " },
+                roles.join(", ")
+            ),
+            Some(if ctx.server.is_some() {
+                "pim store recount, with the owner's URL in --db (then `pim audit verify`)".to_string()
+            } else {
+                "pim store recount (then `pim audit verify`)".to_string()
+            }),
+        )
+    });
     // The sweep: work it should have written down, and a timer that runs it.
     let timer = [
         "/etc/systemd/system/pim-sweep.timer",

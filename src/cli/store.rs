@@ -27,6 +27,9 @@ pub enum StoreCommand {
         #[arg(long)]
         print: bool,
     },
+    /// Count each role's eligible holders again from the assignments, if the counts `role
+    /// list` shows disagree with them (`pim doctor` tells); permission `policy`, audited
+    Recount,
 }
 
 pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
@@ -92,6 +95,28 @@ pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
                     "{role} may now run pim on {}: read and change every table, append to (never change) the audit log.",
                     ctx.db.display()
                 ))?;
+            }
+            Ok(0)
+        }
+        StoreCommand::Recount => {
+            let (mut pim, actor) = ctx.open()?;
+            let done = pim.recount(&actor)?;
+            if ctx.json {
+                json(&done)?;
+            } else if !done.recounted {
+                out("The counts of eligible holders agree with the assignments: nothing changed.")?;
+            } else {
+                let mut lines = vec![format!(
+                    "Counted again from the assignments ({} role-user pair(s) were off):",
+                    done.drift.pairs
+                )];
+                for r in &done.drift.roles {
+                    lines.push(format!(
+                        "  {}: {} eligible (was {})",
+                        r.role, r.counted, r.kept
+                    ));
+                }
+                out(&lines.join("\n"))?;
             }
             Ok(0)
         }

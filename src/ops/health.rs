@@ -1,8 +1,11 @@
 //! Facts about the database for `pim doctor`: schema, unrecorded expiries (a sweep that
 //! does not run), notifications that failed or wait.
 
-use super::Pim;
-use crate::error::Result;
+use super::{actor_user, has_permission, permission_error, refuse, Pim};
+use crate::audit::Event;
+use crate::error::{Error, Result};
+use crate::scope::Scope;
+use crate::store::assignments::CountDrift;
 use crate::store::Backend;
 use serde::Serialize;
 
@@ -54,6 +57,61 @@ impl Pim {
             witnessed: self.conn.witnessed()?,
             witnesses: self.policy()?.witness.any(),
             last_sweep: self.conn.last_sweep()?,
+        })
+    }
+}
+
+/// What `pim store recount` found (and, when anything was off, counted again).
+#[derive(Debug, Clone, Serialize)]
+pub struct Recount {
+    #[serde(flatten)]
+    pub drift: CountDrift,
+    /// Whether the counts were written again (only when any was off).
+    pub recounted: bool,
+}
+
+impl Pim {
+    /// Where the counts of eligible holders that `role list` shows disagree with the
+    /// assignments (`pim doctor`).
+    pub fn count_drift(&self) -> Result<CountDrift> {
+        self.conn.count_drift()
+    }
+
+    /// Count each role's eligible holders again from the assignments, when the kept counts
+    /// disagree with them (permission `policy`; on PostgreSQL, as the owner of the tables).
+    /// Audited as `store.recount` with what was off; nothing is written when nothing was.
+    pub fn recount(&mut self, actor: &str) -> Result<Recount> {
+        self.write(actor, |tx, now, policy| {
+            let me = actor_user(tx, actor)?;
+            let event = Event::new(actor, "store.recount");
+            if !has_permission(tx, policy, &me, "policy", &Scope::root(), now.timestamp())? {
+                return refuse(tx, now, event, permission_error("policy", &Scope::root()));
+            }
+            if !tx.may_recount()? {
+                return Err(Error::Refused(
+                    "Only the owner of pim's tables may write the counts on PostgreSQL (the runtime role reads them): run `pim store recount` with the owner's URL in --db."
+                        .to_string(),
+                ));
+            }
+            tx.lock_counted()?;
+            let drift = tx.count_drift()?;
+            if drift.is_empty() {
+                return Ok(Recount {
+                    drift,
+                    recounted: false,
+                });
+            }
+            tx.recount_role_holders()?;
+            let roles: Vec<serde_json::Value> = drift
+                .roles
+                .iter()
+                .map(|r| serde_json::json!({"role": r.role, "kept": r.kept, "counted": r.counted}))
+                .collect();
+            tx.record(event.detail("pairs", drift.pairs).detail("roles", roles))?;
+            Ok(Recount {
+                drift,
+                recounted: true,
+            })
         })
     }
 }

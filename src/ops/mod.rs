@@ -23,7 +23,7 @@ pub use alerts::{Alert, Severity};
 pub use approvals::Decision;
 pub use assignments::{AssignInput, Assignment, AssignmentFilter, End};
 pub use bulk::{parse_desired, Desired, ImportRow, ImportSummary, Plan, PlanItem};
-pub use health::Health;
+pub use health::{Health, Recount};
 pub use policy_ops::{change_json as policy_change_json, PolicyApplied, RoleSummary};
 pub use reviews::{Review, ReviewInput, ReviewItem};
 pub use sweep::SweepReport;

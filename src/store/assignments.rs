@@ -601,6 +601,122 @@ impl Db {
         )?;
         Ok(counts)
     }
+
+    /// Where the counts `role list` reads (migration 12's `role_holders` and `role_counts`)
+    /// disagree with a count of the assignments themselves: the triggers keep them whatever
+    /// writes, so a disagreement is a write the triggers did not see (a trigger dropped, or
+    /// rows changed while one was) or a bug. Reads every eligibility: for `pim doctor` and
+    /// `pim store recount`, never a hot path.
+    pub fn count_drift(&self) -> Result<CountDrift> {
+        let _snapshot = if self.in_transaction() {
+            None
+        } else {
+            Some(self.read()?)
+        };
+        let pairs = self.query_row(
+            &format!(
+                "WITH t AS ({COUNTED_HOLDERS}), \
+                      h AS (SELECT role, user_id, n FROM role_holders WHERE n <> 0) \
+                 SELECT count(*) FROM t FULL JOIN h ON h.role = t.role AND h.user_id = t.user_id \
+                  WHERE t.n IS NULL OR h.n IS NULL OR t.n <> h.n"
+            ),
+            params![],
+            |r| r.get(0),
+        )?;
+        let roles = self.query_map(
+            "WITH t AS (SELECT a.role, count(DISTINCT a.user_id) AS users FROM assignments a \
+                         JOIN users u ON u.id = a.user_id \
+                        WHERE u.disabled = 0 AND a.kind = 'eligible' AND a.removed_at IS NULL \
+                          AND a.expiry_recorded = 0 GROUP BY a.role), \
+                  c AS (SELECT role, users FROM role_counts WHERE users <> 0) \
+             SELECT coalesce(t.role, c.role), CAST(coalesce(c.users, 0) AS BIGINT), \
+                    CAST(coalesce(t.users, 0) AS BIGINT) \
+               FROM t FULL JOIN c ON c.role = t.role \
+              WHERE t.users IS NULL OR c.users IS NULL OR t.users <> c.users \
+              ORDER BY 1",
+            params![],
+            |r| {
+                Ok(RoleCountOff {
+                    role: r.get(0)?,
+                    kept: r.get(1)?,
+                    counted: r.get(2)?,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>>>()?;
+        Ok(CountDrift { pairs, roles })
+    }
+
+    /// Whether this connection may write the counts: on PostgreSQL only the owner of the
+    /// tables (or a role given more than `store grant` gives) may.
+    pub fn may_recount(&self) -> Result<bool> {
+        if self.backend() != super::Backend::Postgres {
+            return Ok(true);
+        }
+        self.query_row(
+            "SELECT has_table_privilege('public.role_holders', 'INSERT') \
+                AND has_table_privilege('public.role_holders', 'DELETE') \
+                AND has_table_privilege('public.role_counts', 'INSERT') \
+                AND has_table_privilege('public.role_counts', 'DELETE')",
+            params![],
+            |r| r.get(0),
+        )
+    }
+
+    /// In the caller's write transaction, on PostgreSQL: keep writers outside pim from the
+    /// assignments and users until it ends (pim's own wait for the log's head), as migration
+    /// 12 does before it counts: a row committed between a count and its use would be lost.
+    pub fn lock_counted(&self) -> Result<()> {
+        if self.backend() == super::Backend::Postgres {
+            self.execute_batch("LOCK TABLE assignments, users IN SHARE ROW EXCLUSIVE MODE")?;
+        }
+        Ok(())
+    }
+
+    /// Count `role_holders` and `role_counts` again from the assignments (in the caller's
+    /// write transaction, after `lock_counted`). On PostgreSQL only the owner of the tables
+    /// may (`may_recount`).
+    pub fn recount_role_holders(&self) -> Result<()> {
+        // The holders first (on SQLite their insert trigger counts the roles, on PostgreSQL
+        // nothing does), then the roles from them.
+        self.execute_batch(&format!(
+            "DELETE FROM role_holders; \
+             INSERT INTO role_holders (role, user_id, n) {COUNTED_HOLDERS}; \
+             DELETE FROM role_counts; \
+             INSERT INTO role_counts (role, users) \
+                 SELECT h.role, count(*) FROM role_holders h JOIN users u ON u.id = h.user_id \
+                  WHERE u.disabled = 0 GROUP BY h.role;"
+        ))
+    }
+}
+
+/// Per (role, user), the eligibilities `role_holders` counts: neither removed nor recorded
+/// as expired (started or not, ended or not: `role_holders` reads take those off).
+const COUNTED_HOLDERS: &str = "SELECT role, user_id, count(*) AS n FROM assignments \
+     WHERE kind = 'eligible' AND removed_at IS NULL AND expiry_recorded = 0 \
+     GROUP BY role, user_id";
+
+/// What `count_drift` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CountDrift {
+    /// (role, user) pairs whose kept number of eligibilities is not the count's.
+    pub pairs: i64,
+    /// Roles whose kept number of eligible users is not the count's.
+    pub roles: Vec<RoleCountOff>,
+}
+
+impl CountDrift {
+    pub fn is_empty(&self) -> bool {
+        self.pairs == 0 && self.roles.is_empty()
+    }
+}
+
+/// One role's number of eligible users: as kept, and as counted from the assignments.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleCountOff {
+    pub role: String,
+    pub kept: i64,
+    pub counted: i64,
 }
 
 /// The conditions of a `WHERE` and their parameters, numbered as they are added: only the

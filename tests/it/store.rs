@@ -585,3 +585,151 @@ fn tls_connections_are_encrypted_and_the_server_is_verified() {
     .expect(1);
     assert!(r.stderr.contains("certificate"), "{}", r.stderr);
 }
+
+/// The counts of eligible holders `role list` shows, changed behind pim's back: `pim doctor`
+/// finds them off and names the fix, `pim store recount` (permission `policy`, audited)
+/// counts them again from the assignments, and a second recount changes nothing.
+#[test]
+fn recount_repairs_counts_changed_behind_pims_back() {
+    let env = Env::new();
+    env.init();
+    for name in ["bob", "carol"] {
+        env.user(name);
+    }
+    for (user, scope) in [("bob", "/a"), ("bob", "/b"), ("carol", "/")] {
+        env.as_(
+            "admin",
+            &["assign", user, "db-admin", "--scope", scope, "-j", "x"],
+        )
+        .expect(0);
+    }
+    let eligible = |env: &Env| -> i64 {
+        let roles = env
+            .as_("admin", &["role", "list", "--json"])
+            .expect(0)
+            .json();
+        roles
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == "db-admin")
+            .unwrap()["eligible"]
+            .as_i64()
+            .unwrap()
+    };
+    let counts = |env: &Env, code: i32| -> serde_json::Value {
+        let found = env.as_("admin", &["doctor", "--json"]).expect(code).json();
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == "counts")
+            .unwrap_or_else(|| panic!("no counts in {found}"))
+            .clone()
+    };
+    assert_eq!(eligible(&env), 2);
+    // A doctor with only warnings exits 0; the counts themselves are fine.
+    assert_eq!(counts(&env, 0)["state"], "ok");
+
+    // What a write with the triggers out of the way leaves: a role's count and a holder.
+    env.sql(
+        "UPDATE role_counts SET users = 7 WHERE role = 'db-admin'; \
+         DELETE FROM role_holders WHERE user_id = (SELECT id FROM users WHERE name = 'carol')",
+    );
+    assert_eq!(eligible(&env), 7);
+    let f = counts(&env, 1);
+    assert_eq!(f["state"], "problem", "{f}");
+    let detail = f["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("1 role-user pair(s) off; db-admin 7 kept, 2 counted"),
+        "{f}"
+    );
+    assert!(
+        f["fix"].as_str().unwrap().starts_with("pim store recount"),
+        "{f}"
+    );
+
+    // Not for everyone: bob may not (no `policy`), and the refusal is recorded.
+    let r = env.as_("bob", &["store", "recount"]).expect(3);
+    assert!(r.stderr.contains("policy"), "{}", r.stderr);
+    assert_eq!(eligible(&env), 7);
+    let refused = env.count(
+        "SELECT count(*) FROM audit_events WHERE action = 'store.recount' AND result <> 'ok'",
+    );
+    assert_eq!(refused, 1);
+
+    let done = env
+        .as_("admin", &["store", "recount", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(done["recounted"], true, "{done}");
+    assert_eq!(done["pairs"], 1, "{done}");
+    assert_eq!(
+        done["roles"],
+        serde_json::json!([{"role": "db-admin", "kept": 7, "counted": 2}]),
+        "{done}"
+    );
+    assert_eq!(eligible(&env), 2);
+    assert_eq!(counts(&env, 0)["state"], "ok");
+    let recorded = || {
+        env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'store.recount' AND result = 'ok'",
+        )
+    };
+    assert_eq!(recorded(), 1);
+    // Nothing off: nothing written, nothing recorded.
+    let again = env.as_("admin", &["store", "recount"]).expect(0);
+    assert!(again.stdout.contains("nothing changed"), "{}", again.stdout);
+    assert_eq!(recorded(), 1);
+    env.run(&["audit", "verify"]).expect(0);
+}
+
+/// On PostgreSQL the runtime role reads the counts and never writes them: its recount is
+/// refused with what to run instead, and the owner's works.
+#[test]
+fn the_runtime_role_may_not_write_the_counts() {
+    if !support::on_postgres() {
+        return; // roles are the server's: it runs in the PostgreSQL pass
+    }
+    let mut su = support::postgres::client(support::postgres::admin_url());
+    let (owner, app, db, base) = team_database(&mut su, "pim_count");
+    let as_role = |role: &str| base.replacen("pim@", &format!("{role}@"), 1);
+    let owner_env = Env {
+        dir: tempfile::tempdir().unwrap(),
+        db: as_role(&owner).into(),
+    };
+    owner_env.init();
+    owner_env.run(&["store", "grant", &app]).expect(0);
+    owner_env.user("bob");
+    owner_env
+        .as_("admin", &["assign", "bob", "db-admin", "-j", "x"])
+        .expect(0);
+    owner_env.sql("UPDATE role_counts SET users = 5 WHERE role = 'db-admin'");
+    let app_env = Env {
+        dir: tempfile::tempdir().unwrap(),
+        db: as_role(&app).into(),
+    };
+    let r = app_env.as_("admin", &["store", "recount"]).expect(3);
+    assert!(r.stderr.contains("owner's URL"), "{}", r.stderr);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    assert_eq!(
+        owner_env.count("SELECT users FROM role_counts WHERE role = 'db-admin'"),
+        5
+    );
+    let done = owner_env
+        .as_("admin", &["store", "recount", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(done["roles"][0]["counted"], 1, "{done}");
+    assert_eq!(
+        owner_env.count("SELECT users FROM role_counts WHERE role = 'db-admin'"),
+        1
+    );
+    for sql in [
+        format!("DROP DATABASE {db} WITH (FORCE)"),
+        format!("DROP ROLE {app}"),
+        format!("DROP ROLE {owner}"),
+    ] {
+        su.batch_execute(&sql).unwrap();
+    }
+}
