@@ -593,7 +593,7 @@ fn tls_connections_are_encrypted_and_the_server_is_verified() {
 fn recount_repairs_counts_changed_behind_pims_back() {
     let env = Env::new();
     env.init();
-    for name in ["bob", "carol"] {
+    for name in ["bob", "carol", "dave"] {
         env.user(name);
     }
     for (user, scope) in [("bob", "/a"), ("bob", "/b"), ("carol", "/")] {
@@ -631,17 +631,23 @@ fn recount_repairs_counts_changed_behind_pims_back() {
     // A doctor with only warnings exits 0; the counts themselves are fine.
     assert_eq!(counts(&env, 0)["state"], "ok");
 
-    // What a write with the triggers out of the way leaves: a role's count and a holder.
+    // What writes with the triggers out of the way leave: a role's count off, a holder
+    // missing (carol), one kept with another number (bob has two), one kept who has
+    // nothing (dave).
     env.sql(
         "UPDATE role_counts SET users = 7 WHERE role = 'db-admin'; \
-         DELETE FROM role_holders WHERE user_id = (SELECT id FROM users WHERE name = 'carol')",
+         DELETE FROM role_holders WHERE user_id = (SELECT id FROM users WHERE name = 'carol'); \
+         UPDATE role_holders SET n = 5 WHERE user_id = (SELECT id FROM users WHERE name = 'bob'); \
+         INSERT INTO role_holders (role, user_id, n) SELECT 'ops', id, 1 FROM users WHERE name = 'dave'; \
+         DELETE FROM role_counts WHERE role = 'ops'; INSERT INTO role_counts (role, users) VALUES ('ops', 1)",
     );
     assert_eq!(eligible(&env), 7);
     let f = counts(&env, 1);
     assert_eq!(f["state"], "problem", "{f}");
     let detail = f["detail"].as_str().unwrap();
     assert!(
-        detail.contains("1 role-user pair(s) off; db-admin 7 kept, 2 counted"),
+        detail
+            .contains("3 role-user pair(s) off; db-admin 7 kept, 2 counted, ops 1 kept, 0 counted"),
         "{f}"
     );
     assert!(
@@ -663,10 +669,13 @@ fn recount_repairs_counts_changed_behind_pims_back() {
         .expect(0)
         .json();
     assert_eq!(done["recounted"], true, "{done}");
-    assert_eq!(done["pairs"], 1, "{done}");
+    assert_eq!(done["pairs"], 3, "{done}");
     assert_eq!(
         done["roles"],
-        serde_json::json!([{"role": "db-admin", "kept": 7, "counted": 2}]),
+        serde_json::json!([
+            {"role": "db-admin", "kept": 7, "counted": 2},
+            {"role": "ops", "kept": 1, "counted": 0}
+        ]),
         "{done}"
     );
     assert_eq!(eligible(&env), 2);
