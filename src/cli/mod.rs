@@ -498,6 +498,10 @@ fn examples(page: &str) -> &'static [&'static str] {
             &["pim store copy --from pim.db --to postgres://pim@db.example.com/pim"]
         }
         "pim-store-grant" => &["pim store grant --help"],
+        "pim-store-recount" => &[
+            "pim doctor",
+            "pim store recount --db postgres://owner@db.example.com/pim",
+        ],
         "pim-whoami" => &["pim whoami", "pim --as alice whoami --json"],
         "pim-doctor" => &["pim doctor", "sudo pim doctor --json"],
         _ => &[],
