@@ -214,6 +214,13 @@ impl Default for Alerts {
     }
 }
 
+// How many times this thread parsed a policy (tests: the store's policy is parsed once while
+// its text stays the same).
+#[cfg(test)]
+thread_local! {
+    pub(crate) static PARSES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// A parsed, valid policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -708,6 +715,8 @@ impl Parser<'_> {
 impl Policy {
     /// Parse and check a policy file. On failure, every problem found, ordered by line.
     pub fn parse(source: &str) -> Result<Policy, Vec<Problem>> {
+        #[cfg(test)]
+        PARSES.set(PARSES.get() + 1);
         if source.len() > limits::POLICY_BYTES {
             return Err(vec![Problem {
                 line: 1,

@@ -166,6 +166,40 @@ mod tests {
     }
 
     #[test]
+    fn the_stored_policy_is_parsed_again_only_when_its_text_changes() {
+        let parses = || crate::policy::PARSES.get();
+        let (mut pim, _, _) = pim();
+        let first = pim.policy().unwrap();
+        let before = parses();
+        // What a command asks on its way: the viewer, the lists, the policy again.
+        let viewer = pim.viewer("admin").unwrap();
+        pim.status_seen_by(&viewer, "admin").unwrap();
+        pim.assignments(&crate::ops::AssignmentFilter::default())
+            .unwrap();
+        let again = pim.policy().unwrap();
+        assert_eq!(parses(), before, "the same text was parsed again");
+        assert!(std::sync::Arc::ptr_eq(&first, &again));
+        // Another store in this thread with another policy gets its own.
+        let (other, _, _) = pim_with(&POLICY.replace("Approved Role", "Other Role"));
+        assert_eq!(other.policy().unwrap().roles["approved"].name, "Other Role");
+        assert_eq!(
+            pim.policy().unwrap().roles["approved"].name,
+            "Approved Role"
+        );
+        // A policy applied (here, or by any process: the text is read each time) is in force
+        // at once.
+        let new =
+            Policy::parse(&(POLICY.to_string() + "\n[roles.new-role]\nname = \"New\"\n")).unwrap();
+        pim.apply_policy("admin", &new, false).unwrap();
+        assert!(pim.policy().unwrap().roles.contains_key("new-role"));
+        // A dry run writes nothing: the policy in force is the one before it.
+        let dry = Policy::parse(&(POLICY.to_string() + "\n[roles.dry]\nname = \"Dry\"\n")).unwrap();
+        pim.apply_policy("admin", &dry, true).unwrap();
+        let now = pim.policy().unwrap();
+        assert!(now.roles.contains_key("new-role") && !now.roles.contains_key("dry"));
+    }
+
+    #[test]
     fn roles_count_their_holders() {
         let (pim, _, _) = pim();
         let roles = pim.roles().unwrap();

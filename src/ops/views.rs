@@ -675,7 +675,7 @@ impl Pim {
 
     /// The policy in force, for a viewer with `policy` or `audit` over `/` (its notification
     /// settings may name hosts and hooks).
-    pub fn policy_seen_by(&self, v: &Viewer) -> Result<crate::policy::Policy> {
+    pub fn policy_seen_by(&self, v: &Viewer) -> Result<std::sync::Arc<crate::policy::Policy>> {
         if !v.reads_policy() {
             return Err(Error::Refused(
                 "Exporting the policy needs the 'policy' or 'audit' permission over /. See `pim role list` for what each role allows."
