@@ -1080,6 +1080,7 @@ fn activate_prompts_on_a_terminal() {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let tmux = |args: &[&str]| {
         std::process::Command::new("tmux")
+            .args(["-L", &session])
             .args(args)
             .output()
             .unwrap()

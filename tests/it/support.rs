@@ -449,8 +449,15 @@ impl Terminal {
         t
     }
 
+    /// tmux on this terminal's own server (`-L`, named as its session): on the one default
+    /// server, a test whose session was the last one ended the server while another test's
+    /// `new-session` was connecting to it ("server exited unexpectedly", seen in CI).
     fn tmux(&self, args: &[&str]) -> Output {
-        Command::new("tmux").args(args).output().unwrap()
+        Command::new("tmux")
+            .args(["-L", &self.session])
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// What the pane shows now.
@@ -523,6 +530,6 @@ impl Terminal {
 
 impl Drop for Terminal {
     fn drop(&mut self) {
-        let _ = self.tmux(&["kill-session", "-t", &self.session]);
+        let _ = self.tmux(&["kill-server"]);
     }
 }
