@@ -216,7 +216,8 @@ are dynamic: add one line to your shell's startup file.\n\n  bash:  echo 'source
     /// Who pim takes you to be: OS account, principal, database, MFA, active roles
     Whoami,
     /// Check the install (database, permissions, schema, sweep, notifications, witnesses,
-    /// keys); each problem with the command that fixes it; exit 1 on a problem
+    /// keys, the counts `role list` shows); each problem with the command that fixes it;
+    /// exit 1 on a problem
     Doctor,
     /// The database itself: copy a SQLite file into PostgreSQL
     #[command(subcommand)]

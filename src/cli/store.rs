@@ -1,7 +1,7 @@
 //! `pim store`: the database itself (moving a team from a SQLite file to PostgreSQL).
 
 use super::context::Ctx;
-use super::output::{json, out, table};
+use super::output::{json, out, safe, table};
 use crate::store;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -28,7 +28,9 @@ pub enum StoreCommand {
         print: bool,
     },
     /// Count each role's eligible holders again from the assignments, if the counts `role
-    /// list` shows disagree with them (`pim doctor` tells); permission `policy`, audited
+    /// list` shows disagree with them (`pim doctor` tells); permission `policy`, audited. On
+    /// PostgreSQL only the owner of the tables may: give the owner's URL in --db (the runtime
+    /// role is refused, exit 3)
     Recount,
 }
 
@@ -113,7 +115,9 @@ pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
                 for r in &done.drift.roles {
                     lines.push(format!(
                         "  {}: {} eligible (was {})",
-                        r.role, r.counted, r.kept
+                        safe(&r.role),
+                        r.counted,
+                        r.kept
                     ));
                 }
                 out(&lines.join("\n"))?;

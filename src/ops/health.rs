@@ -79,7 +79,8 @@ impl Pim {
 
     /// Count each role's eligible holders again from the assignments, when the kept counts
     /// disagree with them (permission `policy`; on PostgreSQL, as the owner of the tables).
-    /// Audited as `store.recount` with what was off; nothing is written when nothing was.
+    /// Audited as `store.recount` with what was off; when nothing was, neither the counts nor
+    /// the log are written (the call still counts against the actor's change budget).
     pub fn recount(&mut self, actor: &str) -> Result<Recount> {
         self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
@@ -88,11 +89,20 @@ impl Pim {
                 return refuse(tx, now, event, permission_error("policy", &Scope::root()));
             }
             if !tx.may_recount()? {
-                return Err(Error::Refused(
-                    "Only the owner of pim's tables may write the counts on PostgreSQL (the runtime role reads them): run `pim store recount` with the owner's URL in --db."
-                        .to_string(),
-                ));
+                // On record as any refusal is: the runtime role may append to the log.
+                return refuse(
+                    tx,
+                    now,
+                    event,
+                    Error::Refused(
+                        "Only the owner of pim's tables may write the counts on PostgreSQL (the runtime role reads them): run `pim store recount` with the owner's URL in --db."
+                            .to_string(),
+                    ),
+                );
             }
+            // Run as the owner: refuse a search path where another role could have planted
+            // a function or operator that the statements below would call (as migrations do).
+            tx.refuse_planted_objects()?;
             tx.lock_counted()?;
             let drift = tx.count_drift()?;
             if drift.is_empty() {

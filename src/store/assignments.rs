@@ -675,13 +675,22 @@ impl Db {
             return Ok(true);
         }
         self.query_row(
-            "SELECT has_table_privilege('public.role_holders', 'INSERT') \
-                AND has_table_privilege('public.role_holders', 'DELETE') \
-                AND has_table_privilege('public.role_counts', 'INSERT') \
-                AND has_table_privilege('public.role_counts', 'DELETE')",
+            "SELECT pg_catalog.has_table_privilege('public.role_holders', 'INSERT') \
+                AND pg_catalog.has_table_privilege('public.role_holders', 'DELETE') \
+                AND pg_catalog.has_table_privilege('public.role_counts', 'INSERT') \
+                AND pg_catalog.has_table_privilege('public.role_counts', 'DELETE')",
             params![],
             |r| r.get(0),
         )
+    }
+
+    /// On PostgreSQL, before statements that run with the owner's rights: refuse a search
+    /// path where another role may create objects (what migrations check first).
+    pub fn refuse_planted_objects(&self) -> Result<()> {
+        if self.backend() == super::Backend::Postgres {
+            super::pg::refuse_planted_objects(self)?;
+        }
+        Ok(())
     }
 
     /// In the caller's write transaction, on PostgreSQL: keep writers outside pim from the

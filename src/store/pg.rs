@@ -638,7 +638,7 @@ pub fn migrate(db: &Db) -> Result<()> {
 /// PostgreSQL 15) is refused with the statement that removes it. pim's tables are in
 /// `public` (the grants and the triggers' functions name it): another current schema is
 /// refused too. The check itself compares only with exactly typed built-in operators.
-fn refuse_planted_objects(db: &Db) -> Result<()> {
+pub(crate) fn refuse_planted_objects(db: &Db) -> Result<()> {
     let current: Option<String> = db.query_row(
         "SELECT pg_catalog.current_schema()::pg_catalog.text",
         crate::params![],
@@ -691,7 +691,7 @@ fn refuse_planted_objects(db: &Db) -> Result<()> {
         return Ok(());
     };
     Err(Error::Environment(format!(
-        "{role} may create objects in the schema {schema}, where pim's migrations (run as {me}) would find them: a function or operator put there would run with this role's rights. Run `REVOKE CREATE ON SCHEMA {schema} FROM {role}` (PostgreSQL 14 and older grant it to PUBLIC on public), then pim again."
+        "{role} may create objects in the schema {schema}, where pim's migrations and recounts (run as {me}) would find them: a function or operator put there would run with this role's rights. Run `REVOKE CREATE ON SCHEMA {schema} FROM {role}` (PostgreSQL 14 and older grant it to PUBLIC on public), then pim again."
     )))
 }
 

@@ -459,6 +459,21 @@ fn migrations_refuse_a_schema_others_may_create_in() {
     env.init();
     assert!(tables(&mut su_db) > 0);
     env.run(&["audit", "verify"]).expect(0);
+    // The owner's recount writes with the owner's rights too: the same check first.
+    let grant = format!("GRANT CREATE ON SCHEMA public TO {app}");
+    su_db.batch_execute(&grant).unwrap();
+    let r = env.run(&["--as", "admin", "store", "recount"]).expect(1);
+    assert!(
+        r.stderr
+            .contains(&format!("{app} may create objects in the schema public")),
+        "{}",
+        r.stderr
+    );
+    su_db
+        .batch_execute(&grant.replace("GRANT", "REVOKE").replace(" TO ", " FROM "))
+        .unwrap();
+    let r = env.run(&["--as", "admin", "store", "recount"]).expect(0);
+    assert!(r.stdout.contains("nothing changed"), "{}", r.stdout);
 
     drop(su_db);
     for sql in [
@@ -584,6 +599,56 @@ fn tls_connections_are_encrypted_and_the_server_is_verified() {
     )
     .expect(1);
     assert!(r.stderr.contains("certificate"), "{}", r.stderr);
+}
+
+/// The counts are not off for what the clock or pim itself decides (`pim doctor` finds
+/// nothing, `pim store recount` changes nothing): an eligibility that starts later, one that
+/// ended and was not swept yet, a disabled holder, a removed one.
+#[test]
+fn counts_agree_through_what_the_clock_and_pim_decide() {
+    let env = Env::new();
+    env.init();
+    for name in ["bob", "erin", "frank", "gina", "hal"] {
+        env.user(name);
+    }
+    let assign = |args: &[&str]| {
+        let mut all = vec!["assign"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-j", "x"]);
+        env.as_("admin", &all).expect(0);
+    };
+    assign(&["bob", "db-admin"]);
+    assign(&["erin", "db-admin", "--start", "2099-01-01"]);
+    assign(&["frank", "db-admin", "--duration", "1h"]);
+    assign(&["gina", "db-admin"]);
+    assign(&["hal", "db-admin"]);
+    env.as_("admin", &["user", "disable", "gina"]).expect(0);
+    env.as_("admin", &["unassign", "hal", "db-admin"]).expect(0);
+    let later = |args: &[&str]| {
+        let mut all = vec!["--as", "admin"];
+        all.extend_from_slice(args);
+        env.at("+2h", &all)
+    };
+    let eligible_later = later(&["role", "list", "--json"]).expect(0).json();
+    let db_admin = eligible_later
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "db-admin")
+        .unwrap()
+        .clone();
+    assert_eq!(db_admin["eligible"], 1, "bob alone: {db_admin}");
+    let found = later(&["doctor", "--json"]).json();
+    let f = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "counts")
+        .unwrap()
+        .clone();
+    assert_eq!(f["state"], "ok", "{f}");
+    let r = later(&["store", "recount"]).expect(0);
+    assert!(r.stdout.contains("nothing changed"), "{}", r.stdout);
 }
 
 /// The counts of eligible holders `role list` shows, changed behind pim's back: `pim doctor`
@@ -721,6 +786,13 @@ fn the_runtime_role_may_not_write_the_counts() {
     let r = app_env.as_("admin", &["store", "recount"]).expect(3);
     assert!(r.stderr.contains("owner's URL"), "{}", r.stderr);
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    // On record, as any refusal is.
+    assert_eq!(
+        owner_env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'store.recount' AND result <> 'ok'"
+        ),
+        1
+    );
     assert_eq!(
         owner_env.count("SELECT users FROM role_counts WHERE role = 'db-admin'"),
         5
