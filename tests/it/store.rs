@@ -629,23 +629,10 @@ fn counts_agree_through_what_the_clock_and_pim_decide() {
         all.extend_from_slice(args);
         env.at("+2h", &all)
     };
-    let eligible_later = later(&["role", "list", "--json"]).expect(0).json();
-    let db_admin = eligible_later
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["key"] == "db-admin")
-        .unwrap()
-        .clone();
+    let roles = later(&["role", "list", "--json"]).expect(0).json();
+    let db_admin = support::item(&roles, "key", "db-admin");
     assert_eq!(db_admin["eligible"], 1, "bob alone: {db_admin}");
-    let found = later(&["doctor", "--json"]).json();
-    let f = found
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == "counts")
-        .unwrap()
-        .clone();
+    let f = support::item(&later(&["doctor", "--json"]).json(), "check", "counts");
     assert_eq!(f["state"], "ok", "{f}");
     let r = later(&["store", "recount"]).expect(0);
     assert!(r.stdout.contains("nothing changed"), "{}", r.stdout);
@@ -673,24 +660,13 @@ fn recount_repairs_counts_changed_behind_pims_back() {
             .as_("admin", &["role", "list", "--json"])
             .expect(0)
             .json();
-        roles
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["key"] == "db-admin")
-            .unwrap()["eligible"]
+        support::item(&roles, "key", "db-admin")["eligible"]
             .as_i64()
             .unwrap()
     };
     let counts = |env: &Env, code: i32| -> serde_json::Value {
         let found = env.as_("admin", &["doctor", "--json"]).expect(code).json();
-        found
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["check"] == "counts")
-            .unwrap_or_else(|| panic!("no counts in {found}"))
-            .clone()
+        support::item(&found, "check", "counts")
     };
     assert_eq!(eligible(&env), 2);
     // A doctor with only warnings exits 0; the counts themselves are fine.

@@ -8,6 +8,17 @@ pub struct Env {
     pub db: PathBuf,
 }
 
+/// The element of the JSON list `list` whose `field` is `value` (a role of `role list
+/// --json`, a check of `doctor --json`), or a panic showing the list.
+pub fn item(list: &serde_json::Value, field: &str, value: &str) -> serde_json::Value {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .find(|i| i[field] == value)
+        .unwrap_or_else(|| panic!("no {field} {value} in {list}"))
+        .clone()
+}
+
 pub struct Run {
     pub code: i32,
     pub stdout: String,
