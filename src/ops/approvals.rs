@@ -45,10 +45,51 @@ pub(crate) fn may_decide(
     scope: &Scope,
     now: i64,
 ) -> Result<bool> {
-    if !role.settings.approvers.is_empty() {
-        return Ok(role.settings.approvers.contains(&approver.name) && !approver.disabled);
+    Decider::new(conn, policy, approver, now).may_decide(role, scope)
+}
+
+/// `may_decide` for the many requests of a list: what the approver holds is read once, when
+/// a role without named approvers first asks for it, not once a request.
+pub(crate) struct Decider<'a> {
+    conn: &'a Db,
+    policy: &'a Policy,
+    approver: &'a users::User,
+    now: i64,
+    held: std::cell::OnceCell<Vec<super::Holding>>,
+}
+
+impl<'a> Decider<'a> {
+    pub(crate) fn new(
+        conn: &'a Db,
+        policy: &'a Policy,
+        approver: &'a users::User,
+        now: i64,
+    ) -> Decider<'a> {
+        Decider {
+            conn,
+            policy,
+            approver,
+            now,
+            held: std::cell::OnceCell::new(),
+        }
     }
-    has_permission(conn, policy, approver, "approve", scope, now)
+
+    pub(crate) fn may_decide(&self, role: &Role, scope: &Scope) -> Result<bool> {
+        if self.approver.disabled {
+            return Ok(false);
+        }
+        if !role.settings.approvers.is_empty() {
+            return Ok(role.settings.approvers.contains(&self.approver.name));
+        }
+        let held = match self.held.get() {
+            Some(held) => held,
+            None => {
+                let held = super::holdings(self.conn, self.approver.id, self.now)?;
+                self.held.get_or_init(|| held)
+            }
+        };
+        Ok(super::grants(self.policy, held, "approve", scope))
+    }
 }
 
 fn final_state(r: &Request) -> Error {
@@ -472,15 +513,15 @@ impl Pim {
             return Ok(Vec::new());
         };
         let t = self.now().timestamp();
+        let decider = Decider::new(&self.conn, &policy, &me, t);
+        // Read once for the list, not once a request.
+        let decided = self.conn.pending_decided_by(actor)?;
         let mut out = Vec::new();
         for r in self.conn.requests(Of::Everyone, Which::Pending, t)? {
             let (Some(role), Ok(scope)) = (policy.role(&r.role), Scope::parse(&r.scope)) else {
                 continue;
             };
-            if r.user != actor
-                && !self.conn.has_decided(r.id, actor)?
-                && may_decide(&self.conn, &policy, role, &me, &scope, t)?
-            {
+            if r.user != actor && !decided.contains(&r.id) && decider.may_decide(role, &scope)? {
                 out.push(r);
             }
         }

@@ -263,13 +263,23 @@ pub(crate) fn has_permission(
     if user.disabled {
         return Ok(false);
     }
-    Ok(holdings(conn, user.id, now)?.iter().any(|h| {
+    Ok(grants(
+        policy,
+        &holdings(conn, user.id, now)?,
+        permission,
+        scope,
+    ))
+}
+
+/// Whether any of `held` (an enabled user's holdings) gives `permission` over `scope`.
+pub(crate) fn grants(policy: &Policy, held: &[Holding], permission: &str, scope: &Scope) -> bool {
+    held.iter().any(|h| {
         h.scope.covers(scope)
             && policy
                 .roles
                 .get(&h.role)
                 .is_some_and(|r| r.grants(permission))
-    }))
+    })
 }
 
 /// Refuse (without an audit event) unless `user` may use `permission` over `scope`.

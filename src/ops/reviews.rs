@@ -419,14 +419,6 @@ impl Pim {
         load(&self.conn, id, self.now().timestamp())
     }
 
-    pub fn reviews(&self) -> Result<Vec<Review>> {
-        let ids = self.conn.review_ids()?;
-        let now = self.now().timestamp();
-        ids.into_iter()
-            .map(|id| load(&self.conn, id, now))
-            .collect()
-    }
-
     /// Decide keep or remove for USER's assignments in a review: a named reviewer, or in a
     /// self-review the user themself. A decision can change until the review completes.
     pub fn decide_review(

@@ -5,7 +5,7 @@
 //! creator and holders of `review` over its scope (in a self-review, each user their own).
 
 use super::activation::{Request, Status};
-use super::approvals::may_decide;
+use super::approvals::Decider;
 use super::assignments::{Assignment, AssignmentFilter};
 use super::reviews::Review;
 use super::{holdings, not_a_user, users, Pim};
@@ -45,6 +45,13 @@ pub struct Viewer {
     audit: Vec<Scope>,
     /// Scopes over which the viewer holds `policy`.
     policy: Vec<Scope>,
+}
+
+/// How much of a review a viewer may read (`Viewer::review_access`).
+enum ReviewAccess {
+    Whole,
+    Own,
+    None,
 }
 
 /// `text` with every e-mail address but `own` replaced.
@@ -99,6 +106,22 @@ impl Viewer {
 
     fn reviews_at(&self, scope: &str) -> bool {
         Scope::parse(scope).is_ok_and(|s| self.review.iter().any(|r| r.covers(&s)))
+    }
+
+    /// How much of review `r` the viewer may read: all of it (its creator, a named reviewer,
+    /// a holder of `review` over its scope), or in a self-review their own items (`has_own`:
+    /// it has some), or nothing.
+    fn review_access(&self, r: &Review, has_own: bool) -> ReviewAccess {
+        if r.created_by == self.name
+            || (!r.self_review && r.reviewers.iter().any(|x| x == &self.name))
+            || self.reviews_at(&r.scope)
+        {
+            ReviewAccess::Whole
+        } else if r.self_review && has_own {
+            ReviewAccess::Own
+        } else {
+            ReviewAccess::None
+        }
     }
 }
 
@@ -219,10 +242,10 @@ impl Pim {
         let list = self.requests(user)?;
         let policy = self.policy()?;
         let me = users::get(&self.conn, &v.name)?;
-        let t = self.now().timestamp();
+        let decider = Decider::new(&self.conn, &policy, &me, self.now().timestamp());
         let mut out = Vec::new();
         for r in list {
-            if v.sees(&r.user, &r.scope) || self.approver_of(&policy, &me, &r, t)? {
+            if v.sees(&r.user, &r.scope) || approver_of(&decider, &policy, &me, &r)? {
                 out.push(r);
             }
         }
@@ -234,9 +257,8 @@ impl Pim {
         let r = self.request(id)?;
         let policy = self.policy()?;
         let me = users::get(&self.conn, &v.name)?;
-        if v.sees(&r.user, &r.scope)
-            || self.approver_of(&policy, &me, &r, self.now().timestamp())?
-        {
+        let decider = Decider::new(&self.conn, &policy, &me, self.now().timestamp());
+        if v.sees(&r.user, &r.scope) || approver_of(&decider, &policy, &me, &r)? {
             Ok(r)
         } else {
             // As if it were not there: who asked for what is not yours to learn.
@@ -244,54 +266,47 @@ impl Pim {
         }
     }
 
-    fn approver_of(
-        &self,
-        policy: &crate::policy::Policy,
-        me: &users::User,
-        r: &Request,
-        now: i64,
-    ) -> Result<bool> {
-        let (Some(role), Ok(scope)) = (policy.role(&r.role), Scope::parse(&r.scope)) else {
-            return Ok(false);
-        };
-        if r.decisions.iter().any(|d| d.approver == me.name) {
-            return Ok(true);
-        }
-        may_decide(&self.conn, policy, role, me, &scope, now)
-    }
-
     /// A review as the viewer may see it: whole for its reviewers, its creator and holders of
     /// `review` over its scope; in a self-review, a user's own items only.
     pub fn review_seen_by(&self, v: &Viewer, id: i64) -> Result<Review> {
-        let mut r = self.review(id).map_err(|e| match e {
-            Error::NotFound(_) => Error::NotFound(format!(
+        let hidden = || {
+            Error::NotFound(format!(
                 "There is no review {id} that you may see. See `pim review list`."
-            )),
+            ))
+        };
+        let mut r = self.review(id).map_err(|e| match e {
+            Error::NotFound(_) => hidden(),
             other => other,
         })?;
-        let whole = r.created_by == v.name
-            || (!r.self_review && r.reviewers.iter().any(|x| x == &v.name))
-            || v.reviews_at(&r.scope);
-        if whole {
-            return Ok(r);
+        match v.review_access(&r, r.items.iter().any(|i| i.user == v.name)) {
+            ReviewAccess::Whole => Ok(r),
+            ReviewAccess::Own => {
+                r.items.retain(|i| i.user == v.name);
+                r.total = r.items.len() as i64;
+                r.decided = r.items.iter().filter(|i| i.decision.is_some()).count() as i64;
+                Ok(r)
+            }
+            ReviewAccess::None => Err(hidden()),
         }
-        if r.self_review && r.items.iter().any(|i| i.user == v.name) {
-            r.items.retain(|i| i.user == v.name);
-            r.total = r.items.len() as i64;
-            r.decided = r.items.iter().filter(|i| i.decision.is_some()).count() as i64;
-            return Ok(r);
-        }
-        Err(Error::NotFound(format!(
-            "There is no review {id} that you may see. See `pim review list`."
-        )))
     }
 
-    /// The reviews the viewer may read (each as `review_seen_by` shows it).
+    /// The reviews the viewer may read, without their items, each counted as
+    /// `review_seen_by` shows it (read in one statement, not one a review).
     pub fn reviews_seen_by(&self, v: &Viewer) -> Result<Vec<Review>> {
+        let now = self.now().timestamp();
         Ok(self
-            .reviews()?
+            .conn
+            .review_summaries(&v.name, now)?
             .into_iter()
-            .filter_map(|r| self.review_seen_by(v, r.id).ok())
+            .filter_map(|(mut r, own)| match v.review_access(&r, own.total > 0) {
+                ReviewAccess::Whole => Some(r),
+                ReviewAccess::Own => {
+                    r.total = own.total;
+                    r.decided = own.decided;
+                    Some(r)
+                }
+                ReviewAccess::None => None,
+            })
             .collect())
     }
 
@@ -684,6 +699,22 @@ impl Pim {
         }
         self.policy()
     }
+}
+
+/// Whether the one `decider` stands for may decide `r` (or has decided it).
+fn approver_of(
+    decider: &Decider<'_>,
+    policy: &crate::policy::Policy,
+    me: &users::User,
+    r: &Request,
+) -> Result<bool> {
+    let (Some(role), Ok(scope)) = (policy.role(&r.role), Scope::parse(&r.scope)) else {
+        return Ok(false);
+    };
+    if r.decisions.iter().any(|d| d.approver == me.name) {
+        return Ok(true);
+    }
+    decider.may_decide(role, &scope)
 }
 
 #[cfg(test)]

@@ -388,6 +388,31 @@ pub(crate) fn note_reprepared(sql: &str, stmt: &rusqlite::Statement<'_>) {
     }
 }
 
+/// Test builds: with `PIM_TEST_RUNS=FILE` (never under set-group-id), every SQLite statement
+/// a command runs is appended to FILE each time it runs, for the test that a list command
+/// runs as many statements however many rows it lists (no query for each row).
+#[cfg(debug_assertions)]
+pub(crate) fn note_run(sql: &str) {
+    use std::io::Write;
+    let Some(file) = std::env::var_os("PIM_TEST_RUNS") else {
+        return;
+    };
+    if crate::privilege::is_setgid() {
+        return;
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+    {
+        let _ = writeln!(
+            f,
+            "{}",
+            sql.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+}
+
 /// `SQL<TAB>NOTE` appended to `PIM_TEST_PLANS`, once a process for each `kind` of note on
 /// each statement; `note` makes it (nothing written if it makes none).
 #[cfg(debug_assertions)]

@@ -464,6 +464,17 @@ impl Db {
         Ok(n > 0)
     }
 
+    /// The pending requests `approver` has decided (one read for a list of them).
+    pub fn pending_decided_by(&self, approver: &str) -> Result<std::collections::HashSet<i64>> {
+        self.query_map(
+            "SELECT d.request_id FROM requests r JOIN decisions d ON d.request_id = r.id \
+             WHERE r.status = 'pending' AND d.approver = ?1",
+            params![approver],
+            |r| r.get(0),
+        )?
+        .collect()
+    }
+
     pub fn insert_decision(
         &self,
         request: i64,

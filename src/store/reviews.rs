@@ -1,6 +1,6 @@
 //! Access reviews and their items.
 
-use super::{Db, OptionalExtension};
+use super::{Db, OptionalExtension, Row};
 use crate::error::Result;
 use crate::model::Kind;
 use crate::params;
@@ -42,6 +42,46 @@ pub struct ReviewItem {
     pub decided_at: Option<String>,
     pub applied: Option<String>,
     pub result: Option<String>,
+}
+
+/// A review's items counted: all of them, and those decided.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counted {
+    pub total: i64,
+    pub decided: i64,
+}
+
+const REVIEW_COLUMNS: &str = "id, name, role, scope, reviewers, self_review, default_decision, \
+     recurrence, created_by, created_at, ends_at, completed_at";
+
+/// A review from the `REVIEW_COLUMNS` of its row, without its items.
+fn review_from_row(r: &Row<'_>, now: i64) -> Result<Review> {
+    let ends: i64 = r.get(10)?;
+    let completed: Option<i64> = r.get(11)?;
+    Ok(Review {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        role: r.get(2)?,
+        scope: r.get(3)?,
+        reviewers: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+        self_review: r.get(5)?,
+        default: r.get(6)?,
+        every: r.get(7)?,
+        created_by: r.get(8)?,
+        start: rfc3339(from_unix(r.get(9)?)),
+        end: rfc3339(from_unix(ends)),
+        state: if completed.is_some() {
+            "completed"
+        } else if ends <= now {
+            "due"
+        } else {
+            "open"
+        }
+        .to_string(),
+        decided: 0,
+        total: 0,
+        items: Vec::new(),
+    })
 }
 
 /// A new review.
@@ -90,38 +130,9 @@ impl Db {
     pub fn review(&self, id: i64, now: i64) -> Result<Option<Review>> {
         let Some(mut review) = self
             .query_row(
-                "SELECT id, name, role, scope, reviewers, self_review, default_decision, recurrence, created_by, \
-                 created_at, ends_at, completed_at FROM reviews WHERE id = ?1",
+                &format!("SELECT {REVIEW_COLUMNS} FROM reviews WHERE id = ?1"),
                 params![id],
-                |r| {
-                    let ends: i64 = r.get(10)?;
-                    let completed: Option<i64> = r.get(11)?;
-                    Ok(Review {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        role: r.get(2)?,
-                        scope: r.get(3)?,
-                        reviewers: serde_json::from_str(&r.get::<_, String>(4)?)
-                            .unwrap_or_default(),
-                        self_review: r.get(5)?,
-                        default: r.get(6)?,
-                        every: r.get(7)?,
-                        created_by: r.get(8)?,
-                        start: rfc3339(from_unix(r.get(9)?)),
-                        end: rfc3339(from_unix(ends)),
-                        state: if completed.is_some() {
-                            "completed"
-                        } else if ends <= now {
-                            "due"
-                        } else {
-                            "open"
-                        }
-                        .to_string(),
-                        decided: 0,
-                        total: 0,
-                        items: Vec::new(),
-                    })
-                },
+                |r| review_from_row(r, now),
             )
             .optional()?
         else {
@@ -154,6 +165,36 @@ impl Db {
         review.total = review.items.len() as i64;
         review.decided = review.items.iter().filter(|i| i.decision.is_some()).count() as i64;
         Ok(Some(review))
+    }
+
+    /// Every review, oldest first, without its items: how many it has and how many are
+    /// decided, in all and of `user`'s own (what a self-reviewer sees). One statement for the
+    /// list, the counts through the items' key by review.
+    pub fn review_summaries(&self, user: &str, now: i64) -> Result<Vec<(Review, Counted)>> {
+        let count = |filter: &str| {
+            format!("(SELECT count(*) FROM review_items i WHERE i.review_id = reviews.id{filter})")
+        };
+        self.query_map(
+            &format!(
+                "SELECT {REVIEW_COLUMNS}, {}, {}, {}, {} FROM reviews ORDER BY id",
+                count(""),
+                count(" AND i.decision IS NOT NULL"),
+                count(" AND i.\"user\" = ?1"),
+                count(" AND i.\"user\" = ?1 AND i.decision IS NOT NULL"),
+            ),
+            params![user],
+            |r| {
+                let mut review = review_from_row(r, now)?;
+                review.total = r.get(12)?;
+                review.decided = r.get(13)?;
+                let own = Counted {
+                    total: r.get(14)?,
+                    decided: r.get(15)?,
+                };
+                Ok((review, own))
+            },
+        )?
+        .collect()
     }
 
     pub fn review_ids(&self) -> Result<Vec<i64>> {

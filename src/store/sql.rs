@@ -750,7 +750,10 @@ impl Db {
         match &self.inner {
             Inner::Sqlite(c) => {
                 #[cfg(debug_assertions)]
-                super::note_plan(c, sql);
+                {
+                    super::note_plan(c, sql);
+                    super::note_run(sql);
+                }
                 let mut stmt = c.prepare_cached(sql)?;
                 let values: Vec<SqliteValue> =
                     params.iter().map(|p| SqliteValue(p.to_value())).collect();
@@ -780,7 +783,10 @@ impl Db {
         match &self.inner {
             Inner::Sqlite(c) => {
                 #[cfg(debug_assertions)]
-                super::note_plan(c, sql);
+                {
+                    super::note_plan(c, sql);
+                    super::note_run(sql);
+                }
                 let mut stmt = c.prepare_cached(sql)?;
                 let values: Vec<SqliteValue> =
                     params.iter().map(|p| SqliteValue(p.to_value())).collect();

@@ -213,6 +213,11 @@ fn hot_commands_never_scan_a_growing_table() {
     run("whoami", &["--as", "bob", "whoami"], 0);
     run("role-list", &["--as", "admin", "role", "list"], 0);
     run("requests-all", &["--as", "admin", "request", "list"], 0);
+    run(
+        "requests-pending",
+        &["--as", "admin", "request", "list", "--pending"],
+        0,
+    );
     run("sweep", &["--as", "admin", "sweep"], 0);
     assert!(found.is_empty(), "full scans:\n{}", found.join("\n"));
     // The statement `name` ran that `is` picks out goes through `index`.
@@ -267,5 +272,206 @@ fn hot_commands_never_scan_a_growing_table() {
         "looks for ended assignments",
         &|l| l.contains("a.expiry_recorded = 0"),
         "assignments_expiring",
+    );
+}
+
+/// Every statement `args` ran as `who`, once each time it ran (exit 0 expected).
+fn statements_run(env: &Env, name: &str, who: &str, args: &[&str]) -> Vec<String> {
+    let file = env.path(&format!("runs-{name}.txt"));
+    let _ = std::fs::remove_file(&file);
+    let mut all = vec!["--as", who];
+    all.extend_from_slice(args);
+    let out = env
+        .command(&all)
+        .env("PIM_TEST_RUNS", &file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(!text.is_empty(), "{name}: no statement was written down");
+    text.lines().map(str::to_string).collect()
+}
+
+/// No list runs a query for each row it lists (the "no N+1 query loops"): each list
+/// command runs exactly as many statements with four users' requests, eligibilities and
+/// events as with one. Among them an approver's view of everyone's requests, which asked
+/// for the approver's holdings once a request, and the requests an approver may decide,
+/// which also asked once a request whether the approver had decided it already.
+#[test]
+fn list_commands_run_as_many_statements_however_many_rows_they_list() {
+    // The statements counted are SQLite's (the code that loops is the same on both); on
+    // PostgreSQL what the lists show is checked.
+    let counting = !support::on_postgres();
+    let env = Env::new();
+    let policy = Policy::new()
+        .role(
+            "db-admin",
+            "Database Administrator",
+            &[
+                "max_activation = \"2h\"",
+                "require_mfa = false",
+                "require_approval = true",
+                "min_approvals = 2",
+            ],
+        )
+        .role(
+            "approver",
+            "Approver",
+            &[
+                "permissions = [\"approve\"]",
+                "require_approval = false",
+                "max_active = \"permanent\"",
+            ],
+        );
+    env.init_with(&policy);
+    let carol = env.user("carol");
+    env.as_(
+        "admin",
+        &[
+            "assign",
+            "carol",
+            "approver",
+            "--active",
+            "--scope",
+            "/prod",
+            "--permanent",
+            "-j",
+            "lead",
+        ],
+    )
+    .expect(0);
+    // Each new user: eligible at /prod (carol may decide there) and /dev (she may not), a
+    // request pending at each.
+    let grow = |from: usize, to: usize| {
+        for i in from..to {
+            let who = format!("u{i}");
+            env.as_("admin", &["user", "add", &who]).expect(0);
+            for scope in ["/prod", "/dev"] {
+                env.as_(
+                    "admin",
+                    &[
+                        "assign", &who, "db-admin", "--scope", scope, "-j", "on call",
+                    ],
+                )
+                .expect(0);
+                env.as_(
+                    &who,
+                    &["activate", "db-admin", "--scope", scope, "-j", "INC-1"],
+                )
+                .expect(0);
+            }
+            // A review of /prod by its holders themselves, and one by carol.
+            for how in [&["--self"][..], &["--reviewer", "carol"]] {
+                let name = format!("r{i}-{}", how.len());
+                let mut args = vec!["review", "create", "--role", "db-admin", "--scope", "/prod"];
+                args.extend_from_slice(how);
+                args.extend_from_slice(&["--name", &name]);
+                env.as_("admin", &args).expect(0);
+            }
+        }
+    };
+    let lists: [(&str, &str, &[&str]); 12] = [
+        ("carol-all", "carol", &["request", "list", "--all"]),
+        ("carol-pending", "carol", &["request", "list", "--pending"]),
+        ("admin-all", "admin", &["request", "list", "--all"]),
+        ("assignments", "admin", &["assignment", "list"]),
+        ("users", "admin", &["user", "list"]),
+        ("roles", "admin", &["role", "list"]),
+        ("alerts", "admin", &["alerts"]),
+        ("notifications", "admin", &["notification", "list"]),
+        ("reviews", "admin", &["review", "list"]),
+        ("reviews-own", "u0", &["review", "list"]),
+        ("reviews-carol", "carol", &["review", "list"]),
+        ("audit", "admin", &["audit", "list", "--limit", "5"]),
+    ];
+    let count = |runs: &[String]| {
+        let mut n = std::collections::BTreeMap::new();
+        for sql in runs {
+            *n.entry(sql.clone()).or_insert(0) += 1;
+        }
+        n
+    };
+    grow(0, 1);
+    // carol has decided one request already: it is not among those she may decide.
+    env.as_(
+        "carol",
+        &[
+            "approve",
+            "1",
+            "-j",
+            "looked at it",
+            "--code",
+            &oathtool(&carol, 0),
+        ],
+    )
+    .expect(0);
+    let before: Vec<_> = lists
+        .iter()
+        .filter(|_| counting)
+        .map(|(name, who, args)| count(&statements_run(&env, name, who, args)))
+        .collect();
+    grow(1, 4);
+    let mut grew = Vec::new();
+    for ((name, who, args), before) in lists.iter().zip(&before) {
+        let after = count(&statements_run(&env, name, who, args));
+        for (sql, n) in &after {
+            let was = before.get(sql).copied().unwrap_or(0);
+            if *n != was {
+                grew.push(format!("{name}: {was} -> {n} times: {sql}"));
+            }
+        }
+    }
+    assert!(
+        grew.is_empty(),
+        "statements run once a row:\n{}",
+        grew.join("\n")
+    );
+    // What the lists show did grow (the test would prove nothing otherwise).
+    let pending = env
+        .as_("carol", &["request", "list", "--pending", "--json"])
+        .expect(0)
+        .json();
+    let ids: Vec<i64> = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    // u0..u3's requests at /prod are 1, 3, 5, 7; carol decided 1.
+    assert_eq!(ids, [3, 5, 7], "{pending}");
+    let all = env
+        .as_("carol", &["request", "list", "--all", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(all.as_array().unwrap().len(), 4, "{all}");
+    // u0 sees the self-reviews (their own item in each: the first has only u0, the last
+    // all four), carol those she reviews (all items).
+    let progress = |who: &str| -> Vec<String> {
+        let list = env.as_(who, &["review", "list", "--json"]).expect(0).json();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}/{}",
+                    r["name"].as_str().unwrap(),
+                    r["decided"],
+                    r["total"]
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        progress("u0"),
+        ["r0-1 0/1", "r1-1 0/1", "r2-1 0/1", "r3-1 0/1"]
+    );
+    assert_eq!(
+        progress("carol"),
+        ["r0-2 0/1", "r1-2 0/2", "r2-2 0/3", "r3-2 0/4"]
     );
 }
