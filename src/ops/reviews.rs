@@ -14,7 +14,7 @@ use crate::notify::Notice;
 use crate::policy::Policy;
 use crate::scope::Scope;
 use crate::store::requests::Of;
-use crate::store::reviews::{NewReview, Pending as ReviewPending, Recurring};
+use crate::store::reviews::{NewItem, NewReview, Pending as ReviewPending, Recurring, UserFacts};
 use crate::store::Db;
 use crate::time::{from_unix, rfc3339};
 use chrono::{DateTime, Duration, Utc};
@@ -50,37 +50,30 @@ fn period(every: &str) -> Option<Duration> {
     })
 }
 
-/// keep or remove, and why, for one assignment (made at `since`) at `now`. The 30 days of
+/// keep or remove, and why, for one assignment (made at `since`) of a user (disabled or not,
+/// when they last activated the role) at `now`. The 30 days of
 /// disuse count from the assignment's start when it is younger: a new one is kept.
-fn recommend(
-    conn: &Db,
-    user: &str,
-    role: &str,
-    kind: Kind,
-    since: i64,
-    now: i64,
-) -> Result<(String, String)> {
-    let u = users::get(conn, user)?;
-    if u.disabled {
-        return Ok(("remove".into(), "the user is disabled".into()));
+fn recommend(user: UserFacts, kind: Kind, since: i64, now: i64) -> (String, String) {
+    if user.disabled {
+        return ("remove".into(), "the user is disabled".into());
     }
     if kind == Kind::Active {
-        return Ok((
+        return (
             "keep".into(),
             "a direct active assignment (nothing to activate)".into(),
-        ));
+        );
     }
-    let last = conn.last_activation(u.id, role, now)?;
+    let last = user.last_activation;
     if since > now - UNUSED_DAYS * 86_400 && last.is_none_or(|t| t < since) {
-        return Ok((
+        return (
             "keep".into(),
             format!(
                 "new: assigned {} day(s) ago, less than {UNUSED_DAYS}",
                 (now - since).max(0) / 86_400
             ),
-        ));
+        );
     }
-    Ok(match last {
+    match last {
         Some(t) if t >= now - UNUSED_DAYS * 86_400 => (
             "keep".into(),
             format!("activated {} day(s) ago", (now - t) / 86_400),
@@ -96,7 +89,7 @@ fn recommend(
             "remove".into(),
             format!("never activated (eligible, unused for {UNUSED_DAYS} days or more)"),
         ),
-    })
+    }
 }
 
 fn load(conn: &Db, id: i64, now: i64) -> Result<Review> {
@@ -133,28 +126,33 @@ fn start_review(
         created_by: actor,
         created_at: t,
     })?;
+    // What the recommendations need of every holder, read at once (not a user at a time),
+    // and the items stored in multi-row statements.
+    let facts = conn.review_facts(role, t)?;
     let mut people = Vec::new();
-    let mut items = 0i64;
+    let mut seen = std::collections::HashSet::new();
+    let mut rows = Vec::new();
     for a in conn.live_assignments_of_role(role, t)? {
         if !Scope::parse(&a.scope).is_ok_and(|s| scope.covers(&s)) {
             continue;
         }
-        let (recommendation, reason) = recommend(conn, &a.user, role, a.kind, a.start_at, t)?;
-        conn.insert_review_item(
-            id,
-            a.id,
-            &a.user,
-            role,
-            &a.scope,
-            a.kind,
-            &recommendation,
-            &reason,
-        )?;
-        items += 1;
-        if !people.contains(&a.user) {
-            people.push(a.user);
+        // Every holder is in `facts` (the same assignments, at the same instant).
+        let user = facts.get(&a.user_id).copied().unwrap_or_default();
+        let (recommendation, reason) = recommend(user, a.kind, a.start_at, t);
+        if seen.insert(a.user_id) {
+            people.push(a.user.clone());
         }
+        rows.push(NewItem {
+            assignment: a.id,
+            user: a.user,
+            scope: a.scope,
+            kind: a.kind,
+            recommendation,
+            reason,
+        });
     }
+    conn.insert_review_items(id, role, &rows)?;
+    let items = rows.len() as i64;
     let event = Event::new(actor, "review.create")
         .role(role)
         .scope(scope.as_str())

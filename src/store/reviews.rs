@@ -1,11 +1,12 @@
 //! Access reviews and their items.
 
-use super::{Db, OptionalExtension, Row};
+use super::{Db, OptionalExtension, Row, ToValue};
 use crate::error::Result;
 use crate::model::Kind;
 use crate::params;
 use crate::time::{from_unix, rfc3339};
 use serde::Serialize;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Review {
@@ -82,6 +83,24 @@ fn review_from_row(r: &Row<'_>, now: i64) -> Result<Review> {
         total: 0,
         items: Vec::new(),
     })
+}
+
+/// A review item to store (`insert_review_items`).
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub assignment: i64,
+    pub user: String,
+    pub scope: String,
+    pub kind: Kind,
+    pub recommendation: String,
+    pub reason: String,
+}
+
+/// What a review's recommendation needs to know of a user (`review_facts`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UserFacts {
+    pub disabled: bool,
+    pub last_activation: Option<i64>,
 }
 
 /// A new review.
@@ -224,23 +243,34 @@ impl Db {
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn insert_review_item(
-        &self,
-        review: i64,
-        assignment: i64,
-        user: &str,
-        role: &str,
-        scope: &str,
-        kind: Kind,
-        recommendation: &str,
-        reason: &str,
-    ) -> Result<()> {
-        self.execute(
-            "INSERT INTO review_items (review_id, assignment_id, \"user\", role, scope, kind, recommendation, reason) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![review, assignment, user, role, scope, kind, recommendation, reason],
-        )?;
+    /// Store a new review's items for `role`, in multi-row statements.
+    pub fn insert_review_items(&self, review: i64, role: &str, items: &[NewItem]) -> Result<()> {
+        for chunk in items.chunks(super::ROWS_PER_INSERT) {
+            let values: Vec<&dyn ToValue> = chunk
+                .iter()
+                .flat_map(|i| {
+                    [
+                        &review as &dyn ToValue,
+                        &i.assignment,
+                        &i.user,
+                        &role,
+                        &i.scope,
+                        &i.kind,
+                        &i.recommendation,
+                        &i.reason,
+                    ]
+                })
+                .collect();
+            self.execute(
+                &super::values_rows(
+                    "INSERT INTO review_items (review_id, assignment_id, \"user\", role, scope, kind, \
+                     recommendation, reason)",
+                    8,
+                    chunk.len(),
+                ),
+                &values,
+            )?;
+        }
         Ok(())
     }
 
@@ -339,12 +369,26 @@ impl Db {
     }
 
     /// When `user_id` last started an activation of `role` (for a review's recommendation).
-    pub fn last_activation(&self, user_id: i64, role: &str, now: i64) -> Result<Option<i64>> {
-        self.query_row(
-            "SELECT max(start_at) FROM requests WHERE user_id = ?1 AND role = ?2 \
-             AND status IN ('active', 'expired', 'deactivated', 'revoked') AND start_at <= ?3",
-            params![user_id, role, now],
-            |r| r.get(0),
-        )
+    /// For each user holding `role` at `now` (`user_id` -> facts): whether they are disabled
+    /// and when they last activated it, by `now`. One statement for a whole review, each
+    /// user's activations found through their key by user.
+    pub fn review_facts(&self, role: &str, now: i64) -> Result<HashMap<i64, UserFacts>> {
+        self.query_map(
+            "SELECT u.id, u.disabled, (SELECT max(r.start_at) FROM requests r WHERE r.user_id = u.id \
+             AND r.role = ?1 AND r.status IN ('active', 'expired', 'deactivated', 'revoked') \
+             AND r.start_at <= ?2) FROM users u WHERE u.id IN (SELECT a.user_id FROM assignments a \
+             WHERE a.role = ?1 AND a.removed_at IS NULL AND (a.end_at IS NULL OR a.end_at > ?2))",
+            params![role, now],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    UserFacts {
+                        disabled: r.get(1)?,
+                        last_activation: r.get(2)?,
+                    },
+                ))
+            },
+        )?
+        .collect()
     }
 }

@@ -8,7 +8,7 @@ use pim::audit::{self, Event, Filter};
 use pim::model::{Kind, Status, Verdict};
 use pim::store::assignments::NewAssignment;
 use pim::store::requests::{NewRequest, Of, Which};
-use pim::store::reviews::NewReview;
+use pim::store::reviews::{NewItem, NewReview};
 use pim::store::Db;
 
 /// A fresh, migrated database of the backend under test, and what keeps it alive.
@@ -648,7 +648,7 @@ fn requests_move_only_along_the_contracts_transitions() {
 fn reviews_and_their_items() {
     let f = fresh();
     let db = &f.db;
-    let (_, eligible) = world(db);
+    let (bob, eligible) = world(db);
     let tx = db.write().unwrap();
     let reviewers = vec!["carol".to_string()];
     let id = tx
@@ -665,21 +665,44 @@ fn reviews_and_their_items() {
             created_at: 10,
         })
         .unwrap();
-    tx.insert_review_item(
-        id,
-        eligible,
-        "bob",
-        "db-admin",
-        "/prod",
-        Kind::Eligible,
-        "remove",
-        "never activated",
-    )
-    .unwrap();
+    // Seventy items: more than one multi-row INSERT holds.
+    let mut items = Vec::new();
+    for i in 0..70 {
+        let assignment = if i == 0 {
+            eligible
+        } else {
+            tx.insert_assignment(&NewAssignment {
+                user_id: bob,
+                role: "db-admin",
+                scope: &format!("/t{i}"),
+                kind: Kind::Eligible,
+                start_at: 0,
+                end_at: Some(1000),
+                justification: None,
+                ticket: None,
+                created_by: "admin",
+                created_at: 0,
+            })
+            .unwrap()
+        };
+        items.push(NewItem {
+            assignment,
+            user: "bob".into(),
+            scope: if i == 0 {
+                "/prod".into()
+            } else {
+                format!("/t{i}")
+            },
+            kind: Kind::Eligible,
+            recommendation: "remove".into(),
+            reason: "never activated".into(),
+        });
+    }
+    tx.insert_review_items(id, "db-admin", &items).unwrap();
     assert_eq!(
         tx.decide_review_items(id, "bob", "keep", "carol", "needed", 20)
             .unwrap(),
-        1
+        70
     );
     assert_eq!(
         tx.decide_review_items(id, "nobody", "keep", "carol", "x", 20)
@@ -691,9 +714,29 @@ fn reviews_and_their_items() {
     let r = db.review(id, 50).unwrap().unwrap();
     assert_eq!(
         (r.state.as_str(), r.total, r.decided, r.reviewers.clone()),
-        ("open", 1, 1, reviewers.clone())
+        ("open", 70, 70, reviewers.clone())
     );
     assert_eq!(r.items[0].decision.as_deref(), Some("keep"));
+    assert_eq!(
+        (r.items[0].scope.as_str(), r.items[0].reason.as_str()),
+        ("/prod", "never activated")
+    );
+    // The list's counts, in all and of one user's own items.
+    let listed = |user: &str| {
+        let list = db.review_summaries(user, 50).unwrap();
+        assert_eq!(list.len(), 1);
+        let (r, own) = &list[0];
+        (
+            r.id,
+            r.total,
+            r.decided,
+            own.total,
+            own.decided,
+            r.items.len(),
+        )
+    };
+    assert_eq!(listed("bob"), (id, 70, 70, 70, 70, 0));
+    assert_eq!(listed("carol"), (id, 70, 70, 0, 0, 0));
     assert_eq!(db.review(id, 200).unwrap().unwrap().state, "due");
     assert_eq!(db.reviews_due(200).unwrap(), [id]);
     assert_eq!(db.review_ids().unwrap(), [id]);
@@ -714,7 +757,45 @@ fn reviews_and_their_items() {
     assert!(db.reviews_due(300).unwrap().is_empty());
     assert!(db.reviews_recurring().unwrap().is_empty());
     assert!(db.review(id + 1, 0).unwrap().is_none());
-    assert_eq!(db.last_activation(1, "db-admin", 300).unwrap(), None);
+    // What a review's recommendations need of its holders: bob, enabled, never activated;
+    // then activated at 100 and 250 (a pending request and one starting later do not count);
+    // nobody once the eligibilities have ended.
+    let facts = |at| db.review_facts("db-admin", at).unwrap();
+    assert_eq!(facts(300).len(), 1);
+    assert_eq!(
+        (facts(300)[&bob].disabled, facts(300)[&bob].last_activation),
+        (false, None)
+    );
+    let tx = db.write().unwrap();
+    for (status, start) in [
+        (Status::Expired, 100),
+        (Status::Active, 250),
+        (Status::Pending, 280),
+        (Status::Scheduled, 400),
+    ] {
+        tx.insert_request(&NewRequest {
+            user_id: bob,
+            role: "db-admin",
+            scope: "/prod",
+            eligibility_id: Some(eligible),
+            status,
+            created_at: 90,
+            start_at: start,
+            end_at: start + 100,
+            justification: Some("INC-1"),
+            ticket: None,
+            duration_secs: 100,
+            decide_by: None,
+            extends: None,
+        })
+        .unwrap();
+    }
+    audit::append(&tx, t(2), ev("activation.request")).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(facts(200)[&bob].last_activation, Some(100));
+    assert_eq!(facts(300)[&bob].last_activation, Some(250));
+    assert_eq!(facts(500)[&bob].last_activation, Some(250));
+    assert!(facts(1000).is_empty());
 }
 
 #[test]
