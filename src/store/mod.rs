@@ -393,8 +393,16 @@ pub(crate) fn note_reprepared(sql: &str, stmt: &rusqlite::Statement<'_>) {
 /// runs as many statements however many rows it lists (no query for each row).
 #[cfg(debug_assertions)]
 pub(crate) fn note_run(sql: &str) {
+    append_test_note("PIM_TEST_RUNS", || one_line(sql));
+}
+
+/// The line `line` makes, appended to the file the environment variable `var` names, when it
+/// names one and pim is not set-group-id (test builds only: what the performance tests read
+/// back).
+#[cfg(debug_assertions)]
+fn append_test_note(var: &str, line: impl FnOnce() -> String) {
     use std::io::Write;
-    let Some(file) = std::env::var_os("PIM_TEST_RUNS") else {
+    let Some(file) = std::env::var_os(var) else {
         return;
     };
     if crate::privilege::is_setgid() {
@@ -405,27 +413,26 @@ pub(crate) fn note_run(sql: &str) {
         .append(true)
         .open(file)
     {
-        let _ = writeln!(
-            f,
-            "{}",
-            sql.split_whitespace().collect::<Vec<_>>().join(" ")
-        );
+        let _ = writeln!(f, "{}", line());
     }
+}
+
+/// `sql` on one line, its runs of white space made one space.
+#[cfg(debug_assertions)]
+fn one_line(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// `SQL<TAB>NOTE` appended to `PIM_TEST_PLANS`, once a process for each `kind` of note on
 /// each statement; `note` makes it (nothing written if it makes none).
 #[cfg(debug_assertions)]
 fn write_plan_note(kind: &'static str, sql: &str, note: impl FnOnce() -> Option<String>) {
-    use std::io::Write;
     thread_local! {
         static SEEN: std::cell::RefCell<std::collections::HashSet<(&'static str, String)>> =
             std::cell::RefCell::default();
     }
-    let Some(file) = std::env::var_os("PIM_TEST_PLANS") else {
-        return;
-    };
-    if crate::privilege::is_setgid()
+    if std::env::var_os("PIM_TEST_PLANS").is_none()
+        || crate::privilege::is_setgid()
         || !SEEN.with(|s| s.borrow_mut().insert((kind, sql.to_string())))
     {
         return;
@@ -433,17 +440,7 @@ fn write_plan_note(kind: &'static str, sql: &str, note: impl FnOnce() -> Option<
     let Some(note) = note() else {
         return;
     };
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-    {
-        let _ = writeln!(
-            f,
-            "{}\t{note}",
-            sql.split_whitespace().collect::<Vec<_>>().join(" ")
-        );
-    }
+    append_test_note("PIM_TEST_PLANS", || format!("{}\t{note}", one_line(sql)));
 }
 
 /// What pim learned about the database file SQLite actually opened.
