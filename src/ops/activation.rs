@@ -935,9 +935,12 @@ mod tests {
             .to_string()
             .contains("TOTP"));
         assert_eq!(
-            pim.activate("bob", ask("db-admin", "/prod", Some("123456".into())))
-                .unwrap_err()
-                .exit_code(),
+            pim.activate(
+                "bob",
+                ask("db-admin", "/prod", Some(wrong_code(&clock, &secret)))
+            )
+            .unwrap_err()
+            .exit_code(),
             3
         );
         // Ticket required.

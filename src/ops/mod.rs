@@ -487,6 +487,19 @@ permissions = ["users"]
         crate::mfa::code_at(secret, clock.now().timestamp())
     }
 
+    /// A code that is none of `secret`'s from two steps before the clock's to two after (a
+    /// fixed "000000" is a valid code about once in 330,000 tries).
+    pub fn wrong_code(clock: &FixedClock, secret: &[u8]) -> String {
+        let t = clock.now().timestamp();
+        let near: Vec<String> = (-2..=2)
+            .map(|k| crate::mfa::code_at(secret, t + 30 * k))
+            .collect();
+        (0u32..)
+            .map(|n| format!("{:06}", (n * 7919) % 1_000_000))
+            .find(|c| !near.contains(c))
+            .unwrap()
+    }
+
     pub fn count_events(pim: &Pim, action: &str) -> i64 {
         pim.conn()
             .query_row(

@@ -888,9 +888,10 @@ mod tests {
         );
         // Five wrong codes lock the authenticator, audited.
         let before = count_events(&pim, "mfa.fail");
+        let wrong = wrong_code(&clock, &secret);
         for _ in 0..4 {
             assert_eq!(
-                pim.enroll("admin", None, Some("000000"))
+                pim.enroll("admin", None, Some(&wrong))
                     .unwrap_err()
                     .exit_code(),
                 3
@@ -898,7 +899,7 @@ mod tests {
         }
         assert_eq!(count_events(&pim, "mfa.fail"), before + 4);
         assert_eq!(count_events(&pim, "mfa.lock"), 1);
-        let err = pim.enroll("admin", None, Some("000000")).unwrap_err();
+        let err = pim.enroll("admin", None, Some(&wrong)).unwrap_err();
         assert!(err.to_string().contains("locked"), "{err}");
         // The lock passes with time.
         clock.advance(chrono::Duration::minutes(16));
@@ -916,16 +917,17 @@ mod tests {
         assert!(!pim.user("bob").unwrap().mfa_enrolled);
         let secret = crate::mfa::from_base32(&e.secret).unwrap();
         // Wrong first codes count; the fifth drops the pending enrolment.
+        let wrong = wrong_code(&clock, &secret);
         for _ in 0..4 {
             assert_eq!(
-                pim.confirm_enrolment("bob", "000000")
+                pim.confirm_enrolment("bob", &wrong)
                     .unwrap_err()
                     .exit_code(),
                 3
             );
         }
         assert_eq!(
-            pim.confirm_enrolment("bob", "000000")
+            pim.confirm_enrolment("bob", &wrong)
                 .unwrap_err()
                 .exit_code(),
             3

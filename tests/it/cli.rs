@@ -3,7 +3,7 @@
 use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
-use support::{have, oathtool, Env};
+use support::{have, oathtool, oathtool_at, unix_now, wrong_code, Env};
 
 // ---------------------------------------------------------------- init and the database
 
@@ -366,8 +366,11 @@ fn our_codes_match_oathtool_and_each_is_accepted_once() {
         env.count("SELECT count(*) FROM audit_events WHERE action = 'mfa.fail'"),
         1
     );
-    // One step of skew either side is accepted; a code is accepted at most once.
-    let next = oathtool(&new_secret, 30);
+    // One step of skew either side is accepted; a code is accepted at most once. (Both
+    // codes of the next step from one reading of the clock: a replay taken later could fall
+    // in a step not yet used.)
+    let now = unix_now();
+    let next = oathtool_at(&new_secret, now + 30);
     let r = env
         .as_("admin", &["mfa", "enroll", "--code", &next, "--json"])
         .expect(0);
@@ -377,9 +380,12 @@ fn our_codes_match_oathtool_and_each_is_accepted_once() {
     // Each step at most once, even across a new secret: the third's code of the step just
     // used is a replay.
     let replay = env
-        .as_("admin", &["mfa", "enroll", "--code", &oathtool(&third, 30)])
+        .as_(
+            "admin",
+            &["mfa", "enroll", "--code", &oathtool_at(&third, now + 30)],
+        )
         .expect(3);
-    assert!(replay.stderr.contains("MFA failed"), "{}", replay.stderr);
+    assert!(replay.stderr.contains("already used"), "{}", replay.stderr);
 }
 
 #[test]
@@ -724,7 +730,8 @@ fn activate_check_status_and_deactivate() {
 
 #[test]
 fn activation_refusals_name_what_is_missing_and_are_audited() {
-    let (env, _) = with_eligible_bob();
+    let (env, bob) = with_eligible_bob();
+    let wrong = wrong_code(&bob);
     env.as_("admin", &["assign", "bob", "k8s-operator", "-j", "ops"])
         .expect(0);
     let refusals = || env.count("SELECT count(*) FROM audit_events WHERE result != 'ok'");
@@ -753,7 +760,7 @@ fn activation_refusals_name_what_is_missing_and_are_audited() {
             "at most 4h",
         ),
         (
-            vec!["db-admin", prod[0], prod[1], "-j", "x", "--code", "000000"],
+            vec!["db-admin", prod[0], prod[1], "-j", "x", "--code", &wrong],
             "MFA failed",
         ),
     ];
@@ -779,7 +786,14 @@ fn wrong_codes_lock_the_authenticator() {
         env.as_(
             "bob",
             &[
-                "activate", "db-admin", "--scope", "/prod", "-j", "x", "--code", "000000",
+                "activate",
+                "db-admin",
+                "--scope",
+                "/prod",
+                "-j",
+                "x",
+                "--code",
+                &wrong_code(&bob),
             ],
         )
         .expect(3);

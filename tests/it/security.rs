@@ -5,7 +5,7 @@
 
 use crate::support;
 
-use support::{oathtool, Env, Policy};
+use support::{oathtool, unix_now, wrong_code_at, Env, Policy};
 
 const ESCAPES: &str = "INC-1 \x1b[2J\x1b]8;;http://evil.example/\x07click\x1b]8;;\x07\r\u{202e}gpj.exe\u{200b}\u{9b}31m";
 /// What a one-line field (name, ticket) may carry: no control characters, but invisible and
@@ -795,11 +795,17 @@ fn a_database_from_before_sealing_is_sealed_once_by_its_owner() {
 fn locks_grow_and_a_hundred_wrong_codes_lock_until_reset() {
     let (env, bob) = with_bob();
     let wrong = |offset: &str| {
+        let seconds = match offset {
+            "+0s" => 0,
+            "+16m" => 16 * 60,
+            other => panic!("no wrong code for {other}"),
+        };
+        let code = wrong_code_at(&bob, unix_now() + seconds);
         env.at(
             offset,
             &[
                 "--as", "bob", "activate", "db-admin", "--scope", "/prod", "-j", "x", "--code",
-                "000000",
+                &code,
             ],
         )
         .expect(3)
@@ -899,15 +905,15 @@ fn re_enrolling_yourself_gives_no_fresh_codes() {
         .as_str()
         .unwrap()
         .to_string();
-    env.as_("bob", &["mfa", "confirm", "--code", &oathtool(&new, 0)])
+    let confirmed = oathtool(&new, 0);
+    env.as_("bob", &["mfa", "confirm", "--code", &confirmed])
         .expect(0);
     // A code of the new secret from a step already used is a replay: at most one
-    // re-enrolment (and one code) per 30 seconds, whatever the secret.
+    // re-enrolment (and one code) per 30 seconds, whatever the secret. (The confirming
+    // code itself: one taken later from the step before could be two steps old by the
+    // time pim reads its clock.)
     let r = env
-        .as_(
-            "bob",
-            &["mfa", "enroll", "--code", &oathtool(&new, -30), "--json"],
-        )
+        .as_("bob", &["mfa", "enroll", "--code", &confirmed, "--json"])
         .expect(3);
     assert!(r.stderr.contains("already used"), "{}", r.stderr);
 }

@@ -62,14 +62,12 @@ pub fn bin() -> &'static str {
 
 /// A code from oathtool, independent of our TOTP code; `offset` in seconds from now.
 pub fn oathtool(secret: &str, offset: i64) -> String {
+    oathtool_n(secret, &format!("now {offset:+} seconds"))
+}
+
+fn oathtool_n(secret: &str, when: &str) -> String {
     let out = Command::new("oathtool")
-        .args([
-            "--totp",
-            "-b",
-            secret,
-            "-N",
-            &format!("now {offset:+} seconds"),
-        ])
+        .args(["--totp", "-b", secret, "-N", when])
         .output()
         .expect("oathtool is needed by the tests (apt-get install oathtool)");
     assert!(
@@ -78,6 +76,36 @@ pub fn oathtool(secret: &str, offset: i64) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// oathtool's code for `secret` at the Unix time `at` (for two codes of one step, taken
+/// from one reading of the clock).
+pub fn oathtool_at(secret: &str, at: i64) -> String {
+    oathtool_n(secret, &format!("@{at}"))
+}
+
+/// The Unix time now, as oathtool reads it.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A six-digit code that is none of `secret`'s codes from two steps before `at` to two
+/// after: wrong whatever step the binary reads its clock in. (A fixed "000000" is a valid
+/// code about once in 330,000 tries.)
+pub fn wrong_code_at(secret: &str, at: i64) -> String {
+    let near: Vec<String> = (-2..=2).map(|k| oathtool_at(secret, at + 30 * k)).collect();
+    (0..)
+        .map(|n: u32| format!("{:06}", (n * 7919) % 1_000_000))
+        .find(|c| !near.contains(c))
+        .unwrap()
+}
+
+/// A code wrong now (see `wrong_code_at`).
+pub fn wrong_code(secret: &str) -> String {
+    wrong_code_at(secret, unix_now())
 }
 
 /// The code of the step before this one, for confirming an enrolment without spending the
