@@ -130,6 +130,17 @@ fn pg_bin(name: &str) -> String {
 }
 
 fn run(account: &Option<String>, program: &str, args: &[&str]) {
+    let out = output(account, program, args);
+    assert!(
+        out.status.success(),
+        "{program} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A PostgreSQL program's run, as `account` when there is one.
+fn output(account: &Option<String>, program: &str, args: &[&str]) -> std::process::Output {
     let program = &pg_bin(program);
     let mut c = match account {
         Some(a) => {
@@ -139,17 +150,10 @@ fn run(account: &Option<String>, program: &str, args: &[&str]) {
         }
         None => Command::new(program),
     };
-    let out = c
-        .args(args)
+    c.args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("{program} is needed by the PostgreSQL tests: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap_or_else(|e| panic!("{program} is needed by the PostgreSQL tests: {e}"))
 }
 
 extern "C" fn stop_clusters() {
@@ -224,11 +228,6 @@ fn start_cluster_with(tls: Option<()>) -> (String, PathBuf) {
     if uid.is_some() {
         std::os::unix::fs::chown(&dir, uid, None).unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let data_dir = dir.join("data");
     let data = data_dir.to_str().unwrap();
     run(
@@ -247,7 +246,7 @@ fn start_cluster_with(tls: Option<()>) -> (String, PathBuf) {
         ],
     );
     let mut options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+        "-k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
         dir.display()
     );
     if tls.is_some() {
@@ -337,19 +336,39 @@ fn start_cluster_with(tls: Option<()>) -> (String, PathBuf) {
         }
         clusters.push((dir.clone(), account.clone()));
     }
-    run(
-        &account,
-        "pg_ctl",
-        &[
-            "-D",
-            data,
-            "-o",
-            &options,
-            "-l",
-            log.to_str().unwrap(),
-            "-w",
-            "start",
-        ],
-    );
-    (format!("postgres://pim@127.0.0.1:{port}/postgres"), dir)
+    // A port free a moment ago may be taken by the time the server binds it (another
+    // test's listener): then another port, a few times.
+    for attempt in 1.. {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = format!("-p {port} {options}");
+        let started = output(
+            &account,
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        if started.status.success() {
+            return (format!("postgres://pim@127.0.0.1:{port}/postgres"), dir);
+        }
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            attempt < 5 && said.contains("could not bind"),
+            "pg_ctl failed: {}{}{said}",
+            String::from_utf8_lossy(&started.stdout),
+            String::from_utf8_lossy(&started.stderr)
+        );
+    }
+    unreachable!()
 }

@@ -119,7 +119,8 @@ fn a_changed_until_is_a_change_and_prune_removes_what_is_not_named() {
         &["assign", "bob", "security-reader", "-j", "extra"],
     )
     .expect(0);
-    let changed = desired().replace(&date_in(200), &date_in(300));
+    let later = date_in(300);
+    let changed = desired().replace(&date_in(200), &later);
     std::fs::write(env.path("changed.toml"), changed).unwrap();
     // Without --prune nothing is removed.
     let plain = env
@@ -138,10 +139,7 @@ fn a_changed_until_is_a_change_and_prune_removes_what_is_not_named() {
         )
         .expect(0)
         .json();
-    assert_eq!(
-        pruned["change"][0]["to"],
-        format!("{}T00:00:00Z", date_in(300))
-    );
+    assert_eq!(pruned["change"][0]["to"], format!("{later}T00:00:00Z"));
     let removed: Vec<&str> = pruned["remove"]
         .as_array()
         .unwrap()

@@ -1126,6 +1126,8 @@ fn activate_prompts_on_a_terminal() {
     tmux(&["send-keys", "-t", &session, "INC-9 replica lag", "Enter"]);
     wait_for("TOTP code for bob");
     let code = oathtool(&bob, 0);
+    // (A moment for the hidden prompt to turn echo off: see `Terminal::secret`.)
+    std::thread::sleep(std::time::Duration::from_millis(300));
     tmux(&["send-keys", "-t", &session, &code, "Enter"]);
     wait_for("exit=");
     let seen = screen();

@@ -1028,10 +1028,25 @@ fn a_pim_stopped_while_it_opens_the_database_is_ended_by_root() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_micros(
-            300 + (attempt * 37) % 4000,
-        ));
         let pid = child.id() as i32;
+        // Stopped just after it opens the WAL index (seen in /proc, however fast or loaded
+        // the machine), a few microseconds later on each attempt: a fixed delay after the
+        // spawn missed the window whenever the machine ran slower than the delays assumed.
+        let shm_open = || {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|fds| {
+                    fds.flatten().any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|t| t.to_string_lossy().ends_with("-shm"))
+                    })
+                })
+                .unwrap_or(false)
+        };
+        let spawned = std::time::Instant::now();
+        while !shm_open() && spawned.elapsed() < std::time::Duration::from_secs(2) {}
+        let after = std::time::Duration::from_micros((attempt * 7) % 80);
+        let seen = std::time::Instant::now();
+        while seen.elapsed() < after {}
         unsafe { libc::kill(pid, libc::SIGSTOP) };
         let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
         let holds = locks.lines().any(|l| {
@@ -1050,8 +1065,7 @@ fn a_pim_stopped_while_it_opens_the_database_is_ended_by_root() {
         let _ = child.wait();
     }
     let Some(mut stopped) = caught else {
-        eprintln!("never caught a pim inside a lock in 400 tries; nothing to check here");
-        return;
+        panic!("never caught a pim inside a lock in 400 tries: nothing was checked");
     };
     // Root's next command ends it (here `audit verify`), when the stopped pim keeps it out,
     // and records who it was. Caught holding only what keeps writers out (the WAL's write
@@ -1157,8 +1171,22 @@ fn roots_sweep_ends_only_holders_that_keep_everyone_out() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Stopped once its command runs (the activation committed): a fixed wait could stop it
+    // inside its write, which root's sweep then rightly ends.
     let exec_pid = exec.id() as i32;
+    let children = format!("/proc/{exec_pid}/task/{exec_pid}/children");
+    let spawned = std::time::Instant::now();
+    while std::fs::read_to_string(&children)
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            spawned.elapsed() < std::time::Duration::from_secs(30),
+            "alice's exec never started its command"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     unsafe { libc::kill(exec_pid, libc::SIGSTOP) };
     i.root(&["sweep"]).expect(0);
     assert_eq!(

@@ -547,6 +547,14 @@ impl Terminal {
         self.keys(&["Enter"]);
     }
 
+    /// Answer a hidden prompt (a TOTP code): as `line`, a moment after the prompt shows. The
+    /// prompt turns echo off with TCSAFLUSH, which drops whatever was typed before it did;
+    /// typed at once, a code can land in that gap on a loaded machine and pim waits forever.
+    pub fn secret(&self, text: &str) {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        self.line(text);
+    }
+
     /// Press keys by tmux's names (`Space`, `Down`, `Enter`, `y`).
     pub fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", &self.session];
