@@ -1043,7 +1043,10 @@ fn a_pim_stopped_while_it_opens_the_database_is_ended_by_root() {
                 .unwrap_or(false)
         };
         let spawned = std::time::Instant::now();
-        while !shm_open() && spawned.elapsed() < std::time::Duration::from_secs(2) {}
+        while !shm_open()
+            && spawned.elapsed() < std::time::Duration::from_secs(2)
+            && child.try_wait().is_ok_and(|ended| ended.is_none())
+        {}
         let after = std::time::Duration::from_micros((attempt * 7) % 80);
         let seen = std::time::Instant::now();
         while seen.elapsed() < after {}
