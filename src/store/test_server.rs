@@ -338,7 +338,9 @@ fn start_cluster_with(tls: Option<()>) -> (String, PathBuf) {
     }
     // A port free a moment ago may be taken by the time the server binds it (another
     // test's listener): then another port, a few times.
-    for attempt in 1.. {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -370,5 +372,4 @@ fn start_cluster_with(tls: Option<()>) -> (String, PathBuf) {
             String::from_utf8_lossy(&started.stderr)
         );
     }
-    unreachable!()
 }

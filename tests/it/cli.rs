@@ -782,18 +782,12 @@ fn activation_refusals_name_what_is_missing_and_are_audited() {
 #[test]
 fn wrong_codes_lock_the_authenticator() {
     let (env, bob) = with_eligible_bob();
+    let wrong = wrong_code(&bob);
     for _ in 0..5 {
         env.as_(
             "bob",
             &[
-                "activate",
-                "db-admin",
-                "--scope",
-                "/prod",
-                "-j",
-                "x",
-                "--code",
-                &wrong_code(&bob),
+                "activate", "db-admin", "--scope", "/prod", "-j", "x", "--code", &wrong,
             ],
         )
         .expect(3);

@@ -794,15 +794,11 @@ fn a_database_from_before_sealing_is_sealed_once_by_its_owner() {
 #[test]
 fn locks_grow_and_a_hundred_wrong_codes_lock_until_reset() {
     let (env, bob) = with_bob();
-    let wrong = |offset: &str| {
-        let seconds = match offset {
-            "+0s" => 0,
-            "+16m" => 16 * 60,
-            other => panic!("no wrong code for {other}"),
-        };
+    // `seconds` from now, on pim's clock (faketime) and for the code alike.
+    let wrong = |seconds: i64| {
         let code = wrong_code_at(&bob, unix_now() + seconds);
         env.at(
-            offset,
+            &format!("+{seconds}s"),
             &[
                 "--as", "bob", "activate", "db-admin", "--scope", "/prod", "-j", "x", "--code",
                 &code,
@@ -814,7 +810,7 @@ fn locks_grow_and_a_hundred_wrong_codes_lock_until_reset() {
         env.count("SELECT mfa_locked_until - (SELECT max(time) FROM audit_events WHERE action = 'mfa.lock') FROM users WHERE name = 'bob'")
     };
     for _ in 0..5 {
-        wrong("+0s");
+        wrong(0);
     }
     assert_eq!(locked_for(), 15 * 60);
     // While locked, a right code is refused too.
@@ -836,12 +832,12 @@ fn locks_grow_and_a_hundred_wrong_codes_lock_until_reset() {
     assert!(r.stderr.contains("locked"), "{}", r.stderr);
     // The next run of five, after the lock: twice as long.
     for _ in 0..5 {
-        wrong("+16m");
+        wrong(16 * 60);
     }
     assert_eq!(locked_for(), 30 * 60);
     // Drive the count to 100 consecutive failures (as if over days).
     env.sql("UPDATE users SET mfa_failures = 99, mfa_locked_until = NULL WHERE name = 'bob'");
-    let r = wrong("+0s");
+    let r = wrong(0);
     assert!(r.stderr.contains("until an administrator"), "{}", r.stderr);
     // Months later it is still locked, whatever the code.
     let later = env
