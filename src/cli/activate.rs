@@ -444,10 +444,11 @@ pub struct ExecArgs {
     /// The role to hold while CMD runs
     #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::roles))]
     role: String,
-    /// Where the role must hold
-    #[arg(long, default_value = "/", value_name = "S")]
+    /// Where the role must hold (default: the only scope you hold it at, else the only one
+    /// you are eligible at, else /)
+    #[arg(long, value_name = "S")]
     #[arg(add = clap_complete::ArgValueCandidates::new(super::complete::scopes))]
-    scope: String,
+    scope: Option<String>,
     /// Why (asked for on a terminal when the role requires one)
     #[arg(short = 'j', long, value_name = "J")]
     justification: Option<String>,
@@ -471,7 +472,7 @@ pub struct ExecArgs {
 /// Run CMD with the role held: activate it if needed (under the usual rules), run, give it
 /// back if we took it, and exit with CMD's code.
 pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
-    let scope = Scope::parse(&a.scope)?;
+    let scope = a.scope.as_deref().map(Scope::parse).transpose()?;
     let duration = a.duration.as_deref().map(parse_duration).transpose()?;
     let wait = parse_wait(a.wait.as_deref())?;
     let (mut pim, actor) = ctx.open()?;
@@ -485,6 +486,10 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
                 a.role
             ))
         })?;
+    let scope = match scope {
+        Some(s) => s,
+        None => pim.exec_scope(&actor, &role_key)?,
+    };
     let (request, until, activated) = match pim.check(&actor, &role_key, &scope)? {
         Some(until) => (None, until, false),
         None => {
@@ -497,6 +502,12 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
                 ticket: a.ticket,
                 code: a.code,
             };
+            if ctx.interactive {
+                // Check first, then ask (as activate does): a refusal that needs nothing
+                // typed comes before the justification and the code.
+                let plan = pim.plan_activation(&actor, &input)?;
+                ctx.note(&format!("Activating {}", offer(&plan, pim.now())));
+            }
             ask_for_missing(
                 ctx,
                 &pim,

@@ -448,7 +448,10 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
         }
     };
     // A signed checkpoint for the witnesses when the log grew (root's in the installed pim:
-    // its file and command are root's).
+    // its file and command are root's; the owner's of any other database).
+    if !ctx.installed() && !ctx.runs_commands() {
+        ctx.note("Note: this database belongs to another account: its notification and witness commands were not run (they run only for the account that owns it; its own `pim sweep` runs them).");
+    }
     let witnessed = if ctx.runs_commands() {
         pim.publish_checkpoint(&actor, &ctx.protected_files())?
     } else {

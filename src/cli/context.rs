@@ -28,6 +28,9 @@ pub struct Ctx {
     session: RefCell<Option<Session>>,
     /// Whether the database opened is the installed one of a set-group-id pim.
     installed: std::cell::Cell<bool>,
+    /// The owner of the database opened (the file SQLite opened; for a server the caller,
+    /// or root for the installed one).
+    owner: std::cell::Cell<Option<u32>>,
     /// The database file and its companions, which no output may replace.
     files: std::cell::OnceCell<Vec<FileId>>,
     /// Root may wait out a lock holder that is not stopped (`pim sweep`, from a timer); any
@@ -97,6 +100,7 @@ impl Ctx {
             verbose: cli.verbose,
             session: RefCell::new(None),
             installed: std::cell::Cell::new(false),
+            owner: std::cell::Cell::new(None),
             files: std::cell::OnceCell::new(),
             patient: std::cell::Cell::new(false),
         })
@@ -188,6 +192,7 @@ impl Ctx {
             }
         };
         self.installed.set(db.file.installed);
+        self.owner.set(Some(db.file.owner));
         let _ = self.files.set(db.file.files.clone());
         let os_account = real_user()?;
         let instance = db.conn.instance()?;
@@ -355,10 +360,18 @@ impl Ctx {
         self.installed.get()
     }
 
-    /// Whether notification commands run in this process: not in the installed pim for a
-    /// caller who is not root (they wait for root's `pim sweep`).
+    /// Whether notification and witness commands (and the witness file's write) run in this
+    /// process. They run as whoever runs pim, so only for the account that wrote them: in
+    /// the installed pim root alone (callers' wait for root's `pim sweep`); otherwise the
+    /// database's owner alone. Root running pim on a file another account owns (a sweep
+    /// when asked for help) would otherwise run that account's commands as root.
     pub fn runs_commands(&self) -> bool {
-        !self.installed.get() || privilege::real_uid() == 0
+        let uid = privilege::real_uid();
+        if self.installed.get() {
+            uid == 0
+        } else {
+            self.owner.get() == Some(uid)
+        }
     }
 
     /// Whether this process may deliver other people's notifications (`pim sweep`): not in

@@ -44,11 +44,13 @@ pub fn hidden(prompt: &str) -> Result<String> {
     Ok(Password::new().with_prompt(prompt).interact()?)
 }
 
-/// Yes or no, no unless answered.
+/// Yes or no, no unless answered; the answer is taken with Enter, like every other prompt
+/// (a `y` alone used to answer, and the Enter typed after it went to the next prompt).
 pub fn confirm(prompt: &str) -> Result<bool> {
     Ok(Confirm::new()
         .with_prompt(prompt)
         .default(false)
+        .wait_for_newline(true)
         .interact()?)
 }
 

@@ -248,9 +248,14 @@ pub fn run_mfa(ctx: &Ctx, cmd: MfaCommand) -> anyhow::Result<i32> {
             }
         }
         MfaCommand::Confirm { code } => {
+            let asked = code.is_none() && ctx.interactive;
             match code {
                 Some(c) => pim.confirm_enrolment(&actor, &c)?,
-                None if ctx.interactive => confirm_first_code(ctx, &mut pim, &actor)?,
+                None if ctx.interactive => {
+                    // Nothing waiting is said before a code is asked for.
+                    pim.enrolment_waiting(&actor)?;
+                    confirm_first_code(ctx, &mut pim, &actor)?
+                }
                 None => {
                     return Err(crate::Error::Usage(
                         "Pass --code with a code from the new authenticator.".to_string(),
@@ -260,7 +265,8 @@ pub fn run_mfa(ctx: &Ctx, cmd: MfaCommand) -> anyhow::Result<i32> {
             }
             if ctx.json {
                 json(&serde_json::json!({"user": actor, "mfa_enrolled": true}))?;
-            } else if !ctx.interactive {
+            } else if !asked {
+                // (confirm_first_code has said it on the terminal.)
                 out(&format!(
                     "{actor}'s new authenticator is confirmed and in force."
                 ))?;

@@ -576,6 +576,25 @@ impl Pim {
         })
     }
 
+    /// Where `pim exec ROLE` without `--scope` runs: the one scope `user` holds `role` at
+    /// now, else the one scope they are eligible for it at (as `activate` chooses; several
+    /// of them is a usage error naming them).
+    pub fn exec_scope(&self, user: &str, role: &str) -> Result<Scope> {
+        let me = users::get(&self.conn, user)?;
+        let now = self.now().timestamp();
+        let mut held: Vec<Scope> = holdings(&self.conn, me.id, now)?
+            .into_iter()
+            .filter(|h| h.role == role)
+            .map(|h| h.scope)
+            .collect();
+        held.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        held.dedup();
+        match held.as_slice() {
+            [only] => Ok(only.clone()),
+            _ => scope_for(&self.conn, me.id, role, None, now),
+        }
+    }
+
     /// Every role and scope `user` is eligible for right now, with what activating it asks
     /// (those already active marked so): the menu of `pim activate` with no role.
     pub fn activatable(&self, user: &str) -> Result<Vec<ActivationPlan>> {

@@ -568,6 +568,16 @@ impl Pim {
     /// Confirm your pending enrolment with a first code from the new authenticator: only then
     /// does it replace the old one. Wrong codes count; after `CONFIRM_TRIES` the pending
     /// enrolment is dropped.
+    /// `confirm_enrolment`'s refusal when nothing waits for a first code, said before a
+    /// code is asked for.
+    pub fn enrolment_waiting(&self, actor: &str) -> Result<()> {
+        let t = self.now().timestamp();
+        match self.conn.pending_enrolment(actor)? {
+            Some((_, at, _)) if at + CONFIRM_WITHIN > t => Ok(()),
+            _ => Err(no_enrolment_waiting()),
+        }
+    }
+
     pub fn confirm_enrolment(&mut self, actor: &str, code: &str) -> Result<()> {
         let vault = self.vault.clone();
         self.write(actor, |tx, now, _policy| {
@@ -578,9 +588,7 @@ impl Pim {
                 .pending_enrolment(actor)?
                 .filter(|(_, at, _)| at + CONFIRM_WITHIN > t)
             else {
-                return Err(Error::NotFound(
-                    "You have no enrolment waiting for its first code (they wait an hour). Start one with `pim mfa enroll`.".to_string(),
-                ));
+                return Err(no_enrolment_waiting());
             };
             let secret = vault.open(actor, &sealed)?;
             let Some(step) = mfa::matching_step(&secret, code, t) else {
@@ -817,6 +825,12 @@ impl Pim {
 }
 
 use super::policy_ops;
+
+fn no_enrolment_waiting() -> Error {
+    Error::NotFound(
+        "You have no enrolment waiting for its first code (they wait an hour). Start one with `pim mfa enroll`.".to_string(),
+    )
+}
 
 #[cfg(test)]
 mod tests {

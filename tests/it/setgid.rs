@@ -878,6 +878,84 @@ fn a_stopped_pim_holding_the_write_lock_is_named_and_root_ends_it() {
     i.root(&["audit", "verify"]).expect(0);
 }
 
+/// Notification and witness commands run as whoever runs pim, so only for the account that
+/// wrote them: root running pim on a database another account owns (a sweep, asked for
+/// help) runs none of them, nor appends to its witness file; the owner's own sweep does.
+#[test]
+fn root_runs_no_command_of_a_database_another_account_owns() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let home = i.home(MALLORY);
+    let (ran, witnessed, checkpoints) = (
+        home.join("ran"),
+        home.join("witnessed"),
+        home.join("checkpoints"),
+    );
+    let own = i.mallory_db(&format!(
+        "[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]\n\n[witness]\nfile = \"{}\"\ncommand = [\"sh\", \"-c\", \"id -un >> {}\"]\n",
+        ran.display(),
+        checkpoints.display(),
+        witnessed.display()
+    ));
+    let own_s = own.display().to_string();
+    let mallory = |args: &[&str]| {
+        let mut all = vec!["--db", own_s.as_str()];
+        all.extend_from_slice(args);
+        i.as_account(MALLORY, &all, &[])
+    };
+    mallory(&["user", "add", "zed"]).expect(0);
+    // Ends within a day: the next sweep queues a reminder.
+    mallory(&["assign", "zed", "db-admin", "-j", "x", "--duration", "12h"]).expect(0);
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap().trim(),
+        MALLORY,
+        "her own pim runs her command, as her"
+    );
+    let r = i.root(&["--db", &own_s, "sweep"]).expect(0);
+    assert!(
+        r.stderr.contains("belongs to another account"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.contains("1 reminder(s)"), "{}", r.stdout);
+    assert!(
+        !std::fs::read_to_string(&ran).unwrap().contains("root"),
+        "root ran mallory's notification command"
+    );
+    assert!(!witnessed.exists(), "root ran mallory's witness command");
+    assert!(!checkpoints.exists(), "root wrote mallory's witness file");
+    let pending = || -> i64 {
+        peek(&own)
+            .query_row(
+                "SELECT count(*) FROM outbox WHERE channel = 'command' AND status = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(pending(), 1, "the reminder's command waits for its owner");
+    // Her own sweep runs them, as her.
+    let r = mallory(&["sweep"]).expect(0);
+    assert!(
+        !r.stderr.contains("belongs to another account"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(pending(), 0);
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    assert_eq!(
+        lines.lines().collect::<Vec<_>>(),
+        [MALLORY, MALLORY],
+        "{lines}"
+    );
+    assert_eq!(std::fs::read_to_string(&witnessed).unwrap().trim(), MALLORY);
+    assert!(std::fs::read_to_string(&checkpoints)
+        .unwrap()
+        .contains("— "));
+}
+
 #[test]
 fn command_notifications_of_the_installed_database_wait_for_roots_sweep() {
     if !ready() {

@@ -257,7 +257,7 @@ fn review_decide_asks_for_a_reason_and_complete_confirms() {
     let s = t.wait_for("Remove these 1 assignment(s) and complete review");
     assert!(s.contains("carol"), "{s}");
     assert!(s.contains("undecided; default recommendation"), "{s}");
-    t.keys(&["n"]);
+    t.keys(&["n", "Enter"]);
     let (exit, s) = t.finish();
     assert_eq!(exit, 0, "{s}");
     assert!(s.contains("Nothing changed; the review stays open."), "{s}");
@@ -810,21 +810,154 @@ fn a_scope_typo_is_met_with_did_you_mean() {
         "{}",
         r.stderr
     );
-    // On a terminal the question is asked; yes assigns at /prod.
+    // On a terminal the question is asked; yes assigns at /prod. The answer is taken with
+    // Enter, like every other: the Enter does not answer the next prompt (the
+    // justification) with nothing.
     env.user("dave");
     let t = Terminal::start(
         &env,
         &[
-            "--as", "admin", "assign", "dave", "db-admin", "--scope", "/prodd", "-j", "x",
+            "--as", "admin", "assign", "dave", "db-admin", "--scope", "/prodd",
         ],
         160,
     );
     t.wait_for("did you mean /prod? Assign at /prod instead?");
     t.keys(&["y"]);
+    // `y` alone used to answer at once, and the Enter a person types after it then answered
+    // the justification's prompt with nothing.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let s = t.screen();
+    assert!(!s.contains("Justification"), "answered without Enter:\n{s}");
+    t.keys(&["Enter"]);
+    t.wait_for("Justification");
+    t.line("moving dave over");
     let (exit, s) = t.finish();
     assert_eq!(exit, 0, "{s}");
+    assert!(!s.contains("cannot be empty"), "{s}");
     let r = env
         .as_("admin", &["assignment", "list", "--user", "dave", "--json"])
         .expect(0);
     assert_eq!(r.json()[0]["scope"], "/prod", "{}", r.stdout);
+}
+
+/// `exec` takes its scope as `activate` does (bob's only eligible one, or where he holds the
+/// role) and, on a terminal, refuses what needs nothing typed before it asks anything.
+#[test]
+fn exec_takes_the_scope_activate_would_and_checks_first() {
+    let (env, bob) = bob_at_prod(&db_admin(&[]));
+    let seen = env.path("scope.txt");
+    let script = format!("echo $PIM_SCOPE >> {}", seen.display());
+    env.as_(
+        "bob",
+        &[
+            "exec",
+            "db-admin",
+            "-j",
+            "x",
+            "--code",
+            &oathtool(&bob, 0),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .expect(0);
+    // Held at /prod (by an activation): used there, nothing asked.
+    env.as_(
+        "bob",
+        &[
+            "activate",
+            "db-admin",
+            "-j",
+            "x",
+            "--code",
+            &oathtool(&bob, 30),
+        ],
+    )
+    .expect(0);
+    let t = Terminal::start(
+        &env,
+        &["--as", "bob", "exec", "db-admin", "--", "sh", "-c", &script],
+        120,
+    );
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    assert!(
+        !s.contains("Justification") && !s.contains("TOTP code"),
+        "{s}"
+    );
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "/prod\n/prod\n");
+    env.as_("bob", &["deactivate", "db-admin"]).expect(0);
+    // A scope bob is not eligible at: refused before any prompt.
+    let t = Terminal::start(
+        &env,
+        &[
+            "--as", "bob", "exec", "db-admin", "--scope", "/dev", "--", "true",
+        ],
+        120,
+    );
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 3, "{s}");
+    assert!(
+        s.contains("You are not eligible for db-admin at /dev. You are eligible for it at /prod: pass --scope /prod."),
+        "{s}"
+    );
+    assert!(
+        !s.contains("Justification") && !s.contains("TOTP code"),
+        "asked before checking:\n{s}"
+    );
+    // Eligible, on a terminal: what the role asks for is said, then asked (later: the two
+    // codes above are used).
+    let t = Terminal::start_at(
+        &env,
+        "+90s",
+        &["--as", "bob", "exec", "db-admin", "--", "sh", "-c", &script],
+        120,
+    );
+    t.wait_for("Justification for db-admin");
+    let s = t.screen();
+    assert!(s.contains("Activating db-admin at /prod"), "{s}");
+    t.line("INC-5");
+    t.wait_for("TOTP code for bob");
+    t.secret(&oathtool(&bob, 90));
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap(),
+        "/prod\n/prod\n/prod\n"
+    );
+}
+
+/// `mfa confirm` on a terminal says there is nothing to confirm before it asks for a code,
+/// and `--code` says when it confirmed.
+#[test]
+fn mfa_confirm_checks_first_and_says_it_confirmed() {
+    let env = Env::new();
+    env.init();
+    env.as_("admin", &["user", "add", "bob"]).expect(0);
+    let t = Terminal::start(&env, &["--as", "bob", "mfa", "confirm"], 120);
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 4, "{s}");
+    assert!(s.contains("You have no enrolment waiting"), "{s}");
+    assert!(!s.contains("First code"), "asked before checking:\n{s}");
+    let secret = env
+        .as_("bob", &["mfa", "enroll", "--json"])
+        .expect(0)
+        .json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let code = oathtool(&secret, 0);
+    let t = Terminal::start(
+        &env,
+        &["--as", "bob", "mfa", "confirm", "--code", &code],
+        120,
+    );
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    assert!(
+        s.contains("bob's new authenticator is confirmed and in force."),
+        "{s}"
+    );
 }
