@@ -90,8 +90,10 @@ pub fn enqueue(conn: &Db, policy: &Policy, now: DateTime<Utc>, notice: Notice) -
                 addresses.push(a);
             }
         }
-        if !addresses.is_empty() {
-            insert("smtp", &addresses)?;
+        // One message (and row) an address: a mailbox the relay refuses fails its own row
+        // only, and nobody sees the other recipients.
+        for a in &addresses {
+            insert("smtp", std::slice::from_ref(a))?;
         }
     }
     if n.webhook.is_some() {
@@ -138,9 +140,15 @@ impl Scope<'_> {
     }
 }
 
-/// Deliver the due notifications in `scope`. Rows are leased first (their next attempt pushed
-/// out in one short transaction) so that two processes never send the same one, and no lock
-/// is held while the network is slow.
+/// How long a row claimed for a delivery is left to the process that claimed it: longer than
+/// any one delivery takes (each step of one has `TIMEOUT`), short enough that a process
+/// stopped after claiming holds a notice back by at most this long.
+pub const LEASE_SECS: i64 = 60;
+
+/// Deliver the due notifications in `scope`. Each row is claimed just before it is sent (its
+/// next attempt pushed out by `LEASE_SECS`, in a short transaction, only if it is still due)
+/// so that two processes never send the same one, and no lock is held while the network is
+/// slow.
 pub fn deliver_due(
     conn: &mut Db,
     policy: &Policy,
@@ -148,19 +156,24 @@ pub fn deliver_due(
     actor: &str,
     scope: Scope<'_>,
 ) -> Result<Delivery> {
+    let started = std::time::Instant::now();
     let t = now.timestamp();
-    let due: Vec<Outgoing> = {
-        let tx = conn.write()?;
-        let mut due = tx.outbox_due(t)?;
-        due.retain(|o| scope.covers(o));
-        for o in &due {
-            tx.claim_outgoing(o.id, t + 300)?;
-        }
-        tx.commit()?;
-        due
-    };
+    let mut due = conn.outbox_due(t)?;
+    due.retain(|o| scope.covers(o));
     let mut report = Delivery::default();
     for o in due {
+        // Now, for this row: the run's own time plus how long it has gone on.
+        let at = t + started.elapsed().as_secs() as i64;
+        let claimed = {
+            let tx = conn.write()?;
+            let claimed = tx.claim_outgoing(o.id, at, at + LEASE_SECS)?;
+            tx.commit()?;
+            claimed
+        };
+        if !claimed {
+            // Another process claimed or sent it since the list was read.
+            continue;
+        }
         // A delivery that fails in an unexpected way (a thread that cannot start, say) is a
         // failed try like any other: counted, retried, and recorded when given up.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -301,11 +314,26 @@ fn run_command(cfg: &NotifyCommand, o: &Outgoing) -> Result<(), String> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", cfg.argv[0]))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(o.payload.as_bytes());
+    // The payload is written as the command reads it, under the same deadline: a command
+    // that never reads its stdin (or a large payload into a full pipe) cannot hold pim.
+    let mut stdin = child.stdin.take();
+    if let Some(pipe) = &stdin {
+        crate::privilege::set_nonblocking(pipe);
     }
+    let mut left = o.payload.as_bytes();
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
+        if let Some(pipe) = stdin.as_mut() {
+            match pipe.write(left) {
+                Ok(n) => left = &left[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The command closed its stdin (or ended): nothing more to write.
+                Err(_) => left = &[],
+            }
+            if left.is_empty() {
+                stdin = None;
+            }
+        }
         match child.try_wait().map_err(|e| e.to_string())? {
             Some(status) if status.success() => return Ok(()),
             Some(status) => return Err(format!("{} exited with {status}", cfg.argv[0])),
@@ -318,6 +346,7 @@ fn run_command(cfg: &NotifyCommand, o: &Outgoing) -> Result<(), String> {
                     TIMEOUT.as_secs()
                 ));
             }
+            None if stdin.is_some() => std::thread::sleep(Duration::from_millis(1)),
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     }

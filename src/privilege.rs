@@ -313,6 +313,19 @@ pub fn create_dir_all(path: &Path) -> io::Result<()> {
     std::fs::create_dir_all(path).map_err(|e| named(path, e))
 }
 
+/// Make a pipe to a child non-blocking: a write that would wait returns `WouldBlock`
+/// instead (left blocking if the flags cannot be changed).
+pub fn set_nonblocking(pipe: &impl std::os::fd::AsRawFd) {
+    let fd = pipe.as_raw_fd();
+    // SAFETY: fcntl on a descriptor the caller holds open; it changes only its status flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -198,7 +198,9 @@ fn requested(
     let text = format!(
         "{user} asks for {} at {scope}{}: decide with `pim approve {id}` or `pim deny {id} -j WHY` before {}.",
         role_name(policy, &role.key),
-        justification.map(|j| format!(" (\"{j}\")")).unwrap_or_default(),
+        justification
+            .map(|j| format!(" (\"{}\")", one_line(j)))
+            .unwrap_or_default(),
         rfc3339(from_unix(decide_by))
     );
     enqueue(
@@ -233,7 +235,8 @@ fn decided(
     let text = format!(
         "{what} your request {id} for {} at {scope}{}.",
         role_name(policy, role),
-        why.map(|j| format!(": \"{j}\"")).unwrap_or_default()
+        why.map(|j| format!(": \"{}\"", one_line(j)))
+            .unwrap_or_default()
     );
     enqueue(
         conn,
@@ -289,8 +292,9 @@ fn revoked(
     why: &str,
 ) -> Result<()> {
     let text = format!(
-        "{by} revoked your activation of {} at {scope} (request {id}): {why}.",
-        role_name(policy, role)
+        "{by} revoked your activation of {} at {scope} (request {id}): {}.",
+        role_name(policy, role),
+        one_line(why)
     );
     enqueue(
         conn,
@@ -327,4 +331,13 @@ fn expiring(
             .role(role, scope)
             .to([user.to_string()]),
     )
+}
+
+/// What a person wrote (a justification, a reason), for a notice's text: line breaks and
+/// other controls made spaces, so that it cannot start lines of its own in an e-mail's body
+/// or a chat message and pass them off as pim's.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }

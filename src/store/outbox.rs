@@ -107,13 +107,13 @@ impl Db {
         .collect()
     }
 
-    /// Claim a row for a delivery now: nobody else tries it before `until`.
-    pub fn claim_outgoing(&self, id: i64, until: i64) -> Result<()> {
-        self.execute(
-            "UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2",
-            params![until, id],
-        )?;
-        Ok(())
+    /// Claim a row for a delivery at `now`, if it is still due then: nobody else tries it
+    /// before `until`. Whether it was claimed (another process may have claimed or sent it).
+    pub fn claim_outgoing(&self, id: i64, now: i64, until: i64) -> Result<bool> {
+        Ok(self.execute(
+            "UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2 AND status = 'pending' AND next_attempt_at <= ?3",
+            params![until, id, now],
+        )? == 1)
     }
 
     pub fn outgoing_sent(&self, id: i64, at: i64) -> Result<()> {

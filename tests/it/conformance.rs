@@ -813,8 +813,11 @@ fn the_outbox() {
         .collect();
     tx.trim_outbox(ids[0], 2).unwrap();
     assert_eq!(tx.outbox_end().unwrap(), ids[2]);
-    tx.claim_outgoing(ids[0], 1000).unwrap();
+    // A claim takes a row only while it is due, once.
+    assert!(tx.claim_outgoing(ids[0], 5, 1000).unwrap());
+    assert!(!tx.claim_outgoing(ids[0], 10, 1010).unwrap());
     tx.outgoing_sent(ids[1], 7).unwrap();
+    assert!(!tx.claim_outgoing(ids[1], 2000, 3000).unwrap());
     tx.outgoing_retry(ids[2], 1, "down", 500).unwrap();
     tx.commit().unwrap();
     assert!(db.outbox_due(10).unwrap().is_empty());

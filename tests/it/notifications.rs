@@ -197,7 +197,7 @@ fn events_reach_smtp_webhook_and_command_receivers() {
                 "activate",
                 "prod-root",
                 "-j",
-                "INC-9",
+                "INC-9\r\nFrom: pim\n\nApproved already.",
                 "--code",
                 &oathtool(&bob, 0),
                 "--json",
@@ -210,7 +210,18 @@ fn events_reach_smtp_webhook_and_command_receivers() {
     assert_eq!(hook["event"], "activation.request");
     assert_eq!(hook["recipients"], serde_json::json!(["carol", "dave"]));
     assert_eq!(hook["request"], id);
-    let (mut to, _) = next(&mails);
+    // What bob wrote cannot start lines of its own in the notice.
+    let text = hook["text"].as_str().unwrap();
+    assert!(
+        text.contains("(\"INC-9  From: pim  Approved already.\")"),
+        "{text}"
+    );
+    // One message an address: a mailbox the relay refuses fails only its own.
+    let (one, mail) = next(&mails);
+    let (two, _) = next(&mails);
+    assert_eq!((one.len(), two.len()), (1, 1));
+    assert!(!mail.contains("\nFrom: pim"), "{mail}");
+    let mut to = [one, two].concat();
     to.sort();
     assert_eq!(to, vec!["carol@example.com", "dave@example.com"]);
 
@@ -397,4 +408,94 @@ fn a_webhook_witness_gets_the_checkpoint() {
     std::fs::write(env.path("w.txt"), note).unwrap();
     env.as_("admin", &["audit", "verify", "--checkpoint", "w.txt"])
         .expect(0);
+}
+
+/// A notice claimed by a process that then dies is another's to send once its lease (60 s)
+/// is over, not five minutes later: the user being notified cannot hold it back long by
+/// stopping their own pim in the middle of a delivery.
+#[test]
+fn a_notice_claimed_by_a_process_that_died_is_sent_after_a_short_lease() {
+    let env = Env::new();
+    let got = env.path("got.txt");
+    let go = env.path("go");
+    env.init_with(
+        &Policy::new()
+            .section(
+                "notifications.command",
+                &[&format!(
+                    "argv = [\"/bin/sh\", \"-c\", \"cat >> {got}; echo >> {got}; test -e {go} || sleep 5\"]",
+                    got = got.display(),
+                    go = go.display()
+                )],
+            )
+            .role("db-admin", "DB", &[]),
+    );
+    env.as_("admin", &["user", "add", "bob"]).expect(0);
+    // assign delivers its own notice after its change; it is ended while the command runs.
+    let mut assign = env
+        .command(&["--as", "admin", "assign", "bob", "db-admin", "-j", "x"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut waited = 0;
+    while std::fs::read_to_string(&got).map_or(true, |s| !s.ends_with('\n')) {
+        assert!(waited < 1000, "the command never got the notice");
+        std::thread::sleep(Duration::from_millis(10));
+        waited += 1;
+    }
+    assign.kill().unwrap();
+    assign.wait().unwrap();
+    std::fs::write(&go, "").unwrap();
+    let pending = || {
+        env.count(
+            "SELECT count(*) FROM outbox WHERE channel = 'command' AND status = 'pending' AND attempts = 0",
+        )
+    };
+    assert_eq!(pending(), 1);
+    // Within the lease nobody else sends it ...
+    env.at("+30s", &["sweep"]).expect(0);
+    assert_eq!(pending(), 1);
+    assert_eq!(std::fs::read_to_string(&got).unwrap().lines().count(), 1);
+    // ... after it, the next sweep does.
+    env.at("+90s", &["sweep"]).expect(0);
+    assert_eq!(pending(), 0);
+    assert_eq!(std::fs::read_to_string(&got).unwrap().lines().count(), 2);
+}
+
+/// A command that never reads its stdin, given a notice larger than a pipe holds, is ended
+/// at the delivery's timeout (5 s) like any slow command: writing the notice waits no longer.
+#[test]
+fn a_command_that_never_reads_its_stdin_is_ended_at_the_timeout() {
+    let env = Env::new();
+    let many: Vec<String> = (0..6000)
+        .map(|i| format!("\"watcher{i}@example.com\""))
+        .collect();
+    let notify = format!("notify = [{}]", many.join(", "));
+    env.init_with(
+        &Policy::new()
+            .section(
+                "notifications.command",
+                &["argv = [\"/bin/sleep\", \"30\"]"],
+            )
+            .role("watched", "Watched", &["require_mfa = false", &notify]),
+    );
+    env.as_("admin", &["user", "add", "bob"]).expect(0);
+    env.as_("admin", &["assign", "bob", "watched", "-j", "x"])
+        .expect(0);
+    let started = std::time::Instant::now();
+    env.as_("bob", &["activate", "watched", "-j", "x"])
+        .expect(0);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "activate took {took:?}");
+    let payload =
+        env.count("SELECT max(length(payload)) FROM outbox WHERE event = 'activation.start'");
+    assert!(
+        payload > 100_000,
+        "{payload} bytes: not more than a pipe holds"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM outbox WHERE event = 'activation.start' AND last_error LIKE '%longer than 5s%'"),
+        1
+    );
 }
