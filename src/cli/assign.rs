@@ -128,10 +128,10 @@ pub fn run_assign(ctx: &Ctx, a: AssignArgs) -> anyhow::Result<i32> {
     // A scope nothing is assigned at yet, a typo away from one in use: did you mean it?
     if let Some(close) = pim.closest_scope(&scope)? {
         let question = format!("Nothing is assigned at {scope} yet; did you mean {close}?");
-        if ctx.interactive && prompt::confirm(&format!("{question} Assign at {close} instead?"))? {
+        // The question on a line of its own: the prompt stays short on a narrow terminal.
+        ctx.note(&format!("Note: {question}"));
+        if ctx.interactive && prompt::confirm(&format!("Assign at {close} instead?"))? {
             scope = Scope::parse(&close)?;
-        } else if !ctx.interactive {
-            ctx.note(&format!("Note: {question}"));
         }
     }
     let mut justification = a.justification;

@@ -180,9 +180,37 @@ pub fn ellipsis(text: &str, width: usize) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// A note or warning on stderr, unsafe characters escaped.
+/// A note or warning on stderr, unsafe characters escaped. On a terminal a line wider than
+/// it is broken at spaces (its indentation kept on every part), not mid-word by the terminal.
 pub fn note(text: &str) {
-    eprintln!("{}", safe_lines(text));
+    let safe = safe_lines(text);
+    match terminal_width(true).filter(|&w| w >= 20) {
+        Some(width) => {
+            let mut out = String::new();
+            for line in safe.split('\n') {
+                for part in wrap_indented(line, width) {
+                    out.push_str(&part);
+                    out.push('\n');
+                }
+            }
+            eprint!("{out}");
+        }
+        None => eprintln!("{safe}"),
+    }
+}
+
+/// `line` in parts of at most `width` columns broken at spaces, each part indented as the
+/// line is (a line that fits, or with no room left beside its indentation, as it is).
+fn wrap_indented(line: &str, width: usize) -> Vec<String> {
+    let text = line.trim_start_matches(' ');
+    let indent = line.len() - text.len();
+    if display_width(line) <= width || indent + 10 > width {
+        return vec![line.to_string()];
+    }
+    wrap_text(text, width - indent)
+        .into_iter()
+        .map(|part| format!("{}{part}", &line[..indent]))
+        .collect()
 }
 
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -650,6 +678,22 @@ pub fn unix(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_note_line_is_broken_at_spaces_with_its_indentation() {
+        assert_eq!(wrap_indented("short", 20), ["short"]);
+        assert_eq!(
+            wrap_indented("  - one two three four five six", 20),
+            ["  - one two three", "  four five six"]
+        );
+        assert_eq!(
+            wrap_indented("alpha beta gamma delta epsilon", 20),
+            ["alpha beta gamma", "delta epsilon"]
+        );
+        // No room beside the indentation: left to the terminal.
+        let deep = format!("{}x y z", " ".repeat(15));
+        assert_eq!(wrap_indented(&deep, 20), [deep.clone()]);
+    }
 
     proptest::proptest! {
         /// The direct layout is comfy-table's, byte for byte: wide, zero-width and empty

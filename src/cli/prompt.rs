@@ -11,9 +11,10 @@ pub fn text_checked(
     limit: usize,
     check: impl Fn(&str) -> Result<(), String> + 'static,
 ) -> Result<String> {
-    Ok(Input::<String>::new()
+    let answer = Input::<String>::new()
         .with_prompt(prompt)
         .allow_empty(true)
+        .report(false)
         .validate_with(move |t: &String| -> Result<(), String> {
             let n = t.chars().count();
             if t.trim().is_empty() {
@@ -24,7 +25,23 @@ pub fn text_checked(
                 check(t)
             }
         })
-        .interact_text()?)
+        .interact_text()?;
+    report(prompt, &answer)?;
+    Ok(answer)
+}
+
+/// The prompt and its answer, as dialoguer's own report shows them, without what it leaves
+/// behind: an answer that wraps onto several rows of a narrow terminal was echoed there, and
+/// dialoguer clears only the last of them, so the others stayed above its report (the first
+/// half of a long justification, twice).
+fn report(prompt: &str, answer: &str) -> Result<()> {
+    let term = console::Term::stderr();
+    let line = format!("{prompt}: {answer}");
+    let width = usize::from(term.size().1).max(1);
+    let rows = console::measure_text_width(&line).div_ceil(width).max(1);
+    term.clear_last_lines(rows - 1)?;
+    term.write_line(&line)?;
+    Ok(())
 }
 
 /// Free text of at most `limit` characters, not blank.

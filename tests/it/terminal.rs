@@ -821,7 +821,11 @@ fn a_scope_typo_is_met_with_did_you_mean() {
         ],
         160,
     );
-    t.wait_for("did you mean /prod? Assign at /prod instead?");
+    let s = t.wait_for("Assign at /prod instead?");
+    assert!(
+        s.contains("Nothing is assigned at /prodd yet; did you mean /prod?"),
+        "{s}"
+    );
     t.keys(&["y"]);
     // `y` alone used to answer at once, and the Enter a person types after it then answered
     // the justification's prompt with nothing.
@@ -958,6 +962,41 @@ fn mfa_confirm_checks_first_and_says_it_confirmed() {
     assert_eq!(exit, 0, "{s}");
     assert!(
         s.contains("bob's new authenticator is confirmed and in force."),
+        "{s}"
+    );
+}
+
+/// At 60 columns an answer longer than the row wraps as it is typed; once answered it is
+/// shown once (dialoguer left the first row of it above its own report: the first half of
+/// the justification twice).
+#[test]
+fn a_long_answer_on_a_narrow_terminal_is_shown_once() {
+    let (env, bob) = bob_at_prod(&db_admin(&[]));
+    let t = Terminal::start(&env, &["--as", "bob", "activate", "db-admin"], 60);
+    t.wait_for("Justification for db-admin");
+    let long = "INC-4711 replica lag on db-prod-2 after the failover, checking the slots";
+    t.line(long);
+    t.wait_for("TOTP code for bob");
+    let s = t.screen();
+    assert_eq!(
+        s.matches("Justification for db-admin: INC-4711").count(),
+        1,
+        "{s}"
+    );
+    // pim's own note is broken at spaces, not mid-word by the terminal ("up to" / " 2h").
+    let words = s.lines().map(str::trim_end).collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("Activating db-admin at /prod (Database Administrator): up to 2h; asks for a justification, a TOTP code; eligible until 20"),
+        "{s}"
+    );
+    assert!(s.lines().all(|l| l.chars().count() <= 60), "{s}");
+    t.secret(&oathtool(&bob, 0));
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    // The whole answer is there, wrapped by the terminal.
+    let joined: String = s.lines().collect();
+    assert!(
+        joined.contains(&format!("Justification for db-admin: {long}")),
         "{s}"
     );
 }
