@@ -692,7 +692,7 @@ mod tests {
         );
         // No room beside the indentation: left to the terminal.
         let deep = format!("{}x y z", " ".repeat(15));
-        assert_eq!(wrap_indented(&deep, 20), [deep.clone()]);
+        assert_eq!(wrap_indented(&deep, 20), vec![deep]);
     }
 
     proptest::proptest! {
