@@ -347,8 +347,13 @@ pub fn valid_handle(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// A minimal e-mail shape check: something@domain.tld, no spaces.
+/// An e-mail address pim can send to: one that lettre (which sends it) reads as an address,
+/// something@domain.tld, no spaces or controls. (A shape check alone let `e(@x.y` in, which
+/// then failed every message it was among, and control characters.)
 pub fn looks_like_email(text: &str) -> bool {
+    if text.parse::<lettre::Address>().is_err() || text.chars().any(char::is_control) {
+        return false;
+    }
     match text.split_once('@') {
         Some((local, domain)) => {
             !local.is_empty()
@@ -1090,6 +1095,23 @@ pub fn diff(old: Option<&Policy>, new: &Policy) -> Vec<RoleChange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_email_address_is_one_lettre_can_send_to() {
+        for ok in ["bob@example.com", "first.last+pim@mail.example.org"] {
+            assert!(looks_like_email(ok), "{ok}");
+        }
+        for bad in [
+            "e(@x.y",
+            "bob@example",
+            "d\u{1b}]0;x\u{7}@x.y",
+            "bob@@example.com",
+            "bo b@example.com",
+            "@example.com",
+        ] {
+            assert!(!looks_like_email(bad), "{bad:?}");
+        }
+    }
 
     fn problems(src: &str) -> Vec<Problem> {
         Policy::parse(src).unwrap_err()

@@ -314,6 +314,18 @@ fn users_are_added_listed_disabled_and_enabled() {
     .expect(0);
     env.as_("admin", &["user", "add", "bob"]).expect(5);
     env.as_("bob", &["user", "add", "eve"]).expect(3);
+    // An address mail cannot be sent to (it failed every message it was among).
+    for bad in ["e(@x.y", "e\u{1b}]0;x\u{7}@x.y"] {
+        let r = env
+            .as_("admin", &["user", "add", "erin", "--email", bad])
+            .expect(2);
+        assert!(
+            r.stderr.contains("is not an e-mail address"),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains('\u{1b}'), "{}", r.stderr);
+    }
     let list = env
         .as_("admin", &["user", "list", "--json"])
         .expect(0)
