@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::mfa;
-use crate::policy::{looks_like_email, valid_handle, Policy};
+use crate::policy::{sendable_email, valid_handle, Policy};
 use crate::scope::Scope;
 use crate::store::Db;
 use crate::vault::Vault;
@@ -75,7 +75,7 @@ fn check_new_user(name: &str, email: Option<&str>) -> Result<()> {
         )));
     }
     if let Some(e) = email {
-        if !looks_like_email(e) {
+        if !sendable_email(e) {
             return Err(Error::Usage(format!("'{e}' is not an e-mail address.")));
         }
     }
