@@ -596,18 +596,18 @@ fn show_request(
         json(r)?;
     } else {
         let now = pim.now();
+        let status = r.status.to_string();
+        // "denied by you", not "denied by you; it is denied".
+        let state = if what.split(' ').next() == Some(status.as_str()) {
+            String::new()
+        } else if r.status == Status::Active {
+            format!("; it is {status} until {}", when(Some(r.end_at), now))
+        } else {
+            format!("; it is {status}")
+        };
         out(&format!(
-            "Request {} ({} for {} at {}): {what}; it is {}{}.",
-            r.id,
-            r.role,
-            r.user,
-            r.scope,
-            r.status,
-            if r.status == Status::Active {
-                format!(" until {}", when(Some(r.end_at), now))
-            } else {
-                String::new()
-            }
+            "Request {} ({} for {} at {}): {what}{state}.",
+            r.id, r.role, r.user, r.scope,
         ))?;
     }
     Ok(0)

@@ -158,14 +158,17 @@ pub fn run_assign(ctx: &Ctx, a: AssignArgs) -> anyhow::Result<i32> {
     if ctx.json {
         json(&done)?;
     } else {
+        let end = match done.end_at {
+            Some(_) => format!("until {}", when(done.end_at, pim.now())),
+            None => "with no end".to_string(),
+        };
         out(&format!(
-            "{} is now {} for {} at {}, from {} until {}.",
+            "{} is now {} for {} at {}, from {} {end}.",
             done.user,
             done.kind,
             done.role,
             done.scope,
             when(Some(done.start_at), pim.now()),
-            when(done.end_at, pim.now())
         ))?;
     }
     Ok(0)

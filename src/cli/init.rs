@@ -119,11 +119,13 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<i32> {
 
 /// Print an authenticator's URI and QR code for a person to scan.
 pub fn show_enrollment(e: &Enrollment) -> anyhow::Result<()> {
+    // The secret last: on a terminal of 24 rows the QR code pushes what comes before it off
+    // the screen.
     out(&format!(
-        "\nScan this into an authenticator app for {} (or enter the secret {}):\n\n{}\n{}",
+        "\nScan this into an authenticator app for {}:\n\n{}\n{}\n(or enter the secret {} by hand)",
         e.user,
-        e.secret,
         mfa::qr_text(&e.otpauth_uri),
-        e.otpauth_uri
+        e.otpauth_uri,
+        e.secret,
     ))
 }

@@ -654,9 +654,14 @@ fn enrolment_is_confirmed_by_its_first_code_and_nobody_sees_anothers_secret() {
     let secret = s
         .split("enter the secret ")
         .nth(1)
-        .and_then(|r| r.split(')').next())
+        .and_then(|r| r.split_whitespace().next())
         .unwrap()
         .to_string();
+    // The secret comes after the QR code, with the prompt: on screen at 24 rows.
+    assert!(
+        s.contains(&format!("(or enter the secret {secret} by hand)")),
+        "{s}"
+    );
     // Not in force yet.
     let shown = env
         .as_("admin", &["user", "show", "bob", "--json"])
@@ -998,5 +1003,53 @@ fn a_long_answer_on_a_narrow_terminal_is_shown_once() {
     assert!(
         joined.contains(&format!("Justification for db-admin: {long}")),
         "{s}"
+    );
+}
+
+/// What a command says it did says each thing once: a denial is "denied by you." (not
+/// "denied by you; it is denied."), an approval still says what the request is now, and a
+/// permanent assignment has "no end" (not "until permanent").
+#[test]
+fn outcome_lines_say_each_thing_once() {
+    let env = Env::new();
+    let admin = env.init_with(&db_admin(&[
+        "require_approval = true",
+        "approvers = [\"admin\"]",
+    ]));
+    let bob = env.user("bob");
+    let r = env
+        .as_(
+            "admin",
+            &[
+                "assign",
+                "bob",
+                "global-admin",
+                "--active",
+                "--permanent",
+                "-j",
+                "x",
+            ],
+        )
+        .expect(0);
+    assert!(r.stdout.contains("(now) with no end."), "{}", r.stdout);
+    env.as_("admin", &["assign", "bob", "db-admin", "-j", "x"])
+        .expect(0);
+    let id = env
+        .activate("bob", &bob, "db-admin", &["-j", "INC-1", "--json"])
+        .expect(0)
+        .json()["id"]
+        .to_string();
+    let r = env
+        .as_(
+            "admin",
+            &["deny", &id, "-j", "freeze", "--code", &oathtool(&admin, 0)],
+        )
+        .expect(0);
+    assert!(
+        r.stdout
+            .trim_end()
+            .ends_with("(db-admin for bob at /): denied by you."),
+        "{}",
+        r.stdout
     );
 }
