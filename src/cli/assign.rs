@@ -134,27 +134,26 @@ pub fn run_assign(ctx: &Ctx, a: AssignArgs) -> anyhow::Result<i32> {
             scope = Scope::parse(&close)?;
         }
     }
-    let mut justification = a.justification;
+    let mut input = AssignInput {
+        user: a.user,
+        role: a.role,
+        scope,
+        active: a.active,
+        start,
+        end,
+        justification: a.justification,
+        ticket: a.ticket,
+    };
     let needs = pim
         .policy()?
-        .role(&a.role)
+        .role(&input.role)
         .is_some_and(|r| r.settings.require_justification_on_assign);
-    if needs && justification.is_none() && ctx.interactive {
-        justification = Some(prompt::text("Justification", crate::limits::JUSTIFICATION)?);
+    if needs && input.justification.is_none() && ctx.interactive {
+        // Check first, then ask: a refusal that needs nothing typed comes before the prompt.
+        pim.plan_assignment(&actor, &input)?;
+        input.justification = Some(prompt::text("Justification", crate::limits::JUSTIFICATION)?);
     }
-    let done = pim.assign(
-        &actor,
-        AssignInput {
-            user: a.user,
-            role: a.role,
-            scope,
-            active: a.active,
-            start,
-            end,
-            justification,
-            ticket: a.ticket,
-        },
-    )?;
+    let done = pim.assign(&actor, input)?;
     if ctx.json {
         json(&done)?;
     } else {

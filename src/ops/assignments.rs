@@ -190,6 +190,20 @@ pub(crate) fn assign_in(
     actor: &str,
     input: &AssignInput,
 ) -> Result<Assignment> {
+    assign_or_plan(tx, now, policy, actor, input, false)?
+        .ok_or_else(|| Error::NotFound("The new assignment is gone.".to_string()))
+}
+
+/// `assign_in`, or with `plan` every check of it but the justification's (not typed yet),
+/// writing nothing but a refusal: `pim assign` on a terminal checks first, then asks.
+fn assign_or_plan(
+    tx: &Recorder<'_>,
+    now: DateTime<Utc>,
+    policy: &crate::policy::Policy,
+    actor: &str,
+    input: &AssignInput,
+    plan: bool,
+) -> Result<Option<Assignment>> {
     limits::check_opt(
         "justification",
         input.justification.as_deref(),
@@ -308,7 +322,7 @@ pub(crate) fn assign_in(
         .as_deref()
         .map(str::trim)
         .filter(|j| !j.is_empty());
-    if role.settings.require_justification_on_assign && justification.is_none() {
+    if !plan && role.settings.require_justification_on_assign && justification.is_none() {
         return refuse(
             tx,
             now,
@@ -324,6 +338,9 @@ pub(crate) fn assign_in(
             "{} already has an {} assignment of {} at {} ({}). Remove it first to change it.",
             target.name, kind, role.key, input.scope, existing.state
         )));
+    }
+    if plan {
+        return Ok(None);
     }
     let id = tx.insert_assignment(&NewAssignment {
         user_id: target.id,
@@ -345,9 +362,19 @@ pub(crate) fn assign_in(
     )?;
     tx.assignment(id, t)?
         .ok_or_else(|| Error::NotFound(format!("Assignment {id} is gone.")))
+        .map(Some)
 }
 
 impl Pim {
+    /// Every check of `assign` that needs nothing typed (permission, the user, the role, the
+    /// duration, an assignment already there), before any prompt; a refusal is recorded as
+    /// the assignment's would be, and nothing else is written.
+    pub fn plan_assignment(&mut self, actor: &str, input: &AssignInput) -> Result<()> {
+        self.write(actor, |tx, now, policy| {
+            assign_or_plan(tx, now, policy, actor, input, true).map(|_| ())
+        })
+    }
+
     /// "Did you mean": when nothing is assigned at `scope` yet, the scope in use closest to
     /// it (a typo away), if any.
     pub fn closest_scope(&self, scope: &Scope) -> Result<Option<String>> {

@@ -1053,3 +1053,36 @@ fn outcome_lines_say_each_thing_once() {
         r.stdout
     );
 }
+
+/// `assign` on a terminal checks what needs nothing typed (here a duration over the role's
+/// max_eligible) before it asks for the justification; the refusal is on record.
+#[test]
+fn assign_checks_first_then_asks() {
+    let env = Env::new();
+    env.init();
+    env.user("bob");
+    let t = Terminal::start(
+        &env,
+        &[
+            "--as",
+            "admin",
+            "assign",
+            "bob",
+            "db-admin",
+            "--duration",
+            "400d",
+        ],
+        120,
+    );
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 3, "{s}");
+    assert!(s.contains("last at most 365d (max_eligible)"), "{s}");
+    assert!(!s.contains("Justification"), "asked before checking:\n{s}");
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'assignment.add' AND result != 'ok'"
+        ),
+        1
+    );
+    assert_eq!(env.count("SELECT count(*) FROM assignments WHERE user_id = (SELECT id FROM users WHERE name = 'bob')"), 0);
+}
