@@ -141,7 +141,7 @@ pub(crate) fn mfa_ready(
             now,
             context,
             Error::Refused(format!(
-                "{}'s authenticator is locked after repeated wrong codes; try again {when}, or ask an administrator to run `pim mfa reset {}`.",
+                "{}'s authenticator is locked after repeated wrong codes; try again {when} (or an administrator's `pim mfa reset {}` drops it, and you enrol again).",
                 user.name, user.name
             )),
         );
@@ -230,7 +230,16 @@ pub(crate) fn verify_code(
             None => format!("until an administrator runs `pim mfa reset {}`", user.name),
         };
         return Err(Error::Refused(format!(
-            "{message} After {failures} consecutive wrong codes the authenticator is now locked {how_long}."
+            "{message} That makes {failures} wrong codes in a row: the authenticator is now locked {how_long}."
+        ))
+        .recorded());
+    }
+    // Said before it happens: the last tries before a lock are counted down.
+    let left = mfa::MAX_FAILURES - failures % mfa::MAX_FAILURES;
+    if left <= 2 {
+        let s = if left == 1 { "" } else { "s" };
+        return Err(Error::Refused(format!(
+            "{message} {left} more wrong code{s} in a row and the authenticator is locked."
         ))
         .recorded());
     }

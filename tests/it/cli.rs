@@ -795,15 +795,35 @@ fn activation_refusals_name_what_is_missing_and_are_audited() {
 fn wrong_codes_lock_the_authenticator() {
     let (env, bob) = with_eligible_bob();
     let wrong = wrong_code(&bob);
-    for _ in 0..5 {
-        env.as_(
-            "bob",
-            &[
-                "activate", "db-admin", "--scope", "/prod", "-j", "x", "--code", &wrong,
-            ],
-        )
-        .expect(3);
-    }
+    let said: Vec<String> = (0..5)
+        .map(|_| {
+            env.as_(
+                "bob",
+                &[
+                    "activate", "db-admin", "--scope", "/prod", "-j", "x", "--code", &wrong,
+                ],
+            )
+            .expect(3)
+            .stderr
+        })
+        .collect();
+    // The last tries before the lock are counted down, and the lock is said.
+    assert!(!said[1].contains("more wrong code"), "{}", said[1]);
+    assert!(
+        said[2].contains("2 more wrong codes in a row and the authenticator is locked."),
+        "{}",
+        said[2]
+    );
+    assert!(
+        said[3].contains("1 more wrong code in a row and the authenticator is locked."),
+        "{}",
+        said[3]
+    );
+    assert!(
+        said[4].contains("That makes 5 wrong codes in a row: the authenticator is now locked for"),
+        "{}",
+        said[4]
+    );
     let r = env
         .as_(
             "bob",
