@@ -226,7 +226,7 @@ impl Pim {
                         format_duration(a.failure_window),
                         parts.join("; ")
                     ),
-                    remedy: "Ask each person whether it was them (`pim audit list --action mfa.* --user NAME`); reset a guessed authenticator with `pim mfa reset NAME` only once they are reached another way.".into(),
+                    remedy: "Ask each person whether it was them (`pim audit list --action 'mfa.*' --user NAME`); reset a guessed authenticator with `pim mfa reset NAME` only once they are reached another way.".into(),
                 });
             }
         }
