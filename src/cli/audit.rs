@@ -1,6 +1,6 @@
 //! `pim audit list|export|verify` and `pim sweep`.
 
-use super::context::Ctx;
+use super::context::{Ctx, Withheld};
 use super::output::{json, out, table};
 use crate::audit::{spreadsheet_safe, EventRef, Filter, COLUMNS};
 use crate::error::Error;
@@ -424,6 +424,17 @@ fn csv_error(e: csv::Error) -> Error {
     }
 }
 
+/// Why a sweep ran none of the commands its policy configures, and what to do.
+fn withheld_note(why: Withheld) -> Option<&'static str> {
+    match why {
+        // Callers of the installed pim wait for root's sweep, as the README says.
+        Withheld::NotOpen | Withheld::NotRoot => None,
+        Withheld::AnotherAccount => Some("Note: this database belongs to another account: its notification and witness commands were not run (they run only for the account that owns it; its own `pim sweep` runs them)."),
+        Withheld::OthersCanWrite => Some("Note: other accounts can change this database's files or create files beside it (a planted -wal would be read as this database), so its notification and witness commands were not run. Keep it in a directory only you can write (chmod go-w), with the file mode 0600."),
+        Withheld::Server => Some("Note: this server's notification and witness commands were not run: they run only for the account that delivers them, whose `pim sweep` sets PIM_RUN_COMMANDS=1 (see README, Team mode)."),
+    }
+}
+
 pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
     ctx.be_patient();
     let (mut pim, actor) = ctx.open()?;
@@ -449,8 +460,14 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
     };
     // A signed checkpoint for the witnesses when the log grew (root's in the installed pim:
     // its file and command are root's; the owner's of any other database).
-    if !ctx.installed() && !ctx.runs_commands() {
-        ctx.note("Note: this database belongs to another account: its notification and witness commands were not run (they run only for the account that owns it; its own `pim sweep` runs them).");
+    if let Some(why) = ctx.commands_withheld() {
+        let policy = pim.policy()?;
+        let configured = policy.notifications.command.is_some()
+            || policy.witness.command.is_some()
+            || policy.witness.file.is_some();
+        if let Some(note) = configured.then(|| withheld_note(why)).flatten() {
+            ctx.note(note);
+        }
     }
     let witnessed = if ctx.runs_commands() {
         pim.publish_checkpoint(&actor, &ctx.protected_files())?

@@ -28,9 +28,9 @@ pub struct Ctx {
     session: RefCell<Option<Session>>,
     /// Whether the database opened is the installed one of a set-group-id pim.
     installed: std::cell::Cell<bool>,
-    /// The owner of the database opened (the file SQLite opened; for a server the caller,
-    /// or root for the installed one).
-    owner: std::cell::Cell<Option<u32>>,
+    /// Why this process runs none of the open database's notification and witness commands
+    /// (`None` before it is opened: nothing runs).
+    withheld: std::cell::Cell<Option<Withheld>>,
     /// The database file and its companions, which no output may replace.
     files: std::cell::OnceCell<Vec<FileId>>,
     /// Root may wait out a lock holder that is not stopped (`pim sweep`, from a timer); any
@@ -79,6 +79,48 @@ pub fn real_user() -> Result<String, Error> {
     })
 }
 
+/// Why a process runs none of a database's notification and witness commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withheld {
+    /// No database is open yet.
+    NotOpen,
+    /// The installed database, for a caller who is not root: they wait for root's sweep.
+    NotRoot,
+    /// A file another account owns (root asked to sweep it, say).
+    AnotherAccount,
+    /// A file of the caller's that other accounts could change, or plant a `-wal` beside.
+    OthersCanWrite,
+    /// A server named with `--db`/`PIM_DB`, in a process not chosen to deliver for it.
+    Server,
+}
+
+/// The environment variable by which an account says it delivers the commands of a server it
+/// names (its policy holders wrote them; anyone else runs none of them).
+pub const RUN_COMMANDS: &str = "PIM_RUN_COMMANDS";
+
+/// Commands run as whoever runs pim, so only for an account that wrote them or chose to: in
+/// the installed pim, root alone (callers wait for root's `pim sweep`); for a database file,
+/// its owner alone, and only while nobody else can change what SQLite reads as it (root
+/// running pim on a file another account owns, or on one of its own beside which someone
+/// planted a `-wal`, would otherwise run that account's commands as root); for a server
+/// named by the caller, whose policy any of its policy holders may write, only an account
+/// that opted in with `PIM_RUN_COMMANDS=1` (the team's delivery account).
+fn withheld(file: &store::DbFile, server: bool) -> Option<Withheld> {
+    let uid = privilege::real_uid();
+    if file.installed {
+        (uid != 0).then_some(Withheld::NotRoot)
+    } else if server {
+        let chosen = std::env::var_os(RUN_COMMANDS).is_some_and(|v| v == "1");
+        (!chosen).then_some(Withheld::Server)
+    } else if file.owner != uid {
+        Some(Withheld::AnotherAccount)
+    } else if !file.owner_alone {
+        Some(Withheld::OthersCanWrite)
+    } else {
+        None
+    }
+}
+
 impl Ctx {
     pub fn new(cli: &Cli) -> anyhow::Result<Ctx> {
         let server = match &cli.db {
@@ -100,7 +142,7 @@ impl Ctx {
             verbose: cli.verbose,
             session: RefCell::new(None),
             installed: std::cell::Cell::new(false),
-            owner: std::cell::Cell::new(None),
+            withheld: std::cell::Cell::new(Some(Withheld::NotOpen)),
             files: std::cell::OnceCell::new(),
             patient: std::cell::Cell::new(false),
         })
@@ -192,7 +234,7 @@ impl Ctx {
             }
         };
         self.installed.set(db.file.installed);
-        self.owner.set(Some(db.file.owner));
+        self.withheld.set(withheld(&db.file, self.server.is_some()));
         let _ = self.files.set(db.file.files.clone());
         let os_account = real_user()?;
         let instance = db.conn.instance()?;
@@ -361,17 +403,14 @@ impl Ctx {
     }
 
     /// Whether notification and witness commands (and the witness file's write) run in this
-    /// process. They run as whoever runs pim, so only for the account that wrote them: in
-    /// the installed pim root alone (callers' wait for root's `pim sweep`); otherwise the
-    /// database's owner alone. Root running pim on a file another account owns (a sweep
-    /// when asked for help) would otherwise run that account's commands as root.
+    /// process: see `withheld`.
     pub fn runs_commands(&self) -> bool {
-        let uid = privilege::real_uid();
-        if self.installed.get() {
-            uid == 0
-        } else {
-            self.owner.get() == Some(uid)
-        }
+        self.withheld.get().is_none()
+    }
+
+    /// Why they do not, for a note.
+    pub fn commands_withheld(&self) -> Option<Withheld> {
+        self.withheld.get()
     }
 
     /// Whether this process may deliver other people's notifications (`pim sweep`): not in

@@ -454,6 +454,9 @@ pub struct DbFile {
     pub installed: bool,
     /// The group the file belongs to.
     pub group: u32,
+    /// Only its owner (and root) can change what pim reads as this database: see
+    /// `owner_alone`. A server is never this, unless it is the installed one.
+    pub owner_alone: bool,
     /// The database file and the companion files SQLite opened (-wal, -shm): no output
     /// file may replace them.
     pub files: Vec<FileId>,
@@ -697,6 +700,7 @@ pub fn open(path: &Path) -> Result<Database> {
     })?;
     let (conn, main, companions) = open_sqlite(&real)?;
     let conn = finish_open(conn, &real)?;
+    let owner_alone = owner_alone(&real, &main, &companions);
     Ok(Database {
         conn: Db::sqlite(conn),
         file: DbFile {
@@ -704,12 +708,37 @@ pub fn open(path: &Path) -> Result<Database> {
             owner: main.uid(),
             installed: false,
             group: main.gid(),
+            owner_alone,
             files: std::iter::once(&main)
                 .chain(&companions)
                 .map(FileId::of)
                 .collect(),
         },
     })
+}
+
+/// Whether only the database's owner (and root) can change what SQLite read as it: the file
+/// and the `-wal`/`-shm` SQLite opened are the owner's and writable by no one else, no other
+/// account can create a file beside it (a planted `-wal`, or a hot `-journal` that SQLite
+/// plays back into the file, would be read as the owner's own database), and none can rename
+/// a directory above it. What it holds (its policy's commands) is then the owner's own.
+fn owner_alone(real: &Path, main: &std::fs::Metadata, companions: &[std::fs::Metadata]) -> bool {
+    let owner = main.uid();
+    let files = std::iter::once(main)
+        .chain(companions)
+        .all(|m| m.uid() == owner && m.mode() & 0o022 == 0);
+    let dirs = real.ancestors().skip(1).enumerate().all(|(n, dir)| {
+        std::fs::metadata(dir).is_ok_and(|m| {
+            let mode = m.mode();
+            m.is_dir()
+                && (m.uid() == 0 || m.uid() == owner)
+                && (mode & 0o020 == 0 || m.gid() == 0)
+                // Above the database's own directory, a sticky one (`/tmp`) lets nobody
+                // rename what is not theirs; beside the database, nobody may create at all.
+                && (mode & 0o002 == 0 || (n > 0 && mode & 0o1000 != 0))
+        })
+    });
+    files && dirs
 }
 
 /// Whether a directory on the installed database's path is safe from callers: owned by
@@ -767,9 +796,11 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
     // The file's real path, from the kernel: no link a caller planted is followed again.
     let real = std::fs::read_link(format!("/proc/self/fd/{}", probe.as_raw_fd()))?;
     let checked = privilege::with_group(|| -> Result<()> {
-        for dir in real.ancestors().skip(1) {
+        for (n, dir) in real.ancestors().skip(1).enumerate() {
             let m = std::fs::metadata(dir)?;
-            if !trusted_dir(&m, owner, group) {
+            // Beside the database nobody else may create a file, sticky or not: a hot
+            // `-journal` planted there would be played back into it with the group's rights.
+            if !trusted_dir(&m, owner, group) || (n == 0 && m.mode() & 0o002 != 0) {
                 return Err(refuse_installed(
                     &real,
                     format!(
@@ -843,6 +874,7 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
             owner,
             installed: true,
             group,
+            owner_alone: true,
             files: files.iter().map(|m| FileId::of(m)).collect(),
         },
     }))
@@ -911,6 +943,9 @@ pub fn create(path: &Path, shared: Option<u32>) -> Result<Database> {
             owner: meta.uid(),
             installed: shared.is_some(),
             group: meta.gid(),
+            // (a `-wal` planted before it was made is for the directories to prevent)
+            owner_alone: std::fs::canonicalize(path)
+                .is_ok_and(|real| owner_alone(&real, &meta, &[])),
             files: vec![FileId::of(&meta)],
         },
     })

@@ -797,6 +797,8 @@ fn connect_and_migrate(url: &str, installed: bool, create: bool) -> Result<Datab
             owner: if installed { 0 } else { privilege::real_uid() },
             installed,
             group: 0,
+            // A server others write (its policy holders), unless it is root's installed one.
+            owner_alone: installed,
             files: Vec::new(),
         },
     })

@@ -499,3 +499,115 @@ fn a_command_that_never_reads_its_stdin_is_ended_at_the_timeout() {
         1
     );
 }
+
+/// A policy whose command appends each notice to `file`.
+fn appending_to(file: &std::path::Path) -> Policy {
+    Policy::new()
+        .section(
+            "notifications.command",
+            &[&format!(
+                "argv = [\"/bin/sh\", \"-c\", \"cat >> {f}; echo >> {f}\"]",
+                f = file.display()
+            )],
+        )
+        .role("db", "DB", &[])
+}
+
+/// A database file's commands run only while nobody but its owner can change what SQLite
+/// reads as it: another account that can create files beside it could plant a `-wal` of its
+/// own database there, and have the owner run that database's commands.
+#[test]
+fn commands_run_only_for_a_database_file_nobody_else_can_change() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::sqlite();
+    let got = env.path("got.jsonl");
+    env.init_with(&appending_to(&got));
+    env.user("bob");
+    let dir = env.path("");
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let sent = || {
+        std::fs::read_to_string(&got)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+    };
+    // (an empty -wal SQLite itself gives back the database's mode; the -shm keeps its own)
+    let mut shm = env.db.clone().into_os_string();
+    shm.push("-shm");
+    let shm = std::path::PathBuf::from(shm);
+    let steps: [(&std::path::Path, u32, u32); 3] = [
+        (&dir, 0o777, 0o700),
+        (&dir, 0o1777, 0o700),
+        (&shm, 0o666, 0o600),
+    ];
+    for (n, (path, open, closed)) in steps.into_iter().enumerate() {
+        mode(path, open);
+        env.as_(
+            "admin",
+            &[
+                "assign",
+                "bob",
+                "db",
+                "--scope",
+                &format!("/{n}"),
+                "-j",
+                "x",
+            ],
+        )
+        .expect(0);
+        assert_eq!(sent(), n, "the command ran with {path:?} at {open:o}");
+        let r = env.run(&["sweep"]).expect(0);
+        assert!(
+            r.stderr.contains("other accounts can change this database"),
+            "{open:o}: {}",
+            r.stderr
+        );
+        assert_eq!(sent(), n);
+        mode(path, closed);
+        let r = env.run(&["sweep"]).expect(0);
+        assert!(!r.stderr.contains("Note:"), "{}", r.stderr);
+        assert_eq!(
+            sent(),
+            n + 1,
+            "the owner's sweep sends it once it is theirs alone"
+        );
+    }
+}
+
+/// A server's policy is written by its policy holders, so its commands run for nobody who
+/// names it but the account chosen to deliver them (`PIM_RUN_COMMANDS=1`): not for every team
+/// member who runs pim, nor for root.
+#[test]
+fn a_servers_commands_run_only_for_the_account_that_delivers_them() {
+    let env = Env::postgres();
+    let got = env.path("got.jsonl");
+    env.init_with(&appending_to(&got));
+    env.user("bob");
+    let without = |args: &[&str]| -> support::Run {
+        let mut c = env.command(args);
+        c.env_remove("PIM_RUN_COMMANDS");
+        c.output().unwrap().into()
+    };
+    without(&["--as", "admin", "assign", "bob", "db", "-j", "x"]).expect(0);
+    assert!(
+        !got.exists(),
+        "a team member's pim ran the server's command"
+    );
+    for unset in [&["sweep"][..], &["sweep", "--json"]] {
+        let r = without(unset).expect(0);
+        assert!(r.stderr.contains("PIM_RUN_COMMANDS=1"), "{}", r.stderr);
+        assert!(!got.exists());
+    }
+    let mut c = env.command(&["sweep"]);
+    c.env("PIM_RUN_COMMANDS", "yes");
+    let r: support::Run = c.output().unwrap().into();
+    r.expect(0);
+    assert!(!got.exists(), "only 1 opts in");
+    env.run(&["sweep"]).expect(0);
+    let lines = std::fs::read_to_string(&got).unwrap();
+    assert!(lines.contains("\"event\":\"assignment.add\""), "{lines}");
+    assert_eq!(lines.lines().filter(|l| !l.is_empty()).count(), 1);
+}

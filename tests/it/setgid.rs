@@ -956,6 +956,113 @@ fn root_runs_no_command_of_a_database_another_account_owns() {
         .contains("— "));
 }
 
+/// The owner check is not fooled through a `-wal`: root's own database sits in a directory
+/// mallory can write, and she puts her own database's pages beside it as `root.db-wal`
+/// (SQLite reads them as root's database). Root's sweep must not run her commands.
+#[test]
+fn root_runs_no_command_of_a_database_whose_wal_another_account_planted() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let shared = i.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let db = shared.join("root.db");
+    let db_s = db.display().to_string();
+    // root's own database, through a pim that is not set-group-id, with a policy of no command.
+    let root_pim = |args: &[&str]| -> Run {
+        Command::new(support::bin())
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .env("HOME", i.dir.path())
+            .env_remove("PIM_USER")
+            .env_remove("PIM_TOKEN")
+            .env_remove("XDG_CONFIG_HOME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    };
+    root_pim(&["init", "--admin", "rootadmin"]).expect(0);
+    root_pim(&["sweep"]).expect(0);
+    let ran = i.home(MALLORY).join("ran");
+    let own = i.mallory_db(&format!(
+        "[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]\n",
+        ran.display()
+    ));
+    let own_s = own.display().to_string();
+    let mallory = |args: &[&str]| {
+        let mut all = vec!["--db", own_s.as_str()];
+        all.extend_from_slice(args);
+        i.as_account(MALLORY, &all, &[])
+    };
+    mallory(&["user", "add", "zed"]).expect(0);
+    mallory(&["assign", "zed", "db-admin", "-j", "x", "--duration", "12h"]).expect(0);
+    assert_eq!(std::fs::read_to_string(&ran).unwrap().trim(), MALLORY);
+    // Her forgery: all of her database's pages as WAL frames (a VACUUM in WAL mode, copied
+    // while the connection that wrote them is open), put in place of root's -wal and -shm.
+    let forge = format!(
+        "import shutil, sqlite3, os\n\
+         shutil.copy('{own}', '{home}/x.db')\n\
+         c = sqlite3.connect('{home}/x.db')\n\
+         c.execute('PRAGMA journal_mode=WAL'); c.execute('PRAGMA wal_autocheckpoint=0')\n\
+         c.execute('VACUUM')\n\
+         shutil.copy('{home}/x.db-wal', '{db}-wal.new'); os.chmod('{db}-wal.new', 0o666)\n\
+         os.rename('{db}-wal.new', '{db}-wal')\n\
+         os.path.exists('{db}-shm') and os.remove('{db}-shm')\n",
+        own = own.display(),
+        home = i.home(MALLORY).display(),
+        db = db.display()
+    );
+    i.program_as(MALLORY, Path::new("/usr/bin/python3"), &["-c", &forge], &[])
+        .expect(0);
+    // Root's pim now reads mallory's database as its own (her user zed is there)...
+    let r = root_pim(&["--as", MALLORY, "user", "list", "--json"]).expect(0);
+    assert!(
+        r.stdout.contains("zed"),
+        "the forgery did not take: {}",
+        r.stdout
+    );
+    // ...but its sweep runs none of her commands, and says why.
+    let r = root_pim(&["sweep"]).expect(0);
+    assert!(
+        r.stderr.contains("other accounts can change this database"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.contains("1 reminder(s)"), "{}", r.stdout);
+    assert!(
+        !std::fs::read_to_string(&ran).unwrap().contains("root"),
+        "root ran mallory's notification command"
+    );
+    let _ = db_s;
+}
+
+/// The installed database's own directory may not be one that others write, even sticky
+/// (`/tmp`): a hot `-journal` planted beside it would be played back into it with the
+/// group's rights when the next pim opens it.
+#[test]
+fn the_installed_database_is_refused_in_a_directory_others_may_create_in() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    for mode in [0o1777, 0o2777] {
+        std::fs::set_permissions(&i.lib, std::fs::Permissions::from_mode(mode)).unwrap();
+        let r = i.as_account(ALICE, &["status"], &[]).expect(1);
+        assert!(
+            r.stderr.contains("can be changed by other accounts"),
+            "{mode:o}: {}",
+            r.stderr
+        );
+        i.root(&["status"]).expect(1);
+    }
+    std::fs::set_permissions(&i.lib, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    i.as_account(ALICE, &["status"], &[]).expect(0);
+}
+
 #[test]
 fn command_notifications_of_the_installed_database_wait_for_roots_sweep() {
     if !ready() {

@@ -178,6 +178,11 @@ impl Env {
             .env("HOME", self.dir.path())
             .env("XDG_CONFIG_HOME", self.dir.path().join(".config"))
             .stdin(Stdio::null());
+        // A server's notification and witness commands run only for the account that
+        // delivers them: the tests are that account.
+        if self.db.to_string_lossy().starts_with("postgres") {
+            c.env("PIM_RUN_COMMANDS", "1");
+        }
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
