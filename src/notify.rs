@@ -16,6 +16,10 @@ use std::time::Duration;
 pub const MAX_ATTEMPTS: i64 = 5;
 /// Each delivery may take this long before it counts as failed.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a command a person waits for spends delivering what it queued, after which it
+/// leaves the rest to `pim sweep` (plus, at most, the one delivery under way).
+pub const FOREGROUND: Duration = Duration::from_secs(10);
 /// The first retry waits this long; each later one twice as long as the one before.
 pub const FIRST_RETRY_SECS: i64 = 60;
 
@@ -73,34 +77,41 @@ pub fn enqueue(conn: &Db, policy: &Policy, now: DateTime<Utc>, notice: Notice) -
     let n = &policy.notifications;
     let t = now.timestamp();
     let payload = serde_json::to_string(&notice).unwrap_or_default();
-    let insert = |channel: &str, recipients: &[String]| -> Result<()> {
-        conn.insert_outgoing(&notice.event, channel, recipients, &payload, t)?;
+    let insert = |channel: &str, recipients: &[String], payload: &str| -> Result<()> {
+        conn.insert_outgoing(&notice.event, channel, recipients, payload, t)?;
         Ok(())
     };
     if n.smtp.is_some() {
         // E-mail goes to addresses: a user name becomes that user's address, if they have one.
-        let mut addresses = Vec::new();
+        let mut addresses: Vec<(String, Vec<String>)> = Vec::new();
         for r in &notice.recipients {
             let address = if r.contains('@') {
                 Some(r.clone())
             } else {
                 conn.email_of(r)?
             };
-            if let Some(a) = address.filter(|a| !addresses.contains(a)) {
-                addresses.push(a);
+            let Some(address) = address else { continue };
+            match addresses.iter_mut().find(|(a, _)| *a == address) {
+                Some((_, whom)) => whom.push(r.clone()),
+                None => addresses.push((address, vec![r.clone()])),
             }
         }
-        // One message (and row) an address: a mailbox the relay refuses fails its own row
-        // only, and nobody sees the other recipients.
-        for a in &addresses {
-            insert("smtp", std::slice::from_ref(a))?;
+        // One message (and row) an address, naming only its own recipient: a mailbox the
+        // relay refuses fails its own row only, and nobody sees the other recipients.
+        for (address, whom) in addresses {
+            let own = Notice {
+                recipients: whom,
+                ..notice.clone()
+            };
+            let payload = serde_json::to_string(&own).unwrap_or_default();
+            insert("smtp", std::slice::from_ref(&address), &payload)?;
         }
     }
     if n.webhook.is_some() {
-        insert("webhook", &notice.recipients)?;
+        insert("webhook", &notice.recipients, &payload)?;
     }
     if n.command.is_some() {
-        insert("command", &notice.recipients)?;
+        insert("command", &notice.recipients, &payload)?;
     }
     Ok(())
 }
@@ -118,6 +129,9 @@ pub struct Delivery {
     pub sent: Vec<i64>,
     pub retrying: Vec<i64>,
     pub failed: Vec<i64>,
+    /// Due, but not tried: the scope's time budget ran out first (the next sweep sends them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left: Vec<i64>,
 }
 
 /// Which due notifications a process delivers.
@@ -129,6 +143,10 @@ pub struct Scope<'a> {
     /// Whether command-channel notifications run here. In the installed pim a command runs
     /// as root (only root configures them), so they wait for root's `pim sweep`.
     pub commands: bool,
+    /// How long this process may spend delivering: the command a person waits for stops
+    /// claiming rows after it (a relay that never answers costs each row `TIMEOUT`).
+    /// `None`: all that are due (`pim sweep`).
+    pub budget: Option<std::time::Duration>,
 }
 
 impl Scope<'_> {
@@ -158,22 +176,28 @@ pub fn deliver_due(
 ) -> Result<Delivery> {
     let started = std::time::Instant::now();
     let t = now.timestamp();
+    // Now, for this row: the run's own time plus how long it has gone on.
+    let current = || t + started.elapsed().as_secs() as i64;
     let mut due = conn.outbox_due(t)?;
     due.retain(|o| scope.covers(o));
     let mut report = Delivery::default();
     for o in due {
-        // Now, for this row: the run's own time plus how long it has gone on.
-        let at = t + started.elapsed().as_secs() as i64;
-        let claimed = {
-            let tx = conn.write()?;
-            let claimed = tx.claim_outgoing(o.id, at, at + LEASE_SECS)?;
-            tx.commit()?;
-            claimed
-        };
-        if !claimed {
-            // Another process claimed or sent it since the list was read.
+        if scope.budget.is_some_and(|b| started.elapsed() >= b) {
+            // Out of time: left due, unclaimed, for the next sweep.
+            report.left.push(o.id);
             continue;
         }
+        let claim = {
+            let at = current();
+            let tx = conn.write()?;
+            let claim = tx.claim_outgoing(o.id, at, at + LEASE_SECS)?;
+            tx.commit()?;
+            claim
+        };
+        let Some(claim) = claim else {
+            // Another process claimed or sent it since the list was read.
+            continue;
+        };
         // A delivery that fails in an unexpected way (a thread that cannot start, say) is a
         // failed try like any other: counted, retried, and recorded when given up.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -209,16 +233,18 @@ pub fn deliver_due(
             .unwrap_or_else(|| Err(format!("the {} channel is no longer configured", o.channel)))
         }))
         .unwrap_or_else(|_| Err("the delivery failed unexpectedly".to_string()));
+        // Recorded only while the claim holds: a delivery that outlasted it (a slow relay)
+        // leaves the row to the process that claimed it since.
+        let at = current();
         let tx = conn.write()?;
+        let attempts = claim.attempts + 1;
         match result {
             Ok(()) => {
-                tx.outgoing_sent(o.id, t)?;
+                tx.outgoing_sent(&claim, at)?;
                 report.sent.push(o.id);
             }
-            Err(why) => {
-                let attempts = o.attempts + 1;
-                if attempts >= MAX_ATTEMPTS {
-                    tx.outgoing_failed(o.id, attempts, &why)?;
+            Err(why) if attempts >= MAX_ATTEMPTS => {
+                if tx.outgoing_failed(&claim, &why)? {
                     crate::ops::Recorder::new(&tx, now, policy).record(
                         Event::new(actor, "notification.fail")
                             .refused(&format!("Delivery failed {attempts} times: {why}"))
@@ -228,9 +254,11 @@ pub fn deliver_due(
                             .detail("recipients", o.recipients.clone()),
                     )?;
                     report.failed.push(o.id);
-                } else {
-                    let wait = FIRST_RETRY_SECS << (attempts - 1);
-                    tx.outgoing_retry(o.id, attempts, &why, t + wait)?;
+                }
+            }
+            Err(why) => {
+                let wait = FIRST_RETRY_SECS << (attempts - 1);
+                if tx.outgoing_retry(&claim, &why, at + wait)? {
                     report.retrying.push(o.id);
                 }
             }

@@ -480,6 +480,7 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
             crate::notify::Scope {
                 only: None,
                 commands: ctx.runs_commands(),
+                budget: None,
             },
         )?
     } else {

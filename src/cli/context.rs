@@ -345,12 +345,15 @@ impl Ctx {
         let scope = crate::notify::Scope {
             only: Some(&queued),
             commands: self.runs_commands(),
+            budget: Some(crate::notify::FOREGROUND),
         };
         match session.pim.deliver(&actor, scope) {
-            Ok(d) if !d.retrying.is_empty() || !d.failed.is_empty() => self.note(&format!(
-                "Note: {} notification(s) could not be delivered yet; `pim sweep` retries them (see `pim notification list`).",
-                d.retrying.len() + d.failed.len()
-            )),
+            Ok(d) if !d.retrying.is_empty() || !d.failed.is_empty() || !d.left.is_empty() => {
+                self.note(&format!(
+                    "Note: {} notification(s) could not be delivered yet; `pim sweep` retries them (see `pim notification list`).",
+                    d.retrying.len() + d.failed.len() + d.left.len()
+                ))
+            }
             Ok(_) => {}
             Err(e) => self.note(&format!("Note: notifications were not delivered: {e}")),
         }

@@ -1,6 +1,6 @@
 //! The notification outbox: written in the event's transaction, delivered after it.
 
-use super::{Db, Row};
+use super::{Db, OptionalExtension, Row};
 use crate::error::Result;
 use crate::params;
 use crate::time::{from_unix, rfc3339};
@@ -21,6 +21,17 @@ pub struct Outgoing {
     pub sent: Option<String>,
     #[serde(skip)]
     pub payload: String,
+}
+
+/// An outbox row claimed for one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub id: i64,
+    /// The tries before this one, read by the claim itself (not from an earlier list).
+    pub attempts: i64,
+    /// When the claim runs out: a later claim by another process has a later one, so it
+    /// also tells whether this one still holds.
+    until: i64,
 }
 
 const COLUMNS: &str = "id, event, channel, recipients, status, attempts, next_attempt_at, \
@@ -108,36 +119,50 @@ impl Db {
     }
 
     /// Claim a row for a delivery at `now`, if it is still due then: nobody else tries it
-    /// before `until`. Whether it was claimed (another process may have claimed or sent it).
-    pub fn claim_outgoing(&self, id: i64, now: i64, until: i64) -> Result<bool> {
-        Ok(self.execute(
-            "UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2 AND status = 'pending' AND next_attempt_at <= ?3",
+    /// before `until`. `None` when another process claimed or sent it first.
+    pub fn claim_outgoing(&self, id: i64, now: i64, until: i64) -> Result<Option<Claim>> {
+        self.query_row(
+            "UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2 AND status = 'pending' \
+             AND next_attempt_at <= ?3 RETURNING attempts",
             params![until, id, now],
+            |r| r.get(0),
+        )
+        .optional()
+        .map(|attempts| {
+            attempts.map(|attempts| Claim {
+                id,
+                attempts,
+                until,
+            })
+        })
+    }
+
+    /// The claimed row was sent. False when the claim had run out and another process has
+    /// claimed the row since (it is then that process's to record).
+    pub fn outgoing_sent(&self, claim: &Claim, at: i64) -> Result<bool> {
+        Ok(self.execute(
+            "UPDATE outbox SET status = 'sent', attempts = ?1, sent_at = ?2, last_error = NULL \
+             WHERE id = ?3 AND status = 'pending' AND next_attempt_at = ?4",
+            params![claim.attempts + 1, at, claim.id, claim.until],
         )? == 1)
     }
 
-    pub fn outgoing_sent(&self, id: i64, at: i64) -> Result<()> {
-        self.execute(
-            "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?1, last_error = NULL WHERE id = ?2",
-            params![at, id],
-        )?;
-        Ok(())
+    /// The claimed row's try failed for the last time (see `outgoing_sent` for false).
+    pub fn outgoing_failed(&self, claim: &Claim, why: &str) -> Result<bool> {
+        Ok(self.execute(
+            "UPDATE outbox SET status = 'failed', attempts = ?1, last_error = ?2 \
+             WHERE id = ?3 AND status = 'pending' AND next_attempt_at = ?4",
+            params![claim.attempts + 1, why, claim.id, claim.until],
+        )? == 1)
     }
 
-    pub fn outgoing_failed(&self, id: i64, attempts: i64, why: &str) -> Result<()> {
-        self.execute(
-            "UPDATE outbox SET status = 'failed', attempts = ?1, last_error = ?2 WHERE id = ?3",
-            params![attempts, why, id],
-        )?;
-        Ok(())
-    }
-
-    pub fn outgoing_retry(&self, id: i64, attempts: i64, why: &str, at: i64) -> Result<()> {
-        self.execute(
-            "UPDATE outbox SET attempts = ?1, last_error = ?2, next_attempt_at = ?3 WHERE id = ?4",
-            params![attempts, why, at, id],
-        )?;
-        Ok(())
+    /// The claimed row's try failed: try again at `at` (see `outgoing_sent` for false).
+    pub fn outgoing_retry(&self, claim: &Claim, why: &str, at: i64) -> Result<bool> {
+        Ok(self.execute(
+            "UPDATE outbox SET attempts = ?1, last_error = ?2, next_attempt_at = ?3 \
+             WHERE id = ?4 AND status = 'pending' AND next_attempt_at = ?5",
+            params![claim.attempts + 1, why, at, claim.id, claim.until],
+        )? == 1)
     }
 
     /// A user's e-mail address, if they have one.

@@ -814,11 +814,14 @@ fn the_outbox() {
     tx.trim_outbox(ids[0], 2).unwrap();
     assert_eq!(tx.outbox_end().unwrap(), ids[2]);
     // A claim takes a row only while it is due, once.
-    assert!(tx.claim_outgoing(ids[0], 5, 1000).unwrap());
-    assert!(!tx.claim_outgoing(ids[0], 10, 1010).unwrap());
-    tx.outgoing_sent(ids[1], 7).unwrap();
-    assert!(!tx.claim_outgoing(ids[1], 2000, 3000).unwrap());
-    tx.outgoing_retry(ids[2], 1, "down", 500).unwrap();
+    let first = tx.claim_outgoing(ids[0], 5, 1000).unwrap().expect("due");
+    assert_eq!(first.attempts, 0);
+    assert!(tx.claim_outgoing(ids[0], 10, 1010).unwrap().is_none());
+    let sent = tx.claim_outgoing(ids[1], 7, 60).unwrap().expect("due");
+    assert!(tx.outgoing_sent(&sent, 7).unwrap());
+    assert!(tx.claim_outgoing(ids[1], 2000, 3000).unwrap().is_none());
+    let down = tx.claim_outgoing(ids[2], 8, 68).unwrap().expect("due");
+    assert!(tx.outgoing_retry(&down, "down", 500).unwrap());
     tx.commit().unwrap();
     assert!(db.outbox_due(10).unwrap().is_empty());
     assert_eq!(
@@ -830,12 +833,26 @@ fn the_outbox() {
         [ids[2]]
     );
     let tx = db.write().unwrap();
-    tx.outgoing_failed(ids[2], 5, "gone").unwrap();
+    // A claim that ran out and was taken by another process records nothing: the row is
+    // the later claim's (its tries read by that claim, not from an earlier list).
+    let stale = tx.claim_outgoing(ids[2], 600, 660).unwrap().expect("due");
+    assert_eq!(stale.attempts, 1);
+    let later = tx
+        .claim_outgoing(ids[2], 660, 720)
+        .unwrap()
+        .expect("ran out");
+    assert_eq!(later.attempts, 1);
+    assert!(!tx.outgoing_sent(&stale, 661).unwrap());
+    assert!(!tx.outgoing_retry(&stale, "late", 700).unwrap());
+    assert!(!tx.outgoing_failed(&stale, "late").unwrap());
+    assert_eq!(db.outbox(false).unwrap()[2].status, "pending");
+    assert!(tx.outgoing_failed(&later, "gone").unwrap());
     tx.commit().unwrap();
     let all = db.outbox(false).unwrap();
     assert_eq!(all.len(), 3);
     assert_eq!(all[1].status, "sent");
     assert_eq!(all[0].recipients, to);
+    assert_eq!((all[1].attempts, all[2].attempts), (1, 2));
     let failed = db.outbox(true).unwrap();
     assert_eq!(
         (failed.len(), failed[0].last_error.as_deref()),

@@ -218,12 +218,22 @@ fn events_reach_smtp_webhook_and_command_receivers() {
     );
     // One message an address: a mailbox the relay refuses fails only its own.
     let (one, mail) = next(&mails);
-    let (two, _) = next(&mails);
+    let (two, other) = next(&mails);
     assert_eq!((one.len(), two.len()), (1, 1));
     assert!(!mail.contains("\nFrom: pim"), "{mail}");
-    let mut to = [one, two].concat();
+    let mut to = [one.clone(), two.clone()].concat();
     to.sort();
     assert_eq!(to, vec!["carol@example.com", "dave@example.com"]);
+    // ...and names only its own recipient: nobody sees who else was told.
+    for (to, mail) in [(&one[0], &mail), (&two[0], &other)] {
+        let (me, them) = if to.starts_with("carol") {
+            ("carol", "dave")
+        } else {
+            ("dave", "carol")
+        };
+        assert!(mail.contains(&format!("\"{me}\"")), "{mail}");
+        assert!(!mail.contains(them), "{to} sees {them}: {mail}");
+    }
 
     // activation.approve goes to the requester; activation.start to the role's notify list.
     env.as_(
@@ -610,4 +620,67 @@ fn a_servers_commands_run_only_for_the_account_that_delivers_them() {
     let lines = std::fs::read_to_string(&got).unwrap();
     assert!(lines.contains("\"event\":\"assignment.add\""), "{lines}");
     assert_eq!(lines.lines().filter(|l| !l.is_empty()).count(), 1);
+}
+
+/// A relay that takes the connection and never answers costs each message the 5-second
+/// timeout; a person's command spends at most 10 seconds on them (then the one under way),
+/// and leaves the rest to `pim sweep`, untried.
+#[test]
+fn a_relay_that_never_answers_holds_a_command_up_ten_seconds_at_most() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let env = Env::new();
+    env.init_with(
+        &Policy::new()
+            .section(
+                "notifications.smtp",
+                &[
+                    "host = \"127.0.0.1\"",
+                    &format!("port = {port}"),
+                    "from = \"pim@example.com\"",
+                    "starttls = false",
+                ],
+            )
+            .role(
+                "db",
+                "DB",
+                &["notify = [\"a@example.com\", \"b@example.com\", \"c@example.com\", \"d@example.com\", \"e@example.com\"]"],
+            ),
+    );
+    let bob = env.user("bob");
+    env.as_("admin", &["assign", "bob", "db", "-j", "x"])
+        .expect(0);
+    let started = std::time::Instant::now();
+    let r = env.activate("bob", &bob, "db", &["-j", "x"]).expect(0);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(17),
+        "activate took {took:?} for 5 messages to a silent relay"
+    );
+    assert!(
+        r.stderr.contains("could not be delivered yet"),
+        "{}",
+        r.stderr
+    );
+    let tried = env.count(
+        "SELECT count(*) FROM outbox WHERE channel = 'smtp' AND status = 'pending' AND attempts = 1",
+    );
+    let untried = env.count(
+        "SELECT count(*) FROM outbox WHERE channel = 'smtp' AND status = 'pending' AND attempts = 0",
+    );
+    assert_eq!(tried + untried, 5);
+    assert!((2..=3).contains(&tried), "{tried} tried");
+    // What was left is due now: the next sweep tries it.
+    let r = env.run(&["sweep", "--json"]).expect(0).json();
+    assert_eq!(
+        r["notifications"]["retrying"].as_array().map(Vec::len),
+        Some(untried as usize),
+        "{r}"
+    );
 }
