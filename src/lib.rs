@@ -21,6 +21,7 @@ pub mod replay;
 pub mod scope;
 mod sha256x2;
 pub mod store;
+pub mod text;
 pub mod time;
 pub mod vault;
 

@@ -348,13 +348,13 @@ pub fn valid_handle(text: &str) -> bool {
 }
 
 /// A new user's e-mail address: one pim can send to, as lettre (which sends it) reads an
-/// address, and of the shape below, without controls. (The shape check alone let `e(@x.y`
+/// address, and of the shape below, without controls or invisible characters. (The shape check alone let `e(@x.y`
 /// in, which then failed every message it was among, and control characters.) The policy
 /// keeps the shape check alone: a stored policy that passed it must still load.
 pub fn sendable_email(text: &str) -> bool {
     looks_like_email(text)
         && text.parse::<lettre::Address>().is_ok()
-        && !text.chars().any(char::is_control)
+        && !text.chars().any(crate::text::unsafe_char)
 }
 
 /// A minimal e-mail shape check: something@domain.tld, no spaces.
@@ -1113,6 +1113,11 @@ mod tests {
             "bob@@example.com",
             "bo b@example.com",
             "@example.com",
+            // Shown to approvers and in mail headers: nothing that turns text around or
+            // hides in it.
+            "moc.elpmaxe\u{202e}@bob.example.com",
+            "bob\u{200b}@example.com",
+            "bob@exa\u{2066}mple.com",
         ] {
             assert!(!sendable_email(bad), "{bad:?}");
         }

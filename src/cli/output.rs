@@ -12,27 +12,7 @@ use serde::Serialize;
 use std::borrow::Cow;
 use std::io::Write;
 
-/// Whether a character must not reach a terminal as it is.
-fn unsafe_char(c: char) -> bool {
-    // What tables are made of, first: ASCII (only its controls) and box drawing (none).
-    if c.is_ascii() {
-        return c.is_ascii_control();
-    }
-    if ('\u{2500}'..='\u{257F}').contains(&c) {
-        return false;
-    }
-    c.is_control()
-        // Format characters (Unicode category Cf), fillers and blanks that show nothing,
-        // variation selectors.
-        || matches!(c,
-            '\u{00AD}' | '\u{034F}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}'
-            | '\u{070F}' | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{115F}' | '\u{1160}'
-            | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
-            | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}'
-            | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}'
-            | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
-}
+use crate::text::unsafe_char;
 
 /// The colours tables may paint with (SGR codes): reset, dim, red, green, yellow.
 const COLOURS: &[&str] = &["0", "2", "31", "32", "33"];
@@ -339,11 +319,40 @@ pub fn fit(text: &str, width: usize) -> Cow<'_, str> {
 }
 
 /// `text` in lines of at most `width` display columns (broken at spaces when it can).
+/// The words of `text` (split at spaces), with a `quoted command` kept as one: a command
+/// the reader should copy is never broken across lines when it fits on one.
+fn code_spans(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut open = false;
+    for word in text.split(' ') {
+        match words.last_mut() {
+            Some(last) if open => {
+                last.push(' ');
+                last.push_str(word);
+            }
+            _ => words.push(word.to_string()),
+        }
+        if word.matches('`').count() % 2 == 1 {
+            open = !open;
+        }
+    }
+    words
+}
+
 fn wrap_text(text: &str, width: usize) -> Vec<String> {
     let mut lines = Vec::new();
     let mut line = String::new();
     let mut used = 0;
-    for word in text.split(' ') {
+    // (a command longer than a line is broken at its spaces, like other words)
+    let spans = code_spans(text);
+    let words = spans.iter().flat_map(|span| {
+        if display_width(span) > width {
+            span.split(' ').collect()
+        } else {
+            vec![span.as_str()]
+        }
+    });
+    for word in words {
         let w = display_width(word);
         if used > 0 && used + 1 + w > width {
             lines.push(std::mem::take(&mut line));
@@ -689,6 +698,16 @@ mod tests {
         assert_eq!(
             wrap_indented("alpha beta gamma delta epsilon", 20),
             ["alpha beta gamma", "delta epsilon"]
+        );
+        // A quoted command is moved whole to the next line, not broken; one longer than a
+        // line is broken as words are.
+        assert_eq!(
+            wrap_indented("Note: run `pim sweep --json` to retry them now.", 24),
+            ["Note: run", "`pim sweep --json` to", "retry them now."]
+        );
+        assert_eq!(
+            wrap_indented("a `b c d e f g h i j k l m n o p` q", 12),
+            ["a `b c d e f", "g h i j k l", "m n o p` q"]
         );
         // No room beside the indentation: left to the terminal.
         let deep = format!("{}x y z", " ".repeat(15));

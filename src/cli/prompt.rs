@@ -38,10 +38,29 @@ fn report(prompt: &str, answer: &str) -> Result<()> {
     let term = console::Term::stderr();
     let line = format!("{prompt}: {answer}");
     let width = usize::from(term.size().1).max(1);
-    let rows = console::measure_text_width(&line).div_ceil(width).max(1);
-    term.clear_last_lines(rows - 1)?;
+    term.clear_last_lines(rows_on_terminal(&line, width) - 1)?;
     term.write_line(&line)?;
     Ok(())
+}
+
+/// How many rows `line` takes on a terminal `width` columns wide, counted as the terminal
+/// counts them: character by character (a variation selector adds nothing to the emoji
+/// before it), and a wide character that does not fit in the last column starts the next
+/// row (so 25 wide characters can take a row more than their width says).
+fn rows_on_terminal(line: &str, width: usize) -> usize {
+    let (mut rows, mut column) = (1, 0);
+    for c in line.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if w == 0 {
+            continue;
+        }
+        if column + w > width {
+            rows += 1;
+            column = 0;
+        }
+        column += w;
+    }
+    rows
 }
 
 /// Free text of at most `limit` characters, not blank.
@@ -77,4 +96,35 @@ pub fn pick(prompt: &str, items: &[String]) -> Result<Vec<usize>> {
         .with_prompt(prompt)
         .items(items)
         .interact()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows_on_terminal;
+
+    #[test]
+    fn rows_are_counted_as_the_terminal_wraps() {
+        assert_eq!(rows_on_terminal("", 60), 1);
+        assert_eq!(rows_on_terminal(&"x".repeat(60), 60), 1);
+        assert_eq!(rows_on_terminal(&"x".repeat(61), 60), 2);
+        // 28 columns of prompt and 16 wide characters fill one row exactly.
+        let prompt = "Justification for db-admin: ";
+        assert_eq!(
+            rows_on_terminal(&format!("{prompt}{}", "変".repeat(16)), 60),
+            1
+        );
+        // After 29 columns the 16th wide character does not fit in the last column: it
+        // starts row 2, so 120 columns by width (2 rows) take 3 rows on the terminal.
+        let line = format!("{}{}{}", "x".repeat(29), "変".repeat(16), "y".repeat(59));
+        assert_eq!(console::measure_text_width(&line), 120);
+        assert_eq!(rows_on_terminal(&line, 60), 3);
+        // A heart with its emoji variation selector is one column to a terminal.
+        let heart = format!("{}\u{2764}\u{fe0f}", "x".repeat(59));
+        assert_eq!(rows_on_terminal(&heart, 60), 1);
+        assert_eq!(
+            console::measure_text_width(&heart),
+            61,
+            "counted as two by width"
+        );
+    }
 }

@@ -1006,6 +1006,43 @@ fn a_long_answer_on_a_narrow_terminal_is_shown_once() {
     );
 }
 
+/// Rows are counted as the terminal wraps them: a wide character that does not fit in the
+/// last column starts the next row (counted by width, the answer's first row stayed above
+/// its report), and a variation selector adds no column (counted by width, a row of pim's
+/// note above was erased).
+#[test]
+fn answers_with_wide_characters_are_shown_once_and_erase_nothing() {
+    let (env, _bob) = bob_at_prod(&db_admin(&[]));
+    for answer in [
+        format!("x{}{}", "変".repeat(16), "y".repeat(59)),
+        // (28 columns of prompt: 60 columns to the terminal, 61 by width)
+        format!("{}\u{2764}\u{fe0f}", "x".repeat(31)),
+    ] {
+        let t = Terminal::start(&env, &["--as", "bob", "activate", "db-admin"], 60);
+        t.wait_for("Justification for db-admin");
+        let before = t.screen();
+        t.line(&answer);
+        t.wait_for("TOTP code for bob");
+        let s = t.screen();
+        let head: String = answer.chars().take(6).collect();
+        assert_eq!(
+            s.matches(&format!("Justification for db-admin: {head}"))
+                .count(),
+            1,
+            "{s}"
+        );
+        let note: Vec<&str> = before
+            .lines()
+            .take_while(|l| !l.starts_with("Justification"))
+            .collect();
+        assert!(!note.is_empty(), "{before}");
+        assert!(
+            s.starts_with(&note.join("\n")),
+            "the note changed:\n{before}\n---\n{s}"
+        );
+    }
+}
+
 /// What a command says it did says each thing once: a denial is "denied by you." (not
 /// "denied by you; it is denied."), an approval still says what the request is now, and a
 /// permanent assignment has "no end" (not "until permanent").
