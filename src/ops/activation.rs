@@ -562,7 +562,7 @@ impl Pim {
         actor: &str,
         input: &ActivationInput,
     ) -> Result<ActivationPlan> {
-        self.write(actor, |tx, now, policy| {
+        self.plan(actor, |tx, now, policy| {
             let c = check_activation(tx, now, policy, actor, input)?;
             if c.role.settings.require_mfa {
                 // No authenticator, or a locked one: said now, not after the typing.

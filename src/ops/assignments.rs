@@ -370,7 +370,7 @@ impl Pim {
     /// duration, an assignment already there), before any prompt; a refusal is recorded as
     /// the assignment's would be, and nothing else is written.
     pub fn plan_assignment(&mut self, actor: &str, input: &AssignInput) -> Result<()> {
-        self.write(actor, |tx, now, policy| {
+        self.plan(actor, |tx, now, policy| {
             assign_or_plan(tx, now, policy, actor, input, true).map(|_| ())
         })
     }
@@ -454,6 +454,35 @@ mod tests {
                 .exit_code(),
             5
         );
+    }
+
+    /// The checks `assign` runs before its prompt are no change: they cost nothing of the
+    /// actor's budget (the assignment itself costs one), but are refused once it is spent.
+    #[test]
+    fn checking_before_the_prompt_costs_no_change() {
+        let (mut pim, _, _) = pim();
+        pim.add_user("admin", "bob", None, None).unwrap();
+        let used = |pim: &Pim| {
+            pim.conn()
+                .limit_window("changes:admin")
+                .unwrap()
+                .map_or(0, |(n, _, _)| n)
+        };
+        let before = used(&pim);
+        for _ in 0..3 {
+            pim.plan_assignment("admin", &input("bob", "db-admin"))
+                .unwrap();
+        }
+        assert_eq!(used(&pim), before);
+        pim.assign("admin", input("bob", "db-admin")).unwrap();
+        assert_eq!(used(&pim), before + 1);
+        for n in used(&pim)..crate::ops::users::CHANGES_PER_WINDOW {
+            pim.add_user("admin", &format!("u{n}"), None, None).unwrap();
+        }
+        let e = pim
+            .plan_assignment("admin", &input("u1", "db-admin"))
+            .unwrap_err();
+        assert!(e.to_string().contains("changes within 15 minutes"), "{e}");
     }
 
     #[test]

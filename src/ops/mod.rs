@@ -125,7 +125,19 @@ impl Pim {
         f: impl FnOnce(&Recorder<'_>, DateTime<Utc>, &Policy) -> Result<T>,
     ) -> Result<T> {
         let budget = self.budget.then(|| actor.to_string());
-        self.write_as(budget, f)
+        self.write_as(budget, true, f)
+    }
+
+    /// `write` for the checks a command runs before its prompts (`plan_assignment`,
+    /// `plan_activation`): refused as the change would be once the budget is spent, and a
+    /// refusal is recorded, but a plan that passes is no change and costs nothing.
+    fn plan<T>(
+        &mut self,
+        actor: &str,
+        f: impl FnOnce(&Recorder<'_>, DateTime<Utc>, &Policy) -> Result<T>,
+    ) -> Result<T> {
+        let budget = self.budget.then(|| actor.to_string());
+        self.write_as(budget, false, f)
     }
 
     /// `write` for what the system does (sweep, sign-ins, sealing) and for giving up a role
@@ -134,12 +146,13 @@ impl Pim {
         &mut self,
         f: impl FnOnce(&Recorder<'_>, DateTime<Utc>, &Policy) -> Result<T>,
     ) -> Result<T> {
-        self.write_as(None, f)
+        self.write_as(None, false, f)
     }
 
     fn write_as<T>(
         &mut self,
         budget: Option<String>,
+        charge: bool,
         f: impl FnOnce(&Recorder<'_>, DateTime<Utc>, &Policy) -> Result<T>,
     ) -> Result<T> {
         let tx = self.conn.write()?;
@@ -159,7 +172,7 @@ impl Pim {
         let mark = outbox_end(&tx)?;
         let rec = Recorder::new(&tx, now, &policy);
         let result = f(&rec, now, &policy);
-        if let (Some(actor), Ok(_)) = (&budget, &result) {
+        if let (Some(actor), Ok(_), true) = (&budget, &result, charge) {
             users::count_change(&rec, now, actor, 1)?;
         }
         if matches!(result, Ok(_) | Err(Error::Recorded(_))) {
