@@ -318,6 +318,13 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::minutes(90));
         assert_eq!(parse_duration("7d").unwrap(), Duration::days(7));
         assert_eq!(parse_duration("90d").unwrap(), Duration::days(90));
+        // The spellings the README lists beside them.
+        assert_eq!(parse_duration("2hours").unwrap(), Duration::hours(2));
+        assert_eq!(parse_duration("1h 30min").unwrap(), Duration::minutes(90));
+        assert_eq!(parse_duration("2weeks").unwrap(), Duration::days(14));
+        assert_eq!(parse_duration("1w").unwrap(), Duration::days(7));
+        assert_eq!(parse_duration("1M").unwrap(), Duration::seconds(2_630_016));
+        assert_eq!(parse_duration("1y").unwrap(), Duration::seconds(31_557_600));
     }
 
     #[test]
