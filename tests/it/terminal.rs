@@ -412,6 +412,38 @@ fn doctor_finds_problems_and_says_how_to_fix_them() {
     let f = sweep(&later);
     assert_eq!(f["state"], "warning", "{f}");
     assert!(f["detail"].as_str().unwrap().contains("last run"), "{f}");
+    assert!(
+        !later
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["check"] == "clock"),
+        "{later}"
+    );
+    // Seen from a clock three hours behind the one that swept: a clock is wrong.
+    let behind = env.as_("admin", &["doctor", "--json"]).json();
+    let f = behind
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "clock")
+        .unwrap_or_else(|| panic!("no clock finding in {behind}"))
+        .clone();
+    assert_eq!(f["state"], "warning", "{f}");
+    assert!(
+        f["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ahead of this host's clock"),
+        "{f}"
+    );
+    assert!(
+        f["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timedatectl"),
+        "{f}"
+    );
     // Without a database: one problem, and how to make one.
     let r = env
         .run(&["--db", env.path("none.db").to_str().unwrap(), "doctor"])
