@@ -289,6 +289,27 @@ fn offer(p: &crate::ops::ActivationPlan, now: chrono::DateTime<chrono::Utc>) -> 
     )
 }
 
+/// An offer for a narrow terminal: the role, the scope, how long, and whose approval.
+fn short_offer(p: &crate::ops::ActivationPlan) -> String {
+    let approval = match (p.require_approval, p.approvers.is_empty()) {
+        (false, _) => String::new(),
+        (true, true) => ", needs approval".to_string(),
+        (true, false) => format!(", approval by {}", p.approvers.join(" or ")),
+    };
+    format!(
+        "{} at {}: {} max{approval}",
+        p.role, p.scope, p.max_activation
+    )
+}
+
+/// The offer without the eligibility's end (the first thing left out where it does not fit).
+fn without_end(p: &crate::ops::ActivationPlan) -> crate::ops::ActivationPlan {
+    crate::ops::ActivationPlan {
+        eligible_until_at: None,
+        ..p.clone()
+    }
+}
+
 /// The roles to activate when none were named: picked on a terminal from those the caller
 /// is eligible for; without one, a usage error that lists them.
 fn pick_roles(ctx: &Ctx, pim: &crate::Pim, actor: &str) -> anyhow::Result<Vec<(String, Scope)>> {
@@ -316,18 +337,25 @@ fn pick_roles(ctx: &Ctx, pim: &crate::Pim, actor: &str) -> anyhow::Result<Vec<(S
         ))
         .into());
     }
-    let chosen = prompt::pick(
-        "Roles to activate (space marks, enter accepts)",
-        &lines
-            .iter()
-            .map(|l| {
-                // One line each, whatever the width ("> [ ] " before it).
-                let width = super::output::terminal_width(true).unwrap_or(80);
-                super::output::ellipsis(&super::output::safe(l), width.saturating_sub(7))
-                    .into_owned()
-            })
-            .collect::<Vec<_>>(),
-    )?;
+    // One line each, whatever the width ("> [ ] " before it): where the whole offer does
+    // not fit, what decides the pick (the role, how long, whose approval) comes first, and
+    // the rest is said before the prompts of the one picked.
+    let width = super::output::terminal_width(true)
+        .unwrap_or(80)
+        .saturating_sub(7);
+    let fitting: Vec<String> = offers
+        .iter()
+        .zip(&lines)
+        .map(|(p, full)| {
+            let fits = |l: &String| super::output::display_width(l) <= width;
+            let line = [full.clone(), offer(&without_end(p), now), short_offer(p)]
+                .into_iter()
+                .find(fits)
+                .unwrap_or_else(|| short_offer(p));
+            super::output::ellipsis(&super::output::safe(&line), width).into_owned()
+        })
+        .collect();
+    let chosen = prompt::pick("Roles to activate (space marks, enter accepts)", &fitting)?;
     if chosen.is_empty() {
         return Err(crate::Error::Usage("No role was picked.".to_string()).into());
     }

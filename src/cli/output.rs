@@ -295,7 +295,7 @@ fn colour_of(word: &str) -> Option<&'static str> {
     })
 }
 
-fn display_width(text: &str) -> usize {
+pub fn display_width(text: &str) -> usize {
     unicode_width::UnicodeWidthStr::width(text)
 }
 
@@ -524,6 +524,40 @@ impl Table {
         )
     }
 
+    /// A two-column table (`setting`, `value`) too wide for the terminal: each row one
+    /// `name  value` line, the value wrapped under its column (blocks would take three rows
+    /// for each setting). None where the names leave the values less than 20 columns.
+    fn pairs(&self) -> Option<String> {
+        if self.header.len() != 2 {
+            return None;
+        }
+        let width = self.width?;
+        let label = self
+            .rows
+            .iter()
+            .filter_map(|r| r.first())
+            .chain([&self.header[0]])
+            .map(|c| display_width(c))
+            .max()?;
+        let room = width.checked_sub(label + 2).filter(|&r| r >= 20)?;
+        let indent = format!("\n{}", " ".repeat(label + 2));
+        let line = |name: &str, value: &str| {
+            let pad = " ".repeat(label - display_width(name));
+            format!(
+                "{name}{pad}  {}",
+                self.paint(&self.header[1], &wrap_text(value, room).join(&indent))
+            )
+        };
+        let mut out = vec![line(&self.header[0], &self.header[1])];
+        out.extend(self.rows.iter().map(|r| {
+            line(
+                r.first().map_or("", String::as_str),
+                r.get(1).map_or("", String::as_str),
+            )
+        }));
+        Some(out.join("\n"))
+    }
+
     /// One block per row: `header: value` lines, a blank line between rows.
     fn blocks(&self) -> String {
         let label = self
@@ -638,7 +672,7 @@ impl std::fmt::Display for Table {
                     f.write_str(&text)
                 }
             }
-            None => f.write_str(&self.blocks()),
+            None => f.write_str(&self.pairs().unwrap_or_else(|| self.blocks())),
         }
     }
 }
@@ -852,6 +886,33 @@ mod tests {
         assert!(t
             .to_string()
             .contains(&"long words ".repeat(10).trim_end().to_string()));
+    }
+
+    #[test]
+    fn a_narrow_two_column_table_is_one_line_a_row() {
+        let mut t = table(&["setting", "value"]);
+        t.add_row(["name", "Database Administrator"]);
+        t.add_row(["description", "long words ".repeat(8).trim_end()]);
+        t.add_row(["max_activation", "\"4h\""]);
+        t.width = Some(40);
+        let text = t.to_string();
+        assert!(text.lines().all(|l| display_width(l) <= 40), "{text}");
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "setting         value",
+                "name            Database Administrator",
+                "description     long words long words",
+                "                long words long words",
+                "                long words long words",
+                "                long words long words",
+                "max_activation  \"4h\"",
+            ],
+            "{text}"
+        );
+        // Too narrow for a column of names: blocks, as any table.
+        t.width = Some(30);
+        assert!(t.to_string().starts_with("setting:"), "{}", t);
     }
 
     #[test]

@@ -1075,6 +1075,27 @@ fn answers_with_wide_characters_are_shown_once_and_erase_nothing() {
     }
 }
 
+/// At 60 columns the picker's line keeps what decides the pick (how long, whose approval)
+/// instead of cutting it off with an ellipsis; the details follow for the role picked.
+#[test]
+fn the_picker_at_sixty_columns_says_whose_approval_a_role_needs() {
+    let (env, _bob) = bob_at_prod(&db_admin(&[
+        "require_approval = true",
+        "approvers = [\"carol\", \"dave\"]",
+    ]));
+    let t = Terminal::start(&env, &["--as", "bob", "activate"], 60);
+    let s = t.wait_for("Roles to activate");
+    assert!(
+        s.contains("db-admin at /prod: 2h max, approval by carol or dave"),
+        "{s}"
+    );
+    assert!(!s.contains('…'), "{s}");
+    t.keys(&["Space", "Enter"]);
+    let s = t.wait_for("Justification for db-admin");
+    let words = s.lines().map(str::trim_end).collect::<Vec<_>>().join(" ");
+    assert!(words.contains("then approval by carol or dave"), "{s}");
+}
+
 /// What a command says it did says each thing once: a denial is "denied by you." (not
 /// "denied by you; it is denied."), an approval still says what the request is now, and a
 /// permanent assignment has "no end" (not "until permanent").
