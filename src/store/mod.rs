@@ -698,6 +698,8 @@ pub fn open(path: &Path) -> Result<Database> {
     let real = std::fs::canonicalize(path).map_err(|e| {
         Error::Environment(format!("Cannot open the database {}: {e}.", path.display()))
     })?;
+    let owner = std::fs::metadata(&real)?.uid();
+    refuse_planted(&real, owner)?;
     let (conn, main, companions) = open_sqlite(&real)?;
     let conn = finish_open(conn, &real)?;
     let owner_alone = owner_alone(&real, &main, &companions);
@@ -727,28 +729,111 @@ fn owner_alone(real: &Path, main: &std::fs::Metadata, companions: &[std::fs::Met
     let files = std::iter::once(main)
         .chain(companions)
         .all(|m| m.uid() == owner && m.mode() & 0o022 == 0);
-    let dirs = real.ancestors().skip(1).enumerate().all(|(n, dir)| {
-        std::fs::metadata(dir).is_ok_and(|m| {
-            let mode = m.mode();
-            m.is_dir()
-                && (m.uid() == 0 || m.uid() == owner)
-                && (mode & 0o020 == 0 || m.gid() == 0)
-                // Above the database's own directory, a sticky one (`/tmp`) lets nobody
-                // rename what is not theirs; beside the database, nobody may create at all.
-                && (mode & 0o002 == 0 || (n > 0 && mode & 0o1000 != 0))
-        })
-    });
+    let dirs = real
+        .ancestors()
+        .skip(1)
+        .enumerate()
+        .all(|(n, dir)| std::fs::metadata(dir).is_ok_and(|m| private_dir(&m, owner, n)));
     files && dirs
 }
 
-/// Whether a directory on the installed database's path is safe from callers: owned by
-/// root (or the database's owner), writable by no one else (but the pim group), or sticky.
-fn trusted_dir(meta: &std::fs::Metadata, owner: u32, group: u32) -> bool {
+/// Whether a directory `n` levels above a database (0: its own) lets nobody but the
+/// database's owner and root create, remove or rename in it: theirs, and writable by neither
+/// group nor others (an ACL's named entries show in the group bits, as its mask). Above the
+/// database's own directory a sticky one (`/tmp`) will do: nobody renames what is not theirs
+/// there; beside the database, nobody else may create a file at all.
+fn private_dir(m: &std::fs::Metadata, owner: u32, n: usize) -> bool {
+    let mode = m.mode();
+    m.is_dir()
+        && (m.uid() == 0 || m.uid() == owner)
+        && (mode & 0o022 == 0 || (n > 0 && mode & 0o1000 != 0))
+}
+
+/// Refuse, before SQLite reads a byte, a database `owner`'s that other accounts could put
+/// pages into: SQLite reads a `-wal` beside it as part of it and plays a hot `-journal` back
+/// into it, so a file planted there would become this database (for good, at the next
+/// checkpoint), and root's pim would then run its commands. So: every directory above it
+/// `private_dir`, the file writable by its owner alone, and its `-wal`, `-shm` and
+/// `-journal`, where they exist, regular files of the owner that nobody else may write.
+fn refuse_planted(real: &Path, owner: u32) -> Result<()> {
+    let refuse = |why: String| {
+        Err(Error::Environment(format!(
+            "Refusing to open the database {}: {why}",
+            real.display()
+        )))
+    };
+    for (n, dir) in real.ancestors().skip(1).enumerate() {
+        let m = std::fs::metadata(dir).map_err(|e| {
+            Error::Environment(format!("Cannot open the database {}: {e}.", real.display()))
+        })?;
+        if !private_dir(&m, owner, n) {
+            return refuse(format!(
+                "other accounts can create or rename files in {} (a -wal or -journal planted there is read into the database). Keep it in directories only its owner (or root) can write: chmod go-w '{}', owned by the database's owner or root.",
+                dir.display(),
+                dir.display()
+            ));
+        }
+    }
+    if let Ok(m) = std::fs::metadata(real) {
+        if m.mode() & 0o022 != 0 {
+            return refuse(format!(
+                "other accounts may write it. chmod go-w '{}' (0600), and restore it from a copy you trust if anyone else did.",
+                real.display()
+            ));
+        }
+    }
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut companion = real.as_os_str().to_owned();
+        companion.push(suffix);
+        let companion = PathBuf::from(companion);
+        match std::fs::symlink_metadata(&companion) {
+            Ok(m) if m.is_file() && m.uid() == owner && m.mode() & 0o022 == 0 => {}
+            Ok(_) => {
+                return refuse(format!(
+                    "{} is not the database owner's alone (another account's, a link, or writable by others), so it may hold pages that are not this database's. If nobody else made it, make it the owner's and chmod 0600; otherwise restore the database from a copy you trust.",
+                    companion.display()
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Environment(format!(
+                    "Cannot check {}: {e}.",
+                    companion.display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a directory `n` levels above the installed database (0: its own) is safe from
+/// callers: owned by root (or the database's owner), and writable by no one else but the pim
+/// group; above the database's own directory, a sticky one (`/tmp`) will do as well.
+fn trusted_dir(meta: &std::fs::Metadata, owner: u32, group: u32, n: usize) -> bool {
     let mode = meta.mode();
+    let writers_ok = mode & 0o002 == 0 && (mode & 0o020 == 0 || meta.gid() == group);
     meta.is_dir()
         && (meta.uid() == 0 || meta.uid() == owner)
-        && (mode & 0o002 == 0 || mode & 0o1000 != 0)
-        && (mode & 0o020 == 0 || meta.gid() == 0 || meta.gid() == group)
+        && (writers_ok || (n > 0 && mode & 0o1000 != 0))
+}
+
+/// Whether a directory carries an access ACL (named users or groups, whose write the group
+/// bits show only as the ACL's mask).
+fn has_acl(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return true;
+    };
+    // SAFETY: both strings are NUL-terminated; a null buffer of size 0 only asks the size.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n >= 0
 }
 
 fn refuse_installed(path: &Path, why: String) -> Error {
@@ -800,7 +885,11 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
             let m = std::fs::metadata(dir)?;
             // Beside the database nobody else may create a file, sticky or not: a hot
             // `-journal` planted there would be played back into it with the group's rights.
-            if !trusted_dir(&m, owner, group) || (n == 0 && m.mode() & 0o002 != 0) {
+            // (a directory the pim group writes, with an ACL: its named entries may let a
+            // caller write there too)
+            if !trusted_dir(&m, owner, group, n)
+                || (m.mode() & 0o020 != 0 && m.mode() & 0o1000 == 0 && has_acl(dir))
+            {
                 return Err(refuse_installed(
                     &real,
                     format!(
@@ -902,6 +991,18 @@ pub fn create(path: &Path, shared: Option<u32>) -> Result<Database> {
                 std::os::unix::fs::chown(dir, Some(0), Some(group))?;
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770))?;
             }
+        }
+    }
+    if shared.is_none() {
+        // Nothing planted beside it becomes part of it (see `refuse_planted`).
+        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => dir,
+            None => Path::new("."),
+        };
+        let real_dir = std::fs::canonicalize(dir)
+            .map_err(|e| Error::Environment(format!("Cannot create {}: {e}.", path.display())))?;
+        if let Some(name) = path.file_name() {
+            refuse_planted(&real_dir.join(name), privilege::real_uid())?;
         }
     }
     let file = std::fs::OpenOptions::new()

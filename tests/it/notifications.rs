@@ -523,11 +523,12 @@ fn appending_to(file: &std::path::Path) -> Policy {
         .role("db", "DB", &[])
 }
 
-/// A database file's commands run only while nobody but its owner can change what SQLite
-/// reads as it: another account that can create files beside it could plant a `-wal` of its
-/// own database there, and have the owner run that database's commands.
+/// A database file others could put pages into is not opened at all: another account able
+/// to create files beside it could plant a `-wal` (or a hot `-journal`) of its own database
+/// there, which SQLite reads (and checkpoints) into it, and have its owner, or root, run that
+/// database's commands. One that others could write directly runs no command.
 #[test]
-fn commands_run_only_for_a_database_file_nobody_else_can_change() {
+fn a_database_file_others_could_write_into_is_refused_or_runs_no_command() {
     use std::os::unix::fs::PermissionsExt;
     let env = Env::sqlite();
     let got = env.path("got.jsonl");
@@ -544,47 +545,64 @@ fn commands_run_only_for_a_database_file_nobody_else_can_change() {
             .filter(|l| !l.is_empty())
             .count()
     };
-    // (an empty -wal SQLite itself gives back the database's mode; the -shm keeps its own)
-    let mut shm = env.db.clone().into_os_string();
-    shm.push("-shm");
-    let shm = std::path::PathBuf::from(shm);
-    let steps: [(&std::path::Path, u32, u32); 3] = [
+    let companion = |suffix: &str| {
+        let mut p = env.db.clone().into_os_string();
+        p.push(suffix);
+        std::path::PathBuf::from(p)
+    };
+    let (shm, journal) = (companion("-shm"), companion("-journal"));
+    assert!(shm.exists());
+    let before = std::fs::read(&env.db).unwrap();
+    for (path, open, closed) in [
         (&dir, 0o777, 0o700),
         (&dir, 0o1777, 0o700),
+        (&dir, 0o770, 0o700),
         (&shm, 0o666, 0o600),
-    ];
-    for (n, (path, open, closed)) in steps.into_iter().enumerate() {
+    ] {
         mode(path, open);
-        env.as_(
-            "admin",
-            &[
-                "assign",
-                "bob",
-                "db",
-                "--scope",
-                &format!("/{n}"),
-                "-j",
-                "x",
-            ],
-        )
-        .expect(0);
-        assert_eq!(sent(), n, "the command ran with {path:?} at {open:o}");
-        let r = env.run(&["sweep"]).expect(0);
+        let r = env
+            .as_("admin", &["assign", "bob", "db", "-j", "x"])
+            .expect(1);
         assert!(
-            r.stderr.contains("other accounts can change this database"),
+            r.stderr.contains("Refusing to open the database"),
             "{open:o}: {}",
             r.stderr
         );
-        assert_eq!(sent(), n);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
         mode(path, closed);
-        let r = env.run(&["sweep"]).expect(0);
-        assert!(!r.stderr.contains("Note:"), "{}", r.stderr);
-        assert_eq!(
-            sent(),
-            n + 1,
-            "the owner's sweep sends it once it is theirs alone"
-        );
     }
+    // A -journal nobody of the owner's made (here: one others may write).
+    std::fs::write(&journal, b"").unwrap();
+    mode(&journal, 0o666);
+    let r = env.run(&["sweep"]).expect(1);
+    assert!(
+        r.stderr
+            .contains("-journal is not the database owner's alone"),
+        "{}",
+        r.stderr
+    );
+    std::fs::remove_file(&journal).unwrap();
+    // The file itself writable by others: refused as well.
+    mode(&env.db, 0o666);
+    let r = env.run(&["sweep"]).expect(1);
+    assert!(
+        r.stderr.contains("other accounts may write it"),
+        "{}",
+        r.stderr
+    );
+    mode(&env.db, 0o600);
+    assert_eq!(sent(), 0);
+    assert_eq!(
+        std::fs::read(&env.db).unwrap(),
+        before,
+        "a refused open changed the file"
+    );
+    // Its owner's alone again: opened, and its command runs.
+    env.as_("admin", &["assign", "bob", "db", "-j", "x"])
+        .expect(0);
+    let r = env.run(&["sweep"]).expect(0);
+    assert!(!r.stderr.contains("Note:"), "{}", r.stderr);
+    assert_eq!(sent(), 1);
 }
 
 /// A server's policy is written by its policy holders, so its commands run for nobody who

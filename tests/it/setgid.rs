@@ -985,8 +985,19 @@ fn root_runs_no_command_of_a_database_whose_wal_another_account_planted() {
             .unwrap()
             .into()
     };
+    // Not made there while mallory may write there...
+    let r = root_pim(&["init", "--admin", "rootadmin"]).expect(1);
+    assert!(
+        r.stderr.contains("Refusing to open the database"),
+        "{}",
+        r.stderr
+    );
+    assert!(!db.exists());
+    // ...but made while it is root's, and the directory opened to everyone later.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
     root_pim(&["init", "--admin", "rootadmin"]).expect(0);
     root_pim(&["sweep"]).expect(0);
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
     let ran = i.home(MALLORY).join("ran");
     let own = i.mallory_db(&format!(
         "[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]\n",
@@ -1018,26 +1029,100 @@ fn root_runs_no_command_of_a_database_whose_wal_another_account_planted() {
     );
     i.program_as(MALLORY, Path::new("/usr/bin/python3"), &["-c", &forge], &[])
         .expect(0);
-    // Root's pim now reads mallory's database as its own (her user zed is there)...
-    let r = root_pim(&["--as", MALLORY, "user", "list", "--json"]).expect(0);
+    // Root's pim opens nothing there: her pages never become root's database, and none of
+    // her commands run.
+    let users_in_roots_file = || -> String {
+        rusqlite::Connection::open_with_flags(
+            format!("file:{}?immutable=1", db.display()),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        )
+        .unwrap()
+        .query_row("SELECT group_concat(name) FROM users", [], |r| r.get(0))
+        .unwrap()
+    };
+    for args in [&["sweep"][..], &["--as", "rootadmin", "status"]] {
+        let r = root_pim(args).expect(1);
+        assert!(
+            r.stderr.contains("Refusing to open the database"),
+            "{}",
+            r.stderr
+        );
+    }
+    // Fixed as the first refusal says: the directory is root's alone again. Her -wal is
+    // still there: refused for that, until root deals with it.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = root_pim(&["sweep"]).expect(1);
     assert!(
-        r.stdout.contains("zed"),
-        "the forgery did not take: {}",
-        r.stdout
-    );
-    // ...but its sweep runs none of her commands, and says why.
-    let r = root_pim(&["sweep"]).expect(0);
-    assert!(
-        r.stderr.contains("other accounts can change this database"),
+        r.stderr.contains("-wal is not the database owner's alone"),
         "{}",
         r.stderr
     );
-    assert!(r.stdout.contains("1 reminder(s)"), "{}", r.stdout);
+    assert!(
+        !users_in_roots_file().contains("zed"),
+        "her pages became root's database"
+    );
     assert!(
         !std::fs::read_to_string(&ran).unwrap().contains("root"),
         "root ran mallory's notification command"
     );
     let _ = db_s;
+}
+
+/// A directory of the installed database that the pim group may write is refused when it
+/// carries an ACL: a named entry (`user:mallory:rwx`) shows in the mode only as the mask.
+#[test]
+fn the_installed_database_is_refused_in_a_directory_with_an_acl() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    i.as_account(ALICE, &["status"], &[]).expect(0);
+    // system.posix_acl_access, version 2: user::rwx, user:mallory:rwx, group::rwx,
+    // mask::rwx, other::---.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 7u16, u32::MAX),
+        (0x02, 7, id_of(MALLORY, "-u")),
+        (0x04, 7, u32::MAX),
+        (0x10, 7, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(id.to_le_bytes());
+    }
+    let path = std::ffi::CString::new(i.lib.to_str().unwrap()).unwrap();
+    // SAFETY: NUL-terminated strings, and a buffer of the length given.
+    let set = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            acl.as_ptr().cast(),
+            acl.len(),
+            0,
+        )
+    };
+    if set != 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+        eprintln!("skipped: this filesystem has no ACLs");
+        return;
+    }
+    let mode = std::fs::metadata(&i.lib).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o2770, "the named entry is not in the mode");
+    let r = i.as_account(ALICE, &["status"], &[]).expect(1);
+    assert!(
+        r.stderr.contains("can be changed by other accounts"),
+        "{}",
+        r.stderr
+    );
+    i.root(&["status"]).expect(1);
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::removexattr(path.as_ptr(), c"system.posix_acl_access".as_ptr()) },
+        0
+    );
+    i.as_account(ALICE, &["status"], &[]).expect(0);
 }
 
 /// The installed database's own directory may not be one that others write, even sticky
