@@ -431,7 +431,7 @@ fn withheld_note(why: Withheld) -> Option<&'static str> {
         Withheld::NotOpen | Withheld::NotRoot => None,
         Withheld::AnotherAccount => Some("Note: this database belongs to another account: its notification and witness commands were not run (they run only for the account that owns it; its own `pim sweep` runs them)."),
         Withheld::OthersCanWrite => Some("Note: other accounts can change this database's files or create files beside it (a planted -wal would be read as this database), so its notification and witness commands were not run. Keep it in a directory only you can write (chmod go-w), with the file mode 0600."),
-        Withheld::Server => Some("Note: this server's notification and witness commands were not run: they run only for the account that delivers them, whose `pim sweep` sets PIM_RUN_COMMANDS=1 (see README, Team mode)."),
+        Withheld::Server => Some("Note: this server's notification and witness commands were not run: they run only for the account that delivers them, whose `pim sweep` names this server in PIM_RUN_COMMANDS (see README, Team mode)."),
     }
 }
 
@@ -467,6 +467,12 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
             || policy.witness.file.is_some();
         if let Some(note) = configured.then(|| withheld_note(why)).flatten() {
             ctx.note(note);
+            if let (Withheld::Server, Some((url, _))) = (why, &ctx.server) {
+                ctx.note(&format!(
+                    "  That account runs: PIM_RUN_COMMANDS='{}' pim sweep",
+                    crate::store::pg::describe(url)
+                ));
+            }
         }
     }
     let witnessed = if ctx.runs_commands() {

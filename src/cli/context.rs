@@ -95,22 +95,25 @@ pub enum Withheld {
 }
 
 /// The environment variable by which an account says it delivers the commands of a server it
-/// names (its policy holders wrote them; anyone else runs none of them).
+/// names (its policy holders, and anyone with its runtime role's password, wrote them;
+/// anyone else runs none of them): the server as pim shows it,
+/// `postgres://USER@HOST:PORT/DATABASE`, so that it holds for that server alone.
 pub const RUN_COMMANDS: &str = "PIM_RUN_COMMANDS";
 
 /// Commands run as whoever runs pim, so only for an account that wrote them or chose to: in
 /// the installed pim, root alone (callers wait for root's `pim sweep`); for a database file,
 /// its owner alone, and only while nobody else can change what SQLite reads as it (root
-/// running pim on a file another account owns, or on one of its own beside which someone
-/// planted a `-wal`, would otherwise run that account's commands as root); for a server
-/// named by the caller, whose policy any of its policy holders may write, only an account
-/// that opted in with `PIM_RUN_COMMANDS=1` (the team's delivery account).
-fn withheld(file: &store::DbFile, server: bool) -> Option<Withheld> {
+/// running pim on a file another account owns would otherwise run that account's commands as
+/// root); for a server named by the caller, whose policy any of its policy holders may write,
+/// only an account that named that very server in `PIM_RUN_COMMANDS` (the team's delivery
+/// account).
+fn withheld(file: &store::DbFile, server: Option<&str>) -> Option<Withheld> {
     let uid = privilege::real_uid();
     if file.installed {
         (uid != 0).then_some(Withheld::NotRoot)
-    } else if server {
-        let chosen = std::env::var_os(RUN_COMMANDS).is_some_and(|v| v == "1");
+    } else if let Some(url) = server {
+        let chosen = std::env::var_os(RUN_COMMANDS)
+            .is_some_and(|v| v.to_str() == Some(store::pg::describe(url).as_str()));
         (!chosen).then_some(Withheld::Server)
     } else if file.owner != uid {
         Some(Withheld::AnotherAccount)
@@ -234,7 +237,10 @@ impl Ctx {
             }
         };
         self.installed.set(db.file.installed);
-        self.withheld.set(withheld(&db.file, self.server.is_some()));
+        self.withheld.set(withheld(
+            &db.file,
+            self.server.as_ref().map(|(url, _)| url.as_str()),
+        ));
         let _ = self.files.set(db.file.files.clone());
         let os_account = real_user()?;
         let instance = db.conn.instance()?;

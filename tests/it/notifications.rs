@@ -624,16 +624,31 @@ fn a_servers_commands_run_only_for_the_account_that_delivers_them() {
         !got.exists(),
         "a team member's pim ran the server's command"
     );
+    let shown = pim::store::pg::describe(env.url());
     for unset in [&["sweep"][..], &["sweep", "--json"]] {
         let r = without(unset).expect(0);
-        assert!(r.stderr.contains("PIM_RUN_COMMANDS=1"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!(
+                "That account runs: PIM_RUN_COMMANDS='{shown}' pim sweep"
+            )),
+            "{}",
+            r.stderr
+        );
         assert!(!got.exists());
     }
-    let mut c = env.command(&["sweep"]);
-    c.env("PIM_RUN_COMMANDS", "yes");
-    let r: support::Run = c.output().unwrap().into();
-    r.expect(0);
-    assert!(!got.exists(), "only 1 opts in");
+    // Only the server it names: not "1", not another server, not the URL with its password.
+    let other = pim::store::pg::describe(&env.url().replace("/pim_", "/other_"));
+    assert_ne!(other, shown);
+    for value in ["1", other.as_str(), env.url()] {
+        if value == shown {
+            continue;
+        }
+        let mut c = env.command(&["sweep"]);
+        c.env("PIM_RUN_COMMANDS", value);
+        let r: support::Run = c.output().unwrap().into();
+        r.expect(0);
+        assert!(!got.exists(), "PIM_RUN_COMMANDS={value} ran them");
+    }
     env.run(&["sweep"]).expect(0);
     let lines = std::fs::read_to_string(&got).unwrap();
     assert!(lines.contains("\"event\":\"assignment.add\""), "{lines}");

@@ -181,7 +181,7 @@ impl Env {
         // A server's notification and witness commands run only for the account that
         // delivers them: the tests are that account.
         if self.db.to_string_lossy().starts_with("postgres") {
-            c.env("PIM_RUN_COMMANDS", "1");
+            c.env("PIM_RUN_COMMANDS", pim::store::pg::describe(self.url()));
         }
     }
 
