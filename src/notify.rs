@@ -17,6 +17,9 @@ pub const MAX_ATTEMPTS: i64 = 5;
 /// Each delivery may take this long before it counts as failed.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest one delivery may take as a whole (each step has `TIMEOUT`).
+pub const DELIVERY: Duration = Duration::from_secs(15);
+
 /// How long a command a person waits for spends delivering what it queued, after which it
 /// leaves the rest to `pim sweep` (plus, at most, the one delivery under way).
 pub const FOREGROUND: Duration = Duration::from_secs(10);
@@ -303,10 +306,27 @@ fn send_mail(cfg: &Smtp, o: &Outgoing) -> Result<(), String> {
     .port(cfg.port)
     .timeout(Some(TIMEOUT))
     .build();
-    transport
-        .send(&message)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    // `TIMEOUT` holds for each read and write; a relay that answers a line at a time, each in
+    // time, is held to `DELIVERY` as a whole (well within a claim's `LEASE_SECS`). A send
+    // given up on is left to end by itself, at the relay's next silence.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("pim-smtp".to_string())
+        .spawn(move || {
+            let _ = tx.send(
+                transport
+                    .send(&message)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            );
+        })
+        .map_err(|e| format!("cannot start the delivery: {e}"))?;
+    rx.recv_timeout(DELIVERY).unwrap_or_else(|_| {
+        Err(format!(
+            "the relay took longer than {} s",
+            DELIVERY.as_secs()
+        ))
+    })
 }
 
 fn post_webhook(cfg: &Webhook, o: &Outgoing) -> Result<(), String> {

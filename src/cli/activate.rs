@@ -347,12 +347,15 @@ fn pick_roles(ctx: &Ctx, pim: &crate::Pim, actor: &str) -> anyhow::Result<Vec<(S
         .iter()
         .zip(&lines)
         .map(|(p, full)| {
+            // (measured as shown: escaped)
+            let shown = |l: String| super::output::safe(&l).into_owned();
             let fits = |l: &String| super::output::display_width(l) <= width;
             let line = [full.clone(), offer(&without_end(p), now), short_offer(p)]
                 .into_iter()
+                .map(shown)
                 .find(fits)
-                .unwrap_or_else(|| short_offer(p));
-            super::output::ellipsis(&super::output::safe(&line), width).into_owned()
+                .unwrap_or_else(|| shown(short_offer(p)));
+            super::output::fit(&line, width).into_owned()
         })
         .collect();
     let chosen = prompt::pick("Roles to activate (space marks, enter accepts)", &fitting)?;

@@ -352,6 +352,24 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
     .iter()
     .any(|p| Path::new(p).exists());
     let now = pim.now();
+    // A sweep written down ahead of this host's clock: a clock is wrong here or where it
+    // ran (expiries, TOTP codes and the audit's times all read it).
+    if let Some(l) = health.last_sweep.filter(|&l| l > now.timestamp() + 5 * 60) {
+        found.push(finding(
+            "clock",
+            "warning",
+            format!(
+                "the last sweep is recorded at {}, {} ahead of this host's clock: this clock, or the one of the host that swept, is wrong",
+                if chrono::DateTime::from_timestamp(l, 0).is_some() {
+                    when(Some(l), now)
+                } else {
+                    "a time no clock reads".to_string()
+                },
+                crate::time::format_duration(chrono::Duration::try_seconds(l.saturating_sub(now.timestamp())).unwrap_or(chrono::Duration::MAX))
+            ),
+            Some("timedatectl status (on every host that runs pim: NTP on, and the same time)".to_string()),
+        ));
+    }
     if health.unrecorded_expiries > 0 {
         found.push(finding(
             "sweep",
@@ -370,20 +388,6 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
         let recent = health
             .last_sweep
             .is_some_and(|l| (now.timestamp() - 15 * 60..=now.timestamp() + 5 * 60).contains(&l));
-        // A sweep written down ahead of this host's clock: a clock is wrong here or where it
-        // ran (expiries, TOTP codes and the audit's times all read it).
-        if let Some(l) = health.last_sweep.filter(|&l| l > now.timestamp() + 5 * 60) {
-            found.push(finding(
-                "clock",
-                "warning",
-                format!(
-                    "the last sweep is recorded at {}, {} ahead of this host's clock: this clock, or the one of the host that swept, is wrong",
-                    crate::time::rfc3339(crate::time::from_unix(l)),
-                    crate::time::format_duration(chrono::Duration::seconds(l - now.timestamp()))
-                ),
-                Some("timedatectl status (on every host that runs pim: NTP on, and the same time)".to_string()),
-            ));
-        }
         let last = match health.last_sweep {
             Some(l) => format!("last run {}", when(Some(l), now)),
             None => "never run".to_string(),

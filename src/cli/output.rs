@@ -150,16 +150,6 @@ pub fn terminal_width(stderr: bool) -> Option<usize> {
     term.size_checked().map(|(_, cols)| usize::from(cols))
 }
 
-/// `text` cut to `width` characters, with an ellipsis when it was longer.
-pub fn ellipsis(text: &str, width: usize) -> Cow<'_, str> {
-    if text.chars().count() <= width {
-        return Cow::Borrowed(text);
-    }
-    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
-    out.push('…');
-    Cow::Owned(out)
-}
-
 /// A note or warning on stderr, unsafe characters escaped. On a terminal a line wider than
 /// it is broken at spaces (its indentation kept on every part), not mid-word by the terminal.
 pub fn note(text: &str) {

@@ -717,3 +717,60 @@ fn a_relay_that_never_answers_holds_a_command_up_ten_seconds_at_most() {
         "{r}"
     );
 }
+
+/// A relay that answers a line every 2 seconds, forever (each line within the 5-second
+/// timeout), holds one delivery 15 seconds at most as a whole: well within the 60-second
+/// claim, so no other process sends it meanwhile, and the person's command goes on.
+#[test]
+fn a_relay_that_answers_slowly_forever_is_given_up_after_fifteen_seconds() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                // A greeting that never ends (and ends after 90 s at the latest).
+                for _ in 0..45 {
+                    if stream.write_all(b"220-still greeting\r\n").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            });
+        }
+    });
+    let env = Env::new();
+    env.init_with(
+        &Policy::new()
+            .section(
+                "notifications.smtp",
+                &[
+                    "host = \"127.0.0.1\"",
+                    &format!("port = {port}"),
+                    "from = \"pim@example.com\"",
+                    "starttls = false",
+                ],
+            )
+            .role("db", "DB", &["notify = [\"a@example.com\"]"]),
+    );
+    let bob = env.user("bob");
+    env.as_("admin", &["assign", "bob", "db", "-j", "x"])
+        .expect(0);
+    let started = std::time::Instant::now();
+    let r = env.activate("bob", &bob, "db", &["-j", "x"]).expect(0);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(14) && took < Duration::from_secs(25),
+        "activate took {took:?}"
+    );
+    assert!(
+        r.stderr.contains("could not be delivered yet"),
+        "{}",
+        r.stderr
+    );
+    let row = env.count(
+        "SELECT count(*) FROM outbox WHERE channel = 'smtp' AND status = 'pending' AND attempts = 1 \
+         AND last_error LIKE '%longer than 15 s%'",
+    );
+    assert_eq!(row, 1);
+}

@@ -444,6 +444,22 @@ fn doctor_finds_problems_and_says_how_to_fix_them() {
             .contains("timedatectl"),
         "{f}"
     );
+    // ...and a sweep "in 3h" is no sweep that runs.
+    assert_eq!(sweep(&behind)["state"], "warning", "{behind}");
+    // Whatever is written there (the runtime role of a server may write `meta`), doctor
+    // says so rather than panicking.
+    env.sql("UPDATE meta SET value = '9223372036854775807' WHERE key = 'sweep:last'");
+    let r = env.as_("admin", &["doctor", "--json"]);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    let odd = r.json();
+    assert!(
+        odd.as_array().unwrap().iter().any(|f| f["check"] == "clock"
+            && f["detail"]
+                .as_str()
+                .unwrap()
+                .contains("a time no clock reads")),
+        "{odd}"
+    );
     // Without a database: one problem, and how to make one.
     let r = env
         .run(&["--db", env.path("none.db").to_str().unwrap(), "doctor"])
