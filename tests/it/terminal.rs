@@ -448,7 +448,13 @@ fn doctor_finds_problems_and_says_how_to_fix_them() {
     assert_eq!(sweep(&behind)["state"], "warning", "{behind}");
     // Whatever is written there (the runtime role of a server may write `meta`), doctor
     // says so rather than panicking.
-    env.sql("UPDATE meta SET value = '9223372036854775807' WHERE key = 'sweep:last'");
+    rusqlite::Connection::open(&env.db)
+        .unwrap()
+        .execute(
+            "UPDATE meta SET value = '9223372036854775807' WHERE key = 'sweep:last'",
+            [],
+        )
+        .unwrap();
     let r = env.as_("admin", &["doctor", "--json"]);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     let odd = r.json();
