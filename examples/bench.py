@@ -515,6 +515,11 @@ class Postgres:
         bindir = next((d for d in ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"]
                        if os.path.exists(d)), os.path.dirname(shutil.which("initdb") or "/usr/bin/initdb"))
         self.bin = bindir
+        # A directory of its own: the account the server runs as never owns the one that
+        # holds pim's database files (pim refuses a database in a directory another account
+        # can write in).
+        base = os.path.join(base, "postgres")
+        os.makedirs(base)
         self.data = os.path.join(base, "pg")
         self.sock = os.path.join(base, "pgsock")
         os.makedirs(self.sock)
@@ -522,6 +527,7 @@ class Postgres:
         if os.geteuid() == 0:
             account = "postgres" if subprocess.run(["id", "postgres"], capture_output=True).returncode == 0 \
                 else "nobody"
+            os.chmod(os.path.dirname(base), 0o755)   # root's: passed through, not written
             shutil.chown(base, account)
             os.chmod(base, 0o755)
             shutil.chown(self.sock, account)

@@ -321,11 +321,14 @@ fn send_mail(cfg: &Smtp, o: &Outgoing) -> Result<(), String> {
             );
         })
         .map_err(|e| format!("cannot start the delivery: {e}"))?;
-    rx.recv_timeout(DELIVERY).unwrap_or_else(|_| {
-        Err(format!(
+    rx.recv_timeout(DELIVERY).unwrap_or_else(|e| match e {
+        std::sync::mpsc::RecvTimeoutError::Timeout => Err(format!(
             "the relay took longer than {} s",
             DELIVERY.as_secs()
-        ))
+        )),
+        std::sync::mpsc::RecvTimeoutError::Disconnected => {
+            Err("the delivery failed unexpectedly".to_string())
+        }
     })
 }
 

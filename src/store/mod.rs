@@ -632,7 +632,7 @@ fn opened_files(real: &Path) -> Result<(std::fs::Metadata, Vec<std::fs::Metadata
 /// one), and find the files it actually opened.
 type Opened = (Connection, std::fs::Metadata, Vec<std::fs::Metadata>);
 
-fn open_sqlite(real: &Path) -> Result<Opened> {
+fn open_sqlite(real: &Path, expected: FileId) -> Result<Opened> {
     let conn = Connection::open_with_flags(
         real,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -649,6 +649,15 @@ fn open_sqlite(real: &Path) -> Result<Opened> {
     // it closes, whatever happens next (a caller could otherwise make pim fail here, with the
     // group, and have SQLite remove them).
     persist_wal(&conn);
+    // SQLite has opened the file and read nothing yet (its -wal is opened by the first
+    // read): it must be the file the checks were made on, not one put in its place since.
+    let (main, _) = opened_files(real)?;
+    if FileId::of(&main) != expected {
+        return Err(Error::Environment(format!(
+            "Refusing to open the database {}: it was replaced while pim opened it.",
+            real.display()
+        )));
+    }
     configure(&conn).map_err(|e| match e {
         Error::Store(_) if e.is_locked() => locked(real, &lock_holders(&file_ids(real))),
         Error::Store(e) => not_a_database(real, &e.to_string()),
@@ -698,9 +707,16 @@ pub fn open(path: &Path) -> Result<Database> {
     let real = std::fs::canonicalize(path).map_err(|e| {
         Error::Environment(format!("Cannot open the database {}: {e}.", path.display()))
     })?;
-    let owner = std::fs::metadata(&real)?.uid();
-    refuse_planted(&real, owner)?;
-    let (conn, main, companions) = open_sqlite(&real)?;
+    let checked = std::fs::metadata(&real)?;
+    refuse_planted(&real, checked.uid())?;
+    if checked.nlink() > 1 {
+        return Err(Error::Environment(format!(
+            "Refusing to open the database {}: it has {} names (hard links), and another could be any account's file. Keep one name (cp it to a new file, then use that).",
+            real.display(),
+            checked.nlink()
+        )));
+    }
+    let (conn, main, companions) = open_sqlite(&real, FileId::of(&checked))?;
     let conn = finish_open(conn, &real)?;
     let owner_alone = owner_alone(&real, &main, &companions);
     Ok(Database {
@@ -749,6 +765,26 @@ fn private_dir(m: &std::fs::Metadata, owner: u32, n: usize) -> bool {
         && (mode & 0o022 == 0 || (n > 0 && mode & 0o1000 != 0))
 }
 
+/// What to say of a directory that other accounts can write in.
+fn unsafe_dir_why(dir: &Path) -> String {
+    format!(
+        "other accounts can create or rename files in {} (a -wal or -journal planted there is read into the database). Keep it in directories that are the database owner's (or root's) and that only they can write: chmod go-w '{}'.",
+        dir.display(),
+        dir.display()
+    )
+}
+
+/// The first directory, from `dir` (`n` levels above a database) up, that is not
+/// `private_dir` for `owner`, if any.
+fn shared_dir(dir: &Path, n: usize, owner: u32) -> std::io::Result<Option<PathBuf>> {
+    for (k, d) in dir.ancestors().enumerate() {
+        if !private_dir(&std::fs::metadata(d)?, owner, n + k) {
+            return Ok(Some(d.to_path_buf()));
+        }
+    }
+    Ok(None)
+}
+
 /// Refuse, before SQLite reads a byte, a database `owner`'s that other accounts could put
 /// pages into: SQLite reads a `-wal` beside it as part of it and plays a hot `-journal` back
 /// into it, so a file planted there would become this database (for good, at the next
@@ -762,17 +798,11 @@ fn refuse_planted(real: &Path, owner: u32) -> Result<()> {
             real.display()
         )))
     };
-    for (n, dir) in real.ancestors().skip(1).enumerate() {
-        let m = std::fs::metadata(dir).map_err(|e| {
-            Error::Environment(format!("Cannot open the database {}: {e}.", real.display()))
-        })?;
-        if !private_dir(&m, owner, n) {
-            return refuse(format!(
-                "other accounts can create or rename files in {} (a -wal or -journal planted there is read into the database). Keep it in directories only its owner (or root) can write: chmod go-w '{}', owned by the database's owner or root.",
-                dir.display(),
-                dir.display()
-            ));
-        }
+    let parent = real.parent().unwrap_or(Path::new("/"));
+    if let Some(dir) = shared_dir(parent, 0, owner).map_err(|e| {
+        Error::Environment(format!("Cannot open the database {}: {e}.", real.display()))
+    })? {
+        return refuse(unsafe_dir_why(&dir));
     }
     if let Ok(m) = std::fs::metadata(real) {
         if m.mode() & 0o022 != 0 {
@@ -887,9 +917,7 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
             // `-journal` planted there would be played back into it with the group's rights.
             // (a directory the pim group writes, with an ACL: its named entries may let a
             // caller write there too)
-            if !trusted_dir(&m, owner, group, n)
-                || (m.mode() & 0o020 != 0 && m.mode() & 0o1000 == 0 && has_acl(dir))
-            {
+            if !trusted_dir(&m, owner, group, n) || (m.mode() & 0o020 != 0 && has_acl(dir)) {
                 return Err(refuse_installed(
                     &real,
                     format!(
@@ -899,7 +927,7 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
                 ));
             }
         }
-        for suffix in ["-wal", "-shm"] {
+        for suffix in ["-wal", "-shm", "-journal"] {
             let mut companion = real.clone().into_os_string();
             companion.push(suffix);
             match std::fs::symlink_metadata(&companion) {
@@ -913,7 +941,9 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
                         ),
                     ))
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && privilege::real_uid() != 0 => {
+                // (a -journal is there only while a transaction of a rollback journal runs:
+                // never, in WAL mode)
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && suffix != "-journal" && privilege::real_uid() != 0 => {
                     return Err(refuse_installed(
                         &real,
                         format!(
@@ -933,7 +963,7 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
         // A file created now is created for the group: never with the caller's umask.
         // SAFETY: umask only changes this process's file creation mask.
         let old = unsafe { libc::umask(0o007) };
-        let opened = open_sqlite(&real)
+        let opened = open_sqlite(&real, id)
             .and_then(|(conn, main, companions)| Ok((finish_open(conn, &real)?, main, companions)));
         // SAFETY: as above.
         unsafe { libc::umask(old) };
@@ -975,35 +1005,58 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
 pub fn create(path: &Path, shared: Option<u32>) -> Result<Database> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     privilege::drop_for_good();
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(if shared.is_some() { 0o2770 } else { 0o700 })
-                .create(dir)
-                .map_err(|e| {
-                    Error::Environment(format!(
-                        "Cannot create the directory {}: {e}.",
-                        dir.display()
-                    ))
-                })?;
-            if let Some(group) = shared {
-                std::os::unix::fs::chown(dir, Some(0), Some(group))?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770))?;
+    let uid = privilege::real_uid();
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    if !dir.exists() {
+        if shared.is_none() {
+            // Nothing is made under a directory others could write in (see `refuse_planted`):
+            // checked from the nearest that exists, above the new ones (which are ours, 0700).
+            let existing = dir
+                .ancestors()
+                .find(|a| !a.as_os_str().is_empty() && a.exists())
+                .unwrap_or(Path::new("."));
+            let real = std::fs::canonicalize(existing).map_err(|e| {
+                Error::Environment(format!("Cannot create {}: {e}.", path.display()))
+            })?;
+            if let Some(unsafe_dir) = shared_dir(&real, 1, uid)? {
+                return Err(Error::Environment(format!(
+                    "Refusing to create the database {}: {}",
+                    path.display(),
+                    unsafe_dir_why(&unsafe_dir)
+                )));
             }
         }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(if shared.is_some() { 0o2770 } else { 0o700 })
+            .create(dir)
+            .map_err(|e| {
+                Error::Environment(format!(
+                    "Cannot create the directory {}: {e}.",
+                    dir.display()
+                ))
+            })?;
+        if let Some(group) = shared {
+            std::os::unix::fs::chown(dir, Some(0), Some(group))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770))?;
+        }
     }
+    // The database is made and opened by its real path: no link in it is followed twice.
+    let path = &match (std::fs::canonicalize(dir), path.file_name()) {
+        (Ok(real_dir), Some(name)) => real_dir.join(name),
+        _ => {
+            return Err(Error::Environment(format!(
+                "Cannot create {}: not a file in a directory.",
+                path.display()
+            )))
+        }
+    };
     if shared.is_none() {
         // Nothing planted beside it becomes part of it (see `refuse_planted`).
-        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            Some(dir) => dir,
-            None => Path::new("."),
-        };
-        let real_dir = std::fs::canonicalize(dir)
-            .map_err(|e| Error::Environment(format!("Cannot create {}: {e}.", path.display())))?;
-        if let Some(name) = path.file_name() {
-            refuse_planted(&real_dir.join(name), privilege::real_uid())?;
-        }
+        refuse_planted(path, uid)?;
     }
     let file = std::fs::OpenOptions::new()
         .write(true)

@@ -597,6 +597,41 @@ fn a_database_file_others_could_write_into_is_refused_or_runs_no_command() {
         before,
         "a refused open changed the file"
     );
+    // A file with a second name (a hard link): refused, and opened again once it has one.
+    let second = env.path("second.db");
+    std::fs::hard_link(&env.db, &second).unwrap();
+    let r = env.run(&["sweep"]).expect(1);
+    assert!(r.stderr.contains("hard links"), "{}", r.stderr);
+    std::fs::remove_file(&second).unwrap();
+    // Nor is one made below a directory others may write, nor any directory for it there.
+    let open_dir = env.path("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    mode(&open_dir, 0o777);
+    let deep = open_dir.join("new/deeper/x.db");
+    let r = env
+        .run(&["--db", deep.to_str().unwrap(), "init", "--admin", "x"])
+        .expect(1);
+    assert!(
+        r.stderr.contains("Refusing to create the database"),
+        "{}",
+        r.stderr
+    );
+    assert!(!open_dir.join("new").exists());
+    let r = env
+        .run(&[
+            "--db",
+            open_dir.join("x.db").to_str().unwrap(),
+            "init",
+            "--admin",
+            "x",
+        ])
+        .expect(1);
+    assert!(
+        r.stderr.contains("Refusing to open the database"),
+        "{}",
+        r.stderr
+    );
+    assert!(!open_dir.join("x.db").exists());
     // Its owner's alone again: opened, and its command runs.
     env.as_("admin", &["assign", "bob", "db", "-j", "x"])
         .expect(0);
