@@ -651,8 +651,15 @@ fn open_sqlite(real: &Path, expected: FileId) -> Result<Opened> {
     persist_wal(&conn);
     // SQLite has opened the file and read nothing yet (its -wal is opened by the first
     // read): it must be the file the checks were made on, not one put in its place since.
-    let (main, _) = opened_files(real)?;
-    if FileId::of(&main) != expected {
+    // (any file of that name this process holds, SQLite header or not: a file that is no
+    // database is told so below)
+    let held: Vec<FileId> = open_fds()
+        .iter()
+        .filter(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|l| l == real))
+        .filter_map(|fd| std::fs::metadata(format!("/proc/self/fd/{fd}")).ok())
+        .map(|m| FileId::of(&m))
+        .collect();
+    if held.is_empty() || held.iter().any(|id| *id != expected) {
         return Err(Error::Environment(format!(
             "Refusing to open the database {}: it was replaced while pim opened it.",
             real.display()
@@ -1421,7 +1428,13 @@ mod tests {
 
     #[test]
     fn files_that_are_not_pim_databases_are_refused_with_a_sentence() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = {
+            use std::os::unix::fs::PermissionsExt;
+            tempfile::Builder::new()
+                .permissions(std::fs::Permissions::from_mode(0o700))
+                .tempdir()
+                .unwrap()
+        };
         let junk = dir.path().join("junk.db");
         std::fs::write(&junk, b"this is not sqlite at all, just some text ........").unwrap();
         let err = open(&junk).err().unwrap();
@@ -1448,7 +1461,13 @@ mod tests {
 
     #[test]
     fn new_databases_are_private() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = {
+            use std::os::unix::fs::PermissionsExt;
+            tempfile::Builder::new()
+                .permissions(std::fs::Permissions::from_mode(0o700))
+                .tempdir()
+                .unwrap()
+        };
         let path = dir.path().join("sub/pim.db");
         create(&path, None).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();

@@ -63,6 +63,9 @@ fn a_missing_or_foreign_database_is_an_environment_error() {
         return;
     }
     std::fs::write(&env.db, vec![0x42u8; 4096]).unwrap();
+    // (its owner's alone, whatever the umask: else that is what pim says)
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env.db, std::fs::Permissions::from_mode(0o600)).unwrap();
     let r = env.as_("admin", &["user", "list"]).expect(1);
     assert!(r.stderr.contains("not a pim database"), "{}", r.stderr);
     assert!(!r.stderr.contains("panicked"));

@@ -19,7 +19,7 @@ struct Fresh {
 }
 
 fn fresh() -> Fresh {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir();
     if support::on_postgres() {
         let url = postgres::fresh_database();
         let db = pim::store::pg::create(&url, false).unwrap().conn;
@@ -210,7 +210,7 @@ fn role_holders_count_each_user_once() {
 /// not write them (the trigger writes them as the schema's owner).
 #[test]
 fn an_older_store_gets_its_role_holders_counted() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir();
     let reader = format!("pim_reader_{}", std::process::id());
     let url = support::on_postgres().then(postgres::fresh_database);
     let db = match &url {

@@ -151,7 +151,7 @@ fn the_repository_policy_validates() {
 /// The README's first command: pim's main job on the default database of a fresh account.
 #[test]
 fn the_quickstart_runs_on_a_fresh_account() {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::support::tempdir();
     let out = std::process::Command::new("bash")
         .arg(format!("{REPO}/examples/quickstart.sh"))
         .env("PIM_BIN", support::bin())

@@ -622,7 +622,7 @@ fn verify_while_others_write_never_cries_wolf() {
     let writer = {
         let stop = stop.clone();
         let env = Env {
-            dir: tempfile::tempdir().unwrap(),
+            dir: crate::support::tempdir(),
             db: env.db.clone(),
         };
         std::thread::spawn(move || {

@@ -191,7 +191,7 @@ fn store_copy_moves_a_team_with_its_chain_intact_and_refuses_a_non_empty_target(
 
     // The server now tells the same story, and goes on from it.
     let moved = Env {
-        dir: tempfile::tempdir().unwrap(),
+        dir: crate::support::tempdir(),
         db: target.db.clone(),
     };
     // The key of the TOTP secrets travels with the team (the same instance id names it).
@@ -287,7 +287,7 @@ fn the_runtime_role_can_append_to_the_audit_log_but_never_change_it() {
 
     // The owner creates the schema and grants the runtime role its rights.
     let env = Env {
-        dir: tempfile::tempdir().unwrap(),
+        dir: crate::support::tempdir(),
         db: owner_url.clone().into(),
     };
     env.init();
@@ -333,7 +333,7 @@ fn the_runtime_role_can_append_to_the_audit_log_but_never_change_it() {
         .unwrap();
     // A role without the grants is told so (not to create a database that exists).
     let spare = Env {
-        dir: tempfile::tempdir().unwrap(),
+        dir: crate::support::tempdir(),
         db: as_role(&format!("spare_{n}")).into(),
     };
     let r = spare.run(&["user", "list"]).expect(1);
@@ -398,7 +398,7 @@ fn migrations_refuse_a_schema_others_may_create_in() {
     let (owner, app, db, base) = team_database(&mut su, "pim_mig");
     let mut su_db = support::postgres::client(&base);
     let env = Env {
-        dir: tempfile::tempdir().unwrap(),
+        dir: crate::support::tempdir(),
         db: base.replacen("pim@", &format!("{owner}@"), 1).into(),
     };
     let tables = |su_db: &mut postgres::Client| -> i64 {
@@ -745,7 +745,7 @@ fn the_runtime_role_may_not_write_the_counts() {
     let (owner, app, db, base) = team_database(&mut su, "pim_count");
     let as_role = |role: &str| base.replacen("pim@", &format!("{role}@"), 1);
     let owner_env = Env {
-        dir: tempfile::tempdir().unwrap(),
+        dir: crate::support::tempdir(),
         db: as_role(&owner).into(),
     };
     owner_env.init();
@@ -756,7 +756,7 @@ fn the_runtime_role_may_not_write_the_counts() {
         .expect(0);
     owner_env.sql("UPDATE role_counts SET users = 5 WHERE role = 'db-admin'");
     let app_env = Env {
-        dir: tempfile::tempdir().unwrap(),
+        dir: crate::support::tempdir(),
         db: as_role(&app).into(),
     };
     let r = app_env.as_("admin", &["store", "recount"]).expect(3);

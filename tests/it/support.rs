@@ -124,11 +124,21 @@ pub fn previous_code(secret: &str) -> String {
     oathtool(secret, -30)
 }
 
+/// A directory of the test's own, 0700 whatever the umask: pim refuses a database in a
+/// directory that others (or the group, under a umask of 002) may write in.
+pub fn tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .unwrap()
+}
+
 impl Env {
     /// A fresh database of the backend under test: a file in the test's directory, or a new
     /// database on the PostgreSQL server.
     pub fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let db = if on_postgres() {
             PathBuf::from(postgres::fresh_database())
         } else {
@@ -140,14 +150,14 @@ impl Env {
     /// A database file in the test's directory, whichever backend is under test (for tests
     /// of the file itself).
     pub fn sqlite() -> Env {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let db = dir.path().join("pim.db");
         Env { dir, db }
     }
 
     /// A new database on the PostgreSQL server of the tests, whichever backend is under test.
     pub fn postgres() -> Env {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let db = PathBuf::from(postgres::fresh_database());
         Env { dir, db }
     }
