@@ -94,7 +94,10 @@ pub fn enqueue(conn: &Db, policy: &Policy, now: DateTime<Utc>, notice: Notice) -
                 conn.email_of(r)?
             };
             let Some(address) = address else { continue };
-            match addresses.iter_mut().find(|(a, _)| *a == address) {
+            match addresses
+                .iter_mut()
+                .find(|(a, _)| same_mailbox(a, &address))
+            {
                 Some((_, whom)) => whom.push(r.clone()),
                 None => addresses.push((address, vec![r.clone()])),
             }
@@ -117,6 +120,15 @@ pub fn enqueue(conn: &Db, policy: &Policy, now: DateTime<Utc>, notice: Notice) -
         insert("command", &notice.recipients, &payload)?;
     }
     Ok(())
+}
+
+/// Whether two addresses name one mailbox: a domain is the same in any case (a local part
+/// may not be, so it is compared as written).
+fn same_mailbox(a: &str, b: &str) -> bool {
+    match (a.rsplit_once('@'), b.rsplit_once('@')) {
+        (Some((la, da)), Some((lb, db))) => la == lb && da.eq_ignore_ascii_case(db),
+        _ => a == b,
+    }
 }
 
 pub use crate::store::outbox::Outgoing;
@@ -400,5 +412,18 @@ fn run_command(cfg: &NotifyCommand, o: &Outgoing) -> Result<(), String> {
             None if stdin.is_some() => std::thread::sleep(Duration::from_millis(1)),
             None => std::thread::sleep(Duration::from_millis(20)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_mailbox;
+
+    #[test]
+    fn one_mailbox_is_told_once_whatever_the_case_of_its_domain() {
+        assert!(same_mailbox("carol@Example.COM", "carol@example.com"));
+        // A local part may be case-sensitive: two mailboxes, as written.
+        assert!(!same_mailbox("Carol@example.com", "carol@example.com"));
+        assert!(!same_mailbox("carol@example.com", "carol@example.org"));
     }
 }

@@ -718,7 +718,7 @@ fn a_relay_that_never_answers_holds_a_command_up_ten_seconds_at_most() {
             .role(
                 "db",
                 "DB",
-                &["notify = [\"a@example.com\", \"b@example.com\", \"c@example.com\", \"d@example.com\", \"e@example.com\"]"],
+                &["notify = [\"a@example.com\", \"b@example.com\", \"c@example.com\", \"d@example.com\", \"e@example.com\", \"a@Example.COM\"]"],
             ),
     );
     let bob = env.user("bob");
@@ -742,6 +742,7 @@ fn a_relay_that_never_answers_holds_a_command_up_ten_seconds_at_most() {
     let untried = env.count(
         "SELECT count(*) FROM outbox WHERE channel = 'smtp' AND status = 'pending' AND attempts = 0",
     );
+    // (a@Example.COM is a@example.com's mailbox: told once)
     assert_eq!(tried + untried, 5);
     assert!((2..=3).contains(&tried), "{tried} tried");
     // What was left is due now: the next sweep tries it.
