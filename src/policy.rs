@@ -348,9 +348,10 @@ pub fn valid_handle(text: &str) -> bool {
 }
 
 /// A new user's e-mail address: one pim can send to, as lettre (which sends it) reads an
-/// address, and of the shape below, without controls or invisible characters. (The shape check alone let `e(@x.y`
-/// in, which then failed every message it was among, and control characters.) The policy
-/// keeps the shape check alone: a stored policy that passed it must still load.
+/// address, and of the shape below, without controls or invisible characters. (The shape
+/// check alone let `e(@x.y` in, which then failed every message it was among, and control
+/// characters.) The policy keeps the shape check alone: a stored policy that passed it must
+/// still load.
 pub fn sendable_email(text: &str) -> bool {
     looks_like_email(text)
         && text.parse::<lettre::Address>().is_ok()

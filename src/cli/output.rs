@@ -308,7 +308,6 @@ pub fn fit(text: &str, width: usize) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// `text` in lines of at most `width` display columns (broken at spaces when it can).
 /// The words of `text` (split at spaces), with a `quoted command` kept as one: a command
 /// the reader should copy is never broken across lines when it fits on one.
 fn code_spans(text: &str) -> Vec<String> {
@@ -329,6 +328,7 @@ fn code_spans(text: &str) -> Vec<String> {
     words
 }
 
+/// `text` in lines of at most `width` display columns (broken at spaces when it can).
 fn wrap_text(text: &str, width: usize) -> Vec<String> {
     let mut lines = Vec::new();
     let mut line = String::new();

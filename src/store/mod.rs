@@ -753,10 +753,8 @@ fn owner_alone(real: &Path, main: &std::fs::Metadata, companions: &[std::fs::Met
         .chain(companions)
         .all(|m| m.uid() == owner && m.mode() & 0o022 == 0);
     let dirs = real
-        .ancestors()
-        .skip(1)
-        .enumerate()
-        .all(|(n, dir)| std::fs::metadata(dir).is_ok_and(|m| private_dir(&m, owner, n)));
+        .parent()
+        .is_some_and(|dir| shared_dir(dir, 0, owner).is_ok_and(|d| d.is_none()));
     files && dirs
 }
 
@@ -1426,15 +1424,19 @@ mod tests {
         assert!(err.to_string().contains("newer pim"));
     }
 
+    /// A directory of the test's own, 0700 whatever the umask (pim refuses a database in a
+    /// directory others may write in).
+    fn private_tempdir() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        tempfile::Builder::new()
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .unwrap()
+    }
+
     #[test]
     fn files_that_are_not_pim_databases_are_refused_with_a_sentence() {
-        let dir = {
-            use std::os::unix::fs::PermissionsExt;
-            tempfile::Builder::new()
-                .permissions(std::fs::Permissions::from_mode(0o700))
-                .tempdir()
-                .unwrap()
-        };
+        let dir = private_tempdir();
         let junk = dir.path().join("junk.db");
         std::fs::write(&junk, b"this is not sqlite at all, just some text ........").unwrap();
         let err = open(&junk).err().unwrap();
@@ -1461,13 +1463,7 @@ mod tests {
 
     #[test]
     fn new_databases_are_private() {
-        let dir = {
-            use std::os::unix::fs::PermissionsExt;
-            tempfile::Builder::new()
-                .permissions(std::fs::Permissions::from_mode(0o700))
-                .tempdir()
-                .unwrap()
-        };
+        let dir = private_tempdir();
         let path = dir.path().join("sub/pim.db");
         create(&path, None).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();

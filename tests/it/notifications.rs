@@ -510,6 +510,19 @@ fn a_command_that_never_reads_its_stdin_is_ended_at_the_timeout() {
     );
 }
 
+/// A policy that sends e-mail through the relay on `port` (no STARTTLS).
+fn smtp_at(port: u16) -> Policy {
+    Policy::new().section(
+        "notifications.smtp",
+        &[
+            "host = \"127.0.0.1\"",
+            &format!("port = {port}"),
+            "from = \"pim@example.com\"",
+            "starttls = false",
+        ],
+    )
+}
+
 /// A policy whose command appends each notice to `file`.
 fn appending_to(file: &std::path::Path) -> Policy {
     Policy::new()
@@ -705,17 +718,7 @@ fn a_relay_that_never_answers_holds_a_command_up_ten_seconds_at_most() {
     });
     let env = Env::new();
     env.init_with(
-        &Policy::new()
-            .section(
-                "notifications.smtp",
-                &[
-                    "host = \"127.0.0.1\"",
-                    &format!("port = {port}"),
-                    "from = \"pim@example.com\"",
-                    "starttls = false",
-                ],
-            )
-            .role(
+        &smtp_at(port).role(
                 "db",
                 "DB",
                 &["notify = [\"a@example.com\", \"b@example.com\", \"c@example.com\", \"d@example.com\", \"e@example.com\", \"a@Example.COM\"]"],
@@ -776,19 +779,7 @@ fn a_relay_that_answers_slowly_forever_is_given_up_after_fifteen_seconds() {
         }
     });
     let env = Env::new();
-    env.init_with(
-        &Policy::new()
-            .section(
-                "notifications.smtp",
-                &[
-                    "host = \"127.0.0.1\"",
-                    &format!("port = {port}"),
-                    "from = \"pim@example.com\"",
-                    "starttls = false",
-                ],
-            )
-            .role("db", "DB", &["notify = [\"a@example.com\"]"]),
-    );
+    env.init_with(&smtp_at(port).role("db", "DB", &["notify = [\"a@example.com\"]"]));
     let bob = env.user("bob");
     env.as_("admin", &["assign", "bob", "db", "-j", "x"])
         .expect(0);
