@@ -14,10 +14,12 @@ use std::time::Duration;
 
 /// Deliveries tried before a notification is given up (`notification.fail`).
 pub const MAX_ATTEMPTS: i64 = 5;
-/// Each delivery may take this long before it counts as failed.
+/// Each step of a delivery may take this long before the delivery counts as failed (for
+/// e-mail: connecting, with the relay's greeting and EHLO; STARTTLS; sending the message).
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The longest one delivery may take as a whole (each step has `TIMEOUT`).
+/// The longest one delivery may take as a whole (each step has `TIMEOUT`; this bounds them
+/// all, whatever their number).
 pub const DELIVERY: Duration = Duration::from_secs(15);
 
 /// How long a command a person waits for spends delivering what it queued, after which it
@@ -285,7 +287,9 @@ pub fn deliver_due(
 
 fn send_mail(cfg: &Smtp, o: &Outgoing) -> Result<(), String> {
     use lettre::message::{header::ContentType, Mailbox};
-    use lettre::{Message, SmtpTransport, Transport};
+    use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+    use lettre::transport::smtp::extension::ClientId;
+    use lettre::Message;
     let notice: serde_json::Value = serde_json::from_str(&o.payload).map_err(|e| e.to_string())?;
     let text = notice["text"].as_str().unwrap_or_default();
     let from: Mailbox = cfg
@@ -310,38 +314,57 @@ fn send_mail(cfg: &Smtp, o: &Outgoing) -> Result<(), String> {
         .header(ContentType::TEXT_PLAIN)
         .body(body)
         .map_err(|e| e.to_string())?;
-    let transport = if cfg.starttls {
-        SmtpTransport::starttls_relay(&cfg.host).map_err(|e| e.to_string())?
-    } else {
-        SmtpTransport::builder_dangerous(&cfg.host)
-    }
-    .port(cfg.port)
-    .timeout(Some(TIMEOUT))
-    .build();
-    // `TIMEOUT` holds for each read and write; a relay that answers a line at a time, each in
-    // time, is held to `DELIVERY` as a whole (well within a claim's `LEASE_SECS`). A send
-    // given up on is left to end by itself, at the relay's next silence.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("pim-smtp".to_string())
-        .spawn(move || {
-            let _ = tx.send(
-                transport
-                    .send(&message)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-            );
-        })
+    // Each step (connecting, with the greeting and EHLO; STARTTLS; sending) has `TIMEOUT`, and
+    // the delivery as a whole `DELIVERY` (well within a claim's `LEASE_SECS`): a relay that
+    // answers a line at a time, each in time, is given up on there. A delivery given up on is
+    // dropped, and its connection closed with it: nothing of it reaches the relay later, when
+    // another process may have claimed the row.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .map_err(|e| format!("cannot start the delivery: {e}"))?;
-    rx.recv_timeout(DELIVERY).unwrap_or_else(|e| match e {
-        std::sync::mpsc::RecvTimeoutError::Timeout => Err(format!(
+    let hello = ClientId::default();
+    let delivery = async {
+        let mut conn = step(AsyncSmtpConnection::connect_tokio1(
+            (cfg.host.as_str(), cfg.port),
+            Some(TIMEOUT),
+            &hello,
+            None,
+            None,
+        ))
+        .await?;
+        if cfg.starttls {
+            let tls = TlsParameters::new(cfg.host.clone()).map_err(|e| e.to_string())?;
+            step(conn.starttls(tls, &hello)).await?;
+        }
+        let sent = step(conn.send(message.envelope(), &message.formatted())).await;
+        // QUIT, without waiting for the relay's answer.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.abort()).await;
+        sent.map(|_| ())
+    };
+    let sent = runtime.block_on(async { tokio::time::timeout(DELIVERY, delivery).await });
+    // A name lookup still under way (on a thread of its own) is not waited for: it sends
+    // nothing.
+    runtime.shutdown_background();
+    sent.unwrap_or_else(|_| {
+        Err(format!(
             "the relay took longer than {} s",
             DELIVERY.as_secs()
-        )),
-        std::sync::mpsc::RecvTimeoutError::Disconnected => {
-            Err("the delivery failed unexpectedly".to_string())
-        }
+        ))
     })
+}
+
+/// One step of an SMTP delivery, given `TIMEOUT`.
+async fn step<T>(
+    f: impl std::future::Future<Output = Result<T, lettre::transport::smtp::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(TIMEOUT, f).await {
+        Ok(done) => done.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the relay did not answer within {} s",
+            TIMEOUT.as_secs()
+        )),
+    }
 }
 
 fn post_webhook(cfg: &Webhook, o: &Outgoing) -> Result<(), String> {
