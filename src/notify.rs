@@ -324,9 +324,10 @@ fn send_mail(cfg: &Smtp, o: &Outgoing) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the delivery: {e}"))?;
     let hello = ClientId::default();
+    let addresses = resolve(&cfg.host, cfg.port)?;
     let delivery = async {
         let mut conn = step(AsyncSmtpConnection::connect_tokio1(
-            (cfg.host.as_str(), cfg.port),
+            addresses.as_slice(),
             Some(TIMEOUT),
             &hello,
             None,
@@ -343,8 +344,6 @@ fn send_mail(cfg: &Smtp, o: &Outgoing) -> Result<(), String> {
         sent.map(|_| ())
     };
     let sent = runtime.block_on(async { tokio::time::timeout(DELIVERY, delivery).await });
-    // A name lookup still under way (on a thread of its own) is not waited for: it sends
-    // nothing.
     runtime.shutdown_background();
     sent.unwrap_or_else(|_| {
         Err(format!(
@@ -352,6 +351,37 @@ fn send_mail(cfg: &Smtp, o: &Outgoing) -> Result<(), String> {
             DELIVERY.as_secs()
         ))
     })
+}
+
+/// The addresses of `host`, looked up on a thread of its own (the system's resolver has no
+/// timeout of ours) and given `TIMEOUT`: a lookup given up on sends nothing. A process that
+/// may start no thread gets an error, not a panic (tokio's own lookup would panic).
+fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![std::net::SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_string();
+    std::thread::Builder::new()
+        .name("pim-resolve".to_string())
+        .spawn(move || {
+            let _ = tx.send(
+                (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(Iterator::collect::<Vec<_>>),
+            );
+        })
+        .map_err(|e| format!("cannot look up {host}: {e}"))?;
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(Ok(found)) if !found.is_empty() => Ok(found),
+        Ok(Ok(_)) => Err(format!("{host} has no address")),
+        Ok(Err(e)) => Err(format!("cannot look up {host}: {e}")),
+        Err(_) => Err(format!(
+            "cannot look up {host} within {} s",
+            TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// One step of an SMTP delivery, given `TIMEOUT`.

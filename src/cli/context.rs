@@ -90,6 +90,9 @@ pub enum Withheld {
     AnotherAccount,
     /// A file of the caller's that other accounts could change, or plant a `-wal` beside.
     OthersCanWrite,
+    /// A file on a FUSE file system another account mounted: its owner and modes are that
+    /// account's say.
+    ForeignMount,
     /// A server named with `--db`/`PIM_DB`, in a process not chosen to deliver for it.
     Server,
 }
@@ -115,6 +118,8 @@ fn withheld(file: &store::DbFile, server: Option<&str>) -> Option<Withheld> {
         let chosen = std::env::var_os(RUN_COMMANDS)
             .is_some_and(|v| v.to_str() == Some(store::pg::describe(url).as_str()));
         (!chosen).then_some(Withheld::Server)
+    } else if file.foreign_mount {
+        Some(Withheld::ForeignMount)
     } else if file.owner != uid {
         Some(Withheld::AnotherAccount)
     } else if !file.owner_alone {

@@ -457,6 +457,10 @@ pub struct DbFile {
     /// Only its owner (and root) can change what pim reads as this database: see
     /// `owner_alone`. A server is never this, unless it is the installed one.
     pub owner_alone: bool,
+    /// The file, or a directory above it, is on a FUSE file system that another account
+    /// mounted (`mounted_by_another`): what pim saw of its owner and modes, that account chose.
+    /// Never `owner_alone` then.
+    pub foreign_mount: bool,
     /// The database file and the companion files SQLite opened (-wal, -shm): no output
     /// file may replace them.
     pub files: Vec<FileId>,
@@ -725,7 +729,8 @@ pub fn open(path: &Path) -> Result<Database> {
     }
     let (conn, main, companions) = open_sqlite(&real, FileId::of(&checked))?;
     let conn = finish_open(conn, &real)?;
-    let owner_alone = owner_alone(&real, &main, &companions);
+    let foreign_mount = mounted_by_another(&real, main.uid());
+    let owner_alone = !foreign_mount && owner_alone(&real, &main, &companions);
     Ok(Database {
         conn: Db::sqlite(conn),
         file: DbFile {
@@ -734,6 +739,7 @@ pub fn open(path: &Path) -> Result<Database> {
             installed: false,
             group: main.gid(),
             owner_alone,
+            foreign_mount,
             files: std::iter::once(&main)
                 .chain(&companions)
                 .map(FileId::of)
@@ -756,6 +762,70 @@ fn owner_alone(real: &Path, main: &std::fs::Metadata, companions: &[std::fs::Met
         .parent()
         .is_some_and(|dir| shared_dir(dir, 0, owner).is_ok_and(|d| d.is_none()));
     files && dirs
+}
+
+/// Whether `path`, or a directory above it, lies on a FUSE file system that an account other
+/// than `owner` and root mounted: its mounter's program answers every `stat` there, so the
+/// owners and modes pim checks are whatever that account chose (root-owned and 0600, say, to
+/// root's `pim sweep`, once `user_allow_other` lets root in). A file system pim cannot tell
+/// the mounter of counts as another's.
+fn mounted_by_another(path: &Path, owner: u32) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let mut fuse = Vec::new();
+    for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+            return true;
+        };
+        // SAFETY: `c` is a NUL-terminated path and `st` a statfs for the kernel to fill.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+            return true;
+        }
+        if st.f_type == libc::FUSE_SUPER_MAGIC {
+            let Ok(m) = std::fs::metadata(p) else {
+                return true;
+            };
+            fuse.push(m.dev());
+        }
+    }
+    if fuse.is_empty() {
+        return false;
+    }
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return true;
+    };
+    foreign_fuse(&mounts, &fuse, owner)
+}
+
+/// Whether one of the FUSE file systems of devices `devs` was mounted by an account other than
+/// `owner` and root, or by one `mountinfo` does not name.
+fn foreign_fuse(mountinfo: &str, devs: &[u64], owner: u32) -> bool {
+    devs.iter()
+        .any(|&dev| fuse_mounter(mountinfo, dev).is_none_or(|uid| uid != 0 && uid != owner))
+}
+
+/// The account that mounted the FUSE file system of device `dev`, from the text of
+/// `/proc/self/mountinfo` (its `user_id=` option), if it is one.
+fn fuse_mounter(mountinfo: &str, dev: u64) -> Option<u32> {
+    // glibc's `major` and `minor`.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let id = format!("{major}:{minor}");
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(2) == Some(id.as_str()))?;
+    let (_, after) = line.split_once(" - ")?;
+    let mut fields = after.split(' ');
+    let fstype = fields.next()?;
+    if fstype != "fuse" && fstype != "fuseblk" && !fstype.starts_with("fuse.") {
+        return None;
+    }
+    fields
+        .nth(1)?
+        .split(',')
+        .find_map(|o| o.strip_prefix("user_id="))?
+        .parse()
+        .ok()
 }
 
 /// Whether a directory `n` levels above a database (0: its own) lets nobody but the
@@ -999,6 +1069,7 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
             installed: true,
             group,
             owner_alone: true,
+            foreign_mount: false,
             files: files.iter().map(|m| FileId::of(m)).collect(),
         },
     }))
@@ -1095,6 +1166,8 @@ pub fn create(path: &Path, shared: Option<u32>) -> Result<Database> {
     }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     migrate(&mut conn)?;
+    let foreign_mount =
+        std::fs::canonicalize(path).map_or(true, |real| mounted_by_another(&real, meta.uid()));
     Ok(Database {
         conn: Db::sqlite(conn),
         file: DbFile {
@@ -1103,8 +1176,9 @@ pub fn create(path: &Path, shared: Option<u32>) -> Result<Database> {
             installed: shared.is_some(),
             group: meta.gid(),
             // (a `-wal` planted before it was made is for the directories to prevent)
-            owner_alone: std::fs::canonicalize(path)
-                .is_ok_and(|real| owner_alone(&real, &meta, &[])),
+            owner_alone: !foreign_mount
+                && std::fs::canonicalize(path).is_ok_and(|real| owner_alone(&real, &meta, &[])),
+            foreign_mount,
             files: vec![FileId::of(&meta)],
         },
     })
@@ -1432,6 +1506,37 @@ mod tests {
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()
             .unwrap()
+    }
+
+    /// FUSE answers `stat` with what its mounter chose: a database on one that another
+    /// account mounted is not its owner's alone, whatever owner and mode it shows.
+    #[test]
+    fn a_fuse_mount_of_another_account_is_told_apart_by_its_device() {
+        let mounts = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+            29 27 8:1 / /home rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+            61 29 0:52 / /home/mallory/m\\040x rw,nosuid,nodev shared:30 - fuse.sshfs mallory@h: rw,user_id=1001,group_id=1001,allow_other\n\
+            62 29 0:300 / /srv/pim rw - fuse.bindfs /srv/x rw,user_id=0,group_id=0,default_permissions,allow_other\n";
+        assert_eq!(fuse_mounter(mounts, 52), Some(1001));
+        // minor 300: (300 & 0xff) | (300 & !0xff) << 12, as glibc's makedev.
+        let big = 44 | (256 << 12);
+        assert_eq!(fuse_mounter(mounts, big), Some(0));
+        // Not FUSE, or not there at all.
+        assert_eq!(fuse_mounter(mounts, (8 << 8) | 1), None);
+        assert_eq!(fuse_mounter(mounts, 53), None);
+        // Mallory's mount is hers alone, root's anyone's it shows; one pim cannot find
+        // counts as another's.
+        assert!(foreign_fuse(mounts, &[52], 0));
+        assert!(!foreign_fuse(mounts, &[52], 1001));
+        assert!(!foreign_fuse(mounts, &[big], 1000));
+        assert!(foreign_fuse(mounts, &[53], 0));
+        assert!(foreign_fuse(mounts, &[big, 52], 0));
+        // No FUSE on the way: nothing to ask.
+        let dir = private_tempdir();
+        let file = dir.path().join("pim.db");
+        std::fs::write(&file, b"").unwrap();
+        assert!(!mounted_by_another(&file, 0));
+        // A path pim cannot look at is not taken on trust.
+        assert!(mounted_by_another(&dir.path().join("gone.db"), 0));
     }
 
     #[test]

@@ -799,6 +799,7 @@ fn connect_and_migrate(url: &str, installed: bool, create: bool) -> Result<Datab
             group: 0,
             // A server others write (its policy holders), unless it is root's installed one.
             owner_alone: installed,
+            foreign_mount: false,
             files: Vec::new(),
         },
     })

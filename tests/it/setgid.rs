@@ -956,6 +956,136 @@ fn root_runs_no_command_of_a_database_another_account_owns() {
         .contains("— "));
 }
 
+/// Lets accounts mount FUSE file systems that others may enter (`/dev/fuse` open to all and
+/// `user_allow_other`, as many hosts have it) for as long as it lives; puts both back after.
+struct UserFuse {
+    conf: Option<String>,
+    dev_mode: u32,
+}
+
+impl UserFuse {
+    fn allow() -> UserFuse {
+        for tool in ["bindfs", "fusermount3"] {
+            assert!(
+                support::have(tool),
+                "needs {tool} (.ci/run installs bindfs and fuse3)"
+            );
+        }
+        let conf = std::fs::read_to_string("/etc/fuse.conf").ok();
+        let mut allowed = conf.clone().unwrap_or_default();
+        if !allowed.lines().any(|l| l.trim() == "user_allow_other") {
+            allowed.push_str("\nuser_allow_other\n");
+        }
+        std::fs::write("/etc/fuse.conf", allowed).unwrap();
+        let dev_mode = std::fs::metadata("/dev/fuse")
+            .expect("no /dev/fuse on this machine")
+            .mode()
+            & 0o7777;
+        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+        UserFuse { conf, dev_mode }
+    }
+}
+
+impl Drop for UserFuse {
+    fn drop(&mut self) {
+        let _ =
+            std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.dev_mode));
+        match &self.conf {
+            Some(text) => {
+                let _ = std::fs::write("/etc/fuse.conf", text);
+            }
+            None => {
+                let _ = std::fs::remove_file("/etc/fuse.conf");
+            }
+        }
+    }
+}
+
+/// A mount, unmounted when dropped (before the directory under it is removed).
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// FUSE shows whatever owners and modes its mounter chooses: mallory mounts her home over
+/// itself with bindfs, showing every file as root's with mode 0600 and every directory as
+/// root's 0700, and asks root to sweep the database in it. Root's sweep must not take it for
+/// its own and run her commands as root.
+#[test]
+fn root_runs_no_command_of_a_database_on_a_file_system_another_account_mounted() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let home = i.home(MALLORY);
+    let ran = home.join("ran");
+    let own = i.mallory_db(&format!(
+        "[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]\n",
+        ran.display()
+    ));
+    let own_s = own.display().to_string();
+    let mallory = |args: &[&str]| {
+        let mut all = vec!["--db", own_s.as_str()];
+        all.extend_from_slice(args);
+        i.as_account(MALLORY, &all, &[])
+    };
+    mallory(&["user", "add", "zed"]).expect(0);
+    // Ends within a day: the next sweep queues a reminder.
+    mallory(&["assign", "zed", "db-admin", "-j", "x", "--duration", "12h"]).expect(0);
+    assert_eq!(std::fs::read_to_string(&ran).unwrap().trim(), MALLORY);
+    let _fuse = UserFuse::allow();
+    let home_s = home.display().to_string();
+    let r = i.program_as(
+        MALLORY,
+        Path::new("/usr/bin/bindfs"),
+        &[
+            "-u",
+            "root",
+            "-g",
+            "root",
+            "-p",
+            "og-rwx",
+            "-o",
+            "allow_other",
+            &home_s,
+            &home_s,
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "bindfs: {}", r.stderr);
+    let _mounted = Mounted(home.clone());
+    let shown = std::fs::metadata(&own).unwrap();
+    assert_eq!(
+        (shown.uid(), shown.mode() & 0o777),
+        (0, 0o600),
+        "the mount shows her database as root's"
+    );
+    let r = i.root(&["--db", &own_s, "sweep"]).expect(0);
+    assert!(r.stdout.contains("1 reminder(s)"), "{}", r.stdout);
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    assert!(
+        !lines.contains("root"),
+        "root ran mallory's notification command: {lines:?}"
+    );
+    assert!(
+        r.stderr
+            .contains("a file system that another account mounted"),
+        "{}",
+        r.stderr
+    );
+    let pending: i64 = peek(&own)
+        .query_row(
+            "SELECT count(*) FROM outbox WHERE channel = 'command' AND status = 'pending'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(pending, 1, "the reminder's command waits for its owner");
+}
+
 /// The owner check is not fooled through a `-wal`: root's own database sits in a directory
 /// mallory can write, and she puts her own database's pages beside it as `root.db-wal`
 /// (SQLite reads them as root's database). Root's sweep must not run her commands.
@@ -1194,7 +1324,7 @@ fn command_notifications_of_the_installed_database_wait_for_roots_sweep() {
 }
 
 #[test]
-fn a_delivery_that_cannot_start_a_thread_is_a_failed_try_on_record() {
+fn deliveries_that_cannot_start_a_thread_are_failed_tries_on_record() {
     if !ready() {
         return;
     }
@@ -1202,14 +1332,23 @@ fn a_delivery_that_cannot_start_a_thread_is_a_failed_try_on_record() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let policy = format!(
-        "{}\n[notifications.webhook]\nurl = \"http://localhost:{port}/pim\"\n",
+        "{}\n[notifications.webhook]\nurl = \"http://localhost:{port}/pim\"\n\n[notifications.smtp]\nhost = \"localhost\"\nport = {port}\nfrom = \"pim@example.com\"\nstarttls = false\n",
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap(),
     );
     let file = i.dir.path().join("policy.toml");
     std::fs::write(&file, policy).unwrap();
     i.root(&["--as", ALICE, "policy", "apply", file.to_str().unwrap()])
         .expect(0);
-    i.root(&["--as", ALICE, "user", "add", BOB]).expect(0);
+    i.root(&[
+        "--as",
+        ALICE,
+        "user",
+        "add",
+        BOB,
+        "--email",
+        "bob@example.com",
+    ])
+    .expect(0);
     // No new process or thread for alice: resolving `localhost` cannot start its thread.
     let r = i.program_as(
         ALICE,
@@ -1231,6 +1370,11 @@ fn a_delivery_that_cannot_start_a_thread_is_a_failed_try_on_record() {
     // Counted as a failed try (retried, and recorded when given up), not silently leased.
     assert_eq!(
         i.count("SELECT count(*) FROM outbox WHERE channel = 'webhook' AND attempts = 1 AND status = 'pending'"),
+        1
+    );
+    // The e-mail's lookup too: an error on record, not a panic of the runtime.
+    assert_eq!(
+        i.count("SELECT count(*) FROM outbox WHERE channel = 'smtp' AND attempts = 1 AND status = 'pending' AND last_error LIKE 'cannot look up localhost%'"),
         1
     );
     drop(listener);
