@@ -216,7 +216,13 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
         ));
         return report(ctx, &found);
     }
-    let (pim, actor) = ctx.open()?;
+    let (pim, actor) = match ctx.open() {
+        Ok(opened) => opened,
+        Err(e) => {
+            found.extend(unopened(ctx, &e));
+            return report(ctx, &found);
+        }
+    };
     let health = pim.health()?;
     let installed = ctx.installed();
     found.push(finding(
@@ -556,6 +562,36 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
         Ok(u) => finding("you", "ok", format!("{} ({})", u.name, u.kind), None),
     });
     report(ctx, &found)
+}
+
+/// What keeps pim from opening the database, as findings: for a database file of the
+/// caller's, everything that lets others put pages into it, each with its fix (pim refuses
+/// on the first); otherwise the refusal itself.
+fn unopened(ctx: &Ctx, e: &anyhow::Error) -> Vec<Finding> {
+    let risks = if ctx.server.is_none() && !crate::privilege::is_setgid() {
+        crate::store::placement_risks(&ctx.db).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if risks.is_empty() {
+        return vec![finding(
+            "database",
+            "problem",
+            format!("pim cannot open it: {e}"),
+            None,
+        )];
+    }
+    risks
+        .into_iter()
+        .map(|r| {
+            finding(
+                "database",
+                "problem",
+                format!("{} refused: {}", ctx.db.display(), r.why),
+                Some(r.fix),
+            )
+        })
+        .collect()
 }
 
 /// The findings as a table (or JSON); exit 1 when any is a problem.

@@ -720,13 +720,6 @@ pub fn open(path: &Path) -> Result<Database> {
     })?;
     let checked = std::fs::metadata(&real)?;
     refuse_planted(&real, checked.uid())?;
-    if checked.nlink() > 1 {
-        return Err(Error::Environment(format!(
-            "Refusing to open the database {}: it has {} names (hard links), and another could be any account's file. Keep one name (cp it to a new file, then use that).",
-            real.display(),
-            checked.nlink()
-        )));
-    }
     let (conn, main, companions) = open_sqlite(&real, FileId::of(&checked))?;
     let conn = finish_open(conn, &real)?;
     let foreign_mount = mounted_by_another(&real, main.uid());
@@ -840,15 +833,6 @@ fn private_dir(m: &std::fs::Metadata, owner: u32, n: usize) -> bool {
         && (mode & 0o022 == 0 || (n > 0 && mode & 0o1000 != 0))
 }
 
-/// What to say of a directory that other accounts can write in.
-fn unsafe_dir_why(dir: &Path) -> String {
-    format!(
-        "other accounts can create or rename files in {} (a -wal or -journal planted there is read into the database). Keep it in directories that are the database owner's (or root's) and that only they can write: chmod go-w '{}'.",
-        dir.display(),
-        dir.display()
-    )
-}
-
 /// The first directory, from `dir` (`n` levels above a database) up, that is not
 /// `private_dir` for `owner`, if any.
 fn shared_dir(dir: &Path, n: usize, owner: u32) -> std::io::Result<Option<PathBuf>> {
@@ -860,32 +844,56 @@ fn shared_dir(dir: &Path, n: usize, owner: u32) -> std::io::Result<Option<PathBu
     Ok(None)
 }
 
-/// Refuse, before SQLite reads a byte, a database `owner`'s that other accounts could put
-/// pages into: SQLite reads a `-wal` beside it as part of it and plays a hot `-journal` back
-/// into it, so a file planted there would become this database (for good, at the next
-/// checkpoint), and root's pim would then run its commands. So: every directory above it
-/// `private_dir`, the file writable by its owner alone, and its `-wal`, `-shm` and
-/// `-journal`, where they exist, regular files of the owner that nobody else may write.
-fn refuse_planted(real: &Path, owner: u32) -> Result<()> {
-    let refuse = |why: String| {
-        Err(Error::Environment(format!(
-            "Refusing to open the database {}: {why}",
-            real.display()
-        )))
+/// Something about where a database file lies that lets other accounts put pages into it,
+/// and what fixes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Risk {
+    pub why: String,
+    pub fix: String,
+}
+
+/// Everything that lets accounts other than `owner` put pages into the database at `real`
+/// (a path without links): SQLite reads a `-wal` beside it as part of it and plays a hot
+/// `-journal` back into it, so a file planted there would become this database (for good, at
+/// the next checkpoint), and root's pim would then run its commands. So: every directory
+/// above it `private_dir`, the file writable by its owner alone and of one name, and its
+/// `-wal`, `-shm` and `-journal`, where they exist, regular files of the owner that nobody
+/// else may write.
+fn planted_risks(real: &Path, owner: u32) -> Result<Vec<Risk>> {
+    let mut risks = Vec::new();
+    let cannot = |p: &Path, e: std::io::Error| {
+        Error::Environment(format!("Cannot check {}: {e}.", p.display()))
     };
     let parent = real.parent().unwrap_or(Path::new("/"));
-    if let Some(dir) = shared_dir(parent, 0, owner).map_err(|e| {
-        Error::Environment(format!("Cannot open the database {}: {e}.", real.display()))
-    })? {
-        return refuse(unsafe_dir_why(&dir));
-    }
-    if let Ok(m) = std::fs::metadata(real) {
-        if m.mode() & 0o022 != 0 {
-            return refuse(format!(
-                "other accounts may write it. chmod go-w '{}' (0600), and restore it from a copy you trust if anyone else did.",
-                real.display()
-            ));
+    for (n, dir) in parent.ancestors().enumerate() {
+        let m = std::fs::metadata(dir).map_err(|e| cannot(dir, e))?;
+        if !private_dir(&m, owner, n) {
+            risks.push(dir_risk(dir, &m, owner));
         }
+    }
+    match std::fs::metadata(real) {
+        Ok(m) => {
+            if m.mode() & 0o022 != 0 {
+                risks.push(Risk {
+                    why: "other accounts may write it.".to_string(),
+                    fix: format!(
+                        "chmod go-w '{}' (0600), and restore it from a copy you trust if anyone else did.",
+                        real.display()
+                    ),
+                });
+            }
+            if m.nlink() > 1 {
+                risks.push(Risk {
+                    why: format!(
+                        "it has {} names (hard links), and another could be any account's file.",
+                        m.nlink()
+                    ),
+                    fix: "Keep one name (cp it to a new file, then use that).".to_string(),
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(cannot(real, e)),
     }
     for suffix in ["-wal", "-shm", "-journal"] {
         let mut companion = real.as_os_str().to_owned();
@@ -893,22 +901,67 @@ fn refuse_planted(real: &Path, owner: u32) -> Result<()> {
         let companion = PathBuf::from(companion);
         match std::fs::symlink_metadata(&companion) {
             Ok(m) if m.is_file() && m.uid() == owner && m.mode() & 0o022 == 0 => {}
-            Ok(_) => {
-                return refuse(format!(
-                    "{} is not the database owner's alone (another account's, a link, or writable by others), so it may hold pages that are not this database's. If nobody else made it, make it the owner's and chmod 0600; otherwise restore the database from a copy you trust.",
+            Ok(_) => risks.push(Risk {
+                why: format!(
+                    "{} is not the database owner's alone (another account's, a link, or writable by others), so it may hold pages that are not this database's.",
                     companion.display()
-                ))
-            }
+                ),
+                fix: format!(
+                    "If nobody else made it, make it the owner's (chown {owner} '{c}' && chmod 0600 '{c}'); otherwise restore the database from a copy you trust.",
+                    c = companion.display()
+                ),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Error::Environment(format!(
-                    "Cannot check {}: {e}.",
-                    companion.display()
-                )))
-            }
+            Err(e) => return Err(cannot(&companion, e)),
         }
     }
-    Ok(())
+    Ok(risks)
+}
+
+/// A directory (with metadata `m`) above a database of `owner` in which others may create
+/// or rename files.
+fn dir_risk(dir: &Path, m: &std::fs::Metadata, owner: u32) -> Risk {
+    let why = format!(
+        "other accounts can create or rename files in {} (a -wal or -journal planted there is read into the database).",
+        dir.display()
+    );
+    let fix = if m.uid() == owner || m.uid() == 0 {
+        format!(
+            "Keep it in directories that are the database owner's (or root's) and that only they can write: chmod go-w '{}'.",
+            dir.display()
+        )
+    } else {
+        format!(
+            "Keep it in directories that are the database owner's (or root's) and that only they can write: {} belongs to uid {}; move the database (with its -wal) into a directory of the owner's.",
+            dir.display(),
+            m.uid()
+        )
+    };
+    Risk { why, fix }
+}
+
+/// Refuse, before SQLite reads a byte, a database `owner`'s that other accounts could put
+/// pages into (`planted_risks`), with the first thing to fix.
+fn refuse_planted(real: &Path, owner: u32) -> Result<()> {
+    match planted_risks(real, owner)?.into_iter().next() {
+        Some(risk) => Err(Error::Environment(format!(
+            "Refusing to open the database {}: {} {}",
+            real.display(),
+            risk.why,
+            risk.fix
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What keeps pim from opening the database file at `path` (each with its fix), all of them,
+/// for `pim doctor`; empty when nothing does.
+pub fn placement_risks(path: &Path) -> Result<Vec<Risk>> {
+    let real = std::fs::canonicalize(path).map_err(|e| {
+        Error::Environment(format!("Cannot open the database {}: {e}.", path.display()))
+    })?;
+    let owner = std::fs::metadata(&real)?.uid();
+    planted_risks(&real, owner)
 }
 
 /// Whether a directory `n` levels above the installed database (0: its own) is safe from
@@ -1098,10 +1151,12 @@ pub fn create(path: &Path, shared: Option<u32>) -> Result<Database> {
                 Error::Environment(format!("Cannot create {}: {e}.", path.display()))
             })?;
             if let Some(unsafe_dir) = shared_dir(&real, 1, uid)? {
+                let risk = dir_risk(&unsafe_dir, &std::fs::metadata(&unsafe_dir)?, uid);
                 return Err(Error::Environment(format!(
-                    "Refusing to create the database {}: {}",
+                    "Refusing to create the database {}: {} {}",
                     path.display(),
-                    unsafe_dir_why(&unsafe_dir)
+                    risk.why,
+                    risk.fix
                 )));
             }
         }

@@ -327,6 +327,63 @@ fn whoami_names_the_account_the_principal_and_what_is_held() {
     assert_eq!(j["user"]["mfa_enrolled"], true);
 }
 
+/// `pim doctor` on a database file pim refuses to open: every reason, each with its fix (a
+/// command refuses on the first, in one line), and following the fixes opens it again.
+#[test]
+fn doctor_lists_everything_that_keeps_a_database_from_opening() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::sqlite();
+    env.init_with(&db_admin(&[]));
+    let dir = env.db.parent().unwrap().to_path_buf();
+    let journal = std::path::PathBuf::from(format!("{}-journal", env.db.display()));
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&env.db, std::fs::Permissions::from_mode(0o664)).unwrap();
+    std::fs::write(&journal, b"").unwrap();
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let r = env.as_("admin", &["status"]).expect(1);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Refusing to open the database"),
+        "{}",
+        r.stderr
+    );
+    let found = env.as_("admin", &["doctor", "--json"]).expect(1).json();
+    let found = found.as_array().unwrap();
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(found
+        .iter()
+        .all(|f| f["check"] == "database" && f["state"] == "problem"));
+    let fixes: Vec<&str> = found.iter().map(|f| f["fix"].as_str().unwrap()).collect();
+    for (fix, path) in [
+        ("chmod go-w", &dir),
+        ("chmod go-w", &env.db),
+        ("chmod 0600", &journal),
+    ] {
+        let wanted = format!("{fix} '{}'", path.display());
+        assert!(
+            fixes.iter().any(|f| f.contains(&wanted)),
+            "no `{wanted}` in {fixes:?}"
+        );
+    }
+    // The table says the same, each fix under "To fix:".
+    let r = env.as_("admin", &["doctor"]).expect(1);
+    assert!(r.stdout.contains("To fix:\n  database: "), "{}", r.stdout);
+    // Done as told, the database opens again.
+    for (path, mode) in [(&dir, 0o755), (&env.db, 0o644), (&journal, 0o600)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let found = env.as_("admin", &["doctor", "--json"]).json();
+    let database = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "database")
+        .cloned()
+        .unwrap();
+    assert_eq!(database["state"], "ok", "{found}");
+    env.as_("admin", &["status"]).expect(0);
+}
+
 /// `pim doctor`: an open database file, a sweep that does not run and an unreachable
 /// webhook are problems (exit 1), each with the command that fixes it.
 #[test]
