@@ -314,11 +314,13 @@ fn send_mail(cfg: &Smtp, o: &Outgoing) -> Result<(), String> {
         .header(ContentType::TEXT_PLAIN)
         .body(body)
         .map_err(|e| e.to_string())?;
-    // Each step (connecting, with the greeting and EHLO; STARTTLS; sending) has `TIMEOUT`, and
-    // the delivery as a whole `DELIVERY` (well within a claim's `LEASE_SECS`): a relay that
-    // answers a line at a time, each in time, is given up on there. A delivery given up on is
-    // dropped, and its connection closed with it: nothing of it reaches the relay later, when
-    // another process may have claimed the row.
+    // Each step (connecting, to each address in turn; the greeting and EHLO; STARTTLS;
+    // sending) has `TIMEOUT`, and the delivery as a whole, the lookup included, `DELIVERY`
+    // (well within a claim's `LEASE_SECS`): a relay that answers a line at a time, each in
+    // time, is given up on there. A delivery given up on is dropped with its connection, which
+    // is reset (`SO_LINGER` 0), so that what pim had not sent yet never leaves: nothing more
+    // of it reaches the relay later, when another process may have claimed the row.
+    let started = std::time::Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -326,12 +328,10 @@ fn send_mail(cfg: &Smtp, o: &Outgoing) -> Result<(), String> {
     let hello = ClientId::default();
     let addresses = resolve(&cfg.host, cfg.port)?;
     let delivery = async {
-        let mut conn = step(AsyncSmtpConnection::connect_tokio1(
-            addresses.as_slice(),
-            Some(TIMEOUT),
+        let stream = connect(&addresses).await?;
+        let mut conn = step(AsyncSmtpConnection::connect_with_transport(
+            Box::new(stream),
             &hello,
-            None,
-            None,
         ))
         .await?;
         if cfg.starttls {
@@ -339,18 +339,44 @@ fn send_mail(cfg: &Smtp, o: &Outgoing) -> Result<(), String> {
             step(conn.starttls(tls, &hello)).await?;
         }
         let sent = step(conn.send(message.envelope(), &message.formatted())).await;
-        // QUIT, without waiting for the relay's answer.
-        let _ = tokio::time::timeout(Duration::from_secs(1), conn.abort()).await;
-        sent.map(|_| ())
+        Ok::<_, String>((conn, sent))
     };
-    let sent = runtime.block_on(async { tokio::time::timeout(DELIVERY, delivery).await });
+    let sent = runtime.block_on(async {
+        match tokio::time::timeout(DELIVERY.saturating_sub(started.elapsed()), delivery).await {
+            Err(_) => Err(format!(
+                "the relay took longer than {} s",
+                DELIVERY.as_secs()
+            )),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((mut conn, sent))) => {
+                // Sent or refused, the outcome is known: QUIT (outside `DELIVERY`, so that a
+                // slow goodbye cannot turn a sent message into a failed try, sent again).
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.abort()).await;
+                sent.map(|_| ())
+            }
+        }
+    });
     runtime.shutdown_background();
-    sent.unwrap_or_else(|_| {
-        Err(format!(
-            "the relay took longer than {} s",
-            DELIVERY.as_secs()
-        ))
-    })
+    sent
+}
+
+/// A connection to the first of `addresses` that takes one within `TIMEOUT`, reset rather
+/// than closed when dropped.
+async fn connect(addresses: &[std::net::SocketAddr]) -> Result<tokio::net::TcpStream, String> {
+    let mut last = String::from("no address to connect to");
+    for address in addresses {
+        match tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => {
+                stream
+                    .set_zero_linger()
+                    .map_err(|e| format!("cannot set up the connection to {address}: {e}"))?;
+                return Ok(stream);
+            }
+            Ok(Err(e)) => last = format!("cannot connect to {address}: {e}"),
+            Err(_) => last = format!("cannot connect to {address} within {} s", TIMEOUT.as_secs()),
+        }
+    }
+    Err(last)
 }
 
 /// The addresses of `host`, looked up on a thread of its own (the system's resolver has no
@@ -471,6 +497,27 @@ fn run_command(cfg: &NotifyCommand, o: &Outgoing) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::same_mailbox;
+
+    /// A relay's addresses are tried in turn: one that refuses (or, given 5 s, never
+    /// answers) does not keep the message from the next.
+    #[test]
+    fn the_next_address_is_tried_when_one_fails() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let good = listener.local_addr().unwrap();
+        // A port just closed: connecting to it is refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let stream = runtime.block_on(super::connect(&[closed, good])).unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), good);
+        let e = runtime.block_on(super::connect(&[closed])).unwrap_err();
+        assert!(e.contains(&format!("cannot connect to {closed}")), "{e}");
+    }
 
     #[test]
     fn one_mailbox_is_told_once_whatever_the_case_of_its_domain() {

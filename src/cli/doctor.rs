@@ -218,10 +218,18 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
     }
     let (pim, actor) = match ctx.open() {
         Ok(opened) => opened,
-        Err(e) => {
+        // pim refused the database, or could not open it: say why (other refusals, such as
+        // an `--as` not allowed, stay what they are).
+        Err(e)
+            if matches!(
+                e.downcast_ref::<crate::error::Error>(),
+                Some(crate::error::Error::Environment(_))
+            ) =>
+        {
             found.extend(unopened(ctx, &e));
             return report(ctx, &found);
         }
+        Err(e) => return Err(e),
     };
     let health = pim.health()?;
     let installed = ctx.installed();
@@ -610,7 +618,11 @@ fn report(ctx: &Ctx, found: &[Finding]) -> anyhow::Result<i32> {
         let mut text = t.to_string();
         let fixes: Vec<String> = found
             .iter()
-            .filter_map(|f| f.fix.as_ref().map(|fix| format!("  {}: {fix}", f.check)))
+            .filter_map(|f| {
+                f.fix
+                    .as_ref()
+                    .map(|fix| format!("  {}: {}", f.check, super::output::safe(fix)))
+            })
             .collect();
         if !fixes.is_empty() {
             text.push_str("\nTo fix:\n");

@@ -800,10 +800,7 @@ fn foreign_fuse(mountinfo: &str, devs: &[u64], owner: u32) -> bool {
 /// The account that mounted the FUSE file system of device `dev`, from the text of
 /// `/proc/self/mountinfo` (its `user_id=` option), if it is one.
 fn fuse_mounter(mountinfo: &str, dev: u64) -> Option<u32> {
-    // glibc's `major` and `minor`.
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-    let id = format!("{major}:{minor}");
+    let id = format!("{}:{}", libc::major(dev), libc::minor(dev));
     let line = mountinfo
         .lines()
         .find(|l| l.split(' ').nth(2) == Some(id.as_str()))?;
@@ -906,8 +903,9 @@ fn planted_risks(real: &Path, owner: u32) -> Result<Vec<Risk>> {
                     "{} is not the database owner's alone (another account's, a link, or writable by others), so it may hold pages that are not this database's.",
                     companion.display()
                 ),
+                // Never a chown or chmod of it: it may be a link to any file, or become one.
                 fix: format!(
-                    "If nobody else made it, make it the owner's (chown {owner} '{c}' && chmod 0600 '{c}'); otherwise restore the database from a copy you trust.",
+                    "Move it aside (mv -- '{c}' '{c}.suspect', which follows no link) and look at it; if another account made it, restore the database from a copy you trust.",
                     c = companion.display()
                 ),
             }),
@@ -925,16 +923,19 @@ fn dir_risk(dir: &Path, m: &std::fs::Metadata, owner: u32) -> Risk {
         "other accounts can create or rename files in {} (a -wal or -journal planted there is read into the database).",
         dir.display()
     );
-    let fix = if m.uid() == owner || m.uid() == 0 {
+    // A directory of root's that others share on purpose (`/tmp`) is not to be closed.
+    let shared_on_purpose = m.uid() == 0 && m.mode() & 0o1002 == 0o1002;
+    let fix = if (m.uid() == owner || m.uid() == 0) && !shared_on_purpose {
         format!(
             "Keep it in directories that are the database owner's (or root's) and that only they can write: chmod go-w '{}'.",
             dir.display()
         )
     } else {
         format!(
-            "Keep it in directories that are the database owner's (or root's) and that only they can write: {} belongs to uid {}; move the database (with its -wal) into a directory of the owner's.",
+            "Keep it in directories that are the database owner's (or root's) and that only they can write: {} is uid {}'s, mode {:04o}; move the database (with its -wal) into a directory of the owner's.",
             dir.display(),
-            m.uid()
+            m.uid(),
+            m.mode() & 0o7777
         )
     };
     Risk { why, fix }
