@@ -340,6 +340,12 @@ fn doctor_lists_everything_that_keeps_a_database_from_opening() {
     std::fs::set_permissions(&env.db, std::fs::Permissions::from_mode(0o664)).unwrap();
     std::fs::write(&journal, b"").unwrap();
     std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // A -wal that is a link to another file: its fix must touch the link alone.
+    let wal = std::path::PathBuf::from(format!("{}-wal", env.db.display()));
+    let _ = std::fs::remove_file(&wal);
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"").unwrap();
+    std::os::unix::fs::symlink(&victim, &wal).unwrap();
     let r = env.as_("admin", &["status"]).expect(1);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(
@@ -349,7 +355,7 @@ fn doctor_lists_everything_that_keeps_a_database_from_opening() {
     );
     let found = env.as_("admin", &["doctor", "--json"]).expect(1).json();
     let found = found.as_array().unwrap();
-    assert_eq!(found.len(), 3, "{found:?}");
+    assert_eq!(found.len(), 4, "{found:?}");
     assert!(found
         .iter()
         .all(|f| f["check"] == "database" && f["state"] == "problem"));
@@ -358,6 +364,7 @@ fn doctor_lists_everything_that_keeps_a_database_from_opening() {
         ("chmod go-w", &dir),
         ("chmod go-w", &env.db),
         ("mv --", &journal),
+        ("mv --", &wal),
     ] {
         let wanted = format!("{fix} '{}'", path.display());
         assert!(
@@ -372,8 +379,16 @@ fn doctor_lists_everything_that_keeps_a_database_from_opening() {
     for (path, mode) in [(&dir, 0o755), (&env.db, 0o644)] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
-    let aside = std::path::PathBuf::from(format!("{}.suspect", journal.display()));
-    std::fs::rename(&journal, &aside).unwrap();
+    assert!(
+        !fixes
+            .iter()
+            .any(|f| f.contains("chown") || f.contains("chmod 0600")),
+        "a fix that follows a link: {fixes:?}"
+    );
+    for companion in [&journal, &wal] {
+        let aside = std::path::PathBuf::from(format!("{}.suspect", companion.display()));
+        std::fs::rename(companion, &aside).unwrap();
+    }
     let found = env.as_("admin", &["doctor", "--json"]).json();
     let database = found
         .as_array()
