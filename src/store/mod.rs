@@ -781,13 +781,77 @@ fn mounted_by_another(path: &Path, owner: u32) -> bool {
             fuse.push(m.dev());
         }
     }
-    if fuse.is_empty() {
+    if !fuse.is_empty() {
+        let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return true;
+        };
+        if foreign_fuse(&mounts, &fuse, owner) {
+            return true;
+        }
+    }
+    helper_mounted(path, owner)
+}
+
+/// Whether `path`, or a directory above it, lies on a mount that an account made through a
+/// mount helper (an fstab `user` or `users` entry, udisks2's loop images and removable
+/// disks): libmount records those in `/run/mount/utab` (`user=NAME`, `uhelper=...`). A disk
+/// image shows the owners written on it, whoever wrote them. Only a `user=` mount of the
+/// owner pim saw is the owner's.
+fn helper_mounted(path: &Path, owner: u32) -> bool {
+    let utab = match std::fs::read_to_string("/run/mount/utab") {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+        Err(_) => return true,
+    };
+    let helpers = helper_targets(&utab);
+    if helpers.is_empty() {
         return false;
     }
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return true;
     };
-    foreign_fuse(&mounts, &fuse, owner)
+    let owner_name = crate::privilege::account_name(owner);
+    for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        let Ok(m) = std::fs::metadata(p) else {
+            return true;
+        };
+        let id = format!("{}:{}", libc::major(m.dev()), libc::minor(m.dev()));
+        let targets = mounts.lines().filter_map(|l| {
+            let mut fields = l.split(' ');
+            (fields.nth(2) == Some(id.as_str()))
+                .then(|| fields.nth(1))
+                .flatten()
+        });
+        for target in targets {
+            if let Some((_, user)) = helpers.iter().find(|(t, _)| t == target) {
+                if user.is_none() || *user != owner_name {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// The mount points (escaped as in mountinfo) that `/run/mount/utab` records as mounted
+/// through a helper, each with the account named by its `user=` option, if any.
+fn helper_targets(utab: &str) -> Vec<(String, Option<String>)> {
+    utab.lines()
+        .filter_map(|line| {
+            let field = |key: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(key))
+                    .map(str::to_string)
+            };
+            let (target, opts) = (field("TARGET=")?, field("OPTS=")?);
+            let user = opts
+                .split(',')
+                .find_map(|o| o.strip_prefix("user="))
+                .map(str::to_string);
+            let helper = user.is_some() || opts.split(',').any(|o| o.starts_with("uhelper="));
+            helper.then_some((target, user))
+        })
+        .collect()
 }
 
 /// Whether one of the FUSE file systems of devices `devs` was mounted by an account other than
@@ -1586,6 +1650,17 @@ mod tests {
         assert!(!foreign_fuse(mounts, &[big], 1000));
         assert!(foreign_fuse(mounts, &[53], 0));
         assert!(foreign_fuse(mounts, &[big, 52], 0));
+        // utab's helper mounts: a user's (named), udisks2's (no user), and root's own.
+        let utab = "SRC=tmpfs TARGET=/tmp/pim-um ROOT=/ OPTS=user=pimt-mallory\n\
+            SRC=/dev/loop3 TARGET=/media/alice/disk ROOT=/ OPTS=uhelper=udisks2\n\
+            SRC=/dev/sdb1 TARGET=/srv ROOT=/ ATTRS=x-systemd.automount\n";
+        assert_eq!(
+            helper_targets(utab),
+            [
+                ("/tmp/pim-um".to_string(), Some("pimt-mallory".to_string())),
+                ("/media/alice/disk".to_string(), None),
+            ]
+        );
         // No FUSE on the way: nothing to ask.
         let dir = private_tempdir();
         let file = dir.path().join("pim.db");

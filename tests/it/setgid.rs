@@ -1090,6 +1090,76 @@ fn root_runs_no_command_of_a_database_on_a_file_system_another_account_mounted()
     assert_eq!(pending, 1, "the reminder's command waits for its owner");
 }
 
+/// An fstab line for as long as it lives.
+struct FstabLine(String);
+
+impl FstabLine {
+    fn add(line: &str) -> FstabLine {
+        let before = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
+        std::fs::write("/etc/fstab", format!("{before}\n{line}\n")).unwrap();
+        FstabLine(before)
+    }
+}
+
+impl Drop for FstabLine {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/etc/fstab", &self.0);
+    }
+}
+
+/// A disk an account mounts through a helper (here an fstab `user` entry) shows the owners
+/// written on it: root's sweep of a root-owned 0600 database there must not run its
+/// commands as root.
+#[test]
+fn root_runs_no_command_of_a_database_on_a_disk_another_account_mounted() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let home = i.home(MALLORY);
+    let ran = home.join("ran");
+    let own = i.mallory_db(&format!(
+        "[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]\n",
+        ran.display()
+    ));
+    let own_s = own.display().to_string();
+    let mallory = |args: &[&str]| {
+        let mut all = vec!["--db", own_s.as_str()];
+        all.extend_from_slice(args);
+        i.as_account(MALLORY, &all, &[])
+    };
+    mallory(&["user", "add", "zed"]).expect(0);
+    mallory(&["assign", "zed", "db-admin", "-j", "x", "--duration", "12h"]).expect(0);
+    let disk = i.dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let disk_s = disk.display().to_string();
+    let _fstab = FstabLine::add(&format!("tmpfs {disk_s} tmpfs user,noauto,mode=0755 0 0"));
+    let r = i.program_as(MALLORY, Path::new("/usr/bin/mount"), &[&disk_s], &[]);
+    assert_eq!(r.code, 0, "mount: {}", r.stderr);
+    let _mounted = Mounted(disk.clone());
+    assert!(
+        std::fs::read_to_string("/run/mount/utab")
+            .unwrap_or_default()
+            .contains(&format!("user={MALLORY}")),
+        "libmount recorded no user mount"
+    );
+    // What her disk would hold: her database, written as root's.
+    let there = disk.join("own.db");
+    std::fs::copy(&own, &there).unwrap();
+    std::fs::set_permissions(&there, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = i
+        .root(&["--db", there.to_str().unwrap(), "sweep"])
+        .expect(0);
+    assert!(r.stdout.contains("1 reminder(s)"), "{}", r.stdout);
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    assert!(
+        !lines.contains("root"),
+        "root ran mallory's notification command: {lines:?}"
+    );
+    assert!(r.stderr.contains("through a mount helper"), "{}", r.stderr);
+}
+
 /// The owner check is not fooled through a `-wal`: root's own database sits in a directory
 /// mallory can write, and she puts her own database's pages beside it as `root.db-wal`
 /// (SQLite reads them as root's database). Root's sweep must not run her commands.
