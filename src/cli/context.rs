@@ -90,8 +90,8 @@ pub enum Withheld {
     AnotherAccount,
     /// A file of the caller's that other accounts could change, or plant a `-wal` beside.
     OthersCanWrite,
-    /// A file on a FUSE file system another account mounted: its owner and modes are that
-    /// account's say.
+    /// A file on a file system another account mounted (FUSE, or through a mount helper):
+    /// its owner and modes are that account's say.
     ForeignMount,
     /// A server named with `--db`/`PIM_DB`, in a process not chosen to deliver for it.
     Server,

@@ -457,8 +457,8 @@ pub struct DbFile {
     /// Only its owner (and root) can change what pim reads as this database: see
     /// `owner_alone`. A server is never this, unless it is the installed one.
     pub owner_alone: bool,
-    /// The file, or a directory above it, is on a FUSE file system that another account
-    /// mounted (`mounted_by_another`): what pim saw of its owner and modes, that account chose.
+    /// The file, or a directory above it, is on a file system that another account mounted
+    /// (`mounted_by_another`): what pim saw of its owner and modes, that account chose.
     /// Never `owner_alone` then.
     pub foreign_mount: bool,
     /// The database file and the companion files SQLite opened (-wal, -shm): no output
@@ -761,7 +761,8 @@ fn owner_alone(real: &Path, main: &std::fs::Metadata, companions: &[std::fs::Met
 /// than `owner` and root mounted: its mounter's program answers every `stat` there, so the
 /// owners and modes pim checks are whatever that account chose (root-owned and 0600, say, to
 /// root's `pim sweep`, once `user_allow_other` lets root in). A file system pim cannot tell
-/// the mounter of counts as another's.
+/// the mounter of counts as another's. So does a disk mounted through a helper
+/// (`helper_mounted`).
 fn mounted_by_another(path: &Path, owner: u32) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let mut fuse = Vec::new();
@@ -1286,8 +1287,8 @@ pub fn create(path: &Path, shared: Option<u32>) -> Result<Database> {
     }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     migrate(&mut conn)?;
-    let foreign_mount =
-        std::fs::canonicalize(path).map_or(true, |real| mounted_by_another(&real, meta.uid()));
+    // (`path` is the real one: see above)
+    let foreign_mount = mounted_by_another(path, meta.uid());
     Ok(Database {
         conn: Db::sqlite(conn),
         file: DbFile {
@@ -1296,8 +1297,7 @@ pub fn create(path: &Path, shared: Option<u32>) -> Result<Database> {
             installed: shared.is_some(),
             group: meta.gid(),
             // (a `-wal` planted before it was made is for the directories to prevent)
-            owner_alone: !foreign_mount
-                && std::fs::canonicalize(path).is_ok_and(|real| owner_alone(&real, &meta, &[])),
+            owner_alone: !foreign_mount && owner_alone(path, &meta, &[]),
             foreign_mount,
             files: vec![FileId::of(&meta)],
         },

@@ -523,6 +523,23 @@ fn smtp_at(port: u16) -> Policy {
     )
 }
 
+/// bob, made eligible for `db`, activates it, and its notice is left undelivered (the
+/// command says so): how long the activation took.
+fn activated_undelivered(env: &Env) -> Duration {
+    let bob = env.user("bob");
+    env.as_("admin", &["assign", "bob", "db", "-j", "x"])
+        .expect(0);
+    let started = std::time::Instant::now();
+    let r = env.activate("bob", &bob, "db", &["-j", "x"]).expect(0);
+    let took = started.elapsed();
+    assert!(
+        r.stderr.contains("could not be delivered yet"),
+        "{}",
+        r.stderr
+    );
+    took
+}
+
 /// A policy whose command appends each notice to `file`.
 fn appending_to(file: &std::path::Path) -> Policy {
     Policy::new()
@@ -724,20 +741,10 @@ fn a_relay_that_never_answers_holds_a_command_up_ten_seconds_at_most() {
                 &["notify = [\"a@example.com\", \"b@example.com\", \"c@example.com\", \"d@example.com\", \"e@example.com\", \"a@Example.COM\"]"],
             ),
     );
-    let bob = env.user("bob");
-    env.as_("admin", &["assign", "bob", "db", "-j", "x"])
-        .expect(0);
-    let started = std::time::Instant::now();
-    let r = env.activate("bob", &bob, "db", &["-j", "x"]).expect(0);
-    let took = started.elapsed();
+    let took = activated_undelivered(&env);
     assert!(
         took < Duration::from_secs(17),
         "activate took {took:?} for 5 messages to a silent relay"
-    );
-    assert!(
-        r.stderr.contains("could not be delivered yet"),
-        "{}",
-        r.stderr
     );
     let tried = env.count(
         "SELECT count(*) FROM outbox WHERE channel = 'smtp' AND status = 'pending' AND attempts = 1",
@@ -781,20 +788,10 @@ fn a_relay_that_answers_slowly_forever_is_given_up_after_five_seconds() {
     });
     let env = Env::new();
     env.init_with(&smtp_at(port).role("db", "DB", &["notify = [\"a@example.com\"]"]));
-    let bob = env.user("bob");
-    env.as_("admin", &["assign", "bob", "db", "-j", "x"])
-        .expect(0);
-    let started = std::time::Instant::now();
-    let r = env.activate("bob", &bob, "db", &["-j", "x"]).expect(0);
-    let took = started.elapsed();
+    let took = activated_undelivered(&env);
     assert!(
         took >= Duration::from_millis(4500) && took < Duration::from_secs(12),
         "activate took {took:?}"
-    );
-    assert!(
-        r.stderr.contains("could not be delivered yet"),
-        "{}",
-        r.stderr
     );
     let row = env.count(
         "SELECT count(*) FROM outbox WHERE channel = 'smtp' AND status = 'pending' AND attempts = 1 \
@@ -961,15 +958,7 @@ fn with_starttls_no_message_goes_out_in_plain_text() {
             )
             .role("db", "DB", &["notify = [\"a@example.com\"]"]);
         env.init_with(&policy);
-        let bob = env.user("bob");
-        env.as_("admin", &["assign", "bob", "db", "-j", "x"])
-            .expect(0);
-        let r = env.activate("bob", &bob, "db", &["-j", "x"]).expect(0);
-        assert!(
-            r.stderr.contains("could not be delivered yet"),
-            "{}",
-            r.stderr
-        );
+        activated_undelivered(&env);
         let lines: Vec<String> = heard.try_iter().collect();
         assert!(
             lines

@@ -356,6 +356,27 @@ impl Install {
         .expect(0);
         own
     }
+
+    /// mallory's own database (and the file its command appends to): the command writes
+    /// the account that runs it, and zed's eligibility ends within a day, so the next sweep
+    /// queues a reminder. Her own pim has run the command once, as her.
+    fn mallory_reminding(&self) -> (PathBuf, PathBuf) {
+        let ran = self.home(MALLORY).join("ran");
+        let own = self.mallory_db(&format!(
+            "[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]\n",
+            ran.display()
+        ));
+        let own_s = own.display().to_string();
+        let mallory = |args: &[&str]| {
+            let mut all = vec!["--db", own_s.as_str()];
+            all.extend_from_slice(args);
+            self.as_account(MALLORY, &all, &[])
+        };
+        mallory(&["user", "add", "zed"]).expect(0);
+        mallory(&["assign", "zed", "db-admin", "-j", "x", "--duration", "12h"]).expect(0);
+        assert_eq!(std::fs::read_to_string(&ran).unwrap().trim(), MALLORY);
+        (own, ran)
+    }
 }
 
 /// A connection for the test to look into a database without ending its WAL: closing the
@@ -1025,21 +1046,8 @@ fn root_runs_no_command_of_a_database_on_a_file_system_another_account_mounted()
     }
     let i = Install::new();
     let home = i.home(MALLORY);
-    let ran = home.join("ran");
-    let own = i.mallory_db(&format!(
-        "[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]\n",
-        ran.display()
-    ));
+    let (own, ran) = i.mallory_reminding();
     let own_s = own.display().to_string();
-    let mallory = |args: &[&str]| {
-        let mut all = vec!["--db", own_s.as_str()];
-        all.extend_from_slice(args);
-        i.as_account(MALLORY, &all, &[])
-    };
-    mallory(&["user", "add", "zed"]).expect(0);
-    // Ends within a day: the next sweep queues a reminder.
-    mallory(&["assign", "zed", "db-admin", "-j", "x", "--duration", "12h"]).expect(0);
-    assert_eq!(std::fs::read_to_string(&ran).unwrap().trim(), MALLORY);
     let _fuse = UserFuse::allow();
     let home_s = home.display().to_string();
     let r = i.program_as(
@@ -1116,20 +1124,7 @@ fn root_runs_no_command_of_a_database_on_a_disk_another_account_mounted() {
         return;
     }
     let i = Install::new();
-    let home = i.home(MALLORY);
-    let ran = home.join("ran");
-    let own = i.mallory_db(&format!(
-        "[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]\n",
-        ran.display()
-    ));
-    let own_s = own.display().to_string();
-    let mallory = |args: &[&str]| {
-        let mut all = vec!["--db", own_s.as_str()];
-        all.extend_from_slice(args);
-        i.as_account(MALLORY, &all, &[])
-    };
-    mallory(&["user", "add", "zed"]).expect(0);
-    mallory(&["assign", "zed", "db-admin", "-j", "x", "--duration", "12h"]).expect(0);
+    let (own, ran) = i.mallory_reminding();
     let disk = i.dir.path().join("disk");
     std::fs::create_dir(&disk).unwrap();
     std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -1202,20 +1197,7 @@ fn root_runs_no_command_of_a_database_whose_wal_another_account_planted() {
     root_pim(&["init", "--admin", "rootadmin"]).expect(0);
     root_pim(&["sweep"]).expect(0);
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let ran = i.home(MALLORY).join("ran");
-    let own = i.mallory_db(&format!(
-        "[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]\n",
-        ran.display()
-    ));
-    let own_s = own.display().to_string();
-    let mallory = |args: &[&str]| {
-        let mut all = vec!["--db", own_s.as_str()];
-        all.extend_from_slice(args);
-        i.as_account(MALLORY, &all, &[])
-    };
-    mallory(&["user", "add", "zed"]).expect(0);
-    mallory(&["assign", "zed", "db-admin", "-j", "x", "--duration", "12h"]).expect(0);
-    assert_eq!(std::fs::read_to_string(&ran).unwrap().trim(), MALLORY);
+    let (own, ran) = i.mallory_reminding();
     // Her forgery: all of her database's pages as WAL frames (a VACUUM in WAL mode, copied
     // while the connection that wrote them is open), put in place of root's -wal and -shm.
     let forge = format!(

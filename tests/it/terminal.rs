@@ -327,6 +327,17 @@ fn whoami_names_the_account_the_principal_and_what_is_held() {
     assert_eq!(j["user"]["mfa_enrolled"], true);
 }
 
+/// The finding of `pim doctor --json` for `check`.
+fn finding(found: &serde_json::Value, check: &str) -> serde_json::Value {
+    found
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no {check} finding in {found}"))
+        .clone()
+}
+
 /// `pim doctor` on a database file pim refuses to open: every reason, each with its fix (a
 /// command refuses on the first, in one line), and following the fixes opens it again.
 #[test]
@@ -390,14 +401,7 @@ fn doctor_lists_everything_that_keeps_a_database_from_opening() {
         std::fs::rename(companion, &aside).unwrap();
     }
     let found = env.as_("admin", &["doctor", "--json"]).json();
-    let database = found
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == "database")
-        .cloned()
-        .unwrap();
-    assert_eq!(database["state"], "ok", "{found}");
+    assert_eq!(finding(&found, "database")["state"], "ok", "{found}");
     env.as_("admin", &["status"]).expect(0);
 }
 
@@ -423,15 +427,7 @@ fn doctor_finds_problems_and_says_how_to_fix_them() {
         .expect(0);
     let r = env.as_("admin", &["doctor", "--json"]).expect(1);
     let found = r.json();
-    let state = |check: &str| {
-        found
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["check"] == check)
-            .unwrap_or_else(|| panic!("no {check} in {found}"))
-            .clone()
-    };
+    let state = |check: &str| finding(&found, check);
     assert_eq!(state("webhook")["state"], "problem", "{found}");
     assert_eq!(state("schema")["state"], "ok", "{found}");
     assert_eq!(state("permissions")["state"], "ok", "{found}");
@@ -467,15 +463,7 @@ fn doctor_finds_problems_and_says_how_to_fix_them() {
     }
     // The sweep's last run is known to the database, wherever it ran; an hour later
     // without one it is a warning again.
-    let sweep = |found: &serde_json::Value| {
-        found
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["check"] == "sweep")
-            .cloned()
-            .unwrap()
-    };
+    let sweep = |found: &serde_json::Value| finding(found, "sweep");
     let f = sweep(&found);
     assert_eq!(f["state"], "ok", "{f}");
     assert!(f["detail"].as_str().unwrap().contains("last run"), "{f}");
@@ -496,13 +484,7 @@ fn doctor_finds_problems_and_says_how_to_fix_them() {
     );
     // Seen from a clock three hours behind the one that swept: a clock is wrong.
     let behind = env.as_("admin", &["doctor", "--json"]).json();
-    let f = behind
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == "clock")
-        .unwrap_or_else(|| panic!("no clock finding in {behind}"))
-        .clone();
+    let f = finding(&behind, "clock");
     assert_eq!(f["state"], "warning", "{f}");
     assert!(
         f["detail"]
