@@ -431,7 +431,7 @@ fn withheld_note(why: Withheld) -> Option<&'static str> {
         Withheld::NotOpen | Withheld::NotRoot => None,
         Withheld::AnotherAccount => Some("Note: this database belongs to another account: its notification and witness commands were not run (they run only for the account that owns it; its own `pim sweep` runs them)."),
         Withheld::OthersCanWrite => Some("Note: other accounts can change this database's files or create files beside it (a planted -wal would be read as this database), so its notification and witness commands were not run. Keep it in a directory only you can write (chmod go-w), with the file mode 0600."),
-        Withheld::ForeignMount => Some("Note: this database is on a file system that another account mounted (FUSE, or through a mount helper: an fstab `user` entry, udisks2), which shows whatever owners and modes that account chooses, so its notification and witness commands were not run. Keep it on a disk file system, or one that you or root mounted."),
+        Withheld::ForeignMount => Some("Note: this database is on a file system that another account mounted (FUSE, or through a mount helper: an fstab `user` entry, udisks2), or was read through another mount than its path names, so the owners and modes pim saw are not proof of whose it is and its notification and witness commands were not run. Keep it on a disk file system, or one that you or root mounted."),
         Withheld::Server => Some("Note: this server's notification and witness commands were not run: they run only for the account that delivers them, whose `pim sweep` names this server in PIM_RUN_COMMANDS (see README, Team mode)."),
     }
 }

@@ -112,14 +112,16 @@ pub const RUN_COMMANDS: &str = "PIM_RUN_COMMANDS";
 /// account).
 fn withheld(file: &store::DbFile, server: Option<&str>) -> Option<Withheld> {
     let uid = privilege::real_uid();
-    if file.installed {
+    if file.foreign_mount {
+        // (an installed database on one is refused when opened; one just created there is
+        // not trusted either)
+        Some(Withheld::ForeignMount)
+    } else if file.installed {
         (uid != 0).then_some(Withheld::NotRoot)
     } else if let Some(url) = server {
         let chosen = std::env::var_os(RUN_COMMANDS)
             .is_some_and(|v| v.to_str() == Some(store::pg::describe(url).as_str()));
         (!chosen).then_some(Withheld::Server)
-    } else if file.foreign_mount {
-        Some(Withheld::ForeignMount)
     } else if file.owner != uid {
         Some(Withheld::AnotherAccount)
     } else if !file.owner_alone {

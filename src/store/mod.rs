@@ -587,7 +587,7 @@ fn open_fds() -> BTreeSet<i32> {
 /// the connection began: SQLite's may have a number another thread held and closed meanwhile
 /// (seen in the test suite, where tests run side by side). A descriptor of that path from
 /// before (another connection to the same database) must be the same file, or pim refuses.
-fn opened_files(real: &Path) -> Result<(std::fs::Metadata, Vec<std::fs::Metadata>)> {
+fn opened_files(real: &Path) -> Result<OpenedFiles> {
     use std::os::unix::fs::FileExt;
     use std::os::unix::io::FromRawFd;
     let companion = |suffix: &str| {
@@ -598,6 +598,7 @@ fn opened_files(real: &Path) -> Result<(std::fs::Metadata, Vec<std::fs::Metadata
     let (wal, shm) = (companion("-wal"), companion("-shm"));
     let mut mains: Vec<std::fs::Metadata> = Vec::new();
     let mut companions = Vec::new();
+    let mut fds = Vec::new();
     for fd in &open_fds() {
         let Ok(link) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
             continue;
@@ -616,15 +617,19 @@ fn opened_files(real: &Path) -> Result<(std::fs::Metadata, Vec<std::fs::Metadata
             let mut head = [0u8; 16];
             if file.read_at(&mut head, 0).is_ok_and(|n| n == 16) && &head == b"SQLite format 3\0" {
                 mains.push(meta);
+                fds.push(*fd);
             }
         } else {
             companions.push(meta);
+            fds.push(*fd);
         }
     }
     match mains.first() {
-        Some(main) if mains.iter().all(|m| FileId::of(m) == FileId::of(main)) => {
-            Ok((main.clone(), companions))
-        }
+        Some(main) if mains.iter().all(|m| FileId::of(m) == FileId::of(main)) => Ok(OpenedFiles {
+            main: main.clone(),
+            companions,
+            fds,
+        }),
         _ => Err(Error::Environment(format!(
             "Cannot tell which file SQLite opened for {}; refusing to go on.",
             real.display()
@@ -632,9 +637,17 @@ fn opened_files(real: &Path) -> Result<(std::fs::Metadata, Vec<std::fs::Metadata
     }
 }
 
+/// The files SQLite opened for a database (`opened_files`).
+struct OpenedFiles {
+    main: std::fs::Metadata,
+    companions: Vec<std::fs::Metadata>,
+    /// The descriptors of the file and its companions, as this process holds them.
+    fds: Vec<i32>,
+}
+
 /// Open and check a database at `real`, a path without links (SQLite is told not to follow
 /// one), and find the files it actually opened.
-type Opened = (Connection, std::fs::Metadata, Vec<std::fs::Metadata>);
+type Opened = (Connection, OpenedFiles);
 
 fn open_sqlite(real: &Path, expected: FileId) -> Result<Opened> {
     let conn = Connection::open_with_flags(
@@ -681,8 +694,7 @@ fn open_sqlite(real: &Path, expected: FileId) -> Result<Opened> {
         return Err(not_a_database(real, "it is some other SQLite file"));
     }
     // The read above opened the database and, in WAL mode, its companions.
-    let (main, companions) = opened_files(real)?;
-    Ok((conn, main, companions))
+    Ok((conn, opened_files(real)?))
 }
 
 /// Bring an opened database up to date and make sure it is one.
@@ -720,9 +732,14 @@ pub fn open(path: &Path) -> Result<Database> {
     })?;
     let checked = std::fs::metadata(&real)?;
     refuse_planted(&real, checked.uid())?;
-    let (conn, main, companions) = open_sqlite(&real, FileId::of(&checked))?;
+    let (conn, opened) = open_sqlite(&real, FileId::of(&checked))?;
     let conn = finish_open(conn, &real)?;
-    let foreign_mount = mounted_by_another(&real, main.uid());
+    let OpenedFiles {
+        main,
+        companions,
+        fds,
+    } = opened;
+    let foreign_mount = mounted_by_another(&real, main.uid(), &fds);
     let owner_alone = !foreign_mount && owner_alone(&real, &main, &companions);
     Ok(Database {
         conn: Db::sqlite(conn),
@@ -762,8 +779,11 @@ fn owner_alone(real: &Path, main: &std::fs::Metadata, companions: &[std::fs::Met
 /// owners and modes pim checks are whatever that account chose (root-owned and 0600, say, to
 /// root's `pim sweep`, once `user_allow_other` lets root in). A file system pim cannot tell
 /// the mounter of counts as another's. So does a disk mounted through a helper
-/// (`helper_mounted`).
-fn mounted_by_another(path: &Path, owner: u32) -> bool {
+/// (`helper_mounted`), and any mount but the one `path` names once these checks are made
+/// that holds one of the files SQLite opened (`fds`): a mount swapped in or out in the
+/// meantime (its descriptors keep a lazily unmounted one alive, and so its id) would leave the
+/// checks of the path about another file system than the one read.
+fn mounted_by_another(path: &Path, owner: u32, fds: &[i32]) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let mut fuse = Vec::new();
     for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
@@ -790,7 +810,39 @@ fn mounted_by_another(path: &Path, owner: u32) -> bool {
             return true;
         }
     }
-    helper_mounted(path, owner)
+    if helper_mounted(path, owner) {
+        return true;
+    }
+    // Taken after the checks above: one made on the mount the files are on, then swapped out
+    // before this, shows here as another mount.
+    let Some(now) = path_mount_id(path) else {
+        return true;
+    };
+    fds.iter().any(|&fd| mount_id(fd) != Some(now))
+}
+
+/// The id of the mount that holds the file this process has open as `fd` (its `mnt_id` in
+/// `/proc/self/fdinfo`, there since Linux 3.15).
+fn mount_id(fd: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The id of the mount that holds what `path` names now (opened only as a path: no read).
+fn path_mount_id(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    mount_id(file.as_raw_fd())
 }
 
 /// Whether `path`, or a directory above it, lies on a mount that an account made through a
@@ -872,6 +924,11 @@ fn fuse_mounter(mountinfo: &str, dev: u64) -> Option<u32> {
     let (_, after) = line.split_once(" - ")?;
     let mut fields = after.split(' ');
     let fstype = fields.next()?;
+    if fstype == "virtiofs" {
+        // A host's directory in a virtual machine: only root mounts it (the kernel lets no
+        // user namespace), and the host answers for it as it does for the machine's disks.
+        return Some(0);
+    }
     if fstype != "fuse" && fstype != "fuseblk" && !fstype.starts_with("fuse.") {
         return None;
     }
@@ -1157,18 +1214,35 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
         // A file created now is created for the group: never with the caller's umask.
         // SAFETY: umask only changes this process's file creation mask.
         let old = unsafe { libc::umask(0o007) };
-        let opened = open_sqlite(&real, id)
-            .and_then(|(conn, main, companions)| Ok((finish_open(conn, &real)?, main, companions)));
+        let opened =
+            open_sqlite(&real, id).and_then(|(conn, files)| Ok((finish_open(conn, &real)?, files)));
         // SAFETY: as above.
         unsafe { libc::umask(old) };
         opened
     })?;
-    let (conn, main, companions) = opened?;
+    let (
+        conn,
+        OpenedFiles {
+            main,
+            companions,
+            fds,
+        },
+    ) = opened?;
     // What SQLite opened must be the file decided on, and its companions owned like it.
     if FileId::of(&main) != id {
         return Err(refuse_installed(
             &real,
             "it changed while pim opened it.".to_string(),
+        ));
+    }
+    // The owners, group and modes above are the mounter's say on a file system another
+    // account mounted: a database shown there as root's and the group's is not the install's
+    // (root would run its commands as root). Looked at with the group (its directories are
+    // the group's to enter); what is looked at is only the kernel's account of the mounts.
+    if privilege::with_group(|| mounted_by_another(&real, owner, &fds))? {
+        return Err(refuse_installed(
+            &real,
+            "it lies on a file system that another account mounted (FUSE, or through a mount helper), or was read through another mount than its path names, so its owner and group are that account's say.".to_string(),
         ));
     }
     let files: Vec<&std::fs::Metadata> = std::iter::once(&main).chain(&companions).collect();
@@ -1288,7 +1362,7 @@ pub fn create(path: &Path, shared: Option<u32>) -> Result<Database> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     migrate(&mut conn)?;
     // (`path` is the real one: see above)
-    let foreign_mount = mounted_by_another(path, meta.uid());
+    let foreign_mount = mounted_by_another(path, meta.uid(), &opened_files(path)?.fds);
     Ok(Database {
         conn: Db::sqlite(conn),
         file: DbFile {
@@ -1565,6 +1639,7 @@ pub fn in_memory() -> Result<Db> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::io::AsRawFd;
 
     #[test]
     fn every_historical_version_upgrades_to_the_latest() {
@@ -1635,7 +1710,8 @@ mod tests {
         let mounts = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
             29 27 8:1 / /home rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
             61 29 0:52 / /home/mallory/m\\040x rw,nosuid,nodev shared:30 - fuse.sshfs mallory@h: rw,user_id=1001,group_id=1001,allow_other\n\
-            62 29 0:300 / /srv/pim rw - fuse.bindfs /srv/x rw,user_id=0,group_id=0,default_permissions,allow_other\n";
+            62 29 0:300 / /srv/pim rw - fuse.bindfs /srv/x rw,user_id=0,group_id=0,default_permissions,allow_other\n\
+            63 27 0:54 / /mnt/host rw,relatime - virtiofs hostshare rw\n";
         assert_eq!(fuse_mounter(mounts, 52), Some(1001));
         // minor 300: (300 & 0xff) | (300 & !0xff) << 12, as glibc's makedev.
         let big = 44 | (256 << 12);
@@ -1650,6 +1726,9 @@ mod tests {
         assert!(!foreign_fuse(mounts, &[big], 1000));
         assert!(foreign_fuse(mounts, &[53], 0));
         assert!(foreign_fuse(mounts, &[big, 52], 0));
+        // A virtual machine's share of its host's directory: root mounted it, with no user_id.
+        assert_eq!(fuse_mounter(mounts, 54), Some(0));
+        assert!(!foreign_fuse(mounts, &[54], 1000));
         // utab's helper mounts: a user's (named), udisks2's (no user), and root's own.
         let utab = "SRC=tmpfs TARGET=/tmp/pim-um ROOT=/ OPTS=user=pimt-mallory\n\
             SRC=/dev/loop3 TARGET=/media/alice/disk ROOT=/ OPTS=uhelper=udisks2\n\
@@ -1665,9 +1744,33 @@ mod tests {
         let dir = private_tempdir();
         let file = dir.path().join("pim.db");
         std::fs::write(&file, b"").unwrap();
-        assert!(!mounted_by_another(&file, 0));
+        let held = std::fs::File::open(&file).unwrap();
+        assert!(!mounted_by_another(&file, 0, &[held.as_raw_fd()]));
         // A path pim cannot look at is not taken on trust.
-        assert!(mounted_by_another(&dir.path().join("gone.db"), 0));
+        assert!(mounted_by_another(&dir.path().join("gone.db"), 0, &[]));
+    }
+
+    /// The checks are made on a path, the reading on descriptors: a descriptor of a file on
+    /// another mount than the path names once the checks are made (a mount swapped in or out
+    /// meanwhile) counts as another's mount.
+    #[test]
+    fn a_file_opened_on_another_mount_than_the_path_names_is_not_trusted() {
+        let dir = private_tempdir();
+        let file = dir.path().join("pim.db");
+        std::fs::write(&file, b"").unwrap();
+        let held = std::fs::File::open(&file).unwrap();
+        let elsewhere = std::fs::File::open("/proc/self/status").unwrap();
+        assert_ne!(mount_id(held.as_raw_fd()), None);
+        assert_eq!(path_mount_id(&file), mount_id(held.as_raw_fd()));
+        assert_ne!(mount_id(elsewhere.as_raw_fd()), mount_id(held.as_raw_fd()));
+        assert!(!mounted_by_another(&file, 0, &[held.as_raw_fd()]));
+        assert!(mounted_by_another(
+            &file,
+            0,
+            &[held.as_raw_fd(), elsewhere.as_raw_fd()]
+        ));
+        // A descriptor pim cannot ask about is no proof either.
+        assert!(mounted_by_another(&file, 0, &[held.as_raw_fd(), -1]));
     }
 
     #[test]

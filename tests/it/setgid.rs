@@ -1096,6 +1096,48 @@ fn root_runs_no_command_of_a_database_on_a_file_system_another_account_mounted()
         )
         .unwrap();
     assert_eq!(pending, 1, "the reminder's command waits for its owner");
+    // The same, shown as the install's: root's and the pim group's, 0660, in directories of
+    // the group. The set-group-id pim takes such a file for the installed database, whose
+    // commands root runs: it refuses it instead.
+    drop(_mounted);
+    let r = i.program_as(
+        MALLORY,
+        Path::new("/usr/bin/bindfs"),
+        &[
+            "-u",
+            "root",
+            "-g",
+            GROUP,
+            "-p",
+            "0660,a+D",
+            "-o",
+            "allow_other",
+            &home_s,
+            &home_s,
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "bindfs: {}", r.stderr);
+    let _mounted = Mounted(home.clone());
+    let shown = std::fs::metadata(&own).unwrap();
+    assert_eq!(
+        (shown.uid(), shown.gid(), shown.mode() & 0o777),
+        (0, group_id(), 0o660),
+        "the mount shows her database as the install's"
+    );
+    let r = i.root(&["--db", &own_s, "sweep"]).expect(1);
+    assert!(
+        r.stderr.contains("is not safe to open")
+            && r.stderr
+                .contains("a file system that another account mounted"),
+        "{}",
+        r.stderr
+    );
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    assert!(
+        !lines.contains("root"),
+        "root ran mallory's notification command: {lines:?}"
+    );
 }
 
 /// An fstab line for as long as it lives.
@@ -1153,6 +1195,148 @@ fn root_runs_no_command_of_a_database_on_a_disk_another_account_mounted() {
         "root ran mallory's notification command: {lines:?}"
     );
     assert!(r.stderr.contains("through a mount helper"), "{}", r.stderr);
+    // Written there as the install's (root's and the pim group's, 0660): the set-group-id
+    // pim would take it for the installed database, whose commands root runs. Refused.
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", there.display()));
+        if file.exists() {
+            std::os::unix::fs::chown(&file, Some(0), Some(group_id())).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o660)).unwrap();
+        }
+    }
+    let r = i
+        .root(&["--db", there.to_str().unwrap(), "sweep"])
+        .expect(1);
+    assert!(
+        r.stderr.contains("is not safe to open") && r.stderr.contains("through a mount helper"),
+        "{}",
+        r.stderr
+    );
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    assert!(
+        !lines.contains("root"),
+        "root ran mallory's notification command: {lines:?}"
+    );
+}
+
+/// What SQLite reads must lie on the mount the checks looked at. Root's own database, whose
+/// commands root's pim runs, stops running them once its `-wal` is another mount (a bind
+/// mount of the file onto itself: the shape of a mount swapped in while pim opens it, which
+/// the path checks alone would not see). The installed database, read so, is refused.
+#[test]
+fn a_database_read_through_another_mount_than_its_path_names_runs_no_command() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let own = i.dir.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ran = own.join("ran");
+    let policy = own.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "{}\n[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]\n",
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap(),
+            ran.display()
+        ),
+    )
+    .unwrap();
+    let db = own.join("root.db");
+    // A pim that is not set-group-id: the database is root's own file, not the install's.
+    let pim = |args: &[&str]| -> Run {
+        Command::new(support::bin())
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .env("HOME", i.dir.path())
+            .env_remove("PIM_USER")
+            .env_remove("PIM_TOKEN")
+            .env_remove("XDG_CONFIG_HOME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    };
+    pim(&[
+        "init",
+        "--admin",
+        "rootadmin",
+        "--policies",
+        policy.to_str().unwrap(),
+    ])
+    .expect(0);
+    for user in ["zed", "yan"] {
+        pim(&["--as", "rootadmin", "user", "add", user]).expect(0);
+    }
+    pim(&[
+        "--as",
+        "rootadmin",
+        "assign",
+        "zed",
+        "db-admin",
+        "-j",
+        "x",
+        "--duration",
+        "12h",
+    ])
+    .expect(0);
+    assert_eq!(std::fs::read_to_string(&ran).unwrap().trim(), "root");
+    let bind_onto_itself = |file: &Path| {
+        assert!(
+            file.exists(),
+            "no {} kept beside the database",
+            file.display()
+        );
+        let r = Command::new("mount")
+            .arg("--bind")
+            .arg(file)
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            r.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        Mounted(file.to_path_buf())
+    };
+    let _mounted = bind_onto_itself(&own.join("root.db-wal"));
+    pim(&[
+        "--as",
+        "rootadmin",
+        "assign",
+        "yan",
+        "db-admin",
+        "-j",
+        "x",
+        "--duration",
+        "12h",
+    ])
+    .expect(0);
+    let r = pim(&["sweep"]).expect(0);
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap().trim(),
+        "root",
+        "the command ran for a database read through another mount"
+    );
+    assert!(
+        r.stderr.contains("another mount than its path names"),
+        "{}",
+        r.stderr
+    );
+    // The installed database read so is refused: root's pim runs its commands.
+    let mut wal = i.db.clone().into_os_string();
+    wal.push("-wal");
+    let _installed = bind_onto_itself(Path::new(&wal));
+    let r = i.root(&["sweep"]).expect(1);
+    assert!(
+        r.stderr.contains("is not safe to open")
+            && r.stderr.contains("another mount than its path names"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// The owner check is not fooled through a `-wal`: root's own database sits in a directory
