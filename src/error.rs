@@ -15,9 +15,10 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
     /// The database is locked by another process past the busy timeout (exit 1); the
-    /// message names the processes that hold it.
+    /// message names the processes that hold it, and the files are those this process had
+    /// open for it (what root may break the locks of; never looked up again by path).
     #[error("{0}")]
-    Locked(String),
+    Locked(String, Vec<crate::privilege::FileId>),
     /// Unknown user, role or request (exit 4).
     #[error("{0}")]
     NotFound(String),
@@ -40,7 +41,7 @@ impl Error {
     /// The exit code of the contract for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Environment(_) | Error::Locked(_) | Error::Store(_) | Error::Io(_) => 1,
+            Error::Environment(_) | Error::Locked(..) | Error::Store(_) | Error::Io(_) => 1,
             Error::Usage(_) => 2,
             Error::Refused(_) => 3,
             Error::NotFound(_) => 4,
@@ -52,10 +53,20 @@ impl Error {
     /// Whether this is SQLite saying the database stayed locked past the busy timeout.
     pub fn is_locked(&self) -> bool {
         match self {
-            Error::Locked(_) => true,
+            Error::Locked(..) => true,
             Error::Store(e) => e.is_busy(),
             Error::Recorded(inner) => inner.is_locked(),
             _ => false,
+        }
+    }
+
+    /// The files a database that stayed locked had open in this process (none known for
+    /// any other error).
+    pub fn locked_files(&self) -> &[crate::privilege::FileId] {
+        match self {
+            Error::Locked(_, files) => files,
+            Error::Recorded(inner) => inner.locked_files(),
+            _ => &[],
         }
     }
 

@@ -58,6 +58,12 @@ pub fn installed_group() -> Option<u32> {
     is_setgid().then(|| GROUP.load(Ordering::SeqCst))
 }
 
+/// Whether this process may still raise the installed group (started set-group-id, and not
+/// given it up for good yet).
+pub fn group_kept() -> bool {
+    is_setgid() && !DROPPED.load(Ordering::SeqCst)
+}
+
 /// The real user id of the caller.
 pub fn real_uid() -> u32 {
     // SAFETY: getuid cannot fail.

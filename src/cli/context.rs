@@ -227,7 +227,9 @@ impl Ctx {
             }
             match store::open(&self.db) {
                 Err(e) if e.is_locked() && privilege::real_uid() == 0 => {
-                    let files = store::file_ids(&self.db);
+                    // The files SQLite had open and found locked, not what the path names
+                    // now: its owner may point it at another account's locked file.
+                    let files = e.locked_files().to_vec();
                     let long = self.patient.get() && first.elapsed() >= STUCK;
                     let now_ended = store::end_stuck_holders(&files, long);
                     let gave_up = if self.patient.get() {
@@ -455,7 +457,7 @@ impl Ctx {
 
     /// The sentence for a database that stayed locked after it was opened.
     pub fn locked(&self) -> Error {
-        store::locked(&self.db, &store::lock_holders(&self.protected_files()))
+        store::locked(&self.db, &self.protected_files(), false)
     }
 
     /// A warning or note on stderr, unless --quiet.

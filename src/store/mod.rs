@@ -547,7 +547,7 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
 fn open_failed(path: &Path, e: rusqlite::Error) -> Error {
     let e = Error::from(e);
     if e.is_locked() {
-        return locked(path, &lock_holders(&file_ids(path)));
+        return locked_open(path);
     }
     not_a_database(path, &e.to_string())
 }
@@ -683,7 +683,7 @@ fn open_sqlite(real: &Path, expected: FileId) -> Result<Opened> {
         )));
     }
     configure(&conn).map_err(|e| match e {
-        Error::Store(_) if e.is_locked() => locked(real, &lock_holders(&file_ids(real))),
+        Error::Store(_) if e.is_locked() => locked_open(real),
         Error::Store(e) => not_a_database(real, &e.to_string()),
         other => other,
     })?;
@@ -702,7 +702,7 @@ fn finish_open(mut conn: Connection, path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(|e| open_failed(path, e))?;
     migrate(&mut conn).map_err(|e| match e {
-        Error::Store(_) if e.is_locked() => locked(path, &lock_holders(&file_ids(path))),
+        Error::Store(_) if e.is_locked() => locked_open(path),
         Error::Store(s) => not_a_database(path, &s.to_string()),
         other => other,
     })?;
@@ -716,7 +716,8 @@ fn finish_open(mut conn: Connection, path: &Path) -> Result<Connection> {
 /// Open a database with the caller's own rights (any database but the installed one of a
 /// set-group-id pim), upgrading its schema if needed.
 pub fn open(path: &Path) -> Result<Database> {
-    if let Some(group) = privilege::installed_group() {
+    // (once a first try has given the group up, a retry opens with the caller's rights)
+    if let Some(group) = privilege::installed_group().filter(|_| privilege::group_kept()) {
         if let Some(db) = open_installed(path, group)? {
             return Ok(db);
         }
@@ -821,9 +822,25 @@ fn mounted_by_another(path: &Path, owner: u32, fds: &[i32]) -> bool {
     fds.iter().any(|&fd| mount_id(fd) != Some(now))
 }
 
-/// The id of the mount that holds the file this process has open as `fd` (its `mnt_id` in
-/// `/proc/self/fdinfo`, there since Linux 3.15).
+/// The id of the mount that holds the file this process has open as `fd`: from `statx`
+/// (Linux 5.8), else its `mnt_id` in `/proc/self/fdinfo` (3.15; a set-group-id process may
+/// read its own only since 5.13).
 fn mount_id(fd: i32) -> Option<u64> {
+    // SAFETY: an empty, NUL-terminated path with AT_EMPTY_PATH asks about `fd` itself; `stx`
+    // is a statx for the kernel to fill.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let asked = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    if asked == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0 {
+        return Some(stx.stx_mnt_id);
+    }
     std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
         .ok()?
         .lines()
@@ -864,26 +881,30 @@ fn helper_mounted(path: &Path, owner: u32) -> bool {
         return true;
     };
     let owner_name = crate::privilege::account_name(owner);
-    for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
-        let Ok(m) = std::fs::metadata(p) else {
-            return true;
-        };
-        let id = format!("{}:{}", libc::major(m.dev()), libc::minor(m.dev()));
-        let targets = mounts.lines().filter_map(|l| {
-            let mut fields = l.split(' ');
-            (fields.nth(2) == Some(id.as_str()))
-                .then(|| fields.nth(1))
-                .flatten()
-        });
-        for target in targets {
-            if let Some((_, user)) = helpers.iter().find(|(t, _)| t == target) {
-                if user.is_none() || *user != owner_name {
-                    return true;
-                }
-            }
-        }
-    }
-    false
+    // Each directory's own mount, by its id: a device number would not do (btrfs shows
+    // every subvolume's files with a device of its own, which mountinfo never lists).
+    path.ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .any(
+            |p| match path_mount_id(p).and_then(|id| mount_point(&mounts, id)) {
+                None => true,
+                Some(target) => helpers
+                    .iter()
+                    .any(|(t, user)| t == target && (user.is_none() || *user != owner_name)),
+            },
+        )
+}
+
+/// Where the mount of id `id` is mounted (escaped as mountinfo writes it), from the text of
+/// `/proc/self/mountinfo`, if it lists that mount.
+fn mount_point(mountinfo: &str, id: u64) -> Option<&str> {
+    let id = id.to_string();
+    mountinfo.lines().find_map(|l| {
+        let mut fields = l.split(' ');
+        (fields.next() == Some(id.as_str()))
+            .then(|| fields.nth(3))
+            .flatten()
+    })
 }
 
 /// The mount points (escaped as in mountinfo) that `/run/mount/utab` records as mounted
@@ -1139,10 +1160,16 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
     })?;
     let Ok(probe) = probe else { return Ok(None) };
     let meta = probe.metadata()?;
-    // A database the group writes and others cannot: anything else (a key file, a file
-    // of another group) is opened with the caller's own rights, like any other path.
+    // A database of root's that the group writes and others cannot: anything else (a key
+    // file, a file of another group, one of the group's that an account owns: root would
+    // run the commands it holds) is opened with the caller's own rights, like any other path.
     let mode = meta.mode();
-    if !(meta.is_file() && meta.gid() == group && mode & 0o020 != 0 && mode & 0o002 == 0) {
+    if !(meta.is_file()
+        && meta.uid() == 0
+        && meta.gid() == group
+        && mode & 0o020 != 0
+        && mode & 0o002 == 0)
+    {
         return Ok(None);
     }
     // And a pim database (SQLite's header, pim's application id): any other file of the
@@ -1405,18 +1432,6 @@ impl std::fmt::Display for LockHolder {
     }
 }
 
-/// The database at `path` and its companions, as far as this process can see them.
-pub fn file_ids(path: &Path) -> Vec<FileId> {
-    ["", "-wal", "-shm"]
-        .iter()
-        .filter_map(|suffix| {
-            let mut p = path.as_os_str().to_owned();
-            p.push(suffix);
-            std::fs::metadata(p).ok().map(|m| FileId::of(&m))
-        })
-        .collect()
-}
-
 /// The other processes holding exclusive locks on `files`, from `/proc/locks`.
 pub fn lock_holders(files: &[FileId]) -> Vec<LockHolder> {
     let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
@@ -1478,7 +1493,10 @@ pub fn lock_holders(files: &[FileId]) -> Vec<LockHolder> {
 }
 
 /// The sentence for a database that stayed locked, naming who holds it.
-pub fn locked(path: &Path, holders: &[LockHolder]) -> Error {
+/// `files` name the holders; root's pim may break their locks (`end_stuck_holders`) only
+/// when they are `breakable`.
+pub fn locked(path: &Path, files: &[FileId], breakable: bool) -> Error {
+    let holders = lock_holders(files);
     let who = if holders.is_empty() {
         "another process".to_string()
     } else {
@@ -1494,17 +1512,45 @@ pub fn locked(path: &Path, holders: &[LockHolder]) -> Error {
         " Try again in a moment."
     };
     if pg::is_url(path) {
-        return Error::Locked(format!(
-            "The database {} stayed locked by another writer for {}; try again in a moment. (A pim stopped inside a transaction loses its session after {}.)",
-            path.display(),
-            pg::LOCK_WAIT,
-            pg::SESSION_IDLE
-        ));
+        return Error::Locked(
+            format!(
+                "The database {} stayed locked by another writer for {}; try again in a moment. (A pim stopped inside a transaction loses its session after {}.)",
+                path.display(),
+                pg::LOCK_WAIT,
+                pg::SESSION_IDLE
+            ),
+            Vec::new(),
+        );
     }
-    Error::Locked(format!(
-        "The database {} stayed locked for 10 seconds, held by {who}.{remedy}",
-        path.display()
-    ))
+    Error::Locked(
+        format!(
+            "The database {} stayed locked for 10 seconds, held by {who}.{remedy}",
+            path.display()
+        ),
+        if breakable {
+            files.to_vec()
+        } else {
+            Vec::new()
+        },
+    )
+}
+
+/// The error for a database at `real` (a path without links) that stayed locked, naming the
+/// holders of the files this process has open for it, by their descriptors: never looked
+/// up again by a path someone may have pointed elsewhere since. Root's pim may break those
+/// locks only when the file is root's (the installed database, or root's own): another
+/// account's file is that account's to unlock, and a path of hers may lead anywhere.
+fn locked_open(real: &Path) -> Error {
+    match opened_files(real) {
+        Ok(o) => {
+            let files: Vec<FileId> = std::iter::once(&o.main)
+                .chain(&o.companions)
+                .map(FileId::of)
+                .collect();
+            locked(real, &files, o.main.uid() == 0)
+        }
+        Err(_) => locked(real, &[], false),
+    }
 }
 
 /// As root: end the holders of the database's exclusive locks that keep everyone else out:
@@ -1719,6 +1765,9 @@ mod tests {
         // Not FUSE, or not there at all.
         assert_eq!(fuse_mounter(mounts, (8 << 8) | 1), None);
         assert_eq!(fuse_mounter(mounts, 53), None);
+        // Mounts by id, as helper mounts are matched.
+        assert_eq!(mount_point(mounts, 61), Some("/home/mallory/m\\040x"));
+        assert_eq!(mount_point(mounts, 27), None);
         // Mallory's mount is hers alone, root's anyone's it shows; one pim cannot find
         // counts as another's.
         assert!(foreign_fuse(mounts, &[52], 0));

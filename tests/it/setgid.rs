@@ -1138,6 +1138,45 @@ fn root_runs_no_command_of_a_database_on_a_file_system_another_account_mounted()
         !lines.contains("root"),
         "root ran mallory's notification command: {lines:?}"
     );
+    // Shown as hers and the pim group's, 0660: a mount of her own, but the install's
+    // database is root's alone, so this is a file of hers that others may write, refused
+    // like any other.
+    drop(_mounted);
+    let r = i.program_as(
+        MALLORY,
+        Path::new("/usr/bin/bindfs"),
+        &[
+            "-g",
+            GROUP,
+            "-p",
+            "0660,a+D,gd-w",
+            "-o",
+            "allow_other",
+            &home_s,
+            &home_s,
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "bindfs: {}", r.stderr);
+    let _mounted = Mounted(home.clone());
+    let shown = std::fs::metadata(&own).unwrap();
+    assert_eq!(
+        (shown.uid(), shown.gid(), shown.mode() & 0o777),
+        (id_of(MALLORY, "-u"), group_id(), 0o660),
+        "the mount shows her database as hers and the group's"
+    );
+    let r = i.root(&["--db", &own_s, "sweep"]).expect(1);
+    assert!(
+        r.stderr.contains("Refusing to open the database")
+            && r.stderr.contains("other accounts may write it"),
+        "{}",
+        r.stderr
+    );
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    assert!(
+        !lines.contains("root"),
+        "root ran mallory's notification command: {lines:?}"
+    );
 }
 
 /// An fstab line for as long as it lives.
@@ -1162,16 +1201,56 @@ impl Drop for FstabLine {
 /// commands as root.
 #[test]
 fn root_runs_no_command_of_a_database_on_a_disk_another_account_mounted() {
+    if ready() {
+        sweep_a_disk_mallory_mounted(|_, disk| {
+            format!("tmpfs {disk} tmpfs user,noauto,mode=0755 0 0")
+        });
+    }
+}
+
+/// The same with a btrfs image: its files show a device number of their own, which
+/// `/proc/self/mountinfo` never lists (mounts are told apart by their ids).
+#[test]
+fn root_runs_no_command_of_a_database_on_a_btrfs_image_another_account_mounted() {
     if !ready() {
         return;
     }
+    assert!(
+        support::have("mkfs.btrfs"),
+        "needs mkfs.btrfs (.ci/run installs btrfs-progs)"
+    );
+    sweep_a_disk_mallory_mounted(|i, disk| {
+        let image = i.dir.path().join("disk.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(128 << 20)
+            .unwrap();
+        let r = Command::new("mkfs.btrfs")
+            .arg("-q")
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(
+            r.status.success(),
+            "mkfs.btrfs: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        std::os::unix::fs::chown(&image, Some(id_of(MALLORY, "-u")), None).unwrap();
+        format!("{} {disk} btrfs loop,user,noauto 0 0", image.display())
+    });
+}
+
+/// Mallory mounts, through the fstab line `line` makes, a disk at which root's database
+/// copies land: root's sweep of one there (as root's own, then as the install's) runs none
+/// of her commands.
+fn sweep_a_disk_mallory_mounted(line: impl Fn(&Install, &str) -> String) {
     let i = Install::new();
     let (own, ran) = i.mallory_reminding();
     let disk = i.dir.path().join("disk");
     std::fs::create_dir(&disk).unwrap();
     std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o755)).unwrap();
     let disk_s = disk.display().to_string();
-    let _fstab = FstabLine::add(&format!("tmpfs {disk_s} tmpfs user,noauto,mode=0755 0 0"));
+    let _fstab = FstabLine::add(&line(&i, &disk_s));
     let r = i.program_as(MALLORY, Path::new("/usr/bin/mount"), &[&disk_s], &[]);
     assert_eq!(r.code, 0, "mount: {}", r.stderr);
     let _mounted = Mounted(disk.clone());
@@ -2083,4 +2162,109 @@ fn witnesses_of_the_installed_database_are_roots_to_choose() {
     let kept = std::fs::read_to_string(&witness).unwrap();
     assert!(kept.contains('\u{2014}'), "{kept}");
     assert_eq!(std::fs::metadata(&witness).unwrap().uid(), 0);
+}
+
+/// Root's pim breaks the locks of the files it found locked, never of what the path names
+/// afterwards: mallory holds her own database's lock, and while root's sweep waits on it she
+/// points the path at alice's file, whose lock a stopped process of alice's holds. Root's
+/// sweep must leave alice's process alone.
+#[test]
+fn root_breaks_no_lock_of_a_file_the_path_was_pointed_at_meanwhile() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let (own, _) = i.mallory_reminding();
+    let spawn_as = |name: &str, script: &str| {
+        Command::new("setpriv")
+            .args(["--reuid", name, "--regid", name, "--init-groups", "--"])
+            .args(["/usr/bin/python3", "-c", script])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .current_dir(i.home(name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first_line = |child: &mut std::process::Child| {
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        line
+    };
+    // Mallory's database in rollback mode, locked against every reader.
+    let mut mallory = spawn_as(
+        MALLORY,
+        &format!(
+            "import sqlite3, time\n\
+             c = sqlite3.connect('{}', isolation_level=None)\n\
+             c.execute('PRAGMA journal_mode=DELETE')\n\
+             c.execute('BEGIN EXCLUSIVE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(1000)\n",
+            own.display()
+        ),
+    );
+    assert_eq!(first_line(&mut mallory).trim(), "locked");
+    // Alice's own file, its first byte locked by a process of hers that is stopped.
+    let lock = i.home(ALICE).join("lock");
+    let mut alice = spawn_as(
+        ALICE,
+        &format!(
+            "import fcntl, time\n\
+             f = open('{}', 'w')\n\
+             fcntl.lockf(f, fcntl.LOCK_EX, 1, 0)\n\
+             print('locked', flush=True)\n\
+             time.sleep(1000)\n",
+            lock.display()
+        ),
+    );
+    assert_eq!(first_line(&mut alice).trim(), "locked");
+    let alice_pid = alice.id() as i32;
+    unsafe { libc::kill(alice_pid, libc::SIGSTOP) };
+    // Root's sweep, waiting on mallory's lock.
+    let sweep = Command::new(&i.bin)
+        .args(["--db", own.to_str().unwrap(), "sweep"])
+        .env("HOME", i.dir.path())
+        .env_remove("PIM_USER")
+        .env_remove("PIM_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fds = format!("/proc/{}/fd", sweep.id());
+    let opened = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        std::fs::read_dir(&fds).is_ok_and(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .any(|l| l == own)
+        })
+    });
+    assert!(opened, "root's sweep never opened mallory's database");
+    // Meanwhile the path becomes a link to alice's file.
+    let link = own.with_extension("link");
+    std::os::unix::fs::symlink(&lock, &link).unwrap();
+    std::fs::rename(&link, &own).unwrap();
+    let out = sweep.wait_with_output().unwrap();
+    let alive = std::fs::read_to_string(format!("/proc/{alice_pid}/stat"))
+        .is_ok_and(|s| !s.contains(") Z "));
+    unsafe { libc::kill(alice_pid, libc::SIGCONT) };
+    let _ = alice.kill();
+    let _ = alice.wait();
+    let _ = mallory.kill();
+    let _ = mallory.wait();
+    assert!(
+        alive,
+        "root's sweep ended alice's process: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its next try opened what the path names now, with root's own rights, and refused it.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("given up its group"), "{stderr}");
 }
