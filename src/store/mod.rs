@@ -1543,9 +1543,20 @@ pub fn locked(path: &Path, files: &[FileId], breakable: bool) -> Error {
 fn locked_open(real: &Path) -> Error {
     match opened_files(real) {
         Ok(o) => {
+            // SQLite closes a `-shm` it could not lock before it says so: the companions
+            // beside the file count too, when they are plain files of its owner (no link,
+            // nothing another account could have put there in its place).
+            let beside = ["-wal", "-shm"].iter().filter_map(|suffix| {
+                let mut p = real.as_os_str().to_owned();
+                p.push(suffix);
+                std::fs::symlink_metadata(p)
+                    .ok()
+                    .filter(|m| m.is_file() && m.uid() == o.main.uid())
+            });
             let files: Vec<FileId> = std::iter::once(&o.main)
                 .chain(&o.companions)
                 .map(FileId::of)
+                .chain(beside.map(|m| FileId::of(&m)))
                 .collect();
             locked(real, &files, o.main.uid() == 0)
         }
