@@ -15,8 +15,9 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
     /// The database is locked by another process past the busy timeout (exit 1); the
-    /// message names the processes that hold it, and the files are those this process had
-    /// open for it (what root may break the locks of; never looked up again by path).
+    /// message names the processes that hold it. The files are those whose locks root's pim
+    /// may break: the ones this process had open for it, when they are root's (none else;
+    /// never looked up again by path).
     #[error("{0}")]
     Locked(String, Vec<crate::privilege::FileId>),
     /// Unknown user, role or request (exit 4).
@@ -60,8 +61,8 @@ impl Error {
         }
     }
 
-    /// The files a database that stayed locked had open in this process (none known for
-    /// any other error).
+    /// The files of a database that stayed locked whose locks root's pim may break (none
+    /// for any other error).
     pub fn locked_files(&self) -> &[crate::privilege::FileId] {
         match self {
             Error::Locked(_, files) => files,

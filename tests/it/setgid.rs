@@ -242,6 +242,22 @@ impl Install {
         c.output().unwrap().into()
     }
 
+    /// Run a pim that is not set-group-id as root, on root's own database file `db`.
+    fn root_own(&self, db: &Path, args: &[&str]) -> Run {
+        Command::new(support::bin())
+            .arg("--db")
+            .arg(db)
+            .args(args)
+            .env("HOME", self.dir.path())
+            .env_remove("PIM_USER")
+            .env_remove("PIM_TOKEN")
+            .env_remove("XDG_CONFIG_HOME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    }
+
     /// Run pim as root (`--as` allowed).
     fn root(&self, args: &[&str]) -> Run {
         Command::new(&self.bin)
@@ -327,15 +343,7 @@ impl Install {
         .unwrap();
         std::fs::set_permissions(&own_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let policy = home.join("policy.toml");
-        std::fs::write(
-            &policy,
-            format!(
-                "{}\n{extra}\n",
-                std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml"))
-                    .unwrap()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&policy, policy_with(extra)).unwrap();
         let own = home.join("own.db");
         let own_s = own.display().to_string();
         let policy_s = policy.display().to_string();
@@ -377,6 +385,14 @@ impl Install {
         assert_eq!(std::fs::read_to_string(&ran).unwrap().trim(), MALLORY);
         (own, ran)
     }
+}
+
+/// The repository's policies with `extra` (TOML) after them.
+fn policy_with(extra: &str) -> String {
+    format!(
+        "{}\n{extra}\n",
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap()
+    )
 }
 
 /// A connection for the test to look into a database without ending its WAL: closing the
@@ -1315,29 +1331,15 @@ fn a_database_read_through_another_mount_than_its_path_names_runs_no_command() {
     let policy = own.join("policy.toml");
     std::fs::write(
         &policy,
-        format!(
-            "{}\n[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]\n",
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies.toml")).unwrap(),
+        policy_with(&format!(
+            "[notifications.command]\nargv = [\"sh\", \"-c\", \"id -un >> {}\"]",
             ran.display()
-        ),
+        )),
     )
     .unwrap();
     let db = own.join("root.db");
     // A pim that is not set-group-id: the database is root's own file, not the install's.
-    let pim = |args: &[&str]| -> Run {
-        Command::new(support::bin())
-            .arg("--db")
-            .arg(&db)
-            .args(args)
-            .env("HOME", i.dir.path())
-            .env_remove("PIM_USER")
-            .env_remove("PIM_TOKEN")
-            .env_remove("XDG_CONFIG_HOME")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-            .into()
-    };
+    let pim = |args: &[&str]| i.root_own(&db, args);
     pim(&[
         "init",
         "--admin",
@@ -1431,22 +1433,8 @@ fn root_runs_no_command_of_a_database_whose_wal_another_account_planted() {
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
     let db = shared.join("root.db");
-    let db_s = db.display().to_string();
     // root's own database, through a pim that is not set-group-id, with a policy of no command.
-    let root_pim = |args: &[&str]| -> Run {
-        Command::new(support::bin())
-            .arg("--db")
-            .arg(&db)
-            .args(args)
-            .env("HOME", i.dir.path())
-            .env_remove("PIM_USER")
-            .env_remove("PIM_TOKEN")
-            .env_remove("XDG_CONFIG_HOME")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-            .into()
-    };
+    let root_pim = |args: &[&str]| i.root_own(&db, args);
     // Not made there while mallory may write there...
     let r = root_pim(&["init", "--admin", "rootadmin"]).expect(1);
     assert!(
@@ -1514,7 +1502,6 @@ fn root_runs_no_command_of_a_database_whose_wal_another_account_planted() {
         !std::fs::read_to_string(&ran).unwrap().contains("root"),
         "root ran mallory's notification command"
     );
-    let _ = db_s;
 }
 
 /// A directory of the installed database that the pim group may write is refused when it
