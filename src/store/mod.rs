@@ -646,7 +646,7 @@ struct OpenedFiles {
 }
 
 /// Open and check a database at `real`, a path without links (SQLite is told not to follow
-/// one), and find the files it actually opened.
+/// one), bring it up to date (`finish_open`), and find the files it actually opened.
 type Opened = (Connection, OpenedFiles);
 
 fn open_sqlite(real: &Path, expected: FileId) -> Result<Opened> {
@@ -693,8 +693,11 @@ fn open_sqlite(real: &Path, expected: FileId) -> Result<Opened> {
     if id != APPLICATION_ID {
         return Err(not_a_database(real, "it is some other SQLite file"));
     }
-    // The read above opened the database and, in WAL mode, its companions.
-    Ok((conn, opened_files(real)?))
+    let conn = finish_open(conn, real)?;
+    // Taken once the switch to WAL and the migrations have run: a `-wal` or `-shm` first
+    // opened by them (a database not in WAL mode) is among the files checked too.
+    let files = opened_files(real)?;
+    Ok((conn, files))
 }
 
 /// Bring an opened database up to date and make sure it is one.
@@ -734,7 +737,6 @@ pub fn open(path: &Path) -> Result<Database> {
     let checked = std::fs::metadata(&real)?;
     refuse_planted(&real, checked.uid())?;
     let (conn, opened) = open_sqlite(&real, FileId::of(&checked))?;
-    let conn = finish_open(conn, &real)?;
     let OpenedFiles {
         main,
         companions,
@@ -1241,8 +1243,7 @@ fn open_installed(path: &Path, group: u32) -> Result<Option<Database>> {
         // A file created now is created for the group: never with the caller's umask.
         // SAFETY: umask only changes this process's file creation mask.
         let old = unsafe { libc::umask(0o007) };
-        let opened =
-            open_sqlite(&real, id).and_then(|(conn, files)| Ok((finish_open(conn, &real)?, files)));
+        let opened = open_sqlite(&real, id);
         // SAFETY: as above.
         unsafe { libc::umask(old) };
         opened

@@ -1383,7 +1383,7 @@ fn a_database_read_through_another_mount_than_its_path_names_runs_no_command() {
         );
         Mounted(file.to_path_buf())
     };
-    let _mounted = bind_onto_itself(&own.join("root.db-wal"));
+    let mounted = bind_onto_itself(&own.join("root.db-wal"));
     pim(&[
         "--as",
         "rootadmin",
@@ -1401,6 +1401,46 @@ fn a_database_read_through_another_mount_than_its_path_names_runs_no_command() {
         std::fs::read_to_string(&ran).unwrap().trim(),
         "root",
         "the command ran for a database read through another mount"
+    );
+    assert!(
+        r.stderr.contains("another mount than its path names"),
+        "{}",
+        r.stderr
+    );
+    // A database whose header says it is not in WAL mode: SQLite still reads a `-wal` that
+    // is there (at the first read, before pim switches the database to WAL), so that one
+    // is checked all the same.
+    drop(mounted);
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let mode: String = c
+            .pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+    }
+    let wal = own.join("root.db-wal");
+    if !wal.exists() {
+        std::fs::write(&wal, "").unwrap();
+    }
+    let _mounted = bind_onto_itself(&wal);
+    pim(&["--as", "rootadmin", "user", "add", "xu"]).expect(0);
+    pim(&[
+        "--as",
+        "rootadmin",
+        "assign",
+        "xu",
+        "db-admin",
+        "-j",
+        "x",
+        "--duration",
+        "12h",
+    ])
+    .expect(0);
+    let r = pim(&["sweep"]).expect(0);
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap().trim(),
+        "root",
+        "the command ran for a database not in WAL mode whose -wal was read through another mount"
     );
     assert!(
         r.stderr.contains("another mount than its path names"),
