@@ -843,6 +843,11 @@ fn mount_id(fd: i32) -> Option<u64> {
     if asked == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0 {
         return Some(stx.stx_mnt_id);
     }
+    fdinfo_mount_id(fd)
+}
+
+/// `mount_id`'s way on kernels without `statx`'s: the `mnt_id` of `/proc/self/fdinfo/FD`.
+fn fdinfo_mount_id(fd: i32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
         .ok()?
         .lines()
@@ -1832,6 +1837,12 @@ mod tests {
         ));
         // A descriptor pim cannot ask about is no proof either.
         assert!(mounted_by_another(&file, 0, &[held.as_raw_fd(), -1]));
+        // The way of kernels before 5.8 (not taken on one with statx's mount ids) gives the
+        // same ids.
+        for fd in [held.as_raw_fd(), elsewhere.as_raw_fd()] {
+            assert_eq!(fdinfo_mount_id(fd), mount_id(fd));
+        }
+        assert_eq!(fdinfo_mount_id(-1), None);
     }
 
     #[test]
