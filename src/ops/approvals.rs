@@ -92,6 +92,34 @@ impl<'a> Decider<'a> {
     }
 }
 
+/// The approvals of request `id` that make its quorum now: each by someone who may still
+/// decide it (enabled, still among the role's approvers, or still holding `approve` over
+/// the scope). An approval given by someone disabled, taken off the approvers or whose
+/// `approve` ended since stays on record, but one more approver no longer starts the request
+/// on its strength.
+fn standing_approvals(
+    tx: &Db,
+    policy: &Policy,
+    role: &Role,
+    scope: &Scope,
+    id: i64,
+    now: i64,
+) -> Result<i64> {
+    let mut standing = 0;
+    for d in decisions(tx, id)? {
+        if d.decision != Verdict::Approve {
+            continue;
+        }
+        let Some(approver) = users::find(tx, &d.approver)? else {
+            continue;
+        };
+        if may_decide(tx, policy, role, &approver, scope, now)? {
+            standing += 1;
+        }
+    }
+    Ok(standing)
+}
+
 fn final_state(r: &Request) -> Error {
     Error::Conflict(format!(
         "Request {} is already {}; it cannot be decided or changed any more.",
@@ -252,7 +280,7 @@ impl Pim {
             verify_code(tx, &vault, now, &me, code, ev.clone())?;
             let verdict = if approve { Verdict::Approve } else { Verdict::Deny };
             tx.insert_decision(id, actor, verdict, justification, t)?;
-            let approvals = tx.approvals(id)?;
+            let approvals = standing_approvals(tx, policy, role, &scope, id, t)?;
             tx.record(ev.detail("approvals", approvals)
                     .detail("needed", role.settings.min_approvals))?;
             if !approve {

@@ -489,13 +489,4 @@ impl Db {
         )?;
         Ok(())
     }
-
-    /// How many approvals a request has.
-    pub fn approvals(&self, request: i64) -> Result<i64> {
-        self.query_row(
-            "SELECT count(*) FROM decisions WHERE request_id = ?1 AND decision = 'approve'",
-            params![request],
-            |r| r.get(0),
-        )
-    }
 }

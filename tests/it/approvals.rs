@@ -46,6 +46,20 @@ fn policy() -> Policy {
             ],
         )
         .role("plain", "Plain", &["max_activation = \"4h\""])
+        .role(
+            "two-of-three",
+            "Two of Three",
+            &[
+                "require_approval = true",
+                "approvers = [\"carol\", \"dave\", \"erin\"]",
+                "min_approvals = 2",
+            ],
+        )
+        .role(
+            "two-holders",
+            "Two Holders",
+            &["require_approval = true", "min_approvals = 2"],
+        )
 }
 
 struct World {
@@ -624,4 +638,64 @@ fn an_applied_extension_shows_the_activation_extended() {
         "{}",
         shown.stdout
     );
+}
+
+/// A quorum is made of approvals that still stand when it is counted: an approver disabled
+/// (found compromised, say), or whose `approve` ended, since approving leaves one approval
+/// fewer, and one more approver does not start the request on the strength of theirs.
+#[test]
+fn an_approval_counts_only_while_its_approver_may_still_decide() {
+    let world_with = |role: &str| {
+        let w = world();
+        let erin = w.env.user("erin");
+        w.env
+            .as_(
+                "admin",
+                &["assign", "bob", role, "--scope", "/prod", "-j", "x"],
+            )
+            .expect(0);
+        (w, erin)
+    };
+    // A named approver, disabled after approving.
+    let (w, erin) = world_with("two-of-three");
+    let id = request(&w, "two-of-three", &[]);
+    decide(&w, "carol", &w.carol, "approve", id, 0).expect(0);
+    w.env.as_("admin", &["user", "disable", "carol"]).expect(0);
+    let second = decide(&w, "dave", &w.dave, "approve", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(second["status"], "pending", "{second}");
+    w.env
+        .run(&["check", "bob", "two-of-three", "--scope", "/prod"])
+        .expect(1);
+    let third = decide(&w, "erin", &erin, "approve", id, 0).expect(0).json();
+    assert_eq!(third["status"], "active", "{third}");
+    w.env
+        .run(&["check", "bob", "two-of-three", "--scope", "/prod"])
+        .expect(0);
+    // On record: carol's approval is shown, and dave's decision counted one.
+    assert_eq!(third["decisions"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        w.env.count(&format!(
+            "SELECT count(*) FROM audit_events WHERE action = 'activation.approve' AND request = {id} \
+             AND actor = 'dave' AND result = 'ok' AND details LIKE '%\"approvals\":1%'"
+        )),
+        1
+    );
+    // A holder of `approve` whose role was taken away after approving.
+    let (w, erin) = world_with("two-holders");
+    let erin_id = request(&w, "two-holders", &[]);
+    make_approver(&w, "erin", "/");
+    make_approver(&w, "dave", "/");
+    decide(&w, "erin", &erin, "approve", erin_id, 0).expect(0);
+    w.env
+        .as_("admin", &["unassign", "erin", "approver", "--active"])
+        .expect(0);
+    let after = decide(&w, "dave", &w.dave, "approve", erin_id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(after["status"], "pending", "{after}");
+    w.env
+        .run(&["check", "bob", "two-holders", "--scope", "/prod"])
+        .expect(1);
 }

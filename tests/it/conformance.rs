@@ -567,8 +567,12 @@ fn requests_move_only_along_the_contracts_transitions() {
         .unwrap();
     assert!(tx.has_decided(pending, "carol").unwrap());
     assert!(!tx.has_decided(pending, "dave").unwrap());
-    assert_eq!(tx.approvals(pending).unwrap(), 1);
-    assert_eq!(tx.decisions(pending).unwrap()[0].decision, Verdict::Approve);
+    let decided = tx.decisions(pending).unwrap();
+    assert_eq!(decided.len(), 1);
+    assert_eq!(
+        (decided[0].approver.as_str(), decided[0].decision),
+        ("carol", Verdict::Approve)
+    );
     tx.start_request(pending, Status::Active, 30, 120).unwrap();
     tx.set_request_end(pending, 110).unwrap();
     tx.close_request(active, Status::Deactivated, 40, "bob", Some("done"))
