@@ -230,10 +230,12 @@ fn bulk<T>(
         &Bulk,
     ) -> Result<T>,
 ) -> Result<T> {
-    let policy = pim.policy()?;
-    let now = pim.clock.now();
     pim.conn.make_room_for_bulk()?;
     let tx = pim.conn.write()?;
+    // The policy and the time once the lock is held: an import that waited behind a
+    // `policy apply` is checked against the policy that apply left.
+    let policy = super::load_policy(&tx)?;
+    let now = pim.clock.now();
     let rec = Recorder::new(&tx, now, &policy);
     let settled = acting_user(&rec, now, actor, event.clone()).and_then(|me| {
         // Whoever holds `assign` nowhere is refused at once, on record, without going

@@ -138,3 +138,73 @@ fn every_bad_row_is_reported_with_its_line_and_nothing_changes() {
     env.as_("admin", &["assignment", "import", "missing.csv"])
         .expect(1);
 }
+
+/// An import that waits for the write lock behind a `policy apply` is checked against the
+/// policy that apply left, not the one in force when it started (here: the apply, played by
+/// a transaction of the test's own that holds the lock the way pim's writers take it, cuts
+/// `db-admin`'s longest active assignment to a day while the import of a 30-day one waits).
+#[test]
+fn an_import_waiting_behind_a_policy_change_is_checked_against_the_new_policy() {
+    let env = setup();
+    std::fs::write(
+        env.path("a.csv"),
+        format!("{HEADER}bob,db-admin,/race,active,,30d,onboarding,\n"),
+    )
+    .unwrap();
+    let source: String = if support::postgres::on_postgres() {
+        let mut c = support::postgres::client(env.url());
+        c.query_one("SELECT value FROM meta WHERE key = 'policy'", &[])
+            .unwrap()
+            .get(0)
+    } else {
+        rusqlite::Connection::open(&env.db)
+            .unwrap()
+            .query_row("SELECT value FROM meta WHERE key = 'policy'", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let tight = source.replace(
+        "[roles.db-admin]\n",
+        "[roles.db-admin]\nmax_active = \"1d\"\n",
+    );
+    assert_ne!(tight, source);
+    let import = || {
+        env.command(&["--as", "admin", "assignment", "import", "a.csv"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Holds the lock while the import starts and waits, then changes the policy and commits.
+    let waited = if support::postgres::on_postgres() {
+        let mut c = support::postgres::client(env.url());
+        let mut tx = c.transaction().unwrap();
+        tx.query_one("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE", &[])
+            .unwrap();
+        let child = import();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        tx.execute("UPDATE meta SET value = $1 WHERE key = 'policy'", &[&tight])
+            .unwrap();
+        tx.commit().unwrap();
+        child
+    } else {
+        let mut c = rusqlite::Connection::open(&env.db).unwrap();
+        let tx = c
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        let child = import();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'policy'", [&tight])
+            .unwrap();
+        tx.commit().unwrap();
+        child
+    };
+    let r: support::Run = waited.wait_with_output().unwrap().into();
+    let r = r.expect(3);
+    assert!(r.stderr.contains("max_active"), "{}", r.stderr);
+    assert_eq!(
+        env.count("SELECT count(*) FROM assignments WHERE scope = '/race'"),
+        0
+    );
+}
