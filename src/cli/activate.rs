@@ -88,6 +88,9 @@ pub struct ExtendArgs {
     /// Why (asked for on a terminal when the role requires one)
     #[arg(short = 'j', long, value_name = "J")]
     justification: Option<String>,
+    /// A change or incident ticket (asked for on a terminal when the role requires one)
+    #[arg(long, value_name = "T")]
+    ticket: Option<String>,
     /// Your current TOTP code (asked for on a terminal)
     #[arg(long, value_name = "C")]
     code: Option<String>,
@@ -724,6 +727,7 @@ pub fn run_extend(ctx: &Ctx, a: ExtendArgs) -> anyhow::Result<i32> {
     let duration = a.duration.as_deref().map(parse_duration).transpose()?;
     let (mut pim, actor) = ctx.open()?;
     let mut justification = a.justification;
+    let mut ticket = a.ticket;
     let mut code = a.code;
     if ctx.interactive {
         // Check first, then ask.
@@ -743,6 +747,9 @@ pub fn run_extend(ctx: &Ctx, a: ExtendArgs) -> anyhow::Result<i32> {
                     move |j| misfit(&roles, j).map_or(Ok(()), Err),
                 )?);
             }
+            if role.settings.require_ticket && ticket.is_none() {
+                ticket = Some(prompt::text("Ticket", crate::limits::TICKET)?);
+            }
             if role.settings.require_mfa
                 && code.is_none()
                 && pim.user(&actor).is_ok_and(|u| u.mfa_enrolled)
@@ -758,8 +765,11 @@ pub fn run_extend(ctx: &Ctx, a: ExtendArgs) -> anyhow::Result<i32> {
             &a.role,
             scope.as_ref(),
             duration,
-            justification.as_deref(),
-            code.as_deref(),
+            crate::ops::ExtendInput {
+                justification: justification.as_deref(),
+                ticket: ticket.as_deref(),
+                code: code.as_deref(),
+            },
         ) {
             Err(e) if ctx.interactive && e.is_wrong_code() && tries < 5 => {
                 ctx.note(&format!("{e} Try again."));

@@ -120,6 +120,14 @@ fn standing_approvals(
     Ok(standing)
 }
 
+/// What the caller typed for an extension: its justification, ticket and TOTP code.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExtendInput<'a> {
+    pub justification: Option<&'a str>,
+    pub ticket: Option<&'a str>,
+    pub code: Option<&'a str>,
+}
+
 fn final_state(r: &Request) -> Error {
     Error::Conflict(format!(
         "Request {} is already {}; it cannot be decided or changed any more.",
@@ -364,10 +372,9 @@ impl Pim {
         role: &str,
         scope: Option<&Scope>,
         duration: Option<Duration>,
-        justification: Option<&str>,
-        code: Option<&str>,
+        given: ExtendInput<'_>,
     ) -> Result<Request> {
-        self.extend_or_check(actor, role, scope, duration, justification, code, false)
+        self.extend_or_check(actor, role, scope, duration, given, false)
     }
 
     /// Every check of an extension that needs nothing typed (a running activation, the
@@ -380,21 +387,28 @@ impl Pim {
         scope: Option<&Scope>,
         duration: Option<Duration>,
     ) -> Result<Request> {
-        self.extend_or_check(actor, role, scope, duration, None, None, true)
+        self.extend_or_check(actor, role, scope, duration, ExtendInput::default(), true)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn extend_or_check(
         &mut self,
         actor: &str,
         role: &str,
         scope: Option<&Scope>,
         duration: Option<Duration>,
-        justification: Option<&str>,
-        code: Option<&str>,
+        given: ExtendInput<'_>,
         only_check: bool,
     ) -> Result<Request> {
+        let ExtendInput {
+            justification,
+            ticket,
+            code,
+        } = given;
         limits::check_opt("justification", justification, limits::JUSTIFICATION)?;
+        limits::check_opt("ticket", ticket, limits::TICKET)?;
+        if let Some(t) = ticket {
+            limits::one_line("ticket", t)?;
+        }
         let vault = self.vault.clone();
         self.write(actor, |tx, now, policy| {
             let me = acting_user(
@@ -441,8 +455,10 @@ impl Pim {
                 }
             };
             let justification = justification.map(str::trim).filter(|j| !j.is_empty());
+            let ticket = ticket.map(str::trim).filter(|t| !t.is_empty());
             let ev = event(actor, "activation.request", &current)
                 .justification(justification)
+                .ticket(ticket)
                 .detail("extends", current.id);
             let duration = duration.unwrap_or(s.max_activation);
             if duration > s.max_activation {
@@ -495,6 +511,14 @@ impl Pim {
                     );
                 }
             }
+            if s.require_ticket && ticket.is_none() {
+                return refuse(
+                    tx,
+                    now,
+                    ev,
+                    Error::Refused(format!("{} requires a ticket. Pass --ticket.", role.key)),
+                );
+            }
             if s.require_mfa {
                 verify_code(tx, &vault, now, &me, code, ev.clone())?;
             }
@@ -512,7 +536,7 @@ impl Pim {
                 start_at: t,
                 end_at: t + duration.num_seconds(),
                 justification,
-                ticket: None,
+                ticket,
                 duration_secs: duration.num_seconds(),
                 decide_by,
                 extends: Some(current.id),

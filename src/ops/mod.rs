@@ -20,7 +20,7 @@ mod views;
 
 pub use activation::{ActivationInput, ActivationPlan, ActiveRole, Request, Status};
 pub use alerts::{Alert, Severity};
-pub use approvals::Decision;
+pub use approvals::{Decision, ExtendInput};
 pub use assignments::{AssignInput, Assignment, AssignmentFilter, End};
 pub use bulk::{parse_desired, Desired, ImportRow, ImportSummary, Plan, PlanItem};
 pub use health::{Health, Recount};

@@ -56,6 +56,11 @@ fn policy() -> Policy {
             ],
         )
         .role(
+            "ticketed",
+            "Ticketed",
+            &["max_activation = \"4h\"", "require_ticket = true"],
+        )
+        .role(
             "two-holders",
             "Two Holders",
             &["require_approval = true", "min_approvals = 2"],
@@ -698,4 +703,69 @@ fn an_approval_counts_only_while_its_approver_may_still_decide() {
     w.env
         .run(&["check", "bob", "two-holders", "--scope", "/prod"])
         .expect(1);
+}
+
+/// An extension follows the activation rules, a ticket where the role asks for one
+/// included: none is refused (on record), and the one given is kept with the extension.
+#[test]
+fn an_extension_of_a_role_that_requires_a_ticket_needs_one() {
+    let w = world();
+    w.env
+        .as_(
+            "admin",
+            &["assign", "bob", "ticketed", "--scope", "/prod", "-j", "x"],
+        )
+        .expect(0);
+    let args = ["--scope", "/prod", "-j", "INC-1", "--duration", "30m"];
+    let r = w.env.activate("bob", &w.bob, "ticketed", &args).expect(3);
+    assert!(r.stderr.contains("requires a ticket"), "{}", r.stderr);
+    let mut with_ticket = args.to_vec();
+    with_ticket.extend(["--ticket", "CHG-7"]);
+    w.env
+        .activate("bob", &w.bob, "ticketed", &with_ticket)
+        .expect(0);
+    let extend = |extra: &[&str]| {
+        let code = oathtool(&w.bob, 30);
+        let mut a = vec![
+            "extend",
+            "ticketed",
+            "--duration",
+            "1h",
+            "-j",
+            "INC-1 more",
+            "--code",
+            &code,
+        ];
+        a.extend_from_slice(extra);
+        w.env.as_("bob", &a)
+    };
+    let refused = extend(&[]).expect(3);
+    assert!(
+        refused.stderr.contains("ticketed requires a ticket"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        w.env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'activation.request' \
+             AND result != 'ok' AND details LIKE '%extends%'"
+        ),
+        1
+    );
+    extend(&["--ticket", " CHG-8 "]).expect(0);
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM requests WHERE extends IS NOT NULL AND ticket = 'CHG-8'"),
+        1
+    );
+    assert_eq!(
+        w.env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'activation.request' \
+             AND result = 'ok' AND ticket = 'CHG-8' AND details LIKE '%extends%'"
+        ),
+        1
+    );
+    // A ticket of more than one line is refused, like an activation's.
+    let r = extend(&["--ticket", "CHG-9\nCHG-10"]).expect(2);
+    assert!(r.stderr.contains("ticket"), "{}", r.stderr);
 }
