@@ -128,12 +128,24 @@ pub fn run_policy(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<i32> {
                     "dry_run": dry_run,
                     "changes": applied.changes.iter().map(crate::ops::policy_change_json).collect::<Vec<_>>(),
                     "warnings": applied.warnings,
+                    "canceled": applied.canceled,
                 }))?;
             } else {
                 for w in &applied.warnings {
                     ctx.note(&format!("warning: {w}"));
                 }
                 let mut lines = change_lines(&applied.changes);
+                for c in &applied.canceled {
+                    lines.push(format!(
+                        "{} request {} ({} for {} at {}): {}.",
+                        if dry_run { "Would cancel" } else { "Canceled" },
+                        c.id,
+                        c.user,
+                        c.role,
+                        c.scope,
+                        c.reason
+                    ));
+                }
                 if lines.is_empty() {
                     lines.push("No changes: the policy in force is the same.".to_string());
                 } else if dry_run {

@@ -97,7 +97,7 @@ impl<'a> Decider<'a> {
 /// the scope). An approval given by someone disabled, taken off the approvers or whose
 /// `approve` ended since stays on record, but one more approver no longer starts the request
 /// on its strength.
-fn standing_approvals(
+pub(crate) fn standing_approvals(
     tx: &Db,
     policy: &Policy,
     role: &Role,
@@ -147,7 +147,7 @@ fn event(actor: &str, action: &str, r: &Request) -> Event {
 /// and lasts the requested duration, never past its eligibility.
 fn start_approved(
     conn: &Recorder<'_>,
-    _policy: &Policy,
+    policy: &Policy,
     now: DateTime<Utc>,
     actor: &str,
     r: &Request,
@@ -155,7 +155,12 @@ fn start_approved(
     let t = now.timestamp();
     let eligible_until = conn.request_eligibility_end(r.id)?;
     let start = r.start_at.max(t);
-    let mut end = start + r.duration_secs;
+    // Never longer than the role allows now (a policy applied since the request was made
+    // cancels one that asks for more; this holds for any made before that rule).
+    let longest = policy
+        .role(&r.role)
+        .map_or(0, |role| role.settings.max_activation.num_seconds());
+    let mut end = start + r.duration_secs.min(longest);
     if let Some(e) = eligible_until {
         end = end.min(e);
     }

@@ -24,7 +24,7 @@ pub use approvals::{Decision, ExtendInput};
 pub use assignments::{AssignInput, Assignment, AssignmentFilter, End};
 pub use bulk::{parse_desired, Desired, ImportRow, ImportSummary, Plan, PlanItem};
 pub use health::{Health, Recount};
-pub use policy_ops::{change_json as policy_change_json, PolicyApplied, RoleSummary};
+pub use policy_ops::{change_json as policy_change_json, Canceled, PolicyApplied, RoleSummary};
 pub use reviews::{Review, ReviewInput, ReviewItem};
 pub use sweep::SweepReport;
 pub use users::{Enrollment, EnrolmentGrant, ServiceToken, User, NOT_THE_NEW_CODE};

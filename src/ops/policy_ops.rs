@@ -3,8 +3,10 @@
 use super::{actor_user, has_permission, permission_error, refuse, Pim};
 use crate::audit::Event;
 use crate::error::{Error, Result};
+use crate::model::Status;
 use crate::policy::{diff, Policy, Role, RoleChange};
 use crate::scope::Scope;
+use crate::store::requests::{Of, Which};
 use sha2::{Digest, Sha256};
 
 pub(crate) fn source_hash(source: &str) -> String {
@@ -18,6 +20,60 @@ pub struct PolicyApplied {
     /// Approvers or recipients that are not users yet.
     pub warnings: Vec<String>,
     pub applied: bool,
+    /// Requests not yet started that the new rules of their role no longer allow, canceled
+    /// by the apply (or, in a dry run, that it would cancel).
+    pub canceled: Vec<Canceled>,
+}
+
+/// A pending or scheduled request that a policy apply canceled, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Canceled {
+    pub id: i64,
+    pub user: String,
+    pub role: String,
+    pub scope: String,
+    pub reason: String,
+}
+
+/// Why request `r` (pending, or scheduled and not yet started), made under `old`'s rules
+/// for its role, falls short of `new`'s, if it does: a request is judged by the rules in
+/// force, and one that waits must not carry rules that no longer are into the future.
+/// `standing` counts its approvals that still stand (see `approvals::standing_approvals`).
+fn falls_short(
+    r: &crate::ops::Request,
+    old: &Role,
+    new: &Role,
+    standing: impl FnOnce() -> Result<i64>,
+) -> Result<Option<String>> {
+    let (o, n) = (&old.settings, &new.settings);
+    let key = &new.key;
+    let why = if r.duration_secs > n.max_activation.num_seconds() {
+        format!(
+            "it asks for {}, longer than {key} may now be active ({})",
+            crate::time::format_duration(chrono::Duration::seconds(r.duration_secs)),
+            crate::time::format_duration(n.max_activation)
+        )
+    } else if n.require_mfa && !o.require_mfa {
+        format!("it was made without the TOTP code {key} now requires")
+    } else if n.require_ticket && r.ticket.is_none() {
+        format!("it has no ticket, which {key} now requires")
+    } else if n.require_justification && r.justification.is_none() {
+        format!("it has no justification, which {key} now requires")
+    } else if !r
+        .justification
+        .as_deref()
+        .is_none_or(|j| n.justification_matches(j))
+    {
+        format!("its justification does not match {key}'s new pattern")
+    } else if r.status == crate::model::Status::Scheduled
+        && n.require_approval
+        && standing()? < i64::from(n.min_approvals)
+    {
+        format!("it was not approved as {key} now requires")
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(why))
 }
 
 /// A role with counts of its holders.
@@ -85,15 +141,62 @@ impl Pim {
                     }
                 }
             }
+            // The requests that wait (pending, or scheduled and not yet started) for a role
+            // whose rules changed: those the new rules would not allow are canceled.
+            let changed: Vec<&str> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    RoleChange::Changed(key, _) => Some(key.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let mut short = Vec::new();
+            if !changed.is_empty() {
+                for r in tx.requests(Of::Everyone, Which::Waiting, t)? {
+                    let (Some(o), Some(n)) = (old.role(&r.role), new.role(&r.role)) else {
+                        continue;
+                    };
+                    if !changed.contains(&n.key.as_str()) {
+                        continue;
+                    }
+                    let scope = Scope::parse(&r.scope)?;
+                    let standing = || super::approvals::standing_approvals(tx, new, n, &scope, r.id, t);
+                    if let Some(reason) = falls_short(&r, o, n, standing)? {
+                        short.push((r, reason));
+                    }
+                }
+            }
             if !dry_run && !changes.is_empty() {
                 tx.set_policy_source(&new.source)?;
                 let summary: Vec<serde_json::Value> = changes.iter().map(change_json).collect();
                 tx.record(event.detail("changes", summary))?;
+                for (r, reason) in &short {
+                    let why = format!("canceled by a policy change: {reason}");
+                    tx.close_request(r.id, Status::Canceled, t, actor, Some(&why))?;
+                    tx.record(
+                        Event::new(actor, "activation.cancel")
+                            .principal(&r.user)
+                            .role(&r.role)
+                            .scope(&r.scope)
+                            .request(r.id)
+                            .detail("reason", reason.as_str()),
+                    )?;
+                }
             }
             Ok(PolicyApplied {
                 applied: !dry_run && !changes.is_empty(),
                 changes,
                 warnings,
+                canceled: short
+                    .into_iter()
+                    .map(|(r, reason)| Canceled {
+                        id: r.id,
+                        user: r.user,
+                        role: r.role,
+                        scope: r.scope,
+                        reason,
+                    })
+                    .collect(),
             })
         })
     }
@@ -133,6 +236,107 @@ pub fn change_json(change: &RoleChange) -> serde_json::Value {
 mod tests {
     use super::super::testing::*;
     use super::*;
+
+    /// Each rule a waiting request can fall short of, on its own: the rest of the request
+    /// meets the new rules, so only that one can name it.
+    #[test]
+    fn a_waiting_request_falls_short_of_each_stricter_rule_on_its_own() {
+        let role = |settings: &str| {
+            let p = Policy::parse(&format!("[roles.r]\nname = \"R\"\n{settings}\n")).unwrap();
+            p.role("r").unwrap().clone()
+        };
+        let old = role("require_mfa = false\nrequire_justification = false");
+        let r = crate::ops::Request {
+            id: 1,
+            user: "bob".into(),
+            role: "r".into(),
+            scope: "/".into(),
+            status: Status::Scheduled,
+            start: String::new(),
+            end: String::new(),
+            justification: Some("INC-1 disk".into()),
+            ticket: None,
+            requested: String::new(),
+            closed_by: None,
+            close_reason: None,
+            decide_by: None,
+            extends: None,
+            decisions: Vec::new(),
+            start_at: 100,
+            end_at: 3700,
+            duration_secs: 3600,
+            decide_by_at: None,
+            stored: Status::Scheduled,
+            closed_at: None,
+        };
+        let short = |r: &crate::ops::Request, new: &str, standing: i64| {
+            falls_short(r, &old, &role(new), || Ok(standing)).unwrap()
+        };
+        let loose = "require_mfa = false\nrequire_justification = false";
+        assert_eq!(short(&r, loose, 0), None);
+        let cases = [
+            (
+                "max_activation = \"30m\"",
+                "asks for 1h, longer than r may now be active (30m)",
+            ),
+            ("", "without the TOTP code r now requires"),
+            ("require_ticket = true", "no ticket, which r now requires"),
+            (
+                "justification_pattern = \"^CHG-\"",
+                "does not match r's new pattern",
+            ),
+            (
+                "require_approval = true\napprovers = [\"carol\"]",
+                "not approved as r now requires",
+            ),
+        ];
+        for (stricter, why) in cases {
+            // (the second case leaves out `require_mfa = false`: required, as by default)
+            let new = if stricter.is_empty() {
+                "require_justification = false".to_string()
+            } else {
+                format!("{loose}\n{stricter}")
+            };
+            let found = short(&r, &new, 0);
+            assert!(
+                found.as_deref().is_some_and(|f| f.contains(why)),
+                "{stricter}: {found:?}"
+            );
+        }
+        // Approved under the old rules as the new ones ask: it stands; short of a larger
+        // quorum it does not. Pending, its approval goes on under the new rules.
+        let approval =
+            format!("{loose}\nrequire_approval = true\napprovers = [\"carol\", \"dave\"]");
+        assert_eq!(short(&r, &approval, 1), None);
+        let two = format!("{approval}\nmin_approvals = 2");
+        assert!(short(&r, &two, 1).is_some());
+        let pending = crate::ops::Request {
+            status: Status::Pending,
+            ..r.clone()
+        };
+        assert_eq!(short(&pending, &two, 0), None);
+        // No justification where one is now required.
+        let none = crate::ops::Request {
+            justification: None,
+            ..r.clone()
+        };
+        let found = short(&none, "require_mfa = false", 0);
+        assert!(
+            found
+                .as_deref()
+                .is_some_and(|f| f.contains("no justification")),
+            "{found:?}"
+        );
+        // A ticket given meets a ticket required.
+        let ticketed = crate::ops::Request {
+            ticket: Some("CHG-1".into()),
+            ..r
+        };
+        assert_eq!(
+            short(&ticketed, &format!("{loose}\nrequire_ticket = true"), 0),
+            None
+        );
+    }
 
     #[test]
     fn apply_shows_changes_and_is_audited() {

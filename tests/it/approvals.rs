@@ -769,3 +769,189 @@ fn an_extension_of_a_role_that_requires_a_ticket_needs_one() {
     let r = extend(&["--ticket", "CHG-9\nCHG-10"]).expect(2);
     assert!(r.stderr.contains("ticket"), "{}", r.stderr);
 }
+
+/// A policy apply cancels the requests that wait (pending, or scheduled and not yet
+/// started) and that the new rules of their role no longer allow: a scheduled activation
+/// made when the role needed no approval, a pending one asking for longer than the role's
+/// new maximum. One the new rules still allow waits on. A dry run names them and cancels
+/// nothing.
+#[test]
+fn a_policy_apply_cancels_the_waiting_requests_its_rules_no_longer_allow() {
+    let w = world();
+    w.env
+        .as_(
+            "admin",
+            &["assign", "bob", "ticketed", "--scope", "/prod", "-j", "x"],
+        )
+        .expect(0);
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let schedule = |role: &str, offset: i64, extra: &[&str]| {
+        let code = oathtool(&w.bob, offset);
+        let mut a = vec![
+            "--as", "bob", "activate", role, "--scope", "/prod", "-j", "INC-1", "--start", &later,
+            "--code", &code, "--json",
+        ];
+        a.extend_from_slice(extra);
+        let r = w.env.at(&format!("+{offset}s"), &a).expect(0).json();
+        assert_eq!(r["status"], "scheduled", "{r}");
+        r["id"].as_i64().unwrap()
+    };
+    let plain = schedule("plain", 0, &["--duration", "1h"]);
+    let ticketed = schedule("ticketed", 30, &["--duration", "30m", "--ticket", "CHG-1"]);
+    let code = oathtool(&w.bob, 60);
+    let pending = w
+        .env
+        .at(
+            "+60s",
+            &[
+                "--as",
+                "bob",
+                "activate",
+                "prod-root",
+                "--scope",
+                "/prod",
+                "-j",
+                "INC-2",
+                "--duration",
+                "2h",
+                "--code",
+                &code,
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    assert_eq!(pending["status"], "pending", "{pending}");
+    let pending = pending["id"].as_i64().unwrap();
+    decide(&w, "carol", &w.carol, "approve", pending, 0).expect(0);
+
+    let stricter = policy()
+        .to_toml()
+        .replace(
+            "[roles.plain]\n",
+            "[roles.plain]\nrequire_approval = true\napprovers = [\"carol\"]\n",
+        )
+        .replace(
+            "max_activation = \"2h\"\nrequire_approval = true",
+            "max_activation = \"1h\"\nrequire_approval = true",
+        )
+        .replace(
+            "max_activation = \"4h\"\nrequire_ticket = true",
+            "max_activation = \"1h\"\nrequire_ticket = true",
+        );
+    assert_eq!(
+        stricter.matches("max_activation = \"1h\"").count(),
+        2,
+        "{stricter}"
+    );
+    assert!(stricter.contains("[roles.plain]\nrequire_approval = true"));
+    std::fs::write(w.env.path("stricter.toml"), &stricter).unwrap();
+    let dry = w
+        .env
+        .as_("admin", &["policy", "apply", "stricter.toml", "--dry-run"])
+        .expect(0);
+    assert!(
+        dry.stdout.contains(&format!(
+            "Would cancel request {plain} (bob for plain at /prod)"
+        )),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(
+        w.env
+            .count("SELECT count(*) FROM requests WHERE status = 'canceled'"),
+        0
+    );
+    let applied = w
+        .env
+        .as_("admin", &["policy", "apply", "stricter.toml", "--json"])
+        .expect(0)
+        .json();
+    let canceled: Vec<(i64, String)> = applied["canceled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_i64().unwrap(),
+                c["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(canceled.len(), 2, "{applied}");
+    assert_eq!(canceled[0].0, plain);
+    assert!(canceled[0].1.contains("not approved"), "{canceled:?}");
+    assert_eq!(canceled[1].0, pending);
+    assert!(
+        canceled[1]
+            .1
+            .contains("asks for 2h, longer than prod-root may now be active (1h)"),
+        "{canceled:?}"
+    );
+    for id in [plain, pending] {
+        let r = w
+            .env
+            .as_("bob", &["request", "show", &id.to_string(), "--json"])
+            .expect(0)
+            .json();
+        assert_eq!(r["status"], "canceled", "{r}");
+        assert!(
+            r["close_reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("canceled by a policy change"),
+            "{r}"
+        );
+    }
+    let kept = w
+        .env
+        .as_("bob", &["request", "show", &ticketed.to_string(), "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(kept["status"], "scheduled", "{kept}");
+    assert_eq!(
+        w.env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'activation.cancel' AND actor = 'admin'"
+        ),
+        2
+    );
+    // An hour on, the scheduled activation that needed no approval has not started.
+    w.env
+        .at("+61m", &["check", "bob", "plain", "--scope", "/prod"])
+        .expect(1);
+    w.env
+        .at("+61m", &["check", "bob", "ticketed", "--scope", "/prod"])
+        .expect(0);
+    // A decision on the canceled request is a conflict; the log and the state still agree.
+    decide(&w, "dave", &w.dave, "approve", pending, 0).expect(5);
+    w.env
+        .as_("admin", &["audit", "verify", "--state"])
+        .expect(0);
+}
+
+/// An approval never starts a request for longer than its role allows at that moment,
+/// whatever the request asked for when an older rule was in force (here the stored policy
+/// is changed behind pim's back, as one from before the rule above would have it).
+#[test]
+fn an_approval_starts_a_request_for_no_longer_than_the_role_now_allows() {
+    let w = world();
+    let id = request(&w, "prod-root", &["--duration", "2h"]);
+    let source = policy().to_toml();
+    let shorter = source.replace(
+        "max_activation = \"2h\"\nrequire_approval = true",
+        "max_activation = \"1h\"\nrequire_approval = true",
+    );
+    assert_ne!(shorter, source);
+    w.env.sql(&format!(
+        "UPDATE meta SET value = '{}' WHERE key = 'policy'",
+        shorter.replace('\'', "''")
+    ));
+    decide(&w, "carol", &w.carol, "approve", id, 0).expect(0);
+    let r = decide(&w, "dave", &w.dave, "approve", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "active", "{r}");
+    let start = chrono::DateTime::parse_from_rfc3339(r["start"].as_str().unwrap()).unwrap();
+    let end = chrono::DateTime::parse_from_rfc3339(r["end"].as_str().unwrap()).unwrap();
+    assert_eq!(end - start, chrono::Duration::hours(1), "{r}");
+}
