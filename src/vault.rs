@@ -26,6 +26,8 @@ pub struct Vault {
     /// When the key is missing and may be made on first use: the instance and, for the
     /// installed database, the pim group.
     create: Option<(String, Option<u32>)>,
+    /// Why no key was looked for at all (`Vault::not_yours`).
+    withheld: Option<String>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -102,6 +104,7 @@ impl Vault {
             key: std::sync::OnceLock::new(),
             wanted: paths[0].clone(),
             create: None,
+            withheld: None,
         })
     }
 
@@ -112,6 +115,19 @@ impl Vault {
             key: cell,
             wanted,
             create: None,
+            withheld: None,
+        }
+    }
+
+    /// No key, for a database that is not the caller's: a key is found by the instance id
+    /// the database names, which anyone can copy into a file of their own, and whoever holds
+    /// the key of that id would then seal with it and sign that file's log. `why` says so.
+    pub fn not_yours(why: String) -> Vault {
+        Vault {
+            key: std::sync::OnceLock::new(),
+            wanted: PathBuf::new(),
+            create: None,
+            withheld: Some(why),
         }
     }
 
@@ -208,6 +224,9 @@ impl Vault {
                     let _ = self.key.set(key);
                 }
             }
+        }
+        if let Some(why) = &self.withheld {
+            return Err(Error::Refused(why.clone()));
         }
         self.key.get().ok_or_else(|| {
             Error::Environment(format!(

@@ -253,8 +253,22 @@ impl Ctx {
         let _ = self.files.set(db.file.files.clone());
         let os_account = real_user()?;
         let instance = db.conn.instance()?;
-        let mut vault = Vault::load(&instance, db.file.installed)?;
-        if !vault.has_key() && self.may_create_key(&db)? {
+        // A key only for the caller's own database (or the installed one, or a server):
+        // the instance id that names the key is in the database, where anyone who made the
+        // file could have copied it from another's (see `Vault::not_yours`).
+        let yours =
+            db.file.installed || self.server.is_some() || db.file.owner == privilege::real_uid();
+        let mut vault = if yours {
+            Vault::load(&instance, db.file.installed)?
+        } else {
+            Vault::not_yours(format!(
+                "{} is {}'s file, not yours: pim uses a database's key (its TOTP secrets, its signed checkpoints and receipts) only as the file's owner, so that a file another account made with your database's instance id gets no signature of your key. Run this as its owner.",
+                db.file.path.display(),
+                privilege::account_name(db.file.owner)
+                    .unwrap_or_else(|| format!("uid {}", db.file.owner))
+            ))
+        };
+        if yours && !vault.has_key() && self.may_create_key(&db)? {
             // Made when a secret is first sealed, not by every command that reads.
             vault.create_when_needed(&instance, db.file.installed.then_some(db.file.group));
         }

@@ -2295,3 +2295,74 @@ fn root_breaks_no_lock_of_a_file_the_path_was_pointed_at_meanwhile() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("given up its group"), "{stderr}");
 }
+
+/// A database's key is found by the instance id the database names, and anyone can copy
+/// that id into a file of their own: mallory puts root's into hers, filled as she likes.
+/// Root's pim must not sign her log with root's key (a checkpoint of her log would make
+/// root's real one look forked, a receipt of hers would verify under root's key), nor use
+/// that key on her file at all.
+#[test]
+fn root_signs_no_database_of_another_account_that_names_its_instance() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let own = i.dir.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let db = own.join("root.db");
+    i.root_own(&db, &["init", "--admin", "rootadmin"]).expect(0);
+    let key = i.root_own(&db, &["audit", "key"]).expect(0).stdout;
+    let instance: String = peek(&db)
+        .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    // Root's own file signs as it should.
+    let good = own.join("good.cp");
+    i.root_own(
+        &db,
+        &["audit", "checkpoint", "--output", good.to_str().unwrap()],
+    )
+    .expect(0);
+    // Mallory's file, with root's instance id in it.
+    let theirs = i.mallory_db("");
+    peek(&theirs)
+        .execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'instance'",
+            [&instance],
+        )
+        .unwrap();
+    let forged = own.join("forged.cp");
+    let theirs_s = theirs.to_str().unwrap();
+    for run in [
+        i.root_own(
+            &theirs,
+            &["audit", "checkpoint", "--output", forged.to_str().unwrap()],
+        ),
+        i.root(&[
+            "--db",
+            theirs_s,
+            "audit",
+            "checkpoint",
+            "--output",
+            forged.to_str().unwrap(),
+        ]),
+        i.root_own(&theirs, &["audit", "key"]),
+    ] {
+        let r = run.expect(3);
+        assert!(
+            r.stderr.contains("not yours") && r.stderr.contains(MALLORY),
+            "{}",
+            r.stderr
+        );
+    }
+    assert!(!forged.exists(), "root's key signed mallory's log");
+    // And root's own log still verifies against its own checkpoint.
+    i.root_own(
+        &db,
+        &["audit", "verify", "--checkpoint", good.to_str().unwrap()],
+    )
+    .expect(0);
+    assert!(key.contains('+'), "{key}");
+}
