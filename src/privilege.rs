@@ -246,7 +246,10 @@ pub fn read_all(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 
 /// Create (or replace the contents of) a file the caller named, with the caller's own
 /// rights, never through a symbolic link, and never one of `protect` (the database and its
-/// companion files). A new file gets mode 0600.
+/// companion files). A new file gets mode 0600. An existing one must be the caller's, root
+/// included (another account's file keeps its owner and mode, so whoever planted it, 0666 in
+/// /tmp, would read what root wrote), and of one name (a second name, made by another
+/// account, would be a way back to it).
 pub fn create_output(path: &Path, protect: &[FileId]) -> io::Result<File> {
     drop_for_good();
     let file = std::fs::OpenOptions::new()
@@ -258,11 +261,20 @@ pub fn create_output(path: &Path, protect: &[FileId]) -> io::Result<File> {
         .open(path)
         .map_err(|e| named(path, e))?;
     let meta = file.metadata()?;
-    if meta.uid() != real_uid() && real_uid() != 0 {
+    if meta.uid() != real_uid() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
                 "{} belongs to another account; pim writes only files of your own",
+                path.display()
+            ),
+        ));
+    }
+    if meta.nlink() > 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} has more than one name (a hard link); remove it, or choose another file",
                 path.display()
             ),
         ));

@@ -1377,6 +1377,14 @@ fn outputs_never_replace_the_database_nor_follow_links() {
         .as_("admin", &["audit", "export", "--output", "link.csv"])
         .expect(1);
     assert!(r.stderr.contains("symbolic link"), "{}", r.stderr);
+    // A file with a second name (which another account may have made, to read it back by).
+    std::fs::write(env.path("mine.csv"), "").unwrap();
+    std::fs::hard_link(env.path("mine.csv"), env.path("other-name.csv")).unwrap();
+    let r = env
+        .as_("admin", &["audit", "export", "--output", "mine.csv"])
+        .expect(1);
+    assert!(r.stderr.contains("more than one name"), "{}", r.stderr);
+    assert_eq!(std::fs::read(env.path("other-name.csv")).unwrap().len(), 0);
     std::fs::create_dir(env.path("man")).unwrap();
     std::os::unix::fs::symlink(&env.db, env.path("man/pim.1")).unwrap();
     env.run(&["man", "--output", "man"]).expect(1);

@@ -2366,3 +2366,54 @@ fn root_signs_no_database_of_another_account_that_names_its_instance() {
     .expect(0);
     assert!(key.contains('+'), "{key}");
 }
+
+/// Root's `--output` writes no file of another account's: mallory leaves a 0666 file of
+/// hers where root's export will go, to read the audit log from it afterwards.
+#[test]
+fn root_writes_no_output_into_a_file_another_account_planted() {
+    if !ready() {
+        return;
+    }
+    let i = Install::new();
+    let drop = i.dir.path().join("drop");
+    std::fs::create_dir(&drop).unwrap();
+    std::fs::set_permissions(&drop, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let planted = drop.join("audit.csv");
+    std::fs::write(&planted, "").unwrap();
+    std::os::unix::fs::chown(
+        &planted,
+        Some(id_of(MALLORY, "-u")),
+        Some(id_of(MALLORY, "-g")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let target = planted.to_str().unwrap();
+    for args in [
+        ["--as", ALICE, "audit", "export", "--output", target],
+        ["--as", ALICE, "audit", "checkpoint", "--output", target],
+    ] {
+        let r = i.root(&args).expect(1);
+        assert!(
+            r.stderr.contains("belongs to another account"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert_eq!(
+        std::fs::read(&planted).unwrap().len(),
+        0,
+        "root wrote into mallory's file"
+    );
+    // A file of root's own there is written, 0600 when new.
+    let fresh = drop.join("root.csv");
+    i.root(&[
+        "--as",
+        ALICE,
+        "audit",
+        "export",
+        "--output",
+        fresh.to_str().unwrap(),
+    ])
+    .expect(0);
+    assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o600);
+}
