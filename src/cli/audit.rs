@@ -637,7 +637,9 @@ pub fn run_receipt(ctx: &Ctx, args: ReceiptArgs) -> anyhow::Result<i32> {
         Err(_) if crate::privilege::real_uid() == 0 => None,
         Err(e) => return Err(e.into()),
     };
-    let receipt = pim.receipt(viewer.as_ref(), id)?;
+    // What requesters wrote is in it: any character a terminal would act on as \uXXXX (the
+    // same JSON, so it verifies the same).
+    let receipt = super::output::json_safe(pim.receipt(viewer.as_ref(), id)?);
     match args.output {
         Some(path) => {
             let mut f = crate::privilege::create_output(&path, &ctx.protected_files())

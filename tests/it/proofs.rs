@@ -642,3 +642,55 @@ fn verify_while_others_write_never_cries_wolf() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(writer.join().unwrap() > 0);
 }
+
+/// A receipt printed to a terminal carries what the requester wrote, so every character a
+/// terminal would act on (C1 controls, bidi overrides, zero-width ones) is a JSON escape:
+/// the same receipt, which verifies the same.
+#[test]
+fn a_receipt_on_stdout_puts_no_control_character_of_a_requester_on_the_terminal() {
+    let env = Env::new();
+    env.init();
+    let bob = env.user("bob");
+    env.as_("admin", &["assign", "bob", "db-admin", "-j", "on call"])
+        .expect(0);
+    let hostile = "INC-7 \u{9b}31m red \u{202e}desrever\u{2066} \u{200b}zero";
+    let id = env
+        .activate("bob", &bob, "db-admin", &["-j", hostile, "--json"])
+        .expect(0)
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    let out = env
+        .as_("bob", &["receipt", &id.to_string()])
+        .expect(0)
+        .stdout;
+    for c in ['\u{9b}', '\u{202e}', '\u{2066}', '\u{200b}', '\u{1b}'] {
+        assert!(!out.contains(c), "{:?} reached the terminal: {out}", c);
+    }
+    assert!(out.contains("\\u009b31m red \\u202edesrever"), "{out}");
+    std::fs::write(env.path("r.json"), &out).unwrap();
+    let key = env.as_("admin", &["audit", "key"]).expect(0).stdout;
+    std::fs::write(env.path("pim.vkey"), &key).unwrap();
+    std::process::Command::new(crate::support::bin())
+        .args(["receipt", "verify", "r.json", "--key", "pim.vkey"])
+        .current_dir(env.dir.path())
+        .env("PIM_DB", "/nonexistent/pim.db")
+        .output()
+        .map(Run::from)
+        .unwrap()
+        .expect(0);
+    let py = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/verify_receipt.py"
+        ))
+        .args(["r.json", "pim.vkey"])
+        .current_dir(env.dir.path())
+        .status()
+        .unwrap();
+    assert!(py.success());
+    // And the justification, as it was written, is what it proves.
+    let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let fields = &parsed["events"][0]["fields"];
+    assert_eq!(fields[8], hostile, "{fields}");
+}
