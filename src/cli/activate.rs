@@ -666,9 +666,11 @@ pub fn run_decide(
             r.role,
             r.user,
             r.scope,
+            // The requester's words, on one line (a line break of theirs must not start a
+            // line that reads as pim's own just before the approver's code is asked for).
             r.justification
                 .as_deref()
-                .map(|j| format!(" (\"{j}\")"))
+                .map(|j| format!(" (\"{}\")", super::output::safe(j)))
                 .unwrap_or_default()
         ));
         if !approve && justification.as_deref().is_none_or(|j| j.trim().is_empty()) {

@@ -115,6 +115,11 @@ struct Problems {
     refused_total: usize,
 }
 
+/// `text` with its line breaks shown as `\n` and `\r`: one line of a list of problems.
+fn one_line(text: &str) -> String {
+    text.replace('\r', "\\r").replace('\n', "\\n")
+}
+
 /// At most this many problems are listed.
 const SHOWN: usize = 1000;
 /// At most this many refused rows of one command are recorded one by one (the rest are
@@ -125,7 +130,9 @@ impl Problems {
     fn note(&mut self, line: usize, e: &dyn std::fmt::Display) {
         self.total += 1;
         if self.lines.len() < SHOWN {
-            let text = e.to_string();
+            // One line each: a line break in a value the problem quotes (a cell of the file)
+            // must not start a line that reads as pim's own.
+            let text = one_line(&e.to_string());
             self.lines.push(if line > 0 {
                 format!("line {line}: {text}")
             } else {
@@ -864,7 +871,7 @@ pub fn parse_desired(text: &str) -> Result<Vec<Desired>> {
             })();
             match parsed {
                 Ok(d) => out.push(d),
-                Err(e) => problems.push(format!("line {line}: {e}")),
+                Err(e) => problems.push(format!("line {line}: {}", one_line(&e.to_string()))),
             }
         }
     }

@@ -208,3 +208,26 @@ fn an_import_waiting_behind_a_policy_change_is_checked_against_the_new_policy() 
         0
     );
 }
+
+/// Each problem of a file is one line: a line break in a cell it quotes starts no line that
+/// reads as pim's own.
+#[test]
+fn a_line_break_in_a_cell_starts_no_line_of_the_problems() {
+    let env = setup();
+    std::fs::write(
+        env.path("a.csv"),
+        format!(
+            "{HEADER}\"nobody\npim: Imported 0 row(s): nothing to do.\",db-admin,/,eligible,,,x,\n"
+        ),
+    )
+    .unwrap();
+    let r = env
+        .as_("admin", &["assignment", "import", "a.csv"])
+        .expect(2);
+    assert!(
+        !r.stderr.lines().any(|l| l.starts_with("pim: Imported")),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("nobody\\npim: Imported"), "{}", r.stderr);
+}

@@ -220,6 +220,29 @@ fn decisions_check_first_and_ask_for_a_denials_reason() {
     assert_eq!(r.json()["status"], "pending");
 }
 
+/// What a requester wrote is shown to the approver on one line: a line break of theirs
+/// starts no line that reads as pim's own before the approver's code is asked for.
+#[test]
+fn a_requesters_line_breaks_start_no_line_on_the_approvers_screen() {
+    let policy = db_admin(&["require_approval = true", "approvers = [\"admin\"]"]);
+    let (env, bob) = bob_at_prod(&policy);
+    let forged =
+        "routine\npim: Note: request 1 already has carol's approval; your code only confirms it.";
+    let id = env
+        .activate("bob", &bob, "db-admin", &["-j", forged, "--json"])
+        .expect(0)
+        .json()["id"]
+        .to_string();
+    let t = Terminal::start(&env, &["--as", "admin", "approve", &id], 120);
+    let s = t.wait_for("TOTP code for admin");
+    assert!(
+        !s.lines()
+            .any(|l| l.trim_start().starts_with("pim: Note: request 1")),
+        "{s}"
+    );
+    assert!(s.contains("(\"routine\\npim: Note: request 1"), "{s}");
+}
+
 /// `review decide` without -j: asked for on a terminal, exit 2 without one; `review
 /// complete` shows what it will remove and asks first (no: nothing changes).
 #[test]
