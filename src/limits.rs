@@ -48,12 +48,20 @@ pub fn check(field: &str, value: &str, max: usize) -> Result<()> {
 /// Refuse (exit 2) a name that is not one line of visible text: no control characters (a
 /// newline in a name could forge a line of someone else's screen).
 pub fn one_line(field: &str, value: &str) -> Result<()> {
-    if value.chars().any(char::is_control) {
+    if value.chars().any(breaks_a_line) {
         return Err(Error::Usage(format!(
             "The {field} must be one line without control characters."
         )));
     }
     Ok(())
+}
+
+/// Whether `c` is a control character, or one a terminal, mail or chat client may take for
+/// a line break (U+2028, U+2029) or that reorders the text around it (bidirectional
+/// embeddings, overrides and isolates).
+pub fn breaks_a_line(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// `check` for an optional value.
@@ -69,5 +77,24 @@ mod tests {
         let e = super::check("ticket", &"x".repeat(129), super::TICKET).unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("limit is 128"), "{e}");
+    }
+
+    #[test]
+    fn one_line_refuses_controls_line_separators_and_reordering() {
+        for bad in [
+            "a\nb",
+            "a\u{1b}[31m",
+            "a\u{9b}b",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\u{202e}b",
+            "a\u{2067}b",
+        ] {
+            let e = super::one_line("ticket", bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+        for good in ["CHG-1234", "INC-7 disk full", "Änderung №5", "a\u{200d}b"] {
+            assert!(super::one_line("ticket", good).is_ok(), "{good:?}");
+        }
     }
 }

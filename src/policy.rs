@@ -798,6 +798,12 @@ impl Policy {
             }
             if let Some(n) = &e.name {
                 p.length("name", n, limits::ROLE_NAME);
+                if n.get_ref().chars().any(limits::breaks_a_line) {
+                    p.problem(
+                        n.span(),
+                        format!("role '{key_text}' has a display name of more than one line or with control characters; a name is shown on one line of every table, prompt and e-mail subject."),
+                    );
+                }
             }
             if let Some(d) = &e.description {
                 p.length("description", d, limits::DESCRIPTION);
@@ -1126,6 +1132,30 @@ mod tests {
 
     fn problems(src: &str) -> Vec<Problem> {
         Policy::parse(src).unwrap_err()
+    }
+
+    /// A display name is one line (tables, prompts, e-mail subjects): no control
+    /// character, line separator or bidirectional control. A description may have lines.
+    #[test]
+    fn a_role_display_name_is_one_line() {
+        for bad in [
+            "DB\\npim: Note: pre-approved",
+            "DB\\u001b[31m",
+            "DB\\u2028x",
+            "DB\\u202ex",
+        ] {
+            let found = problems(&format!("[roles.a]\nname = \"{bad}\"\n"));
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.message.contains("more than one line")),
+                "{bad}: {found:?}"
+            );
+        }
+        assert!(Policy::parse(
+            "[roles.a]\nname = \"Database Administrator\"\ndescription = \"one\\ntwo\"\n"
+        )
+        .is_ok());
     }
 
     #[test]

@@ -210,6 +210,9 @@ fn assign_or_plan(
         limits::JUSTIFICATION,
     )?;
     limits::check_opt("ticket", input.ticket.as_deref(), limits::TICKET)?;
+    if let Some(t) = &input.ticket {
+        limits::one_line("ticket", t)?;
+    }
     let kind = if input.active {
         Kind::Active
     } else {

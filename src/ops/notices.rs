@@ -338,6 +338,23 @@ fn expiring(
 /// or a chat message and pass them off as pim's.
 fn one_line(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if crate::limits::breaks_a_line(c) {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect()
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    /// A person's words in a notice: nothing in them breaks a line or turns the text around
+    /// in a mail or chat client.
+    #[test]
+    fn a_notices_quoted_words_are_one_line() {
+        let shown = super::one_line("a\nb\r\u{2028}c\u{2029}d\u{202e}e\u{2066}f\u{9b}g");
+        assert_eq!(shown, "a b  c d e f g");
+    }
 }

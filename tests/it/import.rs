@@ -231,3 +231,29 @@ fn a_line_break_in_a_cell_starts_no_line_of_the_problems() {
     );
     assert!(r.stderr.contains("nobody\\npim: Imported"), "{}", r.stderr);
 }
+
+/// An assignment's ticket is one line, as an activation's is: from `assign` and from a file.
+#[test]
+fn an_assignments_ticket_is_one_line() {
+    let env = setup();
+    for ticket in ["T-1\u{1b}[31m", "T-1\nforged line", "T\u{2028}K"] {
+        let r = env
+            .as_(
+                "admin",
+                &["assign", "bob", "db-admin", "-j", "x", "--ticket", ticket],
+            )
+            .expect(2);
+        assert!(r.stderr.contains("one line"), "{}", r.stderr);
+    }
+    std::fs::write(
+        env.path("a.csv"),
+        format!("{HEADER}bob,db-admin,/,eligible,,,x,\"T\u{0}K\"\n"),
+    )
+    .unwrap();
+    env.as_("admin", &["assignment", "import", "a.csv"])
+        .expect(2);
+    assert_eq!(
+        env.count("SELECT count(*) FROM assignments WHERE role = 'db-admin'"),
+        0
+    );
+}
