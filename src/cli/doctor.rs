@@ -262,13 +262,12 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
                         mode(&meta)
                     ),
                     Some(if installed {
-                        format!(
-                            "chgrp pim '{}' && chmod 0660 '{}'",
-                            path.display(),
-                            path.display()
-                        )
+                        {
+                            let p = crate::text::shell_word(&path);
+                            format!("chgrp pim {p} && chmod 0660 {p}")
+                        }
                     } else {
-                        format!("chmod 0600 '{}'", path.display())
+                        format!("chmod 0600 {}", crate::text::shell_word(&path))
                     }),
                 ));
             } else if suffix.is_empty() {
@@ -534,13 +533,12 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
                     mode(&meta)
                 ),
                 Some(if installed {
-                    format!(
-                        "chgrp pim '{}' && chmod 0640 '{}'",
-                        key.display(),
-                        key.display()
-                    )
+                    {
+                        let k = crate::text::shell_word(&key);
+                        format!("chgrp pim {k} && chmod 0640 {k}")
+                    }
                 } else {
-                    format!("chmod 0600 '{}'", key.display())
+                    format!("chmod 0600 {}", crate::text::shell_word(&key))
                 }),
             )
         }

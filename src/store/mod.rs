@@ -1019,13 +1019,17 @@ fn planted_risks(real: &Path, owner: u32) -> Result<Vec<Risk>> {
         }
     }
     match std::fs::metadata(real) {
+        Ok(m) if !m.is_file() => risks.push(Risk {
+            why: "it is not a regular file.".to_string(),
+            fix: "Point --db at a pim database file.".to_string(),
+        }),
         Ok(m) => {
             if m.mode() & 0o022 != 0 {
                 risks.push(Risk {
                     why: "other accounts may write it.".to_string(),
                     fix: format!(
-                        "chmod go-w '{}' (0600), and restore it from a copy you trust if anyone else did.",
-                        real.display()
+                        "chmod go-w {} (0600), and restore it from a copy you trust if anyone else did.",
+                        crate::text::shell_word(real)
                     ),
                 });
             }
@@ -1055,8 +1059,9 @@ fn planted_risks(real: &Path, owner: u32) -> Result<Vec<Risk>> {
                 ),
                 // Never a chown or chmod of it: it may be a link to any file, or become one.
                 fix: format!(
-                    "Move it aside (mv -- '{c}' '{c}.suspect', which follows no link) and look at it; if another account made it, restore the database from a copy you trust.",
-                    c = companion.display()
+                    "Move it aside (mv -- {} {}, which follows no link) and look at it; if another account made it, restore the database from a copy you trust.",
+                    crate::text::shell_word(&companion),
+                    crate::text::shell_word(Path::new(&format!("{}.suspect", companion.display())))
                 ),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -1077,8 +1082,8 @@ fn dir_risk(dir: &Path, m: &std::fs::Metadata, owner: u32) -> Risk {
     let shared_on_purpose = m.uid() == 0 && m.mode() & 0o1002 == 0o1002;
     let fix = if (m.uid() == owner || m.uid() == 0) && !shared_on_purpose {
         format!(
-            "Keep it in directories that are the database owner's (or root's) and that only they can write: chmod go-w '{}'.",
-            dir.display()
+            "Keep it in directories that are the database owner's (or root's) and that only they can write: chmod go-w {}.",
+            crate::text::shell_word(dir)
         )
     } else {
         format!(

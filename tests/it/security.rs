@@ -10,7 +10,9 @@ use support::{oathtool, unix_now, wrong_code_at, Env, Policy};
 const ESCAPES: &str = "INC-1 \x1b[2J\x1b]8;;http://evil.example/\x07click\x1b]8;;\x07\r\u{202e}gpj.exe\u{200b}\u{9b}31m";
 /// What a one-line field (name, ticket) may carry: no control characters, but invisible and
 /// reordering ones.
-const HIDDEN: &str = "Eve \u{202e}gpj.exe\u{200b}\u{2066}x";
+/// What one-line fields may hold and a terminal must still not show as it is: characters
+/// that show nothing (zero width). Those that turn text around are refused there (below).
+const HIDDEN: &str = "Eve \u{200b}gpj.exe\u{2060}\u{feff}x";
 
 /// Nothing in `text` that a terminal would act on or hide.
 fn assert_terminal_safe(what: &str, text: &str) {
@@ -116,7 +118,14 @@ fn text_users_wrote_reaches_terminals_escaped_and_json_exactly() {
         .any(|u| u["display_name"] == HIDDEN));
     // One-line fields refuse control characters outright: a newline in a name would forge a
     // line of someone else's screen.
-    for bad in ["Eve\nReview 9 approved", "Eve\x1b[2J", "Eve\rX"] {
+    for bad in [
+        "Eve\nReview 9 approved",
+        "Eve\x1b[2J",
+        "Eve\rX",
+        "Eve \u{202e}gpj.exe",
+        "Eve\u{2066}x",
+        "Eve\u{2028}Review 9 approved",
+    ] {
         env.as_("admin", &["user", "add", "evil", "--display-name", bad])
             .expect(2);
         env.as_(
@@ -1502,4 +1511,55 @@ fn every_event_goes_through_the_recorder() {
         "append events and queue notices through Recorder::record:\n{}",
         found.join("\n")
     );
+}
+
+/// The commands pim suggests to fix a database's place are safe to paste: a directory named
+/// to run something (`q'$(touch ...)'z`) is one quoted word of them, and a shell given the
+/// suggestion runs nothing of its name.
+#[test]
+fn a_suggested_fix_runs_nothing_a_directory_name_holds() {
+    let env = Env::sqlite();
+    env.init();
+    let marker = env.path("PWNED");
+    let dir = env.path("q'$(touch PWNED)'z");
+    std::fs::create_dir(&dir).unwrap();
+    let db = dir.join("pim.db");
+    std::fs::rename(&env.db, &db).unwrap();
+    std::fs::set_permissions(
+        &dir,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o777),
+    )
+    .unwrap();
+    let r: support::Run = env
+        .command(&["--db", db.to_str().unwrap(), "status"])
+        .output()
+        .unwrap()
+        .into();
+    let r = r.expect(1);
+    let at = r.stderr.find("chmod go-w ").expect(&r.stderr) + "chmod go-w ".len();
+    let word = &r.stderr[at..r.stderr[at..]
+        .find(".\n")
+        .map_or(r.stderr.len(), |e| at + e)];
+    let quoted = format!("'{}'", dir.display().to_string().replace('\'', "'\\''"));
+    assert_eq!(word, quoted, "{}", r.stderr);
+    let shell = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf '%s' {word}"))
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&shell.stdout),
+        dir.to_str().unwrap()
+    );
+    assert!(!marker.exists(), "the suggestion ran what the name holds");
+    // A device is no database, and nothing is suggested to change it.
+    let r: support::Run = env
+        .command(&["--db", "/dev/null", "status"])
+        .output()
+        .unwrap()
+        .into();
+    let r = r.expect(1);
+    assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
+    assert!(!r.stderr.contains("chmod"), "{}", r.stderr);
 }
