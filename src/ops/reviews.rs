@@ -444,6 +444,14 @@ impl Pim {
                     "Review {id} is completed; its decisions are final."
                 )));
             }
+            // Its time is up: what was decided stands, the rest gets its default when it
+            // completes (the next sweep, or `pim review complete`).
+            if review.state == "due" {
+                return Err(Error::Conflict(format!(
+                    "Review {id} closed at {}; it takes no more decisions, and what was left undecided gets its default ({}) when it completes.",
+                    review.end, review.default
+                )));
+            }
             if !["keep", "remove"].contains(&decision) {
                 return Err(Error::Usage("Decide keep or remove.".to_string()));
             }
@@ -457,6 +465,19 @@ impl Pim {
             } else {
                 review.reviewers.iter().any(|r| r == actor)
             };
+            if allowed && !review.self_review && actor == user {
+                // A reviewer does not keep their own access: another reviewer decides, or
+                // the review's default does.
+                return refuse(
+                    tx,
+                    now,
+                    event,
+                    Error::Refused(format!(
+                        "You cannot decide about your own access in review {id}; another of its reviewers does, or its default ({}) applies.",
+                        review.default
+                    )),
+                );
+            }
             if !allowed {
                 let why = if review.self_review {
                     "In a self-review each user decides only about their own access.".to_string()

@@ -537,3 +537,101 @@ fn a_removal_ends_the_activation_resting_on_it_and_the_export_is_spreadsheet_saf
         .unwrap();
     assert_eq!(&carol_row[8], "'=HYPERLINK(\"http://x\")");
 }
+
+/// A reviewer who is under review too does not keep their own access (another reviewer
+/// decides, or the default does), and once the review's time is up it takes no more
+/// decisions: what was left gets its default when it completes.
+#[test]
+fn a_reviewer_decides_nothing_of_their_own_nor_after_the_review_closed() {
+    let env = setup();
+    let id = env
+        .as_(
+            "admin",
+            &[
+                "review",
+                "create",
+                "--role",
+                "db-admin",
+                "--scope",
+                "/prod",
+                "--reviewer",
+                "carol",
+                "--reviewer",
+                "dave",
+                "--default",
+                "remove",
+                "--duration",
+                "1d",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json()["id"]
+        .to_string();
+    let r = env
+        .as_(
+            "carol",
+            &[
+                "review",
+                "decide",
+                &id,
+                "carol",
+                "keep",
+                "-j",
+                "I still need it",
+            ],
+        )
+        .expect(3);
+    assert!(r.stderr.contains("your own access"), "{}", r.stderr);
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'review.decide' AND result != 'ok'"
+        ),
+        1
+    );
+    env.as_(
+        "dave",
+        &[
+            "review",
+            "decide",
+            &id,
+            "carol",
+            "keep",
+            "-j",
+            "she is on call",
+        ],
+    )
+    .expect(0);
+    // A day and more on: closed, not yet completed.
+    let late = env
+        .at(
+            "+25h",
+            &[
+                "--as", "carol", "review", "decide", &id, "dave", "keep", "-j", "late",
+            ],
+        )
+        .expect(5);
+    assert!(
+        late.stderr.contains("takes no more decisions"),
+        "{}",
+        late.stderr
+    );
+    let done = env
+        .at(
+            "+25h",
+            &["--as", "admin", "review", "complete", &id, "--json"],
+        )
+        .expect(0)
+        .json();
+    let result = |user: &str| {
+        done["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["user"] == user)
+            .unwrap()["result"]
+            .clone()
+    };
+    assert_eq!(result("carol"), "kept");
+    assert_eq!(result("dave"), "removed");
+}
