@@ -27,13 +27,47 @@ fn pam_exec_lets_the_stack_through_only_while_the_role_is_held() {
     let bob = env.user("bob");
     env.as_("admin", &["assign", "bob", "db-admin", "-j", "dba"])
         .expect(0);
+    // The PAM environment, which pam_exec passes on and pam_env may let a user fill, names
+    // another database, where bob holds the role: the helper takes its settings from its
+    // arguments only.
+    let theirs = Env::new();
+    theirs.init();
+    theirs.as_("admin", &["user", "add", "bob"]).expect(0);
+    theirs
+        .as_(
+            "admin",
+            &[
+                "assign",
+                "bob",
+                "db-admin",
+                "--active",
+                "--duration",
+                "1d",
+                "-j",
+                "x",
+            ],
+        )
+        .expect(0);
+    theirs.run(&["check", "bob", "db-admin"]).expect(0);
+    let envfile = env.path("pam-env");
+    std::fs::write(
+        &envfile,
+        format!(
+            "PIM_DB={}\nPIM_BIN={}\nPIM_SUDO_ROLE=db-admin\nPIM_USER=bob\n",
+            theirs.db.display(),
+            support::bin()
+        ),
+    )
+    .unwrap();
     let service = format!("pim-test-{}", std::process::id());
     let file = PamService(std::path::PathBuf::from(format!("/etc/pam.d/{service}")));
     std::fs::write(
         &file.0,
         format!(
-            "auth required pam_exec.so quiet /usr/bin/env PIM_BIN={} PIM_DB={} PIM_SUDO_ROLE=db-admin {REPO}/examples/pam/pim-sudo-check\n\
+            "auth required pam_env.so readenv=1 envfile={}\n\
+             auth required pam_exec.so quiet {REPO}/examples/pam/pim-sudo-check --bin {} --db {} --role db-admin\n\
              account required pam_permit.so\n",
+            envfile.display(),
             support::bin(),
             env.db.display()
         ),
@@ -41,7 +75,8 @@ fn pam_exec_lets_the_stack_through_only_while_the_role_is_held() {
     .unwrap();
     let pamtester = |user: &str| {
         std::process::Command::new("pamtester")
-            .args([service.as_str(), user, "authenticate"])
+            // (pam_env sets its variables at setcred; they stay for the authentication)
+            .args([service.as_str(), user, "setcred", "authenticate"])
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap()
