@@ -1144,11 +1144,25 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
     })
 }
 
-/// Prefix a cell that a spreadsheet would run as a formula.
+/// Prefix with `'` a cell that a spreadsheet could run as a formula: one that starts with
+/// `=`, `+`, `-`, `@` (or their fullwidth forms), after any blanks and invisible characters,
+/// or with a tab or carriage return; and one that starts with `'` itself, so that a reader
+/// gets every cell back by dropping one leading `'` where there is one (a written `'=1+1`
+/// and a written `=1+1` stay apart).
 pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
-    match cell.as_bytes().first() {
-        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}").into(),
-        _ => cell.into(),
+    let lead = cell
+        .chars()
+        .find(|&c| !(c.is_whitespace() || crate::text::unsafe_char(c)) || c == '\t' || c == '\r');
+    let formula = matches!(
+        lead,
+        Some(
+            '=' | '+' | '-' | '@' | '\t' | '\r' | '\u{ff1d}' | '\u{ff0b}' | '\u{ff0d}' | '\u{ff20}'
+        )
+    );
+    if formula || cell.starts_with('\'') || cell.starts_with(['\t', '\r']) {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
     }
 }
 
@@ -1732,6 +1746,24 @@ mod tests {
         assert_eq!(spreadsheet_safe("@SUM"), "'@SUM");
         assert_eq!(spreadsheet_safe("\tx"), "'\tx");
         assert_eq!(spreadsheet_safe("plain"), "plain");
+        // After blanks and invisible characters, in fullwidth forms, and a leading quote
+        // (so that dropping one leading quote gives every cell back).
+        for lead in [
+            " =1+1",
+            "\u{feff}=1+1",
+            "\u{200b}+1",
+            "\u{3000}-1",
+            "\u{ff1d}1+1",
+            "\u{ff20}SUM",
+            "'=1+1",
+            "'",
+        ] {
+            assert_eq!(spreadsheet_safe(lead), format!("'{lead}"), "{lead:?}");
+        }
+        for plain in ["a=b", "1-2", "x ", "", "\u{00e9}=", "CHG-1"] {
+            assert_eq!(spreadsheet_safe(plain), plain, "{plain:?}");
+        }
+        assert_ne!(spreadsheet_safe("=1+1"), spreadsheet_safe("'=1+1"));
     }
 
     /// `verify` reads, makes canonical bytes and hashes in stages a batch apart: a problem
