@@ -11,9 +11,11 @@ Checks, and exits 0 only if all hold (1 naming the first that fails, for any inp
 - every event hashes to its `hash` from its `prev_hash` and fields (pim's chain rule), and its
   leaf SHA-256(0x00 || canonical fields) is included in the checkpoint's Merkle tree by its
   RFC 9162 inclusion proof;
-- the statement, a signed note by the same key, names exactly these events (none left out),
-  the request, the policy in force (its SHA-256) and the checkpoint's size; the first event is
-  the request itself, and all are of it, in order.
+- the statement, a signed note by the same key, names exactly these events (none left out)
+  with each one's chain hash (format 3; format 2 receipts of older pims name the events only,
+  so their prev_hash and hash are not signed for), the request, the policy in force (its
+  SHA-256) and the checkpoint's size; the first event is the request itself, and all are of
+  it, in order.
 """
 import base64
 import hashlib
@@ -190,7 +192,7 @@ def main(receipt_path, key_path):
     with open(key_path, encoding="utf-8") as f:
         vkey = f.read()
     expected = {"format", "request", "policy_sha256", "checkpoint", "key", "statement", "events"}
-    if not isinstance(r, dict) or set(r) != expected or r["format"] != "pim-receipt/2":
+    if not isinstance(r, dict) or set(r) != expected or r["format"] not in ("pim-receipt/3", "pim-receipt/2"):
         fail("it is not a pim receipt")
     if r["key"].strip() != vkey.strip():
         fail("it names another key than the one given")
@@ -203,8 +205,14 @@ def main(receipt_path, key_path):
             fail("an event is malformed")
         check_event(e, size, root)
     statement, _ = open_note(r["statement"], vkey)
+    # Format 3 signs each event's chain hash too (the tree proves its fields only); format 2,
+    # of older pims, names the events only.
+    if r["format"] == "pim-receipt/3":
+        named = ",".join(f"{e['fields'][0]}:{e['hash']}" for e in events)
+    else:
+        named = ",".join(e["fields"][0] for e in events)
     expected = (f"pim receipt of {name}\nrequest {r['request']}\n"
-                f"events {','.join(e['fields'][0] for e in events)}\n"
+                f"events {named}\n"
                 f"policy {r['policy_sha256']}\ntree {size}\n")
     if statement != expected:
         fail("its events, request, policy or size are not those its signed statement names")

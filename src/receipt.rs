@@ -2,7 +2,8 @@
 //! checkpoint of the log, and the policy in force (the `policy.apply` event before them, whose
 //! details name the policy's SHA-256). A receipt is verified offline, without the database,
 //! by `pim receipt verify` and by `examples/verify_receipt.py` (standard library only); any
-//! changed byte fails it.
+//! changed byte fails it, and so does a chain hash computed again from a changed `prev_hash`
+//! (the statement signs each event's hash).
 
 use crate::audit::StoredEvent;
 use crate::checkpoint::VerifierKey;
@@ -12,7 +13,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-pub const FORMAT: &str = "pim-receipt/2";
+/// Receipts this pim makes: the statement names each event's chain hash too.
+pub const FORMAT: &str = "pim-receipt/3";
+/// Receipts of pims before it, still verified: their chain hashes are not signed for (an
+/// event's `prev_hash` could be changed and its `hash` computed again), only its fields.
+pub const FORMAT_2: &str = "pim-receipt/2";
 
 /// One event of a receipt, with where it sits in the tree and the proof of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,19 +46,39 @@ pub struct Receipt {
     pub key: String,
     /// A signed note by the same key stating what no inclusion proof can: that these are
     /// *all* the request's events (none left out), and which policy was in force when it was
-    /// made (the latest `policy.apply` before it). Its body: `pim receipt of ORIGIN`,
-    /// `request N`, `events S1,S2,...`, `policy SHA256`, `tree SIZE`, a line each.
+    /// made (the latest `policy.apply` before it), and each event's place in the hash chain
+    /// (its `hash`, which its fields and `prev_hash` must give: the tree proves the fields
+    /// only). Its body: `pim receipt of ORIGIN`, `request N`, `events S1:HASH1,S2:HASH2,...`
+    /// (`events S1,S2,...` in format 2), `policy SHA256`, `tree SIZE`, a line each.
     pub statement: String,
     /// Every event of the request that took effect, oldest first.
     pub events: Vec<ProvenEvent>,
 }
 
 /// The body of a receipt's statement.
-pub fn statement_body(origin: &str, request: i64, seqs: &[i64], policy: &str, size: u64) -> String {
-    let seqs: Vec<String> = seqs.iter().map(|s| s.to_string()).collect();
+/// The statement's body for `events`, each its seq and, from format 3 on (`hashes`), its
+/// chain hash.
+pub fn statement_body(
+    origin: &str,
+    request: i64,
+    events: &[(i64, &str)],
+    hashes: bool,
+    policy: &str,
+    size: u64,
+) -> String {
+    let events: Vec<String> = events
+        .iter()
+        .map(|(seq, hash)| {
+            if hashes {
+                format!("{seq}:{hash}")
+            } else {
+                seq.to_string()
+            }
+        })
+        .collect();
     format!(
         "pim receipt of {origin}\nrequest {request}\nevents {}\npolicy {policy}\ntree {size}\n",
-        seqs.join(",")
+        events.join(",")
     )
 }
 
@@ -115,7 +140,7 @@ pub fn verify(text: &str, key: &str) -> Result<Verified> {
     let bad = |why: String| Error::Refused(format!("The receipt does not verify: {why}."));
     let r: Receipt =
         serde_json::from_str(text).map_err(|e| bad(format!("it is not a receipt ({e})")))?;
-    if r.format != FORMAT {
+    if r.format != FORMAT && r.format != FORMAT_2 {
         return Err(bad(format!("its format is {}, not {FORMAT}", r.format)));
     }
     if r.key.trim() != key.trim() {
@@ -128,12 +153,25 @@ pub fn verify(text: &str, key: &str) -> Result<Verified> {
     let statement = key
         .open_note(&r.statement)
         .map_err(|e| bad(format!("its statement: {e}")))?;
-    let seqs: Vec<i64> = r
+    let events: Vec<(i64, &str)> = r
         .events
         .iter()
-        .map(|e| e.fields.first().and_then(|s| s.parse().ok()).unwrap_or(0))
+        .map(|e| {
+            let seq = e.fields.first().and_then(|s| s.parse().ok()).unwrap_or(0);
+            (seq, e.hash.as_str())
+        })
         .collect();
-    if statement != statement_body(&cp.origin, r.request, &seqs, &r.policy_sha256, cp.size) {
+    let hashes = r.format == FORMAT;
+    if statement
+        != statement_body(
+            &cp.origin,
+            r.request,
+            &events,
+            hashes,
+            &r.policy_sha256,
+            cp.size,
+        )
+    {
         return Err(bad(
             "its events, request, policy or size are not those its signed statement names".into(),
         ));

@@ -490,11 +490,12 @@ impl Pim {
             let proof = crate::merkle::inclusion_proof(&mut get, (e.seq - 1) as u64, size)?;
             proven.push(crate::receipt::ProvenEvent::new(e, &proof));
         }
-        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        let chained: Vec<(i64, &str)> = events.iter().map(|e| (e.seq, e.hash.as_str())).collect();
         let statement = self.signer()?.sign_text(&crate::receipt::statement_body(
             &opened.origin,
             id,
-            &seqs,
+            &chained,
+            true,
             &policy_sha256,
             size,
         ));

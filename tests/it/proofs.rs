@@ -209,6 +209,28 @@ fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
         tried += 1;
     }
     assert!(tried > 20, "{tried}");
+    // An event rechained: another prev_hash, and its hash computed again from it and its
+    // fields (the tree proves the fields only; the statement signs the hash).
+    let mut rechained: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let e = &mut rechained["events"][1];
+    let fields: Vec<String> = serde_json::from_value(e["fields"].clone()).unwrap();
+    let prev = "f".repeat(64);
+    let hash = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(prev.as_bytes());
+        h.update(serde_json::to_vec(&fields).unwrap());
+        hex::encode(h.finalize())
+    };
+    e["prev_hash"] = prev.into();
+    e["hash"] = hash.into();
+    std::fs::write(env.path("rechained.json"), rechained.to_string()).unwrap();
+    let (p, y) = offline("rechained.json");
+    assert!(p != 0 && y != 0, "a rechained event passed: pim {p}, python {y}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["format"],
+        "pim-receipt/3"
+    );
     // Cut down (the deactivation left out), or hostile: both refuse, cleanly.
     let mut cut: serde_json::Value = serde_json::from_str(&text).unwrap();
     cut["events"].as_array_mut().unwrap().pop();
