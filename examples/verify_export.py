@@ -2,14 +2,22 @@
 """Recompute pim's audit hash chain from a JSONL export, independently of pim.
 
     pim audit export --format jsonl > audit.jsonl
-    python3 examples/verify_export.py audit.jsonl
+    pim audit verify --json                      # the head, from the live log (or a checkpoint's host)
+    python3 examples/verify_export.py audit.jsonl --head HEAD
 
 hash = hex(SHA-256(prev_hash || canonical)), where prev_hash is the previous event's hash in
 hex (64 zeros for event 1) and canonical is the compact JSON array of the event's thirteen
 fields as strings, absent values as "": seq, time, actor, action, principal, role, scope,
 request, justification, ticket, expires, result, details. Exit 0 and the head hash, or exit 1
-naming the first bad event. An export filtered with --since and the like starts mid-chain:
-its first prev_hash is taken as given.
+naming the first bad event.
+
+A chain proves only that its events follow each other: an export rewritten from some event on,
+every hash after it computed again, chains too, and so does one with its first or last events
+cut off. So, with --head HEAD (the head `pim audit verify` gives on the pim host, or one you
+wrote down earlier), the export must end at that head and start at the log's first event
+(seq 1, prev_hash all zeros); without it, the script says what it cannot prove. An export
+filtered with --since and the like starts mid-chain: its first prev_hash is taken as given,
+and --head then needs --mid-chain.
 """
 import hashlib
 import json
@@ -17,6 +25,7 @@ import sys
 
 FIELDS = ["seq", "time", "actor", "action", "principal", "role", "scope", "request",
           "justification", "ticket", "expires", "result", "details"]
+GENESIS = "0" * 64
 
 
 def text(value):
@@ -27,12 +36,27 @@ def text(value):
     return str(value)
 
 
-def main(path):
+def main(argv):
+    args = argv[1:]
+    mid_chain = "--mid-chain" in args
+    args = [a for a in args if a != "--mid-chain"]
+    head = None
+    if "--head" in args:
+        i = args.index("--head")
+        if i + 1 >= len(args):
+            sys.exit(__doc__)
+        head = args[i + 1].strip().lower()
+        del args[i:i + 2]
+    if len(args) != 1:
+        sys.exit(__doc__)
     prev = None
+    first = None
     count = 0
-    with open(path, encoding="utf-8") as f:
+    with open(args[0], encoding="utf-8") as f:
         for line in f:
             event = json.loads(line)
+            if first is None:
+                first = event
             if prev is not None and event["prev_hash"] != prev:
                 print(f"event {event['seq']}: prev_hash does not chain", file=sys.stderr)
                 return 1
@@ -44,9 +68,27 @@ def main(path):
                 return 1
             prev = event["hash"]
             count += 1
+    if first is None:
+        print("the export holds no event", file=sys.stderr)
+        return 1
+    from_start = str(first["seq"]) == "1" and first["prev_hash"] == GENESIS
+    if head is not None:
+        if not from_start and not mid_chain:
+            print(f"the export starts at event {first['seq']}, not at the log's first", file=sys.stderr)
+            return 1
+        if prev != head:
+            print(f"the export ends at head {prev}, not at the head given ({head}): events were "
+                  "cut off, added or rewritten", file=sys.stderr)
+            return 1
     print(f"{count} events chain; head {prev}")
+    if head is None:
+        print("not proven: that no event was cut off or rewritten with its hashes computed again; "
+              "give --head HEAD from `pim audit verify` on the pim host", file=sys.stderr)
+        if not from_start:
+            print(f"note: the export starts at event {first['seq']}, not at the log's first",
+                  file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv))

@@ -226,7 +226,10 @@ fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
     e["hash"] = hash.into();
     std::fs::write(env.path("rechained.json"), rechained.to_string()).unwrap();
     let (p, y) = offline("rechained.json");
-    assert!(p != 0 && y != 0, "a rechained event passed: pim {p}, python {y}");
+    assert!(
+        p != 0 && y != 0,
+        "a rechained event passed: pim {p}, python {y}"
+    );
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&text).unwrap()["format"],
         "pim-receipt/3"
