@@ -234,6 +234,52 @@ fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
         serde_json::from_str::<serde_json::Value>(&text).unwrap()["format"],
         "pim-receipt/3"
     );
+    // A receipt of an earlier pim (format 2: its statement names the events without their
+    // chain hashes), signed here with the log's own key, still verifies in both.
+    let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+    old["format"] = "pim-receipt/2".into();
+    let checkpoint = old["checkpoint"].as_str().unwrap().to_string();
+    let origin = checkpoint.lines().next().unwrap().to_string();
+    let instance = origin.strip_prefix("pim.local/").unwrap();
+    let key_file = env
+        .dir
+        .path()
+        .join(".config/pim/keys")
+        .join(format!("{instance}.key"));
+    let key_hex = std::fs::read_to_string(&key_file).unwrap();
+    let seed: [u8; 32] = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"pim key derivation: checkpoint signing key\n");
+        h.update(hex::decode(key_hex.trim()).unwrap());
+        h.finalize().into()
+    };
+    let events: Vec<(i64, String)> = old["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["fields"][0].as_str().unwrap().parse().unwrap(),
+                String::new(),
+            )
+        })
+        .collect();
+    let named: Vec<(i64, &str)> = events.iter().map(|(s, h)| (*s, h.as_str())).collect();
+    let size: u64 = checkpoint.lines().nth(1).unwrap().parse().unwrap();
+    let body = pim::receipt::statement_body(
+        &origin,
+        old["request"].as_i64().unwrap(),
+        &named,
+        false,
+        old["policy_sha256"].as_str().unwrap(),
+        size,
+    );
+    old["statement"] = pim::checkpoint::NoteSigner::new(&origin, &seed)
+        .sign_text(&body)
+        .into();
+    std::fs::write(env.path("old.json"), old.to_string()).unwrap();
+    assert_eq!(offline("old.json"), (0, 0), "a format 2 receipt");
     // Cut down (the deactivation left out), or hostile: both refuse, cleanly.
     let mut cut: serde_json::Value = serde_json::from_str(&text).unwrap();
     cut["events"].as_array_mut().unwrap().pop();
