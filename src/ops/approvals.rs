@@ -97,7 +97,7 @@ impl<'a> Decider<'a> {
 /// the scope). An approval given by someone disabled, taken off the approvers or whose
 /// `approve` ended since stays on record, but one more approver no longer starts the request
 /// on its strength.
-pub(crate) fn standing_approvals(
+fn standing_approvals(
     tx: &Db,
     policy: &Policy,
     role: &Role,

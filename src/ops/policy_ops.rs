@@ -35,10 +35,33 @@ pub struct Canceled {
     pub reason: String,
 }
 
+/// The approvals of request `id` that `role`'s rules accept: each by a user still enabled
+/// and, where the role names its approvers, one of them. Where it names none, the approver
+/// held `approve` when deciding (checked then): a just-in-time approver whose activation has
+/// ended since takes nothing back.
+fn approvals_under(tx: &crate::store::Db, role: &Role, id: i64) -> Result<i64> {
+    let mut n = 0;
+    for d in super::approvals::decisions(tx, id)? {
+        if d.decision != crate::model::Verdict::Approve {
+            continue;
+        }
+        let Some(approver) = super::users::find(tx, &d.approver)? else {
+            continue;
+        };
+        let named =
+            role.settings.approvers.is_empty() || role.settings.approvers.contains(&approver.name);
+        if !approver.disabled && named {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Why request `r` (pending, or scheduled and not yet started), made under `old`'s rules
 /// for its role, falls short of `new`'s, if it does: a request is judged by the rules in
 /// force, and one that waits must not carry rules that no longer are into the future.
-/// `standing` counts its approvals that still stand (see `approvals::standing_approvals`).
+/// `standing` counts its approvals that the new rules accept (`approvals_under`); they are
+/// counted only when the role's approval rules changed.
 fn falls_short(
     r: &crate::ops::Request,
     old: &Role,
@@ -67,6 +90,9 @@ fn falls_short(
         format!("its justification does not match {key}'s new pattern")
     } else if r.status == crate::model::Status::Scheduled
         && n.require_approval
+        && (n.require_approval != o.require_approval
+            || n.approvers != o.approvers
+            || n.min_approvals != o.min_approvals)
         && standing()? < i64::from(n.min_approvals)
     {
         format!("it was not approved as {key} now requires")
@@ -159,8 +185,7 @@ impl Pim {
                     if !changed.contains(&n.key.as_str()) {
                         continue;
                     }
-                    let scope = Scope::parse(&r.scope)?;
-                    let standing = || super::approvals::standing_approvals(tx, new, n, &scope, r.id, t);
+                    let standing = || approvals_under(tx, n, r.id);
                     if let Some(reason) = falls_short(&r, o, n, standing)? {
                         short.push((r, reason));
                     }
@@ -315,6 +340,18 @@ mod tests {
             ..r.clone()
         };
         assert_eq!(short(&pending, &two, 0), None);
+        // Approval rules unchanged: its approvals are not counted again (a just-in-time
+        // approver's `approve` ended since, say), whatever else of the role changed.
+        let approving = role(&approval);
+        let described = role(&format!("{approval}\ndescription = \"Operations\""));
+        assert_eq!(
+            falls_short(&r, &approving, &described, || Ok(0)).unwrap(),
+            None
+        );
+        let quorum = role(&format!("{approval}\nmin_approvals = 2"));
+        assert!(falls_short(&r, &approving, &quorum, || Ok(1))
+            .unwrap()
+            .is_some());
         // No justification where one is now required.
         let none = crate::ops::Request {
             justification: None,

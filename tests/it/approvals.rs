@@ -955,3 +955,131 @@ fn an_approval_starts_a_request_for_no_longer_than_the_role_now_allows() {
     let end = chrono::DateTime::parse_from_rfc3339(r["end"].as_str().unwrap()).unwrap();
     assert_eq!(end - start, chrono::Duration::hours(1), "{r}");
 }
+
+/// A policy change that leaves a role's approval rules alone cancels none of its scheduled
+/// requests for their approvals: one approved by a just-in-time approver whose `approve`
+/// has ended since waits on. A change of the approval rules counts them again, as the new
+/// rules would (an approver no longer named, or a larger quorum).
+#[test]
+fn an_unrelated_policy_change_keeps_a_scheduled_request_its_approver_approved() {
+    let w = world();
+    make_approver(&w, "carol", "/");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let r = w
+        .env
+        .activate(
+            "bob",
+            &w.bob,
+            "db-admin",
+            &[
+                "--scope", "/prod", "-j", "INC-1", "--start", &later, "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let id = r["id"].as_i64().unwrap();
+    let r = decide(&w, "carol", &w.carol, "approve", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "scheduled", "{r}");
+    w.env
+        .as_("admin", &["unassign", "carol", "approver", "--active"])
+        .expect(0);
+    let source = policy().to_toml();
+    let apply = |name: &str, text: String| {
+        assert_ne!(text, source, "{name}");
+        std::fs::write(w.env.path(name), text).unwrap();
+        w.env
+            .as_("admin", &["policy", "apply", name, "--json"])
+            .expect(0)
+            .json()
+    };
+    let described = apply(
+        "described.toml",
+        source.replace(
+            "[roles.db-admin]\n",
+            "[roles.db-admin]\ndescription = \"Databases\"\n",
+        ),
+    );
+    assert_eq!(described["canceled"], serde_json::json!([]), "{described}");
+    let show = || {
+        w.env
+            .as_("bob", &["request", "show", &id.to_string(), "--json"])
+            .expect(0)
+            .json()["status"]
+            .clone()
+    };
+    assert_eq!(show(), "scheduled");
+    let quorum = apply(
+        "quorum.toml",
+        source.replace(
+            "[roles.db-admin]\n",
+            "[roles.db-admin]\ndescription = \"Databases\"\nmin_approvals = 2\n",
+        ),
+    );
+    assert_eq!(quorum["canceled"][0]["id"], id, "{quorum}");
+    assert_eq!(show(), "canceled");
+}
+
+/// Where a role names no approvers, an approval was given by a holder of `approve`, checked
+/// then: a change of the approval rules that the request still meets (a quorum of two made
+/// one) keeps it, though both approvers' `approve` has ended since.
+#[test]
+fn a_quorum_made_smaller_keeps_a_request_its_ended_approvers_approved() {
+    let w = world();
+    let erin = w.env.user("erin");
+    w.env
+        .as_(
+            "admin",
+            &[
+                "assign",
+                "bob",
+                "two-holders",
+                "--scope",
+                "/prod",
+                "-j",
+                "x",
+            ],
+        )
+        .expect(0);
+    make_approver(&w, "erin", "/");
+    make_approver(&w, "dave", "/");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let id = w
+        .env
+        .activate(
+            "bob",
+            &w.bob,
+            "two-holders",
+            &[
+                "--scope", "/prod", "-j", "INC-1", "--start", &later, "--json",
+            ],
+        )
+        .expect(0)
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    decide(&w, "erin", &erin, "approve", id, 0).expect(0);
+    let r = decide(&w, "dave", &w.dave, "approve", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "scheduled", "{r}");
+    for who in ["erin", "dave"] {
+        w.env
+            .as_("admin", &["unassign", who, "approver", "--active"])
+            .expect(0);
+    }
+    let source = policy().to_toml();
+    let smaller = source.replace(
+        "[roles.two-holders]\nname = \"Two Holders\"\nrequire_approval = true\nmin_approvals = 2",
+        "[roles.two-holders]\nname = \"Two Holders\"\nrequire_approval = true\nmin_approvals = 1",
+    );
+    assert_ne!(smaller, source, "{source}");
+    std::fs::write(w.env.path("smaller.toml"), smaller).unwrap();
+    let applied = w
+        .env
+        .as_("admin", &["policy", "apply", "smaller.toml", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(applied["canceled"], serde_json::json!([]), "{applied}");
+}
