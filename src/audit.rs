@@ -1159,7 +1159,7 @@ pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
             '=' | '+' | '-' | '@' | '\t' | '\r' | '\u{ff1d}' | '\u{ff0b}' | '\u{ff0d}' | '\u{ff20}'
         )
     );
-    if formula || cell.starts_with('\'') || cell.starts_with(['\t', '\r']) {
+    if formula || cell.starts_with('\'') {
         format!("'{cell}").into()
     } else {
         cell.into()

@@ -55,8 +55,7 @@ pub struct Receipt {
     pub events: Vec<ProvenEvent>,
 }
 
-/// The body of a receipt's statement.
-/// The statement's body for `events`, each its seq and, from format 3 on (`hashes`), its
+/// The body of a receipt's statement for `events`, each its seq and, from format 3 on (`hashes`), its
 /// chain hash.
 pub fn statement_body(
     origin: &str,

@@ -217,6 +217,9 @@ impl Vault {
     }
 
     fn key(&self) -> Result<&Zeroizing<[u8; 32]>> {
+        if let Some(why) = &self.withheld {
+            return Err(Error::Refused(why.clone()));
+        }
         if self.key.get().is_none() {
             if let Some((instance, group)) = &self.create {
                 let made = Vault::create(instance, *group)?;
@@ -224,9 +227,6 @@ impl Vault {
                     let _ = self.key.set(key);
                 }
             }
-        }
-        if let Some(why) = &self.withheld {
-            return Err(Error::Refused(why.clone()));
         }
         self.key.get().ok_or_else(|| {
             Error::Environment(format!(

@@ -261,13 +261,13 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
                         path.display(),
                         mode(&meta)
                     ),
-                    Some(if installed {
-                        {
-                            let p = crate::text::shell_word(&path);
+                    Some({
+                        let p = crate::text::shell_word(&path);
+                        if installed {
                             format!("chgrp pim {p} && chmod 0660 {p}")
+                        } else {
+                            format!("chmod 0600 {p}")
                         }
-                    } else {
-                        format!("chmod 0600 {}", crate::text::shell_word(&path))
                     }),
                 ));
             } else if suffix.is_empty() {
@@ -532,13 +532,13 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
                     key.display(),
                     mode(&meta)
                 ),
-                Some(if installed {
-                    {
-                        let k = crate::text::shell_word(&key);
+                Some({
+                    let k = crate::text::shell_word(&key);
+                    if installed {
                         format!("chgrp pim {k} && chmod 0640 {k}")
+                    } else {
+                        format!("chmod 0600 {k}")
                     }
-                } else {
-                    format!("chmod 0600 {}", crate::text::shell_word(&key))
                 }),
             )
         }

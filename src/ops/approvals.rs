@@ -92,6 +92,26 @@ impl<'a> Decider<'a> {
     }
 }
 
+/// The approvals of request `id` whose approver (a user still there) `counts`.
+pub(crate) fn count_approvals(
+    tx: &Db,
+    id: i64,
+    mut counts: impl FnMut(&users::User) -> Result<bool>,
+) -> Result<i64> {
+    let mut n = 0;
+    for d in decisions(tx, id)? {
+        if d.decision != Verdict::Approve {
+            continue;
+        }
+        if let Some(approver) = users::find(tx, &d.approver)? {
+            if counts(&approver)? {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// The approvals of request `id` that make its quorum now: each by someone who may still
 /// decide it (enabled, still among the role's approvers, or still holding `approve` over
 /// the scope). An approval given by someone disabled, taken off the approvers or whose
@@ -105,19 +125,9 @@ fn standing_approvals(
     id: i64,
     now: i64,
 ) -> Result<i64> {
-    let mut standing = 0;
-    for d in decisions(tx, id)? {
-        if d.decision != Verdict::Approve {
-            continue;
-        }
-        let Some(approver) = users::find(tx, &d.approver)? else {
-            continue;
-        };
-        if may_decide(tx, policy, role, &approver, scope, now)? {
-            standing += 1;
-        }
-    }
-    Ok(standing)
+    count_approvals(tx, id, |approver| {
+        may_decide(tx, policy, role, approver, scope, now)
+    })
 }
 
 /// What the caller typed for an extension: its justification, ticket and TOTP code.
@@ -135,7 +145,7 @@ fn final_state(r: &Request) -> Error {
     ))
 }
 
-fn event(actor: &str, action: &str, r: &Request) -> Event {
+pub(crate) fn event(actor: &str, action: &str, r: &Request) -> Event {
     Event::new(actor, action)
         .principal(&r.user)
         .role(&r.role)

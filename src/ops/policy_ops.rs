@@ -40,21 +40,10 @@ pub struct Canceled {
 /// held `approve` when deciding (checked then): a just-in-time approver whose activation has
 /// ended since takes nothing back.
 fn approvals_under(tx: &crate::store::Db, role: &Role, id: i64) -> Result<i64> {
-    let mut n = 0;
-    for d in super::approvals::decisions(tx, id)? {
-        if d.decision != crate::model::Verdict::Approve {
-            continue;
-        }
-        let Some(approver) = super::users::find(tx, &d.approver)? else {
-            continue;
-        };
-        let named =
-            role.settings.approvers.is_empty() || role.settings.approvers.contains(&approver.name);
-        if !approver.disabled && named {
-            n += 1;
-        }
-    }
-    Ok(n)
+    let named = &role.settings.approvers;
+    super::approvals::count_approvals(tx, id, |approver| {
+        Ok(!approver.disabled && (named.is_empty() || named.contains(&approver.name)))
+    })
 }
 
 /// Why request `r` (pending, or scheduled and not yet started), made under `old`'s rules
@@ -88,7 +77,7 @@ fn falls_short(
         .is_none_or(|j| n.justification_matches(j))
     {
         format!("its justification does not match {key}'s new pattern")
-    } else if r.status == crate::model::Status::Scheduled
+    } else if r.status == Status::Scheduled
         && n.require_approval
         && (n.require_approval != o.require_approval
             || n.approvers != o.approvers
@@ -199,11 +188,7 @@ impl Pim {
                     let why = format!("canceled by a policy change: {reason}");
                     tx.close_request(r.id, Status::Canceled, t, actor, Some(&why))?;
                     tx.record(
-                        Event::new(actor, "activation.cancel")
-                            .principal(&r.user)
-                            .role(&r.role)
-                            .scope(&r.scope)
-                            .request(r.id)
+                        super::approvals::event(actor, "activation.cancel", r)
                             .detail("reason", reason.as_str()),
                     )?;
                 }
