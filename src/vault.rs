@@ -23,9 +23,9 @@ pub struct Vault {
     key: std::sync::OnceLock<Zeroizing<[u8; 32]>>,
     /// Where the key was looked for (for messages).
     wanted: PathBuf,
-    /// When the key is missing and may be made on first use: the instance and, for the
-    /// installed database, the pim group.
-    create: Option<(String, Option<u32>)>,
+    /// When the key is missing and may be made on first use: the instance, for the
+    /// installed database the pim group, and the server it is made for.
+    create: Option<(String, Option<u32>, Option<String>)>,
     /// Why no key was looked for at all (`Vault::not_yours`).
     withheld: Option<String>,
 }
@@ -70,10 +70,40 @@ fn valid_instance(instance: &str) -> Result<()> {
     }
 }
 
-fn parse_key(text: &str) -> Option<Zeroizing<[u8; 32]>> {
+/// A key file: the key, on its first line, then a `server IDENTITY` line for each
+/// PostgreSQL server the key may be used for (`pg::identity`).
+struct KeyFile {
+    key: Zeroizing<[u8; 32]>,
+    servers: Vec<String>,
+}
+
+fn parse_key(text: &str) -> Option<KeyFile> {
+    let mut lines = text.lines();
     let mut key = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(text.trim(), key.as_mut_slice()).ok()?;
-    Some(key)
+    hex::decode_to_slice(lines.next()?.trim(), key.as_mut_slice()).ok()?;
+    let mut servers = Vec::new();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        servers.push(line.strip_prefix("server ")?.trim().to_string());
+    }
+    Some(KeyFile { key, servers })
+}
+
+/// The key file's text: the key, then the servers it is bound to.
+fn key_text(key: &[u8; 32], servers: &[String]) -> Zeroizing<String> {
+    let mut text = Zeroizing::new(format!("{}\n", hex::encode(key)));
+    for server in servers {
+        text.push_str(&format!("server {server}\n"));
+    }
+    text
+}
+
+/// How a key found for a PostgreSQL server named by the caller is refused when it is not
+/// bound to that server.
+fn not_bound(path: &Path, server: &str) -> String {
+    format!(
+        "The key {} is not bound to the server {server}: any server can name your database's instance id, so pim uses a key (its TOTP secrets, its signed checkpoints and receipts) only for the servers it was bound to, by `pim init` or `pim store copy` there. If this server holds your database, bind the key to it with `pim store bind-key` (--db naming it as here).",
+        path.display()
+    )
 }
 
 impl Vault {
@@ -86,8 +116,10 @@ impl Vault {
     }
 
     /// Find and read the key of database `instance`. A missing key is not an error until a
-    /// secret is needed; a key file that others could read or change is.
-    pub fn load(instance: &str, installed: bool) -> Result<Vault> {
+    /// secret is needed; a key file that others could read or change is. `server`: the
+    /// identity of a PostgreSQL server the caller named (not the installed one), for which
+    /// a key is used only where it is bound to it ([`bind`]).
+    pub fn load(instance: &str, installed: bool, server: Option<&str>) -> Result<Vault> {
         valid_instance(instance)?;
         let paths = key_paths(instance, installed);
         for path in &paths {
@@ -96,8 +128,11 @@ impl Vault {
             } else {
                 read_key(path, installed)
             };
-            if let Some(key) = read? {
-                return Ok(Vault::with_key(key, path.clone()));
+            if let Some(file) = read? {
+                if let Some(server) = server.filter(|s| !file.servers.iter().any(|b| b == s)) {
+                    return Ok(Vault::not_yours(not_bound(path, server)));
+                }
+                return Ok(Vault::with_key(file.key, path.clone()));
             }
         }
         Ok(Vault {
@@ -133,13 +168,14 @@ impl Vault {
 
     /// Let a missing key be created when a secret is first sealed (by whoever could write
     /// the database directly: `group` for the installed one, whose creator is root).
-    pub fn create_when_needed(&mut self, instance: &str, group: Option<u32>) {
-        self.create = Some((instance.to_string(), group));
+    pub fn create_when_needed(&mut self, instance: &str, group: Option<u32>, server: Option<&str>) {
+        self.create = Some((instance.to_string(), group, server.map(str::to_string)));
     }
 
     /// Create the key file of database `instance` (refusing to replace one). For the
-    /// installed database `group` is the pim group and the caller is root.
-    pub fn create(instance: &str, group: Option<u32>) -> Result<Vault> {
+    /// installed database `group` is the pim group and the caller is root. A key made for a
+    /// server the caller named is bound to it (`server`, its `pg::identity`).
+    pub fn create(instance: &str, group: Option<u32>, server: Option<&str>) -> Result<Vault> {
         use std::io::Write;
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         valid_instance(instance)?;
@@ -182,7 +218,8 @@ impl Vault {
             file.set_permissions(std::fs::Permissions::from_mode(0o640))
                 .map_err(fail)?;
         }
-        let text = Zeroizing::new(format!("{}\n", hex::encode(key.as_slice())));
+        let servers: Vec<String> = server.map(str::to_string).into_iter().collect();
+        let text = key_text(&key, &servers);
         file.write_all(text.as_bytes()).map_err(fail)?;
         file.sync_all().map_err(fail)?;
         Ok(Vault::with_key(key, path))
@@ -194,7 +231,7 @@ impl Vault {
 
     /// Whether secrets can be sealed: the key is here, or may be made.
     pub fn usable(&self) -> bool {
-        self.has_key() || self.create.is_some()
+        self.withheld.is_none() && (self.has_key() || self.create.is_some())
     }
 
     pub fn path(&self) -> &Path {
@@ -221,8 +258,8 @@ impl Vault {
             return Err(Error::Refused(why.clone()));
         }
         if self.key.get().is_none() {
-            if let Some((instance, group)) = &self.create {
-                let made = Vault::create(instance, *group)?;
+            if let Some((instance, group, server)) = &self.create {
+                let made = Vault::create(instance, *group, server.as_deref())?;
                 if let Some(key) = made.key.into_inner() {
                     let _ = self.key.set(key);
                 }
@@ -301,9 +338,68 @@ fn damaged(user: &str) -> Error {
     ))
 }
 
+/// Bind the key of database `instance` (the caller's: found as [`Vault::load`] finds a
+/// personal one) to the server `server` (its `pg::identity`), so that pim uses the key for
+/// that server. The file is written anew beside itself and renamed over, with its owner,
+/// group and mode. Returns the key file, and whether the key was bound there already; none
+/// when the caller has no key of this database.
+pub fn bind(instance: &str, server: &str) -> Result<Option<(PathBuf, bool)>> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    valid_instance(instance)?;
+    if server.is_empty() || server.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::Usage(format!(
+            "{} cannot be written into a key file.",
+            server.escape_debug()
+        )));
+    }
+    for path in key_paths(instance, false) {
+        let Some(mut file) = read_key(&path, false)? else {
+            continue;
+        };
+        if file.servers.iter().any(|s| s == server) {
+            return Ok(Some((path, true)));
+        }
+        file.servers.push(server.to_string());
+        let fail = |e: std::io::Error| {
+            Error::Environment(format!("Cannot bind the key {}: {e}.", path.display()))
+        };
+        let meta = std::fs::symlink_metadata(&path).map_err(fail)?;
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{}.new", std::process::id()));
+        let fresh = path.with_file_name(name);
+        let written = (|| -> std::io::Result<()> {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&fresh)?;
+            let made = out.metadata()?;
+            if made.uid() != meta.uid() || made.gid() != meta.gid() {
+                std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()))?;
+            }
+            out.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o640))?;
+            out.write_all(key_text(&file.key, &file.servers).as_bytes())?;
+            out.sync_all()?;
+            std::fs::rename(&fresh, &path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&fresh);
+            return Err(fail(e));
+        }
+        return Ok(Some((path, false)));
+    }
+    Ok(None)
+}
+
 /// Read a key file if it exists. The installed key must belong to root and the pim group,
 /// and nobody else may read or change it; a personal one only its owner.
-fn read_key(path: &Path, installed: bool) -> Result<Option<Zeroizing<[u8; 32]>>> {
+fn read_key(path: &Path, installed: bool) -> Result<Option<KeyFile>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = match std::fs::OpenOptions::new()
@@ -333,7 +429,7 @@ fn read_key(path: &Path, installed: bool) -> Result<Option<Zeroizing<[u8; 32]>>>
         )));
     }
     let mut text = Zeroizing::new(String::new());
-    file.by_ref().take(256).read_to_string(&mut text)?;
+    file.by_ref().take(64 * 1024).read_to_string(&mut text)?;
     parse_key(&text).map(Some).ok_or_else(|| {
         Error::Environment(format!(
             "The key file {} is damaged; restore it from your key backup.",
@@ -380,6 +476,73 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(read_key(&path, false).unwrap().is_some());
         assert!(read_key(&dir.path().join("none"), false).unwrap().is_none());
-        assert!(Vault::load("../../etc/passwd", false).is_err());
+        assert!(Vault::load("../../etc/passwd", false, None).is_err());
+    }
+
+    #[test]
+    fn a_key_serves_a_named_server_only_once_bound_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("XDG_CONFIG_HOME", dir.path());
+        let instance = "0123456789abcdef0123456789abcdef";
+        let (here, there) = ("postgres://db.example:5432/pim", "postgres://evil:5432/pim");
+        // Nothing to bind yet.
+        assert!(bind(instance, here).unwrap().is_none());
+        let made = Vault::create(instance, None, Some(here)).unwrap();
+        let path = made.path().to_path_buf();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().nth(1), Some(format!("server {here}").as_str()));
+        let key = made.derive("t").unwrap();
+        // The server it was made for, and a file, get the key; another server does not.
+        assert_eq!(
+            *Vault::load(instance, false, Some(here))
+                .unwrap()
+                .derive("t")
+                .unwrap(),
+            *key
+        );
+        assert_eq!(
+            *Vault::load(instance, false, None)
+                .unwrap()
+                .derive("t")
+                .unwrap(),
+            *key
+        );
+        let refused = Vault::load(instance, false, Some(there)).unwrap();
+        let e = refused.derive("t").unwrap_err();
+        assert!(matches!(e, Error::Refused(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("not bound to the server postgres://evil"),
+            "{e}"
+        );
+        // Bound, it is served there too; the key and its mode are what they were.
+        assert_eq!(bind(instance, there).unwrap(), Some((path.clone(), false)));
+        assert_eq!(bind(instance, there).unwrap(), Some((path.clone(), true)));
+        assert_eq!(
+            *Vault::load(instance, false, Some(there))
+                .unwrap()
+                .derive("t")
+                .unwrap(),
+            *key
+        );
+        assert_eq!(
+            *Vault::load(instance, false, Some(here))
+                .unwrap()
+                .derive("t")
+                .unwrap(),
+            *key
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
+        // Nothing but a server's identity goes in, on a line of its own.
+        assert!(bind(instance, "a\nserver b").is_err());
+        assert!(bind(instance, "").is_err());
+        // A line that is not a server's is a damaged file, not an unbound key.
+        std::fs::write(&path, format!("{}\nsomething else\n", "ab".repeat(32))).unwrap();
+        assert!(Vault::load(instance, false, Some(here)).is_err());
+        std::env::remove_var("XDG_CONFIG_HOME");
     }
 }

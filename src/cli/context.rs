@@ -258,8 +258,14 @@ impl Ctx {
         // file could have copied it from another's (see `Vault::not_yours`).
         let yours =
             db.file.installed || self.server.is_some() || db.file.owner == privilege::real_uid();
+        // A server the caller named answers as it likes, the instance id too: a key only
+        // for the servers it is bound to (`vault::bind`).
+        let named_server = match &self.server {
+            Some((url, false)) => Some(store::pg::identity(url)?),
+            _ => None,
+        };
         let mut vault = if yours {
-            Vault::load(&instance, db.file.installed)?
+            Vault::load(&instance, db.file.installed, named_server.as_deref())?
         } else {
             Vault::not_yours(format!(
                 "{} is {}'s file, not yours: pim uses a database's key (its TOTP secrets, its signed checkpoints and receipts) only as the file's owner, so that a file another account made with your database's instance id gets no signature of your key. Run this as its owner.",
@@ -270,7 +276,11 @@ impl Ctx {
         };
         if yours && !vault.has_key() && self.may_create_key(&db)? {
             // Made when a secret is first sealed, not by every command that reads.
-            vault.create_when_needed(&instance, db.file.installed.then_some(db.file.group));
+            vault.create_when_needed(
+                &instance,
+                db.file.installed.then_some(db.file.group),
+                named_server.as_deref(),
+            );
         }
         // Everything from here on runs with the caller's own rights only.
         privilege::drop_for_good();

@@ -46,8 +46,13 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<i32> {
     };
     let file = db.file.clone();
     let instance = db.conn.instance()?;
+    // A key made for a server the caller named is bound to it (see `Vault::load`).
+    let server = match &ctx.server {
+        Some((url, false)) => Some(store::pg::identity(url)?),
+        _ => None,
+    };
     let created = (|| -> crate::Result<(Pim, Enrollment)> {
-        let vault = Vault::create(&instance, shared)?;
+        let vault = Vault::create(&instance, shared, server.as_deref())?;
         Pim::init(
             db.conn,
             Arc::new(SystemClock),

@@ -498,6 +498,7 @@ fn examples(page: &str) -> &'static [&'static str] {
         "pim-store-copy" => {
             &["pim store copy --from pim.db --to postgres://pim@db.example.com/pim"]
         }
+        "pim-store-bind-key" => &["pim store bind-key --db postgres://pim@db2.example.com/pim"],
         "pim-store-grant" => &["pim store grant --help"],
         "pim-store-recount" => &[
             "pim doctor",

@@ -18,6 +18,11 @@ pub enum StoreCommand {
         #[arg(long, value_name = "URL")]
         to: String,
     },
+    /// Let your key of the database in --db (a PostgreSQL server) be used for that server:
+    /// its TOTP secrets, signed checkpoints and receipts. pim uses a key for a server only
+    /// where it is bound to it (`pim init` and `pim store copy` bind it), since any server
+    /// can name your database's instance id
+    BindKey,
     /// Grant ROLE what pim needs at run time on a PostgreSQL database, and no UPDATE or
     /// DELETE on the audit log (run it with the owner's URL in --db)
     Grant {
@@ -45,6 +50,14 @@ pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
                 .into());
             }
             let copied = store::copy::copy(&from, &to)?;
+            // The caller's key of their own file now also serves the server they copied it
+            // to (another account's file could carry any instance id: its key is not bound).
+            let bound = if copied.yours {
+                crate::vault::bind(&copied.instance, &store::pg::identity(&to)?)?
+            } else {
+                None
+            };
+            let key = bound.map(|(path, _)| path.display().to_string());
             if ctx.json {
                 json(&serde_json::json!({
                     "from": from.display().to_string(),
@@ -52,6 +65,7 @@ pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
                     "rows": copied.rows.iter().map(|(t, n)| (t.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
                     "events": copied.events,
                     "head": copied.head,
+                    "key": key,
                 }))?;
             } else {
                 let mut t = table(&["table", "rows"]);
@@ -64,6 +78,66 @@ pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
                     store::pg::describe(&to),
                     copied.events,
                     copied.head
+                ))?;
+                if let Some(path) = key {
+                    out(&format!(
+                        "Your key {} is bound to the server too.",
+                        safe(&path)
+                    ))?;
+                }
+            }
+            Ok(0)
+        }
+        StoreCommand::BindKey => {
+            if crate::privilege::is_setgid() && crate::privilege::real_uid() != 0 {
+                return Err(crate::Error::Refused(
+                    "`pim store bind-key` through the installed (set-group-id) pim is for root; use a pim binary of your own."
+                        .to_string(),
+                )
+                .into());
+            }
+            let url = match &ctx.server {
+                Some((url, false)) => url,
+                Some((_, true)) => {
+                    return Err(crate::Error::Usage(
+                        "The installed server needs no binding: its key is /etc/pim/keys's, for the server root's configuration names.".to_string(),
+                    )
+                    .into())
+                }
+                None => {
+                    return Err(crate::Error::Usage(
+                        "`pim store bind-key` is for a PostgreSQL database: name it with --db postgres://USER@HOST/DATABASE.".to_string(),
+                    )
+                    .into())
+                }
+            };
+            let server = store::pg::identity(url)?;
+            let instance = store::pg::open(url, false)?.conn.instance()?;
+            let Some((path, already)) = crate::vault::bind(&instance, &server)? else {
+                return Err(crate::Error::NotFound(format!(
+                    "You have no key of the database at {} (its instance id is {instance}): copy it from the key's backup into {} first.",
+                    ctx.db.display(),
+                    crate::vault::key_paths(&instance, false)[0].display()
+                ))
+                .into());
+            };
+            if ctx.json {
+                json(&serde_json::json!({
+                    "key": path.display().to_string(),
+                    "server": server,
+                    "bound": true,
+                    "already": already,
+                }))?;
+            } else {
+                out(&format!(
+                    "The key {} {} the server {}.",
+                    safe(&path.display().to_string()),
+                    if already {
+                        "was already bound to"
+                    } else {
+                        "is now bound to"
+                    },
+                    safe(&server)
                 ))?;
             }
             Ok(0)

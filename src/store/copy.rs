@@ -183,6 +183,10 @@ pub struct Copied {
     /// Audit events and the chain's head, checked on both sides.
     pub events: i64,
     pub head: String,
+    /// The database's instance id (the server's now too), and whether the source file is
+    /// the caller's own (whose key may then be bound to the server).
+    pub instance: String,
+    pub yours: bool,
 }
 
 /// Copy the SQLite database at `from` into the (empty) PostgreSQL database at `to`.
@@ -196,7 +200,10 @@ pub fn copy(from: &Path, to: &str) -> Result<Copied> {
         ));
     }
     privilege::drop_for_good();
-    let source = super::open(from)?.conn;
+    let opened = super::open(from)?;
+    let yours = opened.file.owner == privilege::real_uid();
+    let source = opened.conn;
+    let instance = source.instance()?;
     let before = audit::verify(&source)?;
     let Some(head) = before.head.clone().filter(|_| before.ok) else {
         return Err(Error::Environment(format!(
@@ -310,5 +317,7 @@ pub fn copy(from: &Path, to: &str) -> Result<Copied> {
         rows,
         events: before.events,
         head,
+        instance,
+        yours,
     })
 }

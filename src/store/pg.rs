@@ -388,6 +388,86 @@ pub fn describe(url: &str) -> String {
     format!("postgres://{user}{at}{host}{port}/{db}")
 }
 
+/// Which server and database `url` reaches, as a key is bound to it (`vault::bind`): each
+/// host with its port (and the address it is reached at, where `hostaddr` names one), the
+/// database, and how the server proves itself (TLS verified, against which roots). Who
+/// connects (the user, a password) and the session's settings are left out: they change
+/// who asks, not who answers. Every name is escaped, so that two places never read the same:
+/// `postgres://db.example.com:5432/pim?tls=verified`.
+pub fn identity(url: &str) -> Result<String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (mut verified, mut root, mut kept) = (false, None, Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", v)) => verified = matches!(v, "require" | "verify-ca" | "verify-full"),
+            Some(("sslrootcert", v)) => root = Some(percent_decode(v)),
+            _ => kept.push(pair),
+        }
+    }
+    let driver = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let config: postgres::Config = driver.parse().map_err(|_| {
+        Error::Usage(format!(
+            "{} is not a PostgreSQL connection URL (postgres://USER@HOST/DATABASE).",
+            describe(url)
+        ))
+    })?;
+    let (hosts, addrs, ports) = (
+        config.get_hosts(),
+        config.get_hostaddrs(),
+        config.get_ports(),
+    );
+    let places: Vec<String> = (0..hosts.len().max(addrs.len()).max(1))
+        .map(|i| {
+            let host = match hosts.get(i) {
+                Some(postgres::config::Host::Tcp(h)) => escape(&h.to_ascii_lowercase(), true),
+                Some(postgres::config::Host::Unix(p)) => escape(&p.to_string_lossy(), true),
+                None if addrs.is_empty() => "localhost".to_string(),
+                None => String::new(),
+            };
+            // The driver's rule: no port is 5432, one is every host's, else one each.
+            let port = match ports {
+                [] => 5432,
+                [one] => *one,
+                each => each.get(i).copied().unwrap_or(5432),
+            };
+            match addrs.get(i) {
+                Some(addr) => format!("{host}[{addr}]:{port}"),
+                None => format!("{host}:{port}"),
+            }
+        })
+        .collect();
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or_default();
+    let mut out = format!("postgres://{}/{}", places.join(","), escape(db, false));
+    if verified {
+        out.push_str("?tls=verified");
+        if let Some(root) = root {
+            out.push_str(&format!("&sslrootcert={}", escape(&root, true)));
+        }
+    }
+    Ok(out)
+}
+
+/// `text` with every byte but letters, digits, `.`, `_`, `-`, `~` (and `/`, if `slash`)
+/// written `%XX`: no separator of [`identity`], no control character, one line.
+fn escape(text: &str, slash: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b".-_~".contains(&b) || (slash && b == b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// A driver's message, unless it could carry connection settings (then withheld).
 pub fn redact(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
@@ -862,6 +942,52 @@ pub fn installed_url() -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_servers_identity_is_where_it_is_and_how_it_proves_itself() {
+        let id = |u: &str| identity(u).unwrap();
+        let plain = id("postgres://pim@db.example.com/pim");
+        assert_eq!(plain, "postgres://db.example.com:5432/pim");
+        // Who connects, and how, is not where: the same identity.
+        for same in [
+            "postgresql://alice:pw@DB.Example.com:5432/pim",
+            "postgres://db.example.com/pim?user=bob&password=x&application_name=y",
+            "postgres://pim@db.example.com/pim?sslmode=disable&connect_timeout=3",
+        ] {
+            assert_eq!(id(same), plain, "{same}");
+        }
+        // Another host, port, database, address, or way of proving itself: another one.
+        for other in [
+            "postgres://pim@db2.example.com/pim",
+            "postgres://pim@db.example.com:5433/pim",
+            "postgres://pim@db.example.com/pim2",
+            "postgres://pim@db.example.com/pim?hostaddr=10.0.0.9",
+            "postgres://pim@db.example.com,evil.example.com/pim",
+            "postgres://pim@db.example.com/pim?sslmode=require",
+            "postgres://pim@db.example.com/pim?sslmode=require&sslrootcert=/tmp/ca.pem",
+        ] {
+            assert_ne!(id(other), plain, "{other}");
+        }
+        assert_eq!(
+            id("postgres://pim@db.example.com/pim?sslmode=require&sslrootcert=/etc/ssl/ca%20x.pem"),
+            "postgres://db.example.com:5432/pim?tls=verified&sslrootcert=/etc/ssl/ca%20x.pem"
+        );
+        assert_eq!(
+            id("postgres://pim@/pim?host=/var/run/postgresql&port=5433"),
+            "postgres:///var/run/postgresql:5433/pim"
+        );
+        assert_eq!(
+            id("postgres://pim@a,b:7/pim?hostaddr=10.0.0.1,::1"),
+            "postgres://a[10.0.0.1]:5432,b[::1]:7/pim"
+        );
+        // A separator inside a name is escaped: no two places read the same, and a line
+        // break never reaches the key file.
+        assert_eq!(
+            id("postgres://pim@/x%2Cy%3A1?host=/tmp/a%0Ab"),
+            "postgres:///tmp/a%0Ab:5432/x%2Cy%3A1"
+        );
+        assert!(identity("postgres://pim@db/pim?port=notaport").is_err());
+    }
 
     #[test]
     fn passwords_never_show() {

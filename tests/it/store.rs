@@ -170,6 +170,14 @@ fn store_copy_moves_a_team_with_its_chain_intact_and_refuses_a_non_empty_target(
         .expect(0);
     assert!(!copied.stdout.contains("s3cret-pw"), "{}", copied.stdout);
     let j = copied.json();
+    // The caller's key of the file is bound to the server it went to.
+    let key_file = j["key"].as_str().unwrap().to_string();
+    assert!(key_file.starts_with(file.path(".config/pim/keys").to_str().unwrap()));
+    let bound = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(
+        bound.lines().nth(1).unwrap(),
+        format!("server {}", pim::store::pg::identity(target.url()).unwrap())
+    );
     assert_eq!(j["head"], before.1.as_str());
     assert_eq!(j["events"], before.0);
     assert_eq!(j["rows"]["users"], 2);
@@ -204,6 +212,8 @@ fn store_copy_moves_a_team_with_its_chain_intact_and_refuses_a_non_empty_target(
         .unwrap();
     assert_eq!(head(&moved), before);
     moved.run(&["check", "bob", "db-admin"]).expect(0);
+    // The key serves the server (a signed checkpoint needs it).
+    moved.as_("admin", &["audit", "checkpoint"]).expect(0);
     moved.as_("admin", &["user", "add", "carol"]).expect(0);
     moved
         .as_("admin", &["assign", "carol", "db-admin", "-j", "new"])
@@ -256,6 +266,90 @@ fn store_copy_moves_a_team_with_its_chain_intact_and_refuses_a_non_empty_target(
 /// A database of its own on the test server, owned by a new login role, with a second login
 /// role beside it: (owner, app, database, the database's URL as the server's admin). Names
 /// start with `tag` and end with this process's id.
+/// A server anyone stands up can name your database's instance id (it is public: in every
+/// checkpoint's origin): a key is used for a server only where it was bound to it.
+#[test]
+fn a_key_signs_for_no_server_it_is_not_bound_to() {
+    if support::on_postgres() {
+        return; // two servers' databases side by side: it runs in the SQLite pass
+    }
+    let mine = Env::postgres();
+    mine.init();
+    let instance: String = support::postgres::client(mine.url())
+        .query_one("SELECT value FROM meta WHERE key = 'instance'", &[])
+        .unwrap()
+        .get(0);
+    mine.as_("admin", &["audit", "checkpoint"]).expect(0);
+    // Another database, filled as its maker likes, names my instance id; I am asked to run
+    // pim on it, with my own keys.
+    let theirs = Env {
+        dir: crate::support::tempdir(),
+        db: support::postgres::fresh_database().into(),
+    };
+    theirs.init();
+    support::postgres::client(theirs.url())
+        .execute(
+            "UPDATE meta SET value = $1 WHERE key = 'instance'",
+            &[&instance],
+        )
+        .unwrap();
+    let forged = Env {
+        dir: mine.dir,
+        db: theirs.db.clone(),
+    };
+    let cp = forged.path("forged.cp");
+    for args in [
+        vec!["audit", "checkpoint", "--output", cp.to_str().unwrap()],
+        vec!["audit", "key"],
+    ] {
+        let r = forged.as_("admin", &args).expect(3);
+        assert!(
+            r.stderr.contains("is not bound to the server postgres://")
+                && r.stderr.contains("pim store bind-key"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert!(!support::exists(&cp));
+    // What needs no key still works there.
+    forged.as_("admin", &["role", "list"]).expect(0);
+    // Bound on purpose (the owner says the server is theirs), the key serves it: the
+    // refusal above was the binding's alone.
+    let bound = forged.run(&["store", "bind-key"]).expect(0);
+    assert!(
+        bound.stdout.contains("is now bound to the server"),
+        "{}",
+        bound.stdout
+    );
+    forged
+        .as_(
+            "admin",
+            &["audit", "checkpoint", "--output", cp.to_str().unwrap()],
+        )
+        .expect(0);
+    let again = forged
+        .run(&["store", "bind-key", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(again["already"], true);
+    // A server with no key of mine: nothing to bind.
+    let none = Env {
+        dir: crate::support::tempdir(),
+        db: theirs.db.clone(),
+    };
+    let r = none.run(&["store", "bind-key"]).expect(4);
+    assert!(r.stderr.contains("no key of the database"), "{}", r.stderr);
+    // A file needs no binding (its owner is the binding), and says so.
+    let file = Env::sqlite();
+    file.init();
+    let r = file.run(&["store", "bind-key"]).expect(2);
+    assert!(
+        r.stderr.contains("is for a PostgreSQL database"),
+        "{}",
+        r.stderr
+    );
+}
+
 fn team_database(su: &mut postgres::Client, tag: &str) -> (String, String, String, String) {
     let n = std::process::id();
     let (owner, app, db) = (
