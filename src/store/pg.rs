@@ -611,8 +611,12 @@ fn connect(url: &str) -> Result<postgres::Client> {
     // No pim holds the write lock for long, nor waits for it for ever: a process stopped
     // inside a transaction (anyone may stop their own pim) loses its session, and so the
     // head row's lock, after SESSION_IDLE; a writer gives up after LOCK_WAIT.
+    // pim's tables are in `public` (the grants and the triggers' functions name it), and a
+    // session reads them there whatever its URL's `options` or its role's settings put on
+    // the search path: a schema of someone else's tables first on it would have pim read,
+    // and sign with a key bound to this server, a log they filled.
     client.batch_execute(&format!(
-        "SET lock_timeout = '{LOCK_WAIT}'; SET idle_in_transaction_session_timeout = '{SESSION_IDLE}'"
+        "SET search_path = public; SET lock_timeout = '{LOCK_WAIT}'; SET idle_in_transaction_session_timeout = '{SESSION_IDLE}'"
     ))?;
     Ok(client)
 }

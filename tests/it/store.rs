@@ -279,7 +279,32 @@ fn a_key_signs_for_no_server_it_is_not_bound_to() {
         .query_one("SELECT value FROM meta WHERE key = 'instance'", &[])
         .unwrap()
         .get(0);
-    mine.as_("admin", &["audit", "checkpoint"]).expect(0);
+    let real = mine.as_("admin", &["audit", "checkpoint"]).expect(0).stdout;
+    // The same server and database with another schema first on the path (a URL's options):
+    // pim reads its tables in public all the same, so no one's tables in another schema
+    // get a key bound to the server. Without pim setting its path, "no pim database" there.
+    support::postgres::client(mine.url())
+        .batch_execute("CREATE SCHEMA forged")
+        .unwrap();
+    let pathed = Env {
+        dir: crate::support::tempdir(),
+        db: format!("{}?options=-c%20search_path%3Dforged", mine.url()).into(),
+    };
+    std::fs::create_dir_all(pathed.path(".config")).unwrap();
+    Command::new("cp")
+        .arg("-r")
+        .arg(mine.path(".config/pim"))
+        .arg(pathed.path(".config/pim"))
+        .status()
+        .unwrap();
+    let again = pathed
+        .as_("admin", &["audit", "checkpoint"])
+        .expect(0)
+        .stdout;
+    assert_eq!(
+        again.lines().take(3).collect::<Vec<_>>(),
+        real.lines().take(3).collect::<Vec<_>>()
+    );
     // Another database, filled as its maker likes, names my instance id; I am asked to run
     // pim on it, with my own keys.
     let theirs = Env {
@@ -534,24 +559,22 @@ fn migrations_refuse_a_schema_others_may_create_in() {
             .batch_execute(&grant.replace("GRANT", "REVOKE").replace(" TO ", " FROM "))
             .unwrap();
     }
-    // A schema of the owner's own name comes first on the default path ("$user", public).
+    // A schema of the owner's own name comes first on the default path ("$user", public);
+    // pim's sessions set their path to public, so the tables go there all the same. The
+    // owner alone may create in public (PostgreSQL 15's default): the store is made.
     su_db
         .batch_execute(&format!("CREATE SCHEMA AUTHORIZATION {owner}"))
         .unwrap();
-    let r = env.run(&["init", "--admin", "admin"]).expect(1);
-    assert!(
-        r.stderr
-            .contains(&format!("this session's current schema is {owner}")),
-        "{}",
-        r.stderr
-    );
-    assert_eq!(tables(&mut su_db), 0);
-    su_db
-        .batch_execute(&format!("DROP SCHEMA {owner}"))
-        .unwrap();
-    // The owner alone may create in public (PostgreSQL 15's default): the store is made.
     env.init();
     assert!(tables(&mut su_db) > 0);
+    let elsewhere: i64 = su_db
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('public', 'pg_catalog', 'information_schema')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(elsewhere, 0);
     env.run(&["audit", "verify"]).expect(0);
     // The owner's recount writes with the owner's rights too: the same check first.
     let grant = format!("GRANT CREATE ON SCHEMA public TO {app}");
