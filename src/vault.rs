@@ -3,6 +3,8 @@
 //! 0640, created by `pim init` as root), `$XDG_CONFIG_HOME/pim/keys/ID.key` (0600) for a
 //! personal one. Secrets are sealed with XChaCha20-Poly1305, a fresh nonce each, bound to
 //! their user's name, so a copy of the database or of its backups reveals none of them.
+//! A key file may go on with `server IDENTITY` lines: the PostgreSQL servers, named with
+//! `--db`, for which the key may be used (`bind`; a file's owner is its own binding).
 
 use crate::error::{Error, Result};
 use crate::privilege;
