@@ -236,6 +236,12 @@ impl Vault {
         self.withheld.is_none() && (self.has_key() || self.create.is_some())
     }
 
+    /// Why this database gets no key of the caller's (another account's file, a server the
+    /// key is not bound to), if so.
+    pub fn withheld(&self) -> Option<&str> {
+        self.withheld.as_deref()
+    }
+
     pub fn path(&self) -> &Path {
         &self.wanted
     }

@@ -514,6 +514,13 @@ pub fn run_doctor(ctx: &Ctx) -> anyhow::Result<i32> {
     // The key of the secrets (and of the checkpoints' signatures).
     let key = pim.vault().path().to_path_buf();
     found.push(match std::fs::symlink_metadata(&key) {
+        // No key was looked for: the message says why, and what to do.
+        _ if pim.vault().withheld().is_some() => finding(
+            "key",
+            "problem",
+            pim.vault().withheld().unwrap_or_default().to_string(),
+            None,
+        ),
         Err(_) => finding(
             "key",
             "warning",

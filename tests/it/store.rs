@@ -336,6 +336,17 @@ fn a_key_signs_for_no_server_it_is_not_bound_to() {
         );
     }
     assert!(!support::exists(&cp));
+    // `pim doctor` says why, not that there is no key.
+    let found = forged.as_("admin", &["doctor", "--json"]).expect(1).json();
+    let key = support::item(&found, "check", "key");
+    assert_eq!(key["state"], "problem", "{key}");
+    assert!(
+        key["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is not bound to the server"),
+        "{key}"
+    );
     // What needs no key still works there.
     forged.as_("admin", &["role", "list"]).expect(0);
     // Bound on purpose (the owner says the server is theirs), the key serves it: the
