@@ -425,6 +425,16 @@ fn read_key(path: &Path, installed: bool) -> Result<Option<KeyFile>> {
         }
     };
     let meta = file.metadata()?;
+    // A personal key is the caller's own (or root's, under /etc/pim/keys): one another
+    // account put where the caller's configuration points would be a key they know.
+    let owner = meta.uid();
+    if !installed && owner != privilege::real_uid() && owner != 0 {
+        return Err(Error::Environment(format!(
+            "The key file {} belongs to {}, not you: pim uses only a key file of your own. Move it away, or run as its owner.",
+            path.display(),
+            privilege::account_name(owner).unwrap_or_else(|| format!("uid {owner}"))
+        )));
+    }
     let unsafe_file = !meta.is_file()
         || meta.mode() & 0o037 != 0
         || (installed && (meta.uid() != 0 || Some(meta.gid()) != privilege::installed_group()));
@@ -484,6 +494,14 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(read_key(&path, false).unwrap().is_some());
         assert!(read_key(&dir.path().join("none"), false).unwrap().is_none());
+        // Another account's key file is not taken for the caller's (root can show it).
+        if privilege::real_uid() == 0 {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let e = read_key(&path, false).err().unwrap();
+            assert!(e.to_string().contains("not you"), "{e}");
+            std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+            assert!(read_key(&path, false).unwrap().is_some());
+        }
         assert!(Vault::load("../../etc/passwd", false, None).is_err());
     }
 

@@ -358,16 +358,18 @@ pub fn is_url(db: &Path) -> bool {
 /// driver parsed, so that no password (in the user part, the query, anywhere) is ever
 /// shown, printed or audited.
 pub fn describe(url: &str) -> String {
-    let parsed = match url.split_once('?') {
-        // pim's own TLS parameters are not the driver's.
-        Some((base, query)) => {
+    // What the driver is given (pim's own TLS parameters are not the driver's), or for a
+    // URL pim refuses, what it would be.
+    let parsed = match (target(url), url.split_once('?')) {
+        (Ok(target), _) => target.driver,
+        (Err(_), Some((base, query))) => {
             let kept: Vec<&str> = query
                 .split('&')
                 .filter(|p| !p.starts_with("sslmode=") && !p.starts_with("sslrootcert="))
                 .collect();
             format!("{base}?{}", kept.join("&"))
         }
-        None => url.to_string(),
+        (Err(_), None) => url.to_string(),
     };
     let Ok(config) = parsed.parse::<postgres::Config>() else {
         return "a PostgreSQL URL that does not parse".to_string();
@@ -395,26 +397,9 @@ pub fn describe(url: &str) -> String {
 /// who asks, not who answers. Every name is escaped, so that two places never read the same:
 /// `postgres://db.example.com:5432/pim?tls=verified`.
 pub fn identity(url: &str) -> Result<String> {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let (mut verified, mut root, mut kept) = (false, None, Vec::new());
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("sslmode", v)) => verified = matches!(v, "require" | "verify-ca" | "verify-full"),
-            Some(("sslrootcert", v)) => root = Some(percent_decode(v)),
-            _ => kept.push(pair),
-        }
-    }
-    let driver = if kept.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    let config: postgres::Config = driver.parse().map_err(|_| {
-        Error::Usage(format!(
-            "{} is not a PostgreSQL connection URL (postgres://USER@HOST/DATABASE).",
-            describe(url)
-        ))
-    })?;
+    // The very configuration `connect` hands the driver, parsed from the same string.
+    let target = target(url)?;
+    let config = target.config(url)?;
     let (hosts, addrs, ports) = (
         config.get_hosts(),
         config.get_hostaddrs(),
@@ -423,8 +408,13 @@ pub fn identity(url: &str) -> Result<String> {
     let places: Vec<String> = (0..hosts.len().max(addrs.len()).max(1))
         .map(|i| {
             let host = match hosts.get(i) {
-                Some(postgres::config::Host::Tcp(h)) => escape(&h.to_ascii_lowercase(), true),
-                Some(postgres::config::Host::Unix(p)) => escape(&p.to_string_lossy(), true),
+                Some(postgres::config::Host::Tcp(h)) => {
+                    escape(h.to_ascii_lowercase().as_bytes(), true)
+                }
+                Some(postgres::config::Host::Unix(p)) => {
+                    use std::os::unix::ffi::OsStrExt;
+                    escape(p.as_os_str().as_bytes(), true)
+                }
                 None if addrs.is_empty() => "localhost".to_string(),
                 None => String::new(),
             };
@@ -440,25 +430,103 @@ pub fn identity(url: &str) -> Result<String> {
             }
         })
         .collect();
+    // No database (or an empty name) is the user's, as the server has it.
     let db = config
         .get_dbname()
+        .filter(|d| !d.is_empty())
         .or(config.get_user())
         .unwrap_or_default();
-    let mut out = format!("postgres://{}/{}", places.join(","), escape(db, false));
-    if verified {
+    let mut out = format!(
+        "postgres://{}/{}",
+        places.join(","),
+        escape(db.as_bytes(), false)
+    );
+    if target.verified {
         out.push_str("?tls=verified");
-        if let Some(root) = root {
-            out.push_str(&format!("&sslrootcert={}", escape(&root, true)));
+        if let Some(root) = &target.root {
+            out.push_str(&format!("&sslrootcert={}", escape(root.as_bytes(), true)));
         }
     }
     Ok(out)
 }
 
+/// A URL as pim takes it apart: its own TLS settings (`sslmode`, `sslrootcert`: each at
+/// most once, and only values pim knows) and the string the driver parses, which is the
+/// one thing both `connect` and [`identity`] read, so that no URL reaches one server while
+/// it names another.
+struct Target {
+    driver: String,
+    verified: bool,
+    root: Option<String>,
+}
+
+fn target(url: &str) -> Result<Target> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (mut mode, mut root, mut kept) = (None, None, Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let twice =
+            |name: &str| Error::Usage(format!("{name} is given twice in the URL: give it once."));
+        match pair.split_once('=') {
+            Some(("sslmode", v)) => {
+                if mode.replace(v).is_some() {
+                    return Err(twice("sslmode"));
+                }
+            }
+            Some(("sslrootcert", v)) => {
+                if root.replace(percent_decode(v)).is_some() {
+                    return Err(twice("sslrootcert"));
+                }
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let verified = match mode {
+        Some("require" | "verify-ca" | "verify-full") => true,
+        Some("disable") | None => false,
+        Some(other) => {
+            return Err(Error::Usage(format!(
+                "sslmode={} is not one pim knows: use require (TLS, the server's certificate verified) or disable (no TLS; pim never encrypts without verifying).",
+                other.escape_debug()
+            )))
+        }
+    };
+    if !verified && root.is_some() {
+        return Err(Error::Usage(
+            "sslrootcert needs sslmode=require: pim never sends a connection half-protected."
+                .to_string(),
+        ));
+    }
+    if verified {
+        kept.push("sslmode=require");
+    }
+    let driver = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok(Target {
+        driver,
+        verified,
+        root,
+    })
+}
+
+impl Target {
+    fn config(&self, url: &str) -> Result<postgres::Config> {
+        self.driver.parse().map_err(|_| {
+            Error::Usage(format!(
+                "{} is not a PostgreSQL connection URL (postgres://USER@HOST/DATABASE).",
+                describe(url)
+            ))
+        })
+    }
+}
+
 /// `text` with every byte but letters, digits, `.`, `_`, `-`, `~` (and `/`, if `slash`)
 /// written `%XX`: no separator of [`identity`], no control character, one line.
-fn escape(text: &str, slash: bool) -> String {
+fn escape(text: &[u8], slash: bool) -> String {
     let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
+    for &b in text {
         if b.is_ascii_alphanumeric() || b".-_~".contains(&b) || (slash && b == b'/') {
             out.push(b as char);
         } else {
@@ -483,39 +551,11 @@ pub fn redact(text: &str) -> String {
 /// name, against `sslrootcert=FILE` (PEM) when given, else the public web's roots. Without
 /// it (or with `sslmode=disable`) the connection is not encrypted: use a local socket or a
 /// private network. Returns the URL the driver reads (pim's own parameters taken out).
-fn tls_settings(url: &str) -> Result<(String, Option<rustls::ClientConfig>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), None));
-    };
-    let mut mode = None;
-    let mut root = None;
-    let mut kept = Vec::new();
-    for pair in query.split('&') {
-        match pair.split_once('=') {
-            Some(("sslmode", v)) => mode = Some(v.to_string()),
-            Some(("sslrootcert", v)) => root = Some(percent_decode(v)),
-            _ => kept.push(pair),
-        }
+fn tls_settings(target: &Target) -> Result<Option<rustls::ClientConfig>> {
+    if !target.verified {
+        return Ok(None);
     }
-    let verified = match mode.as_deref() {
-        Some("require" | "verify-ca" | "verify-full") => true,
-        Some("disable") | None => false,
-        Some(other) => {
-            return Err(Error::Usage(format!(
-                "sslmode={other} is not one pim knows: use require (TLS, the server's certificate verified) or disable (no TLS; pim never encrypts without verifying)."
-            )))
-        }
-    };
-    if !verified {
-        if root.is_some() {
-            return Err(Error::Usage(
-                "sslrootcert needs sslmode=require: pim never sends a connection half-protected."
-                    .to_string(),
-            ));
-        }
-        return Ok((url.to_string(), None));
-    }
-    kept.push("sslmode=require");
+    let root = &target.root;
     let mut roots = rustls::RootCertStore::empty();
     match &root {
         Some(path) if !path.starts_with('/') => {
@@ -552,7 +592,7 @@ fn tls_settings(url: &str) -> Result<(String, Option<rustls::ClientConfig>)> {
     .map_err(|e| Error::Environment(format!("TLS cannot be set up: {e}.")))?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    Ok((format!("{base}?{}", kept.join("&")), Some(config)))
+    Ok(Some(config))
 }
 
 /// `%XX` escapes decoded (for a path in a URL's query).
@@ -576,13 +616,9 @@ fn percent_decode(v: &str) -> String {
 }
 
 fn connect(url: &str) -> Result<postgres::Client> {
-    let (driver_url, tls) = tls_settings(url)?;
-    let mut config: postgres::Config = driver_url.parse().map_err(|_| {
-        Error::Usage(format!(
-            "{} is not a PostgreSQL connection URL (postgres://USER@HOST/DATABASE).",
-            describe(url)
-        ))
-    })?;
+    let target = target(url)?;
+    let tls = tls_settings(&target)?;
+    let mut config = target.config(url)?;
     if config.get_application_name().is_none() {
         config.application_name("pim");
     }
@@ -991,6 +1027,58 @@ mod tests {
             "postgres:///tmp/a%0Ab:5432/x%2Cy%3A1"
         );
         assert!(identity("postgres://pim@db/pim?port=notaport").is_err());
+        // No database, or an empty name, is the user's (as the server has it).
+        assert_eq!(
+            id("postgres://db.example.com/pim?dbname=&user=pim"),
+            id("postgres://db.example.com/pim?user=pim")
+        );
+        assert_eq!(
+            id("postgres://db.example.com/?user=pim&dbname="),
+            "postgres://db.example.com:5432/pim"
+        );
+    }
+
+    /// The driver takes the user part up to the first `@` anywhere in the URL: an `@` in a
+    /// value pim took out of it moved the host and database the driver was given away from
+    /// the ones the identity (and the messages) named. The identity is made from what the
+    /// driver is given, and pim's own parameters are given once, with values it knows.
+    #[test]
+    fn a_url_reaches_the_server_its_identity_names() {
+        let smuggled = "postgres://127.0.0.1:56432/victim?sslmode=x@127.0.0.1:56433/evil?user=pim&sslmode=disable";
+        let e = identity(smuggled).unwrap_err();
+        assert!(e.to_string().contains("sslmode is given twice"), "{e}");
+        let e = target("postgres://h/db?sslmode=x@evil:1/db").err().unwrap();
+        assert!(e.to_string().contains("is not one pim knows"), "{e}");
+        assert!(target("postgres://h/db?sslrootcert=/a&sslrootcert=/b&sslmode=require").is_err());
+        // Whatever the driver makes of a URL, the identity is of that.
+        let mut checked = 0;
+        for url in [
+            "postgres://127.0.0.1:56432/victim?application_name=x@127.0.0.1:56433/evil?user=pim",
+            "postgres://127.0.0.1:56432/victim?sslmode=disable&application_name=x@127.0.0.1:56433/evil",
+            "postgres://127.0.0.1:56432/victim?sslmode=require&application_name=x@127.0.0.1:56433/evil?user=pim",
+        ] {
+            let Ok(t) = target(url) else { continue };
+            let Ok(config) = t.driver.parse::<postgres::Config>() else {
+                assert!(identity(url).is_err(), "{url}");
+                continue;
+            };
+            let host = match config.get_hosts().first() {
+                Some(postgres::config::Host::Tcp(h)) => h.clone(),
+                other => panic!("{other:?}"),
+            };
+            let port = config.get_ports().first().copied().unwrap_or(5432);
+            let db = config.get_dbname().or(config.get_user()).unwrap().to_string();
+            let id = identity(url).unwrap();
+            assert!(
+                id.starts_with(&format!("postgres://{host}:{port}/{}", escape(db.as_bytes(), false))),
+                "{url}: the driver is given {host}:{port}/{db}, the identity says {id}"
+            );
+            // And the messages name what the driver is given.
+            assert!(describe(url).contains(&format!("{host}:{port}/{db}")), "{}", describe(url));
+            assert_eq!((host.as_str(), port, db.as_str()), ("127.0.0.1", 56433, "evil"));
+            checked += 1;
+        }
+        assert_eq!(checked, 3);
     }
 
     #[test]

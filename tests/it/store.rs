@@ -318,6 +318,7 @@ fn a_key_signs_for_no_server_it_is_not_bound_to() {
             &[&instance],
         )
         .unwrap();
+    let mine_url = mine.url().to_string();
     let forged = Env {
         dir: mine.dir,
         db: theirs.db.clone(),
@@ -347,6 +348,41 @@ fn a_key_signs_for_no_server_it_is_not_bound_to() {
             .contains("is not bound to the server"),
         "{key}"
     );
+    // The driver takes a URL's user part up to its first `@`, wherever it is: a URL that
+    // names my server and database up to an `@` hidden in a parameter reaches theirs. It
+    // is refused (a parameter of pim's that makes no sense), or reaches theirs named as
+    // theirs (not bound); it never gets my key's signature.
+    let plain = mine_url.replacen("pim@", "", 1);
+    let at = theirs.url().strip_prefix("postgres://pim@").unwrap();
+    for (smuggled, code, says) in [
+        (
+            format!("{plain}?sslmode=x@{at}?user=pim&sslmode=disable"),
+            2,
+            "sslmode is given twice",
+        ),
+        (
+            format!("{plain}?application_name=x@{at}?user=pim"),
+            3,
+            "is not bound to the server",
+        ),
+    ] {
+        let out = forged
+            .command(&[
+                "--as",
+                "admin",
+                "audit",
+                "checkpoint",
+                "--output",
+                cp.to_str().unwrap(),
+            ])
+            .env("PIM_DB", &smuggled)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{smuggled}: {stderr}");
+        assert!(stderr.contains(says), "{smuggled}: {stderr}");
+        assert!(!support::exists(&cp));
+    }
     // What needs no key still works there.
     forged.as_("admin", &["role", "list"]).expect(0);
     // Bound on purpose (the owner says the server is theirs), the key serves it: the
