@@ -1,7 +1,7 @@
 //! `pim activate`, `deactivate`, `status`, `check` and `request ...`.
 
 use super::context::Ctx;
-use super::output::{json, out, table, unix, when};
+use super::output::{json, out, say, table, unix, when};
 use super::prompt;
 use crate::model::Status;
 use crate::ops::ActivationInput;
@@ -453,7 +453,7 @@ pub fn run_activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<i32> {
         }
     } else {
         let now = pim.now();
-        out(&requests
+        say(&requests
             .iter()
             .map(|r| describe(r, now))
             .collect::<Vec<_>>()
@@ -639,7 +639,7 @@ fn show_request(
         } else {
             format!("; it is {status}")
         };
-        out(&format!(
+        say(&format!(
             "Request {} ({} for {} at {}): {what}{state}.",
             r.id, r.role, r.user, r.scope,
         ))?;
@@ -800,7 +800,7 @@ pub fn run_deactivate(ctx: &Ctx, a: DeactivateArgs) -> anyhow::Result<i32> {
     if ctx.json {
         json(&r)?;
     } else {
-        out(&format!(
+        say(&format!(
             "Request {}: {} at {} is deactivated.",
             r.id, r.role, r.scope
         ))?;
@@ -916,7 +916,7 @@ pub fn run_check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<i32> {
         }))?;
     } else if !ctx.quiet {
         let now = pim.now();
-        out(&match held {
+        say(&match held {
             Some(u) => format!(
                 "{} holds {} at {} until {}.",
                 a.user,

@@ -1,7 +1,7 @@
 //! `pim assign`, `pim unassign`, `pim assignment list`.
 
 use super::context::Ctx;
-use super::output::{json, out, table, unix, when};
+use super::output::{json, out, say, table, unix, when};
 use super::prompt;
 use crate::error::Error;
 use crate::ops::{AssignInput, AssignmentFilter, End};
@@ -161,7 +161,7 @@ pub fn run_assign(ctx: &Ctx, a: AssignArgs) -> anyhow::Result<i32> {
             Some(_) => format!("until {}", when(done.end_at, pim.now())),
             None => "with no end".to_string(),
         };
-        out(&format!(
+        say(&format!(
             "{} is now {} for {} at {}, from {} {end}.",
             done.user,
             done.kind,
@@ -180,7 +180,7 @@ pub fn run_unassign(ctx: &Ctx, a: UnassignArgs) -> anyhow::Result<i32> {
     if ctx.json {
         json(&removed)?;
     } else {
-        out(&format!(
+        say(&format!(
             "Removed {}'s {} assignment of {} at {}.",
             removed.user, removed.kind, removed.role, removed.scope
         ))?;
@@ -351,7 +351,7 @@ fn run_import(ctx: &Ctx, file: PathBuf, dry_run: bool) -> anyhow::Result<i32> {
     if ctx.json {
         json(&summary)?;
     } else {
-        out(&format!(
+        say(&format!(
             "{} {} row(s): {} added, {} unchanged{}.",
             if dry_run { "Checked" } else { "Imported" },
             summary.added + summary.unchanged,

@@ -1,7 +1,7 @@
 //! `pim audit list|export|verify` and `pim sweep`.
 
 use super::context::{Ctx, Withheld};
-use super::output::{json, out, table};
+use super::output::{json, out, say, table};
 use crate::audit::{spreadsheet_safe, EventRef, Filter, COLUMNS};
 use crate::error::Error;
 use crate::time::parse_instant;
@@ -330,7 +330,7 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
                     0 => String::new(),
                     n => format!("; it extends the {n} signed checkpoint(s) given"),
                 };
-                out(&format!(
+                say(&format!(
                     "The audit chain holds: {} events, head {}, Merkle root {}{against}.",
                     v.events,
                     v.head.clone().unwrap_or_default(),
@@ -506,7 +506,7 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
             "notifications": delivery,
         }))?;
     } else if !ctx.quiet {
-        out(&format!(
+        say(&format!(
             "Swept: {} activation(s) started, {} activation(s) and {} assignment(s) expired, {} request(s) timed out, {} reminder(s); notifications: {} sent, {} to retry, {} failed.",
             report.started.len(),
             report.expired_activations.len(),
@@ -518,7 +518,7 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
             delivery.failed.len()
         ))?;
         if let Some(size) = witnessed {
-            out(&format!(
+            say(&format!(
                 "A signed checkpoint of {size} events went to the witnesses."
             ))?;
         }
@@ -617,7 +617,7 @@ pub fn run_receipt(ctx: &Ctx, args: ReceiptArgs) -> anyhow::Result<i32> {
         if ctx.json {
             json(&v)?;
         } else {
-            out(&format!(
+            say(&format!(
                 "The receipt verifies: request {}, {} event(s), all in the signed checkpoint of {} events; policy sha256 {}.",
                 v.request, v.events, v.tree_size, v.policy_sha256
             ))?;

@@ -1,7 +1,7 @@
 //! `pim init`: create the database, load the policy, make the break-glass administrator.
 
 use super::context::{real_user, Ctx};
-use super::output::{json, out};
+use super::output::{json, out, say};
 use super::policy::read_policy;
 use crate::clock::SystemClock;
 use crate::ops::Enrollment;
@@ -92,7 +92,7 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> anyhow::Result<i32> {
             "protected_roles": protected,
         }))?;
     } else {
-        out(&format!(
+        say(&format!(
             "Created {} with {} as break-glass administrator (permanently active: {}).",
             ctx.db.display(),
             args.admin,

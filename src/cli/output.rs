@@ -155,29 +155,47 @@ pub fn terminal_width(stderr: bool) -> Option<usize> {
 pub fn note(text: &str) {
     let safe = safe_lines(text);
     match terminal_width(true).filter(|&w| w >= 20) {
-        Some(width) => {
-            let mut out = String::new();
-            for line in safe.split('\n') {
-                for part in wrap_indented(line, width) {
-                    out.push_str(&part);
-                    out.push('\n');
-                }
-            }
-            eprint!("{out}");
-        }
+        Some(width) => eprint!("{}", wrapped(&safe, width)),
         None => eprintln!("{safe}"),
     }
 }
 
+/// What a command says it did, on stdout (unsafe characters escaped). On a terminal a line
+/// wider than it is broken at spaces, as `note` breaks one, not mid-word by the terminal. Only
+/// for sentences: a key, a token, a checkpoint, a QR code or a table goes through `out`, since
+/// a line break pim put in would be copied with it.
+pub fn say(text: &str) -> Result<()> {
+    let safe = safe_lines(text);
+    match terminal_width(false).filter(|&w| w >= 20) {
+        Some(width) => data(&wrapped(&safe, width)),
+        None => data(&safe),
+    }
+}
+
+/// Each line of `text` broken at spaces into parts of at most `width` columns, each part on a
+/// line of its own.
+fn wrapped(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    for line in text.split('\n') {
+        for part in wrap_indented(line, width) {
+            out.push_str(&part);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// `line` in parts of at most `width` columns broken at spaces, each part indented as the
-/// line is (a line that fits, or with no room left beside its indentation, as it is).
+/// line is (a line that fits, or with no room left beside its indentation, as it is). A word
+/// wider than that (a path, a hash) is never broken: it has a line of its own, which the
+/// terminal wraps, and is copied from the screen whole.
 fn wrap_indented(line: &str, width: usize) -> Vec<String> {
     let text = line.trim_start_matches(' ');
     let indent = line.len() - text.len();
     if display_width(line) <= width || indent + 10 > width {
         return vec![line.to_string()];
     }
-    wrap_text(text, width - indent)
+    break_lines(text, width - indent, false)
         .into_iter()
         .map(|part| format!("{}{part}", &line[..indent]))
         .collect()
@@ -330,6 +348,12 @@ fn code_spans(text: &str) -> Vec<String> {
 
 /// `text` in lines of at most `width` display columns (broken at spaces when it can).
 fn wrap_text(text: &str, width: usize) -> Vec<String> {
+    break_lines(text, width, true)
+}
+
+/// `text` broken at spaces into lines of at most `width` display columns; a word wider than
+/// that is broken too with `split_words`, else left whole on a line of its own.
+fn break_lines(text: &str, width: usize, split_words: bool) -> Vec<String> {
     let mut lines = Vec::new();
     let mut line = String::new();
     let mut used = 0;
@@ -354,7 +378,7 @@ fn wrap_text(text: &str, width: usize) -> Vec<String> {
         }
         for c in word.chars() {
             let cw = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
-            if used + cw > width {
+            if split_words && used + cw > width {
                 lines.push(std::mem::take(&mut line));
                 used = 0;
             }
@@ -736,6 +760,12 @@ mod tests {
         // No room beside the indentation: left to the terminal.
         let deep = format!("{}x y z", " ".repeat(15));
         assert_eq!(wrap_indented(&deep, 20), vec![deep]);
+        // A word wider than the line (a hash, a path) is not broken: it is copied whole.
+        let hash = "0123456789abcdef".repeat(4);
+        assert_eq!(
+            wrap_indented(&format!("The chain holds: head {hash}, root x."), 30),
+            ["The chain holds: head", &format!("{hash},"), "root x."]
+        );
     }
 
     proptest::proptest! {

@@ -1,7 +1,7 @@
 //! `pim policy ...` and `pim role ...`.
 
 use super::context::Ctx;
-use super::output::{data_for_terminal, json, out, table};
+use super::output::{data_for_terminal, json, out, say, table};
 use crate::error::Error;
 use crate::policy::{Policy, RoleChange};
 use clap::Subcommand;
@@ -111,7 +111,7 @@ pub fn run_policy(ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<i32> {
                 for w in &warnings {
                     ctx.note(&format!("warning: {w}"));
                 }
-                out(&format!(
+                say(&format!(
                     "{} is valid: {} roles.",
                     file.display(),
                     policy.roles.len()

@@ -1,7 +1,7 @@
 //! `pim review ...`: access reviews.
 
 use super::context::Ctx;
-use super::output::{json, out, table};
+use super::output::{json, out, say, table};
 use crate::audit::spreadsheet_safe;
 use crate::ops::{Review, ReviewInput};
 use crate::scope::Scope;
@@ -99,7 +99,7 @@ fn show(ctx: &Ctx, r: &Review) -> anyhow::Result<()> {
     } else {
         "open until"
     };
-    out(&format!(
+    say(&format!(
         "Review {} \"{}\": {} at {}, {} ({} of {} decided), {window} {}; default {}.",
         r.id,
         super::output::safe(&r.name),

@@ -1,7 +1,7 @@
 //! `pim store`: the database itself (moving a team from a SQLite file to PostgreSQL).
 
 use super::context::Ctx;
-use super::output::{json, out, safe, table};
+use super::output::{json, out, safe, say, table};
 use crate::store;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -80,7 +80,7 @@ pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
                     copied.head
                 ))?;
                 if let Some(path) = key {
-                    out(&format!(
+                    say(&format!(
                         "Your key {} is bound to the server too.",
                         safe(&path)
                     ))?;
@@ -129,7 +129,7 @@ pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
                     "already": already,
                 }))?;
             } else {
-                out(&format!(
+                say(&format!(
                     "The key {} {} the server {}.",
                     safe(&path.display().to_string()),
                     if already {
@@ -167,7 +167,7 @@ pub fn run(ctx: &Ctx, cmd: StoreCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 json(&serde_json::json!({ "role": role, "granted": true }))?;
             } else {
-                out(&format!(
+                say(&format!(
                     "{role} may now run pim on {}: read and change every table, append to (never change) the audit log.",
                     ctx.db.display()
                 ))?;

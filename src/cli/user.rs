@@ -2,7 +2,7 @@
 
 use super::context::Ctx;
 use super::init::show_enrollment;
-use super::output::{json, out, table, when};
+use super::output::{json, out, say, table, when};
 use super::prompt;
 use clap::Subcommand;
 
@@ -153,7 +153,7 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 json(&u)?;
             } else {
-                out(&format!(
+                say(&format!(
                     "Added user {}. Next: {} runs `pim mfa enroll` under their own account, and `pim assign {} ROLE`.",
                     u.name, u.name, u.name
                 ))?;
@@ -177,7 +177,7 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 json(&u)?;
             } else {
-                out(&format!("Disabled {name}; their activations have ended."))?;
+                say(&format!("Disabled {name}; their activations have ended."))?;
             }
         }
         UserCommand::Enable { name } => {
@@ -185,7 +185,7 @@ pub fn run_user(ctx: &Ctx, cmd: UserCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 json(&u)?;
             } else {
-                out(&format!("Enabled {name}."))?;
+                say(&format!("Enabled {name}."))?;
             }
         }
     }
@@ -220,7 +220,7 @@ pub fn run_mfa(ctx: &Ctx, cmd: MfaCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 json(&g)?;
             } else {
-                out(&format!(
+                say(&format!(
                     "{name} may now enrol a new authenticator under their own account until {}: `pim mfa enroll`, then its first code. Their current one (if any) stays until they confirm; you never see the secret.",
                     when(super::output::unix(&g.until), pim.now())
                 ))?;
@@ -267,7 +267,7 @@ pub fn run_mfa(ctx: &Ctx, cmd: MfaCommand) -> anyhow::Result<i32> {
                 json(&serde_json::json!({"user": actor, "mfa_enrolled": true}))?;
             } else if !asked {
                 // (confirm_first_code has said it on the terminal.)
-                out(&format!(
+                say(&format!(
                     "{actor}'s new authenticator is confirmed and in force."
                 ))?;
             }
@@ -277,7 +277,7 @@ pub fn run_mfa(ctx: &Ctx, cmd: MfaCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 json(&serde_json::json!({"user": name, "mfa_enrolled": false}))?;
             } else {
-                out(&format!("Dropped {name}'s authenticator and lockout. They can enrol again with `pim mfa enroll`."))?;
+                say(&format!("Dropped {name}'s authenticator and lockout. They can enrol again with `pim mfa enroll`."))?;
             }
         }
     }

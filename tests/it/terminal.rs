@@ -1197,6 +1197,45 @@ fn the_picker_at_sixty_columns_says_whose_approval_a_role_needs() {
     assert!(words.contains("then approval by carol or dave"), "{s}");
 }
 
+/// What a command says it did is broken at spaces on a narrow terminal, not mid-word by the
+/// terminal; a hash wider than the screen is not broken by pim at all (copied whole); and
+/// the same sentence in a pipe is one line.
+#[test]
+fn what_a_command_did_is_broken_at_spaces_on_a_narrow_terminal() {
+    let (env, bob) = bob_at_prod(&db_admin(&[]));
+    let code = oathtool(&bob, 0);
+    let t = Terminal::start(
+        &env,
+        &[
+            "--as", "bob", "activate", "db-admin", "-j", "INC-9", "--code", &code,
+        ],
+        40,
+    );
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    let lines: Vec<&str> = s.lines().map(str::trim_end).collect();
+    let words = lines.join(" ");
+    assert!(
+        words.contains("Request 1: db-admin is active at /prod until"),
+        "{s}"
+    );
+    assert!(words.contains("(in 2h)."), "{s}");
+    assert!(lines.iter().all(|l| columns(l) <= 40), "{s}");
+    let t = Terminal::start(&env, &["audit", "verify"], 40);
+    let (exit, s) = t.finish();
+    assert_eq!(exit, 0, "{s}");
+    let head = env.run(&["audit", "verify", "--json"]).expect(0).json()["head"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(head.len(), 64);
+    // The terminal wraps the 64 digits itself; `raw` joins the lines the terminal wrapped.
+    let raw = t.raw();
+    assert!(raw.lines().any(|l| l.contains(&head)), "{raw}");
+    let r = env.run(&["audit", "verify"]).expect(0);
+    assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
+}
+
 /// What a command says it did says each thing once: a denial is "denied by you." (not
 /// "denied by you; it is denied."), an approval still says what the request is now, and a
 /// permanent assignment has "no end" (not "until permanent").
