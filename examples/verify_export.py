@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
-"""Recompute pim's audit hash chain from a JSONL export, independently of pim.
+"""Recompute pim's audit hash chain from an export (JSONL or CSV), independently of pim.
 
     pim audit export --format jsonl > audit.jsonl
     pim audit verify --json                      # the head, from the live log (or a checkpoint's host)
     python3 examples/verify_export.py audit.jsonl --head HEAD
+    pim audit export --output audit.csv          # the auditor's spreadsheet-safe CSV
+    python3 examples/verify_export.py audit.csv --head HEAD
+
+A file whose first byte is `{` is read as JSONL, any other as the CSV export: RFC 4180, the
+header `seq,...,details,prev_hash,hash`, and one leading `'` dropped from each cell that has one
+(the export puts it before any cell a spreadsheet would take for a formula, and before any that
+starts with `'` itself), which gives every value back as it was hashed.
 
 hash = hex(SHA-256(prev_hash || canonical)), where prev_hash is the previous event's hash in
 hex (64 zeros for event 1) and canonical is the compact JSON array of the event's thirteen
@@ -19,6 +26,7 @@ wrote down earlier), the export must end at that head and start at the log's fir
 filtered with --since and the like starts mid-chain: its first prev_hash is taken as given,
 and --head then needs --mid-chain.
 """
+import csv
 import hashlib
 import json
 import sys
@@ -34,6 +42,26 @@ def text(value):
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return str(value)
+
+
+def events(f):
+    """The export's events as dicts of their fields: JSONL lines, or CSV rows (the header
+    names the fields; each cell's one leading `'` of the spreadsheet-safe form dropped)."""
+    if f.read(1) == "{":
+        f.seek(0)
+        for line in f:
+            yield json.loads(line)
+        return
+    f.seek(0)
+    rows = csv.reader(f)
+    header = next(rows, None)
+    wanted = FIELDS + ["prev_hash", "hash"]
+    if header != wanted:
+        raise ValueError(f"not a pim export: the CSV header is not {','.join(wanted)}")
+    for row in rows:
+        if len(row) != len(wanted):
+            raise ValueError(f"line {rows.line_num}: {len(row)} cells, not {len(wanted)}")
+        yield {k: v[1:] if v.startswith("'") else v for k, v in zip(wanted, row)}
 
 
 def main(argv):
@@ -52,22 +80,26 @@ def main(argv):
     prev = None
     first = None
     count = 0
-    with open(args[0], encoding="utf-8") as f:
-        for line in f:
-            event = json.loads(line)
-            if first is None:
-                first = event
-            if prev is not None and event["prev_hash"] != prev:
-                print(f"event {event['seq']}: prev_hash does not chain", file=sys.stderr)
-                return 1
-            canonical = json.dumps([text(event[k]) for k in FIELDS], separators=(",", ":"),
-                                   ensure_ascii=False).encode("utf-8")
-            digest = hashlib.sha256(event["prev_hash"].encode("ascii") + canonical).hexdigest()
-            if digest != event["hash"]:
-                print(f"event {event['seq']}: contents do not match its hash", file=sys.stderr)
-                return 1
-            prev = event["hash"]
-            count += 1
+    try:
+        with open(args[0], encoding="utf-8", newline="") as f:
+            for event in events(f):
+                if first is None:
+                    first = event
+                if prev is not None and event["prev_hash"] != prev:
+                    print(f"event {event['seq']}: prev_hash does not chain", file=sys.stderr)
+                    return 1
+                canonical = json.dumps([text(event[k]) for k in FIELDS], separators=(",", ":"),
+                                       ensure_ascii=False).encode("utf-8")
+                digest = hashlib.sha256(event["prev_hash"].encode("ascii") + canonical).hexdigest()
+                if digest != event["hash"]:
+                    print(f"event {event['seq']}: contents do not match its hash", file=sys.stderr)
+                    return 1
+                prev = event["hash"]
+                count += 1
+    except (ValueError, KeyError, TypeError, csv.Error) as e:
+        # (a JSON or UTF-8 error is a ValueError)
+        print(f"unreadable export, after {count} events that chain: {e}", file=sys.stderr)
+        return 1
     if first is None:
         print("the export holds no event", file=sys.stderr)
         return 1

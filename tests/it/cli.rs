@@ -1299,6 +1299,77 @@ fn an_auditor_can_recompute_the_chain_without_pim() {
     }
 }
 
+/// The auditor's CSV export is verified as it is: the script reads it back with one leading
+/// `'` dropped from each cell (the export's spreadsheet-safe form), so a value that starts
+/// like a formula, or with `'` itself, or holds CR LF and quotes, hashes as it was written;
+/// a changed cell, a cut tail, a cell too many and a header that is not pim's fail.
+#[test]
+fn an_auditor_can_verify_the_csv_export_without_pim() {
+    let (env, bob) = with_eligible_bob();
+    for (scope, why) in [
+        ("/a", "=HYPERLINK(\"http://x\")\r\n,\"q\""),
+        ("/b", "'=1+1"),
+        ("/c", " @SUM(A1)"),
+    ] {
+        env.as_(
+            "admin",
+            &["assign", "bob", "deployer", "--scope", scope, "-j", why],
+        )
+        .expect(0);
+    }
+    env.activate(
+        "bob",
+        &bob,
+        "db-admin",
+        &["--scope", "/prod", "--justification=-1 INC"],
+    )
+    .expect(0);
+    env.as_("admin", &["audit", "export", "--output", "audit.csv"])
+        .expect(0);
+    let csv = std::fs::read_to_string(env.path("audit.csv")).unwrap();
+    // (what makes the test: the cells the export changed)
+    for cell in ["\"'=HYPERLINK", "''=1+1", "' @SUM(A1)", "'-1 INC"] {
+        assert!(csv.contains(cell), "{cell} not in\n{csv}");
+    }
+    let head = env.run(&["audit", "verify", "--json"]).expect(0).json()["head"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/verify_export.py");
+    let run = |file: &str| {
+        std::process::Command::new("python3")
+            .arg(script)
+            .arg(env.path(file))
+            .args(["--head", &head])
+            .output()
+            .unwrap()
+    };
+    let out = run("audit.csv");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains(&format!("head {head}")), "{said}");
+    let lines: Vec<&str> = csv.split_inclusive('\n').collect();
+    let tampered = [
+        ("changed.csv", csv.replacen("''=1+1", "''=1+2", 1)),
+        ("cut.csv", lines[..lines.len() - 1].concat()),
+        (
+            "wider.csv",
+            lines[..lines.len() - 1].concat() + &lines[lines.len() - 1].replace('\n', ",x\n"),
+        ),
+        ("header.csv", csv.replacen("seq,", "n,", 1)),
+    ];
+    for (file, text) in tampered {
+        assert_ne!(text, csv, "{file}");
+        std::fs::write(env.path(file), text).unwrap();
+        let out = run(file);
+        assert_eq!(out.status.code(), Some(1), "{file} passed: {out:?}");
+    }
+}
+
 #[test]
 fn our_totp_arithmetic_matches_oathtool_at_any_time() {
     for _ in 0..5 {
