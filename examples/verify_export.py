@@ -44,18 +44,30 @@ def text(value):
     return str(value)
 
 
+def unique_keys(pairs):
+    """A JSON object whose keys are each given once: with a key twice, readers differ on which
+    value they show (this script would hash the last)."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a key given twice in {keys}")
+    return dict(pairs)
+
+
 def events(f):
     """The export's events as dicts of their fields: JSONL lines, or CSV rows (the header
     names the fields; each cell's one leading `'` of the spreadsheet-safe form dropped)."""
+    wanted = FIELDS + ["prev_hash", "hash"]
     if f.read(1) == "{":
         f.seek(0)
-        for line in f:
-            yield json.loads(line)
+        for n, line in enumerate(f, 1):
+            event = json.loads(line, object_pairs_hook=unique_keys)
+            if not isinstance(event, dict) or sorted(event) != sorted(wanted):
+                raise ValueError(f"line {n}: not an event of the export (its keys are not {','.join(wanted)})")
+            yield event
         return
     f.seek(0)
     rows = csv.reader(f)
     header = next(rows, None)
-    wanted = FIELDS + ["prev_hash", "hash"]
     if header != wanted:
         raise ValueError(f"not a pim export: the CSV header is not {','.join(wanted)}")
     for row in rows:

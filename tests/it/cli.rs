@@ -1290,6 +1290,46 @@ fn an_auditor_can_recompute_the_chain_without_pim() {
         .unwrap();
     assert!(alone.status.success(), "{alone:?}");
     assert!(String::from_utf8_lossy(&alone.stderr).contains("not proven"));
+    // A line that says more than was hashed: an actor given twice (readers differ on which
+    // they show), a key of its own, a key twice inside the details.
+    let last = lines.len() - 1;
+    let detailed = lines
+        .iter()
+        .position(|l| l.contains("\"details\":{\""))
+        .unwrap();
+    for (file, at, from, to) in [
+        (
+            "twice.jsonl",
+            last,
+            "\"actor\":",
+            "\"actor\":\"mallory\",\"actor\":",
+        ),
+        (
+            "extra.jsonl",
+            last,
+            "\"actor\":",
+            "\"note\":\"approved by the CISO\",\"actor\":",
+        ),
+        (
+            "nested.jsonl",
+            detailed,
+            "\"details\":{\"",
+            "\"details\":{\"x\":1,\"x\":2,\"",
+        ),
+    ] {
+        let mut changed = lines.clone();
+        assert!(changed[at].contains(from), "{}", changed[at]);
+        changed[at] = changed[at].replacen(from, to, 1);
+        std::fs::write(env.path(file), changed.join("\n") + "\n").unwrap();
+    }
+    for file in ["twice.jsonl", "extra.jsonl", "nested.jsonl"] {
+        let out = run(file, &head);
+        assert_eq!(out.status.code(), Some(1), "{file} passed: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("unreadable export"),
+            "{file}: {out:?}"
+        );
+    }
     for file in ["tail.jsonl", "head.jsonl", "rewritten.jsonl"] {
         let out = run(file, &head);
         assert!(
