@@ -186,9 +186,18 @@ def check_event(e, size, root):
         fail(f"event {fields[0]} is not in the checkpoint's tree")
 
 
+def unique_keys(pairs):
+    """A JSON object whose keys are each given once: readers differ on which of two values
+    they show (json takes the last), and pim's own verifier refuses a key given twice."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        fail("it gives a key twice")
+    return dict(pairs)
+
+
 def main(receipt_path, key_path):
     with open(receipt_path, encoding="utf-8") as f:
-        r = json.load(f)
+        r = json.load(f, object_pairs_hook=unique_keys)
     with open(key_path, encoding="utf-8") as f:
         vkey = f.read()
     expected = {"format", "request", "policy_sha256", "checkpoint", "key", "statement", "events"}

@@ -294,6 +294,15 @@ fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
     junk_proof["events"][0]["proof"][0] = format!("{}\n{}", &p[..8], &p[8..]).into();
     std::fs::write(env.path("junk.json"), junk_proof.to_string()).unwrap();
     assert_ne!(offline("junk.json").1, 0, "a proof with junk in its base64");
+    // A key given twice (here the request, the first one forged): readers differ on which of
+    // the two they show, so neither verifier takes it.
+    let twice = text.replacen('{', "{\"request\": 999999, ", 1);
+    std::fs::write(env.path("twice.json"), &twice).unwrap();
+    let (p, y) = offline("twice.json");
+    assert!(
+        p != 0 && y != 0,
+        "a receipt with its request given twice passed: pim {p}, python {y}"
+    );
     for hostile in ["[1, 2]", "{\"events\": null}", "null", "\u{0}"] {
         std::fs::write(env.path("h.json"), hostile).unwrap();
         let py = std::process::Command::new("python3")
