@@ -30,6 +30,7 @@ import csv
 import hashlib
 import json
 import sys
+import unicodedata
 
 FIELDS = ["seq", "time", "actor", "action", "principal", "role", "scope", "request",
           "justification", "ticket", "expires", "result", "details"]
@@ -53,6 +54,18 @@ def unique_keys(pairs):
     return dict(pairs)
 
 
+def formula_led(cell):
+    """Whether the export would have put a ' before `cell`: it starts with = + - @ (or their
+    fullwidth forms) after blanks and invisible characters, or with a tab or CR, or with '."""
+    for c in cell:
+        if c in "\t\r":
+            return True
+        if c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Zs"):
+            continue
+        return c in "=+-@\uff1d\uff0b\uff0d\uff20'"
+    return False
+
+
 def events(f):
     """The export's events as dicts of their fields: JSONL lines, or CSV rows (the header
     names the fields; each cell's one leading `'` of the spreadsheet-safe form dropped)."""
@@ -73,7 +86,16 @@ def events(f):
     for row in rows:
         if len(row) != len(wanted):
             raise ValueError(f"line {rows.line_num}: {len(row)} cells, not {len(wanted)}")
-        yield {k: v[1:] if v.startswith("'") else v for k, v in zip(wanted, row)}
+        event = {}
+        for k, v in zip(wanted, row):
+            if v.startswith("'"):
+                v = v[1:]
+            elif formula_led(v):
+                raise ValueError(f"line {rows.line_num}: the {k} cell {v[:40]!r} is not defused with "
+                                 "a leading ', as the export writes such a cell: a spreadsheet "
+                                 "could run it")
+            event[k] = v
+        yield event
 
 
 def main(argv):

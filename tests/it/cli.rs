@@ -1395,6 +1395,12 @@ fn an_auditor_can_verify_the_csv_export_without_pim() {
     let lines: Vec<&str> = csv.split_inclusive('\n').collect();
     let tampered = [
         ("changed.csv", csv.replacen("''=1+1", "''=1+2", 1)),
+        // the defusing ' taken off a formula: the values hash the same, the file is unsafe
+        (
+            "stripped.csv",
+            csv.replacen("\"'=HYPERLINK", "\"=HYPERLINK", 1),
+        ),
+        ("stripped2.csv", csv.replacen(",'-1 INC,", ",-1 INC,", 1)),
         ("cut.csv", lines[..lines.len() - 1].concat()),
         (
             "wider.csv",
