@@ -7,7 +7,7 @@
     pim audit export --output audit.csv          # the auditor's spreadsheet-safe CSV
     python3 examples/verify_export.py audit.csv --head HEAD
 
-A file whose first byte is `{` is read as JSONL, any other as the CSV export: RFC 4180, the
+A file whose first byte is `{` is read as JSONL, any other as the CSV export: RFC 4180 quoting, the
 header `seq,...,details,prev_hash,hash`, and one leading `'` dropped from each cell that has one
 (the export puts it before any cell a spreadsheet would take for a formula, and before any that
 starts with `'` itself), which gives every value back as it was hashed.
@@ -56,13 +56,14 @@ def unique_keys(pairs):
 
 def formula_led(cell):
     """Whether the export would have put a ' before `cell`: it starts with = + - @ (or their
-    fullwidth forms) after blanks and invisible characters, or with a tab or CR, or with '."""
+    fullwidth forms) after blanks and invisible characters, or with a tab or CR. (A cell that
+    starts with ' itself is prefixed too; the caller drops that one first.)"""
     for c in cell:
         if c in "\t\r":
             return True
         if c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Zs"):
             continue
-        return c in "=+-@\uff1d\uff0b\uff0d\uff20'"
+        return c in "=+-@\uff1d\uff0b\uff0d\uff20"
     return False
 
 

@@ -1350,6 +1350,8 @@ fn an_auditor_can_verify_the_csv_export_without_pim() {
         ("/a", "=HYPERLINK(\"http://x\")\r\n,\"q\""),
         ("/b", "'=1+1"),
         ("/c", " @SUM(A1)"),
+        // (not defused: a ' after a blank is no formula)
+        ("/d", " 'quoted"),
     ] {
         env.as_(
             "admin",
