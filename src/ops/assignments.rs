@@ -194,6 +194,17 @@ pub(crate) fn assign_in(
         .ok_or_else(|| Error::NotFound("The new assignment is gone.".to_string()))
 }
 
+/// The checks of an assignment's free text (exit 2): its justification and ticket within
+/// their limits, the ticket one line.
+pub(crate) fn check_texts(justification: Option<&str>, ticket: Option<&str>) -> Result<()> {
+    limits::check_opt("justification", justification, limits::JUSTIFICATION)?;
+    limits::check_opt("ticket", ticket, limits::TICKET)?;
+    if let Some(t) = ticket {
+        limits::one_line("ticket", t)?;
+    }
+    Ok(())
+}
+
 /// `assign_in`, or with `plan` every check of it but the justification's (not typed yet),
 /// writing nothing but a refusal: `pim assign` on a terminal checks first, then asks.
 fn assign_or_plan(
@@ -204,15 +215,7 @@ fn assign_or_plan(
     input: &AssignInput,
     plan: bool,
 ) -> Result<Option<Assignment>> {
-    limits::check_opt(
-        "justification",
-        input.justification.as_deref(),
-        limits::JUSTIFICATION,
-    )?;
-    limits::check_opt("ticket", input.ticket.as_deref(), limits::TICKET)?;
-    if let Some(t) = &input.ticket {
-        limits::one_line("ticket", t)?;
-    }
+    check_texts(input.justification.as_deref(), input.ticket.as_deref())?;
     let kind = if input.active {
         Kind::Active
     } else {

@@ -1,7 +1,7 @@
 //! Bulk and declarative assignment for pipelines: a CSV import and a desired-state apply,
 //! each checked whole before anything is written, then written in one transaction.
 
-use super::assignments::{assign_in, unknown_role_in, AssignInput, End};
+use super::assignments::{assign_in, check_texts, unknown_role_in, AssignInput, End};
 use super::Recorder;
 use super::{acting_user, users, Pim};
 use crate::audit::Event;
@@ -54,25 +54,71 @@ pub(crate) fn parse_end(text: &str) -> Result<End> {
     })
 }
 
-/// Whether `user` already has a current `kind` assignment of `role` at `scope`.
-pub(crate) fn exists(
-    conn: &Db,
-    user: &str,
-    role: &str,
-    scope: &str,
-    kind: Kind,
-    now: i64,
-) -> Result<bool> {
-    Ok(conn
-        .current_assignment_named(user, role, scope, kind, now)?
-        .is_some())
+/// How an import row asks for something else than `current`, the assignment it names: the
+/// start or the end it states (an empty start or end states none; a duration counts from the
+/// assignment's start). `None` when the row matches it.
+fn differs(input: &AssignInput, current: &crate::store::assignments::Assignment) -> Option<String> {
+    let at = |t: i64| crate::time::rfc3339(crate::time::from_unix(t));
+    if let Some(start) = input.start.map(|s| s.timestamp()) {
+        // `assign` starts a start up to a minute past at once: that one is the same start.
+        let same = start == current.start_at
+            || (start < current.start_at && current.start_at - start <= 60);
+        if !same {
+            return Some(format!(
+                "it starts {}; the row starts it {}",
+                at(current.start_at),
+                at(start)
+            ));
+        }
+    }
+    let wanted = match input.end {
+        End::PolicyMax => return None,
+        End::Permanent => None,
+        End::At(end) => Some(end.timestamp()),
+        End::After(d) => Some(current.start_at.saturating_add(d.num_seconds())),
+    };
+    (wanted != current.end_at).then(|| {
+        let now = match current.end_at {
+            Some(e) => format!("it ends {}", at(e)),
+            None => "it is permanent".to_string(),
+        };
+        let row = match (input.end, wanted) {
+            (End::After(d), Some(e)) => format!(
+                "the row ends it {} after its start ({})",
+                crate::time::format_duration(d),
+                at(e)
+            ),
+            (_, Some(e)) => format!("the row ends it {}", at(e)),
+            (_, None) => "the row makes it permanent".to_string(),
+        };
+        format!("{now}; {row}")
+    })
+}
+
+/// What identifies the assignment a row names (user, role, scope, type) within one file: 96
+/// bits of its SHA-256, so that a file of a million rows costs a few tens of MB to check.
+fn row_key(input: &AssignInput) -> [u8; 12] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        input.user.as_str(),
+        input.role.as_str(),
+        input.scope.as_str(),
+        if input.active { "active" } else { "eligible" },
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let mut key = [0; 12];
+    key.copy_from_slice(&h.finalize()[..12]);
+    key
 }
 
 fn row_input(conn: &Db, policy: &crate::policy::Policy, row: &ImportRow) -> Result<AssignInput> {
     let role = policy
         .role(&row.role)
         .ok_or_else(|| unknown_role_in(policy, &row.role))?;
-    users::get(conn, &row.user)?;
+    let user = users::get(conn, row.user.trim())?;
     let scope = if row.scope.trim().is_empty() {
         Scope::root()
     } else {
@@ -92,8 +138,8 @@ fn row_input(conn: &Db, policy: &crate::policy::Policy, row: &ImportRow) -> Resu
         t => Some(parse_instant(t)?),
     };
     let blank = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
-    Ok(AssignInput {
-        user: row.user.trim().to_string(),
+    let input = AssignInput {
+        user: user.name,
         role: role.key.clone(),
         scope,
         active,
@@ -101,7 +147,10 @@ fn row_input(conn: &Db, policy: &crate::policy::Policy, row: &ImportRow) -> Resu
         end: parse_end(&row.end)?,
         justification: blank(&row.justification),
         ticket: blank(&row.ticket),
-    })
+    };
+    // Whether a row is good input does not depend on what the store holds already.
+    check_texts(input.justification.as_deref(), input.ticket.as_deref())?;
+    Ok(input)
 }
 
 /// What went wrong in a bulk change, row by row: bad input (exit 2, nothing recorded) and
@@ -113,11 +162,29 @@ struct Problems {
     total: usize,
     refused: Vec<Event>,
     refused_total: usize,
+    /// Rows that name an assignment there already, asking for another one (exit 5 when
+    /// nothing else went wrong).
+    conflicts: usize,
 }
 
 /// `text` with its line breaks shown as `\n` and `\r`: one line of a list of problems.
 fn one_line(text: &str) -> String {
     text.replace('\r', "\\r").replace('\n', "\\n")
+}
+
+/// The characters of one listed problem: a cell it quotes may be as long as the file.
+const PROBLEM_CHARS: usize = 500;
+
+/// `text`, cut after `PROBLEM_CHARS` characters.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(PROBLEM_CHARS) {
+        Some((at, _)) => format!(
+            "{}... (cut: {} characters)",
+            &text[..at],
+            text.chars().count()
+        ),
+        None => text.to_string(),
+    }
 }
 
 /// At most this many problems are listed.
@@ -132,7 +199,7 @@ impl Problems {
         if self.lines.len() < SHOWN {
             // One line each: a line break in a value the problem quotes (a cell of the file)
             // must not start a line that reads as pim's own.
-            let text = one_line(&e.to_string());
+            let text = clip(&one_line(&e.to_string()));
             self.lines.push(if line > 0 {
                 format!("line {line}: {text}")
             } else {
@@ -163,11 +230,17 @@ impl Problems {
         }
     }
 
+    fn conflict(&mut self, line: usize, e: &dyn std::fmt::Display) {
+        self.note(line, e);
+        self.conflicts += 1;
+    }
+
     fn is_empty(&self) -> bool {
         self.total == 0
     }
 
-    /// Say what went wrong: exit 3 when anything was refused, else exit 2. The refusals are
+    /// Say what went wrong: exit 3 when anything was refused, exit 5 when every problem is a
+    /// conflict with what is there, else exit 2. The refusals are
     /// left with `bulk`, which rolls the whole change back and then records them (not in a
     /// dry run).
     fn fail(self, bulk: &Bulk, what: &str) -> Error {
@@ -183,7 +256,11 @@ impl Problems {
             ));
         }
         if self.refused_total == 0 {
-            return Error::Usage(text);
+            return if self.conflicts == self.total {
+                Error::Conflict(text)
+            } else {
+                Error::Usage(text)
+            };
         }
         bulk.more_refused
             .set(self.refused_total - self.refused.len());
@@ -402,8 +479,10 @@ const ROWS_PER_IMPORT: usize = 1_000_000;
 impl Pim {
     /// Import assignments, streamed row by row in one transaction: every row is checked
     /// (all problems reported with their lines), and only when none has one is anything
-    /// kept. A row that matches a current assignment changes nothing. Bad rows: exit 2;
-    /// rows the caller may not make: exit 3, each recorded as a refused `assignment.add`.
+    /// kept. A row that matches a current assignment changes nothing; one that names it but
+    /// states another start or end is a conflict (exit 5: import does not change
+    /// assignments). Bad rows, and an assignment named twice: exit 2; rows the caller may not
+    /// make: exit 3, each recorded as a refused `assignment.add`.
     pub fn import_assignments(
         &mut self,
         actor: &str,
@@ -416,6 +495,8 @@ impl Pim {
             let t = now.timestamp();
             let (mut added, mut unchanged) = (0, 0);
             let mut problems = Problems::default();
+            // The line of each assignment the file names, by `row_key`.
+            let mut named = std::collections::HashMap::<[u8; 12], usize>::new();
             for row in rows {
                 seen.set(seen.get() + 1);
                 if seen.get() > ROWS_PER_IMPORT {
@@ -445,6 +526,18 @@ impl Pim {
                     }
                 };
                 let kind = if input.active { "active" } else { "eligible" };
+                if let Some(first) = named.insert(row_key(&input), row.line) {
+                    // The same assignment twice: which row would win is not the file's to
+                    // leave to chance.
+                    problems.note(
+                        row.line,
+                        &format!(
+                            "{} {} at {} ({kind}) is on line {first} too; name each assignment once.",
+                            input.user, input.role, input.scope
+                        ),
+                    );
+                    continue;
+                }
                 let event = || {
                     row_event(
                         actor,
@@ -470,8 +563,23 @@ impl Pim {
                 } else {
                     Kind::Eligible
                 };
-                if exists(tx, &input.user, &input.role, input.scope.as_str(), kind_, t)? {
-                    unchanged += 1;
+                if let Some(current) = tx.current_assignment_named(
+                    &input.user,
+                    &input.role,
+                    input.scope.as_str(),
+                    kind_,
+                    t,
+                )? {
+                    match differs(&input, &current) {
+                        None => unchanged += 1,
+                        Some(how) => problems.conflict(
+                            row.line,
+                            &format!(
+                                "{} already has an {kind} assignment of {} at {}, and {how}. Remove it first to change it (`pim unassign`), or set its end with `pim assignment apply`.",
+                                input.user, input.role, input.scope
+                            ),
+                        ),
+                    }
                     continue;
                 }
                 match assign_in(tx, now, policy, actor, &input) {

@@ -257,3 +257,175 @@ fn an_assignments_ticket_is_one_line() {
         0
     );
 }
+
+/// A row names an assignment by user, role, scope and type. When that assignment is there,
+/// the row changes nothing only if it asks for what is there (a duration counts from the
+/// assignment's start, so the same file days later still matches); a row asking for another
+/// start or end is a conflict (exit 5), not an "unchanged". An assignment named twice in
+/// one file is bad input (exit 2), whatever the store holds.
+#[test]
+fn a_row_asking_for_another_end_than_the_current_assignment_is_a_conflict() {
+    let env = setup();
+    let write = |name: &str, rows: &str| {
+        std::fs::write(env.path(name), format!("{HEADER}{rows}")).unwrap();
+    };
+    let import = |offset: &str, name: &str| {
+        env.at(
+            offset,
+            &["--as", "admin", "assignment", "import", name, "--json"],
+        )
+    };
+    let ends = || {
+        env.as_("admin", &["assignment", "list", "--json"])
+            .expect(0)
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| format!("{} {} {}", a["user"], a["role"], a["end"]))
+            .collect::<Vec<_>>()
+    };
+    write(
+        "a.csv",
+        "bob,db-admin,/prod,eligible,,30d,on call,\n\
+         carol,global-admin,/,eligible,,permanent,break glass,\n",
+    );
+    let first = import("+0", "a.csv").expect(0).json();
+    assert_eq!(first["added"], 2);
+    let before = ends();
+    // Two days on, the same file still matches: 30d counts from the assignment's start.
+    let again = import("+2d", "a.csv").expect(0).json();
+    assert_eq!(
+        (again["added"].as_i64(), again["unchanged"].as_i64()),
+        (Some(0), Some(2))
+    );
+
+    // Shortening a month to a day, ending a permanent one, or moving the start: exit 5,
+    // each with its line, and nothing changes.
+    write(
+        "short.csv",
+        "bob,db-admin,/prod,eligible,,1d,on call,\n\
+         carol,global-admin,/,eligible,,10d,break glass,\n",
+    );
+    let r = import("+0", "short.csv").expect(5);
+    write(
+        "start.csv",
+        "bob,db-admin,/prod,eligible,2099-01-01,30d,on call,\n",
+    );
+    let moved = import("+0", "start.csv").expect(5);
+    for (r, line, what) in [
+        (&r, 2, "; the row ends it 1d after its start"),
+        (&r, 3, "it is permanent; the row ends it 10d"),
+        (&moved, 2, "; the row starts it 2099-01-01"),
+    ] {
+        let text = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("line {line}:")))
+            .unwrap_or_else(|| panic!("line {line} missing:\n{}", r.stderr));
+        assert!(
+            text.contains(what) && text.contains("Remove it first"),
+            "{text}"
+        );
+    }
+    assert!(r.stderr.contains("nothing was changed"), "{}", r.stderr);
+    // An end given as the instant it is matches; another instant does not.
+    let bob_end = env
+        .as_("admin", &["assignment", "list", "--user", "bob", "--json"])
+        .expect(0)
+        .json()[0]["end"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    write(
+        "exact.csv",
+        &format!("bob,db-admin,/prod,eligible,,{bob_end},on call,\n"),
+    );
+    assert_eq!(import("+0", "exact.csv").expect(0).json()["unchanged"], 1);
+    write(
+        "other.csv",
+        "bob,db-admin,/prod,eligible,,2026-01-01T00:00:00Z,on call,\n",
+    );
+    import("+0", "other.csv").expect(5);
+    // A conflict beside bad input: exit 2 (the file needs fixing first), both listed.
+    write(
+        "mixed.csv",
+        "bob,db-admin,/prod,eligible,,1d,on call,\nghost,db-admin,/,eligible,,,x,\n",
+    );
+    let r = import("+0", "mixed.csv").expect(2);
+    assert!(
+        r.stderr.contains("line 2:") && r.stderr.contains("line 3:"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(ends(), before, "no conflicting row changed anything");
+
+    // The same assignment twice in one file, alike or not, new or there: exit 2.
+    for rows in [
+        "bob,security-reader,/,eligible,,10d,x,\nbob,security-reader,/,eligible,,20d,x,\n",
+        "bob,security-reader,/,eligible,,10d,x,\nbob,security-reader,/,eligible,,10d,x,\n",
+        "bob,db-admin,/prod,eligible,,30d,on call,\nbob,db-admin,/prod,eligible,,30d,on call,\n",
+    ] {
+        write("twice.csv", rows);
+        let r = import("+0", "twice.csv").expect(2);
+        assert!(
+            r.stderr.contains("line 3:") && r.stderr.contains("on line 2 too"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert_eq!(ends(), before);
+    assert_eq!(
+        env.count("SELECT count(*) FROM assignments WHERE role = 'security-reader'"),
+        0
+    );
+}
+
+/// Whether a row is good input does not depend on the store: a row matching an assignment
+/// there is held to the same limits as a new one. And a problem quotes a huge cell only in
+/// part.
+#[test]
+fn a_row_matching_an_assignment_is_checked_like_any_other() {
+    let env = setup();
+    std::fs::write(
+        env.path("a.csv"),
+        format!("{HEADER}bob,db-admin,/prod,eligible,,30d,on call,T-1\n"),
+    )
+    .unwrap();
+    env.as_("admin", &["assignment", "import", "a.csv"])
+        .expect(0);
+    let long = "j".repeat(5000);
+    for (justification, ticket, says) in [
+        (long.as_str(), "T-1", "characters long"),
+        ("on call", "\"T\u{1b}[2J\"", "one line"),
+    ] {
+        std::fs::write(
+            env.path("b.csv"),
+            format!("{HEADER}bob,db-admin,/prod,eligible,,30d,{justification},{ticket}\n"),
+        )
+        .unwrap();
+        let r = env
+            .as_("admin", &["assignment", "import", "b.csv"])
+            .expect(2);
+        assert!(
+            r.stderr.contains("line 2:") && r.stderr.contains(says),
+            "{}",
+            r.stderr
+        );
+    }
+    let huge = format!("1{}d", "0".repeat(100_000));
+    std::fs::write(
+        env.path("c.csv"),
+        format!("{HEADER}carol,db-admin,/,eligible,,{huge},x,\n"),
+    )
+    .unwrap();
+    let r = env
+        .as_("admin", &["assignment", "import", "c.csv"])
+        .expect(2);
+    assert!(r.stderr.len() < 2_000, "{} bytes of error", r.stderr.len());
+    assert!(
+        r.stderr.contains("line 2:") && r.stderr.contains("(cut: "),
+        "{}",
+        r.stderr
+    );
+}
