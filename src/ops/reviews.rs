@@ -428,8 +428,30 @@ impl Pim {
         justification: &str,
     ) -> Result<Review> {
         crate::limits::check("justification", justification, crate::limits::JUSTIFICATION)?;
+        // Whoever may not see the review learns nothing of it here either (not its state,
+        // nor who its reviewers are): "not there", exit 4, as `review show` says; the attempt
+        // is on record all the same, with nothing of the review but the number they gave.
+        let visible = match self.review_seen_by(&self.viewer(actor)?, id) {
+            Ok(_) => true,
+            Err(Error::NotFound(_)) => false,
+            Err(e) => return Err(e),
+        };
         self.write(actor, |tx, now, _| {
             actor_user(tx, actor)?;
+            if !visible {
+                let event = Event::new(actor, "review.decide")
+                    .principal(user)
+                    .detail("review", id)
+                    .detail("decision", decision);
+                return refuse(
+                    tx,
+                    now,
+                    event,
+                    Error::NotFound(format!(
+                        "There is no review {id} that you may see. See `pim review list`."
+                    )),
+                );
+            }
             let t = now.timestamp();
             let review = load(tx, id, t)?;
             let event = Event::new(actor, "review.decide")

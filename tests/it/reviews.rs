@@ -130,12 +130,33 @@ fn a_quarterly_review_keeps_removes_and_applies_the_default() {
     assert_eq!(rec("carol"), "remove");
     assert_eq!(rec("dave"), "remove");
 
-    // Only the named reviewer decides.
-    env.as_(
-        "carol",
-        &["review", "decide", &id, "carol", "keep", "-j", "I need it"],
-    )
-    .expect(3);
+    // Only the named reviewer decides. Someone who may not see the review learns nothing of
+    // it from trying (not that it is there, nor its reviewers): exit 4, as for no review.
+    let nosy = env
+        .as_(
+            "carol",
+            &["review", "decide", &id, "carol", "keep", "-j", "I need it"],
+        )
+        .expect(4);
+    let none = env
+        .as_(
+            "carol",
+            &[
+                "review",
+                "decide",
+                "999",
+                "carol",
+                "keep",
+                "-j",
+                "I need it",
+            ],
+        )
+        .expect(4);
+    assert_eq!(
+        nosy.stderr.replace(&id, "N"),
+        none.stderr.replace("999", "N")
+    );
+    assert!(!nosy.stderr.contains("admin"), "{}", nosy.stderr);
     env.as_(
         "admin",
         &["review", "decide", &id, "bob", "keep", "-j", "on call"],
@@ -239,8 +260,8 @@ fn a_quarterly_review_keeps_removes_and_applies_the_default() {
         env.count(
             "SELECT count(*) FROM audit_events WHERE action = 'review.decide' AND result != 'ok'"
         ),
-        1,
-        "the refused decision is on record"
+        2,
+        "the refused decisions are on record"
     );
     assert_eq!(
         env.count("SELECT count(*) FROM audit_events WHERE action = 'review.complete'"),
