@@ -369,14 +369,24 @@ impl Pim {
                     "--default is keep, remove or recommendation.".to_string(),
                 ));
             }
+            let duration = input.duration.unwrap_or(Duration::days(14));
             if let Some(e) = &input.every {
-                if period(e).is_none() {
+                let Some(p) = period(e) else {
                     return Err(Error::Usage(
                         "--every is weekly, monthly, quarterly, semiannual or annual.".to_string(),
                     ));
+                };
+                // One review of a series ends before the next starts: two at once would
+                // decide the same assignments twice, the later default undoing the earlier
+                // decision.
+                if duration >= p {
+                    return Err(Error::Usage(format!(
+                        "A {e} review runs for less than its period ({}); give a shorter --duration than {}.",
+                        crate::time::format_duration(p),
+                        crate::time::format_duration(duration)
+                    )));
                 }
             }
-            let duration = input.duration.unwrap_or(Duration::days(14));
             let name = input.name.clone().unwrap_or_else(|| {
                 format!(
                     "{} review of {} at {}",

@@ -379,6 +379,44 @@ fn creating_a_review_needs_the_review_permission_and_valid_reviewers() {
         ],
     )
     .expect(2);
+    // A recurring review runs for less than its period: two of one series at once would
+    // decide the same assignments twice.
+    let before = env.count("SELECT count(*) FROM reviews");
+    for duration in ["7d", "30d"] {
+        let r = env
+            .as_(
+                "admin",
+                &[
+                    "review",
+                    "create",
+                    "--role",
+                    "db-admin",
+                    "--self",
+                    "--every",
+                    "weekly",
+                    "--duration",
+                    duration,
+                ],
+            )
+            .expect(2);
+        assert!(r.stderr.contains("shorter --duration"), "{}", r.stderr);
+    }
+    assert_eq!(env.count("SELECT count(*) FROM reviews"), before);
+    env.as_(
+        "admin",
+        &[
+            "review",
+            "create",
+            "--role",
+            "db-admin",
+            "--self",
+            "--every",
+            "weekly",
+            "--duration",
+            "6d",
+        ],
+    )
+    .expect(0);
     env.as_("admin", &["review", "show", "99"]).expect(4);
 }
 
