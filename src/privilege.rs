@@ -183,6 +183,66 @@ impl FileId {
     }
 }
 
+/// What no output may be: the database's files, by identity (`ids`), and by name the
+/// database at `db` and each companion SQLite reads beside it (`-wal`, `-shm`, `-journal`),
+/// in any letter case (a case-folding file system takes DB-WAL for DB-wal), whether it is
+/// there yet or not.
+#[derive(Debug, Clone, Default)]
+pub struct Protected {
+    pub ids: Vec<FileId>,
+    pub db: Option<std::path::PathBuf>,
+}
+
+impl Protected {
+    /// Nothing to keep apart (no database open).
+    pub fn none() -> Protected {
+        Protected::default()
+    }
+
+    /// Whether `path` names the database or a companion of it, in its directory.
+    fn names_the_database(&self, path: &Path) -> bool {
+        let Some(db) = &self.db else { return false };
+        let (Some(name), Some(base)) = (path.file_name(), db.file_name()) else {
+            return false;
+        };
+        let name = name.to_string_lossy().to_lowercase();
+        let base = base.to_string_lossy().to_lowercase();
+        let named = name == base
+            || ["-wal", "-shm", "-journal"]
+                .iter()
+                .any(|suffix| name.strip_prefix(base.as_str()) == Some(suffix));
+        if !named {
+            return false;
+        }
+        // In the database's directory (by identity: any path to it)? When either cannot be
+        // told, the name alone decides.
+        let dir = |p: &Path| {
+            let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+            std::fs::metadata(parent.unwrap_or(Path::new(".")))
+                .ok()
+                .map(|m| FileId::of(&m))
+        };
+        match (dir(path), dir(db)) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
+
+    fn refuse(&self, path: &Path, meta: Option<&std::fs::Metadata>) -> io::Result<()> {
+        if self.names_the_database(path) || meta.is_some_and(|m| self.ids.contains(&FileId::of(m)))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is the database (or one of its files); choose another file",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn named(path: &Path, e: io::Error) -> io::Error {
     let what = match e.raw_os_error() {
         Some(libc::ELOOP) => {
@@ -250,8 +310,10 @@ pub fn read_all(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 /// included (another account's file keeps its owner and mode, so whoever planted it, 0666 in
 /// /tmp, would read what root wrote), and of one name (a second name, made by another
 /// account, would be a way back to it).
-pub fn create_output(path: &Path, protect: &[FileId]) -> io::Result<File> {
+pub fn create_output(path: &Path, protect: &Protected) -> io::Result<File> {
     drop_for_good();
+    // Before anything is created: a companion's name is refused whether it is there or not.
+    protect.refuse(path, None)?;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -285,23 +347,16 @@ pub fn create_output(path: &Path, protect: &[FileId]) -> io::Result<File> {
             format!("{} is not a regular file", path.display()),
         ));
     }
-    if protect.contains(&FileId::of(&meta)) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{} is the database (or one of its files); choose another file",
-                path.display()
-            ),
-        ));
-    }
+    protect.refuse(path, Some(&meta))?;
     file.set_len(0)?;
     Ok(file)
 }
 
 /// Append to a file of the caller's (a witness's log): created 0600 if missing, never through
 /// a link, never the database's, with the caller's own rights only.
-pub fn append_output(path: &Path, protect: &[FileId]) -> io::Result<File> {
+pub fn append_output(path: &Path, protect: &Protected) -> io::Result<File> {
     drop_for_good();
+    protect.refuse(path, None)?;
     let file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -312,7 +367,7 @@ pub fn append_output(path: &Path, protect: &[FileId]) -> io::Result<File> {
     let meta = file.metadata()?;
     if (meta.uid() != real_uid() && real_uid() != 0)
         || !meta.file_type().is_file()
-        || protect.contains(&FileId::of(&meta))
+        || protect.refuse(path, Some(&meta)).is_err()
     {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -355,17 +410,44 @@ mod tests {
         std::fs::write(&target, "keep").unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let e = create_output(&link, &[]).unwrap_err();
+        let e = create_output(&link, &Protected::none()).unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
 
         let id = FileId::of(&std::fs::metadata(&target).unwrap());
-        let e = create_output(&target, &[id]).unwrap_err();
+        let protect = Protected {
+            ids: vec![id],
+            db: Some(target.clone()),
+        };
+        let e = create_output(&target, &protect).unwrap_err();
         assert!(e.to_string().contains("database"), "{e}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        // A companion SQLite would read beside the database, there or not, in any case,
+        // by any path to its directory.
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let back = sub.join("..");
+        for name in [
+            "target-journal",
+            "target-WAL",
+            "TARGET-shm",
+            "Target",
+            "target-wal",
+        ] {
+            for d in [dir.path(), back.as_path()] {
+                let e = create_output(&d.join(name), &protect).unwrap_err();
+                assert!(e.to_string().contains("database"), "{name}: {e}");
+                let e = append_output(&d.join(name), &protect).unwrap_err();
+                assert!(e.to_string().contains("database"), "{name}: {e}");
+                assert!(!d.join(name).exists(), "{name} created");
+            }
+        }
+        // The same names elsewhere, and other names here, are fine.
+        create_output(&sub.join("target-journal"), &protect).unwrap();
+        create_output(&dir.path().join("target-journal.csv"), &protect).unwrap();
 
         let new = dir.path().join("new.csv");
-        create_output(&new, &[id]).unwrap();
+        create_output(&new, &protect).unwrap();
         let mode = std::fs::metadata(&new).unwrap().mode();
         assert_eq!(mode & 0o777, 0o600);
     }

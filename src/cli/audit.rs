@@ -237,7 +237,7 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
             let terminal = output.is_none() && std::io::stdout().is_terminal();
             let sink: Box<dyn Write> = match &output {
                 Some(path) => Box::new(
-                    crate::privilege::create_output(path, &ctx.protected_files())
+                    crate::privilege::create_output(path, &ctx.protected())
                         .map_err(|e| Error::Environment(format!("Cannot write {e}.")))?,
                 ),
                 None => Box::new(std::io::stdout().lock()),
@@ -260,7 +260,7 @@ pub fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<i32> {
             match output {
                 Some(path) => {
                     use std::io::Write;
-                    let mut f = crate::privilege::create_output(&path, &ctx.protected_files())
+                    let mut f = crate::privilege::create_output(&path, &ctx.protected())
                         .map_err(|e| Error::Environment(format!("Cannot write {e}.")))?;
                     f.write_all(note.as_bytes())?;
                     ctx.note(&format!("Wrote {}.", path.display()));
@@ -477,7 +477,7 @@ pub fn run_sweep(ctx: &Ctx) -> anyhow::Result<i32> {
         }
     }
     let witnessed = if ctx.runs_commands() {
-        pim.publish_checkpoint(&actor, &ctx.protected_files())?
+        pim.publish_checkpoint(&actor, &ctx.protected())?
     } else {
         None
     };
@@ -642,7 +642,7 @@ pub fn run_receipt(ctx: &Ctx, args: ReceiptArgs) -> anyhow::Result<i32> {
     let receipt = super::output::json_safe(pim.receipt(viewer.as_ref(), id)?);
     match args.output {
         Some(path) => {
-            let mut f = crate::privilege::create_output(&path, &ctx.protected_files())
+            let mut f = crate::privilege::create_output(&path, &ctx.protected())
                 .map_err(|e| Error::Environment(format!("Cannot write {e}.")))?;
             f.write_all(receipt.as_bytes())?;
             ctx.note(&format!("Wrote {}.", path.display()));

@@ -33,6 +33,8 @@ pub struct Ctx {
     withheld: std::cell::Cell<Option<Withheld>>,
     /// The database file and its companions, which no output may replace.
     files: std::cell::OnceCell<Vec<FileId>>,
+    /// The database file's path (SQLite's): no output may take its name or a companion's.
+    db_file: std::cell::OnceCell<std::path::PathBuf>,
     /// Root may wait out a lock holder that is not stopped (`pim sweep`, from a timer); any
     /// other command (a PAM `check`) ends only the stopped and frozen ones and goes on.
     patient: std::cell::Cell<bool>,
@@ -154,6 +156,7 @@ impl Ctx {
             installed: std::cell::Cell::new(false),
             withheld: std::cell::Cell::new(Some(Withheld::NotOpen)),
             files: std::cell::OnceCell::new(),
+            db_file: std::cell::OnceCell::new(),
             patient: std::cell::Cell::new(false),
         })
     }
@@ -251,6 +254,9 @@ impl Ctx {
             self.server.as_ref().map(|(url, _)| url.as_str()),
         ));
         let _ = self.files.set(db.file.files.clone());
+        if self.server.is_none() {
+            let _ = self.db_file.set(db.file.path.clone());
+        }
         let os_account = real_user()?;
         let instance = db.conn.instance()?;
         // A key only for the caller's own database (or the installed one, or a server):
@@ -364,6 +370,14 @@ impl Ctx {
     /// The files no output may replace: the database and its -wal and -shm.
     pub fn protected_files(&self) -> Vec<FileId> {
         self.files.get().cloned().unwrap_or_default()
+    }
+
+    /// What no output may be: the database's files, and the names SQLite reads beside it.
+    pub fn protected(&self) -> crate::privilege::Protected {
+        crate::privilege::Protected {
+            ids: self.protected_files(),
+            db: self.db_file.get().cloned(),
+        }
     }
 
     /// After the command: deliver what it queued (decided by the outbox, not by the

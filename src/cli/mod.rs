@@ -569,7 +569,7 @@ fn man_pages(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Result<i32> {
         buf.extend_from_slice(man_sections(&name).as_bytes());
         man.render_version_section(&mut buf)?;
         let path = dir.join(format!("{name}.1"));
-        crate::privilege::create_output(&path, &[])
+        crate::privilege::create_output(&path, &crate::privilege::Protected::none())
             .and_then(|mut f| f.write_all(&buf))
             .map_err(|e| crate::Error::Environment(format!("Cannot write {e}.")))?;
         *written += 1;

@@ -276,7 +276,7 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
             let terminal = output.is_none() && std::io::stdout().is_terminal();
             let sink: Box<dyn Write> = match &output {
                 Some(path) => Box::new(
-                    crate::privilege::create_output(path, &ctx.protected_files())
+                    crate::privilege::create_output(path, &ctx.protected())
                         .map_err(|e| crate::Error::Environment(format!("Cannot write {e}.")))?,
                 ),
                 None => Box::new(std::io::stdout().lock()),

@@ -554,7 +554,7 @@ impl Pim {
     pub fn publish_checkpoint(
         &mut self,
         actor: &str,
-        protect: &[crate::privilege::FileId],
+        protect: &crate::privilege::Protected,
     ) -> Result<Option<u64>> {
         let policy = self.policy()?;
         let witness = policy.witness.clone();

@@ -1373,13 +1373,20 @@ fn outputs_never_replace_the_database_nor_follow_links() {
         ],
     )
     .expect(0);
-    for target in [db.as_str(), wal.as_str()] {
+    // And the companions SQLite would read beside it, there or not: a rollback journal it
+    // plays back, or -WAL where a case-folding file system takes it for the -wal.
+    let journal = format!("{db}-journal");
+    let upper = format!("{db}-WAL");
+    for target in [db.as_str(), wal.as_str(), journal.as_str(), upper.as_str()] {
         let r = env
             .as_("admin", &["audit", "export", "--output", target])
             .expect(1);
         assert!(r.stderr.contains("database"), "{}", r.stderr);
         env.as_("admin", &["review", "export", "1", "--output", target])
             .expect(1);
+    }
+    for made in [&journal, &upper] {
+        assert!(!std::path::Path::new(made).exists(), "{made} was created");
     }
     std::os::unix::fs::symlink(&env.db, env.path("link.csv")).unwrap();
     let r = env
