@@ -428,23 +428,47 @@ fn read_key(path: &Path, installed: bool) -> Result<Option<KeyFile>> {
     // A personal key is the caller's own (or root's, under /etc/pim/keys): one another
     // account put where the caller's configuration points would be a key they know.
     let owner = meta.uid();
-    if !installed && owner != privilege::real_uid() && owner != 0 {
+    let system = owner == 0 && path.parent() == Some(Path::new(SYSTEM_KEYS));
+    if !installed && owner != privilege::real_uid() && !system {
         return Err(Error::Environment(format!(
             "The key file {} belongs to {}, not you: pim uses only a key file of your own. Move it away, or run as its owner.",
             path.display(),
             privilege::account_name(owner).unwrap_or_else(|| format!("uid {owner}"))
         )));
     }
+    // Root's keys under /etc/pim/keys are read through their group (root:pim 0640); any
+    // other key by its owner alone.
+    let group_reads = installed || system;
     let unsafe_file = !meta.is_file()
-        || meta.mode() & 0o037 != 0
+        || meta.mode() & if group_reads { 0o037 } else { 0o077 } != 0
         || (installed && (meta.uid() != 0 || Some(meta.gid()) != privilege::installed_group()));
     if unsafe_file {
         return Err(Error::Environment(format!(
             "The key file {} may be read or changed by others; it must be a regular file that only {} can read (chmod {} it).",
             path.display(),
-            if installed { "root and the pim group" } else { "its owner" },
-            if installed { "0640" } else { "0600" }
+            if group_reads { "root and the pim group" } else { "its owner" },
+            if group_reads { "0640" } else { "0600" }
         )));
+    }
+    // Nor may another account remove, rename or replace it: every directory above it is its
+    // owner's or root's, and writable by no one else (a sticky one, as /tmp, above its own).
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    match crate::store::shared_dir(dir.unwrap_or(Path::new(".")), 0, owner) {
+        Ok(None) => {}
+        Ok(Some(d)) => {
+            return Err(Error::Environment(format!(
+                "The key file {} lies in {}, which other accounts may change (they could remove or replace the key); make it yours and writable by you alone (chmod go-w {}).",
+                path.display(),
+                d.display(),
+                crate::text::shell_word(&d)
+            )))
+        }
+        Err(e) => {
+            return Err(Error::Environment(format!(
+                "Cannot check the directories of the key file {}: {e}.",
+                path.display()
+            )))
+        }
     }
     let mut text = Zeroizing::new(String::new());
     file.by_ref().take(64 * 1024).read_to_string(&mut text)?;
@@ -489,9 +513,23 @@ mod tests {
         let path = dir.path().join("k.key");
         std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(read_key(&path, false).is_err());
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_key(&path, false).err().unwrap();
+            assert!(e.to_string().contains("chmod 0600"), "{mode:o}: {e}");
+        }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_key(&path, false).unwrap().is_some());
+        // A directory above it that others may write: they could remove or replace the key.
+        for mode in [0o777, 0o770, 0o1777] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_key(&path, false).err().unwrap();
+            assert!(
+                e.to_string().contains("other accounts may change"),
+                "{mode:o}: {e}"
+            );
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(read_key(&path, false).unwrap().is_some());
         assert!(read_key(&dir.path().join("none"), false).unwrap().is_none());
         // Another account's key file is not taken for the caller's (root can show it).

@@ -982,7 +982,7 @@ fn private_dir(m: &std::fs::Metadata, owner: u32, n: usize) -> bool {
 
 /// The first directory, from `dir` (`n` levels above a database) up, that is not
 /// `private_dir` for `owner`, if any.
-fn shared_dir(dir: &Path, n: usize, owner: u32) -> std::io::Result<Option<PathBuf>> {
+pub(crate) fn shared_dir(dir: &Path, n: usize, owner: u32) -> std::io::Result<Option<PathBuf>> {
     for (k, d) in dir.ancestors().enumerate() {
         if !private_dir(&std::fs::metadata(d)?, owner, n + k) {
             return Ok(Some(d.to_path_buf()));
