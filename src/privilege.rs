@@ -234,7 +234,7 @@ impl Protected {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "{} is the database (or one of its files); choose another file",
+                    "{}: it is the database (or one of its files); choose another file",
                     path.display()
                 ),
             ));
@@ -327,7 +327,7 @@ pub fn create_output(path: &Path, protect: &Protected) -> io::Result<File> {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "{} belongs to another account; pim writes only files of your own",
+                "{}: it belongs to another account; pim writes only files of your own",
                 path.display()
             ),
         ));
@@ -336,7 +336,7 @@ pub fn create_output(path: &Path, protect: &Protected) -> io::Result<File> {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "{} has more than one name (a hard link); remove it, or choose another file",
+                "{}: it has more than one name (a hard link); remove it, or choose another file",
                 path.display()
             ),
         ));
@@ -344,7 +344,7 @@ pub fn create_output(path: &Path, protect: &Protected) -> io::Result<File> {
     if !meta.file_type().is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
+            format!("{}: it is not a regular file", path.display()),
         ));
     }
     protect.refuse(path, Some(&meta))?;
@@ -372,7 +372,7 @@ pub fn append_output(path: &Path, protect: &Protected) -> io::Result<File> {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "{} is not a regular file of your own apart from the database",
+                "{}: it is not a regular file of your own apart from the database",
                 path.display()
             ),
         ));
