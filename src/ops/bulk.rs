@@ -496,7 +496,7 @@ impl Pim {
             let (mut added, mut unchanged) = (0, 0);
             let mut problems = Problems::default();
             // The line of each assignment the file names, by `row_key`.
-            let mut named = std::collections::HashMap::<[u8; 12], usize>::new();
+            let mut named = std::collections::HashMap::<[u8; 12], u32>::new();
             for row in rows {
                 seen.set(seen.get() + 1);
                 if seen.get() > ROWS_PER_IMPORT {
@@ -526,7 +526,8 @@ impl Pim {
                     }
                 };
                 let kind = if input.active { "active" } else { "eligible" };
-                if let Some(first) = named.insert(row_key(&input), row.line) {
+                // (A file's lines fit in 32 bits: it is at most 128 MiB.)
+                if let Some(first) = named.insert(row_key(&input), row.line as u32) {
                     // The same assignment twice: which row would win is not the file's to
                     // leave to chance.
                     problems.note(
