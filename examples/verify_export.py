@@ -56,14 +56,14 @@ def unique_keys(pairs):
 
 def formula_led(cell):
     """Whether the export would have put a ' before `cell`: it starts with = + - @ (or their
-    fullwidth forms) after blanks and invisible characters, or with a tab or CR. (A cell that
+    fullwidth and small forms) after blanks and invisible characters, or with a tab or CR. (A cell that
     starts with ' itself is prefixed too; the caller drops that one first.)"""
     for c in cell:
         if c in "\t\r":
             return True
         if c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Zs"):
             continue
-        return c in "=+-@\uff1d\uff0b\uff0d\uff20"
+        return c in "=+-@\uff1d\uff0b\uff0d\uff20\ufe66\ufe62\ufe63\ufe6b"
     return False
 
 

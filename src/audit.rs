@@ -1156,7 +1156,20 @@ pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
     let formula = matches!(
         lead,
         Some(
-            '=' | '+' | '-' | '@' | '\t' | '\r' | '\u{ff1d}' | '\u{ff0b}' | '\u{ff0d}' | '\u{ff20}'
+            '=' | '+'
+                | '-'
+                | '@'
+                | '\t'
+                | '\r'
+                // fullwidth and small forms, which a spreadsheet may take for the ASCII ones
+                | '\u{ff1d}'
+                | '\u{ff0b}'
+                | '\u{ff0d}'
+                | '\u{ff20}'
+                | '\u{fe66}'
+                | '\u{fe62}'
+                | '\u{fe63}'
+                | '\u{fe6b}'
         )
     );
     if formula || cell.starts_with('\'') {
@@ -1755,6 +1768,10 @@ mod tests {
             "\u{3000}-1",
             "\u{ff1d}1+1",
             "\u{ff20}SUM",
+            "\u{fe66}1+1",
+            "\u{fe62}1",
+            "\u{fe63}1",
+            "\u{fe6b}SUM",
             "'=1+1",
             "'",
         ] {

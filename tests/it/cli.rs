@@ -1352,6 +1352,7 @@ fn an_auditor_can_verify_the_csv_export_without_pim() {
         ("/c", " @SUM(A1)"),
         // (not defused: a ' after a blank is no formula)
         ("/d", " 'quoted"),
+        ("/e", "\u{fe66}1+1"),
     ] {
         env.as_(
             "admin",
@@ -1370,7 +1371,13 @@ fn an_auditor_can_verify_the_csv_export_without_pim() {
         .expect(0);
     let csv = std::fs::read_to_string(env.path("audit.csv")).unwrap();
     // (what makes the test: the cells the export changed)
-    for cell in ["\"'=HYPERLINK", "''=1+1", "' @SUM(A1)", "'-1 INC"] {
+    for cell in [
+        "\"'=HYPERLINK",
+        "''=1+1",
+        "' @SUM(A1)",
+        "'-1 INC",
+        "'\u{fe66}1+1",
+    ] {
         assert!(csv.contains(cell), "{cell} not in\n{csv}");
     }
     let head = env.run(&["audit", "verify", "--json"]).expect(0).json()["head"]
@@ -1403,6 +1410,10 @@ fn an_auditor_can_verify_the_csv_export_without_pim() {
             csv.replacen("\"'=HYPERLINK", "\"=HYPERLINK", 1),
         ),
         ("stripped2.csv", csv.replacen(",'-1 INC,", ",-1 INC,", 1)),
+        (
+            "stripped3.csv",
+            csv.replacen("'\u{fe66}1+1", "\u{fe66}1+1", 1),
+        ),
         ("cut.csv", lines[..lines.len() - 1].concat()),
         (
             "wider.csv",
