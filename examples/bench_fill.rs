@@ -67,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn open(path: &str) -> Result<pim::Pim, Box<dyn std::error::Error>> {
     let db = pim::store::open(std::path::Path::new(path))?;
     let instance = db.conn.instance()?;
-    let vault = Vault::load(&instance, false, None)?;
+    let vault = Vault::load(&instance, false, None, None)?;
     let mut pim = pim::Pim::new(db.conn, Arc::new(SystemClock), vault);
     pim.without_budget();
     Ok(pim)

@@ -85,6 +85,21 @@ pub fn account_name(uid: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// The name of group `gid`, if the system has one.
+pub fn group_name(gid: u32) -> Option<String> {
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrgid_r writes only into the buffers we hand it.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() || grp.gr_name.is_null() {
+        return None;
+    }
+    // SAFETY: gr_name points into `buf`, NUL-terminated, alive for this scope.
+    let name = unsafe { std::ffi::CStr::from_ptr(grp.gr_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Whether the operating system has an account named `name`.
 pub fn account_exists(name: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(name) else {

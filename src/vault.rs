@@ -49,10 +49,17 @@ pub fn key_paths(instance: &str, installed: bool) -> Vec<PathBuf> {
     if installed {
         return vec![system];
     }
+    // A relative value is not a place (the XDG base directory specification says to ignore
+    // it): it would name a different key in every working directory.
+    let absolute = |v: &std::ffi::OsString| Path::new(v).is_absolute();
     let config = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
+        .filter(absolute)
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(absolute)
+                .map(|h| PathBuf::from(h).join(".config"))
+        });
     let mut out: Vec<PathBuf> = config
         .map(|c| c.join("pim").join("keys").join(&name))
         .into_iter()
@@ -121,14 +128,23 @@ impl Vault {
     /// secret is needed; a key file that others could read or change is. `server`: the
     /// identity of a PostgreSQL server the caller named (not the installed one), for which
     /// a key is used only where it is bound to it ([`bind`]).
-    pub fn load(instance: &str, installed: bool, server: Option<&str>) -> Result<Vault> {
+    ///
+    /// `readers`: the group that may read a key under `/etc/pim/keys` besides root when this
+    /// is not the installed pim (the database file's group: who may read the database
+    /// anyway); None for a server.
+    pub fn load(
+        instance: &str,
+        installed: bool,
+        server: Option<&str>,
+        readers: Option<u32>,
+    ) -> Result<Vault> {
         valid_instance(instance)?;
         let paths = key_paths(instance, installed);
         for path in &paths {
             let read = if installed {
-                privilege::with_group(|| read_key(path, installed))?
+                privilege::with_group(|| read_key(path, installed, None))?
             } else {
-                read_key(path, installed)
+                read_key(path, installed, readers)
             };
             if let Some(file) = read? {
                 if let Some(server) = server.filter(|s| !file.servers.iter().any(|b| b == s)) {
@@ -362,7 +378,7 @@ pub fn bind(instance: &str, server: &str) -> Result<Option<(PathBuf, bool)>> {
         )));
     }
     for path in key_paths(instance, false) {
-        let Some(mut file) = read_key(&path, false)? else {
+        let Some(mut file) = read_key(&path, false, None)? else {
             continue;
         };
         if file.servers.iter().any(|s| s == server) {
@@ -406,8 +422,18 @@ pub fn bind(instance: &str, server: &str) -> Result<Option<(PathBuf, bool)>> {
 }
 
 /// Read a key file if it exists. The installed key must belong to root and the pim group,
-/// and nobody else may read or change it; a personal one only its owner.
-fn read_key(path: &Path, installed: bool) -> Result<Option<KeyFile>> {
+/// and nobody else may read or change it; a personal one only its owner; root's under
+/// `/etc/pim/keys`, read by another pim, root and `readers` alone.
+fn read_key(path: &Path, installed: bool, readers: Option<u32>) -> Result<Option<KeyFile>> {
+    read_key_in(path, installed, readers, Path::new(SYSTEM_KEYS))
+}
+
+fn read_key_in(
+    path: &Path,
+    installed: bool,
+    readers: Option<u32>,
+    system_keys: &Path,
+) -> Result<Option<KeyFile>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = match std::fs::OpenOptions::new()
@@ -428,7 +454,7 @@ fn read_key(path: &Path, installed: bool) -> Result<Option<KeyFile>> {
     // A personal key is the caller's own (or root's, under /etc/pim/keys): one another
     // account put where the caller's configuration points would be a key they know.
     let owner = meta.uid();
-    let system = owner == 0 && path.parent() == Some(Path::new(SYSTEM_KEYS));
+    let system = owner == 0 && path.parent() == Some(system_keys);
     if !installed && owner != privilege::real_uid() && !system {
         return Err(Error::Environment(format!(
             "The key file {} belongs to {}, not you: pim uses only a key file of your own. Move it away, or run as its owner.",
@@ -436,24 +462,46 @@ fn read_key(path: &Path, installed: bool) -> Result<Option<KeyFile>> {
             privilege::account_name(owner).unwrap_or_else(|| format!("uid {owner}"))
         )));
     }
-    // Root's keys under /etc/pim/keys are read through their group (root:pim 0640); any
-    // other key by its owner alone.
-    let group_reads = installed || system;
+    // Root's keys under /etc/pim/keys are read through their group (root:pim 0640): by the
+    // installed pim, and by another for a database file only where that group is the file's
+    // own (a key readable by just any group is a key its members know; for a server, whose
+    // keys count only where root bound them to it, `readers` is None); any other key by its
+    // owner alone.
+    let group_reads = installed || (system && readers.is_none_or(|g| g == meta.gid()));
     let unsafe_file = !meta.is_file()
         || meta.mode() & if group_reads { 0o037 } else { 0o077 } != 0
         || (installed && (meta.uid() != 0 || Some(meta.gid()) != privilege::installed_group()));
     if unsafe_file {
-        return Err(Error::Environment(format!(
-            "The key file {} may be read or changed by others; it must be a regular file that only {} can read (chmod {} it).",
-            path.display(),
-            if group_reads { "root and the pim group" } else { "its owner" },
-            if group_reads { "0640" } else { "0600" }
-        )));
+        let readers = readers
+            .filter(|_| system && !installed)
+            .map(|g| privilege::group_name(g).unwrap_or_else(|| g.to_string()));
+        return Err(Error::Environment(match readers {
+            Some(group) => format!(
+                "The key file {1} may be read or changed by others; root's key must be a regular file that only root and the database's group ({0}) can read (chgrp {0} and chmod 0640 it, or chmod 0600 it).",
+                crate::text::shell_word(Path::new(&group)),
+                path.display(),
+            ),
+            None => format!(
+                "The key file {} may be read or changed by others; it must be a regular file that only {} can read (chmod {} it).",
+                path.display(),
+                if group_reads { "root and the pim group" } else { "its owner" },
+                if group_reads { "0640" } else { "0600" }
+            ),
+        }));
     }
     // Nor may another account remove, rename or replace it: every directory above it is its
     // owner's or root's, and writable by no one else (a sticky one, as /tmp, above its own).
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    match crate::store::shared_dir(dir.unwrap_or(Path::new(".")), 0, owner) {
+    // Both the directories as named and as they really are: a link on the way (a linked
+    // ~/.config) leads into directories the names do not show.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let shared = crate::store::shared_dir(dir, 0, owner).and_then(|named| match named {
+        Some(d) => Ok(Some(d)),
+        None => crate::store::shared_dir(&std::fs::canonicalize(dir)?, 0, owner),
+    });
+    match shared {
         Ok(None) => {}
         Ok(Some(d)) => {
             return Err(Error::Environment(format!(
@@ -515,32 +563,84 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         for mode in [0o644, 0o640, 0o604, 0o620] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-            let e = read_key(&path, false).err().unwrap();
+            let e = read_key(&path, false, None).err().unwrap();
             assert!(e.to_string().contains("chmod 0600"), "{mode:o}: {e}");
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(read_key(&path, false).unwrap().is_some());
+        assert!(read_key(&path, false, None).unwrap().is_some());
         // A directory above it that others may write: they could remove or replace the key.
         for mode in [0o777, 0o770, 0o1777] {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
-            let e = read_key(&path, false).err().unwrap();
+            let e = read_key(&path, false, None).err().unwrap();
             assert!(
                 e.to_string().contains("other accounts may change"),
                 "{mode:o}: {e}"
             );
         }
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(read_key(&path, false).unwrap().is_some());
-        assert!(read_key(&dir.path().join("none"), false).unwrap().is_none());
+        assert!(read_key(&path, false, None).unwrap().is_some());
+        assert!(read_key(&dir.path().join("none"), false, None)
+            .unwrap()
+            .is_none());
         // Another account's key file is not taken for the caller's (root can show it).
         if privilege::real_uid() == 0 {
             std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
-            let e = read_key(&path, false).err().unwrap();
+            let e = read_key(&path, false, None).err().unwrap();
             assert!(e.to_string().contains("not you"), "{e}");
             std::os::unix::fs::chown(&path, Some(0), None).unwrap();
-            assert!(read_key(&path, false).unwrap().is_some());
+            assert!(read_key(&path, false, None).unwrap().is_some());
         }
-        assert!(Vault::load("../../etc/passwd", false, None).is_err());
+        assert!(Vault::load("../../etc/passwd", false, None, None).is_err());
+    }
+
+    #[test]
+    fn a_linked_key_directory_is_checked_where_it_leads() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        let keys = open.join("cfg").join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let path = keys.join("k.key");
+        std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // ~/.config a link into a directory that everyone may change.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::os::unix::fs::symlink(open.join("cfg"), home.join(".config")).unwrap();
+        let linked = home.join(".config").join("keys").join("k.key");
+        let e = read_key(&linked, false, None).err().unwrap();
+        assert!(
+            e.to_string().contains("other accounts may change") && e.to_string().contains("open"),
+            "{e}"
+        );
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(read_key(&linked, false, None).unwrap().is_some());
+    }
+
+    #[test]
+    fn roots_key_is_read_through_the_databases_group_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        if privilege::real_uid() != 0 {
+            return; // only root can make a key of root's with another group
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let path = dir.path().join("k.key");
+        std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::chown(&path, Some(0), Some(65534)).unwrap();
+        let read = |readers| read_key_in(&path, false, readers, dir.path());
+        // Readable by a group that is not the database's: refused, with what fixes it.
+        let e = read(Some(0)).err().unwrap().to_string();
+        assert!(e.contains("chgrp root") && e.contains("chmod 0600"), "{e}");
+        // The database's own group, or nobody's: taken.
+        assert!(read(Some(65534)).unwrap().is_some());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read(Some(0)).unwrap().is_some());
+        // Outside the keys directory it is a personal key (root's own here): its owner's alone.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_key_in(&path, false, Some(65534), Path::new("/nowhere")).is_err());
     }
 
     #[test]
@@ -558,20 +658,20 @@ mod tests {
         let key = made.derive("t").unwrap();
         // The server it was made for, and a file, get the key; another server does not.
         assert_eq!(
-            *Vault::load(instance, false, Some(here))
+            *Vault::load(instance, false, Some(here), None)
                 .unwrap()
                 .derive("t")
                 .unwrap(),
             *key
         );
         assert_eq!(
-            *Vault::load(instance, false, None)
+            *Vault::load(instance, false, None, None)
                 .unwrap()
                 .derive("t")
                 .unwrap(),
             *key
         );
-        let refused = Vault::load(instance, false, Some(there)).unwrap();
+        let refused = Vault::load(instance, false, Some(there), None).unwrap();
         let e = refused.derive("t").unwrap_err();
         assert!(matches!(e, Error::Refused(_)), "{e}");
         assert!(
@@ -583,14 +683,14 @@ mod tests {
         assert_eq!(bind(instance, there).unwrap(), Some((path.clone(), false)));
         assert_eq!(bind(instance, there).unwrap(), Some((path.clone(), true)));
         assert_eq!(
-            *Vault::load(instance, false, Some(there))
+            *Vault::load(instance, false, Some(there), None)
                 .unwrap()
                 .derive("t")
                 .unwrap(),
             *key
         );
         assert_eq!(
-            *Vault::load(instance, false, Some(here))
+            *Vault::load(instance, false, Some(here), None)
                 .unwrap()
                 .derive("t")
                 .unwrap(),
@@ -606,7 +706,7 @@ mod tests {
         assert!(bind(instance, "").is_err());
         // A line that is not a server's is a damaged file, not an unbound key.
         std::fs::write(&path, format!("{}\nsomething else\n", "ab".repeat(32))).unwrap();
-        assert!(Vault::load(instance, false, Some(here)).is_err());
+        assert!(Vault::load(instance, false, Some(here), None).is_err());
         std::env::remove_var("XDG_CONFIG_HOME");
     }
 }

@@ -271,7 +271,12 @@ impl Ctx {
             _ => None,
         };
         let mut vault = if yours {
-            Vault::load(&instance, db.file.installed, named_server.as_deref())?
+            Vault::load(
+                &instance,
+                db.file.installed,
+                named_server.as_deref(),
+                self.server.is_none().then_some(db.file.group),
+            )?
         } else {
             Vault::not_yours(format!(
                 "{} is {}'s file, not yours: pim uses a database's key (its TOTP secrets, its signed checkpoints and receipts) only as the file's owner, so that a file another account made with your database's instance id gets no signature of your key. Run this as its owner.",

@@ -94,10 +94,10 @@ fn show(ctx: &Ctx, r: &Review) -> anyhow::Result<()> {
     if ctx.json {
         return json(r);
     }
-    let window = if r.state == "completed" {
-        "ran until"
-    } else {
-        "open until"
+    // A review completed early ran until it was completed, not until its end.
+    let (window, until) = match &r.completed {
+        Some(at) => ("at", at),
+        None => ("open until", &r.end),
     };
     say(&format!(
         "Review {} \"{}\": {} at {}, {} ({} of {} decided), {window} {}; default {}.",
@@ -108,7 +108,7 @@ fn show(ctx: &Ctx, r: &Review) -> anyhow::Result<()> {
         r.state,
         r.decided,
         r.total,
-        super::output::when(super::output::unix(&r.end), chrono::Utc::now()),
+        super::output::when(super::output::unix(until), chrono::Utc::now()),
         r.default
     ))?;
     let mut t = table(&[

@@ -243,9 +243,11 @@ impl Problems {
     /// conflict with what is there, else exit 2. The refusals are
     /// left with `bulk`, which rolls the whole change back and then records them (not in a
     /// dry run).
-    fn fail(self, bulk: &Bulk, what: &str) -> Error {
+    /// The error for the whole change: `one` or `many` ("row", "rows") and what went wrong.
+    fn fail(self, bulk: &Bulk, one: &str, many: &str, what: &str) -> Error {
+        let noun = if self.total == 1 { one } else { many };
         let mut text = format!(
-            "{} {what}; nothing was changed:\n{}",
+            "{} {noun} {what}; nothing was changed:\n{}",
             self.total,
             self.lines.join("\n")
         );
@@ -527,7 +529,14 @@ impl Pim {
                 };
                 let kind = if input.active { "active" } else { "eligible" };
                 // (A file's lines fit in 32 bits: it is at most 128 MiB.)
-                if let Some(first) = named.insert(row_key(&input), row.line as u32) {
+                let first = match named.entry(row_key(&input)) {
+                    std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(row.line as u32);
+                        None
+                    }
+                };
+                if let Some(first) = first {
                     // The same assignment twice: which row would win is not the file's to
                     // leave to chance.
                     problems.note(
@@ -589,7 +598,7 @@ impl Pim {
                 }
             }
             if !problems.is_empty() {
-                return Err(problems.fail(state, "row(s) cannot be imported"));
+                return Err(problems.fail(state, "row", "rows", "cannot be imported"));
             }
             Ok(ImportSummary {
                 added,
@@ -682,6 +691,14 @@ fn apply_in(
     let mut plan = Plan::default();
     let mut problems = Problems::default();
     let mut wanted = std::collections::HashSet::new();
+    // What the caller may assign is what they held when the apply began: a prune that ends
+    // their own role does not turn the entries after it into refusals.
+    let held = if me.disabled {
+        Vec::new()
+    } else {
+        super::holdings(tx, me.id, t)?
+    };
+    let may = |scope: &Scope| super::grants(policy, &held, "assign", scope);
     for d in desired {
         let Some(role) = policy.role(&d.role) else {
             problems.note(d.line, &unknown_role_in(policy, &d.role));
@@ -702,17 +719,6 @@ fn apply_in(
             );
             continue;
         }
-        let event = || {
-            row_event(
-                actor,
-                "assignment.change",
-                &d.user,
-                &role.key,
-                d.scope.as_str(),
-                kind,
-                "apply",
-            )
-        };
         let kind_ = if d.active {
             Kind::Active
         } else {
@@ -721,6 +727,33 @@ fn apply_in(
         let current: Option<(i64, Option<i64>)> = tx
             .current_assignment_named(&d.user, &role.key, d.scope.as_str(), kind_, t)?
             .map(|a| (a.id, a.end_at));
+        let event = || {
+            row_event(
+                actor,
+                if current.is_some() {
+                    "assignment.change"
+                } else {
+                    "assignment.add"
+                },
+                &d.user,
+                &role.key,
+                d.scope.as_str(),
+                kind,
+                "apply",
+            )
+        };
+        // Permission first: whether an assignment exists outside your scope, and when it
+        // ends, is not yours to learn from an empty plan or a "the new end is in the past".
+        if !may(&d.scope) {
+            problems.refuse(
+                d.line,
+                &super::permission_error("assign", &d.scope),
+                event()
+                    .justification(d.justification.as_deref())
+                    .ticket(d.ticket.as_deref()),
+            );
+            continue;
+        }
         let item = |from: Option<Option<i64>>, to: Option<Option<i64>>, assignment| PlanItem {
             user: d.user.clone(),
             role: role.key.clone(),
@@ -747,17 +780,9 @@ fn apply_in(
                 Err(e) => problems.row(
                     d.line,
                     e,
-                    row_event(
-                        actor,
-                        "assignment.add",
-                        &d.user,
-                        &role.key,
-                        d.scope.as_str(),
-                        kind,
-                        "apply",
-                    )
-                    .justification(d.justification.as_deref())
-                    .ticket(d.ticket.as_deref()),
+                    event()
+                        .justification(d.justification.as_deref())
+                        .ticket(d.ticket.as_deref()),
                 ),
             }
             continue;
@@ -774,14 +799,6 @@ fn apply_in(
             problems.note(
                 d.line,
                 &"the new end is in the past; remove the entry (with --prune) instead.",
-            );
-            continue;
-        }
-        if !super::has_permission(tx, policy, me, "assign", &d.scope, t)? {
-            problems.refuse(
-                d.line,
-                &super::permission_error("assign", &d.scope),
-                event(),
             );
             continue;
         }
@@ -852,9 +869,18 @@ fn apply_in(
             if wanted.contains(&(user.clone(), role.clone(), scope.clone(), kind.as_str())) {
                 continue;
             }
+            // Only what the caller may assign is theirs to prune; the rest of the store is
+            // neither removed nor named.
             let Ok(sc) = Scope::parse(&scope) else {
                 continue;
             };
+            if !may(&sc) {
+                continue;
+            }
+            if user_id == me.id {
+                plan.kept.push(format!("{user} {role} at {scope} ({kind}): your own; another holder of 'assign' must remove it"));
+                continue;
+            }
             if policy.roles.get(&role).is_some_and(|r| r.protected)
                 && super::would_orphan_protected(tx, &role, user_id, Some(id), t)?
             {
@@ -872,17 +898,6 @@ fn apply_in(
             )
             .detail("assignment", id)
             .detail("pruned", true);
-            if !super::has_permission(tx, policy, me, "assign", &sc, t)? {
-                problems.refuse(
-                    0,
-                    &Error::Refused(format!(
-                        "{user} {role} at {scope}: {}",
-                        super::permission_error("assign", &sc)
-                    )),
-                    event,
-                );
-                continue;
-            }
             tx.remove_assignment(id, t, actor)?;
             tx.record(event)?;
             super::activation::end_activations(
@@ -908,7 +923,7 @@ fn apply_in(
         }
     }
     if !problems.is_empty() {
-        return Err(problems.fail(state, "entries cannot be applied"));
+        return Err(problems.fail(state, "entry", "entries", "cannot be applied"));
     }
     Ok(plan)
 }

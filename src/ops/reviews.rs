@@ -535,8 +535,26 @@ impl Pim {
 
     /// Apply a review now (its creator, or a holder of `review` over its scope).
     pub fn complete_review(&mut self, actor: &str, id: i64) -> Result<Review> {
+        // As with a decision: whoever may not see the review learns nothing of it (not that
+        // it is completed, nor its role and scope), and the attempt is on record with its
+        // number alone.
+        let visible = match self.review_seen_by(&self.viewer(actor)?, id) {
+            Ok(_) => true,
+            Err(Error::NotFound(_)) => false,
+            Err(e) => return Err(e),
+        };
         self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
+            if !visible {
+                return refuse(
+                    tx,
+                    now,
+                    Event::new(actor, "review.complete").detail("review", id),
+                    Error::NotFound(format!(
+                        "There is no review {id} that you may see. See `pim review list`."
+                    )),
+                );
+            }
             let t = now.timestamp();
             let review = load(tx, id, t)?;
             if review.state == "completed" {

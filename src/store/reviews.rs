@@ -23,6 +23,8 @@ pub struct Review {
     pub end: String,
     /// `open`, `due` (its time is up, not yet completed) or `completed`.
     pub state: String,
+    /// When it was completed (which may be before its end).
+    pub completed: Option<String>,
     pub decided: i64,
     pub total: i64,
     pub items: Vec<ReviewItem>,
@@ -79,6 +81,7 @@ fn review_from_row(r: &Row<'_>, now: i64) -> Result<Review> {
             "open"
         }
         .to_string(),
+        completed: completed.map(|c| rfc3339(from_unix(c))),
         decided: 0,
         total: 0,
         items: Vec::new(),

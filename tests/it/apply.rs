@@ -198,3 +198,124 @@ fn bad_files_name_their_lines_and_change_nothing() {
         0
     );
 }
+
+#[test]
+fn a_scoped_administrator_applies_and_prunes_only_within_their_scope() {
+    let env = setup();
+    env.as_(
+        "admin",
+        &[
+            "assign",
+            "carol",
+            "privileged-role-admin",
+            "--active",
+            "--permanent",
+            "--scope",
+            "/prod",
+            "-j",
+            "prod roles",
+        ],
+    )
+    .expect(0);
+    let until = date_in(40);
+    // Outside carol's scope: bob's db-admin at /, to a day she could guess.
+    env.as_(
+        "admin",
+        &["assign", "bob", "db-admin", "--until", &until, "-j", "ops"],
+    )
+    .expect(0);
+    // Inside it: bob's security-reader at /prod/x.
+    env.as_(
+        "admin",
+        &[
+            "assign",
+            "bob",
+            "security-reader",
+            "--scope",
+            "/prod/x",
+            "-j",
+            "x",
+        ],
+    )
+    .expect(0);
+    // Naming the assignment outside her scope is refused whatever she guesses of it: an empty
+    // plan for the right end, or "in the past" for a past one, would tell her it exists.
+    for (name, end) in [("guess.toml", until.clone()), ("past.toml", date_in(-2))] {
+        std::fs::write(
+            env.path(name),
+            format!("[[eligible]]\nuser = \"bob\"\nrole = \"db-admin\"\nuntil = \"{end}\"\n"),
+        )
+        .unwrap();
+        let r = env
+            .as_("carol", &["assignment", "apply", name, "--dry-run"])
+            .expect(3);
+        assert!(
+            r.stderr.contains("'assign' permission over /") && !r.stderr.contains("past"),
+            "{}",
+            r.stderr
+        );
+    }
+    // A prune removes what she may assign and is not in her file, and nothing else: not
+    // bob's db-admin at /, not the deployer, not the break-glass administrator, not her own.
+    std::fs::write(
+        env.path("prod.toml"),
+        "[[eligible]]\nuser = \"bob\"\nrole = \"deployer\"\nscope = \"/prod/app\"\njustification = \"releases\"\n",
+    )
+    .unwrap();
+    let plan = env
+        .as_(
+            "carol",
+            &["assignment", "apply", "prod.toml", "--prune", "--json"],
+        )
+        .expect(0)
+        .json();
+    let removed: Vec<String> = plan["remove"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {} {}", r["user"], r["role"], r["scope"]))
+        .collect();
+    assert_eq!(
+        removed,
+        vec![r#""bob" "security-reader" "/prod/x""#.to_string()]
+    );
+    let kept: Vec<&str> = plan["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        kept[0].contains("carol privileged-role-admin at /prod") && kept[0].contains("your own"),
+        "{kept:?}"
+    );
+    let bobs = env
+        .as_("admin", &["assignment", "list", "--user", "bob", "--json"])
+        .expect(0)
+        .json();
+    let roles: Vec<&str> = bobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["role"].as_str().unwrap())
+        .collect();
+    assert!(
+        roles.contains(&"db-admin") && roles.contains(&"deployer"),
+        "{roles:?}"
+    );
+    assert!(!roles.contains(&"security-reader"), "{roles:?}");
+    env.run(&[
+        "check",
+        "carol",
+        "privileged-role-admin",
+        "--scope",
+        "/prod",
+    ])
+    .expect(0);
+    // Nothing outside her scope was refused in her name either.
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE action = 'assignment.remove' AND result != 'ok'"),
+        0
+    );
+}

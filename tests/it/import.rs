@@ -374,6 +374,18 @@ fn a_row_asking_for_another_end_than_the_current_assignment_is_a_conflict() {
             r.stderr
         );
     }
+    // A third time names the first line too, not the second.
+    write(
+        "thrice.csv",
+        "bob,security-reader,/,eligible,,10d,x,\nbob,security-reader,/,eligible,,10d,x,\nbob,security-reader,/,eligible,,10d,x,\n",
+    );
+    let r = import("+0", "thrice.csv").expect(2);
+    assert!(
+        r.stderr.contains("line 4:") && !r.stderr.contains("on line 3 too"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.matches("on line 2 too").count(), 2, "{}", r.stderr);
     assert_eq!(ends(), before);
     assert_eq!(
         env.count("SELECT count(*) FROM assignments WHERE role = 'security-reader'"),

@@ -157,6 +157,13 @@ fn a_quarterly_review_keeps_removes_and_applies_the_default() {
         none.stderr.replace("999", "N")
     );
     assert!(!nosy.stderr.contains("admin"), "{}", nosy.stderr);
+    // Nor from trying to complete it: not its role, nor whether it is still open.
+    let no_review = env.as_("carol", &["review", "complete", "999"]).expect(4);
+    let early = env.as_("carol", &["review", "complete", &id]).expect(4);
+    assert_eq!(
+        early.stderr.replace(&id, "N"),
+        no_review.stderr.replace("999", "N")
+    );
     env.as_(
         "admin",
         &["review", "decide", &id, "bob", "keep", "-j", "on call"],
@@ -210,6 +217,15 @@ fn a_quarterly_review_keeps_removes_and_applies_the_default() {
         .expect(0)
         .json();
     assert_eq!(done["state"], "completed");
+    // Completed before its end: it says when it was completed, not when it would have ended.
+    let completed = done["completed"].as_str().unwrap();
+    assert!(completed < done["end"].as_str().unwrap(), "{done}");
+    let shown = env.as_("admin", &["review", "show", &id]).expect(0).stdout;
+    let first = shown.lines().next().unwrap();
+    assert!(
+        first.contains("completed (2 of 3 decided), at ") && !first.contains("(in "),
+        "{first}"
+    );
     let result = |user: &str| {
         done["items"]
             .as_array()
@@ -224,6 +240,8 @@ fn a_quarterly_review_keeps_removes_and_applies_the_default() {
     assert_eq!(result("dave")["applied"], "remove");
     assert_eq!(result("dave")["result"], "removed");
     env.as_("admin", &["review", "complete", &id]).expect(5);
+    let late = env.as_("carol", &["review", "complete", &id]).expect(4);
+    assert_eq!(late.stderr, early.stderr);
     env.as_(
         "admin",
         &["review", "decide", &id, "bob", "remove", "-j", "late"],
@@ -264,8 +282,17 @@ fn a_quarterly_review_keeps_removes_and_applies_the_default() {
         "the refused decisions are on record"
     );
     assert_eq!(
-        env.count("SELECT count(*) FROM audit_events WHERE action = 'review.complete'"),
+        env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'review.complete' AND result = 'ok'"
+        ),
         1
+    );
+    // carol's three attempts are on record, with the number she gave and nothing else of it.
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'review.complete' AND result != 'ok' AND role IS NULL AND scope IS NULL"
+        ),
+        3
     );
 
     // The export reads back with the csv crate.

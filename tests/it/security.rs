@@ -1570,3 +1570,24 @@ fn a_suggested_fix_runs_nothing_a_directory_name_holds() {
     assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
     assert!(!r.stderr.contains("chmod"), "{}", r.stderr);
 }
+
+#[test]
+fn a_relative_config_home_is_not_where_the_key_goes() {
+    // XDG_CONFIG_HOME=rel would name a different key in every working directory: ignored,
+    // as the XDG base directory specification says, for $HOME/.config.
+    let env = Env::new();
+    let r: support::Run = env
+        .command(&["init", "--admin", "admin", "--json"])
+        .env("XDG_CONFIG_HOME", "rel")
+        .output()
+        .unwrap()
+        .into();
+    r.expect(0);
+    assert!(!env.path("rel").exists());
+    assert_eq!(
+        std::fs::read_dir(env.path(".config/pim/keys"))
+            .unwrap()
+            .count(),
+        1
+    );
+}
