@@ -198,6 +198,14 @@ impl Vault {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         valid_instance(instance)?;
         let path = key_paths(instance, group.is_some())[0].clone();
+        // A personal key goes to the caller's configuration directory; without one (no
+        // absolute HOME or XDG_CONFIG_HOME) it would go where the installed keys are.
+        if group.is_none() && path.parent() == Some(Path::new(SYSTEM_KEYS)) {
+            return Err(Error::Environment(format!(
+                "Cannot create the key file of this database: neither XDG_CONFIG_HOME nor HOME is an absolute path, so there is no configuration directory of yours to keep it in (pim keeps {} for the installed database). Set HOME.",
+                SYSTEM_KEYS
+            )));
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
         let fail = |e: std::io::Error| {
             Error::Environment(format!(
@@ -504,12 +512,24 @@ fn read_key_in(
     match shared {
         Ok(None) => {}
         Ok(Some(d)) => {
+            // Another account's directory is not fixed by a chmod: it must change hands.
+            let word = crate::text::shell_word(&d);
+            let theirs = std::fs::metadata(&d).is_ok_and(|m| m.uid() != owner && m.uid() != 0);
+            let fix = if theirs {
+                format!(
+                    "chown {} {word}, then chmod go-w {word}",
+                    crate::text::shell_word(Path::new(
+                        &privilege::account_name(owner).unwrap_or_else(|| owner.to_string())
+                    ))
+                )
+            } else {
+                format!("chmod go-w {word}")
+            };
             return Err(Error::Environment(format!(
-                "The key file {} lies in {}, which other accounts may change (they could remove or replace the key); make it yours and writable by you alone (chmod go-w {}).",
+                "The key file {} lies in {}, which other accounts may change (they could remove or replace the key); make it yours and writable by you alone ({fix}).",
                 path.display(),
                 d.display(),
-                crate::text::shell_word(&d)
-            )))
+            )));
         }
         Err(e) => {
             return Err(Error::Environment(format!(
@@ -589,6 +609,11 @@ mod tests {
             assert!(e.to_string().contains("not you"), "{e}");
             std::os::unix::fs::chown(&path, Some(0), None).unwrap();
             assert!(read_key(&path, false, None).unwrap().is_some());
+            // A directory of another account's: a chmod does not fix that, a chown does.
+            std::os::unix::fs::chown(dir.path(), Some(65534), None).unwrap();
+            let e = read_key(&path, false, None).err().unwrap().to_string();
+            assert!(e.contains("chown root") && e.contains("chmod go-w"), "{e}");
+            std::os::unix::fs::chown(dir.path(), Some(0), None).unwrap();
         }
         assert!(Vault::load("../../etc/passwd", false, None, None).is_err());
     }

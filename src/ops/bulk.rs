@@ -402,10 +402,17 @@ fn bulk<T>(
         }
         Err(e) => {
             drop(tx);
-            let refused = state.refused.take();
-            if refused.is_empty() || dry_run {
+            let mut refused = state.refused.take();
+            if refused.is_empty() {
                 charge_apart(pim, now, actor, units)?;
             } else {
+                // A dry run's refusals are attempts all the same: on record, marked so.
+                if dry_run {
+                    refused = refused
+                        .into_iter()
+                        .map(|e| e.detail("dry_run", true))
+                        .collect();
+                }
                 record_refusals(pim, now, actor, refused, state.more_refused.get(), units)?;
             }
             Err(match e {
@@ -719,6 +726,28 @@ fn apply_in(
             );
             continue;
         }
+        // Permission first: whether an assignment exists outside your scope, and when it
+        // ends, is not yours to learn from an empty plan, a "the new end is in the past", or
+        // the action your refusal is recorded under (which `audit list` shows you): always
+        // an add, as import records it.
+        if !may(&d.scope) {
+            problems.refuse(
+                d.line,
+                &super::permission_error("assign", &d.scope),
+                row_event(
+                    actor,
+                    "assignment.add",
+                    &d.user,
+                    &role.key,
+                    d.scope.as_str(),
+                    kind,
+                    "apply",
+                )
+                .justification(d.justification.as_deref())
+                .ticket(d.ticket.as_deref()),
+            );
+            continue;
+        }
         let kind_ = if d.active {
             Kind::Active
         } else {
@@ -742,18 +771,6 @@ fn apply_in(
                 "apply",
             )
         };
-        // Permission first: whether an assignment exists outside your scope, and when it
-        // ends, is not yours to learn from an empty plan or a "the new end is in the past".
-        if !may(&d.scope) {
-            problems.refuse(
-                d.line,
-                &super::permission_error("assign", &d.scope),
-                event()
-                    .justification(d.justification.as_deref())
-                    .ticket(d.ticket.as_deref()),
-            );
-            continue;
-        }
         let item = |from: Option<Option<i64>>, to: Option<Option<i64>>, assignment| PlanItem {
             user: d.user.clone(),
             role: role.key.clone(),

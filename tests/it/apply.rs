@@ -255,6 +255,16 @@ fn a_scoped_administrator_applies_and_prunes_only_within_their_scope() {
             r.stderr
         );
     }
+    // Both attempts are on record, marked as dry runs, and as adds: the action her refusal is
+    // recorded under (which `audit list` shows her) does not say whether bob holds the role.
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_events WHERE actor = 'carol' AND result != 'ok' \
+             AND action = 'assignment.add' AND principal = 'bob' AND role = 'db-admin' \
+             AND details LIKE '%\"dry_run\":true%'"
+        ),
+        2
+    );
     // A prune removes what she may assign and is not in her file, and nothing else: not
     // bob's db-admin at /, not the deployer, not the break-glass administrator, not her own.
     std::fs::write(

@@ -1591,3 +1591,21 @@ fn a_relative_config_home_is_not_where_the_key_goes() {
         1
     );
 }
+
+#[test]
+fn without_a_configuration_directory_no_personal_key_is_made() {
+    // Neither XDG_CONFIG_HOME nor HOME absolute: the key would otherwise go where the
+    // installed keys are (and a root that is not the installed pim could make it there).
+    let env = Env::new();
+    let r: support::Run = env
+        .command(&["init", "--admin", "admin", "--json"])
+        .env("XDG_CONFIG_HOME", "rel")
+        .env("HOME", "home")
+        .output()
+        .unwrap()
+        .into();
+    let r = r.expect(1);
+    assert!(r.stderr.contains("Set HOME"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(!env.path("rel").exists() && !env.path("home").exists());
+}
