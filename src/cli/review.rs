@@ -204,8 +204,17 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
             let justification = match justification.filter(|j| !j.trim().is_empty()) {
                 Some(j) => j,
                 None if ctx.interactive => {
-                    // The item must exist for this reviewer before the reason is typed.
-                    pim.review_seen_by(&pim.viewer(&actor)?, id)?;
+                    // The item must exist for this reviewer before the reason is typed; a
+                    // review they may not see is refused on record, as without a prompt.
+                    if let Err(crate::Error::NotFound(_)) =
+                        pim.review_seen_by(&pim.viewer(&actor)?, id)
+                    {
+                        let what = crate::ops::Unseen::Decide {
+                            user: &user,
+                            decision: &decision,
+                        };
+                        return Err(pim.refuse_unseen_review(&actor, id, what).into());
+                    }
                     super::prompt::text(
                         &format!("Reason to {decision} {user}'s assignment"),
                         crate::limits::JUSTIFICATION,
@@ -224,7 +233,13 @@ pub fn run(ctx: &Ctx, cmd: ReviewCommand) -> anyhow::Result<i32> {
         }
         ReviewCommand::Complete { id, yes } => {
             if ctx.interactive && !yes {
-                let r = pim.review_seen_by(&pim.viewer(&actor)?, id)?;
+                let r = match pim.review_seen_by(&pim.viewer(&actor)?, id) {
+                    Err(crate::Error::NotFound(_)) => {
+                        let unseen = crate::ops::Unseen::Complete;
+                        return Err(pim.refuse_unseen_review(&actor, id, unseen).into());
+                    }
+                    r => r?,
+                };
                 let removals: Vec<_> = r
                     .items
                     .iter()

@@ -25,7 +25,7 @@ pub use assignments::{AssignInput, Assignment, AssignmentFilter, End};
 pub use bulk::{parse_desired, Desired, ImportRow, ImportSummary, Plan, PlanItem};
 pub use health::{Health, Recount};
 pub use policy_ops::{change_json as policy_change_json, Canceled, PolicyApplied, RoleSummary};
-pub use reviews::{Review, ReviewInput, ReviewItem};
+pub use reviews::{Review, ReviewInput, ReviewItem, Unseen};
 pub use sweep::SweepReport;
 pub use users::{Enrollment, EnrolmentGrant, ServiceToken, User, NOT_THE_NEW_CODE};
 pub use views::Viewer;

@@ -328,6 +328,13 @@ pub(crate) fn sweep_reviews(
     Ok((due, started))
 }
 
+/// What someone tried with a review they may not see ([`Pim::refuse_unseen_review`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Unseen<'a> {
+    Decide { user: &'a str, decision: &'a str },
+    Complete,
+}
+
 impl Pim {
     /// Start an access review (permission `review` over the scope).
     pub fn create_review(&mut self, actor: &str, input: ReviewInput) -> Result<Review> {
@@ -441,27 +448,15 @@ impl Pim {
         // Whoever may not see the review learns nothing of it here either (not its state,
         // nor who its reviewers are): "not there", exit 4, as `review show` says; the attempt
         // is on record all the same, with nothing of the review but the number they gave.
-        let visible = match self.review_seen_by(&self.viewer(actor)?, id) {
-            Ok(_) => true,
-            Err(Error::NotFound(_)) => false,
+        match self.review_seen_by(&self.viewer(actor)?, id) {
+            Ok(_) => {}
+            Err(Error::NotFound(_)) => {
+                return Err(self.refuse_unseen_review(actor, id, Unseen::Decide { user, decision }))
+            }
             Err(e) => return Err(e),
-        };
+        }
         self.write(actor, |tx, now, _| {
             actor_user(tx, actor)?;
-            if !visible {
-                let event = Event::new(actor, "review.decide")
-                    .principal(user)
-                    .detail("review", id)
-                    .detail("decision", decision);
-                return refuse(
-                    tx,
-                    now,
-                    event,
-                    Error::NotFound(format!(
-                        "There is no review {id} that you may see. See `pim review list`."
-                    )),
-                );
-            }
             let t = now.timestamp();
             let review = load(tx, id, t)?;
             let event = Event::new(actor, "review.decide")
@@ -533,28 +528,45 @@ impl Pim {
         })
     }
 
+    /// Refuse an attempt at review `id` that `actor` may not see (or that is not there):
+    /// exit 4, as `review show` says, and on record with nothing of the review but the
+    /// number given. The prompts of `review decide` and `complete` come to this as well.
+    pub fn refuse_unseen_review(&mut self, actor: &str, id: i64, what: Unseen<'_>) -> Error {
+        let not_there = || {
+            Error::NotFound(format!(
+                "There is no review {id} that you may see. See `pim review list`."
+            ))
+        };
+        let refused = self.write(actor, |tx, now, _| -> Result<()> {
+            actor_user(tx, actor)?;
+            let event = match what {
+                Unseen::Decide { user, decision } => Event::new(actor, "review.decide")
+                    .principal(user)
+                    .detail("decision", decision),
+                Unseen::Complete => Event::new(actor, "review.complete"),
+            };
+            refuse(tx, now, event.detail("review", id), not_there())
+        });
+        match refused {
+            Err(e) => e,
+            Ok(()) => not_there(),
+        }
+    }
+
     /// Apply a review now (its creator, or a holder of `review` over its scope).
     pub fn complete_review(&mut self, actor: &str, id: i64) -> Result<Review> {
         // As with a decision: whoever may not see the review learns nothing of it (not that
         // it is completed, nor its role and scope), and the attempt is on record with its
         // number alone.
-        let visible = match self.review_seen_by(&self.viewer(actor)?, id) {
-            Ok(_) => true,
-            Err(Error::NotFound(_)) => false,
+        match self.review_seen_by(&self.viewer(actor)?, id) {
+            Ok(_) => {}
+            Err(Error::NotFound(_)) => {
+                return Err(self.refuse_unseen_review(actor, id, Unseen::Complete))
+            }
             Err(e) => return Err(e),
-        };
+        }
         self.write(actor, |tx, now, policy| {
             let me = actor_user(tx, actor)?;
-            if !visible {
-                return refuse(
-                    tx,
-                    now,
-                    Event::new(actor, "review.complete").detail("review", id),
-                    Error::NotFound(format!(
-                        "There is no review {id} that you may see. See `pim review list`."
-                    )),
-                );
-            }
             let t = now.timestamp();
             let review = load(tx, id, t)?;
             if review.state == "completed" {

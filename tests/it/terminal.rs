@@ -290,6 +290,26 @@ fn review_decide_asks_for_a_reason_and_complete_confirms() {
         .expect(0)
         .json();
     assert_eq!(show["state"], "open", "{show}");
+    // Someone who may not see the review is not asked anything: exit 4, on record as it is
+    // without a terminal, with nothing of the review but its number.
+    for args in [
+        vec!["review", "complete", id.as_str()],
+        vec!["review", "decide", id.as_str(), "carol", "keep"],
+    ] {
+        let mut all = vec!["--as", "carol"];
+        all.extend(args);
+        let t = Terminal::start(&env, &all, 120);
+        let (exit, s) = t.finish();
+        assert_eq!(exit, 4, "{s}");
+        assert!(s.contains("no review") && !s.contains("Reason"), "{s}");
+    }
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_events WHERE actor = 'carol' AND result != 'ok' \
+             AND action IN ('review.complete', 'review.decide') AND role IS NULL"
+        ),
+        2
+    );
 
     let t = Terminal::start(
         &env,
