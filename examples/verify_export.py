@@ -54,6 +54,27 @@ def unique_keys(pairs):
     return dict(pairs)
 
 
+# The characters pim never shows as they are (`unsafe_char` in src/text.rs), beyond the
+# controls: format characters, fillers and blanks that show nothing, variation selectors.
+INVISIBLE = [
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD),
+    (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x2028, 0x202E), (0x2060, 0x206F), (0x2800, 0x2800),
+    (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFFB),
+    (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x1343F), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+]
+
+
+def invisible(c):
+    """Whether the export looks past `c` for a formula's first character: a blank, a control,
+    or one of INVISIBLE (box drawing, U+2500-257F, never)."""
+    if c.isspace() or unicodedata.category(c) == "Cc":
+        return True
+    o = ord(c)
+    return any(lo <= o <= hi for lo, hi in INVISIBLE)
+
+
 def formula_led(cell):
     """Whether the export would have put a ' before `cell`: it starts with = + - @ (or their
     fullwidth and small forms) after blanks and invisible characters, or with a tab or CR. (A cell that
@@ -61,7 +82,7 @@ def formula_led(cell):
     for c in cell:
         if c in "\t\r":
             return True
-        if c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Zs"):
+        if invisible(c):
             continue
         return c in "=+-@\uff1d\uff0b\uff0d\uff20\ufe66\ufe62\ufe63\ufe6b"
     return False

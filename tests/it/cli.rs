@@ -1429,6 +1429,50 @@ fn an_auditor_can_verify_the_csv_export_without_pim() {
     }
 }
 
+/// The independent script looks past exactly the characters the export looks past before a
+/// formula's first character: a cell the export defuses is one the script expects defused.
+#[test]
+fn the_script_and_the_export_see_the_same_invisible_characters() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/verify_export.py");
+    let program = format!(
+        "import importlib.util as u\n\
+         s = u.spec_from_file_location('v', {script:?}); v = u.module_from_spec(s); s.loader.exec_module(v)\n\
+         print(' '.join(str(o) for o in range(0x110000) if not 0xD800 <= o < 0xE000 and v.invisible(chr(o))))\n"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &program])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let python: Vec<u32> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(|o| o.parse().unwrap())
+        .collect();
+    let rust: Vec<u32> = (0..0x110000)
+        .filter_map(char::from_u32)
+        .filter(|&c| c.is_whitespace() || pim::text::unsafe_char(c))
+        .map(u32::from)
+        .collect();
+    let only = |a: &[u32], b: &[u32]| -> Vec<String> {
+        let b: std::collections::HashSet<_> = b.iter().collect();
+        a.iter()
+            .filter(|o| !b.contains(o))
+            .map(|o| format!("U+{o:04X}"))
+            .collect()
+    };
+    assert_eq!(
+        only(&rust, &python),
+        Vec::<String>::new(),
+        "skipped by the export alone"
+    );
+    assert_eq!(
+        only(&python, &rust),
+        Vec::<String>::new(),
+        "skipped by the script alone"
+    );
+}
+
 #[test]
 fn our_totp_arithmetic_matches_oathtool_at_any_time() {
     for _ in 0..5 {
