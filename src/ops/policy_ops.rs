@@ -39,7 +39,7 @@ pub struct Canceled {
 /// and, where the role names its approvers, one of them. Where it names none, the approver
 /// held `approve` when deciding (checked then): a just-in-time approver whose activation has
 /// ended since takes nothing back.
-fn approvals_under(tx: &crate::store::Db, role: &Role, id: i64) -> Result<i64> {
+pub(crate) fn approvals_under(tx: &crate::store::Db, role: &Role, id: i64) -> Result<i64> {
     let named = &role.settings.approvers;
     super::approvals::count_approvals(tx, id, |approver| {
         Ok(!approver.disabled && (named.is_empty() || named.contains(&approver.name)))

@@ -266,6 +266,45 @@ pub struct ServiceToken {
     pub token: String,
 }
 
+/// Cancel the activations that have not started yet whose quorum rested on an approval by
+/// `approver`, disabled now: a waiting request is judged by approvals that stand, as a
+/// policy change judges it (`policy_ops::approvals_under`). Started ones run on.
+fn cancel_unapproved(
+    tx: &Recorder<'_>,
+    policy: &Policy,
+    now: chrono::DateTime<chrono::Utc>,
+    actor: &str,
+    approver: &str,
+) -> Result<()> {
+    let t = now.timestamp();
+    for id in tx.scheduled_approved_by(approver, t)? {
+        let Some(r) = tx.request_by_id(id, t)? else {
+            continue;
+        };
+        let Some(role) = policy.role(&r.role).filter(|r| r.settings.require_approval) else {
+            continue;
+        };
+        if super::policy_ops::approvals_under(tx, role, id)?
+            >= i64::from(role.settings.min_approvals)
+        {
+            continue;
+        }
+        let reason = format!("an approval it needed was {approver}'s, who is disabled now");
+        tx.close_request(
+            id,
+            crate::model::Status::Canceled,
+            t,
+            actor,
+            Some(&format!("canceled: {reason}")),
+        )?;
+        tx.record(
+            super::approvals::event(actor, "activation.cancel", &r)
+                .detail("reason", reason.as_str()),
+        )?;
+    }
+    Ok(())
+}
+
 impl Pim {
     /// Authenticate a process by its service token; returns the service's name. A wrong,
     /// rotated or unknown token is refused and audited under `account`, the operating-system
@@ -527,6 +566,7 @@ impl Pim {
                     "activation.revoke",
                     "the user was disabled",
                 )?;
+                cancel_unapproved(tx, policy, now, actor, &target.name)?;
             }
             get(tx, name)
         })

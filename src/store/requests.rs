@@ -464,6 +464,19 @@ impl Db {
         Ok(n > 0)
     }
 
+    /// The approved activations that have not started yet (stored `scheduled`, starting
+    /// after `now`) that `approver` approved.
+    pub fn scheduled_approved_by(&self, approver: &str, now: i64) -> Result<Vec<i64>> {
+        self.query_map(
+            "SELECT r.id FROM requests r JOIN decisions d ON d.request_id = r.id \
+             WHERE r.status = 'scheduled' AND r.start_at > ?2 AND d.approver = ?1 \
+             AND d.decision = 'approve' ORDER BY r.id",
+            params![approver, now],
+            |r| r.get(0),
+        )?
+        .collect()
+    }
+
     /// The pending requests `approver` has decided (one read for a list of them).
     pub fn pending_decided_by(&self, approver: &str) -> Result<std::collections::HashSet<i64>> {
         self.query_map(

@@ -1083,3 +1083,82 @@ fn a_quorum_made_smaller_keeps_a_request_its_ended_approvers_approved() {
         .json();
     assert_eq!(applied["canceled"], serde_json::json!([]), "{applied}");
 }
+
+/// Disabling an approver cancels the activations that have not started yet and whose quorum
+/// needed their approval (the approvals that stand no longer make it); one that already
+/// started on that approval runs on.
+#[test]
+fn disabling_an_approver_cancels_the_scheduled_activations_that_needed_them() {
+    let w = world();
+    w.env
+        .as_(
+            "admin",
+            &[
+                "assign",
+                "bob",
+                "two-of-three",
+                "--scope",
+                "/prod",
+                "-j",
+                "on call",
+            ],
+        )
+        .expect(0);
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let scheduled = request(&w, "prod-root", &["--start", &later]);
+    // (bob's code of the next step: the step of the first request is used)
+    let running = w
+        .env
+        .as_(
+            "bob",
+            &[
+                "activate",
+                "two-of-three",
+                "--scope",
+                "/prod",
+                "-j",
+                "INC-1",
+                "--code",
+                &oathtool(&w.bob, 30),
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    for (who, secret) in [("carol", &w.carol), ("dave", &w.dave)] {
+        // (each approver's second code is of the next step: a step is accepted once)
+        for (k, id) in [scheduled, running].into_iter().enumerate() {
+            decide(&w, who, secret, "approve", id, 30 * k as i64).expect(0);
+        }
+    }
+    let show = |id: i64| {
+        w.env
+            .as_("bob", &["request", "show", &id.to_string(), "--json"])
+            .expect(0)
+            .json()
+    };
+    assert_eq!(show(scheduled)["status"], "scheduled");
+    assert_eq!(show(running)["status"], "active");
+    w.env.as_("admin", &["user", "disable", "carol"]).expect(0);
+    let canceled = show(scheduled);
+    assert_eq!(canceled["status"], "canceled", "{canceled}");
+    assert!(
+        canceled
+            .to_string()
+            .contains("carol's, who is disabled now"),
+        "{canceled}"
+    );
+    assert_eq!(show(running)["status"], "active");
+    assert_eq!(
+        w.env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'activation.cancel' \
+             AND actor = 'admin' AND details LIKE '%disabled now%'"
+        ),
+        1
+    );
+    w.env
+        .as_("admin", &["audit", "verify", "--state"])
+        .expect(0);
+}
