@@ -11,23 +11,48 @@ pub fn text_checked(
     limit: usize,
     check: impl Fn(&str) -> Result<(), String> + 'static,
 ) -> Result<String> {
-    let answer = Input::<String>::new()
-        .with_prompt(prompt)
-        .allow_empty(true)
-        .report(false)
-        .validate_with(move |t: &String| -> Result<(), String> {
-            let n = t.chars().count();
-            if t.trim().is_empty() {
-                Err("It cannot be empty.".to_string())
-            } else if n > limit {
-                Err(format!("That is {n} characters; the limit is {limit}."))
-            } else {
-                check(t)
-            }
-        })
-        .interact_text()?;
+    let answer = without_echo(|| {
+        Input::<String>::new()
+            .with_prompt(prompt)
+            .allow_empty(true)
+            .report(false)
+            .validate_with(move |t: &String| -> Result<(), String> {
+                let n = t.chars().count();
+                if t.trim().is_empty() {
+                    Err("It cannot be empty.".to_string())
+                } else if n > limit {
+                    Err(format!("That is {n} characters; the limit is {limit}."))
+                } else {
+                    check(t)
+                }
+            })
+            .interact_text()
+    })?;
     report(prompt, &answer)?;
     Ok(answer)
+}
+
+/// Run a prompt with the terminal's own echo off. dialoguer draws what is typed itself, and
+/// reads each key in raw mode, back in the terminal's mode between keys: what arrived in
+/// such a gap (a paste, on a loaded machine) the terminal echoed as well, and the prompt's
+/// rows no longer were where dialoguer counted them.
+fn without_echo<T>(prompt: impl FnOnce() -> dialoguer::Result<T>) -> dialoguer::Result<T> {
+    use std::os::fd::AsRawFd;
+    let tty = std::io::stdin();
+    let fd = tty.as_raw_fd();
+    // SAFETY: tcgetattr and tcsetattr only read and write the termios we hand them.
+    let mut mode: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(fd, &mut mode) } != 0 {
+        return prompt();
+    }
+    let saved = mode;
+    mode.c_lflag &= !(libc::ECHO | libc::ECHONL);
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &mode) } != 0 {
+        return prompt();
+    }
+    let answer = prompt();
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    answer
 }
 
 /// The prompt and its answer, as dialoguer's own report shows them, without what it leaves
@@ -83,19 +108,23 @@ pub fn hidden(prompt: &str) -> Result<String> {
 /// Yes or no, no unless answered; the answer is taken with Enter, like every other prompt
 /// (a `y` alone used to answer, and the Enter typed after it went to the next prompt).
 pub fn confirm(prompt: &str) -> Result<bool> {
-    Ok(Confirm::new()
-        .with_prompt(prompt)
-        .default(false)
-        .wait_for_newline(true)
-        .interact()?)
+    Ok(without_echo(|| {
+        Confirm::new()
+            .with_prompt(prompt)
+            .default(false)
+            .wait_for_newline(true)
+            .interact()
+    })?)
 }
 
 /// Pick one or several of `items` (space to mark, enter to accept); the indexes chosen.
 pub fn pick(prompt: &str, items: &[String]) -> Result<Vec<usize>> {
-    Ok(MultiSelect::new()
-        .with_prompt(prompt)
-        .items(items)
-        .interact()?)
+    Ok(without_echo(|| {
+        MultiSelect::new()
+            .with_prompt(prompt)
+            .items(items)
+            .interact()
+    })?)
 }
 
 #[cfg(test)]
