@@ -524,8 +524,8 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         Some(s) => s,
         None => pim.exec_scope(&actor, &role_key)?,
     };
-    let (request, until, activated) = match pim.check(&actor, &role_key, &scope)? {
-        Some(until) => (None, until, false),
+    let (request, until) = match pim.check(&actor, &role_key, &scope)? {
+        Some(until) => (None, until),
         None => {
             let mut input = ActivationInput {
                 role: role_key.clone(),
@@ -567,11 +567,22 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
                 ))
                 .into());
             }
-            (Some(r.id), Some(r.end_at), true)
+            (Some(r.id), Some(r.end_at))
         }
     };
-    // The command runs with the caller's own identity only (no pim group, no PIM_TOKEN).
-    let status = crate::privilege::command(&a.command[0])
+    // The command runs with the caller's own identity only (no pim group, no PIM_TOKEN, no
+    // password of the database's: it gets to the database through pim, as the caller does).
+    let mut command = crate::privilege::command(&a.command[0]);
+    if let Some(url) = std::env::var_os("PIM_DB")
+        .and_then(|v| v.into_string().ok())
+        .filter(|v| crate::store::pg::is_url(std::path::Path::new(v)))
+    {
+        command.env("PIM_DB", crate::store::pg::without_password(&url));
+    }
+    // Until it ends, a signal that would end pim goes to it instead: pim then gives the role
+    // back (an interrupted exec left it active to its end).
+    forward::install();
+    let status = command
         .args(&a.command[1..])
         .env("PIM_USER", &actor)
         .env("PIM_ROLE", &role_key)
@@ -586,10 +597,15 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
                 .map(|u| crate::time::rfc3339(crate::time::from_unix(u)))
                 .unwrap_or_else(|| "permanent".into()),
         )
-        .status();
-    if activated {
-        // Give the role back whatever CMD did; a failure here is reported, not hidden.
-        if let Err(e) = pim.deactivate(&actor, &role_key, Some(&scope)) {
+        .spawn()
+        .and_then(|mut child| {
+            forward::to(child.id());
+            child.wait()
+        });
+    if let Some(id) = request {
+        // Give back the activation this exec made, whatever CMD did (that one: not another
+        // of the role made since); a failure here is reported, not hidden.
+        if let Err(e) = pim.deactivate_request(&actor, id) {
             ctx.note(&format!("Note: could not deactivate {role_key}: {e}"));
         }
     }
@@ -600,6 +616,58 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Signals to `pim exec` while its command runs, passed on to the command: pim outlives it
+/// and gives the role back. One the terminal sent (Ctrl-C, a hangup) reached the command's
+/// process group already and is not sent twice.
+mod forward {
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    static CHILD: AtomicI32 = AtomicI32::new(0);
+    static PENDING: AtomicI32 = AtomicI32::new(0);
+    const SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+    extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        // SAFETY: the kernel hands a valid siginfo to an SA_SIGINFO handler; kill and
+        // atomics are async-signal-safe.
+        if unsafe { (*info).si_code } == libc::SI_KERNEL {
+            return;
+        }
+        match CHILD.load(Ordering::SeqCst) {
+            0 => PENDING.store(sig, Ordering::SeqCst),
+            pid => unsafe {
+                libc::kill(pid, sig);
+            },
+        }
+    }
+
+    pub fn install() {
+        for sig in SIGNALS {
+            // SAFETY: a zeroed sigaction with our handler and flags, installed for signals
+            // that may be caught.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as *const () as usize;
+                action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(sig, &action, std::ptr::null_mut());
+            }
+        }
+    }
+
+    /// The command is `pid`: a signal that came before it was known goes to it now.
+    pub fn to(pid: u32) {
+        let pid = i32::try_from(pid).unwrap_or(0);
+        CHILD.store(pid, Ordering::SeqCst);
+        let early = PENDING.swap(0, Ordering::SeqCst);
+        if early != 0 && pid > 0 {
+            // SAFETY: kill has no memory effects.
+            unsafe {
+                libc::kill(pid, early);
+            }
+        }
+    }
 }
 
 /// Poll the request until it is decided or `limit` passes (default: its own timeout).

@@ -24,10 +24,23 @@ use std::path::PathBuf;
 #[command(name = "pim", version, about, propagate_version = true)]
 pub struct Cli {
     /// The database (default: $XDG_DATA_HOME/pim/pim.db)
-    #[arg(long, global = true, env = "PIM_DB", value_name = "PATH")]
+    // (its value not shown in --help: a server's URL may hold a password)
+    #[arg(
+        long,
+        global = true,
+        env = "PIM_DB",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
     db: Option<PathBuf>,
     /// Act as another principal (only root or the database file's owner may)
-    #[arg(long = "as", global = true, env = "PIM_USER", value_name = "NAME")]
+    #[arg(
+        long = "as",
+        global = true,
+        env = "PIM_USER",
+        hide_env_values = true,
+        value_name = "NAME"
+    )]
     as_user: Option<String>,
     /// Machine-readable output: one JSON document on stdout
     #[arg(long, global = true)]
@@ -255,8 +268,20 @@ pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            use clap::error::ErrorKind;
             // --help and --version are not errors; clap picks 0 or 2.
-            let _ = e.print();
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+            } else {
+                // clap quotes the argument it could not take as it was given: escaped here,
+                // as every other message is (a request id out of a script could hold
+                // anything).
+                let text = e.render().to_string();
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    output::safe_lines(&text).as_bytes(),
+                );
+            }
             return e.exit_code();
         }
     };

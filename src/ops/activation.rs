@@ -756,6 +756,34 @@ impl Pim {
         })
     }
 
+    /// Give back the activation `id` that `pim exec` made for `actor`, if it still runs:
+    /// that one only, not another of the same role and scope made since (after a revoke, in
+    /// another terminal). None when it has ended already.
+    pub fn deactivate_request(&mut self, actor: &str, id: i64) -> Result<Option<Request>> {
+        self.write_system(|tx, now, policy| {
+            let me = actor_user(tx, actor)?;
+            let t = now.timestamp();
+            let running = tx
+                .requests(Of::Id(id), Which::Running, t)?
+                .into_iter()
+                .any(|r| r.user == me.name);
+            if !running {
+                return Ok(None);
+            }
+            end_activations(
+                tx,
+                policy,
+                now,
+                actor,
+                Of::Id(id),
+                RequestStatus::Deactivated,
+                "activation.deactivate",
+                "given back by `pim exec` when its command ended",
+            )?;
+            request_now(tx, id, t).map(Some)
+        })
+    }
+
     /// What a user may activate, holds, and has asked for.
     pub fn status(&self, user: &str) -> Result<Status> {
         let user = users::get(&self.conn, user)?;

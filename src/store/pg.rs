@@ -354,6 +354,38 @@ pub fn is_url(db: &Path) -> bool {
         .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
 }
 
+/// `url` without its password (`postgres://USER:PASSWORD@...`, a `password=` parameter),
+/// the rest as it is: for a child of pim, which reaches the server through pim.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (base, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match base.find('/') {
+        Some(i) => base.split_at(i),
+        None => (base, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) => format!("{}@{host}", user.split(':').next().unwrap_or("")),
+        None => authority.to_string(),
+    };
+    let mut out = format!("{scheme}://{authority}{path}");
+    if let Some(q) = query {
+        let kept: Vec<&str> = q
+            .split('&')
+            .filter(|p| !p.to_ascii_lowercase().starts_with("password="))
+            .collect();
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
+    }
+    out
+}
+
 /// A server's URL for people: `postgres://USER@HOST:PORT/DATABASE`, rebuilt from what the
 /// driver parsed, so that no password (in the user part, the query, anywhere) is ever
 /// shown, printed or audited.
@@ -982,6 +1014,25 @@ pub fn installed_url() -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_loses_its_password_and_keeps_the_rest() {
+        for (url, without) in [
+            (
+                "postgres://pim_app:pw@db:5432/pim?sslmode=require",
+                "postgres://pim_app@db:5432/pim?sslmode=require",
+            ),
+            ("postgresql://u:p:q@h/d", "postgresql://u@h/d"),
+            (
+                "postgres://u@h/d?Password=x&application_name=a",
+                "postgres://u@h/d?application_name=a",
+            ),
+            ("postgres://h/d?password=x", "postgres://h/d"),
+            ("postgres://u@h", "postgres://u@h"),
+        ] {
+            assert_eq!(without_password(url), without, "{url}");
+        }
+    }
 
     #[test]
     fn a_servers_identity_is_where_it_is_and_how_it_proves_itself() {

@@ -148,3 +148,141 @@ fn exec_does_not_wait_for_approval_unless_asked() {
     env.as_("bob", &["exec", "nope", "--", "true"]).expect(4);
     env.as_("bob", &["exec", "db-admin"]).expect(2);
 }
+
+/// Wait (up to 20 s) until `path` exists.
+fn wait_for_file(path: &std::path::Path) {
+    let start = std::time::Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "{} never came",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A signal to exec while its command runs goes to the command, and exec then gives the role
+/// back (an interrupted exec left the role active to its end).
+#[test]
+fn a_signal_to_exec_ends_the_command_and_gives_the_role_back() {
+    let (env, _) = setup();
+    // (a role without a code: three activations within one TOTP step)
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    let started = env.path("started");
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let _ = std::fs::remove_file(&started);
+        let script = format!("touch {}; exec sleep 60", started.display());
+        let child = env
+            .command(&["--as", "bob", "exec", "deployer", "--", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_file(&started);
+        env.run(&["check", "bob", "deployer"]).expect(0);
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(128 + signal), "{out:?}");
+        env.run(&["check", "bob", "deployer"]).expect(1);
+    }
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM requests WHERE status = 'deactivated' \
+             AND close_reason LIKE '%pim exec%'"
+        ),
+        3
+    );
+}
+
+/// exec gives back the activation it made, not another of the role made while its command
+/// ran (its own was revoked, and bob activated the role again in another terminal).
+#[test]
+fn exec_gives_back_only_the_activation_it_made() {
+    let (env, bob) = setup();
+    let (started, go) = (env.path("started"), env.path("go"));
+    let script = format!(
+        "touch {}; while [ ! -f {} ]; do sleep 0.05; done",
+        started.display(),
+        go.display()
+    );
+    let child = env
+        .command(&[
+            "--as",
+            "bob",
+            "exec",
+            "db-admin",
+            "-j",
+            "INC-6",
+            "--code",
+            &oathtool(&bob, 0),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&started);
+    env.as_("admin", &["revoke", "1", "-j", "rotate"]).expect(0);
+    env.as_(
+        "bob",
+        &[
+            "activate",
+            "db-admin",
+            "-j",
+            "INC-7",
+            "--code",
+            &oathtool(&bob, 30),
+        ],
+    )
+    .expect(0);
+    std::fs::write(&go, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    env.run(&["check", "bob", "db-admin"]).expect(0);
+}
+
+/// The command does not get the database's password: a PostgreSQL URL in PIM_DB reaches it
+/// without one (it reaches the server through pim, as its caller does).
+#[test]
+fn exec_passes_no_database_password_to_the_command() {
+    let (env, bob) = setup();
+    let out = env.path("env.txt");
+    let script = format!("env | grep ^PIM_DB= > {}", out.display());
+    let db = env.db.to_string_lossy().to_string();
+    let r: support::Run = env
+        .command(&[
+            "--db",
+            &db,
+            "--as",
+            "bob",
+            "exec",
+            "db-admin",
+            "-j",
+            "INC-8",
+            "--code",
+            &oathtool(&bob, 0),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env(
+            "PIM_DB",
+            "postgres://pim_app:S3cret@db.internal:5432/pim?password=S3cret&sslmode=require",
+        )
+        .output()
+        .unwrap()
+        .into();
+    r.expect(0);
+    let seen = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        seen.trim(),
+        "PIM_DB=postgres://pim_app@db.internal:5432/pim?sslmode=require"
+    );
+}

@@ -510,6 +510,49 @@ fn a_command_that_never_reads_its_stdin_is_ended_at_the_timeout() {
     );
 }
 
+/// A command ended at the timeout is ended with what it started: a process it left running
+/// in the background does not outlive it (root's sweep left them behind, one more a retry).
+#[test]
+fn a_command_ended_at_the_timeout_takes_its_children_with_it() {
+    let env = Env::new();
+    let pid_file = env.path("child.pid");
+    env.init_with(
+        &Policy::new()
+            .section(
+                "notifications.command",
+                &[&format!(
+                    "argv = [\"/bin/sh\", \"-c\", \"sleep 60 & echo $! > {}; wait\"]",
+                    pid_file.display()
+                )],
+            )
+            .role("db-admin", "DB", &[]),
+    );
+    env.as_("admin", &["user", "add", "bob"]).expect(0);
+    env.as_("admin", &["assign", "bob", "db-admin", "-j", "x"])
+        .expect(0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM outbox WHERE last_error LIKE '%longer than 5s%'"),
+        1
+    );
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    // (the kill is sent before pim returns; give the kernel a moment to finish it)
+    let start = std::time::Instant::now();
+    while alive() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(), "the command's child {} outlived it", pid.trim());
+}
+
 /// A policy that sends e-mail through the relay on `port` (no STARTTLS).
 fn smtp_at(port: u16) -> Policy {
     Policy::new().section(

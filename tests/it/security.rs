@@ -1609,3 +1609,33 @@ fn without_a_configuration_directory_no_personal_key_is_made() {
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(!env.path("rel").exists() && !env.path("home").exists());
 }
+
+/// What clap says itself is held to the rules of every other message: --help shows no value
+/// of PIM_DB (a server's URL may hold a password), and an argument it cannot take is quoted
+/// with its controls and bidi characters escaped.
+#[test]
+fn the_argument_parser_shows_no_password_and_no_raw_control() {
+    let env = Env::new();
+    let help: support::Run = env
+        .command(&["--help"])
+        .env("PIM_DB", "postgres://pim_app:S3cretPW@db.internal/pim")
+        .output()
+        .unwrap()
+        .into();
+    let help = help.expect(0);
+    assert!(help.stdout.contains("[env: PIM_DB]"), "{}", help.stdout);
+    assert!(!help.stdout.contains("S3cretPW"), "{}", help.stdout);
+    for bad in [
+        &["request", "show", "5\u{1b}]0;PWN\u{7}"][..],
+        &["bogus\u{202e}x"][..],
+    ] {
+        let r = env.run(bad).expect(2);
+        assert!(
+            !r.stderr.contains('\u{1b}')
+                && !r.stderr.contains('\u{7}')
+                && !r.stderr.contains('\u{202e}'),
+            "{:?}",
+            r.stderr
+        );
+    }
+}
