@@ -803,6 +803,17 @@ impl Policy {
                         n.span(),
                         format!("role '{key_text}' has a display name of more than one line or with control characters; a name is shown on one line of every table, prompt and e-mail subject."),
                     );
+                } else if n
+                    .get_ref()
+                    .chars()
+                    .any(|c| crate::text::unsafe_char(c) || (c.is_whitespace() && c != ' '))
+                {
+                    // A name that looks like another's ("Global\u{a0}Administrator") is not
+                    // the protected role a reader takes it for.
+                    p.problem(
+                        n.span(),
+                        format!("role '{key_text}' has a display name with an invisible character or a blank other than a space; write it with plain spaces."),
+                    );
                 }
             }
             if let Some(d) = &e.description {
@@ -819,7 +830,12 @@ impl Policy {
                 }
             };
             if !name.is_empty() {
-                let folded = name.to_lowercase();
+                // Names that differ in case or in how many blanks part their words read alike.
+                let folded = name
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase();
                 if let Some(other) = display_names.insert(folded, key_text.clone()) {
                     p.problem(
                         span.clone(),
@@ -1156,6 +1172,34 @@ mod tests {
             "[roles.a]\nname = \"Database Administrator\"\ndescription = \"one\\ntwo\"\n"
         )
         .is_ok());
+    }
+
+    /// A display name that looks like another role's is refused: one with an invisible
+    /// character or another blank than a space, or one that differs only in spacing.
+    #[test]
+    fn a_display_name_cannot_pass_for_another() {
+        for bad in [
+            "Global\\u00a0Administrator",
+            "Global\\u200bAdministrator",
+            "DB\\ufe0f",
+        ] {
+            let found = problems(&format!("[roles.a]\nname = \"{bad}\"\n"));
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.message.contains("invisible character")),
+                "{bad}: {found:?}"
+            );
+        }
+        let found = problems(
+            "[roles.a]\nname = \"Global Administrator\"\n[roles.b]\nname = \"global  administrator\"\n",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.message.contains("share the display name")),
+            "{found:?}"
+        );
     }
 
     #[test]

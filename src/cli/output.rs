@@ -49,6 +49,25 @@ fn colour_at(text: &str) -> Option<(&str, usize)> {
     })
 }
 
+/// How many combining marks in a row a terminal is shown as they are (Vietnamese stacks two
+/// on a letter, Thai and Devanagari three).
+const MAX_MARKS: usize = 4;
+
+/// A character drawn over the one before it (a combining mark: no width of its own, and not
+/// already an unsafe character).
+fn is_mark(c: char) -> bool {
+    !c.is_ascii() && unicode_width::UnicodeWidthChar::width(c) == Some(0) && !unsafe_char(c)
+}
+
+/// Whether `text` has more than `MAX_MARKS` combining marks in a row.
+fn stacks_marks(text: &str) -> bool {
+    let mut run = 0;
+    text.chars().any(|c| {
+        run = if is_mark(c) { run + 1 } else { 0 };
+        run > MAX_MARKS
+    })
+}
+
 /// Whether `text` is printable ASCII (with newlines, if `newlines`): nothing in it is
 /// unsafe, found a byte at a time (most text pim shows; `unsafe_char` sees the rest).
 fn printable_ascii(text: &str, newlines: bool) -> bool {
@@ -58,16 +77,28 @@ fn printable_ascii(text: &str, newlines: bool) -> bool {
 
 fn escape(text: &str, keep_newlines: bool) -> Cow<'_, str> {
     if printable_ascii(text, keep_newlines)
-        || !text
+        || !(text
             .chars()
             .any(|c| unsafe_char(c) && !(keep_newlines && c == '\n'))
+            || stacks_marks(text))
     {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     let mut skip = 0;
+    let mut marks = 0;
     for (i, c) in text.char_indices() {
         if i < skip {
+            continue;
+        }
+        // A mark past the few a script stacks on one letter is escaped: a tower of them
+        // would spill over the rows above and below (a "Zalgo" justification).
+        marks = if is_mark(c) { marks + 1 } else { 0 };
+        if marks > MAX_MARKS {
+            match u16::try_from(c as u32) {
+                Ok(unit) => out.push_str(&format!("\\u{unit:04x}")),
+                Err(_) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            }
             continue;
         }
         if c == '\u{91}' {
@@ -735,6 +766,24 @@ pub fn unix(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tower_of_combining_marks_is_cut_down() {
+        // Decomposed Vietnamese and Devanagari stay as they are.
+        for text in [
+            "Vie\u{323}\u{302}t",
+            "\u{915}\u{94d}\u{937}\u{93f}",
+            "plain",
+        ] {
+            assert_eq!(safe(text), text);
+        }
+        let tower = format!("x{}y", "\u{301}".repeat(10));
+        let shown = safe(&tower);
+        assert_eq!(
+            shown,
+            format!("x{}{}y", "\u{301}".repeat(4), "\\u0301".repeat(6))
+        );
+    }
 
     #[test]
     fn a_long_note_line_is_broken_at_spaces_with_its_indentation() {
