@@ -524,7 +524,19 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         Some(s) => s,
         None => pim.exec_scope(&actor, &role_key)?,
     };
-    let (request, until) = match pim.check(&actor, &role_key, &scope)? {
+    let instance = pim.instance()?;
+    // The activations of other execs this one relies on, held so that theirs does not end
+    // with their command while this one runs (see `lease`); then the role is checked again.
+    let mut leases: Vec<super::lease::Lease> = Vec::new();
+    let mut unleased = None;
+    let mut held = pim.check(&actor, &role_key, &scope)?;
+    if held.is_some() {
+        for id in pim.covering_activations(&actor, &role_key, &scope)? {
+            leases.extend(super::lease::Lease::join(&instance, id));
+        }
+        held = pim.check(&actor, &role_key, &scope)?;
+    }
+    let (request, until) = match held {
         Some(until) => (None, until),
         None => {
             let mut input = ActivationInput {
@@ -567,6 +579,11 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
                 ))
                 .into());
             }
+            match super::lease::Lease::made(&instance, r.id) {
+                Some(lease) => leases.push(lease),
+                // No lease to keep: given back when this command ends, as if alone.
+                None => unleased = Some(r.id),
+            }
             (Some(r.id), Some(r.end_at))
         }
     };
@@ -602,11 +619,23 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
             forward::to(child.id());
             child.wait()
         });
-    if let Some(id) = request {
-        // Give back the activation this exec made, whatever CMD did (that one: not another
-        // of the role made since); a failure here is reported, not hidden.
+    // Give back, whatever CMD did, the activation this exec made and those of other execs
+    // it relied on, each by the last exec relying on it (that one: not another of the role
+    // made since); a failure here is reported, not hidden.
+    let mut give_back: Vec<(i64, Option<super::lease::Last>)> = Vec::new();
+    for lease in leases {
+        let id = lease.id;
+        if let Some(last) = lease.release() {
+            give_back.push((id, Some(last)));
+        }
+    }
+    give_back.extend(unleased.map(|id| (id, None)));
+    for (id, last) in give_back {
         if let Err(e) = pim.deactivate_request(&actor, id) {
             ctx.note(&format!("Note: could not deactivate {role_key}: {e}"));
+        }
+        if let Some(last) = last {
+            last.done();
         }
     }
     let status = status

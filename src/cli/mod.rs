@@ -8,6 +8,7 @@ mod complete;
 mod context;
 mod doctor;
 mod init;
+mod lease;
 mod output;
 mod policy;
 mod prompt;

@@ -839,6 +839,25 @@ impl Pim {
         Ok(Some(covering.iter().filter_map(|h| h.until).max()))
     }
 
+    /// The activations by which `user` holds `role` over `scope` now (not a direct
+    /// assignment): what `pim exec` relies on when it finds the role held.
+    pub fn covering_activations(&self, user: &str, role: &str, scope: &Scope) -> Result<Vec<i64>> {
+        let policy = self.policy()?;
+        let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
+        let user = users::get(&self.conn, user)?;
+        let now = self.now().timestamp();
+        Ok(holdings(&self.conn, user.id, now)?
+            .into_iter()
+            .filter(|h| h.role == role.key && h.scope.covers(scope))
+            .filter_map(|h| h.request)
+            .collect())
+    }
+
+    /// The database's random instance id.
+    pub fn instance(&self) -> Result<String> {
+        self.conn.instance()
+    }
+
     /// Activation requests: yours, or everyone's with `all`.
     pub fn requests(&self, user: Option<&str>) -> Result<Vec<Request>> {
         let now = self.now().timestamp();

@@ -286,3 +286,56 @@ fn exec_passes_no_database_password_to_the_command() {
         "PIM_DB=postgres://pim_app@db.internal:5432/pim?sslmode=require"
     );
 }
+
+/// Of two execs relying on one activation, the first to end leaves it to the other, and the
+/// last gives it back.
+#[test]
+fn the_last_of_two_execs_gives_the_role_back() {
+    let (env, _) = setup();
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    let exec = |name: &str| {
+        let script = format!(
+            "touch {0}.started; while [ ! -f {0}.go ]; do sleep 0.05; done",
+            env.path(name).display()
+        );
+        let child = env
+            .command(&["--as", "bob", "exec", "deployer", "--", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_file(&env.path(&format!("{name}.started")));
+        child
+    };
+    let end = |name: &str, child: std::process::Child| {
+        std::fs::write(env.path(&format!("{name}.go")), "").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    };
+    // a made the activation; b found it held.
+    let a = exec("a");
+    let b = exec("b");
+    assert_eq!(env.count("SELECT count(*) FROM requests"), 1);
+    end("a", a);
+    env.run(&["check", "bob", "deployer"]).expect(0);
+    end("b", b);
+    env.run(&["check", "bob", "deployer"]).expect(1);
+    // And the other way round: the one that made it ends last.
+    let c = exec("c");
+    let d = exec("d");
+    end("d", d);
+    env.run(&["check", "bob", "deployer"]).expect(0);
+    end("c", c);
+    env.run(&["check", "bob", "deployer"]).expect(1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM requests WHERE status = 'deactivated'"),
+        2
+    );
+    // Nothing is left of the leases.
+    let left: Vec<_> = std::fs::read_dir(env.path("pim"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

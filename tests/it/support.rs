@@ -187,6 +187,7 @@ impl Env {
             .env("PIM_DB", &self.db)
             .env("HOME", self.dir.path())
             .env("XDG_CONFIG_HOME", self.dir.path().join(".config"))
+            .env("XDG_RUNTIME_DIR", self.dir.path())
             .stdin(Stdio::null());
         // A server's notification and witness commands run only for the account that
         // delivers them: the tests are that account.
