@@ -440,10 +440,12 @@ fn post_webhook(cfg: &Webhook, o: &Outgoing) -> Result<(), String> {
 }
 
 fn run_command(cfg: &NotifyCommand, o: &Outgoing) -> Result<(), String> {
-    use std::os::unix::process::CommandExt;
     // The caller's own identity, no pim group, and an environment of pim's choosing: the
     // caller's PATH must not pick the program, nor anything else of theirs reach it.
-    let mut child = crate::privilege::command(&cfg.argv[0])
+    // A group of its own: a command that runs over its time is ended with whatever it
+    // started (its children went on, as root's from a root sweep, with each retry), and it
+    // never reads the caller's terminal.
+    let mut child = crate::privilege::command_alone(&cfg.argv[0])
         .args(&cfg.argv[1..])
         .env_clear()
         .env(
@@ -452,10 +454,6 @@ fn run_command(cfg: &NotifyCommand, o: &Outgoing) -> Result<(), String> {
         )
         .env("LANG", "C.UTF-8")
         .current_dir("/")
-        // A group of its own: a command that runs over its time is ended with whatever it
-        // started (its children went on, as root's from a root sweep, with each retry), and
-        // it never reads the caller's terminal.
-        .process_group(0)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -395,6 +395,40 @@ pub fn append_output(path: &Path, protect: &Protected) -> io::Result<File> {
     Ok(file)
 }
 
+/// A child as [`command`] makes it, in a process group of its own (away from the caller's
+/// terminal, and to be ended with everything it starts: kill the negative of its id).
+pub fn command_alone(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = command(program);
+    cmd.process_group(0);
+    cmd
+}
+
+/// A directory of the caller's own for lock files (mode 0700, its parent must exist), made
+/// with the caller's own rights (the group is raised only inside `with_group`).
+pub fn make_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(path)
+}
+
+/// A lock file in such a directory: made new (mode 0600) or opened as it is, never through
+/// a link, with the caller's own rights.
+pub fn lock_file(path: &Path, create: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    if create {
+        options.write(true).create_new(true).mode(0o600);
+    } else {
+        options.read(true);
+    }
+    options.custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
+/// Remove such a lock file.
+pub fn remove_lock_file(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
 /// Create a directory (and its parents) the caller named, with the caller's own rights.
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
     drop_for_good();

@@ -8,9 +8,10 @@
 //! An activation without a file (made by `pim activate`) is never an exec's to give back.
 //! The leases are of one host: an exec on another host does not count.
 
+use crate::privilege::{lock_file, make_private_dir, remove_lock_file};
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 /// The caller's directory for the leases: `$XDG_RUNTIME_DIR/pim`, else `/tmp/pim-UID`; none
@@ -22,7 +23,7 @@ fn dir() -> Option<PathBuf> {
         .filter(|d| d.is_absolute())
         .map(|d| d.join("pim"))
         .unwrap_or_else(|| std::env::temp_dir().join(format!("pim-{uid}")));
-    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let _ = make_private_dir(&dir);
     let meta = std::fs::symlink_metadata(&dir).ok()?;
     (meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0).then_some(dir)
 }
@@ -48,13 +49,7 @@ impl Lease {
     /// (the exec then gives the activation back when its own command ends, as if alone).
     pub fn made(instance: &str, id: i64) -> Option<Lease> {
         let path = path(&dir()?, instance, id);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .ok()?;
+        let file = lock_file(&path, true).ok()?;
         lock(&file, libc::LOCK_SH).then_some(Lease { id, path, file })
     }
 
@@ -62,11 +57,7 @@ impl Lease {
     /// (or it has just given it back).
     pub fn join(instance: &str, id: i64) -> Option<Lease> {
         let path = path(&dir()?, instance, id);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .ok()?;
+        let file = lock_file(&path, false).ok()?;
         if !lock(&file, libc::LOCK_SH) {
             return None;
         }
@@ -99,6 +90,6 @@ pub struct Last {
 impl Last {
     /// The activation is given back: the file goes, then the hold.
     pub fn done(self) {
-        let _ = std::fs::remove_file(&self.path);
+        remove_lock_file(&self.path);
     }
 }
