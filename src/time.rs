@@ -147,7 +147,9 @@ pub fn policy_duration(d: Duration) -> String {
 /// "in 1h 58m", "3d 4h ago", or "now".
 pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let d = t - now;
-    if d.num_seconds() == 0 {
+    // What a command just did, printed a moment after its write (a second or two on a
+    // loaded machine), happened "now", not "1s ago".
+    if (-5..=0).contains(&d.num_seconds()) {
         "now".to_string()
     } else if d > Duration::zero() {
         format!("in {}", format_duration(d))
@@ -370,6 +372,8 @@ mod tests {
         assert_eq!(relative(now - Duration::days(3), now), "3d ago");
         assert_eq!(relative(now + Duration::seconds(45), now), "in 45s");
         assert_eq!(relative(now, now), "now");
+        assert_eq!(relative(now - Duration::seconds(2), now), "now");
+        assert_eq!(relative(now - Duration::seconds(6), now), "6s ago");
         assert_eq!(policy_duration(Duration::minutes(90)), "1h30m");
         assert_eq!(policy_duration(Duration::days(365)), "365d");
     }
