@@ -165,7 +165,8 @@ pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
     cmd.env_remove("PIM_TOKEN");
     use std::os::unix::process::CommandExt;
     // SAFETY: the hook runs in the child between fork and exec and calls only getresgid,
-    // which is async-signal-safe; it refuses to exec with any group but the real one.
+    // sigaction and sigprocmask, which are async-signal-safe; it refuses to exec with any
+    // group but the real one.
     unsafe {
         cmd.pre_exec(|| {
             let (mut r, mut e, mut s) = (0, 0, 0);
@@ -176,11 +177,38 @@ pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
                     "a child of pim would keep the pim group",
                 ));
             }
+            // The signals pim passes on (`pim exec`) are caught and held back in pim: the
+            // child starts with their default action (or ignoring them, as pim was given
+            // them) and takes any that came meanwhile.
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in PASSED_ON {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, std::ptr::null(), &mut old);
+                if old.sa_sigaction != libc::SIG_IGN {
+                    let mut default: libc::sigaction = std::mem::zeroed();
+                    default.sa_sigaction = libc::SIG_DFL;
+                    libc::sigaction(sig, &default, std::ptr::null_mut());
+                }
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
             Ok(())
         });
     }
     cmd
 }
+
+/// The signals `pim exec` passes on to its command.
+pub const PASSED_ON: [libc::c_int; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+];
 
 /// The identity of a file: its device and inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -524,36 +524,44 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         Some(s) => s,
         None => pim.exec_scope(&actor, &role_key)?,
     };
-    let instance = pim.instance()?;
-    // The activations of other execs this one relies on, held so that theirs does not end
-    // with their command while this one runs (see `lease`); then the role is checked again.
+    let key = super::lease::key(&pim.instance()?, &ctx.db_identity());
+    let mut input = ActivationInput {
+        role: role_key.clone(),
+        scope: Some(scope.clone()),
+        duration,
+        start: None,
+        justification: a.justification,
+        ticket: a.ticket,
+        code: a.code,
+    };
+    let mut asked = false;
+    // The leases on the activation this exec made, or on those of other execs it relies on
+    // (held so that theirs does not end with their command while this one runs; see `lease`).
     let mut leases: Vec<super::lease::Lease> = Vec::new();
     let mut unleased = None;
-    let mut held = pim.check(&actor, &role_key, &scope)?;
-    if held.is_some() {
-        for id in pim.covering_activations(&actor, &role_key, &scope)? {
-            leases.extend(super::lease::Lease::join(&instance, id));
-        }
-        held = pim.check(&actor, &role_key, &scope)?;
-    }
-    let (request, until) = match held {
-        Some(until) => (None, until),
-        None => {
-            let mut input = ActivationInput {
-                role: role_key.clone(),
-                scope: Some(scope.clone()),
-                duration,
-                start: None,
-                justification: a.justification,
-                ticket: a.ticket,
-                code: a.code,
-            };
-            if ctx.interactive {
-                // Check first, then ask (as activate does): a refusal that needs nothing
-                // typed comes before the justification and the code.
-                let plan = pim.plan_activation(&actor, &input)?;
-                ctx.note(&format!("Activating {}", offer(&plan, pim.now())));
+    let mut attempts = 0;
+    let (request, until, signals) = loop {
+        attempts += 1;
+        leases.clear();
+        let mut held = pim.check(&actor, &role_key, &scope)?;
+        if held.is_some() {
+            for id in pim.covering_activations(&actor, &role_key, &scope)? {
+                leases.extend(super::lease::Lease::join(&key, id));
             }
+            // Checked again once held: the other exec may have given it back meanwhile.
+            held = pim.check(&actor, &role_key, &scope)?;
+        }
+        if let Some(until) = held {
+            break (None, until, forward::hold());
+        }
+        leases.clear();
+        if ctx.interactive && !asked {
+            // Check first, then ask (as activate does): a refusal that needs nothing
+            // typed comes before the justification and the code.
+            let plan = pim.plan_activation(&actor, &input)?;
+            ctx.note(&format!("Activating {}", offer(&plan, pim.now())));
+        }
+        if !asked {
             ask_for_missing(
                 ctx,
                 &pim,
@@ -561,31 +569,49 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
                 std::slice::from_ref(&role_key),
                 &mut input,
             )?;
-            let mut r = pim.activate(&actor, input)?;
-            if r.status == Status::Pending {
-                let Some(limit) = wait else {
-                    return Err(crate::Error::Refused(format!(
-                        "{role_key} needs approval (request {} is pending); run exec with --wait to wait for it.",
-                        r.id
-                    ))
-                    .into());
-                };
-                r = wait_for_decision(ctx, &pim, r.id, limit)?;
+            asked = true;
+        }
+        // From here until the command runs, a signal is held back (see `forward`).
+        let mut signals = forward::hold();
+        let mut r = match pim.activate(&actor, input.clone()) {
+            Ok(r) => r,
+            // Another exec activated it a moment ago: rely on that one.
+            Err(crate::Error::Conflict(_))
+                if attempts < 3 && pim.check(&actor, &role_key, &scope)?.is_some() =>
+            {
+                continue;
             }
-            if r.status != Status::Active {
+            Err(e) => return Err(e.into()),
+        };
+        if r.status == Status::Pending {
+            let Some(limit) = wait else {
                 return Err(crate::Error::Refused(format!(
-                    "Request {} is {}; {role_key} is not held.",
-                    r.id, r.status
+                    "{role_key} needs approval (request {} is pending); run exec with --wait to wait for it.",
+                    r.id
                 ))
                 .into());
-            }
-            match super::lease::Lease::made(&instance, r.id) {
-                Some(lease) => leases.push(lease),
-                // No lease to keep: given back when this command ends, as if alone.
-                None => unleased = Some(r.id),
-            }
-            (Some(r.id), Some(r.end_at))
+            };
+            // Waiting can be interrupted as ever; held back again once decided.
+            drop(signals);
+            r = wait_for_decision(ctx, &pim, r.id, limit)?;
+            signals = forward::hold();
         }
+        if r.status != Status::Active {
+            return Err(crate::Error::Refused(format!(
+                "Request {} is {}; {role_key} is not held.",
+                r.id, r.status
+            ))
+            .into());
+        }
+        match super::lease::Lease::made(&key, r.id) {
+            Ok(lease) => leases.push(lease),
+            // No lease to keep: given back when this command ends, as if alone.
+            Err(why) => {
+                ctx.note(&format!("Note: {why}"));
+                unleased = Some(r.id);
+            }
+        }
+        break (Some(r.id), Some(r.end_at), signals);
     };
     // The command runs with the caller's own identity only (no pim group, no PIM_TOKEN, no
     // password of the database's: it gets to the database through pim, as the caller does).
@@ -596,10 +622,7 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
     {
         command.env("PIM_DB", crate::store::pg::without_password(&url));
     }
-    // Until it ends, a signal that would end pim goes to it instead: pim then gives the role
-    // back (an interrupted exec left it active to its end).
-    forward::install();
-    let status = command
+    command
         .args(&a.command[1..])
         .env("PIM_USER", &actor)
         .env("PIM_ROLE", &role_key)
@@ -613,15 +636,24 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
             until
                 .map(|u| crate::time::rfc3339(crate::time::from_unix(u)))
                 .unwrap_or_else(|| "permanent".into()),
-        )
-        .spawn()
-        .and_then(|mut child| {
-            forward::to(child.id());
-            child.wait()
-        });
+        );
+    // A signal that came before the command could start: it does not start.
+    let ran = match signals.pending() {
+        Some(sig) => Ran::NotStarted(sig),
+        None => match command.spawn() {
+            Ok(mut child) => {
+                signals.running(child.id());
+                let status = child.wait();
+                signals.ended();
+                status.map_or_else(Ran::Failed, Ran::Exited)
+            }
+            Err(e) => Ran::Failed(e),
+        },
+    };
     // Give back, whatever CMD did, the activation this exec made and those of other execs
     // it relied on, each by the last exec relying on it (that one: not another of the role
-    // made since); a failure here is reported, not hidden.
+    // made since). One that cannot be given back keeps its lease file, for the next exec to
+    // give back, and this exec fails.
     let mut give_back: Vec<(i64, Option<super::lease::Last>)> = Vec::new();
     for lease in leases {
         let id = lease.id;
@@ -632,14 +664,31 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
     give_back.extend(unleased.map(|id| (id, None)));
     for (id, last) in give_back {
         if let Err(e) = pim.deactivate_request(&actor, id) {
-            ctx.note(&format!("Note: could not deactivate {role_key}: {e}"));
+            return Err(crate::Error::Environment(format!(
+                "Could not give {role_key} back (request {id}): {e} It stays active until its end, or `pim deactivate {role_key} --scope {scope}`."
+            ))
+            .into());
         }
         if let Some(last) = last {
             last.done();
         }
     }
-    let status = status
-        .map_err(|e| crate::Error::Environment(format!("Cannot run {}: {e}.", a.command[0])))?;
+    let status = match ran {
+        Ran::Exited(status) => status,
+        Ran::NotStarted(sig) => return Ok(128 + sig),
+        // As a shell says it: 127 for a command not found, 126 for one that cannot run.
+        Ran::Failed(e) => {
+            ctx.note(&format!(
+                "pim: Cannot run {}: {e}.",
+                crate::text::shell_word(std::path::Path::new(&a.command[0]))
+            ));
+            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+    };
     // A command killed by a signal exits like a shell reports it: 128 + the signal.
     use std::os::unix::process::ExitStatusExt;
     Ok(status
@@ -647,54 +696,122 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-/// Signals to `pim exec` while its command runs, passed on to the command: pim outlives it
-/// and gives the role back. One the terminal sent (Ctrl-C, a hangup) reached the command's
-/// process group already and is not sent twice.
+/// How `pim exec`'s command went.
+enum Ran {
+    Exited(std::process::ExitStatus),
+    /// A signal came before it could start.
+    NotStarted(libc::c_int),
+    Failed(std::io::Error),
+}
+
+/// Signals to `pim exec` from the moment it activates: held back (blocked) until its
+/// command runs, then passed on to it, so that pim outlives the command and gives the role
+/// back. One of them that came before the command started stops it from starting. A signal
+/// pim was started ignoring (`nohup`) stays ignored, for the command too. A Ctrl-C from the
+/// terminal reached the command's process group already and is not sent twice; a hangup is
+/// (the kernel sends it to the session leader alone, which pim may be).
 mod forward {
+    use crate::privilege::PASSED_ON;
     use std::sync::atomic::{AtomicI32, Ordering};
 
+    /// The command's process id; 0 before it runs, -1 once it has ended.
     static CHILD: AtomicI32 = AtomicI32::new(0);
-    static PENDING: AtomicI32 = AtomicI32::new(0);
-    const SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
     extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
         // SAFETY: the kernel hands a valid siginfo to an SA_SIGINFO handler; kill and
         // atomics are async-signal-safe.
-        if unsafe { (*info).si_code } == libc::SI_KERNEL {
-            return;
-        }
-        match CHILD.load(Ordering::SeqCst) {
-            0 => PENDING.store(sig, Ordering::SeqCst),
-            pid => unsafe {
+        let from_terminal = unsafe { (*info).si_code } == libc::SI_KERNEL && sig != libc::SIGHUP;
+        let pid = CHILD.load(Ordering::SeqCst);
+        if pid > 0 && !from_terminal {
+            unsafe {
                 libc::kill(pid, sig);
-            },
+            }
         }
     }
 
-    pub fn install() {
-        for sig in SIGNALS {
-            // SAFETY: a zeroed sigaction with our handler and flags, installed for signals
-            // that may be caught.
-            unsafe {
+    fn set_of(signals: &[libc::c_int]) -> libc::sigset_t {
+        // SAFETY: sigemptyset and sigaddset write only the set we hand them.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &sig in signals {
+                libc::sigaddset(&mut set, sig);
+            }
+            set
+        }
+    }
+
+    /// The signals held back while the guard lives (from before the activation until the
+    /// command runs); the handler is installed for those pim is not ignoring.
+    pub struct Held {
+        old: libc::sigset_t,
+        installed: Vec<libc::c_int>,
+    }
+
+    pub fn hold() -> Held {
+        let set = set_of(&PASSED_ON);
+        // SAFETY: sigprocmask and sigaction change only this process's signal state.
+        unsafe {
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            let mut installed = Vec::new();
+            for sig in PASSED_ON {
+                let mut current: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, std::ptr::null(), &mut current);
+                if current.sa_sigaction == libc::SIG_IGN {
+                    continue;
+                }
                 let mut action: libc::sigaction = std::mem::zeroed();
                 action.sa_sigaction = on_signal as *const () as usize;
                 action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
                 libc::sigemptyset(&mut action.sa_mask);
                 libc::sigaction(sig, &action, std::ptr::null_mut());
+                installed.push(sig);
+            }
+            Held { old, installed }
+        }
+    }
+
+    impl Drop for Held {
+        /// Before the command runs (the exec ends without it, or waits for an approval): as
+        /// before, each signal with its own action, and no longer held back.
+        fn drop(&mut self) {
+            if CHILD.load(Ordering::SeqCst) != 0 {
+                return;
+            }
+            // SAFETY: as in `hold`.
+            unsafe {
+                for &sig in &self.installed {
+                    let mut default: libc::sigaction = std::mem::zeroed();
+                    default.sa_sigaction = libc::SIG_DFL;
+                    libc::sigaction(sig, &default, std::ptr::null_mut());
+                }
+                libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
             }
         }
     }
 
-    /// The command is `pid`: a signal that came before it was known goes to it now.
-    pub fn to(pid: u32) {
-        let pid = i32::try_from(pid).unwrap_or(0);
-        CHILD.store(pid, Ordering::SeqCst);
-        let early = PENDING.swap(0, Ordering::SeqCst);
-        if early != 0 && pid > 0 {
-            // SAFETY: kill has no memory effects.
-            unsafe {
-                libc::kill(pid, early);
-            }
+    impl Held {
+        /// A signal held back so far, if any (the command is then not started).
+        pub fn pending(&self) -> Option<libc::c_int> {
+            // SAFETY: sigpending writes only the set we hand it.
+            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+            unsafe { libc::sigpending(&mut set) };
+            PASSED_ON
+                .into_iter()
+                .find(|&sig| unsafe { libc::sigismember(&set, sig) } == 1)
+        }
+
+        /// The command is `pid`: what is held back goes to it now, and what comes later.
+        pub fn running(&self, pid: u32) {
+            CHILD.store(i32::try_from(pid).unwrap_or(0), Ordering::SeqCst);
+            // SAFETY: as in `hold`.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+        }
+
+        /// The command has ended: nothing more is passed on (its id may be another's now).
+        pub fn ended(&self) {
+            CHILD.store(-1, Ordering::SeqCst);
         }
     }
 }

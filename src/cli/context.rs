@@ -378,6 +378,19 @@ impl Ctx {
     }
 
     /// What no output may be: the database's files, and the names SQLite reads beside it.
+    /// Where the database is, for names that must differ between databases: its file's
+    /// path, or the server as `pg::describe` names it (no password).
+    pub fn db_identity(&self) -> String {
+        match &self.server {
+            Some((url, _)) => store::pg::describe(url),
+            None => self
+                .db_file
+                .get()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        }
+    }
+
     pub fn protected(&self) -> crate::privilege::Protected {
         crate::privilege::Protected {
             ids: self.protected_files(),

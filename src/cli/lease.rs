@@ -14,18 +14,35 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-/// The caller's directory for the leases: `$XDG_RUNTIME_DIR/pim`, else `/tmp/pim-UID`; none
-/// (and so no lease) when it is not a directory of the caller's that nobody else may enter.
-fn dir() -> Option<PathBuf> {
+/// The caller's directory for the leases: `$XDG_RUNTIME_DIR/pim` where that is the caller's
+/// (root's exec after `su` must not make it root's), else `/tmp/pim-UID`; an error (and so no
+/// lease) when it is not a directory of the caller's that nobody else may enter.
+fn dir() -> Result<PathBuf, String> {
     let uid = crate::privilege::real_uid();
+    let own = |d: &std::path::Path| {
+        std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir() && m.uid() == uid)
+    };
     let dir = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
-        .filter(|d| d.is_absolute())
+        .filter(|d| d.is_absolute() && own(d))
         .map(|d| d.join("pim"))
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("pim-{uid}")));
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/pim-{uid}")));
     let _ = make_private_dir(&dir);
-    let meta = std::fs::symlink_metadata(&dir).ok()?;
-    (meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0).then_some(dir)
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0 => Ok(dir),
+        _ => Err(format!(
+            "{} is not a directory of yours alone, so this exec keeps no lease: another exec relying on its activation loses the role when this one ends.",
+            dir.display()
+        )),
+    }
+}
+
+/// The name the leases of one database's activations share: its instance id and where it
+/// is (a copy of a database keeps the instance id, and its request ids run alike).
+pub fn key(instance: &str, location: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{instance}\n{location}").as_bytes());
+    hex::encode(&digest[..12])
 }
 
 /// One exec's hold on activation `id` of database `instance`.
@@ -40,23 +57,28 @@ fn lock(file: &File, how: libc::c_int) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), how) == 0 }
 }
 
-fn path(dir: &std::path::Path, instance: &str, id: i64) -> PathBuf {
-    dir.join(format!("exec-{instance}-{id}.lock"))
+fn path(dir: &std::path::Path, key: &str, id: i64) -> PathBuf {
+    dir.join(format!("exec-{key}-{id}.lock"))
 }
 
 impl Lease {
-    /// The lease of the exec that made activation `id`: None where leases cannot be kept
-    /// (the exec then gives the activation back when its own command ends, as if alone).
-    pub fn made(instance: &str, id: i64) -> Option<Lease> {
-        let path = path(&dir()?, instance, id);
-        let file = lock_file(&path, true).ok()?;
-        lock(&file, libc::LOCK_SH).then_some(Lease { id, path, file })
+    /// The lease of the exec that made activation `id`; why not, where leases cannot be
+    /// kept (the exec then gives the activation back when its own command ends, as if alone).
+    pub fn made(key: &str, id: i64) -> Result<Lease, String> {
+        let path = path(&dir()?, key, id);
+        let file = lock_file(&path, true)
+            .map_err(|e| format!("cannot keep a lease in {}: {e}.", path.display()))?;
+        if lock(&file, libc::LOCK_SH) {
+            Ok(Lease { id, path, file })
+        } else {
+            Err(format!("cannot lock {}.", path.display()))
+        }
     }
 
     /// A lease on activation `id`, which another exec made and holds: None when none did
     /// (or it has just given it back).
-    pub fn join(instance: &str, id: i64) -> Option<Lease> {
-        let path = path(&dir()?, instance, id);
+    pub fn join(key: &str, id: i64) -> Option<Lease> {
+        let path = path(&dir().ok()?, key, id);
         let file = lock_file(&path, false).ok()?;
         if !lock(&file, libc::LOCK_SH) {
             return None;
@@ -91,5 +113,19 @@ impl Last {
     /// The activation is given back: the file goes, then the hold.
     pub fn done(self) {
         remove_lock_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn copies_of_a_database_keep_leases_apart() {
+        let a = super::key("0123456789abcdef0123456789abcdef", "/srv/a/pim.db");
+        let b = super::key("0123456789abcdef0123456789abcdef", "/srv/b/pim.db");
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            super::key("0123456789abcdef0123456789abcdef", "/srv/a/pim.db")
+        );
     }
 }

@@ -339,3 +339,139 @@ fn the_last_of_two_execs_gives_the_role_back() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A signal exec was started ignoring (`nohup`) stays ignored, for its command too.
+#[test]
+fn exec_keeps_a_signal_it_was_told_to_ignore() {
+    let (env, _) = setup();
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    let started = env.path("started");
+    let script = format!("touch {}; sleep 1; echo done", started.display());
+    // As `nohup` starts it: SIGHUP ignored.
+    let mut nohup = std::process::Command::new("sh");
+    env.environment(&mut nohup);
+    let child = nohup
+        .args(["-c", "trap '' HUP; exec \"$0\" \"$@\"", support::bin()])
+        .args(["--as", "bob", "exec", "deployer", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&started);
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+    env.run(&["check", "bob", "deployer"]).expect(1);
+}
+
+/// Execs started at the same moment all run their command: one activates, the others rely
+/// on it (one that lost the race to activate used to fail, "already active"), and the last
+/// gives the role back.
+#[test]
+fn execs_started_together_all_run() {
+    let (env, _) = setup();
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    for round in 0..3 {
+        let children: Vec<_> = (0..3)
+            .map(|_| {
+                env.command(&["--as", "bob", "exec", "deployer", "--", "sleep", "0.3"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "round {round}: {out:?}");
+        }
+        env.run(&["check", "bob", "deployer"]).expect(1);
+    }
+}
+
+/// An activation exec cannot give back (the database is busy past its wait) is said so,
+/// exit 1, and keeps its lease file: the next exec that finds it gives it back.
+#[test]
+fn an_activation_exec_could_not_give_back_is_given_back_by_the_next() {
+    let (env, _) = setup();
+    if env.db.to_string_lossy().starts_with("postgres") {
+        return; // (held busy through SQLite's own lock)
+    }
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    let (started, go) = (env.path("started"), env.path("go"));
+    let script = format!(
+        "touch {}; while [ ! -f {} ]; do sleep 0.05; done",
+        started.display(),
+        go.display()
+    );
+    let child = env
+        .command(&["--as", "bob", "exec", "deployer", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&started);
+    let busy = rusqlite::Connection::open(&env.db).unwrap();
+    busy.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    busy.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("Could not give deployer back"), "{said}");
+    env.run(&["check", "bob", "deployer"]).expect(0);
+    let leases = || std::fs::read_dir(env.path("pim")).unwrap().count();
+    assert_eq!(leases(), 1);
+    env.as_("bob", &["exec", "deployer", "--", "true"])
+        .expect(0);
+    env.run(&["check", "bob", "deployer"]).expect(1);
+    assert_eq!(leases(), 0);
+}
+
+/// When the terminal goes away (ssh dropped, a window closed) and exec is its session leader,
+/// the kernel sends the hangup to exec alone: exec passes it on, and gives the role back when
+/// the command ends (the command ran on with the role, before).
+#[test]
+fn a_hangup_of_execs_own_terminal_reaches_the_command() {
+    let (env, _) = setup();
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    let started = env.path("started");
+    let program = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+deadline = time.time() + 20
+while not os.path.exists(os.environ["STARTED"]) and time.time() < deadline:
+    if select.select([fd], [], [], 0.05)[0]:
+        try:
+            os.read(fd, 4096)
+        except OSError:
+            break
+os.close(fd)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"#;
+    let script = format!("touch {}; exec sleep 60", started.display());
+    let mut python = std::process::Command::new("python3");
+    env.environment(&mut python);
+    let out = python
+        .env("STARTED", &started)
+        .args(["-c", program, support::bin()])
+        .args(["--as", "bob", "exec", "deployer", "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (128 + libc::SIGHUP).to_string(),
+        "{out:?}"
+    );
+    env.run(&["check", "bob", "deployer"]).expect(1);
+}
