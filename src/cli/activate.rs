@@ -650,10 +650,31 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
             Err(e) => Ran::Failed(e),
         },
     };
+    // CMD's exit code, as a shell gives it: 128 + a signal that ended it (or stopped it from
+    // starting), 127 for a command not found, 126 for one that cannot run.
+    use std::os::unix::process::ExitStatusExt;
+    let code = match &ran {
+        Ran::Exited(status) => status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        Ran::NotStarted(sig) => 128 + sig,
+        Ran::Failed(e) => {
+            ctx.note(&format!(
+                "pim: Cannot run {}: {e}.",
+                crate::text::shell_word(std::path::Path::new(&a.command[0]))
+            ));
+            if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            }
+        }
+    };
     // Give back, whatever CMD did, the activation this exec made and those of other execs
     // it relied on, each by the last exec relying on it (that one: not another of the role
-    // made since). One that cannot be given back keeps its lease file, for the next exec to
-    // give back, and this exec fails.
+    // made since), on record with the command's name (not its arguments, which may hold
+    // anything) and exit code. One that cannot be given back keeps its lease file, for the
+    // next exec to give back, and this exec fails.
     let mut give_back: Vec<(i64, Option<super::lease::Last>)> = Vec::new();
     for lease in leases {
         let id = lease.id;
@@ -662,8 +683,12 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         }
     }
     give_back.extend(unleased.map(|id| (id, None)));
+    let name = std::path::Path::new(&a.command[0])
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| a.command[0].clone());
     for (id, last) in give_back {
-        if let Err(e) = pim.deactivate_request(&actor, id) {
+        if let Err(e) = pim.deactivate_request(&actor, id, &name, code) {
             return Err(crate::Error::Environment(format!(
                 "Could not give {role_key} back (request {id}): {e} It stays active until its end, or `pim deactivate {role_key} --scope {scope}`."
             ))
@@ -673,27 +698,7 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
             last.done();
         }
     }
-    let status = match ran {
-        Ran::Exited(status) => status,
-        Ran::NotStarted(sig) => return Ok(128 + sig),
-        // As a shell says it: 127 for a command not found, 126 for one that cannot run.
-        Ran::Failed(e) => {
-            ctx.note(&format!(
-                "pim: Cannot run {}: {e}.",
-                crate::text::shell_word(std::path::Path::new(&a.command[0]))
-            ));
-            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            });
-        }
-    };
-    // A command killed by a signal exits like a shell reports it: 128 + the signal.
-    use std::os::unix::process::ExitStatusExt;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(code)
 }
 
 /// How `pim exec`'s command went.

@@ -759,26 +759,35 @@ impl Pim {
     /// Give back the activation `id` that `pim exec` made for `actor`, if it still runs:
     /// that one only, not another of the same role and scope made since (after a revoke, in
     /// another terminal). None when it has ended already.
-    pub fn deactivate_request(&mut self, actor: &str, id: i64) -> Result<Option<Request>> {
-        self.write_system(|tx, now, policy| {
+    /// On record with the name of exec's command and its exit code.
+    pub fn deactivate_request(
+        &mut self,
+        actor: &str,
+        id: i64,
+        command: &str,
+        exit: i32,
+    ) -> Result<Option<Request>> {
+        self.write_system(|tx, now, _| {
             let me = actor_user(tx, actor)?;
             let t = now.timestamp();
-            let running = tx
+            let Some(r) = tx
                 .requests(Of::Id(id), Which::Running, t)?
                 .into_iter()
-                .any(|r| r.user == me.name);
-            if !running {
+                .find(|r| r.user == me.name)
+            else {
                 return Ok(None);
-            }
-            end_activations(
-                tx,
-                policy,
-                now,
-                actor,
-                Of::Id(id),
-                RequestStatus::Deactivated,
-                "activation.deactivate",
-                "given back by `pim exec` when its command ended",
+            };
+            let reason = "given back by `pim exec` when its command ended";
+            tx.close_request(id, RequestStatus::Deactivated, t, actor, Some(reason))?;
+            tx.record(
+                Event::new(actor, "activation.deactivate")
+                    .principal(&r.user)
+                    .role(&r.role)
+                    .scope(&r.scope)
+                    .request(id)
+                    .detail("reason", reason)
+                    .detail("command", command)
+                    .detail("exit", exit),
             )?;
             request_now(tx, id, t).map(Some)
         })

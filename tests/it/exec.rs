@@ -102,6 +102,16 @@ fn exec_runs_the_command_with_the_role_and_gives_it_back() {
         env.count("SELECT count(*) FROM audit_events WHERE action = 'activation.deactivate'"),
         1
     );
+    // On record with the command's name and exit code (not its arguments).
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM audit_events WHERE action = 'activation.deactivate' \
+             AND details LIKE '%\"command\":\"sh\"%' AND details LIKE '%\"exit\":7%' \
+             AND details NOT LIKE '%env.txt%'"
+        ),
+        1
+    );
+    env.as_("admin", &["audit", "verify", "--state"]).expect(0);
     // A role already held is used and left held.
     env.as_(
         "bob",
