@@ -542,7 +542,6 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
     let mut attempts = 0;
     let (request, until, signals) = loop {
         attempts += 1;
-        leases.clear();
         let mut held = pim.check(&actor, &role_key, &scope)?;
         if held.is_some() {
             for id in pim.covering_activations(&actor, &role_key, &scope)? {

@@ -377,7 +377,6 @@ impl Ctx {
         self.files.get().cloned().unwrap_or_default()
     }
 
-    /// What no output may be: the database's files, and the names SQLite reads beside it.
     /// Where the database is, for names that must differ between databases: its file's
     /// path, or the server as `pg::describe` names it (no password).
     pub fn db_identity(&self) -> String {
@@ -391,6 +390,7 @@ impl Ctx {
         }
     }
 
+    /// What no output may be: the database's files, and the names SQLite reads beside it.
     pub fn protected(&self) -> crate::privilege::Protected {
         crate::privilege::Protected {
             ids: self.protected_files(),

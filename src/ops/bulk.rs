@@ -730,21 +730,24 @@ fn apply_in(
         // ends, is not yours to learn from an empty plan, a "the new end is in the past", or
         // the action your refusal is recorded under (which `audit list` shows you): always
         // an add, as import records it.
+        let row = |action| {
+            row_event(
+                actor,
+                action,
+                &d.user,
+                &role.key,
+                d.scope.as_str(),
+                kind,
+                "apply",
+            )
+        };
         if !may(&d.scope) {
             problems.refuse(
                 d.line,
                 &super::permission_error("assign", &d.scope),
-                row_event(
-                    actor,
-                    "assignment.add",
-                    &d.user,
-                    &role.key,
-                    d.scope.as_str(),
-                    kind,
-                    "apply",
-                )
-                .justification(d.justification.as_deref())
-                .ticket(d.ticket.as_deref()),
+                row("assignment.add")
+                    .justification(d.justification.as_deref())
+                    .ticket(d.ticket.as_deref()),
             );
             continue;
         }
@@ -757,19 +760,11 @@ fn apply_in(
             .current_assignment_named(&d.user, &role.key, d.scope.as_str(), kind_, t)?
             .map(|a| (a.id, a.end_at));
         let event = || {
-            row_event(
-                actor,
-                if current.is_some() {
-                    "assignment.change"
-                } else {
-                    "assignment.add"
-                },
-                &d.user,
-                &role.key,
-                d.scope.as_str(),
-                kind,
-                "apply",
-            )
+            row(if current.is_some() {
+                "assignment.change"
+            } else {
+                "assignment.add"
+            })
         };
         let item = |from: Option<Option<i64>>, to: Option<Option<i64>>, assignment| PlanItem {
             user: d.user.clone(),
