@@ -457,6 +457,17 @@ pub fn remove_lock_file(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
+/// The names in such a directory (none where it cannot be read).
+pub fn names_in(dir: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Create a directory (and its parents) the caller named, with the caller's own rights.
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
     drop_for_good();

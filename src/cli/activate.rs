@@ -543,15 +543,25 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
     let (request, until, signals) = loop {
         attempts += 1;
         let mut held = pim.check(&actor, &role_key, &scope)?;
+        let mut covering = Vec::new();
         if held.is_some() {
-            for id in pim.covering_activations(&actor, &role_key, &scope)? {
+            covering = pim.covering_activations(&actor, &role_key, &scope)?;
+            for &(id, _) in &covering {
                 leases.extend(super::lease::Lease::join(&key, id));
             }
             // Checked again once held: the other exec may have given it back meanwhile.
             held = pim.check(&actor, &role_key, &scope)?;
         }
         if let Some(until) = held {
-            break (None, until, forward::hold());
+            // The activation it runs under: the one that lasts longest (none when an
+            // active assignment holds the role).
+            let request = until.and_then(|u| {
+                covering
+                    .iter()
+                    .find(|&&(_, end)| end == Some(u))
+                    .map(|&(id, _)| id)
+            });
+            break (request, until, forward::hold());
         }
         leases.clear();
         if ctx.interactive && !asked {
@@ -697,6 +707,8 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
             last.done();
         }
     }
+    // Lease files left by execs that were killed, once their activations have ended.
+    super::lease::clean(&key, |id| pim.activation_in_force(id).unwrap_or(true));
     Ok(code)
 }
 

@@ -8,7 +8,7 @@
 //! An activation without a file (made by `pim activate`) is never an exec's to give back.
 //! The leases are of one host: an exec on another host does not count.
 
-use crate::privilege::{lock_file, make_private_dir, remove_lock_file};
+use crate::privilege::{lock_file, make_private_dir, names_in, remove_lock_file};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -84,11 +84,7 @@ impl Lease {
             return None;
         }
         // The file may have been removed while we waited: its exec gave the activation back.
-        let same = std::fs::symlink_metadata(&path)
-            .ok()
-            .zip(file.metadata().ok())
-            .is_some_and(|(named, held)| named.ino() == held.ino() && named.dev() == held.dev());
-        same.then_some(Lease { id, path, file })
+        same(&path, &file).then_some(Lease { id, path, file })
     }
 
     /// Let go: the activation is this exec's to give back when no other exec holds it any
@@ -101,6 +97,41 @@ impl Lease {
             _file: self.file,
         })
     }
+}
+
+/// Remove the lease files of this database's activations that no exec holds and that are
+/// no longer in force (ended on their own, or by `pim deactivate`, after their exec was
+/// killed). One still in force stays: the next exec relying on it gives it back. `in_force`
+/// is asked while the file is held alone, so that an exec making its lease (after its
+/// activation) is never taken for a stale one.
+pub fn clean(key: &str, in_force: impl Fn(i64) -> bool) {
+    let Ok(dir) = dir() else { return };
+    let prefix = format!("exec-{key}-");
+    for name in names_in(&dir) {
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.strip_suffix(".lock"))
+            .and_then(|n| n.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let path = path(&dir, key, id);
+        let Ok(file) = lock_file(&path, false) else {
+            continue;
+        };
+        if lock(&file, libc::LOCK_EX | libc::LOCK_NB) && same(&path, &file) && !in_force(id) {
+            remove_lock_file(&path);
+        }
+    }
+}
+
+/// Whether `path` still names the file held open.
+fn same(path: &std::path::Path, file: &File) -> bool {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .zip(file.metadata().ok())
+        .is_some_and(|(named, held)| named.ino() == held.ino() && named.dev() == held.dev())
 }
 
 /// The last exec's hold on an activation it is giving back.

@@ -849,8 +849,13 @@ impl Pim {
     }
 
     /// The activations by which `user` holds `role` over `scope` now (not a direct
-    /// assignment): what `pim exec` relies on when it finds the role held.
-    pub fn covering_activations(&self, user: &str, role: &str, scope: &Scope) -> Result<Vec<i64>> {
+    /// assignment), each with its end: what `pim exec` relies on when it finds the role held.
+    pub fn covering_activations(
+        &self,
+        user: &str,
+        role: &str,
+        scope: &Scope,
+    ) -> Result<Vec<(i64, Option<i64>)>> {
         let policy = self.policy()?;
         let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
         let user = users::get(&self.conn, user)?;
@@ -858,8 +863,17 @@ impl Pim {
         Ok(holdings(&self.conn, user.id, now)?
             .into_iter()
             .filter(|h| h.role == role.key && h.scope.covers(scope))
-            .filter_map(|h| h.request)
+            .filter_map(|h| h.request.map(|id| (id, h.until)))
             .collect())
+    }
+
+    /// Whether request `id` is an activation in force now (started, not ended).
+    pub fn activation_in_force(&self, id: i64) -> Result<bool> {
+        let now = self.now().timestamp();
+        Ok(self
+            .conn
+            .request_by_id(id, now)?
+            .is_some_and(|r| r.status == RequestStatus::Active))
     }
 
     /// The database's random instance id.

@@ -485,3 +485,89 @@ print(os.waitstatus_to_exitcode(status))
     );
     env.run(&["check", "bob", "deployer"]).expect(1);
 }
+
+/// An exec killed outright (SIGKILL) leaves its activation and its lease file. The next exec
+/// relying on the activation is told its request (`PIM_REQUEST`) and gives it back; a lease
+/// file whose activation has ended meanwhile (by hand, or its time) is removed by the next
+/// exec to end, and one still in force is kept for the exec that relies on it.
+#[test]
+fn a_killed_execs_lease_goes_once_its_activation_has_ended() {
+    let (env, bob) = setup();
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    let leases = || std::fs::read_dir(env.path("pim")).unwrap().count();
+    let killed = |round: &str| {
+        let (started, pid) = (
+            env.path(&format!("{round}.started")),
+            env.path(&format!("{round}.pid")),
+        );
+        let script = format!(
+            "echo $$ > {}; touch {}; exec sleep 60",
+            pid.display(),
+            started.display()
+        );
+        let mut child = env
+            .command(&["--as", "bob", "exec", "deployer", "--", "sh", "-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_file(&started);
+        let command: i32 = std::fs::read_to_string(&pid)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: kill has no memory effects.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+            libc::kill(command, libc::SIGKILL);
+        }
+        child.wait().unwrap();
+        env.run(&["check", "bob", "deployer"]).expect(0);
+        assert_eq!(leases(), 1);
+    };
+    let other_exec = |offset: i64| {
+        env.as_(
+            "bob",
+            &[
+                "exec",
+                "user-admin",
+                "-j",
+                "INC-8",
+                "--code",
+                &oathtool(&bob, offset),
+                "--",
+                "true",
+            ],
+        )
+        .expect(0);
+    };
+    // Request 1, killed; still in force: its lease stays.
+    killed("a");
+    other_exec(0);
+    assert_eq!(leases(), 1);
+    // Ended by hand: the next exec to end removes its lease.
+    env.as_("bob", &["deactivate", "deployer"]).expect(0);
+    assert_eq!(leases(), 1);
+    other_exec(30);
+    assert_eq!(leases(), 0);
+    // Request 4, killed: the next exec of the role relies on it, is told so, and gives it back.
+    killed("b");
+    let out = env
+        .as_(
+            "bob",
+            &[
+                "exec",
+                "deployer",
+                "--",
+                "sh",
+                "-c",
+                "echo request=$PIM_REQUEST",
+            ],
+        )
+        .expect(0);
+    assert_eq!(out.stdout.trim(), "request=4", "{}", out.stderr);
+    env.run(&["check", "bob", "deployer"]).expect(1);
+    assert_eq!(leases(), 0);
+}
