@@ -135,10 +135,19 @@ def main(argv):
         sys.exit(__doc__)
     prev = None
     first = None
+    last = None
     count = 0
     try:
         with open(args[0], encoding="utf-8", newline="") as f:
             for event in events(f):
+                # Only digits, one more each time: the numbers are printed below, and a
+                # keyless chain lets whoever hands over an export write anything in them.
+                seq = text(event["seq"])
+                if not (seq.isascii() and seq.isdigit()):
+                    raise ValueError(f"event {count + 1} of the export: its seq {seq[:40]!r} is not a number")
+                if first is not None and int(seq) != int(text(last["seq"])) + 1:
+                    raise ValueError(f"event {seq} follows event {text(last['seq'])}: the numbers skip")
+                last = event
                 if first is None:
                     first = event
                 if prev is not None and event["prev_hash"] != prev:

@@ -12,10 +12,11 @@ Checks, and exits 0 only if all hold (1 naming the first that fails, for any inp
   leaf SHA-256(0x00 || canonical fields) is included in the checkpoint's Merkle tree by its
   RFC 9162 inclusion proof;
 - the statement, a signed note by the same key, names exactly these events (none left out)
-  with each one's chain hash (format 3; format 2 receipts of older pims name the events only,
-  so their prev_hash and hash are not signed for), the request, the policy in force (its
-  SHA-256) and the checkpoint's size; the first event is the request itself, and all are of
-  it, in order.
+  with each one's chain hash (format 3 on; format 2 receipts of older pims name the events
+  only, so their prev_hash and hash are not signed for), the request, the requests to extend
+  it (format 4; those of format 2 and 3 hold the request's own events only), the policy in
+  force (its SHA-256) and the checkpoint's size; the first event is the request itself, all
+  are of it or of an extension of it (whose own request event says `extends` it), in order.
 """
 import base64
 import hashlib
@@ -102,12 +103,25 @@ def fail(why):
 
 
 def b64(text):
-    return base64.b64decode(text, validate=True)
+    """Canonical base64 only (as pim's verifier takes it): unused low bits set, the same
+    bytes in another spelling, are refused."""
+    raw = base64.b64decode(text, validate=True)
+    if base64.b64encode(raw).decode() != text:
+        raise ValueError("not canonical base64")
+    return raw
+
+
+# The blanks both verifiers trim off a key (str.strip() would take more than pim's does).
+BLANKS = " \t\r\n"
+
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def open_note(note, vkey):
     """The text of a signed note by vkey (with its final newline), and the key's name."""
-    name, key_id, key = vkey.strip().split("+", 2)
+    name, key_id, key = vkey.strip(BLANKS).split("+", 2)
     key = b64(key)
     if len(key) != 33 or key[0] != 1:
         fail("the verifier key is not an Ed25519 note key")
@@ -120,13 +134,23 @@ def open_note(note, vkey):
         fail("the checkpoint is not a signed note")
     body += "\n"
     ok = False
-    for line in sigs.splitlines():
+    # Lines end at a newline alone (str.splitlines() ends them at U+2028 and others too).
+    for line in sigs.split("\n"):
+        line = line.removesuffix("\r")
         if not line.startswith("\u2014 "):
             continue
         signer, _, sig = line[2:].rpartition(" ")
-        sig = b64(sig)
-        if signer != name or sig[:4] != expect_id:
+        # Other keys' signatures are not ours to read; one by this key's name must be sound.
+        if signer != name:
             continue
+        try:
+            sig = b64(sig)
+        except ValueError:
+            fail(f"a signature by {name} is malformed")
+        if sig[:4] != expect_id:
+            continue
+        if len(sig) != 68:
+            fail(f"a signature by {name} is malformed")
         if not ed25519_verify(public, body.encode(), sig[4:]):
             fail("a note's signature does not match it")
         ok = True
@@ -201,9 +225,18 @@ def main(receipt_path, key_path):
     with open(key_path, encoding="utf-8") as f:
         vkey = f.read()
     expected = {"format", "request", "policy_sha256", "checkpoint", "key", "statement", "events"}
-    if not isinstance(r, dict) or set(r) != expected or r["format"] not in ("pim-receipt/3", "pim-receipt/2"):
+    if not isinstance(r, dict) or r.get("format") not in ("pim-receipt/4", "pim-receipt/3", "pim-receipt/2"):
         fail("it is not a pim receipt")
-    if r["key"].strip() != vkey.strip():
+    current = r["format"] == "pim-receipt/4"
+    if current:
+        expected.add("extensions")
+    if set(r) != expected or not is_int(r["request"]) or \
+            not all(isinstance(r[k], str) for k in ("policy_sha256", "checkpoint", "key", "statement")):
+        fail("it is not a pim receipt")
+    extensions = r.get("extensions", [])
+    if not isinstance(extensions, list) or not all(is_int(x) for x in extensions):
+        fail("it is not a pim receipt")
+    if r["key"].strip(BLANKS) != vkey.strip(BLANKS):
         fail("it names another key than the one given")
     size, root, name = open_checkpoint(r["checkpoint"], vkey)
     events = r["events"]
@@ -214,26 +247,43 @@ def main(receipt_path, key_path):
             fail("an event is malformed")
         check_event(e, size, root)
     statement, _ = open_note(r["statement"], vkey)
-    # Format 3 signs each event's chain hash too (the tree proves its fields only); format 2,
-    # of older pims, names the events only.
-    if r["format"] == "pim-receipt/3":
-        named = ",".join(f"{e['fields'][0]}:{e['hash']}" for e in events)
-    else:
+    # Format 3 on signs each event's chain hash too (the tree proves its fields only); format
+    # 2, of older pims, names the events only. Format 4 names the request's extensions.
+    if r["format"] == "pim-receipt/2":
         named = ",".join(e["fields"][0] for e in events)
-    expected = (f"pim receipt of {name}\nrequest {r['request']}\n"
+    else:
+        named = ",".join(f"{e['fields'][0]}:{e['hash']}" for e in events)
+    extended = f"extensions {','.join(str(x) for x in extensions)}\n" if current else ""
+    expected = (f"pim receipt of {name}\nrequest {r['request']}\n{extended}"
                 f"events {named}\n"
                 f"policy {r['policy_sha256']}\ntree {size}\n")
     if statement != expected:
         fail("its events, request, policy or size are not those its signed statement names")
-    if events[0]["fields"][3] != "activation.request":
+    request = str(r["request"])
+    if events[0]["fields"][3] != "activation.request" or events[0]["fields"][7] != request:
         fail("it does not begin with the request")
+    ours = {request} | {str(x) for x in extensions}
     last = -1
     for e in events:
-        if e["fields"][7] != str(r["request"]) or e["index"] <= last:
+        if e["fields"][7] not in ours or e["index"] <= last:
             fail(f"event {e['fields'][0]} is of another request, or out of order")
         last = e["index"]
+    # Each extension named is one: its own request event says it extends this request.
+    for i, x in enumerate(extensions):
+        def extends(e):
+            if e["fields"][7] != str(x) or e["fields"][3] != "activation.request":
+                return False
+            try:
+                details = json.loads(e["fields"][12])
+            except ValueError:
+                return False
+            return isinstance(details, dict) and is_int(details.get("extends")) \
+                and details["extends"] == r["request"]
+        if str(x) == request or x in extensions[:i] or not any(extends(e) for e in events):
+            fail(f"request {x} is not shown to be an extension of request {request}")
     actions = ", ".join(e["fields"][3] for e in events)
-    print(f"receipt verifies: request {r['request']} ({actions}), all its events, "
+    also = f" and its extension(s) {', '.join(str(x) for x in extensions)}" if extensions else ""
+    print(f"receipt verifies: request {request}{also} ({actions}), all their events, "
           f"in the signed checkpoint of {size} events; policy sha256 {r['policy_sha256']}")
 
 

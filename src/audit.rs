@@ -1206,6 +1206,16 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
     // A request's start as its events set it (without approval: the start asked for), and
     // whether an approver approved it (it may then be scheduled with no further event).
     let mut starts: HashMap<i64, String> = HashMap::new();
+    // The window each request asked for (its start and end, as unix times), whatever
+    // approval it waits for: no start may come before it, and no activation run longer.
+    let mut asked: HashMap<i64, (i64, i64)> = HashMap::new();
+    let unix = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| t.timestamp())
+    };
+    // What the log says against itself (before any table is read).
+    let mut findings = Vec::new();
     let mut approved: HashSet<i64> = HashSet::new();
     let mut decisions: HashSet<(i64, String, String)> = HashSet::new();
     let mut reviews: HashSet<i64> = HashSet::new();
@@ -1278,6 +1288,12 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                     } else {
                         "active"
                     };
+                    if let (Some(from), Some(to)) = (
+                        start.as_deref().and_then(unix),
+                        e.expires.as_deref().and_then(unix),
+                    ) {
+                        asked.insert(id, (from, to));
+                    }
                     if let (Some(s), "active" | "scheduled") = (start, class) {
                         starts.insert(id, s);
                     }
@@ -1285,6 +1301,24 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                 }
             }
             "activation.start" => {
+                if let Some(id) = e.request {
+                    // Started no earlier than asked, for no longer than asked (an approval
+                    // after the start asked for starts it then, for the time asked).
+                    let ran = unix(&e.time).zip(e.expires.as_deref().and_then(unix));
+                    if let (Some(&(from, to)), Some((at, until))) = (asked.get(&id), ran) {
+                        if at < from || until - at > to - from {
+                            findings.push(format!(
+                                "request {id} ({principal} {} at {}) started {} to end {}, but it asked for {} to {}",
+                                e.role.as_deref().unwrap_or_default(),
+                                e.scope.as_deref().unwrap_or_default(),
+                                e.time,
+                                e.expires.as_deref().unwrap_or_default(),
+                                rfc3339(from_unix(from)),
+                                rfc3339(from_unix(to)),
+                            ));
+                        }
+                    }
+                }
                 if let Some(s) = e.request.and_then(|id| standing.get_mut(&id)) {
                     *s = ("active", e.expires.clone(), false);
                 }
@@ -1341,7 +1375,6 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
         }
         Ok(())
     })?;
-    let mut findings = Vec::new();
     for u in conn.all_users()? {
         if !users.contains(&u.name) {
             findings.push(format!("user {} was made by no event", u.name));
@@ -1431,7 +1464,9 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
             "assignment {id} of the log is missing from the state"
         ));
     }
+    let mut kept: HashSet<i64> = HashSet::new();
     for (id, user, role, scope, status, end, start) in conn.request_rows()? {
+        kept.insert(id);
         if let Some((class, event_end, applied)) = standing.get(&id) {
             let stored = status.as_str();
             // Approved with a later start: scheduled, recorded by the approval alone.
@@ -1442,6 +1477,26 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                     findings.push(format!(
                         "request {id} ({user} {role} at {scope}) starts {} but its events say {s}",
                         rfc3339(from_unix(start))
+                    ));
+                }
+            }
+            // Waiting, or scheduled by its approval (no event yet): the window asked for, or
+            // (scheduled) no longer than asked from the same start.
+            if let (Some(&(from, to)), "pending" | "scheduled", "pending") =
+                (asked.get(&id), stored, *class)
+            {
+                let moved = if stored == "pending" {
+                    start != from || end != to
+                } else {
+                    start != from || end - start > to - from
+                };
+                if moved {
+                    findings.push(format!(
+                        "request {id} ({user} {role} at {scope}) is {status} for {} to {} but it asked for {} to {}",
+                        rfc3339(from_unix(start)),
+                        rfc3339(from_unix(end)),
+                        rfc3339(from_unix(from)),
+                        rfc3339(from_unix(to)),
                     ));
                 }
             }
@@ -1477,6 +1532,15 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
             }
             Some(_) => {}
         }
+    }
+    let mut gone: Vec<i64> = requests
+        .keys()
+        .filter(|id| !kept.contains(id))
+        .copied()
+        .collect();
+    gone.sort();
+    for id in gone {
+        findings.push(format!("request {id} of the log is missing from the state"));
     }
     for id in conn.review_ids()? {
         if !reviews.contains(&id) {

@@ -13,10 +13,14 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-/// Receipts this pim makes: the statement names each event's chain hash too.
-pub const FORMAT: &str = "pim-receipt/3";
-/// Receipts of pims before it, still verified: their chain hashes are not signed for (an
-/// event's `prev_hash` could be changed and its `hash` computed again), only its fields.
+/// Receipts this pim makes: the statement names each event's chain hash, and the requests
+/// to extend the activation, whose events the receipt holds too.
+pub const FORMAT: &str = "pim-receipt/4";
+/// Receipts of pims before it, still verified: they hold the request's own events only (an
+/// extension of it, a request of its own, is not in them).
+pub const FORMAT_3: &str = "pim-receipt/3";
+/// Older still: their chain hashes are not signed for either (an event's `prev_hash` could be
+/// changed and its `hash` computed again), only its fields.
 pub const FORMAT_2: &str = "pim-receipt/2";
 
 /// One event of a receipt, with where it sits in the tree and the proof of it.
@@ -38,6 +42,9 @@ pub struct ProvenEvent {
 pub struct Receipt {
     pub format: String,
     pub request: i64,
+    /// The requests to extend it, whatever became of them (format 4 on; absent before).
+    #[serde(default)]
+    pub extensions: Vec<i64>,
     /// The policy's SHA-256, as the `policy.apply` event below records it.
     pub policy_sha256: String,
     /// The checkpoint (a signed note) the proofs lead to.
@@ -48,18 +55,20 @@ pub struct Receipt {
     /// *all* the request's events (none left out), and which policy was in force when it was
     /// made (the latest `policy.apply` before it), and each event's place in the hash chain
     /// (its `hash`, which its fields and `prev_hash` must give: the tree proves the fields
-    /// only). Its body: `pim receipt of ORIGIN`, `request N`, `events S1:HASH1,S2:HASH2,...`
-    /// (`events S1,S2,...` in format 2), `policy SHA256`, `tree SIZE`, a line each.
+    /// only). Its body: `pim receipt of ORIGIN`, `request N`, `extensions X1,X2,...` (format
+    /// 4 on), `events S1:HASH1,S2:HASH2,...` (`events S1,S2,...` in format 2), `policy
+    /// SHA256`, `tree SIZE`, a line each.
     pub statement: String,
-    /// Every event of the request that took effect, oldest first.
+    /// Every event of the request and of its extensions that took effect, oldest first.
     pub events: Vec<ProvenEvent>,
 }
 
-/// The body of a receipt's statement for `events`, each its seq and, from format 3 on (`hashes`), its
-/// chain hash.
+/// The body of a receipt's statement for `events`, each its seq and, from format 3 on
+/// (`hashes`), its chain hash; from format 4 on, the request's `extensions`.
 pub fn statement_body(
     origin: &str,
     request: i64,
+    extensions: Option<&[i64]>,
     events: &[(i64, &str)],
     hashes: bool,
     policy: &str,
@@ -75,8 +84,12 @@ pub fn statement_body(
             }
         })
         .collect();
+    let extensions = extensions.map_or(String::new(), |x| {
+        let x: Vec<String> = x.iter().map(i64::to_string).collect();
+        format!("extensions {}\n", x.join(","))
+    });
     format!(
-        "pim receipt of {origin}\nrequest {request}\nevents {}\npolicy {policy}\ntree {size}\n",
+        "pim receipt of {origin}\nrequest {request}\n{extensions}events {}\npolicy {policy}\ntree {size}\n",
         events.join(",")
     )
 }
@@ -98,7 +111,7 @@ impl ProvenEvent {
         if self.fields.len() != 13 {
             return Err("an event does not have the thirteen fields".into());
         }
-        if self.fields[0] != (self.index + 1).to_string() {
+        if self.index >= size || self.fields[0] != (self.index + 1).to_string() {
             return Err(format!("event {} is at the wrong index", self.fields[0]));
         }
         let canonical = serde_json::to_vec(&self.fields).map_err(|e| e.to_string())?;
@@ -129,6 +142,8 @@ impl ProvenEvent {
 #[derive(Debug, Clone, Serialize)]
 pub struct Verified {
     pub request: i64,
+    /// The requests to extend it, each shown by its own events in the receipt.
+    pub extensions: Vec<i64>,
     pub events: usize,
     pub tree_size: u64,
     pub policy_sha256: String,
@@ -139,10 +154,19 @@ pub fn verify(text: &str, key: &str) -> Result<Verified> {
     let bad = |why: String| Error::Refused(format!("The receipt does not verify: {why}."));
     let r: Receipt =
         serde_json::from_str(text).map_err(|e| bad(format!("it is not a receipt ({e})")))?;
-    if r.format != FORMAT && r.format != FORMAT_2 {
+    if r.format != FORMAT && r.format != FORMAT_3 && r.format != FORMAT_2 {
         return Err(bad(format!("its format is {}, not {FORMAT}", r.format)));
     }
-    if r.key.trim() != key.trim() {
+    let current = r.format == FORMAT;
+    if !current && !r.extensions.is_empty() {
+        return Err(bad(format!(
+            "a receipt of {} names no extensions",
+            r.format
+        )));
+    }
+    // The same blanks trimmed as examples/verify_receipt.py trims.
+    let blank = |c: char| matches!(c, ' ' | '\t' | '\r' | '\n');
+    if r.key.trim_matches(blank) != key.trim_matches(blank) {
         return Err(bad("it names another key than the one given".into()));
     }
     let key = VerifierKey::parse(key)?;
@@ -160,11 +184,12 @@ pub fn verify(text: &str, key: &str) -> Result<Verified> {
             (seq, e.hash.as_str())
         })
         .collect();
-    let hashes = r.format == FORMAT;
+    let hashes = r.format != FORMAT_2;
     if statement
         != statement_body(
             &cp.origin,
             r.request,
+            current.then_some(&r.extensions[..]),
             &events,
             hashes,
             &r.policy_sha256,
@@ -175,25 +200,42 @@ pub fn verify(text: &str, key: &str) -> Result<Verified> {
             "its events, request, policy or size are not those its signed statement names".into(),
         ));
     }
-    if r.events
-        .first()
-        .is_none_or(|e| e.fields.get(3).map(String::as_str) != Some("activation.request"))
-    {
+    let request = r.request.to_string();
+    if r.events.first().is_none_or(|e| {
+        e.fields.get(3).map(String::as_str) != Some("activation.request")
+            || e.fields.get(7) != Some(&request)
+    }) {
         return Err(bad("it does not begin with the request".into()));
     }
-    let mut last = 0;
+    let extensions: Vec<String> = r.extensions.iter().map(i64::to_string).collect();
+    let mut last = None;
     for e in &r.events {
         e.check(cp.size, &cp.root).map_err(bad)?;
-        if e.fields[7] != r.request.to_string() {
+        if e.fields[7] != request && !extensions.contains(&e.fields[7]) {
             return Err(bad(format!("event {} is of another request", e.fields[0])));
         }
-        if e.index < last {
+        if last.is_some_and(|last| e.index <= last) {
             return Err(bad("its events are out of order".into()));
         }
-        last = e.index + 1;
+        last = Some(e.index);
+    }
+    // Each extension named is one: its request (in the receipt) says it extends this one.
+    for (i, x) in extensions.iter().enumerate() {
+        let extends = |e: &ProvenEvent| {
+            e.fields[7] == *x
+                && e.fields[3] == "activation.request"
+                && serde_json::from_str::<serde_json::Value>(&e.fields[12])
+                    .is_ok_and(|d| d["extends"].as_i64() == Some(r.request))
+        };
+        if *x == request || extensions[..i].contains(x) || !r.events.iter().any(extends) {
+            return Err(bad(format!(
+                "request {x} is not shown to be an extension of request {request}"
+            )));
+        }
     }
     Ok(Verified {
         request: r.request,
+        extensions: r.extensions.clone(),
         events: r.events.len(),
         tree_size: cp.size,
         policy_sha256: r.policy_sha256,

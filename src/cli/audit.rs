@@ -617,9 +617,21 @@ pub fn run_receipt(ctx: &Ctx, args: ReceiptArgs) -> anyhow::Result<i32> {
         if ctx.json {
             json(&v)?;
         } else {
+            let extensions: Vec<String> = v.extensions.iter().map(i64::to_string).collect();
+            let also = match extensions.len() {
+                0 => String::new(),
+                1 => format!(" and its extension, request {}", extensions[0]),
+                _ => format!(" and its extensions, requests {}", extensions.join(", ")),
+            };
             say(&format!(
-                "The receipt verifies: request {}, {} event(s), all in the signed checkpoint of {} events; policy sha256 {}.",
-                v.request, v.events, v.tree_size, v.policy_sha256
+                "The receipt verifies: request {}{also}, {}, all in the signed checkpoint of {} events; policy sha256 {}.",
+                v.request,
+                match v.events {
+                    1 => "1 event".to_string(),
+                    n => format!("{n} events"),
+                },
+                v.tree_size,
+                v.policy_sha256
             ))?;
         }
         return Ok(0);

@@ -36,8 +36,8 @@ impl Pim {
     pub fn sweep(&mut self, actor: &str) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         let mut reminded = HashSet::new();
-        while self.write_system(|tx, now, _policy| {
-            sweep_some(tx, now, actor, &mut report, &mut reminded)
+        while self.write_system(|tx, now, policy| {
+            sweep_some(tx, now, policy, actor, &mut report, &mut reminded)
         })? {
             // A moment between transactions, in which a waiting writer takes the lock.
             std::thread::sleep(std::time::Duration::from_millis(2));
@@ -60,6 +60,7 @@ impl Pim {
 fn sweep_some(
     tx: &super::Recorder<'_>,
     now: chrono::DateTime<chrono::Utc>,
+    policy: &crate::policy::Policy,
     actor: &str,
     report: &mut SweepReport,
     reminded: &mut HashSet<i64>,
@@ -78,11 +79,28 @@ fn sweep_some(
         user,
         role,
         scope,
-        at: end,
+        at: mut end,
     } in due
     {
         if !budget.take() {
             break;
+        }
+        if end > t {
+            // It runs no longer than its role allows from now, nor past its eligibility,
+            // whatever the row says (a scheduled row is the database's word alone until this
+            // event; `audit verify --state` compares it with what was asked).
+            let longest = policy
+                .role(&role)
+                .map(|r| t + r.settings.max_activation.num_seconds());
+            let capped = [Some(end), longest, tx.request_eligibility_end(id)?]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(end);
+            if capped < end {
+                end = capped.max(t);
+                tx.set_request_end(id, end)?;
+            }
         }
         let event = |action: &str| {
             Event::new(actor, action)

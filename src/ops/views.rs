@@ -448,19 +448,26 @@ impl Pim {
         let key = self.verifier_key()?;
         let opened = crate::checkpoint::VerifierKey::parse(&key)?.open(&note)?;
         let size = opened.size;
+        // The request's events and those of the requests to extend it (an extension is a
+        // request of its own, `extends` N in its details): a receipt that left them out would
+        // show the activation's first end, not the one it ran to.
+        let extensions = self.conn.extensions_of(id)?;
         let mut events = Vec::new();
-        crate::audit::for_each(
-            &self.conn,
-            &crate::audit::Filter {
-                request: Some(id),
-                ..Default::default()
-            },
-            None,
-            |e| {
-                events.push(e);
-                Ok(())
-            },
-        )?;
+        for of in std::iter::once(id).chain(extensions.iter().copied()) {
+            crate::audit::for_each(
+                &self.conn,
+                &crate::audit::Filter {
+                    request: Some(of),
+                    ..Default::default()
+                },
+                None,
+                |e| {
+                    events.push(e);
+                    Ok(())
+                },
+            )?;
+        }
+        events.sort_by_key(|e| e.seq);
         // Only what took effect: others' refused attempts on it are theirs, not the receipt's.
         events.retain(|e| e.result == "ok");
         let first = events.first().map(|e| e.seq).unwrap_or(i64::MAX);
@@ -494,6 +501,7 @@ impl Pim {
         let statement = self.signer()?.sign_text(&crate::receipt::statement_body(
             &opened.origin,
             id,
+            Some(&extensions),
             &chained,
             true,
             &policy_sha256,
@@ -502,6 +510,7 @@ impl Pim {
         let receipt = crate::receipt::Receipt {
             format: crate::receipt::FORMAT.to_string(),
             request: id,
+            extensions,
             policy_sha256,
             checkpoint: note,
             key,

@@ -1162,3 +1162,63 @@ fn disabling_an_approver_cancels_the_scheduled_activations_that_needed_them() {
         .as_("admin", &["audit", "verify", "--state"])
         .expect(0);
 }
+
+/// A request waiting for approval, or scheduled by its approval, has no event of its window
+/// but the request's own: `audit verify --state` compares its row with what was asked (a
+/// window moved by hand to give a role for ten years passed it), and the sweep that starts it
+/// runs it no longer than its role allows, nor without a finding.
+#[test]
+fn a_scheduled_window_moved_by_hand_is_found_and_not_run_for_years() {
+    let w = world();
+    make_approver(&w, "carol", "/");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let id = request(&w, "db-admin", &["--start", &later, "--duration", "1h"]);
+    let verify = |code: i32| {
+        w.env
+            .as_("admin", &["audit", "verify", "--state"])
+            .expect(code)
+    };
+    verify(0);
+    let earlier = format!("UPDATE requests SET start_at = start_at - 3 * 86400 WHERE id = {id}");
+    w.env.sql(&earlier);
+    let said = verify(1).stderr;
+    assert!(
+        said.contains(&format!(
+            "request {id} (bob db-admin at /prod) is pending for"
+        )),
+        "{said}"
+    );
+    w.env.sql(&format!(
+        "UPDATE requests SET start_at = start_at + 3 * 86400 WHERE id = {id}"
+    ));
+    verify(0);
+    let r = decide(&w, "carol", &w.carol, "approve", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "scheduled", "{r}");
+    verify(0);
+    w.env.sql(&earlier);
+    w.env.sql(&format!(
+        "UPDATE requests SET end_at = 2082758400 WHERE id = {id}"
+    ));
+    let said = verify(1).stderr;
+    assert!(
+        said.contains(&format!(
+            "request {id} (bob db-admin at /prod) is scheduled for"
+        )) && said.contains("2036-01-01T00:00:00Z"),
+        "{said}"
+    );
+    // Started by the sweep: for db-admin's 4 hours at most, not to 2036, and the log's own
+    // replay names the start that came before the start asked for.
+    w.env.as_("admin", &["sweep"]).expect(0);
+    let until = w
+        .env
+        .count(&format!("SELECT end_at FROM requests WHERE id = {id}"));
+    let now = chrono::Utc::now().timestamp();
+    assert!(until <= now + 4 * 3600 + 5, "{until} {now}");
+    let said = verify(1).stderr;
+    assert!(
+        said.contains(&format!("request {id} (bob db-admin at /prod) started")),
+        "{said}"
+    );
+}

@@ -1429,6 +1429,90 @@ fn an_auditor_can_verify_the_csv_export_without_pim() {
     }
 }
 
+/// An export's chain has no key: whoever hands one over may write anything that chains. The
+/// script takes event numbers of digits only, one more each time, and never prints a
+/// terminal's control bytes from one (it printed a hostile seq as it was).
+#[test]
+fn the_script_takes_event_numbers_of_digits_in_order_only() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/verify_export.py");
+    let dir = tempfile::tempdir().unwrap();
+    let chain = |seqs: &[&str]| -> String {
+        use sha2::Digest;
+        let mut prev = "0".repeat(64);
+        let mut out = String::new();
+        for seq in seqs {
+            let fields = [
+                *seq,
+                "2026-12-05T12:00:00Z",
+                "root",
+                "user.add",
+                "bob",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "ok",
+                "{}",
+            ];
+            let mut h = sha2::Sha256::new();
+            h.update(prev.as_bytes());
+            h.update(serde_json::to_vec(&fields).unwrap());
+            let hash = hex::encode(h.finalize());
+            let names = [
+                "seq",
+                "time",
+                "actor",
+                "action",
+                "principal",
+                "role",
+                "scope",
+                "request",
+                "justification",
+                "ticket",
+                "expires",
+                "result",
+                "details",
+            ];
+            let mut event = serde_json::Map::new();
+            for (k, v) in names.iter().zip(fields) {
+                event.insert(k.to_string(), v.into());
+            }
+            event.insert("prev_hash".into(), prev.clone().into());
+            event.insert("hash".into(), hash.clone().into());
+            out.push_str(&serde_json::Value::Object(event).to_string());
+            out.push('\n');
+            prev = hash;
+        }
+        out
+    };
+    let run = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::process::Command::new("python3")
+            .arg(script)
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = run("ok.jsonl", chain(&["1", "2", "3"]));
+    assert!(out.status.success(), "{out:?}");
+    for (name, seqs) in [
+        ("title.jsonl", ["\u{1b}]2;PWNED\u{7}\u{1b}[31m1", "2", "3"]),
+        ("gap.jsonl", ["1", "3", "4"]),
+        ("again.jsonl", ["1", "2", "2"]),
+        ("arabic.jsonl", ["\u{661}", "2", "3"]),
+    ] {
+        let out = run(name, chain(&seqs));
+        assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
+        assert!(
+            !out.stdout.contains(&0x1b) && !out.stderr.contains(&0x1b),
+            "{name}: {out:?}"
+        );
+    }
+}
+
 /// The independent script looks past exactly the characters the export looks past before a
 /// formula's first character: a cell the export defuses is one the script expects defused.
 #[test]

@@ -136,6 +136,45 @@ fn the_signed_note_crate_verifies_pims_checkpoint() {
 
 /// A receipt of one activation verifies offline, by pim and by the independent Python
 /// script (standard library only, its own Ed25519), and no changed byte passes either.
+/// `pim receipt verify` and examples/verify_receipt.py on `receipt` (in the test's directory,
+/// against its pim.vkey), offline: no database.
+fn offline(env: &Env, receipt: &str) -> (std::process::Output, std::process::Output) {
+    let pim = std::process::Command::new(crate::support::bin())
+        .args(["receipt", "verify", receipt, "--key", "pim.vkey"])
+        .current_dir(env.dir.path())
+        .env("PIM_DB", "/nonexistent/pim.db")
+        .output()
+        .unwrap();
+    let py = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/verify_receipt.py"
+        ))
+        .args([receipt, "pim.vkey"])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    (pim, py)
+}
+
+/// The seed of the key that signs the checkpoints of the log `origin` names (to sign what pim
+/// would not, and see the verifiers refuse it on its merits).
+fn signing_seed(env: &Env, origin: &str) -> [u8; 32] {
+    let instance = origin.strip_prefix("pim.local/").unwrap();
+    let key_file = env
+        .dir
+        .path()
+        .join(".config/pim/keys")
+        .join(format!("{instance}.key"));
+    let key_hex = std::fs::read_to_string(&key_file).unwrap();
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"pim key derivation: checkpoint signing key\n");
+    // The key is the file's first line (a server it is bound to follows it).
+    h.update(hex::decode(key_hex.lines().next().unwrap().trim()).unwrap());
+    h.finalize().into()
+}
+
 #[test]
 fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
     let env = Env::new();
@@ -162,23 +201,8 @@ fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
         .expect(0);
     let key = env.as_("admin", &["audit", "key"]).expect(0).stdout;
     std::fs::write(env.path("pim.vkey"), &key).unwrap();
-    // Offline: no database.
-    let offline = |receipt: &str| -> (i32, i32) {
-        let pim = std::process::Command::new(crate::support::bin())
-            .args(["receipt", "verify", receipt, "--key", "pim.vkey"])
-            .current_dir(env.dir.path())
-            .env("PIM_DB", "/nonexistent/pim.db")
-            .output()
-            .unwrap();
-        let py = std::process::Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/examples/verify_receipt.py"
-            ))
-            .args([receipt, "pim.vkey"])
-            .current_dir(env.dir.path())
-            .output()
-            .unwrap();
+    let offline = |receipt: &str| {
+        let (pim, py) = offline(&env, receipt);
         (pim.status.code().unwrap(), py.status.code().unwrap())
     };
     assert_eq!(offline("r.json"), (0, 0));
@@ -232,29 +256,16 @@ fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
     );
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&text).unwrap()["format"],
-        "pim-receipt/3"
+        "pim-receipt/4"
     );
     // A receipt of an earlier pim (format 2: its statement names the events without their
     // chain hashes), signed here with the log's own key, still verifies in both.
     let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
     old["format"] = "pim-receipt/2".into();
+    old.as_object_mut().unwrap().remove("extensions");
     let checkpoint = old["checkpoint"].as_str().unwrap().to_string();
     let origin = checkpoint.lines().next().unwrap().to_string();
-    let instance = origin.strip_prefix("pim.local/").unwrap();
-    let key_file = env
-        .dir
-        .path()
-        .join(".config/pim/keys")
-        .join(format!("{instance}.key"));
-    let key_hex = std::fs::read_to_string(&key_file).unwrap();
-    let seed: [u8; 32] = {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(b"pim key derivation: checkpoint signing key\n");
-        // The key is the file's first line (a server it is bound to follows it).
-        h.update(hex::decode(key_hex.lines().next().unwrap().trim()).unwrap());
-        h.finalize().into()
-    };
+    let seed = signing_seed(&env, &origin);
     let events: Vec<(i64, String)> = old["events"]
         .as_array()
         .unwrap()
@@ -271,6 +282,7 @@ fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
     let body = pim::receipt::statement_body(
         &origin,
         old["request"].as_i64().unwrap(),
+        None,
         &named,
         false,
         old["policy_sha256"].as_str().unwrap(),
@@ -303,6 +315,43 @@ fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
         p != 0 && y != 0,
         "a receipt with its request given twice passed: pim {p}, python {y}"
     );
+    // The two verifiers agree where they used to differ (helper-36): a proof hash in another
+    // spelling of the same bytes (base64's unused low bits set), a signature line by the
+    // key's name that is not base64, and a request number given as a string.
+    let mut spelled: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let p = spelled["events"][0]["proof"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let last = p.len() - 2; // 32 bytes: 43 characters and one '=', 2 bits unused
+    let value = B64.iter().position(|&c| c == p.as_bytes()[last]).unwrap();
+    assert_eq!(value & 3, 0, "{p}");
+    let respelled = format!("{}{}=", &p[..last], B64[value | 1] as char);
+    assert_eq!(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD_NO_PAD, &p[..43])
+            .ok()
+            .map(|b| b.len()),
+        Some(32)
+    );
+    spelled["events"][0]["proof"][0] = respelled.into();
+    std::fs::write(env.path("spelled.json"), spelled.to_string()).unwrap();
+    assert_eq!(offline("spelled.json"), (3, 1), "base64 spelled otherwise");
+    let mut line: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let checkpoint = line["checkpoint"].as_str().unwrap().to_string();
+    let origin = checkpoint.lines().next().unwrap().to_string();
+    line["checkpoint"] = format!("{checkpoint}\u{2014} {origin} !!notbase64!!\n").into();
+    std::fs::write(env.path("line.json"), line.to_string()).unwrap();
+    assert_eq!(offline("line.json"), (3, 1), "a malformed signature line");
+    let mut string: serde_json::Value = serde_json::from_str(&text).unwrap();
+    string["request"] = string["request"].to_string().into();
+    std::fs::write(env.path("string.json"), string.to_string()).unwrap();
+    assert_eq!(offline("string.json"), (3, 1), "a request as a string");
+    // An index at the end of u64 (it overflowed to a panic in a debug build).
+    let mut far: serde_json::Value = serde_json::from_str(&text).unwrap();
+    far["events"][0]["index"] = u64::MAX.into();
+    std::fs::write(env.path("far.json"), far.to_string()).unwrap();
+    assert_eq!(offline("far.json"), (3, 1), "an index of u64::MAX");
     for hostile in ["[1, 2]", "{\"events\": null}", "null", "\u{0}"] {
         std::fs::write(env.path("h.json"), hostile).unwrap();
         let py = std::process::Command::new("python3")
@@ -321,6 +370,163 @@ fn a_receipt_verifies_offline_by_pim_and_by_an_independent_script() {
         );
         assert_ne!(offline("h.json").0, 0);
     }
+}
+
+/// A receipt of an activation that was extended holds the extension's events too (it is a
+/// request of its own): before, it showed the first end only, and both verifiers took it.
+/// An extension is named only where its own request says it extends this one.
+#[test]
+fn a_receipt_holds_the_extensions_of_its_activation() {
+    let env = Env::new();
+    env.init();
+    let bob = env.user("bob");
+    env.as_("admin", &["assign", "bob", "db-admin", "-j", "on call"])
+        .expect(0);
+    env.activate(
+        "bob",
+        &bob,
+        "db-admin",
+        &["-j", "INC-7 disk full", "--duration", "1h"],
+    )
+    .expect(0);
+    let code = crate::support::oathtool(&bob, 30);
+    env.as_(
+        "bob",
+        &[
+            "extend",
+            "db-admin",
+            "--duration",
+            "2h",
+            "-j",
+            "INC-7 still full",
+            "--code",
+            &code,
+        ],
+    )
+    .expect(0);
+    env.as_("bob", &["receipt", "1", "--output", "r.json"])
+        .expect(0);
+    let key = env.as_("admin", &["audit", "key"]).expect(0).stdout;
+    std::fs::write(env.path("pim.vkey"), &key).unwrap();
+    let text = std::fs::read_to_string(env.path("r.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(r["extensions"], serde_json::json!([2]), "{text}");
+    let actions: Vec<(String, String)> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["fields"][3].as_str().unwrap().to_string(),
+                e["fields"][7].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&("activation.extend".to_string(), "2".to_string())),
+        "{actions:?}"
+    );
+    let (pim, py) = offline(&env, "r.json");
+    assert_eq!(pim.status.code(), Some(0), "{pim:?}");
+    assert_eq!(py.status.code(), Some(0), "{py:?}");
+    let said = String::from_utf8_lossy(&pim.stdout);
+    assert!(
+        said.contains("request 1 and its extension, request 2,"),
+        "{said}"
+    );
+    let said = String::from_utf8_lossy(&py.stdout);
+    assert!(
+        said.contains("request 1 and its extension(s) 2 ("),
+        "{said}"
+    );
+    // The extension's events left out: the signed statement names them.
+    let mut cut = r.clone();
+    cut["events"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|e| e["fields"][7] != "2");
+    std::fs::write(env.path("cut.json"), cut.to_string()).unwrap();
+    let (pim, py) = offline(&env, "cut.json");
+    assert_eq!((pim.status.code(), py.status.code()), (Some(3), Some(1)));
+    // Signed by the log's own key, a statement naming as an extension a request whose
+    // events do not say it extends this one (here: the extension's request event left out)
+    // is refused by both.
+    let origin = r["checkpoint"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let sign = |receipt: &mut serde_json::Value| {
+        let named: Vec<(i64, String)> = receipt["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["fields"][0].as_str().unwrap().parse().unwrap(),
+                    e["hash"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let named: Vec<(i64, &str)> = named.iter().map(|(s, h)| (*s, h.as_str())).collect();
+        let extensions: Vec<i64> = receipt["extensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        let size: u64 = receipt["checkpoint"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = pim::receipt::statement_body(
+            &origin,
+            1,
+            Some(&extensions),
+            &named,
+            true,
+            receipt["policy_sha256"].as_str().unwrap(),
+            size,
+        );
+        receipt["statement"] =
+            pim::checkpoint::NoteSigner::new(&origin, &signing_seed(&env, &origin))
+                .sign_text(&body)
+                .into();
+    };
+    let mut resigned = r.clone();
+    sign(&mut resigned);
+    std::fs::write(env.path("resigned.json"), resigned.to_string()).unwrap();
+    let (pim, py) = offline(&env, "resigned.json");
+    assert_eq!(
+        (pim.status.code(), py.status.code()),
+        (Some(0), Some(0)),
+        "the signing is pim's"
+    );
+    let mut unshown = r.clone();
+    unshown["events"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|e| !(e["fields"][7] == "2" && e["fields"][3] == "activation.request"));
+    sign(&mut unshown);
+    std::fs::write(env.path("unshown.json"), unshown.to_string()).unwrap();
+    let (pim, py) = offline(&env, "unshown.json");
+    assert_eq!((pim.status.code(), py.status.code()), (Some(3), Some(1)));
+    let said = String::from_utf8_lossy(&pim.stderr);
+    assert!(
+        said.contains("request 2 is not shown to be an extension of request 1"),
+        "{said}"
+    );
+    let said = String::from_utf8_lossy(&py.stdout);
+    assert!(
+        said.contains("request 2 is not shown to be an extension of request 1"),
+        "{said}"
+    );
 }
 
 /// `prove-consistency` gives the RFC 9162 proof that a later log extends an earlier one,
@@ -474,6 +680,15 @@ fn verify_state_names_rows_no_event_explains() {
     let r = env.as_("admin", &["audit", "verify", "--state"]).expect(1);
     assert!(
         r.stderr.contains("ends never but its events say"),
+        "{}",
+        r.stderr
+    );
+    // A request deleted behind the log (its activation gone from the state, say).
+    env.sql("DELETE FROM requests WHERE id = 1");
+    let r = env.as_("admin", &["audit", "verify", "--state"]).expect(1);
+    assert!(
+        r.stderr
+            .contains("request 1 of the log is missing from the state"),
         "{}",
         r.stderr
     );
