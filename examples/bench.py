@@ -334,11 +334,16 @@ class Bench:
                                   "--json"], env=self.env, stdout=report_file, stderr=subprocess.PIPE)
         t0 = time.perf_counter()
         n = 0
+        # When the longest write to the swept store began, into the sweep.
+        worst_at = 0.0
         while sweep.poll() is None:
             # The store and the control in turn, under the same conditions.
             into, into_waits = (target, waits) if n % 2 == 0 else (control, controls)
+            began = time.perf_counter() - t0
             took, _, _ = run_timed([self.pim, "--db", into, "--as", "admin", "user", "add", f"probe{n:05}"],
                                    self.env)
+            if into_waits is waits and took > max(waits, default=0):
+                worst_at = began
             into_waits.append(took)
             n += 1
         took = time.perf_counter() - t0
@@ -360,7 +365,8 @@ class Bench:
             else "(the lock waits below decide)"
         print(f"| {size} | sweep: {expiring:,} assignments and {ending:,} activations ended ({backend}) | "
               f"{fmt(took)} | | | | |", flush=True)
-        print(f"| {size} | a write during that sweep: longest of {len(waits)} ({backend}) | {fmt(worst)} | "
+        print(f"| {size} | a write during that sweep: longest of {len(waits)} ({backend}; it began "
+              f"{worst_at:.2f} s in) | {fmt(worst)} | "
               f"median {fmt(statistics.median(waits) if waits else 0)} | | {write_goal} | |", flush=True)
         print(f"| {size} | the same write to another store beside it (no lock shared): longest of {len(controls)} "
               f"({backend}) | {fmt(max(controls) if controls else 0)} | "

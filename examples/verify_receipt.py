@@ -260,7 +260,23 @@ def main(receipt_path, key_path):
     if statement != expected:
         fail("its events, request, policy or size are not those its signed statement names")
     request = str(r["request"])
-    if events[0]["fields"][3] != "activation.request" or events[0]["fields"][7] != request:
+
+    def details(e):
+        try:
+            d = json.loads(e["fields"][12])
+        except ValueError:
+            return {}
+        return d if isinstance(d, dict) else {}
+
+    def extends(e):
+        """Whether the event's `extends` detail names this request."""
+        x = details(e).get("extends")
+        return is_int(x) and x == r["request"]
+
+    # Of the request itself: from format 4 on, never an extension's (whose events are in the
+    # receipt of the activation it extends).
+    if events[0]["fields"][3] != "activation.request" or events[0]["fields"][7] != request or \
+            (current and "extends" in details(events[0])):
         fail("it does not begin with the request")
     ours = {request} | {str(x) for x in extensions}
     last = -1
@@ -268,18 +284,14 @@ def main(receipt_path, key_path):
         if e["fields"][7] not in ours or e["index"] <= last:
             fail(f"event {e['fields'][0]} is of another request, or out of order")
         last = e["index"]
+        # Every extension applied in it is of this request.
+        if current and e["fields"][3] == "activation.extend" and not extends(e):
+            fail(f"event {e['fields'][0]} extends another request than {request}")
     # Each extension named is one: its own request event says it extends this request.
     for i, x in enumerate(extensions):
-        def extends(e):
-            if e["fields"][7] != str(x) or e["fields"][3] != "activation.request":
-                return False
-            try:
-                details = json.loads(e["fields"][12])
-            except ValueError:
-                return False
-            return isinstance(details, dict) and is_int(details.get("extends")) \
-                and details["extends"] == r["request"]
-        if str(x) == request or x in extensions[:i] or not any(extends(e) for e in events):
+        def asks(e):
+            return e["fields"][7] == str(x) and e["fields"][3] == "activation.request" and extends(e)
+        if str(x) == request or x in extensions[:i] or not any(asks(e) for e in events):
             fail(f"request {x} is not shown to be an extension of request {request}")
     actions = ", ".join(e["fields"][3] for e in events)
     also = f" and its extension(s) {', '.join(str(x) for x in extensions)}" if extensions else ""

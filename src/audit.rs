@@ -1203,12 +1203,22 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
     let mut requests: HashMap<i64, (String, String, String)> = HashMap::new();
     // Where each request stands by its events: (class, end, an applied extension).
     let mut standing: HashMap<i64, (&'static str, Option<String>, bool)> = HashMap::new();
-    // A request's start as its events set it (without approval: the start asked for), and
-    // whether an approver approved it (it may then be scheduled with no further event).
+    // A request's start as its events set it (without approval: the start asked for).
     let mut starts: HashMap<i64, String> = HashMap::new();
     // The window each request asked for (its start and end, as unix times), whatever
-    // approval it waits for: no start may come before it, and no activation run longer.
-    let mut asked: HashMap<i64, (i64, i64)> = HashMap::new();
+    // approval it waits for: no start may come before it, and no activation run longer,
+    // unless its end was its eligibility's (which may have been made longer since; the
+    // length it asked for is then not in the log).
+    let mut asked: HashMap<i64, (i64, i64, bool)> = HashMap::new();
+    // Requests that an applied extension made longer (their length is the extension's).
+    let mut extended: HashSet<i64> = HashSet::new();
+    // Extensions: the activation each asked to extend, and for how long (from its request).
+    let mut extension_of: HashMap<i64, i64> = HashMap::new();
+    let mut extension_asked: HashMap<i64, i64> = HashMap::new();
+    // Requests that wait for approval, and when their approvals first made the quorum (an
+    // `activation.approve` whose `approvals` reached its `needed`).
+    let mut needs_approval: HashSet<i64> = HashSet::new();
+    let mut quorum: HashMap<i64, i64> = HashMap::new();
     let unix = |t: &str| {
         chrono::DateTime::parse_from_rfc3339(t)
             .ok()
@@ -1216,7 +1226,6 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
     };
     // What the log says against itself (before any table is read).
     let mut findings = Vec::new();
-    let mut approved: HashSet<i64> = HashSet::new();
     let mut decisions: HashSet<(i64, String, String)> = HashSet::new();
     let mut reviews: HashSet<i64> = HashSet::new();
     for_each(conn, &Filter::default(), None, |e| {
@@ -1281,6 +1290,17 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                         e.scope.clone().unwrap_or_default(),
                     ));
                     let start = details["start"].as_str().map(str::to_string);
+                    if details["approval"].as_bool() == Some(true) {
+                        needs_approval.insert(id);
+                    }
+                    if let Some(original) = details["extends"].as_i64() {
+                        extension_of.insert(id, original);
+                        if let (Some(at), Some(to)) =
+                            (unix(&e.time), e.expires.as_deref().and_then(unix))
+                        {
+                            extension_asked.insert(id, to - at);
+                        }
+                    }
                     let class = if details["approval"].as_bool() == Some(true) {
                         "pending"
                     } else if start.as_deref().is_some_and(|s| *s > *e.time) {
@@ -1292,7 +1312,8 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                         start.as_deref().and_then(unix),
                         e.expires.as_deref().and_then(unix),
                     ) {
-                        asked.insert(id, (from, to));
+                        let capped = details["capped_by_eligibility"].as_bool() == Some(true);
+                        asked.insert(id, (from, to, capped));
                     }
                     if let (Some(s), "active" | "scheduled") = (start, class) {
                         starts.insert(id, s);
@@ -1301,16 +1322,29 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                 }
             }
             "activation.start" => {
+                let what = |id: i64| {
+                    format!(
+                        "request {id} ({principal} {} at {})",
+                        e.role.as_deref().unwrap_or_default(),
+                        e.scope.as_deref().unwrap_or_default()
+                    )
+                };
                 if let Some(id) = e.request {
+                    if needs_approval.contains(&id) && !quorum.contains_key(&id) {
+                        findings.push(format!(
+                            "{} started without the approvals it needed",
+                            what(id)
+                        ));
+                    }
                     // Started no earlier than asked, for no longer than asked (an approval
                     // after the start asked for starts it then, for the time asked).
                     let ran = unix(&e.time).zip(e.expires.as_deref().and_then(unix));
-                    if let (Some(&(from, to)), Some((at, until))) = (asked.get(&id), ran) {
-                        if at < from || until - at > to - from {
+                    if let (Some(&(from, to, capped)), Some((at, until))) = (asked.get(&id), ran) {
+                        let longer = !capped && !extended.contains(&id) && until - at > to - from;
+                        if at < from || longer {
                             findings.push(format!(
-                                "request {id} ({principal} {} at {}) started {} to end {}, but it asked for {} to {}",
-                                e.role.as_deref().unwrap_or_default(),
-                                e.scope.as_deref().unwrap_or_default(),
+                                "{} started {} to end {}, but it asked for {} to {}",
+                                what(id),
                                 e.time,
                                 e.expires.as_deref().unwrap_or_default(),
                                 rfc3339(from_unix(from)),
@@ -1329,6 +1363,40 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                 }
             }
             "activation.extend" => {
+                let target = details["extends"].as_i64();
+                if let Some(id) = e.request {
+                    let what = format!(
+                        "request {id} ({principal} {} at {})",
+                        e.role.as_deref().unwrap_or_default(),
+                        e.scope.as_deref().unwrap_or_default()
+                    );
+                    let asked_for = extension_of.get(&id).copied();
+                    if target != asked_for {
+                        findings.push(format!(
+                            "{what} extended request {} but asked to extend request {}",
+                            target.map_or("none".into(), |t| t.to_string()),
+                            asked_for.map_or("none".into(), |t| t.to_string())
+                        ));
+                    }
+                    if needs_approval.contains(&id) && !quorum.contains_key(&id) {
+                        findings.push(format!(
+                            "{what} was applied without the approvals it needed"
+                        ));
+                    }
+                    let ran = unix(&e.time).zip(e.expires.as_deref().and_then(unix));
+                    if let (Some(&length), Some((at, until))) = (extension_asked.get(&id), ran) {
+                        if until - at > length {
+                            findings.push(format!(
+                                "{what} extended to {} from {}, longer than it asked for",
+                                e.expires.as_deref().unwrap_or_default(),
+                                e.time
+                            ));
+                        }
+                    }
+                }
+                if let Some(t) = target {
+                    extended.insert(t);
+                }
                 if let Some(s) = e.request.and_then(|id| standing.get_mut(&id)) {
                     *s = ("expired", None, true);
                 }
@@ -1363,7 +1431,16 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
             "activation.approve" => {
                 if let Some(id) = e.request {
                     decisions.insert((id, e.actor.clone(), "approve".to_string()));
-                    approved.insert(id);
+                    // (an approval of a pim before these details made the quorum)
+                    let met = match (details["approvals"].as_i64(), details["needed"].as_i64()) {
+                        (Some(approvals), Some(needed)) => approvals >= needed,
+                        _ => true,
+                    };
+                    if met {
+                        quorum
+                            .entry(id)
+                            .or_insert_with(|| unix(&e.time).unwrap_or_default());
+                    }
                 }
             }
             "review.create" => {
@@ -1465,13 +1542,26 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
         ));
     }
     let mut kept: HashSet<i64> = HashSet::new();
-    for (id, user, role, scope, status, end, start) in conn.request_rows()? {
+    for (id, user, role, scope, status, end, start, extends) in conn.request_rows()? {
         kept.insert(id);
+        if requests.contains_key(&id) && extends != extension_of.get(&id).copied() {
+            findings.push(format!(
+                "request {id} ({user} {role} at {scope}) extends request {} but its events say {}",
+                extends.map_or("none".into(), |t| t.to_string()),
+                extension_of
+                    .get(&id)
+                    .map_or("none".into(), |t| t.to_string())
+            ));
+        }
         if let Some((class, event_end, applied)) = standing.get(&id) {
             let stored = status.as_str();
-            // Approved with a later start: scheduled, recorded by the approval alone.
-            let scheduled_by_approval =
-                stored == "scheduled" && *class == "pending" && approved.contains(&id);
+            // Approved, by as many as it needed, before the start it asked for: scheduled,
+            // recorded by the approval alone.
+            let scheduled_by_approval = stored == "scheduled"
+                && *class == "pending"
+                && quorum
+                    .get(&id)
+                    .is_some_and(|&at| asked.get(&id).is_none_or(|&(from, _, _)| from > at));
             if let Some(s) = starts.get(&id).filter(|_| !applied) {
                 if *s != rfc3339(from_unix(start)) {
                     findings.push(format!(
@@ -1482,13 +1572,13 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
             }
             // Waiting, or scheduled by its approval (no event yet): the window asked for, or
             // (scheduled) no longer than asked from the same start.
-            if let (Some(&(from, to)), "pending" | "scheduled", "pending") =
+            if let (Some(&(from, to, capped)), "pending" | "scheduled", "pending") =
                 (asked.get(&id), stored, *class)
             {
                 let moved = if stored == "pending" {
                     start != from || end != to
                 } else {
-                    start != from || end - start > to - from
+                    start != from || (!capped && !extended.contains(&id) && end - start > to - from)
                 };
                 if moved {
                     findings.push(format!(

@@ -42,9 +42,10 @@ pub struct ProvenEvent {
 pub struct Receipt {
     pub format: String,
     pub request: i64,
-    /// The requests to extend it, whatever became of them (format 4 on; absent before).
-    #[serde(default)]
-    pub extensions: Vec<i64>,
+    /// The requests to extend it, whatever became of them: in format 4 (there even when
+    /// none), never before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<Vec<i64>>,
     /// The policy's SHA-256, as the `policy.apply` event below records it.
     pub policy_sha256: String,
     /// The checkpoint (a signed note) the proofs lead to.
@@ -158,12 +159,18 @@ pub fn verify(text: &str, key: &str) -> Result<Verified> {
         return Err(bad(format!("its format is {}, not {FORMAT}", r.format)));
     }
     let current = r.format == FORMAT;
-    if !current && !r.extensions.is_empty() {
-        return Err(bad(format!(
-            "a receipt of {} names no extensions",
-            r.format
-        )));
-    }
+    let none = Vec::new();
+    let named = match (&r.extensions, current) {
+        (Some(x), true) => x,
+        (None, false) => &none,
+        (Some(_), false) => {
+            return Err(bad(format!(
+                "a receipt of {} names no extensions",
+                r.format
+            )))
+        }
+        (None, true) => return Err(bad(format!("a receipt of {FORMAT} names its extensions"))),
+    };
     // The same blanks trimmed as examples/verify_receipt.py trims.
     let blank = |c: char| matches!(c, ' ' | '\t' | '\r' | '\n');
     if r.key.trim_matches(blank) != key.trim_matches(blank) {
@@ -189,7 +196,7 @@ pub fn verify(text: &str, key: &str) -> Result<Verified> {
         != statement_body(
             &cp.origin,
             r.request,
-            current.then_some(&r.extensions[..]),
+            current.then_some(&named[..]),
             &events,
             hashes,
             &r.policy_sha256,
@@ -201,13 +208,22 @@ pub fn verify(text: &str, key: &str) -> Result<Verified> {
         ));
     }
     let request = r.request.to_string();
+    // An event's `extends` detail (an extension's request and its applying).
+    let extends = |e: &ProvenEvent| {
+        serde_json::from_str::<serde_json::Value>(e.fields.get(12).map_or("", String::as_str))
+            .ok()
+            .and_then(|d| d.get("extends").cloned())
+    };
+    // Of the request itself: from format 4 on, never an extension's (whose events are in
+    // the receipt of the activation it extends).
     if r.events.first().is_none_or(|e| {
         e.fields.get(3).map(String::as_str) != Some("activation.request")
             || e.fields.get(7) != Some(&request)
+            || (current && extends(e).is_some())
     }) {
         return Err(bad("it does not begin with the request".into()));
     }
-    let extensions: Vec<String> = r.extensions.iter().map(i64::to_string).collect();
+    let extensions: Vec<String> = named.iter().map(i64::to_string).collect();
     let mut last = None;
     for e in &r.events {
         e.check(cp.size, &cp.root).map_err(bad)?;
@@ -218,16 +234,25 @@ pub fn verify(text: &str, key: &str) -> Result<Verified> {
             return Err(bad("its events are out of order".into()));
         }
         last = Some(e.index);
+        // Every extension applied in it is of this request.
+        if current
+            && e.fields[3] == "activation.extend"
+            && extends(e).and_then(|x| x.as_i64()) != Some(r.request)
+        {
+            return Err(bad(format!(
+                "event {} extends another request than {request}",
+                e.fields[0]
+            )));
+        }
     }
     // Each extension named is one: its request (in the receipt) says it extends this one.
     for (i, x) in extensions.iter().enumerate() {
-        let extends = |e: &ProvenEvent| {
+        let asks = |e: &ProvenEvent| {
             e.fields[7] == *x
                 && e.fields[3] == "activation.request"
-                && serde_json::from_str::<serde_json::Value>(&e.fields[12])
-                    .is_ok_and(|d| d["extends"].as_i64() == Some(r.request))
+                && extends(e).and_then(|d| d.as_i64()) == Some(r.request)
         };
-        if *x == request || extensions[..i].contains(x) || !r.events.iter().any(extends) {
+        if *x == request || extensions[..i].contains(x) || !r.events.iter().any(asks) {
             return Err(bad(format!(
                 "request {x} is not shown to be an extension of request {request}"
             )));
@@ -235,7 +260,7 @@ pub fn verify(text: &str, key: &str) -> Result<Verified> {
     }
     Ok(Verified {
         request: r.request,
-        extensions: r.extensions.clone(),
+        extensions: named.clone(),
         events: r.events.len(),
         tree_size: cp.size,
         policy_sha256: r.policy_sha256,

@@ -164,7 +164,14 @@ fn start_approved(
 ) -> Result<()> {
     let t = now.timestamp();
     let eligible_until = conn.request_eligibility_end(r.id)?;
-    let start = r.start_at.max(t);
+    // An extension runs from now for the time it asked (its row's start is never read: a
+    // start moved by hand would have made it longer); an activation from the start it
+    // asked for, or now if that has passed.
+    let start = if r.extends.is_some() {
+        t
+    } else {
+        r.start_at.max(t)
+    };
     // Never longer than the role allows now (a policy applied since the request was made
     // cancels one that asks for more; this holds for any made before that rule).
     let longest = policy
@@ -175,7 +182,17 @@ fn start_approved(
         end = end.min(e);
     }
     if let Some(original) = r.extends {
-        // An approved extension moves the running activation's end and closes itself.
+        // An approved extension moves the running activation's end and closes itself: one
+        // of the same person, role and scope (a row pointed at another by hand is refused).
+        let target = conn.request_by_id(original, t)?;
+        if target.is_none_or(|o| {
+            (o.user, o.role, o.scope) != (r.user.clone(), r.role.clone(), r.scope.clone())
+        }) {
+            return Err(Error::Conflict(format!(
+                "Request {} would extend request {original}, which is not an activation of the same role and scope for the same person; see `pim audit verify --state`.",
+                r.id
+            )));
+        }
         conn.set_request_end(original, end)?;
         conn.extension_applied(r.id, t)?;
         conn.record(

@@ -359,11 +359,13 @@ impl Db {
         .collect()
     }
 
-    /// Every request row: (id, user, role, scope, status, end, start).
+    /// Every request row: (id, user, role, scope, status, end, start, the request it extends).
     #[allow(clippy::type_complexity)]
-    pub fn request_rows(&self) -> Result<Vec<(i64, String, String, String, String, i64, i64)>> {
+    pub fn request_rows(
+        &self,
+    ) -> Result<Vec<(i64, String, String, String, String, i64, i64, Option<i64>)>> {
         self.query_map(
-            "SELECT r.id, u.name, r.role, r.scope, r.status, r.end_at, r.start_at FROM requests r JOIN users u ON u.id = r.user_id ORDER BY r.id",
+            "SELECT r.id, u.name, r.role, r.scope, r.status, r.end_at, r.start_at, r.extends FROM requests r JOIN users u ON u.id = r.user_id ORDER BY r.id",
             params![],
             super::FromRow::from_row,
         )?

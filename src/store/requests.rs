@@ -263,16 +263,6 @@ impl Db {
         Ok(n > 0)
     }
 
-    /// The requests to extend activation `id`, oldest first (whatever became of them).
-    pub fn extensions_of(&self, id: i64) -> Result<Vec<i64>> {
-        self.query_map(
-            "SELECT id FROM requests WHERE extends = ?1 ORDER BY id",
-            params![id],
-            |r| r.get(0),
-        )?
-        .collect()
-    }
-
     /// The eligible assignment a request rests on.
     pub fn request_eligibility(&self, id: i64) -> Result<Option<i64>> {
         Ok(self

@@ -1222,3 +1222,257 @@ fn a_scheduled_window_moved_by_hand_is_found_and_not_run_for_years() {
         "{said}"
     );
 }
+
+/// No false finding on an honest store: a request whose end was its eligibility's, approved
+/// after the eligibility was made longer, runs for the time it asked for, and `--state`
+/// holds (the length asked for is not in the log then).
+#[test]
+fn an_activation_capped_by_an_eligibility_made_longer_since_passes_verify_state() {
+    let w = world();
+    make_approver(&w, "carol", "/");
+    w.env
+        .as_(
+            "admin",
+            &[
+                "assign",
+                "dave",
+                "db-admin",
+                "--scope",
+                "/prod",
+                "--duration",
+                "1h",
+                "-j",
+                "x",
+            ],
+        )
+        .expect(0);
+    let r = w
+        .env
+        .activate(
+            "dave",
+            &w.dave,
+            "db-admin",
+            &[
+                "--scope",
+                "/prod",
+                "-j",
+                "INC-1",
+                "--duration",
+                "4h",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "pending", "{r}");
+    let id = r["id"].as_i64().unwrap();
+    let until = (chrono::Utc::now() + chrono::Duration::days(40))
+        .format("%Y-%m-%d")
+        .to_string();
+    std::fs::write(
+        w.env.path("longer.toml"),
+        format!("[[eligible]]\nuser = \"dave\"\nrole = \"db-admin\"\nscope = \"/prod\"\nuntil = \"{until}\"\n"),
+    )
+    .unwrap();
+    w.env
+        .as_("admin", &["assignment", "apply", "longer.toml"])
+        .expect(0);
+    let r = decide(&w, "carol", &w.carol, "approve", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "active", "{r}");
+    let ends = w.env.count(&format!(
+        "SELECT end_at - start_at FROM requests WHERE id = {id}"
+    ));
+    assert!(ends > 3 * 3600, "{ends}");
+    w.env
+        .as_("admin", &["audit", "verify", "--state"])
+        .expect(0);
+}
+
+/// A request short of its quorum set to scheduled by hand is named by `--state` (any one
+/// approval used to pass it), and once the sweep has started it, so is its start.
+#[test]
+fn a_request_short_of_its_quorum_set_to_scheduled_by_hand_is_found() {
+    let w = world();
+    let id = request(&w, "prod-root", &["--duration", "1h"]);
+    let r = decide(&w, "carol", &w.carol, "approve", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "pending", "{r}");
+    w.env
+        .as_("admin", &["audit", "verify", "--state"])
+        .expect(0);
+    w.env.sql(&format!(
+        "UPDATE requests SET status = 'scheduled' WHERE id = {id}"
+    ));
+    let said = w
+        .env
+        .as_("admin", &["audit", "verify", "--state"])
+        .expect(1)
+        .stderr;
+    assert!(
+        said.contains("is scheduled but its events say pending"),
+        "{said}"
+    );
+    w.env.as_("admin", &["sweep"]).expect(0);
+    let said = w
+        .env
+        .as_("admin", &["audit", "verify", "--state"])
+        .expect(1)
+        .stderr;
+    assert!(
+        said.contains(&format!(
+            "request {id} (bob prod-root at /prod) started without the approvals it needed"
+        )),
+        "{said}"
+    );
+}
+
+/// An extension runs from its approval for the time it asked, whatever its row's start says
+/// (a start moved twenty days on made it end twenty days later), and one pointed by hand at
+/// another activation is refused when approved and named by `--state`.
+#[test]
+fn an_extension_moved_or_retargeted_by_hand_gives_nothing_more() {
+    let w = world();
+    make_approver(&w, "carol", "/");
+    w.env
+        .as_(
+            "admin",
+            &[
+                "assign", "dave", "plain", "--scope", "/prod", "-j", "on call",
+            ],
+        )
+        .expect(0);
+    let activate = |who: &str, secret: &str, role: &str, offset: i64| {
+        let code = oathtool(secret, offset);
+        let args = [
+            "--as",
+            who,
+            "activate",
+            role,
+            "--scope",
+            "/prod",
+            "-j",
+            "INC-1",
+            "--duration",
+            "1h",
+            "--code",
+            &code,
+            "--json",
+        ];
+        w.env.run(&args).expect(0).json()["id"].as_i64().unwrap()
+    };
+    let extend = |offset: i64| {
+        let code = oathtool(&w.bob, offset);
+        let args = [
+            "--as",
+            "bob",
+            "extend",
+            "db-admin",
+            "--scope",
+            "/prod",
+            "-j",
+            "INC-1 more",
+            "--duration",
+            "2h",
+            "--code",
+            &code,
+            "--json",
+        ];
+        w.env.run(&args).expect(0).json()["id"].as_i64().unwrap()
+    };
+    let first = activate("bob", &w.bob, "db-admin", 0);
+    decide(&w, "carol", &w.carol, "approve", first, 0).expect(0);
+    let plain = activate("dave", &w.dave, "plain", 0);
+    let ext = extend(30);
+    let verify = |code: i32| {
+        w.env
+            .as_("admin", &["audit", "verify", "--state"])
+            .expect(code)
+    };
+    verify(0);
+    // Pointed at dave's activation: named, and refused when approved.
+    w.env.sql(&format!(
+        "UPDATE requests SET extends = {plain} WHERE id = {ext}"
+    ));
+    let said = verify(1).stderr;
+    assert!(
+        said.contains(&format!(
+            "request {ext} (bob db-admin at /prod) extends request {plain} but its events say {first}"
+        )),
+        "{said}"
+    );
+    let r = decide(&w, "carol", &w.carol, "approve", ext, 30).expect(5);
+    assert!(
+        r.stderr.contains("not an activation of the same role"),
+        "{}",
+        r.stderr
+    );
+    // Back, with its start moved twenty days on: it runs from its approval for its hour.
+    w.env.sql(&format!(
+        "UPDATE requests SET extends = {first}, start_at = start_at + 20 * 86400 WHERE id = {ext}"
+    ));
+    let r = decide(&w, "carol", &w.carol, "approve", ext, 30)
+        .expect(0)
+        .json();
+    assert_eq!(r["close_reason"], "extension applied", "{r}");
+    let ends = w
+        .env
+        .count(&format!("SELECT end_at FROM requests WHERE id = {first}"));
+    let now = chrono::Utc::now().timestamp();
+    assert!(ends <= now + 2 * 3600 + 5, "{ends} {now}");
+    verify(0);
+}
+
+/// No false finding on an honest store: an activation scheduled without approval, extended
+/// once its start has passed but before a sweep recorded its start, then started by the
+/// sweep, runs to the end the extension gave it.
+#[test]
+fn a_scheduled_activation_extended_before_the_sweep_started_it_passes_verify_state() {
+    let w = world();
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let code = oathtool(&w.bob, 0);
+    w.env
+        .run(&[
+            "--as",
+            "bob",
+            "activate",
+            "plain",
+            "--scope",
+            "/prod",
+            "-j",
+            "INC-1",
+            "--start",
+            &later,
+            "--duration",
+            "30m",
+            "--code",
+            &code,
+        ])
+        .expect(0);
+    let code = oathtool(&w.bob, 70 * 60);
+    w.env
+        .at(
+            "+70m",
+            &[
+                "--as",
+                "bob",
+                "extend",
+                "plain",
+                "--scope",
+                "/prod",
+                "-j",
+                "INC-1 more",
+                "--duration",
+                "2h",
+                "--code",
+                &code,
+            ],
+        )
+        .expect(0);
+    w.env.at("+75m", &["--as", "admin", "sweep"]).expect(0);
+    w.env
+        .at("+76m", &["--as", "admin", "audit", "verify", "--state"])
+        .expect(0);
+}

@@ -439,6 +439,21 @@ fn a_receipt_holds_the_extensions_of_its_activation() {
         said.contains("request 1 and its extension(s) 2 ("),
         "{said}"
     );
+    // A receipt of the extension itself: its events are in the activation's.
+    let r2 = env.as_("bob", &["receipt", "2"]).expect(2);
+    assert!(r2.stderr.contains("extends request 1"), "{}", r2.stderr);
+    // Which requests extend it is read from the log, not from the requests' column.
+    env.sql("UPDATE requests SET extends = NULL WHERE id = 2");
+    let again: serde_json::Value =
+        serde_json::from_str(&env.as_("bob", &["receipt", "1"]).expect(0).stdout).unwrap();
+    assert_eq!(again["extensions"], serde_json::json!([2]), "{again}");
+    env.sql("UPDATE requests SET extends = 1 WHERE id = 2");
+    // Format 4 without its extensions (even none): both refuse.
+    let mut bare = r.clone();
+    bare.as_object_mut().unwrap().remove("extensions");
+    std::fs::write(env.path("bare.json"), bare.to_string()).unwrap();
+    let (pim, py) = offline(&env, "bare.json");
+    assert_eq!((pim.status.code(), py.status.code()), (Some(3), Some(1)));
     // The extension's events left out: the signed statement names them.
     let mut cut = r.clone();
     cut["events"]
