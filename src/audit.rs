@@ -1210,6 +1210,12 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
     // unless its end was its eligibility's (which may have been made longer since; the
     // length it asked for is then not in the log).
     let mut asked: HashMap<i64, (i64, i64, bool)> = HashMap::new();
+    // The length each asked for before any cap, where its event says (pims from stop 34 on),
+    // and the eligibility it rests on.
+    let mut asked_length: HashMap<i64, i64> = HashMap::new();
+    let mut rests_on: HashMap<i64, i64> = HashMap::new();
+    // Who approved each request, by the log (the decisions table is the database's word).
+    let mut approvers: HashMap<i64, HashSet<String>> = HashMap::new();
     // Requests that an applied extension made longer (their length is the extension's).
     let mut extended: HashSet<i64> = HashSet::new();
     // Extensions: the activation each asked to extend, and for how long (from its request).
@@ -1293,6 +1299,12 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                     if details["approval"].as_bool() == Some(true) {
                         needs_approval.insert(id);
                     }
+                    if let Some(length) = details["duration_asked"].as_i64() {
+                        asked_length.insert(id, length);
+                    }
+                    if let Some(eligibility) = details["eligibility"].as_i64() {
+                        rests_on.insert(id, eligibility);
+                    }
                     if let Some(original) = details["extends"].as_i64() {
                         extension_of.insert(id, original);
                         if let (Some(at), Some(to)) =
@@ -1340,7 +1352,12 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                     // after the start asked for starts it then, for the time asked).
                     let ran = unix(&e.time).zip(e.expires.as_deref().and_then(unix));
                     if let (Some(&(from, to, capped)), Some((at, until))) = (asked.get(&id), ran) {
-                        let longer = !capped && !extended.contains(&id) && until - at > to - from;
+                        let longest = asked_length
+                            .get(&id)
+                            .copied()
+                            .or((!capped).then_some(to - from));
+                        let longer = !extended.contains(&id)
+                            && longest.is_some_and(|longest| until - at > longest);
                         if at < from || longer {
                             findings.push(format!(
                                 "{} started {} to end {}, but it asked for {} to {}",
@@ -1431,9 +1448,22 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
             "activation.approve" => {
                 if let Some(id) = e.request {
                     decisions.insert((id, e.actor.clone(), "approve".to_string()));
+                    // The approvals that count are the approvers on record: an approval that
+                    // counts more (decision rows put in by hand) is named, and counts as many.
+                    let by = approvers.entry(id).or_default();
+                    by.insert(e.actor.clone());
+                    let seen = by.len() as i64;
+                    if let Some(claimed) = details["approvals"].as_i64().filter(|&c| c > seen) {
+                        findings.push(format!(
+                            "request {id} ({principal} {} at {}) was approved by {} as approval {claimed}, but the log holds {seen}",
+                            e.role.as_deref().unwrap_or_default(),
+                            e.scope.as_deref().unwrap_or_default(),
+                            e.actor
+                        ));
+                    }
                     // (an approval of a pim before these details made the quorum)
                     let met = match (details["approvals"].as_i64(), details["needed"].as_i64()) {
-                        (Some(approvals), Some(needed)) => approvals >= needed,
+                        (Some(approvals), Some(needed)) => approvals.min(seen) >= needed,
                         _ => true,
                     };
                     if met {
@@ -1542,8 +1572,14 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
         ));
     }
     let mut kept: HashSet<i64> = HashSet::new();
-    for (id, user, role, scope, status, end, start, extends) in conn.request_rows()? {
+    for (id, user, role, scope, status, end, start, extends, eligibility) in conn.request_rows()? {
         kept.insert(id);
+        if let Some(&named) = rests_on.get(&id).filter(|&&n| Some(n) != eligibility) {
+            findings.push(format!(
+                "request {id} ({user} {role} at {scope}) rests on eligibility {} but its events say {named}",
+                eligibility.map_or("none".into(), |e| e.to_string())
+            ));
+        }
         if requests.contains_key(&id) && extends != extension_of.get(&id).copied() {
             findings.push(format!(
                 "request {id} ({user} {role} at {scope}) extends request {} but its events say {}",
@@ -1578,7 +1614,13 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                 let moved = if stored == "pending" {
                     start != from || end != to
                 } else {
-                    start != from || (!capped && !extended.contains(&id) && end - start > to - from)
+                    let longest = asked_length
+                        .get(&id)
+                        .copied()
+                        .or((!capped).then_some(to - from));
+                    start != from
+                        || (!extended.contains(&id)
+                            && longest.is_some_and(|longest| end - start > longest))
                 };
                 if moved {
                     findings.push(format!(

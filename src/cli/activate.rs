@@ -864,6 +864,15 @@ fn show_request(
         // "denied by you", not "denied by you; it is denied".
         let state = if what.split(' ').next() == Some(status.as_str()) {
             String::new()
+        } else if let (Some(original), Status::Expired, Some("extension applied")) =
+            (r.extends, r.status, r.close_reason.as_deref())
+        {
+            // An extension closes as it is applied: what it did, not "expired".
+            let ends = pim
+                .request(original)
+                .map(|o| format!(" until {}", when(Some(o.end_at), now)))
+                .unwrap_or_default();
+            format!("; it is applied: request {original} is active{ends}")
         } else if r.status == Status::Active {
             format!("; it is {status} until {}", when(Some(r.end_at), now))
         } else {

@@ -624,7 +624,7 @@ pub fn run_receipt(ctx: &Ctx, args: ReceiptArgs) -> anyhow::Result<i32> {
                 _ => format!(" and its extensions, requests {}", extensions.join(", ")),
             };
             say(&format!(
-                "The receipt verifies: request {}{also}, {}, all in the signed checkpoint of {} events; policy sha256 {}.",
+                "The receipt verifies: request {}{also}; {}, all in the signed checkpoint of {} events; policy sha256 {}.",
                 v.request,
                 match v.events {
                     1 => "1 event".to_string(),

@@ -414,7 +414,11 @@ pub(crate) fn activate_in(
         .detail("duration", format_duration(end - start))
         .detail("mfa", settings.require_mfa)
         .detail("approval", settings.require_approval)
-        .detail("capped_by_eligibility", capped);
+        .detail("capped_by_eligibility", capped)
+        // What it rests on, and the length asked for before any cap: `audit verify --state`
+        // holds the request's row to both.
+        .detail("eligibility", eligibility_id)
+        .detail("duration_asked", duration.num_seconds());
     if let Some(deadline) = decide_by {
         // Its approvers are told, and until when they may decide.
         requested = requested.detail("decide_by", deadline);

@@ -577,7 +577,8 @@ impl Pim {
             let mut requested = ev
                 .request(id)
                 .expires(Some(t + duration.num_seconds()))
-                .detail("approval", s.require_approval);
+                .detail("approval", s.require_approval)
+                .detail("eligibility", eligibility);
             if let Some(deadline) = decide_by {
                 // Its approvers are told, like for any request that waits for them.
                 requested = requested.detail("decide_by", deadline);

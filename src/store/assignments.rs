@@ -459,9 +459,9 @@ impl Db {
                FROM requests r JOIN users u ON u.id = r.user_id LEFT JOIN assignments e ON e.id = r.eligibility_id
               WHERE r.user_id = ?1 AND u.disabled = 0 AND r.status IN ('active', 'scheduled')
                 AND r.start_at <= ?2 AND r.end_at > ?2
-                -- An activation never outlasts the eligibility it rests on, however that changed.
-                AND (r.eligibility_id IS NULL
-                     OR (e.removed_at IS NULL AND (e.end_at IS NULL OR e.end_at > ?2)))",
+                -- An activation never outlasts the eligibility it rests on, however that changed,
+                -- and one that rests on none (every request names one) is not held.
+                AND e.id IS NOT NULL AND e.removed_at IS NULL AND (e.end_at IS NULL OR e.end_at > ?2)",
             params![user_id, now],
             |r| {
                 Ok(Held {

@@ -359,13 +359,26 @@ impl Db {
         .collect()
     }
 
-    /// Every request row: (id, user, role, scope, status, end, start, the request it extends).
+    /// Every request row: (id, user, role, scope, status, end, start, the request it extends,
+    /// the eligibility it rests on).
     #[allow(clippy::type_complexity)]
     pub fn request_rows(
         &self,
-    ) -> Result<Vec<(i64, String, String, String, String, i64, i64, Option<i64>)>> {
+    ) -> Result<
+        Vec<(
+            i64,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+        )>,
+    > {
         self.query_map(
-            "SELECT r.id, u.name, r.role, r.scope, r.status, r.end_at, r.start_at, r.extends FROM requests r JOIN users u ON u.id = r.user_id ORDER BY r.id",
+            "SELECT r.id, u.name, r.role, r.scope, r.status, r.end_at, r.start_at, r.extends, r.eligibility_id FROM requests r JOIN users u ON u.id = r.user_id ORDER BY r.id",
             params![],
             super::FromRow::from_row,
         )?

@@ -1476,3 +1476,151 @@ fn a_scheduled_activation_extended_before_the_sweep_started_it_passes_verify_sta
         .at("+76m", &["--as", "admin", "audit", "verify", "--state"])
         .expect(0);
 }
+
+/// The approvals that count are the approvers the log holds: decision rows put in by hand
+/// made a quorum of one real approval (and were taken out again), and `--state` believed the
+/// count the approval's event carried.
+#[test]
+fn approvals_put_in_by_hand_do_not_make_a_quorum_for_verify_state() {
+    let w = world();
+    let id = request(&w, "prod-root", &["--duration", "1h"]);
+    let forged = format!(
+        "INSERT INTO decisions (request_id, approver, decision, justification, at) \
+         VALUES ({id}, 'dave', 'approve', 'ok', 0)"
+    );
+    w.env.sql(&forged);
+    let r = decide(&w, "carol", &w.carol, "approve", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "active", "{r}");
+    w.env.sql(&format!(
+        "DELETE FROM decisions WHERE request_id = {id} AND approver = 'dave'"
+    ));
+    let said = w
+        .env
+        .as_("admin", &["audit", "verify", "--state"])
+        .expect(1)
+        .stderr;
+    assert!(
+        said.contains(&format!(
+            "request {id} (bob prod-root at /prod) was approved by carol as approval 2, but the log holds 1"
+        )) && said.contains("started without the approvals it needed"),
+        "{said}"
+    );
+}
+
+/// An activation that rests on no eligibility (its row's link cut by hand, so that removing
+/// the eligibility no longer ended it) is not held, and `--state` names the row.
+#[test]
+fn an_activation_cut_loose_from_its_eligibility_is_not_held() {
+    let w = world();
+    let code = oathtool(&w.bob, 0);
+    let r = w
+        .env
+        .run(&[
+            "--as", "bob", "activate", "plain", "--scope", "/prod", "-j", "INC-1", "--code", &code,
+            "--json",
+        ])
+        .expect(0)
+        .json();
+    let id = r["id"].as_i64().unwrap();
+    w.env
+        .run(&["check", "bob", "plain", "--scope", "/prod"])
+        .expect(0);
+    w.env.sql(&format!(
+        "UPDATE requests SET eligibility_id = NULL WHERE id = {id}"
+    ));
+    w.env
+        .run(&["check", "bob", "plain", "--scope", "/prod"])
+        .expect(1);
+    let said = w
+        .env
+        .as_("admin", &["audit", "verify", "--state"])
+        .expect(1)
+        .stderr;
+    assert!(
+        said.contains(&format!(
+            "request {id} (bob plain at /prod) rests on eligibility none but its events say"
+        )),
+        "{said}"
+    );
+}
+
+/// A request capped by its eligibility is held to the length it asked for before the cap (its
+/// event says it now): approved and scheduled after the eligibility was made longer, its row
+/// set to run thirty days passed `--state`.
+#[test]
+fn a_capped_request_is_held_to_the_length_it_asked_for() {
+    let w = world();
+    make_approver(&w, "carol", "/");
+    w.env
+        .as_(
+            "admin",
+            &[
+                "assign",
+                "dave",
+                "db-admin",
+                "--scope",
+                "/prod",
+                "--duration",
+                "40m",
+                "-j",
+                "x",
+            ],
+        )
+        .expect(0);
+    let later = (chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339();
+    let r = w
+        .env
+        .activate(
+            "dave",
+            &w.dave,
+            "db-admin",
+            &[
+                "--scope",
+                "/prod",
+                "-j",
+                "INC-1",
+                "--start",
+                &later,
+                "--duration",
+                "2h",
+                "--json",
+            ],
+        )
+        .expect(0)
+        .json();
+    let id = r["id"].as_i64().unwrap();
+    let until = (chrono::Utc::now() + chrono::Duration::days(10))
+        .format("%Y-%m-%d")
+        .to_string();
+    std::fs::write(
+        w.env.path("longer.toml"),
+        format!("[[eligible]]\nuser = \"dave\"\nrole = \"db-admin\"\nscope = \"/prod\"\nuntil = \"{until}\"\n"),
+    )
+    .unwrap();
+    w.env
+        .as_("admin", &["assignment", "apply", "longer.toml"])
+        .expect(0);
+    let r = decide(&w, "carol", &w.carol, "approve", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "scheduled", "{r}");
+    w.env
+        .as_("admin", &["audit", "verify", "--state"])
+        .expect(0);
+    w.env.sql(&format!(
+        "UPDATE requests SET end_at = start_at + 30 * 86400, duration_secs = 30 * 86400 WHERE id = {id}"
+    ));
+    let said = w
+        .env
+        .as_("admin", &["audit", "verify", "--state"])
+        .expect(1)
+        .stderr;
+    assert!(
+        said.contains(&format!(
+            "request {id} (dave db-admin at /prod) is scheduled for"
+        )),
+        "{said}"
+    );
+}

@@ -431,7 +431,7 @@ fn a_receipt_holds_the_extensions_of_its_activation() {
     assert_eq!(py.status.code(), Some(0), "{py:?}");
     let said = String::from_utf8_lossy(&pim.stdout);
     assert!(
-        said.contains("request 1 and its extension, request 2,"),
+        said.contains("request 1 and its extension, request 2; 4 events,"),
         "{said}"
     );
     let said = String::from_utf8_lossy(&py.stdout);
