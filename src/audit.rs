@@ -1679,12 +1679,21 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
             findings.push(format!("review {id} was made by no event"));
         }
     }
+    let mut rows = HashSet::new();
     for (id, approver, decision) in conn.decision_rows()? {
         if !decisions.contains(&(id, approver.clone(), decision.clone())) {
             findings.push(format!(
                 "the decision {decision} by {approver} on request {id} was made by no event"
             ));
         }
+        rows.insert((id, approver, decision));
+    }
+    let mut gone: Vec<_> = decisions.difference(&rows).collect();
+    gone.sort();
+    for (id, approver, decision) in gone {
+        findings.push(format!(
+            "the decision {decision} by {approver} on request {id} of the log is missing from the state"
+        ));
     }
     Ok(findings)
 }

@@ -1507,6 +1507,20 @@ fn approvals_put_in_by_hand_do_not_make_a_quorum_for_verify_state() {
         )) && said.contains("started without the approvals it needed"),
         "{said}"
     );
+    // And a decision the log holds, taken out of the table (`request show` no longer shows it).
+    w.env
+        .sql(&format!("DELETE FROM decisions WHERE request_id = {id}"));
+    let said = w
+        .env
+        .as_("admin", &["audit", "verify", "--state"])
+        .expect(1)
+        .stderr;
+    assert!(
+        said.contains(&format!(
+            "the decision approve by carol on request {id} of the log is missing from the state"
+        )),
+        "{said}"
+    );
 }
 
 /// An activation that rests on no eligibility (its row's link cut by hand, so that removing
