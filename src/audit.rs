@@ -1225,6 +1225,8 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
     // `activation.approve` whose `approvals` reached its `needed`).
     let mut needs_approval: HashSet<i64> = HashSet::new();
     let mut quorum: HashMap<i64, i64> = HashMap::new();
+    // Requests whose start the log records.
+    let mut started: HashSet<i64> = HashSet::new();
     let unix = |t: &str| {
         chrono::DateTime::parse_from_rfc3339(t)
             .ok()
@@ -1342,6 +1344,7 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                     )
                 };
                 if let Some(id) = e.request {
+                    started.insert(id);
                     if needs_approval.contains(&id) && !quorum.contains_key(&id) {
                         findings.push(format!(
                             "{} started without the approvals it needed",
@@ -1606,11 +1609,25 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                     ));
                 }
             }
+            // Scheduled by its approval and ended before any sweep recorded its start: the
+            // log has no event of the window its approval gave (capped then), only the ask.
+            let approved_unstarted = *class == "expired"
+                && stored == "expired"
+                && needs_approval.contains(&id)
+                && !started.contains(&id)
+                && !applied;
+            if approved_unstarted && !quorum.contains_key(&id) {
+                findings.push(format!(
+                    "request {id} ({user} {role} at {scope}) ran without the approvals it needed"
+                ));
+            }
             // Waiting, or scheduled by its approval (no event yet): the window asked for, or
-            // (scheduled) no longer than asked from the same start.
-            if let (Some(&(from, to, capped)), "pending" | "scheduled", "pending") =
-                (asked.get(&id), stored, *class)
-            {
+            // (scheduled, or so ended) no longer than asked from the same start.
+            if let (Some(&(from, to, capped)), true) = (
+                asked.get(&id),
+                matches!((stored, *class), ("pending" | "scheduled", "pending"))
+                    || approved_unstarted,
+            ) {
                 let moved = if stored == "pending" {
                     start != from || end != to
                 } else {
@@ -1637,6 +1654,7 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                     "request {id} ({user} {role} at {scope}) is {status} but its events say {class}"
                 ));
             } else if !applied
+                && !approved_unstarted
                 && matches!(*class, "active" | "scheduled" | "expired")
                 && event_end
                     .as_deref()

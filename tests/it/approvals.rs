@@ -1638,3 +1638,64 @@ fn a_capped_request_is_held_to_the_length_it_asked_for() {
         "{said}"
     );
 }
+
+/// No false finding on an honest store: a request approved for a later start, its end capped
+/// by an eligibility shortened before the approval, that no sweep saw start (the next one
+/// found it over) is held to the window it asked for, not to the end it asked.
+#[test]
+fn an_approved_window_that_ended_before_any_sweep_passes_verify_state() {
+    let w = world();
+    make_approver(&w, "carol", "/");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let id = request(&w, "db-admin", &["--start", &later, "--duration", "2h"]);
+    let until = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    std::fs::write(
+        w.env.path("shorter.toml"),
+        format!("[[eligible]]\nuser = \"bob\"\nrole = \"db-admin\"\nscope = \"/prod\"\nuntil = \"{until}\"\n"),
+    )
+    .unwrap();
+    w.env
+        .as_("admin", &["assignment", "apply", "shorter.toml"])
+        .expect(0);
+    let r = decide(&w, "carol", &w.carol, "approve", id, 0)
+        .expect(0)
+        .json();
+    assert_eq!(r["status"], "scheduled", "{r}");
+    w.env.at("+4h", &["--as", "admin", "sweep"]).expect(0);
+    assert_eq!(
+        w.env.count(&format!(
+            "SELECT count(*) FROM requests WHERE id = {id} AND status = 'expired'"
+        )),
+        1
+    );
+    w.env
+        .at("+4h", &["--as", "admin", "audit", "verify", "--state"])
+        .expect(0);
+}
+
+/// A request short of its quorum set to scheduled by hand, left to end before any sweep saw
+/// it start (it was held all the while), is named once the sweep has ended it.
+#[test]
+fn a_request_short_of_its_quorum_that_ran_unseen_is_found() {
+    let w = world();
+    let id = request(&w, "prod-root", &["--duration", "1h"]);
+    decide(&w, "carol", &w.carol, "approve", id, 0).expect(0);
+    w.env.sql(&format!(
+        "UPDATE requests SET status = 'scheduled' WHERE id = {id}"
+    ));
+    w.env
+        .run(&["check", "bob", "prod-root", "--scope", "/prod"])
+        .expect(0);
+    w.env.at("+2h", &["--as", "admin", "sweep"]).expect(0);
+    let said = w
+        .env
+        .at("+2h", &["--as", "admin", "audit", "verify", "--state"])
+        .expect(1)
+        .stderr;
+    assert!(
+        said.contains(&format!(
+            "request {id} (bob prod-root at /prod) ran without the approvals it needed"
+        )),
+        "{said}"
+    );
+}
