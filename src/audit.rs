@@ -1234,6 +1234,15 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
     };
     // What the log says against itself (before any table is read).
     let mut findings = Vec::new();
+    // How a finding names request `id`, by one of its events.
+    let request_of = |id: i64, e: &StoredEvent| {
+        format!(
+            "request {id} ({} {} at {})",
+            e.principal.as_deref().unwrap_or_default(),
+            e.role.as_deref().unwrap_or_default(),
+            e.scope.as_deref().unwrap_or_default()
+        )
+    };
     let mut decisions: HashSet<(i64, String, String)> = HashSet::new();
     let mut reviews: HashSet<i64> = HashSet::new();
     for_each(conn, &Filter::default(), None, |e| {
@@ -1336,19 +1345,12 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                 }
             }
             "activation.start" => {
-                let what = |id: i64| {
-                    format!(
-                        "request {id} ({principal} {} at {})",
-                        e.role.as_deref().unwrap_or_default(),
-                        e.scope.as_deref().unwrap_or_default()
-                    )
-                };
                 if let Some(id) = e.request {
                     started.insert(id);
                     if needs_approval.contains(&id) && !quorum.contains_key(&id) {
                         findings.push(format!(
                             "{} started without the approvals it needed",
-                            what(id)
+                            request_of(id, &e)
                         ));
                     }
                     // Started no earlier than asked, for no longer than asked (an approval
@@ -1364,7 +1366,7 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                         if at < from || longer {
                             findings.push(format!(
                                 "{} started {} to end {}, but it asked for {} to {}",
-                                what(id),
+                                request_of(id, &e),
                                 e.time,
                                 e.expires.as_deref().unwrap_or_default(),
                                 rfc3339(from_unix(from)),
@@ -1385,11 +1387,7 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
             "activation.extend" => {
                 let target = details["extends"].as_i64();
                 if let Some(id) = e.request {
-                    let what = format!(
-                        "request {id} ({principal} {} at {})",
-                        e.role.as_deref().unwrap_or_default(),
-                        e.scope.as_deref().unwrap_or_default()
-                    );
+                    let what = request_of(id, &e);
                     let asked_for = extension_of.get(&id).copied();
                     if target != asked_for {
                         findings.push(format!(
@@ -1458,9 +1456,8 @@ pub fn verify_state(conn: &Db) -> Result<Vec<String>> {
                     let seen = by.len() as i64;
                     if let Some(claimed) = details["approvals"].as_i64().filter(|&c| c > seen) {
                         findings.push(format!(
-                            "request {id} ({principal} {} at {}) was approved by {} as approval {claimed}, but the log holds {seen}",
-                            e.role.as_deref().unwrap_or_default(),
-                            e.scope.as_deref().unwrap_or_default(),
+                            "{} was approved by {} as approval {claimed}, but the log holds {seen}",
+                            request_of(id, &e),
                             e.actor
                         ));
                     }

@@ -119,6 +119,25 @@ fn make_approver(w: &World, who: &str, scope: &str) {
     w.env.as_("admin", &args).expect(0);
 }
 
+/// `audit verify --state`, exiting `code`.
+fn verify_state(w: &World, code: i32) -> support::Run {
+    w.env
+        .as_("admin", &["audit", "verify", "--state"])
+        .expect(code)
+}
+
+/// `user`'s eligibility for db-admin at /prod made to end at `until`, by `assignment apply`.
+fn db_admin_until(w: &World, user: &str, until: &str) {
+    std::fs::write(
+        w.env.path("until.toml"),
+        format!("[[eligible]]\nuser = \"{user}\"\nrole = \"db-admin\"\nscope = \"/prod\"\nuntil = \"{until}\"\n"),
+    )
+    .unwrap();
+    w.env
+        .as_("admin", &["assignment", "apply", "until.toml"])
+        .expect(0);
+}
+
 fn decide(w: &World, who: &str, secret: &str, verb: &str, id: i64, offset: i64) -> support::Run {
     let code = oathtool(secret, offset);
     w.env.as_(
@@ -924,9 +943,7 @@ fn a_policy_apply_cancels_the_waiting_requests_its_rules_no_longer_allow() {
         .expect(0);
     // A decision on the canceled request is a conflict; the log and the state still agree.
     decide(&w, "dave", &w.dave, "approve", pending, 0).expect(5);
-    w.env
-        .as_("admin", &["audit", "verify", "--state"])
-        .expect(0);
+    verify_state(&w, 0);
 }
 
 /// An approval never starts a request for longer than its role allows at that moment,
@@ -1158,9 +1175,7 @@ fn disabling_an_approver_cancels_the_scheduled_activations_that_needed_them() {
         ),
         1
     );
-    w.env
-        .as_("admin", &["audit", "verify", "--state"])
-        .expect(0);
+    verify_state(&w, 0);
 }
 
 /// A request waiting for approval, or scheduled by its approval, has no event of its window
@@ -1173,15 +1188,10 @@ fn a_scheduled_window_moved_by_hand_is_found_and_not_run_for_years() {
     make_approver(&w, "carol", "/");
     let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let id = request(&w, "db-admin", &["--start", &later, "--duration", "1h"]);
-    let verify = |code: i32| {
-        w.env
-            .as_("admin", &["audit", "verify", "--state"])
-            .expect(code)
-    };
-    verify(0);
+    verify_state(&w, 0);
     let earlier = format!("UPDATE requests SET start_at = start_at - 3 * 86400 WHERE id = {id}");
     w.env.sql(&earlier);
-    let said = verify(1).stderr;
+    let said = verify_state(&w, 1).stderr;
     assert!(
         said.contains(&format!(
             "request {id} (bob db-admin at /prod) is pending for"
@@ -1191,17 +1201,17 @@ fn a_scheduled_window_moved_by_hand_is_found_and_not_run_for_years() {
     w.env.sql(&format!(
         "UPDATE requests SET start_at = start_at + 3 * 86400 WHERE id = {id}"
     ));
-    verify(0);
+    verify_state(&w, 0);
     let r = decide(&w, "carol", &w.carol, "approve", id, 0)
         .expect(0)
         .json();
     assert_eq!(r["status"], "scheduled", "{r}");
-    verify(0);
+    verify_state(&w, 0);
     w.env.sql(&earlier);
     w.env.sql(&format!(
         "UPDATE requests SET end_at = 2082758400 WHERE id = {id}"
     ));
-    let said = verify(1).stderr;
+    let said = verify_state(&w, 1).stderr;
     assert!(
         said.contains(&format!(
             "request {id} (bob db-admin at /prod) is scheduled for"
@@ -1216,7 +1226,7 @@ fn a_scheduled_window_moved_by_hand_is_found_and_not_run_for_years() {
         .count(&format!("SELECT end_at FROM requests WHERE id = {id}"));
     let now = chrono::Utc::now().timestamp();
     assert!(until <= now + 4 * 3600 + 5, "{until} {now}");
-    let said = verify(1).stderr;
+    let said = verify_state(&w, 1).stderr;
     assert!(
         said.contains(&format!("request {id} (bob db-admin at /prod) started")),
         "{said}"
@@ -1269,14 +1279,7 @@ fn an_activation_capped_by_an_eligibility_made_longer_since_passes_verify_state(
     let until = (chrono::Utc::now() + chrono::Duration::days(40))
         .format("%Y-%m-%d")
         .to_string();
-    std::fs::write(
-        w.env.path("longer.toml"),
-        format!("[[eligible]]\nuser = \"dave\"\nrole = \"db-admin\"\nscope = \"/prod\"\nuntil = \"{until}\"\n"),
-    )
-    .unwrap();
-    w.env
-        .as_("admin", &["assignment", "apply", "longer.toml"])
-        .expect(0);
+    db_admin_until(&w, "dave", &until);
     let r = decide(&w, "carol", &w.carol, "approve", id, 0)
         .expect(0)
         .json();
@@ -1285,9 +1288,7 @@ fn an_activation_capped_by_an_eligibility_made_longer_since_passes_verify_state(
         "SELECT end_at - start_at FROM requests WHERE id = {id}"
     ));
     assert!(ends > 3 * 3600, "{ends}");
-    w.env
-        .as_("admin", &["audit", "verify", "--state"])
-        .expect(0);
+    verify_state(&w, 0);
 }
 
 /// A request short of its quorum set to scheduled by hand is named by `--state` (any one
@@ -1300,27 +1301,17 @@ fn a_request_short_of_its_quorum_set_to_scheduled_by_hand_is_found() {
         .expect(0)
         .json();
     assert_eq!(r["status"], "pending", "{r}");
-    w.env
-        .as_("admin", &["audit", "verify", "--state"])
-        .expect(0);
+    verify_state(&w, 0);
     w.env.sql(&format!(
         "UPDATE requests SET status = 'scheduled' WHERE id = {id}"
     ));
-    let said = w
-        .env
-        .as_("admin", &["audit", "verify", "--state"])
-        .expect(1)
-        .stderr;
+    let said = verify_state(&w, 1).stderr;
     assert!(
         said.contains("is scheduled but its events say pending"),
         "{said}"
     );
     w.env.as_("admin", &["sweep"]).expect(0);
-    let said = w
-        .env
-        .as_("admin", &["audit", "verify", "--state"])
-        .expect(1)
-        .stderr;
+    let said = verify_state(&w, 1).stderr;
     assert!(
         said.contains(&format!(
             "request {id} (bob prod-root at /prod) started without the approvals it needed"
@@ -1386,17 +1377,12 @@ fn an_extension_moved_or_retargeted_by_hand_gives_nothing_more() {
     decide(&w, "carol", &w.carol, "approve", first, 0).expect(0);
     let plain = activate("dave", &w.dave, "plain", 0);
     let ext = extend(30);
-    let verify = |code: i32| {
-        w.env
-            .as_("admin", &["audit", "verify", "--state"])
-            .expect(code)
-    };
-    verify(0);
+    verify_state(&w, 0);
     // Pointed at dave's activation: named, and refused when approved.
     w.env.sql(&format!(
         "UPDATE requests SET extends = {plain} WHERE id = {ext}"
     ));
-    let said = verify(1).stderr;
+    let said = verify_state(&w, 1).stderr;
     assert!(
         said.contains(&format!(
             "request {ext} (bob db-admin at /prod) extends request {plain} but its events say {first}"
@@ -1422,7 +1408,7 @@ fn an_extension_moved_or_retargeted_by_hand_gives_nothing_more() {
         .count(&format!("SELECT end_at FROM requests WHERE id = {first}"));
     let now = chrono::Utc::now().timestamp();
     assert!(ends <= now + 2 * 3600 + 5, "{ends} {now}");
-    verify(0);
+    verify_state(&w, 0);
 }
 
 /// No false finding on an honest store: an activation scheduled without approval, extended
@@ -1496,11 +1482,7 @@ fn approvals_put_in_by_hand_do_not_make_a_quorum_for_verify_state() {
     w.env.sql(&format!(
         "DELETE FROM decisions WHERE request_id = {id} AND approver = 'dave'"
     ));
-    let said = w
-        .env
-        .as_("admin", &["audit", "verify", "--state"])
-        .expect(1)
-        .stderr;
+    let said = verify_state(&w, 1).stderr;
     assert!(
         said.contains(&format!(
             "request {id} (bob prod-root at /prod) was approved by carol as approval 2, but the log holds 1"
@@ -1510,11 +1492,7 @@ fn approvals_put_in_by_hand_do_not_make_a_quorum_for_verify_state() {
     // And a decision the log holds, taken out of the table (`request show` no longer shows it).
     w.env
         .sql(&format!("DELETE FROM decisions WHERE request_id = {id}"));
-    let said = w
-        .env
-        .as_("admin", &["audit", "verify", "--state"])
-        .expect(1)
-        .stderr;
+    let said = verify_state(&w, 1).stderr;
     assert!(
         said.contains(&format!(
             "the decision approve by carol on request {id} of the log is missing from the state"
@@ -1547,11 +1525,7 @@ fn an_activation_cut_loose_from_its_eligibility_is_not_held() {
     w.env
         .run(&["check", "bob", "plain", "--scope", "/prod"])
         .expect(1);
-    let said = w
-        .env
-        .as_("admin", &["audit", "verify", "--state"])
-        .expect(1)
-        .stderr;
+    let said = verify_state(&w, 1).stderr;
     assert!(
         said.contains(&format!(
             "request {id} (bob plain at /prod) rests on eligibility none but its events say"
@@ -1608,29 +1582,16 @@ fn a_capped_request_is_held_to_the_length_it_asked_for() {
     let until = (chrono::Utc::now() + chrono::Duration::days(10))
         .format("%Y-%m-%d")
         .to_string();
-    std::fs::write(
-        w.env.path("longer.toml"),
-        format!("[[eligible]]\nuser = \"dave\"\nrole = \"db-admin\"\nscope = \"/prod\"\nuntil = \"{until}\"\n"),
-    )
-    .unwrap();
-    w.env
-        .as_("admin", &["assignment", "apply", "longer.toml"])
-        .expect(0);
+    db_admin_until(&w, "dave", &until);
     let r = decide(&w, "carol", &w.carol, "approve", id, 0)
         .expect(0)
         .json();
     assert_eq!(r["status"], "scheduled", "{r}");
-    w.env
-        .as_("admin", &["audit", "verify", "--state"])
-        .expect(0);
+    verify_state(&w, 0);
     w.env.sql(&format!(
         "UPDATE requests SET end_at = start_at + 30 * 86400, duration_secs = 30 * 86400 WHERE id = {id}"
     ));
-    let said = w
-        .env
-        .as_("admin", &["audit", "verify", "--state"])
-        .expect(1)
-        .stderr;
+    let said = verify_state(&w, 1).stderr;
     assert!(
         said.contains(&format!(
             "request {id} (dave db-admin at /prod) is scheduled for"
@@ -1649,14 +1610,7 @@ fn an_approved_window_that_ended_before_any_sweep_passes_verify_state() {
     let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let id = request(&w, "db-admin", &["--start", &later, "--duration", "2h"]);
     let until = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
-    std::fs::write(
-        w.env.path("shorter.toml"),
-        format!("[[eligible]]\nuser = \"bob\"\nrole = \"db-admin\"\nscope = \"/prod\"\nuntil = \"{until}\"\n"),
-    )
-    .unwrap();
-    w.env
-        .as_("admin", &["assignment", "apply", "shorter.toml"])
-        .expect(0);
+    db_admin_until(&w, "bob", &until);
     let r = decide(&w, "carol", &w.carol, "approve", id, 0)
         .expect(0)
         .json();

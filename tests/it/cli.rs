@@ -1460,23 +1460,8 @@ fn the_script_takes_event_numbers_of_digits_in_order_only() {
             h.update(prev.as_bytes());
             h.update(serde_json::to_vec(&fields).unwrap());
             let hash = hex::encode(h.finalize());
-            let names = [
-                "seq",
-                "time",
-                "actor",
-                "action",
-                "principal",
-                "role",
-                "scope",
-                "request",
-                "justification",
-                "ticket",
-                "expires",
-                "result",
-                "details",
-            ];
             let mut event = serde_json::Map::new();
-            for (k, v) in names.iter().zip(fields) {
+            for (k, v) in pim::audit::COLUMNS.iter().zip(fields) {
                 event.insert(k.to_string(), v.into());
             }
             event.insert("prev_hash".into(), prev.clone().into());
