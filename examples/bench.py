@@ -239,7 +239,7 @@ class Bench:
         print(f"| {size} | {name} | {fmt(ours)} | {fmt(theirs)} {floor_name} | {ratio:.2f} | "
               f"{'' if goal is None else f'≤ {goal}'} {met} | {peak} |", flush=True)
 
-    def operations(self, size, store, backend):
+    def operations(self, size, store, backend, server=None):
         users = SIZES[size][0]
         u = f"u{users // 2:05}"
         floor = "psql" if backend == "postgres" else "sqlite3"
@@ -284,6 +284,29 @@ class Bench:
             self.pairs(size, "psql: the events in binary COPY, to /dev/null (the server's own floor for verify)",
                        store.query("\\copy (SELECT * FROM audit_events ORDER BY seq) TO /dev/null WITH (FORMAT binary)"),
                        ["sha256sum", canonical], None, "sha256sum")
+            self.verify_cpu(size, store, server)
+
+    def verify_cpu(self, size, store, server):
+        """The CPU one `audit verify` on PostgreSQL takes, pim's and its server session's
+        (the server's own account of it, log_statement_stats), against the machine's cores:
+        on this machine both run on the same cores, so the verify can take no less than their
+        sum over the cores, whatever pim does with its share."""
+        db = re.search(r"@/([^?]+)", store.db).group(1)
+        admin = ["psql", "-X", "-q", store.db, "-c"]
+        self.sh(*admin, f"ALTER DATABASE {db} SET log_statement_stats = on")
+        since = server.log_size()
+        p = subprocess.Popen(store.pim("--as", "admin", "audit", "verify"), env=self.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(p.pid, 0)
+        self.sh(*admin, f"ALTER DATABASE {db} RESET log_statement_stats")
+        ours = usage.ru_utime + usage.ru_stime
+        theirs = server.session_cpu(since)
+        sha = next(r[3] for r in reversed(self.rows) if r[0] == size and r[1] == "audit verify")
+        cores = os.cpu_count()
+        bound = (ours + theirs) / cores
+        print(f"| {size} | audit verify's CPU (postgres): pim {fmt(ours)} + its server session {fmt(theirs)}, "
+              f"over {cores} cores shared with the server: no quicker than | {fmt(bound)} | {fmt(sha)} sha256sum | "
+              f"{bound / sha:.2f} | (the machine's bound) | |", flush=True)
 
     def sweep_at_scale(self, size, backend, server):
         """`pim sweep` over USERS x PER_USER expiring assignments and USERS x 10 ending
@@ -327,6 +350,15 @@ class Bench:
         # The report goes to a file: a pipe nobody reads until the end would stop the sweep.
         report_file = open(os.path.join(self.dir, f"{size}-{backend}-sweep.json"), "w+")
         log_from = server.log_size() if backend == "postgres" else None
+        # The disk quiet before the sweep starts: what the benchmark wrote before it (a copy of
+        # the store, the server's tables) is flushed now, not by a commit of the sweep, which
+        # holds the lock while its flush waits. A server's checkpoint flushing 380 MB during a
+        # SQLite sweep made a write to the control store take 135.9 ms (stop 35); runs of the
+        # full benchmark measured a longest write of 124.1 and 107.3 ms where the sweep-only runs
+        # stayed under 14 ms.
+        if server is not None:
+            server.checkpoint()
+        os.sync()
         # On PostgreSQL the sweep's session is named, so that the server's log tells a wait of
         # another command for the sweep's lock from the sweep's own wait for theirs.
         swept = f"{target}&application_name={SWEEP_APP}" if backend == "postgres" else target
@@ -489,7 +521,7 @@ def main():
                     b.sh(b.pim, "--as", "admin", "store", "copy", "--from", db, "--to", url)
                     store = Store(b, url, lambda sql, csv=False, url=url:
                                   ["psql", "-X", "-q", *(["--csv"] if csv else []), url, "-c", sql])
-                b.operations(size, store, backend)
+                b.operations(size, store, backend, server)
                 b.activations(size, store, backend)
                 b.sweep_at_scale(size, backend, server)
             b.import_growth(size, db)
@@ -560,6 +592,17 @@ class Postgres:
     def log_size(self):
         return os.path.getsize(self.log)
 
+    def session_cpu(self, since):
+        """The CPU time (user and system, seconds) of the busiest session whose statement
+        statistics the server logged after byte `since` of its log: each statement's entry ends
+        with the session's running total."""
+        with open(self.log, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+        totals = [float(u) + float(s) for u, s in
+                  re.findall(r"\[([0-9.]+) s user, ([0-9.]+) s system total\]", text)]
+        return max(totals, default=0.0)
+
     def lock_waits(self, since):
         """The lock waits the server logged after byte `since` of its log: (the waiting
         session's application_name, seconds) for each wait longer than LOCK_WAIT_LOGGED, as
@@ -577,6 +620,10 @@ class Postgres:
             else:
                 going_on[pid] = (app, took)
         return ended + list(going_on.values())
+
+    def checkpoint(self):
+        subprocess.run(["psql", "-X", "-q", f"postgresql://pim@/postgres?host={self.sock}", "-c", "CHECKPOINT"],
+                       check=True, capture_output=True)
 
     def fresh(self, name):
         subprocess.run(["psql", "-X", "-q", f"postgresql://pim@/postgres?host={self.sock}", "-c",
