@@ -155,7 +155,7 @@ impl Db {
     }
 
     /// The assignment of `user_id`/`role`/`scope`/`kind` in effect or scheduled (one
-    /// lookup: index `assignments_current`).
+    /// lookup: index `assignments_by_grant`).
     pub fn current_assignment(
         &self,
         user_id: i64,
@@ -556,7 +556,7 @@ impl Db {
         // ... and less those whose counted eligibilities are all outside `now`: not started
         // yet, or ended and not yet recorded by the sweep (both few, found by the indexes
         // `assignments_scheduled` and `assignments_expiring`; `a.role || ''` keeps SQLite
-        // from reading every eligibility of the role through `assignments_by_role` instead).
+        // from reading every eligibility of the role through `assignments_by_grant` instead).
         let list = super::placeholders(2, roles.len());
         let mut values: Vec<&dyn ToValue> = vec![&now];
         values.extend(roles.iter().map(|r| r as &dyn ToValue));
@@ -615,7 +615,7 @@ impl Db {
         };
         // Each pair the count has that is kept with another number or not at all, and each
         // pair kept (not zero) that the count does not have: through `role_holders`'s key
-        // and `assignments_current`, never a join of two unindexed results (SQLite: a
+        // and `assignments_by_user`, never a join of two unindexed results (SQLite: a
         // nested loop, 18 s at 1,000,000 assignments).
         let missing_or_other: i64 = self.query_row(
             &format!(

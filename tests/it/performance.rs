@@ -263,7 +263,16 @@ fn hot_commands_never_scan_a_growing_table() {
         "activate",
         "reads the user's eligibilities",
         &|l| l.starts_with("SELECT id, scope, end_at FROM assignments WHERE user_id = ?1"),
-        "assignments_current (user_id=? AND role=?)",
+        "assignments_by_user (user_id=? AND role=?)",
+    );
+    // An import's lookup of each row's assignment goes through the index keyed by role and
+    // scope first, where rows of one role and scope lie side by side whoever they are for,
+    // not through one keyed by user first (a leaf of its own for each user's row).
+    uses(
+        "import",
+        "looks up each row's assignment",
+        &|l| l.contains("a.user_id = ?1 AND a.role = ?2 AND a.scope = ?3 AND a.kind = ?4"),
+        "assignments_by_grant (role=? AND scope=? AND user_id=? AND kind=?)",
     );
     // The sweep's batches of ended assignments read only those not yet written down: an
     // index that also held the written ones made each batch read past all of them.
