@@ -440,7 +440,7 @@ pub fn make_private_dir(path: &Path) -> io::Result<()> {
 }
 
 /// A lock file in such a directory: made new (mode 0600) or opened as it is, never through
-/// a link, with the caller's own rights.
+/// a link and only a regular file, with the caller's own rights.
 pub fn lock_file(path: &Path, create: bool) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut options = std::fs::OpenOptions::new();
@@ -449,7 +449,18 @@ pub fn lock_file(path: &Path, create: bool) -> io::Result<File> {
     } else {
         options.read(true);
     }
-    options.custom_flags(libc::O_NOFOLLOW).open(path)
+    // Never a link, and never a wait: a FIFO put in its place would hold the open until a
+    // writer came (O_NONBLOCK has no say in flock, which waits or not by its own flag).
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
 }
 
 /// Remove such a lock file.

@@ -542,6 +542,9 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
     let mut attempts = 0;
     let (request, until, signals) = loop {
         attempts += 1;
+        // Shared while looking and joining: an exec activating holds it alone until its
+        // lease exists (see `lease`).
+        let gate = super::lease::Gate::shared(&key);
         let mut held = pim.check(&actor, &role_key, &scope)?;
         let mut covering = Vec::new();
         if held.is_some() {
@@ -564,6 +567,7 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
             break (request, until, forward::hold());
         }
         leases.clear();
+        drop(gate);
         if ctx.interactive && !asked {
             // Check first, then ask (as activate does): a refusal that needs nothing
             // typed comes before the justification and the code.
@@ -582,6 +586,7 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         }
         // From here until the command runs, a signal is held back (see `forward`).
         let mut signals = forward::hold();
+        let gate = super::lease::Gate::alone(&key);
         let mut r = match pim.activate(&actor, input.clone()) {
             Ok(r) => r,
             // Another exec activated it a moment ago: rely on that one.
@@ -592,6 +597,18 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
             }
             Err(e) => return Err(e.into()),
         };
+        // The lease, before any other exec may look for the activation (a pending request's
+        // too: its approval, by someone else, makes it active). One that never becomes
+        // active leaves a file the next exec's cleaning removes.
+        match super::lease::Lease::made(&key, r.id) {
+            Ok(lease) => leases.push(lease),
+            // No lease to keep: given back when this command ends, as if alone.
+            Err(why) => {
+                ctx.note(&format!("Note: {why}"));
+                unleased = Some(r.id);
+            }
+        }
+        drop(gate);
         if r.status == Status::Pending {
             let Some(limit) = wait else {
                 return Err(crate::Error::Refused(format!(
@@ -611,14 +628,6 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
                 r.id, r.status
             ))
             .into());
-        }
-        match super::lease::Lease::made(&key, r.id) {
-            Ok(lease) => leases.push(lease),
-            // No lease to keep: given back when this command ends, as if alone.
-            Err(why) => {
-                ctx.note(&format!("Note: {why}"));
-                unleased = Some(r.id);
-            }
         }
         break (Some(r.id), Some(r.end_at), signals);
     };

@@ -7,6 +7,12 @@
 //! tries to hold it alone: the one that can is the last, deactivates, and removes the file.
 //! An activation without a file (made by `pim activate`) is never an exec's to give back.
 //! The leases are of one host: an exec on another host does not count.
+//!
+//! The file must exist before another exec can find the activation and rely on it: the
+//! exec that activates holds the database's gate alone from before it activates until its
+//! lease is made, and an exec looking for an activation to rely on holds the gate shared
+//! while it looks and joins. Without the gate, an exec that found the role held in between
+//! ran with no lease, and lost the role when the first exec ended.
 
 use crate::privilege::{lock_file, make_private_dir, names_in, remove_lock_file};
 use std::fs::File;
@@ -61,6 +67,36 @@ fn path(dir: &std::path::Path, key: &str, id: i64) -> PathBuf {
     dir.join(format!("exec-{key}-{id}.lock"))
 }
 
+/// The gate of one database's leases (see the module's note), held until dropped.
+pub struct Gate {
+    _file: File,
+}
+
+impl Gate {
+    /// Held shared: by an exec that looks for activations to rely on.
+    pub fn shared(key: &str) -> Option<Gate> {
+        Gate::held(key, libc::LOCK_SH)
+    }
+
+    /// Held alone: by an exec from before it activates until its lease is made.
+    pub fn alone(key: &str) -> Option<Gate> {
+        Gate::held(key, libc::LOCK_EX)
+    }
+
+    /// None where leases cannot be kept (then there is nothing to keep apart).
+    fn held(key: &str, how: libc::c_int) -> Option<Gate> {
+        let path = dir().ok()?.join(format!("exec-{key}.gate"));
+        // Made by the first exec that needs it, and kept.
+        let file = match lock_file(&path, false) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => lock_file(&path, true)
+                .or_else(|_| lock_file(&path, false))
+                .ok()?,
+            other => other.ok()?,
+        };
+        lock(&file, how).then_some(Gate { _file: file })
+    }
+}
+
 impl Lease {
     /// The lease of the exec that made activation `id`; why not, where leases cannot be
     /// kept (the exec then gives the activation back when its own command ends, as if alone).
@@ -102,8 +138,10 @@ impl Lease {
 /// Remove the lease files of this database's activations that no exec holds and that are
 /// no longer in force (ended on their own, or by `pim deactivate`, after their exec was
 /// killed). One still in force stays: the next exec relying on it gives it back. `in_force`
-/// is asked while the file is held alone, so that an exec making its lease (after its
-/// activation) is never taken for a stale one.
+/// is asked before the file is held, and again while it is held alone: an exec letting go of
+/// its lease (which then tries to hold the file alone) must never find it held by this
+/// cleaning, for it would take another exec to be relying on its activation and not give it
+/// back; and an exec making its lease (after its activation) is never taken for a stale one.
 pub fn clean(key: &str, in_force: impl Fn(i64) -> bool) {
     let Ok(dir) = dir() else { return };
     let prefix = format!("exec-{key}-");
@@ -116,6 +154,9 @@ pub fn clean(key: &str, in_force: impl Fn(i64) -> bool) {
         else {
             continue;
         };
+        if in_force(id) {
+            continue;
+        }
         let path = path(&dir, key, id);
         let Ok(file) = lock_file(&path, false) else {
             continue;

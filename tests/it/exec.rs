@@ -343,11 +343,7 @@ fn the_last_of_two_execs_gives_the_role_back() {
         2
     );
     // Nothing is left of the leases.
-    let left: Vec<_> = std::fs::read_dir(env.path("pim"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert!(lease_files(&env).is_empty(), "{:?}", lease_files(&env));
 }
 
 /// A signal exec was started ignoring (`nohup`) stays ignored, for its command too.
@@ -435,7 +431,7 @@ fn an_activation_exec_could_not_give_back_is_given_back_by_the_next() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("Could not give deployer back"), "{said}");
     env.run(&["check", "bob", "deployer"]).expect(0);
-    let leases = || std::fs::read_dir(env.path("pim")).unwrap().count();
+    let leases = || lease_files(&env).len();
     assert_eq!(leases(), 1);
     env.as_("bob", &["exec", "deployer", "--", "true"])
         .expect(0);
@@ -495,7 +491,7 @@ fn a_killed_execs_lease_goes_once_its_activation_has_ended() {
     let (env, bob) = setup();
     env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
         .expect(0);
-    let leases = || std::fs::read_dir(env.path("pim")).unwrap().count();
+    let leases = || lease_files(&env).len();
     let killed = |round: &str| {
         let (started, pid) = (
             env.path(&format!("{round}.started")),
@@ -570,4 +566,196 @@ fn a_killed_execs_lease_goes_once_its_activation_has_ended() {
     assert_eq!(out.stdout.trim(), "request=4", "{}", out.stderr);
     env.run(&["check", "bob", "deployer"]).expect(1);
     assert_eq!(leases(), 0);
+}
+
+/// The lease files in the leases' directory (the gate, which stays, is not one).
+fn lease_files(env: &Env) -> Vec<String> {
+    std::fs::read_dir(env.path("pim"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".lock"))
+        .collect()
+}
+
+/// The key the database's lease files are named by, from its gate (an exec has run).
+fn lease_key(env: &Env) -> String {
+    std::fs::read_dir(env.path("pim"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find_map(|n| {
+            n.strip_prefix("exec-")
+                .and_then(|n| n.strip_suffix(".gate"))
+                .map(str::to_string)
+        })
+        .expect("the gate of the leases")
+}
+
+/// pim under strace, with `inject` (strace's fault injection) on the system calls that
+/// touch `path`: a race's window held open for as long as a test needs.
+fn traced(env: &Env, path: &std::path::Path, inject: &str, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("strace");
+    c.args(["-f", "-o", "/dev/null", "-P"])
+        .arg(path)
+        .args(["-e", inject, support::bin()])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    env.environment(&mut c);
+    c
+}
+
+/// An exec whose command runs until told to end (at most a minute: a test that failed
+/// leaves nothing running for long).
+fn started_exec(env: &Env, mut c: std::process::Command, name: &str) -> std::process::Child {
+    let script = format!(
+        "touch {0}.started; i=0; while [ ! -f {0}.go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done",
+        env.path(name).display()
+    );
+    c.args(["--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c.spawn().unwrap()
+}
+
+fn ended_exec(env: &Env, name: &str, child: std::process::Child) {
+    std::fs::write(env.path(&format!("{name}.go")), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+/// An exec that finds the role held by an activation another exec has just made, before
+/// that exec has made its lease, waits for the lease and relies on it: it used to run with
+/// no lease, and lost the role when the first exec ended (found by a reviewer with strace).
+#[test]
+fn an_exec_finding_an_activation_before_its_lease_exists_still_relies_on_it() {
+    let (env, _) = setup();
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    env.as_("bob", &["exec", "deployer", "--", "true"])
+        .expect(0);
+    let key = lease_key(&env);
+    let next = env.count("SELECT max(id) FROM requests") + 1;
+    // a's lease file is made two seconds after its activation.
+    let lease = env.path(&format!("pim/exec-{key}-{next}.lock"));
+    let a = started_exec(
+        &env,
+        traced(
+            &env,
+            &lease,
+            "inject=openat:delay_enter=2000000",
+            &["--as", "bob", "exec", "deployer"],
+        ),
+        "a",
+    );
+    let active = format!("SELECT count(*) FROM requests WHERE id = {next} AND status = 'active'");
+    let began = std::time::Instant::now();
+    while env.count(&active) == 0 {
+        assert!(began.elapsed().as_secs() < 20, "a never activated");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // b, in that window: it finds the role held.
+    let b = started_exec(&env, env.command(&["--as", "bob", "exec", "deployer"]), "b");
+    wait_for_file(&env.path("b.started"));
+    wait_for_file(&env.path("a.started"));
+    assert_eq!(env.count("SELECT count(*) FROM requests"), next);
+    ended_exec(&env, "a", a);
+    env.run(&["check", "bob", "deployer"]).expect(0);
+    ended_exec(&env, "b", b);
+    env.run(&["check", "bob", "deployer"]).expect(1);
+    assert!(lease_files(&env).is_empty(), "{:?}", lease_files(&env));
+}
+
+/// Another exec's cleaning of stale leases never holds the lease of an activation in force,
+/// so it cannot make the last exec relying on one take it for held by another and keep the
+/// role (found by a reviewer with strace: the exec exited 0, the role still active).
+#[test]
+fn cleaning_stale_leases_never_keeps_the_last_exec_from_giving_back() {
+    let (env, _) = setup();
+    env.user("carol");
+    for who in ["bob", "carol"] {
+        env.as_("admin", &["assign", who, "deployer", "-j", "releases"])
+            .expect(0);
+    }
+    env.as_("bob", &["exec", "deployer", "--", "true"])
+        .expect(0);
+    let key = lease_key(&env);
+    let next = env.count("SELECT max(id) FROM requests") + 1;
+    let lease = env.path(&format!("pim/exec-{key}-{next}.lock"));
+    // bob's exec: between letting go of its lease and trying to hold it alone (its third
+    // flock of the file), two seconds.
+    let bob = started_exec(
+        &env,
+        traced(
+            &env,
+            &lease,
+            "inject=flock:delay_enter=2000000:when=3",
+            &["--as", "bob", "exec", "deployer"],
+        ),
+        "bob",
+    );
+    wait_for_file(&env.path("bob.started"));
+    // carol's exec, under way meanwhile: any lock its cleaning takes on bob's lease is
+    // held four seconds.
+    let carol = started_exec(
+        &env,
+        traced(
+            &env,
+            &lease,
+            "inject=flock:delay_exit=4000000",
+            &["--as", "carol", "exec", "deployer"],
+        ),
+        "carol",
+    );
+    wait_for_file(&env.path("carol.started"));
+    std::fs::write(env.path("bob.go"), "").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // carol's cleaning runs inside bob's window.
+    ended_exec(&env, "carol", carol);
+    ended_exec(&env, "bob", bob);
+    let given_back =
+        format!("SELECT count(*) FROM requests WHERE id = {next} AND status = 'deactivated'");
+    assert_eq!(env.count(&given_back), 1);
+    env.run(&["check", "bob", "deployer"]).expect(1);
+}
+
+/// A FIFO in place of a lease file neither holds exec up nor is taken for a lease.
+#[test]
+fn a_fifo_named_as_a_lease_does_not_hold_exec_up() {
+    let (env, _) = setup();
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    env.as_("bob", &["exec", "deployer", "--", "true"])
+        .expect(0);
+    let key = lease_key(&env);
+    let next = env.count("SELECT max(id) FROM requests") + 1;
+    for id in [1, next] {
+        let fifo = std::ffi::CString::new(
+            env.path(&format!("pim/exec-{key}-{id}.lock"))
+                .to_str()
+                .unwrap(),
+        )
+        .unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    }
+    let mut child = env
+        .command(&["--as", "bob", "exec", "deployer", "--", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let began = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if began.elapsed().as_secs() > 20 {
+            let _ = child.kill();
+            panic!("exec is held up by a FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Its own lease could not be made where the FIFO is: it says so, and gives back.
+    assert_eq!(status.code(), Some(0));
+    env.run(&["check", "bob", "deployer"]).expect(1);
 }
