@@ -549,8 +549,8 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         let mut covering = Vec::new();
         if held.is_some() {
             covering = pim.covering_activations(&actor, &role_key, &scope)?;
-            for &(id, _) in &covering {
-                leases.extend(super::lease::Lease::join(&key, id));
+            for &(id, _, made) in &covering {
+                leases.extend(super::lease::Lease::join(&key, id, made));
             }
             // Checked again once held: the other exec may have given it back meanwhile.
             held = pim.check(&actor, &role_key, &scope)?;
@@ -561,8 +561,8 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
             let request = until.and_then(|u| {
                 covering
                     .iter()
-                    .find(|&&(_, end)| end == Some(u))
-                    .map(|&(id, _)| id)
+                    .find(|&&(_, end, _)| end == Some(u))
+                    .map(|&(id, _, _)| id)
             });
             break (request, until, forward::hold());
         }
@@ -600,7 +600,7 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         // The lease, before any other exec may look for the activation (a pending request's
         // too: its approval, by someone else, makes it active). One that never becomes
         // active leaves a file the next exec's cleaning removes.
-        match super::lease::Lease::made(&key, r.id) {
+        match super::lease::Lease::made(&key, r.id, r.created_at) {
             Ok(lease) => leases.push(lease),
             // No lease to keep: given back when this command ends, as if alone.
             Err(why) => {
@@ -717,7 +717,9 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
         }
     }
     // Lease files left by execs that were killed, once their activations have ended.
-    super::lease::clean(&key, |id| pim.activation_in_force(id).unwrap_or(true));
+    super::lease::clean(&key, |id, made| {
+        pim.activation_in_force(id, made).unwrap_or(true)
+    });
     Ok(code)
 }
 

@@ -1,7 +1,8 @@
 //! Leases of `pim exec` on the activations its commands run under, so that of several execs
 //! relying on one activation the last to end gives it back, not the first.
 //!
-//! An exec that activates a role makes a lock file named after the activation in a directory
+//! An exec that activates a role makes a lock file named after the activation (its number and
+//! when it was made: a database restored from a copy gives its numbers again) in a directory
 //! of the caller's own and holds it shared while its command runs; an exec that finds the
 //! role held by such an activation holds that file shared too. At the end each lets go and
 //! tries to hold it alone: the one that can is the last, deactivates, and removes the file.
@@ -63,8 +64,8 @@ fn lock(file: &File, how: libc::c_int) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), how) == 0 }
 }
 
-fn path(dir: &std::path::Path, key: &str, id: i64) -> PathBuf {
-    dir.join(format!("exec-{key}-{id}.lock"))
+fn path(dir: &std::path::Path, key: &str, id: i64, made: i64) -> PathBuf {
+    dir.join(format!("exec-{key}-{id}-{made}.lock"))
 }
 
 /// The gate of one database's leases (see the module's note), held until dropped.
@@ -100,8 +101,8 @@ impl Gate {
 impl Lease {
     /// The lease of the exec that made activation `id`; why not, where leases cannot be
     /// kept (the exec then gives the activation back when its own command ends, as if alone).
-    pub fn made(key: &str, id: i64) -> Result<Lease, String> {
-        let path = path(&dir()?, key, id);
+    pub fn made(key: &str, id: i64, made: i64) -> Result<Lease, String> {
+        let path = path(&dir()?, key, id, made);
         let file = lock_file(&path, true)
             .map_err(|e| format!("cannot keep a lease in {}: {e}.", path.display()))?;
         if lock(&file, libc::LOCK_SH) {
@@ -113,8 +114,8 @@ impl Lease {
 
     /// A lease on activation `id`, which another exec made and holds: None when none did
     /// (or it has just given it back).
-    pub fn join(key: &str, id: i64) -> Option<Lease> {
-        let path = path(&dir().ok()?, key, id);
+    pub fn join(key: &str, id: i64, made: i64) -> Option<Lease> {
+        let path = path(&dir().ok()?, key, id, made);
         let file = lock_file(&path, false).ok()?;
         if !lock(&file, libc::LOCK_SH) {
             return None;
@@ -142,26 +143,33 @@ impl Lease {
 /// its lease (which then tries to hold the file alone) must never find it held by this
 /// cleaning, for it would take another exec to be relying on its activation and not give it
 /// back; and an exec making its lease (after its activation) is never taken for a stale one.
-pub fn clean(key: &str, in_force: impl Fn(i64) -> bool) {
+pub fn clean(key: &str, in_force: impl Fn(i64, Option<i64>) -> bool) {
     let Ok(dir) = dir() else { return };
     let prefix = format!("exec-{key}-");
     for name in names_in(&dir) {
-        let Some(id) = name
+        let Some(rest) = name
             .to_str()
             .and_then(|n| n.strip_prefix(&prefix))
             .and_then(|n| n.strip_suffix(".lock"))
-            .and_then(|n| n.parse::<i64>().ok())
         else {
             continue;
         };
-        if in_force(id) {
+        // ID-MADE; or ID alone, as execs before stop 35 named them.
+        let (id, made) = match rest.split_once('-') {
+            Some((id, made)) => (id.parse::<i64>().ok(), made.parse::<i64>().ok().map(Some)),
+            None => (rest.parse::<i64>().ok(), Some(None)),
+        };
+        let (Some(id), Some(made)) = (id, made) else {
+            continue;
+        };
+        if in_force(id, made) {
             continue;
         }
-        let path = path(&dir, key, id);
+        let path = dir.join(&name);
         let Ok(file) = lock_file(&path, false) else {
             continue;
         };
-        if lock(&file, libc::LOCK_EX | libc::LOCK_NB) && same(&path, &file) && !in_force(id) {
+        if lock(&file, libc::LOCK_EX | libc::LOCK_NB) && same(&path, &file) && !in_force(id, made) {
             remove_lock_file(&path);
         }
     }

@@ -859,25 +859,33 @@ impl Pim {
         user: &str,
         role: &str,
         scope: &Scope,
-    ) -> Result<Vec<(i64, Option<i64>)>> {
+    ) -> Result<Vec<(i64, Option<i64>, i64)>> {
         let policy = self.policy()?;
         let role = policy.role(role).ok_or_else(|| unknown_role(role))?;
         let user = users::get(&self.conn, user)?;
         let now = self.now().timestamp();
-        Ok(holdings(&self.conn, user.id, now)?
+        holdings(&self.conn, user.id, now)?
             .into_iter()
             .filter(|h| h.role == role.key && h.scope.covers(scope))
             .filter_map(|h| h.request.map(|id| (id, h.until)))
-            .collect())
+            .map(|(id, until)| {
+                let made = self
+                    .conn
+                    .request_by_id(id, now)?
+                    .map_or(0, |r| r.created_at);
+                Ok((id, until, made))
+            })
+            .collect()
     }
 
-    /// Whether request `id` is an activation in force now (started, not ended).
-    pub fn activation_in_force(&self, id: i64) -> Result<bool> {
+    /// Whether request `id` is an activation in force now (started, not ended), and, where
+    /// `made` is given, the one made then (a database restored from a copy gives its
+    /// request ids again).
+    pub fn activation_in_force(&self, id: i64, made: Option<i64>) -> Result<bool> {
         let now = self.now().timestamp();
-        Ok(self
-            .conn
-            .request_by_id(id, now)?
-            .is_some_and(|r| r.status == RequestStatus::Active))
+        Ok(self.conn.request_by_id(id, now)?.is_some_and(|r| {
+            r.status == RequestStatus::Active && made.is_none_or(|m| m == r.created_at)
+        }))
     }
 
     /// The database's random instance id.

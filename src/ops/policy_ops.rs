@@ -278,6 +278,7 @@ mod tests {
             decide_by_at: None,
             stored: Status::Scheduled,
             closed_at: None,
+            created_at: 0,
         };
         let short = |r: &crate::ops::Request, new: &str, standing: i64| {
             falls_short(r, &old, &role(new), || Ok(standing)).unwrap()

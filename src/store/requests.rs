@@ -47,6 +47,9 @@ pub struct Request {
     /// When it was closed (decided against, withdrawn, ended early, timed out, expired).
     #[serde(skip)]
     pub closed_at: Option<i64>,
+    /// When it was made (`requested`, as a number).
+    #[serde(skip)]
+    pub created_at: i64,
 }
 
 impl Request {
@@ -165,6 +168,7 @@ fn from_row(r: &Row<'_>, now: i64) -> Result<Request> {
     let start_at: i64 = r.get(5)?;
     let end_at: i64 = r.get(6)?;
     let decide_by: Option<i64> = r.get(12)?;
+    let created_at: i64 = r.get(9)?;
     Ok(Request {
         id: r.get(0)?,
         user: r.get(1)?,
@@ -175,7 +179,7 @@ fn from_row(r: &Row<'_>, now: i64) -> Result<Request> {
         end: rfc3339(from_unix(end_at)),
         justification: r.get(7)?,
         ticket: r.get(8)?,
-        requested: rfc3339(from_unix(r.get(9)?)),
+        requested: rfc3339(from_unix(created_at)),
         closed_by: r.get(10)?,
         close_reason: r.get(11)?,
         decide_by: decide_by.map(|d| rfc3339(from_unix(d))),
@@ -187,6 +191,7 @@ fn from_row(r: &Row<'_>, now: i64) -> Result<Request> {
         decide_by_at: decide_by,
         stored,
         closed_at: r.get(15)?,
+        created_at,
     })
 }
 

@@ -590,13 +590,32 @@ fn lease_key(env: &Env) -> String {
         .expect("the gate of the leases")
 }
 
+/// The names the lease file of activation `id` may have when it is made within the next few
+/// seconds (it is named after the second its request is made).
+fn lease_paths(env: &Env, key: &str, id: i64) -> Vec<std::path::PathBuf> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    (now..now + 5)
+        .map(|t| env.path(&format!("pim/exec-{key}-{id}-{t}.lock")))
+        .collect()
+}
+
 /// pim under strace, with `inject` (strace's fault injection) on the system calls that
-/// touch `path`: a race's window held open for as long as a test needs.
-fn traced(env: &Env, path: &std::path::Path, inject: &str, args: &[&str]) -> std::process::Command {
+/// touch any of `paths`: a race's window held open for as long as a test needs.
+fn traced(
+    env: &Env,
+    paths: &[std::path::PathBuf],
+    inject: &str,
+    args: &[&str],
+) -> std::process::Command {
     let mut c = std::process::Command::new("strace");
-    c.args(["-f", "-o", "/dev/null", "-P"])
-        .arg(path)
-        .args(["-e", inject, support::bin()])
+    c.args(["-f", "-o", "/dev/null"]);
+    for path in paths {
+        c.arg("-P").arg(path);
+    }
+    c.args(["-e", inject, support::bin()])
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -636,7 +655,7 @@ fn an_exec_finding_an_activation_before_its_lease_exists_still_relies_on_it() {
     let key = lease_key(&env);
     let next = env.count("SELECT max(id) FROM requests") + 1;
     // a's lease file is made two seconds after its activation.
-    let lease = env.path(&format!("pim/exec-{key}-{next}.lock"));
+    let lease = lease_paths(&env, &key, next);
     let a = started_exec(
         &env,
         traced(
@@ -680,7 +699,7 @@ fn cleaning_stale_leases_never_keeps_the_last_exec_from_giving_back() {
         .expect(0);
     let key = lease_key(&env);
     let next = env.count("SELECT max(id) FROM requests") + 1;
-    let lease = env.path(&format!("pim/exec-{key}-{next}.lock"));
+    let lease = lease_paths(&env, &key, next);
     // bob's exec: between letting go of its lease and trying to hold it alone (its third
     // flock of the file), two seconds.
     let bob = started_exec(
@@ -727,14 +746,14 @@ fn a_fifo_named_as_a_lease_does_not_hold_exec_up() {
     env.as_("bob", &["exec", "deployer", "--", "true"])
         .expect(0);
     let key = lease_key(&env);
-    let next = env.count("SELECT max(id) FROM requests") + 1;
-    for id in [1, next] {
-        let fifo = std::ffi::CString::new(
-            env.path(&format!("pim/exec-{key}-{id}.lock"))
-                .to_str()
-                .unwrap(),
-        )
-        .unwrap();
+    // Named as the lease of the activation that ended, and as leases were named before.
+    let made = env.count("SELECT created_at FROM requests WHERE id = 1");
+    for name in [
+        format!("exec-{key}-1-{made}.lock"),
+        format!("exec-{key}-1.lock"),
+    ] {
+        let fifo =
+            std::ffi::CString::new(env.path(&format!("pim/{name}")).to_str().unwrap()).unwrap();
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
     }
@@ -755,7 +774,66 @@ fn a_fifo_named_as_a_lease_does_not_hold_exec_up() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    // Its own lease could not be made where the FIFO is: it says so, and gives back.
     assert_eq!(status.code(), Some(0));
     env.run(&["check", "bob", "deployer"]).expect(1);
+    assert_eq!(lease_files(&env).len(), 2);
+}
+
+/// A database restored from a copy gives its request numbers again: the lease file a killed
+/// exec left is never taken for the lease of another activation that got its number (exec
+/// gave back an activation made by `pim activate`, found by a reviewer).
+#[test]
+fn a_lease_is_never_taken_for_another_activation_of_its_number() {
+    if support::on_postgres() {
+        // The copy is restored by hand, as a SQLite file.
+        return;
+    }
+    let (env, _) = setup();
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    let copy = env.path("copy.db");
+    rusqlite::Connection::open(&env.db)
+        .unwrap()
+        .execute(&format!("VACUUM INTO '{}'", copy.display()), [])
+        .unwrap();
+    let next = env.count("SELECT count(*) FROM requests") + 1;
+    // An exec killed (it and its command): its lease file stays.
+    let (started, pid) = (env.path("started"), env.path("pid"));
+    let script = format!(
+        "echo $$ > {}; touch {}; exec sleep 60",
+        pid.display(),
+        started.display()
+    );
+    let mut child = env
+        .command(&["--as", "bob", "exec", "deployer", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_file(&started);
+    let command: i32 = std::fs::read_to_string(&pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill has no memory effects.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+        libc::kill(command, libc::SIGKILL);
+    }
+    child.wait().unwrap();
+    assert_eq!(lease_files(&env).len(), 1);
+    // The copy restored; a second later bob activates by hand, and gets the same number.
+    for companion in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{companion}", env.db.display()));
+    }
+    std::fs::copy(&copy, &env.db).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.as_("bob", &["activate", "deployer", "-j", "INC-9 by hand"])
+        .expect(0);
+    assert_eq!(env.count("SELECT max(id) FROM requests"), next);
+    // An exec relies on it, and does not give it back: it is not an exec's.
+    env.as_("bob", &["exec", "deployer", "--", "true"])
+        .expect(0);
+    env.run(&["check", "bob", "deployer"]).expect(0);
 }
