@@ -540,11 +540,19 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
     let mut leases: Vec<super::lease::Lease> = Vec::new();
     let mut unleased = None;
     let mut attempts = 0;
+    // A gate that cannot be held is said once.
+    let mut gate_said = false;
+    let mut unusable = |why: String| {
+        if !std::mem::replace(&mut gate_said, true) {
+            ctx.note(&format!("Note: {why}"));
+        }
+        None
+    };
     let (request, until, signals) = loop {
         attempts += 1;
         // Shared while looking and joining: an exec activating holds it alone until its
         // lease exists (see `lease`).
-        let gate = super::lease::Gate::shared(&key);
+        let gate = super::lease::Gate::shared(&key).unwrap_or_else(&mut unusable);
         let mut held = pim.check(&actor, &role_key, &scope)?;
         let mut covering = Vec::new();
         if held.is_some() {
@@ -584,9 +592,11 @@ pub fn run_exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<i32> {
             )?;
             asked = true;
         }
+        // The gate first, while a signal still ends exec: another exec holding it (stopped,
+        // say) must not leave this one deaf to Ctrl-C, and none is activated yet.
+        let gate = super::lease::Gate::alone(&key).unwrap_or_else(&mut unusable);
         // From here until the command runs, a signal is held back (see `forward`).
         let mut signals = forward::hold();
-        let gate = super::lease::Gate::alone(&key);
         let mut r = match pim.activate(&actor, input.clone()) {
             Ok(r) => r,
             // Another exec activated it a moment ago: rely on that one.

@@ -75,26 +75,39 @@ pub struct Gate {
 
 impl Gate {
     /// Held shared: by an exec that looks for activations to rely on.
-    pub fn shared(key: &str) -> Option<Gate> {
+    pub fn shared(key: &str) -> Result<Option<Gate>, String> {
         Gate::held(key, libc::LOCK_SH)
     }
 
     /// Held alone: by an exec from before it activates until its lease is made.
-    pub fn alone(key: &str) -> Option<Gate> {
+    pub fn alone(key: &str) -> Result<Option<Gate>, String> {
         Gate::held(key, libc::LOCK_EX)
     }
 
-    /// None where leases cannot be kept (then there is nothing to keep apart).
-    fn held(key: &str, how: libc::c_int) -> Option<Gate> {
-        let path = dir().ok()?.join(format!("exec-{key}.gate"));
+    /// None where leases cannot be kept (then there is nothing to keep apart); why not,
+    /// where they are kept but the gate cannot be held (something else in its place).
+    fn held(key: &str, how: libc::c_int) -> Result<Option<Gate>, String> {
+        let Ok(dir) = dir() else { return Ok(None) };
+        let path = dir.join(format!("exec-{key}.gate"));
         // Made by the first exec that needs it, and kept.
         let file = match lock_file(&path, false) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => lock_file(&path, true)
-                .or_else(|_| lock_file(&path, false))
-                .ok()?,
-            other => other.ok()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                lock_file(&path, true).or_else(|_| lock_file(&path, false))
+            }
+            other => other,
         };
-        lock(&file, how).then_some(Gate { _file: file })
+        let cannot = |e: &dyn std::fmt::Display| {
+            format!(
+                "cannot hold {} ({e}), so this exec and another starting at the same moment may not see each other's activation: remove it.",
+                path.display()
+            )
+        };
+        let file = file.map_err(|e| cannot(&e))?;
+        if lock(&file, how) {
+            Ok(Some(Gate { _file: file }))
+        } else {
+            Err(cannot(&std::io::Error::last_os_error()))
+        }
     }
 }
 

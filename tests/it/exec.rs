@@ -837,3 +837,86 @@ fn a_lease_is_never_taken_for_another_activation_of_its_number() {
         .expect(0);
     env.run(&["check", "bob", "deployer"]).expect(0);
 }
+
+/// An exec waiting for the gate to activate (another exec holds it: stopped, say) still ends
+/// on Ctrl-C, with nothing activated: it held signals back while it waited, and activated
+/// once the gate was free (found by a reviewer).
+#[test]
+fn an_exec_waiting_to_activate_still_ends_on_ctrl_c() {
+    let (env, _) = setup();
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    env.as_("bob", &["exec", "deployer", "--", "true"])
+        .expect(0);
+    let gate = env.path(&format!("pim/exec-{}.gate", lease_key(&env)));
+    let before = env.count("SELECT count(*) FROM requests");
+    // The exec opens the gate a second time (to hold it alone, after looking) three seconds
+    // late; meanwhile another process holds it alone.
+    let mut exec = traced(
+        &env,
+        std::slice::from_ref(&gate),
+        "inject=openat:delay_enter=3000000:when=2",
+        &["--as", "bob", "exec", "deployer", "--", "true"],
+    )
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let mut holder = std::process::Command::new("flock")
+        .arg("-x")
+        .arg(&gate)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", exec.id())).unwrap();
+    let pim: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pim, libc::SIGINT) };
+    let began = std::time::Instant::now();
+    let ended = loop {
+        if exec.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if began.elapsed().as_secs() > 10 {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = holder.kill();
+    let _ = holder.wait();
+    if !ended {
+        let _ = exec.kill();
+    }
+    let _ = exec.wait();
+    assert!(
+        ended,
+        "exec did not end on SIGINT while it waited for the gate"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM requests"), before);
+}
+
+/// A gate that cannot be held (something else in its place) is said, once, and exec runs on
+/// as before it had one (it turned the gate off without a word).
+#[test]
+fn a_gate_that_cannot_be_held_is_said() {
+    let (env, _) = setup();
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    env.as_("bob", &["exec", "deployer", "--", "true"])
+        .expect(0);
+    let gate = env.path(&format!("pim/exec-{}.gate", lease_key(&env)));
+    std::fs::remove_file(&gate).unwrap();
+    std::fs::create_dir(&gate).unwrap();
+    let out = env
+        .as_("bob", &["exec", "deployer", "--", "true"])
+        .expect(0);
+    assert_eq!(
+        out.stderr.matches("cannot hold").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("remove it"), "{}", out.stderr);
+    env.run(&["check", "bob", "deployer"]).expect(1);
+}
