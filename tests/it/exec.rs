@@ -493,33 +493,7 @@ fn a_killed_execs_lease_goes_once_its_activation_has_ended() {
         .expect(0);
     let leases = || lease_files(&env).len();
     let killed = |round: &str| {
-        let (started, pid) = (
-            env.path(&format!("{round}.started")),
-            env.path(&format!("{round}.pid")),
-        );
-        let script = format!(
-            "echo $$ > {}; touch {}; exec sleep 60",
-            pid.display(),
-            started.display()
-        );
-        let mut child = env
-            .command(&["--as", "bob", "exec", "deployer", "--", "sh", "-c", &script])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_file(&started);
-        let command: i32 = std::fs::read_to_string(&pid)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        // SAFETY: kill has no memory effects.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGKILL);
-            libc::kill(command, libc::SIGKILL);
-        }
-        child.wait().unwrap();
+        killed_exec(&env, round);
         env.run(&["check", "bob", "deployer"]).expect(0);
         assert_eq!(leases(), 1);
     };
@@ -566,6 +540,37 @@ fn a_killed_execs_lease_goes_once_its_activation_has_ended() {
     assert_eq!(out.stdout.trim(), "request=4", "{}", out.stderr);
     env.run(&["check", "bob", "deployer"]).expect(1);
     assert_eq!(leases(), 0);
+}
+
+/// An exec of deployer by bob, killed with its command (SIGKILL) once the command runs.
+fn killed_exec(env: &Env, round: &str) {
+    let (started, pid) = (
+        env.path(&format!("{round}.started")),
+        env.path(&format!("{round}.pid")),
+    );
+    let script = format!(
+        "echo $$ > {}; touch {}; exec sleep 60",
+        pid.display(),
+        started.display()
+    );
+    let mut child = env
+        .command(&["--as", "bob", "exec", "deployer", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_file(&started);
+    let command: i32 = std::fs::read_to_string(&pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill has no memory effects.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+        libc::kill(command, libc::SIGKILL);
+    }
+    child.wait().unwrap();
 }
 
 /// The lease files in the leases' directory (the gate, which stays, is not one).
@@ -798,30 +803,7 @@ fn a_lease_is_never_taken_for_another_activation_of_its_number() {
         .unwrap();
     let next = env.count("SELECT count(*) FROM requests") + 1;
     // An exec killed (it and its command): its lease file stays.
-    let (started, pid) = (env.path("started"), env.path("pid"));
-    let script = format!(
-        "echo $$ > {}; touch {}; exec sleep 60",
-        pid.display(),
-        started.display()
-    );
-    let mut child = env
-        .command(&["--as", "bob", "exec", "deployer", "--", "sh", "-c", &script])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_file(&started);
-    let command: i32 = std::fs::read_to_string(&pid)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: kill has no memory effects.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGKILL);
-        libc::kill(command, libc::SIGKILL);
-    }
-    child.wait().unwrap();
+    killed_exec(&env, "a");
     assert_eq!(lease_files(&env).len(), 1);
     // The copy restored; a second later bob activates by hand, and gets the same number.
     for companion in ["-wal", "-shm"] {
