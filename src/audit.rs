@@ -10,6 +10,7 @@
 
 use crate::error::Result;
 use crate::merkle;
+use crate::store::audit::{MadeEvent, RawEvent};
 use crate::store::Db;
 use crate::time::{from_unix, rfc3339};
 use chrono::{DateTime, Utc};
@@ -754,6 +755,9 @@ struct ReadEvent {
     /// details end in its part of `ReadBatch::text`, which follows the event before's (an
     /// absent field is empty: canonically "" too).
     ends: [usize; 9],
+    /// Its text is its canonical bytes as stored (PostgreSQL's, `each_event_made`), not its
+    /// fields: `ends` are all 0 but the last, and the numbers are not read.
+    made: bool,
     /// The stored hash, 64 hex characters (the reader stops at one that is not).
     hash: [u8; 64],
 }
@@ -791,26 +795,43 @@ fn chain_stage(
         // The batch's text checked at once (a call for each event's was a tenth of this
         // stage); only a batch that is not UTF-8 is checked event by event, to find where.
         let whole = std::str::from_utf8(&read.text).ok();
-        let mut at = 0;
-        for e in &read.events {
-            let span = at..at + e.ends[8];
-            at = span.end;
-            // Each field is UTF-8 when all of them together are and each ends at a
-            // character's boundary.
-            let own = match whole {
-                Some(whole) => whole.get(span),
-                None => std::str::from_utf8(&read.text[span]).ok(),
-            };
-            let Some(own) = own.filter(|own| e.ends.iter().all(|&end| own.is_char_boundary(end)))
-            else {
-                unreadable = Some((
-                    e.seq,
-                    "its stored fields cannot be read (a text column is not UTF-8)".to_string(),
-                ));
-                break;
-            };
-            canonical.write(e, own, &mut batch.bytes);
-            batch.ends.push(batch.bytes.len());
+        if whole.is_some() && read.events.iter().all(|e| e.made) {
+            // The text is the events' canonical bytes, one after another: handed on as it
+            // is (its buffer taken, not copied), and this batch's buffer goes back to the
+            // reader in its place.
+            std::mem::swap(&mut batch.bytes, &mut read.text);
+            let mut at = 0;
+            batch.ends.extend(read.events.iter().map(|e| {
+                at += e.ends[8];
+                at
+            }));
+        } else {
+            let mut at = 0;
+            for e in &read.events {
+                let span = at..at + e.ends[8];
+                at = span.end;
+                // Each field is UTF-8 when all of them together are and each ends at a
+                // character's boundary.
+                let own = match whole {
+                    Some(whole) => whole.get(span),
+                    None => std::str::from_utf8(&read.text[span]).ok(),
+                };
+                let Some(own) =
+                    own.filter(|own| e.ends.iter().all(|&end| own.is_char_boundary(end)))
+                else {
+                    unreadable = Some((
+                        e.seq,
+                        "its stored fields cannot be read (a text column is not UTF-8)".to_string(),
+                    ));
+                    break;
+                };
+                if e.made {
+                    batch.bytes.extend_from_slice(own.as_bytes());
+                } else {
+                    canonical.write(e, own, &mut batch.bytes);
+                }
+                batch.ends.push(batch.bytes.len());
+            }
         }
         let (found, held) = check_links(&mut prev, &read.events, &batch.bytes, &batch.ends);
         batch.ends.truncate(held);
@@ -961,21 +982,21 @@ fn hex_matches(digest: &[u8; 32], stored: &[u8]) -> bool {
             .all(|(&b, digits)| PAIRS[usize::from(b)] == digits)
 }
 
-/// `verify`, and that the log extends every head in `heads` (signed checkpoints): the root
-/// of its first `size` events, recomputed from the events themselves (no stored node is
-/// trusted), must be the head's root. A log cut short, rewritten or forked anywhere a head
-/// covers is found, however consistent its own chain.
-pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
+/// What `read_log` found: the read's own result, the first problem the reader, the chain
+/// and the tree found, the last hash that held, and the tree so far.
+type LogRead = (
+    Result<()>,
+    Finding,
+    [u8; 64],
+    Finding,
+    (merkle::Frontier, Finding),
+);
+
+/// Every event read and checked, for `verify_against`. `as_stored`: PostgreSQL's events
+/// as they lie in the table; then also whether they were found out of order (the read
+/// stopped there, and is to be made again by number).
+fn read_log(conn: &Db, heads: &[&Head], as_stored: bool) -> (LogRead, bool) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let mut heads: Vec<&Head> = heads.iter().collect();
-    heads.sort_by_key(|h| h.size);
-    // One snapshot for the events and the stored tree: a writer committing between the two
-    // reads would look like a cut (more leaves than events).
-    let _snapshot = if conn.in_transaction() {
-        None
-    } else {
-        Some(conn.read()?)
-    };
     // Three stages, each a batch behind the one before, on two cores: this thread reads
     // the rows and checks numbers and links; the next makes each event's canonical bytes
     // and checks its hash; the last builds the Merkle tree and checks the heads.
@@ -986,9 +1007,11 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
     // of a quarter of a megabyte would each be mapped and faulted in anew.
     let (read_spent, read_free) = std::sync::mpsc::sync_channel::<ReadBatch>(8);
     let (tree_spent, tree_free) = std::sync::mpsc::sync_channel::<Batch>(8);
-    let (read, read_bad, prev, chain_bad, (frontier, tree_bad)) = std::thread::scope(|s| {
+    let mut disordered = false;
+    let read = std::thread::scope(|s| {
         let chain = s.spawn(|| chain_stage(chain_in, read_spent, tree_out, tree_free, &stop));
-        let tree = s.spawn(|| tree_stage(tree_in, tree_spent, &heads, &stop));
+        let tree = s.spawn(|| tree_stage(tree_in, tree_spent, heads, &stop));
+        let lying = std::cell::Cell::new(false);
         let mut expected_seq = 1;
         let mut prev = [0u8; 64];
         prev.copy_from_slice(GENESIS.as_bytes());
@@ -997,7 +1020,12 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
             text: Vec::new(),
             events: Vec::with_capacity(BATCH),
         };
-        let read = conn.each_event_raw(|read| {
+        // An event as read: its fields, or (PostgreSQL) the bytes hashed.
+        enum Read<'a> {
+            Fields(RawEvent<'a>),
+            Made(MadeEvent<'a>),
+        }
+        let mut take = |read: std::result::Result<Read<'_>, (Option<i64>, String)>| {
             if stop.load(Ordering::Relaxed) {
                 return false;
             }
@@ -1011,51 +1039,78 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
                     return false;
                 }
             };
-            bad = if e.seq != expected_seq {
+            let (seq, prev_hash, hash) = match &e {
+                Read::Fields(e) => (e.seq, e.prev_hash, e.hash),
+                Read::Made(e) => (e.seq, e.prev_hash, e.hash),
+            };
+            if seq != expected_seq && lying.get() {
+                disordered = true;
+                return false;
+            }
+            bad = if seq != expected_seq {
                 Some((
                     expected_seq,
-                    format!("event {expected_seq} is missing (the next is {})", e.seq),
+                    format!("event {expected_seq} is missing (the next is {seq})"),
                 ))
-            } else if e.prev_hash != prev {
+            } else if prev_hash != prev {
                 Some((
-                    e.seq,
+                    seq,
                     "its prev_hash is not the hash of the event before it".to_string(),
                 ))
-            } else if e.hash.len() != prev.len() {
+            } else if hash.len() != prev.len() {
                 // Not a hash pim writes: it cannot match the one made from the event.
-                Some((e.seq, "its contents do not match its hash".to_string()))
+                Some((seq, "its contents do not match its hash".to_string()))
             } else {
                 None
             };
             if bad.is_some() {
                 return false;
             }
-            let texts = [
-                e.actor,
-                e.action,
-                e.principal.unwrap_or_default(),
-                e.role.unwrap_or_default(),
-                e.scope.unwrap_or_default(),
-                e.justification.unwrap_or_default(),
-                e.ticket.unwrap_or_default(),
-                e.result,
-                e.details,
-            ];
+            prev.copy_from_slice(hash);
             let base = batch.text.len();
             let mut ends = [0; 9];
-            for (end, text) in ends.iter_mut().zip(texts) {
-                batch.text.extend_from_slice(text);
-                *end = batch.text.len() - base;
-            }
-            prev.copy_from_slice(e.hash);
-            batch.events.push(ReadEvent {
-                seq: e.seq,
-                time: e.time,
-                request: e.request,
-                expires: e.expires,
-                ends,
-                hash: prev,
-            });
+            let event = match e {
+                Read::Fields(e) => {
+                    let texts = [
+                        e.actor,
+                        e.action,
+                        e.principal.unwrap_or_default(),
+                        e.role.unwrap_or_default(),
+                        e.scope.unwrap_or_default(),
+                        e.justification.unwrap_or_default(),
+                        e.ticket.unwrap_or_default(),
+                        e.result,
+                        e.details,
+                    ];
+                    for (end, text) in ends.iter_mut().zip(texts) {
+                        batch.text.extend_from_slice(text);
+                        *end = batch.text.len() - base;
+                    }
+                    ReadEvent {
+                        seq,
+                        time: e.time,
+                        request: e.request,
+                        expires: e.expires,
+                        ends,
+                        made: false,
+                        hash: prev,
+                    }
+                }
+                Read::Made(e) => {
+                    batch.text.extend_from_slice(e.canonical);
+                    ends[8] = e.canonical.len();
+                    ReadEvent {
+                        seq,
+                        time: 0,
+                        request: None,
+                        expires: None,
+                        ends,
+                        made: true,
+                        hash: prev,
+                    }
+                }
+            };
+            batch.events.push(event);
             expected_seq += 1;
             if batch.events.len() == BATCH {
                 // The next batch: a spent one, or one with room at once for as much as
@@ -1068,7 +1123,14 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
                 return send.send(std::mem::replace(&mut batch, next)).is_ok();
             }
             true
-        });
+        };
+        let read = match conn.each_event_made(as_stored, |r| {
+            lying.set(as_stored);
+            take(r.map(Read::Made))
+        }) {
+            Some(read) => read,
+            None => conn.each_event_raw(|r| take(r.map(Read::Fields))),
+        };
         if !batch.events.is_empty() {
             let _ = send.send(batch);
         }
@@ -1077,6 +1139,31 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
         let treed = tree.join().expect("the tree's thread does not panic");
         (read, bad, prev, chained, treed)
     });
+    (read, disordered)
+}
+
+/// `verify`, and that the log extends every head in `heads` (signed checkpoints): the root
+/// of its first `size` events, recomputed from the events themselves (no stored node is
+/// trusted), must be the head's root. A log cut short, rewritten or forked anywhere a head
+/// covers is found, however consistent its own chain.
+pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
+    let mut heads: Vec<&Head> = heads.iter().collect();
+    heads.sort_by_key(|h| h.size);
+    // One snapshot for the events and the stored tree: a writer committing between the two
+    // reads would look like a cut (more leaves than events).
+    let _snapshot = if conn.in_transaction() {
+        None
+    } else {
+        Some(conn.read()?)
+    };
+    // PostgreSQL's events are read first as they lie in the table (the server's cheapest
+    // read: its rows are appended in order, and are met in order unless space freed by a
+    // rolled-back write was used again), then by number if they were not in order.
+    let (mut found, disordered) = read_log(conn, &heads, true);
+    if disordered {
+        found = read_log(conn, &heads, false).0;
+    }
+    let (read, read_bad, prev, chain_bad, (frontier, tree_bad)) = found;
     read?;
     // The first problem in the log's order, whichever thread found it.
     let mut bad = [read_bad, chain_bad, tree_bad]

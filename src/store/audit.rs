@@ -95,6 +95,77 @@ fn copied_event<'a>(
     })
 }
 
+/// An event of PostgreSQL's log as `audit verify` reads it there (`each_event_made`): the
+/// bytes its hash was made from, and the two hashes.
+pub struct MadeEvent<'a> {
+    pub seq: i64,
+    pub canonical: &'a [u8],
+    pub prev_hash: &'a [u8],
+    pub hash: &'a [u8],
+}
+
+fn made_event<'a>(
+    fields: &[Option<&'a [u8]>; 4],
+) -> std::result::Result<MadeEvent<'a>, (Option<i64>, String)> {
+    let seq = fields[0]
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(i64::from_be_bytes);
+    let required = |i: usize| fields[i].ok_or_else(|| (seq, format!("column {i} is empty")));
+    Ok(MadeEvent {
+        seq: seq.ok_or((None, "its number cannot be read".to_string()))?,
+        canonical: required(1)?,
+        prev_hash: required(2)?,
+        hash: required(3)?,
+    })
+}
+
+/// The columns of PostgreSQL's `audit_events` (migration 14), each with its type and its
+/// generation expression as the server shows them (`format_type`; `pg_get_expr`, blanks run
+/// together), or "" for one that is stored as written.
+fn made_columns() -> Vec<(&'static str, &'static str, String)> {
+    let field = |i: usize| format!("((canonical)::jsonb ->> {i})");
+    let absent = |i: usize| format!("NULLIF({}, ''::text)", field(i));
+    let part = |i: usize, from: usize, len: usize| format!("(substr({}, {from}, {len}))", field(i));
+    let instant = |i: usize| {
+        format!(
+            "((((((make_date({}::integer, {}::integer, {}::integer) - '1970-01-01'::date))::bigint * 86400) + ({}::bigint * 3600)) + ({}::bigint * 60)) + {}::bigint)",
+            part(i, 1, 4),
+            part(i, 6, 2),
+            part(i, 9, 2),
+            part(i, 12, 2),
+            part(i, 15, 2),
+            part(i, 18, 2)
+        )
+    };
+    let text = |name, expr| (name, "text", expr);
+    let number = |name, expr| (name, "bigint", expr);
+    vec![
+        text("canonical", String::new()),
+        text("prev_hash", String::new()),
+        text("hash", String::new()),
+        number("seq", format!("({})::bigint", field(0))),
+        number("time", instant(1)),
+        text("actor", field(2)),
+        text("action", field(3)),
+        text("principal", absent(4)),
+        text("role", absent(5)),
+        text("scope", absent(6)),
+        number("request", format!("({})::bigint", absent(7))),
+        text("justification", absent(8)),
+        text("ticket", absent(9)),
+        number(
+            "expires",
+            format!(
+                "CASE WHEN ({} <> ''::text) THEN {} ELSE NULL::bigint END",
+                field(10),
+                instant(10)
+            ),
+        ),
+        text("result", field(11)),
+        text("details", field(12)),
+    ]
+}
+
 pub(crate) fn event_from_row(row: &Row<'_>) -> Result<StoredEvent> {
     Ok(StoredEvent {
         seq: row.get(0)?,
@@ -209,28 +280,49 @@ impl Db {
     /// round trips, not one an event.
     pub fn insert_events(&self, events: &[(StoredEvent, i64, Option<i64>)]) -> Result<()> {
         let kept = self.log_end.borrow_mut().take();
-        for chunk in events.chunks(super::ROWS_PER_INSERT) {
-            let mut values: Vec<&dyn ToValue> = Vec::with_capacity(15 * chunk.len());
-            for (e, time, expires) in chunk {
-                values.extend([
-                    &e.seq as &dyn ToValue,
-                    time,
-                    &e.actor,
-                    &e.action,
-                    &e.principal,
-                    &e.role,
-                    &e.scope,
-                    &e.request,
-                    &e.justification,
-                    &e.ticket,
-                    expires,
-                    &e.result,
-                    &e.details,
-                    &e.prev_hash,
-                    &e.hash,
-                ]);
+        if self.backend() == super::Backend::Postgres {
+            // The server makes the fields from the bytes hashed (migration 14).
+            for chunk in events.chunks(super::ROWS_PER_INSERT) {
+                let canonical: Vec<String> = chunk
+                    .iter()
+                    .map(|(e, ..)| String::from_utf8(e.canonical()).expect("made from text"))
+                    .collect();
+                let mut values: Vec<&dyn ToValue> = Vec::with_capacity(3 * chunk.len());
+                for ((e, ..), canonical) in chunk.iter().zip(&canonical) {
+                    values.extend([canonical as &dyn ToValue, &e.prev_hash, &e.hash]);
+                }
+                self.execute(
+                    &super::values_rows(
+                        "INSERT INTO audit_events (canonical, prev_hash, hash)",
+                        3,
+                        chunk.len(),
+                    ),
+                    &values,
+                )?;
             }
-            self.execute(
+        } else {
+            for chunk in events.chunks(super::ROWS_PER_INSERT) {
+                let mut values: Vec<&dyn ToValue> = Vec::with_capacity(15 * chunk.len());
+                for (e, time, expires) in chunk {
+                    values.extend([
+                        &e.seq as &dyn ToValue,
+                        time,
+                        &e.actor,
+                        &e.action,
+                        &e.principal,
+                        &e.role,
+                        &e.scope,
+                        &e.request,
+                        &e.justification,
+                        &e.ticket,
+                        expires,
+                        &e.result,
+                        &e.details,
+                        &e.prev_hash,
+                        &e.hash,
+                    ]);
+                }
+                self.execute(
                 &super::values_rows(
                     "INSERT INTO audit_events (seq, time, actor, action, principal, role, scope, \
                      request, justification, ticket, expires, result, details, prev_hash, hash)",
@@ -239,6 +331,7 @@ impl Db {
                 ),
                 &values,
             )?;
+            }
         }
         if let Some(mut end) = kept {
             if let Some((e, ..)) = events.last() {
@@ -306,6 +399,103 @@ impl Db {
                 raw_event(row).map_err(|e| (row.get::<_, i64>(0).ok(), e.to_string()))
             ))
         })
+    }
+
+    /// PostgreSQL: every event as the bytes its hash was made from, when each of its fields
+    /// is still made from those bytes (`fields_made`); `None` on SQLite, or when a field is
+    /// not (then `each_event_raw` reads the fields). In order by number, or `as_stored`: as
+    /// the rows lie in the table, in one pass over it (no index read), which is the order
+    /// they were appended in unless space was used again; the caller checks the order.
+    pub fn each_event_made(
+        &self,
+        as_stored: bool,
+        mut f: impl FnMut(std::result::Result<MadeEvent<'_>, (Option<i64>, String)>) -> bool,
+    ) -> Option<Result<()>> {
+        if self.backend() != super::Backend::Postgres {
+            return None;
+        }
+        match self.fields_made() {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => return Some(Err(e)),
+        }
+        let order = if as_stored {
+            // A scan another session has under way would be joined where it is, not begun
+            // at the table's first row.
+            if let Err(e) = self.execute_batch("SET LOCAL synchronize_seqscans = off") {
+                return Some(Err(e));
+            }
+            ""
+        } else {
+            " ORDER BY seq"
+        };
+        self.copy_each::<4>(
+            &format!("SELECT seq, canonical, prev_hash, hash FROM audit_events{order}"),
+            |fields| Ok(f(made_event(fields))),
+        )
+    }
+
+    /// PostgreSQL: whether every field of the events is made by the server from the bytes
+    /// hashed, as migration 14 made them: each a generated column with pim's expression, none
+    /// relying on anything but the server's built-ins (a function or operator of the same
+    /// name, put first on a path, would read as the same expression), and no other column
+    /// beside the bytes and the two hashes. Then what the log shows is what was hashed, and
+    /// `audit verify` need hash only the bytes. An owner who changed the table (a field no
+    /// longer generated, or made another way) has it read the fields again, as before.
+    pub fn fields_made(&self) -> Result<bool> {
+        let columns: Vec<(String, String, String)> = self
+            .query_map(
+                "SELECT a.attname::pg_catalog.text, \
+                 pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                 CASE WHEN a.attgenerated OPERATOR(pg_catalog.=) 's' \
+                 THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) ELSE '' END \
+                 FROM pg_catalog.pg_attribute a LEFT JOIN pg_catalog.pg_attrdef d \
+                 ON d.adrelid OPERATOR(pg_catalog.=) a.attrelid \
+                 AND d.adnum OPERATOR(pg_catalog.=) a.attnum \
+                 WHERE a.attrelid OPERATOR(pg_catalog.=) 'public.audit_events'::pg_catalog.regclass \
+                 AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped",
+                params![],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    ))
+                },
+            )?
+            .collect::<Result<_>>()?;
+        let expected = made_columns();
+        // A column of another type (a `char(1)` actor holds one letter of what was hashed)
+        // or name (two fields' names swapped), or made another way: not pim's.
+        let same = columns.len() == expected.len()
+            && columns.iter().all(|(name, kind, expr)| {
+                expected.iter().any(|(n, k, e)| {
+                    n == name
+                        && k == kind
+                        && *e == expr.split_whitespace().collect::<Vec<_>>().join(" ")
+                })
+            });
+        if !same {
+            return Ok(false);
+        }
+        // Built-ins are pinned: an expression's dependency on one is not recorded. Any other
+        // dependency than on the table's own columns is on something someone made. And a
+        // table that inherits this one adds its rows to every read of it, with fields its
+        // own expressions make.
+        let foreign: i64 = self.query_row(
+            "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_depend p \
+             JOIN pg_catalog.pg_attrdef d \
+             ON p.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
+             AND p.objid OPERATOR(pg_catalog.=) d.oid \
+             WHERE d.adrelid OPERATOR(pg_catalog.=) 'public.audit_events'::pg_catalog.regclass \
+             AND NOT (p.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+             AND p.refobjid OPERATOR(pg_catalog.=) 'public.audit_events'::pg_catalog.regclass)) \
+             OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_inherits \
+             WHERE inhparent OPERATOR(pg_catalog.=) 'public.audit_events'::pg_catalog.regclass)",
+            params![],
+            |r| r.get(0),
+        )?;
+        Ok(foreign == 0)
     }
 
     /// Every event in order, handed over one row at a time (memory stays flat): `f` gets

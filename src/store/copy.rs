@@ -220,16 +220,30 @@ pub fn copy(from: &Path, to: &str) -> Result<Copied> {
     let read = source.read()?;
     let tx = target.write()?;
     for (table, cols) in TABLES {
-        let list = cols
-            .iter()
-            .map(|c| format!("\"{c}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let quoted = |cols: &[&str]| {
+            cols.iter()
+                .map(|c| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let list = quoted(cols);
+        // The server makes an event's fields from the bytes hashed (its migration 14): the
+        // events go over as those bytes.
+        let events = *table == "audit_events";
+        let written: &[&str] = if events {
+            &["canonical", "prev_hash", "hash"]
+        } else {
+            cols
+        };
+        let written_list = quoted(written);
         // Rows go over in multi-row statements (a round trip to the server per row would
         // be most of a large copy's time).
         let insert = |rows: usize| {
-            let mut sql =
-                super::values_rows(&format!("INSERT INTO {table} ({list})"), cols.len(), rows);
+            let mut sql = super::values_rows(
+                &format!("INSERT INTO {table} ({written_list})"),
+                written.len(),
+                rows,
+            );
             if *table == "meta" {
                 // The migration made its own instance id; the copy keeps the source's, which
                 // names the key of the TOTP secrets.
@@ -237,20 +251,16 @@ pub fn copy(from: &Path, to: &str) -> Result<Copied> {
             }
             sql
         };
-        let order = if *table == "audit_events" {
-            "seq"
-        } else {
-            "rowid"
-        };
+        let order = if events { "seq" } else { "rowid" };
         let mut n = 0u64;
-        let mut pending: Vec<Value> = Vec::with_capacity(cols.len() * super::ROWS_PER_INSERT);
+        let mut pending: Vec<Value> = Vec::with_capacity(written.len() * super::ROWS_PER_INSERT);
         let flush = |pending: &mut Vec<Value>| -> Result<()> {
             if pending.is_empty() {
                 return Ok(());
             }
             let refs: Vec<&dyn super::ToValue> =
                 pending.iter().map(|v| v as &dyn super::ToValue).collect();
-            let result = tx.execute(&insert(pending.len() / cols.len()), &refs);
+            let result = tx.execute(&insert(pending.len() / written.len()), &refs);
             pending.clear();
             result.map(|_| ()).map_err(|e| {
                 Error::Environment(format!(
@@ -264,11 +274,17 @@ pub fn copy(from: &Path, to: &str) -> Result<Copied> {
             &format!("SELECT {list} FROM {table} ORDER BY {order}"),
             params![],
             |r| {
-                for i in 0..cols.len() {
-                    pending.push(r.get::<_, Value>(i)?);
+                if events {
+                    let e = super::audit::event_from_row(r)?;
+                    let canonical = String::from_utf8(e.canonical()).expect("made from text");
+                    pending.extend([canonical, e.prev_hash, e.hash].map(Value::Text));
+                } else {
+                    for i in 0..cols.len() {
+                        pending.push(r.get::<_, Value>(i)?);
+                    }
                 }
                 n += 1;
-                if pending.len() == cols.len() * super::ROWS_PER_INSERT {
+                if pending.len() == written.len() * super::ROWS_PER_INSERT {
                     if let Err(e) = flush(&mut pending) {
                         failed = Some(e);
                         return Ok(false);

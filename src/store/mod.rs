@@ -354,6 +354,10 @@ DROP INDEX assignments_by_role;
 CREATE INDEX assignments_by_user ON assignments (user_id, role);
 CREATE INDEX assignments_by_grant ON assignments (role, scope, user_id, kind);
 "#,
+    // 14: PostgreSQL's audit events kept as the bytes their hashes are made from (see its
+    // migration 14). SQLite hands `audit verify` its rows as they are stored, at little cost:
+    // nothing changes here, and the numbers stay the same on both backends.
+    "",
 ];
 
 /// Rows of a store made before migration 12, in SQL both backends take (the conformance

@@ -516,7 +516,7 @@ fn the_runtime_role_can_append_to_the_audit_log_but_never_change_it() {
     // The runtime role may not change or remove an event; the owner is stopped by the trigger.
     let mut as_app = support::postgres::client(&app_url);
     for sql in [
-        "UPDATE audit_events SET actor = 'mallory' WHERE seq = 1",
+        "UPDATE audit_events SET canonical = replace(canonical, 'admin', 'mallory') WHERE seq = 1",
         "DELETE FROM audit_events WHERE seq = 1",
         "TRUNCATE audit_events",
         "DROP TABLE audit_events",
@@ -533,9 +533,19 @@ fn the_runtime_role_can_append_to_the_audit_log_but_never_change_it() {
     }
     let mut as_owner = support::postgres::client(&owner_url);
     let e = as_owner
-        .batch_execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
+        .batch_execute(
+            "UPDATE audit_events SET canonical = replace(canonical, 'admin', 'mallory') WHERE seq = 1",
+        )
         .unwrap_err();
     assert!(format!("{e:?}").contains("append-only"), "{e:?}");
+    // A field is made from the bytes hashed: it cannot be set on its own.
+    let e = as_owner
+        .batch_execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
+        .unwrap_err();
+    assert!(
+        format!("{e:?}").contains("can only be updated to DEFAULT"),
+        "{e:?}"
+    );
     team.run(&["audit", "verify"]).expect(0);
 
     drop((as_app, as_owner));
@@ -995,6 +1005,342 @@ fn pims_upgrading_one_store_at_once_all_open_it() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        assert_eq!(env.count("PRAGMA user_version"), 13);
+        assert_eq!(
+            env.count("PRAGMA user_version"),
+            pim::store::MIGRATIONS.len() as i64
+        );
     }
+}
+
+/// Whether `audit verify` read the events as the bytes hashed (`true`) or as their fields:
+/// the statement it sent, seen with strace.
+fn verify_reads_bytes(env: &Env, code: i32) -> (bool, Run) {
+    let trace = env.path("verify.trace");
+    let mut c = Command::new("strace");
+    c.args(["-f", "-e", "trace=sendto,write", "-s", "120", "-o"])
+        .arg(&trace)
+        .arg(support::bin())
+        .args(["audit", "verify"]);
+    env.environment(&mut c);
+    let out = c.output().expect("strace runs");
+    assert_eq!(out.status.code(), Some(code), "{out:?}");
+    let sent = std::fs::read_to_string(&trace).unwrap();
+    let bytes = sent.contains("COPY (SELECT seq, canonical, prev_hash, hash FROM audit_events");
+    let fields = sent.contains("COPY (SELECT seq, time, actor");
+    assert!(bytes != fields, "one way or the other: {sent}");
+    (bytes, Run::from(out))
+}
+
+/// PostgreSQL keeps an event as the bytes its hash was made from and makes its fields from
+/// them (migration 14). `audit verify` hashes only those bytes while every field is made
+/// from them by the table's own expressions, and reads the fields, as before, once an owner
+/// changed how any is made: a field set on its own, one made another way, or made with an
+/// operator of someone's own that reads the same.
+#[test]
+fn verify_hashes_a_servers_bytes_only_while_its_fields_are_made_from_them() {
+    if !support::on_postgres() {
+        return; // the layout is the server's: it runs in the PostgreSQL pass
+    }
+    let fresh = || {
+        let env = Env::new();
+        env.init();
+        env.user("bob");
+        env.as_(
+            "admin",
+            &[
+                "assign",
+                "bob",
+                "db-admin",
+                "-j",
+                &format!("on-call \"x\" \\ é {}", "x".repeat(80)),
+            ],
+        )
+        .expect(0);
+        env
+    };
+    let made = |env: &Env| {
+        pim::store::pg::open(env.url(), false)
+            .unwrap()
+            .conn
+            .fields_made()
+            .unwrap()
+    };
+    let owner = |env: &Env, sql: &str| {
+        support::postgres::client(env.url())
+            .batch_execute(sql)
+            .unwrap()
+    };
+
+    let env = fresh();
+    assert!(made(&env));
+    assert!(verify_reads_bytes(&env, 0).0);
+    // The bytes changed: the fields follow them, and the hash does not hold.
+    owner(
+        &env,
+        "ALTER TABLE audit_events DISABLE TRIGGER USER; \
+         UPDATE audit_events SET canonical = replace(canonical, 'on-call', 'on-cal1') WHERE canonical LIKE '%on-call%'",
+    );
+    let seq = env.count("SELECT seq FROM audit_events WHERE justification LIKE 'on-cal1%'");
+    let (bytes, r) = verify_reads_bytes(&env, 1);
+    assert!(bytes);
+    assert!(r.stderr.contains(&format!("event {seq}")), "{}", r.stderr);
+
+    // A field set on its own, once no longer made from the bytes.
+    let env = fresh();
+    owner(
+        &env,
+        "ALTER TABLE audit_events DISABLE TRIGGER USER; \
+         ALTER TABLE audit_events ALTER COLUMN justification DROP EXPRESSION; \
+         UPDATE audit_events SET justification = 'on-cal1' WHERE justification LIKE 'on-call%'",
+    );
+    assert!(!made(&env));
+    let (bytes, r) = verify_reads_bytes(&env, 1);
+    assert!(!bytes);
+    assert!(r.stderr.contains("do not match its hash"), "{}", r.stderr);
+
+    // A field made another way.
+    let env = fresh();
+    owner(
+        &env,
+        "ALTER TABLE audit_events DROP COLUMN actor; \
+         ALTER TABLE audit_events ADD COLUMN actor TEXT GENERATED ALWAYS AS ('root') STORED",
+    );
+    assert!(!made(&env));
+    assert!(!verify_reads_bytes(&env, 1).0);
+
+    // A field of another type: `name` keeps 63 bytes of what was hashed.
+    let env = fresh();
+    owner(
+        &env,
+        "ALTER TABLE audit_events ALTER COLUMN justification TYPE name",
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE octet_length(justification::text) = 63"),
+        1
+    );
+    assert!(!made(&env));
+    let (bytes, r) = verify_reads_bytes(&env, 1);
+    assert!(!bytes);
+    assert!(r.stderr.contains("do not match its hash"), "{}", r.stderr);
+
+    // A table that inherits the log: every read of the log reads its rows too, their
+    // fields made by its own columns (PostgreSQL 15 holds them to the log's expressions;
+    // pim does not count on every version doing so).
+    let env = fresh();
+    owner(&env, "CREATE TABLE more_events () INHERITS (audit_events)");
+    assert!(!made(&env));
+    assert!(!verify_reads_bytes(&env, 0).0);
+
+    // The same expression, read with an `=` of the owner's that holds for any two texts:
+    // NULLIF then makes every principal absent, and the expression reads as pim's.
+    let env = fresh();
+    owner(
+        &env,
+        "SET search_path = public, pg_catalog; \
+         CREATE FUNCTION public.same(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true'; \
+         CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.same); \
+         ALTER TABLE audit_events DROP COLUMN principal; \
+         ALTER TABLE audit_events ADD COLUMN principal TEXT \
+             GENERATED ALWAYS AS (NULLIF(((canonical)::jsonb ->> 4), '')) STORED",
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM audit_events WHERE principal IS NOT NULL"),
+        0
+    );
+    assert!(!made(&env));
+    let (bytes, r) = verify_reads_bytes(&env, 1);
+    assert!(!bytes);
+    assert!(r.stderr.contains("do not match its hash"), "{}", r.stderr);
+}
+
+/// An event moved in the table (here written again as it was) is met out of order by the
+/// read that takes the rows as they lie: `audit verify` reads them again by number, and the
+/// log holds.
+#[test]
+fn verify_on_a_server_reads_again_by_number_events_not_in_order() {
+    if !support::on_postgres() {
+        return; // the layout is the server's: it runs in the PostgreSQL pass
+    }
+    let env = Env::new();
+    env.init();
+    env.user("bob");
+    let before = head(&env);
+    support::postgres::client(env.url())
+        .batch_execute(
+            "ALTER TABLE audit_events DISABLE TRIGGER USER; \
+             UPDATE audit_events SET canonical = canonical WHERE seq = 3; \
+             ALTER TABLE audit_events ENABLE TRIGGER USER",
+        )
+        .unwrap();
+    assert_eq!(
+        env.count("SELECT count(*) FROM (SELECT seq, ctid, lag(ctid) OVER (ORDER BY seq) AS before FROM audit_events) m WHERE ctid < before"),
+        1,
+        "event 3 now lies after the others"
+    );
+    assert_eq!(head(&env), before);
+    assert!(verify_reads_bytes(&env, 0).0);
+}
+
+/// Migration 14 on a server's log made before it: every event kept as the bytes its hash
+/// was made from, which the server writes itself from the fields (its JSON must be pim's to
+/// the byte, for text that JSON escapes too), the fields read back as they were, the same
+/// head and Merkle root, and a runtime role's rights on the log kept.
+#[test]
+fn an_older_servers_log_is_kept_as_the_bytes_hashed() {
+    if !support::on_postgres() {
+        return; // the layout is the server's: it runs in the PostgreSQL pass
+    }
+    // A chain made by pim (on SQLite), with text that JSON escapes and times on both sides
+    // of a day and of a leap day.
+    let local = Env::sqlite();
+    local.init();
+    local.user("bob");
+    let db = pim::store::open(&local.db).unwrap().conn;
+    let odd = "quote \" backslash \\ tab \t newline \n bell \u{7} escape \u{1b} del \u{7f} \
+               separator \u{2028} é 🔐 ''";
+    for (i, at) in [
+        "2028-02-29T23:59:59Z",
+        "2028-03-01T00:00:00Z",
+        "1999-12-31T12:30:05Z",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let at = chrono::DateTime::parse_from_rfc3339(at).unwrap().to_utc();
+        let tx = db.write().unwrap();
+        let e = pim::audit::Event::new("admin", "test.odd")
+            .principal("bob")
+            .role(odd)
+            .request(i as i64 + 7)
+            .justification(Some(odd))
+            .ticket((i == 0).then_some(""))
+            .expires(Some(at.timestamp() + 86_399))
+            .detail("text", odd);
+        pim::audit::append(&tx, at, e).unwrap();
+        tx.commit().unwrap();
+    }
+    let want = pim::audit::verify(&db).unwrap();
+    assert!(want.ok);
+    let mut events = Vec::new();
+    pim::audit::for_each(&db, &Default::default(), None, |e| {
+        events.push(e.fields());
+        Ok(())
+    })
+    .unwrap();
+    let tree: Vec<(i64, i64, String)> = {
+        let c = rusqlite::Connection::open(&local.db).unwrap();
+        let mut s = c
+            .prepare("SELECT level, idx, hash FROM merkle_nodes")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+
+    // The same rows in a server's schema 13, with a runtime role that may read and append.
+    let url = support::postgres::fresh_database();
+    let app = format!("pim_app14_{}", std::process::id());
+    let mut c = support::postgres::client(&url);
+    c.batch_execute(
+        "CREATE TABLE pim_schema (version BIGINT NOT NULL); INSERT INTO pim_schema VALUES (13)",
+    )
+    .unwrap();
+    for sql in &pim::store::pg::MIGRATIONS[..13] {
+        c.batch_execute(sql).unwrap();
+    }
+    {
+        let lite = rusqlite::Connection::open(&local.db).unwrap();
+        let mut s = lite
+            .prepare(
+                "SELECT seq, time, actor, action, principal, role, scope, request, justification, \
+                 ticket, expires, result, details, prev_hash, hash FROM audit_events ORDER BY seq",
+            )
+            .unwrap();
+        let mut rows = s.query([]).unwrap();
+        while let Some(r) = rows.next().unwrap() {
+            let int = |i| r.get::<_, Option<i64>>(i).unwrap();
+            let text = |i| r.get::<_, Option<String>>(i).unwrap();
+            c.execute(
+                "INSERT INTO audit_events (seq, time, actor, action, principal, role, scope, \
+                 request, justification, ticket, expires, result, details, prev_hash, hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                &[
+                    &int(0),
+                    &int(1),
+                    &text(2),
+                    &text(3),
+                    &text(4),
+                    &text(5),
+                    &text(6),
+                    &int(7),
+                    &text(8),
+                    &text(9),
+                    &int(10),
+                    &text(11),
+                    &text(12),
+                    &text(13),
+                    &text(14),
+                ],
+            )
+            .unwrap();
+        }
+    }
+    for (level, idx, hash) in &tree {
+        c.execute(
+            "INSERT INTO merkle_nodes (level, idx, hash) VALUES ($1, $2, $3)",
+            &[level, idx, hash],
+        )
+        .unwrap();
+    }
+    c.batch_execute(&format!(
+        "UPDATE audit_head SET seq = {}; DROP ROLE IF EXISTS {app}; CREATE ROLE {app}; \
+         GRANT SELECT, INSERT ON audit_events TO {app}",
+        events.len()
+    ))
+    .unwrap();
+
+    // Opened by this pim: migrated.
+    let server = pim::store::pg::open(&url, false).unwrap().conn;
+    assert_eq!(
+        c.query_one("SELECT version FROM pim_schema", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        pim::store::pg::MIGRATIONS.len() as i64
+    );
+    assert!(server.fields_made().unwrap());
+    let got = pim::audit::verify(&server).unwrap();
+    assert!(got.ok, "{got:?}");
+    assert_eq!(
+        (got.events, &got.head, &got.root),
+        (want.events, &want.head, &want.root)
+    );
+    let mut back = Vec::new();
+    pim::audit::for_each(&server, &Default::default(), None, |e| {
+        back.push(e.fields());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(back, events);
+    assert!(back.iter().any(|f| f[8] == odd), "the odd text came over");
+    let may = |c: &mut postgres::Client, privilege: &str| -> bool {
+        c.query_one(
+            "SELECT has_table_privilege($1, 'audit_events', $2)",
+            &[&app, &privilege],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(may(&mut c, "SELECT") && may(&mut c, "INSERT"));
+    assert!(!may(&mut c, "UPDATE") && !may(&mut c, "DELETE"));
+    // Still append-only, and a field still cannot be set on its own.
+    for sql in [
+        "UPDATE audit_events SET canonical = canonical WHERE seq = 1",
+        "DELETE FROM audit_events WHERE seq = 1",
+    ] {
+        let e = c.batch_execute(sql).unwrap_err();
+        assert!(format!("{e:?}").contains("append-only"), "{sql}: {e:?}");
+    }
+    c.batch_execute(&format!("DROP OWNED BY {app}; DROP ROLE {app}"))
+        .unwrap();
 }
