@@ -430,7 +430,8 @@ impl Db {
             " ORDER BY seq"
         };
         self.copy_each::<4>(
-            &format!("SELECT seq, canonical, prev_hash, hash FROM audit_events{order}"),
+            // The table `fields_made` looked at, by its full name.
+            &format!("SELECT seq, canonical, prev_hash, hash FROM public.audit_events{order}"),
             |fields| Ok(f(made_event(fields))),
         )
     }

@@ -424,14 +424,16 @@ DECLARE
     grant_ record;
 BEGIN
     FOR grant_ IN
-        SELECT a.grantee::regrole AS grantee, a.privilege_type AS privilege
+        SELECT CASE WHEN a.grantee OPERATOR(pg_catalog.=) '0'::oid THEN 'PUBLIC'
+                    ELSE a.grantee::regrole::text END AS grantee,
+               a.privilege_type AS privilege,
+               CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END AS option
           FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
          WHERE c.oid OPERATOR(pg_catalog.=) 'public.audit_events_13'::regclass::oid
-           AND a.grantee OPERATOR(pg_catalog.<>) '0'::oid
            AND a.grantee OPERATOR(pg_catalog.<>) c.relowner
     LOOP
-        EXECUTE pg_catalog.format('GRANT %s ON public.audit_events TO %s',
-                                  grant_.privilege, grant_.grantee::text);
+        EXECUTE pg_catalog.format('GRANT %s ON public.audit_events TO %s%s',
+                                  grant_.privilege, grant_.grantee, grant_.option);
     END LOOP;
 END
 $g$;
@@ -778,9 +780,15 @@ fn connect(url: &str) -> Result<postgres::Client> {
     // pim's tables are in `public` (the grants and the triggers' functions name it), and a
     // session reads them there whatever its URL's `options` or its role's settings put on
     // the search path: a schema of someone else's tables first on it would have pim read,
-    // and sign with a key bound to this server, a log they filled.
+    // and sign with a key bound to this server, a log they filled. The session's own
+    // temporary schema, which PostgreSQL reads first unless the path names it, comes last: a
+    // temporary `audit_events` made in pim's session would be read in place of the log.
+    // Row security is off: a policy of the owner's (run in pim's session, with whatever its
+    // function does) could hide rows from one read and not another (`audit verify` would
+    // hash a log that `audit list` does not show); with it off, a table a policy applies
+    // to is an error, not a filtered read.
     client.batch_execute(&format!(
-        "SET search_path = public; SET lock_timeout = '{LOCK_WAIT}'; SET idle_in_transaction_session_timeout = '{SESSION_IDLE}'"
+        "SET search_path = public, pg_temp; SET row_security = off; SET lock_timeout = '{LOCK_WAIT}'; SET idle_in_transaction_session_timeout = '{SESSION_IDLE}'"
     ))?;
     Ok(client)
 }

@@ -1025,7 +1025,8 @@ fn verify_reads_bytes(env: &Env, code: i32) -> (bool, Run) {
     let out = c.output().expect("strace runs");
     assert_eq!(out.status.code(), Some(code), "{out:?}");
     let sent = std::fs::read_to_string(&trace).unwrap();
-    let bytes = sent.contains("COPY (SELECT seq, canonical, prev_hash, hash FROM audit_events");
+    let bytes =
+        sent.contains("COPY (SELECT seq, canonical, prev_hash, hash FROM public.audit_events");
     let fields = sent.contains("COPY (SELECT seq, time, actor");
     assert!(bytes != fields, "one way or the other: {sent}");
     (bytes, Run::from(out))
@@ -1295,7 +1296,9 @@ fn an_older_servers_log_is_kept_as_the_bytes_hashed() {
     }
     c.batch_execute(&format!(
         "UPDATE audit_head SET seq = {}; DROP ROLE IF EXISTS {app}; CREATE ROLE {app}; \
-         GRANT SELECT, INSERT ON audit_events TO {app}",
+         GRANT SELECT ON audit_events TO {app}; \
+         GRANT INSERT ON audit_events TO {app} WITH GRANT OPTION; \
+         GRANT SELECT ON audit_events TO PUBLIC",
         events.len()
     ))
     .unwrap();
@@ -1332,6 +1335,16 @@ fn an_older_servers_log_is_kept_as_the_bytes_hashed() {
         .get(0)
     };
     assert!(may(&mut c, "SELECT") && may(&mut c, "INSERT"));
+    let kept: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a \
+             WHERE c.oid = 'audit_events'::regclass AND ((a.grantee = 0 AND a.privilege_type = 'SELECT') \
+             OR (a.grantee = $1::text::regrole AND a.privilege_type = 'INSERT' AND a.is_grantable))",
+            &[&app],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 2, "PUBLIC's grant and the grant option came over");
     assert!(!may(&mut c, "UPDATE") && !may(&mut c, "DELETE"));
     // Still append-only, and a field still cannot be set on its own.
     for sql in [
@@ -1343,4 +1356,99 @@ fn an_older_servers_log_is_kept_as_the_bytes_hashed() {
     }
     c.batch_execute(&format!("DROP OWNED BY {app}; DROP ROLE {app}"))
         .unwrap();
+}
+
+/// The owner's row security never decides what pim reads: a policy could hide an event from
+/// one read and not another (`audit verify` hashing the log while `audit list` shows a
+/// forged event in its place), and a policy's function runs in pim's session, where it
+/// could make a temporary `audit_events` read in place of the log. pim's sessions run with
+/// row security off and their temporary schema last on the path: such a table is an error,
+/// never a filtered read. (Both found by a reviewer, each fooling `verify` before.)
+#[test]
+fn a_servers_row_security_never_decides_what_pim_reads() {
+    if !support::on_postgres() {
+        return; // policies are the server's: it runs in the PostgreSQL pass
+    }
+    // The owner of the schema, not a superuser (whom row security never binds).
+    let mut su = support::postgres::client(support::postgres::admin_url());
+    let mut made = Vec::new();
+    let mut fresh = |tag: &str| {
+        let (owner, app, db, base) = team_database(&mut su, tag);
+        let env = Env {
+            dir: crate::support::tempdir(),
+            db: base.replacen("pim@", &format!("{owner}@"), 1).into(),
+        };
+        env.init();
+        env.user("bob");
+        made.push((owner, app, db));
+        env
+    };
+    let owner = |env: &Env, sql: &str| {
+        support::postgres::client(env.url())
+            .batch_execute(sql)
+            .unwrap()
+    };
+    let forged = |env: &Env| {
+        let list = env.as_("admin", &["audit", "list", "--json"]);
+        list.code == 0 && list.stdout.contains("mallory")
+    };
+
+    // Event 5 (admin made eligible for global-admin) forged for list and export only.
+    let env = fresh("pim_rls_a");
+    owner(
+        &env,
+        "ALTER TABLE audit_events DROP CONSTRAINT audit_events_pkey; \
+         CREATE TABLE hide_from_list (seq bigint); INSERT INTO hide_from_list VALUES (5); \
+         CREATE TABLE hide_from_verify (c text); \
+         INSERT INTO hide_from_verify SELECT replace(canonical, '\"admin\",\"global-admin\"', '\"mallory\",\"global-admin\"') \
+             FROM audit_events WHERE seq = 5; \
+         INSERT INTO audit_events (canonical, prev_hash, hash) \
+             SELECT c, e.prev_hash, e.hash FROM hide_from_verify, audit_events e WHERE e.seq = 5; \
+         CREATE FUNCTION vis(c text, s bigint) RETURNS bool LANGUAGE sql STABLE AS $$ \
+           SELECT CASE WHEN current_query() LIKE '%canonical%' \
+                  THEN c NOT IN (SELECT h.c FROM hide_from_verify h) \
+                  ELSE NOT (s IN (SELECT seq FROM hide_from_list) AND c NOT IN (SELECT h.c FROM hide_from_verify h)) END $$; \
+         ALTER TABLE audit_events ENABLE ROW LEVEL SECURITY; \
+         ALTER TABLE audit_events FORCE ROW LEVEL SECURITY; \
+         CREATE POLICY p ON audit_events FOR SELECT USING (vis(canonical, seq)); \
+         CREATE POLICY pi ON audit_events FOR INSERT WITH CHECK (true)",
+    );
+    let r = env.as_("admin", &["audit", "verify"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains("row-level security"), "{}", r.stderr);
+    assert!(!forged(&env));
+
+    // A temporary log made in pim's own session, by a policy's function on the schema row.
+    let env = fresh("pim_rls_b");
+    owner(
+        &env,
+        "CREATE FUNCTION public.inject() RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ \
+         BEGIN \
+           IF pg_catalog.to_regclass('pg_temp.audit_events') IS NULL THEN \
+             CREATE TEMP TABLE audit_events AS \
+               SELECT canonical, prev_hash, hash, seq, time, actor, action, \
+                      CASE WHEN seq = 5 THEN 'mallory' ELSE principal END AS principal, \
+                      role, scope, request, justification, ticket, expires, result, details \
+                 FROM public.audit_events; \
+           END IF; \
+           RETURN true; \
+         END $$; \
+         ALTER TABLE pim_schema ENABLE ROW LEVEL SECURITY; \
+         ALTER TABLE pim_schema FORCE ROW LEVEL SECURITY; \
+         CREATE POLICY p ON pim_schema USING (public.inject())",
+    );
+    let r = env.as_("admin", &["audit", "verify"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains("row-level security"), "{}", r.stderr);
+    assert!(!forged(&env));
+    drop(env);
+    for (owner, app, db) in made {
+        for sql in [
+            format!("DROP DATABASE {db} WITH (FORCE)"),
+            format!("DROP ROLE {app}"),
+            format!("DROP ROLE {owner}"),
+        ] {
+            su.batch_execute(&sql).unwrap();
+        }
+    }
 }
