@@ -437,6 +437,23 @@ BEGIN
     END LOOP;
 END
 $g$;
+-- A view on the log (a temporary one too, of any session) would hold its old table up.
+DO $v$
+DECLARE
+    views TEXT;
+BEGIN
+    SELECT pg_catalog.string_agg(DISTINCT v.oid::regclass::text, ', ') INTO views
+      FROM pg_catalog.pg_depend d, pg_catalog.pg_rewrite r, pg_catalog.pg_class v
+     WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::regclass
+       AND d.objid OPERATOR(pg_catalog.=) r.oid
+       AND r.ev_class OPERATOR(pg_catalog.=) v.oid
+       AND d.refobjid OPERATOR(pg_catalog.=) 'public.audit_events_13'::regclass
+       AND v.oid OPERATOR(pg_catalog.<>) 'public.audit_events_13'::regclass;
+    IF views IS NOT NULL THEN
+        RAISE EXCEPTION 'views on audit_events hold its rebuild up: %. Drop them (a temporary one ends with its session), then run pim again', views;
+    END IF;
+END
+$v$;
 DROP TABLE audit_events_13;
 CREATE INDEX audit_events_by_time ON audit_events (time);
 CREATE TRIGGER audit_events_no_update BEFORE UPDATE OR DELETE ON audit_events
