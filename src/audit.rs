@@ -982,6 +982,10 @@ fn hex_matches(digest: &[u8; 32], stored: &[u8]) -> bool {
             .all(|(&b, digits)| PAIRS[usize::from(b)] == digits)
 }
 
+/// How many bytes of events met before their turn `read_log` keeps, reading as the rows lie,
+/// before it reads the log again by number instead.
+const EARLY: usize = 64 << 20;
+
 /// What `read_log` found: the read's own result, the first problem the reader, the chain
 /// and the tree found, the last hash that held, and the tree so far.
 type LogRead = (
@@ -1011,7 +1015,6 @@ fn read_log(conn: &Db, heads: &[&Head], as_stored: bool) -> (LogRead, bool) {
     let read = std::thread::scope(|s| {
         let chain = s.spawn(|| chain_stage(chain_in, read_spent, tree_out, tree_free, &stop));
         let tree = s.spawn(|| tree_stage(tree_in, tree_spent, heads, &stop));
-        let lying = std::cell::Cell::new(false);
         let mut expected_seq = 1;
         let mut prev = [0u8; 64];
         prev.copy_from_slice(GENESIS.as_bytes());
@@ -1043,10 +1046,6 @@ fn read_log(conn: &Db, heads: &[&Head], as_stored: bool) -> (LogRead, bool) {
                 Read::Fields(e) => (e.seq, e.prev_hash, e.hash),
                 Read::Made(e) => (e.seq, e.prev_hash, e.hash),
             };
-            if seq != expected_seq && lying.get() {
-                disordered = true;
-                return false;
-            }
             bad = if seq != expected_seq {
                 Some((
                     expected_seq,
@@ -1124,13 +1123,50 @@ fn read_log(conn: &Db, heads: &[&Head], as_stored: bool) -> (LogRead, bool) {
             }
             true
         };
-        let read = match conn.each_event_made(as_stored, |r| {
-            lying.set(as_stored);
-            take(r.map(Read::Made))
+        // Read as they lie, events come in order but for those PostgreSQL put where an
+        // earlier page had room (after a vacuum, most new rows): each such is met before its
+        // turn, and kept until its turn comes. One met after its turn, or more kept than
+        // `EARLY`, or any kept at the end (one before it is missing) has the log read again
+        // by number.
+        let mut early = std::collections::BTreeMap::<i64, (Vec<u8>, Vec<u8>, Vec<u8>)>::new();
+        let mut early_bytes = 0;
+        let mut next = 1;
+        let read = match conn.each_event_made(as_stored, |r| match r {
+            Ok(e) if as_stored && e.seq != next => {
+                if e.seq < next || early_bytes > EARLY {
+                    disordered = true;
+                    return false;
+                }
+                early_bytes += e.canonical.len() + e.prev_hash.len() + e.hash.len();
+                let kept = (e.canonical.to_vec(), e.prev_hash.to_vec(), e.hash.to_vec());
+                disordered |= early.insert(e.seq, kept).is_some();
+                !disordered
+            }
+            r => {
+                let mut going = take(r.map(Read::Made));
+                next += 1;
+                while going {
+                    let Some((canonical, prev_hash, hash)) = early.remove(&next) else {
+                        break;
+                    };
+                    early_bytes -= canonical.len() + prev_hash.len() + hash.len();
+                    going = take(Ok(Read::Made(MadeEvent {
+                        seq: next,
+                        canonical: &canonical,
+                        prev_hash: &prev_hash,
+                        hash: &hash,
+                    })));
+                    next += 1;
+                }
+                going
+            }
         }) {
             Some(read) => read,
             None => conn.each_event_raw(|r| take(r.map(Read::Fields))),
         };
+        // Kept events whose turn never came, with nothing wrong found before them: one is
+        // missing, which the read by number names.
+        disordered |= !early.is_empty() && bad.is_none() && !stop.load(Ordering::Relaxed);
         if !batch.events.is_empty() {
             let _ = send.send(batch);
         }
