@@ -32,12 +32,14 @@ import argparse
 import json
 import os
 import re
+import socket
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 # The server logs every wait for a lock longer than this (milliseconds).
 LOCK_WAIT_LOGGED = 50
@@ -293,7 +295,7 @@ class Bench:
         (the server's own account of it, log_statement_stats), against the machine's cores:
         on this machine both run on the same cores, so the verify can take no less than their
         sum over the cores, whatever pim does with its share."""
-        db = re.search(r"@/([^?]+)", store.db).group(1)
+        db = urllib.parse.urlparse(store.db).path.lstrip("/")
         admin = ["psql", "-X", "-q", store.db, "-c"]
         self.sh(*admin, f"ALTER DATABASE {db} SET log_statement_stats = on")
         since = server.log_size()
@@ -363,7 +365,8 @@ class Bench:
         os.sync()
         # On PostgreSQL the sweep's session is named, so that the server's log tells a wait of
         # another command for the sweep's lock from the sweep's own wait for theirs.
-        swept = f"{target}&application_name={SWEEP_APP}" if backend == "postgres" else target
+        joint = "&" if "?" in target else "?"
+        swept = f"{target}{joint}application_name={SWEEP_APP}" if backend == "postgres" else target
         sweep = subprocess.Popen(["faketime", "-f", "+2h", self.pim, "--db", swept, "--as", "admin", "sweep",
                                   "--json"], env=self.env, stdout=report_file, stderr=subprocess.PIPE)
         t0 = time.perf_counter()
@@ -488,6 +491,9 @@ def main():
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--activations", type=int, default=30)
     p.add_argument("--keep", action="store_true", help="keep the databases (printed)")
+    p.add_argument("--transport", choices=["unix", "tcp"], default="unix",
+                   help="how pim and psql reach the server: its Unix socket, or TCP on 127.0.0.1 "
+                        "(as a server on another host is reached)")
     a = p.parse_args()
     # The binary a user builds (`cargo build --release`, as examples/quickstart.sh does), on
     # its own: built in one command with the examples, cargo unifies the features the
@@ -518,7 +524,7 @@ def main():
                     store = Store(b, db, lambda sql, csv=False: ["sqlite3", *(["-csv"] if csv else []), db, sql])
                 else:
                     if server is None:
-                        server = Postgres(b.dir)
+                        server = Postgres(b.dir, tcp=a.transport == "tcp")
                     url = server.fresh(size)
                     b.sh(b.pim, "--as", "admin", "store", "copy", "--from", db, "--to", url)
                     store = Store(b, url, lambda sql, csv=False, url=url:
@@ -551,7 +557,7 @@ def machine():
 class Postgres:
     """A throwaway PostgreSQL cluster on a Unix socket (as `postgres` or `nobody` when root)."""
 
-    def __init__(self, base):
+    def __init__(self, base, tcp=False):
         bindir = next((d for d in ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"]
                        if os.path.exists(d)), os.path.dirname(shutil.which("initdb") or "/usr/bin/initdb"))
         self.bin = bindir
@@ -579,14 +585,24 @@ class Postgres:
         # server itself (a write's own time also holds the server's stalls, which a write to
         # a store the sweep holds no lock on shows as well).
         self.log = os.path.join(self.data, "log")
+        # Over TCP the stores' URLs name 127.0.0.1 and a free port (the administration
+        # below still goes through the socket).
+        self.port = None
+        listen = "''"
+        if tcp:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+            listen = f"127.0.0.1 -p {self.port}"
+        self.admin = f"postgresql://pim@/postgres?host={self.sock}" + (f"&port={self.port}" if tcp else "")
         subprocess.run([*self.user, f"{bindir}/pg_ctl", "-D", self.data, "-w", "-l", self.log,
-                        "-o", f"-k {self.sock} -c listen_addresses='' -c fsync=on -c log_lock_waits=on "
+                        "-o", f"-k {self.sock} -c listen_addresses={listen} -c fsync=on -c log_lock_waits=on "
                               f"-c deadlock_timeout={LOCK_WAIT_LOGGED}ms", "start"],
                        check=True, capture_output=True)
         # Each log line names its session's application (whose wait it is), and checkpoints
         # are logged (a commit's flush waits for a checkpoint's sync phase: a stall of the
         # server, not of pim).
-        admin = ["psql", "-X", "-q", f"postgresql://pim@/postgres?host={self.sock}"]
+        admin = ["psql", "-X", "-q", self.admin]
         for setting in ["log_line_prefix = '%m [%p] %a: '", "log_checkpoints = on"]:
             subprocess.run([*admin, "-c", f"ALTER SYSTEM SET {setting}"], check=True, capture_output=True)
         subprocess.run([*admin, "-c", "SELECT pg_reload_conf()"], check=True, capture_output=True)
@@ -624,12 +640,14 @@ class Postgres:
         return ended + list(going_on.values())
 
     def checkpoint(self):
-        subprocess.run(["psql", "-X", "-q", f"postgresql://pim@/postgres?host={self.sock}", "-c", "CHECKPOINT"],
+        subprocess.run(["psql", "-X", "-q", self.admin, "-c", "CHECKPOINT"],
                        check=True, capture_output=True)
 
     def fresh(self, name):
-        subprocess.run(["psql", "-X", "-q", f"postgresql://pim@/postgres?host={self.sock}", "-c",
+        subprocess.run(["psql", "-X", "-q", self.admin, "-c",
                         f"CREATE DATABASE bench_{name}"], check=True, capture_output=True)
+        if self.port:
+            return f"postgresql://pim@127.0.0.1:{self.port}/bench_{name}"
         return f"postgresql://pim@/bench_{name}?host={self.sock}"
 
     def stop(self):
