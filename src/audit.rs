@@ -160,6 +160,11 @@ impl StoredEvent {
         out
     }
 
+    /// `canonical` as text (as PostgreSQL keeps it): JSON made from text is text.
+    pub fn canonical_text(&self) -> String {
+        String::from_utf8(self.canonical()).expect("JSON made from text is UTF-8")
+    }
+
     /// The event's leaf in the Merkle tree: SHA-256(0x00 ‖ canonical).
     pub fn leaf(&self) -> merkle::Hash {
         merkle::leaf_hash(&self.canonical())
@@ -401,12 +406,15 @@ pub fn append_all(conn: &Db, now: DateTime<Utc>, events: Vec<Event>) -> Result<V
             prev_hash,
             hash: String::new(),
         };
-        // The canonical bytes once, for the chain and the tree.
-        let canonical = stored.canonical();
-        stored.hash = hex::encode(chain_digest(stored.prev_hash.as_bytes(), &canonical));
+        // The canonical bytes once, for the chain, the tree and (PostgreSQL) the row.
+        let canonical = stored.canonical_text();
+        stored.hash = hex::encode(chain_digest(
+            stored.prev_hash.as_bytes(),
+            canonical.as_bytes(),
+        ));
         prev_hash = stored.hash.clone();
-        leaves.push(merkle::leaf_hash(&canonical));
-        rows.push((stored, now.timestamp(), event.expires));
+        leaves.push(merkle::leaf_hash(canonical.as_bytes()));
+        rows.push((stored, now.timestamp(), event.expires, canonical));
     }
     conn.insert_events(&rows)?;
     add_leaves(conn, last_seq as u64, &leaves)?;

@@ -275,20 +275,16 @@ impl Db {
         self.query_row("SELECT count(*) FROM audit_events", params![], |r| r.get(0))
     }
 
-    /// Append events in order (each with its `seq` and `hash` set, and its `time` and
-    /// `expires` as unix seconds), in multi-row statements: a batch costs a server a few
-    /// round trips, not one an event.
-    pub fn insert_events(&self, events: &[(StoredEvent, i64, Option<i64>)]) -> Result<()> {
+    /// Append events in order (each with its `seq` and `hash` set, its `time` and
+    /// `expires` as unix seconds, and its canonical bytes), in multi-row statements: a batch
+    /// costs a server a few round trips, not one an event.
+    pub fn insert_events(&self, events: &[(StoredEvent, i64, Option<i64>, String)]) -> Result<()> {
         let kept = self.log_end.borrow_mut().take();
         if self.backend() == super::Backend::Postgres {
             // The server makes the fields from the bytes hashed (migration 14).
             for chunk in events.chunks(super::ROWS_PER_INSERT) {
-                let canonical: Vec<String> = chunk
-                    .iter()
-                    .map(|(e, ..)| String::from_utf8(e.canonical()).expect("made from text"))
-                    .collect();
                 let mut values: Vec<&dyn ToValue> = Vec::with_capacity(3 * chunk.len());
-                for ((e, ..), canonical) in chunk.iter().zip(&canonical) {
+                for (e, _, _, canonical) in chunk {
                     values.extend([canonical as &dyn ToValue, &e.prev_hash, &e.hash]);
                 }
                 self.execute(
@@ -303,7 +299,7 @@ impl Db {
         } else {
             for chunk in events.chunks(super::ROWS_PER_INSERT) {
                 let mut values: Vec<&dyn ToValue> = Vec::with_capacity(15 * chunk.len());
-                for (e, time, expires) in chunk {
+                for (e, time, expires, _) in chunk {
                     values.extend([
                         &e.seq as &dyn ToValue,
                         time,

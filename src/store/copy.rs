@@ -276,8 +276,7 @@ pub fn copy(from: &Path, to: &str) -> Result<Copied> {
             |r| {
                 if events {
                     let e = super::audit::event_from_row(r)?;
-                    let canonical = String::from_utf8(e.canonical()).expect("made from text");
-                    pending.extend([canonical, e.prev_hash, e.hash].map(Value::Text));
+                    pending.extend([e.canonical_text(), e.prev_hash, e.hash].map(Value::Text));
                 } else {
                     for i in 0..cols.len() {
                         pending.push(r.get::<_, Value>(i)?);

@@ -15,6 +15,14 @@ fn setup() -> (Env, String) {
     (env, bob)
 }
 
+/// `setup`, and bob eligible for deployer (no MFA) too.
+fn with_deployer() -> Env {
+    let (env, _) = setup();
+    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
+        .expect(0);
+    env
+}
+
 #[test]
 fn several_roles_take_one_justification_and_one_code_all_or_nothing() {
     let (env, bob) = setup();
@@ -301,9 +309,7 @@ fn exec_passes_no_database_password_to_the_command() {
 /// last gives it back.
 #[test]
 fn the_last_of_two_execs_gives_the_role_back() {
-    let (env, _) = setup();
-    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
-        .expect(0);
+    let env = with_deployer();
     let exec = |name: &str| {
         let script = format!(
             "touch {0}.started; while [ ! -f {0}.go ]; do sleep 0.05; done",
@@ -349,9 +355,7 @@ fn the_last_of_two_execs_gives_the_role_back() {
 /// A signal exec was started ignoring (`nohup`) stays ignored, for its command too.
 #[test]
 fn exec_keeps_a_signal_it_was_told_to_ignore() {
-    let (env, _) = setup();
-    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
-        .expect(0);
+    let env = with_deployer();
     let started = env.path("started");
     let script = format!("touch {}; sleep 1; echo done", started.display());
     // As `nohup` starts it: SIGHUP ignored.
@@ -378,9 +382,7 @@ fn exec_keeps_a_signal_it_was_told_to_ignore() {
 /// gives the role back.
 #[test]
 fn execs_started_together_all_run() {
-    let (env, _) = setup();
-    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
-        .expect(0);
+    let env = with_deployer();
     for round in 0..3 {
         let children: Vec<_> = (0..3)
             .map(|_| {
@@ -444,9 +446,7 @@ fn an_activation_exec_could_not_give_back_is_given_back_by_the_next() {
 /// the command ends (the command ran on with the role, before).
 #[test]
 fn a_hangup_of_execs_own_terminal_reaches_the_command() {
-    let (env, _) = setup();
-    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
-        .expect(0);
+    let env = with_deployer();
     let started = env.path("started");
     let program = r#"
 import os, pty, select, sys, time
@@ -652,9 +652,7 @@ fn ended_exec(env: &Env, name: &str, child: std::process::Child) {
 /// no lease, and lost the role when the first exec ended (found by a reviewer with strace).
 #[test]
 fn an_exec_finding_an_activation_before_its_lease_exists_still_relies_on_it() {
-    let (env, _) = setup();
-    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
-        .expect(0);
+    let env = with_deployer();
     env.as_("bob", &["exec", "deployer", "--", "true"])
         .expect(0);
     let key = lease_key(&env);
@@ -745,9 +743,7 @@ fn cleaning_stale_leases_never_keeps_the_last_exec_from_giving_back() {
 /// A FIFO in place of a lease file neither holds exec up nor is taken for a lease.
 #[test]
 fn a_fifo_named_as_a_lease_does_not_hold_exec_up() {
-    let (env, _) = setup();
-    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
-        .expect(0);
+    let env = with_deployer();
     env.as_("bob", &["exec", "deployer", "--", "true"])
         .expect(0);
     let key = lease_key(&env);
@@ -793,9 +789,7 @@ fn a_lease_is_never_taken_for_another_activation_of_its_number() {
         // The copy is restored by hand, as a SQLite file.
         return;
     }
-    let (env, _) = setup();
-    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
-        .expect(0);
+    let env = with_deployer();
     let copy = env.path("copy.db");
     rusqlite::Connection::open(&env.db)
         .unwrap()
@@ -825,9 +819,7 @@ fn a_lease_is_never_taken_for_another_activation_of_its_number() {
 /// once the gate was free (found by a reviewer).
 #[test]
 fn an_exec_waiting_to_activate_still_ends_on_ctrl_c() {
-    let (env, _) = setup();
-    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
-        .expect(0);
+    let env = with_deployer();
     env.as_("bob", &["exec", "deployer", "--", "true"])
         .expect(0);
     let gate = env.path(&format!("pim/exec-{}.gate", lease_key(&env)));
@@ -882,9 +874,7 @@ fn an_exec_waiting_to_activate_still_ends_on_ctrl_c() {
 /// as before it had one (it turned the gate off without a word).
 #[test]
 fn a_gate_that_cannot_be_held_is_said() {
-    let (env, _) = setup();
-    env.as_("admin", &["assign", "bob", "deployer", "-j", "releases"])
-        .expect(0);
+    let env = with_deployer();
     env.as_("bob", &["exec", "deployer", "--", "true"])
         .expect(0);
     let gate = env.path(&format!("pim/exec-{}.gate", lease_key(&env)));

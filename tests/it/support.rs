@@ -307,23 +307,11 @@ impl Env {
     /// the bytes hashed either (each may be set on its own), so `verify` reads them.
     pub fn drop_audit_triggers(&self) {
         if on_postgres() {
-            let fields = [
-                "seq",
-                "time",
-                "actor",
-                "action",
-                "principal",
-                "role",
-                "scope",
-                "request",
-                "justification",
-                "ticket",
-                "expires",
-                "result",
-                "details",
-            ];
-            let plain = fields
+            // The thirteen fields: the export's columns but the two hashes.
+            let plain = pim::audit::COLUMNS[..13]
+                .iter()
                 .map(|f| format!("ALTER COLUMN {f} DROP EXPRESSION"))
+                .collect::<Vec<_>>()
                 .join(", ");
             self.sql(&format!(
                 "ALTER TABLE audit_events DISABLE TRIGGER USER; ALTER TABLE merkle_nodes DISABLE TRIGGER USER; \
