@@ -100,7 +100,8 @@ pub fn from_unix(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(secs, 0).single().unwrap_or_default()
 }
 
-/// A duration in compact words: `1h 58m`, `3d 4h`, `45s`.
+/// A duration in compact words: `1h 58m`, `3d 4h`, `45s` (cut to the units shown: the audit
+/// log's durations are not rounded up).
 pub fn format_duration(d: Duration) -> String {
     let secs = d.num_seconds().abs();
     let (days, hours, mins, s) = (
@@ -147,14 +148,27 @@ pub fn policy_duration(d: Duration) -> String {
 /// "in 1h 58m", "3d 4h ago", or "now".
 pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let d = t - now;
+    // Rounded to the smallest unit shown, as people say it (1h 59m 59s away is "in 2h"):
+    // what a command did, printed a second after its write on a loaded machine, reads the
+    // same as at once. To the nearest minute from one minute up, to the nearest hour from
+    // one day up; a rounding that reaches the next unit is shown in it (23h 59m 40s: "1d").
+    let secs = d.num_seconds().abs();
+    let shown = if secs < 60 {
+        secs
+    } else if (secs + 30) / 60 * 60 < 86_400 {
+        (secs + 30) / 60 * 60
+    } else {
+        (secs + 1_800) / 3_600 * 3_600
+    };
+    let shown = Duration::seconds(shown);
     // What a command just did, printed a moment after its write (a second or two on a
     // loaded machine), happened "now", not "1s ago".
     if (-5..=0).contains(&d.num_seconds()) {
         "now".to_string()
     } else if d > Duration::zero() {
-        format!("in {}", format_duration(d))
+        format!("in {}", format_duration(shown))
     } else {
-        format!("{} ago", format_duration(d))
+        format!("{} ago", format_duration(shown))
     }
 }
 
@@ -374,6 +388,26 @@ mod tests {
         assert_eq!(relative(now, now), "now");
         assert_eq!(relative(now - Duration::seconds(2), now), "now");
         assert_eq!(relative(now - Duration::seconds(6), now), "6s ago");
+        // A second (or half a minute) short of a unit shown reads as that unit.
+        assert_eq!(relative(now + Duration::seconds(7_199), now), "in 2h");
+        assert_eq!(relative(now + Duration::seconds(7_170), now), "in 2h");
+        assert_eq!(relative(now + Duration::seconds(7_169), now), "in 1h 59m");
+        assert_eq!(relative(now + Duration::seconds(59), now), "in 59s");
+        assert_eq!(relative(now + Duration::seconds(89), now), "in 1m");
+        assert_eq!(relative(now + Duration::seconds(3_599), now), "in 1h");
+        assert_eq!(relative(now + Duration::seconds(86_399), now), "in 1d");
+        let year = Duration::days(365);
+        assert_eq!(relative(now + year - Duration::seconds(1), now), "in 365d");
+        assert_eq!(
+            relative(now - Duration::hours(75) - Duration::minutes(29), now),
+            "3d 3h ago"
+        );
+        assert_eq!(
+            relative(now - Duration::hours(75) - Duration::minutes(30), now),
+            "3d 4h ago"
+        );
+        // What the audit log records is cut, never rounded up.
+        assert_eq!(format_duration(Duration::seconds(7_199)), "1h 59m");
         assert_eq!(policy_duration(Duration::minutes(90)), "1h30m");
         assert_eq!(policy_duration(Duration::days(365)), "365d");
     }
