@@ -331,17 +331,23 @@ impl Row<'_> {
     }
 }
 
+/// The longest field (and header extension) `read_binary_copy` takes.
+const MOST: usize = 64 << 20;
+
 /// The rows of a binary COPY stream, PostgreSQL's format: a signature, flags and a header
 /// extension; then for each row a 16-bit count of its fields and for each field a 32-bit
 /// length (-1: NULL) and its bytes; a count of -1 ends it. Each row is handed to `f` as its
 /// `N` fields until `f` returns false. Anything else in the stream is an error, not a panic,
 /// and a field longer than 64 MB is refused before anything is allocated for it.
+///
+/// A row that lies whole in what `from` holds (the server sends each row as a message of its
+/// own, which the client library's reader holds) is read where it lies; one that does not
+/// is read field by field into a buffer of its own.
 fn read_binary_copy<const N: usize>(
-    mut from: impl std::io::Read,
+    mut from: impl std::io::BufRead,
     mut f: impl FnMut(&[Option<&[u8]>; N]) -> Result<bool>,
 ) -> Result<()> {
     const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
-    const MOST: usize = 64 << 20;
     let bad = |what: String| {
         Error::Store(StoreError::other(format!(
             "the server's COPY data cannot be read: {what}"
@@ -365,6 +371,23 @@ fn read_binary_copy<const N: usize>(
     }
     let mut buf = Vec::new();
     loop {
+        let held = from.fill_buf().map_err(|e| bad(format!("{e}")))?;
+        match whole_row::<N>(held) {
+            Some(Whole::End) => {
+                from.consume(2);
+                return Ok(());
+            }
+            Some(Whole::Row(spans, len)) => {
+                let go = f(&spans.map(|span| span.map(|(start, end)| &held[start..end])))?;
+                from.consume(len);
+                if !go {
+                    return Ok(());
+                }
+                continue;
+            }
+            None => {}
+        }
+        let mut read = |into: &mut [u8]| from.read_exact(into).map_err(|e| bad(format!("{e}")));
         let mut count = [0u8; 2];
         read(&mut count)?;
         match i16::from_be_bytes(count) {
@@ -394,6 +417,41 @@ fn read_binary_copy<const N: usize>(
             return Ok(());
         }
     }
+}
+
+/// What `whole_row` found at the start of what a reader holds.
+enum Whole<const N: usize> {
+    /// A row of `N` fields: each field's span (`None`: NULL), and the row's length.
+    Row([Option<(usize, usize)>; N], usize),
+    /// The stream's trailer (a count of -1).
+    End,
+}
+
+/// A row of `N` fields, or the trailer, that `held` starts with and holds whole; `None` for
+/// anything else (a row cut off, another count, a length not read as a field's), which
+/// `read_binary_copy` reads field by field, as it names what is wrong.
+fn whole_row<const N: usize>(held: &[u8]) -> Option<Whole<N>> {
+    let count = i16::from_be_bytes(held.get(..2)?.try_into().ok()?);
+    if count == -1 {
+        return Some(Whole::End);
+    }
+    if usize::try_from(count).ok()? != N {
+        return None;
+    }
+    let mut at = 2;
+    let mut spans = [None; N];
+    for span in spans.iter_mut() {
+        let len = i32::from_be_bytes(held.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len == -1 {
+            continue;
+        }
+        let len = usize::try_from(len).ok().filter(|&len| len <= MOST)?;
+        let end = at.checked_add(len).filter(|&end| end <= held.len())?;
+        *span = Some((at, end));
+        at = end;
+    }
+    Some(Whole::Row(spans, at))
 }
 
 fn sqlite_value(v: rusqlite::types::ValueRef<'_>) -> Result<Value> {
@@ -840,9 +898,9 @@ impl Db {
                 .copy_out(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
                 .map_err(Error::from)
                 .and_then(|reader| {
-                    // Fields are read a few bytes at a time: from a buffer, not each through
-                    // the client's reader.
-                    read_binary_copy(std::io::BufReader::with_capacity(1 << 16, reader), f)
+                    // The reader holds one message, a row, at a time: each row is read
+                    // where it lies there (a buffer of its own copied every row again).
+                    read_binary_copy(reader, f)
                 }),
         )
     }
@@ -1166,13 +1224,42 @@ mod tests {
         out
     }
 
+    /// The rows read from `stream` held whole (each row read where it lies), and held
+    /// `held` bytes at a time (rows cut anywhere, read field by field); an error where
+    /// either is one, and both must read the same.
     fn read_all<const N: usize>(stream: &[u8]) -> Result<Vec<Vec<Option<Vec<u8>>>>> {
-        let mut rows = Vec::new();
-        read_binary_copy::<N>(stream, |fields| {
-            rows.push(fields.iter().map(|f| f.map(<[u8]>::to_vec)).collect());
+        let read = |from: &mut dyn std::io::BufRead| {
+            let mut rows = Vec::new();
+            read_binary_copy::<N>(from, |fields| {
+                rows.push(fields.iter().map(|f| f.map(<[u8]>::to_vec)).collect());
+                Ok(true)
+            })
+            .map(|()| rows)
+        };
+        let whole = read(&mut &stream[..]);
+        for held in [1, 2, 3, 5, 8, 21, 64] {
+            let cut = read(&mut std::io::BufReader::with_capacity(held, stream));
+            match (&whole, &cut) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{held} bytes held"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{held} bytes held"),
+                _ => panic!("{held} bytes held: {whole:?} against {cut:?}"),
+            }
+        }
+        whole
+    }
+
+    #[test]
+    fn rows_held_whole_are_read_where_they_lie() {
+        let rows = vec![vec![Some(&b"abc"[..]), None]];
+        let stream = copy_stream(0, &rows);
+        let mut seen: Vec<*const u8> = Vec::new();
+        read_binary_copy::<2>(&stream[..], |fields| {
+            seen.push(fields[0].unwrap().as_ptr());
             Ok(true)
-        })?;
-        Ok(rows)
+        })
+        .unwrap();
+        // The field is the stream's own bytes, not a copy of them.
+        assert_eq!(seen, vec![stream[19 + 2 + 4..].as_ptr()]);
     }
 
     #[test]
