@@ -1072,12 +1072,6 @@ fn verify_hashes_a_servers_bytes_only_while_its_fields_are_made_from_them() {
             .fields_made()
             .unwrap()
     };
-    let owner = |env: &Env, sql: &str| {
-        support::postgres::client(env.url())
-            .batch_execute(sql)
-            .unwrap()
-    };
-
     // Not made from the bytes: verify reads the fields, and finds the forgery.
     let fields_found_forged = |env: &Env| {
         assert!(!made(env));
@@ -1090,8 +1084,7 @@ fn verify_hashes_a_servers_bytes_only_while_its_fields_are_made_from_them() {
     assert!(made(&env));
     assert!(verify_reads_bytes(&env, 0).0);
     // The bytes changed: the fields follow them, and the hash does not hold.
-    owner(
-        &env,
+    env.sql(
         "ALTER TABLE audit_events DISABLE TRIGGER USER; \
          UPDATE audit_events SET canonical = replace(canonical, 'on-call', 'on-cal1') WHERE canonical LIKE '%on-call%'",
     );
@@ -1102,8 +1095,7 @@ fn verify_hashes_a_servers_bytes_only_while_its_fields_are_made_from_them() {
 
     // A field set on its own, once no longer made from the bytes.
     let env = fresh();
-    owner(
-        &env,
+    env.sql(
         "ALTER TABLE audit_events DISABLE TRIGGER USER; \
          ALTER TABLE audit_events ALTER COLUMN justification DROP EXPRESSION; \
          UPDATE audit_events SET justification = 'on-cal1' WHERE justification LIKE 'on-call%'",
@@ -1112,8 +1104,7 @@ fn verify_hashes_a_servers_bytes_only_while_its_fields_are_made_from_them() {
 
     // A field made another way.
     let env = fresh();
-    owner(
-        &env,
+    env.sql(
         "ALTER TABLE audit_events DROP COLUMN actor; \
          ALTER TABLE audit_events ADD COLUMN actor TEXT GENERATED ALWAYS AS ('root') STORED",
     );
@@ -1122,10 +1113,7 @@ fn verify_hashes_a_servers_bytes_only_while_its_fields_are_made_from_them() {
 
     // A field of another type: `name` keeps 63 bytes of what was hashed.
     let env = fresh();
-    owner(
-        &env,
-        "ALTER TABLE audit_events ALTER COLUMN justification TYPE name",
-    );
+    env.sql("ALTER TABLE audit_events ALTER COLUMN justification TYPE name");
     assert_eq!(
         env.count("SELECT count(*) FROM audit_events WHERE octet_length(justification::text) = 63"),
         1
@@ -1136,15 +1124,14 @@ fn verify_hashes_a_servers_bytes_only_while_its_fields_are_made_from_them() {
     // fields made by its own columns (PostgreSQL 15 holds them to the log's expressions;
     // pim does not count on every version doing so).
     let env = fresh();
-    owner(&env, "CREATE TABLE more_events () INHERITS (audit_events)");
+    env.sql("CREATE TABLE more_events () INHERITS (audit_events)");
     assert!(!made(&env));
     assert!(!verify_reads_bytes(&env, 0).0);
 
     // The same expression, read with an `=` of the owner's that holds for any two texts:
     // NULLIF then makes every principal absent, and the expression reads as pim's.
     let env = fresh();
-    owner(
-        &env,
+    env.sql(
         "SET search_path = public, pg_catalog; \
          CREATE FUNCTION public.same(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true'; \
          CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.same); \
@@ -1172,12 +1159,7 @@ fn verify_on_a_server_takes_events_in_turn_wherever_they_lie() {
     env.init();
     env.user("bob");
     let before = head(&env);
-    let owner = |sql: &str| {
-        support::postgres::client(env.url())
-            .batch_execute(sql)
-            .unwrap()
-    };
-    owner(
+    env.sql(
         "ALTER TABLE audit_events DISABLE TRIGGER USER; \
          UPDATE audit_events SET canonical = canonical WHERE seq = 3",
     );
@@ -1191,7 +1173,7 @@ fn verify_on_a_server_takes_events_in_turn_wherever_they_lie() {
     assert!(bytes);
     assert_eq!(sent.matches("COPY (SELECT").count(), 1, "one read: {sent}");
 
-    owner("DELETE FROM audit_events WHERE seq = 4");
+    env.sql("DELETE FROM audit_events WHERE seq = 4");
     let (bytes, r, sent) = verify_traced(&env, 1);
     assert!(bytes);
     assert!(r.stderr.contains("event 4 is missing"), "{}", r.stderr);
@@ -1411,11 +1393,6 @@ fn a_servers_row_security_never_decides_what_pim_reads() {
         made.push((owner, app, db));
         env
     };
-    let owner = |env: &Env, sql: &str| {
-        support::postgres::client(env.url())
-            .batch_execute(sql)
-            .unwrap()
-    };
     let forged = |env: &Env| {
         let list = env.as_("admin", &["audit", "list", "--json"]);
         list.code == 0 && list.stdout.contains("mallory")
@@ -1423,8 +1400,7 @@ fn a_servers_row_security_never_decides_what_pim_reads() {
 
     // Event 5 (admin made eligible for global-admin) forged for list and export only.
     let env = fresh("pim_rls_a");
-    owner(
-        &env,
+    env.sql(
         "ALTER TABLE audit_events DROP CONSTRAINT audit_events_pkey; \
          CREATE TABLE hide_from_list (seq bigint); INSERT INTO hide_from_list VALUES (5); \
          CREATE TABLE hide_from_verify (c text); \
@@ -1448,8 +1424,7 @@ fn a_servers_row_security_never_decides_what_pim_reads() {
 
     // A temporary log made in pim's own session, by a policy's function on the schema row.
     let env = fresh("pim_rls_b");
-    owner(
-        &env,
+    env.sql(
         "CREATE FUNCTION public.inject() RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ \
          BEGIN \
            IF pg_catalog.to_regclass('pg_temp.audit_events') IS NULL THEN \
