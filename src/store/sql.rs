@@ -342,7 +342,7 @@ const MOST: usize = 64 << 20;
 ///
 /// A row that lies whole in what `from` holds (the server sends each row as a message of its
 /// own, which the client library's reader holds) is read where it lies; one that does not
-/// is read field by field into a buffer of its own.
+/// is gathered into a buffer of its own first.
 fn read_binary_copy<const N: usize>(
     mut from: impl std::io::BufRead,
     mut f: impl FnMut(&[Option<&[u8]>; N]) -> Result<bool>,
@@ -372,86 +372,87 @@ fn read_binary_copy<const N: usize>(
     let mut buf = Vec::new();
     loop {
         let held = from.fill_buf().map_err(|e| bad(format!("{e}")))?;
-        match whole_row::<N>(held) {
-            Some(Whole::End) => {
+        let (spans, len) = match row_at::<N>(held).map_err(bad)? {
+            Found::End => {
                 from.consume(2);
                 return Ok(());
             }
-            Some(Whole::Row(spans, len)) => {
-                let go = f(&spans.map(|span| span.map(|(start, end)| &held[start..end])))?;
-                from.consume(len);
-                if !go {
+            Found::Row(spans, len) => (spans, len),
+            Found::More(_) => {
+                // A row cut across what the reader holds: gathered into a buffer of its
+                // own, no more of it at a time than it is known to need.
+                buf.clear();
+                let spans = loop {
+                    match row_at::<N>(&buf).map_err(bad)? {
+                        Found::Row(spans, _) => break spans,
+                        Found::End => return Ok(()),
+                        Found::More(need) => {
+                            let held = from.fill_buf().map_err(|e| bad(format!("{e}")))?;
+                            if held.is_empty() {
+                                return Err(bad("it ends inside a row".into()));
+                            }
+                            let n = held.len().min(need - buf.len());
+                            buf.extend_from_slice(&held[..n]);
+                            from.consume(n);
+                        }
+                    }
+                };
+                if !f(&spans.map(|span| span.map(|(start, end)| &buf[start..end])))? {
                     return Ok(());
                 }
                 continue;
             }
-            None => {}
-        }
-        let mut read = |into: &mut [u8]| from.read_exact(into).map_err(|e| bad(format!("{e}")));
-        let mut count = [0u8; 2];
-        read(&mut count)?;
-        match i16::from_be_bytes(count) {
-            -1 => return Ok(()),
-            n if usize::try_from(n) == Ok(N) => {}
-            n => return Err(bad(format!("a row of {n} fields, not {N}"))),
-        }
-        buf.clear();
-        let mut spans: [Option<(usize, usize)>; N] = [None; N];
-        for span in spans.iter_mut() {
-            let mut len = [0u8; 4];
-            read(&mut len)?;
-            let len = match i32::from_be_bytes(len) {
-                -1 => continue,
-                len => usize::try_from(len)
-                    .ok()
-                    .filter(|&len| len <= MOST)
-                    .ok_or_else(|| bad(format!("a field of length {len}")))?,
-            };
-            let start = buf.len();
-            buf.resize(start + len, 0);
-            read(&mut buf[start..])?;
-            *span = Some((start, start + len));
-        }
-        let fields = spans.map(|span| span.map(|(start, end)| &buf[start..end]));
-        if !f(&fields)? {
+        };
+        let go = f(&spans.map(|span| span.map(|(start, end)| &held[start..end])))?;
+        from.consume(len);
+        if !go {
             return Ok(());
         }
     }
 }
 
-/// What `whole_row` found at the start of what a reader holds.
-enum Whole<const N: usize> {
+/// What `row_at` found at the start of the bytes it was given.
+enum Found<const N: usize> {
     /// A row of `N` fields: each field's span (`None`: NULL), and the row's length.
     Row([Option<(usize, usize)>; N], usize),
     /// The stream's trailer (a count of -1).
     End,
+    /// The start of a row, cut off: at least this many bytes are needed (more than given).
+    More(usize),
 }
 
-/// A row of `N` fields, or the trailer, that `held` starts with and holds whole; `None` for
-/// anything else (a row cut off, another count, a length not read as a field's), which
-/// `read_binary_copy` reads field by field, as it names what is wrong.
-fn whole_row<const N: usize>(held: &[u8]) -> Option<Whole<N>> {
-    let count = i16::from_be_bytes(held.get(..2)?.try_into().ok()?);
-    if count == -1 {
-        return Some(Whole::End);
-    }
-    if usize::try_from(count).ok()? != N {
-        return None;
+/// The row of `N` fields, or the trailer, that `bytes` start with; an error (what is wrong)
+/// for another count of fields or a length no field has.
+fn row_at<const N: usize>(bytes: &[u8]) -> std::result::Result<Found<N>, String> {
+    let Some(count) = bytes.get(..2) else {
+        return Ok(Found::More(2));
+    };
+    match i16::from_be_bytes([count[0], count[1]]) {
+        -1 => return Ok(Found::End),
+        n if usize::try_from(n) == Ok(N) => {}
+        n => return Err(format!("a row of {n} fields, not {N}")),
     }
     let mut at = 2;
     let mut spans = [None; N];
     for span in spans.iter_mut() {
-        let len = i32::from_be_bytes(held.get(at..at + 4)?.try_into().ok()?);
+        let Some(len) = bytes.get(at..at + 4) else {
+            return Ok(Found::More(at + 4));
+        };
         at += 4;
-        if len == -1 {
-            continue;
+        let len = match i32::from_be_bytes([len[0], len[1], len[2], len[3]]) {
+            -1 => continue,
+            len => usize::try_from(len)
+                .ok()
+                .filter(|&len| len <= MOST)
+                .ok_or_else(|| format!("a field of length {len}"))?,
+        };
+        if bytes.len() < at + len {
+            return Ok(Found::More(at + len));
         }
-        let len = usize::try_from(len).ok().filter(|&len| len <= MOST)?;
-        let end = at.checked_add(len).filter(|&end| end <= held.len())?;
-        *span = Some((at, end));
-        at = end;
+        *span = Some((at, at + len));
+        at += len;
     }
-    Some(Whole::Row(spans, at))
+    Ok(Found::Row(spans, at))
 }
 
 fn sqlite_value(v: rusqlite::types::ValueRef<'_>) -> Result<Value> {
@@ -1225,7 +1226,7 @@ mod tests {
     }
 
     /// The rows read from `stream` held whole (each row read where it lies), and held
-    /// `held` bytes at a time (rows cut anywhere, read field by field); an error where
+    /// `held` bytes at a time (rows cut anywhere, gathered first); an error where
     /// either is one, and both must read the same.
     fn read_all<const N: usize>(stream: &[u8]) -> Result<Vec<Vec<Option<Vec<u8>>>>> {
         let read = |from: &mut dyn std::io::BufRead| {
