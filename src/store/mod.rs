@@ -22,6 +22,7 @@ pub use requests::{Decision, Request};
 mod users;
 pub use users::{TokenState, TotpState, User};
 pub mod pg;
+mod pg_client;
 mod sql;
 pub use crate::params;
 pub use sql::{

@@ -659,7 +659,7 @@ fn target(url: &str) -> Result<Target> {
 }
 
 impl Target {
-    fn config(&self, url: &str) -> Result<postgres::Config> {
+    fn config(&self, url: &str) -> Result<tokio_postgres::Config> {
         self.driver.parse().map_err(|_| {
             Error::Usage(format!(
                 "{} is not a PostgreSQL connection URL (postgres://USER@HOST/DATABASE).",
@@ -762,7 +762,7 @@ fn percent_decode(v: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn connect(url: &str) -> Result<postgres::Client> {
+fn connect(url: &str) -> Result<super::pg_client::Client> {
     let target = target(url)?;
     let tls = tls_settings(&target)?;
     let mut config = target.config(url)?;
@@ -772,11 +772,7 @@ fn connect(url: &str) -> Result<postgres::Client> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(10));
     }
-    let connected = match tls {
-        Some(tls) => config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),
-        None => config.connect(postgres::NoTls),
-    };
-    let mut client = connected.map_err(|e| {
+    let mut client = super::pg_client::Client::connect(&config, tls).map_err(|e| {
         let why = match e.as_db_error() {
             Some(db) => db.message().to_string(),
             None => redact(&format!(

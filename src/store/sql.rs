@@ -663,7 +663,7 @@ fn written_table(sql: &str) -> Option<&str> {
 enum Inner {
     Sqlite(rusqlite::Connection),
     Postgres {
-        client: RefCell<postgres::Client>,
+        client: RefCell<super::pg_client::Client>,
         statements: RefCell<HashMap<String, postgres::Statement>>,
     },
 }
@@ -682,7 +682,7 @@ impl Db {
         }
     }
 
-    pub(crate) fn postgres(client: postgres::Client) -> Db {
+    pub(crate) fn postgres(client: super::pg_client::Client) -> Db {
         Db {
             inner: Inner::Postgres {
                 client: RefCell::new(client),
@@ -863,19 +863,13 @@ impl Db {
                 Ok(())
             }
             Inner::Postgres { client, .. } => {
-                use postgres::fallible_iterator::FallibleIterator;
                 let values = Self::pg_params(params);
                 let stmt = self.pg_statement(sql, &values)?;
-                let mut client = client.borrow_mut();
-                let mut rows = client.query_raw(&stmt, values.iter())?;
-                while let Some(r) = rows.next()? {
-                    if !f(&Row {
+                client.borrow_mut().query_each(&stmt, values.iter(), |r| {
+                    f(&Row {
                         inner: RowInner::Postgres(&r),
-                    })? {
-                        break;
-                    }
-                }
-                Ok(())
+                    })
+                })
             }
         }
     }
