@@ -518,13 +518,13 @@ pub fn describe(url: &str) -> String {
         }
         (Err(_), None) => url.to_string(),
     };
-    let Ok(config) = parsed.parse::<postgres::Config>() else {
+    let Ok(config) = parsed.parse::<tokio_postgres::Config>() else {
         return "a PostgreSQL URL that does not parse".to_string();
     };
     let user = config.get_user().unwrap_or("");
     let host = match config.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".to_string(),
     };
     let port = config
@@ -555,10 +555,10 @@ pub fn identity(url: &str) -> Result<String> {
     let places: Vec<String> = (0..hosts.len().max(addrs.len()).max(1))
         .map(|i| {
             let host = match hosts.get(i) {
-                Some(postgres::config::Host::Tcp(h)) => {
+                Some(tokio_postgres::config::Host::Tcp(h)) => {
                     escape(h.to_ascii_lowercase().as_bytes(), true)
                 }
-                Some(postgres::config::Host::Unix(p)) => {
+                Some(tokio_postgres::config::Host::Unix(p)) => {
                     use std::os::unix::ffi::OsStrExt;
                     escape(p.as_os_str().as_bytes(), true)
                 }
@@ -1226,12 +1226,12 @@ mod tests {
             "postgres://127.0.0.1:56432/victim?sslmode=require&application_name=x@127.0.0.1:56433/evil?user=pim",
         ] {
             let Ok(t) = target(url) else { continue };
-            let Ok(config) = t.driver.parse::<postgres::Config>() else {
+            let Ok(config) = t.driver.parse::<tokio_postgres::Config>() else {
                 assert!(identity(url).is_err(), "{url}");
                 continue;
             };
             let host = match config.get_hosts().first() {
-                Some(postgres::config::Host::Tcp(h)) => h.clone(),
+                Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
                 other => panic!("{other:?}"),
             };
             let port = config.get_ports().first().copied().unwrap_or(5432);

@@ -83,9 +83,9 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
-impl From<postgres::Error> for Error {
-    fn from(e: postgres::Error) -> Error {
-        use postgres::error::SqlState;
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Error {
+        use tokio_postgres::error::SqlState;
         let kind = match e.code() {
             Some(c) if c.code().starts_with("23") => Kind::Constraint,
             Some(c)
@@ -276,7 +276,7 @@ pub struct Row<'a> {
 
 enum RowInner<'a> {
     Sqlite(&'a rusqlite::Row<'a>),
-    Postgres(&'a postgres::Row),
+    Postgres(&'a tokio_postgres::Row),
 }
 
 /// A column position.
@@ -473,8 +473,8 @@ fn sqlite_value(v: rusqlite::types::ValueRef<'_>) -> Result<Value> {
     })
 }
 
-fn pg_value(r: &postgres::Row, i: usize) -> Result<Value> {
-    use postgres::types::Type;
+fn pg_value(r: &tokio_postgres::Row, i: usize) -> Result<Value> {
+    use tokio_postgres::types::Type;
     let ty = r
         .columns()
         .get(i)
@@ -507,16 +507,16 @@ fn pg_value(r: &postgres::Row, i: usize) -> Result<Value> {
     Ok(v.unwrap_or(Value::Null))
 }
 
-impl postgres::types::ToSql for Value {
+impl tokio_postgres::types::ToSql for Value {
     /// Each value only as what it is: an integer into an integer or boolean column, text
     /// into text; anything else is refused (never reinterpreted byte for byte).
     fn to_sql(
         &self,
-        ty: &postgres::types::Type,
+        ty: &tokio_postgres::types::Type,
         out: &mut bytes::BytesMut,
-    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    ) -> std::result::Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
     {
-        use postgres::types::Type;
+        use tokio_postgres::types::Type;
         let text = [
             Type::TEXT,
             Type::VARCHAR,
@@ -525,7 +525,7 @@ impl postgres::types::ToSql for Value {
             Type::UNKNOWN,
         ];
         match self {
-            Value::Null => Ok(postgres::types::IsNull::Yes),
+            Value::Null => Ok(tokio_postgres::types::IsNull::Yes),
             Value::Bool(b) if *ty == Type::BOOL => b.to_sql(ty, out),
             Value::Bool(b) => Value::Int(i64::from(*b)).to_sql(ty, out),
             Value::Int(i) if *ty == Type::INT8 => i.to_sql(ty, out),
@@ -540,11 +540,11 @@ impl postgres::types::ToSql for Value {
         }
     }
 
-    fn accepts(_: &postgres::types::Type) -> bool {
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
         true
     }
 
-    postgres::types::to_sql_checked!();
+    tokio_postgres::types::to_sql_checked!();
 }
 
 impl Value {
@@ -664,7 +664,7 @@ enum Inner {
     Sqlite(rusqlite::Connection),
     Postgres {
         client: RefCell<super::pg_client::Client>,
-        statements: RefCell<HashMap<String, postgres::Statement>>,
+        statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
     },
 }
 
@@ -702,7 +702,7 @@ impl Db {
         }
     }
 
-    fn pg_statement(&self, sql: &str, params: &[Value]) -> Result<postgres::Statement> {
+    fn pg_statement(&self, sql: &str, params: &[Value]) -> Result<tokio_postgres::Statement> {
         let Inner::Postgres { client, statements } = &self.inner else {
             unreachable!("only called on PostgreSQL")
         };
@@ -726,13 +726,13 @@ impl Db {
             Err(e)
                 if (e.is_none() || self.depth.get() == 0)
                     && e.as_ref().is_none_or(|e| {
-                        use postgres::error::SqlState;
+                        use tokio_postgres::error::SqlState;
                         // 42P18, or 42P08 (AMBIGUOUS_PARAMETER) for `?1 IS NULL`.
                         e.code() == Some(&SqlState::INDETERMINATE_DATATYPE)
                             || e.code() == Some(&SqlState::AMBIGUOUS_PARAMETER)
                     }) =>
             {
-                use postgres::types::Type;
+                use tokio_postgres::types::Type;
                 let types: Vec<Type> = params
                     .iter()
                     .map(|v| match v {
@@ -824,7 +824,7 @@ impl Db {
             Inner::Postgres { client, .. } => {
                 let values = Self::pg_params(params);
                 let stmt = self.pg_statement(sql, &values)?;
-                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                     values.iter().map(|v| v as _).collect();
                 Ok(client.borrow_mut().execute(&stmt, &refs)? as usize)
             }
@@ -919,7 +919,7 @@ impl Db {
             // Read the whole result before converting it, so that `f` may run queries of its own.
             let values = Self::pg_params(params);
             let stmt = self.pg_statement(sql, &values)?;
-            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                 values.iter().map(|v| v as _).collect();
             let rows = client.borrow_mut().query(&stmt, &refs)?;
             for r in &rows {
