@@ -33,21 +33,31 @@ struct Driver {
 }
 
 impl Driver {
-    /// Run `future` to its end, driving the connection beside it. An error the connection
-    /// ends with (the server ending the session, say) is returned in place of the future's
-    /// own; once it has ended, what waits on it fails as closed.
+    /// Run `future` to its end, driving the connection beside it. Once the connection has
+    /// ended, what waits on it fails as closed; where it ended with an error of its own (the
+    /// socket closed under it), that error is returned in place of one that says only
+    /// "closed", but never in place of what the server answered the request (its reply to
+    /// a `COMMIT` that came in the same read as the end; the reason it gave for ending a
+    /// session in the middle of a query).
     fn block_on<T>(&mut self, future: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
         let mut future = std::pin::pin!(future);
         let connection = &mut self.connection;
         self.runtime.block_on(std::future::poll_fn(|cx| {
+            let mut ended = None;
             if let Some(c) = connection {
-                if let Poll::Ready(ended) = c.as_mut().poll(cx) {
+                if let Poll::Ready(end) = c.as_mut().poll(cx) {
                     // Dropped: what it still owed a request reads as closed.
                     *connection = None;
-                    ended?;
+                    ended = end.err();
                 }
             }
-            future.as_mut().poll(cx)
+            match (future.as_mut().poll(cx), ended) {
+                (Poll::Ready(Err(e)), Some(why)) if e.as_db_error().is_none() => {
+                    Poll::Ready(Err(why))
+                }
+                (Poll::Pending, Some(why)) => Poll::Ready(Err(why)),
+                (polled, _) => polled,
+            }
         }))
     }
 
@@ -167,6 +177,7 @@ impl Client {
         Ok(CopyOut {
             stream: Box::pin(stream),
             held: Bytes::new(),
+            ended: false,
             driver: &mut self.driver,
         })
     }
@@ -177,6 +188,7 @@ impl Client {
 pub struct CopyOut<'a> {
     stream: Pin<Box<tokio_postgres::CopyOutStream>>,
     held: Bytes,
+    ended: bool,
     driver: &'a mut Driver,
 }
 
@@ -193,11 +205,12 @@ impl std::io::Read for CopyOut<'_> {
 
 impl std::io::BufRead for CopyOut<'_> {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-        while self.held.is_empty() {
+        while self.held.is_empty() && !self.ended {
             match self.driver.next(self.stream.as_mut()) {
                 Some(Ok(bytes)) => self.held = bytes,
                 Some(Err(e)) => return Err(std::io::Error::other(e)),
-                None => break,
+                // Not asked again: a stream past its end answers with an error.
+                None => self.ended = true,
             }
         }
         Ok(&self.held)
@@ -262,7 +275,11 @@ mod tests {
             "COPY (SELECT n, repeat(md5(n::text), n % 40) FROM generate_series(1, 20000) n) \
                     TO STDOUT (FORMAT binary)";
         let mut ours = Vec::new();
-        c.copy_out(copy).unwrap().read_to_end(&mut ours).unwrap();
+        let mut reader = c.copy_out(copy).unwrap();
+        reader.read_to_end(&mut ours).unwrap();
+        // Asked again past its end, it is still at its end.
+        assert!(reader.fill_buf().unwrap().is_empty());
+        drop(reader);
         let mut theirs = Vec::new();
         test_server::client(&url)
             .copy_out(copy)
@@ -311,5 +328,87 @@ mod tests {
         );
         assert!(then.contains("closed"), "{then}");
         assert!(stmt_failed);
+    }
+
+    #[test]
+    fn a_query_the_server_ends_the_session_in_fails_with_the_servers_reason() {
+        let Some((mut c, url)) = session() else {
+            return;
+        };
+        c.batch_execute("SET application_name = 'pim_ended_in_a_query'")
+            .unwrap();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            test_server::client(&url)
+                .batch_execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = 'pim_ended_in_a_query'",
+                )
+                .unwrap();
+        });
+        let e = c.batch_execute("SELECT pg_sleep(20)").unwrap_err();
+        killer.join().unwrap();
+        let db = e.as_db_error().map(|d| d.message().to_string());
+        assert_eq!(
+            db.as_deref(),
+            Some("terminating connection due to administrator command"),
+            "{e}"
+        );
+    }
+
+    /// A server of one session on a Unix socket in `dir`: it lets the client in, reads one
+    /// query, and writes `reply` and closes the socket in one go. The URL that reaches it.
+    fn one_answer_server(dir: &std::path::Path, reply: Vec<u8>) -> tokio_postgres::Config {
+        use std::io::Write;
+        let listener = std::os::unix::net::UnixListener::bind(dir.join(".s.PGSQL.5999")).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut message = |s: &mut std::os::unix::net::UnixStream, tagged: bool| {
+                let mut head = vec![0u8; if tagged { 5 } else { 4 }];
+                s.read_exact(&mut head).unwrap();
+                let len = u32::from_be_bytes(head[head.len() - 4..].try_into().unwrap());
+                let mut body = vec![0u8; len as usize - 4];
+                s.read_exact(&mut body).unwrap();
+            };
+            message(&mut s, false); // the startup message
+                                    // AuthenticationOk, ReadyForQuery (idle).
+            s.write_all(b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I").unwrap();
+            message(&mut s, true); // the query
+            s.write_all(&reply).unwrap();
+        });
+        let mut config = tokio_postgres::Config::new();
+        config.host_path(dir).port(5999).user("pim").dbname("pim");
+        config
+    }
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn what_the_server_answered_before_it_closed_the_socket_is_what_the_caller_gets() {
+        let dir = tempfile::tempdir().unwrap();
+        // The reason the server gave for ending the session, not "connection closed".
+        let fatal = message(
+            b'E',
+            b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0",
+        );
+        let mut c = Client::connect(&one_answer_server(dir.path(), fatal), None).unwrap();
+        let e = c.batch_execute("SELECT pg_sleep(20)").unwrap_err();
+        assert_eq!(
+            e.as_db_error().map(|d| d.message()),
+            Some("terminating connection due to administrator command"),
+            "{e}"
+        );
+        assert!(c.batch_execute("SELECT 1").is_err());
+        // A COMMIT the server answered, then closed: it happened, and is not an error.
+        let dir = tempfile::tempdir().unwrap();
+        let mut done = message(b'C', b"COMMIT\0");
+        done.extend(message(b'Z', b"I"));
+        let mut c = Client::connect(&one_answer_server(dir.path(), done), None).unwrap();
+        c.batch_execute("COMMIT").unwrap();
     }
 }
