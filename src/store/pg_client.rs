@@ -363,7 +363,7 @@ mod tests {
         let listener = std::os::unix::net::UnixListener::bind(dir.join(".s.PGSQL.5999")).unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let mut message = |s: &mut std::os::unix::net::UnixStream, tagged: bool| {
+            let message = |s: &mut std::os::unix::net::UnixStream, tagged: bool| {
                 let mut head = vec![0u8; if tagged { 5 } else { 4 }];
                 s.read_exact(&mut head).unwrap();
                 let len = u32::from_be_bytes(head[head.len() - 4..].try_into().unwrap());
