@@ -239,6 +239,16 @@ mod tests {
         Some((client, url))
     }
 
+    /// The server ends every session of the database at `url` named `name`.
+    fn end_sessions_named(url: &str, name: &str) {
+        test_server::client(url)
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = '{name}'"
+            ))
+            .unwrap();
+    }
+
     #[test]
     fn rows_come_whole_in_order_and_a_query_left_early_leaves_the_session_usable() {
         let Some((mut c, _)) = session() else { return };
@@ -304,12 +314,7 @@ mod tests {
             .unwrap();
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            test_server::client(&url)
-                .batch_execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE application_name = 'pim_ended_by_server'",
-                )
-                .unwrap();
+            end_sessions_named(&url, "pim_ended_by_server");
             std::thread::sleep(std::time::Duration::from_millis(200));
             let first = c.batch_execute("SELECT 1").unwrap_err();
             let first = first
@@ -339,12 +344,7 @@ mod tests {
             .unwrap();
         let killer = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(500));
-            test_server::client(&url)
-                .batch_execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE application_name = 'pim_ended_in_a_query'",
-                )
-                .unwrap();
+            end_sessions_named(&url, "pim_ended_in_a_query");
         });
         let e = c.batch_execute("SELECT pg_sleep(20)").unwrap_err();
         killer.join().unwrap();
@@ -357,7 +357,7 @@ mod tests {
     }
 
     /// A server of one session on a Unix socket in `dir`: it lets the client in, reads one
-    /// query, and writes `reply` and closes the socket in one go. The URL that reaches it.
+    /// query, and writes `reply` and closes the socket in one go. How to reach it.
     fn one_answer_server(dir: &std::path::Path, reply: Vec<u8>) -> tokio_postgres::Config {
         use std::io::Write;
         let listener = std::os::unix::net::UnixListener::bind(dir.join(".s.PGSQL.5999")).unwrap();
@@ -370,8 +370,8 @@ mod tests {
                 let mut body = vec![0u8; len as usize - 4];
                 s.read_exact(&mut body).unwrap();
             };
-            message(&mut s, false); // the startup message
-                                    // AuthenticationOk, ReadyForQuery (idle).
+            // The startup message, answered with AuthenticationOk and ReadyForQuery (idle).
+            message(&mut s, false);
             s.write_all(b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I").unwrap();
             message(&mut s, true); // the query
             s.write_all(&reply).unwrap();

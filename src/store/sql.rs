@@ -341,7 +341,7 @@ const MOST: usize = 64 << 20;
 /// and a field longer than 64 MB is refused before anything is allocated for it.
 ///
 /// A row that lies whole in what `from` holds (the server sends each row as a message of its
-/// own, which the client library's reader holds) is read where it lies; one that does not
+/// own, which `pg_client::CopyOut` holds whole) is read where it lies; one that does not
 /// is gathered into a buffer of its own first.
 fn read_binary_copy<const N: usize>(
     mut from: impl std::io::BufRead,
