@@ -422,6 +422,36 @@ fn a_key_signs_for_no_server_it_is_not_bound_to() {
     );
 }
 
+#[test]
+fn a_server_database_without_pims_schema_table_is_no_pim_database() {
+    if !support::on_postgres() {
+        return; // a server's catalog: it runs in the PostgreSQL pass
+    }
+    let env = Env::postgres();
+    let r = env.run(&["user", "list"]).expect(1);
+    assert!(r.stderr.contains("No pim database at"), "{}", r.stderr);
+    // A `pim_schema` that is not a table in the session's schema (a view there, a table in
+    // another schema) is not pim's: still none, and nothing was created.
+    support::postgres::client(env.url())
+        .batch_execute(
+            "CREATE SCHEMA elsewhere; \
+             CREATE TABLE elsewhere.pim_schema (version BIGINT); \
+             INSERT INTO elsewhere.pim_schema VALUES (14); \
+             CREATE VIEW public.pim_schema AS SELECT 14::bigint AS version",
+        )
+        .unwrap();
+    let r = env.run(&["user", "list"]).expect(1);
+    assert!(r.stderr.contains("No pim database at"), "{}", r.stderr);
+    let tables: i64 = support::postgres::client(env.url())
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0);
+}
+
 fn team_database(su: &mut postgres::Client, tag: &str) -> (String, String, String, String) {
     let n = std::process::id();
     let (owner, app, db) = (
