@@ -8,8 +8,9 @@ For each size it builds a database with pim's own commands and library (USERS us
 eligible for db-admin at 99 scopes and for ops at /, imported with `pim assignment import`;
 the audit log topped up to EVENTS events by `examples/bench_fill.rs`), then times every
 operation against the query that answers it in the `sqlite3` shell (or `psql`, on
-PostgreSQL, after `pim store copy`, a `VACUUM (ANALYZE)` and a `CHECKPOINT`), run alternately, and prints the medians, the median of
-the per-pair ratios, and peak memory (max RSS). `audit verify` is measured against
+PostgreSQL, after `pim store copy`, a `VACUUM (ANALYZE)` and a `CHECKPOINT`), run
+alternately, and prints the medians, the median of the per-pair ratios, and peak memory
+(max RSS). `audit verify` is measured against
 `sha256sum` over the bytes it hashes (the events' canonical encodings, dumped once). It is a
 benchmark, not a test: nothing here runs in CI.
 

@@ -830,23 +830,20 @@ fn version(db: &Db) -> Result<i64> {
         |r| r.get(0),
     )?;
     match readable {
-        None => return Ok(0),
-        Some(false) => {
-            return Err(Error::Environment(
-                "This role may not read pim's tables. The database's owner grants them with `pim store grant ROLE` (see README, Team mode)."
-                    .to_string(),
-            ))
-        }
-        Some(true) => {}
+        None => Ok(0),
+        Some(false) => Err(Error::Environment(
+            "This role may not read pim's tables. The database's owner grants them with `pim store grant ROLE` (see README, Team mode)."
+                .to_string(),
+        )),
+        Some(true) => db.query_row("SELECT version FROM pim_schema", crate::params![], |r| {
+            r.get(0)
+        }),
     }
-    db.query_row("SELECT version FROM pim_schema", crate::params![], |r| {
-        r.get(0)
-    })
 }
 
-/// Apply every migration the database has not seen, all in one transaction that holds the
-/// schema row locked. A database from a newer pim is refused.
-/// `current` is the version just read (`version`).
+/// Apply every migration the database has not seen since `current` (its version, as just
+/// read by `version`), all in one transaction that holds the schema row locked. A database
+/// from a newer pim is refused.
 fn migrate(db: &Db, current: i64) -> Result<()> {
     let known = MIGRATIONS.len() as i64;
     if current > known {
