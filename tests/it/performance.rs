@@ -257,13 +257,13 @@ fn hot_commands_never_scan_a_growing_table() {
         &|l| l.contains("SELECT h.role, count(*)") && l.contains("a.kind = 'active'"),
         "assignments_active (role=?)",
     );
-    // A user's eligibilities for a role come through the index ordered by user and role, not
-    // through one that holds every holder of the role (an index on role and kind did that).
+    // A user's eligibilities for a role come through the index by user, not through one that
+    // holds every holder of the role (an index on role and kind did that).
     uses(
         "activate",
         "reads the user's eligibilities",
         &|l| l.starts_with("SELECT id, scope, end_at FROM assignments WHERE user_id = ?1"),
-        "assignments_by_user (user_id=? AND role=?)",
+        "assignments_by_user (user_id=?)",
     );
     // An import's lookup of each row's assignment goes through the index keyed by role and
     // scope first, where rows of one role and scope lie side by side whoever they are for,
