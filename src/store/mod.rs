@@ -361,12 +361,12 @@ CREATE INDEX assignments_by_grant ON assignments (role, scope, user_id, kind);
     "",
     // 15: `assignments_by_user` on `user_id` alone. An import into a large store writes one
     // leaf of it for each row (the rows of 10,000 users land all over it), and with the role
-    // beside the user id a leaf held half as many of them: 10,000 rows for 10,000 users into
-    // 1,000,000 assignments wrote 5,543 of its leaves, 0.77 s against 0.55 s into an empty
-    // store (1.39 x), and 0.69 s with this index (1.28 x; see README, Performance). A
-    // lookup by user and role (an activation's eligibilities, the counts' checks) reads the
-    // user's assignments of every role: since migration 12 counts the holders of a role,
-    // nothing on a hot path reads more than one user's that way.
+    // beside the user id a leaf held half as many: 10,000 rows for 10,000 users into
+    // 1,000,000 assignments wrote 5,543 of its 5,581 leaves. With this index (2,689 leaves):
+    // 1.025 -> 0.84 s, 1.47 -> 1.27 x the same import into an empty store (alternating runs;
+    // README, Performance). A lookup by user and role (an activation's eligibilities, the
+    // counts' checks) reads the user's assignments of every role: since migration 12 counts
+    // the holders of a role, nothing on a hot path reads more than one user's that way.
     r#"
 DROP INDEX assignments_by_user;
 CREATE INDEX assignments_by_user ON assignments (user_id);
