@@ -1198,7 +1198,7 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
     let _snapshot = if conn.in_transaction() {
         None
     } else {
-        Some(conn.read()?)
+        Some(conn.durable_read()?)
     };
     // PostgreSQL's events are read first as they lie in the table (the server's cheapest
     // read: its rows are appended in order, and are met in order unless space freed by a

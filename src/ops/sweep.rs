@@ -37,7 +37,7 @@ impl Pim {
         let mut report = SweepReport::default();
         let mut reminded = HashSet::new();
         while self.write_system(|tx, now, policy| {
-            sweep_some(tx, now, policy, actor, &mut report, &mut reminded)
+            sweep_batch(tx, now, policy, actor, &mut report, &mut reminded)
         })? {
             // A moment between transactions, in which a waiting writer takes the lock.
             std::thread::sleep(std::time::Duration::from_millis(2));
@@ -49,10 +49,26 @@ impl Pim {
             // For `pim doctor`: a sweep that ran, wherever it runs (a timer here, a job
             // on another host of a shared server).
             tx.set_last_sweep(now.timestamp())?;
+            tx.flushed()?;
             Ok(())
         })?;
         Ok(report)
     }
+}
+
+/// One of the sweep's transactions: `sweep_some`, committed without waiting for its flush
+/// on PostgreSQL, so that no writer waits for that flush (see `commit_unflushed`); the
+/// sweep's last transaction waits for its own, and so for every batch's.
+fn sweep_batch(
+    tx: &super::Recorder<'_>,
+    now: chrono::DateTime<chrono::Utc>,
+    policy: &crate::policy::Policy,
+    actor: &str,
+    report: &mut SweepReport,
+    reminded: &mut HashSet<i64>,
+) -> Result<bool> {
+    tx.commit_unflushed()?;
+    sweep_some(tx, now, policy, actor, report, reminded)
 }
 
 /// Up to `PER_TRANSACTION` items of the sweep, for up to `HOLD_AT_MOST`; whether there may
@@ -238,6 +254,54 @@ mod tests {
     use crate::scope::Scope;
     use chrono::Duration;
 
+    /// Whether the log is marked as possibly unflushed (`commit_unflushed`).
+    fn marked(pim: &crate::Pim) -> i64 {
+        pim.conn()
+            .query_row(
+                "SELECT count(*) FROM meta WHERE key = 'sweep:unflushed'",
+                crate::params![],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// Each of the sweep's batches marks the log unflushed on PostgreSQL (a batch commits
+    /// without waiting for its flush there), until the sweep's last transaction; SQLite's
+    /// never.
+    #[test]
+    fn a_sweep_batch_marks_the_log_unflushed_on_postgresql() {
+        let (mut pim, clock, _) = pim();
+        pim.add_user("admin", "u0", None, None).unwrap();
+        pim.assign(
+            "admin",
+            AssignInput {
+                user: "u0".into(),
+                role: "ticketed".into(),
+                scope: Scope::parse("/s").unwrap(),
+                active: false,
+                start: None,
+                end: End::After(Duration::hours(1)),
+                justification: Some("x".into()),
+                ticket: Some("T-1".into()),
+            },
+        )
+        .unwrap();
+        clock.advance(Duration::hours(2));
+        let postgres = pim.conn().backend() == crate::store::Backend::Postgres;
+        let mut report = super::SweepReport::default();
+        let mut reminded = Default::default();
+        let more = pim
+            .write_system(|tx, now, policy| {
+                super::sweep_batch(tx, now, policy, "cron", &mut report, &mut reminded)
+            })
+            .unwrap();
+        assert!(!more);
+        assert_eq!(report.expired_assignments.len(), 1);
+        assert_eq!(marked(&pim), i64::from(postgres));
+        assert!(pim.sweep("cron").unwrap().expired_assignments.is_empty());
+        assert_eq!(marked(&pim), 0);
+    }
+
     /// More items than a transaction writes down, and more events than one multi-row
     /// statement holds: each is written down once, in order, and the log holds.
     #[test]
@@ -302,6 +366,9 @@ mod tests {
             })
             .collect();
         assert_eq!(named, report.expired_assignments);
+        // Its batches were committed unflushed on PostgreSQL (`commit_unflushed`); its last
+        // transaction flushed them all and took the marker that makes readers wait away.
+        assert_eq!(marked(&pim), 0);
         let again = pim.sweep("cron").unwrap();
         assert!(again.expired_assignments.is_empty() && again.expired_activations.is_empty());
         assert_eq!(count_events(&pim, "assignment.expire"), 450);

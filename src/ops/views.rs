@@ -339,6 +339,15 @@ impl Pim {
         Ok(list)
     }
 
+    /// One snapshot for a view of the log that is shown or handed on, durable on PostgreSQL
+    /// (see `Db::durable_read`); none if a transaction is open already.
+    fn durable_view(&self) -> Result<Option<crate::store::Tx<'_>>> {
+        if self.conn.in_transaction() {
+            return Ok(None);
+        }
+        Ok(Some(self.conn.durable_read()?))
+    }
+
     /// Alerts, for a viewer who oversees everything.
     pub fn alerts_seen_by(&self, v: &Viewer) -> Result<Vec<super::Alert>> {
         if !v.oversees_all() {
@@ -362,6 +371,7 @@ impl Pim {
         if own {
             filter.involving = Some(v.name.clone());
         }
+        let _snapshot = self.durable_view()?;
         crate::audit::for_each(&self.conn, &filter, newest, f)?;
         Ok(own)
     }
@@ -374,6 +384,7 @@ impl Pim {
         f: impl FnMut(&crate::audit::EventRef<'_>) -> Result<()>,
     ) -> Result<()> {
         self.may_export_audit(v)?;
+        let _snapshot = self.durable_view()?;
         crate::audit::for_each_ref(&self.conn, filter, f)
     }
 
@@ -658,11 +669,13 @@ impl Pim {
         if let Some(v) = v {
             self.may_export_audit(v)?;
         }
+        let _snapshot = self.durable_view()?;
         crate::replay::at(&self.conn, at)
     }
 
     /// Replay the log against the state tables (see `audit::verify_state`).
     pub fn verify_state(&self) -> Result<Vec<String>> {
+        let _snapshot = self.durable_view()?;
         crate::audit::verify_state(&self.conn)
     }
 

@@ -42,6 +42,37 @@ impl Db {
         Ok(())
     }
 
+    /// On PostgreSQL, commit this transaction without waiting for the server to flush it to
+    /// disk, and mark the log as possibly not durable until `Db::flushed`: for `pim sweep`'s
+    /// batches, which hold the lock every writer takes until their commit is flushed, and a
+    /// flush the server stalls (a checkpoint's sync phase) stalled every writer queued behind
+    /// it. What a crash loses of such a batch is written down again by the next sweep (time
+    /// decided it, the rows say what is recorded), and the next writer's commit, which waits
+    /// for its own flush, makes it durable first (the WAL is flushed in order). Readers that
+    /// show the log wait for the flush (`Db::durable_read`). SQLite: nothing to do (its
+    /// commits are durable before they are seen).
+    pub fn commit_unflushed(&self) -> Result<()> {
+        if self.backend() == super::Backend::Postgres {
+            self.execute_batch("SET LOCAL synchronous_commit = off")?;
+            self.run(
+                "INSERT INTO meta (key, value) VALUES ('sweep:unflushed', '1') \
+                 ON CONFLICT (key) DO NOTHING",
+                params![],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The end of `commit_unflushed`'s batches: this transaction commits as every other,
+    /// flushing the WAL up to it, theirs too.
+    pub fn flushed(&self) -> Result<()> {
+        self.run(
+            "DELETE FROM meta WHERE key = 'sweep:unflushed'",
+            params![],
+        )?;
+        Ok(())
+    }
+
     /// A user's enrolment waiting for its first code: the sealed secret, when it began, and
     /// how many wrong codes it has had.
     pub fn pending_enrolment(&self, user: &str) -> Result<Option<(String, i64, i64)>> {

@@ -1031,6 +1031,55 @@ impl Db {
         })
     }
 
+    /// `read`, for a view of the audit log that is shown or handed on (exported, verified,
+    /// replayed): on PostgreSQL it waits, if it must, until everything in the view is on the
+    /// server's disk. `pim sweep` commits its batches there without waiting for the flush
+    /// (`Db::commit_unflushed`), so that no writer queues behind the flush, and the server shows
+    /// such a commit to other sessions before it is durable: a crash then would lose it, and
+    /// the next events would take its numbers with other contents, so a checkpoint or an export
+    /// that had shown it would later look like a forked log. While a sweep's batch may be
+    /// unflushed (its marker row is in the view), the view's end in the WAL is read after the
+    /// snapshot (every commit the snapshot sees was written to the WAL before it) and the
+    /// server's flush position is awaited up to it: the WAL writer flushes an unflushed commit
+    /// at once, so this is one flush at most, and no wait at all outside a sweep.
+    pub fn durable_read(&self) -> Result<Tx<'_>> {
+        let tx = self.read()?;
+        if self.backend() == Backend::Postgres {
+            let end: Option<String> = self.query_row(
+                "SELECT CASE WHEN NOT pg_is_in_recovery() AND EXISTS \
+                 (SELECT 1 FROM meta WHERE key = 'sweep:unflushed') \
+                 THEN pg_current_wal_insert_lsn()::text END",
+                params![],
+                |r| r.get(0),
+            )?;
+            if let Some(end) = end.as_deref().and_then(parse_lsn) {
+                self.await_flush(end)?;
+            }
+        }
+        Ok(tx)
+    }
+
+    /// Wait until the server has flushed its WAL up to `end`.
+    fn await_flush(&self, end: u64) -> Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            let flushed: String =
+                self.query_row("SELECT pg_current_wal_flush_lsn()::text", params![], |r| {
+                    r.get(0)
+                })?;
+            if parse_lsn(&flushed).is_some_and(|f| f >= end) {
+                return Ok(());
+            }
+            if started.elapsed() > FLUSH_AWAITED {
+                return Err(Error::Environment(format!(
+                    "The server did not flush its log to disk within {} s (pim sweep's last changes are not durable yet); nothing was read. Try again.",
+                    FLUSH_AWAITED.as_secs()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Mark a point inside the open transaction to return to.
     pub fn savepoint(&self, name: &'static str) -> Result<()> {
         self.execute_batch(&format!("SAVEPOINT {name}"))
@@ -1055,6 +1104,15 @@ impl Db {
     pub fn in_transaction(&self) -> bool {
         self.depth.get() > 0
     }
+}
+
+/// How long `Db::durable_read` waits for the server's flush.
+const FLUSH_AWAITED: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A WAL position as PostgreSQL writes it (`16/B374D848`: two hexadecimal halves).
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
 }
 
 struct SqliteValue(Value);
@@ -1335,5 +1393,98 @@ mod tests {
             to_postgres("SELECT '?1', \"a?\" FROM t WHERE a = ?1 AND b = ?12 OR c = ?"),
             "SELECT '?1', \"a?\" FROM t WHERE a = $1 AND b = $12 OR c = $1"
         );
+    }
+
+    #[test]
+    fn lsns_read_as_positions_in_the_wal() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert!(parse_lsn("16/B374D848").unwrap() > parse_lsn("15/FFFFFFFF").unwrap());
+        assert_eq!(parse_lsn("16B374D848"), None);
+        assert_eq!(parse_lsn("x/1"), None);
+    }
+
+    /// A batch of `pim sweep`'s commits without waiting for the flush on PostgreSQL, and marks
+    /// the log until a transaction that waits for its flush takes the mark away; every other
+    /// transaction still waits for its own (SQLite: nothing changes).
+    #[test]
+    fn an_unflushed_commit_is_one_transactions_and_marked_until_a_flushed_one() {
+        let db = crate::store::test_db();
+        let postgres = db.backend() == Backend::Postgres;
+        // The test server commits everything unflushed; this session as a real one would.
+        if postgres {
+            db.execute_batch("SET synchronous_commit = on").unwrap();
+        }
+        let setting = |db: &Db| -> String {
+            db.query_row("SHOW synchronous_commit", params![], |r| r.get(0))
+                .unwrap()
+        };
+        let marked = |db: &Db| -> i64 {
+            db.query_row(
+                "SELECT count(*) FROM meta WHERE key = 'sweep:unflushed'",
+                params![],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let tx = db.write().unwrap();
+        tx.commit_unflushed().unwrap();
+        if postgres {
+            assert_eq!(setting(&tx), "off");
+        }
+        tx.commit().unwrap();
+        assert_eq!(marked(&db), i64::from(postgres));
+        let tx = db.write().unwrap();
+        if postgres {
+            assert_eq!(setting(&tx), "on");
+        }
+        tx.flushed().unwrap();
+        tx.commit().unwrap();
+        assert_eq!(marked(&db), 0);
+    }
+
+    /// While the log is marked unflushed, a durable read does not begin until the server has
+    /// flushed its WAL past everything its snapshot may see: here another session's WAL,
+    /// written in a transaction still open, which only the WAL writer flushes (every 200 ms).
+    #[test]
+    fn a_durable_read_waits_for_the_flush_of_what_it_may_see() {
+        if !crate::store::test_server::on_postgres() {
+            return;
+        }
+        let url = crate::store::test_server::fresh_database();
+        let db = crate::store::pg::create(&url, false).unwrap().conn;
+        let tx = db.write().unwrap();
+        tx.commit_unflushed().unwrap();
+        tx.commit().unwrap();
+        let mut other = crate::store::test_server::client(&url);
+        other.batch_execute("CREATE TABLE filler (x text)").unwrap();
+        other.batch_execute("BEGIN").unwrap();
+        let lsn = |c: &mut ::postgres::Client, f: &str| -> u64 {
+            let text: String = c
+                .query_one(&format!("SELECT {f}()::text"), &[])
+                .unwrap()
+                .get(0);
+            parse_lsn(&text).unwrap()
+        };
+        // WAL written and not yet flushed (more of it until the WAL writer lags behind).
+        let mut end = 0;
+        for _ in 0..50 {
+            other
+                .batch_execute(
+                    "INSERT INTO filler SELECT repeat(md5(n::text), 40) FROM generate_series(1, 500) n",
+                )
+                .unwrap();
+            end = lsn(&mut other, "pg_current_wal_insert_lsn");
+            if lsn(&mut other, "pg_current_wal_flush_lsn") < end {
+                break;
+            }
+        }
+        let read = db.durable_read().unwrap();
+        assert!(
+            lsn(&mut other, "pg_current_wal_flush_lsn") >= end,
+            "the read began before the server flushed what it may see"
+        );
+        drop(read);
+        other.batch_execute("ROLLBACK").unwrap();
     }
 }
