@@ -35,13 +35,7 @@ impl Pim {
     /// whatever happens between the transactions (its row says it is recorded).
     pub fn sweep(&mut self, actor: &str) -> Result<SweepReport> {
         let mut report = SweepReport::default();
-        let mut reminded = HashSet::new();
-        while self.write_system(|tx, now, policy| {
-            sweep_batch(tx, now, policy, actor, &mut report, &mut reminded)
-        })? {
-            // A moment between transactions, in which a waiting writer takes the lock.
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        self.sweep_batches(actor, &mut report)?;
         self.write_system(|tx, now, policy| {
             let (completed, started) = super::reviews::sweep_reviews(tx, policy, now, actor)?;
             report.reviews_completed = completed;
@@ -49,26 +43,31 @@ impl Pim {
             // For `pim doctor`: a sweep that ran, wherever it runs (a timer here, a job
             // on another host of a shared server).
             tx.set_last_sweep(now.timestamp())?;
+            // This transaction waits for its flush, and so for every batch's.
             tx.flushed()?;
             Ok(())
         })?;
         Ok(report)
     }
-}
 
-/// One of the sweep's transactions: `sweep_some`, committed without waiting for its flush
-/// on PostgreSQL, so that no writer waits for that flush (see `commit_unflushed`); the
-/// sweep's last transaction waits for its own, and so for every batch's.
-fn sweep_batch(
-    tx: &super::Recorder<'_>,
-    now: chrono::DateTime<chrono::Utc>,
-    policy: &crate::policy::Policy,
-    actor: &str,
-    report: &mut SweepReport,
-    reminded: &mut HashSet<i64>,
-) -> Result<bool> {
-    tx.commit_unflushed()?;
-    sweep_some(tx, now, policy, actor, report, reminded)
+    /// The sweep's batches, `sweep_some` each: on PostgreSQL committed without waiting for
+    /// their flush, so that no writer queued behind one waits for it (`Db::unflushed_writes`).
+    fn sweep_batches(&mut self, actor: &str, report: &mut SweepReport) -> Result<()> {
+        let mut reminded = HashSet::new();
+        self.conn.unflushed_writes(true);
+        let mut each = || -> Result<()> {
+            while self.write_system(|tx, now, policy| {
+                sweep_some(tx, now, policy, actor, report, &mut reminded)
+            })? {
+                // A moment between transactions, in which a waiting writer takes the lock.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Ok(())
+        };
+        let done = each();
+        self.conn.unflushed_writes(false);
+        done
+    }
 }
 
 /// Up to `PER_TRANSACTION` items of the sweep, for up to `HOLD_AT_MOST`; whether there may
@@ -254,11 +253,11 @@ mod tests {
     use crate::scope::Scope;
     use chrono::Duration;
 
-    /// Whether the log is marked as possibly unflushed (`commit_unflushed`).
+    /// Whether the log is marked as possibly unflushed (`Db::unflushed_writes`).
     fn marked(pim: &crate::Pim) -> i64 {
         pim.conn()
             .query_row(
-                "SELECT count(*) FROM meta WHERE key = 'sweep:unflushed'",
+                "SELECT count(*) FROM meta WHERE key = 'sweep:unflushed' AND value = '1'",
                 crate::params![],
                 |r| r.get(0),
             )
@@ -289,15 +288,17 @@ mod tests {
         clock.advance(Duration::hours(2));
         let postgres = pim.conn().backend() == crate::store::Backend::Postgres;
         let mut report = super::SweepReport::default();
-        let mut reminded = Default::default();
-        let more = pim
-            .write_system(|tx, now, policy| {
-                super::sweep_batch(tx, now, policy, "cron", &mut report, &mut reminded)
-            })
-            .unwrap();
-        assert!(!more);
+        pim.sweep_batches("cron", &mut report).unwrap();
         assert_eq!(report.expired_assignments.len(), 1);
         assert_eq!(marked(&pim), i64::from(postgres));
+        // The connection's next writes wait for their flush again.
+        if postgres {
+            let tx = pim.conn().write().unwrap();
+            let setting: String = tx
+                .query_row("SHOW synchronous_commit", crate::params![], |r| r.get(0))
+                .unwrap();
+            assert_eq!(setting, "on");
+        }
         assert!(pim.sweep("cron").unwrap().expired_assignments.is_empty());
         assert_eq!(marked(&pim), 0);
     }
@@ -366,7 +367,7 @@ mod tests {
             })
             .collect();
         assert_eq!(named, report.expired_assignments);
-        // Its batches were committed unflushed on PostgreSQL (`commit_unflushed`); its last
+        // Its batches were committed unflushed on PostgreSQL (`unflushed_writes`); its last
         // transaction flushed them all and took the marker that makes readers wait away.
         assert_eq!(marked(&pim), 0);
         let again = pim.sweep("cron").unwrap();

@@ -217,7 +217,7 @@ pub fn copy(from: &Path, to: &str) -> Result<Copied> {
     let mut rows = Vec::new();
     // One read snapshot of the source; one transaction on the target, which holds the
     // head row like every writer.
-    let read = source.durable_read()?;
+    let read = source.read()?;
     let tx = target.write()?;
     for (table, cols) in TABLES {
         let quoted = |cols: &[&str]| {

@@ -42,32 +42,12 @@ impl Db {
         Ok(())
     }
 
-    /// On PostgreSQL, commit this transaction without waiting for the server to flush it to
-    /// disk, and mark the log as possibly not durable until `Db::flushed`: for `pim sweep`'s
-    /// batches, which hold the lock every writer takes until their commit is flushed, and a
-    /// flush the server stalls (a checkpoint's sync phase) stalled every writer queued behind
-    /// it. What a crash loses of such a batch is written down again by the next sweep (time
-    /// decided it, the rows say what is recorded), and the next writer's commit, which waits
-    /// for its own flush, makes it durable first (the WAL is flushed in order). Readers that
-    /// show the log wait for the flush (`Db::durable_read`). SQLite: nothing to do (its
-    /// commits are durable before they are seen).
-    pub fn commit_unflushed(&self) -> Result<()> {
-        if self.backend() == super::Backend::Postgres {
-            self.execute_batch("SET LOCAL synchronous_commit = off")?;
-            self.run(
-                "INSERT INTO meta (key, value) VALUES ('sweep:unflushed', '1') \
-                 ON CONFLICT (key) DO NOTHING",
-                params![],
-            )?;
-        }
-        Ok(())
-    }
-
-    /// The end of `commit_unflushed`'s batches: this transaction commits as every other,
-    /// flushing the WAL up to it, theirs too.
+    /// The end of a sweep's batches (`Db::unflushed_writes`): the mark they leave for durable
+    /// reads goes, in a transaction that commits as every other, waiting for its flush, and
+    /// so for theirs (the WAL is flushed in order).
     pub fn flushed(&self) -> Result<()> {
         self.run(
-            "DELETE FROM meta WHERE key = 'sweep:unflushed'",
+            "UPDATE meta SET value = '0' WHERE key = 'sweep:unflushed'",
             params![],
         )?;
         Ok(())

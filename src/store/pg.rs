@@ -811,9 +811,13 @@ fn connect(url: &str) -> Result<super::pg_client::Client> {
     // Row security is off: a policy of the owner's (run in pim's session, with whatever its
     // function does) could hide rows from one read and not another (`audit verify` would
     // hash a log that `audit list` does not show); with it off, a table a policy applies
-    // to is an error, not a filtered read.
+    // to is an error, not a filtered read. A commit waits for its flush (the server's
+    // default): a database or role set to `synchronous_commit = off` would show others
+    // commits a crash can still lose, and `Db::durable_read` relies on commits that wait
+    // (`pim sweep`'s batches alone do not, see `Db::write`). Stronger settings (`remote_apply`)
+    // are kept.
     client.batch_execute(&format!(
-        "SET search_path = public, pg_temp; SET row_security = off; SET lock_timeout = '{LOCK_WAIT}'; SET idle_in_transaction_session_timeout = '{SESSION_IDLE}'"
+        "SET search_path = public, pg_temp; SET row_security = off; SET lock_timeout = '{LOCK_WAIT}'; SET idle_in_transaction_session_timeout = '{SESSION_IDLE}'; SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'"
     ))?;
     Ok(client)
 }

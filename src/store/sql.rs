@@ -615,6 +615,8 @@ pub struct Db {
     recorded: Cell<u64>,
     /// The audit log's end as the open write transaction left it (`None` outside one).
     pub(super) log_end: RefCell<Option<LogEnd>>,
+    /// Write transactions are `pim sweep`'s batches (see `Db::unflushed_writes`).
+    unflushed: Cell<bool>,
 }
 
 /// What the next append builds on, as this write transaction appended it: nobody else can
@@ -679,6 +681,7 @@ impl Db {
             changed: Cell::new(0),
             recorded: Cell::new(0),
             log_end: RefCell::new(None),
+            unflushed: Cell::new(false),
         }
     }
 
@@ -692,6 +695,7 @@ impl Db {
             changed: Cell::new(0),
             recorded: Cell::new(0),
             log_end: RefCell::new(None),
+            unflushed: Cell::new(false),
         }
     }
 
@@ -989,14 +993,38 @@ impl Db {
         match &self.inner {
             Inner::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
             Inner::Postgres { client, .. } => {
-                client.borrow_mut().batch_execute("BEGIN")?;
+                let unflushed = self.unflushed.get();
+                if unflushed {
+                    // A sweep's batch: it waits for a durable read between that read's flush
+                    // and its snapshot (`durable_read`) before it takes the head row, so no
+                    // writer waits with it; and its commit does not wait for its flush.
+                    client.borrow_mut().batch_execute(&format!(
+                        "BEGIN; SELECT pg_advisory_xact_lock({SWEEP_BATCH}); \
+                         SET LOCAL synchronous_commit = off"
+                    ))?;
+                } else {
+                    client.borrow_mut().batch_execute("BEGIN")?;
+                }
                 self.depth.set(1);
                 // The audit chain's head row orders every writer.
-                if let Err(e) = self.query_row(
+                let head = self.query_row(
                     "SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE",
                     params![],
                     |r| r.get::<_, i64>(0),
-                ) {
+                );
+                // The mark that durable reads look for, behind the head row: the sweep's last
+                // transaction, which takes it away, cannot run between.
+                let marked = match head {
+                    Ok(_) if unflushed => self
+                        .run(
+                            "INSERT INTO meta (key, value) VALUES ('sweep:unflushed', '1') \
+                             ON CONFLICT (key) DO UPDATE SET value = '1' WHERE meta.value <> '1'",
+                            params![],
+                        )
+                        .map(drop),
+                    other => other.map(drop),
+                };
+                if let Err(e) = marked {
                     self.depth.set(0);
                     let _ = client.borrow_mut().batch_execute("ROLLBACK");
                     return Err(e);
@@ -1031,53 +1059,65 @@ impl Db {
         })
     }
 
-    /// `read`, for a view of the audit log that is shown or handed on (exported, verified,
-    /// replayed): on PostgreSQL it waits, if it must, until everything in the view is on the
-    /// server's disk. `pim sweep` commits its batches there without waiting for the flush
-    /// (`Db::commit_unflushed`), so that no writer queues behind the flush, and the server shows
-    /// such a commit to other sessions before it is durable: a crash then would lose it, and
-    /// the next events would take its numbers with other contents, so a checkpoint or an export
-    /// that had shown it would later look like a forked log. While a sweep's batch may be
-    /// unflushed (its marker row is in the view), the view's end in the WAL is read after the
-    /// snapshot (every commit the snapshot sees was written to the WAL before it) and the
-    /// server's flush position is awaited up to it: the WAL writer flushes an unflushed commit
-    /// at once, so this is one flush at most, and no wait at all outside a sweep.
-    pub fn durable_read(&self) -> Result<Tx<'_>> {
-        let tx = self.read()?;
-        if self.backend() == Backend::Postgres {
-            let end: Option<String> = self.query_row(
-                "SELECT CASE WHEN NOT pg_is_in_recovery() AND EXISTS \
-                 (SELECT 1 FROM meta WHERE key = 'sweep:unflushed') \
-                 THEN pg_current_wal_insert_lsn()::text END",
-                params![],
-                |r| r.get(0),
-            )?;
-            if let Some(end) = end.as_deref().and_then(parse_lsn) {
-                self.await_flush(end)?;
-            }
-        }
-        Ok(tx)
+    /// From now on (`true`) until told otherwise, the write transactions on this connection
+    /// are `pim sweep`'s batches. On PostgreSQL each commits without waiting for the server to
+    /// flush it to disk: every writer queues on the log's head row, which the server frees
+    /// only once the commit that holds it is flushed, so a flush the server stalled (a
+    /// checkpoint's sync phase) stalled every writer queued behind a batch. What a crash loses
+    /// of a batch the next sweep writes down again (time decided it; the rows say what is
+    /// recorded), and the next writer's commit, which waits for its own flush, makes the batch
+    /// durable first (the WAL is flushed in order). Each batch marks the log in `meta` (taken
+    /// away by the sweep's last transaction, `Db::flushed`) and takes `SWEEP_BATCH` first, for
+    /// `durable_read`. SQLite: nothing changes (a commit there is durable before it is seen).
+    pub fn unflushed_writes(&self, on: bool) {
+        self.unflushed.set(on);
     }
 
-    /// Wait until the server has flushed its WAL up to `end`.
-    fn await_flush(&self, end: u64) -> Result<()> {
-        let started = std::time::Instant::now();
-        loop {
-            let flushed: String =
-                self.query_row("SELECT pg_current_wal_flush_lsn()::text", params![], |r| {
-                    r.get(0)
-                })?;
-            if parse_lsn(&flushed).is_some_and(|f| f >= end) {
-                return Ok(());
-            }
-            if started.elapsed() > FLUSH_AWAITED {
-                return Err(Error::Environment(format!(
-                    "The server did not flush its log to disk within {} s (pim sweep's last changes are not durable yet); nothing was read. Try again.",
-                    FLUSH_AWAITED.as_secs()
-                )));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+    /// `read`, for a view of the audit log that is shown or handed on (listed, exported,
+    /// verified, replayed). On PostgreSQL the server shows a sweep's batch to other sessions
+    /// before it is on disk (`unflushed_writes`): a crash then would lose it, and the next
+    /// events would take its numbers with other contents, so an export or a verified head that
+    /// had shown it would later look like a forked log. While the log is marked, the view is
+    /// taken with no batch running (the batches' lock, shared), after a transaction of its own
+    /// that writes to the WAL and waits for its flush, and with it for every batch before it
+    /// (and for the synchronous standbys, if the server has any). One flush, and no wait at all
+    /// while no sweep has marked the log.
+    pub fn durable_read(&self) -> Result<Tx<'_>> {
+        let tx = self.read()?;
+        if self.backend() == Backend::Sqlite {
+            return Ok(tx);
         }
+        let marked: bool = self.query_row(
+            "SELECT NOT pg_is_in_recovery() AND EXISTS \
+             (SELECT 1 FROM meta WHERE key = 'sweep:unflushed' AND value = '1')",
+            params![],
+            |r| r.get(0),
+        )?;
+        if !marked {
+            return Ok(tx);
+        }
+        drop(tx);
+        // One message: the batches' lock shared (waiting for a batch that runs), a row lock
+        // on the mark (written to the WAL; it conflicts with no batch's nor the sweep's last
+        // transaction's, which change no key) committed with a wait for its flush, then the
+        // view's snapshot, taken by the statement that lets the batches go on.
+        let taken = self.execute_batch(&format!(
+            "SELECT pg_advisory_lock_shared({SWEEP_BATCH}); \
+             BEGIN; SET LOCAL synchronous_commit = on; \
+             SELECT 1 FROM meta WHERE key = 'sweep:unflushed' FOR KEY SHARE; COMMIT; \
+             BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+             SELECT pg_advisory_unlock_shared({SWEEP_BATCH})"
+        ));
+        if let Err(e) = taken {
+            let _ = self.execute_batch("ROLLBACK");
+            let _ = self.execute_batch(&format!("SELECT pg_advisory_unlock_shared({SWEEP_BATCH})"));
+            return Err(e);
+        }
+        self.depth.set(1);
+        Ok(Tx {
+            db: self,
+            done: false,
+        })
     }
 
     /// Mark a point inside the open transaction to return to.
@@ -1106,14 +1146,10 @@ impl Db {
     }
 }
 
-/// How long `Db::durable_read` waits for the server's flush.
-const FLUSH_AWAITED: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A WAL position as PostgreSQL writes it (`16/B374D848`: two hexadecimal halves).
-fn parse_lsn(text: &str) -> Option<u64> {
-    let (high, low) = text.split_once('/')?;
-    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
-}
+/// The advisory lock (on PostgreSQL) each of `pim sweep`'s batches holds for its
+/// transaction, and a durable read shares while it makes the batches before it durable and
+/// takes its snapshot (`Db::durable_read`): "pimsweep" as a number.
+const SWEEP_BATCH: i64 = 8100125747494348144;
 
 struct SqliteValue(Value);
 
@@ -1395,96 +1431,157 @@ mod tests {
         );
     }
 
-    #[test]
-    fn lsns_read_as_positions_in_the_wal() {
-        assert_eq!(parse_lsn("0/0"), Some(0));
-        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
-        assert!(parse_lsn("16/B374D848").unwrap() > parse_lsn("15/FFFFFFFF").unwrap());
-        assert_eq!(parse_lsn("16B374D848"), None);
-        assert_eq!(parse_lsn("x/1"), None);
+    /// A session of the database at `url` outside pim's, and whether it gets the sweep's
+    /// batches' lock (shared, as a durable read takes it) now; it lets it go at once.
+    fn batches_lock_free(other: &mut ::postgres::Client) -> bool {
+        let got: bool = other
+            .query_one(
+                &format!("SELECT pg_try_advisory_lock_shared({SWEEP_BATCH})"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if got {
+            other
+                .batch_execute(&format!("SELECT pg_advisory_unlock_shared({SWEEP_BATCH})"))
+                .unwrap();
+        }
+        got
     }
 
-    /// A batch of `pim sweep`'s commits without waiting for the flush on PostgreSQL, and marks
-    /// the log until a transaction that waits for its flush takes the mark away; every other
-    /// transaction still waits for its own (SQLite: nothing changes).
+    /// A sweep's batch (`unflushed_writes`) commits without waiting for its flush on
+    /// PostgreSQL, holds the batches' lock while it runs, and marks the log until a
+    /// transaction that waits for its flush takes the mark away; the connection's other
+    /// transactions wait for their flush (even on a server whose default is not to). SQLite:
+    /// nothing changes.
     #[test]
-    fn an_unflushed_commit_is_one_transactions_and_marked_until_a_flushed_one() {
-        let db = crate::store::test_db();
-        let postgres = db.backend() == Backend::Postgres;
-        // The test server commits everything unflushed; this session as a real one would.
-        if postgres {
-            db.execute_batch("SET synchronous_commit = on").unwrap();
-        }
+    fn a_sweeps_batch_commits_unflushed_under_its_lock_and_marks_the_log() {
+        let postgres = crate::store::test_server::on_postgres();
+        let (db, mut other) = if postgres {
+            let url = crate::store::test_server::fresh_database();
+            let db = crate::store::pg::create(&url, false).unwrap().conn;
+            (db, Some(crate::store::test_server::client(&url)))
+        } else {
+            (crate::store::test_db(), None)
+        };
         let setting = |db: &Db| -> String {
             db.query_row("SHOW synchronous_commit", params![], |r| r.get(0))
                 .unwrap()
         };
         let marked = |db: &Db| -> i64 {
             db.query_row(
-                "SELECT count(*) FROM meta WHERE key = 'sweep:unflushed'",
+                "SELECT count(*) FROM meta WHERE key = 'sweep:unflushed' AND value = '1'",
                 params![],
                 |r| r.get(0),
             )
             .unwrap()
         };
-        let tx = db.write().unwrap();
-        tx.commit_unflushed().unwrap();
+        // The test server's default is `off`; pim's sessions wait for their flush anyway.
         if postgres {
+            assert_eq!(setting(&db), "on");
+        }
+        db.unflushed_writes(true);
+        let tx = db.write().unwrap();
+        if let Some(other) = other.as_mut() {
             assert_eq!(setting(&tx), "off");
+            assert!(!batches_lock_free(other), "a batch runs without its lock");
         }
         tx.commit().unwrap();
+        if let Some(other) = other.as_mut() {
+            assert!(
+                batches_lock_free(other),
+                "a batch kept its lock past its commit"
+            );
+        }
         assert_eq!(marked(&db), i64::from(postgres));
+        db.unflushed_writes(false);
         let tx = db.write().unwrap();
-        if postgres {
+        if let Some(other) = other.as_mut() {
             assert_eq!(setting(&tx), "on");
+            assert!(batches_lock_free(other));
         }
         tx.flushed().unwrap();
         tx.commit().unwrap();
         assert_eq!(marked(&db), 0);
     }
 
-    /// While the log is marked unflushed, a durable read does not begin until the server has
-    /// flushed its WAL past everything its snapshot may see: here another session's WAL,
-    /// written in a transaction still open, which only the WAL writer flushes (every 200 ms).
+    /// While the log is marked, a durable read waits for a batch that runs, and makes
+    /// everything written before its snapshot durable: here another session's WAL, written in
+    /// a transaction still open (the server's WAL writer flushes whole pages of it, not the
+    /// last). Unmarked, it waits for no batch.
     #[test]
-    fn a_durable_read_waits_for_the_flush_of_what_it_may_see() {
-        if !crate::store::test_server::on_postgres() {
+    fn a_durable_read_waits_for_a_running_batch_and_for_the_flush_of_what_it_sees() {
+        use crate::store::test_server::{client, fresh_database, on_postgres};
+        use std::time::{Duration, Instant};
+        if !on_postgres() {
             return;
         }
-        let url = crate::store::test_server::fresh_database();
+        let url = fresh_database();
         let db = crate::store::pg::create(&url, false).unwrap().conn;
+        // A batch running in another session: its lock held for 300 ms.
+        let run_batch = |url: &str| {
+            let mut c = client(url);
+            c.batch_execute(&format!("SELECT pg_advisory_lock({SWEEP_BATCH})"))
+                .unwrap();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                c.batch_execute(&format!("SELECT pg_advisory_unlock({SWEEP_BATCH})"))
+                    .unwrap();
+            })
+        };
+        let batch = run_batch(&url);
+        let started = Instant::now();
+        drop(db.durable_read().unwrap());
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "an unmarked log's durable read waited for a batch"
+        );
+        batch.join().unwrap();
         let tx = db.write().unwrap();
-        tx.commit_unflushed().unwrap();
+        tx.run(
+            "INSERT INTO meta (key, value) VALUES ('sweep:unflushed', '1')",
+            params![],
+        )
+        .unwrap();
         tx.commit().unwrap();
-        let mut other = crate::store::test_server::client(&url);
+        let mut other = client(&url);
         other.batch_execute("CREATE TABLE filler (x text)").unwrap();
         other.batch_execute("BEGIN").unwrap();
-        let lsn = |c: &mut ::postgres::Client, f: &str| -> u64 {
-            let text: String = c
-                .query_one(&format!("SELECT {f}()::text"), &[])
-                .unwrap()
-                .get(0);
-            parse_lsn(&text).unwrap()
-        };
-        // WAL written and not yet flushed (more of it until the WAL writer lags behind).
-        let mut end = 0;
-        for _ in 0..50 {
-            other
-                .batch_execute(
-                    "INSERT INTO filler SELECT repeat(md5(n::text), 40) FROM generate_series(1, 500) n",
-                )
-                .unwrap();
-            end = lsn(&mut other, "pg_current_wal_insert_lsn");
-            if lsn(&mut other, "pg_current_wal_flush_lsn") < end {
-                break;
-            }
-        }
+        other
+            .batch_execute(
+                "INSERT INTO filler SELECT repeat(md5(n::text), 40) FROM generate_series(1, 500) n",
+            )
+            .unwrap();
+        let end: String = other
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .unwrap()
+            .get(0);
+        let batch = run_batch(&url);
+        let started = Instant::now();
         let read = db.durable_read().unwrap();
         assert!(
-            lsn(&mut other, "pg_current_wal_flush_lsn") >= end,
-            "the read began before the server flushed what it may see"
+            started.elapsed() >= Duration::from_millis(250),
+            "a durable read did not wait for the batch that ran"
         );
+        let flushed: bool = other
+            .query_one(
+                &format!("SELECT pg_current_wal_flush_lsn() >= '{end}'::pg_lsn"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(flushed, "the read began before what it may see was flushed");
+        // The view is the read's: its snapshot holds the mark.
+        let marked: i64 = read
+            .query_row(
+                "SELECT count(*) FROM meta WHERE key = 'sweep:unflushed' AND value = '1'",
+                params![],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(marked, 1);
         drop(read);
+        batch.join().unwrap();
         other.batch_execute("ROLLBACK").unwrap();
     }
 }
