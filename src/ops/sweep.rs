@@ -55,16 +55,16 @@ impl Pim {
     fn sweep_batches(&mut self, actor: &str, report: &mut SweepReport) -> Result<()> {
         let mut reminded = HashSet::new();
         self.conn.unflushed_writes(true);
-        let mut each = || -> Result<()> {
-            while self.write_system(|tx, now, policy| {
+        let done = loop {
+            match self.write_system(|tx, now, policy| {
                 sweep_some(tx, now, policy, actor, report, &mut reminded)
-            })? {
+            }) {
                 // A moment between transactions, in which a waiting writer takes the lock.
-                std::thread::sleep(std::time::Duration::from_millis(2));
+                Ok(true) => std::thread::sleep(std::time::Duration::from_millis(2)),
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
             }
-            Ok(())
         };
-        let done = each();
         self.conn.unflushed_writes(false);
         done
     }
@@ -254,14 +254,27 @@ mod tests {
     use chrono::Duration;
 
     /// Whether the log is marked as possibly unflushed (`Db::unflushed_writes`).
-    fn marked(pim: &crate::Pim) -> i64 {
-        pim.conn()
-            .query_row(
-                "SELECT count(*) FROM meta WHERE key = 'sweep:unflushed' AND value = '1'",
-                crate::params![],
-                |r| r.get(0),
-            )
-            .unwrap()
+    fn marked(pim: &crate::Pim) -> bool {
+        pim.conn().marked_unflushed()
+    }
+
+    /// An eligibility of `user` for `ticketed` at `scope`, ending in an hour; its id.
+    fn eligible_for_an_hour(pim: &mut crate::Pim, user: &str, scope: &str) -> i64 {
+        pim.assign(
+            "admin",
+            AssignInput {
+                user: user.into(),
+                role: "ticketed".into(),
+                scope: Scope::parse(scope).unwrap(),
+                active: false,
+                start: None,
+                end: End::After(Duration::hours(1)),
+                justification: Some("x".into()),
+                ticket: Some("T-1".into()),
+            },
+        )
+        .unwrap()
+        .id
     }
 
     /// Each of the sweep's batches marks the log unflushed on PostgreSQL (a batch commits
@@ -271,26 +284,13 @@ mod tests {
     fn a_sweep_batch_marks_the_log_unflushed_on_postgresql() {
         let (mut pim, clock, _) = pim();
         pim.add_user("admin", "u0", None, None).unwrap();
-        pim.assign(
-            "admin",
-            AssignInput {
-                user: "u0".into(),
-                role: "ticketed".into(),
-                scope: Scope::parse("/s").unwrap(),
-                active: false,
-                start: None,
-                end: End::After(Duration::hours(1)),
-                justification: Some("x".into()),
-                ticket: Some("T-1".into()),
-            },
-        )
-        .unwrap();
+        eligible_for_an_hour(&mut pim, "u0", "/s");
         clock.advance(Duration::hours(2));
         let postgres = pim.conn().backend() == crate::store::Backend::Postgres;
         let mut report = super::SweepReport::default();
         pim.sweep_batches("cron", &mut report).unwrap();
         assert_eq!(report.expired_assignments.len(), 1);
-        assert_eq!(marked(&pim), i64::from(postgres));
+        assert_eq!(marked(&pim), postgres);
         // The connection's next writes wait for their flush again.
         if postgres {
             let tx = pim.conn().write().unwrap();
@@ -300,7 +300,7 @@ mod tests {
             assert_eq!(setting, "on");
         }
         assert!(pim.sweep("cron").unwrap().expired_assignments.is_empty());
-        assert_eq!(marked(&pim), 0);
+        assert!(!marked(&pim));
     }
 
     /// More items than a transaction writes down, and more events than one multi-row
@@ -313,22 +313,7 @@ mod tests {
             let user = format!("u{u}");
             pim.add_user("admin", &user, None, None).unwrap();
             for s in 0..90 {
-                let a = pim
-                    .assign(
-                        "admin",
-                        AssignInput {
-                            user: user.clone(),
-                            role: "ticketed".into(),
-                            scope: Scope::parse(&format!("/s{s}")).unwrap(),
-                            active: false,
-                            start: None,
-                            end: End::After(Duration::hours(1)),
-                            justification: Some("x".into()),
-                            ticket: Some("T-1".into()),
-                        },
-                    )
-                    .unwrap();
-                ids.push(a.id);
+                ids.push(eligible_for_an_hour(&mut pim, &user, &format!("/s{s}")));
             }
         }
         let activation = pim
@@ -369,7 +354,7 @@ mod tests {
         assert_eq!(named, report.expired_assignments);
         // Its batches were committed unflushed on PostgreSQL (`unflushed_writes`); its last
         // transaction flushed them all and took the marker that makes readers wait away.
-        assert_eq!(marked(&pim), 0);
+        assert!(!marked(&pim));
         let again = pim.sweep("cron").unwrap();
         assert!(again.expired_assignments.is_empty() && again.expired_activations.is_empty());
         assert_eq!(count_events(&pim, "assignment.expire"), 450);

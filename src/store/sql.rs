@@ -1007,24 +1007,25 @@ impl Db {
                 }
                 self.depth.set(1);
                 // The audit chain's head row orders every writer.
-                let head = self.query_row(
-                    "SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE",
-                    params![],
-                    |r| r.get::<_, i64>(0),
-                );
-                // The mark that durable reads look for, behind the head row: the sweep's last
-                // transaction, which takes it away, cannot run between.
-                let marked = match head {
-                    Ok(_) if unflushed => self
-                        .run(
-                            "INSERT INTO meta (key, value) VALUES ('sweep:unflushed', '1') \
-                             ON CONFLICT (key) DO UPDATE SET value = '1' WHERE meta.value <> '1'",
-                            params![],
-                        )
-                        .map(drop),
-                    other => other.map(drop),
-                };
-                if let Err(e) = marked {
+                let begun = self
+                    .query_row(
+                        "SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE",
+                        params![],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .and_then(|_| {
+                        // The mark that durable reads look for, behind the head row: the
+                        // sweep's last transaction, which takes it away, cannot run between.
+                        if unflushed {
+                            self.run(
+                                "INSERT INTO meta (key, value) VALUES ('sweep:unflushed', '1') \
+                                 ON CONFLICT (key) DO UPDATE SET value = '1' WHERE meta.value <> '1'",
+                                params![],
+                            )?;
+                        }
+                        Ok(())
+                    });
+                if let Err(e) = begun {
                     self.depth.set(0);
                     let _ = client.borrow_mut().batch_execute("ROLLBACK");
                     return Err(e);
@@ -1071,6 +1072,17 @@ impl Db {
     /// `durable_read`. SQLite: nothing changes (a commit there is durable before it is seen).
     pub fn unflushed_writes(&self, on: bool) {
         self.unflushed.set(on);
+    }
+
+    /// Whether a sweep's batches have marked the log (`unflushed_writes`), for the tests.
+    #[cfg(test)]
+    pub(crate) fn marked_unflushed(&self) -> bool {
+        self.query_row(
+            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'sweep:unflushed' AND value = '1')",
+            params![],
+            |r| r.get(0),
+        )
+        .unwrap()
     }
 
     /// `read`, for a view of the audit log that is shown or handed on (listed, exported,
@@ -1468,14 +1480,6 @@ mod tests {
             db.query_row("SHOW synchronous_commit", params![], |r| r.get(0))
                 .unwrap()
         };
-        let marked = |db: &Db| -> i64 {
-            db.query_row(
-                "SELECT count(*) FROM meta WHERE key = 'sweep:unflushed' AND value = '1'",
-                params![],
-                |r| r.get(0),
-            )
-            .unwrap()
-        };
         // The test server's default is `off`; pim's sessions wait for their flush anyway.
         if postgres {
             assert_eq!(setting(&db), "on");
@@ -1493,7 +1497,7 @@ mod tests {
                 "a batch kept its lock past its commit"
             );
         }
-        assert_eq!(marked(&db), i64::from(postgres));
+        assert_eq!(db.marked_unflushed(), postgres);
         db.unflushed_writes(false);
         let tx = db.write().unwrap();
         if let Some(other) = other.as_mut() {
@@ -1502,7 +1506,7 @@ mod tests {
         }
         tx.flushed().unwrap();
         tx.commit().unwrap();
-        assert_eq!(marked(&db), 0);
+        assert!(!db.marked_unflushed());
     }
 
     /// While the log is marked, a durable read waits for a batch that runs, and makes
@@ -1572,14 +1576,7 @@ mod tests {
             .get(0);
         assert!(flushed, "the read began before what it may see was flushed");
         // The view is the read's: its snapshot holds the mark.
-        let marked: i64 = read
-            .query_row(
-                "SELECT count(*) FROM meta WHERE key = 'sweep:unflushed' AND value = '1'",
-                params![],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(marked, 1);
+        assert!(read.marked_unflushed());
         drop(read);
         batch.join().unwrap();
         other.batch_execute("ROLLBACK").unwrap();
