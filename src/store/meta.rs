@@ -4,6 +4,10 @@ use super::{Db, OptionalExtension};
 use crate::error::Result;
 use crate::params;
 
+/// The `meta` key of the mark a sweep's batches leave (`Db::unflushed_writes`): '1' from
+/// the first batch until the sweep's last transaction (`Db::flushed`) makes it '0'.
+pub(super) const UNFLUSHED: &str = "sweep:unflushed";
+
 impl Db {
     fn meta(&self, key: &str) -> Result<Option<String>> {
         self.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
@@ -42,13 +46,24 @@ impl Db {
         Ok(())
     }
 
+    /// The mark each of a sweep's batches leaves for durable reads (`Db::unflushed_writes`),
+    /// bookkeeping like `set_last_sweep`; written once, the batches after it change nothing.
+    pub(super) fn mark_unflushed(&self) -> Result<()> {
+        self.run(
+            "INSERT INTO meta (key, value) VALUES (?1, '1') \
+             ON CONFLICT (key) DO UPDATE SET value = '1' WHERE meta.value <> '1'",
+            params![UNFLUSHED],
+        )?;
+        Ok(())
+    }
+
     /// The end of a sweep's batches (`Db::unflushed_writes`): the mark they leave for durable
     /// reads goes, in a transaction that commits as every other, waiting for its flush, and
     /// so for theirs (the WAL is flushed in order).
     pub fn flushed(&self) -> Result<()> {
         self.run(
-            "UPDATE meta SET value = '0' WHERE key = 'sweep:unflushed'",
-            params![],
+            "UPDATE meta SET value = '0' WHERE key = ?1",
+            params![UNFLUSHED],
         )?;
         Ok(())
     }

@@ -1017,11 +1017,7 @@ impl Db {
                         // The mark that durable reads look for, behind the head row: the
                         // sweep's last transaction, which takes it away, cannot run between.
                         if unflushed {
-                            self.run(
-                                "INSERT INTO meta (key, value) VALUES ('sweep:unflushed', '1') \
-                                 ON CONFLICT (key) DO UPDATE SET value = '1' WHERE meta.value <> '1'",
-                                params![],
-                            )?;
+                            self.mark_unflushed()?;
                         }
                         Ok(())
                     });
@@ -1078,8 +1074,8 @@ impl Db {
     #[cfg(test)]
     pub(crate) fn marked_unflushed(&self) -> bool {
         self.query_row(
-            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'sweep:unflushed' AND value = '1')",
-            params![],
+            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = ?1 AND value = '1')",
+            params![super::meta::UNFLUSHED],
             |r| r.get(0),
         )
         .unwrap()
@@ -1101,8 +1097,8 @@ impl Db {
         }
         let marked: bool = self.query_row(
             "SELECT NOT pg_is_in_recovery() AND EXISTS \
-             (SELECT 1 FROM meta WHERE key = 'sweep:unflushed' AND value = '1')",
-            params![],
+             (SELECT 1 FROM meta WHERE key = ?1 AND value = '1')",
+            params![super::meta::UNFLUSHED],
             |r| r.get(0),
         )?;
         if !marked {
@@ -1113,10 +1109,11 @@ impl Db {
         // on the mark (written to the WAL; it conflicts with no batch's nor the sweep's last
         // transaction's, which change no key) committed with a wait for its flush, then the
         // view's snapshot, taken by the statement that lets the batches go on.
+        let mark = super::meta::UNFLUSHED;
         let taken = self.execute_batch(&format!(
             "SELECT pg_advisory_lock_shared({SWEEP_BATCH}); \
              BEGIN; SET LOCAL synchronous_commit = on; \
-             SELECT 1 FROM meta WHERE key = 'sweep:unflushed' FOR KEY SHARE; COMMIT; \
+             SELECT 1 FROM meta WHERE key = '{mark}' FOR KEY SHARE; COMMIT; \
              BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
              SELECT pg_advisory_unlock_shared({SWEEP_BATCH})"
         ));
@@ -1542,11 +1539,7 @@ mod tests {
         );
         batch.join().unwrap();
         let tx = db.write().unwrap();
-        tx.run(
-            "INSERT INTO meta (key, value) VALUES ('sweep:unflushed', '1')",
-            params![],
-        )
-        .unwrap();
+        tx.mark_unflushed().unwrap();
         tx.commit().unwrap();
         let mut other = client(&url);
         other.batch_execute("CREATE TABLE filler (x text)").unwrap();
