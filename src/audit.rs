@@ -1004,6 +1004,9 @@ type LogRead = (
     (merkle::Frontier, Finding),
 );
 
+/// The busy threads of `read_log`: this one, the chain's and the tree's.
+const READ_THREADS: usize = 3;
+
 /// Every event read and checked, for `verify_against`. `as_stored`: PostgreSQL's events
 /// as they lie in the table; then also whether they were found out of order (the read
 /// stopped there, and is to be made again by number).
@@ -1203,10 +1206,16 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
     // PostgreSQL's events are read first as they lie in the table (the server's cheapest
     // read: its rows are appended in order, and are met in order unless space freed by a
     // rolled-back write was used again), then by number if they were not in order.
+    // A server on this machine sends the events as fast as its session gets a core: where
+    // the reader's three threads would take every core, one is left to it (`cores`).
+    let leaving = conn
+        .server_beside()
+        .then(|| crate::cores::leave_one(READ_THREADS));
     let (mut found, disordered) = read_log(conn, &heads, true);
     if disordered {
         found = read_log(conn, &heads, false).0;
     }
+    drop(leaving);
     let (read, read_bad, prev, chain_bad, (frontier, tree_bad)) = found;
     read?;
     // The first problem in the log's order, whichever thread found it.
@@ -1931,6 +1940,28 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    #[test]
+    fn a_verify_beside_its_server_gives_every_cpu_back() {
+        // On a thread of its own, whose CPUs no other test changes.
+        std::thread::spawn(|| {
+            let conn = store::test_db();
+            // The test server is reached at 127.0.0.1: one CPU is left to it while the
+            // events are read (`cores`), and given back after.
+            assert_eq!(
+                conn.server_beside(),
+                conn.backend() == store::Backend::Postgres
+            );
+            sample(&conn, 2 * BATCH as i64 + 5);
+            let all = crate::cores::tests::cpus();
+            let v = verify(&conn).unwrap();
+            assert!(v.ok, "{v:?}");
+            assert_eq!(v.events, 2 * BATCH as i64 + 5);
+            assert_eq!(crate::cores::tests::cpus(), all);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod checkpoint;
 pub mod cli;
 pub mod clock;
+mod cores;
 pub mod error;
 pub mod limits;
 pub mod merkle;

@@ -774,7 +774,8 @@ fn percent_decode(v: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn connect(url: &str) -> Result<super::pg_client::Client> {
+/// A session with the server `url` names, and whether that server runs on this machine.
+fn connect(url: &str) -> Result<(super::pg_client::Client, bool)> {
     let target = target(url)?;
     let tls = tls_settings(&target)?;
     let mut config = target.config(url)?;
@@ -819,7 +820,26 @@ fn connect(url: &str) -> Result<super::pg_client::Client> {
     client.batch_execute(&format!(
         "SET search_path = public, pg_temp; SET row_security = off; SET lock_timeout = '{LOCK_WAIT}'; SET idle_in_transaction_session_timeout = '{SESSION_IDLE}'; SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'"
     ))?;
-    Ok(client)
+    Ok((client, beside(&config)))
+}
+
+/// Whether every place `config` may reach the server is on this machine: a Unix socket,
+/// `localhost`, or a loopback address (a name is not looked up: one that is not these
+/// counts as another machine). No host at all is the driver's default, this machine's.
+fn beside(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
+    (0..hosts.len().max(addrs.len())).all(|i| match (addrs.get(i), hosts.get(i)) {
+        // Where `hostaddr` names the address, it is the one connected to.
+        (Some(addr), _) => addr.is_loopback(),
+        (None, Some(Host::Unix(_))) | (None, None) => true,
+        (None, Some(Host::Tcp(name))) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    })
 }
 
 /// How long a writer waits for the head row's lock before it gives up (exit 1).
@@ -1065,7 +1085,8 @@ fn connect_and_migrate(url: &str, installed: bool, create: bool) -> Result<Datab
     if !installed {
         privilege::drop_for_good();
     }
-    let db = Db::postgres(connect(url)?);
+    let (client, beside) = connect(url)?;
+    let db = Db::postgres(client, beside);
     let current = version(&db)?;
     if !create && current == 0 {
         return Err(Error::Environment(format!(
@@ -1148,6 +1169,35 @@ pub fn installed_url() -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_is_beside_pim_only_where_every_place_named_is_this_machine() {
+        let beside = |u: &str| beside(&target(u).unwrap().config(u).unwrap());
+        for here in [
+            "postgres://pim@/pim?host=/var/run/postgresql",
+            "postgres://pim@%2Fvar%2Frun%2Fpostgresql,localhost/pim",
+            "postgres://pim@localhost/pim",
+            "postgres://pim@LOCALHOST:5433/pim",
+            "postgres://pim@127.0.0.1/pim",
+            "postgres://pim@127.9.9.9/pim",
+            "postgres://pim@[::1]:5432/pim",
+            "postgres://pim@db.example.com/pim?hostaddr=127.0.0.1",
+            "postgres://pim@localhost,127.0.0.2/pim",
+        ] {
+            assert!(beside(here), "{here}");
+        }
+        for elsewhere in [
+            "postgres://pim@db.example.com/pim",
+            "postgres://pim@10.0.0.9/pim",
+            "postgres://pim@localhost/pim?hostaddr=10.0.0.9",
+            "postgres://pim@localhost,db.example.com/pim",
+            "postgres://pim@%2Fvar%2Frun%2Fpostgresql,db.example.com/pim",
+            // A name is not looked up, even one that would lead here.
+            "postgres://pim@localhost.example.com/pim",
+        ] {
+            assert!(!beside(elsewhere), "{elsewhere}");
+        }
+    }
 
     #[test]
     fn a_url_loses_its_password_and_keeps_the_rest() {

@@ -667,6 +667,8 @@ enum Inner {
     Postgres {
         client: RefCell<super::pg_client::Client>,
         statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
+        /// The server runs on this machine (see `Db::server_beside`).
+        beside: bool,
     },
 }
 
@@ -685,11 +687,12 @@ impl Db {
         }
     }
 
-    pub(crate) fn postgres(client: super::pg_client::Client) -> Db {
+    pub(crate) fn postgres(client: super::pg_client::Client, beside: bool) -> Db {
         Db {
             inner: Inner::Postgres {
                 client: RefCell::new(client),
                 statements: RefCell::new(HashMap::new()),
+                beside,
             },
             depth: Cell::new(0),
             changed: Cell::new(0),
@@ -706,8 +709,17 @@ impl Db {
         }
     }
 
+    /// Whether the store is a PostgreSQL server on this machine (reached through a Unix
+    /// socket, `localhost` or a loopback address), whose session shares its cores with pim.
+    pub fn server_beside(&self) -> bool {
+        matches!(self.inner, Inner::Postgres { beside: true, .. })
+    }
+
     fn pg_statement(&self, sql: &str, params: &[Value]) -> Result<tokio_postgres::Statement> {
-        let Inner::Postgres { client, statements } = &self.inner else {
+        let Inner::Postgres {
+            client, statements, ..
+        } = &self.inner
+        else {
             unreachable!("only called on PostgreSQL")
         };
         if let Some(s) = statements.borrow().get(sql) {
