@@ -5,8 +5,8 @@
 //! runs on the same machine its session is the slowest stage, and where pim's busy threads
 //! and the session together are more than the machine's cores, the scheduler moves them
 //! among the cores and the session waits its turn: on two cores, the small benchmark's
-//! verify took 1.19-1.44 x `sha256sum` with pim's threads free, 1.11-1.25 x with them held
-//! to one core and the other left to the server (README, Performance).
+//! verify took 1.36-1.47 x `sha256sum` with pim's threads free, 1.17-1.26 x with them kept
+//! off one core (README, Performance).
 
 /// While it lives, the thread that made it (and the threads that thread starts, which take
 /// its CPUs) keeps off one of the CPUs it may run on; dropped, it may run on all of them
@@ -14,6 +14,8 @@
 pub struct Leaving {
     #[cfg(target_os = "linux")]
     before: Option<libc::cpu_set_t>,
+    /// Not `Send`: dropped on another thread, it would set that thread's CPUs.
+    _here: std::marker::PhantomData<*const ()>,
 }
 
 /// One CPU left to a busy process beside this one, when `threads` busy threads of this
@@ -24,12 +26,15 @@ pub fn leave_one(threads: usize) -> Leaving {
     {
         Leaving {
             before: fewer_cpus(threads),
+            _here: std::marker::PhantomData,
         }
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = threads;
-        Leaving {}
+        Leaving {
+            _here: std::marker::PhantomData,
+        }
     }
 }
 
@@ -37,26 +42,39 @@ pub fn leave_one(threads: usize) -> Leaving {
 #[cfg(target_os = "linux")]
 fn fewer_cpus(threads: usize) -> Option<libc::cpu_set_t> {
     let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: the set is plain data, zeroed and then written by the kernel (which writes at
-    // most `size` bytes); the CPU_* helpers read and write only within it, for CPU numbers
-    // below CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, size, &mut set) != 0 {
-            return None;
-        }
-        let allowed = usize::try_from(libc::CPU_COUNT(&set)).unwrap_or(0);
-        if allowed < 2 || threads < allowed {
-            return None;
-        }
-        let here = libc::sched_getcpu();
-        let left = (0..libc::CPU_SETSIZE as usize)
-            .rev()
-            .find(|&cpu| libc::CPU_ISSET(cpu, &set) && Ok(cpu) != usize::try_from(here))?;
-        let mut fewer = set;
-        libc::CPU_CLR(left, &mut fewer);
-        (libc::sched_setaffinity(0, size, &fewer) == 0).then_some(set)
+    // SAFETY: the set is plain data, zeroed and then written by the kernel, which writes at
+    // most `size` bytes.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return None;
     }
+    let allowed = cpus_in(&set);
+    if allowed.len() < 2 || threads < allowed.len() {
+        return None;
+    }
+    // SAFETY: no argument; -1 (no answer) is no CPU.
+    let here = usize::try_from(unsafe { libc::sched_getcpu() }).ok();
+    let left = *allowed.iter().rev().find(|&&cpu| Some(cpu) != here)?;
+    let mut fewer = set;
+    // SAFETY: `left` is a CPU of the set (the helper checks its bound too).
+    unsafe { libc::CPU_CLR(left, &mut fewer) };
+    // SAFETY: the set is `size` bytes, read by the kernel.
+    if unsafe { libc::sched_setaffinity(0, size, &fewer) } != 0 {
+        return None;
+    }
+    #[cfg(test)]
+    tests::LEFT.set(Some(left));
+    Some(set)
+}
+
+/// The CPUs in `set`, every bit of it (not only the first CPU_SETSIZE, which the C library
+/// of some targets puts lower than the set's size).
+#[cfg(target_os = "linux")]
+fn cpus_in(set: &libc::cpu_set_t) -> Vec<usize> {
+    (0..std::mem::size_of::<libc::cpu_set_t>() * 8)
+        // SAFETY: each CPU number is within the set (the helper checks its bound too).
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, set) })
+        .collect()
 }
 
 impl Drop for Leaving {
@@ -75,19 +93,31 @@ impl Drop for Leaving {
 pub(crate) mod tests {
     use super::*;
 
+    thread_local! {
+        /// The CPU this thread last left to another process (`fewer_cpus`).
+        pub(crate) static LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+
     /// The CPUs this thread may use.
     pub(crate) fn cpus() -> Vec<usize> {
         // SAFETY: as in `fewer_cpus`.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            assert_eq!(
-                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
-                0
-            );
-            (0..libc::CPU_SETSIZE as usize)
-                .filter(|&c| libc::CPU_ISSET(c, &set))
-                .collect()
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut set) }, 0);
+        cpus_in(&set)
+    }
+
+    /// This thread held to the first two of the CPUs it may use (all of them if fewer).
+    pub(crate) fn two_cpus() -> Vec<usize> {
+        let two: Vec<usize> = cpus().into_iter().take(2).collect();
+        // SAFETY: as in `fewer_cpus`.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &cpu in &two {
+            unsafe { libc::CPU_SET(cpu, &mut set) };
         }
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(unsafe { libc::sched_setaffinity(0, size, &set) }, 0);
+        two
     }
 
     #[test]
@@ -110,6 +140,8 @@ pub(crate) mod tests {
             } else {
                 assert_eq!(now.len(), all.len() - 1, "{now:?} of {all:?}");
                 assert!(now.iter().all(|c| all.contains(c)));
+                let left = LEFT.get().expect("a CPU was left");
+                assert!(all.contains(&left) && !now.contains(&left));
                 // A thread started now takes the same CPUs.
                 assert_eq!(std::thread::spawn(cpus).join().unwrap(), now);
             }

@@ -825,14 +825,16 @@ fn connect(url: &str) -> Result<(super::pg_client::Client, bool)> {
 
 /// Whether every place `config` may reach the server is on this machine: a Unix socket,
 /// `localhost`, or a loopback address (a name is not looked up: one that is not these
-/// counts as another machine). No host at all is the driver's default, this machine's.
+/// counts as another machine, and a proxy or tunnel listening here counts as this one).
 fn beside(config: &tokio_postgres::Config) -> bool {
     use tokio_postgres::config::Host;
     let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
     (0..hosts.len().max(addrs.len())).all(|i| match (addrs.get(i), hosts.get(i)) {
         // Where `hostaddr` names the address, it is the one connected to.
         (Some(addr), _) => addr.is_loopback(),
-        (None, Some(Host::Unix(_))) | (None, None) => true,
+        (None, Some(Host::Unix(_))) => true,
+        // Neither (the driver refuses to connect so).
+        (None, None) => false,
         (None, Some(Host::Tcp(name))) => {
             name.eq_ignore_ascii_case("localhost")
                 || name
@@ -1182,6 +1184,7 @@ mod tests {
             "postgres://pim@127.9.9.9/pim",
             "postgres://pim@[::1]:5432/pim",
             "postgres://pim@db.example.com/pim?hostaddr=127.0.0.1",
+            "postgres://pim@/pim?hostaddr=127.0.0.1",
             "postgres://pim@localhost,127.0.0.2/pim",
         ] {
             assert!(beside(here), "{here}");
@@ -1190,6 +1193,7 @@ mod tests {
             "postgres://pim@db.example.com/pim",
             "postgres://pim@10.0.0.9/pim",
             "postgres://pim@localhost/pim?hostaddr=10.0.0.9",
+            "postgres://pim@/pim?host=/var/run/postgresql&hostaddr=10.0.0.9",
             "postgres://pim@localhost,db.example.com/pim",
             "postgres://pim@%2Fvar%2Frun%2Fpostgresql,db.example.com/pim",
             // A name is not looked up, even one that would lead here.
