@@ -1203,14 +1203,14 @@ pub fn verify_against(conn: &Db, heads: &[Head]) -> Result<Verification> {
     } else {
         Some(conn.durable_read()?)
     };
-    // PostgreSQL's events are read first as they lie in the table (the server's cheapest
-    // read: its rows are appended in order, and are met in order unless space freed by a
-    // rolled-back write was used again), then by number if they were not in order.
     // A server on this machine sends the events as fast as its session gets a core: where
     // the reader's three threads would take every core, one is left to it (`cores`).
     let leaving = conn
         .server_beside()
         .then(|| crate::cores::leave_one(READ_THREADS));
+    // PostgreSQL's events are read first as they lie in the table (the server's cheapest
+    // read: its rows are appended in order, and are met in order unless space freed by a
+    // rolled-back write was used again), then by number if they were not in order.
     let (mut found, disordered) = read_log(conn, &heads, true);
     if disordered {
         found = read_log(conn, &heads, false).0;
