@@ -41,13 +41,7 @@ pub fn leave_one(threads: usize) -> Leaving {
 /// The CPUs this thread may use, after it was kept off one of them (`None`: unchanged).
 #[cfg(target_os = "linux")]
 fn fewer_cpus(threads: usize) -> Option<libc::cpu_set_t> {
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: the set is plain data, zeroed and then written by the kernel, which writes at
-    // most `size` bytes.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
-        return None;
-    }
+    let set = thread_cpus()?;
     let allowed = cpus_in(&set);
     if allowed.len() < 2 || threads < allowed.len() {
         return None;
@@ -58,13 +52,29 @@ fn fewer_cpus(threads: usize) -> Option<libc::cpu_set_t> {
     let mut fewer = set;
     // SAFETY: `left` is a CPU of the set (the helper checks its bound too).
     unsafe { libc::CPU_CLR(left, &mut fewer) };
-    // SAFETY: the set is `size` bytes, read by the kernel.
-    if unsafe { libc::sched_setaffinity(0, size, &fewer) } != 0 {
+    if !set_thread_cpus(&fewer) {
         return None;
     }
     #[cfg(test)]
     tests::LEFT.set(Some(left));
     Some(set)
+}
+
+/// The CPUs this thread may use, as the kernel has them.
+#[cfg(target_os = "linux")]
+fn thread_cpus() -> Option<libc::cpu_set_t> {
+    // SAFETY: the set is plain data, zeroed and then written by the kernel, which writes at
+    // most the size it is given.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    (unsafe { libc::sched_getaffinity(0, size, &mut set) } == 0).then_some(set)
+}
+
+/// This thread held to the CPUs in `set`; whether the kernel took it.
+#[cfg(target_os = "linux")]
+fn set_thread_cpus(set: &libc::cpu_set_t) -> bool {
+    // SAFETY: the kernel reads the set, of the size it is given.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) == 0 }
 }
 
 /// The CPUs in `set`, every bit of it (not only the first CPU_SETSIZE, which the C library
@@ -81,10 +91,7 @@ impl Drop for Leaving {
     fn drop(&mut self) {
         #[cfg(target_os = "linux")]
         if let Some(set) = self.before.take() {
-            // SAFETY: as in `fewer_cpus`; the set is one the kernel gave this thread.
-            unsafe {
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-            }
+            set_thread_cpus(&set);
         }
     }
 }
@@ -100,23 +107,18 @@ pub(crate) mod tests {
 
     /// The CPUs this thread may use.
     pub(crate) fn cpus() -> Vec<usize> {
-        // SAFETY: as in `fewer_cpus`.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut set) }, 0);
-        cpus_in(&set)
+        cpus_in(&thread_cpus().expect("this thread's CPUs"))
     }
 
     /// This thread held to the first two of the CPUs it may use (all of them if fewer).
     pub(crate) fn two_cpus() -> Vec<usize> {
         let two: Vec<usize> = cpus().into_iter().take(2).collect();
-        // SAFETY: as in `fewer_cpus`.
+        // SAFETY: plain data, zeroed; each CPU number is within the set.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         for &cpu in &two {
             unsafe { libc::CPU_SET(cpu, &mut set) };
         }
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        assert_eq!(unsafe { libc::sched_setaffinity(0, size, &set) }, 0);
+        assert!(set_thread_cpus(&set));
         two
     }
 
